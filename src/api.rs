@@ -1,0 +1,290 @@
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz` and the authenticated `/api/v1`.
+
+use crate::config::{ApiRole, TokenConfig};
+use crate::incidents::Incident;
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+use crate::store::{Space, Store};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What `/readyz` reports: each part sets its flag when it is up.
+#[derive(Default)]
+pub struct Health {
+    /// Every source has been scanned once.
+    pub sources: AtomicBool,
+    /// The store is open and the last commit succeeded.
+    pub store: AtomicBool,
+    /// Rules are loaded; `rules_problem` says why not.
+    pub rules: AtomicBool,
+    /// The latest rule problem, shown by `/readyz`.
+    pub rules_problem: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// `None` when ready, else why not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.rules.load(Ordering::Relaxed) {
+            let problem = self.rules_problem.lock().expect("health lock").clone();
+            return Some(problem.unwrap_or_else(|| "rules not loaded".into()));
+        }
+        if !self.store.load(Ordering::Relaxed) {
+            return Some("store not writable".into());
+        }
+        if !self.sources.load(Ordering::Relaxed) {
+            return Some("sources not scanned yet".into());
+        }
+        None
+    }
+}
+
+/// A usable API token.
+pub struct ApiToken {
+    /// Actor name.
+    pub name: String,
+    /// What it may do.
+    pub role: ApiRole,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the configured tokens from their files or variables. A token whose secret is
+/// missing or empty is left out with a warning naming it (never its value).
+pub fn load_tokens(configs: &[TokenConfig]) -> Vec<ApiToken> {
+    let mut tokens = Vec::new();
+    for cfg in configs {
+        let secret = match (&cfg.token_file, &cfg.token_env) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read token file {}: {e}", path.display())),
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
+            (None, None) => Err("no token_file or token_env".into()),
+        };
+        match secret.map(|s| s.trim().to_string()) {
+            Ok(s) if !s.is_empty() => tokens.push(ApiToken {
+                name: cfg.name.clone(),
+                role: cfg.role,
+                secret: s.into_bytes(),
+            }),
+            Ok(_) => tracing::warn!(token = %cfg.name, "API token is empty; it is disabled"),
+            Err(e) => {
+                tracing::warn!(token = %cfg.name, reason = %e, "API token unavailable; it is disabled")
+            }
+        }
+    }
+    if tokens.is_empty() {
+        tracing::warn!("no usable API token: every /api/v1 call will be refused with 401");
+    }
+    tokens
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    /// The store incidents are read from.
+    pub store: Store,
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Rules in force.
+    pub rules: Arc<RwLock<Arc<RuleSet>>>,
+    /// Accepted tokens.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// The identity a request was made with.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: ApiRole,
+}
+
+type Shared = Arc<AppState>;
+
+/// Builds the router.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/incidents", get(list_incidents))
+        .route("/incidents/{id}", get(get_incident))
+        .route("/rules", get(list_rules))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    let Some(token) = state
+        .tokens
+        .iter()
+        .find(|t| constant_time_eq(&t.secret, presented.as_bytes()))
+    else {
+        return error(StatusCode::UNAUTHORIZED, "unknown token");
+    };
+    req.extensions_mut().insert(Caller {
+        name: token.name.clone(),
+        role: token.role,
+    });
+    next.run(req).await
+}
+
+/// Refuses a call whose token role is below `needed`.
+pub fn require(caller: &Caller, needed: ApiRole) -> Result<(), Response> {
+    if caller.role >= needed {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} has role {:?}; this call needs {:?}",
+                caller.name, caller.role, needed
+            ),
+        ))
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    match state.health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Filters of `GET /api/v1/incidents`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentFilter {
+    state: Option<String>,
+    severity: Option<String>,
+    rule: Option<String>,
+}
+
+async fn list_incidents(
+    State(state): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(filter): Query<IncidentFilter>,
+) -> Response {
+    if let Err(r) = require(&caller, ApiRole::Viewer) {
+        return r;
+    }
+    let incidents = match state.store.scan::<Incident>(Space::Incidents) {
+        Ok(all) => all,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let wanted: Vec<Incident> = incidents
+        .into_iter()
+        .map(|(_, i)| i)
+        .filter(|i| {
+            filter
+                .state
+                .as_deref()
+                .is_none_or(|s| s == i.state.as_str())
+        })
+        .filter(|i| {
+            filter
+                .severity
+                .as_deref()
+                .is_none_or(|s| s == i.severity.as_str())
+        })
+        .filter(|i| filter.rule.as_deref().is_none_or(|r| r == i.rule))
+        .collect();
+    Json(wanted).into_response()
+}
+
+async fn get_incident(
+    State(state): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = require(&caller, ApiRole::Viewer) {
+        return r;
+    }
+    let Some(number) = Incident::number(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no incident {id}"));
+    };
+    match state
+        .store
+        .get::<Incident>(Space::Incidents, &Incident::store_key(number))
+    {
+        Ok(Some(incident)) => Json(incident).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no incident {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_rules(
+    State(state): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    if let Err(r) = require(&caller, ApiRole::Viewer) {
+        return r;
+    }
+    let rules = state.rules.read().expect("rules lock").clone();
+    let list: Vec<serde_json::Value> = rules
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id(),
+                "file": r.file,
+                "hash": r.hash,
+                "definition": r.def,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "version": rules.version, "rules": list })).into_response()
+}

@@ -1,0 +1,415 @@
+//! The daemon's YAML config: what to tail, where to keep state, who to tell.
+//!
+//! Every struct denies unknown fields so a typo is an error instead of a silently ignored
+//! setting. Relative paths are resolved against the config file's directory, so the same
+//! config works whatever directory the daemon is started from.
+
+use crate::diag::{Diagnostic, YamlLocator};
+use crate::duration::HumanDuration;
+use crate::sources::timestamp::TimestampFormat;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/logwarden/logwarden.yaml";
+
+/// Default cap on one log line; longer lines are truncated and counted.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The whole daemon config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the sled database.
+    pub state_dir: PathBuf,
+    /// Rule files or directories of `*.yaml` / `*.yml`.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// Address of the HTTP server (metrics, health, API).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// API authentication.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Log inputs.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Notification destinations.
+    #[serde(default)]
+    pub receivers: Vec<ReceiverConfig>,
+    /// Named groups of people, each reached through receivers.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// Who is notified for an incident, by policy name.
+    #[serde(default)]
+    pub escalation_policies: BTreeMap<String, Vec<EscalationStep>>,
+    /// The file this config was read from; relative paths were resolved against its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9733".to_string()
+}
+
+/// API settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer tokens and the role each grants.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// What a token may do; each role includes everything of the roles below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Read incidents, rules and silences.
+    Viewer,
+    /// Work incidents through their lifecycle.
+    Responder,
+    /// Approve external notifications and silences.
+    Approver,
+    /// Everything.
+    Admin,
+}
+
+/// One API token. The secret itself comes from a file or the environment, never the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name recorded as the actor of everything done with this token.
+    pub name: String,
+    /// What the token may do.
+    pub role: ApiRole,
+    /// File holding the token (surrounding whitespace ignored).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+}
+
+/// Whether a file seen for the first time is read from its start or only for new lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only lines written after the daemon first saw the file.
+    #[default]
+    End,
+    /// The whole file.
+    Beginning,
+}
+
+/// One log input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name rules refer to in `sources:` and metrics carry as a label.
+    pub name: String,
+    /// Files or globs; `-` is stdin.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns of files to leave out (matched against the file name and the full path).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where to start in a file seen for the first time; checkpoints win afterwards.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// How to read each line's own time.
+    #[serde(default)]
+    pub timestamp: TimestampFormat,
+    /// Longest line kept; the rest of a longer line is dropped and counted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_max_line_bytes() -> usize {
+    DEFAULT_MAX_LINE_BYTES
+}
+
+/// A notification destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ReceiverConfig {
+    /// HTTP POST of a JSON body.
+    Webhook {
+        /// Name roles refer to.
+        name: String,
+        /// Where to POST.
+        url: String,
+        /// Body format.
+        #[serde(default)]
+        format: WebhookFormat,
+        /// Connect plus response timeout for one attempt.
+        #[serde(default = "default_webhook_timeout")]
+        timeout: HumanDuration,
+    },
+    /// JSON lines appended to a file; `-` is stdout.
+    File {
+        /// Name roles refer to.
+        name: String,
+        /// File to append to, or `-`.
+        path: PathBuf,
+    },
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+impl ReceiverConfig {
+    /// The name roles use for this receiver.
+    pub fn name(&self) -> &str {
+        match self {
+            ReceiverConfig::Webhook { name, .. } | ReceiverConfig::File { name, .. } => name,
+        }
+    }
+}
+
+/// Body format of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The incident and the event name as JSON.
+    #[default]
+    Json,
+}
+
+/// A role: the people behind it are reached through these receivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// Receivers that reach this role.
+    pub receivers: Vec<String>,
+}
+
+/// One step of an escalation policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationStep {
+    /// Roles notified by this step.
+    pub notify: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file; every problem found is returned, each with its place.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Diagnostic::at(
+                path,
+                Default::default(),
+                format!("cannot read config: {e}"),
+            )]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text that was read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
+        let mut config: Config =
+            serde_yaml::from_str(text).map_err(|e| vec![Diagnostic::from_yaml(path, &e)])?;
+        config.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        let problems = config.validate(path, text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.as_os_str() != "-" {
+                *p = absolute_clean(base, p);
+            }
+        };
+        resolve(&mut self.state_dir);
+        self.rules.iter_mut().for_each(resolve);
+        for source in &mut self.sources {
+            source.paths.iter_mut().for_each(resolve);
+        }
+        for receiver in &mut self.receivers {
+            if let ReceiverConfig::File { path, .. } = receiver {
+                resolve(path);
+            }
+        }
+        for token in &mut self.api.tokens {
+            if let Some(p) = &mut token.token_file {
+                resolve(p);
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
+        let loc = YamlLocator::new(text);
+        let mut problems = Vec::new();
+        let mut names = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let at = loc.item("sources", i);
+            if !names.insert(source.name.as_str()) {
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "name"),
+                    format!("duplicate source name {:?}", source.name),
+                ));
+            }
+            if source.paths.is_empty() {
+                problems.push(Diagnostic::at(
+                    path,
+                    at,
+                    format!("source {:?} has no paths", source.name),
+                ));
+            }
+            for pattern in &source.exclude {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    problems.push(Diagnostic::at(
+                        path,
+                        loc.key_in_block(at, "exclude"),
+                        format!("bad exclude pattern {pattern:?}: {e}"),
+                    ));
+                }
+            }
+            if let Err(e) = source.timestamp.validate() {
+                problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
+            }
+        }
+        let mut receiver_names = HashSet::new();
+        for (i, receiver) in self.receivers.iter().enumerate() {
+            let at = loc.item("receivers", i);
+            if !receiver_names.insert(receiver.name()) {
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "name"),
+                    format!("duplicate receiver name {:?}", receiver.name()),
+                ));
+            }
+            if let ReceiverConfig::Webhook { url, .. } = receiver
+                && reqwest::Url::parse(url).is_err()
+            {
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "url"),
+                    format!("receiver {:?} has an invalid url {url:?}", receiver.name()),
+                ));
+            }
+        }
+        let roles_at = loc.top_key("roles");
+        for (role, cfg) in &self.roles {
+            let at = loc.key_in_block(roles_at, role);
+            for receiver in &cfg.receivers {
+                if !receiver_names.contains(receiver.as_str()) {
+                    problems.push(Diagnostic::at(
+                        path,
+                        at,
+                        format!("role {role:?} names unknown receiver {receiver:?}"),
+                    ));
+                }
+            }
+        }
+        let policies_at = loc.top_key("escalation_policies");
+        for (policy, steps) in &self.escalation_policies {
+            let at = loc.key_in_block(policies_at, policy);
+            if steps.is_empty() {
+                problems.push(Diagnostic::at(
+                    path,
+                    at,
+                    format!("escalation policy {policy:?} has no steps"),
+                ));
+            }
+            for role in steps.iter().flat_map(|s| &s.notify) {
+                if !self.roles.contains_key(role) {
+                    problems.push(Diagnostic::at(
+                        path,
+                        at,
+                        format!("escalation policy {policy:?} names unknown role {role:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, token) in self.api.tokens.iter().enumerate() {
+            if token.token_file.is_some() == token.token_env.is_some() {
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.item("tokens", i),
+                    format!(
+                        "token {:?} needs exactly one of token_file or token_env",
+                        token.name
+                    ),
+                ));
+            }
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(Diagnostic::at(
+                path,
+                loc.top_key("listen"),
+                format!("listen address {:?} is not host:port", self.listen),
+            ));
+        }
+        problems
+    }
+
+    /// The source with this name.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// `path` made absolute against `base` with `.` and `..` removed lexically, so logs, metrics
+/// and evidence show one readable spelling of each path.
+pub fn absolute_clean(base: &Path, path: &Path) -> PathBuf {
+    let joined = base.join(path);
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        Config::parse(Path::new("/etc/lw/logwarden.yaml"), text)
+    }
+
+    #[test]
+    fn resolves_relative_paths_against_the_config_directory() {
+        let c = parse("state_dir: ./state\nrules: [../rules, /abs/rules]\nsources:\n  - {name: a, paths: [a.log, '-']}\n").unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/lw/state"));
+        assert_eq!(c.rules[0], Path::new("/etc/rules"));
+        assert_eq!(c.rules[1], Path::new("/abs/rules"));
+        assert_eq!(c.sources[0].paths[1], Path::new("-"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_its_place() {
+        let errs = parse("state_dir: s\nsources:\n  - name: a\n    pathz: [x]\n").unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!((errs[0].line, errs[0].col), (3, 5));
+        assert!(
+            errs[0].message.contains("unknown field `pathz`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn a_role_naming_an_unknown_receiver_is_reported_at_the_role() {
+        let text = "state_dir: s\nreceivers:\n  - {name: console, type: file, path: '-'}\nroles:\n  analysts: {receivers: [console, pager]}\n";
+        let errs = parse(text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 5);
+        assert!(errs[0].message.contains("unknown receiver \"pager\""));
+    }
+}

@@ -1,0 +1,117 @@
+//! Human durations (`500ms`, `30s`, `5m`, `1h`, `7d`) as used throughout config and rules.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+/// A duration written the way operators write them in YAML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses `<integer><unit>` with unit one of ms, s, m, h, d.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h or d)"))?;
+        let (digits, unit) = text.split_at(split);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
+        let millis_per = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "duration {text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        let millis = value
+            .checked_mul(millis_per)
+            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        if millis == 0 {
+            return Err(format!("duration {text:?} must be greater than zero"));
+        }
+        Ok(HumanDuration(Duration::from_millis(millis)))
+    }
+
+    /// The duration in whole milliseconds, the unit windows are computed in.
+    pub fn millis(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_prints_back() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("7d", 604_800_000),
+        ] {
+            let d = HumanDuration::parse(text).unwrap();
+            assert_eq!(d.0.as_millis(), ms);
+            assert_eq!(d.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_durations_with_a_reason() {
+        assert!(HumanDuration::parse("5").unwrap_err().contains("no unit"));
+        assert!(
+            HumanDuration::parse("5w")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            HumanDuration::parse("m")
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(
+            HumanDuration::parse("0s")
+                .unwrap_err()
+                .contains("greater than zero")
+        );
+    }
+}

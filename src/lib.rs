@@ -1,0 +1,20 @@
+//! logwarden: a daemon that turns host logs into classified, escalated, evidenced incidents.
+//!
+//! Data flows one way: [`sources`] read lines → [`detection`] evaluates [`rules`] →
+//! [`incidents`] opens or updates incidents → [`pipeline`] stores them in the [`store`] →
+//! [`notification`] tells people; [`api`] and [`metrics`] show the state.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod detection;
+pub mod diag;
+pub mod duration;
+pub mod incidents;
+pub mod metrics;
+pub mod notification;
+pub mod pipeline;
+pub mod rules;
+pub mod sources;
+pub mod store;

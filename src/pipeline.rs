@@ -1,0 +1,272 @@
+//! The pipeline step: evaluate a batch of lines, store what it caused together with the
+//! window state and file checkpoints in one atomic commit, make it durable, then notify.
+//!
+//! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
+//! replays exactly the lines whose effects were not stored: none lost, none counted twice.
+
+use crate::api::Health;
+use crate::detection::Evidence;
+use crate::detection::window::SlidingWindow;
+use crate::detection::{Detector, Hit, WindowId};
+use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
+use crate::metrics::Metrics;
+use crate::notification::{Notification, Router};
+use crate::rules::Severity;
+use crate::sources::timestamp::TimestampFormat;
+use crate::sources::{Batch, Progress, checkpoint_key};
+use crate::store::{self, Space, Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Most source batches folded into one store commit.
+const BATCHES_PER_COMMIT: usize = 64;
+/// How often idle window state is expired and the watchdog is fed.
+const TICK: Duration = Duration::from_secs(1);
+/// Wait before retrying a failed store commit.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything the pipeline thread owns.
+pub struct Pipeline {
+    /// Durable state.
+    pub store: Store,
+    /// Rule evaluation.
+    pub detector: Detector,
+    /// Open incidents.
+    pub book: IncidentBook,
+    /// How each source's lines carry time.
+    pub formats: HashMap<String, TimestampFormat>,
+    /// Event routing.
+    pub router: Router,
+    /// Where notifications go.
+    pub notify: mpsc::Sender<Notification>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
+    pub heartbeat: Box<dyn Fn() + Send>,
+    watermark: Option<DateTime<Utc>>,
+}
+
+impl Pipeline {
+    /// Loads the store's windows into the detector (dropping those of changed rules).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        mut detector: Detector,
+        formats: HashMap<String, TimestampFormat>,
+        router: Router,
+        notify: mpsc::Sender<Notification>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        heartbeat: Box<dyn Fn() + Send>,
+    ) -> Result<Self, StoreError> {
+        let book = IncidentBook::load(&store)?;
+        let saved: Vec<(Vec<u8>, (WindowId, SlidingWindow<Evidence>))> =
+            store.scan(Space::Windows)?;
+        let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
+        if !stale.is_empty() {
+            let mut batch = store::Batch::new();
+            for id in &stale {
+                batch.remove(Space::Windows, &window_key(id));
+            }
+            store.commit(batch)?;
+        }
+        let pipeline = Pipeline {
+            store,
+            detector,
+            book,
+            formats,
+            router,
+            notify,
+            metrics,
+            health,
+            heartbeat,
+            watermark: None,
+        };
+        pipeline.update_open_gauge();
+        Ok(pipeline)
+    }
+
+    /// Processes batches until `shutdown` turns true, then drains what is already queued.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                batch = rx.recv() => {
+                    let Some(first) = batch else { break };
+                    let mut batches = vec![first];
+                    while batches.len() < BATCHES_PER_COMMIT {
+                        match rx.try_recv() {
+                            Ok(b) => batches.push(b),
+                            Err(_) => break,
+                        }
+                    }
+                    self.step(batches).await;
+                }
+                _ = tick.tick() => {
+                    (self.heartbeat)();
+                    if let Some(now) = self.watermark {
+                        self.detector.expire(now);
+                        self.step(Vec::new()).await;
+                    }
+                }
+            }
+        }
+        let mut rest = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            rest.push(b);
+        }
+        self.step(rest).await;
+    }
+
+    /// Evaluates batches and commits their effects; notifies only after the commit is durable.
+    pub async fn step(&mut self, batches: Vec<Batch>) {
+        let mut events = Vec::new();
+        let mut commit = store::Batch::new();
+        let mut hits: Vec<Hit> = Vec::new();
+        for batch in batches {
+            for line in &batch.lines {
+                let format = self.formats.get(line.source.as_ref());
+                let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
+                if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
+                    self.metrics
+                        .lines_without_time
+                        .with_label_values(&[&line.source])
+                        .inc();
+                }
+                let time = parsed.unwrap_or(line.arrival);
+                self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
+                self.detector.observe(line, time, &mut hits);
+                let rules = self.detector.rules().clone();
+                for hit in hits.drain(..) {
+                    self.metrics
+                        .rule_matches
+                        .with_label_values(&[hit.rule.id()])
+                        .inc();
+                    if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
+                        events.push(event);
+                    }
+                }
+            }
+            match batch.progress {
+                Some(Progress::At(c)) => put(
+                    &mut commit,
+                    Space::Checkpoints,
+                    c.store_key().as_bytes(),
+                    &c,
+                ),
+                Some(Progress::Done(id)) => {
+                    commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
+                }
+                None => {}
+            }
+        }
+        if let Err(e) = self.book.write_changes(&mut commit) {
+            tracing::error!(error = %e, "cannot encode incident changes");
+        }
+        for (id, window) in self.detector.take_dirty() {
+            match window {
+                Some(w) => put(&mut commit, Space::Windows, &window_key(&id), &(&id, w)),
+                None => commit.remove(Space::Windows, &window_key(&id)),
+            }
+        }
+        if commit.is_empty() && events.is_empty() {
+            return;
+        }
+        self.make_durable(commit).await;
+        self.after_commit(events).await;
+    }
+
+    async fn make_durable(&self, commit: store::Batch) {
+        let mut pending = Some(commit);
+        loop {
+            let result = match pending.take() {
+                Some(batch) => self.store.commit(batch),
+                None => Ok(()),
+            };
+            let result = match result {
+                Ok(()) => self.store.flush().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.health.store.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    // The batch cannot be rebuilt from source (lines were consumed), so the
+                    // step waits here until the store accepts it: detection pauses, nothing
+                    // is lost, and /readyz says why.
+                    self.health.store.store(false, Ordering::Relaxed);
+                    self.metrics.store_errors.inc();
+                    tracing::error!(error = %e, "store commit failed; retrying");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn after_commit(&self, events: Vec<IncidentEvent>) {
+        for event in &events {
+            if event.kind == EventKind::Opened {
+                let i = &event.incident;
+                tracing::info!(incident = %i.id, rule = %i.rule, severity = %i.severity, count = i.count, "incident opened");
+                self.metrics
+                    .incidents_opened
+                    .with_label_values(&[&i.rule, i.severity.as_str()])
+                    .inc();
+                let detect = (i.opened_at - i.first_seen).num_milliseconds().max(0) as f64 / 1000.0;
+                self.metrics
+                    .time_to_detect
+                    .with_label_values(&[i.severity.as_str()])
+                    .observe(detect);
+            }
+            for n in self.router.route(event) {
+                if self.notify.send(n).await.is_err() {
+                    tracing::warn!("notifier stopped; notification not sent");
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.update_open_gauge();
+        }
+    }
+
+    fn update_open_gauge(&self) {
+        let counts = self.book.open_counts();
+        for severity in Severity::ALL {
+            for state in [crate::incidents::State::Open] {
+                let n = counts.get(&(severity, state)).copied().unwrap_or(0);
+                self.metrics
+                    .incidents_open
+                    .with_label_values(&[severity.as_str(), state.as_str()])
+                    .set(n);
+            }
+        }
+    }
+}
+
+fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], value: &T) {
+    if let Err(e) = batch.put(space, key, value) {
+        tracing::error!(error = %e, "cannot encode store record");
+    }
+}
+
+/// Store key of a window: rule, then key values (the rule hash is in the value).
+pub fn window_key(id: &WindowId) -> Vec<u8> {
+    let mut k = id.rule.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(
+        serde_json::to_string(&id.key)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    k
+}

@@ -1,0 +1,94 @@
+//! Log inputs: files and globs that survive rotation, and stdin.
+//!
+//! Sources only read. They hand the pipeline batches of lines plus the checkpoint the batch
+//! ends at; the pipeline makes a checkpoint durable only after it has evaluated the lines and
+//! stored what they caused, so a crash replays from a point whose effects are not yet stored.
+
+pub mod discover;
+pub mod file;
+pub mod lines;
+pub mod stdin;
+pub mod timestamp;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// One line as read, with where it came from.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Source name from the config.
+    pub source: Arc<str>,
+    /// File path, or `-` for stdin.
+    pub path: Arc<str>,
+    /// Byte offset of the line's start in the file.
+    pub offset: u64,
+    /// The line without its newline; at most `max_line_bytes`.
+    pub bytes: Vec<u8>,
+    /// When it was read.
+    pub arrival: DateTime<Utc>,
+}
+
+/// A file's identity: the inode it lives in, guarded by a hash of its first bytes so a
+/// reused inode is not mistaken for the old file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// Fingerprint of a file's head: how many bytes were hashed and their hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Fingerprint {
+    /// Bytes hashed (a short file is fingerprinted by what it has).
+    pub len: u64,
+    /// FNV-1a of those bytes.
+    pub hash: u64,
+}
+
+/// How far a file has been read, as stored in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Source the file belongs to.
+    pub source: String,
+    /// Last path the file was seen at.
+    pub path: String,
+    /// Inode identity.
+    pub id: FileId,
+    /// Head fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Offset of the first byte not yet part of an evaluated line.
+    pub offset: u64,
+}
+
+impl Checkpoint {
+    /// The store key of this checkpoint.
+    pub fn store_key(&self) -> String {
+        checkpoint_key(self.id)
+    }
+}
+
+/// The store key for a file identity's checkpoint.
+pub fn checkpoint_key(id: FileId) -> String {
+    format!("{}:{}", id.dev, id.ino)
+}
+
+/// What a source tells the pipeline about progress in a file.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Lines up to here are in this batch.
+    At(Checkpoint),
+    /// The file is gone and fully read: forget its checkpoint.
+    Done(FileId),
+}
+
+/// Lines from one file (or stdin) and how far they reach.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// The lines, in file order.
+    pub lines: Vec<LogLine>,
+    /// Progress to record once the lines' effects are stored; `None` for stdin.
+    pub progress: Option<Progress>,
+}

@@ -1,0 +1,254 @@
+//! Reading a log line's own time.
+//!
+//! Windows run on the time a line was written, not when it was read: a replay of a day of
+//! logs in seconds must not flag everyone who logged N lines that day (the SEC/swatch
+//! failure). A line whose time cannot be read falls back to its arrival time.
+
+use chrono::{DateTime, Datelike, FixedOffset, Local, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Deserializer};
+
+/// How a source's lines carry their time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TimestampFormat {
+    /// No time in the line: the time it was read.
+    #[default]
+    Arrival,
+    /// `Nov 22 10:00:01` (RFC 3164, local time, year inferred) or an RFC 3339 time at the
+    /// start of the line (rsyslog's high-precision format, RFC 5424).
+    Syslog,
+    /// An RFC 3339 time as the line's first field.
+    Rfc3339,
+    /// Common/combined log format: `[22/Nov/2026:10:00:01 +0000]`.
+    Clf,
+    /// Seconds since the epoch (fraction allowed) as the first field.
+    Epoch,
+    /// A strftime pattern matched at the start of the line; local time unless it has `%z`.
+    Pattern(String),
+}
+
+impl<'de> Deserialize<'de> for TimestampFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "arrival" => TimestampFormat::Arrival,
+            "syslog" => TimestampFormat::Syslog,
+            "rfc3339" => TimestampFormat::Rfc3339,
+            "clf" => TimestampFormat::Clf,
+            "epoch" => TimestampFormat::Epoch,
+            _ => TimestampFormat::Pattern(text),
+        })
+    }
+}
+
+impl TimestampFormat {
+    /// Checks a strftime pattern once, at load time, so a typo is a config error.
+    pub fn validate(&self) -> Result<(), String> {
+        let TimestampFormat::Pattern(pattern) = self else {
+            return Ok(());
+        };
+        let has_fields = pattern.contains("%H") || pattern.contains("%T") || pattern.contains("%s");
+        let bad = chrono::format::StrftimeItems::new(pattern)
+            .any(|item| matches!(item, chrono::format::Item::Error));
+        if bad || !has_fields {
+            return Err(format!(
+                "timestamp {pattern:?} is neither arrival, syslog, rfc3339, clf, epoch nor a strftime pattern with a time of day"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The line's own time, or `None` when it carries none this format can read.
+    ///
+    /// `reference` is a time close to when the line was written (its arrival, or a replayed
+    /// file's modification time); formats without a year take the year that puts the line
+    /// no later than one day after it.
+    pub fn parse(&self, line: &[u8], reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let head = utf8_prefix(line, 96);
+        match self {
+            TimestampFormat::Arrival => None,
+            TimestampFormat::Syslog => {
+                if head.starts_with(|c: char| c.is_ascii_digit()) {
+                    parse_rfc3339_field(head)
+                } else {
+                    parse_without_year(head.get(..15)?, "%b %e %H:%M:%S", reference)
+                }
+            }
+            TimestampFormat::Rfc3339 => parse_rfc3339_field(head),
+            TimestampFormat::Clf => {
+                let text = utf8_prefix(line, 512);
+                let start = text.find('[')? + 1;
+                let end = start + text[start..].find(']')?;
+                DateTime::parse_from_str(&text[start..end], "%d/%b/%Y:%H:%M:%S %z")
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+            TimestampFormat::Epoch => {
+                let field = first_field(head)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let seconds: f64 = field.parse().ok()?;
+                if !seconds.is_finite() || seconds < 0.0 {
+                    return None;
+                }
+                DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64)
+            }
+            TimestampFormat::Pattern(pattern) => parse_pattern(head, pattern, reference),
+        }
+    }
+}
+
+fn parse_pattern(head: &str, pattern: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if pattern.contains("%z") || pattern.contains("%:z") {
+        return DateTime::<FixedOffset>::parse_and_remainder(head, pattern)
+            .ok()
+            .map(|(t, _)| t.with_timezone(&Utc));
+    }
+    if pattern.contains("%Y") || pattern.contains("%y") || pattern.contains("%s") {
+        return NaiveDateTime::parse_and_remainder(head, pattern)
+            .ok()
+            .and_then(|(t, _)| local_to_utc(t));
+    }
+    parse_without_year(head, pattern, reference)
+}
+
+/// Parses a local time whose format has no year, choosing the year from `reference`.
+fn parse_without_year(
+    head: &str,
+    pattern: &str,
+    reference: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let year = reference.with_timezone(&Local).year();
+    let with_year = format!("{year} {head}");
+    let (naive, _) =
+        NaiveDateTime::parse_and_remainder(&with_year, &format!("%Y {pattern}")).ok()?;
+    let time = local_to_utc(naive)?;
+    // A line from late December read in early January belongs to the previous year.
+    if time > reference + chrono::Duration::days(1) {
+        let previous = naive.with_year(year - 1)?;
+        return local_to_utc(previous);
+    }
+    Some(time)
+}
+
+fn local_to_utc(naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+    Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn parse_rfc3339_field(head: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(first_field(head))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn first_field(text: &str) -> &str {
+    text.split([' ', '\t']).next().unwrap_or("")
+}
+
+/// The longest valid UTF-8 prefix of at most `max` bytes: timestamps sit at the start of
+/// the line, and a non-UTF-8 tail must not stop them being read.
+fn utf8_prefix(line: &[u8], max: usize) -> &str {
+    let head = &line[..line.len().min(max)];
+    match std::str::from_utf8(head) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn reads_each_format() {
+        let reference = utc("2026-11-22T12:00:00Z");
+        let cases: &[(TimestampFormat, &[u8], &str)] = &[
+            (
+                TimestampFormat::Rfc3339,
+                b"2026-11-22T10:00:01.250+01:00 host x",
+                "2026-11-22T09:00:01.250Z",
+            ),
+            (
+                TimestampFormat::Syslog,
+                b"2026-11-22T10:00:01Z host sshd[1]: x",
+                "2026-11-22T10:00:01Z",
+            ),
+            (
+                TimestampFormat::Clf,
+                b"203.0.113.9 - - [22/Nov/2026:10:00:01 +0000] \"GET / HTTP/1.1\" 200",
+                "2026-11-22T10:00:01Z",
+            ),
+            (
+                TimestampFormat::Epoch,
+                b"1795341601.5 something",
+                "2026-11-22T10:00:01.500Z",
+            ),
+            (
+                TimestampFormat::Pattern("%Y/%m/%d %H:%M:%S %z".into()),
+                b"2026/11/22 10:00:01 +0000 [error] x",
+                "2026-11-22T10:00:01Z",
+            ),
+        ];
+        for (format, line, want) in cases {
+            assert_eq!(format.parse(line, reference), Some(utc(want)), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn bsd_syslog_takes_the_year_that_keeps_the_line_in_the_past() {
+        let fmt = TimestampFormat::Syslog;
+        let line = b"Dec 31 23:59:59 host sshd[1]: x";
+        let in_january = utc("2027-01-01T00:10:00Z");
+        let t = fmt.parse(line, in_january).unwrap();
+        assert_eq!(t.with_timezone(&Local).year(), 2026);
+        let in_december = utc("2026-12-31T23:59:59Z");
+        let t = fmt.parse(b"Nov  2 03:04:05 host x", in_december).unwrap();
+        assert_eq!(
+            t.with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            "2026-11-02 03:04:05"
+        );
+    }
+
+    #[test]
+    fn unreadable_or_binary_lines_have_no_time() {
+        let reference = utc("2026-11-22T12:00:00Z");
+        assert_eq!(
+            TimestampFormat::Syslog.parse(b"\xff\xfe garbage", reference),
+            None
+        );
+        assert_eq!(TimestampFormat::Clf.parse(b"no brackets", reference), None);
+        assert_eq!(TimestampFormat::Epoch.parse(b"-5 x", reference), None);
+        assert_eq!(
+            TimestampFormat::Arrival.parse(b"2026-11-22T10:00:01Z", reference),
+            None
+        );
+        // A valid prefix followed by invalid bytes still yields the time.
+        assert!(
+            TimestampFormat::Rfc3339
+                .parse(b"2026-11-22T10:00:01Z \xff\xff", reference)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_pattern_without_a_time_of_day_is_rejected() {
+        assert!(
+            TimestampFormat::Pattern("%Y-%m-%d".into())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            TimestampFormat::Pattern("%b %d %H:%M:%S".into())
+                .validate()
+                .is_ok()
+        );
+    }
+}

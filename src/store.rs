@@ -1,0 +1,206 @@
+//! The embedded store (sled). All sled use lives here, so the engine could be swapped.
+//!
+//! One tree with a key prefix per kind of record lets a whole pipeline step (incident
+//! changes, window state and file checkpoints) be written as one atomic batch: after a crash
+//! either all of a step is there or none of it, and the replayed lines redo exactly the
+//! missing part.
+
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::Path;
+
+/// Page cache for sled; its default (1 GiB) is far too much for a host agent.
+const CACHE_BYTES: u64 = 64 << 20;
+
+/// The kinds of records, each under its own key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Incidents by id.
+    Incidents,
+    /// File read positions by file identity.
+    Checkpoints,
+    /// Detection windows by rule and key.
+    Windows,
+    /// Counters and other single values.
+    Meta,
+}
+
+impl Space {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Space::Incidents => b"inc/",
+            Space::Checkpoints => b"ckpt/",
+            Space::Windows => b"win/",
+            Space::Meta => b"meta/",
+        }
+    }
+
+    fn key(self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix().to_vec();
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is open in another process (sled holds a file lock).
+    #[error(
+        "the state directory {0} is in use by another process (is the daemon running? stop it or work on a copy)"
+    )]
+    Locked(String),
+    /// sled failed.
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be (de)serialised.
+    #[error("store record error: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// Handle to the store; cheap to clone and safe to share across threads.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// Changes written together by [`Store::commit`].
+#[derive(Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    empty: bool,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch {
+            inner: sled::Batch::default(),
+            empty: true,
+        }
+    }
+
+    /// Writes a record as JSON.
+    pub fn put<T: Serialize>(
+        &mut self,
+        space: Space,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .insert(space.key(key), serde_json::to_vec(value)?);
+        self.empty = false;
+        Ok(())
+    }
+
+    /// Removes a record.
+    pub fn remove(&mut self, space: Space, key: &[u8]) {
+        self.inner.remove(space.key(key));
+        self.empty = false;
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let tree = db.open_tree("logwarden")?;
+        Ok(Store { db, tree })
+    }
+
+    /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if !batch.empty {
+            self.tree.apply_batch(batch.inner)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything committed so far durable on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking variant of [`Store::flush`] for threads outside the runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Reads one record.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.tree.get(space.key(key))? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a kind, in key order; unreadable records are skipped with a warning
+    /// rather than failing the whole scan.
+    pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let prefix = space.prefix();
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (key, value) = item?;
+            match serde_json::from_slice(&value) {
+                Ok(v) => out.push((key[prefix.len()..].to_vec(), v)),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "skipping unreadable store record")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(Space::Incidents, b"1", &"one").unwrap();
+            batch.put(Space::Checkpoints, b"1:2", &7u64).unwrap();
+            batch.put(Space::Incidents, b"2", &"two").unwrap();
+            store.commit(batch).unwrap();
+            let mut batch = Batch::new();
+            batch.remove(Space::Incidents, b"2");
+            store.commit(batch).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let incidents: Vec<(Vec<u8>, String)> = store.scan(Space::Incidents).unwrap();
+        assert_eq!(incidents, vec![(b"1".to_vec(), "one".to_string())]);
+        assert_eq!(
+            store.get::<u64>(Space::Checkpoints, b"1:2").unwrap(),
+            Some(7)
+        );
+    }
+}
