@@ -135,10 +135,41 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// A JSON error response.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+/// An API failure, answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Why, for the caller.
+    pub message: String,
 }
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// Builds an [`ApiError`].
+pub fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// What API handlers return.
+pub type ApiResult = Result<Response, ApiError>;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -152,14 +183,14 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return error(StatusCode::UNAUTHORIZED, "missing bearer token");
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
     let Some(token) = state
         .tokens
         .iter()
         .find(|t| constant_time_eq(&t.secret, presented.as_bytes()))
     else {
-        return error(StatusCode::UNAUTHORIZED, "unknown token");
+        return error(StatusCode::UNAUTHORIZED, "unknown token").into_response();
     };
     req.extensions_mut().insert(Caller {
         name: token.name.clone(),
@@ -169,7 +200,7 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
 }
 
 /// Refuses a call whose token role is below `needed`.
-pub fn require(caller: &Caller, needed: ApiRole) -> Result<(), Response> {
+pub fn require(caller: &Caller, needed: ApiRole) -> Result<(), ApiError> {
     if caller.role >= needed {
         Ok(())
     } else {
@@ -217,15 +248,11 @@ async fn list_incidents(
     State(state): State<Shared>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(filter): Query<IncidentFilter>,
-) -> Response {
-    if let Err(r) = require(&caller, ApiRole::Viewer) {
-        return r;
-    }
-    let incidents = match state.store.scan::<Incident>(Space::Incidents) {
-        Ok(all) => all,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let wanted: Vec<Incident> = incidents
+) -> ApiResult {
+    require(&caller, ApiRole::Viewer)?;
+    let wanted: Vec<Incident> = state
+        .store
+        .scan::<Incident>(Space::Incidents)?
         .into_iter()
         .map(|(_, i)| i)
         .filter(|i| {
@@ -242,37 +269,29 @@ async fn list_incidents(
         })
         .filter(|i| filter.rule.as_deref().is_none_or(|r| r == i.rule))
         .collect();
-    Json(wanted).into_response()
+    Ok(Json(wanted).into_response())
 }
 
 async fn get_incident(
     State(state): State<Shared>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = require(&caller, ApiRole::Viewer) {
-        return r;
-    }
-    let Some(number) = Incident::number(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("no incident {id}"));
-    };
-    match state
+) -> ApiResult {
+    require(&caller, ApiRole::Viewer)?;
+    let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
+    let number = Incident::number(&id).ok_or_else(missing)?;
+    let incident = state
         .store
-        .get::<Incident>(Space::Incidents, &Incident::store_key(number))
-    {
-        Ok(Some(incident)) => Json(incident).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no incident {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+        .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
+        .ok_or_else(missing)?;
+    Ok(Json(incident).into_response())
 }
 
 async fn list_rules(
     State(state): State<Shared>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Response {
-    if let Err(r) = require(&caller, ApiRole::Viewer) {
-        return r;
-    }
+) -> ApiResult {
+    require(&caller, ApiRole::Viewer)?;
     let rules = state.rules.read().expect("rules lock").clone();
     let list: Vec<serde_json::Value> = rules
         .rules
@@ -286,5 +305,5 @@ async fn list_rules(
             })
         })
         .collect();
-    Json(serde_json::json!({ "version": rules.version, "rules": list })).into_response()
+    Ok(Json(serde_json::json!({ "version": rules.version, "rules": list })).into_response())
 }

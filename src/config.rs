@@ -396,7 +396,7 @@ mod tests {
     fn an_unknown_key_is_an_error_with_its_place() {
         let errs = parse("state_dir: s\nsources:\n  - name: a\n    pathz: [x]\n").unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert_eq!((errs[0].line, errs[0].col), (3, 5));
+        assert_eq!((errs[0].line, errs[0].col), (4, 5));
         assert!(
             errs[0].message.contains("unknown field `pathz`"),
             "{}",

@@ -24,6 +24,9 @@ pub enum State {
 }
 
 impl State {
+    /// Every state (for metrics that must show zeroes).
+    pub const ALL: [State; 1] = [State::Open];
+
     /// The name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -5,9 +5,7 @@
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
-use crate::detection::Evidence;
-use crate::detection::window::SlidingWindow;
-use crate::detection::{Detector, Hit, WindowId};
+use crate::detection::{Detector, Hit, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::metrics::Metrics;
 use crate::notification::{Notification, Router};
@@ -66,8 +64,7 @@ impl Pipeline {
         heartbeat: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let book = IncidentBook::load(&store)?;
-        let saved: Vec<(Vec<u8>, (WindowId, SlidingWindow<Evidence>))> =
-            store.scan(Space::Windows)?;
+        let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
         let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
         if !stale.is_empty() {
             let mut batch = store::Batch::new();
@@ -96,8 +93,9 @@ impl Pipeline {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         loop {
+            // Unbiased: a long backlog of batches must not starve the tick, or systemd's
+            // watchdog would kill a daemon that is busy, not hung.
             tokio::select! {
-                biased;
                 _ = shutdown.changed() => break,
                 batch = rx.recv() => {
                     let Some(first) = batch else { break };
@@ -242,7 +240,7 @@ impl Pipeline {
     fn update_open_gauge(&self) {
         let counts = self.book.open_counts();
         for severity in Severity::ALL {
-            for state in [crate::incidents::State::Open] {
+            for state in crate::incidents::State::ALL {
                 let n = counts.get(&(severity, state)).copied().unwrap_or(0);
                 self.metrics
                     .incidents_open

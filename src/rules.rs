@@ -383,8 +383,14 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Compiles a user regex with the resource bounds every pattern gets.
+///
+/// Patterns run on raw bytes with Unicode classes off (`\S`, `.` and `\w` work byte-wise,
+/// as grep in the C locale): with Unicode on, `\S` would not match invalid UTF-8, and an
+/// attacker could slip past a rule by putting such bytes in a user name. `(?u)` turns
+/// Unicode back on inside a pattern.
 pub fn compile_pattern(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(pattern)
+        .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_DFA_LIMIT)
         .build()

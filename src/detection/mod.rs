@@ -90,6 +90,9 @@ pub struct WindowId {
     pub key: Key,
 }
 
+/// A window as stored: its identity and its events.
+pub type SavedWindow = (WindowId, SlidingWindow<Evidence>);
+
 /// Evaluates lines against a rule set and keeps every rule's windows.
 pub struct Detector {
     rules: Arc<RuleSet>,
@@ -236,10 +239,7 @@ impl Detector {
 
     /// Restores windows saved earlier; windows of rules whose definition changed are dropped
     /// (returned, so the caller can delete them).
-    pub fn restore(
-        &mut self,
-        saved: impl IntoIterator<Item = (WindowId, SlidingWindow<Evidence>)>,
-    ) -> Vec<WindowId> {
+    pub fn restore(&mut self, saved: impl IntoIterator<Item = SavedWindow>) -> Vec<WindowId> {
         let mut stale = Vec::new();
         for (id, window) in saved {
             match self.rules.rule(&id.rule) {
@@ -271,6 +271,7 @@ impl SourceMatcher {
             .collect();
         // Each pattern already compiled within its own bounds; the set gets their sum.
         let set = RegexSetBuilder::new(rules.iter().map(|r| r.def.pattern.as_str()))
+            .unicode(false)
             .size_limit(SET_SIZE_LIMIT)
             .dfa_size_limit(SET_SIZE_LIMIT)
             .build()

@@ -1,0 +1,217 @@
+//! `logwarden check`: exit 0 with a summary, or exit 1 with one `path:line:col: message`
+//! per problem — one test per class of problem.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const CONFIG: &str = "state_dir: state\nrules: [rules]\nsources:\n  - {name: auth, paths: [auth.log]}\nreceivers:\n  - {name: console, type: file, path: '-'}\nroles:\n  analysts: {receivers: [console]}\nescalation_policies:\n  default:\n    - notify: [analysts]\n";
+
+const GOOD_RULE: &str = "  - id: good\n    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n";
+
+/// Runs `check` on a config dir; returns exit code and stdout lines.
+fn check(dir: &Path) -> (i32, Vec<String>) {
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(dir.join("logwarden.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    (
+        out.status.code().unwrap(),
+        stdout.lines().map(str::to_string).collect(),
+    )
+}
+
+/// Writes the standard config plus `rules/a.yaml` = `rules:\n` + `rule_text`, runs check and
+/// expects exactly one problem at `line:col` containing `message`.
+fn expect_rule_error(rule_text: &str, line: usize, col: usize, message: &str) {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let rules = s.write("rules/a.yaml", &format!("rules:\n{rule_text}"));
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines.len(), 1, "one line per problem: {lines:?}");
+    let prefix = format!("{}:{line}:{col}: ", rules.display());
+    assert!(
+        lines[0].starts_with(&prefix),
+        "want {prefix}…, got {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(message),
+        "want {message:?} in {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn a_valid_config_prints_a_summary() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+    s.write(
+        "rules/b.yml",
+        &format!("rules:\n{}", GOOD_RULE.replace("id: good", "id: good-two")),
+    );
+    s.write("rules/ignored.txt", "not a rule file");
+    assert_eq!(
+        check(s.dir.path()),
+        (0, vec!["ok: 2 rules in 2 files".to_string()])
+    );
+}
+
+#[test]
+fn the_shipped_config_and_rules_pass() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/logwarden.yaml");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+}
+
+#[test]
+fn unknown_rule_key() {
+    let text = GOOD_RULE.replace(
+        "    severity: moderate\n",
+        "    severity: moderate\n    treshold: 5\n",
+    );
+    expect_rule_error(&text, 7, 5, "unknown field `treshold`");
+}
+
+#[test]
+fn bad_regex_carries_the_regex_crates_message() {
+    let text = GOOD_RULE.replace(
+        "Failed password for (?P<user>",
+        "Failed password for ((?P<user>",
+    );
+    expect_rule_error(&text, 3, 5, "bad regex in match: unclosed group");
+}
+
+#[test]
+fn group_by_naming_a_missing_capture() {
+    let text = GOOD_RULE.replace("group_by: [ip]", "group_by: [src]");
+    expect_rule_error(
+        &text,
+        4,
+        5,
+        "group_by names \"src\", which is not a named capture",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = GOOD_RULE.replace("within: 1m", "within: 1 minute");
+    expect_rule_error(&text, 5, 16, "unknown unit");
+}
+
+#[test]
+fn unknown_source() {
+    let text = GOOD_RULE.replace("    group_by", "    sources: [nginx]\n    group_by");
+    expect_rule_error(&text, 4, 5, "unknown source \"nginx\"");
+}
+
+#[test]
+fn unknown_escalation_policy() {
+    let text = format!("{GOOD_RULE}    escalation: pager\n");
+    expect_rule_error(&text, 7, 5, "unknown escalation policy \"pager\"");
+}
+
+#[test]
+fn duplicate_rule_ids_across_files() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+    let b = s.write("rules/b.yaml", &format!("rules:\n{GOOD_RULE}"));
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("{}:2:5: duplicate rule id \"good\"", b.display())),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn role_naming_an_unknown_receiver() {
+    let s = Setup::new();
+    let config = s.write(
+        "logwarden.yaml",
+        &CONFIG.replace("receivers: [console]", "receivers: [console, pagerduty]"),
+    );
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines,
+        vec![format!(
+            "{}:8:3: role \"analysts\" names unknown receiver \"pagerduty\"",
+            config.display()
+        )]
+    );
+}
+
+#[test]
+fn unknown_config_key_and_bad_yaml() {
+    let s = Setup::new();
+    let config = s.write(
+        "logwarden.yaml",
+        &CONFIG.replace("state_dir: state", "state_dir: state\nstate_dri: x"),
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with(&format!(
+            "{}:2:1: unknown field `state_dri`",
+            config.display()
+        )),
+        "{}",
+        lines[0]
+    );
+
+    s.write("logwarden.yaml", CONFIG);
+    let rules = s.write(
+        "rules/a.yaml",
+        "rules:\n  - id: x\n    match: 'unterminated\n",
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with(&format!("{}:", rules.display())),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let text = format!(
+        "rules:\n{}{}",
+        GOOD_RULE
+            .replace("id: good", "id: one")
+            .replace("group_by: [ip]", "group_by: [nope]"),
+        GOOD_RULE.replace("id: good", "id: Two")
+    );
+    let rules = s.write("rules/a.yaml", &text);
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l.split(": ").next().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        vec![
+            format!("{}:4:5", rules.display()),
+            format!("{}:7:5", rules.display())
+        ]
+    );
+}

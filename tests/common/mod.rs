@@ -1,0 +1,393 @@
+//! Test harness: the real binary, real files, real HTTP on 127.0.0.1, real signals.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_logwarden")
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether a test that needs an external peer must fail instead of skipping.
+pub fn peers_required() -> bool {
+    std::env::var("LOGWARDEN_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Finds an external program; skips loudly (or fails under LOGWARDEN_REQUIRE_PEERS=1).
+pub fn peer(program: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !peers_required(),
+            "{program} (Debian package {package}) is required: LOGWARDEN_REQUIRE_PEERS=1"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: {program} not installed (apt-get install {package}); set LOGWARDEN_REQUIRE_PEERS=1 to make this a failure\n"
+        );
+    }
+    found
+}
+
+/// Runs a command with `input` on its stdin and collects its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A minimal HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub fn http(
+    method: &str,
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// A request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+/// A real webhook receiver on 127.0.0.1 answering 200 to every POST.
+pub struct Receiver {
+    pub port: u16,
+    rx: mpsc::Receiver<Received>,
+}
+
+impl Receiver {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || serve_one(stream, tx));
+            }
+        });
+        Receiver { port, rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Next request, within `limit`.
+    pub fn next(&self, limit: Duration) -> Option<Received> {
+        self.rx.recv_timeout(limit).ok()
+    }
+
+    /// Everything received so far.
+    pub fn drain(&self) -> Vec<Received> {
+        self.rx.try_iter().collect()
+    }
+}
+
+fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let mut headers = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+                headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        let _ = tx.send(Received {
+            path,
+            headers,
+            body,
+        });
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
+/// A temp directory holding a config, rules and log files for one daemon.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub token: String,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            token: "test-token-0123456789".to_string(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes `logwarden.yaml` with the given sources/receivers/roles/policies sections
+    /// (YAML text) plus the common parts.
+    pub fn config(&self, body: &str) -> PathBuf {
+        self.write("token", &self.token);
+        let text = format!(
+            "state_dir: state\nrules: [rules]\nlisten: 127.0.0.1:{}\napi:\n  tokens:\n    - {{name: tester, role: admin, token_file: token}}\n{body}",
+            self.port
+        );
+        self.write("logwarden.yaml", &text)
+    }
+
+    pub fn append(&self, rel: &str, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(rel))
+            .unwrap();
+        for l in lines {
+            f.write_all(l.as_bytes()).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        f.flush().unwrap();
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.path("logwarden.yaml"), self.port, &self.token)
+    }
+}
+
+/// A running `logwarden run`.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub token: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, port: u16, token: &str) -> Self {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = config.with_file_name(format!("daemon-{n}.log"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            port,
+            token: token.to_string(),
+            stderr_path,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let port = self.port;
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http("GET", port, "/readyz", None, None)
+                && r.status == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited with {status} before ready:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http("GET", self.port, path, Some(&self.token), None).unwrap()
+    }
+
+    pub fn incidents(&self) -> Vec<serde_json::Value> {
+        let r = self.get("/api/v1/incidents");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json().as_array().unwrap().clone()
+    }
+
+    /// Waits until an incident of `rule` exists and returns it.
+    pub fn wait_incident(&self, rule: &str, limit: Duration) -> serde_json::Value {
+        wait_for(&format!("an incident of {rule}"), limit, || {
+            self.incidents().into_iter().find(|i| i["rule"] == rule)
+        })
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns how long it took.
+    pub fn stop(mut self) -> Duration {
+        let start = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "daemon exited with {status}:\n{}",
+            self.log()
+        );
+        start.elapsed()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An sshd failure line at `Nov 22 10:MM:SS` (syslog format).
+pub fn ssh_fail(ip: &str, seconds: u32) -> String {
+    format!(
+        "Nov 22 10:{:02}:{:02} web1 sshd[811]: Failed password for invalid user admin from {ip} port {} ssh2",
+        seconds / 60,
+        seconds % 60,
+        40000 + seconds
+    )
+}
