@@ -60,6 +60,9 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
 }
 
 async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), RunError> {
+    // Handlers first: a SIGTERM during start-up must still shut down cleanly.
+    let termination =
+        Termination::install().map_err(|e| RunError::Io(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     metrics.rules_loaded.set(rules.rules.len() as i64);
@@ -127,13 +130,11 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         stop_sources.clone(),
     )
     .map_err(RunError::Io)?;
-    let (wake_tx, wake_rx) = std::sync::mpsc::channel();
-    let _watcher = watch_dirs(&tailer.watch_dirs(), wake_tx);
     let sources_ready = Arc::new(AtomicBool::new(false));
     let ready_flag = sources_ready.clone();
     let tailer_thread = std::thread::Builder::new()
         .name("tailer".into())
-        .spawn(move || tailer.run(wake_rx, ready_flag))
+        .spawn(move || tailer.run(ready_flag))
         .map_err(|e| RunError::Io(e.to_string()))?;
     for source in &config.sources {
         if source.paths.iter().any(|p| p.as_os_str() == "-") {
@@ -189,7 +190,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         health_for_ready.sources.store(true, Ordering::Relaxed);
     });
 
-    wait_for_termination().await;
+    termination.wait().await;
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop_sources.store(true, Ordering::Relaxed);
@@ -208,37 +209,25 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     Ok(())
 }
 
-/// Watches the sources' directories; events only wake the tailer early. If watching is not
-/// possible (limits, unsupported file system) the tailer still polls.
-fn watch_dirs(
-    dirs: &[std::path::PathBuf],
-    wake: std::sync::mpsc::Sender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let mut watcher =
-        match notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            let _ = wake.send(());
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "file watching unavailable; polling only");
-                return None;
-            }
-        };
-    for dir in dirs {
-        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; polling it");
-        }
-    }
-    Some(watcher)
+/// SIGTERM and SIGINT, listened for from the start.
+struct Termination {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
-async fn wait_for_termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+impl Termination {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Termination {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
     }
 }

@@ -19,15 +19,17 @@ fn notifies_ready_then_feeds_the_watchdog_then_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "2000000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "2000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut messages = Vec::new();
     let start = Instant::now();
     let mut buf = [0u8; 256];
@@ -50,14 +52,14 @@ fn notifies_ready_then_feeds_the_watchdog_then_stopping() {
         http("GET", s.port, "/readyz", None, None).unwrap().status,
         200
     );
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     loop {
         let n = socket.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
         if String::from_utf8_lossy(&buf[..n]).trim() == "STOPPING=1" {
             break;
         }
     }
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]

@@ -2,12 +2,28 @@
 //!
 //! Plain paths and globs are both expanded on every poll: the file system is the source of
 //! truth, and watcher events only make the next poll come sooner.
+//!
+//! A watched file's rotated generations (`auth.log.1`, `auth.log-20261122`, but not
+//! compressed ones) belong to the set too: a rename by logrotate then only changes the path
+//! of a file already tracked by identity, and a generation created and rotated away between
+//! two polls (or while logwarden was down) is still found and read.
 
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::path::{Component, Path, PathBuf};
 
 /// How deep a `**` pattern may descend, so a symlink loop or a huge tree stays bounded.
 const MAX_RECURSION: usize = 16;
+/// Endings of compressed generations, which are not text to tail.
+const COMPRESSED: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip"];
+
+/// A file of the set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether it is a rotated generation of a watched file rather than the file itself.
+    pub rotated: bool,
+}
 
 /// The expanded form of one source's `paths` and `exclude`.
 #[derive(Debug)]
@@ -81,28 +97,24 @@ impl PathSet {
             .collect()
     }
 
-    /// Whether a path belongs to this set (used when a tracked file is renamed).
-    pub fn contains(&self, path: &Path) -> bool {
-        !self.excluded(path)
-            && self.patterns.iter().any(|p| match p {
-                Pattern::Plain(plain) => plain == path,
-                Pattern::Glob { matcher, .. } => matcher.is_match(path),
-            })
-    }
-
     fn excluded(&self, path: &Path) -> bool {
         self.exclude.is_match(path) || path.file_name().is_some_and(|n| self.exclude.is_match(n))
     }
 
-    /// The regular files that exist now, sorted, without duplicates.
-    pub fn expand(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
+    /// The regular files that exist now (watched files, then their rotated generations),
+    /// sorted by path, each once.
+    pub fn expand(&self) -> Vec<Found> {
+        let mut watched = Vec::new();
+        // Plain paths name their generations even while the file itself is missing (between
+        // a rename and the creation of the new file).
+        let mut names = Vec::new();
         for pattern in &self.patterns {
             match pattern {
                 Pattern::Plain(path) => {
                     if path.is_file() && !self.excluded(path) {
-                        out.push(path.clone());
+                        watched.push(path.clone());
                     }
+                    names.push(path.clone());
                 }
                 Pattern::Glob {
                     base,
@@ -110,12 +122,67 @@ impl PathSet {
                     depth,
                 } => {
                     let limit = depth.unwrap_or(MAX_RECURSION);
-                    self.walk(base, matcher, limit, &mut out);
+                    let mut matched = Vec::new();
+                    self.walk(base, matcher, limit, &mut matched);
+                    names.extend(matched.iter().cloned());
+                    watched.extend(matched);
                 }
             }
         }
+        watched.sort();
+        watched.dedup();
+        let mut out: Vec<Found> = watched
+            .iter()
+            .map(|p| Found {
+                path: p.clone(),
+                rotated: false,
+            })
+            .collect();
+        for path in self.generations(&names) {
+            if watched.binary_search(&path).is_err() {
+                out.push(Found {
+                    path,
+                    rotated: true,
+                });
+            }
+        }
         out.sort();
-        out.dedup();
+        out.dedup_by(|a, b| a.path == b.path);
+        out
+    }
+
+    /// Rotated generations of the named files: same directory, name continued by `.`, `-`
+    /// or `_`, not compressed, not excluded.
+    fn generations(&self, names: &[PathBuf]) -> Vec<PathBuf> {
+        let mut by_dir: std::collections::BTreeMap<&Path, Vec<String>> = Default::default();
+        for name in names {
+            if let (Some(dir), Some(file)) = (name.parent(), name.file_name()) {
+                by_dir
+                    .entry(dir)
+                    .or_default()
+                    .push(file.to_string_lossy().into_owned());
+            }
+        }
+        let mut out = Vec::new();
+        for (dir, bases) in by_dir {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_generation = bases.iter().any(|base| {
+                    name.strip_prefix(base.as_str())
+                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with(['.', '-', '_']))
+                });
+                if !is_generation || COMPRESSED.iter().any(|ext| name.ends_with(ext)) {
+                    continue;
+                }
+                let path = entry.path();
+                if !self.excluded(&path) && path.is_file() {
+                    out.push(path);
+                }
+            }
+        }
         out
     }
 
@@ -145,6 +212,10 @@ impl PathSet {
 mod tests {
     use super::*;
 
+    fn paths(found: Vec<Found>) -> Vec<PathBuf> {
+        found.into_iter().map(|f| f.path).collect()
+    }
+
     #[test]
     fn expands_globs_plain_paths_and_excludes() {
         let dir = tempfile::tempdir().unwrap();
@@ -166,13 +237,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            set.expand(),
+            paths(set.expand()),
             vec![d.join("a.log"), d.join("b.log"), d.join("other.txt")]
         );
         let deep = PathSet::new(&[d.join("**/*.log")], &[]).unwrap();
-        let found = deep.expand();
+        let found = paths(deep.expand());
         assert!(found.contains(&d.join("nginx/sub/y.log")) && found.contains(&d.join("a.log")));
-        assert!(set.contains(&d.join("new.log")));
-        assert!(!set.contains(&d.join("new.log.gz")));
+    }
+
+    #[test]
+    fn rotated_generations_belong_to_the_set_even_while_the_file_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "auth.log.1",
+            "auth.log-20261122",
+            "auth.log.2.gz",
+            "auth.logger",
+            "auth.log.old",
+            "kern.log.1",
+        ] {
+            std::fs::write(d.join(f), "x\n").unwrap();
+        }
+        let set = PathSet::new(&[d.join("auth.log")], &["*.old".to_string()]).unwrap();
+        assert_eq!(
+            set.expand(),
+            vec![
+                Found {
+                    path: d.join("auth.log-20261122"),
+                    rotated: true
+                },
+                Found {
+                    path: d.join("auth.log.1"),
+                    rotated: true
+                },
+            ]
+        );
+        std::fs::write(d.join("auth.log"), "x\n").unwrap();
+        assert_eq!(
+            set.expand()[0],
+            Found {
+                path: d.join("auth.log"),
+                rotated: false
+            }
+        );
+        assert_eq!(set.expand().len(), 3);
     }
 }

@@ -73,6 +73,16 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// A child process killed when the test ends, pass or fail: no daemon outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A minimal HTTP response.
 #[derive(Debug)]
 pub struct Response {
@@ -233,8 +243,15 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Self {
+        let mut dir = tempfile::tempdir().unwrap();
+        // LOGWARDEN_TEST_KEEP=1 keeps each test's directory (config, logs, daemon logs, state)
+        // for inspection after a failure.
+        if std::env::var("LOGWARDEN_TEST_KEEP").is_ok_and(|v| v == "1") {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         Setup {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             port: free_port(),
             token: "test-token-0123456789".to_string(),
         }
@@ -390,4 +407,117 @@ pub fn ssh_fail(ip: &str, seconds: u32) -> String {
         seconds % 60,
         40000 + seconds
     )
+}
+
+/// A small seeded PRNG (xorshift64*), so randomized tests are reproducible from their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Count-5 accounting workload: for each of `keys` keys, 5 lines of `g<i>` (exactly one
+/// incident each, count 5) and 4 lines of `h<i>` (none), shuffled. A lost line leaves a `g`
+/// without its incident; a doubled line opens an `h` incident or makes a count 6.
+pub fn accounting_lines(keys: usize, rng: &mut Rng) -> Vec<String> {
+    let mut lines = Vec::with_capacity(keys * 9);
+    for i in 0..keys {
+        for n in 0..5 {
+            lines.push(format!(
+                "app[{}]: event key=g{i} n={n} padding-to-make-lines-realistic",
+                100 + i
+            ));
+        }
+        for n in 0..4 {
+            lines.push(format!(
+                "app[{}]: event key=h{i} n={n} padding-to-make-lines-realistic",
+                100 + i
+            ));
+        }
+    }
+    rng.shuffle(&mut lines);
+    lines
+}
+
+/// Rules for [`accounting_lines`] plus a marker rule for barriers.
+pub const ACCOUNTING_RULES: &str = r#"
+rules:
+  - id: count5
+    match: 'event key=(?P<k>[gh]\d+) '
+    group_by: [k]
+    threshold: {count: 5, within: 1d}
+    severity: low
+  - id: marker
+    match: 'MARKER (?P<n>\d+)'
+    group_by: [n]
+    threshold: {count: 1, within: 1s}
+    severity: low
+"#;
+
+/// Waits until every `g` key has its incident, then checks the accounting exactly.
+pub fn verify_accounting(d: &Daemon, keys: usize, limit: Duration) {
+    let counts = |d: &Daemon| -> std::collections::BTreeMap<String, u64> {
+        d.incidents()
+            .into_iter()
+            .filter(|i| i["rule"] == "count5")
+            .map(|i| {
+                (
+                    i["key"]["k"].as_str().unwrap().to_string(),
+                    i["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    loop {
+        let seen = counts(d);
+        let missing: Vec<String> = (0..keys)
+            .map(|i| format!("g{i}"))
+            .filter(|k| !seen.contains_key(k))
+            .collect();
+        let wrong: Vec<(&String, &u64)> = seen
+            .iter()
+            .filter(|(k, c)| k.starts_with('h') || **c != 5)
+            .collect();
+        assert!(wrong.is_empty(), "lines read twice: {wrong:?}\n{}", d.log());
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "lines lost: no incident for {} keys, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
