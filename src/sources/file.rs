@@ -320,8 +320,9 @@ impl FileTailer {
             }
             source.deferred.remove(&id);
             let Ok(file) = File::open(path) else { continue };
-            let tracked = start_new(source, &copies, path, id, *len, *rotated, file);
-            source.files.insert(id, cap_descriptors(tracked, &mut open));
+            if let Some(tracked) = start_new(source, &copies, path, id, *len, *rotated, file) {
+                source.files.insert(id, cap_descriptors(tracked, &mut open));
+            }
         }
         for tracked in source.files.values_mut() {
             if !present.contains_key(&tracked.id) && tracked.gone_since.is_none() {
@@ -583,7 +584,8 @@ fn resume(
 /// Decides where a file never seen before starts: where a truncated file's copy continues
 /// it; parked at its end when it copies a file being read; at its end when it was there
 /// before the source was first seen (rotated history, or `start_at: end`); else at 0 (a new
-/// file, or a generation created and rotated away between two looks).
+/// file, or a generation created and rotated away between two looks). `None`: a copy still
+/// being written, to be looked at again.
 #[allow(clippy::too_many_arguments)]
 fn start_new(
     source: &mut FileSource,
@@ -593,26 +595,27 @@ fn start_new(
     len: u64,
     rotated: bool,
     file: File,
-) -> Tracked {
+) -> Option<Tracked> {
     let head = head_bytes(&file);
     match copies.origin(&head) {
-        Some(Origin::Truncated(t)) if len >= t.checkpoint => {
+        Some(Origin::Truncated(t)) if len < t.checkpoint => return None,
+        Some(Origin::Truncated(t)) => {
             source.truncated.retain(|(other, _)| other.id != t.id);
             tracing::info!(source = %source.name, path = %path.display(), offset = t.checkpoint, "reading the truncated file's last lines from its copy");
-            return new_tracked(source, path, id, len, Some(file), t.checkpoint);
+            return Some(new_tracked(source, path, id, len, Some(file), t.checkpoint));
         }
         Some(Origin::File(original)) => {
             tracing::info!(source = %source.name, path = %path.display(), "file is a copy of a tailed file; waiting to see whether the original is truncated");
             let mut tracked = new_tracked(source, path, id, len, Some(file), len);
             tracked.copy_of = Some((original, Instant::now()));
-            return tracked;
+            return Some(tracked);
         }
-        _ => {}
+        None => {}
     }
     let at_end = source.first_sight && (rotated || source.start_at == StartAt::End);
     let offset = if at_end { len } else { 0 };
     tracing::info!(source = %source.name, path = %path.display(), offset, "tailing a new file");
-    new_tracked(source, path, id, len, Some(file), offset)
+    Some(new_tracked(source, path, id, len, Some(file), offset))
 }
 
 /// What a new file may be a copy of.
