@@ -22,6 +22,10 @@ pub enum Space {
     Windows,
     /// Counters and other single values.
     Meta,
+    /// Notifications written with the change that caused them, not yet delivered.
+    Outbox,
+    /// Notifications given up on (too old or refused); kept until re-sent.
+    DeadLetters,
 }
 
 impl Space {
@@ -31,6 +35,8 @@ impl Space {
             Space::Checkpoints => b"ckpt/",
             Space::Windows => b"win/",
             Space::Meta => b"meta/",
+            Space::Outbox => b"out/",
+            Space::DeadLetters => b"dead/",
         }
     }
 
@@ -132,6 +138,12 @@ impl Store {
             self.tree.apply_batch(batch.inner)?;
         }
         Ok(())
+    }
+
+    /// A number never handed out before, also across restarts and crashes (sled reserves
+    /// ranges durably and skips ahead after a crash), for ids that must stay unique.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Makes everything committed so far durable on disk.
