@@ -298,8 +298,8 @@ impl Config {
     }
 }
 
-/// serde_yaml places errors inside internally tagged enums (receivers) at the enclosing
-/// item; point an unknown field at the field itself when it can be found in that item.
+/// serde_yaml places errors inside internally tagged enums (receivers) near the enclosing
+/// item; point an unknown field at its first use from there to the next top-level key.
 fn refine_unknown_field(d: &mut Diagnostic, text: &str) {
     let Some(field) = d
         .message
@@ -311,7 +311,7 @@ fn refine_unknown_field(d: &mut Diagnostic, text: &str) {
     };
     let at = crate::diag::Position {
         line: d.line,
-        col: d.col,
+        col: 1,
     };
     let found = YamlLocator::new(text).key_in_block(at, field);
     (d.line, d.col) = (found.line, found.col);
