@@ -170,6 +170,17 @@ impl Store {
         }
     }
 
+    /// The keys of every record of a kind, in order, without reading the values (cheap
+    /// for large records).
+    pub fn keys(&self, space: Space) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = space.prefix();
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?[prefix.len()..].to_vec()))
+            .collect()
+    }
+
     /// Every record of a kind, in key order; unreadable records are skipped with a warning
     /// rather than failing the whole scan.
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {

@@ -523,3 +523,22 @@ fn a_hanging_receiver_delays_neither_the_others_nor_detection() {
         0.0
     );
 }
+
+#[test]
+fn https_proxy_is_honoured() {
+    // The "proxy" is a local receiver: it sees the CONNECT for the target and refuses the
+    // tunnel, so nothing ever leaves 127.0.0.1.
+    let proxy = Receiver::start();
+    proxy.answer(502);
+    let s = setup(
+        "  - {name: hook, type: webhook, url: 'https://hooks.example.invalid/x', retry: {initial: 1s, max: 2s}}\n",
+        "hook",
+    );
+    let _d = s.start_with_env(&[("HTTPS_PROXY", &proxy.url("")), ("NO_PROXY", "")]);
+    markers(&s, [1]);
+    let tunnel = proxy.next(WAIT).expect("a CONNECT through the proxy");
+    assert_eq!(tunnel.path, "hooks.example.invalid:443");
+    wait_for("the refused tunnel to be retried", WAIT, || {
+        (metric(s.port, &outcome("retried", "hook")) >= 1.0).then_some(())
+    });
+}

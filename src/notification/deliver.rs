@@ -205,17 +205,27 @@ impl Dispatcher {
     }
 
     fn scan(&mut self) {
-        let pending = match self.outbox.pending() {
-            Ok(p) => p,
+        // Only keys are read for the whole outbox; records are decoded once, when new.
+        let ids = match self.outbox.pending_ids() {
+            Ok(ids) => ids,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
                 return;
             }
         };
-        for record in pending {
-            if !self.known.lock().expect("known lock").insert(record.id) {
+        for id in ids {
+            if self.known.lock().expect("known lock").contains(&id) {
                 continue;
             }
+            let record = match self.outbox.pending_record(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, id, "unreadable outbox record left in place");
+                    continue;
+                }
+            };
+            self.known.lock().expect("known lock").insert(id);
             match self.lanes.get(&record.receiver) {
                 Some(lane) => {
                     let _ = lane.send(record);
@@ -223,11 +233,14 @@ impl Dispatcher {
                 None => {
                     let why = format!("receiver {:?} is not configured", record.receiver);
                     tracing::warn!(receiver = %record.receiver, incident = %record.incident, "notification for an unconfigured receiver kept as a dead letter");
+                    self.known.lock().expect("known lock").remove(&id);
                     bury(&self.outbox, &self.metrics, record, why);
                 }
             }
         }
-        self.count_dead();
+        if self.outbox.take_dead_letters_changed() {
+            self.count_dead();
+        }
     }
 
     fn count_dead(&self) {
@@ -270,7 +283,7 @@ fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
         .notifications
         .with_label_values(&[&record.receiver, "dead"])
         .inc();
-    outbox.wake();
+    outbox.dead_letters_changed();
 }
 
 struct Waiting {

@@ -20,6 +20,7 @@ use format::{EventContext, Formatter, Origin};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 /// One notification for one receiver, as stored in the outbox or the dead letters.
@@ -167,6 +168,8 @@ pub struct Outbox {
     store: Store,
     router: Arc<Router>,
     wake: Arc<Notify>,
+    /// Set when dead letters were added or removed, so their gauge is recounted.
+    dead_changed: Arc<AtomicBool>,
 }
 
 /// What [`Outbox::resend`] did.
@@ -187,6 +190,7 @@ impl Outbox {
             store,
             router: Arc::new(Router::new(config)?),
             wake: Arc::new(Notify::new()),
+            dead_changed: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -285,8 +289,34 @@ impl Outbox {
         batch.put(Space::Outbox, &Record::key(record.id), &record)?;
         self.store.commit(batch)?;
         self.store.flush().await?;
-        self.wake();
+        self.dead_letters_changed();
         Ok(Resent::Queued(record))
+    }
+
+    /// Ids of the records in the outbox, oldest first (values are not read).
+    pub(crate) fn pending_ids(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .store
+            .keys(Space::Outbox)?
+            .iter()
+            .filter_map(|k| std::str::from_utf8(k).ok()?.parse().ok())
+            .collect())
+    }
+
+    /// One outbox record.
+    pub(crate) fn pending_record(&self, id: u64) -> Result<Option<Record>, StoreError> {
+        self.store.get(Space::Outbox, &Record::key(id))
+    }
+
+    /// Notes that dead letters were added or removed and wakes the worker to recount them.
+    pub(crate) fn dead_letters_changed(&self) {
+        self.dead_changed.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether dead letters changed since the last call.
+    pub(crate) fn take_dead_letters_changed(&self) -> bool {
+        self.dead_changed.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn store(&self) -> &Store {

@@ -341,7 +341,12 @@ impl Setup {
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(&self.path("logwarden.yaml"), self.port, &self.token)
+        self.start_with_env(&[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.path("logwarden.yaml"), self.port, &self.token, env)
     }
 }
 
@@ -355,6 +360,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, port: u16, token: &str) -> Self {
+        Self::start_with_env(config, port, token, &[])
+    }
+
+    pub fn start_with_env(config: &Path, port: u16, token: &str, env: &[(&str, &str)]) -> Self {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_path = config.with_file_name(format!("daemon-{n}.log"));
@@ -363,6 +372,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
