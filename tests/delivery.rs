@@ -554,3 +554,58 @@ fn https_proxy_is_honoured() {
         (metric(s.port, &outcome("retried", "hook")) >= 1.0).then_some(())
     });
 }
+
+#[test]
+fn a_close_never_overtakes_its_incidents_earlier_notification() {
+    use logwarden::incidents::{EventKind, IncidentEvent};
+    use logwarden::notification::{Outbox, deliver, format::sample_incident};
+    let receiver = Receiver::start();
+    receiver.answer(503);
+    let dir = tempfile::tempdir().unwrap();
+    let config = logwarden::config::Config::parse(
+        &dir.path().join("logwarden.yaml"),
+        &format!(
+            "state_dir: state\n\
+             receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 4, retry: {{initial: 100ms, max: 200ms}}}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            receiver.url("/hook")
+        ),
+    )
+    .unwrap();
+    let store = logwarden::store::Store::open(&config.state_dir).unwrap();
+    let outbox = Outbox::new(store.clone(), &config).unwrap();
+    let metrics = std::sync::Arc::new(logwarden::metrics::Metrics::new());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let delivery = {
+        let _entered = runtime.enter();
+        deliver::spawn(outbox.clone(), &config, metrics, Duration::from_secs(1)).unwrap()
+    };
+    let mut batch = logwarden::store::Batch::new();
+    for kind in [EventKind::Opened, EventKind::Closed] {
+        let mut incident = sample_incident();
+        incident.escalation = "default".into();
+        outbox
+            .enqueue(&mut batch, &IncidentEvent { kind, incident }, false)
+            .unwrap();
+    }
+    store.commit(batch).unwrap();
+    outbox.wake();
+    let failing = collect(&receiver, "a few failed attempts", |got| got.len() >= 3);
+    assert!(
+        failing.iter().all(|r| r.body["event"] == "opened"),
+        "the close waited behind the failing opening: {:?}",
+        failing.iter().map(|r| &r.body["event"]).collect::<Vec<_>>()
+    );
+    receiver.answer(200);
+    let got = collect(&receiver, "the close", |got| {
+        got.iter().any(|r| r.body["event"] == "closed")
+    });
+    let delivered: Vec<_> = got
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.body["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(delivered, ["opened", "closed"]);
+    runtime.block_on(delivery.stop(Duration::from_secs(1)));
+}
