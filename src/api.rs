@@ -3,6 +3,7 @@
 use crate::config::{ApiRole, TokenConfig};
 use crate::incidents::Incident;
 use crate::metrics::Metrics;
+use crate::notification;
 use crate::rules::RuleSet;
 use crate::store::{Space, Store};
 use axum::extract::{Path, Query, Request, State};
@@ -68,21 +69,14 @@ impl std::fmt::Debug for ApiToken {
 pub fn load_tokens(configs: &[TokenConfig]) -> Vec<ApiToken> {
     let mut tokens = Vec::new();
     for cfg in configs {
-        let secret = match (&cfg.token_file, &cfg.token_env) {
-            (Some(path), _) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read token file {}: {e}", path.display())),
-            (None, Some(var)) => {
-                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-            }
-            (None, None) => Err("no token_file or token_env".into()),
-        };
-        match secret.map(|s| s.trim().to_string()) {
-            Ok(s) if !s.is_empty() => tokens.push(ApiToken {
+        let secret =
+            crate::config::read_secret(cfg.token_file.as_deref(), cfg.token_env.as_deref());
+        match secret {
+            Ok(s) => tokens.push(ApiToken {
                 name: cfg.name.clone(),
                 role: cfg.role,
                 secret: s.into_bytes(),
             }),
-            Ok(_) => tracing::warn!(token = %cfg.name, "API token is empty; it is disabled"),
             Err(e) => {
                 tracing::warn!(token = %cfg.name, reason = %e, "API token unavailable; it is disabled")
             }
@@ -106,6 +100,8 @@ pub struct AppState {
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     /// Accepted tokens.
     pub tokens: Vec<ApiToken>,
+    /// Notifications: dead letters listed and re-sent through the API.
+    pub outbox: crate::notification::Outbox,
 }
 
 /// The identity a request was made with.
@@ -125,6 +121,11 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
         .route("/rules", get(list_rules))
+        .route("/notifications/dead", get(notification::http::list_dead))
+        .route(
+            "/notifications/dead/{id}/resend",
+            axum::routing::post(notification::http::resend),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/metrics", get(metrics))

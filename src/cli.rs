@@ -32,6 +32,8 @@ pub enum Command {
         #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Dead letters: list them, re-send one (client of the HTTP API).
+    Notifications(crate::notification::cli::NotificationsArgs),
 }
 
 /// Runs the CLI.
@@ -63,6 +65,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Notifications(args) => crate::notification::cli::run(args),
     }
 }
 

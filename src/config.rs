@@ -5,11 +5,16 @@
 //! config works whatever directory the daemon is started from.
 
 use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
 use crate::sources::timestamp::TimestampFormat;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+
+mod receivers;
+pub use receivers::{
+    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, WebhookConfig, WebhookFormat,
+    read_secret,
+};
 
 /// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/logwarden/logwarden.yaml";
@@ -128,54 +133,6 @@ fn default_max_line_bytes() -> usize {
     DEFAULT_MAX_LINE_BYTES
 }
 
-/// A notification destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ReceiverConfig {
-    /// HTTP POST of a JSON body.
-    Webhook {
-        /// Name roles refer to.
-        name: String,
-        /// Where to POST.
-        url: String,
-        /// Body format.
-        #[serde(default)]
-        format: WebhookFormat,
-        /// Connect plus response timeout for one attempt.
-        #[serde(default = "default_webhook_timeout")]
-        timeout: HumanDuration,
-    },
-    /// JSON lines appended to a file; `-` is stdout.
-    File {
-        /// Name roles refer to.
-        name: String,
-        /// File to append to, or `-`.
-        path: PathBuf,
-    },
-}
-
-fn default_webhook_timeout() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(10))
-}
-
-impl ReceiverConfig {
-    /// The name roles use for this receiver.
-    pub fn name(&self) -> &str {
-        match self {
-            ReceiverConfig::Webhook { name, .. } | ReceiverConfig::File { name, .. } => name,
-        }
-    }
-}
-
-/// Body format of a webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    /// The incident and the event name as JSON.
-    #[default]
-    Json,
-}
-
 /// A role: the people behind it are reached through these receivers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,8 +164,11 @@ impl Config {
 
     /// Parses and validates config text that was read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
-        let mut config: Config =
-            serde_yaml::from_str(text).map_err(|e| vec![Diagnostic::from_yaml(path, &e)])?;
+        let mut config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let mut d = Diagnostic::from_yaml(path, &e);
+            refine_unknown_field(&mut d, text);
+            vec![d]
+        })?;
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -232,9 +192,7 @@ impl Config {
             source.paths.iter_mut().for_each(resolve);
         }
         for receiver in &mut self.receivers {
-            if let ReceiverConfig::File { path, .. } = receiver {
-                resolve(path);
-            }
+            receiver.resolve_paths(resolve);
         }
         for token in &mut self.api.tokens {
             if let Some(p) = &mut token.token_file {
@@ -276,26 +234,9 @@ impl Config {
                 problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
             }
         }
-        let mut receiver_names = HashSet::new();
-        for (i, receiver) in self.receivers.iter().enumerate() {
-            let at = loc.item("receivers", i);
-            if !receiver_names.insert(receiver.name()) {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "name"),
-                    format!("duplicate receiver name {:?}", receiver.name()),
-                ));
-            }
-            if let ReceiverConfig::Webhook { url, .. } = receiver
-                && reqwest::Url::parse(url).is_err()
-            {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "url"),
-                    format!("receiver {:?} has an invalid url {url:?}", receiver.name()),
-                ));
-            }
-        }
+        let (receiver_problems, receiver_names) =
+            receivers::validate(&self.receivers, path, text, &loc);
+        problems.extend(receiver_problems);
         let roles_at = loc.top_key("roles");
         for (role, cfg) in &self.roles {
             let at = loc.key_in_block(roles_at, role);
@@ -355,6 +296,25 @@ impl Config {
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name)
     }
+}
+
+/// serde_yaml places errors inside internally tagged enums (receivers) near the enclosing
+/// item; point an unknown field at its first use from there to the next top-level key.
+fn refine_unknown_field(d: &mut Diagnostic, text: &str) {
+    let Some(field) = d
+        .message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return;
+    };
+    let at = crate::diag::Position {
+        line: d.line,
+        col: 1,
+    };
+    let found = YamlLocator::new(text).key_in_block(at, field);
+    (d.line, d.col) = (found.line, found.col);
 }
 
 /// `path` made absolute against `base` with `.` and `..` removed lexically, so logs, metrics

@@ -5,7 +5,7 @@ use crate::api::{self, AppState, Health};
 use crate::config::Config;
 use crate::detection::Detector;
 use crate::metrics::Metrics;
-use crate::notification::{Notifier, Router};
+use crate::notification::{Outbox, deliver};
 use crate::pipeline::Pipeline;
 use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
@@ -20,9 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 /// Batches queued between sources and the pipeline (backpressure beyond it).
 const SOURCE_QUEUE: usize = 64;
-/// Notifications queued for delivery.
-const NOTIFY_QUEUE: usize = 1024;
-/// Time deliveries in flight get at shutdown.
+/// Time deliveries in flight get at shutdown (the rest stay in the outbox).
 const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not run; the CLI turns it into an exit code.
@@ -74,9 +72,9 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         .await
         .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
 
-    let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
-    let notifier = Notifier::new(&config, metrics.clone()).map_err(RunError::Io)?;
-    let notifier_task = tokio::spawn(notifier.run(notify_rx, NOTIFY_DRAIN));
+    let outbox = Outbox::new(store.clone(), &config).map_err(RunError::Io)?;
+    let delivery = deliver::spawn(outbox.clone(), &config, metrics.clone(), NOTIFY_DRAIN)
+        .map_err(RunError::Io)?;
 
     let (batch_tx, batch_rx) = mpsc::channel(SOURCE_QUEUE);
     let source_names: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
@@ -96,8 +94,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         store.clone(),
         Detector::new(rules.clone(), &source_names),
         formats,
-        Router::new(&config),
-        notify_tx,
+        outbox.clone(),
         metrics.clone(),
         health.clone(),
         heartbeat,
@@ -158,6 +155,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         health: health.clone(),
         rules: Arc::new(RwLock::new(rules.clone())),
         tokens: api::load_tokens(&config.api.tokens),
+        outbox,
     });
     let (stop_http, mut stop_http_rx) = watch::channel(false);
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
@@ -199,7 +197,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     let _ = tokio::task::spawn_blocking(move || tailer_thread.join()).await;
     let _ = stop_pipeline.send(true);
     let _ = tokio::task::spawn_blocking(move || pipeline_thread.join()).await;
-    let _ = tokio::time::timeout(NOTIFY_DRAIN + Duration::from_millis(500), notifier_task).await;
+    delivery.stop(NOTIFY_DRAIN).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
     store
         .flush()

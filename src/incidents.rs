@@ -121,7 +121,11 @@ impl Incident {
 }
 
 /// Something that happened to an incident that people may need to hear about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Receivers choose among these by name (`events:` in the config), so the names are part of
+/// the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A new incident.
     Opened,
@@ -129,6 +133,14 @@ pub enum EventKind {
     SeverityChanged,
     /// More matches were counted.
     Updated,
+    /// The escalation policy moved on to its next step.
+    Escalated,
+    /// Someone took the incident on.
+    Acknowledged,
+    /// The lifecycle state changed (contained, eradicated, recovered, ...).
+    StateChanged,
+    /// The incident is over; pagers must be resolved.
+    Closed,
 }
 
 impl EventKind {
@@ -138,6 +150,10 @@ impl EventKind {
             EventKind::Opened => "opened",
             EventKind::SeverityChanged => "severity_changed",
             EventKind::Updated => "updated",
+            EventKind::Escalated => "escalated",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::StateChanged => "state_changed",
+            EventKind::Closed => "closed",
         }
     }
 }

@@ -13,6 +13,11 @@ const KPI_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0, 604800.0,
 ];
 
+/// Buckets for notification delivery: from a fast webhook to a day of retries.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -38,8 +43,14 @@ pub struct Metrics {
     pub incidents_open: IntGaugeVec,
     /// First evidence line's time to incident opened, by severity.
     pub time_to_detect: HistogramVec,
-    /// Notification attempts, by receiver and outcome.
+    /// Notification outcomes (`delivered`, `retried`, `dead`), by receiver.
     pub notifications: IntCounterVec,
+    /// Notifications in the outbox not yet delivered, by receiver.
+    pub outbox_pending: IntGaugeVec,
+    /// Notifications kept as dead letters, by receiver.
+    pub dead_letters: IntGaugeVec,
+    /// Seconds from a notification's creation to its delivery, by receiver.
+    pub notification_latency: HistogramVec,
     /// Rules currently loaded.
     pub rules_loaded: IntGauge,
     /// Store commits that failed (the batch is retried).
@@ -120,9 +131,31 @@ impl Metrics {
             .expect("unique metric");
         let notifications = counter(
             "logwarden_notifications_total",
-            "Notification delivery attempts.",
+            "Notification outcomes: delivered, retried (an attempt failed, another follows), dead (given up, kept as a dead letter).",
             &["receiver", "outcome"],
         );
+        let outbox_pending = gauge(
+            "logwarden_outbox_pending",
+            "Notifications in the outbox not yet delivered.",
+            &["receiver"],
+        );
+        let dead_letters = gauge(
+            "logwarden_notifications_dead_letters",
+            "Notifications given up on and kept as dead letters until re-sent.",
+            &["receiver"],
+        );
+        let notification_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "logwarden_notification_delivery_seconds",
+                "Seconds from a notification's creation to its delivery, retries included.",
+            )
+            .buckets(DELIVERY_BUCKETS.to_vec()),
+            &["receiver"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(notification_latency.clone()))
+            .expect("unique metric");
         let rules_loaded = IntGauge::new("logwarden_rules_loaded", "Rules currently loaded.")
             .expect("valid metric");
         registry
@@ -161,6 +194,9 @@ impl Metrics {
             incidents_open,
             time_to_detect,
             notifications,
+            outbox_pending,
+            dead_letters,
+            notification_latency,
             rules_loaded,
             store_errors,
         }

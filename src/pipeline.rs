@@ -1,5 +1,6 @@
-//! The pipeline step: evaluate a batch of lines, store what it caused together with the
-//! window state and file checkpoints in one atomic commit, make it durable, then notify.
+//! The pipeline step: evaluate a batch of lines, store what it caused (incident changes and
+//! the notifications they call for) together with the window state and file checkpoints in
+//! one atomic commit, make it durable, then wake the delivery worker.
 //!
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
@@ -8,7 +9,7 @@ use crate::api::Health;
 use crate::detection::{Detector, Hit, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::metrics::Metrics;
-use crate::notification::{Notification, Router};
+use crate::notification::Outbox;
 use crate::rules::Severity;
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
@@ -37,10 +38,8 @@ pub struct Pipeline {
     pub book: IncidentBook,
     /// How each source's lines carry time.
     pub formats: HashMap<String, TimestampFormat>,
-    /// Event routing.
-    pub router: Router,
-    /// Where notifications go.
-    pub notify: mpsc::Sender<Notification>,
+    /// Where the notifications events call for are written.
+    pub outbox: Outbox,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness flags.
@@ -57,8 +56,7 @@ impl Pipeline {
         store: Store,
         mut detector: Detector,
         formats: HashMap<String, TimestampFormat>,
-        router: Router,
-        notify: mpsc::Sender<Notification>,
+        outbox: Outbox,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         heartbeat: Box<dyn Fn() + Send>,
@@ -78,8 +76,7 @@ impl Pipeline {
             detector,
             book,
             formats,
-            router,
-            notify,
+            outbox,
             metrics,
             health,
             heartbeat,
@@ -124,7 +121,8 @@ impl Pipeline {
         self.step(rest).await;
     }
 
-    /// Evaluates batches and commits their effects; notifies only after the commit is durable.
+    /// Evaluates batches and commits their effects with the notifications they call for;
+    /// delivery starts only after the commit is durable.
     pub async fn step(&mut self, batches: Vec<Batch>) {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
@@ -173,6 +171,11 @@ impl Pipeline {
             match window {
                 Some(w) => put(&mut commit, Space::Windows, &window_key(&id), &(&id, w)),
                 None => commit.remove(Space::Windows, &window_key(&id)),
+            }
+        }
+        for event in &events {
+            if let Err(e) = self.outbox.enqueue(&mut commit, event, false) {
+                tracing::error!(error = %e, incident = %event.incident.id, "cannot write notifications");
             }
         }
         if commit.is_empty() && events.is_empty() {
@@ -226,13 +229,9 @@ impl Pipeline {
                     .with_label_values(&[i.severity.as_str()])
                     .observe(detect);
             }
-            for n in self.router.route(event) {
-                if self.notify.send(n).await.is_err() {
-                    tracing::warn!("notifier stopped; notification not sent");
-                }
-            }
         }
         if !events.is_empty() {
+            self.outbox.wake();
             self.update_open_gauge();
         }
     }

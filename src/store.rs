@@ -22,6 +22,10 @@ pub enum Space {
     Windows,
     /// Counters and other single values.
     Meta,
+    /// Notifications written with the change that caused them, not yet delivered.
+    Outbox,
+    /// Notifications given up on (too old or refused); kept until re-sent.
+    DeadLetters,
 }
 
 impl Space {
@@ -31,6 +35,8 @@ impl Space {
             Space::Checkpoints => b"ckpt/",
             Space::Windows => b"win/",
             Space::Meta => b"meta/",
+            Space::Outbox => b"out/",
+            Space::DeadLetters => b"dead/",
         }
     }
 
@@ -134,6 +140,12 @@ impl Store {
         Ok(())
     }
 
+    /// A number never handed out before, also across restarts and crashes (sled reserves
+    /// ranges durably and skips ahead after a crash), for ids that must stay unique.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
     /// Makes everything committed so far durable on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
@@ -156,6 +168,17 @@ impl Store {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// The keys of every record of a kind, in order, without reading the values (cheap
+    /// for large records).
+    pub fn keys(&self, space: Space) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = space.prefix();
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?[prefix.len()..].to_vec()))
+            .collect()
     }
 
     /// Every record of a kind, in key order; unreadable records are skipped with a warning

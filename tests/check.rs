@@ -215,3 +215,65 @@ fn every_problem_is_reported_not_just_the_first() {
         ]
     );
 }
+
+/// Writes a config whose receivers are `receivers` (YAML list items) plus a good rule, runs
+/// check and returns its output lines (exit code 1 asserted).
+fn check_receivers(receivers: &str) -> (std::path::PathBuf, Vec<String>) {
+    let s = Setup::new();
+    let config = s.write(
+        "logwarden.yaml",
+        &CONFIG.replace(
+            "receivers:\n  - {name: console, type: file, path: '-'}\n",
+            &format!("receivers:\n  - {{name: console, type: file, path: '-'}}\n{receivers}"),
+        ),
+    );
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1, "{lines:?}");
+    (config, lines)
+}
+
+#[test]
+fn receiver_problems_are_reported_at_their_place() {
+    let (config, lines) = check_receivers(
+        "  - name: pd\n    type: webhook\n    url: http://127.0.0.1:1/\n    format: pagerduty\n    events: [opened, updated]\n\
+         \x20 - name: tpl\n    type: webhook\n    url: http://127.0.0.1:1/\n    template: |\n      {\"a\": {{ incident.id }},\n       \"b\": {{ incident.id }\n      }\n\
+         \x20 - name: retry\n    type: webhook\n    url: http://127.0.0.1:1/\n    retry: {initial: 10m, max: 1m}\n",
+    );
+    let p = config.display();
+    let want = [
+        format!(
+            "{p}:10:5: receiver \"pd\": format pagerduty needs exactly one of routing_key_file or routing_key_env"
+        ),
+        format!("{p}:11:5: receiver \"pd\": `updated` is not a notification event"),
+        format!("{p}:17:8: receiver \"tpl\": template: syntax error"),
+        format!("{p}:22:5: receiver \"retry\": retry.initial (10m) is longer than retry.max (1m)"),
+    ];
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for w in want {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&w)),
+            "want {w}… in {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelled_receiver_key_or_bad_rate_limit_is_an_error_at_the_key() {
+    let (config, lines) = check_receivers(
+        "  - name: hook\n    type: webhook\n    url: http://127.0.0.1:1/\n    secret_fiel: s\n",
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let want = format!("{}:10:5: ", config.display());
+    assert!(
+        lines[0].starts_with(&want) && lines[0].contains("unknown field `secret_fiel`"),
+        "{lines:?}"
+    );
+    let (_, lines) = check_receivers(
+        "  - {name: hook, type: webhook, url: 'http://127.0.0.1:1/', rate_limit: 120/day}\n",
+    );
+    assert!(
+        lines[0].contains("rate_limit \"120/day\" must be N/s, N/m or N/h"),
+        "{lines:?}"
+    );
+}

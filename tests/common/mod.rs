@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -155,27 +157,76 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
+    /// The body exactly as sent (signatures are over these bytes).
+    pub raw: Vec<u8>,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
-/// A real webhook receiver on 127.0.0.1 answering 200 to every POST.
+impl Received {
+    /// A header's value (names are compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a [`Receiver`] answers: the status, and how long it waits before answering.
+#[derive(Clone)]
+struct Behaviour {
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+/// A real webhook receiver on 127.0.0.1, answering 200 to every POST unless told otherwise.
 pub struct Receiver {
     pub port: u16,
     rx: mpsc::Receiver<Received>,
+    behaviour: Behaviour,
 }
 
 impl Receiver {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0)
+    }
+
+    /// Listens on a given port (0: any), e.g. one a daemon has been failing to reach.
+    pub fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = mpsc::channel();
+        let behaviour = Behaviour {
+            status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
+        let b = behaviour.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let tx = tx.clone();
-                std::thread::spawn(move || serve_one(stream, tx));
+                let (tx, b) = (tx.clone(), b.clone());
+                std::thread::spawn(move || serve_one(stream, tx, b));
             }
         });
-        Receiver { port, rx }
+        Receiver {
+            port,
+            rx,
+            behaviour,
+        }
+    }
+
+    /// Answers every later request with `status`.
+    pub fn answer(&self, status: u16) {
+        self.behaviour.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Waits this long before answering each later request (a slow receiver).
+    pub fn delay(&self, delay: Duration) {
+        self.behaviour
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -193,7 +244,7 @@ impl Receiver {
     }
 }
 
-fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>) {
+fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>, behaviour: Behaviour) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut stream = stream;
     loop {
@@ -210,7 +261,9 @@ fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>) {
         let mut length = 0;
         loop {
             let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -222,15 +275,27 @@ fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>) {
                 headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        let mut raw = vec![0; length];
+        if reader.read_exact(&mut raw).is_err() {
+            return;
+        }
+        let delay = behaviour.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let status = behaviour.status.load(Ordering::SeqCst);
+        let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
         let _ = tx.send(Received {
             path,
             headers,
             body,
+            raw,
+            status,
         });
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let reply = format!("HTTP/1.1 {status} Status\r\nContent-Length: 0\r\n\r\n");
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
     }
 }
 
@@ -293,7 +358,12 @@ impl Setup {
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(&self.path("logwarden.yaml"), self.port, &self.token)
+        self.start_with_env(&[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.path("logwarden.yaml"), self.port, &self.token, env)
     }
 }
 
@@ -307,6 +377,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, port: u16, token: &str) -> Self {
+        Self::start_with_env(config, port, token, &[])
+    }
+
+    pub fn start_with_env(config: &Path, port: u16, token: &str, env: &[(&str, &str)]) -> Self {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_path = config.with_file_name(format!("daemon-{n}.log"));
@@ -315,6 +389,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -520,4 +595,13 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The value of one series in `/metrics` (e.g. `logwarden_outbox_pending{receiver="hook"}`),
+/// 0 when absent.
+pub fn metric(port: u16, series: &str) -> f64 {
+    let text = http("GET", port, "/metrics", None, None).unwrap().body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }

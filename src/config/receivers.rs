@@ -1,0 +1,414 @@
+//! Receiver config: where notifications go, in which format, and how hard delivery tries.
+//!
+//! Kept apart from the rest of the config because it is the largest block and the only one
+//! the delivery code reads; every struct still denies unknown fields.
+
+use crate::diag::{Diagnostic, Position, YamlLocator};
+use crate::duration::HumanDuration;
+use crate::incidents::EventKind;
+use serde::{Deserialize, Deserializer};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A notification destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ReceiverConfig {
+    /// HTTP POST of a body in one of the [`WebhookFormat`]s.
+    Webhook(WebhookConfig),
+    /// JSON lines appended to a file; `-` is stdout.
+    File(FileReceiverConfig),
+}
+
+/// An HTTP receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Name roles refer to.
+    pub name: String,
+    /// Where to POST (for `alertmanager`, the Alertmanager's base URL or its `/api/v2/alerts`).
+    pub url: String,
+    /// Body format.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// minijinja template replacing the body (only with `format: json`).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Events this receiver hears about.
+    #[serde(default = "default_events")]
+    pub events: Vec<EventKind>,
+    /// Whole-attempt timeout (connect, send, response).
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Connect timeout of one attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// File holding the HMAC signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the HMAC signing secret.
+    pub secret_env: Option<String>,
+    /// File holding the PagerDuty integration (routing) key.
+    pub routing_key_file: Option<PathBuf>,
+    /// Environment variable holding the PagerDuty integration (routing) key.
+    pub routing_key_env: Option<String>,
+    /// Backoff between attempts and how long to keep trying.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Most attempts in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Most attempts started per period, e.g. `120/m`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A file receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReceiverConfig {
+    /// Name roles refer to.
+    pub name: String,
+    /// File to append to, or `-`.
+    pub path: PathBuf,
+    /// Events this receiver hears about.
+    #[serde(default = "default_events")]
+    pub events: Vec<EventKind>,
+    /// Backoff between attempts (a full disk) and how long to keep trying.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Body format of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event", "idempotency_key", "incident"}`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A PagerDuty Events API v2 event.
+    Pagerduty,
+    /// An Alertmanager API v2 alert list.
+    Alertmanager,
+}
+
+impl WebhookFormat {
+    /// Whether the format can resolve what it raised, so a close must always reach it.
+    pub fn resolves(self) -> bool {
+        matches!(self, WebhookFormat::Pagerduty | WebhookFormat::Alertmanager)
+    }
+}
+
+/// Retry policy of one receiver.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Wait after the first failure; doubles after each further one.
+    #[serde(default = "default_initial")]
+    pub initial: HumanDuration,
+    /// Longest wait between two attempts.
+    #[serde(default = "default_max")]
+    pub max: HumanDuration,
+    /// Age after which a notification stops being retried and becomes a dead letter.
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_initial(),
+            max: default_max(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+/// `N/s`, `N/m` or `N/h`: at most N attempts started per second, minute or hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Attempts allowed per period (also the burst).
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// Parses `120/m`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("rate_limit {text:?} must be N/s, N/m or N/h (e.g. 120/m)");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("rate_limit {text:?} must allow at least 1"));
+        }
+        Ok(RateLimit { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        RateLimit::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_events() -> Vec<EventKind> {
+    vec![EventKind::Opened, EventKind::Escalated, EventKind::Closed]
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_initial() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+
+impl ReceiverConfig {
+    /// The name roles use for this receiver.
+    pub fn name(&self) -> &str {
+        match self {
+            ReceiverConfig::Webhook(w) => &w.name,
+            ReceiverConfig::File(f) => &f.name,
+        }
+    }
+
+    /// Events the receiver asked for.
+    pub fn events(&self) -> &[EventKind] {
+        match self {
+            ReceiverConfig::Webhook(w) => &w.events,
+            ReceiverConfig::File(f) => &f.events,
+        }
+    }
+
+    /// Its retry policy.
+    pub fn retry(&self) -> RetryConfig {
+        match self {
+            ReceiverConfig::Webhook(w) => w.retry,
+            ReceiverConfig::File(f) => f.retry,
+        }
+    }
+
+    /// Whether a close must reach it whatever `events` says (it can resolve a page).
+    pub fn resolves(&self) -> bool {
+        matches!(self, ReceiverConfig::Webhook(w) if w.format.resolves())
+    }
+
+    /// Makes relative paths absolute with `resolve`.
+    pub(crate) fn resolve_paths(&mut self, resolve: impl Fn(&mut PathBuf)) {
+        match self {
+            ReceiverConfig::File(f) => resolve(&mut f.path),
+            ReceiverConfig::Webhook(w) => {
+                w.secret_file.iter_mut().for_each(&resolve);
+                w.routing_key_file.iter_mut().for_each(&resolve);
+            }
+        }
+    }
+}
+
+/// Reads a secret from a file or an environment variable (surrounding whitespace ignored).
+/// The error names where it looked, never the value.
+pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<String, String> {
+    let value = match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        }
+        (None, None) => return Err("no file or environment variable given".into()),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(match (file, env) {
+            (Some(path), _) => format!("{} is empty", path.display()),
+            _ => format!("environment variable {} is empty", env.unwrap_or_default()),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// Checks the receivers; returns the problems and the set of receiver names.
+pub(crate) fn validate<'a>(
+    receivers: &'a [ReceiverConfig],
+    path: &Path,
+    text: &str,
+    loc: &YamlLocator,
+) -> (Vec<Diagnostic>, HashSet<&'a str>) {
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    for (i, receiver) in receivers.iter().enumerate() {
+        let at = loc.item("receivers", i);
+        let mut fail = |key: &str, message: String| {
+            problems.push(Diagnostic::at(path, loc.key_in_block(at, key), message));
+        };
+        let name = receiver.name();
+        if !names.insert(name) {
+            fail("name", format!("duplicate receiver name {name:?}"));
+        }
+        if receiver.events().contains(&EventKind::Updated) {
+            fail(
+                "events",
+                format!(
+                    "receiver {name:?}: `updated` is not a notification event (use opened, severity_changed, escalated, acknowledged, state_changed, closed)"
+                ),
+            );
+        }
+        let retry = receiver.retry();
+        if retry.initial > retry.max {
+            fail(
+                "retry",
+                format!(
+                    "receiver {name:?}: retry.initial ({}) is longer than retry.max ({})",
+                    retry.initial, retry.max
+                ),
+            );
+        }
+        let ReceiverConfig::Webhook(w) = receiver else {
+            continue;
+        };
+        match reqwest::Url::parse(&w.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => fail(
+                "url",
+                format!("receiver {name:?} has an invalid url {:?}", w.url),
+            ),
+        }
+        if w.secret_file.is_some() && w.secret_env.is_some() {
+            fail(
+                "secret_file",
+                format!("receiver {name:?}: give secret_file or secret_env, not both"),
+            );
+        }
+        let has_key = w.routing_key_file.is_some() || w.routing_key_env.is_some();
+        if w.format == WebhookFormat::Pagerduty {
+            if w.routing_key_file.is_some() == w.routing_key_env.is_some() {
+                fail(
+                    "format",
+                    format!(
+                        "receiver {name:?}: format pagerduty needs exactly one of routing_key_file or routing_key_env"
+                    ),
+                );
+            }
+        } else if has_key {
+            let key = if w.routing_key_file.is_some() {
+                "routing_key_file"
+            } else {
+                "routing_key_env"
+            };
+            fail(
+                key,
+                format!("receiver {name:?}: {key} is only used with format pagerduty"),
+            );
+        }
+        if w.concurrency == 0 {
+            fail(
+                "concurrency",
+                format!("receiver {name:?}: concurrency must be at least 1"),
+            );
+        }
+        if w.timeout < w.connect_timeout {
+            fail(
+                "connect_timeout",
+                format!(
+                    "receiver {name:?}: connect_timeout ({}) is longer than timeout ({})",
+                    w.connect_timeout, w.timeout
+                ),
+            );
+        }
+        if let Some(template) = &w.template {
+            if w.format != WebhookFormat::Json {
+                fail(
+                    "template",
+                    format!(
+                        "receiver {name:?}: a template replaces the whole body, so it goes with format json only"
+                    ),
+                );
+            } else if let Err((line, message)) =
+                crate::notification::format::check_template(template)
+            {
+                let key = loc.key_in_block(at, "template");
+                let pos = template_position(text, key, line);
+                problems.push(Diagnostic::at(
+                    path,
+                    pos,
+                    format!("receiver {name:?}: template: {message}"),
+                ));
+            }
+        }
+    }
+    (problems, names)
+}
+
+/// Where line `line` (1-based, 0 unknown) of a template sits in the config file: for a block
+/// scalar (`template: |`) that is the key's line plus `line`, else the key itself.
+fn template_position(text: &str, key: Position, line: usize) -> Position {
+    let Some(key_line) = text.lines().nth(key.line.saturating_sub(1)) else {
+        return key;
+    };
+    let after = key_line
+        .get(key.col.saturating_sub(1)..)
+        .and_then(|s| s.strip_prefix("template"))
+        .map(|s| s.trim_start_matches([':', ' ']))
+        .unwrap_or("");
+    if line == 0 || !(after.starts_with('|') || after.starts_with('>')) {
+        return key;
+    }
+    let target = key.line + line;
+    let col = text
+        .lines()
+        .nth(target - 1)
+        .map(|l| l.len() - l.trim_start().len() + 1)
+        .unwrap_or(1);
+    Position { line: target, col }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse_and_explain_themselves() {
+        assert_eq!(
+            RateLimit::parse("120/m").unwrap(),
+            RateLimit {
+                count: 120,
+                per: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(RateLimit::parse("5/s").unwrap().per, Duration::from_secs(1));
+        for bad in ["120", "120/d", "x/m", "0/m", "/m"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_block_template_error_points_into_the_block() {
+        let text = "receivers:\n  - name: a\n    template: |\n      {\"a\": 1}\n      {{ oops(\n";
+        let key = Position { line: 3, col: 5 };
+        assert_eq!(
+            template_position(text, key, 2),
+            Position { line: 5, col: 7 }
+        );
+        let inline = "receivers:\n  - name: a\n    template: '{{ x'\n";
+        assert_eq!(template_position(inline, key, 1), key);
+    }
+}

@@ -1,0 +1,722 @@
+//! The delivery worker: sends outbox records, retries, gives up into dead letters.
+//!
+//! A dispatcher task reads the outbox (at start, whenever a commit wakes it, and every few
+//! seconds as a safety net) and hands each new record to its receiver's lane. Each receiver
+//! has its own lane task with its own HTTP client, concurrency limit, rate limit and
+//! backoff, so a slow or dead receiver only ever delays itself. Within a lane, the events of
+//! one incident go out in order (a resolve never overtakes its trigger).
+
+use super::{Outbox, Record};
+use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, WebhookFormat, read_secret};
+use crate::metrics::Metrics;
+use crate::store::{self, Space};
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// How often the dispatcher re-reads the outbox without being woken.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// Header carrying the Unix time (seconds) a signature was made at.
+pub const TIMESTAMP_HEADER: &str = "X-Logwarden-Timestamp";
+/// Header carrying `sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
+pub const SIGNATURE_HEADER: &str = "X-Logwarden-Signature";
+
+/// `sha256=<hex>` of HMAC-SHA256 over `timestamp.body`: binding the time into the MAC lets
+/// a receiver refuse replays of an old, validly signed request.
+pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key size");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Wait before the next attempt after `failures` failed ones: doubling from `initial`,
+/// capped at `max`, with "equal jitter" (a random point in the upper half) so receivers
+/// coming back are not hit by every host at once; at least what the receiver asked for
+/// with `Retry-After` (itself capped at `max`).
+pub fn backoff(retry: &RetryConfig, failures: u32, asked: Option<Duration>) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let full = retry.initial.0.saturating_mul(1u32 << exp).min(retry.max.0);
+    let half = full / 2;
+    let jitter = Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64));
+    let delay = half + jitter;
+    match asked {
+        Some(a) => delay.max(a.min(retry.max.0)),
+        None => delay,
+    }
+}
+
+/// Token bucket: `count` attempts per `per`, bursting up to `count`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    tokens: f64,
+    per_token: Duration,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(limit: RateLimit, now: Instant) -> Self {
+        TokenBucket {
+            capacity: f64::from(limit.count),
+            tokens: f64::from(limit.count),
+            per_token: limit.per / limit.count,
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says when the next one will be there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let earned =
+            now.saturating_duration_since(self.last).as_secs_f64() / self.per_token.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + self.per_token.mul_f64(1.0 - self.tokens))
+        }
+    }
+}
+
+/// Where a secret comes from; read at every attempt so a rotated secret is picked up and
+/// a missing one delays delivery instead of stopping the daemon.
+#[derive(Debug, Clone)]
+struct SecretSource {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+impl SecretSource {
+    fn of(file: &Option<PathBuf>, env: &Option<String>) -> Option<Self> {
+        (file.is_some() || env.is_some()).then(|| SecretSource {
+            file: file.clone(),
+            env: env.clone(),
+        })
+    }
+
+    fn read(&self) -> Result<String, String> {
+        read_secret(self.file.as_deref(), self.env.as_deref())
+    }
+}
+
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        secret: Option<SecretSource>,
+        routing_key: Option<SecretSource>,
+    },
+    File(Arc<Mutex<Box<dyn Write + Send>>>),
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    /// Worth trying again (connection failed, timeout, 408, 429, 5xx).
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// The receiver refused the request itself (other 4xx): retrying cannot help.
+    Refused(String),
+}
+
+/// Stops the worker; see [`spawn`].
+pub struct DeliveryHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeliveryHandle {
+    /// Stops starting attempts, gives attempts in flight up to `drain`, then returns.
+    /// Whatever is not delivered stays in the outbox for the next start.
+    pub async fn stop(self, drain: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(drain + Duration::from_millis(500), self.task).await;
+    }
+}
+
+/// Starts the dispatcher and one lane per receiver on the current runtime.
+pub fn spawn(
+    outbox: Outbox,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    drain: Duration,
+) -> Result<DeliveryHandle, String> {
+    let (stop, stop_rx) = watch::channel(false);
+    let known = Arc::new(Mutex::new(HashSet::new()));
+    let mut lanes = HashMap::new();
+    let mut tasks = JoinSet::new();
+    for receiver in &config.receivers {
+        let name = receiver.name().to_string();
+        metrics.outbox_pending.with_label_values(&[&name]).set(0);
+        metrics.dead_letters.with_label_values(&[&name]).set(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lane = Lane::new(receiver, outbox.clone(), metrics.clone(), known.clone())?;
+        tasks.spawn(lane.run(rx, stop_rx.clone(), drain));
+        lanes.insert(name, tx);
+    }
+    let dispatcher = Dispatcher {
+        outbox,
+        lanes,
+        known,
+        metrics,
+    };
+    let task = tokio::spawn(async move {
+        dispatcher.run(stop_rx).await;
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok(DeliveryHandle { stop, task })
+}
+
+struct Dispatcher {
+    outbox: Outbox,
+    lanes: HashMap<String, mpsc::UnboundedSender<Record>>,
+    /// Ids handed to a lane and not yet delivered or dead.
+    known: Arc<Mutex<HashSet<u64>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            self.scan();
+            tokio::select! {
+                _ = self.outbox.notified() => {}
+                _ = tokio::time::sleep(RESCAN) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // Closing the channels lets the lanes finish once they have drained.
+        self.lanes.clear();
+    }
+
+    fn scan(&mut self) {
+        // Only keys are read for the whole outbox; records are decoded once, when new.
+        let ids = match self.outbox.pending_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for id in ids {
+            if self.known.lock().expect("known lock").contains(&id) {
+                continue;
+            }
+            let record = match self.outbox.pending_record(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, id, "unreadable outbox record left in place");
+                    continue;
+                }
+            };
+            self.known.lock().expect("known lock").insert(id);
+            match self.lanes.get(&record.receiver) {
+                Some(lane) => {
+                    let _ = lane.send(record);
+                }
+                None => {
+                    let why = format!("receiver {:?} is not configured", record.receiver);
+                    tracing::warn!(receiver = %record.receiver, incident = %record.incident, "notification for an unconfigured receiver kept as a dead letter");
+                    self.known.lock().expect("known lock").remove(&id);
+                    bury(&self.outbox, &self.metrics, record, why);
+                }
+            }
+        }
+        if self.outbox.take_dead_letters_changed() {
+            self.count_dead();
+        }
+    }
+
+    fn count_dead(&self) {
+        let dead = match self.outbox.dead_letters() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the dead letters");
+                return;
+            }
+        };
+        let mut counts: HashMap<String, i64> = self.lanes.keys().map(|k| (k.clone(), 0)).collect();
+        for record in dead {
+            *counts.entry(record.receiver).or_default() += 1;
+        }
+        for (receiver, n) in counts {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&receiver])
+                .set(n);
+        }
+    }
+}
+
+/// Moves a record from the outbox to the dead letters.
+fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
+    tracing::error!(receiver = %record.receiver, incident = %record.incident, key = %record.idempotency_key, attempts = record.attempts, reason = %why, "notification given up; kept as a dead letter");
+    record.last_error = Some(why);
+    record.dead_at = Some(Utc::now());
+    let mut batch = store::Batch::new();
+    batch.remove(Space::Outbox, &Record::key(record.id));
+    if let Err(e) = batch.put(Space::DeadLetters, &Record::key(record.id), &record) {
+        tracing::error!(error = %e, "cannot encode a dead letter");
+        return;
+    }
+    if let Err(e) = outbox.store().commit(batch) {
+        tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
+        return;
+    }
+    metrics
+        .notifications
+        .with_label_values(&[&record.receiver, "dead"])
+        .inc();
+    outbox.dead_letters_changed();
+}
+
+struct Waiting {
+    record: Record,
+    due: Instant,
+}
+
+struct Lane {
+    name: String,
+    transport: Arc<Transport>,
+    retry: RetryConfig,
+    concurrency: usize,
+    limiter: Option<TokenBucket>,
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    known: Arc<Mutex<HashSet<u64>>>,
+    waiting: BTreeMap<u64, Waiting>,
+    /// Records being attempted, by the id of the task attempting them.
+    inflight: HashMap<tokio::task::Id, Record>,
+}
+
+impl Lane {
+    fn new(
+        receiver: &ReceiverConfig,
+        outbox: Outbox,
+        metrics: Arc<Metrics>,
+        known: Arc<Mutex<HashSet<u64>>>,
+    ) -> Result<Self, String> {
+        let (transport, concurrency, limiter) = match receiver {
+            ReceiverConfig::Webhook(w) => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(w.connect_timeout.0)
+                    .timeout(w.timeout.0)
+                    .user_agent(concat!("logwarden/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| format!("receiver {:?}: cannot build HTTP client: {e}", w.name))?;
+                let url = if w.format == WebhookFormat::Alertmanager
+                    && !w.url.trim_end_matches('/').ends_with("/api/v2/alerts")
+                {
+                    format!("{}/api/v2/alerts", w.url.trim_end_matches('/'))
+                } else {
+                    w.url.clone()
+                };
+                let transport = Transport::Http {
+                    client,
+                    url,
+                    secret: SecretSource::of(&w.secret_file, &w.secret_env),
+                    routing_key: SecretSource::of(&w.routing_key_file, &w.routing_key_env),
+                };
+                let limiter = w.rate_limit.map(|l| TokenBucket::new(l, Instant::now()));
+                (transport, w.concurrency, limiter)
+            }
+            ReceiverConfig::File(f) => (Transport::File(open_file(&f.path)?), 1, None),
+        };
+        Ok(Lane {
+            name: receiver.name().to_string(),
+            transport: Arc::new(transport),
+            retry: receiver.retry(),
+            concurrency,
+            limiter,
+            outbox,
+            metrics,
+            known,
+            waiting: BTreeMap::new(),
+            inflight: HashMap::new(),
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Record>,
+        mut stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let mut attempts: JoinSet<Outcome> = JoinSet::new();
+        let mut open = true;
+        while open {
+            let next = self.start_due(&mut attempts);
+            self.update_gauge();
+            let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + RESCAN));
+            tokio::select! {
+                record = rx.recv() => match record {
+                    Some(record) => {
+                        self.waiting.insert(record.id, Waiting { record, due: Instant::now() });
+                    }
+                    None => open = false,
+                },
+                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => self.finish(done),
+                _ = sleep => {}
+                _ = stop.changed() => open = false,
+            }
+        }
+        // Stopping: no new attempts; those in flight get `drain` to finish.
+        let deadline = Instant::now() + drain;
+        while !attempts.is_empty() {
+            match tokio::time::timeout_at(deadline, attempts.join_next_with_id()).await {
+                Ok(Some(done)) => self.finish(done),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        attempts.abort_all();
+    }
+
+    /// Starts every attempt that is due and allowed; returns when to look again.
+    fn start_due(&mut self, attempts: &mut JoinSet<Outcome>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut busy: HashSet<String> =
+            self.inflight.values().map(|r| r.incident.clone()).collect();
+        let mut start = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, w) in &self.waiting {
+            // One incident's events go out in order: an earlier one still waiting or in
+            // flight holds the later ones back.
+            if !busy.insert(w.record.incident.clone()) {
+                continue;
+            }
+            if self.inflight.len() + start.len() >= self.concurrency {
+                break;
+            }
+            if w.due > now {
+                next = Some(next.map_or(w.due, |n| n.min(w.due)));
+                continue;
+            }
+            if let Some(limiter) = &mut self.limiter
+                && let Err(at) = limiter.take(now)
+            {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                break;
+            }
+            start.push(*id);
+        }
+        for id in start {
+            let record = self.waiting.remove(&id).expect("listed").record;
+            let transport = self.transport.clone();
+            let sent = record.clone();
+            let handle = attempts.spawn(async move { attempt(&transport, &sent).await });
+            self.inflight.insert(handle.id(), record);
+        }
+        next
+    }
+
+    fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (task, outcome) = match done {
+            Ok(pair) => pair,
+            Err(e) => (
+                e.id(),
+                Outcome::Retry {
+                    error: format!("delivery task failed: {e}"),
+                    after: None,
+                },
+            ),
+        };
+        let Some(mut record) = self.inflight.remove(&task) else {
+            return;
+        };
+        let counter = |outcome: &str| {
+            self.metrics
+                .notifications
+                .with_label_values(&[&self.name, outcome])
+                .inc()
+        };
+        match outcome {
+            Outcome::Delivered => {
+                let mut batch = store::Batch::new();
+                batch.remove(Space::Outbox, &Record::key(record.id));
+                if let Err(e) = self.outbox.store().commit(batch) {
+                    // Delivered but still stored: it goes out again after a restart, and the
+                    // idempotency key lets the receiver drop it.
+                    tracing::error!(error = %e, "cannot remove a delivered notification");
+                }
+                counter("delivered");
+                let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
+                self.metrics
+                    .notification_latency
+                    .with_label_values(&[&self.name])
+                    .observe(latency as f64 / 1000.0);
+                self.forget(record.id);
+            }
+            Outcome::Retry { error, after } => {
+                record.attempts += 1;
+                let age = (Utc::now() - record.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if age >= self.retry.max_age.0 {
+                    let why = format!(
+                        "undelivered after {} attempts over {} (max_age); last error: {error}",
+                        record.attempts, self.retry.max_age
+                    );
+                    let id = record.id;
+                    bury(&self.outbox, &self.metrics, record, why);
+                    self.forget(id);
+                    return;
+                }
+                counter("retried");
+                let delay = backoff(&self.retry, record.attempts, after);
+                tracing::warn!(receiver = %self.name, incident = %record.incident, key = %record.idempotency_key, attempt = record.attempts, retry_in_ms = delay.as_millis() as u64, %error, "notification delivery failed; will retry");
+                record.last_error = Some(error);
+                let mut batch = store::Batch::new();
+                if batch
+                    .put(Space::Outbox, &Record::key(record.id), &record)
+                    .is_ok()
+                    && let Err(e) = self.outbox.store().commit(batch)
+                {
+                    tracing::error!(error = %e, "cannot record a failed attempt");
+                }
+                self.waiting.insert(
+                    record.id,
+                    Waiting {
+                        record,
+                        due: Instant::now() + delay,
+                    },
+                );
+            }
+            Outcome::Refused(error) => {
+                record.attempts += 1;
+                let id = record.id;
+                bury(&self.outbox, &self.metrics, record, error);
+                self.forget(id);
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.known.lock().expect("known lock").remove(&id);
+    }
+
+    fn update_gauge(&self) {
+        self.metrics
+            .outbox_pending
+            .with_label_values(&[&self.name])
+            .set((self.waiting.len() + self.inflight.len()) as i64);
+    }
+}
+
+async fn attempt(transport: &Transport, record: &Record) -> Outcome {
+    match transport {
+        Transport::File(writer) => {
+            let writer = writer.clone();
+            let mut line = record.body.clone().into_bytes();
+            line.push(b'\n');
+            let written = tokio::task::spawn_blocking(move || {
+                let mut w = writer.lock().expect("writer lock");
+                w.write_all(&line).and_then(|_| w.flush())
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => Outcome::Delivered,
+                Ok(Err(e)) => Outcome::Retry {
+                    error: format!("write failed: {e}"),
+                    after: None,
+                },
+                Err(e) => Outcome::Retry {
+                    error: format!("write task failed: {e}"),
+                    after: None,
+                },
+            }
+        }
+        Transport::Http {
+            client,
+            url,
+            secret,
+            routing_key,
+        } => post(client, url, secret.as_ref(), routing_key.as_ref(), record).await,
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: Option<&SecretSource>,
+    routing_key: Option<&SecretSource>,
+    record: &Record,
+) -> Outcome {
+    let retry = |error: String| Outcome::Retry { error, after: None };
+    let body = match routing_key {
+        None => record.body.clone().into_bytes(),
+        Some(source) => {
+            let key = match source.read() {
+                Ok(k) => k,
+                Err(e) => return retry(format!("routing key unavailable: {e}")),
+            };
+            let mut value: serde_json::Value = match serde_json::from_str(&record.body) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Refused(format!("stored body is not JSON: {e}")),
+            };
+            value["routing_key"] = serde_json::Value::String(key);
+            value.to_string().into_bytes()
+        }
+    };
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", &record.idempotency_key)
+        .header("X-Logwarden-Event", record.event.as_str())
+        .header("X-Logwarden-Incident", &record.incident);
+    if let Some(source) = secret {
+        let secret = match source.read() {
+            Ok(s) => s,
+            Err(e) => return retry(format!("signing secret unavailable: {e}")),
+        };
+        let timestamp = Utc::now().timestamp().to_string();
+        request = request
+            .header(
+                SIGNATURE_HEADER,
+                signature(secret.as_bytes(), &timestamp, &body),
+            )
+            .header(TIMESTAMP_HEADER, timestamp);
+    }
+    match request.body(body).send().await {
+        Ok(response) if response.status().is_success() => Outcome::Delivered,
+        Ok(response) => {
+            let status = response.status();
+            let after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let error = format!("HTTP {status}");
+            if status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT
+            {
+                Outcome::Retry { error, after }
+            } else {
+                Outcome::Refused(format!("{error}: refused by the receiver"))
+            }
+        }
+        Err(e) => retry(error_chain(&e.without_url())),
+    }
+}
+
+/// An error and its causes ("error sending request: connection refused"), without URLs
+/// (which may carry credentials).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn open_file(path: &Path) -> Result<Arc<Mutex<Box<dyn Write + Send>>>, String> {
+    let writer: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open receiver file {}: {e}", path.display()))?,
+        )
+    };
+    Ok(Arc::new(Mutex::new(writer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::HumanDuration;
+
+    #[test]
+    fn signature_is_hmac_sha256_over_timestamp_dot_body() {
+        // Reference value from Python's hmac module.
+        assert_eq!(
+            signature(b"secret", "1700000000", br#"{"a":1}"#),
+            "sha256=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
+        );
+        assert_ne!(signature(b"k", "1", b"2"), signature(b"k", "12", b""));
+    }
+
+    fn retry(initial_ms: u64, max_ms: u64) -> RetryConfig {
+        RetryConfig {
+            initial: HumanDuration(Duration::from_millis(initial_ms)),
+            max: HumanDuration(Duration::from_millis(max_ms)),
+            max_age: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let r = retry(100, 1000);
+        for _ in 0..200 {
+            for (failures, full) in [
+                (1, 100),
+                (2, 200),
+                (3, 400),
+                (4, 800),
+                (5, 1000),
+                (40, 1000),
+            ] {
+                let d = backoff(&r, failures, None).as_millis() as u64;
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "{failures}: {d} not in [{}, {full}]",
+                    full / 2
+                );
+            }
+        }
+        assert_eq!(
+            backoff(&r, 1, Some(Duration::from_secs(5))),
+            Duration::from_secs(1)
+        );
+        assert!(backoff(&r, 1, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
+    }
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_one_per_interval() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(
+            RateLimit {
+                count: 3,
+                per: Duration::from_secs(3),
+            },
+            start,
+        );
+        for _ in 0..3 {
+            assert!(b.take(start).is_ok());
+        }
+        let next = b.take(start).unwrap_err();
+        assert_eq!(next - start, Duration::from_secs(1));
+        assert!(b.take(start + Duration::from_millis(999)).is_err());
+        assert!(b.take(start + Duration::from_secs(1)).is_ok());
+    }
+}
