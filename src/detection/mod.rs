@@ -53,20 +53,33 @@ impl Evidence {
     }
 }
 
-/// A counted match of a rule.
+/// A counted match of a rule, or a condition the clock noticed (an absence).
 #[derive(Debug, Clone)]
 pub struct Hit {
     /// The rule.
     pub rule: Arc<Rule>,
     /// Its key values.
     pub key: Key,
-    /// Every named capture of the match (for summaries).
+    /// Every named capture of the match (for summaries); the key values for an absence.
     pub captures: BTreeMap<String, String>,
-    /// This line.
-    pub evidence: Evidence,
-    /// Set when this match completed the rule's condition: the matches that did, oldest
-    /// first (this one last). The window starts again empty.
-    pub crossed: Option<Vec<Evidence>>,
+    /// The line's own time, or the clock time an absence was noticed at.
+    pub time: DateTime<Utc>,
+    /// The matching line; `None` when no line caused the hit (an absence).
+    pub evidence: Option<Evidence>,
+    /// Set when this hit completed the rule's condition. The rule's state for the key
+    /// starts again empty.
+    pub crossed: Option<Crossing>,
+    /// Absence: matches came back after a gap, at this (line) time.
+    pub resumed: Option<DateTime<Utc>>,
+}
+
+/// What completed a rule's condition: how much it counted and the lines that show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    /// The count the incident starts with (matches in the window, distinct values, ...).
+    pub count: u64,
+    /// Lines that show it, oldest first (bounded; may be empty for an absence).
+    pub evidence: Vec<Evidence>,
 }
 
 /// Candidate rules for one source, found in one pass.
@@ -175,7 +188,13 @@ impl Detector {
                     let held = window.push(time.timestamp_millis(), evidence.clone(), within_ms);
                     self.dirty.insert((rule.id().to_string(), key.clone()));
                     match held {
-                        Some(n) if n as u64 >= count => Some(window.drain()),
+                        Some(n) if n as u64 >= count => {
+                            let evidence = window.drain();
+                            Some(Crossing {
+                                count: evidence.len() as u64,
+                                evidence,
+                            })
+                        }
                         Some(_) => None,
                         // Older than the window: not counted.
                         None => continue,
@@ -186,8 +205,10 @@ impl Detector {
                 rule: rule.clone(),
                 key,
                 captures,
-                evidence,
+                time,
+                evidence: Some(evidence),
                 crossed,
+                resumed: None,
             });
         }
     }
