@@ -42,6 +42,10 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// Rules currently loaded.
     pub rules_loaded: IntGauge,
+    /// Rule reloads refused because a rule file was broken (the old rules kept running).
+    pub rule_reload_failures: IntCounter,
+    /// Keys dropped (least recently used) because a rule reached its `max_keys`, by rule.
+    pub rule_keys_evicted: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
 }
@@ -128,6 +132,19 @@ impl Metrics {
         registry
             .register(Box::new(rules_loaded.clone()))
             .expect("unique metric");
+        let rule_reload_failures = IntCounter::new(
+            "logwarden_rule_reload_failures_total",
+            "Rule reloads refused because a rule file was broken; the old rules kept running.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rule_reload_failures.clone()))
+            .expect("unique metric");
+        let rule_keys_evicted = counter(
+            "logwarden_rule_keys_evicted_total",
+            "Keys dropped, least recently used first, because a rule reached its max_keys.",
+            &["rule"],
+        );
         let store_errors = IntCounter::new(
             "logwarden_store_errors_total",
             "Store commits that failed and were retried.",
@@ -162,6 +179,8 @@ impl Metrics {
             time_to_detect,
             notifications,
             rules_loaded,
+            rule_reload_failures,
+            rule_keys_evicted,
             store_errors,
         }
     }

@@ -56,10 +56,22 @@ fn a_valid_config_prints_a_summary() {
         "rules/b.yml",
         &format!("rules:\n{}", GOOD_RULE.replace("id: good", "id: good-two")),
     );
+    let b = s.path("rules/b.yml");
     s.write("rules/ignored.txt", "not a rule file");
+    // The two rules count the same lines under the same key: valid, but worth a warning.
     assert_eq!(
         check(s.dir.path()),
-        (0, vec!["ok: 2 rules in 2 files".to_string()])
+        (
+            0,
+            vec![
+                format!(
+                    "warning: {}:3:5: rule \"good-two\" has the same match and key as rule \"good\" ({}): both count the same lines",
+                    b.display(),
+                    s.path("rules/a.yaml").display()
+                ),
+                "ok: 2 rules in 2 files".to_string()
+            ]
+        )
     );
 }
 

@@ -5,19 +5,20 @@
 //! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
+pub mod keys;
+pub mod kinds;
+pub mod matcher;
 pub mod window;
 
 use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use keys::KeyTable;
+use kinds::{Event, KeyState, Observed};
+use matcher::SourceMatcher;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use window::SlidingWindow;
-
-/// Compiled-size budget of one source's combined pattern set.
-const SET_SIZE_LIMIT: usize = 512 << 20;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -41,7 +42,8 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
+    /// Evidence for a line read at `time`.
+    pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
         let cut = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         Evidence {
             source: line.source.to_string(),
@@ -82,36 +84,89 @@ pub struct Crossing {
     pub evidence: Vec<Evidence>,
 }
 
-/// Candidate rules for one source, found in one pass.
-struct SourceMatcher {
-    /// `None` when the combined set exceeded its budget: every rule is then a candidate.
-    set: Option<RegexSet>,
-    rules: Vec<Arc<Rule>>,
-}
-
-/// Window state of one rule and key.
-type Windows = HashMap<Key, SlidingWindow<Evidence>>;
-
-/// A window's place in the store: rule id, rule definition hash, key.
+/// A key's state's place in the store: rule id, rule definition hash, key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WindowId {
     /// Rule id.
     pub rule: String,
-    /// Hash of the rule definition the window was counted under.
+    /// Hash of the rule definition the state was counted under.
     pub rule_hash: String,
     /// Key values.
     pub key: Key,
 }
 
-/// A window as stored: its identity and its events.
-pub type SavedWindow = (WindowId, SlidingWindow<Evidence>);
+/// A key's state as stored: its identity and its state.
+pub type SavedWindow = (WindowId, KeyState);
 
-/// Evaluates lines against a rule set and keeps every rule's windows.
+/// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
     matchers: HashMap<String, SourceMatcher>,
-    windows: HashMap<String, Windows>,
+    tables: HashMap<String, KeyTable<KeyState>>,
     dirty: HashSet<(String, Key)>,
+    evicted: BTreeMap<String, u64>,
+    candidates: Vec<(usize, usize)>,
+}
+
+/// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleChange {
+    /// Version that ran before.
+    pub old_version: String,
+    /// Version that runs now.
+    pub new_version: String,
+    /// Rule ids only in the new set.
+    pub added: Vec<String>,
+    /// Rule ids only in the old set.
+    pub removed: Vec<String>,
+    /// Rule ids in both whose definition changed (their state starts again).
+    pub changed: Vec<String>,
+}
+
+impl RuleChange {
+    /// Compares two rule sets by rule id and definition hash.
+    pub fn between(old: &RuleSet, new: &RuleSet) -> Self {
+        let old_hashes: HashMap<&str, &str> = old
+            .rules
+            .iter()
+            .map(|r| (r.id(), r.hash.as_str()))
+            .collect();
+        let new_hashes: HashMap<&str, &str> = new
+            .rules
+            .iter()
+            .map(|r| (r.id(), r.hash.as_str()))
+            .collect();
+        let mut added: Vec<String> = new_hashes
+            .keys()
+            .filter(|id| !old_hashes.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        let mut removed: Vec<String> = old_hashes
+            .keys()
+            .filter(|id| !new_hashes.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        let mut changed: Vec<String> = new_hashes
+            .iter()
+            .filter(|(id, h)| old_hashes.get(*id).is_some_and(|old| old != *h))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        added.sort();
+        removed.sort();
+        changed.sort();
+        RuleChange {
+            old_version: old.version.clone(),
+            new_version: new.version.clone(),
+            added,
+            removed,
+            changed,
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 impl Detector {
@@ -124,14 +179,65 @@ impl Detector {
         Detector {
             rules,
             matchers,
-            windows: HashMap::new(),
+            tables: HashMap::new(),
             dirty: HashSet::new(),
+            evicted: BTreeMap::new(),
+            candidates: Vec::new(),
         }
     }
 
     /// The rules being evaluated.
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
+    }
+
+    /// Swaps in a new rule set. State of rules whose definition (hash) is unchanged is
+    /// kept; state of changed and removed rules is dropped (and deleted from the store with
+    /// the next [`Detector::take_dirty`]).
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) -> RuleChange {
+        let change = RuleChange::between(&self.rules, &rules);
+        let keep: HashSet<&str> = rules
+            .rules
+            .iter()
+            .filter(|r| {
+                self.rules
+                    .rule(r.id())
+                    .is_some_and(|old| old.hash == r.hash)
+            })
+            .map(|r| r.id())
+            .collect();
+        let dropped: Vec<String> = self
+            .tables
+            .keys()
+            .filter(|id| !keep.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in dropped {
+            if let Some(table) = self.tables.remove(&id) {
+                for key in table.keys() {
+                    self.dirty.insert((id.clone(), key.clone()));
+                }
+            }
+        }
+        let sources: Vec<String> = self.matchers.keys().cloned().collect();
+        self.matchers = sources
+            .into_iter()
+            .map(|s| {
+                let m = SourceMatcher::new(&rules, &s);
+                (s, m)
+            })
+            .collect();
+        self.rules = rules;
+        change
+    }
+
+    fn table<'a>(
+        tables: &'a mut HashMap<String, KeyTable<KeyState>>,
+        rule: &Rule,
+    ) -> &'a mut KeyTable<KeyState> {
+        tables
+            .entry(rule.id().to_string())
+            .or_insert_with(|| KeyTable::new(rule.max_keys))
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -145,24 +251,15 @@ impl Detector {
         if matcher.rules.is_empty() {
             return;
         }
-        let candidates: Vec<usize> = match &matcher.set {
-            Some(set) => set.matches(&line.bytes).into_iter().collect(),
-            None => (0..matcher.rules.len()).collect(),
-        };
-        for index in candidates {
+        matcher.candidates(&line.bytes, &mut self.candidates);
+        let time_ms = time.timestamp_millis();
+        for &(index, step) in &self.candidates {
             let rule = &matcher.rules[index];
-            let Some(caps) = rule.regex.captures(&line.bytes) else {
+            let regex = &rule.patterns[step];
+            let Some(caps) = regex.captures(&line.bytes) else {
                 continue;
             };
-            if rule
-                .ignore
-                .as_ref()
-                .is_some_and(|r| r.is_match(&line.bytes))
-            {
-                continue;
-            }
-            let captures: BTreeMap<String, String> = rule
-                .regex
+            let captures: BTreeMap<String, String> = regex
                 .capture_names()
                 .flatten()
                 .filter_map(|name| {
@@ -174,6 +271,9 @@ impl Detector {
                     })
                 })
                 .collect();
+            if rule.excluded_by(&line.bytes, &captures).is_some() {
+                continue;
+            }
             let key: Key = rule
                 .def
                 .group_by
@@ -181,25 +281,28 @@ impl Detector {
                 .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
                 .collect();
             let evidence = Evidence::from_line(line, time);
-            let crossed = match rule.kind {
-                RuleKind::Threshold { count, within_ms } => {
-                    let windows = self.windows.entry(rule.id().to_string()).or_default();
-                    let window = windows.entry(key.clone()).or_default();
-                    let held = window.push(time.timestamp_millis(), evidence.clone(), within_ms);
-                    self.dirty.insert((rule.id().to_string(), key.clone()));
-                    match held {
-                        Some(n) if n as u64 >= count => {
-                            let evidence = window.drain();
-                            Some(Crossing {
-                                count: evidence.len() as u64,
-                                evidence,
-                            })
-                        }
-                        Some(_) => None,
-                        // Older than the window: not counted.
-                        None => continue,
-                    }
-                }
+            let (state, evicted) = Self::table(&mut self.tables, rule)
+                .touch(&key, || KeyState::new(&rule.kind, time_ms));
+            let observed = state.observe(
+                &rule.kind,
+                Event {
+                    time_ms,
+                    step,
+                    evidence: &evidence,
+                    captures: &captures,
+                },
+            );
+            if let Some(old) = evicted {
+                *self.evicted.entry(rule.id().to_string()).or_default() += 1;
+                self.dirty.insert((rule.id().to_string(), old));
+            }
+            self.dirty.insert((rule.id().to_string(), key.clone()));
+            let (crossed, resumed) = match observed {
+                // Older than the state can count.
+                Observed::Late => continue,
+                Observed::Counted => (None, None),
+                Observed::Crossed(c) => (Some(c), None),
+                Observed::Resumed => (None, Some(time)),
             };
             hits.push(Hit {
                 rule: rule.clone(),
@@ -208,69 +311,105 @@ impl Detector {
                 time,
                 evidence: Some(evidence),
                 crossed,
-                resumed: None,
+                resumed,
             });
         }
     }
 
-    /// Drops windows whose newest event is older than `now` minus their length, so memory
-    /// follows live keys rather than every key ever seen.
+    /// Lets the clock run to `now` (the wall clock live; a watermark of the lines' times in
+    /// a replay): absence rules whose matches stayed away cross, appending hits without a
+    /// line. A rule without `group_by` starts its clock the first time this is called.
+    pub fn advance(&mut self, now: DateTime<Utc>, hits: &mut Vec<Hit>) {
+        let now_ms = now.timestamp_millis();
+        for rule in &self.rules.rules {
+            if !matches!(rule.kind, RuleKind::Absence { .. }) {
+                continue;
+            }
+            let table = Self::table(&mut self.tables, rule);
+            if rule.def.group_by.is_empty() && table.is_empty() {
+                table.touch(&Key::new(), || KeyState::new(&rule.kind, now_ms));
+                self.dirty.insert((rule.id().to_string(), Key::new()));
+            }
+            for (key, state) in table.iter_mut() {
+                if let Some(crossed) = state.advance(&rule.kind, now_ms) {
+                    self.dirty.insert((rule.id().to_string(), key.clone()));
+                    hits.push(Hit {
+                        rule: rule.clone(),
+                        key: key.clone(),
+                        captures: key.clone(),
+                        time: now,
+                        evidence: None,
+                        crossed: Some(crossed),
+                        resumed: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Forgets state that can no longer contribute at event time `now`, so memory follows
+    /// live keys rather than every key ever seen.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
         for rule in &self.rules.rules {
-            let RuleKind::Threshold { within_ms, .. } = rule.kind;
-            let Some(windows) = self.windows.get_mut(rule.id()) else {
+            let Some(table) = self.tables.get_mut(rule.id()) else {
                 continue;
             };
-            windows.retain(|key, window| {
-                window.expire(now_ms - within_ms);
-                if window.is_empty() {
-                    self.dirty.insert((rule.id().to_string(), key.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
+            for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
+                self.dirty.insert((rule.id().to_string(), key));
+            }
         }
     }
 
-    /// Windows changed since the last call: `None` means the window is gone.
-    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&SlidingWindow<Evidence>>)> {
+    /// State changed since the last call: `None` means the key's state is gone.
+    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
-            .filter_map(|(rule_id, key)| {
-                let rule = self.rules.rule(&rule_id)?;
-                let window = self
-                    .windows
-                    .get(&rule_id)
-                    .and_then(|w| w.get(&key))
-                    .filter(|w| !w.is_empty());
-                Some((
+            .map(|(rule_id, key)| {
+                let rule_hash = self
+                    .rules
+                    .rule(&rule_id)
+                    .map(|r| r.hash.clone())
+                    .unwrap_or_default();
+                let state = self.tables.get(&rule_id).and_then(|t| t.get(&key));
+                (
                     WindowId {
                         rule: rule_id,
-                        rule_hash: rule.hash.clone(),
+                        rule_hash,
                         key,
                     },
-                    window,
-                ))
+                    state,
+                )
             })
             .collect()
     }
 
-    /// Restores windows saved earlier; windows of rules whose definition changed are dropped
-    /// (returned, so the caller can delete them).
+    /// Keys evicted per rule since the last call (for the eviction metric).
+    pub fn take_evictions(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Restores state saved earlier, least recent first; state of rules whose definition
+    /// changed is dropped (returned, so the caller can delete it).
     pub fn restore(&mut self, saved: impl IntoIterator<Item = SavedWindow>) -> Vec<WindowId> {
         let mut stale = Vec::new();
-        for (id, window) in saved {
+        let mut fresh = Vec::new();
+        for (id, state) in saved {
             match self.rules.rule(&id.rule) {
-                Some(rule) if rule.hash == id.rule_hash => {
-                    self.windows
-                        .entry(id.rule.clone())
-                        .or_default()
-                        .insert(id.key, window);
-                }
+                Some(rule) if rule.hash == id.rule_hash => fresh.push((rule.clone(), id, state)),
                 _ => stale.push(id),
+            }
+        }
+        fresh.sort_by_key(|(_, _, state)| state.last_ms());
+        for (rule, id, state) in fresh {
+            if let Some(old) = Self::table(&mut self.tables, &rule).insert(id.key, state) {
+                // More saved keys than max_keys allows now: the oldest go.
+                stale.push(WindowId {
+                    rule: id.rule,
+                    rule_hash: id.rule_hash,
+                    key: old,
+                });
             }
         }
         stale
@@ -278,26 +417,6 @@ impl Detector {
 
     /// Number of live keys across all rules.
     pub fn live_keys(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
-    }
-}
-
-impl SourceMatcher {
-    fn new(rules: &RuleSet, source: &str) -> Self {
-        let rules: Vec<Arc<Rule>> = rules
-            .rules
-            .iter()
-            .filter(|r| r.applies_to(source))
-            .cloned()
-            .collect();
-        // Each pattern already compiled within its own bounds; the set gets their sum.
-        let set = RegexSetBuilder::new(rules.iter().map(|r| r.def.pattern.as_str()))
-            .unicode(false)
-            .size_limit(SET_SIZE_LIMIT)
-            .dfa_size_limit(SET_SIZE_LIMIT)
-            .build()
-            .map_err(|e| tracing::warn!(source, error = %e, "rules too large for one combined pass; matching them one by one"))
-            .ok();
-        SourceMatcher { set, rules }
+        self.tables.values().map(KeyTable::len).sum()
     }
 }
