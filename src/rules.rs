@@ -575,20 +575,15 @@ fn compile_rule(
     // The patterns: `match`, or one per sequence step (and then no `match`).
     let mut patterns = Vec::new();
     let mut pattern_ok = true;
-    match (&def.pattern, &def.sequence) {
-        (Some(_), Some(_)) => fail(
+    if def.pattern.is_some() && def.sequence.is_some() {
+        fail(
             "match",
             "a sequence rule has no top-level match: each step has its own".into(),
-        ),
+        );
+    }
+    match (&def.pattern, &def.sequence) {
         (None, None) => fail("id", format!("rule {:?} needs a match pattern", def.id)),
-        (Some(p), None) => match compile_pattern(p) {
-            Ok(r) => patterns.push(r),
-            Err(e) => {
-                pattern_ok = false;
-                fail("match", format!("bad regex in match: {e}"));
-            }
-        },
-        (None, Some(seq)) => {
+        (_, Some(seq)) => {
             for (i, step) in seq.steps.iter().enumerate() {
                 match compile_pattern(&step.pattern) {
                     Ok(r) => patterns.push(r),
@@ -602,6 +597,13 @@ fn compile_rule(
                 }
             }
         }
+        (Some(p), None) => match compile_pattern(p) {
+            Ok(r) => patterns.push(r),
+            Err(e) => {
+                pattern_ok = false;
+                fail("match", format!("bad regex in match: {e}"));
+            }
+        },
     }
     let ignore = match def.ignore.as_deref().map(compile_pattern) {
         Some(Ok(r)) => Some(r),
@@ -802,5 +804,31 @@ mod tests {
             set.summary(&set.rules[0], &ctx),
             "7 failures from 203.0.113.9"
         );
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    const RULES: &str = "rules:\n  - id: a\n    match: 'from (?P<ip>\\S+)'\n    allow: {ip: ['@nets']}\n    threshold: {count: 1, within: 1m}\n    severity: low\n  - id: b\n    match: 'to (?P<ip>\\S+)'\n    threshold: {count: 1, within: 1m}\n    severity: low\n";
+
+    fn load(dir: &Path, lists: &str) -> RuleSet {
+        std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+        std::fs::write(dir.join("lists.yaml"), lists).unwrap();
+        RuleSet::load(&[dir.to_path_buf()], &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn lists_from_another_file_work_and_editing_one_changes_only_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = load(dir.path(), "lists:\n  nets: [10.0.0.0/8]\n");
+        let after = load(dir.path(), "lists:\n  nets: [10.0.0.0/16]\n");
+        let hash = |set: &RuleSet, id: &str| set.rule(id).unwrap().hash.clone();
+        assert_ne!(hash(&before, "a"), hash(&after, "a"));
+        assert_eq!(hash(&before, "b"), hash(&after, "b"));
+        assert_ne!(before.version, after.version);
+        assert!(after.rule("a").unwrap().allow[0].1.contains("10.0.255.1"));
+        assert!(!after.rule("a").unwrap().allow[0].1.contains("10.1.0.1"));
     }
 }

@@ -420,3 +420,277 @@ impl Detector {
         self.tables.values().map(KeyTable::len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleContext;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn rules(yaml: &str) -> Arc<RuleSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Arc::new(
+            RuleSet::load(&[path], &RuleContext::default()).unwrap_or_else(|e| panic!("{e:?}")),
+        )
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            source: "auth".into(),
+            path: "auth.log".into(),
+            offset: 0,
+            bytes: text.as_bytes().to_vec(),
+            arrival: at(T0),
+        }
+    }
+
+    /// Feeds `text` at `ms`; returns the hits.
+    fn feed(d: &mut Detector, ms: i64, text: &str) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        d.observe(&line(text), at(ms), &mut hits);
+        hits
+    }
+
+    fn opened(hits: &[Hit]) -> Vec<(&str, u64)> {
+        hits.iter()
+            .filter_map(|h| h.crossed.as_ref().map(|c| (h.rule.id(), c.count)))
+            .collect()
+    }
+
+    const EXCEPTIONS: &str = r#"
+lists:
+  trusted: [10.0.0.0/8, "::1"]
+  admins: [root, admin]
+rules:
+  - id: allowed
+    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
+    allow: {ip: ["@trusted", 192.168.1.1]}
+    threshold: {count: 1, within: 1m}
+    severity: low
+  - id: admins-only
+    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
+    group_by: [user]
+    only: {user: ["@admins"]}
+    threshold: {count: 1, within: 1m}
+    severity: low
+"#;
+
+    #[test]
+    fn allow_and_only_decide_what_is_counted() {
+        let mut d = Detector::new(rules(EXCEPTIONS), &["auth".into()]);
+        let ids = |hits: Vec<Hit>| -> Vec<String> {
+            hits.iter().map(|h| h.rule.id().to_string()).collect()
+        };
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=10.2.3.4")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=0:0::1")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=192.168.1.1")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=11.0.0.1")),
+            vec!["allowed"]
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=root ip=10.0.0.1")),
+            vec!["admins-only"],
+            "allow of one rule does not apply to another"
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=admin ip=203.0.113.9")),
+            vec!["allowed", "admins-only"]
+        );
+    }
+
+    const SEQUENCE: &str = r#"
+rules:
+  - id: breach
+    group_by: [ip]
+    sequence:
+      within: 10m
+      steps:
+        - {match: 'Failed password for \S+ from (?P<ip>\S+)', count: 2}
+        - {match: 'Accepted \w+ for \S+ from (?P<ip>\S+)'}
+    severity: critical
+"#;
+
+    #[test]
+    fn sequence_steps_are_found_by_the_combined_pass_and_keyed() {
+        let mut d = Detector::new(rules(SEQUENCE), &["auth".into()]);
+        feed(&mut d, T0, "Failed password for a from 1.1.1.1");
+        feed(&mut d, T0 + 1, "Failed password for a from 2.2.2.2");
+        assert!(
+            opened(&feed(
+                &mut d,
+                T0 + 2,
+                "Accepted password for a from 1.1.1.1"
+            ))
+            .is_empty()
+        );
+        feed(&mut d, T0 + 3, "Failed password for a from 1.1.1.1");
+        let hits = feed(&mut d, T0 + 4, "Accepted publickey for a from 1.1.1.1");
+        assert_eq!(opened(&hits), vec![("breach", 3)]);
+        assert_eq!(hits[0].key, Key::from([("ip".into(), "1.1.1.1".into())]));
+    }
+
+    const FLOOD: &str = r#"
+rules:
+  - id: flood
+    match: 'from (?P<ip>\S+)'
+    group_by: [ip]
+    threshold: {count: 3, within: 1h}
+    max_keys: 50
+    severity: low
+"#;
+
+    #[test]
+    fn a_key_flood_evicts_the_least_recently_used_and_is_counted() {
+        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
+        feed(&mut d, T0, "from victim");
+        feed(&mut d, T0, "from victim");
+        for n in 0..1000 {
+            feed(
+                &mut d,
+                T0 + n,
+                &format!("from 198.51.{}.{}", n / 256, n % 256),
+            );
+            if n % 10 == 0 {
+                // The keep-alive key stays recent, so it is never evicted.
+                feed(&mut d, T0 + n, "from keepalive");
+            }
+        }
+        assert_eq!(d.live_keys(), 50);
+        // 1002 keys (victim, keep-alive, 1000 flood addresses) into 50 places.
+        assert_eq!(
+            d.take_evictions(),
+            BTreeMap::from([("flood".to_string(), 952)])
+        );
+        // Evicted keys are deleted from the store with the next commit.
+        let gone = d.take_dirty().iter().filter(|(_, s)| s.is_none()).count();
+        assert_eq!(gone, 952);
+        // The victim was evicted long ago: its two matches are forgotten.
+        assert!(opened(&feed(&mut d, T0 + 2000, "from victim")).is_empty());
+        let keepalive = Key::from([("ip".to_string(), "keepalive".to_string())]);
+        assert!(
+            d.tables["flood"].get(&keepalive).is_some(),
+            "recently used keys stay"
+        );
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_rules_only() {
+        let two = format!(
+            "{FLOOD}  - id: other\n    match: 'other (?P<ip>\\S+)'\n    threshold: {{count: 3, within: 1h}}\n    severity: low\n"
+        );
+        let mut d = Detector::new(rules(&two), &["auth".into()]);
+        for _ in 0..2 {
+            feed(&mut d, T0, "from 1.1.1.1");
+            feed(&mut d, T0, "other 1.1.1.1");
+        }
+        d.take_dirty();
+        let changed = two.replace("other (?P<ip>", "other  ?(?P<ip>");
+        let change = d.replace_rules(rules(&changed));
+        assert_eq!(
+            (change.changed, change.added, change.removed),
+            (vec!["other".to_string()], vec![], vec![])
+        );
+        assert_ne!(change.old_version, change.new_version);
+        let deleted: Vec<String> = d.take_dirty().into_iter().map(|(id, _)| id.rule).collect();
+        assert_eq!(deleted, vec!["other".to_string()]);
+        assert_eq!(
+            opened(&feed(&mut d, T0, "from 1.1.1.1")),
+            vec![("flood", 3)]
+        );
+        assert!(
+            opened(&feed(&mut d, T0, "other 1.1.1.1")).is_empty(),
+            "other starts again"
+        );
+    }
+
+    const ABSENCE: &str = r#"
+rules:
+  - id: heartbeat
+    match: 'heartbeat'
+    absence: {within: 1m}
+    severity: high
+  - id: per-host
+    match: 'backup done on (?P<host>\S+)'
+    group_by: [host]
+    absence: {within: 1m, count: 1}
+    severity: high
+"#;
+
+    #[test]
+    fn absence_clock_starts_at_first_load_and_survives_a_restart() {
+        let set = rules(ABSENCE);
+        let mut d = Detector::new(set.clone(), &["auth".into()]);
+        let mut hits = Vec::new();
+        d.advance(at(T0), &mut hits);
+        feed(&mut d, T0 + 10_000, "backup done on db1");
+        let saved: Vec<SavedWindow> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
+            .collect();
+        assert_eq!(saved.len(), 2);
+        // Restart 59 s later: the stored clock start holds, so nothing yet...
+        let mut d = Detector::new(set, &["auth".into()]);
+        let json = serde_json::to_string(&saved).unwrap();
+        assert!(
+            d.restore(serde_json::from_str::<Vec<SavedWindow>>(&json).unwrap())
+                .is_empty()
+        );
+        d.advance(at(T0 + 59_999), &mut hits);
+        assert!(hits.is_empty());
+        // ... and at one minute the whole-rule heartbeat is absent, the host not yet.
+        d.advance(at(T0 + 60_000), &mut hits);
+        assert_eq!(opened(&hits), vec![("heartbeat", 0)]);
+        assert!(hits[0].evidence.is_none() && hits[0].key.is_empty());
+        hits.clear();
+        d.advance(at(T0 + 70_001), &mut hits);
+        assert_eq!(opened(&hits), vec![("per-host", 0)]);
+        assert_eq!(
+            hits[0].crossed.as_ref().unwrap().evidence[0].line,
+            "backup done on db1"
+        );
+        // Lines come back: the gap ends, recorded on the hit.
+        let back = feed(&mut d, T0 + 80_000, "backup done on db1");
+        assert_eq!(back[0].resumed, Some(at(T0 + 80_000)));
+    }
+
+    #[test]
+    fn restore_drops_state_of_changed_rules() {
+        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
+        feed(&mut d, T0, "from 1.1.1.1");
+        let saved: Vec<SavedWindow> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
+            .collect();
+        let mut changed = Detector::new(
+            rules(&FLOOD.replace("count: 3", "count: 2")),
+            &["auth".into()],
+        );
+        assert_eq!(changed.restore(saved.clone()).len(), 1);
+        let mut same = Detector::new(rules(FLOOD), &["auth".into()]);
+        assert!(same.restore(saved).is_empty());
+        feed(&mut same, T0, "from 1.1.1.1");
+        assert_eq!(
+            opened(&feed(&mut same, T0, "from 1.1.1.1")),
+            vec![("flood", 3)]
+        );
+    }
+}

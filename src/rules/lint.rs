@@ -123,7 +123,7 @@ fn never_fires(rule: &Rule, ctx: &RuleContext) -> Vec<(&'static str, String)> {
         {
             out.push((
                 "distinct",
-                format!("only.{field} admits {n} values, fewer than distinct count {count}"),
+                format!("only.{field} admits {n} value(s), fewer than distinct count {count}"),
             ));
         }
     }
