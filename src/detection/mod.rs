@@ -103,7 +103,8 @@ pub struct Detector {
     rules: Arc<RuleSet>,
     matchers: HashMap<String, SourceMatcher>,
     tables: HashMap<String, KeyTable<KeyState>>,
-    dirty: HashSet<(String, Key)>,
+    /// Keys whose state changed since the last store commit, by rule id.
+    dirty: HashMap<String, HashSet<Key>>,
     evicted: BTreeMap<String, u64>,
     candidates: Vec<(usize, usize)>,
 }
@@ -180,7 +181,7 @@ impl Detector {
             rules,
             matchers,
             tables: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             evicted: BTreeMap::new(),
             candidates: Vec::new(),
         }
@@ -215,7 +216,7 @@ impl Detector {
         for id in dropped {
             if let Some(table) = self.tables.remove(&id) {
                 for key in table.keys() {
-                    self.dirty.insert((id.clone(), key.clone()));
+                    mark(&mut self.dirty, &id, key);
                 }
             }
         }
@@ -294,9 +295,9 @@ impl Detector {
             );
             if let Some(old) = evicted {
                 *self.evicted.entry(rule.id().to_string()).or_default() += 1;
-                self.dirty.insert((rule.id().to_string(), old));
+                mark(&mut self.dirty, rule.id(), &old);
             }
-            self.dirty.insert((rule.id().to_string(), key.clone()));
+            mark(&mut self.dirty, rule.id(), &key);
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
                 Observed::Late => continue,
@@ -328,11 +329,11 @@ impl Detector {
             let table = Self::table(&mut self.tables, rule);
             if rule.def.group_by.is_empty() && table.is_empty() {
                 table.touch(&Key::new(), || KeyState::new(&rule.kind, now_ms));
-                self.dirty.insert((rule.id().to_string(), Key::new()));
+                mark(&mut self.dirty, rule.id(), &Key::new());
             }
             for (key, state) in table.iter_mut() {
                 if let Some(crossed) = state.advance(&rule.kind, now_ms) {
-                    self.dirty.insert((rule.id().to_string(), key.clone()));
+                    mark(&mut self.dirty, rule.id(), key);
                     hits.push(Hit {
                         rule: rule.clone(),
                         key: key.clone(),
@@ -356,7 +357,7 @@ impl Detector {
                 continue;
             };
             for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
-                self.dirty.insert((rule.id().to_string(), key));
+                mark(&mut self.dirty, rule.id(), &key);
             }
         }
     }
@@ -366,6 +367,7 @@ impl Detector {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
+            .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
             .map(|(rule_id, key)| {
                 let rule_hash = self
                     .rules
@@ -418,6 +420,20 @@ impl Detector {
     /// Number of live keys across all rules.
     pub fn live_keys(&self) -> usize {
         self.tables.values().map(KeyTable::len).sum()
+    }
+}
+
+/// Marks a key's state as changed, cloning the key only the first time per commit.
+fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
+    match dirty.get_mut(rule) {
+        Some(keys) => {
+            if !keys.contains(key) {
+                keys.insert(key.clone());
+            }
+        }
+        None => {
+            dirty.insert(rule.to_string(), HashSet::from([key.clone()]));
+        }
     }
 }
 
