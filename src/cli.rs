@@ -31,9 +31,21 @@ pub enum Command {
         /// Config file.
         #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// `text` (one `path:line:col: message` per line) or `json` (one object, for tools).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
     Notifications(crate::notification::cli::NotificationsArgs),
+}
+
+/// Output of `check`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object for tools.
+    Json,
 }
 
 /// Runs the CLI.
@@ -64,36 +76,48 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Check { config } => check(&config),
+        Command::Check { config, format } => check(&config, format),
         Command::Notifications(args) => crate::notification::cli::run(args),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(problems) => {
-            for p in problems {
-                println!("{p}");
-            }
-            return ExitCode::from(1);
-        }
+fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
+    let loaded = Config::load(path)
+        .and_then(|config| RuleSet::load(&config.rules, &daemon::rule_context(&config)));
+    let (errors, warnings) = match &loaded {
+        Ok(rules) => (Vec::new(), rules.warnings.clone()),
+        Err(problems) => (problems.clone(), Vec::new()),
     };
-    match RuleSet::load(&config.rules, &daemon::rule_context(&config)) {
-        Ok(rules) => {
+    if format == CheckFormat::Json {
+        let rules = loaded.as_ref().ok();
+        let report = serde_json::json!({
+            "ok": errors.is_empty(),
+            "rules": rules.map(|r| r.rules.len()),
+            "files": rules.map(|r| r.files.len()),
+            "version": rules.map(|r| r.version.clone()),
+            "errors": errors,
+            "warnings": warnings,
+        });
+        println!("{report}");
+    } else {
+        for p in &errors {
+            println!("{p}");
+        }
+        for w in &warnings {
+            println!("warning: {w}");
+        }
+        if let Ok(rules) = &loaded {
             println!(
                 "ok: {} rules in {} files",
                 rules.rules.len(),
                 rules.files.len()
             );
-            ExitCode::SUCCESS
         }
-        Err(problems) => {
-            for p in problems {
-                println!("{p}");
-            }
-            ExitCode::from(1)
-        }
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::detection::Detector;
 use crate::metrics::Metrics;
 use crate::notification::{Outbox, deliver};
 use crate::pipeline::Pipeline;
+use crate::reload::Reloader;
 use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
 use crate::sources::{Checkpoint, stdin};
@@ -67,6 +68,14 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     health.rules.store(true, Ordering::Relaxed);
     health.store.store(true, Ordering::Relaxed);
     tracing::info!(rules = rules.rules.len(), files = rules.files.len(), version = %rules.version, "rules loaded");
+    for w in &rules.warnings {
+        tracing::warn!("warning: {w}");
+    }
+
+    // Before anything can take long: SIGHUP's default action would end the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| RunError::Io(format!("cannot handle SIGHUP: {e}")))?;
+    let api_rules = Arc::new(RwLock::new(rules.clone()));
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -100,6 +109,18 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         heartbeat,
     )
     .map_err(|e| RunError::Io(e.to_string()))?;
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let pipeline = pipeline.with_reloads(reload_rx);
+    let reloader = Reloader {
+        paths: config.rules.clone(),
+        ctx: rule_context(&config),
+        current: rules.clone(),
+        pipeline: reload_tx,
+        api_rules: api_rules.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    tokio::spawn(reloader.run(hangup));
     let (stop_pipeline, pipeline_stop_rx) = watch::channel(false);
     let pipeline_thread = std::thread::Builder::new()
         .name("pipeline".into())
@@ -153,7 +174,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         store: store.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        rules: Arc::new(RwLock::new(rules.clone())),
+        rules: api_rules,
         tokens: api::load_tokens(&config.api.tokens),
         outbox,
     });

@@ -91,6 +91,9 @@ pub struct Incident {
     /// Rule runbook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook: Option<String>,
+    /// Absence rules: when matching lines came back after the gap (the line's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<DateTime<Utc>>,
     /// Escalation policy followed.
     pub escalation: String,
     /// Version of the rule set that opened it.
@@ -110,6 +113,15 @@ impl Incident {
     /// The number in an `INC-<n>` id.
     pub fn number(id: &str) -> Option<u64> {
         id.strip_prefix("INC-")?.parse().ok()
+    }
+
+    fn push_event(&mut self, at: DateTime<Utc>, event: &str, note: String) {
+        self.timeline.push(TimelineEntry {
+            at,
+            event: event.into(),
+            actor: "logwarden".into(),
+            note: Some(note),
+        });
     }
 
     fn add_evidence(&mut self, evidence: Evidence) {
@@ -205,10 +217,23 @@ impl IncidentBook {
         let slot = (hit.rule.id().to_string(), hit.key.clone());
         let rule = &hit.rule;
         let kind = if let Some(incident) = self.open.get_mut(&slot) {
-            incident.count += 1;
-            incident.last_seen = incident.last_seen.max(hit.evidence.time);
             incident.updated_at = now;
-            incident.add_evidence(hit.evidence.clone());
+            if let Some(evidence) = &hit.evidence {
+                incident.count += 1;
+                incident.last_seen = incident.last_seen.max(evidence.time);
+                incident.add_evidence(evidence.clone());
+            }
+            if let Some(at) = hit.resumed {
+                incident.resumed_at = Some(at);
+                incident.push_event(now, "resumed", format!("matching lines resumed at {at}"));
+            } else if hit.evidence.is_none() && hit.crossed.is_some() {
+                // Only a clock-noticed condition (an absence) comes without a line.
+                incident.push_event(
+                    now,
+                    "absent_again",
+                    format!("no matching lines as of {}", hit.time),
+                );
+            }
             let severity = rule.def.severity.for_count(incident.count);
             if severity > incident.severity {
                 incident.timeline.push(TimelineEntry {
@@ -226,20 +251,12 @@ impl IncidentBook {
                 EventKind::Updated
             }
         } else {
-            let evidence = hit.crossed.clone()?;
+            let crossing = hit.crossed.clone()?;
             let number = self.next_number;
             self.next_number += 1;
-            let count = evidence.len() as u64;
-            let first_seen = evidence
-                .iter()
-                .map(|e| e.time)
-                .min()
-                .unwrap_or(hit.evidence.time);
-            let last_seen = evidence
-                .iter()
-                .map(|e| e.time)
-                .max()
-                .unwrap_or(hit.evidence.time);
+            let (count, evidence) = (crossing.count, crossing.evidence);
+            let first_seen = evidence.iter().map(|e| e.time).min().unwrap_or(hit.time);
+            let last_seen = evidence.iter().map(|e| e.time).max().unwrap_or(hit.time);
             let mut incident = Incident {
                 id: format!("INC-{number}"),
                 rule: rule.id().to_string(),
@@ -257,6 +274,7 @@ impl IncidentBook {
                 summary: String::new(),
                 description: rule.def.description.clone(),
                 runbook: rule.def.runbook.clone(),
+                resumed_at: None,
                 escalation: rule.escalation().to_string(),
                 ruleset_version: rules.version.clone(),
                 evidence: Vec::new(),

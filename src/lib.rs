@@ -15,6 +15,7 @@ pub mod incidents;
 pub mod metrics;
 pub mod notification;
 pub mod pipeline;
+pub mod reload;
 pub mod rules;
 pub mod sources;
 pub mod store;

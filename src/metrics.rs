@@ -53,6 +53,10 @@ pub struct Metrics {
     pub notification_latency: HistogramVec,
     /// Rules currently loaded.
     pub rules_loaded: IntGauge,
+    /// Rule reloads refused because a rule file was broken (the old rules kept running).
+    pub rule_reload_failures: IntCounter,
+    /// Keys dropped (least recently used) because a rule reached its `max_keys`, by rule.
+    pub rule_keys_evicted: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
 }
@@ -161,6 +165,19 @@ impl Metrics {
         registry
             .register(Box::new(rules_loaded.clone()))
             .expect("unique metric");
+        let rule_reload_failures = IntCounter::new(
+            "logwarden_rule_reload_failures_total",
+            "Rule reloads refused because a rule file was broken; the old rules kept running.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rule_reload_failures.clone()))
+            .expect("unique metric");
+        let rule_keys_evicted = counter(
+            "logwarden_rule_keys_evicted_total",
+            "Keys dropped, least recently used first, because a rule reached its max_keys.",
+            &["rule"],
+        );
         let store_errors = IntCounter::new(
             "logwarden_store_errors_total",
             "Store commits that failed and were retried.",
@@ -198,6 +215,8 @@ impl Metrics {
             dead_letters,
             notification_latency,
             rules_loaded,
+            rule_reload_failures,
+            rule_keys_evicted,
             store_errors,
         }
     }

@@ -6,11 +6,11 @@
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
-use crate::detection::{Detector, Hit, SavedWindow, WindowId};
+use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
-use crate::rules::Severity;
+use crate::rules::{RuleSet, Severity};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
 use crate::store::{self, Space, Store, StoreError};
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
@@ -27,6 +27,15 @@ const BATCHES_PER_COMMIT: usize = 64;
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// A validated rule set to swap in; the pipeline answers with what changed once the new
+/// rules evaluate lines.
+pub struct Reload {
+    /// The new rules.
+    pub rules: Arc<RuleSet>,
+    /// Where the change goes once swapped.
+    pub done: oneshot::Sender<RuleChange>,
+}
 
 /// Everything the pipeline thread owns.
 pub struct Pipeline {
@@ -47,6 +56,7 @@ pub struct Pipeline {
     /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
     pub heartbeat: Box<dyn Fn() + Send>,
     watermark: Option<DateTime<Utc>>,
+    reloads: Option<mpsc::Receiver<Reload>>,
 }
 
 impl Pipeline {
@@ -81,14 +91,22 @@ impl Pipeline {
             health,
             heartbeat,
             watermark: None,
+            reloads: None,
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
     }
 
+    /// Rule sets sent here are swapped in between batches (hot reload).
+    pub fn with_reloads(mut self, reloads: mpsc::Receiver<Reload>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
     /// Processes batches until `shutdown` turns true, then drains what is already queued.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
+        let mut reloads = self.reloads.take();
         loop {
             // Unbiased: a long backlog of batches must not starve the tick, or systemd's
             // watchdog would kill a daemon that is busy, not hung.
@@ -109,8 +127,15 @@ impl Pipeline {
                     (self.heartbeat)();
                     if let Some(now) = self.watermark {
                         self.detector.expire(now);
-                        self.step(Vec::new()).await;
                     }
+                    // Absence needs time to pass without lines: the wall clock drives it.
+                    self.step_at(Vec::new(), Some(Utc::now())).await;
+                }
+                reload = next_reload(&mut reloads) => {
+                    let change = self.detector.replace_rules(reload.rules);
+                    // Stores the deletion of dropped state at once.
+                    self.step(Vec::new()).await;
+                    let _ = reload.done.send(change);
                 }
             }
         }
@@ -124,6 +149,11 @@ impl Pipeline {
     /// Evaluates batches and commits their effects with the notifications they call for;
     /// delivery starts only after the commit is durable.
     pub async fn step(&mut self, batches: Vec<Batch>) {
+        self.step_at(batches, None).await;
+    }
+
+    /// [`Pipeline::step`], then lets the detector's clock run to `clock` (absence).
+    pub async fn step_at(&mut self, batches: Vec<Batch>, clock: Option<DateTime<Utc>>) {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
         let mut hits: Vec<Hit> = Vec::new();
@@ -163,6 +193,21 @@ impl Pipeline {
                 }
                 None => {}
             }
+        }
+        if let Some(now) = clock {
+            self.detector.advance(now, &mut hits);
+            let rules = self.detector.rules().clone();
+            for hit in hits.drain(..) {
+                if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
+                    events.push(event);
+                }
+            }
+        }
+        for (rule, n) in self.detector.take_evictions() {
+            self.metrics
+                .rule_keys_evicted
+                .with_label_values(&[&rule])
+                .inc_by(n);
         }
         if let Err(e) = self.book.write_changes(&mut commit) {
             tracing::error!(error = %e, "cannot encode incident changes");
@@ -248,6 +293,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The next reload, or never when there is no reload channel (or it closed).
+async fn next_reload(reloads: &mut Option<mpsc::Receiver<Reload>>) -> Reload {
+    if let Some(rx) = reloads
+        && let Some(reload) = rx.recv().await
+    {
+        return reload;
+    }
+    *reloads = None;
+    std::future::pending().await
 }
 
 fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], value: &T) {

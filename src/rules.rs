@@ -5,12 +5,20 @@
 //! whatever rules it had. The rule-set version is a hash of the normalised definitions, so
 //! an incident can always be traced to the exact rules that opened it.
 
+pub mod kinds;
+mod lint;
+pub mod values;
+
+pub use kinds::{
+    AbsenceSpec, DistinctSpec, RuleKind, SequenceSpec, SpikeSpec, StepSpec, ThresholdSpec,
+};
+pub use values::{Lists, ValueSet};
+
 use crate::diag::{Diagnostic, Position, YamlLocator};
-use crate::duration::HumanDuration;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +28,9 @@ use std::sync::Arc;
 const REGEX_SIZE_LIMIT: usize = 8 << 20;
 /// Budget for the lazy DFA cache of one pattern.
 const REGEX_DFA_LIMIT: usize = 8 << 20;
+/// Keys a rule tracks at most unless it sets `max_keys`: a flood of spoofed addresses must
+/// not exhaust memory.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Template evaluation budget, so a summary template cannot loop the daemon.
 const TEMPLATE_FUEL: u64 = 50_000;
 
@@ -119,16 +130,6 @@ impl<'de> Deserialize<'de> for SeveritySpec {
     }
 }
 
-/// `threshold: {count, within}`: `count` matches for one key within `within` open an incident.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdSpec {
-    /// Matches needed.
-    pub count: u64,
-    /// How close together, by the lines' own timestamps.
-    pub within: HumanDuration,
-}
-
 /// A rule as written in YAML. Serialised back (with sorted maps) it is the normalised form
 /// the rule-set version is computed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,9 +143,9 @@ pub struct RuleDef {
     /// Sources the rule reads; empty means every source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
-    /// Pattern a line must match (regex on bytes).
-    #[serde(rename = "match")]
-    pub pattern: String,
+    /// Pattern a line must match (regex on bytes); sequences have one per step instead.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
     /// A line matching this is not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore: Option<String>,
@@ -154,6 +155,27 @@ pub struct RuleDef {
     /// Count-in-window detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<ThresholdSpec>,
+    /// Rate against the rule's own recent baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike: Option<SpikeSpec>,
+    /// Matches that stop coming (heartbeats, backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absence: Option<AbsenceSpec>,
+    /// Ordered steps for one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<SequenceSpec>,
+    /// Different values of a capture for one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<DistinctSpec>,
+    /// Not counted when a capture is in these values / CIDRs / `@lists`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allow: BTreeMap<String, Vec<String>>,
+    /// Counted only when a capture is in these values / CIDRs / `@lists`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub only: BTreeMap<String, Vec<String>>,
+    /// Most keys tracked at once; the least recently used is dropped beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
     /// Severity, fixed or by count.
     pub severity: SeveritySpec,
     /// Free-text class (unauthorized-access, service-interruption, ...).
@@ -181,18 +203,8 @@ pub struct RuleDef {
 struct RuleFile {
     #[serde(default)]
     rules: Vec<RuleDef>,
-}
-
-/// How a rule decides that matches make an incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleKind {
-    /// `count` matches per key within `within_ms`.
-    Threshold {
-        /// Matches needed.
-        count: u64,
-        /// Window length in milliseconds.
-        within_ms: i64,
-    },
+    #[serde(default)]
+    lists: Lists,
 }
 
 /// A validated rule, ready to run.
@@ -202,12 +214,19 @@ pub struct Rule {
     pub def: RuleDef,
     /// File it came from.
     pub file: PathBuf,
-    /// Compiled `match`.
-    pub regex: Regex,
+    /// Patterns found by the multi-pattern pass: the `match`, or each sequence step's
+    /// (pattern `i` is step `i`).
+    pub patterns: Vec<Regex>,
     /// Compiled `ignore`.
     pub ignore: Option<Regex>,
+    /// `allow` by capture name.
+    pub allow: Vec<(String, ValueSet)>,
+    /// `only` by capture name.
+    pub only: Vec<(String, ValueSet)>,
     /// Detection kind.
     pub kind: RuleKind,
+    /// Most keys tracked at once.
+    pub max_keys: usize,
     /// Hash of this rule's normalised definition: window state is only reused while it holds.
     pub hash: String,
 }
@@ -226,6 +245,58 @@ impl Rule {
     /// The escalation policy name incidents of this rule follow.
     pub fn escalation(&self) -> &str {
         self.def.escalation.as_deref().unwrap_or("default")
+    }
+
+    /// The pattern texts, in pattern order (for the combined multi-pattern pass).
+    pub fn pattern_texts(&self) -> Vec<&str> {
+        match (&self.def.pattern, &self.def.sequence) {
+            (Some(p), _) => vec![p.as_str()],
+            (None, Some(seq)) => seq.steps.iter().map(|s| s.pattern.as_str()).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Why a matching line is not counted, if it is not: its `ignore`, `allow` or `only`.
+    pub fn excluded_by(
+        &self,
+        line: &[u8],
+        captures: &BTreeMap<String, String>,
+    ) -> Option<Exclusion> {
+        if self.ignore.as_ref().is_some_and(|r| r.is_match(line)) {
+            return Some(Exclusion::Ignore);
+        }
+        for (field, set) in &self.allow {
+            if captures.get(field).is_some_and(|v| set.contains(v)) {
+                return Some(Exclusion::Allow(field.clone()));
+            }
+        }
+        for (field, set) in &self.only {
+            if !captures.get(field).is_some_and(|v| set.contains(v)) {
+                return Some(Exclusion::Only(field.clone()));
+            }
+        }
+        None
+    }
+}
+
+/// Why a matching line was not counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exclusion {
+    /// The rule's `ignore` pattern matched.
+    Ignore,
+    /// This capture's value is in `allow`.
+    Allow(String),
+    /// This capture's value is not in `only`.
+    Only(String),
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::Ignore => f.write_str("ignore"),
+            Exclusion::Allow(field) => write!(f, "allow.{field}"),
+            Exclusion::Only(field) => write!(f, "only.{field}"),
+        }
     }
 }
 
@@ -247,6 +318,11 @@ pub struct RuleSet {
     pub files: Vec<PathBuf>,
     /// Hash over all normalised definitions.
     pub version: String,
+    /// Named lists from every file.
+    pub lists: Lists,
+    /// Things that are valid but probably wrong (rules that can never fire, duplicates,
+    /// unused lists); `check` prints them, loading still succeeds.
+    pub warnings: Vec<Diagnostic>,
     templates: minijinja::Environment<'static>,
 }
 
@@ -270,10 +346,10 @@ impl RuleSet {
                 Err(d) => problems.push(d),
             }
         }
-        let mut rules = Vec::new();
-        let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
-        let mut templates = minijinja::Environment::new();
-        templates.set_fuel(Some(TEMPLATE_FUEL));
+        // First every file, so lists defined in any file are known to rules of all files.
+        let mut parsed_files = Vec::new();
+        let mut lists = Lists::new();
+        let mut list_places: BTreeMap<String, (PathBuf, Position)> = BTreeMap::new();
         for file in &files {
             let text = match std::fs::read_to_string(file) {
                 Ok(t) => t,
@@ -294,7 +370,45 @@ impl RuleSet {
                 }
             };
             let loc = YamlLocator::new(&text);
-            for (i, def) in parsed.rules.into_iter().enumerate() {
+            for (name, values) in &parsed.lists {
+                let at = loc.key_in_block(loc.top_key("lists"), name);
+                if let Some((first, _)) = list_places.get(name) {
+                    problems.push(Diagnostic::at(
+                        file,
+                        at,
+                        format!(
+                            "duplicate list {name:?} (first defined in {})",
+                            first.display()
+                        ),
+                    ));
+                    continue;
+                }
+                if !valid_id(name) {
+                    problems.push(Diagnostic::at(
+                        file,
+                        at,
+                        format!("list name {name:?} must match [a-z0-9-]+"),
+                    ));
+                }
+                for value in values {
+                    if let Err(e) = ValueSet::default().add(value) {
+                        problems.push(Diagnostic::at(file, at, format!("in list {name:?}: {e}")));
+                    }
+                }
+                list_places.insert(name.clone(), (file.clone(), at));
+                lists.insert(name.clone(), values.clone());
+            }
+            parsed_files.push((file.clone(), text, parsed.rules));
+        }
+        let mut rules = Vec::new();
+        let mut places = Vec::new();
+        let mut used_lists = BTreeSet::new();
+        let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
+        let mut templates = minijinja::Environment::new();
+        templates.set_fuel(Some(TEMPLATE_FUEL));
+        for (file, text, defs) in &parsed_files {
+            let loc = YamlLocator::new(text);
+            for (i, def) in defs.iter().enumerate() {
                 let at = loc.item("rules", i);
                 let mut report = |key: &str, message: String| {
                     problems.push(Diagnostic::at(file, loc.key_in_block(at, key), message));
@@ -311,7 +425,19 @@ impl RuleSet {
                     continue;
                 }
                 seen_ids.insert(def.id.clone(), file.clone());
-                if let Some(rule) = compile_rule(def, file, ctx, &mut templates, &mut report) {
+                let input = RuleInput {
+                    def: def.clone(),
+                    file,
+                    ctx,
+                    lists: &lists,
+                };
+                if let Some(rule) =
+                    compile_rule(input, &mut used_lists, &mut templates, &mut report)
+                {
+                    places.push(lint::Place {
+                        file: file.clone(),
+                        item: at,
+                    });
                     rules.push(Arc::new(rule));
                 }
             }
@@ -319,11 +445,22 @@ impl RuleSet {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let texts: HashMap<&Path, &str> = parsed_files
+            .iter()
+            .map(|(f, t, _)| (f.as_path(), t.as_str()))
+            .collect();
+        let unused = list_places
+            .iter()
+            .filter(|(name, _)| !used_lists.contains(*name))
+            .map(|(name, (file, at))| (name.as_str(), file.as_path(), *at));
+        let warnings = lint::warnings(&rules, &places, &texts, ctx, unused);
         let version = ruleset_version(&rules);
         Ok(RuleSet {
             rules,
             files,
             version,
+            lists,
+            warnings,
             templates,
         })
     }
@@ -406,13 +543,26 @@ fn regex_message(err: &regex::Error) -> String {
     }
 }
 
-fn compile_rule(
+/// One rule definition and what it may refer to.
+struct RuleInput<'a> {
     def: RuleDef,
-    file: &Path,
-    ctx: &RuleContext,
+    file: &'a Path,
+    ctx: &'a RuleContext,
+    lists: &'a Lists,
+}
+
+fn compile_rule(
+    input: RuleInput<'_>,
+    used_lists: &mut BTreeSet<String>,
     templates: &mut minijinja::Environment<'static>,
     report: &mut dyn FnMut(&str, String),
 ) -> Option<Rule> {
+    let RuleInput {
+        def,
+        file,
+        ctx,
+        lists,
+    } = input;
     let mut ok = true;
     let mut fail = |key: &str, message: String| {
         ok = false;
@@ -421,13 +571,40 @@ fn compile_rule(
     if !valid_id(&def.id) {
         fail("id", format!("rule id {:?} must match [a-z0-9-]+", def.id));
     }
-    let regex = match compile_pattern(&def.pattern) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            fail("match", format!("bad regex in match: {e}"));
-            None
+    let kind = kinds::compile_kind(&def, &mut fail);
+    // The patterns: `match`, or one per sequence step (and then no `match`).
+    let mut patterns = Vec::new();
+    let mut pattern_ok = true;
+    if def.pattern.is_some() && def.sequence.is_some() {
+        fail(
+            "match",
+            "a sequence rule has no top-level match: each step has its own".into(),
+        );
+    }
+    match (&def.pattern, &def.sequence) {
+        (None, None) => fail("id", format!("rule {:?} needs a match pattern", def.id)),
+        (_, Some(seq)) => {
+            for (i, step) in seq.steps.iter().enumerate() {
+                match compile_pattern(&step.pattern) {
+                    Ok(r) => patterns.push(r),
+                    Err(e) => {
+                        pattern_ok = false;
+                        fail(
+                            "sequence",
+                            format!("bad regex in sequence step {}: {e}", i + 1),
+                        );
+                    }
+                }
+            }
         }
-    };
+        (Some(p), None) => match compile_pattern(p) {
+            Ok(r) => patterns.push(r),
+            Err(e) => {
+                pattern_ok = false;
+                fail("match", format!("bad regex in match: {e}"));
+            }
+        },
+    }
     let ignore = match def.ignore.as_deref().map(compile_pattern) {
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
@@ -436,34 +613,67 @@ fn compile_rule(
         }
         None => None,
     };
-    if let Some(regex) = &regex {
-        let names: HashSet<&str> = regex.capture_names().flatten().collect();
+    if pattern_ok && !patterns.is_empty() {
+        let names_of = |r: &Regex| -> HashSet<String> {
+            r.capture_names().flatten().map(str::to_string).collect()
+        };
+        let per_pattern: Vec<HashSet<String>> = patterns.iter().map(names_of).collect();
+        let what = |i: usize| {
+            if def.sequence.is_some() {
+                format!("sequence step {}", i + 1)
+            } else {
+                "match".to_string()
+            }
+        };
         for field in &def.group_by {
-            if !names.contains(field.as_str()) {
+            if let Some(i) = per_pattern.iter().position(|n| !n.contains(field)) {
                 fail(
                     "group_by",
-                    format!("group_by names {field:?}, which is not a named capture of match"),
+                    format!(
+                        "group_by names {field:?}, which is not a named capture of {}",
+                        what(i)
+                    ),
                 );
             }
         }
-    }
-    let kind = match &def.threshold {
-        Some(t) if t.count == 0 => {
-            fail("threshold", "threshold count must be at least 1".into());
-            None
-        }
-        Some(t) => Some(RuleKind::Threshold {
-            count: t.count,
-            within_ms: t.within.millis(),
-        }),
-        None => {
+        let any_has = |field: &str| per_pattern.iter().any(|n| n.contains(field));
+        if let Some(d) = &def.distinct
+            && !any_has(&d.field)
+        {
             fail(
-                "id",
-                format!("rule {:?} needs a kind block: threshold", def.id),
+                "distinct",
+                format!(
+                    "distinct field {:?} is not a named capture of match",
+                    d.field
+                ),
             );
-            None
         }
+        for (key, map) in [("allow", &def.allow), ("only", &def.only)] {
+            for field in map.keys() {
+                if !any_has(field) {
+                    fail(
+                        key,
+                        format!("{key} names {field:?}, which is not a named capture of the rule"),
+                    );
+                }
+            }
+        }
+    }
+    let mut value_sets = |key: &str, map: &BTreeMap<String, Vec<String>>| {
+        let mut sets = Vec::new();
+        for (field, entries) in map {
+            match ValueSet::parse(entries, lists, used_lists) {
+                Ok(set) => sets.push((field.clone(), set)),
+                Err(e) => fail(key, format!("{key}.{field}: {e}")),
+            }
+        }
+        sets
     };
+    let allow = value_sets("allow", &def.allow);
+    let only = value_sets("only", &def.only);
+    if def.max_keys == Some(0) {
+        fail("max_keys", "max_keys must be at least 1".into());
+    }
     if let Some(known) = &ctx.sources {
         for source in &def.sources {
             if !known.contains(source) {
@@ -487,17 +697,38 @@ fn compile_rule(
     if !ok {
         return None;
     }
-    let hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&def).expect("rule definitions serialise"),
-    ));
+    let hash = rule_hash(&def, lists);
     Some(Rule {
+        max_keys: def.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
         def,
         file: file.to_path_buf(),
-        regex: regex?,
+        patterns,
         ignore,
+        allow,
+        only,
         kind: kind?,
         hash,
     })
+}
+
+/// Hash of a rule's normalised definition plus the contents of the lists it refers to, so
+/// editing a list counts as changing the rules that use it.
+fn rule_hash(def: &RuleDef, lists: &Lists) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(def).expect("rule definitions serialise"));
+    let referenced: BTreeMap<&str, &Vec<String>> = def
+        .allow
+        .values()
+        .chain(def.only.values())
+        .flatten()
+        .filter_map(|e| e.strip_prefix('@'))
+        .filter_map(|name| lists.get_key_value(name).map(|(k, v)| (k.as_str(), v)))
+        .collect();
+    if !referenced.is_empty() {
+        hasher.update(b"\0lists\0");
+        hasher.update(serde_json::to_vec(&referenced).expect("lists serialise"));
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn ruleset_version(rules: &[Arc<Rule>]) -> String {
@@ -573,5 +804,31 @@ mod tests {
             set.summary(&set.rules[0], &ctx),
             "7 failures from 203.0.113.9"
         );
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    const RULES: &str = "rules:\n  - id: a\n    match: 'from (?P<ip>\\S+)'\n    allow: {ip: ['@nets']}\n    threshold: {count: 1, within: 1m}\n    severity: low\n  - id: b\n    match: 'to (?P<ip>\\S+)'\n    threshold: {count: 1, within: 1m}\n    severity: low\n";
+
+    fn load(dir: &Path, lists: &str) -> RuleSet {
+        std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+        std::fs::write(dir.join("lists.yaml"), lists).unwrap();
+        RuleSet::load(&[dir.to_path_buf()], &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn lists_from_another_file_work_and_editing_one_changes_only_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = load(dir.path(), "lists:\n  nets: [10.0.0.0/8]\n");
+        let after = load(dir.path(), "lists:\n  nets: [10.0.0.0/16]\n");
+        let hash = |set: &RuleSet, id: &str| set.rule(id).unwrap().hash.clone();
+        assert_ne!(hash(&before, "a"), hash(&after, "a"));
+        assert_eq!(hash(&before, "b"), hash(&after, "b"));
+        assert_ne!(before.version, after.version);
+        assert!(after.rule("a").unwrap().allow[0].1.contains("10.0.255.1"));
+        assert!(!after.rule("a").unwrap().allow[0].1.contains("10.1.0.1"));
     }
 }

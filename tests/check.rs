@@ -56,10 +56,22 @@ fn a_valid_config_prints_a_summary() {
         "rules/b.yml",
         &format!("rules:\n{}", GOOD_RULE.replace("id: good", "id: good-two")),
     );
+    let b = s.path("rules/b.yml");
     s.write("rules/ignored.txt", "not a rule file");
+    // The two rules count the same lines under the same key: valid, but worth a warning.
     assert_eq!(
         check(s.dir.path()),
-        (0, vec!["ok: 2 rules in 2 files".to_string()])
+        (
+            0,
+            vec![
+                format!(
+                    "warning: {}:3:5: rule \"good-two\" has the same match and key as rule \"good\" ({}): both count the same lines",
+                    b.display(),
+                    s.path("rules/a.yaml").display()
+                ),
+                "ok: 2 rules in 2 files".to_string()
+            ]
+        )
     );
 }
 
@@ -214,6 +226,199 @@ fn every_problem_is_reported_not_just_the_first() {
             format!("{}:7:5", rules.display())
         ]
     );
+}
+
+#[test]
+fn a_rule_without_a_kind_block() {
+    let text = GOOD_RULE.replace("    threshold: {count: 5, within: 1m}\n", "");
+    expect_rule_error(&text, 2, 5, "needs exactly one kind block");
+}
+
+#[test]
+fn two_kind_blocks_name_the_second() {
+    let text = GOOD_RULE.replace(
+        "    severity: moderate\n",
+        "    severity: moderate\n    distinct: {field: user, count: 3, within: 1m}\n",
+    );
+    expect_rule_error(
+        &text,
+        7,
+        5,
+        "more than one kind block (threshold and distinct)",
+    );
+}
+
+#[test]
+fn every_kind_validates_its_block() {
+    let kinds = [
+        "spike: {window: 1m, baseline: 0, factor: 10, min_count: 20}",
+        "absence: {within: 1h, count: 0}",
+        "distinct: {field: nope, count: 3, within: 1m}",
+        "sequence: {within: 1m, steps: []}",
+    ];
+    let messages = [
+        "spike baseline must be between 1 and 1000",
+        "absence count must be at least 1",
+        "distinct field \"nope\" is not a named capture",
+        "sequence needs at least one step",
+    ];
+    for (kind, message) in kinds.iter().zip(messages) {
+        let mut text = GOOD_RULE.replace("threshold: {count: 5, within: 1m}", kind);
+        if kind.starts_with("sequence") {
+            text = text.replace("group_by: [ip]", "group_by: []").replace(
+                "    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n",
+                "",
+            );
+            expect_rule_error(&text, 4, 5, message);
+        } else {
+            expect_rule_error(&text, 5, 5, message);
+        }
+    }
+}
+
+#[test]
+fn a_sequence_with_a_top_level_match_and_a_step_without_the_key() {
+    let text = "  - id: breach\n    match: 'x'\n    group_by: [ip]\n    sequence:\n      within: 10m\n      steps:\n        - {match: 'Failed password for \\S+ from (?P<ip>\\S+)', count: 5}\n        - {match: 'Accepted'}\n    severity: critical\n";
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let rules = s.write("rules/a.yaml", &format!("rules:\n{text}"));
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    let p = rules.display();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{p}:3:5: a sequence rule has no top-level match: each step has its own"),
+            format!(
+                "{p}:4:5: group_by names \"ip\", which is not a named capture of sequence step 2"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unknown_list_and_bad_cidr() {
+    let text = format!("{GOOD_RULE}    allow: {{ip: ['@nope']}}\n");
+    expect_rule_error(&text, 7, 5, "allow.ip: unknown list \"@nope\"");
+    let text = format!("{GOOD_RULE}    only: {{ip: [10.0.0.0/40]}}\n");
+    expect_rule_error(&text, 7, 5, "invalid prefix length");
+}
+
+/// Runs check on `rules/a.yaml` = `text` and returns (exit code, stdout lines, rule path).
+fn check_rules(text: &str) -> (i32, Vec<String>, String) {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let rules = s.write("rules/a.yaml", text);
+    let (code, lines) = check(s.dir.path());
+    (code, lines, rules.display().to_string())
+}
+
+#[test]
+fn warnings_for_rules_that_can_never_fire_and_unused_lists() {
+    let text = format!(
+        "lists:\n  admins: [root]\n  nobody: []\n  unused: [x]\nrules:\n{}{}{}",
+        GOOD_RULE.replace("id: good", "id: excluded").replace(
+            "    severity: moderate\n",
+            "    severity: moderate\n    only: {ip: [10.1.0.0/16]}\n    allow: {ip: [10.0.0.0/8]}\n",
+        ),
+        GOOD_RULE
+            .replace("id: good", "id: empty-only")
+            .replace("group_by: [ip]", "group_by: [user]")
+            .replace("    severity: moderate\n", "    severity: moderate\n    only: {ip: ['@nobody']}\n"),
+        GOOD_RULE
+            .replace("id: good", "id: one-value")
+            .replace("(?P<ip>\\S+)'", "(?P<ip>\\S+) port'")
+            .replace("threshold: {count: 5, within: 1m}", "distinct: {field: ip, count: 2, within: 1m}")
+            .replace("    severity: moderate\n", "    severity: moderate\n    only: {ip: ['@admins']}\n"),
+    );
+    let (code, lines, p) = check_rules(&text);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "warning: {p}:11:5: rule \"excluded\" can never fire: every value only.ip admits is excluded by allow.ip"
+            ),
+            format!(
+                "warning: {p}:18:5: rule \"empty-only\" can never fire: only.ip admits no value"
+            ),
+            format!(
+                "warning: {p}:22:5: rule \"one-value\" can never fire: distinct counts \"ip\", which is also in group_by: each key has one value, never 2"
+            ),
+            format!(
+                "warning: {p}:22:5: rule \"one-value\" can never fire: only.ip admits 1 value(s), fewer than distinct count 2"
+            ),
+            format!("warning: {p}:4:3: list \"unused\" is not used by any rule"),
+            "ok: 3 rules in 1 files".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn check_format_json_reports_errors_and_warnings_for_tools() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    s.write(
+        "rules/a.yaml",
+        &format!("lists:\n  unused: [x]\nrules:\n{GOOD_RULE}"),
+    );
+    let run = |s: &Setup| {
+        let out = Command::new(bin())
+            .args(["check", "--format", "json", "--config"])
+            .arg(s.path("logwarden.yaml"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code().unwrap(), v)
+    };
+    let (code, v) = run(&s);
+    assert_eq!(code, 0);
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        (v["rules"].as_u64(), v["files"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(v["errors"], serde_json::json!([]));
+    assert_eq!(v["warnings"][0]["line"], 2);
+    assert_eq!(v["warnings"][0]["col"], 3);
+    assert_eq!(
+        v["warnings"][0]["message"],
+        "list \"unused\" is not used by any rule"
+    );
+
+    s.write(
+        "rules/a.yaml",
+        &format!("rules:\n{}", GOOD_RULE.replace("within: 1m", "within: 1x")),
+    );
+    let (code, v) = run(&s);
+    assert_eq!(code, 1);
+    assert_eq!(v["ok"], false);
+    assert!(v["rules"].is_null());
+    assert_eq!(v["errors"][0]["line"], 5);
+    assert!(
+        v["errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("rules/a.yaml")
+    );
+}
+
+#[test]
+fn the_shipped_example_of_every_kind_passes() {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let s = Setup::new();
+    s.write(
+        "logwarden.yaml",
+        &CONFIG
+            .replace("rules: [rules]", &format!("rules: [{}]", rules.display()))
+            .replace(
+                "  - {name: auth, paths: [auth.log]}",
+                "  - {name: auth, paths: [auth.log]}\n  - {name: web, paths: [web.log]}",
+            ),
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(lines.iter().all(|l| !l.starts_with("warning")), "{lines:?}");
 }
 
 /// Writes a config whose receivers are `receivers` (YAML list items) plus a good rule, runs

@@ -85,6 +85,7 @@ fn the_unit_is_type_notify_with_watchdog_and_least_privilege() {
         "PrivateTmp=yes",
         "CapabilityBoundingSet=",
         "ExecStart=/usr/bin/logwarden run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(directives.contains(&required), "unit lacks {required}");
     }

@@ -5,19 +5,20 @@
 //! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
+pub mod keys;
+pub mod kinds;
+pub mod matcher;
 pub mod window;
 
 use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use keys::KeyTable;
+use kinds::{Event, KeyState, Observed};
+use matcher::SourceMatcher;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use window::SlidingWindow;
-
-/// Compiled-size budget of one source's combined pattern set.
-const SET_SIZE_LIMIT: usize = 512 << 20;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -41,7 +42,8 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
+    /// Evidence for a line read at `time`.
+    pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
         let cut = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         Evidence {
             source: line.source.to_string(),
@@ -53,52 +55,119 @@ impl Evidence {
     }
 }
 
-/// A counted match of a rule.
+/// A counted match of a rule, or a condition the clock noticed (an absence).
 #[derive(Debug, Clone)]
 pub struct Hit {
     /// The rule.
     pub rule: Arc<Rule>,
     /// Its key values.
     pub key: Key,
-    /// Every named capture of the match (for summaries).
+    /// Every named capture of the match (for summaries); the key values for an absence.
     pub captures: BTreeMap<String, String>,
-    /// This line.
-    pub evidence: Evidence,
-    /// Set when this match completed the rule's condition: the matches that did, oldest
-    /// first (this one last). The window starts again empty.
-    pub crossed: Option<Vec<Evidence>>,
+    /// The line's own time, or the clock time an absence was noticed at.
+    pub time: DateTime<Utc>,
+    /// The matching line; `None` when no line caused the hit (an absence).
+    pub evidence: Option<Evidence>,
+    /// Set when this hit completed the rule's condition. The rule's state for the key
+    /// starts again empty.
+    pub crossed: Option<Crossing>,
+    /// Absence: matches came back after a gap, at this (line) time.
+    pub resumed: Option<DateTime<Utc>>,
 }
 
-/// Candidate rules for one source, found in one pass.
-struct SourceMatcher {
-    /// `None` when the combined set exceeded its budget: every rule is then a candidate.
-    set: Option<RegexSet>,
-    rules: Vec<Arc<Rule>>,
+/// What completed a rule's condition: how much it counted and the lines that show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    /// The count the incident starts with (matches in the window, distinct values, ...).
+    pub count: u64,
+    /// Lines that show it, oldest first (bounded; may be empty for an absence).
+    pub evidence: Vec<Evidence>,
 }
 
-/// Window state of one rule and key.
-type Windows = HashMap<Key, SlidingWindow<Evidence>>;
-
-/// A window's place in the store: rule id, rule definition hash, key.
+/// A key's state's place in the store: rule id, rule definition hash, key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WindowId {
     /// Rule id.
     pub rule: String,
-    /// Hash of the rule definition the window was counted under.
+    /// Hash of the rule definition the state was counted under.
     pub rule_hash: String,
     /// Key values.
     pub key: Key,
 }
 
-/// A window as stored: its identity and its events.
-pub type SavedWindow = (WindowId, SlidingWindow<Evidence>);
+/// A key's state as stored: its identity and its state.
+pub type SavedWindow = (WindowId, KeyState);
 
-/// Evaluates lines against a rule set and keeps every rule's windows.
+/// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
     matchers: HashMap<String, SourceMatcher>,
-    windows: HashMap<String, Windows>,
-    dirty: HashSet<(String, Key)>,
+    tables: HashMap<String, KeyTable<KeyState>>,
+    /// Keys whose state changed since the last store commit, by rule id.
+    dirty: HashMap<String, HashSet<Key>>,
+    evicted: BTreeMap<String, u64>,
+    candidates: Vec<(usize, usize)>,
+}
+
+/// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleChange {
+    /// Version that ran before.
+    pub old_version: String,
+    /// Version that runs now.
+    pub new_version: String,
+    /// Rule ids only in the new set.
+    pub added: Vec<String>,
+    /// Rule ids only in the old set.
+    pub removed: Vec<String>,
+    /// Rule ids in both whose definition changed (their state starts again).
+    pub changed: Vec<String>,
+}
+
+impl RuleChange {
+    /// Compares two rule sets by rule id and definition hash.
+    pub fn between(old: &RuleSet, new: &RuleSet) -> Self {
+        let old_hashes: HashMap<&str, &str> = old
+            .rules
+            .iter()
+            .map(|r| (r.id(), r.hash.as_str()))
+            .collect();
+        let new_hashes: HashMap<&str, &str> = new
+            .rules
+            .iter()
+            .map(|r| (r.id(), r.hash.as_str()))
+            .collect();
+        let mut added: Vec<String> = new_hashes
+            .keys()
+            .filter(|id| !old_hashes.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        let mut removed: Vec<String> = old_hashes
+            .keys()
+            .filter(|id| !new_hashes.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        let mut changed: Vec<String> = new_hashes
+            .iter()
+            .filter(|(id, h)| old_hashes.get(*id).is_some_and(|old| old != *h))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        added.sort();
+        removed.sort();
+        changed.sort();
+        RuleChange {
+            old_version: old.version.clone(),
+            new_version: new.version.clone(),
+            added,
+            removed,
+            changed,
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 impl Detector {
@@ -111,14 +180,65 @@ impl Detector {
         Detector {
             rules,
             matchers,
-            windows: HashMap::new(),
-            dirty: HashSet::new(),
+            tables: HashMap::new(),
+            dirty: HashMap::new(),
+            evicted: BTreeMap::new(),
+            candidates: Vec::new(),
         }
     }
 
     /// The rules being evaluated.
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
+    }
+
+    /// Swaps in a new rule set. State of rules whose definition (hash) is unchanged is
+    /// kept; state of changed and removed rules is dropped (and deleted from the store with
+    /// the next [`Detector::take_dirty`]).
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) -> RuleChange {
+        let change = RuleChange::between(&self.rules, &rules);
+        let keep: HashSet<&str> = rules
+            .rules
+            .iter()
+            .filter(|r| {
+                self.rules
+                    .rule(r.id())
+                    .is_some_and(|old| old.hash == r.hash)
+            })
+            .map(|r| r.id())
+            .collect();
+        let dropped: Vec<String> = self
+            .tables
+            .keys()
+            .filter(|id| !keep.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in dropped {
+            if let Some(table) = self.tables.remove(&id) {
+                for key in table.keys() {
+                    mark(&mut self.dirty, &id, key);
+                }
+            }
+        }
+        let sources: Vec<String> = self.matchers.keys().cloned().collect();
+        self.matchers = sources
+            .into_iter()
+            .map(|s| {
+                let m = SourceMatcher::new(&rules, &s);
+                (s, m)
+            })
+            .collect();
+        self.rules = rules;
+        change
+    }
+
+    fn table<'a>(
+        tables: &'a mut HashMap<String, KeyTable<KeyState>>,
+        rule: &Rule,
+    ) -> &'a mut KeyTable<KeyState> {
+        tables
+            .entry(rule.id().to_string())
+            .or_insert_with(|| KeyTable::new(rule.max_keys))
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -132,24 +252,15 @@ impl Detector {
         if matcher.rules.is_empty() {
             return;
         }
-        let candidates: Vec<usize> = match &matcher.set {
-            Some(set) => set.matches(&line.bytes).into_iter().collect(),
-            None => (0..matcher.rules.len()).collect(),
-        };
-        for index in candidates {
+        matcher.candidates(&line.bytes, &mut self.candidates);
+        let time_ms = time.timestamp_millis();
+        for &(index, step) in &self.candidates {
             let rule = &matcher.rules[index];
-            let Some(caps) = rule.regex.captures(&line.bytes) else {
+            let regex = &rule.patterns[step];
+            let Some(caps) = regex.captures(&line.bytes) else {
                 continue;
             };
-            if rule
-                .ignore
-                .as_ref()
-                .is_some_and(|r| r.is_match(&line.bytes))
-            {
-                continue;
-            }
-            let captures: BTreeMap<String, String> = rule
-                .regex
+            let captures: BTreeMap<String, String> = regex
                 .capture_names()
                 .flatten()
                 .filter_map(|name| {
@@ -161,6 +272,9 @@ impl Detector {
                     })
                 })
                 .collect();
+            if rule.excluded_by(&line.bytes, &captures).is_some() {
+                continue;
+            }
             let key: Key = rule
                 .def
                 .group_by
@@ -168,88 +282,136 @@ impl Detector {
                 .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
                 .collect();
             let evidence = Evidence::from_line(line, time);
-            let crossed = match rule.kind {
-                RuleKind::Threshold { count, within_ms } => {
-                    let windows = self.windows.entry(rule.id().to_string()).or_default();
-                    let window = windows.entry(key.clone()).or_default();
-                    let held = window.push(time.timestamp_millis(), evidence.clone(), within_ms);
-                    self.dirty.insert((rule.id().to_string(), key.clone()));
-                    match held {
-                        Some(n) if n as u64 >= count => Some(window.drain()),
-                        Some(_) => None,
-                        // Older than the window: not counted.
-                        None => continue,
-                    }
-                }
+            let (state, evicted) = Self::table(&mut self.tables, rule)
+                .touch(&key, || KeyState::new(&rule.kind, time_ms));
+            let observed = state.observe(
+                &rule.kind,
+                Event {
+                    time_ms,
+                    step,
+                    evidence: &evidence,
+                    captures: &captures,
+                },
+            );
+            if let Some(old) = evicted {
+                *self.evicted.entry(rule.id().to_string()).or_default() += 1;
+                mark(&mut self.dirty, rule.id(), &old);
+            }
+            mark(&mut self.dirty, rule.id(), &key);
+            let (crossed, resumed) = match observed {
+                // Older than the state can count.
+                Observed::Late => continue,
+                Observed::Counted => (None, None),
+                Observed::Crossed(c) => (Some(c), None),
+                Observed::Resumed => (None, Some(time)),
             };
             hits.push(Hit {
                 rule: rule.clone(),
                 key,
                 captures,
-                evidence,
+                time,
+                evidence: Some(evidence),
                 crossed,
+                resumed,
             });
         }
     }
 
-    /// Drops windows whose newest event is older than `now` minus their length, so memory
-    /// follows live keys rather than every key ever seen.
+    /// Lets the clock run to `now` (the wall clock live; a watermark of the lines' times in
+    /// a replay): absence rules whose matches stayed away cross, appending hits without a
+    /// line. A rule without `group_by` starts its clock the first time this is called.
+    pub fn advance(&mut self, now: DateTime<Utc>, hits: &mut Vec<Hit>) {
+        let now_ms = now.timestamp_millis();
+        for rule in &self.rules.rules {
+            if !matches!(rule.kind, RuleKind::Absence { .. }) {
+                continue;
+            }
+            let table = Self::table(&mut self.tables, rule);
+            if rule.def.group_by.is_empty() && table.is_empty() {
+                table.touch(&Key::new(), || KeyState::new(&rule.kind, now_ms));
+                mark(&mut self.dirty, rule.id(), &Key::new());
+            }
+            for (key, state) in table.iter_mut() {
+                if let Some(crossed) = state.advance(&rule.kind, now_ms) {
+                    mark(&mut self.dirty, rule.id(), key);
+                    hits.push(Hit {
+                        rule: rule.clone(),
+                        key: key.clone(),
+                        captures: key.clone(),
+                        time: now,
+                        evidence: None,
+                        crossed: Some(crossed),
+                        resumed: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Forgets state that can no longer contribute at event time `now`, so memory follows
+    /// live keys rather than every key ever seen.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
         for rule in &self.rules.rules {
-            let RuleKind::Threshold { within_ms, .. } = rule.kind;
-            let Some(windows) = self.windows.get_mut(rule.id()) else {
+            let Some(table) = self.tables.get_mut(rule.id()) else {
                 continue;
             };
-            windows.retain(|key, window| {
-                window.expire(now_ms - within_ms);
-                if window.is_empty() {
-                    self.dirty.insert((rule.id().to_string(), key.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
+            for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
+                mark(&mut self.dirty, rule.id(), &key);
+            }
         }
     }
 
-    /// Windows changed since the last call: `None` means the window is gone.
-    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&SlidingWindow<Evidence>>)> {
+    /// State changed since the last call: `None` means the key's state is gone.
+    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
-            .filter_map(|(rule_id, key)| {
-                let rule = self.rules.rule(&rule_id)?;
-                let window = self
-                    .windows
-                    .get(&rule_id)
-                    .and_then(|w| w.get(&key))
-                    .filter(|w| !w.is_empty());
-                Some((
+            .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
+            .map(|(rule_id, key)| {
+                let rule_hash = self
+                    .rules
+                    .rule(&rule_id)
+                    .map(|r| r.hash.clone())
+                    .unwrap_or_default();
+                let state = self.tables.get(&rule_id).and_then(|t| t.get(&key));
+                (
                     WindowId {
                         rule: rule_id,
-                        rule_hash: rule.hash.clone(),
+                        rule_hash,
                         key,
                     },
-                    window,
-                ))
+                    state,
+                )
             })
             .collect()
     }
 
-    /// Restores windows saved earlier; windows of rules whose definition changed are dropped
-    /// (returned, so the caller can delete them).
+    /// Keys evicted per rule since the last call (for the eviction metric).
+    pub fn take_evictions(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Restores state saved earlier, least recent first; state of rules whose definition
+    /// changed is dropped (returned, so the caller can delete it).
     pub fn restore(&mut self, saved: impl IntoIterator<Item = SavedWindow>) -> Vec<WindowId> {
         let mut stale = Vec::new();
-        for (id, window) in saved {
+        let mut fresh = Vec::new();
+        for (id, state) in saved {
             match self.rules.rule(&id.rule) {
-                Some(rule) if rule.hash == id.rule_hash => {
-                    self.windows
-                        .entry(id.rule.clone())
-                        .or_default()
-                        .insert(id.key, window);
-                }
+                Some(rule) if rule.hash == id.rule_hash => fresh.push((rule.clone(), id, state)),
                 _ => stale.push(id),
+            }
+        }
+        fresh.sort_by_key(|(_, _, state)| state.last_ms());
+        for (rule, id, state) in fresh {
+            if let Some(old) = Self::table(&mut self.tables, &rule).insert(id.key, state) {
+                // More saved keys than max_keys allows now: the oldest go.
+                stale.push(WindowId {
+                    rule: id.rule,
+                    rule_hash: id.rule_hash,
+                    key: old,
+                });
             }
         }
         stale
@@ -257,26 +419,294 @@ impl Detector {
 
     /// Number of live keys across all rules.
     pub fn live_keys(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.tables.values().map(KeyTable::len).sum()
     }
 }
 
-impl SourceMatcher {
-    fn new(rules: &RuleSet, source: &str) -> Self {
-        let rules: Vec<Arc<Rule>> = rules
-            .rules
-            .iter()
-            .filter(|r| r.applies_to(source))
-            .cloned()
+/// Marks a key's state as changed, cloning the key only the first time per commit.
+fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
+    match dirty.get_mut(rule) {
+        Some(keys) => {
+            if !keys.contains(key) {
+                keys.insert(key.clone());
+            }
+        }
+        None => {
+            dirty.insert(rule.to_string(), HashSet::from([key.clone()]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleContext;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn rules(yaml: &str) -> Arc<RuleSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Arc::new(
+            RuleSet::load(&[path], &RuleContext::default()).unwrap_or_else(|e| panic!("{e:?}")),
+        )
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            source: "auth".into(),
+            path: "auth.log".into(),
+            offset: 0,
+            bytes: text.as_bytes().to_vec(),
+            arrival: at(T0),
+        }
+    }
+
+    /// Feeds `text` at `ms`; returns the hits.
+    fn feed(d: &mut Detector, ms: i64, text: &str) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        d.observe(&line(text), at(ms), &mut hits);
+        hits
+    }
+
+    fn opened(hits: &[Hit]) -> Vec<(&str, u64)> {
+        hits.iter()
+            .filter_map(|h| h.crossed.as_ref().map(|c| (h.rule.id(), c.count)))
+            .collect()
+    }
+
+    const EXCEPTIONS: &str = r#"
+lists:
+  trusted: [10.0.0.0/8, "::1"]
+  admins: [root, admin]
+rules:
+  - id: allowed
+    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
+    allow: {ip: ["@trusted", 192.168.1.1]}
+    threshold: {count: 1, within: 1m}
+    severity: low
+  - id: admins-only
+    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
+    group_by: [user]
+    only: {user: ["@admins"]}
+    threshold: {count: 1, within: 1m}
+    severity: low
+"#;
+
+    #[test]
+    fn allow_and_only_decide_what_is_counted() {
+        let mut d = Detector::new(rules(EXCEPTIONS), &["auth".into()]);
+        let ids = |hits: Vec<Hit>| -> Vec<String> {
+            hits.iter().map(|h| h.rule.id().to_string()).collect()
+        };
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=10.2.3.4")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=0:0::1")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=192.168.1.1")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=bob ip=11.0.0.1")),
+            vec!["allowed"]
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=root ip=10.0.0.1")),
+            vec!["admins-only"],
+            "allow of one rule does not apply to another"
+        );
+        assert_eq!(
+            ids(feed(&mut d, T0, "fail user=admin ip=203.0.113.9")),
+            vec!["allowed", "admins-only"]
+        );
+    }
+
+    const SEQUENCE: &str = r#"
+rules:
+  - id: breach
+    group_by: [ip]
+    sequence:
+      within: 10m
+      steps:
+        - {match: 'Failed password for \S+ from (?P<ip>\S+)', count: 2}
+        - {match: 'Accepted \w+ for \S+ from (?P<ip>\S+)'}
+    severity: critical
+"#;
+
+    #[test]
+    fn sequence_steps_are_found_by_the_combined_pass_and_keyed() {
+        let mut d = Detector::new(rules(SEQUENCE), &["auth".into()]);
+        feed(&mut d, T0, "Failed password for a from 1.1.1.1");
+        feed(&mut d, T0 + 1, "Failed password for a from 2.2.2.2");
+        assert!(
+            opened(&feed(
+                &mut d,
+                T0 + 2,
+                "Accepted password for a from 1.1.1.1"
+            ))
+            .is_empty()
+        );
+        feed(&mut d, T0 + 3, "Failed password for a from 1.1.1.1");
+        let hits = feed(&mut d, T0 + 4, "Accepted publickey for a from 1.1.1.1");
+        assert_eq!(opened(&hits), vec![("breach", 3)]);
+        assert_eq!(hits[0].key, Key::from([("ip".into(), "1.1.1.1".into())]));
+    }
+
+    const FLOOD: &str = r#"
+rules:
+  - id: flood
+    match: 'from (?P<ip>\S+)'
+    group_by: [ip]
+    threshold: {count: 3, within: 1h}
+    max_keys: 50
+    severity: low
+"#;
+
+    #[test]
+    fn a_key_flood_evicts_the_least_recently_used_and_is_counted() {
+        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
+        feed(&mut d, T0, "from victim");
+        feed(&mut d, T0, "from victim");
+        for n in 0..1000 {
+            feed(
+                &mut d,
+                T0 + n,
+                &format!("from 198.51.{}.{}", n / 256, n % 256),
+            );
+            if n % 10 == 0 {
+                // The keep-alive key stays recent, so it is never evicted.
+                feed(&mut d, T0 + n, "from keepalive");
+            }
+        }
+        assert_eq!(d.live_keys(), 50);
+        // 1002 keys (victim, keep-alive, 1000 flood addresses) into 50 places.
+        assert_eq!(
+            d.take_evictions(),
+            BTreeMap::from([("flood".to_string(), 952)])
+        );
+        // Evicted keys are deleted from the store with the next commit.
+        let gone = d.take_dirty().iter().filter(|(_, s)| s.is_none()).count();
+        assert_eq!(gone, 952);
+        // The victim was evicted long ago: its two matches are forgotten.
+        assert!(opened(&feed(&mut d, T0 + 2000, "from victim")).is_empty());
+        let keepalive = Key::from([("ip".to_string(), "keepalive".to_string())]);
+        assert!(
+            d.tables["flood"].get(&keepalive).is_some(),
+            "recently used keys stay"
+        );
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_rules_only() {
+        let two = format!(
+            "{FLOOD}  - id: other\n    match: 'other (?P<ip>\\S+)'\n    threshold: {{count: 3, within: 1h}}\n    severity: low\n"
+        );
+        let mut d = Detector::new(rules(&two), &["auth".into()]);
+        for _ in 0..2 {
+            feed(&mut d, T0, "from 1.1.1.1");
+            feed(&mut d, T0, "other 1.1.1.1");
+        }
+        d.take_dirty();
+        let changed = two.replace("other (?P<ip>", "other  ?(?P<ip>");
+        let change = d.replace_rules(rules(&changed));
+        assert_eq!(
+            (change.changed, change.added, change.removed),
+            (vec!["other".to_string()], vec![], vec![])
+        );
+        assert_ne!(change.old_version, change.new_version);
+        let deleted: Vec<String> = d.take_dirty().into_iter().map(|(id, _)| id.rule).collect();
+        assert_eq!(deleted, vec!["other".to_string()]);
+        assert_eq!(
+            opened(&feed(&mut d, T0, "from 1.1.1.1")),
+            vec![("flood", 3)]
+        );
+        assert!(
+            opened(&feed(&mut d, T0, "other 1.1.1.1")).is_empty(),
+            "other starts again"
+        );
+    }
+
+    const ABSENCE: &str = r#"
+rules:
+  - id: heartbeat
+    match: 'heartbeat'
+    absence: {within: 1m}
+    severity: high
+  - id: per-host
+    match: 'backup done on (?P<host>\S+)'
+    group_by: [host]
+    absence: {within: 1m, count: 1}
+    severity: high
+"#;
+
+    #[test]
+    fn absence_clock_starts_at_first_load_and_survives_a_restart() {
+        let set = rules(ABSENCE);
+        let mut d = Detector::new(set.clone(), &["auth".into()]);
+        let mut hits = Vec::new();
+        d.advance(at(T0), &mut hits);
+        feed(&mut d, T0 + 10_000, "backup done on db1");
+        let saved: Vec<SavedWindow> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
             .collect();
-        // Each pattern already compiled within its own bounds; the set gets their sum.
-        let set = RegexSetBuilder::new(rules.iter().map(|r| r.def.pattern.as_str()))
-            .unicode(false)
-            .size_limit(SET_SIZE_LIMIT)
-            .dfa_size_limit(SET_SIZE_LIMIT)
-            .build()
-            .map_err(|e| tracing::warn!(source, error = %e, "rules too large for one combined pass; matching them one by one"))
-            .ok();
-        SourceMatcher { set, rules }
+        assert_eq!(saved.len(), 2);
+        // Restart 59 s later: the stored clock start holds, so nothing yet...
+        let mut d = Detector::new(set, &["auth".into()]);
+        let json = serde_json::to_string(&saved).unwrap();
+        assert!(
+            d.restore(serde_json::from_str::<Vec<SavedWindow>>(&json).unwrap())
+                .is_empty()
+        );
+        d.advance(at(T0 + 59_999), &mut hits);
+        assert!(hits.is_empty());
+        // ... and at one minute the whole-rule heartbeat is absent, the host not yet.
+        d.advance(at(T0 + 60_000), &mut hits);
+        assert_eq!(opened(&hits), vec![("heartbeat", 0)]);
+        assert!(hits[0].evidence.is_none() && hits[0].key.is_empty());
+        hits.clear();
+        d.advance(at(T0 + 70_001), &mut hits);
+        assert_eq!(opened(&hits), vec![("per-host", 0)]);
+        assert_eq!(
+            hits[0].crossed.as_ref().unwrap().evidence[0].line,
+            "backup done on db1"
+        );
+        // Lines come back: the gap ends, recorded on the hit.
+        let back = feed(&mut d, T0 + 80_000, "backup done on db1");
+        assert_eq!(back[0].resumed, Some(at(T0 + 80_000)));
+    }
+
+    #[test]
+    fn restore_drops_state_of_changed_rules() {
+        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
+        feed(&mut d, T0, "from 1.1.1.1");
+        let saved: Vec<SavedWindow> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
+            .collect();
+        let mut changed = Detector::new(
+            rules(&FLOOD.replace("count: 3", "count: 2")),
+            &["auth".into()],
+        );
+        assert_eq!(changed.restore(saved.clone()).len(), 1);
+        let mut same = Detector::new(rules(FLOOD), &["auth".into()]);
+        assert!(same.restore(saved).is_empty());
+        feed(&mut same, T0, "from 1.1.1.1");
+        assert_eq!(
+            opened(&feed(&mut same, T0, "from 1.1.1.1")),
+            vec![("flood", 3)]
+        );
     }
 }

@@ -194,6 +194,7 @@ pub fn sample_incident() -> Incident {
         ruleset_version: "0123456789abcdef".into(),
         evidence: Vec::new(),
         timeline: Vec::new(),
+        resumed_at: None,
     }
 }
 

@@ -70,7 +70,7 @@ impl TimestampFormat {
                 if head.starts_with(|c: char| c.is_ascii_digit()) {
                     parse_rfc3339_field(head)
                 } else {
-                    parse_without_year(head.get(..15)?, "%b %e %H:%M:%S", reference)
+                    parse_classic_syslog(head.get(..15)?, reference)
                 }
             }
             TimestampFormat::Rfc3339 => parse_rfc3339_field(head),
@@ -109,6 +109,46 @@ fn parse_pattern(head: &str, pattern: &str, reference: DateTime<Utc>) -> Option<
             .and_then(|(t, _)| local_to_utc(t));
     }
     parse_without_year(head, pattern, reference)
+}
+
+/// `%b %e %H:%M:%S` (`Nov 22 10:00:01`, `Nov  2 10:00:01`) by hand: it is read for every
+/// line of most logs, and the generic strftime parser costs more than the rest of detection.
+/// Anything unusual falls back to that parser, so both read the same times.
+fn parse_classic_syslog(head: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let fallback = || parse_without_year(head, "%b %e %H:%M:%S", reference);
+    let b = head.as_bytes();
+    let digit = |i: usize| b[i].is_ascii_digit().then(|| u32::from(b[i] - b'0'));
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    if b.len() != 15 || b[3] != b' ' || b[6] != b' ' || b[9] != b':' || b[12] != b':' {
+        return fallback();
+    }
+    let Some(month) = MONTHS.iter().position(|m| &b[..3] == *m) else {
+        return fallback();
+    };
+    let day = match b[4] {
+        b' ' => digit(5),
+        _ => two(4),
+    };
+    let (Some(day), Some(h), Some(m), Some(sec)) = (day, two(7), two(10), two(13)) else {
+        return fallback();
+    };
+    let year = reference.with_timezone(&Local).year();
+    let time = chrono::NaiveTime::from_hms_opt(h, m, sec)?;
+    let at = |y: i32| {
+        chrono::NaiveDate::from_ymd_opt(y, month as u32 + 1, day)
+            .map(|d| d.and_time(time))
+            .and_then(local_to_utc)
+    };
+    let parsed = at(year)?;
+    // A line from late December read in early January belongs to the previous year.
+    if parsed > reference + chrono::Duration::days(1) {
+        return at(year - 1);
+    }
+    Some(parsed)
 }
 
 /// Parses a local time whose format has no year, choosing the year from `reference`.
@@ -250,5 +290,34 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+}
+
+#[cfg(test)]
+mod classic_syslog_tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_parser_reads_what_the_strftime_parser_reads() {
+        let reference = DateTime::parse_from_rfc3339("2026-01-01T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for head in [
+            "Nov 22 10:00:01",
+            "Jan  1 00:00:00",
+            "Jan  2 08:30:59",
+            "Dec 31 23:59:59",
+            "Feb 29 12:00:00",
+            "Jun 15 25:00:00",
+            "Foo 15 10:00:00",
+            "Nov 2x 10:00:00",
+        ] {
+            assert_eq!(
+                parse_classic_syslog(head, reference),
+                parse_without_year(head, "%b %e %H:%M:%S", reference),
+                "{head}"
+            );
+        }
+        assert!(parse_classic_syslog("Dec 31 23:59:59", reference).is_some());
     }
 }

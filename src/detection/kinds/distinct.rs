@@ -1,0 +1,132 @@
+//! `distinct`: `count` different values of a capture for one key within `within`.
+
+use super::{Event, Observed};
+use crate::detection::{Crossing, Evidence};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The latest time and line of each value seen in the window; emptied when it fires.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Distinct {
+    values: BTreeMap<String, (i64, Evidence)>,
+}
+
+impl Distinct {
+    pub(super) fn observe(
+        &mut self,
+        event: Event<'_>,
+        field: &str,
+        count: u64,
+        within_ms: i64,
+    ) -> Observed {
+        let Some(value) = event.captures.get(field) else {
+            // The capture did not take part in this match: no value to count.
+            return Observed::Counted;
+        };
+        let newest = self.last_ms().max(event.time_ms);
+        if event.time_ms < newest - within_ms {
+            return Observed::Late;
+        }
+        match self.values.get_mut(value) {
+            Some(seen) if seen.0 >= event.time_ms => {}
+            Some(seen) => *seen = (event.time_ms, event.evidence.clone()),
+            None => {
+                self.values
+                    .insert(value.clone(), (event.time_ms, event.evidence.clone()));
+            }
+        }
+        self.values.retain(|_, (t, _)| *t >= newest - within_ms);
+        if (self.values.len() as u64) < count {
+            return Observed::Counted;
+        }
+        let distinct = self.values.len() as u64;
+        let mut seen: Vec<(i64, Evidence)> =
+            std::mem::take(&mut self.values).into_values().collect();
+        seen.sort_by_key(|(t, _)| *t);
+        let mut evidence = Vec::new();
+        for (_, e) in seen {
+            super::push_bounded(&mut evidence, e);
+        }
+        Observed::Crossed(Crossing {
+            count: distinct,
+            evidence,
+        })
+    }
+
+    pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
+        self.values.retain(|_, (t, _)| *t >= now_ms - within_ms);
+        self.values.is_empty()
+    }
+
+    pub(super) fn last_ms(&self) -> i64 {
+        self.values
+            .values()
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{KeyState, Observed};
+    use crate::rules::RuleKind;
+
+    fn kind() -> RuleKind {
+        RuleKind::Distinct {
+            field: "user".into(),
+            count: 3,
+            within_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn repeats_do_not_count_and_the_third_value_fires() {
+        let k = kind();
+        let mut s = KeyState::new(&k, 0);
+        for (t, user) in [(0, "a"), (1, "a"), (2, "b"), (3, "b"), (4, "a")] {
+            assert_eq!(crossed(&feed(&mut s, &k, t, 0, &[("user", user)])), None);
+        }
+        assert_eq!(crossed(&feed(&mut s, &k, 5, 0, &[("user", "c")])), Some(3));
+        assert!(s.expire(&k, 5), "starts again empty");
+    }
+
+    #[test]
+    fn window_edges_are_inclusive_and_a_repeat_refreshes_a_value() {
+        let k = kind();
+        let mut s = KeyState::new(&k, 0);
+        feed(&mut s, &k, 0, 0, &[("user", "a")]);
+        feed(&mut s, &k, 10_000, 0, &[("user", "b")]);
+        assert_eq!(
+            crossed(&feed(&mut s, &k, 60_000, 0, &[("user", "c")])),
+            Some(3)
+        );
+
+        let mut s = KeyState::new(&k, 0);
+        feed(&mut s, &k, 0, 0, &[("user", "a")]);
+        feed(&mut s, &k, 10_000, 0, &[("user", "b")]);
+        assert_eq!(
+            crossed(&feed(&mut s, &k, 60_001, 0, &[("user", "c")])),
+            None,
+            "a fell out"
+        );
+        // a again, within the window of b and c: three values.
+        assert_eq!(
+            crossed(&feed(&mut s, &k, 60_002, 0, &[("user", "a")])),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn a_match_without_the_capture_and_a_late_one_count_no_value() {
+        let k = kind();
+        let mut s = KeyState::new(&k, 0);
+        assert_eq!(feed(&mut s, &k, 100_000, 0, &[]), Observed::Counted);
+        feed(&mut s, &k, 100_000, 0, &[("user", "a")]);
+        assert_eq!(
+            feed(&mut s, &k, 39_999, 0, &[("user", "b")]),
+            Observed::Late
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Per-key state of each detection kind and how a counted match changes it.
+//!
+//! Every state is plain data (serialisable), so the pipeline can store it in the same batch
+//! as the incidents and checkpoints it produced and a restart continues exactly where it
+//! stopped.
+
+mod absence;
+mod distinct;
+mod sequence;
+mod spike;
+mod threshold;
+
+pub use absence::Absence;
+pub use distinct::Distinct;
+pub use sequence::Sequence;
+pub use spike::Spike;
+pub use threshold::Threshold;
+
+use super::{Crossing, Evidence};
+use crate::rules::RuleKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most evidence lines a kind keeps for one crossing (the incident keeps its own bound).
+pub const EVIDENCE_KEPT: usize = 20;
+
+/// One counted match as the kinds see it.
+pub struct Event<'a> {
+    /// The line's time in milliseconds.
+    pub time_ms: i64,
+    /// Which of the rule's patterns matched (the sequence step).
+    pub step: usize,
+    /// The line.
+    pub evidence: &'a Evidence,
+    /// Named captures of the match.
+    pub captures: &'a BTreeMap<String, String>,
+}
+
+/// What a match did to a key's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// Too old for the state to count.
+    Late,
+    /// Counted; the condition is not met.
+    Counted,
+    /// Counted, and it completed the condition.
+    Crossed(Crossing),
+    /// Counted, and it ended an absence gap.
+    Resumed,
+}
+
+/// The state of one rule and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "state", rename_all = "snake_case")]
+pub enum KeyState {
+    /// See [`Threshold`].
+    Threshold(Threshold),
+    /// See [`Spike`].
+    Spike(Spike),
+    /// See [`Absence`].
+    Absence(Absence),
+    /// See [`Sequence`].
+    Sequence(Sequence),
+    /// See [`Distinct`].
+    Distinct(Distinct),
+}
+
+impl KeyState {
+    /// A fresh state for a rule of this kind, created at `now_ms`.
+    pub fn new(kind: &RuleKind, now_ms: i64) -> Self {
+        match kind {
+            RuleKind::Threshold { .. } => KeyState::Threshold(Threshold::default()),
+            RuleKind::Spike { .. } => KeyState::Spike(Spike::default()),
+            RuleKind::Absence { .. } => KeyState::Absence(Absence::new(now_ms)),
+            RuleKind::Sequence { counts, .. } => KeyState::Sequence(Sequence::new(counts.len())),
+            RuleKind::Distinct { .. } => KeyState::Distinct(Distinct::default()),
+        }
+    }
+
+    /// Counts a match.
+    pub fn observe(&mut self, kind: &RuleKind, event: Event<'_>) -> Observed {
+        if !self.fits(kind) {
+            *self = KeyState::new(kind, event.time_ms);
+        }
+        match (self, kind) {
+            (KeyState::Threshold(s), RuleKind::Threshold { count, within_ms }) => {
+                s.observe(event, *count, *within_ms)
+            }
+            (
+                KeyState::Spike(s),
+                RuleKind::Spike {
+                    window_ms,
+                    baseline,
+                    factor,
+                    min_count,
+                },
+            ) => s.observe(event, *window_ms, *baseline, *factor, *min_count),
+            (KeyState::Absence(s), RuleKind::Absence { within_ms, count }) => {
+                s.observe(event, *within_ms, *count)
+            }
+            (KeyState::Sequence(s), RuleKind::Sequence { within_ms, counts }) => {
+                s.observe(event, *within_ms, counts)
+            }
+            (
+                KeyState::Distinct(s),
+                RuleKind::Distinct {
+                    field,
+                    count,
+                    within_ms,
+                },
+            ) => s.observe(event, field, *count, *within_ms),
+            _ => unreachable!("state was made to fit the kind"),
+        }
+    }
+
+    /// Lets the clock run to `now_ms`: an absence may cross without any line.
+    pub fn advance(&mut self, kind: &RuleKind, now_ms: i64) -> Option<Crossing> {
+        match (self, kind) {
+            (KeyState::Absence(s), RuleKind::Absence { within_ms, count }) => {
+                s.advance(now_ms, *within_ms, *count)
+            }
+            _ => None,
+        }
+    }
+
+    /// Forgets what the kind no longer needs at event time `now_ms`; `true` when nothing is
+    /// left and the key can be dropped.
+    pub fn expire(&mut self, kind: &RuleKind, now_ms: i64) -> bool {
+        match (self, kind) {
+            (KeyState::Threshold(s), RuleKind::Threshold { within_ms, .. }) => {
+                s.expire(now_ms, *within_ms)
+            }
+            (
+                KeyState::Spike(s),
+                RuleKind::Spike {
+                    window_ms,
+                    baseline,
+                    ..
+                },
+            ) => s.expire(now_ms, *window_ms, *baseline),
+            // Silence is what an absence watches for: its keys stay (bounded by max_keys).
+            (KeyState::Absence(_), _) => false,
+            (KeyState::Sequence(s), RuleKind::Sequence { within_ms, .. }) => {
+                s.expire(now_ms, *within_ms)
+            }
+            (KeyState::Distinct(s), RuleKind::Distinct { within_ms, .. }) => {
+                s.expire(now_ms, *within_ms)
+            }
+            _ => true,
+        }
+    }
+
+    /// Time of the latest thing the state remembers (orders keys by recency on restore).
+    pub fn last_ms(&self) -> i64 {
+        match self {
+            KeyState::Threshold(s) => s.last_ms(),
+            KeyState::Spike(s) => s.last_ms(),
+            KeyState::Absence(s) => s.last_ms(),
+            KeyState::Sequence(s) => s.last_ms(),
+            KeyState::Distinct(s) => s.last_ms(),
+        }
+    }
+
+    fn fits(&self, kind: &RuleKind) -> bool {
+        match (self, kind) {
+            (KeyState::Sequence(s), RuleKind::Sequence { counts, .. }) => s.steps() == counts.len(),
+            _ => std::mem::discriminant(self) == std::mem::discriminant(&KeyState::new(kind, 0)),
+        }
+    }
+}
+
+/// Appends to a bounded evidence list: past the bound, the middle goes (the first lines show
+/// how it started, the latest how it goes on).
+pub fn push_bounded(list: &mut Vec<Evidence>, evidence: Evidence) {
+    if list.len() >= EVIDENCE_KEPT {
+        list.remove(EVIDENCE_KEPT / 2);
+    }
+    list.push(evidence);
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    /// Evidence for a line at `ms` with text `text`.
+    pub fn evidence(ms: i64, text: &str) -> Evidence {
+        Evidence {
+            source: "test".into(),
+            path: "test.log".into(),
+            offset: 0,
+            time: DateTime::<Utc>::from_timestamp_millis(ms).unwrap(),
+            line: text.into(),
+        }
+    }
+
+    /// Feeds one match at `ms` (step, captures) to a state.
+    pub fn feed(
+        state: &mut KeyState,
+        kind: &RuleKind,
+        ms: i64,
+        step: usize,
+        captures: &[(&str, &str)],
+    ) -> Observed {
+        let ev = evidence(ms, &format!("line at {ms}"));
+        let caps: BTreeMap<String, String> = captures
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        state.observe(
+            kind,
+            Event {
+                time_ms: ms,
+                step,
+                evidence: &ev,
+                captures: &caps,
+            },
+        )
+    }
+
+    /// Whether an outcome crossed, with its count.
+    pub fn crossed(o: &Observed) -> Option<u64> {
+        match o {
+            Observed::Crossed(c) => Some(c.count),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `threshold`: `count` matches for one key within `within`.
+
+use super::{Event, Observed};
+use crate::detection::window::SlidingWindow;
+use crate::detection::{Crossing, Evidence};
+use serde::{Deserialize, Serialize};
+
+/// The matches of the current window; emptied when the threshold is reached.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    window: SlidingWindow<Evidence>,
+}
+
+impl Threshold {
+    pub(super) fn observe(&mut self, event: Event<'_>, count: u64, within_ms: i64) -> Observed {
+        match self
+            .window
+            .push(event.time_ms, event.evidence.clone(), within_ms)
+        {
+            None => Observed::Late,
+            Some(n) if n as u64 >= count => {
+                let evidence = self.window.drain();
+                Observed::Crossed(Crossing {
+                    count: evidence.len() as u64,
+                    evidence,
+                })
+            }
+            Some(_) => Observed::Counted,
+        }
+    }
+
+    pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
+        self.window.expire(now_ms - within_ms);
+        self.window.is_empty()
+    }
+
+    pub(super) fn last_ms(&self) -> i64 {
+        self.window.newest().unwrap_or(i64::MIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::KeyState;
+    use super::super::test_support::*;
+    use crate::rules::RuleKind;
+
+    const KIND: RuleKind = RuleKind::Threshold {
+        count: 3,
+        within_ms: 60_000,
+    };
+
+    #[test]
+    fn fires_at_exactly_count_within_the_window_then_starts_again() {
+        let mut s = KeyState::new(&KIND, 0);
+        assert_eq!(crossed(&feed(&mut s, &KIND, 0, 0, &[])), None);
+        assert_eq!(crossed(&feed(&mut s, &KIND, 30_000, 0, &[])), None);
+        assert_eq!(crossed(&feed(&mut s, &KIND, 60_000, 0, &[])), Some(3));
+        assert!(s.expire(&KIND, 60_000), "emptied when it fired");
+        // Two more are not three.
+        feed(&mut s, &KIND, 61_000, 0, &[]);
+        assert_eq!(crossed(&feed(&mut s, &KIND, 62_000, 0, &[])), None);
+    }
+
+    #[test]
+    fn one_millisecond_too_far_apart_does_not_fire() {
+        let mut s = KeyState::new(&KIND, 0);
+        feed(&mut s, &KIND, 0, 0, &[]);
+        feed(&mut s, &KIND, 30_000, 0, &[]);
+        assert_eq!(crossed(&feed(&mut s, &KIND, 60_001, 0, &[])), None);
+    }
+}
