@@ -115,15 +115,18 @@ pub struct SourceConfig {
     /// Files or globs; `-` is stdin.
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// Or: receive syslog over the network instead of reading files.
+    #[serde(default)]
+    pub syslog: Option<SyslogListen>,
     /// Glob patterns of files to leave out (matched against the file name and the full path).
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Where to start in a file seen for the first time; checkpoints win afterwards.
     #[serde(default)]
     pub start_at: StartAt,
-    /// How to read each line's own time.
+    /// How to read each line's own time (default `arrival`, `syslog` for syslog sources).
     #[serde(default)]
-    pub timestamp: TimestampFormat,
+    pub timestamp: Option<TimestampFormat>,
     /// Longest line kept; the rest of a longer line is dropped and counted.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
@@ -131,6 +134,35 @@ pub struct SourceConfig {
 
 fn default_max_line_bytes() -> usize {
     DEFAULT_MAX_LINE_BYTES
+}
+
+impl SourceConfig {
+    /// The time format in force: as configured, else what the kind of source implies.
+    pub fn time_format(&self) -> TimestampFormat {
+        match (&self.timestamp, &self.syslog) {
+            (Some(format), _) => format.clone(),
+            (None, Some(_)) => TimestampFormat::Syslog,
+            (None, None) => TimestampFormat::Arrival,
+        }
+    }
+}
+
+/// Where a syslog source listens (RFC 3164 and RFC 5424; TCP octet-counted or
+/// newline-framed), so one logwarden can receive from rsyslog on other hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogListen {
+    /// UDP address, e.g. `127.0.0.1:5514`.
+    pub udp: Option<String>,
+    /// TCP address.
+    pub tcp: Option<String>,
+    /// Most TCP connections served at once; more are refused and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    256
 }
 
 /// A role: the people behind it are reached through these receivers.
@@ -214,12 +246,39 @@ impl Config {
                     format!("duplicate source name {:?}", source.name),
                 ));
             }
-            if source.paths.is_empty() {
-                problems.push(Diagnostic::at(
+            match (&source.syslog, source.paths.is_empty()) {
+                (None, true) => problems.push(Diagnostic::at(
                     path,
                     at,
-                    format!("source {:?} has no paths", source.name),
-                ));
+                    format!("source {:?} needs paths or syslog", source.name),
+                )),
+                (Some(_), false) => problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "syslog"),
+                    format!(
+                        "source {:?} has both paths and syslog; use one source for each",
+                        source.name
+                    ),
+                )),
+                (Some(listen), true) => {
+                    if listen.udp.is_none() && listen.tcp.is_none() {
+                        problems.push(Diagnostic::at(
+                            path,
+                            loc.key_in_block(at, "syslog"),
+                            format!("syslog source {:?} needs udp or tcp", source.name),
+                        ));
+                    }
+                    for addr in listen.udp.iter().chain(&listen.tcp) {
+                        if addr.parse::<std::net::SocketAddr>().is_err() {
+                            problems.push(Diagnostic::at(
+                                path,
+                                loc.key_in_block(at, "syslog"),
+                                format!("syslog address {addr:?} is not host:port"),
+                            ));
+                        }
+                    }
+                }
+                (None, false) => {}
             }
             for pattern in &source.exclude {
                 if let Err(e) = globset::Glob::new(pattern) {
@@ -230,7 +289,7 @@ impl Config {
                     ));
                 }
             }
-            if let Err(e) = source.timestamp.validate() {
+            if let Err(e) = source.time_format().validate() {
                 problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
             }
         }

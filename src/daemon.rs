@@ -10,6 +10,7 @@ use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
+use crate::sources::syslog::SyslogSource;
 use crate::sources::{Checkpoint, stdin};
 use crate::store::{Space, Store};
 use std::collections::HashMap;
@@ -90,7 +91,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     let formats: HashMap<_, _> = config
         .sources
         .iter()
-        .map(|s| (s.name.clone(), s.timestamp.clone()))
+        .map(|s| (s.name.clone(), s.time_format()))
         .collect();
     let watchdog = sd_notify::watchdog_enabled();
     let heartbeat: Box<dyn Fn() + Send> = match watchdog {
@@ -168,6 +169,15 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
                 .map_err(|e| RunError::Io(e.to_string()))?;
         }
     }
+    let mut network = tokio::task::JoinSet::new();
+    for source in &config.sources {
+        if let Some(listen) = &source.syslog {
+            let syslog = SyslogSource::bind(&source.name, listen, source.max_line_bytes)
+                .await
+                .map_err(RunError::Io)?;
+            network.spawn(syslog.run(batch_tx.clone(), metrics.clone()));
+        }
+    }
     drop(batch_tx);
 
     let state = Arc::new(AppState {
@@ -213,6 +223,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop_sources.store(true, Ordering::Relaxed);
+    network.abort_all();
     let _ = stop_http.send(true);
     // The tailer finishes its current round; the pipeline then stores everything queued.
     let _ = tokio::task::spawn_blocking(move || tailer_thread.join()).await;

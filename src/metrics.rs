@@ -35,6 +35,8 @@ pub struct Metrics {
     pub file_truncations: IntCounterVec,
     /// Files currently tracked, by source.
     pub files_watched: IntGaugeVec,
+    /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
+    pub syslog_frames_dropped: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
     pub rule_matches: IntCounterVec,
     /// Incidents opened, by rule and severity.
@@ -105,6 +107,11 @@ impl Metrics {
             "logwarden_files_watched",
             "Files currently tailed.",
             &["source"],
+        );
+        let syslog_frames_dropped = counter(
+            "logwarden_syslog_frames_dropped_total",
+            "Syslog frames dropped (oversized, malformed, connection refused).",
+            &["source", "reason"],
         );
         let rule_matches = counter(
             "logwarden_rule_matches_total",
@@ -206,6 +213,7 @@ impl Metrics {
             file_rotations,
             file_truncations,
             files_watched,
+            syslog_frames_dropped,
             rule_matches,
             incidents_opened,
             incidents_open,

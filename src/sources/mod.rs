@@ -1,4 +1,4 @@
-//! Log inputs: files and globs that survive rotation, and stdin.
+//! Log inputs: files and globs that survive rotation, stdin, and syslog over the network.
 //!
 //! Sources only read. They hand the pipeline batches of lines plus the checkpoint the batch
 //! ends at; the pipeline makes a checkpoint durable only after it has evaluated the lines and
@@ -8,6 +8,7 @@ pub mod discover;
 pub mod file;
 pub mod lines;
 pub mod stdin;
+pub mod syslog;
 pub mod timestamp;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,143 @@
+//! A syslog source receives RFC 3164 and RFC 5424 over UDP and TCP (octet-counted and
+//! newline-framed); garbage and oversized frames are counted and dropped, detection goes on.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+const RULES: &str = r#"
+rules:
+  - id: ssh-bruteforce
+    match: 'sshd\[\d+\]: Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+) port \d+'
+    group_by: [ip]
+    threshold: {count: 5, within: 1m}
+    severity: moderate
+"#;
+
+fn rfc3164(ip: &str, i: u32) -> String {
+    format!(
+        "<38>Nov 22 10:00:0{i} web1 sshd[811]: Failed password for root from {ip} port 4000{i} ssh2"
+    )
+}
+
+fn rfc5424(ip: &str, i: u32) -> String {
+    format!(
+        "<38>1 2026-11-22T10:00:0{i}.000Z web1 sshd 811 - [origin ip=\"10.0.0.5\"] Failed password for invalid user admin from {ip} port 4000{i} ssh2"
+    )
+}
+
+#[test]
+fn udp_and_tcp_syslog_in_both_formats_open_incidents_and_bad_frames_are_counted() {
+    let s = Setup::new();
+    s.write("rules/r.yaml", RULES);
+    let (udp_port, tcp_port) = (free_port(), free_port());
+    s.config(&format!(
+        "sources:\n  - name: net\n    syslog: {{udp: '127.0.0.1:{udp_port}', tcp: '127.0.0.1:{tcp_port}'}}\n    max_line_bytes: 4096\n"
+    ));
+    let d = s.start();
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 1..=5 {
+        udp.send_to(rfc3164("192.0.2.1", i).as_bytes(), ("127.0.0.1", udp_port))
+            .unwrap();
+    }
+    udp.send_to(b"no priority here", ("127.0.0.1", udp_port))
+        .unwrap();
+    udp.send_to(&vec![b'x'; 8000], ("127.0.0.1", udp_port))
+        .unwrap();
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    for i in 1..=5 {
+        let msg = rfc5424("192.0.2.2", i);
+        write!(tcp, "{} {msg}", msg.len()).unwrap();
+    }
+    // An oversized octet-counted frame, skipped whole, then newline framing on a new stream.
+    write!(tcp, "100000 ").unwrap();
+    tcp.write_all(&vec![b'y'; 100_000]).unwrap();
+    tcp.flush().unwrap();
+    let mut lines = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    for i in 1..=5 {
+        writeln!(lines, "{}", rfc3164("192.0.2.3", i)).unwrap();
+    }
+    lines
+        .write_all(b"\x00\xff garbage without a pri\n")
+        .unwrap();
+    lines.flush().unwrap();
+
+    let limit = Duration::from_secs(10);
+    let keys = wait_for("three incidents", limit, || {
+        let mut keys: Vec<String> = d
+            .incidents()
+            .iter()
+            .map(|i| i["key"]["ip"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        (keys.len() == 3).then_some(keys)
+    });
+    assert_eq!(keys, ["192.0.2.1", "192.0.2.2", "192.0.2.3"]);
+    let tcp_incident = d
+        .incidents()
+        .into_iter()
+        .find(|i| i["key"]["ip"] == "192.0.2.2")
+        .unwrap();
+    assert_eq!(tcp_incident["count"], 5);
+    assert_eq!(
+        tcp_incident["evidence"][0]["line"],
+        "2026-11-22T10:00:01.000Z web1 sshd[811]: Failed password for invalid user admin from 192.0.2.2 port 40001 ssh2"
+    );
+    assert!(
+        tcp_incident["first_seen"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-22T10:00:01")
+    );
+    wait_for("the dropped frames to be counted", limit, || {
+        let malformed = metric(
+            s.port,
+            "logwarden_syslog_frames_dropped_total{reason=\"malformed\",source=\"net\"}",
+        );
+        let oversized = metric(
+            s.port,
+            "logwarden_syslog_frames_dropped_total{reason=\"oversized\",source=\"net\"}",
+        );
+        (malformed == 2.0 && oversized == 2.0).then_some(())
+    });
+    assert_eq!(
+        metric(s.port, "logwarden_lines_read_total{source=\"net\"}"),
+        15.0
+    );
+    assert_eq!(
+        http("GET", s.port, "/healthz", None, None).unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn check_rejects_a_source_with_both_paths_and_syslog_or_a_bad_address() {
+    let s = Setup::new();
+    s.write("rules/r.yaml", RULES);
+    let check = |sources: &str| {
+        let config = s.config(sources);
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let both =
+        check("sources:\n  - name: net\n    paths: [a.log]\n    syslog: {udp: '127.0.0.1:5514'}\n");
+    assert!(
+        both.contains(":10:5: source \"net\" has both paths and syslog"),
+        "{both}"
+    );
+    let bad = check("sources:\n  - name: net\n    syslog: {udp: 'nowhere'}\n");
+    assert!(
+        bad.contains(":9:5: syslog address \"nowhere\" is not host:port"),
+        "{bad}"
+    );
+}
