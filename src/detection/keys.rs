@@ -5,118 +5,133 @@
 //! most its `max_keys` keys; a new key beyond that evicts the key touched longest ago.
 
 use super::Key;
-use std::collections::{BTreeMap, HashMap};
+use lru::LruCache;
 
-/// State per key with recency order.
+/// One key's state and whether it changed since it was last stored.
+#[derive(Debug)]
+struct Entry<S> {
+    state: S,
+    dirty: bool,
+}
+
+/// State per key with recency order: an O(1) linked hash map, so the per-hit cost does not
+/// grow with the number of live keys.
 #[derive(Debug)]
 pub struct KeyTable<S> {
-    entries: HashMap<Key, (S, u64)>,
-    order: BTreeMap<u64, Key>,
-    next_stamp: u64,
+    entries: LruCache<Key, Entry<S>>,
     max_keys: usize,
+}
+
+/// What [`KeyTable::touch`] found or made.
+pub struct Touched<'a, S> {
+    /// The key's state, now the most recently used.
+    pub state: &'a mut S,
+    /// True the first time the key is touched since it was last stored (marked clean).
+    pub newly_dirty: bool,
+    /// The key evicted to make room, if any.
+    pub evicted: Option<Key>,
 }
 
 impl<S> KeyTable<S> {
     /// An empty table holding at most `max_keys` keys (at least one).
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-            next_stamp: 0,
+            entries: LruCache::unbounded(),
             max_keys: max_keys.max(1),
         }
     }
 
-    /// The state of `key`, marked as the most recently used; created with `make` when
-    /// missing. Returns the key evicted to make room, if any.
-    pub fn touch(&mut self, key: &Key, make: impl FnOnce() -> S) -> (&mut S, Option<Key>) {
-        let stamp = self.next_stamp;
-        self.next_stamp += 1;
+    /// The state of `key`, marked as the most recently used and as changed; created with
+    /// `make` when missing.
+    pub fn touch(&mut self, key: &Key, make: impl FnOnce() -> S) -> Touched<'_, S> {
         let mut evicted = None;
-        match self.entries.get_mut(key) {
-            Some((_, old)) => {
-                let k = self.order.remove(old).expect("order holds every key");
-                *old = stamp;
-                self.order.insert(stamp, k);
+        if !self.entries.contains(key) {
+            if self.entries.len() >= self.max_keys {
+                evicted = self.entries.pop_lru().map(|(k, _)| k);
             }
-            None => {
-                if self.entries.len() >= self.max_keys {
-                    evicted = self.pop_oldest();
-                }
-                self.entries.insert(key.clone(), (make(), stamp));
-                self.order.insert(stamp, key.clone());
-            }
+            self.entries.push(
+                key.clone(),
+                Entry {
+                    state: make(),
+                    dirty: false,
+                },
+            );
         }
-        let state = &mut self.entries.get_mut(key).expect("present").0;
-        (state, evicted)
+        let entry = self.entries.get_mut(key).expect("present");
+        let newly_dirty = !entry.dirty;
+        entry.dirty = true;
+        Touched {
+            state: &mut entry.state,
+            newly_dirty,
+            evicted,
+        }
     }
 
-    /// Adds a key as the most recently used (restoring saved state, oldest first).
-    /// Returns the key evicted to make room, if any.
+    /// Marks a key's state as stored (after [`Self::touch`] marked it changed).
+    pub fn mark_clean(&mut self, key: &Key) {
+        if let Some(entry) = self.entries.peek_mut(key) {
+            entry.dirty = false;
+        }
+    }
+
+    /// Puts a key's state (as restored from the store), most recently used; returns the key
+    /// evicted to make room, if any.
     pub fn insert(&mut self, key: Key, state: S) -> Option<Key> {
-        self.remove(&key);
+        self.entries.pop(&key);
         let evicted = if self.entries.len() >= self.max_keys {
-            self.pop_oldest()
+            self.entries.pop_lru().map(|(k, _)| k)
         } else {
             None
         };
-        let stamp = self.next_stamp;
-        self.next_stamp += 1;
-        self.order.insert(stamp, key.clone());
-        self.entries.insert(key, (state, stamp));
+        self.entries.push(
+            key,
+            Entry {
+                state,
+                dirty: false,
+            },
+        );
         evicted
-    }
-
-    fn pop_oldest(&mut self) -> Option<Key> {
-        let (_, key) = self.order.pop_first()?;
-        self.entries.remove(&key);
-        Some(key)
     }
 
     /// Removes a key.
     pub fn remove(&mut self, key: &Key) -> Option<S> {
-        let (state, stamp) = self.entries.remove(key)?;
-        self.order.remove(&stamp);
-        Some(state)
+        self.entries.pop(key).map(|e| e.state)
     }
 
-    /// The state of a key, without changing its recency.
+    /// A key's state without changing its recency.
     pub fn get(&self, key: &Key) -> Option<&S> {
-        self.entries.get(key).map(|(s, _)| s)
+        self.entries.peek(key).map(|e| &e.state)
     }
 
     /// Every key and state, without changing recency.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Key, &mut S)> {
-        self.entries.iter_mut().map(|(k, (s, _))| (k, s))
+        self.entries.iter_mut().map(|(k, e)| (k, &mut e.state))
     }
 
     /// Every key.
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
-        self.entries.keys()
+        self.entries.iter().map(|(k, _)| k)
     }
 
     /// Keeps the keys for which `keep` is true; returns the removed keys.
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut S) -> bool) -> Vec<Key> {
-        let mut removed = Vec::new();
-        let order = &mut self.order;
-        self.entries.retain(|key, (state, stamp)| {
-            if keep(key, state) {
-                true
-            } else {
-                order.remove(stamp);
-                removed.push(key.clone());
-                false
-            }
-        });
+        let removed: Vec<Key> = self
+            .entries
+            .iter_mut()
+            .filter_map(|(k, e)| (!keep(k, &mut e.state)).then(|| k.clone()))
+            .collect();
+        for key in &removed {
+            self.entries.pop(key);
+        }
         removed
     }
 
-    /// Number of keys held.
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Whether no key is held.
+    /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -134,15 +149,24 @@ mod tests {
     fn the_least_recently_used_key_is_evicted_at_the_bound() {
         let mut t = KeyTable::new(3);
         for n in 1..=3 {
-            assert_eq!(t.touch(&key(n), || n).1, None);
+            assert_eq!(t.touch(&key(n), || n).evicted, None);
         }
         // Touching 1 makes 2 the oldest.
-        *t.touch(&key(1), || 0).0 += 10;
-        assert_eq!(t.touch(&key(4), || 4).1, Some(key(2)));
+        *t.touch(&key(1), || 0).state += 10;
+        assert_eq!(t.touch(&key(4), || 4).evicted, Some(key(2)));
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(&key(1)), Some(&11));
         assert_eq!(t.get(&key(2)), None);
-        assert_eq!(t.touch(&key(5), || 5).1, Some(key(3)));
+        assert_eq!(t.touch(&key(5), || 5).evicted, Some(key(3)));
+    }
+
+    #[test]
+    fn a_key_is_newly_dirty_once_until_marked_clean() {
+        let mut t = KeyTable::new(3);
+        assert!(t.touch(&key(1), || 0).newly_dirty);
+        assert!(!t.touch(&key(1), || 0).newly_dirty);
+        t.mark_clean(&key(1));
+        assert!(t.touch(&key(1), || 0).newly_dirty);
     }
 
     #[test]
@@ -151,10 +175,9 @@ mod tests {
         let mut evicted = 0;
         for n in 0..10_000u32 {
             let k = Key::from([("ip".to_string(), n.to_string())]);
-            evicted += usize::from(t.touch(&k, || ()).1.is_some());
+            evicted += usize::from(t.touch(&k, || ()).evicted.is_some());
         }
         assert_eq!((t.len(), evicted), (100, 9_900));
-        assert_eq!(t.order.len(), 100);
     }
 
     #[test]
@@ -165,6 +188,6 @@ mod tests {
         assert_eq!(t.retain(|_, s| *s != 1), vec![key(1)]);
         assert_eq!(t.insert(key(3), 3), None);
         assert_eq!(t.insert(key(4), 4), Some(key(2)));
-        assert_eq!(t.order.len(), t.len());
+        assert_eq!(t.len(), 2);
     }
 }

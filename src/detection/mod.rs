@@ -282,8 +282,11 @@ impl Detector {
                 .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
                 .collect();
             let evidence = Evidence::from_line(line, time);
-            let (state, evicted) = Self::table(&mut self.tables, rule)
+            let touched = Self::table(&mut self.tables, rule)
                 .touch(&key, || KeyState::new(&rule.kind, time_ms));
+            let (state, evicted) = (touched.state, touched.evicted);
+            // Already in the dirty set since the last store: no set operation per hit.
+            let newly_dirty = touched.newly_dirty;
             let observed = state.observe(
                 &rule.kind,
                 Event {
@@ -297,7 +300,9 @@ impl Detector {
                 *self.evicted.entry(rule.id().to_string()).or_default() += 1;
                 mark(&mut self.dirty, rule.id(), &old);
             }
-            mark(&mut self.dirty, rule.id(), &key);
+            if newly_dirty {
+                mark(&mut self.dirty, rule.id(), &key);
+            }
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
                 Observed::Late => continue,
@@ -364,10 +369,18 @@ impl Detector {
 
     /// State changed since the last call: `None` means the key's state is gone.
     pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
+        let dirty: Vec<(String, Key)> = std::mem::take(&mut self.dirty)
             .into_iter()
             .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
+            .collect();
+        // Stored from here on: the next change marks them dirty again.
+        for (rule_id, key) in &dirty {
+            if let Some(table) = self.tables.get_mut(rule_id) {
+                table.mark_clean(key);
+            }
+        }
+        dirty
+            .into_iter()
             .map(|(rule_id, key)| {
                 let rule_hash = self
                     .rules

@@ -524,9 +524,10 @@ mod tests {
         let got = frames(
             64,
             &[
-                b"5 <1>a6 <1>bc",
-                b"\n<2>line one\r\n<2>li",
-                b"ne two\n3 <3>",
+                b"4 <1>a5 <1>b",
+                b"c\n<2>line one\r\n<2>li",
+                b"ne two\n3 <3",
+                b">",
             ],
         );
         assert_eq!(
@@ -536,6 +537,7 @@ mod tests {
                 Ok(b"<1>bc".to_vec()),
                 Ok(b"<2>line one".to_vec()),
                 Ok(b"<2>line two".to_vec()),
+                Ok(b"<3>".to_vec()),
             ]
         );
     }
