@@ -119,6 +119,9 @@ pub struct Caller {
 
 type Shared = Arc<AppState>;
 
+/// Where the authenticated API is mounted.
+const API_PREFIX: &str = "/api/v1";
+
 /// Builds the router.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -149,7 +152,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .nest("/api/v1", api)
+        .nest(API_PREFIX, api)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
@@ -201,7 +204,8 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let call = format!("{} {}", req.method(), req.uri().path());
+    // Inside `nest` the URI has lost its prefix.
+    let call = format!("{} {API_PREFIX}{}", req.method(), req.uri().path());
     let Some(presented) = presented else {
         deny(
             &state,
