@@ -72,11 +72,11 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiRole {
-    /// Read incidents, rules and silences.
+    /// Read incidents, rules, dead letters and the audit log.
     Viewer,
     /// Work incidents through their lifecycle.
     Responder,
-    /// Approve external notifications and silences.
+    /// Approve external notifications; create, list and expire silences.
     Approver,
     /// Everything.
     Admin,

@@ -220,9 +220,6 @@ impl Pipeline {
                     events.push(event);
                 }
             }
-            notified = self
-                .desk
-                .tick(&mut self.book, &self.outbox, &mut commit, now);
         }
         for (rule, n) in self.detector.take_evictions() {
             self.metrics
@@ -237,6 +234,12 @@ impl Pipeline {
             &mut commit,
             Utc::now(),
         );
+        // After the openings: a new incident's tracker exists before its timers are checked.
+        if let Some(now) = clock {
+            notified = self
+                .desk
+                .tick(&mut self.book, &self.outbox, &mut commit, now);
+        }
         if let Err(e) = self.book.write_changes(&mut commit) {
             tracing::error!(error = %e, "cannot encode incident changes");
         }

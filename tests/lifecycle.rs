@@ -1144,3 +1144,31 @@ fn audit_verify_finds_one_changed_byte_in_a_copy_and_refuses_a_live_store() {
     let missing = verify(&s.path("nothing-here"));
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn an_incident_opened_by_the_clock_is_notified_once_as_an_opening() {
+    let hook = Receiver::start();
+    let s = setup(
+        "low",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 1}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n    - {{after: 1h, notify: [analysts]}}\n",
+            hook.url("/")
+        ),
+    );
+    s.write(
+        "rules/absence.yaml",
+        "rules:\n  - id: heartbeat\n    match: 'HEARTBEAT'\n    absence: {within: 1s}\n    severity: high\n",
+    );
+    let d = s.start();
+    let i = d.wait_incident("heartbeat", WAIT);
+    let id = i["id"].as_str().unwrap().to_string();
+    let got = collect(&hook, "the absence incident's opening", |g| {
+        has_event(g, &id, "opened")
+    });
+    // A step already due at the opening goes out with it, not again as an escalation.
+    assert_eq!(events_for(&got, &id), ["opened"]);
+    let timeline = incident(&d, &id)["timeline"].to_string();
+    assert!(!timeline.contains("escalated"), "{timeline}");
+}
