@@ -788,6 +788,74 @@ mod tests {
     use super::*;
     use crate::notification::format::sample_incident;
 
+    const CONFIG: &str = r#"state_dir: s
+receivers:
+  - {name: first, type: file, path: '-', events: [opened, severity_changed, acknowledged]}
+  - {name: later, type: file, path: '-', events: [escalated, severity_changed]}
+roles:
+  analysts: {receivers: [first]}
+  lead: {receivers: [later]}
+escalation_policies:
+  default:
+    - notify: [analysts]
+    - {after: 1h, notify: [lead]}
+"#;
+
+    #[test]
+    fn later_events_go_to_the_receivers_reached_so_far_and_updates_are_audited_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        let mut book = IncidentBook::load(&store).unwrap();
+        let incident = sample_incident();
+        let now = incident.opened_at;
+        let event = |kind| IncidentEvent {
+            kind,
+            incident: incident.clone(),
+        };
+        let mut batch = store::Batch::new();
+        desk.dispatch(
+            &mut book,
+            &[
+                event(EventKind::Opened),
+                event(EventKind::Updated),
+                event(EventKind::Updated),
+                event(EventKind::SeverityChanged),
+            ],
+            &outbox,
+            &mut batch,
+            now,
+        );
+        store.commit(batch).unwrap();
+        let sent: Vec<(String, EventKind)> = outbox
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.receiver, r.event))
+            .collect();
+        // `later` chose severity_changed but its step has not fired: it hears nothing yet.
+        assert_eq!(
+            sent,
+            [
+                ("first".to_string(), EventKind::Opened),
+                ("first".to_string(), EventKind::SeverityChanged),
+            ]
+        );
+        let audit: Vec<String> = desk.take_audit().into_iter().map(|e| e.event).collect();
+        assert_eq!(
+            audit,
+            [
+                "incident.opened",
+                "incident.severity_changed",
+                "incident.updated"
+            ]
+        );
+        let tracker = &desk.trackers[&incident.id];
+        assert_eq!(tracker.reached, BTreeSet::from(["first".to_string()]));
+    }
+
     fn t(to: State) -> Action {
         Action::Transition { to, note: None }
     }
@@ -844,10 +912,8 @@ mod tests {
         for steps in 0..5 {
             let mut i = sample_incident();
             let now = i.opened_at;
-            for s in &State::ACTIVE[1..=steps.min(4)] {
-                if steps > 0 {
-                    apply(&mut i, &t(*s), "x", now).unwrap();
-                }
+            for s in &State::ACTIVE[1..=steps] {
+                apply(&mut i, &t(*s), "x", now).unwrap();
             }
             apply(&mut i, &t(State::FalsePositive), "x", now).unwrap();
             assert_eq!(i.state, State::FalsePositive);
