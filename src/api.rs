@@ -3,14 +3,14 @@
 use crate::config::{ApiRole, TokenConfig};
 use crate::incidents::Incident;
 use crate::metrics::Metrics;
-use crate::notification;
 use crate::rules::RuleSet;
 use crate::store::{Space, Store};
+use crate::{audit, lifecycle, notification, silences};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +102,10 @@ pub struct AppState {
     pub tokens: Vec<ApiToken>,
     /// Notifications: dead letters listed and re-sent through the API.
     pub outbox: crate::notification::Outbox,
+    /// Lifecycle and silence changes go to the pipeline thread, the only writer.
+    pub commands: tokio::sync::mpsc::Sender<crate::lifecycle::Command>,
+    /// Where refused calls are recorded.
+    pub audit: crate::audit::AuditLog,
 }
 
 /// The identity a request was made with.
@@ -115,6 +119,9 @@ pub struct Caller {
 
 type Shared = Arc<AppState>;
 
+/// Where the authenticated API is mounted.
+const API_PREFIX: &str = "/api/v1";
+
 /// Builds the router.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -126,12 +133,26 @@ pub fn router(state: Shared) -> Router {
             "/notifications/dead/{id}/resend",
             axum::routing::post(notification::http::resend),
         )
+        .route("/incidents/{id}/ack", post(lifecycle::http::ack))
+        .route(
+            "/incidents/{id}/transition",
+            post(lifecycle::http::transition),
+        )
+        .route("/incidents/{id}/note", post(lifecycle::http::note))
+        .route("/incidents/{id}/review", post(lifecycle::http::review))
+        .route("/incidents/{id}/approve", post(lifecycle::http::approve))
+        .route(
+            "/silences",
+            get(silences::http::list).post(silences::http::create),
+        )
+        .route("/silences/{id}", delete(silences::http::expire))
+        .route("/audit", get(audit::http::export))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .nest("/api/v1", api)
+        .nest(API_PREFIX, api)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
@@ -183,7 +204,16 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // Inside `nest` the URI has lost its prefix.
+    let call = format!("{} {API_PREFIX}{}", req.method(), req.uri().path());
     let Some(presented) = presented else {
+        deny(
+            &state,
+            "-",
+            &call,
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        );
         return error(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
     let Some(token) = state
@@ -191,13 +221,47 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
         .iter()
         .find(|t| constant_time_eq(&t.secret, presented.as_bytes()))
     else {
+        deny(
+            &state,
+            "-",
+            &call,
+            StatusCode::UNAUTHORIZED,
+            "unknown token",
+        );
         return error(StatusCode::UNAUTHORIZED, "unknown token").into_response();
     };
     req.extensions_mut().insert(Caller {
         name: token.name.clone(),
         role: token.role,
     });
-    next.run(req).await
+    let response = next.run(req).await;
+    if response.status() == StatusCode::FORBIDDEN {
+        deny(
+            &state,
+            &token.name,
+            &call,
+            StatusCode::FORBIDDEN,
+            "role too small",
+        );
+    }
+    response
+}
+
+/// Records a refused call in the audit log (CC6.1 evidence).
+fn deny(state: &AppState, actor: &str, call: &str, status: StatusCode, reason: &str) {
+    tracing::warn!(
+        actor,
+        call,
+        status = status.as_u16(),
+        reason,
+        "API call refused"
+    );
+    state.audit.record(&[audit::Entry::new(
+        "api.denied",
+        actor,
+        None,
+        serde_json::json!({"call": call, "status": status.as_u16(), "reason": reason}),
+    )]);
 }
 
 /// Refuses a call whose token role is below `needed`.

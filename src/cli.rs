@@ -37,6 +37,12 @@ pub enum Command {
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
     Notifications(crate::notification::cli::NotificationsArgs),
+    /// Incidents: list, show, and work them through their lifecycle (client of the HTTP API).
+    Incidents(crate::lifecycle::cli::IncidentsArgs),
+    /// Silences: approved exceptions to notification (client of the HTTP API).
+    Silences(crate::silences::cli::SilencesArgs),
+    /// The audit log: verify its hash chain, export evidence (offline, on a stopped store).
+    Audit(crate::audit::cli::AuditArgs),
 }
 
 /// Output of `check`.
@@ -78,6 +84,9 @@ pub fn main() -> ExitCode {
         },
         Command::Check { config, format } => check(&config, format),
         Command::Notifications(args) => crate::notification::cli::run(args),
+        Command::Incidents(args) => crate::lifecycle::cli::run(args),
+        Command::Silences(args) => crate::silences::cli::run(args),
+        Command::Audit(args) => crate::audit::cli::run(args),
     }
 }
 

@@ -5,6 +5,7 @@
 //! config works whatever directory the daemon is started from.
 
 use crate::diag::{Diagnostic, YamlLocator};
+pub use crate::escalation::{EscalationStep, PolicyConfig};
 use crate::sources::timestamp::TimestampFormat;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -46,9 +47,9 @@ pub struct Config {
     /// Named groups of people, each reached through receivers.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
-    /// Who is notified for an incident, by policy name.
+    /// Who is notified for an incident, and when, by policy name.
     #[serde(default)]
-    pub escalation_policies: BTreeMap<String, Vec<EscalationStep>>,
+    pub escalation_policies: BTreeMap<String, PolicyConfig>,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -71,11 +72,11 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiRole {
-    /// Read incidents, rules and silences.
+    /// Read incidents, rules, dead letters and the audit log.
     Viewer,
     /// Work incidents through their lifecycle.
     Responder,
-    /// Approve external notifications and silences.
+    /// Approve external notifications; create, list and expire silences.
     Approver,
     /// Everything.
     Admin,
@@ -171,14 +172,10 @@ fn default_max_connections() -> usize {
 pub struct RoleConfig {
     /// Receivers that reach this role.
     pub receivers: Vec<String>,
-}
-
-/// One step of an escalation policy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EscalationStep {
-    /// Roles notified by this step.
-    pub notify: Vec<String>,
+    /// People outside the organisation (customers, regulators): notified only after an
+    /// approver approves the incident.
+    #[serde(default)]
+    pub external: bool,
 }
 
 impl Config {
@@ -309,26 +306,7 @@ impl Config {
                 }
             }
         }
-        let policies_at = loc.top_key("escalation_policies");
-        for (policy, steps) in &self.escalation_policies {
-            let at = loc.key_in_block(policies_at, policy);
-            if steps.is_empty() {
-                problems.push(Diagnostic::at(
-                    path,
-                    at,
-                    format!("escalation policy {policy:?} has no steps"),
-                ));
-            }
-            for role in steps.iter().flat_map(|s| &s.notify) {
-                if !self.roles.contains_key(role) {
-                    problems.push(Diagnostic::at(
-                        path,
-                        at,
-                        format!("escalation policy {policy:?} names unknown role {role:?}"),
-                    ));
-                }
-            }
-        }
+        problems.extend(crate::escalation::validate(self, path, &loc));
         for (i, token) in self.api.tokens.iter().enumerate() {
             if token.token_file.is_some() == token.token_env.is_some() {
                 problems.push(Diagnostic::at(

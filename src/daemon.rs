@@ -2,8 +2,10 @@
 //! in order on SIGTERM/SIGINT.
 
 use crate::api::{self, AppState, Health};
+use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
 use crate::detection::Detector;
+use crate::lifecycle::{DAEMON, Desk};
 use crate::metrics::Metrics;
 use crate::notification::{Outbox, deliver};
 use crate::pipeline::Pipeline;
@@ -22,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Batches queued between sources and the pipeline (backpressure beyond it).
 const SOURCE_QUEUE: usize = 64;
+/// Lifecycle commands queued for the pipeline (API callers wait beyond it).
+const COMMAND_QUEUE: usize = 64;
 /// Time deliveries in flight get at shutdown (the rest stay in the outbox).
 const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 
@@ -82,7 +86,10 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         .await
         .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
 
-    let outbox = Outbox::new(store.clone(), &config).map_err(RunError::Io)?;
+    let audit = AuditLog::open(&store).map_err(|e| RunError::Io(e.to_string()))?;
+    let outbox = Outbox::new(store.clone(), &config)
+        .map_err(RunError::Io)?
+        .with_audit(audit.clone());
     let delivery = deliver::spawn(outbox.clone(), &config, metrics.clone(), NOTIFY_DRAIN)
         .map_err(RunError::Io)?;
 
@@ -100,6 +107,14 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         }),
         None => Box::new(|| {}),
     };
+    let mut desk =
+        Desk::new(&store, &config, audit.clone()).map_err(|e| RunError::Io(e.to_string()))?;
+    desk.note(Entry::new(
+        "rules.loaded",
+        DAEMON,
+        None,
+        serde_json::json!({"version": rules.version, "rules": rules.rules.len(), "reason": "start"}),
+    ));
     let pipeline = Pipeline::new(
         store.clone(),
         Detector::new(rules.clone(), &source_names),
@@ -108,10 +123,12 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         metrics.clone(),
         health.clone(),
         heartbeat,
+        desk,
     )
     .map_err(|e| RunError::Io(e.to_string()))?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
-    let pipeline = pipeline.with_reloads(reload_rx);
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let pipeline = pipeline.with_reloads(reload_rx).with_commands(command_rx);
     let reloader = Reloader {
         paths: config.rules.clone(),
         ctx: rule_context(&config),
@@ -187,6 +204,8 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         rules: api_rules,
         tokens: api::load_tokens(&config.api.tokens),
         outbox,
+        commands: command_tx,
+        audit,
     });
     let (stop_http, mut stop_http_rx) = watch::channel(false);
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {

@@ -15,29 +15,99 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// Most evidence lines kept on one incident: the first half that opened it, then the latest.
 pub const MAX_EVIDENCE: usize = 20;
 
-/// Where an incident is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where an incident is in its lifecycle: `open → acknowledged → contained → eradicated →
+/// recovered → closed`, or `false_positive` from any active state (see [`crate::lifecycle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Detected, nobody has acknowledged it yet.
     Open,
+    /// Someone took it on.
+    Acknowledged,
+    /// The damage can no longer spread.
+    Contained,
+    /// The cause is removed.
+    Eradicated,
+    /// Service is back to normal.
+    Recovered,
+    /// Over (high and critical incidents only after a post-incident review).
+    Closed,
+    /// Over: it was not an incident.
+    FalsePositive,
 }
 
 impl State {
-    /// Every state (for metrics that must show zeroes).
-    pub const ALL: [State; 1] = [State::Open];
+    /// Every state.
+    pub const ALL: [State; 7] = [
+        State::Open,
+        State::Acknowledged,
+        State::Contained,
+        State::Eradicated,
+        State::Recovered,
+        State::Closed,
+        State::FalsePositive,
+    ];
+
+    /// States of incidents still being worked (for the `incidents_open` gauge, which must
+    /// show zeroes).
+    pub const ACTIVE: [State; 5] = [
+        State::Open,
+        State::Acknowledged,
+        State::Contained,
+        State::Eradicated,
+        State::Recovered,
+    ];
 
     /// The name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Open => "open",
+            State::Acknowledged => "acknowledged",
+            State::Contained => "contained",
+            State::Eradicated => "eradicated",
+            State::Recovered => "recovered",
+            State::Closed => "closed",
+            State::FalsePositive => "false_positive",
         }
     }
 
-    /// Whether further matches still fold into the incident.
+    /// Whether further matches still fold into the incident (it is not over).
     pub fn is_active(self) -> bool {
-        matches!(self, State::Open)
+        !matches!(self, State::Closed | State::FalsePositive)
     }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A post-incident review, required before a high or critical incident may close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    /// Why it happened.
+    pub root_cause: String,
+    /// What was learned.
+    pub lessons_learned: String,
+    /// Follow-up actions.
+    pub actions: Vec<String>,
+    /// Who wrote it (token name).
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// An approver's permission to notify external roles about this incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved (token name).
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, or any condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One entry of an incident's timeline.
@@ -102,6 +172,24 @@ pub struct Incident {
     pub evidence: Vec<Evidence>,
     /// What happened to it, in order.
     pub timeline: Vec<TimelineEntry>,
+    /// When it was acknowledged (response-time KPIs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// When it was contained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contained_at: Option<DateTime<Utc>>,
+    /// When it was closed or marked a false positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<DateTime<Utc>>,
+    /// The post-incident review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Approval to notify external roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// Silence that muted its notifications when it opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 impl Incident {
@@ -116,12 +204,23 @@ impl Incident {
     }
 
     fn push_event(&mut self, at: DateTime<Utc>, event: &str, note: String) {
+        self.record(at, event, "logwarden", Some(note));
+    }
+
+    /// Appends a timeline entry.
+    pub fn record(&mut self, at: DateTime<Utc>, event: &str, actor: &str, note: Option<String>) {
         self.timeline.push(TimelineEntry {
             at,
             event: event.into(),
-            actor: "logwarden".into(),
-            note: Some(note),
+            actor: actor.into(),
+            note,
         });
+    }
+
+    /// Adds the incident to a store batch.
+    pub fn put(&self, batch: &mut store::Batch) -> Result<(), StoreError> {
+        let number = Incident::number(&self.id).expect("ids are INC-<n>");
+        batch.put(Space::Incidents, &Incident::store_key(number), self)
     }
 
     fn add_evidence(&mut self, evidence: Evidence) {
@@ -284,6 +383,12 @@ impl IncidentBook {
                     actor: "logwarden".into(),
                     note: None,
                 }],
+                acknowledged_at: None,
+                contained_at: None,
+                closed_at: None,
+                review: None,
+                approval: None,
+                silenced_by: None,
             };
             for e in evidence {
                 incident.add_evidence(e);
@@ -300,12 +405,37 @@ impl IncidentBook {
         })
     }
 
+    /// The active incident with this id.
+    pub fn active(&self, id: &str) -> Option<&Incident> {
+        self.open.values().find(|i| i.id == id)
+    }
+
+    /// The active incident with this id, marked changed (written by the next
+    /// [`IncidentBook::write_changes`]).
+    pub fn active_mut(&mut self, id: &str) -> Option<&mut Incident> {
+        let (slot, incident) = self.open.iter_mut().find(|(_, i)| i.id == id)?;
+        self.dirty.insert(slot.clone());
+        Some(incident)
+    }
+
+    /// Every active incident.
+    pub fn all_active(&self) -> impl Iterator<Item = &Incident> {
+        self.open.values()
+    }
+
+    /// Takes an incident that is over out of the book: the next match for its rule and key
+    /// opens a new incident. The caller stores it.
+    pub fn retire(&mut self, id: &str) -> Option<Incident> {
+        let slot = self.open.iter().find(|(_, i)| i.id == id)?.0.clone();
+        self.dirty.remove(&slot);
+        self.open.remove(&slot)
+    }
+
     /// Adds every changed incident to a store batch.
     pub fn write_changes(&mut self, batch: &mut store::Batch) -> Result<(), StoreError> {
         for slot in self.dirty.drain() {
             if let Some(incident) = self.open.get(&slot) {
-                let number = Incident::number(&incident.id).expect("ids are INC-<n>");
-                batch.put(Space::Incidents, &Incident::store_key(number), incident)?;
+                incident.put(batch)?;
             }
         }
         Ok(())

@@ -5,17 +5,22 @@
 //! [`notification`] tells people; [`api`] and [`metrics`] show the state.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod detection;
 pub mod diag;
 pub mod duration;
+pub mod escalation;
 pub mod incidents;
+pub mod lifecycle;
 pub mod metrics;
 pub mod notification;
 pub mod pipeline;
 pub mod reload;
 pub mod rules;
+pub mod silences;
 pub mod sources;
 pub mod store;

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub incidents_open: IntGaugeVec,
     /// First evidence line's time to incident opened, by severity.
     pub time_to_detect: HistogramVec,
+    /// Opened to acknowledged, by severity.
+    pub time_to_acknowledge: HistogramVec,
+    /// Opened to contained, by severity.
+    pub time_to_contain: HistogramVec,
+    /// Opened to closed, by severity.
+    pub time_to_resolve: HistogramVec,
     /// Notification outcomes (`delivered`, `retried`, `dead`), by receiver.
     pub notifications: IntCounterVec,
     /// Notifications in the outbox not yet delivered, by receiver.
@@ -128,18 +134,33 @@ impl Metrics {
             "Incidents not yet closed.",
             &["severity", "state"],
         );
-        let time_to_detect = HistogramVec::new(
-            HistogramOpts::new(
-                "logwarden_time_to_detect_seconds",
-                "Seconds from an incident's first evidence line to its opening.",
+        let kpi = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(KPI_BUCKETS.to_vec()),
+                &["severity"],
             )
-            .buckets(KPI_BUCKETS.to_vec()),
-            &["severity"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(time_to_detect.clone()))
-            .expect("unique metric");
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let time_to_detect = kpi(
+            "logwarden_time_to_detect_seconds",
+            "Seconds from an incident's first evidence line to its opening.",
+        );
+        let time_to_acknowledge = kpi(
+            "logwarden_time_to_acknowledge_seconds",
+            "Seconds from an incident's opening to its acknowledgement.",
+        );
+        let time_to_contain = kpi(
+            "logwarden_time_to_contain_seconds",
+            "Seconds from an incident's opening to its containment.",
+        );
+        let time_to_resolve = kpi(
+            "logwarden_time_to_resolve_seconds",
+            "Seconds from an incident's opening to its closing (false positives excluded).",
+        );
         let notifications = counter(
             "logwarden_notifications_total",
             "Notification outcomes: delivered, retried (an attempt failed, another follows), dead (given up, kept as a dead letter).",
@@ -218,6 +239,9 @@ impl Metrics {
             incidents_opened,
             incidents_open,
             time_to_detect,
+            time_to_acknowledge,
+            time_to_contain,
+            time_to_resolve,
             notifications,
             outbox_pending,
             dead_letters,

@@ -8,6 +8,7 @@
 use crate::api::Health;
 use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
+use crate::lifecycle::{Command, Desk, Kpi};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
@@ -55,8 +56,11 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
     pub heartbeat: Box<dyn Fn() + Send>,
+    /// Escalation, silences and the audit log.
+    pub desk: Desk,
     watermark: Option<DateTime<Utc>>,
     reloads: Option<mpsc::Receiver<Reload>>,
+    commands: Option<mpsc::Receiver<Command>>,
 }
 
 impl Pipeline {
@@ -70,8 +74,10 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         heartbeat: Box<dyn Fn() + Send>,
+        mut desk: Desk,
     ) -> Result<Self, StoreError> {
         let book = IncidentBook::load(&store)?;
+        desk.track_active(&store, &book)?;
         let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
         let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
         if !stale.is_empty() {
@@ -90,8 +96,10 @@ impl Pipeline {
             metrics,
             health,
             heartbeat,
+            desk,
             watermark: None,
             reloads: None,
+            commands: None,
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
@@ -103,10 +111,17 @@ impl Pipeline {
         self
     }
 
+    /// Lifecycle and silence changes sent here are carried out between batches.
+    pub fn with_commands(mut self, commands: mpsc::Receiver<Command>) -> Self {
+        self.commands = Some(commands);
+        self
+    }
+
     /// Processes batches until `shutdown` turns true, then drains what is already queued.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         let mut reloads = self.reloads.take();
+        let mut commands = self.commands.take();
         loop {
             // Unbiased: a long backlog of batches must not starve the tick, or systemd's
             // watchdog would kill a daemon that is busy, not hung.
@@ -133,10 +148,12 @@ impl Pipeline {
                 }
                 reload = next_reload(&mut reloads) => {
                     let change = self.detector.replace_rules(reload.rules);
-                    // Stores the deletion of dropped state at once.
+                    self.desk.rules_reloaded(&change);
+                    // Stores the deletion of dropped state (and the audit record) at once.
                     self.step(Vec::new()).await;
                     let _ = reload.done.send(change);
                 }
+                command = next_command(&mut commands) => self.command(command).await,
             }
         }
         let mut rest = Vec::new();
@@ -194,6 +211,7 @@ impl Pipeline {
                 None => {}
             }
         }
+        let mut notified = false;
         if let Some(now) = clock {
             self.detector.advance(now, &mut hits);
             let rules = self.detector.rules().clone();
@@ -209,6 +227,19 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
+        self.desk.dispatch(
+            &mut self.book,
+            &events,
+            &self.outbox,
+            &mut commit,
+            Utc::now(),
+        );
+        // After the openings: a new incident's tracker exists before its timers are checked.
+        if let Some(now) = clock {
+            notified = self
+                .desk
+                .tick(&mut self.book, &self.outbox, &mut commit, now);
+        }
         if let Err(e) = self.book.write_changes(&mut commit) {
             tracing::error!(error = %e, "cannot encode incident changes");
         }
@@ -218,25 +249,65 @@ impl Pipeline {
                 None => commit.remove(Space::Windows, &window_key(&id)),
             }
         }
-        for event in &events {
-            if let Err(e) = self.outbox.enqueue(&mut commit, event, false) {
-                tracing::error!(error = %e, incident = %event.incident.id, "cannot write notifications");
-            }
-        }
-        if commit.is_empty() && events.is_empty() {
+        let audit = self.desk.take_audit();
+        if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return;
         }
-        self.make_durable(commit).await;
+        self.make_durable(commit, audit).await;
+        if notified {
+            self.outbox.wake();
+        }
         self.after_commit(events).await;
     }
 
-    async fn make_durable(&self, commit: store::Batch) {
-        let mut pending = Some(commit);
+    /// Carries out a lifecycle or silence change: stored with its notifications and audit
+    /// record in one batch, flushed, then answered.
+    async fn command(&mut self, command: Command) {
+        let mut batch = store::Batch::new();
+        let result = self.desk.command(
+            &mut self.book,
+            &self.store,
+            &self.outbox,
+            &mut batch,
+            &command.actor,
+            command.request,
+            Utc::now(),
+        );
+        if let Err(e) = self.book.write_changes(&mut batch) {
+            tracing::error!(error = %e, "cannot encode incident changes");
+        }
+        let audit = self.desk.take_audit();
+        if result.is_ok() || !audit.is_empty() {
+            self.make_durable(batch, audit).await;
+        }
+        if let Ok(done) = &result {
+            for kpi in &done.kpis {
+                let (histogram, severity, seconds) = match *kpi {
+                    Kpi::Acknowledge(s, v) => (&self.metrics.time_to_acknowledge, s, v),
+                    Kpi::Contain(s, v) => (&self.metrics.time_to_contain, s, v),
+                    Kpi::Resolve(s, v) => (&self.metrics.time_to_resolve, s, v),
+                };
+                histogram
+                    .with_label_values(&[severity.as_str()])
+                    .observe(seconds);
+            }
+            self.outbox.wake();
+            self.update_open_gauge();
+        }
+        let _ = command.reply.send(result.map(|d| d.reply));
+    }
+
+    async fn make_durable(&self, commit: store::Batch, audit: Vec<crate::audit::Entry>) {
+        let mut committed = false;
         loop {
-            let result = match pending.take() {
-                Some(batch) => self.store.commit(batch),
-                None => Ok(()),
+            // The audit log seals its entries onto the chain inside the same atomic commit;
+            // after a failed commit nothing was written and the same batch is tried again;
+            // after a failed flush only the flush is.
+            let result = match committed {
+                true => Ok(()),
+                false => self.desk.audit.commit(&commit, &audit),
             };
+            committed |= result.is_ok();
             let result = match result {
                 Ok(()) => self.store.flush().await,
                 Err(e) => Err(e),
@@ -284,7 +355,7 @@ impl Pipeline {
     fn update_open_gauge(&self) {
         let counts = self.book.open_counts();
         for severity in Severity::ALL {
-            for state in crate::incidents::State::ALL {
+            for state in crate::incidents::State::ACTIVE {
                 let n = counts.get(&(severity, state)).copied().unwrap_or(0);
                 self.metrics
                     .incidents_open
@@ -310,6 +381,17 @@ fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], 
     if let Err(e) = batch.put(space, key, value) {
         tracing::error!(error = %e, "cannot encode store record");
     }
+}
+
+/// The next lifecycle command, or never when there is no command channel (or it closed).
+async fn next_command(commands: &mut Option<mpsc::Receiver<Command>>) -> Command {
+    if let Some(rx) = commands
+        && let Some(command) = rx.recv().await
+    {
+        return command;
+    }
+    *commands = None;
+    std::future::pending().await
 }
 
 /// Store key of a window: rule, then key values (the rule hash is in the value).

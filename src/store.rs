@@ -26,6 +26,12 @@ pub enum Space {
     Outbox,
     /// Notifications given up on (too old or refused); kept until re-sent.
     DeadLetters,
+    /// The hash-chained audit log, by sequence number.
+    Audit,
+    /// Escalation progress per incident (steps fired, receivers reached, approvals).
+    Escalations,
+    /// Silences (approved exceptions), by id.
+    Silences,
 }
 
 impl Space {
@@ -37,6 +43,9 @@ impl Space {
             Space::Meta => b"meta/",
             Space::Outbox => b"out/",
             Space::DeadLetters => b"dead/",
+            Space::Audit => b"audit/",
+            Space::Escalations => b"esc/",
+            Space::Silences => b"sil/",
         }
     }
 
@@ -63,6 +72,9 @@ pub enum StoreError {
     Record(#[from] serde_json::Error),
 }
 
+/// A record's key (without its prefix) and undecoded value.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// Handle to the store; cheap to clone and safe to share across threads.
 #[derive(Clone)]
 pub struct Store {
@@ -70,8 +82,9 @@ pub struct Store {
     tree: sled::Tree,
 }
 
-/// Changes written together by [`Store::commit`].
-#[derive(Default)]
+/// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
+/// retried with the same changes.
+#[derive(Default, Clone)]
 pub struct Batch {
     inner: sled::Batch,
     empty: bool,
@@ -178,6 +191,31 @@ impl Store {
             .scan_prefix(prefix)
             .keys()
             .map(|k| Ok(k?[prefix.len()..].to_vec()))
+            .collect()
+    }
+
+    /// The last record of a kind in key order, undecoded (the audit log's head).
+    pub fn last_raw(&self, space: Space) -> Result<Option<RawRecord>, StoreError> {
+        let prefix = space.prefix();
+        match self.tree.scan_prefix(prefix).next_back() {
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some((key[prefix.len()..].to_vec(), value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a kind in key order, undecoded, so a checker can report an
+    /// unreadable record at its position instead of skipping it.
+    pub fn scan_raw(&self, space: Space) -> Result<Vec<RawRecord>, StoreError> {
+        let prefix = space.prefix();
+        self.tree
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
+            })
             .collect()
     }
 

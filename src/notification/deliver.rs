@@ -267,7 +267,7 @@ impl Dispatcher {
 /// Moves a record from the outbox to the dead letters.
 fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
     tracing::error!(receiver = %record.receiver, incident = %record.incident, key = %record.idempotency_key, attempts = record.attempts, reason = %why, "notification given up; kept as a dead letter");
-    record.last_error = Some(why);
+    record.last_error = Some(why.clone());
     record.dead_at = Some(Utc::now());
     let mut batch = store::Batch::new();
     batch.remove(Space::Outbox, &Record::key(record.id));
@@ -275,7 +275,9 @@ fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
         tracing::error!(error = %e, "cannot encode a dead letter");
         return;
     }
-    if let Err(e) = outbox.store().commit(batch) {
+    let details =
+        serde_json::json!({"attempt": record.attempts, "error": why, "dead_letter": true});
+    if let Err(e) = outbox.commit_audited(batch, &record, "notification.failed", details) {
         tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
         return;
     }
@@ -449,7 +451,11 @@ impl Lane {
             Outcome::Delivered => {
                 let mut batch = store::Batch::new();
                 batch.remove(Space::Outbox, &Record::key(record.id));
-                if let Err(e) = self.outbox.store().commit(batch) {
+                let details = serde_json::json!({"attempt": record.attempts + 1});
+                if let Err(e) =
+                    self.outbox
+                        .commit_audited(batch, &record, "notification.delivered", details)
+                {
                     // Delivered but still stored: it goes out again after a restart, and the
                     // idempotency key lets the receiver drop it.
                     tracing::error!(error = %e, "cannot remove a delivered notification");
@@ -480,12 +486,18 @@ impl Lane {
                 counter("retried");
                 let delay = backoff(&self.retry, record.attempts, after);
                 tracing::warn!(receiver = %self.name, incident = %record.incident, key = %record.idempotency_key, attempt = record.attempts, retry_in_ms = delay.as_millis() as u64, %error, "notification delivery failed; will retry");
+                let details = serde_json::json!({"attempt": record.attempts, "error": error, "retry_in_ms": delay.as_millis() as u64});
                 record.last_error = Some(error);
                 let mut batch = store::Batch::new();
                 if batch
                     .put(Space::Outbox, &Record::key(record.id), &record)
                     .is_ok()
-                    && let Err(e) = self.outbox.store().commit(batch)
+                    && let Err(e) = self.outbox.commit_audited(
+                        batch,
+                        &record,
+                        "notification.attempt_failed",
+                        details,
+                    )
                 {
                     tracing::error!(error = %e, "cannot record a failed attempt");
                 }

@@ -195,6 +195,12 @@ pub fn sample_incident() -> Incident {
         evidence: Vec::new(),
         timeline: Vec::new(),
         resumed_at: None,
+        acknowledged_at: None,
+        contained_at: None,
+        closed_at: None,
+        review: None,
+        approval: None,
+        silenced_by: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod format;
 pub mod http;
 
+use crate::audit::{AuditLog, Entry};
 use crate::config::{Config, ReceiverConfig};
 use crate::incidents::{EventKind, IncidentEvent};
 use crate::store::{self, Space, Store, StoreError};
@@ -87,8 +88,9 @@ impl Router {
         let policies = config
             .escalation_policies
             .iter()
-            .map(|(name, steps)| {
-                let steps = steps
+            .map(|(name, policy)| {
+                let steps = policy
+                    .steps
                     .iter()
                     .map(|step| {
                         step.notify
@@ -125,11 +127,10 @@ impl Router {
         })
     }
 
-    /// Receivers that must hear of an event. An opening (and a severity rise) goes to the
-    /// policy's first step; every later event goes to the receivers of all steps, since any
-    /// of them may have been paged. A receiver hears the events it chose; a receiver that
-    /// can resolve (PagerDuty, Alertmanager) always hears `closed`, also when `muted` (a
-    /// silence) kept everything else from it, so no page is left open.
+    /// Receivers of an event by its policy alone, for callers without escalation progress
+    /// (see [`crate::escalation`] for the timed routing the daemon uses): an opening (and a
+    /// severity rise) goes to the policy's first step, every later event to the receivers
+    /// of all steps. Filtered as [`Router::deliverable`] does.
     pub fn receivers_for(&self, event: &IncidentEvent, muted: bool) -> Vec<&str> {
         let Some(steps) = self.policies.get(&event.incident.escalation) else {
             return Vec::new();
@@ -143,16 +144,31 @@ impl Router {
                 .collect(),
             _ => steps.iter().flatten().map(String::as_str).collect(),
         };
-        reached
+        self.deliverable(event.kind, reached, muted)
+    }
+
+    /// Which of `candidates` get an event: a receiver hears the events it chose; a receiver
+    /// that can resolve (PagerDuty, Alertmanager) always hears `closed`, also when `muted`
+    /// (a silence) kept everything else from it, so no page is left open.
+    pub fn deliverable<'a>(
+        &self,
+        kind: EventKind,
+        candidates: impl IntoIterator<Item = &'a str>,
+        muted: bool,
+    ) -> Vec<&'a str> {
+        let mut names: Vec<&str> = candidates
             .into_iter()
             .filter(|name| {
                 let Some(target) = self.targets.get(*name) else {
                     return false;
                 };
-                let resolve = event.kind == EventKind::Closed && target.config.resolves();
-                resolve || (!muted && target.config.events().contains(&event.kind))
+                let resolve = kind == EventKind::Closed && target.config.resolves();
+                resolve || (!muted && target.config.events().contains(&kind))
             })
-            .collect()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Whether a receiver of this name is configured.
@@ -170,6 +186,10 @@ pub struct Outbox {
     wake: Arc<Notify>,
     /// Set when dead letters were added or removed, so their gauge is recounted.
     dead_changed: Arc<AtomicBool>,
+    /// Where delivery outcomes are recorded (the daemon's one audit log).
+    audit: Option<AuditLog>,
+    /// Receivers of external roles (their deliveries are CC2.3 evidence).
+    external: Arc<BTreeSet<String>>,
 }
 
 /// What [`Outbox::resend`] did.
@@ -186,26 +206,78 @@ pub enum Resent {
 impl Outbox {
     /// An outbox over `store` routing by `config`.
     pub fn new(store: Store, config: &Config) -> Result<Self, String> {
+        let external = config
+            .roles
+            .values()
+            .filter(|r| r.external)
+            .flat_map(|r| r.receivers.iter().cloned())
+            .collect();
         Ok(Outbox {
             store,
             router: Arc::new(Router::new(config)?),
             wake: Arc::new(Notify::new()),
             dead_changed: Arc::new(AtomicBool::new(true)),
+            audit: None,
+            external: Arc::new(external),
         })
     }
 
-    /// Adds the notifications an event causes to `batch`, the batch that also stores the
-    /// event's incident change. `muted` (a silence) leaves only resolves. Returns how many
-    /// were added; call [`Outbox::wake`] once the batch is committed.
+    /// Records delivery outcomes in `audit` (the one audit log every writer of the store
+    /// shares). Without it deliveries are not audited.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Adds the notifications an event causes to `batch`, routed by its policy alone (see
+    /// [`Router::receivers_for`]). Returns how many were added.
     pub fn enqueue(
         &self,
         batch: &mut store::Batch,
         event: &IncidentEvent,
         muted: bool,
     ) -> Result<usize, StoreError> {
-        let receivers = self.router.receivers_for(event, muted);
+        let receivers: Vec<String> = self
+            .router
+            .receivers_for(event, muted)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Ok(self.write(batch, event, &receivers)?.len())
+    }
+
+    /// Adds the notifications of an event for those of `candidates` that hear it (see
+    /// [`Router::deliverable`]) to `batch`, the batch that also stores the event's incident
+    /// change. Returns the receivers written for; call [`Outbox::wake`] once the batch is
+    /// committed.
+    pub fn enqueue_to<'a>(
+        &self,
+        batch: &mut store::Batch,
+        event: &IncidentEvent,
+        candidates: impl IntoIterator<Item = &'a String>,
+        muted: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let receivers: Vec<String> = self
+            .router
+            .deliverable(
+                event.kind,
+                candidates.into_iter().map(String::as_str),
+                muted,
+            )
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        self.write(batch, event, &receivers)
+    }
+
+    fn write(
+        &self,
+        batch: &mut store::Batch,
+        event: &IncidentEvent,
+        receivers: &[String],
+    ) -> Result<Vec<String>, StoreError> {
         if receivers.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let sequence = self.store.next_id()?;
         let idempotency_key = format!("{}-{sequence}", event.incident.id);
@@ -217,9 +289,9 @@ impl Outbox {
             at: now,
             origin: &self.router.origin,
         };
-        let mut added = 0;
+        let mut added = Vec::new();
         for name in receivers {
-            let target = &self.router.targets[name];
+            let target = &self.router.targets[name.as_str()];
             let Some(body) = target.formatter.render(&ctx) else {
                 continue;
             };
@@ -237,7 +309,7 @@ impl Outbox {
                 body,
             };
             batch.put(Space::Outbox, &Record::key(id), &record)?;
-            added += 1;
+            added.push(name.clone());
         }
         Ok(added)
     }
@@ -319,8 +391,33 @@ impl Outbox {
         self.dead_changed.swap(false, Ordering::SeqCst)
     }
 
-    pub(crate) fn store(&self) -> &Store {
+    #[cfg(test)]
+    fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Commits a delivery step's batch with the audit entry describing it (plain commit
+    /// when no audit log is attached).
+    pub(crate) fn commit_audited(
+        &self,
+        batch: store::Batch,
+        record: &Record,
+        event: &str,
+        details: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let Some(audit) = &self.audit else {
+            return self.store.commit(batch);
+        };
+        let mut details = details;
+        details["receiver"] = record.receiver.clone().into();
+        details["event"] = record.event.as_str().into();
+        details["idempotency_key"] = record.idempotency_key.clone().into();
+        details["notification"] = record.id.into();
+        if self.external.contains(&record.receiver) {
+            details["external"] = true.into();
+        }
+        let entry = Entry::new(event, "logwarden", Some(&record.incident), details);
+        audit.commit(&batch, &[entry])
     }
 
     #[cfg(test)]

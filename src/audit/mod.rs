@@ -1,0 +1,535 @@
+//! The tamper-evident audit log: every incident change, notification attempt, approval,
+//! silence change, rule reload and refused API call, appended to a hash chain in the store.
+//!
+//! Each record carries a sequence number, the SHA-256 of the previous record and its own
+//! SHA-256 over its canonical bytes (the record's JSON without its own hash, fields in a
+//! fixed order). Records are written in the same store batch as the change they describe,
+//! so the evidence cannot be missing for a change that happened. One lock orders every
+//! writer (pipeline, delivery lanes, HTTP), so the chain never forks. A meta record keeps
+//! the head (last sequence and hash), so deleting records from the end is found too.
+//!
+//! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
+
+pub mod cli;
+pub mod http;
+
+use crate::store::{self, Space, Store, StoreError};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+
+/// `prev` of the first record: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Meta key of the chain head.
+const HEAD_KEY: &[u8] = b"audit_head";
+
+/// Something to record; sealed into a [`Record`] when committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// What happened, e.g. `incident.transitioned` (see [`controls_for`]).
+    pub event: String,
+    /// Who did it: a token name, or `logwarden` for the daemon itself.
+    pub actor: String,
+    /// The incident concerned, if any.
+    pub incident: Option<String>,
+    /// Event-specific facts (states, receivers, versions, reasons).
+    pub details: Value,
+}
+
+impl Entry {
+    /// An entry; `details` should be a JSON object.
+    pub fn new(event: &str, actor: &str, incident: Option<&str>, details: Value) -> Self {
+        Entry {
+            event: event.to_string(),
+            actor: actor.to_string(),
+            incident: incident.map(str::to_string),
+            details,
+        }
+    }
+}
+
+/// One sealed audit record as stored and exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub event: String,
+    /// Who did it.
+    pub actor: String,
+    /// The incident concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// SOC 2 controls this record is evidence for.
+    pub controls: Vec<String>,
+    /// Event-specific facts.
+    pub details: Value,
+    /// SHA-256 (hex) of the previous record; [`GENESIS`] for the first.
+    pub prev: String,
+    /// SHA-256 (hex) of this record's canonical bytes.
+    pub hash: String,
+}
+
+impl Record {
+    /// The bytes the hash covers: the record's JSON without `hash`, fields in declaration
+    /// order, object keys sorted (serde_json's map), no whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            seq: u64,
+            at: &'a DateTime<Utc>,
+            event: &'a str,
+            actor: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            incident: &'a Option<String>,
+            controls: &'a [String],
+            details: &'a Value,
+            prev: &'a str,
+        }
+        serde_json::to_vec(&Canonical {
+            seq: self.seq,
+            at: &self.at,
+            event: &self.event,
+            actor: &self.actor,
+            incident: &self.incident,
+            controls: &self.controls,
+            details: &self.details,
+            prev: &self.prev,
+        })
+        .expect("records serialise")
+    }
+
+    /// SHA-256 (hex) of [`Record::canonical_bytes`].
+    pub fn compute_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// Store key: the sequence number, zero-padded so keys sort by it.
+    pub fn key(seq: u64) -> Vec<u8> {
+        format!("{seq:020}").into_bytes()
+    }
+}
+
+/// The SOC 2 controls an event is evidence for.
+///
+/// CC7.2 detection, CC7.3 evaluation and classification, CC7.4 response (containment,
+/// eradication, communication), CC7.5 recovery and review, CC2.3 communication with
+/// external parties, CC8.1 changes to detection rules, CC6.1 logical access (refused API
+/// calls).
+pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
+    let external = details["external"].as_bool() == Some(true);
+    let mut controls: Vec<&str> = match event {
+        "incident.opened" => vec!["CC7.2", "CC7.3"],
+        "incident.updated" => vec!["CC7.2"],
+        "incident.severity_changed" => vec!["CC7.3"],
+        "incident.escalated" => vec!["CC7.4"],
+        "incident.transitioned" => match details["to"].as_str() {
+            Some("acknowledged" | "false_positive") => vec!["CC7.3"],
+            Some("contained" | "eradicated") => vec!["CC7.4"],
+            Some("recovered" | "closed") => vec!["CC7.5"],
+            _ => vec!["CC7.4"],
+        },
+        "incident.noted" | "incident.refused" => vec!["CC7.4"],
+        "incident.reviewed" => vec!["CC7.5"],
+        "incident.approved" => vec!["CC2.3"],
+        e if e.starts_with("notification.") => vec!["CC7.4"],
+        e if e.starts_with("silence.") => vec!["CC7.3"],
+        e if e.starts_with("rules.") => vec!["CC8.1"],
+        "api.denied" => vec!["CC6.1"],
+        _ => vec![],
+    };
+    if external && !controls.contains(&"CC2.3") {
+        controls.push("CC2.3");
+    }
+    controls.into_iter().map(str::to_string).collect()
+}
+
+/// The chain's last sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    /// Sequence number of the last record (0 when empty).
+    pub seq: u64,
+    /// Its hash ([`GENESIS`] when empty).
+    pub hash: String,
+}
+
+/// Appends to the audit chain; cheap to clone, one per store (every writer must share it so
+/// the chain has one head).
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Store,
+    head: Arc<Mutex<Head>>,
+}
+
+impl AuditLog {
+    /// Reads the chain head from the store's last record.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let head = match store.last_raw(Space::Audit)? {
+            None => Head {
+                seq: 0,
+                hash: GENESIS.into(),
+            },
+            Some((key, bytes)) => match serde_json::from_slice::<Record>(&bytes) {
+                Ok(r) => Head {
+                    seq: r.seq,
+                    hash: r.hash,
+                },
+                Err(e) => {
+                    // Keep appending after it; `audit verify` will name the bad record.
+                    tracing::error!(error = %e, "the last audit record is unreadable");
+                    Head {
+                        seq: std::str::from_utf8(&key)
+                            .ok()
+                            .and_then(|k| k.parse().ok())
+                            .unwrap_or(0),
+                        hash: hex::encode(Sha256::digest(&bytes)),
+                    }
+                }
+            },
+        };
+        Ok(AuditLog {
+            store: store.clone(),
+            head: Arc::new(Mutex::new(head)),
+        })
+    }
+
+    /// Commits `batch` with `entries` sealed onto the chain, atomically. The batch is only
+    /// borrowed: after an error nothing was written and the same call can be retried.
+    /// Durable only after [`Store::flush`].
+    pub fn commit(&self, batch: &store::Batch, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return self.store.commit(batch.clone());
+        }
+        let mut head = self.head.lock().expect("audit head lock");
+        let mut batch = batch.clone();
+        let mut next = head.clone();
+        let at = Utc::now();
+        for entry in entries {
+            let mut record = Record {
+                seq: next.seq + 1,
+                at,
+                event: entry.event.clone(),
+                actor: entry.actor.clone(),
+                incident: entry.incident.clone(),
+                controls: controls_for(&entry.event, &entry.details),
+                details: entry.details.clone(),
+                prev: next.hash.clone(),
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            batch.put(Space::Audit, &Record::key(record.seq), &record)?;
+            next = Head {
+                seq: record.seq,
+                hash: record.hash,
+            };
+        }
+        batch.put(Space::Meta, HEAD_KEY, &next)?;
+        self.store.commit(batch)?;
+        *head = next;
+        Ok(())
+    }
+
+    /// Records entries on their own (a refused API call): committed, not flushed.
+    pub fn record(&self, entries: &[Entry]) {
+        if let Err(e) = self.commit(&store::Batch::new(), entries) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Every record is intact and linked; `count` records, the last with `head`.
+    Intact {
+        /// Records checked.
+        count: u64,
+        /// Hash of the last record.
+        head: String,
+    },
+    /// The first record that does not check out.
+    Broken {
+        /// 1-based position in key order.
+        position: u64,
+        /// Its sequence number as stored (when readable).
+        seq: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks the whole chain: every record readable, numbered 1, 2, 3…, its hash matching its
+/// content, its `prev` matching the record before, and the last one matching the stored
+/// head.
+pub fn verify(store: &Store) -> Result<Verdict, StoreError> {
+    let mut prev = GENESIS.to_string();
+    let mut count = 0u64;
+    for (key, bytes) in store.scan_raw(Space::Audit)? {
+        let position = count + 1;
+        let broken = |seq, reason: String| {
+            Ok(Verdict::Broken {
+                position,
+                seq,
+                reason,
+            })
+        };
+        let record: Record = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return broken(None, format!("unreadable record: {e}")),
+        };
+        let seq = Some(record.seq);
+        if key != Record::key(record.seq) {
+            return broken(
+                seq,
+                format!(
+                    "stored under key {} but numbered {}",
+                    String::from_utf8_lossy(&key),
+                    record.seq
+                ),
+            );
+        }
+        if record.seq != position {
+            return broken(
+                seq,
+                format!("expected sequence number {position} (a record is missing)"),
+            );
+        }
+        if record.compute_hash() != record.hash {
+            return broken(
+                seq,
+                "content does not match its hash (the record was altered)".into(),
+            );
+        }
+        if record.prev != prev {
+            return broken(
+                seq,
+                "previous-record hash does not match the record before it".into(),
+            );
+        }
+        prev = record.hash;
+        count = position;
+    }
+    let head: Option<Head> = store.get(Space::Meta, HEAD_KEY)?;
+    let expected = head.unwrap_or(Head {
+        seq: 0,
+        hash: GENESIS.into(),
+    });
+    if expected.seq != count || expected.hash != prev {
+        return Ok(Verdict::Broken {
+            position: count + 1,
+            seq: Some(expected.seq),
+            reason: format!(
+                "the chain ends at record {count} but its head says {} (records were removed from the end)",
+                expected.seq
+            ),
+        });
+    }
+    Ok(Verdict::Intact { count, head: prev })
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// One JSON record per line.
+    Jsonl,
+    /// A header line, then one row per record.
+    Csv,
+}
+
+/// Records with `since <= at < until`, in chain order (unreadable ones are skipped: run
+/// `verify` for those).
+pub fn records(
+    store: &Store,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<Record>, StoreError> {
+    Ok(store
+        .scan::<Record>(Space::Audit)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| since.is_none_or(|s| r.at >= s) && until.is_none_or(|u| r.at < u))
+        .collect())
+}
+
+/// Renders records for auditors: JSON lines, or CSV with the columns `seq, at, event,
+/// controls, actor, incident, details, prev, hash` (controls joined by `;`, details as
+/// compact JSON).
+pub fn render(records: &[Record], format: ExportFormat) -> String {
+    let mut out = String::new();
+    match format {
+        ExportFormat::Jsonl => {
+            for r in records {
+                out.push_str(&serde_json::to_string(r).expect("records serialise"));
+                out.push('\n');
+            }
+        }
+        ExportFormat::Csv => {
+            out.push_str("seq,at,event,controls,actor,incident,details,prev,hash\n");
+            for r in records {
+                let fields = [
+                    r.seq.to_string(),
+                    r.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    r.event.clone(),
+                    r.controls.join(";"),
+                    r.actor.clone(),
+                    r.incident.clone().unwrap_or_default(),
+                    r.details.to_string(),
+                    r.prev.clone(),
+                    r.hash.clone(),
+                ];
+                let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                out.push_str(&row.join(","));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4180 quoting; a leading `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet
+/// never runs log text as a formula.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// Parses `--since`/`--until`: RFC 3339, or a date (`2026-11-22`, midnight UTC).
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(n: u64) -> Entry {
+        Entry::new(
+            "incident.transitioned",
+            "oncall",
+            Some("INC-1"),
+            json!({"from": "open", "to": "acknowledged", "n": n}),
+        )
+    }
+
+    #[test]
+    fn the_chain_verifies_and_continues_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let log = AuditLog::open(&store).unwrap();
+            log.commit(&store::Batch::new(), &[entry(1), entry(2)])
+                .unwrap();
+            log.record(&[entry(3)]);
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        AuditLog::open(&store).unwrap().record(&[entry(4)]);
+        let Verdict::Intact { count, .. } = verify(&store).unwrap() else {
+            panic!("{:?}", verify(&store));
+        };
+        assert_eq!(count, 4);
+        let all = records(&store, None, None).unwrap();
+        assert_eq!(all[0].prev, GENESIS);
+        assert_eq!(all[3].prev, all[2].hash);
+        assert_eq!(all[0].controls, ["CC7.3"]);
+    }
+
+    #[test]
+    fn an_altered_record_a_gap_and_a_cut_end_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.record(&[entry(1), entry(2), entry(3), entry(4)]);
+
+        let mut altered: Record = store.get(Space::Audit, &Record::key(2)).unwrap().unwrap();
+        altered.actor = "someone-else".into();
+        let mut b = store::Batch::new();
+        b.put(Space::Audit, &Record::key(2), &altered).unwrap();
+        store.commit(b).unwrap();
+        let Verdict::Broken {
+            position, reason, ..
+        } = verify(&store).unwrap()
+        else {
+            panic!("not found");
+        };
+        assert_eq!(position, 2);
+        assert!(reason.contains("altered"), "{reason}");
+
+        // A record re-hashed after the change breaks the link from the next one instead.
+        altered.hash = altered.compute_hash();
+        let mut b = store::Batch::new();
+        b.put(Space::Audit, &Record::key(2), &altered).unwrap();
+        store.commit(b).unwrap();
+        let Verdict::Broken { position, .. } = verify(&store).unwrap() else {
+            panic!("not found");
+        };
+        assert_eq!(position, 3);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        AuditLog::open(&store)
+            .unwrap()
+            .record(&[entry(1), entry(2), entry(3)]);
+        let mut b = store::Batch::new();
+        b.remove(Space::Audit, &Record::key(3));
+        store.commit(b).unwrap();
+        let Verdict::Broken { reason, .. } = verify(&store).unwrap() else {
+            panic!("a cut end was not found");
+        };
+        assert!(reason.contains("removed from the end"), "{reason}");
+        let mut b = store::Batch::new();
+        b.remove(Space::Audit, &Record::key(1));
+        store.commit(b).unwrap();
+        let Verdict::Broken {
+            position, reason, ..
+        } = verify(&store).unwrap()
+        else {
+            panic!("a gap was not found");
+        };
+        assert_eq!((position, reason.contains("missing")), (1, true));
+    }
+
+    #[test]
+    fn events_map_to_controls_and_csv_is_quoted() {
+        let c = |e: &str, d: Value| controls_for(e, &d);
+        assert_eq!(c("incident.opened", json!({})), ["CC7.2", "CC7.3"]);
+        assert_eq!(
+            c("incident.transitioned", json!({"to": "contained"})),
+            ["CC7.4"]
+        );
+        assert_eq!(
+            c("incident.transitioned", json!({"to": "closed"})),
+            ["CC7.5"]
+        );
+        assert_eq!(c("incident.reviewed", json!({})), ["CC7.5"]);
+        assert_eq!(c("incident.approved", json!({})), ["CC2.3"]);
+        assert_eq!(
+            c("notification.delivered", json!({"external": true})),
+            ["CC7.4", "CC2.3"]
+        );
+        assert_eq!(c("rules.reloaded", json!({})), ["CC8.1"]);
+        assert_eq!(c("api.denied", json!({})), ["CC6.1"]);
+        assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
+        assert_eq!(csv_field("=cmd"), "'=cmd");
+    }
+}

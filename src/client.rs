@@ -1,0 +1,138 @@
+//! The HTTP client behind the CLI's API subcommands (`incidents`, `silences`,
+//! `notifications`): one place for the URL and token flags, timeouts and the exit codes
+//! (0 success, 1 the server refused and its reason is printed, 2 it could not be asked).
+
+use clap::Args;
+use serde_json::Value;
+use std::process::ExitCode;
+
+/// Where the API is and who is asking.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Base URL of the daemon's HTTP API.
+    #[arg(
+        long,
+        env = "LOGWARDEN_URL",
+        default_value = "http://127.0.0.1:9733",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token.
+    #[arg(long, env = "LOGWARDEN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+/// Makes one call and hands a successful answer's JSON to `show`; prints the server's
+/// reason and exits 1 when it refused, exits 2 when it could not be reached.
+pub fn run(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    show: impl FnOnce(Value),
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logwarden: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (status, answer) = match runtime.block_on(call(api, method, path, body)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("logwarden: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !status.is_success() {
+        let reason = answer["error"]
+            .as_str()
+            .map_or_else(|| answer.to_string(), str::to_string);
+        eprintln!("logwarden: {status}: {reason}");
+        return ExitCode::from(1);
+    }
+    show(answer);
+    ExitCode::SUCCESS
+}
+
+/// One request: the status and the body as JSON (a string when it is not JSON).
+pub async fn call(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(reqwest::StatusCode, Value), String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}{path}", api.url.trim_end_matches('/'));
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut request = client.request(method, &url);
+    if let Some(token) = &api.token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", api.url))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body))
+}
+
+/// Prints JSON for scripts.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// A string field, empty when absent.
+pub fn text(value: &Value, field: &str) -> String {
+    match &value[field] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as a table with columns as wide as their widest cell (the last column is
+/// not padded).
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let out: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}

@@ -1,0 +1,149 @@
+//! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve`: lifecycle changes,
+//! answered once the pipeline has stored them durably.
+
+use super::{
+    Action, Command, NoteBody, NoteOnlyBody, Refusal, Request, ReviewBody, TransitionBody,
+};
+use crate::api::{ApiError, ApiResult, AppState, Caller, error, require};
+use crate::config::ApiRole;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+            Refusal::Conflict(m) => error(StatusCode::CONFLICT, m),
+            Refusal::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+            Refusal::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+/// Parses a JSON body (unknown fields refused). Errors, including a body over the size
+/// limit (413), are JSON.
+pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| error(r.status(), r.body_text()))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// [`parse_body`] for bodies whose fields are all optional: an empty body is the default.
+pub fn parse_optional_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
+        other => parse_body(other),
+    }
+}
+
+/// Sends a request to the pipeline and waits for the durable answer.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    request: Request,
+) -> Result<serde_json::Value, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        )
+    };
+    state
+        .commands
+        .send(Command {
+            actor: caller.name.clone(),
+            request,
+            reply,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(answer.await.map_err(|_| unavailable())??)
+}
+
+async fn act(state: &AppState, caller: &Caller, id: String, action: Action) -> ApiResult {
+    let incident = submit(state, caller, Request::Incident { id, action }).await?;
+    Ok(Json(incident).into_response())
+}
+
+/// `POST .../ack` `{"note"?}` (responder).
+pub async fn ack(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: NoteOnlyBody = parse_optional_body(body)?;
+    act(&state, &caller, id, Action::Ack { note: body.note }).await
+}
+
+/// `POST .../transition` `{"to", "note"?}` (responder).
+pub async fn transition(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: TransitionBody = parse_body(body)?;
+    let action = Action::Transition {
+        to: body.to,
+        note: body.note,
+    };
+    act(&state, &caller, id, action).await
+}
+
+/// `POST .../note` `{"text"}` (responder).
+pub async fn note(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: NoteBody = parse_body(body)?;
+    act(&state, &caller, id, Action::Note { text: body.text }).await
+}
+
+/// `POST .../review` `{"root_cause", "lessons_learned", "actions"}` (responder).
+pub async fn review(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: ReviewBody = parse_body(body)?;
+    let action = Action::Review {
+        root_cause: body.root_cause,
+        lessons_learned: body.lessons_learned,
+        actions: body.actions,
+    };
+    act(&state, &caller, id, action).await
+}
+
+/// `POST .../approve` `{"note"?}` (approver): external roles may now be notified.
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Approver)?;
+    let body: NoteOnlyBody = parse_optional_body(body)?;
+    act(&state, &caller, id, Action::Approve { note: body.note }).await
+}

@@ -1,0 +1,932 @@
+//! The incident lifecycle and everything that happens to incidents after detection.
+//!
+//! States move `open → acknowledged → contained → eradicated → recovered → closed`, one
+//! step at a time, or to `false_positive` from any active state; a high or critical
+//! incident closes only after a post-incident review. Every change records its actor
+//! (the API token's name), time and note in the timeline and the audit log.
+//!
+//! All changes are made on the pipeline thread, the only writer of incidents: the API sends
+//! a [`Command`] and gets the answer once the incident, its notifications, its escalation
+//! progress and its audit record are stored in one atomic batch and flushed. The [`Desk`]
+//! holds what the pipeline needs for that besides the incident book: escalation policies
+//! and progress, silences and the audit log.
+
+pub mod cli;
+pub mod http;
+
+use crate::audit::{AuditLog, Entry};
+use crate::config::Config;
+use crate::detection::RuleChange;
+use crate::escalation::{Policies, Tracker, tracker_key};
+use crate::incidents::{Approval, EventKind, Incident, IncidentBook, IncidentEvent, Review, State};
+use crate::notification::Outbox;
+use crate::rules::Severity;
+use crate::silences::{NewSilence, Silences};
+use crate::store::{self, Space, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tokio::sync::oneshot;
+
+/// Actor name of the daemon's own changes.
+pub const DAEMON: &str = "logwarden";
+
+/// Why a command changed nothing; the API answers with the matching status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// No such incident or silence (404).
+    NotFound(String),
+    /// Not allowed in the current state (409).
+    Conflict(String),
+    /// A malformed request (400).
+    Invalid(String),
+    /// The store failed (500).
+    Internal(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Internal(e.to_string())
+    }
+}
+
+/// What to do to an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Take it on (`open → acknowledged`).
+    Ack {
+        /// Free text.
+        note: Option<String>,
+    },
+    /// Move it to another state.
+    Transition {
+        /// Target state.
+        to: State,
+        /// Free text.
+        note: Option<String>,
+    },
+    /// Add a note to the timeline.
+    Note {
+        /// The note.
+        text: String,
+    },
+    /// Record the post-incident review.
+    Review {
+        /// Why it happened.
+        root_cause: String,
+        /// What was learned.
+        lessons_learned: String,
+        /// Follow-up actions.
+        actions: Vec<String>,
+    },
+    /// Allow notifying external roles.
+    Approve {
+        /// Free text.
+        note: Option<String>,
+    },
+}
+
+impl Action {
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Ack { .. } => "ack",
+            Action::Transition { .. } => "transition",
+            Action::Note { .. } => "note",
+            Action::Review { .. } => "review",
+            Action::Approve { .. } => "approve",
+        }
+    }
+}
+
+/// A change requested through the API.
+#[derive(Debug)]
+pub enum Request {
+    /// Act on an incident.
+    Incident {
+        /// `INC-<n>`.
+        id: String,
+        /// What to do.
+        action: Action,
+    },
+    /// Create a silence.
+    CreateSilence(NewSilence),
+    /// Expire a silence now.
+    ExpireSilence(String),
+}
+
+/// A request with its actor and where the answer goes.
+#[derive(Debug)]
+pub struct Command {
+    /// API token name.
+    pub actor: String,
+    /// What to do.
+    pub request: Request,
+    /// The changed incident or silence as JSON, once durable; or why nothing changed.
+    pub reply: oneshot::Sender<Result<Value, Refusal>>,
+}
+
+/// A response-time observation for the KPI histograms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kpi {
+    /// Opened → acknowledged, seconds.
+    Acknowledge(Severity, f64),
+    /// Opened → contained, seconds.
+    Contain(Severity, f64),
+    /// Opened → closed, seconds.
+    Resolve(Severity, f64),
+}
+
+/// What a command did, for the pipeline to finish once the batch is durable.
+#[derive(Debug)]
+pub struct Done {
+    /// The answer.
+    pub reply: Value,
+    /// KPIs to observe.
+    pub kpis: Vec<Kpi>,
+}
+
+/// The next states allowed from `from`.
+pub fn allowed_next(from: State) -> &'static [State] {
+    match from {
+        State::Open => &[State::Acknowledged, State::FalsePositive],
+        State::Acknowledged => &[State::Contained, State::FalsePositive],
+        State::Contained => &[State::Eradicated, State::FalsePositive],
+        State::Eradicated => &[State::Recovered, State::FalsePositive],
+        State::Recovered => &[State::Closed, State::FalsePositive],
+        State::Closed | State::FalsePositive => &[],
+    }
+}
+
+/// What [`apply`] did to an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The event receivers may hear about.
+    pub event: Option<EventKind>,
+    /// Audit event name.
+    pub audit: &'static str,
+    /// Audit details.
+    pub details: Value,
+    /// KPI observed.
+    pub kpi: Option<Kpi>,
+}
+
+fn non_empty(what: &str, text: &str) -> Result<(), Refusal> {
+    if text.trim().is_empty() {
+        Err(Refusal::Invalid(format!("{what} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Applies an action to an incident, or refuses it with the reason; the incident is
+/// unchanged when refused.
+pub fn apply(
+    incident: &mut Incident,
+    action: &Action,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Applied, Refusal> {
+    let applied = match action {
+        Action::Ack { note } => transition(incident, State::Acknowledged, note, actor, now)?,
+        Action::Transition { to, note } => transition(incident, *to, note, actor, now)?,
+        Action::Note { text } => {
+            non_empty("text", text)?;
+            incident.record(now, "note", actor, Some(text.clone()));
+            Applied {
+                event: None,
+                audit: "incident.noted",
+                details: json!({ "text": text }),
+                kpi: None,
+            }
+        }
+        Action::Review {
+            root_cause,
+            lessons_learned,
+            actions,
+        } => {
+            non_empty("root_cause", root_cause)?;
+            non_empty("lessons_learned", lessons_learned)?;
+            incident.review = Some(Review {
+                root_cause: root_cause.clone(),
+                lessons_learned: lessons_learned.clone(),
+                actions: actions.clone(),
+                by: actor.to_string(),
+                at: now,
+            });
+            incident.record(
+                now,
+                "reviewed",
+                actor,
+                Some(format!(
+                    "root cause: {root_cause}; lessons learned: {lessons_learned}; {} follow-up action(s)",
+                    actions.len()
+                )),
+            );
+            Applied {
+                event: None,
+                audit: "incident.reviewed",
+                details: json!({"root_cause": root_cause, "lessons_learned": lessons_learned, "actions": actions}),
+                kpi: None,
+            }
+        }
+        Action::Approve { note } => {
+            if let Some(a) = &incident.approval {
+                return Err(Refusal::Conflict(format!(
+                    "{} was already approved by {} at {}",
+                    incident.id,
+                    a.by,
+                    a.at.to_rfc3339()
+                )));
+            }
+            incident.approval = Some(Approval {
+                by: actor.to_string(),
+                at: now,
+                note: note.clone(),
+            });
+            incident.record(now, "approved", actor, note.clone());
+            Applied {
+                event: None,
+                audit: "incident.approved",
+                details: json!({ "note": note }),
+                kpi: None,
+            }
+        }
+    };
+    incident.updated_at = now;
+    Ok(applied)
+}
+
+fn transition(
+    incident: &mut Incident,
+    to: State,
+    note: &Option<String>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Applied, Refusal> {
+    let from = incident.state;
+    let allowed = allowed_next(from);
+    if !allowed.contains(&to) {
+        let why = if allowed.is_empty() {
+            format!(
+                "{} is {from}: it is over and cannot change state",
+                incident.id
+            )
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            format!(
+                "{} is {from}: it can move to {}, not {to}",
+                incident.id,
+                names.join(" or ")
+            )
+        };
+        return Err(Refusal::Conflict(why));
+    }
+    if to == State::Closed && incident.severity >= Severity::High && incident.review.is_none() {
+        return Err(Refusal::Conflict(format!(
+            "{} is {}: closing it requires a post-incident review first (root cause, lessons \
+             learned, actions): `logwarden incidents review {}` or POST /api/v1/incidents/{}/review",
+            incident.id, incident.severity, incident.id, incident.id
+        )));
+    }
+    incident.state = to;
+    incident.record(now, to.as_str(), actor, note.clone());
+    let since_open = (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0;
+    let severity = incident.severity;
+    let (event, kpi) = match to {
+        State::Acknowledged => {
+            incident.acknowledged_at = Some(now);
+            (
+                EventKind::Acknowledged,
+                Some(Kpi::Acknowledge(severity, since_open)),
+            )
+        }
+        State::Contained => {
+            incident.contained_at = Some(now);
+            (
+                EventKind::StateChanged,
+                Some(Kpi::Contain(severity, since_open)),
+            )
+        }
+        State::Closed => {
+            incident.closed_at = Some(now);
+            (EventKind::Closed, Some(Kpi::Resolve(severity, since_open)))
+        }
+        State::FalsePositive => {
+            incident.closed_at = Some(now);
+            (EventKind::Closed, None)
+        }
+        _ => (EventKind::StateChanged, None),
+    };
+    Ok(Applied {
+        event: Some(event),
+        audit: "incident.transitioned",
+        details: json!({"from": from.as_str(), "to": to.as_str(), "note": note}),
+        kpi,
+    })
+}
+
+/// Escalation, silences and the audit log, as the pipeline thread uses them.
+pub struct Desk {
+    policies: Policies,
+    /// Escalation progress of the active incidents, by incident id.
+    trackers: HashMap<String, Tracker>,
+    /// Silences not yet expired.
+    pub silences: Silences,
+    /// The audit log.
+    pub audit: AuditLog,
+    pending: Vec<Entry>,
+}
+
+impl Desk {
+    /// Policies from the config and the live silences from the store.
+    pub fn new(store: &Store, config: &Config, audit: AuditLog) -> Result<Self, StoreError> {
+        Ok(Desk {
+            policies: Policies::new(config),
+            trackers: HashMap::new(),
+            silences: Silences::load(store)?,
+            audit,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Loads the escalation progress of the book's active incidents (adopting incidents
+    /// stored without any), so timers resume where they were.
+    pub fn track_active(&mut self, store: &Store, book: &IncidentBook) -> Result<(), StoreError> {
+        for incident in book.all_active() {
+            let tracker = store
+                .get::<Tracker>(Space::Escalations, &tracker_key(&incident.id))?
+                .unwrap_or_else(|| self.policies.adopt(incident));
+            self.trackers.insert(incident.id.clone(), tracker);
+        }
+        Ok(())
+    }
+
+    /// Adds an audit entry to the next commit.
+    pub fn note(&mut self, entry: Entry) {
+        self.pending.push(entry);
+    }
+
+    /// Audit entries waiting for the next commit.
+    pub fn take_audit(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Records a rule reload (CC8.1 change evidence).
+    pub fn rules_reloaded(&mut self, change: &RuleChange) {
+        self.note(Entry::new(
+            "rules.reloaded",
+            DAEMON,
+            None,
+            json!({
+                "old_version": change.old_version,
+                "new_version": change.new_version,
+                "added": change.added,
+                "removed": change.removed,
+                "changed": change.changed,
+            }),
+        ));
+    }
+
+    /// Routes detection events into `batch`: an opening starts escalation (steps due at
+    /// once go out with it), later events go to the receivers reached so far; silences
+    /// mute; audit entries are queued (`updated` once per incident and commit).
+    pub fn dispatch(
+        &mut self,
+        book: &mut IncidentBook,
+        events: &[IncidentEvent],
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        now: DateTime<Utc>,
+    ) {
+        let mut updated: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+        for event in events {
+            let incident = &event.incident;
+            let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
+            let muted = silence.is_some();
+            let (notified, details) = match event.kind {
+                EventKind::Opened => {
+                    let mut tracker = self.policies.track(incident);
+                    let firings = self.policies.fire_due(&mut tracker, incident, now);
+                    let receivers: BTreeSet<String> = firings
+                        .iter()
+                        .flat_map(|f| f.receivers.iter().cloned())
+                        .collect();
+                    let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
+                    let notified = self.enqueue(outbox, batch, event, &receivers, muted);
+                    put_tracker(batch, &tracker);
+                    self.trackers.insert(incident.id.clone(), tracker);
+                    if let Some(id) = &silence
+                        && let Some(i) = book.active_mut(&incident.id)
+                    {
+                        i.silenced_by = Some(id.clone());
+                        i.record(
+                            now,
+                            "silenced",
+                            DAEMON,
+                            Some(format!("notifications muted by {id}")),
+                        );
+                    }
+                    let details = json!({
+                        "rule": incident.rule,
+                        "key": incident.key,
+                        "severity": incident.severity,
+                        "category": incident.category,
+                        "count": incident.count,
+                        "ruleset_version": incident.ruleset_version,
+                        "steps": firings.iter().map(|f| f.step).collect::<Vec<_>>(),
+                        "notified": notified,
+                        "held_for_approval": held,
+                        "silenced_by": silence,
+                    });
+                    (notified, details)
+                }
+                kind => {
+                    let reached = self
+                        .trackers
+                        .get(&incident.id)
+                        .map(|t| t.reached.clone())
+                        .unwrap_or_default();
+                    let notified = self.enqueue(outbox, batch, event, &reached, muted);
+                    if kind == EventKind::SeverityChanged {
+                        (
+                            notified,
+                            json!({"severity": incident.severity, "count": incident.count, "silenced_by": silence}),
+                        )
+                    } else {
+                        let entry = updated.entry(incident.id.clone()).or_default();
+                        entry.0 = incident.count;
+                        entry.1.extend(notified);
+                        continue;
+                    }
+                }
+            };
+            let _ = notified;
+            let name = match event.kind {
+                EventKind::Opened => "incident.opened",
+                _ => "incident.severity_changed",
+            };
+            self.note(Entry::new(name, DAEMON, Some(&incident.id), details));
+        }
+        for (id, (count, notified)) in updated {
+            self.note(Entry::new(
+                "incident.updated",
+                DAEMON,
+                Some(&id),
+                json!({"count": count, "notified": notified}),
+            ));
+        }
+    }
+
+    fn enqueue(
+        &self,
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        event: &IncidentEvent,
+        receivers: &BTreeSet<String>,
+        muted: bool,
+    ) -> Vec<String> {
+        match outbox.enqueue_to(batch, event, receivers, muted) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, incident = %event.incident.id, "cannot write notifications");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The clock: records silences that ended and fires the escalation steps now due.
+    /// Returns whether notifications were written.
+    pub fn tick(
+        &mut self,
+        book: &mut IncidentBook,
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        now: DateTime<Utc>,
+    ) -> bool {
+        match self.silences.expire_due(now, batch) {
+            Ok(ended) => {
+                for s in ended {
+                    tracing::info!(silence = %s.id, "silence ended");
+                    self.note(Entry::new(
+                        "silence.expired",
+                        DAEMON,
+                        None,
+                        json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
+                    ));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record ended silences"),
+        }
+        let ids: Vec<String> = book.all_active().map(|i| i.id.clone()).collect();
+        let mut wrote = false;
+        for id in ids {
+            let Some(incident) = book.active(&id) else {
+                continue;
+            };
+            let tracker = self
+                .trackers
+                .entry(id.clone())
+                .or_insert_with(|| self.policies.adopt(incident));
+            let firings = self.policies.fire_due(tracker, incident, now);
+            if firings.is_empty() {
+                continue;
+            }
+            let tracker = tracker.clone();
+            put_tracker(batch, &tracker);
+            let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
+            for firing in firings {
+                let Some(incident) = book.active_mut(&id) else {
+                    break;
+                };
+                incident.updated_at = now;
+                incident.record(
+                    now,
+                    EventKind::Escalated.as_str(),
+                    DAEMON,
+                    Some(format!(
+                        "step {} ({}){}",
+                        firing.step + 1,
+                        firing.roles,
+                        if firing.held.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; external receivers wait for approval: {}",
+                                join(&firing.held)
+                            )
+                        }
+                    )),
+                );
+                let event = IncidentEvent {
+                    kind: EventKind::Escalated,
+                    incident: incident.clone(),
+                };
+                let notified =
+                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some());
+                wrote |= !notified.is_empty();
+                tracing::info!(incident = %id, step = firing.step + 1, roles = %firing.roles, "escalated");
+                let external = notified.iter().any(|r| self.policies.is_external(r));
+                self.note(Entry::new(
+                    "incident.escalated",
+                    DAEMON,
+                    Some(&id),
+                    json!({
+                        "step": firing.step + 1,
+                        "roles": firing.roles,
+                        "notified": notified,
+                        "held_for_approval": firing.held,
+                        "silenced_by": silence,
+                        "external": external,
+                    }),
+                ));
+            }
+        }
+        wrote
+    }
+
+    /// Carries out an API request into `batch` (the incident book marks what it changed;
+    /// the caller writes it). A refusal changes nothing but is queued for the audit log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn command(
+        &mut self,
+        book: &mut IncidentBook,
+        store: &Store,
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        actor: &str,
+        request: Request,
+        now: DateTime<Utc>,
+    ) -> Result<Done, Refusal> {
+        match request {
+            Request::Incident { id, action } => {
+                let result = self.act(book, store, outbox, batch, actor, &id, &action, now);
+                if let Err(Refusal::Conflict(reason)) = &result {
+                    self.note(Entry::new(
+                        "incident.refused",
+                        actor,
+                        Some(&id),
+                        json!({"action": action.name(), "reason": reason}),
+                    ));
+                }
+                result
+            }
+            Request::CreateSilence(new) => {
+                let silence = self
+                    .silences
+                    .create(new, actor, now, batch)
+                    .map_err(Refusal::Invalid)?;
+                tracing::info!(silence = %silence.id, author = actor, "silence created");
+                self.note(Entry::new(
+                    "silence.created",
+                    actor,
+                    None,
+                    json!({
+                        "id": silence.id,
+                        "matchers": silence.matchers,
+                        "starts_at": silence.starts_at,
+                        "ends_at": silence.ends_at,
+                        "reason": silence.reason,
+                    }),
+                ));
+                Ok(Done {
+                    reply: silence.to_json(now),
+                    kpis: Vec::new(),
+                })
+            }
+            Request::ExpireSilence(id) => {
+                let silence = self
+                    .silences
+                    .expire(&id, actor, now, batch)?
+                    .ok_or_else(|| Refusal::NotFound(format!("no active silence {id}")))?;
+                tracing::info!(silence = %silence.id, by = actor, "silence expired");
+                self.note(Entry::new(
+                    "silence.expired",
+                    actor,
+                    None,
+                    json!({"id": silence.id, "ends_at": silence.ends_at, "by": actor}),
+                ));
+                Ok(Done {
+                    reply: silence.to_json(now),
+                    kpis: Vec::new(),
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &mut self,
+        book: &mut IncidentBook,
+        store: &Store,
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        actor: &str,
+        id: &str,
+        action: &Action,
+        now: DateTime<Utc>,
+    ) -> Result<Done, Refusal> {
+        let missing = || Refusal::NotFound(format!("no incident {id}"));
+        let number = Incident::number(id).ok_or_else(missing)?;
+        let was_active = book.active(id).is_some();
+        let mut incident = match book.active(id) {
+            Some(i) => i.clone(),
+            None => store
+                .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
+                .ok_or_else(missing)?,
+        };
+        let mut tracker = match self.trackers.get(id) {
+            Some(t) => t.clone(),
+            None => store
+                .get::<Tracker>(Space::Escalations, &tracker_key(id))?
+                .unwrap_or_else(|| self.policies.adopt(&incident)),
+        };
+        let applied = apply(&mut incident, action, actor, now)?;
+        let silence = self.silences.covering(&incident, now).map(|s| s.id.clone());
+        let mut notified = Vec::new();
+        if let Some(kind) = applied.event {
+            let event = IncidentEvent {
+                kind,
+                incident: incident.clone(),
+            };
+            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some());
+        }
+        let mut details = applied.details;
+        if matches!(action, Action::Approve { .. }) {
+            // The approval is the decision to tell them: a silence does not hold it back.
+            let released = self.policies.approve(&mut tracker);
+            let kind = if incident.state.is_active() {
+                EventKind::Escalated
+            } else {
+                EventKind::Closed
+            };
+            let event = IncidentEvent {
+                kind,
+                incident: incident.clone(),
+            };
+            let external = self.enqueue(outbox, batch, &event, &released, false);
+            details["released"] = json!(external);
+            details["external"] = json!(!external.is_empty());
+        }
+        details["notified"] = json!(notified);
+        details["silenced_by"] = json!(silence);
+        let event_name = applied.audit;
+        self.note(Entry::new(event_name, actor, Some(id), details));
+        tracing::info!(incident = %id, actor, action = action.name(), state = %incident.state, "incident changed");
+        put_tracker(batch, &tracker);
+        if incident.state.is_active() {
+            if let Some(slot) = book.active_mut(id) {
+                *slot = incident.clone();
+            }
+            self.trackers.insert(id.to_string(), tracker);
+        } else {
+            if was_active {
+                book.retire(id);
+                self.trackers.remove(id);
+            }
+            incident.put(batch)?;
+        }
+        Ok(Done {
+            reply: serde_json::to_value(&incident).expect("incidents serialise"),
+            kpis: applied.kpi.into_iter().collect(),
+        })
+    }
+}
+
+fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) {
+    if let Err(e) = batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker) {
+        tracing::error!(error = %e, "cannot encode escalation progress");
+    }
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// `transition` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    /// Target state.
+    pub to: State,
+    /// Free text.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `ack` and `approve` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteOnlyBody {
+    /// Free text.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `note` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    /// The note.
+    pub text: String,
+}
+
+/// `review` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    /// Why it happened.
+    pub root_cause: String,
+    /// What was learned.
+    pub lessons_learned: String,
+    /// Follow-up actions.
+    pub actions: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::sample_incident;
+
+    const CONFIG: &str = r#"state_dir: s
+receivers:
+  - {name: first, type: file, path: '-', events: [opened, severity_changed, acknowledged]}
+  - {name: later, type: file, path: '-', events: [escalated, severity_changed]}
+roles:
+  analysts: {receivers: [first]}
+  lead: {receivers: [later]}
+escalation_policies:
+  default:
+    - notify: [analysts]
+    - {after: 1h, notify: [lead]}
+"#;
+
+    #[test]
+    fn later_events_go_to_the_receivers_reached_so_far_and_updates_are_audited_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        let mut book = IncidentBook::load(&store).unwrap();
+        let incident = sample_incident();
+        let now = incident.opened_at;
+        let event = |kind| IncidentEvent {
+            kind,
+            incident: incident.clone(),
+        };
+        let mut batch = store::Batch::new();
+        desk.dispatch(
+            &mut book,
+            &[
+                event(EventKind::Opened),
+                event(EventKind::Updated),
+                event(EventKind::Updated),
+                event(EventKind::SeverityChanged),
+            ],
+            &outbox,
+            &mut batch,
+            now,
+        );
+        store.commit(batch).unwrap();
+        let sent: Vec<(String, EventKind)> = outbox
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.receiver, r.event))
+            .collect();
+        // `later` chose severity_changed but its step has not fired: it hears nothing yet.
+        assert_eq!(
+            sent,
+            [
+                ("first".to_string(), EventKind::Opened),
+                ("first".to_string(), EventKind::SeverityChanged),
+            ]
+        );
+        let audit: Vec<String> = desk.take_audit().into_iter().map(|e| e.event).collect();
+        assert_eq!(
+            audit,
+            [
+                "incident.opened",
+                "incident.severity_changed",
+                "incident.updated"
+            ]
+        );
+        let tracker = &desk.trackers[&incident.id];
+        assert_eq!(tracker.reached, BTreeSet::from(["first".to_string()]));
+    }
+
+    fn t(to: State) -> Action {
+        Action::Transition { to, note: None }
+    }
+
+    #[test]
+    fn only_the_next_state_or_false_positive_is_allowed() {
+        let mut i = sample_incident();
+        let now = i.opened_at + chrono::Duration::seconds(90);
+        let err = apply(&mut i, &t(State::Contained), "a", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(r) if r.contains("acknowledged or false_positive")),
+            "{err:?}"
+        );
+        assert_eq!(i.state, State::Open);
+        let ack = apply(
+            &mut i,
+            &Action::Ack {
+                note: Some("mine".into()),
+            },
+            "oncall",
+            now,
+        )
+        .unwrap();
+        assert_eq!(ack.event, Some(EventKind::Acknowledged));
+        assert_eq!(ack.kpi, Some(Kpi::Acknowledge(Severity::High, 90.0)));
+        assert_eq!(i.timeline.last().unwrap().actor, "oncall");
+        for s in [State::Contained, State::Eradicated, State::Recovered] {
+            apply(&mut i, &t(s), "oncall", now).unwrap();
+        }
+        // High: no close without a review.
+        let err = apply(&mut i, &t(State::Closed), "oncall", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(r) if r.contains("review")),
+            "{err:?}"
+        );
+        let review = Action::Review {
+            root_cause: "weak password".into(),
+            lessons_learned: "enforce keys".into(),
+            actions: vec!["disable passwords".into()],
+        };
+        apply(&mut i, &review, "lead", now).unwrap();
+        let closed = apply(&mut i, &t(State::Closed), "oncall", now).unwrap();
+        assert_eq!(closed.event, Some(EventKind::Closed));
+        assert!(matches!(closed.kpi, Some(Kpi::Resolve(Severity::High, _))));
+        let err = apply(&mut i, &t(State::FalsePositive), "oncall", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(r) if r.contains("over")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn false_positive_from_any_active_state_and_one_approval() {
+        for steps in 0..5 {
+            let mut i = sample_incident();
+            let now = i.opened_at;
+            for s in &State::ACTIVE[1..=steps] {
+                apply(&mut i, &t(*s), "x", now).unwrap();
+            }
+            apply(&mut i, &t(State::FalsePositive), "x", now).unwrap();
+            assert_eq!(i.state, State::FalsePositive);
+            assert!(i.closed_at.is_some());
+        }
+        let mut i = sample_incident();
+        let now = i.opened_at;
+        apply(&mut i, &Action::Approve { note: None }, "boss", now).unwrap();
+        assert_eq!(i.approval.as_ref().unwrap().by, "boss");
+        assert!(apply(&mut i, &Action::Approve { note: None }, "boss", now).is_err());
+        assert!(matches!(
+            apply(&mut i, &Action::Note { text: " ".into() }, "x", now),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,173 @@
+//! `logwarden silences add|list|expire`: the silence client of the HTTP API.
+
+use crate::client::{self, ApiArgs, text};
+use crate::lifecycle::cli::encode;
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+use std::process::ExitCode;
+
+/// `logwarden silences ...`.
+#[derive(Args, Debug)]
+pub struct SilencesArgs {
+    /// Where the API is and who is asking.
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the API's JSON instead of tables and sentences.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SilencesCommand,
+}
+
+/// Silence operations.
+#[derive(Subcommand, Debug)]
+pub enum SilencesCommand {
+    /// Create a silence (needs an approver token).
+    Add {
+        /// Only incidents of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only incidents whose key has NAME=VALUE (repeatable).
+        #[arg(long = "key", value_name = "NAME=VALUE")]
+        keys: Vec<String>,
+        /// Only incidents whose rule has label NAME=VALUE (repeatable).
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+        /// How long from now, e.g. `2h`.
+        #[arg(long, conflicts_with = "until", required_unless_present = "until")]
+        duration: Option<String>,
+        /// When it ends (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Why the exception is granted.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List silences, newest first.
+    List,
+    /// End a silence now.
+    Expire {
+        /// `SIL-<n>`.
+        id: String,
+    },
+}
+
+fn pairs(items: &[String], what: &str) -> Result<Map<String, Value>, String> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .ok_or_else(|| format!("--{what} {item:?} is not NAME=VALUE"))
+        })
+        .collect()
+}
+
+/// Runs a `silences` subcommand: 0 done, 1 refused (the server's reason is printed), 2 the
+/// API could not be asked or the arguments are wrong.
+pub fn run(args: SilencesArgs) -> ExitCode {
+    let json_out = args.json;
+    let show_one = |s: Value| {
+        if json_out {
+            client::print_json(&s)
+        } else {
+            println!(
+                "{}: {} until {}",
+                text(&s, "id"),
+                text(&s, "state"),
+                text(&s, "ends_at")
+            );
+        }
+    };
+    match &args.command {
+        SilencesCommand::Add {
+            rule,
+            keys,
+            labels,
+            duration,
+            until,
+            reason,
+        } => {
+            let (keys, labels) = match (pairs(keys, "key"), pairs(labels, "label")) {
+                (Ok(k), Ok(l)) => (k, l),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("logwarden: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut matchers = json!({});
+            if let Some(rule) = rule {
+                matchers["rule"] = rule.clone().into();
+            }
+            if !keys.is_empty() {
+                matchers["key"] = Value::Object(keys);
+            }
+            if !labels.is_empty() {
+                matchers["labels"] = Value::Object(labels);
+            }
+            let mut body = json!({"matchers": matchers, "reason": reason});
+            if let Some(d) = duration {
+                body["duration"] = d.clone().into();
+            }
+            if let Some(u) = until {
+                match crate::audit::parse_time(u) {
+                    Ok(t) => body["ends_at"] = t.to_rfc3339().into(),
+                    Err(e) => {
+                        eprintln!("logwarden: --until: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            client::run(&args.api, "POST", "/api/v1/silences", Some(body), show_one)
+        }
+        SilencesCommand::List => client::run(&args.api, "GET", "/api/v1/silences", None, |body| {
+            if json_out {
+                return client::print_json(&body);
+            }
+            let rows: Vec<Vec<String>> = body
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    vec![
+                        text(s, "id"),
+                        text(s, "state"),
+                        text(s, "starts_at"),
+                        text(s, "ends_at"),
+                        text(s, "author"),
+                        matchers_text(&s["matchers"]),
+                        text(s, "reason"),
+                    ]
+                })
+                .collect();
+            client::print_table(
+                &[
+                    "ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "REASON",
+                ],
+                &rows,
+            );
+        }),
+        SilencesCommand::Expire { id } => client::run(
+            &args.api,
+            "DELETE",
+            &format!("/api/v1/silences/{}", encode(id)),
+            None,
+            show_one,
+        ),
+    }
+}
+
+fn matchers_text(m: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(rule) = m["rule"].as_str() {
+        parts.push(format!("rule={rule}"));
+    }
+    for (field, prefix) in [("key", ""), ("labels", "label:")] {
+        for (k, v) in m[field].as_object().into_iter().flatten() {
+            parts.push(format!("{prefix}{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    parts.join(",")
+}

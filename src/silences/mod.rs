@@ -1,0 +1,301 @@
+//! Silences: approved exceptions that keep an incident's notifications quiet for a while.
+//!
+//! A silence matches incidents by rule, key values and labels (all given matchers must
+//! match), from `starts_at` to `ends_at`. A silenced incident is still opened and updated
+//! (evidence is never lost), but its events notify nobody, except that a close still sends
+//! resolves to receivers that can resolve (Alertmanager #226: a silence must not leave a
+//! page open). Creating and expiring silences needs an approver; both, and a silence ending
+//! by itself, are audit records.
+
+pub mod cli;
+pub mod http;
+
+use crate::duration::HumanDuration;
+use crate::incidents::Incident;
+use crate::store::{self, Space, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which incidents a silence covers; every given matcher must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matchers {
+    /// Rule id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// group_by values the incident key must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub key: BTreeMap<String, String>,
+    /// Rule labels the incident must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Matchers {
+    /// Whether the incident is covered.
+    pub fn matches(&self, incident: &Incident) -> bool {
+        self.rule.as_ref().is_none_or(|r| *r == incident.rule)
+            && self.key.iter().all(|(k, v)| incident.key.get(k) == Some(v))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| incident.labels.get(k) == Some(v))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rule.is_none() && self.key.is_empty() && self.labels.is_empty()
+    }
+}
+
+/// A silence as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    /// `SIL-<n>`.
+    pub id: String,
+    /// What it covers.
+    pub matchers: Matchers,
+    /// From when.
+    pub starts_at: DateTime<Utc>,
+    /// Until when.
+    pub ends_at: DateTime<Utc>,
+    /// Why the exception was granted.
+    pub reason: String,
+    /// Who granted it (token name).
+    pub author: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stopped applying (expired by hand, or its end noticed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<DateTime<Utc>>,
+    /// Who expired it (`logwarden` when it ended by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_by: Option<String>,
+}
+
+impl Silence {
+    /// `pending`, `active` or `expired` at `now`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.expired_at.is_some() || now >= self.ends_at {
+            "expired"
+        } else if now < self.starts_at {
+            "pending"
+        } else {
+            "active"
+        }
+    }
+
+    fn key(number: u64) -> Vec<u8> {
+        format!("{number:020}").into_bytes()
+    }
+
+    fn number(id: &str) -> Option<u64> {
+        id.strip_prefix("SIL-")?.parse().ok()
+    }
+
+    /// The silence as the API shows it: with its `state`.
+    pub fn to_json(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("silences serialise");
+        v["state"] = self.state(now).into();
+        v
+    }
+}
+
+/// `POST /api/v1/silences` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    /// What it covers (at least one matcher).
+    pub matchers: Matchers,
+    /// End time; exactly one of `ends_at` and `duration`.
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Length from `starts_at`.
+    #[serde(default)]
+    pub duration: Option<HumanDuration>,
+    /// Start time (default now).
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The silences not yet expired, owned by the pipeline thread (the only writer).
+pub struct Silences {
+    live: BTreeMap<u64, Silence>,
+    next_number: u64,
+}
+
+impl Silences {
+    /// Loads the silences that have not been recorded as expired.
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let mut live = BTreeMap::new();
+        let mut next_number = 1;
+        for (_, s) in store.scan::<Silence>(Space::Silences)? {
+            let Some(n) = Silence::number(&s.id) else {
+                continue;
+            };
+            next_number = next_number.max(n + 1);
+            if s.expired_at.is_none() {
+                live.insert(n, s);
+            }
+        }
+        Ok(Silences { live, next_number })
+    }
+
+    /// The active silence covering an incident, if any.
+    pub fn covering(&self, incident: &Incident, now: DateTime<Utc>) -> Option<&Silence> {
+        self.live
+            .values()
+            .find(|s| s.state(now) == "active" && s.matchers.matches(incident))
+    }
+
+    /// Validates and adds a silence to `batch`.
+    pub fn create(
+        &mut self,
+        new: NewSilence,
+        author: &str,
+        now: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) -> Result<Silence, String> {
+        if new.matchers.is_empty() {
+            return Err("a silence needs at least one matcher (rule, key or labels)".into());
+        }
+        if new.reason.trim().is_empty() {
+            return Err("a silence needs a reason".into());
+        }
+        let starts_at = new.starts_at.unwrap_or(now);
+        let ends_at = match (new.ends_at, new.duration) {
+            (Some(end), None) => end,
+            (None, Some(d)) => starts_at + chrono::Duration::milliseconds(d.millis()),
+            _ => return Err("give exactly one of ends_at and duration".into()),
+        };
+        if ends_at <= starts_at.max(now) {
+            return Err("ends_at must be in the future and after starts_at".into());
+        }
+        let number = self.next_number;
+        let silence = Silence {
+            id: format!("SIL-{number}"),
+            matchers: new.matchers,
+            starts_at,
+            ends_at,
+            reason: new.reason,
+            author: author.to_string(),
+            created_at: now,
+            expired_at: None,
+            expired_by: None,
+        };
+        batch
+            .put(Space::Silences, &Silence::key(number), &silence)
+            .map_err(|e| e.to_string())?;
+        self.next_number += 1;
+        self.live.insert(number, silence.clone());
+        Ok(silence)
+    }
+
+    /// Expires a silence by hand; `None` when no live silence has this id.
+    pub fn expire(
+        &mut self,
+        id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) -> Result<Option<Silence>, StoreError> {
+        let Some(number) = Silence::number(id).filter(|n| self.live.contains_key(n)) else {
+            return Ok(None);
+        };
+        self.finish(number, actor, now, batch).map(Some)
+    }
+
+    /// Records the end of every silence whose `ends_at` has passed.
+    pub fn expire_due(
+        &mut self,
+        now: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) -> Result<Vec<Silence>, StoreError> {
+        let due: Vec<(u64, DateTime<Utc>)> = self
+            .live
+            .iter()
+            .filter(|(_, s)| s.ends_at <= now)
+            .map(|(n, s)| (*n, s.ends_at))
+            .collect();
+        due.into_iter()
+            .map(|(n, end)| self.finish(n, "logwarden", end, batch))
+            .collect()
+    }
+
+    fn finish(
+        &mut self,
+        number: u64,
+        actor: &str,
+        at: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) -> Result<Silence, StoreError> {
+        let mut silence = self.live.remove(&number).expect("live silence");
+        silence.expired_at = Some(at);
+        silence.expired_by = Some(actor.to_string());
+        batch.put(Space::Silences, &Silence::key(number), &silence)?;
+        Ok(silence)
+    }
+}
+
+/// Every stored silence, newest first, with its state at `now`.
+pub fn list(store: &Store, now: DateTime<Utc>) -> Result<Vec<serde_json::Value>, StoreError> {
+    let mut all: Vec<serde_json::Value> = store
+        .scan::<Silence>(Space::Silences)?
+        .into_iter()
+        .map(|(_, s)| s.to_json(now))
+        .collect();
+    all.reverse();
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::sample_incident;
+
+    #[test]
+    fn matchers_cover_rule_key_and_labels_and_silences_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut s = Silences::load(&store).unwrap();
+        let incident = sample_incident();
+        let now = incident.opened_at;
+        let new = |m: Matchers| NewSilence {
+            matchers: m,
+            ends_at: None,
+            duration: Some(HumanDuration::parse("1h").unwrap()),
+            starts_at: None,
+            reason: "maintenance".into(),
+        };
+        let mut b = store::Batch::new();
+        assert!(
+            s.create(new(Matchers::default()), "boss", now, &mut b)
+                .is_err()
+        );
+        let other_ip = Matchers {
+            key: BTreeMap::from([("ip".into(), "198.51.100.1".into())]),
+            ..Matchers::default()
+        };
+        s.create(new(other_ip), "boss", now, &mut b).unwrap();
+        assert!(s.covering(&incident, now).is_none());
+        let ours = Matchers {
+            rule: Some("ssh-bruteforce".into()),
+            labels: BTreeMap::from([("team".into(), "security".into())]),
+            ..Matchers::default()
+        };
+        let made = s.create(new(ours), "boss", now, &mut b).unwrap();
+        assert_eq!(made.id, "SIL-2");
+        assert_eq!(s.covering(&incident, now).unwrap().id, "SIL-2");
+        let later = now + chrono::Duration::hours(1);
+        assert!(s.covering(&incident, later).is_none());
+        let ended = s.expire_due(later, &mut b).unwrap();
+        assert_eq!(ended.len(), 2);
+        assert_eq!(ended[0].expired_by.as_deref(), Some("logwarden"));
+        store.commit(b).unwrap();
+        let again = Silences::load(&store).unwrap();
+        assert!(again.live.is_empty());
+        assert_eq!(again.next_number, 3);
+    }
+}

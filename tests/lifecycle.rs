@@ -1,0 +1,1174 @@
+//! The incident lifecycle end to end: the real binary and its CLI, webhook receivers on
+//! 127.0.0.1, real sled, SIGKILL between escalation steps, approvals, silences, roles,
+//! KPI histograms, and the audit chain verified and exported offline (and tampered with).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Token names and roles every test config carries (`tester` is the admin the harness uses).
+const TOKENS: [(&str, &str); 4] = [
+    ("viewer", "viewer"),
+    ("resp", "responder"),
+    ("boss", "approver"),
+    ("tester", "admin"),
+];
+
+fn token(s: &Setup, name: &str) -> String {
+    if name == "tester" {
+        s.token.clone()
+    } else {
+        format!("{name}-secret-0123456789")
+    }
+}
+
+/// A daemon config: one `marker` rule of `severity` over `app.log`, every token of
+/// [`TOKENS`], and `body` (receivers, roles, policies).
+fn setup(severity: &str, body: &str) -> Setup {
+    let s = Setup::new();
+    s.write(
+        "rules/test.yaml",
+        &format!(
+            "rules:\n  - id: marker\n    match: 'MARKER (?P<n>\\d+)'\n    group_by: [n]\n    \
+             threshold: {{count: 1, within: 1s}}\n    severity: {severity}\n    \
+             category: policy-violation\n    controls: [CC7.2]\n    labels: {{team: ops}}\n"
+        ),
+    );
+    s.write("app.log", "");
+    let mut tokens = String::new();
+    for (name, role) in TOKENS {
+        s.write(&format!("tok-{name}"), &token(&s, name));
+        tokens.push_str(&format!(
+            "    - {{name: {name}, role: {role}, token_file: tok-{name}}}\n"
+        ));
+    }
+    s.write(
+        "logwarden.yaml",
+        &format!(
+            "state_dir: state\nrules: [rules]\nlisten: 127.0.0.1:{}\napi:\n  tokens:\n{tokens}\
+             sources:\n  - {{name: app, paths: [app.log], start_at: beginning, timestamp: arrival}}\n{body}",
+            s.port
+        ),
+    );
+    s
+}
+
+fn marker(s: &Setup, n: u32) {
+    s.append("app.log", &[format!("MARKER {n}")]);
+}
+
+fn incident(d: &Daemon, id: &str) -> Value {
+    let r = d.get(&format!("/api/v1/incidents/{id}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn wait_marker(d: &Daemon, n: u32) -> Value {
+    wait_for(&format!("the incident of MARKER {n}"), WAIT, || {
+        d.incidents().into_iter().find(|i| {
+            i["key"]["n"].as_str().and_then(|v| v.parse().ok()) == Some(n) && i["state"] == "open"
+        })
+    })
+}
+
+/// Runs the CLI as `who` against the daemon.
+fn cli(s: &Setup, who: &str, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("LOGWARDEN_URL", format!("http://127.0.0.1:{}", s.port))
+        .env("LOGWARDEN_TOKEN", token(s, who))
+        .env_remove("LOGWARDEN_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a refusal\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn post(s: &Setup, who: &str, path: &str, body: &str) -> Response {
+    http("POST", s.port, path, Some(&token(s, who)), Some(body)).unwrap()
+}
+
+/// Collects requests at a receiver until `done`.
+fn collect(r: &Receiver, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    let mut got = Vec::new();
+    wait_for(what, WAIT, || {
+        got.extend(r.drain());
+        done(&got).then_some(())
+    });
+    got
+}
+
+fn events_for(got: &[Received], id: &str) -> Vec<String> {
+    got.iter()
+        .filter(|r| r.body["incident"]["id"] == id)
+        .map(|r| r.body["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn has_event(got: &[Received], id: &str, event: &str) -> bool {
+    events_for(got, id).iter().any(|e| e == event)
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+/// Waits (on the wall clock) until `at` has passed.
+fn wait_until(what: &str, at: chrono::DateTime<chrono::Utc>) {
+    wait_for(what, WAIT, || (now() >= at).then_some(()));
+}
+
+fn audit_records(s: &Setup) -> Vec<Value> {
+    let r = http(
+        "GET",
+        s.port,
+        "/api/v1/audit?format=jsonl",
+        Some(&s.token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn verify(dir: &std::path::Path) -> Output {
+    Command::new(bin())
+        .args(["audit", "verify", "--state-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_critical_incident_goes_through_every_state_via_the_cli_with_kpis_and_audit_evidence() {
+    let hook = Receiver::start();
+    let s = setup(
+        "critical",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 1, \
+             events: [opened, acknowledged, state_changed, closed]}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            hook.url("/hook")
+        ),
+    );
+    let d = s.start();
+    marker(&s, 1);
+    let opened = wait_marker(&d, 1);
+    assert_eq!(opened["id"], "INC-1");
+    let opened_at = time(&opened["opened_at"]);
+
+    let list = ok(&cli(&s, "viewer", &["incidents", "list"]));
+    assert!(list.starts_with("ID"), "{list}");
+    let row = list.lines().find(|l| l.starts_with("INC-1")).expect(&list);
+    assert!(
+        row.contains("open") && row.contains("critical") && row.contains("n=1"),
+        "{row}"
+    );
+    let filtered = ok(&cli(
+        &s,
+        "viewer",
+        &["incidents", "list", "--state", "closed"],
+    ));
+    assert!(!filtered.contains("INC-1"), "{filtered}");
+
+    // Let measurable time pass, so the KPIs have something to carry.
+    wait_until(
+        "1.2 s after the opening",
+        opened_at + chrono::Duration::milliseconds(1200),
+    );
+    ok(&cli(
+        &s,
+        "resp",
+        &["incidents", "ack", "INC-1", "--note", "on it"],
+    ));
+    let acked_at = now();
+    // The viewer may look but not act.
+    let no = refused(&cli(
+        &s,
+        "viewer",
+        &["incidents", "transition", "INC-1", "contained"],
+    ));
+    assert!(no.contains("403"), "{no}");
+    for state in ["contained", "eradicated", "recovered"] {
+        let out = ok(&cli(
+            &s,
+            "resp",
+            &["incidents", "transition", "INC-1", state],
+        ));
+        assert!(out.contains(state), "{out}");
+    }
+    // A critical incident does not close without its review; the server's reason is shown.
+    let why = refused(&cli(
+        &s,
+        "resp",
+        &["incidents", "transition", "INC-1", "closed"],
+    ));
+    assert!(why.contains("409") && why.contains("review"), "{why}");
+    assert_eq!(incident(&d, "INC-1")["state"], "recovered");
+    // Nor can it skip a state or go back.
+    let why = refused(&cli(
+        &s,
+        "resp",
+        &["incidents", "transition", "INC-1", "contained"],
+    ));
+    assert!(
+        why.contains("can move to closed or false_positive"),
+        "{why}"
+    );
+    ok(&cli(
+        &s,
+        "resp",
+        &[
+            "incidents",
+            "review",
+            "INC-1",
+            "--root-cause",
+            "a leaked deploy key",
+            "--lessons",
+            "rotate keys on departure",
+            "--action",
+            "rotate all deploy keys",
+            "--action",
+            "add key expiry",
+        ],
+    ));
+    ok(&cli(
+        &s,
+        "resp",
+        &["incidents", "note", "INC-1", "keys rotated"],
+    ));
+    ok(&cli(
+        &s,
+        "resp",
+        &[
+            "incidents",
+            "transition",
+            "INC-1",
+            "closed",
+            "--note",
+            "done",
+        ],
+    ));
+    let closed_at = now();
+
+    let shown = ok(&cli(&s, "viewer", &["incidents", "show", "INC-1"]));
+    assert!(
+        shown.contains("Timeline") && shown.contains("a leaked deploy key"),
+        "{shown}"
+    );
+    for event in [
+        "opened",
+        "acknowledged",
+        "contained",
+        "eradicated",
+        "recovered",
+        "reviewed",
+        "note",
+        "closed",
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(event) && (l.contains("resp") || event == "opened")),
+            "no {event} line in\n{shown}"
+        );
+    }
+    let json: Value = serde_json::from_str(&ok(&cli(
+        &s,
+        "viewer",
+        &["incidents", "show", "INC-1", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["state"], "closed");
+    assert_eq!(json["review"]["actions"].as_array().unwrap().len(), 2);
+    assert_eq!(json["review"]["by"], "resp");
+    let ack = json["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "acknowledged")
+        .unwrap();
+    assert_eq!(
+        (ack["actor"].as_str(), ack["note"].as_str()),
+        (Some("resp"), Some("on it"))
+    );
+
+    let got = collect(&hook, "the closed notification", |g| {
+        has_event(g, "INC-1", "closed")
+    });
+    assert_eq!(
+        events_for(&got, "INC-1"),
+        [
+            "opened",
+            "acknowledged",
+            "state_changed",
+            "state_changed",
+            "state_changed",
+            "closed"
+        ]
+    );
+
+    // KPI histograms carry the durations observed here.
+    let m = http("GET", s.port, "/metrics", None, None).unwrap().body;
+    let value = |series: &str| metric(s.port, series);
+    for (kpi, upper) in [
+        ("acknowledge", acked_at),
+        ("contain", closed_at),
+        ("resolve", closed_at),
+    ] {
+        let name = format!("logwarden_time_to_{kpi}_seconds");
+        assert_eq!(
+            value(&format!("{name}_count{{severity=\"critical\"}}")),
+            1.0,
+            "{m}"
+        );
+        let sum = value(&format!("{name}_sum{{severity=\"critical\"}}"));
+        let most = (upper - opened_at).num_milliseconds() as f64 / 1000.0 + 0.5;
+        assert!(
+            sum >= 1.2 && sum <= most,
+            "{name} sum {sum} not in [1.2, {most}]"
+        );
+        assert_eq!(
+            value(&format!("{name}_bucket{{severity=\"critical\",le=\"1\"}}")),
+            0.0
+        );
+        assert_eq!(
+            value(&format!(
+                "{name}_bucket{{severity=\"critical\",le=\"+Inf\"}}"
+            )),
+            1.0
+        );
+    }
+    assert_eq!(
+        value("logwarden_incidents_open{severity=\"critical\",state=\"recovered\"}"),
+        0.0
+    );
+    if let Some(promtool) = peer("promtool", "prometheus") {
+        let out = run_with_stdin(
+            Command::new(promtool).args(["check", "metrics"]),
+            m.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Closed means over: the next match opens a new incident.
+    marker(&s, 1);
+    let again = wait_marker(&d, 1);
+    assert_eq!(again["id"], "INC-2");
+
+    // The export over the API while running, then offline on the stopped store.
+    let csv = http(
+        "GET",
+        s.port,
+        "/api/v1/audit?format=csv",
+        Some(&s.token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.body
+            .starts_with("seq,at,event,controls,actor,incident,details,prev,hash\n"),
+        "{}",
+        csv.body
+    );
+    d.stop();
+
+    let out = verify(&s.path("state"));
+    let text = ok(&out);
+    assert!(
+        text.starts_with("OK: ") && text.contains("audit records"),
+        "{text}"
+    );
+    let export = ok(&Command::new(bin())
+        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
+        .arg(s.path("state"))
+        .output()
+        .unwrap());
+    let records: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(records.len() as u64, count);
+    let controls = |event: &str, to: Option<&str>| -> Vec<String> {
+        let r = records
+            .iter()
+            .find(|r| {
+                r["event"] == event
+                    && to.is_none_or(|t| r["details"]["to"] == t)
+                    && r["incident"] == "INC-1"
+            })
+            .unwrap_or_else(|| panic!("no {event} {to:?} record in\n{export}"));
+        serde_json::from_value(r["controls"].clone()).unwrap()
+    };
+    assert_eq!(controls("incident.opened", None), ["CC7.2", "CC7.3"]);
+    assert_eq!(
+        controls("incident.transitioned", Some("acknowledged")),
+        ["CC7.3"]
+    );
+    assert_eq!(
+        controls("incident.transitioned", Some("contained")),
+        ["CC7.4"]
+    );
+    assert_eq!(
+        controls("incident.transitioned", Some("eradicated")),
+        ["CC7.4"]
+    );
+    assert_eq!(
+        controls("incident.transitioned", Some("recovered")),
+        ["CC7.5"]
+    );
+    assert_eq!(controls("incident.transitioned", Some("closed")), ["CC7.5"]);
+    assert_eq!(controls("incident.reviewed", None), ["CC7.5"]);
+    assert_eq!(controls("notification.delivered", None), ["CC7.4"]);
+    assert_eq!(controls("incident.refused", None), ["CC7.4"]);
+    let acked = records
+        .iter()
+        .find(|r| r["details"]["to"] == "acknowledged")
+        .unwrap();
+    assert_eq!(acked["actor"], "resp");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "rules.loaded" && r["controls"] == json!(["CC8.1"]))
+    );
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=count).collect::<Vec<_>>());
+    // --since/--until select by time.
+    let later = Command::new(bin())
+        .args([
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--since",
+            "2999-01-01",
+            "--state-dir",
+        ])
+        .arg(s.path("state"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(&later).lines().count(), 1, "only the header");
+}
+
+#[test]
+fn escalation_steps_arrive_at_their_times_once_each_across_a_sigkill() {
+    let (first, second, third) = (Receiver::start(), Receiver::start(), Receiver::start());
+    let s = setup(
+        "high",
+        &format!(
+            "receivers:\n  - {{name: first, type: webhook, url: '{}'}}\n  - {{name: second, type: webhook, url: '{}'}}\n  - {{name: third, type: webhook, url: '{}'}}\n\
+             roles:\n  analysts: {{receivers: [first]}}\n  lead: {{receivers: [second]}}\n  ciso: {{receivers: [third]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n    - after: 3s\n      notify: [lead]\n    - after: 6s\n      notify: [ciso]\n",
+            first.url("/"),
+            second.url("/"),
+            third.url("/")
+        ),
+    );
+    let d = s.start();
+    marker(&s, 1);
+    let opened_at = time(&wait_marker(&d, 1)["opened_at"]);
+    let got1 = collect(&first, "the opening at the first step", |g| {
+        has_event(g, "INC-1", "opened")
+    });
+    let got2 = collect(&second, "step 2", |g| has_event(g, "INC-1", "escalated"));
+    let step2_at = now();
+    assert!(
+        step2_at >= opened_at + chrono::Duration::seconds(3),
+        "step 2 came early: {step2_at} for an opening at {opened_at}"
+    );
+    assert!(third.drain().is_empty(), "step 3 came with step 2");
+    // SIGKILL between the steps; restart only once step 3 is due, so it fires on restart.
+    d.kill();
+    wait_until(
+        "step 3 to be due while the daemon is down",
+        opened_at + chrono::Duration::milliseconds(6500),
+    );
+    let d = s.start();
+    let got3 = collect(&third, "step 3 after the restart", |g| {
+        has_event(g, "INC-1", "escalated")
+    });
+    // Close it: every receiver reached hears the close after everything before it.
+    let r = post(
+        &s,
+        "resp",
+        "/api/v1/incidents/INC-1/transition",
+        r#"{"to": "false_positive", "note": "test traffic"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all: Vec<Vec<Received>> = [(&first, got1), (&second, got2), (&third, got3)]
+        .into_iter()
+        .map(|(r, mut got)| {
+            got.extend(collect(r, "the close", |g| has_event(g, "INC-1", "closed")));
+            got
+        })
+        .collect();
+    for (got, step) in all.iter().zip(["opened", "escalated", "escalated"]) {
+        // At-least-once delivery may repeat a request, always under the same key: a step is
+        // one key, and one step fired per receiver.
+        let keys: BTreeSet<&str> = got
+            .iter()
+            .filter(|r| r.body["event"] == step)
+            .map(|r| r.header("idempotency-key").unwrap())
+            .collect();
+        assert_eq!(keys.len(), 1, "{step}: {keys:?}");
+        let events: BTreeSet<String> = events_for(got, "INC-1").into_iter().collect();
+        assert_eq!(
+            events,
+            BTreeSet::from([step.to_string(), "closed".to_string()])
+        );
+    }
+    let timeline = incident(&d, "INC-1")["timeline"].clone();
+    let escalations: Vec<&Value> = timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "escalated")
+        .collect();
+    assert_eq!(escalations.len(), 2, "{timeline:#}");
+    assert!(
+        escalations[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("step 2 (lead)")
+    );
+    assert!(
+        escalations[1]["note"]
+            .as_str()
+            .unwrap()
+            .contains("step 3 (ciso)")
+    );
+}
+
+#[test]
+fn acknowledging_stops_escalation_and_a_repeating_step_repeats_until_then() {
+    let (first, second) = (Receiver::start(), Receiver::start());
+    let s = setup(
+        "moderate",
+        &format!(
+            "receivers:\n  - {{name: first, type: webhook, url: '{}'}}\n  - {{name: second, type: webhook, url: '{}'}}\n\
+             roles:\n  analysts: {{receivers: [first]}}\n  lead: {{receivers: [second]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n    - {{after: 2s, notify: [lead], repeat: 2s}}\n",
+            first.url("/"),
+            second.url("/")
+        ),
+    );
+    let d = s.start();
+    marker(&s, 1);
+    let one = wait_marker(&d, 1);
+    let r = post(&s, "resp", "/api/v1/incidents/INC-1/ack", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    marker(&s, 2);
+    let two = wait_marker(&d, 2);
+    // INC-2, never acknowledged, escalates and repeats: the step is live.
+    let got = collect(&second, "two escalations of INC-2", |g| {
+        events_for(g, two["id"].as_str().unwrap()).len() >= 2
+    });
+    let r = post(
+        &s,
+        "resp",
+        &format!("/api/v1/incidents/{}/ack", two["id"].as_str().unwrap()),
+        r#"{"note": "mine"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let acked = now();
+    // Well past INC-1's step time and INC-2's next repeat (the clock ticks every second).
+    wait_until(
+        "3.5 s after the acknowledgements",
+        acked + chrono::Duration::milliseconds(3500),
+    );
+    let late: Vec<Received> = got.into_iter().chain(second.drain()).collect();
+    assert!(
+        events_for(&late, "INC-1").is_empty(),
+        "INC-1 escalated after its acknowledgement"
+    );
+    let after_ack: Vec<String> = late
+        .iter()
+        .filter(|r| r.body["incident"]["id"] == two["id"] && r.body["incident"]["state"] != "open")
+        .map(|r| r.body["event"].to_string())
+        .collect();
+    assert!(
+        after_ack.is_empty(),
+        "INC-2 escalated after its acknowledgement: {after_ack:?}"
+    );
+    let timeline = incident(&d, one["id"].as_str().unwrap())["timeline"].clone();
+    assert!(!timeline.to_string().contains("escalated"), "{timeline:#}");
+}
+
+#[test]
+fn an_external_role_hears_of_an_incident_only_after_an_approver_approves_it() {
+    let (hook, press) = (Receiver::start(), Receiver::start());
+    let s = setup(
+        "high",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}'}}\n  - {{name: press, type: webhook, url: '{}'}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n  communications: {{receivers: [press], external: true}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts, communications]\n",
+            hook.url("/"),
+            press.url("/")
+        ),
+    );
+    let d = s.start();
+    marker(&s, 1);
+    wait_marker(&d, 1);
+    collect(&hook, "the opening for analysts", |g| {
+        has_event(g, "INC-1", "opened")
+    });
+    assert!(
+        press.next(Duration::from_millis(1500)).is_none(),
+        "the external role heard before approval"
+    );
+    // A responder cannot approve.
+    let r = post(&s, "resp", "/api/v1/incidents/INC-1/approve", "{}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("approver")
+    );
+    let out = ok(&cli(
+        &s,
+        "boss",
+        &["incidents", "approve", "INC-1", "--note", "legal agreed"],
+    ));
+    assert!(out.contains("approved"), "{out}");
+    let got = collect(&press, "the external notification", |g| {
+        has_event(g, "INC-1", "escalated")
+    });
+    assert_eq!(got[0].body["incident"]["approval"]["by"], "boss");
+    let why = refused(&cli(&s, "boss", &["incidents", "approve", "INC-1"]));
+    assert!(
+        why.contains("409") && why.contains("already approved by boss"),
+        "{why}"
+    );
+    let i = incident(&d, "INC-1");
+    let approved = i["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "approved")
+        .unwrap();
+    assert_eq!(
+        (approved["actor"].as_str(), approved["note"].as_str()),
+        (Some("boss"), Some("legal agreed"))
+    );
+    let records = wait_for("the external delivery in the audit log", WAIT, || {
+        let r = audit_records(&s);
+        r.iter()
+            .any(|r| r["event"] == "notification.delivered" && r["details"]["receiver"] == "press")
+            .then_some(r)
+    });
+    let approval = records
+        .iter()
+        .find(|r| r["event"] == "incident.approved")
+        .unwrap();
+    assert_eq!(approval["controls"], json!(["CC2.3"]));
+    assert_eq!(approval["actor"], "boss");
+    assert_eq!(approval["details"]["released"], json!(["press"]));
+    let delivered = records
+        .iter()
+        .find(|r| r["event"] == "notification.delivered" && r["details"]["receiver"] == "press")
+        .unwrap();
+    assert_eq!(delivered["controls"], json!(["CC7.4", "CC2.3"]));
+}
+
+#[test]
+fn a_silence_mutes_notifications_but_not_the_record_and_a_close_still_resolves() {
+    let (hook, pd) = (Receiver::start(), Receiver::start());
+    let s = setup(
+        "low",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 1}}\n  - {{name: pd, type: webhook, url: '{}', format: pagerduty, routing_key_file: pd-key, concurrency: 1}}\n\
+             roles:\n  analysts: {{receivers: [hook, pd]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            hook.url("/"),
+            pd.url("/")
+        ),
+    );
+    s.write("pd-key", "R0UTING");
+    let d = s.start();
+    let add = [
+        "silences",
+        "add",
+        "--rule",
+        "marker",
+        "--key",
+        "n=1",
+        "--label",
+        "team=ops",
+        "--duration",
+        "1h",
+        "--reason",
+        "planned maintenance",
+    ];
+    let why = refused(&cli(&s, "resp", &add));
+    assert!(why.contains("403"), "{why}");
+    let out = ok(&cli(&s, "boss", &add));
+    assert!(out.starts_with("SIL-1: active"), "{out}");
+    ok(&cli(
+        &s,
+        "boss",
+        &[
+            "silences",
+            "add",
+            "--rule",
+            "marker",
+            "--key",
+            "n=9",
+            "--duration",
+            "2s",
+            "--reason",
+            "short",
+        ],
+    ));
+    let bad = refused(&cli(
+        &s,
+        "boss",
+        &[
+            "silences",
+            "add",
+            "--duration",
+            "1h",
+            "--reason",
+            "everything",
+        ],
+    ));
+    assert!(bad.contains("400") && bad.contains("matcher"), "{bad}");
+
+    marker(&s, 1);
+    wait_marker(&d, 1);
+    marker(&s, 1);
+    wait_for(
+        "the silenced incident to count its second match",
+        WAIT,
+        || (incident(&d, "INC-1")["count"] == 2).then_some(()),
+    );
+    assert_eq!(incident(&d, "INC-1")["silenced_by"], "SIL-1");
+    marker(&s, 2);
+    wait_marker(&d, 2);
+    // One request at a time per receiver, oldest first: INC-1's would have come before.
+    let got = collect(&hook, "INC-2's opening", |g| {
+        has_event(g, "INC-2", "opened")
+    });
+    assert!(
+        events_for(&got, "INC-1").is_empty(),
+        "the silenced incident notified"
+    );
+    let got_pd = collect(&pd, "INC-2's trigger", |g| {
+        g.iter().any(|r| r.body["dedup_key"] == "INC-2")
+    });
+    assert!(got_pd.iter().all(|r| r.body["dedup_key"] != "INC-1"));
+
+    // The close of the silenced incident still resolves the page; nothing else hears it.
+    let r = post(
+        &s,
+        "resp",
+        "/api/v1/incidents/INC-1/transition",
+        r#"{"to": "false_positive"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let resolve = collect(&pd, "INC-1's resolve", |g| {
+        g.iter().any(|r| r.body["dedup_key"] == "INC-1")
+    });
+    let resolve = resolve
+        .iter()
+        .find(|r| r.body["dedup_key"] == "INC-1")
+        .unwrap();
+    assert_eq!(resolve.body["event_action"], "resolve");
+    let r = post(
+        &s,
+        "resp",
+        "/api/v1/incidents/INC-2/transition",
+        r#"{"to": "false_positive"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = collect(&hook, "INC-2's close", |g| has_event(g, "INC-2", "closed"));
+    assert!(
+        events_for(&got, "INC-1").is_empty(),
+        "the silenced incident's close went to hook"
+    );
+
+    // SIL-2 ends by itself; SIL-1 is expired by hand.
+    let list = wait_for("SIL-2 to expire by itself", WAIT, || {
+        let r = http(
+            "GET",
+            s.port,
+            "/api/v1/silences",
+            Some(&token(&s, "boss")),
+            None,
+        )
+        .unwrap();
+        let list = r.json();
+        (list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "SIL-2" && x["expired_by"] == "logwarden"))
+        .then_some(list)
+    });
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    ok(&cli(&s, "boss", &["silences", "expire", "SIL-1"]));
+    let table = ok(&cli(&s, "boss", &["silences", "list"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("SIL-1"))
+        .expect(&table);
+    assert!(
+        row.contains("expired")
+            && row.contains("rule=marker,n=1,label:team=ops")
+            && row.contains("boss"),
+        "{row}"
+    );
+    let again = refused(&cli(&s, "boss", &["silences", "expire", "SIL-1"]));
+    assert!(again.contains("404"), "{again}");
+    let records = audit_records(&s);
+    let events: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["event"].as_str().unwrap().starts_with("silence."))
+        .map(|r| (r["event"].as_str().unwrap(), r["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("silence.created", "boss"),
+            ("silence.created", "boss"),
+            ("silence.expired", "logwarden"),
+            ("silence.expired", "boss")
+        ]
+    );
+    let opened = records
+        .iter()
+        .find(|r| r["event"] == "incident.opened" && r["incident"] == "INC-1")
+        .unwrap();
+    assert_eq!(opened["details"]["silenced_by"], "SIL-1");
+    assert_eq!(opened["details"]["notified"], json!([]));
+}
+
+#[test]
+fn each_role_may_do_what_it_may_and_every_refusal_is_audited() {
+    let hook = Receiver::start();
+    let s = setup(
+        "low",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}'}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            hook.url("/")
+        ),
+    );
+    let d = s.start();
+    marker(&s, 1);
+    wait_marker(&d, 1);
+    let silence = r#"{"matchers": {"rule": "marker"}, "duration": "1h", "reason": "r"}"#;
+    // (who, method, path, body, expected status)
+    let calls: Vec<(&str, &str, &str, &str, u16)> = vec![
+        ("nobody", "GET", "/api/v1/incidents", "", 401),
+        ("viewer", "GET", "/api/v1/incidents", "", 200),
+        ("viewer", "GET", "/api/v1/audit", "", 200),
+        (
+            "viewer",
+            "POST",
+            "/api/v1/incidents/INC-1/note",
+            r#"{"text": "x"}"#,
+            403,
+        ),
+        ("viewer", "GET", "/api/v1/silences", "", 403),
+        (
+            "resp",
+            "POST",
+            "/api/v1/incidents/INC-1/note",
+            r#"{"text": "looking"}"#,
+            200,
+        ),
+        ("resp", "POST", "/api/v1/incidents/INC-1/approve", "", 403),
+        ("resp", "POST", "/api/v1/silences", silence, 403),
+        ("resp", "DELETE", "/api/v1/silences/SIL-1", "", 403),
+        ("boss", "POST", "/api/v1/silences", silence, 201),
+        ("boss", "GET", "/api/v1/silences", "", 200),
+        ("boss", "POST", "/api/v1/incidents/INC-1/approve", "", 200),
+        ("boss", "DELETE", "/api/v1/silences/SIL-1", "", 200),
+        ("tester", "POST", "/api/v1/incidents/INC-1/ack", "", 200),
+        // Malformed requests are refused with JSON reasons.
+        (
+            "resp",
+            "POST",
+            "/api/v1/incidents/INC-1/transition",
+            r#"{"to": "bogus"}"#,
+            400,
+        ),
+        (
+            "resp",
+            "POST",
+            "/api/v1/incidents/INC-1/transition",
+            r#"{"to": "contained", "extra": 1}"#,
+            400,
+        ),
+        (
+            "resp",
+            "POST",
+            "/api/v1/incidents/INC-1/transition",
+            r#"{"to": "open"}"#,
+            409,
+        ),
+        (
+            "resp",
+            "POST",
+            "/api/v1/incidents/INC-1/note",
+            "not json",
+            400,
+        ),
+        ("resp", "POST", "/api/v1/incidents/INC-9/ack", "", 404),
+        (
+            "boss",
+            "POST",
+            "/api/v1/silences",
+            r#"{"matchers": {"rule": "marker"}, "duration": "1h", "ends_at": "2999-01-01T00:00:00Z", "reason": "r"}"#,
+            400,
+        ),
+    ];
+    let mut denied = 0;
+    for (who, method, path, body, expected) in &calls {
+        let t = (*who != "nobody").then(|| token(&s, who));
+        let r = http(method, s.port, path, t.as_deref(), Some(body)).unwrap();
+        assert_eq!(
+            r.status, *expected,
+            "{who} {method} {path} {body}: {}",
+            r.body
+        );
+        if r.status >= 400 {
+            assert!(
+                r.json()["error"].is_string(),
+                "{who} {method} {path}: {}",
+                r.body
+            );
+        }
+        denied += usize::from(matches!(r.status, 401 | 403));
+    }
+    let big = format!(r#"{{"text": "{}"}}"#, "x".repeat(70_000));
+    let r = post(&s, "resp", "/api/v1/incidents/INC-1/note", &big);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    let r = http("GET", s.port, "/api/v1/incidents", None, None).unwrap();
+    assert_eq!(r.status, 401);
+    denied += 1;
+    let records = audit_records(&s);
+    let refusals: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "api.denied")
+        .collect();
+    assert_eq!(refusals.len(), denied, "{refusals:#?}");
+    assert!(refusals.iter().all(|r| r["controls"] == json!(["CC6.1"])));
+    assert!(refusals.iter().any(|r| r["actor"] == "resp"
+        && r["details"]["call"] == "POST /api/v1/incidents/INC-1/approve"
+        && r["details"]["status"] == 403));
+}
+
+#[test]
+fn the_open_gauge_counts_every_state_after_a_restart() {
+    let s = setup("moderate", "");
+    let d = s.start();
+    for n in 1..=6 {
+        marker(&s, n);
+        wait_marker(&d, n);
+    }
+    let path = [
+        "acknowledged",
+        "contained",
+        "eradicated",
+        "recovered",
+        "closed",
+    ];
+    // INC-n goes n-1 steps along the path; INC-6 closes.
+    for n in 2..=6u32 {
+        for to in &path[..(n - 1) as usize] {
+            let r = post(
+                &s,
+                "resp",
+                &format!("/api/v1/incidents/INC-{n}/transition"),
+                &format!(r#"{{"to": "{to}"}}"#),
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    let expect = |port: u16| {
+        for state in [
+            "open",
+            "acknowledged",
+            "contained",
+            "eradicated",
+            "recovered",
+        ] {
+            let series =
+                format!("logwarden_incidents_open{{severity=\"moderate\",state=\"{state}\"}}");
+            assert_eq!(metric(port, &series), 1.0, "{series}");
+        }
+        assert_eq!(
+            metric(
+                port,
+                "logwarden_incidents_open{severity=\"moderate\",state=\"closed\"}"
+            ),
+            0.0
+        );
+    };
+    expect(s.port);
+    d.kill();
+    let d = s.start();
+    expect(s.port);
+    assert_eq!(incident(&d, "INC-6")["state"], "closed");
+    // After a restart, the book still knows which incidents are active.
+    let r = post(
+        &s,
+        "resp",
+        "/api/v1/incidents/INC-5/transition",
+        r#"{"to": "closed"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        metric(
+            s.port,
+            "logwarden_incidents_open{severity=\"moderate\",state=\"recovered\"}"
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn audit_verify_finds_one_changed_byte_in_a_copy_and_refuses_a_live_store() {
+    let s = setup("low", "");
+    let d = s.start();
+    for n in 1..=3 {
+        marker(&s, n);
+        wait_marker(&d, n);
+    }
+    let r = post(
+        &s,
+        "resp",
+        "/api/v1/incidents/INC-2/ack",
+        r#"{"note": "mine"}"#,
+    );
+    assert_eq!(r.status, 200);
+    // A live store is locked: a clear error, exit 2.
+    let live = verify(&s.path("state"));
+    assert_eq!(live.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&live.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    d.stop();
+    let intact = ok(&verify(&s.path("state")));
+    let count: u64 = intact.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(count >= 5, "{intact}");
+
+    let copy = s.path("copy");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(s.path("state"))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let target = 3u64;
+    {
+        use logwarden::store::{Batch, Space, Store};
+        let store = Store::open(&copy).unwrap();
+        let key = logwarden::audit::Record::key(target);
+        let mut record: Value = store.get(Space::Audit, &key).unwrap().unwrap();
+        // One byte: the first letter of the actor.
+        let actor = record["actor"].as_str().unwrap().to_string();
+        let changed = format!(
+            "{}{}",
+            if actor.starts_with('X') { 'Y' } else { 'X' },
+            &actor[1..]
+        );
+        record["actor"] = changed.into();
+        let mut b = Batch::new();
+        b.put(Space::Audit, &key, &record).unwrap();
+        store.commit(b).unwrap();
+        store.flush_blocking().unwrap();
+    }
+    let broken = verify(&copy);
+    assert_eq!(
+        broken.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&broken.stdout)
+    );
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        text.starts_with(&format!("BROKEN: record {target} (seq {target})"))
+            && text.contains("altered"),
+        "{text}"
+    );
+    // The original is untouched and still intact.
+    assert_eq!(ok(&verify(&s.path("state"))), intact);
+    let missing = verify(&s.path("nothing-here"));
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn an_incident_opened_by_the_clock_is_notified_once_as_an_opening() {
+    let hook = Receiver::start();
+    let s = setup(
+        "low",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 1}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n    - {{after: 1h, notify: [analysts]}}\n",
+            hook.url("/")
+        ),
+    );
+    s.write(
+        "rules/absence.yaml",
+        "rules:\n  - id: heartbeat\n    match: 'HEARTBEAT'\n    absence: {within: 1s}\n    severity: high\n",
+    );
+    let d = s.start();
+    let i = d.wait_incident("heartbeat", WAIT);
+    let id = i["id"].as_str().unwrap().to_string();
+    let got = collect(&hook, "the absence incident's opening", |g| {
+        has_event(g, &id, "opened")
+    });
+    // A step already due at the opening goes out with it, not again as an escalation.
+    assert_eq!(events_for(&got, &id), ["opened"]);
+    let timeline = incident(&d, &id)["timeline"].to_string();
+    assert!(!timeline.contains("escalated"), "{timeline}");
+}
