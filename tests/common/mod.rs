@@ -107,7 +107,8 @@ pub fn http(
     body: Option<&str>,
 ) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Generous: a loaded CI machine is slow, and a hung daemon still fails the test.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -551,7 +552,11 @@ rules:
 "#;
 
 /// Waits until every `g` key has its incident, then checks the accounting exactly.
-pub fn verify_accounting(d: &Daemon, keys: usize, limit: Duration) {
+///
+/// A loaded machine (CI builds beside the test) makes a daemon slow, not wrong: the wait
+/// goes on while incidents keep arriving and fails only after `stall` without progress
+/// (or three minutes in all), saying how far evaluation got.
+pub fn verify_accounting(d: &Daemon, keys: usize, stall: Duration) {
     let counts = |d: &Daemon| -> std::collections::BTreeMap<String, u64> {
         d.incidents()
             .into_iter()
@@ -565,6 +570,7 @@ pub fn verify_accounting(d: &Daemon, keys: usize, limit: Duration) {
             .collect()
     };
     let start = Instant::now();
+    let mut last_progress = (Instant::now(), 0usize);
     loop {
         let seen = counts(d);
         let missing: Vec<String> = (0..keys)
@@ -579,14 +585,20 @@ pub fn verify_accounting(d: &Daemon, keys: usize, limit: Duration) {
         if missing.is_empty() {
             break;
         }
+        if seen.len() > last_progress.1 {
+            last_progress = (Instant::now(), seen.len());
+        }
+        let stalled = last_progress.0.elapsed() > stall;
         assert!(
-            start.elapsed() < limit,
-            "lines lost: no incident for {} keys, e.g. {:?}\n{}",
+            !stalled && start.elapsed() < Duration::from_secs(180),
+            "lines lost: no incident for {} of {keys} keys after {:?} ({:?} without a new incident), e.g. {:?}\n{}",
             missing.len(),
+            start.elapsed(),
+            last_progress.0.elapsed(),
             &missing[..missing.len().min(5)],
             d.log()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
