@@ -147,6 +147,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/silences/{id}", delete(silences::http::expire))
         .route("/audit", get(audit::http::export))
+        .route("/drills", post(lifecycle::http::drill))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/metrics", get(metrics))
@@ -264,6 +265,11 @@ fn deny(state: &AppState, actor: &str, call: &str, status: StatusCode, reason: &
     )]);
 }
 
+/// A role as the config spells it.
+fn role_name(role: ApiRole) -> String {
+    format!("{role:?}").to_lowercase()
+}
+
 /// Refuses a call whose token role is below `needed`.
 pub fn require(caller: &Caller, needed: ApiRole) -> Result<(), ApiError> {
     if caller.role >= needed {
@@ -272,8 +278,10 @@ pub fn require(caller: &Caller, needed: ApiRole) -> Result<(), ApiError> {
         Err(error(
             StatusCode::FORBIDDEN,
             format!(
-                "token {:?} has role {:?}; this call needs {:?}",
-                caller.name, caller.role, needed
+                "token {:?} has role {}; this call needs {}",
+                caller.name,
+                role_name(caller.role),
+                role_name(needed)
             ),
         ))
     }

@@ -43,6 +43,8 @@ pub enum Command {
     Silences(crate::silences::cli::SilencesArgs),
     /// The audit log: verify its hash chain, export evidence (offline, on a stopped store).
     Audit(crate::audit::cli::AuditArgs),
+    /// Send a drill incident for a rule through the live response path (client of the API).
+    Drill(crate::lifecycle::cli::DrillArgs),
 }
 
 /// Output of `check`.
@@ -87,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Incidents(args) => crate::lifecycle::cli::run(args),
         Command::Silences(args) => crate::silences::cli::run(args),
         Command::Audit(args) => crate::audit::cli::run(args),
+        Command::Drill(args) => crate::lifecycle::cli::drill(args),
     }
 }
 

@@ -190,6 +190,9 @@ pub struct Incident {
     /// Silence that muted its notifications when it opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silenced_by: Option<String>,
+    /// A synthetic incident opened by `logwarden drill` to exercise the response path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
 
 impl Incident {
@@ -389,6 +392,7 @@ impl IncidentBook {
                 review: None,
                 approval: None,
                 silenced_by: None,
+                drill: false,
             };
             for e in evidence {
                 incident.add_evidence(e);

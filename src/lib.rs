@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod detection;
 pub mod diag;
+pub mod drill;
 pub mod duration;
 pub mod escalation;
 pub mod incidents;

@@ -8,7 +8,7 @@
 use crate::api::Health;
 use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
-use crate::lifecycle::{Command, Desk, Kpi};
+use crate::lifecycle::{Command, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
@@ -264,15 +264,21 @@ impl Pipeline {
     /// record in one batch, flushed, then answered.
     async fn command(&mut self, command: Command) {
         let mut batch = store::Batch::new();
-        let result = self.desk.command(
-            &mut self.book,
-            &self.store,
-            &self.outbox,
-            &mut batch,
-            &command.actor,
-            command.request,
-            Utc::now(),
-        );
+        let mut opened = Vec::new();
+        let result = match command.request {
+            Request::Drill { rule } => {
+                self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
+            }
+            request => self.desk.command(
+                &mut self.book,
+                &self.store,
+                &self.outbox,
+                &mut batch,
+                &command.actor,
+                request,
+                Utc::now(),
+            ),
+        };
         if let Err(e) = self.book.write_changes(&mut batch) {
             tracing::error!(error = %e, "cannot encode incident changes");
         }
@@ -282,19 +288,59 @@ impl Pipeline {
         }
         if let Ok(done) = &result {
             for kpi in &done.kpis {
-                let (histogram, severity, seconds) = match *kpi {
-                    Kpi::Acknowledge(s, v) => (&self.metrics.time_to_acknowledge, s, v),
-                    Kpi::Contain(s, v) => (&self.metrics.time_to_contain, s, v),
-                    Kpi::Resolve(s, v) => (&self.metrics.time_to_resolve, s, v),
+                let histogram = match kpi.measure {
+                    Measure::Acknowledge => &self.metrics.time_to_acknowledge,
+                    Measure::Contain => &self.metrics.time_to_contain,
+                    Measure::Resolve => &self.metrics.time_to_resolve,
                 };
                 histogram
-                    .with_label_values(&[severity.as_str()])
-                    .observe(seconds);
+                    .with_label_values(&[kpi.severity.as_str(), drill_label(kpi.drill)])
+                    .observe(kpi.seconds);
             }
             self.outbox.wake();
             self.update_open_gauge();
         }
+        self.after_commit(opened).await;
         let _ = command.reply.send(result.map(|d| d.reply));
+    }
+
+    /// Opens a drill incident for a rule: a synthetic match that crosses the rule at once,
+    /// marked as a drill, then the same path as a detection (escalation, receivers, audit).
+    fn open_drill(
+        &mut self,
+        rule_id: &str,
+        actor: &str,
+        batch: &mut store::Batch,
+        opened: &mut Vec<IncidentEvent>,
+    ) -> Result<crate::lifecycle::Done, crate::lifecycle::Refusal> {
+        let rules = self.detector.rules().clone();
+        let rule = rules
+            .rule(rule_id)
+            .ok_or_else(|| crate::lifecycle::Refusal::NotFound(format!("no rule {rule_id}")))?;
+        let now = Utc::now();
+        let hit = crate::drill::synthetic_hit(rule, actor, now);
+        let mut event = self.book.apply(hit, &rules, now).ok_or_else(|| {
+            crate::lifecycle::Refusal::Internal("the drill opened nothing".into())
+        })?;
+        let incident = self.book.active_mut(&event.incident.id).ok_or_else(|| {
+            crate::lifecycle::Refusal::Internal("the drill incident vanished".into())
+        })?;
+        crate::drill::mark(incident, actor, now);
+        event.incident = incident.clone();
+        self.desk.dispatch(
+            &mut self.book,
+            std::slice::from_ref(&event),
+            &self.outbox,
+            batch,
+            now,
+        );
+        let reply = serde_json::to_value(&event.incident)
+            .map_err(|e| crate::lifecycle::Refusal::Internal(e.to_string()))?;
+        opened.push(event);
+        Ok(crate::lifecycle::Done {
+            reply,
+            kpis: Vec::new(),
+        })
     }
 
     async fn make_durable(&self, commit: store::Batch, audit: Vec<crate::audit::Entry>) {
@@ -334,15 +380,18 @@ impl Pipeline {
         for event in &events {
             if event.kind == EventKind::Opened {
                 let i = &event.incident;
-                tracing::info!(incident = %i.id, rule = %i.rule, severity = %i.severity, count = i.count, "incident opened");
-                self.metrics
-                    .incidents_opened
-                    .with_label_values(&[&i.rule, i.severity.as_str()])
-                    .inc();
+                tracing::info!(incident = %i.id, rule = %i.rule, severity = %i.severity, count = i.count, drill = i.drill, "incident opened");
+                if !i.drill {
+                    // A drill is an exercise, not a detection.
+                    self.metrics
+                        .incidents_opened
+                        .with_label_values(&[&i.rule, i.severity.as_str()])
+                        .inc();
+                }
                 let detect = (i.opened_at - i.first_seen).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics
                     .time_to_detect
-                    .with_label_values(&[i.severity.as_str()])
+                    .with_label_values(&[i.severity.as_str(), drill_label(i.drill)])
                     .observe(detect);
             }
         }
@@ -381,6 +430,11 @@ fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], 
     if let Err(e) = batch.put(space, key, value) {
         tracing::error!(error = %e, "cannot encode store record");
     }
+}
+
+/// The `drill` label value of a KPI observation.
+fn drill_label(drill: bool) -> &'static str {
+    if drill { "true" } else { "false" }
 }
 
 /// The next lifecycle command, or never when there is no command channel (or it closed).

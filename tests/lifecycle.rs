@@ -352,23 +352,29 @@ fn a_critical_incident_goes_through_every_state_via_the_cli_with_kpis_and_audit_
     ] {
         let name = format!("logwarden_time_to_{kpi}_seconds");
         assert_eq!(
-            value(&format!("{name}_count{{severity=\"critical\"}}")),
+            value(&format!(
+                "{name}_count{{drill=\"false\",severity=\"critical\"}}"
+            )),
             1.0,
             "{m}"
         );
-        let sum = value(&format!("{name}_sum{{severity=\"critical\"}}"));
+        let sum = value(&format!(
+            "{name}_sum{{drill=\"false\",severity=\"critical\"}}"
+        ));
         let most = (upper - opened_at).num_milliseconds() as f64 / 1000.0 + 0.5;
         assert!(
             sum >= 1.2 && sum <= most,
             "{name} sum {sum} not in [1.2, {most}]"
         );
         assert_eq!(
-            value(&format!("{name}_bucket{{severity=\"critical\",le=\"1\"}}")),
+            value(&format!(
+                "{name}_bucket{{drill=\"false\",severity=\"critical\",le=\"1\"}}"
+            )),
             0.0
         );
         assert_eq!(
             value(&format!(
-                "{name}_bucket{{severity=\"critical\",le=\"+Inf\"}}"
+                "{name}_bucket{{drill=\"false\",severity=\"critical\",le=\"+Inf\"}}"
             )),
             1.0
         );
@@ -1171,4 +1177,76 @@ fn an_incident_opened_by_the_clock_is_notified_once_as_an_opening() {
     assert_eq!(events_for(&got, &id), ["opened"]);
     let timeline = incident(&d, &id)["timeline"].to_string();
     assert!(!timeline.contains("escalated"), "{timeline}");
+}
+
+#[test]
+fn a_drill_goes_through_the_live_path_marked_and_kept_out_of_real_kpis() {
+    let hook = Receiver::start();
+    let chat = Receiver::start();
+    let s = setup(
+        "moderate",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}'}}\n  - {{name: chat, type: webhook, url: '{}', format: slack}}\n\
+             roles:\n  analysts: {{receivers: [hook, chat]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            hook.url("/hook"),
+            chat.url("/slack")
+        ),
+    );
+    let d = s.start();
+    assert!(refused(&cli(&s, "viewer", &["drill", "--rule", "marker"])).contains("responder"));
+    assert!(refused(&cli(&s, "resp", &["drill", "--rule", "nope"])).contains("no rule nope"));
+
+    let incident: Value = serde_json::from_str(&ok(&cli(
+        &s,
+        "resp",
+        &["drill", "--rule", "marker", "--json"],
+    )))
+    .unwrap();
+    let id = incident["id"].as_str().unwrap().to_string();
+    assert_eq!(incident["drill"], true);
+    assert_eq!(incident["state"], "open");
+    assert!(
+        incident["summary"].as_str().unwrap().starts_with("[DRILL]"),
+        "{incident}"
+    );
+
+    // The real receivers hear of it, marked.
+    let posted = hook.next(WAIT).expect("the json receiver is notified");
+    assert_eq!(posted.body["event"], "opened");
+    assert_eq!(posted.body["incident"]["id"], id.as_str());
+    assert_eq!(posted.body["incident"]["drill"], true);
+    let slack = chat.next(WAIT).expect("the slack receiver is notified");
+    assert!(slack.body.to_string().contains("[DRILL]"), "{}", slack.body);
+
+    // The lifecycle works on it; its KPIs are observed under drill="true" only.
+    ok(&cli(&s, "resp", &["incidents", "ack", &id]));
+    let value = |series: &str| metric(s.port, series);
+    assert_eq!(
+        value("logwarden_time_to_acknowledge_seconds_count{drill=\"true\",severity=\"moderate\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("logwarden_time_to_acknowledge_seconds_count{drill=\"false\",severity=\"moderate\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("logwarden_time_to_detect_seconds_count{drill=\"true\",severity=\"moderate\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("logwarden_incidents_opened_total{rule=\"marker\",severity=\"moderate\"}"),
+        0.0
+    );
+
+    // The audit log records it as a drill.
+    let audit = d.get("/api/v1/audit?format=jsonl");
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    let opened = audit
+        .body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["event"] == "incident.opened" && r["incident"] == id.as_str())
+        .expect("an incident.opened record for the drill");
+    assert_eq!(opened["details"]["drill"], true, "{opened}");
 }

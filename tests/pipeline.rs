@@ -247,7 +247,7 @@ fn metrics_show_what_happened_and_pass_promtool() {
         "logwarden_incidents_opened_total{rule=\"ssh-bruteforce\",severity=\"moderate\"} 1",
         "logwarden_incidents_open{severity=\"moderate\",state=\"open\"} 1",
         "logwarden_incidents_open{severity=\"critical\",state=\"open\"} 0",
-        "logwarden_time_to_detect_seconds_count{severity=\"moderate\"} 1",
+        "logwarden_time_to_detect_seconds_count{drill=\"false\",severity=\"moderate\"} 1",
         "logwarden_rules_loaded 2",
         "logwarden_build_info{version=",
     ] {

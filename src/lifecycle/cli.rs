@@ -173,6 +173,43 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
     }
 }
 
+/// `logwarden drill --rule ID`.
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Where the API is and who is asking.
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The rule whose response path to exercise.
+    #[arg(long)]
+    pub rule: String,
+    /// Print the drill incident as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Opens a drill incident through the live daemon and says which one.
+pub fn drill(args: DrillArgs) -> ExitCode {
+    client::run(
+        &args.api,
+        "POST",
+        "/api/v1/drills",
+        Some(json!({ "rule": args.rule })),
+        |incident| {
+            if args.json {
+                client::print_json(&incident)
+            } else {
+                println!(
+                    "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
+                    text(&incident, "id"),
+                    text(&incident, "rule"),
+                    text(&incident, "summary"),
+                    text(&incident, "id")
+                );
+            }
+        },
+    )
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn encode(text: &str) -> String {
     text.bytes()

@@ -147,3 +147,24 @@ pub async fn approve(
     let body: NoteOnlyBody = parse_optional_body(body)?;
     act(&state, &caller, id, Action::Approve { note: body.note }).await
 }
+
+/// `POST /api/v1/drills` `{"rule"}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillBody {
+    /// Rule whose response path is exercised.
+    pub rule: String,
+}
+
+/// `POST /api/v1/drills` (responder): opens a drill incident for a rule, sent through the
+/// live escalation and receivers; answers 201 with the incident once it is durable.
+pub async fn drill(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: DrillBody = parse_body(body)?;
+    let incident = submit(&state, &caller, Request::Drill { rule: body.rule }).await?;
+    Ok((StatusCode::CREATED, Json(incident)).into_response())
+}

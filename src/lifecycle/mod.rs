@@ -113,6 +113,11 @@ pub enum Request {
     CreateSilence(NewSilence),
     /// Expire a silence now.
     ExpireSilence(String),
+    /// Open a drill incident for a rule (handled by the pipeline, which owns the rules).
+    Drill {
+        /// Rule id.
+        rule: String,
+    },
 }
 
 /// A request with its actor and where the answer goes.
@@ -126,15 +131,28 @@ pub struct Command {
     pub reply: oneshot::Sender<Result<Value, Refusal>>,
 }
 
+/// Which response time a KPI observation measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Opened → acknowledged.
+    Acknowledge,
+    /// Opened → contained.
+    Contain,
+    /// Opened → closed.
+    Resolve,
+}
+
 /// A response-time observation for the KPI histograms.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kpi {
-    /// Opened → acknowledged, seconds.
-    Acknowledge(Severity, f64),
-    /// Opened → contained, seconds.
-    Contain(Severity, f64),
-    /// Opened → closed, seconds.
-    Resolve(Severity, f64),
+pub struct Kpi {
+    /// What is measured.
+    pub measure: Measure,
+    /// The incident's severity.
+    pub severity: Severity,
+    /// Seconds since the incident opened.
+    pub seconds: f64,
+    /// A drill: observed under `drill="true"` so exercises do not move real figures.
+    pub drill: bool,
 }
 
 /// What a command did, for the pipeline to finish once the batch is durable.
@@ -292,25 +310,24 @@ fn transition(
     incident.state = to;
     incident.record(now, to.as_str(), actor, note.clone());
     let since_open = (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0;
-    let severity = incident.severity;
+    let kpi = |measure| Kpi {
+        measure,
+        severity: incident.severity,
+        seconds: since_open,
+        drill: incident.drill,
+    };
     let (event, kpi) = match to {
         State::Acknowledged => {
             incident.acknowledged_at = Some(now);
-            (
-                EventKind::Acknowledged,
-                Some(Kpi::Acknowledge(severity, since_open)),
-            )
+            (EventKind::Acknowledged, Some(kpi(Measure::Acknowledge)))
         }
         State::Contained => {
             incident.contained_at = Some(now);
-            (
-                EventKind::StateChanged,
-                Some(Kpi::Contain(severity, since_open)),
-            )
+            (EventKind::StateChanged, Some(kpi(Measure::Contain)))
         }
         State::Closed => {
             incident.closed_at = Some(now);
-            (EventKind::Closed, Some(Kpi::Resolve(severity, since_open)))
+            (EventKind::Closed, Some(kpi(Measure::Resolve)))
         }
         State::FalsePositive => {
             incident.closed_at = Some(now);
@@ -428,6 +445,7 @@ impl Desk {
                         );
                     }
                     let details = json!({
+                        "drill": incident.drill,
                         "rule": incident.rule,
                         "key": incident.key,
                         "severity": incident.severity,
@@ -651,6 +669,10 @@ impl Desk {
                     kpis: Vec::new(),
                 })
             }
+            // Opened by the pipeline, which owns the rules; never routed here.
+            Request::Drill { .. } => Err(Refusal::Internal(
+                "drills are opened by the pipeline".into(),
+            )),
         }
     }
 
@@ -880,7 +902,15 @@ escalation_policies:
         )
         .unwrap();
         assert_eq!(ack.event, Some(EventKind::Acknowledged));
-        assert_eq!(ack.kpi, Some(Kpi::Acknowledge(Severity::High, 90.0)));
+        assert_eq!(
+            ack.kpi,
+            Some(Kpi {
+                measure: Measure::Acknowledge,
+                severity: Severity::High,
+                seconds: 90.0,
+                drill: false
+            })
+        );
         assert_eq!(i.timeline.last().unwrap().actor, "oncall");
         for s in [State::Contained, State::Eradicated, State::Recovered] {
             apply(&mut i, &t(s), "oncall", now).unwrap();
@@ -899,7 +929,14 @@ escalation_policies:
         apply(&mut i, &review, "lead", now).unwrap();
         let closed = apply(&mut i, &t(State::Closed), "oncall", now).unwrap();
         assert_eq!(closed.event, Some(EventKind::Closed));
-        assert!(matches!(closed.kpi, Some(Kpi::Resolve(Severity::High, _))));
+        assert!(matches!(
+            closed.kpi,
+            Some(Kpi {
+                measure: Measure::Resolve,
+                severity: Severity::High,
+                ..
+            })
+        ));
         let err = apply(&mut i, &t(State::FalsePositive), "oncall", now).unwrap_err();
         assert!(
             matches!(&err, Refusal::Conflict(r) if r.contains("over")),

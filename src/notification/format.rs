@@ -201,6 +201,7 @@ pub fn sample_incident() -> Incident {
         review: None,
         approval: None,
         silenced_by: None,
+        drill: false,
     }
 }
 
