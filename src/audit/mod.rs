@@ -11,7 +11,6 @@
 //! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
 
 pub mod cli;
-pub mod http;
 
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};

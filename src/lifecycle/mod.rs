@@ -12,7 +12,6 @@
 //! and progress, silences and the audit log.
 
 pub mod cli;
-pub mod http;
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;

@@ -10,7 +10,6 @@
 pub mod cli;
 pub mod deliver;
 pub mod format;
-pub mod http;
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::{Config, ReceiverConfig};

@@ -8,7 +8,6 @@
 //! by itself, are audit records.
 
 pub mod cli;
-pub mod http;
 
 use crate::duration::HumanDuration;
 use crate::incidents::Incident;

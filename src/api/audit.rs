@@ -1,8 +1,8 @@
 //! `GET /api/v1/audit?since=&until=&format=jsonl|csv` (viewer): the export of
 //! `logwarden audit export` while the daemon runs.
 
-use super::ExportFormat;
-use crate::api::{ApiResult, AppState, Caller, error, require};
+use super::{ApiResult, AppState, Caller, error, require};
+use crate::audit::ExportFormat;
 use crate::config::ApiRole;
 use axum::Extension;
 use axum::extract::{Query, State};
@@ -29,20 +29,20 @@ pub async fn export(
     require(&caller, ApiRole::Viewer)?;
     let parse = |t: &Option<String>| {
         t.as_deref()
-            .map(super::parse_time)
+            .map(crate::audit::parse_time)
             .transpose()
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))
     };
     let (since, until) = (parse(&query.since)?, parse(&query.until)?);
     let format = query.format.unwrap_or(ExportFormat::Jsonl);
-    let records = super::records(&state.store, since, until)?;
+    let records = crate::audit::records(&state.store, since, until)?;
     let content_type = match format {
         ExportFormat::Jsonl => "application/x-ndjson",
         ExportFormat::Csv => "text/csv; charset=utf-8",
     };
     Ok((
         [(header::CONTENT_TYPE, content_type)],
-        super::render(&records, format),
+        crate::audit::render(&records, format),
     )
         .into_response())
 }

@@ -1,10 +1,10 @@
 //! `GET/POST /api/v1/silences`, `DELETE /api/v1/silences/{id}` (approver).
 
-use super::NewSilence;
-use crate::api::{ApiResult, AppState, Caller, require};
+use super::lifecycle::{parse_body, submit};
+use super::{ApiResult, AppState, Caller, require};
 use crate::config::ApiRole;
 use crate::lifecycle::Request;
-use crate::lifecycle::http::{parse_body, submit};
+use crate::silences::NewSilence;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -19,7 +19,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     require(&caller, ApiRole::Approver)?;
-    Ok(Json(super::list(&state.store, chrono::Utc::now())?).into_response())
+    Ok(Json(crate::silences::list(&state.store, chrono::Utc::now())?).into_response())
 }
 
 /// Creates a silence: 201 with it, 400 when it is malformed.

@@ -1,11 +1,11 @@
 //! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve`: lifecycle changes,
 //! answered once the pipeline has stored them durably.
 
-use super::{
+use super::{ApiError, ApiResult, AppState, Caller, error, require};
+use crate::config::ApiRole;
+use crate::lifecycle::{
     Action, Command, NoteBody, NoteOnlyBody, Refusal, Request, ReviewBody, TransitionBody,
 };
-use crate::api::{ApiError, ApiResult, AppState, Caller, error, require};
-use crate::config::ApiRole;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};

@@ -1,11 +1,19 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz` and the authenticated `/api/v1`.
+//!
+//! HTTP is this module's concern alone: the handlers for lifecycle, silences, the audit
+//! export and dead letters live in its submodules and call the domain modules, which never
+//! depend on the API.
+
+pub mod audit;
+pub mod dead_letters;
+pub mod lifecycle;
+pub mod silences;
 
 use crate::config::{ApiRole, TokenConfig};
 use crate::incidents::Incident;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::store::{Space, Store};
-use crate::{audit, lifecycle, notification, silences};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -128,26 +136,20 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
         .route("/rules", get(list_rules))
-        .route("/notifications/dead", get(notification::http::list_dead))
+        .route("/notifications/dead", get(dead_letters::list_dead))
         .route(
             "/notifications/dead/{id}/resend",
-            axum::routing::post(notification::http::resend),
+            axum::routing::post(dead_letters::resend),
         )
-        .route("/incidents/{id}/ack", post(lifecycle::http::ack))
-        .route(
-            "/incidents/{id}/transition",
-            post(lifecycle::http::transition),
-        )
-        .route("/incidents/{id}/note", post(lifecycle::http::note))
-        .route("/incidents/{id}/review", post(lifecycle::http::review))
-        .route("/incidents/{id}/approve", post(lifecycle::http::approve))
-        .route(
-            "/silences",
-            get(silences::http::list).post(silences::http::create),
-        )
-        .route("/silences/{id}", delete(silences::http::expire))
-        .route("/audit", get(audit::http::export))
-        .route("/drills", post(lifecycle::http::drill))
+        .route("/incidents/{id}/ack", post(lifecycle::ack))
+        .route("/incidents/{id}/transition", post(lifecycle::transition))
+        .route("/incidents/{id}/note", post(lifecycle::note))
+        .route("/incidents/{id}/review", post(lifecycle::review))
+        .route("/incidents/{id}/approve", post(lifecycle::approve))
+        .route("/silences", get(silences::list).post(silences::create))
+        .route("/silences/{id}", delete(silences::expire))
+        .route("/audit", get(audit::export))
+        .route("/drills", post(lifecycle::drill))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/metrics", get(metrics))
@@ -257,7 +259,7 @@ fn deny(state: &AppState, actor: &str, call: &str, status: StatusCode, reason: &
         reason,
         "API call refused"
     );
-    state.audit.record(&[audit::Entry::new(
+    state.audit.record(&[crate::audit::Entry::new(
         "api.denied",
         actor,
         None,

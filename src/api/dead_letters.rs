@@ -1,8 +1,8 @@
 //! The dead-letter endpoints of the HTTP API, kept beside the outbox they serve.
 
-use super::{Outbox, Resent};
-use crate::api::{ApiResult, AppState, Caller, error, require};
+use super::{ApiResult, AppState, Caller, error, require};
 use crate::config::ApiRole;
+use crate::notification::{Outbox, Resent};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -20,7 +20,7 @@ pub async fn list_dead(
         .outbox
         .dead_letters()?
         .iter()
-        .map(super::Record::summary)
+        .map(crate::notification::Record::summary)
         .collect();
     Ok(Json(dead).into_response())
 }
