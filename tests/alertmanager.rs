@@ -1,17 +1,11 @@
 //! A real Alertmanager (Debian's `prometheus-alertmanager`, started here on 127.0.0.1)
-//! receives an incident as an alert and then its resolve. The `closed` event is emitted
-//! through the library (outbox + delivery worker), as the lifecycle API does not exist yet.
+//! receives an incident detected by the daemon as an alert, and its resolve when the
+//! incident is closed through the lifecycle API.
 
 mod common;
 
 use common::*;
-use logwarden::config::Config;
-use logwarden::incidents::{EventKind, IncidentEvent};
-use logwarden::metrics::Metrics;
-use logwarden::notification::{Outbox, deliver, format::sample_incident};
-use logwarden::store::{Batch, Store};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -85,54 +79,39 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
     let Some(program) = peer("prometheus-alertmanager", "prometheus-alertmanager") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new();
     let am_port = free_port();
     let hook = Receiver::start();
-    let _am = start_alertmanager(&program, dir.path(), am_port, &hook.url("/am"));
-
-    let config = Config::parse(
-        &dir.path().join("logwarden.yaml"),
-        &format!(
-            "state_dir: state\n\
-             receivers:\n  - {{name: am, type: webhook, url: 'http://127.0.0.1:{am_port}', format: alertmanager, retry: {{initial: 100ms, max: 500ms}}}}\n\
-             roles:\n  analysts: {{receivers: [am]}}\n\
-             escalation_policies:\n  default:\n    - notify: [analysts]\n"
-        ),
-    )
-    .unwrap();
-    let store = Store::open(&config.state_dir).unwrap();
-    let outbox = Outbox::new(store.clone(), &config).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let delivery = {
-        let _entered = runtime.enter();
-        deliver::spawn(
-            outbox.clone(),
-            &config,
-            metrics.clone(),
-            Duration::from_secs(1),
-        )
+    let _am = start_alertmanager(&program, s.dir.path(), am_port, &hook.url("/am"));
+    s.write(
+        "rules/r.yaml",
+        "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n    summary: '{{ count }} failed SSH logins from {{ ip }}'\n",
+    );
+    s.write("auth.log", "");
+    s.config(&format!(
+        "sources:\n  - {{name: auth, paths: [auth.log], start_at: beginning}}\n\
+         receivers:\n  - {{name: am, type: webhook, url: 'http://127.0.0.1:{am_port}', format: alertmanager, retry: {{initial: 100ms, max: 500ms}}}}\n\
+         roles:\n  analysts: {{receivers: [am]}}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n"
+    ));
+    let d = s.start();
+    s.append(
+        "auth.log",
+        &(0..5)
+            .map(|i| format!("sshd[1]: Failed password for root from 203.0.113.9 port {i} ssh2"))
+            .collect::<Vec<_>>(),
+    );
+    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
+        .as_str()
         .unwrap()
-    };
-    let emit = |kind: EventKind| {
-        let mut incident = sample_incident();
-        incident.escalation = "default".into();
-        let mut batch = Batch::new();
-        let n = outbox
-            .enqueue(&mut batch, &IncidentEvent { kind, incident }, false)
-            .unwrap();
-        assert_eq!(n, 1, "{kind:?} goes to the Alertmanager");
-        store.commit(batch).unwrap();
-        outbox.wake();
-    };
+        .to_string();
 
-    emit(EventKind::Opened);
     let alert = wait_for("the alert in Alertmanager", WAIT, || {
-        listed(am_port, "INC-1").into_iter().next()
+        listed(am_port, &id).into_iter().next()
     });
     assert_eq!(alert["status"]["state"], "active");
     assert_eq!(alert["labels"]["alertname"], "ssh-bruteforce");
-    assert_eq!(alert["labels"]["severity"], "high");
+    assert_eq!(alert["labels"]["severity"], "moderate");
     assert_eq!(alert["labels"]["ip"], "203.0.113.9");
     assert_eq!(
         alert["annotations"]["summary"],
@@ -142,32 +121,52 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
         alert["generatorURL"]
             .as_str()
             .unwrap()
-            .ends_with("/api/v1/incidents/INC-1")
+            .ends_with(&format!("/api/v1/incidents/{id}"))
     );
     let firing = wait_for("Alertmanager's firing notification", WAIT, || {
         hook.next(Duration::from_millis(200))
             .filter(|r| r.body["status"] == "firing")
     });
-    assert_eq!(firing.body["alerts"][0]["labels"]["incident"], "INC-1");
+    assert_eq!(firing.body["alerts"][0]["labels"]["incident"], id.as_str());
 
-    emit(EventKind::Closed);
+    // Closed through the lifecycle, as a responder would.
+    for to in [
+        "acknowledged",
+        "contained",
+        "eradicated",
+        "recovered",
+        "closed",
+    ] {
+        let r = http(
+            "POST",
+            s.port,
+            &format!("/api/v1/incidents/{id}/transition"),
+            Some(&s.token),
+            Some(&format!("{{\"to\": \"{to}\"}}")),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{to}: {}", r.body);
+    }
     wait_for("the alert to be resolved", WAIT, || {
-        listed(am_port, "INC-1").is_empty().then_some(())
+        listed(am_port, &id).is_empty().then_some(())
     });
     let resolved = wait_for("Alertmanager's resolved notification", WAIT, || {
         hook.next(Duration::from_millis(200))
             .filter(|r| r.body["status"] == "resolved")
     });
     let alert = &resolved.body["alerts"][0];
-    assert_eq!(alert["labels"]["incident"], "INC-1");
+    assert_eq!(alert["labels"]["incident"], id.as_str());
     assert_eq!(alert["status"], "resolved");
     assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z");
-
     wait_for("both deliveries counted", WAIT, || {
-        let m = metrics.render();
-        m.contains("logwarden_notifications_total{outcome=\"delivered\",receiver=\"am\"} 2")
+        (metric(
+            s.port,
+            "logwarden_notifications_total{outcome=\"delivered\",receiver=\"am\"}",
+        ) == 2.0)
             .then_some(())
     });
-    assert!(outbox.pending().unwrap().is_empty());
-    runtime.block_on(delivery.stop(Duration::from_secs(1)));
+    assert_eq!(
+        metric(s.port, "logwarden_outbox_pending{receiver=\"am\"}"),
+        0.0
+    );
 }

@@ -557,40 +557,31 @@ fn https_proxy_is_honoured() {
 
 #[test]
 fn a_close_never_overtakes_its_incidents_earlier_notification() {
-    use logwarden::incidents::{EventKind, IncidentEvent};
-    use logwarden::notification::{Outbox, deliver, format::sample_incident};
     let receiver = Receiver::start();
     receiver.answer(503);
-    let dir = tempfile::tempdir().unwrap();
-    let config = logwarden::config::Config::parse(
-        &dir.path().join("logwarden.yaml"),
+    let s = setup(
         &format!(
-            "state_dir: state\n\
-             receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 4, retry: {{initial: 100ms, max: 200ms}}}}\n\
-             roles:\n  analysts: {{receivers: [hook]}}\n\
-             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            "  - {{name: hook, type: webhook, url: '{}', concurrency: 4, retry: {{initial: 100ms, max: 200ms}}}}\n",
             receiver.url("/hook")
         ),
+        "hook",
+    );
+    let d = s.start();
+    markers(&s, [1]);
+    let id = d.wait_incident("marker", WAIT)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Closed (as a false positive) while its opening is still failing at the receiver.
+    let r = http(
+        "POST",
+        s.port,
+        &format!("/api/v1/incidents/{id}/transition"),
+        Some(&s.token),
+        Some(r#"{"to": "false_positive"}"#),
     )
     .unwrap();
-    let store = logwarden::store::Store::open(&config.state_dir).unwrap();
-    let outbox = Outbox::new(store.clone(), &config).unwrap();
-    let metrics = std::sync::Arc::new(logwarden::metrics::Metrics::new());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let delivery = {
-        let _entered = runtime.enter();
-        deliver::spawn(outbox.clone(), &config, metrics, Duration::from_secs(1)).unwrap()
-    };
-    let mut batch = logwarden::store::Batch::new();
-    for kind in [EventKind::Opened, EventKind::Closed] {
-        let mut incident = sample_incident();
-        incident.escalation = "default".into();
-        outbox
-            .enqueue(&mut batch, &IncidentEvent { kind, incident }, false)
-            .unwrap();
-    }
-    store.commit(batch).unwrap();
-    outbox.wake();
+    assert_eq!(r.status, 200, "{}", r.body);
     let failing = collect(&receiver, "a few failed attempts", |got| got.len() >= 3);
     assert!(
         failing.iter().all(|r| r.body["event"] == "opened"),
@@ -607,5 +598,4 @@ fn a_close_never_overtakes_its_incidents_earlier_notification() {
         .map(|r| r.body["event"].as_str().unwrap())
         .collect();
     assert_eq!(delivered, ["opened", "closed"]);
-    runtime.block_on(delivery.stop(Duration::from_secs(1)));
 }

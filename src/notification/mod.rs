@@ -75,33 +75,13 @@ struct Target {
 
 /// Decides who hears of an event and renders what they get.
 pub struct Router {
-    /// Per policy, the receivers of each step.
-    policies: HashMap<String, Vec<BTreeSet<String>>>,
     targets: HashMap<String, Target>,
     origin: Origin,
 }
 
 impl Router {
-    /// Resolves policies to receivers and compiles templates once, at start.
+    /// Compiles every receiver's formatter (templates) once, at start.
     pub fn new(config: &Config) -> Result<Self, String> {
-        let policies = config
-            .escalation_policies
-            .iter()
-            .map(|(name, policy)| {
-                let steps = policy
-                    .steps
-                    .iter()
-                    .map(|step| {
-                        step.notify
-                            .iter()
-                            .filter_map(|role| config.roles.get(role))
-                            .flat_map(|role| role.receivers.iter().cloned())
-                            .collect()
-                    })
-                    .collect();
-                (name.clone(), steps)
-            })
-            .collect();
         let mut targets = HashMap::new();
         for receiver in &config.receivers {
             let formatter = match receiver {
@@ -120,30 +100,9 @@ impl Router {
             );
         }
         Ok(Router {
-            policies,
             targets,
             origin: Origin::local(&config.listen),
         })
-    }
-
-    /// Receivers of an event by its policy alone, for callers without escalation progress
-    /// (see [`crate::escalation`] for the timed routing the daemon uses): an opening (and a
-    /// severity rise) goes to the policy's first step, every later event to the receivers
-    /// of all steps. Filtered as [`Router::deliverable`] does.
-    pub fn receivers_for(&self, event: &IncidentEvent, muted: bool) -> Vec<&str> {
-        let Some(steps) = self.policies.get(&event.incident.escalation) else {
-            return Vec::new();
-        };
-        let reached: BTreeSet<&str> = match event.kind {
-            EventKind::Opened | EventKind::SeverityChanged => steps
-                .first()
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .collect(),
-            _ => steps.iter().flatten().map(String::as_str).collect(),
-        };
-        self.deliverable(event.kind, reached, muted)
     }
 
     /// Which of `candidates` get an event: a receiver hears the events it chose; a receiver
@@ -226,23 +185,6 @@ impl Outbox {
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         self.audit = Some(audit);
         self
-    }
-
-    /// Adds the notifications an event causes to `batch`, routed by its policy alone (see
-    /// [`Router::receivers_for`]). Returns how many were added.
-    pub fn enqueue(
-        &self,
-        batch: &mut store::Batch,
-        event: &IncidentEvent,
-        muted: bool,
-    ) -> Result<usize, StoreError> {
-        let receivers: Vec<String> = self
-            .router
-            .receivers_for(event, muted)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        Ok(self.write(batch, event, &receivers)?.len())
     }
 
     /// Adds the notifications of an event for those of `candidates` that hear it (see
@@ -467,8 +409,11 @@ escalation_policies:
     fn receivers_hear_what_they_chose_and_resolvers_always_hear_the_close() {
         let (_dir, o) = outbox();
         let r = o.router();
-        let names = |kind, muted| r.receivers_for(&event(kind), muted);
-        assert_eq!(names(EventKind::Opened, false), ["all", "hook", "pd"]);
+        let names = |kind, muted| r.deliverable(kind, ["all", "hook", "lead", "pd"], muted);
+        assert_eq!(
+            names(EventKind::Opened, false),
+            ["all", "hook", "lead", "pd"]
+        );
         assert_eq!(names(EventKind::SeverityChanged, false), ["all"]);
         assert_eq!(names(EventKind::Escalated, false), ["hook", "lead"]);
         assert_eq!(names(EventKind::Acknowledged, false), ["all"]);
@@ -487,16 +432,15 @@ escalation_policies:
     async fn one_event_shares_its_idempotency_key_and_dead_letters_can_be_resent() {
         let (_dir, o) = outbox();
         let mut batch = store::Batch::new();
-        assert_eq!(
-            o.enqueue(&mut batch, &event(EventKind::Opened), false)
-                .unwrap(),
-            3
-        );
-        assert_eq!(
-            o.enqueue(&mut batch, &event(EventKind::Closed), false)
-                .unwrap(),
-            4
-        );
+        let analysts = ["all", "hook", "pd"].map(String::from);
+        let everyone = ["all", "hook", "lead", "pd"].map(String::from);
+        let written = |batch: &mut store::Batch, kind, reached: &[String]| {
+            o.enqueue_to(batch, &event(kind), reached, false)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(written(&mut batch, EventKind::Opened, &analysts), 3);
+        assert_eq!(written(&mut batch, EventKind::Closed, &everyone), 4);
         o.store().commit(batch).unwrap();
         let pending = o.pending().unwrap();
         assert_eq!(pending.len(), 7);
