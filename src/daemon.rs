@@ -137,6 +137,7 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         api_rules: api_rules.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
+        audit: audit.clone(),
     };
     tokio::spawn(reloader.run(hangup));
     let (stop_pipeline, pipeline_stop_rx) = watch::channel(false);

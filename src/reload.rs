@@ -38,6 +38,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// `/readyz`.
     pub health: Arc<Health>,
+    /// Where failed reloads are recorded (change-management evidence, CC8.1).
+    pub audit: crate::audit::AuditLog,
 }
 
 /// Why a reload changed nothing.
@@ -95,6 +97,16 @@ impl Reloader {
                     "rule reload failed; the old rules keep running"
                 );
                 self.metrics.rule_reload_failures.inc();
+                self.audit.record(&[crate::audit::Entry::new(
+                    "rules.reload_failed",
+                    "logwarden",
+                    None,
+                    serde_json::json!({
+                        "reason": why,
+                        "version_kept": self.current.version,
+                        "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }),
+                )]);
                 let more = match problems.len() {
                     0 | 1 => String::new(),
                     n => format!(" (and {} more)", n - 1),
