@@ -37,6 +37,12 @@ pub enum Command {
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
     Notifications(crate::notification::cli::NotificationsArgs),
+    /// Run rule test files: input lines and the incidents they must open.
+    Test(crate::tools::test::TestArgs),
+    /// Evaluate historical logs by their own timestamps, with no store and no notifications.
+    Replay(crate::tools::replay::ReplayArgs),
+    /// Show which rules match a line, their captures, exclusions and key.
+    Explain(crate::tools::explain::ExplainArgs),
 }
 
 /// Output of `check`.
@@ -78,6 +84,9 @@ pub fn main() -> ExitCode {
         },
         Command::Check { config, format } => check(&config, format),
         Command::Notifications(args) => crate::notification::cli::run(args),
+        Command::Test(args) => crate::tools::test::run(args),
+        Command::Replay(args) => crate::tools::replay::run(args),
+        Command::Explain(args) => crate::tools::explain::run(args),
     }
 }
 

@@ -19,3 +19,4 @@ pub mod reload;
 pub mod rules;
 pub mod sources;
 pub mod store;
+pub mod tools;
