@@ -366,9 +366,9 @@ fn run_case(
                 "lines",
                 &case.name,
                 format!(
-                    "line {} has no time: it carries none the {:?} format reads, and the test has no `start` (give one, and `at:` or `after:` offsets)",
+                    "line {} has no time: it carries none the `{}` format reads, and the test has no `start` (give one, and `at:` or `after:` offsets)",
                     n + 1,
-                    ctx.format
+                    format_name(&ctx.format)
                 ),
             ));
             continue;
@@ -461,6 +461,18 @@ fn run_case(
     }
     let got = evaluation.finish(until);
     Ok(diff(&expected, &got))
+}
+
+/// A format as written in YAML.
+fn format_name(format: &TimestampFormat) -> &str {
+    match format {
+        TimestampFormat::Arrival => "arrival",
+        TimestampFormat::Syslog => "syslog",
+        TimestampFormat::Rfc3339 => "rfc3339",
+        TimestampFormat::Clf => "clf",
+        TimestampFormat::Epoch => "epoch",
+        TimestampFormat::Pattern(p) => p,
+    }
 }
 
 /// An expectation, with its times read.
