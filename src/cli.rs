@@ -45,6 +45,12 @@ pub enum Command {
     Audit(crate::audit::cli::AuditArgs),
     /// Send a drill incident for a rule through the live response path (client of the API).
     Drill(crate::lifecycle::cli::DrillArgs),
+    /// Run rule test files: input lines and the incidents they must open.
+    Test(crate::tools::test::TestArgs),
+    /// Evaluate historical logs by their own timestamps, with no store and no notifications.
+    Replay(crate::tools::replay::ReplayArgs),
+    /// Show which rules match a line, their captures, exclusions and key.
+    Explain(crate::tools::explain::ExplainArgs),
 }
 
 /// Output of `check`.
@@ -90,6 +96,9 @@ pub fn main() -> ExitCode {
         Command::Silences(args) => crate::silences::cli::run(args),
         Command::Audit(args) => crate::audit::cli::run(args),
         Command::Drill(args) => crate::lifecycle::cli::drill(args),
+        Command::Test(args) => crate::tools::test::run(args),
+        Command::Replay(args) => crate::tools::replay::run(args),
+        Command::Explain(args) => crate::tools::explain::run(args),
     }
 }
 

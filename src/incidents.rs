@@ -308,6 +308,16 @@ impl IncidentBook {
         })
     }
 
+    /// An empty book with no store behind it, for evaluations that must leave no state
+    /// (`test`, `replay`).
+    pub fn empty() -> Self {
+        IncidentBook {
+            open: HashMap::new(),
+            next_number: 1,
+            dirty: HashSet::new(),
+        }
+    }
+
     /// Folds a counted match into incidents: updates the open incident for its rule and key,
     /// or opens one when the match completed the rule's condition.
     pub fn apply(

@@ -25,3 +25,4 @@ pub mod rules;
 pub mod silences;
 pub mod sources;
 pub mod store;
+pub mod tools;

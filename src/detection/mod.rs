@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use keys::KeyTable;
 use kinds::{Event, KeyState, Observed};
 use matcher::SourceMatcher;
+use regex::bytes::Regex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -257,30 +258,13 @@ impl Detector {
         for &(index, step) in &self.candidates {
             let rule = &matcher.rules[index];
             let regex = &rule.patterns[step];
-            let Some(caps) = regex.captures(&line.bytes) else {
+            let Some(captures) = capture_values(regex, &line.bytes) else {
                 continue;
             };
-            let captures: BTreeMap<String, String> = regex
-                .capture_names()
-                .flatten()
-                .filter_map(|name| {
-                    caps.name(name).map(|m| {
-                        (
-                            name.to_string(),
-                            String::from_utf8_lossy(m.as_bytes()).into_owned(),
-                        )
-                    })
-                })
-                .collect();
             if rule.excluded_by(&line.bytes, &captures).is_some() {
                 continue;
             }
-            let key: Key = rule
-                .def
-                .group_by
-                .iter()
-                .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
-                .collect();
+            let key = key_of(rule, &captures);
             let evidence = Evidence::from_line(line, time);
             let touched = Self::table(&mut self.tables, rule)
                 .touch(&key, || KeyState::new(&rule.kind, time_ms));
@@ -351,6 +335,23 @@ impl Detector {
                 }
             }
         }
+    }
+
+    /// The earliest clock time at which [`Detector::advance`] would open an absence gap if
+    /// no further lines matched, so a replay can advance exactly there instead of in ticks.
+    pub fn next_absence_due(&self) -> Option<DateTime<Utc>> {
+        let mut due: Option<i64> = None;
+        for rule in &self.rules.rules {
+            let Some(table) = self.tables.get(rule.id()) else {
+                continue;
+            };
+            for state in table.keys().filter_map(|k| table.get(k)) {
+                if let Some(at) = state.absence_due_ms(&rule.kind) {
+                    due = Some(due.map_or(at, |d| d.min(at)));
+                }
+            }
+        }
+        due.and_then(DateTime::from_timestamp_millis)
     }
 
     /// Forgets state that can no longer contribute at event time `now`, so memory follows
@@ -434,6 +435,36 @@ impl Detector {
     pub fn live_keys(&self) -> usize {
         self.tables.values().map(KeyTable::len).sum()
     }
+}
+
+/// The named captures of `regex` on `line` as text, or `None` when it does not match. The
+/// detector and `explain` both read captures through this, so they always agree.
+pub fn capture_values(regex: &Regex, line: &[u8]) -> Option<BTreeMap<String, String>> {
+    let caps = regex.captures(line)?;
+    Some(
+        regex
+            .capture_names()
+            .flatten()
+            .filter_map(|name| {
+                caps.name(name).map(|m| {
+                    (
+                        name.to_string(),
+                        String::from_utf8_lossy(m.as_bytes()).into_owned(),
+                    )
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The key a rule counts a match under: its `group_by` captures (empty when one did not
+/// take part in the match).
+pub fn key_of(rule: &Rule, captures: &BTreeMap<String, String>) -> Key {
+    rule.def
+        .group_by
+        .iter()
+        .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
+        .collect()
 }
 
 /// Marks a key's state as changed, cloning the key only the first time per commit.

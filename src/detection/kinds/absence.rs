@@ -73,6 +73,23 @@ impl Absence {
         })
     }
 
+    /// The first clock time [`Absence::advance`] would cross at without further matches.
+    pub(super) fn due_ms(&self, within_ms: i64, count: u64) -> Option<i64> {
+        if self.gap_ms.is_some() {
+            return None;
+        }
+        let clock = self.since_ms.saturating_add(within_ms);
+        // `recent` keeps the latest `count` matches: the gap opens once the oldest of them
+        // is more than `within` old (at once when there are fewer than `count`).
+        let thinned = match self.recent.front() {
+            Some(oldest) if self.recent.len() as u64 >= count => {
+                oldest.saturating_add(within_ms).saturating_add(1)
+            }
+            _ => i64::MIN,
+        };
+        Some(clock.max(thinned))
+    }
+
     pub(super) fn last_ms(&self) -> i64 {
         self.recent.back().copied().unwrap_or(self.since_ms)
     }
@@ -120,6 +137,19 @@ mod tests {
         assert_eq!(s.advance(&KIND, T0 + 40_000), None);
         // A new gap is a new crossing.
         assert!(s.advance(&KIND, T0 + 40_001).is_some());
+    }
+
+    #[test]
+    fn due_is_exactly_when_advance_first_crosses() {
+        let mut s = KeyState::new(&KIND, T0);
+        assert_eq!(s.absence_due_ms(&KIND), Some(T0 + 10_000));
+        feed(&mut s, &KIND, T0 + 1_000, 0, &[]);
+        feed(&mut s, &KIND, T0 + 5_000, 0, &[]);
+        let due = s.absence_due_ms(&KIND).unwrap();
+        assert_eq!(due, T0 + 11_001);
+        assert_eq!(s.advance(&KIND, due - 1), None);
+        assert!(s.advance(&KIND, due).is_some());
+        assert_eq!(s.absence_due_ms(&KIND), None, "a gap is open");
     }
 
     #[test]

@@ -123,6 +123,17 @@ impl KeyState {
         }
     }
 
+    /// Absence: when the clock would open a gap if no further match came (`None` for
+    /// other kinds, and while a gap is open).
+    pub fn absence_due_ms(&self, kind: &RuleKind) -> Option<i64> {
+        match (self, kind) {
+            (KeyState::Absence(s), RuleKind::Absence { within_ms, count }) => {
+                s.due_ms(*within_ms, *count)
+            }
+            _ => None,
+        }
+    }
+
     /// Forgets what the kind no longer needs at event time `now_ms`; `true` when nothing is
     /// left and the key can be dropped.
     pub fn expire(&mut self, kind: &RuleKind, now_ms: i64) -> bool {

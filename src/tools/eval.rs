@@ -1,0 +1,230 @@
+//! One evaluation of lines against a rule set, in memory, on the lines' own clock.
+//!
+//! This is the daemon's evaluation path ([`Detector`] then [`IncidentBook`]) without the
+//! store and the outbox: `test` and `replay` must report exactly what the daemon would have
+//! opened, so they share this and never evaluate rules another way. The clock is the lines'
+//! time: absence rules are advanced to the exact moment a gap opens, state is expired as
+//! log time passes, and an incident's `opened_at` is the log time it would have opened at.
+
+use crate::detection::{Detector, Hit};
+use crate::incidents::{Incident, IncidentBook};
+use crate::rules::{RuleKind, RuleSet};
+use crate::sources::LogLine;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// Log time between two passes that drop window state that can no longer count (the
+/// daemon does it every second of wall time; memory is all it changes). Each pass visits
+/// every live key, so in a replay it is spaced out: every minute of log time halved the
+/// replay rate of a busy log.
+const HOUSEKEEPING_MS: i64 = 600_000;
+
+/// Lines evaluated in time order into incidents, without side effects.
+pub struct Evaluation {
+    detector: Detector,
+    book: IncidentBook,
+    rules: Arc<RuleSet>,
+    /// Every incident opened, as it is after the latest change, by number.
+    incidents: BTreeMap<u64, Incident>,
+    /// Rules with at least one incident: only their plain matches can change one.
+    with_incidents: HashSet<String>,
+    hits: Vec<Hit>,
+    has_absence: bool,
+    /// Cached [`Detector::next_absence_due`]; `None` inside means nothing is due.
+    due: Option<Option<DateTime<Utc>>>,
+    watermark: Option<DateTime<Utc>>,
+    last_housekeeping_ms: i64,
+    evicted: BTreeMap<String, u64>,
+}
+
+impl Evaluation {
+    /// An evaluation of `rules` for lines of the named sources.
+    pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
+        let has_absence = rules
+            .rules
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Absence { .. }));
+        Evaluation {
+            detector: Detector::new(rules.clone(), sources),
+            book: IncidentBook::empty(),
+            rules,
+            incidents: BTreeMap::new(),
+            with_incidents: HashSet::new(),
+            hits: Vec::new(),
+            has_absence,
+            due: None,
+            watermark: None,
+            last_housekeeping_ms: i64::MIN,
+            evicted: BTreeMap::new(),
+        }
+    }
+
+    /// The rules evaluated.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Evaluates one line at its time. Lines should come in time order (as merged by
+    /// [`crate::tools::input`]); a late line is judged like the daemon judges one.
+    pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>) {
+        if self.watermark.is_none_or(|w| time > w) {
+            self.clock_to(time);
+        }
+        self.detector.observe(line, time, &mut self.hits);
+        if !self.hits.is_empty() {
+            if self.has_absence
+                && self
+                    .hits
+                    .iter()
+                    .any(|h| matches!(h.rule.kind, RuleKind::Absence { .. }))
+            {
+                self.due = None;
+            }
+            self.apply_hits();
+        }
+    }
+
+    /// Lets log time run to `now` with no lines: absence gaps due by then open at the
+    /// moment they are due. The first call starts the clock of rules without `group_by`.
+    pub fn clock_to(&mut self, now: DateTime<Utc>) {
+        if self.watermark.is_some_and(|w| now < w) {
+            return;
+        }
+        if self.has_absence {
+            if self.watermark.is_none() {
+                self.detector.advance(now, &mut self.hits);
+                self.apply_hits();
+                self.due = None;
+            }
+            loop {
+                let due = *self
+                    .due
+                    .get_or_insert_with(|| self.detector.next_absence_due());
+                let Some(due) = due.filter(|d| *d <= now) else {
+                    break;
+                };
+                self.detector.advance(due, &mut self.hits);
+                self.due = None;
+                if self.hits.is_empty() {
+                    // Nothing crossed after all (a key with a match from the future):
+                    // the rest is noticed by the next line or the end.
+                    self.detector.advance(now, &mut self.hits);
+                    self.apply_hits();
+                    break;
+                }
+                self.apply_hits();
+            }
+        }
+        self.watermark = Some(now);
+        let now_ms = now.timestamp_millis();
+        if now_ms.saturating_sub(self.last_housekeeping_ms) >= HOUSEKEEPING_MS {
+            self.last_housekeeping_ms = now_ms;
+            self.detector.expire(now);
+            // Nothing is stored: what changed is only of interest to the daemon's store.
+            drop(self.detector.take_dirty());
+            for (rule, n) in self.detector.take_evictions() {
+                *self.evicted.entry(rule).or_default() += n;
+            }
+        }
+    }
+
+    fn apply_hits(&mut self) {
+        for hit in self.hits.drain(..) {
+            // The book ignores a match that neither crosses nor belongs to an open incident;
+            // skipping it here spares building its slot for the most common kind of hit.
+            if hit.crossed.is_none() && !self.with_incidents.contains(hit.rule.id()) {
+                continue;
+            }
+            let at = hit.time;
+            if let Some(event) = self.book.apply(hit, &self.rules, at) {
+                if !self.with_incidents.contains(&event.incident.rule) {
+                    self.with_incidents.insert(event.incident.rule.clone());
+                }
+                let number = Incident::number(&event.incident.id).unwrap_or_default();
+                self.incidents.insert(number, event.incident);
+            }
+        }
+    }
+
+    /// Keys dropped per rule because `max_keys` was reached (matches may have been lost).
+    pub fn evictions(&mut self) -> BTreeMap<String, u64> {
+        for (rule, n) in self.detector.take_evictions() {
+            *self.evicted.entry(rule).or_default() += n;
+        }
+        self.evicted.clone()
+    }
+
+    /// Ends the evaluation at `until` (else at the last line's time) and returns every
+    /// incident opened, in the order they opened.
+    pub fn finish(mut self, until: Option<DateTime<Utc>>) -> Vec<Incident> {
+        if let Some(end) = until.or(self.watermark) {
+            self.clock_to(end);
+        }
+        self.incidents.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleContext;
+
+    fn rules(yaml: &str) -> Arc<RuleSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Arc::new(RuleSet::load(&[path], &RuleContext::default()).unwrap())
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_000_000 + s, 0).unwrap()
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            source: "t".into(),
+            path: "t.log".into(),
+            offset: 0,
+            bytes: text.as_bytes().to_vec(),
+            arrival: at(0),
+        }
+    }
+
+    #[test]
+    fn an_absence_opens_at_the_moment_it_is_due_not_at_the_next_line() {
+        let mut e = Evaluation::new(
+            rules(
+                "rules:\n  - id: hb\n    match: beat\n    absence: {within: 5m}\n    severity: high\n",
+            ),
+            &["t".into()],
+        );
+        e.observe(&line("beat"), at(0));
+        e.observe(&line("beat"), at(60));
+        e.observe(&line("beat"), at(3600));
+        let incidents = e.finish(None);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(
+            incidents[0].opened_at,
+            at(60 + 300) + chrono::Duration::milliseconds(1)
+        );
+        assert_eq!(incidents[0].resumed_at, Some(at(3600)));
+    }
+
+    #[test]
+    fn opened_at_is_log_time_and_later_matches_fold_in() {
+        let mut e = Evaluation::new(
+            rules(
+                "rules:\n  - id: f\n    match: 'fail (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 2, within: 1m}\n    severity: low\n",
+            ),
+            &["t".into()],
+        );
+        for s in [0, 10, 20] {
+            e.observe(&line("fail 1.2.3.4"), at(s));
+        }
+        e.observe(&line("fail 5.6.7.8"), at(30));
+        let incidents = e.finish(None);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!((incidents[0].count, incidents[0].opened_at), (3, at(10)));
+    }
+}

@@ -1,0 +1,139 @@
+//! `logwarden explain`: which rules a line matches, what they capture, what stopped them
+//! (`ignore`, `allow.FIELD`, `only.FIELD`) and the key the line would count under.
+//!
+//! It reads captures and exclusions through the same functions as the detector, so what it
+//! says is what the daemon does.
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::detection::{Key, capture_values, key_of};
+use crate::rules::RuleSet;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `logwarden explain` arguments.
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// Config file naming the rules.
+    #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Rule files or directories to use instead of the config's rules.
+    #[arg(long = "rules", value_name = "PATH")]
+    pub rules: Vec<PathBuf>,
+    /// Only the rules that read this source.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+    /// Print `{"matches": [...]}` (one object per line read).
+    #[arg(long)]
+    pub json: bool,
+    /// The log line; `-` or nothing reads lines from stdin, one explanation each.
+    #[arg(value_name = "LINE")]
+    pub line: Option<String>,
+}
+
+/// One rule pattern that matched the line.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Match {
+    /// Rule id.
+    pub rule: String,
+    /// Sequence step (1-based) that matched; absent for other kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// Named captures.
+    pub captures: BTreeMap<String, String>,
+    /// Key the line counts under.
+    pub key: Key,
+    /// `ignore`, `allow.FIELD` or `only.FIELD`; `None` when the line is counted.
+    pub excluded_by: Option<String>,
+}
+
+/// Every rule pattern in `rules` (of `source`, when given) that matches `line`.
+pub fn explain(rules: &RuleSet, source: Option<&str>, line: &[u8]) -> Vec<Match> {
+    let mut out = Vec::new();
+    for rule in &rules.rules {
+        if source.is_some_and(|s| !rule.applies_to(s)) {
+            continue;
+        }
+        let sequence = rule.def.sequence.is_some();
+        for (i, regex) in rule.patterns.iter().enumerate() {
+            let Some(captures) = capture_values(regex, line) else {
+                continue;
+            };
+            out.push(Match {
+                rule: rule.id().to_string(),
+                step: sequence.then_some(i + 1),
+                key: key_of(rule, &captures),
+                excluded_by: rule.excluded_by(line, &captures).map(|e| e.to_string()),
+                captures,
+            });
+        }
+    }
+    out
+}
+
+/// Runs `explain`: exit 0 with the explanation, 1 for invalid config or rules, 2 when stdin
+/// cannot be read.
+pub fn run(args: ExplainArgs) -> ExitCode {
+    let (_, rules) = match super::load_config_and_rules(&args.config, &args.rules) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let source = args.source.as_deref();
+    match args.line.as_deref() {
+        Some(line) if line != "-" => print(&rules, source, line.as_bytes(), args.json),
+        _ => {
+            for line in std::io::stdin().lock().split(b'\n') {
+                match line {
+                    Ok(mut line) => {
+                        if line.ends_with(b"\r") {
+                            line.pop();
+                        }
+                        print(&rules, source, &line, args.json);
+                    }
+                    Err(e) => {
+                        eprintln!("logwarden explain: cannot read stdin: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], json: bool) {
+    let matches = explain(rules, source, line);
+    if json {
+        println!("{}", serde_json::json!({ "matches": matches }));
+        return;
+    }
+    if matches.is_empty() {
+        println!("no rule matches this line");
+        return;
+    }
+    for m in &matches {
+        let rule = rules.rule(&m.rule).expect("matched rules exist");
+        let step = m.step.map(|s| format!(" (step {s})")).unwrap_or_default();
+        match &m.excluded_by {
+            None if m.key.is_empty() => {
+                println!(
+                    "{}{step}: counted (no group_by: one key for the whole rule)",
+                    m.rule
+                )
+            }
+            None => println!("{}{step}: counted under key {}", m.rule, fields(&m.key)),
+            Some(why) => println!("{}{step}: NOT counted: stopped by {why}", m.rule),
+        }
+        println!("  captures: {}", fields(&m.captures));
+        if !rule.def.sources.is_empty() {
+            println!("  reads only sources: {}", rule.def.sources.join(", "));
+        }
+    }
+}
+
+fn fields(map: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}

@@ -1,0 +1,571 @@
+//! `logwarden test`: rule test files — input lines and the incidents they must open.
+//!
+//! A test's `expect` is exact: these incidents and no others (`expect: []` is expected
+//! silence). Lines run through the shared [`Evaluation`] on their own times, or on a
+//! `start` time plus offsets, and the clock runs to the last line (or `until`) so absence
+//! rules can fire. A failure prints an expected/got diff per test and exits 1.
+
+use super::eval::Evaluation;
+use crate::detection::Key;
+use crate::diag::{Diagnostic, Position, YamlLocator};
+use crate::duration::HumanDuration;
+use crate::incidents::Incident;
+use crate::rules::{RuleContext, RuleSet, Severity};
+use crate::sources::LogLine;
+use crate::sources::timestamp::TimestampFormat;
+use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Source name lines of a test belong to unless the test says `source:`.
+pub const DEFAULT_SOURCE: &str = "test";
+
+/// `logwarden test` arguments.
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Rule test files (YAML).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    rule_files: Vec<PathBuf>,
+    #[serde(default)]
+    timestamp: Option<TimestampFormat>,
+    #[serde(default)]
+    year: Option<i32>,
+    #[serde(default)]
+    source: Option<String>,
+    tests: Vec<TestCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestCase {
+    name: String,
+    #[serde(default)]
+    timestamp: Option<TimestampFormat>,
+    #[serde(default)]
+    year: Option<i32>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    lines: Vec<LineSpec>,
+    #[serde(default)]
+    until: Option<String>,
+    expect: Vec<Expected>,
+}
+
+/// A line as written: its text, or `{line, at | after, repeat, every}`.
+#[derive(Debug)]
+struct LineSpec {
+    text: String,
+    at: Option<HumanDuration>,
+    after: Option<HumanDuration>,
+    repeat: u32,
+    every: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimedLine {
+    line: String,
+    #[serde(default)]
+    at: Option<HumanDuration>,
+    #[serde(default)]
+    after: Option<HumanDuration>,
+    #[serde(default)]
+    repeat: Option<u32>,
+    #[serde(default)]
+    every: Option<HumanDuration>,
+}
+
+impl<'de> Deserialize<'de> for LineSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_yaml::Value::deserialize(d)?;
+        let timed: TimedLine = match value {
+            serde_yaml::Value::String(text) => {
+                return Ok(LineSpec {
+                    text,
+                    at: None,
+                    after: None,
+                    repeat: 1,
+                    every: None,
+                });
+            }
+            serde_yaml::Value::Mapping(_) => serde_yaml::from_value(value)
+                .map_err(|e| D::Error::custom(format!("in a line: {e}")))?,
+            _ => {
+                return Err(D::Error::custom(
+                    "a line is a string, or {line: TEXT, at: DURATION | after: DURATION, repeat: N, every: DURATION}",
+                ));
+            }
+        };
+        if timed.at.is_some() && timed.after.is_some() {
+            return Err(D::Error::custom("a line takes `at` or `after`, not both"));
+        }
+        if timed.repeat == Some(0) {
+            return Err(D::Error::custom("repeat must be at least 1"));
+        }
+        Ok(LineSpec {
+            text: timed.line,
+            at: timed.at,
+            after: timed.after,
+            repeat: timed.repeat.unwrap_or(1),
+            every: timed.every,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expected {
+    rule: String,
+    #[serde(default, deserialize_with = "scalar_map")]
+    key: Key,
+    #[serde(default)]
+    severity: Option<Severity>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    opened_at: Option<String>,
+    #[serde(default)]
+    summary: Option<String>,
+}
+
+/// Key values as text whatever YAML made of them (`port: 22` is the capture "22").
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+    use serde::de::Error;
+    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            serde_yaml::Value::String(s) => Ok((k, s)),
+            serde_yaml::Value::Number(n) => Ok((k, n.to_string())),
+            serde_yaml::Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(D::Error::custom(format!(
+                "key value of {k:?} must be a scalar"
+            ))),
+        })
+        .collect()
+}
+
+/// What the tests of all files came to.
+#[derive(Debug, Default)]
+struct Totals {
+    files: usize,
+    tests: usize,
+    failed: usize,
+    invalid: bool,
+    unreadable: bool,
+}
+
+/// Runs `test`: exit 0 when every test passes, 1 on a failed test or an invalid file, 2
+/// when a file cannot be read.
+pub fn run(args: TestArgs) -> ExitCode {
+    let mut totals = Totals::default();
+    for file in &args.files {
+        run_file(file, &mut totals);
+    }
+    if totals.unreadable {
+        return ExitCode::from(2);
+    }
+    if totals.failed > 0 || totals.invalid {
+        println!(
+            "FAILED: {} of {} tests in {} files failed{}",
+            totals.failed,
+            totals.tests,
+            totals.files,
+            if totals.invalid {
+                " (and some files are invalid)"
+            } else {
+                ""
+            }
+        );
+        return ExitCode::from(1);
+    }
+    println!(
+        "ok: {} tests in {} files passed",
+        totals.tests, totals.files
+    );
+    ExitCode::SUCCESS
+}
+
+fn run_file(path: &Path, totals: &mut Totals) {
+    totals.files += 1;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("logwarden test: cannot read {}: {e}", path.display());
+            totals.unreadable = true;
+            return;
+        }
+    };
+    let file: TestFile = match serde_yaml::from_str(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("{}", Diagnostic::from_yaml(path, &e));
+            totals.invalid = true;
+            return;
+        }
+    };
+    let loc = YamlLocator::new(&text);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rule_files: Vec<PathBuf> = file.rule_files.iter().map(|f| base.join(f)).collect();
+    let rules = match RuleSet::load(&rule_files, &RuleContext::default()) {
+        Ok(rules) => Arc::new(rules),
+        Err(problems) => {
+            for p in problems {
+                println!("{p}");
+            }
+            totals.invalid = true;
+            return;
+        }
+    };
+    let mut failed = 0;
+    for (i, case) in file.tests.iter().enumerate() {
+        totals.tests += 1;
+        let at = loc.item("tests", i);
+        let ctx = CaseContext {
+            path,
+            at,
+            loc: &loc,
+            format: case
+                .timestamp
+                .clone()
+                .or(file.timestamp.clone())
+                .unwrap_or(TimestampFormat::Syslog),
+            reference: reference(case.year.or(file.year)),
+            source: case
+                .source
+                .clone()
+                .or(file.source.clone())
+                .unwrap_or_else(|| DEFAULT_SOURCE.into()),
+        };
+        match run_case(case, &ctx, &rules) {
+            Ok(diff) if diff.is_empty() => {}
+            Ok(diff) => {
+                failed += 1;
+                println!(
+                    "FAIL {}:{}:{}: {}",
+                    path.display(),
+                    at.line,
+                    at.col,
+                    case.name
+                );
+                println!("  --- expected\n  +++ got");
+                for line in diff {
+                    println!("  {line}");
+                }
+            }
+            Err(problems) => {
+                failed += 1;
+                for p in problems {
+                    println!("{p}");
+                }
+            }
+        }
+    }
+    totals.failed += failed;
+    let passed = file.tests.len() - failed;
+    println!(
+        "{}: {passed} of {} tests passed",
+        path.display(),
+        file.tests.len()
+    );
+}
+
+/// Year reference for formats without a year: the last second of `year` (local time), so
+/// every date of that year reads as that year; without `year`, now.
+fn reference(year: Option<i32>) -> DateTime<Utc> {
+    year.and_then(|y| {
+        Local
+            .with_ymd_and_hms(y, 12, 31, 23, 59, 59)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    })
+    .unwrap_or_else(Utc::now)
+}
+
+/// What a test case is read with.
+struct CaseContext<'a> {
+    path: &'a Path,
+    at: Position,
+    loc: &'a YamlLocator<'a>,
+    format: TimestampFormat,
+    reference: DateTime<Utc>,
+    source: String,
+}
+
+impl CaseContext<'_> {
+    fn problem(&self, key: &str, name: &str, message: String) -> Diagnostic {
+        Diagnostic::at(
+            self.path,
+            self.loc.key_in_block(self.at, key),
+            format!("test {name:?}: {message}"),
+        )
+    }
+
+    /// A time written as RFC 3339 or like the test's lines (`Nov 22 10:00:01`).
+    fn time(&self, text: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .or_else(|| self.format.parse(text.trim().as_bytes(), self.reference))
+    }
+}
+
+/// Runs one test; `Ok` holds the diff lines (empty when it passed).
+fn run_case(
+    case: &TestCase,
+    ctx: &CaseContext<'_>,
+    rules: &Arc<RuleSet>,
+) -> Result<Vec<String>, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    if let Err(e) = ctx.format.validate() {
+        problems.push(ctx.problem("timestamp", &case.name, e));
+    }
+    let start = match &case.start {
+        Some(text) => match ctx.time(text) {
+            Some(t) => Some(t),
+            None => {
+                problems.push(ctx.problem(
+                    "start",
+                    &case.name,
+                    format!(
+                        "start {text:?} is neither RFC 3339 nor a time the lines' format reads"
+                    ),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut timed = Vec::new();
+    let mut previous: Option<DateTime<Utc>> = None;
+    for (n, spec) in case.lines.iter().enumerate() {
+        let base = if let Some(at) = spec.at {
+            start.map(|s| s + at.0)
+        } else if let Some(after) = spec.after {
+            previous.or(start).map(|p| p + after.0)
+        } else {
+            ctx.format
+                .parse(spec.text.as_bytes(), ctx.reference)
+                .or(previous)
+                .or(start)
+        };
+        let Some(base) = base else {
+            problems.push(ctx.problem(
+                "lines",
+                &case.name,
+                format!(
+                    "line {} has no time: it carries none the `{}` format reads, and the test has no `start` (give one, and `at:` or `after:` offsets)",
+                    n + 1,
+                    format_name(&ctx.format)
+                ),
+            ));
+            continue;
+        };
+        for r in 0..spec.repeat {
+            let time = base + spec.every.map_or(std::time::Duration::ZERO, |e| e.0 * r);
+            timed.push((n, time));
+            previous = Some(time);
+        }
+    }
+    let until = match &case.until {
+        None => None,
+        Some(text) => match HumanDuration::parse(text) {
+            Ok(d) => previous.or(start).map(|t| t + d.0),
+            Err(_) => ctx.time(text),
+        }
+        .or_else(|| {
+            problems.push(ctx.problem(
+                "until",
+                &case.name,
+                format!("until {text:?} is neither a duration after the last line, RFC 3339, nor a time the lines' format reads"),
+            ));
+            None
+        }),
+    };
+    let mut expected = Vec::new();
+    for e in &case.expect {
+        let Some(rule) = rules.rule(&e.rule) else {
+            problems.push(ctx.problem(
+                "expect",
+                &case.name,
+                format!("expect names rule {:?}, which the rule files lack", e.rule),
+            ));
+            continue;
+        };
+        let fields: Vec<&String> = e.key.keys().collect();
+        let mut group_by: Vec<&String> = rule.def.group_by.iter().collect();
+        group_by.sort();
+        if fields != group_by {
+            problems.push(ctx.problem(
+                "expect",
+                &case.name,
+                format!(
+                    "the key of rule {:?} has the fields {group_by:?} (its group_by), the expectation gives {fields:?}",
+                    e.rule
+                ),
+            ));
+        }
+        let opened_at = match &e.opened_at {
+            Some(text) => match ctx.time(text) {
+                Some(t) => Some(t),
+                None => {
+                    problems.push(ctx.problem(
+                        "expect",
+                        &case.name,
+                        format!("opened_at {text:?} is neither RFC 3339 nor a time the lines' format reads"),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        expected.push(Want {
+            rule: &e.rule,
+            key: &e.key,
+            severity: e.severity,
+            count: e.count,
+            opened_at,
+            summary: e.summary.as_deref(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut evaluation = Evaluation::new(rules.clone(), std::slice::from_ref(&ctx.source));
+    if let Some(start) = start {
+        evaluation.clock_to(start);
+    }
+    let source: Arc<str> = ctx.source.as_str().into();
+    let path: Arc<str> = ctx.path.display().to_string().into();
+    for (n, time) in timed {
+        let line = LogLine {
+            source: source.clone(),
+            path: path.clone(),
+            offset: n as u64,
+            bytes: case.lines[n].text.as_bytes().to_vec(),
+            arrival: time,
+        };
+        evaluation.observe(&line, time);
+    }
+    let got = evaluation.finish(until);
+    Ok(diff(&expected, &got))
+}
+
+/// A format as written in YAML.
+fn format_name(format: &TimestampFormat) -> &str {
+    match format {
+        TimestampFormat::Arrival => "arrival",
+        TimestampFormat::Syslog => "syslog",
+        TimestampFormat::Rfc3339 => "rfc3339",
+        TimestampFormat::Clf => "clf",
+        TimestampFormat::Epoch => "epoch",
+        TimestampFormat::Pattern(p) => p,
+    }
+}
+
+/// An expectation, with its times read.
+struct Want<'a> {
+    rule: &'a str,
+    key: &'a Key,
+    severity: Option<Severity>,
+    count: Option<u64>,
+    opened_at: Option<DateTime<Utc>>,
+    summary: Option<&'a str>,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn key_text(key: &Key) -> String {
+    let fields: Vec<String> = key.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+/// The fields an expectation checks, from the expectation or from an incident.
+fn describe(rule: &str, key: &Key, fields: &[(&str, String)]) -> String {
+    let mut out = format!("{rule} {}", key_text(key));
+    for (name, value) in fields {
+        out.push_str(&format!(" {name}: {value}"));
+    }
+    out
+}
+
+/// `-` lines for what was expected and `+` lines for what opened instead; empty when the
+/// incidents are exactly the expected ones.
+fn diff(expected: &[Want<'_>], got: &[Incident]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut used = vec![false; got.len()];
+    for want in expected {
+        let found = got
+            .iter()
+            .enumerate()
+            .find(|(i, g)| !used[*i] && g.rule == want.rule && &g.key == want.key);
+        let mut wanted: Vec<(&str, String)> = Vec::new();
+        let mut actual: Vec<(&str, String)> = Vec::new();
+        let mut push = |name, w: Option<String>, g: Option<String>| {
+            if let Some(w) = w {
+                wanted.push((name, w));
+                actual.push((name, g.unwrap_or_default()));
+            }
+        };
+        let g = found.map(|(_, g)| g);
+        push(
+            "severity",
+            want.severity.map(|s| s.to_string()),
+            g.map(|g| g.severity.to_string()),
+        );
+        push(
+            "count",
+            want.count.map(|c| c.to_string()),
+            g.map(|g| g.count.to_string()),
+        );
+        push(
+            "opened_at",
+            want.opened_at.map(time),
+            g.map(|g| time(g.opened_at)),
+        );
+        push(
+            "summary",
+            want.summary.map(|s| format!("{s:?}")),
+            g.map(|g| format!("{:?}", g.summary)),
+        );
+        match found {
+            None => out.push(format!(
+                "- {}   (expected, not opened)",
+                describe(want.rule, want.key, &wanted)
+            )),
+            Some((i, g)) => {
+                used[i] = true;
+                if wanted != actual {
+                    out.push(format!("- {}", describe(want.rule, want.key, &wanted)));
+                    out.push(format!("+ {}", describe(&g.rule, &g.key, &actual)));
+                }
+            }
+        }
+    }
+    for (g, _) in got.iter().zip(&used).filter(|(_, used)| !**used) {
+        let fields = [
+            ("severity", g.severity.to_string()),
+            ("count", g.count.to_string()),
+            ("opened_at", time(g.opened_at)),
+        ];
+        out.push(format!(
+            "+ {}   (opened, not expected)",
+            describe(&g.rule, &g.key, &fields)
+        ));
+    }
+    out
+}
