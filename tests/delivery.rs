@@ -394,6 +394,13 @@ fn undeliverable_notifications_become_dead_letters_listed_and_resent_by_the_cli(
     let again = wait_for("the re-sent notification", WAIT, || receiver.next(WAIT));
     assert_eq!(again.status, 200);
     assert_eq!(again.header("idempotency-key"), Some(failed_key.as_str()));
+    let audit = d.get("/api/v1/audit?format=jsonl").body;
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"notification.resent\"") && l.contains(&failed_key)),
+        "the re-send is audited: {audit}"
+    );
     wait_for("one dead letter left", WAIT, || {
         (metric(
             s.port,

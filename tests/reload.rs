@@ -137,6 +137,22 @@ fn a_broken_file_keeps_the_old_rules_running_until_it_is_fixed() {
     assert_eq!(metric(&d, "logwarden_rule_reload_failures_total"), 1.0);
     assert!(d.log().contains(&place), "the problem is logged");
     assert_eq!(rules_version(&d), version, "the old rules stay in force");
+    // Change-management evidence: the failed reload is in the audit log, mapped to CC8.1.
+    let audit = d.get("/api/v1/audit?format=jsonl").body;
+    let failed = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["event"] == "rules.reload_failed")
+        .unwrap_or_else(|| panic!("no rules.reload_failed record in:\n{audit}"));
+    assert_eq!(failed["details"]["version_kept"], version.as_str());
+    assert!(
+        failed["details"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains(&place),
+        "{failed}"
+    );
+    assert!(failed.to_string().contains("CC8.1"), "{failed}");
 
     // Detection goes on with the old rules.
     s.append(
