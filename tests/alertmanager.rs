@@ -110,6 +110,12 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
         listed(am_port, &id).into_iter().next()
     });
     assert_eq!(alert["status"]["state"], "active");
+    // It stays active while the incident is open, not only for Alertmanager's resolve_timeout.
+    let ends = chrono::DateTime::parse_from_rfc3339(alert["endsAt"].as_str().unwrap()).unwrap();
+    assert!(
+        ends > chrono::Utc::now() + chrono::Duration::days(1),
+        "endsAt {ends}"
+    );
     assert_eq!(alert["labels"]["alertname"], "ssh-bruteforce");
     assert_eq!(alert["labels"]["severity"], "moderate");
     assert_eq!(alert["labels"]["ip"], "203.0.113.9");

@@ -362,8 +362,14 @@ fn label_name(name: &str) -> String {
     out
 }
 
-/// An Alertmanager API v2 alert list. The current severity's alert fires (no `endsAt`) or,
-/// on `closed`, ends now; alerts of lower severities are ended whenever the severity rose or
+/// How far ahead a firing alert's `endsAt` is set. Incidents are resolved explicitly (a
+/// `closed` event ends the alert), so the alert must not end on Alertmanager's
+/// `resolve_timeout` (5m by default) while the incident is open; every later notification
+/// about the incident moves it forward again.
+pub const FIRING_HORIZON_DAYS: i64 = 30;
+
+/// An Alertmanager API v2 alert list. The current severity's alert fires (`endsAt`
+/// [`FIRING_HORIZON_DAYS`] ahead) or, on `closed`, ends now; alerts of lower severities are ended whenever the severity rose or
 /// the incident closed, since `severity` is a label and so part of the alert's identity.
 pub fn alertmanager_body(ctx: &EventContext) -> Value {
     let i = ctx.incident;
@@ -406,9 +412,12 @@ pub fn alertmanager_body(ctx: &EventContext) -> Value {
             "startsAt": rfc3339(i.opened_at),
             "generatorURL": generator,
         });
-        if ends {
-            alert["endsAt"] = json!(rfc3339(ctx.at.max(i.opened_at)));
-        }
+        let end = if ends {
+            ctx.at.max(i.opened_at)
+        } else {
+            ctx.at + chrono::Duration::days(FIRING_HORIZON_DAYS)
+        };
+        alert["endsAt"] = json!(rfc3339(end));
         alert
     };
     let mut alerts = vec![alert(i.severity, closed)];
@@ -601,7 +610,8 @@ mod tests {
         assert_eq!(a["annotations"]["summary"], i.summary);
         assert_eq!(a["annotations"]["runbook_url"], "https://wiki.example/ssh");
         assert_eq!(a["startsAt"], "2026-11-22T10:00:05.000Z");
-        assert!(a.get("endsAt").is_none());
+        // Firing: ends only with the incident, not on Alertmanager's resolve_timeout.
+        assert_eq!(a["endsAt"], "2026-12-22T10:01:05.000Z");
         assert_eq!(
             a["generatorURL"],
             "http://127.0.0.1:9733/api/v1/incidents/INC-1"
