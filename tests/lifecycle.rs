@@ -505,7 +505,7 @@ fn escalation_steps_arrive_at_their_times_once_each_across_a_sigkill() {
         &format!(
             "receivers:\n  - {{name: first, type: webhook, url: '{}'}}\n  - {{name: second, type: webhook, url: '{}'}}\n  - {{name: third, type: webhook, url: '{}'}}\n\
              roles:\n  analysts: {{receivers: [first]}}\n  lead: {{receivers: [second]}}\n  ciso: {{receivers: [third]}}\n\
-             escalation_policies:\n  default:\n    - notify: [analysts]\n    - after: 3s\n      notify: [lead]\n    - after: 6s\n      notify: [ciso]\n",
+             escalation_policies:\n  default:\n    - notify: [analysts]\n    - after: 3s\n      notify: [lead]\n    - after: 12s\n      notify: [ciso]\n",
             first.url("/"),
             second.url("/"),
             third.url("/")
@@ -518,22 +518,38 @@ fn escalation_steps_arrive_at_their_times_once_each_across_a_sigkill() {
         has_event(g, "INC-1", "opened")
     });
     let got2 = collect(&second, "step 2", |g| has_event(g, "INC-1", "escalated"));
-    let step2_at = now();
+    let step3_due = opened_at + chrono::Duration::seconds(12);
+    let arrived = |got: &[Received]| {
+        got.iter()
+            .find(|r| r.body["event"] == "escalated")
+            .unwrap()
+            .at
+    };
+    let step2_at = arrived(&got2);
     assert!(
         step2_at >= opened_at + chrono::Duration::seconds(3),
         "step 2 came early: {step2_at} for an opening at {opened_at}"
     );
-    assert!(third.drain().is_empty(), "step 3 came with step 2");
     // SIGKILL between the steps; restart only once step 3 is due, so it fires on restart.
+    // (On a very loaded machine step 3 may already have fired: it must then not fire again.)
+    let mut got3: Vec<Received> = third.drain();
+    assert!(got3.iter().all(|r| r.at >= step3_due), "step 3 came early");
     d.kill();
     wait_until(
         "step 3 to be due while the daemon is down",
-        opened_at + chrono::Duration::milliseconds(6500),
+        step3_due + chrono::Duration::milliseconds(500),
     );
     let d = s.start();
-    let got3 = collect(&third, "step 3 after the restart", |g| {
-        has_event(g, "INC-1", "escalated")
-    });
+    if !has_event(&got3, "INC-1", "escalated") {
+        got3.extend(collect(&third, "step 3 after the restart", |g| {
+            has_event(g, "INC-1", "escalated")
+        }));
+    }
+    assert!(
+        arrived(&got3) >= step3_due,
+        "step 3 came early: {}",
+        arrived(&got3)
+    );
     // Close it: every receiver reached hears the close after everything before it.
     let r = post(
         &s,
@@ -624,21 +640,33 @@ fn acknowledging_stops_escalation_and_a_repeating_step_repeats_until_then() {
         acked + chrono::Duration::milliseconds(3500),
     );
     let late: Vec<Received> = got.into_iter().chain(second.drain()).collect();
-    assert!(
-        events_for(&late, "INC-1").is_empty(),
-        "INC-1 escalated after its acknowledgement"
-    );
-    let after_ack: Vec<String> = late
-        .iter()
-        .filter(|r| r.body["incident"]["id"] == two["id"] && r.body["incident"]["state"] != "open")
-        .map(|r| r.body["event"].to_string())
-        .collect();
-    assert!(
-        after_ack.is_empty(),
-        "INC-2 escalated after its acknowledgement: {after_ack:?}"
-    );
+    // Judged by the state each notification was sent in, not by when this (possibly slow)
+    // test looked: nothing may escalate once acknowledged.
+    for incident_id in [one["id"].as_str().unwrap(), two["id"].as_str().unwrap()] {
+        let after_ack: Vec<String> = late
+            .iter()
+            .filter(|r| {
+                r.body["incident"]["id"] == incident_id && r.body["incident"]["state"] != "open"
+            })
+            .map(|r| r.body["event"].to_string())
+            .collect();
+        assert!(
+            after_ack.is_empty(),
+            "{incident_id} escalated after its acknowledgement: {after_ack:?}"
+        );
+    }
     let timeline = incident(&d, one["id"].as_str().unwrap())["timeline"].clone();
-    assert!(!timeline.to_string().contains("escalated"), "{timeline:#}");
+    let events: Vec<&str> = timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let acked_at = events
+        .iter()
+        .position(|e| *e == "acknowledged")
+        .expect("acknowledged");
+    assert!(!events[acked_at..].contains(&"escalated"), "{timeline:#}");
 }
 
 #[test]

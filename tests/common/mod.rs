@@ -162,6 +162,9 @@ pub struct Received {
     pub raw: Vec<u8>,
     /// The status the receiver answered with.
     pub status: u16,
+    /// When the request arrived (timing assertions judge arrivals, not when a busy test
+    /// thread got round to looking).
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Received {
@@ -292,6 +295,7 @@ fn serve_one(stream: TcpStream, tx: mpsc::Sender<Received>, behaviour: Behaviour
             body,
             raw,
             status,
+            at: chrono::Utc::now(),
         });
         let reply = format!("HTTP/1.1 {status} Status\r\nContent-Length: 0\r\n\r\n");
         if stream.write_all(reply.as_bytes()).is_err() {
