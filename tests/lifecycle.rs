@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Generous: on a loaded 2-core CI machine a daemon is slow, not wrong; a hang still fails.
+const WAIT: Duration = Duration::from_secs(40);
 
 /// Token names and roles every test config carries (`tester` is the admin the harness uses).
 const TOKENS: [(&str, &str); 4] = [
