@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+/// Maps looked up per line or per hit: hashed with foldhash (seeded per process, as the key
+/// tables are) rather than SipHash, which showed in profiles.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+/// See [`FastMap`].
+type FastSet<K> = foldhash::HashSet<K>;
+
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
 
@@ -50,7 +56,7 @@ impl Evidence {
             path: line.path.to_string(),
             offset: line.offset,
             time,
-            line: String::from_utf8_lossy(cut).into_owned(),
+            line: matcher::lossy_string(cut),
         }
     }
 }
@@ -101,10 +107,10 @@ pub type SavedWindow = (WindowId, KeyState);
 /// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
-    matchers: HashMap<String, SourceMatcher>,
-    tables: HashMap<String, KeyTable<KeyState>>,
+    matchers: FastMap<String, SourceMatcher>,
+    tables: FastMap<String, KeyTable<KeyState>>,
     /// Keys whose state changed since the last store commit, by rule id.
-    dirty: HashMap<String, HashSet<Key>>,
+    dirty: FastMap<String, FastSet<Key>>,
     evicted: BTreeMap<String, u64>,
     candidates: Vec<(usize, usize)>,
 }
@@ -180,8 +186,8 @@ impl Detector {
         Detector {
             rules,
             matchers,
-            tables: HashMap::new(),
-            dirty: HashMap::new(),
+            tables: FastMap::default(),
+            dirty: FastMap::default(),
             evicted: BTreeMap::new(),
             candidates: Vec::new(),
         }
@@ -233,12 +239,14 @@ impl Detector {
     }
 
     fn table<'a>(
-        tables: &'a mut HashMap<String, KeyTable<KeyState>>,
+        tables: &'a mut FastMap<String, KeyTable<KeyState>>,
         rule: &Rule,
     ) -> &'a mut KeyTable<KeyState> {
-        tables
-            .entry(rule.id().to_string())
-            .or_insert_with(|| KeyTable::new(rule.max_keys))
+        // Looked up by `&str` first: no rule id copied per hit.
+        if !tables.contains_key(rule.id()) {
+            tables.insert(rule.id().to_string(), KeyTable::new(rule.max_keys));
+        }
+        tables.get_mut(rule.id()).expect("present")
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -248,42 +256,36 @@ impl Detector {
             let matcher = SourceMatcher::new(&self.rules, source);
             self.matchers.insert(source.to_string(), matcher);
         }
-        let matcher = &self.matchers[source];
+        let Detector {
+            matchers,
+            tables,
+            dirty,
+            evicted: evictions,
+            candidates,
+            ..
+        } = self;
+        let matcher = matchers.get_mut(source).expect("present");
         if matcher.rules.is_empty() {
             return;
         }
-        matcher.candidates(&line.bytes, &mut self.candidates);
+        matcher.candidates(&line.bytes, candidates);
         let time_ms = time.timestamp_millis();
-        for &(index, step) in &self.candidates {
-            let rule = &matcher.rules[index];
-            let regex = &rule.patterns[step];
-            let Some(caps) = regex.captures(&line.bytes) else {
+        for &(index, step) in candidates.iter() {
+            let Some(captures) = matcher.captures(index, step, &line.bytes) else {
                 continue;
             };
-            let captures: BTreeMap<String, String> = regex
-                .capture_names()
-                .flatten()
-                .filter_map(|name| {
-                    caps.name(name).map(|m| {
-                        (
-                            name.to_string(),
-                            String::from_utf8_lossy(m.as_bytes()).into_owned(),
-                        )
-                    })
-                })
-                .collect();
+            let rule = &matcher.rules[index];
             if rule.excluded_by(&line.bytes, &captures).is_some() {
                 continue;
             }
-            let key: Key = rule
-                .def
-                .group_by
-                .iter()
-                .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
-                .collect();
+            let mut key = Key::new();
+            for field in &rule.def.group_by {
+                let value = captures.get(field).cloned().unwrap_or_default();
+                key.insert(field.clone(), value);
+            }
             let evidence = Evidence::from_line(line, time);
-            let touched = Self::table(&mut self.tables, rule)
-                .touch(&key, || KeyState::new(&rule.kind, time_ms));
+            let touched =
+                Self::table(tables, rule).touch(&key, || KeyState::new(&rule.kind, time_ms));
             let (state, evicted) = (touched.state, touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -297,11 +299,16 @@ impl Detector {
                 },
             );
             if let Some(old) = evicted {
-                *self.evicted.entry(rule.id().to_string()).or_default() += 1;
-                mark(&mut self.dirty, rule.id(), &old);
+                match evictions.get_mut(rule.id()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        evictions.insert(rule.id().to_string(), 1);
+                    }
+                }
+                mark(dirty, rule.id(), &old);
             }
             if newly_dirty {
-                mark(&mut self.dirty, rule.id(), &key);
+                mark(dirty, rule.id(), &key);
             }
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
@@ -437,7 +444,7 @@ impl Detector {
 }
 
 /// Marks a key's state as changed, cloning the key only the first time per commit.
-fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
+fn mark(dirty: &mut FastMap<String, FastSet<Key>>, rule: &str, key: &Key) {
     match dirty.get_mut(rule) {
         Some(keys) => {
             if !keys.contains(key) {
@@ -445,7 +452,7 @@ fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
             }
         }
         None => {
-            dirty.insert(rule.to_string(), HashSet::from([key.clone()]));
+            dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
         }
     }
 }
