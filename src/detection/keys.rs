@@ -44,20 +44,17 @@ impl<S> KeyTable<S> {
     /// The state of `key`, marked as the most recently used and as changed; created with
     /// `make` when missing.
     pub fn touch(&mut self, key: &Key, make: impl FnOnce() -> S) -> Touched<'_, S> {
-        let mut evicted = None;
-        if !self.entries.contains(key) {
-            if self.entries.len() >= self.max_keys {
-                evicted = self.entries.pop_lru().map(|(k, _)| k);
-            }
-            self.entries.push(
-                key.clone(),
-                Entry {
-                    state: make(),
-                    dirty: false,
-                },
-            );
-        }
-        let entry = self.entries.get_mut(key).expect("present");
+        // Room is made only for a new key at the bound; otherwise one lookup finds or
+        // creates the entry (the key is cloned only when created).
+        let evicted = if self.entries.len() >= self.max_keys && !self.entries.contains(key) {
+            self.entries.pop_lru().map(|(k, _)| k)
+        } else {
+            None
+        };
+        let entry = self.entries.get_or_insert_mut_ref(key, || Entry {
+            state: make(),
+            dirty: false,
+        });
         let newly_dirty = !entry.dirty;
         entry.dirty = true;
         Touched {

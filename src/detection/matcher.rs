@@ -1,23 +1,42 @@
-//! The multi-pattern pass: one [`RegexSet`] per source over every pattern of every rule
+//! The multi-pattern pass: one combined set per source over every pattern of every rule
 //! that reads it (sequence steps included), so the per-line cost does not grow with one
 //! scan per rule. Only the rules it finds run their own regex for captures.
+//!
+//! The set is built on `regex-automata`'s meta engine (what `regex::bytes::RegexSet` wraps,
+//! configured the same way) so that its search cache and match set are reused from line
+//! to line: no allocation per line.
 
 use crate::rules::{Rule, RuleSet};
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use regex::bytes::CaptureLocations;
+use regex_automata::meta::{Builder, Cache, Config, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, PatternSet};
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Compiled-size budget of one source's combined pattern set.
 const SET_SIZE_LIMIT: usize = 512 << 20;
 
+/// One pattern's reusable capture slots and its group names by group index.
+type PatternCaptures = (CaptureLocations, Vec<(usize, String)>);
+
 /// Candidate rules for one source, found in one pass.
 pub struct SourceMatcher {
     /// `None` when the combined set exceeded its budget: every pattern is then a candidate.
-    set: Option<RegexSet>,
+    set: Option<Regex>,
     /// Rules reading this source.
     pub rules: Vec<Arc<Rule>>,
     /// For each pattern of the set: the rule (index into `rules`) and its pattern index.
     slots: Vec<(usize, usize)>,
+    /// The set's search cache, reused for every line.
+    cache: Option<Cache>,
+    /// Which patterns matched the last line, reused for every line.
+    found: PatternSet,
+    /// Per rule and pattern: capture slots reused for every candidate, and the names of
+    /// its capture groups by group index.
+    captures: Vec<Vec<PatternCaptures>>,
 }
 
 impl SourceMatcher {
@@ -38,31 +57,102 @@ impl SourceMatcher {
             }
         }
         // Each pattern already compiled within its own bounds; the set gets their sum.
-        let set = RegexSetBuilder::new(texts)
-            .unicode(false)
-            .size_limit(SET_SIZE_LIMIT)
-            .dfa_size_limit(SET_SIZE_LIMIT)
-            .build()
+        // Configured as `regex::bytes::RegexSetBuilder::new(texts).unicode(false)` with both
+        // size limits at `SET_SIZE_LIMIT`.
+        let set = Builder::new()
+            .configure(
+                Config::new()
+                    .match_kind(MatchKind::All)
+                    .utf8_empty(false)
+                    .which_captures(WhichCaptures::None)
+                    .nfa_size_limit(Some(SET_SIZE_LIMIT))
+                    .hybrid_cache_capacity(SET_SIZE_LIMIT),
+            )
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .build_many(&texts)
             .map_err(|e| tracing::warn!(source, error = %e, "rules too large for one combined pass; matching them one by one"))
             .ok();
-        SourceMatcher { set, rules, slots }
+        let cache = set.as_ref().map(Regex::create_cache);
+        let found = PatternSet::new(slots.len());
+        let captures = rules
+            .iter()
+            .map(|rule| {
+                rule.patterns
+                    .iter()
+                    .map(|regex| {
+                        let names = regex
+                            .capture_names()
+                            .enumerate()
+                            .filter_map(|(i, name)| name.map(|n| (i, n.to_string())))
+                            .collect();
+                        (regex.capture_locations(), names)
+                    })
+                    .collect()
+            })
+            .collect();
+        SourceMatcher {
+            set,
+            rules,
+            slots,
+            cache,
+            found,
+            captures,
+        }
     }
 
     /// Fills `out` with the (rule, pattern) pairs whose pattern matches `line`: rules in
     /// order, and within a rule later patterns (sequence steps) first.
-    pub fn candidates(&self, line: &[u8], out: &mut Vec<(usize, usize)>) {
+    pub fn candidates(&mut self, line: &[u8], out: &mut Vec<(usize, usize)>) {
         out.clear();
-        match &self.set {
-            Some(set) => {
-                if !set.is_match(line) {
+        match (&self.set, &mut self.cache) {
+            (Some(set), Some(cache)) => {
+                let input = Input::new(line);
+                // Most lines match nothing; this search stops at the first match and can
+                // skip ahead on the patterns' literals, which the overlapping one cannot.
+                if !set.is_match(input.clone()) {
                     return;
                 }
-                out.extend(set.matches(line).into_iter().map(|i| self.slots[i]));
+                self.found.clear();
+                set.which_overlapping_matches_with(cache, &input, &mut self.found);
+                if self.found.is_empty() {
+                    return;
+                }
+                out.extend(self.found.iter().map(|i| self.slots[i.as_usize()]));
             }
-            None => out.extend_from_slice(&self.slots),
+            _ => out.extend_from_slice(&self.slots),
         }
         if out.len() > 1 {
             out.sort_unstable_by_key(|&(r, p)| (r, Reverse(p)));
         }
+    }
+
+    /// Runs pattern `step` of rule `index` on `line`: every named capture that took part
+    /// in the match (invalid UTF-8 replaced), or `None` when the pattern does not match.
+    pub fn captures(
+        &mut self,
+        index: usize,
+        step: usize,
+        line: &[u8],
+    ) -> Option<BTreeMap<String, String>> {
+        let regex = &self.rules[index].patterns[step];
+        let (locations, names) = &mut self.captures[index][step];
+        regex.captures_read(locations, line)?;
+        // Inserted one by one: collecting a few entries into a map sorts them via a vector.
+        let mut captures = BTreeMap::new();
+        for (i, name) in names.iter() {
+            if let Some((start, end)) = locations.get(*i) {
+                captures.insert(name.clone(), lossy_string(&line[start..end]));
+            }
+        }
+        Some(captures)
+    }
+}
+
+/// `String::from_utf8_lossy(bytes).into_owned()`, with the common all-valid case checked by
+/// the faster validator.
+pub fn lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }

@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+/// Maps looked up per line or per hit: hashed with foldhash (seeded per process, as the key
+/// tables are) rather than SipHash, which showed in profiles.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+/// See [`FastMap`].
+type FastSet<K> = foldhash::HashSet<K>;
+
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
 
@@ -51,7 +57,7 @@ impl Evidence {
             path: line.path.to_string(),
             offset: line.offset,
             time,
-            line: String::from_utf8_lossy(cut).into_owned(),
+            line: matcher::lossy_string(cut),
         }
     }
 }
@@ -102,10 +108,10 @@ pub type SavedWindow = (WindowId, KeyState);
 /// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
-    matchers: HashMap<String, SourceMatcher>,
-    tables: HashMap<String, KeyTable<KeyState>>,
+    matchers: FastMap<String, SourceMatcher>,
+    tables: FastMap<String, KeyTable<KeyState>>,
     /// Keys whose state changed since the last store commit, by rule id.
-    dirty: HashMap<String, HashSet<Key>>,
+    dirty: FastMap<String, FastSet<Key>>,
     evicted: BTreeMap<String, u64>,
     candidates: Vec<(usize, usize)>,
 }
@@ -181,8 +187,8 @@ impl Detector {
         Detector {
             rules,
             matchers,
-            tables: HashMap::new(),
-            dirty: HashMap::new(),
+            tables: FastMap::default(),
+            dirty: FastMap::default(),
             evicted: BTreeMap::new(),
             candidates: Vec::new(),
         }
@@ -234,12 +240,14 @@ impl Detector {
     }
 
     fn table<'a>(
-        tables: &'a mut HashMap<String, KeyTable<KeyState>>,
+        tables: &'a mut FastMap<String, KeyTable<KeyState>>,
         rule: &Rule,
     ) -> &'a mut KeyTable<KeyState> {
-        tables
-            .entry(rule.id().to_string())
-            .or_insert_with(|| KeyTable::new(rule.max_keys))
+        // Looked up by `&str` first: no rule id copied per hit.
+        if !tables.contains_key(rule.id()) {
+            tables.insert(rule.id().to_string(), KeyTable::new(rule.max_keys));
+        }
+        tables.get_mut(rule.id()).expect("present")
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -249,25 +257,32 @@ impl Detector {
             let matcher = SourceMatcher::new(&self.rules, source);
             self.matchers.insert(source.to_string(), matcher);
         }
-        let matcher = &self.matchers[source];
+        let Detector {
+            matchers,
+            tables,
+            dirty,
+            evicted: evictions,
+            candidates,
+            ..
+        } = self;
+        let matcher = matchers.get_mut(source).expect("present");
         if matcher.rules.is_empty() {
             return;
         }
-        matcher.candidates(&line.bytes, &mut self.candidates);
+        matcher.candidates(&line.bytes, candidates);
         let time_ms = time.timestamp_millis();
-        for &(index, step) in &self.candidates {
-            let rule = &matcher.rules[index];
-            let regex = &rule.patterns[step];
-            let Some(captures) = capture_values(regex, &line.bytes) else {
+        for &(index, step) in candidates.iter() {
+            let Some(captures) = matcher.captures(index, step, &line.bytes) else {
                 continue;
             };
+            let rule = &matcher.rules[index];
             if rule.excluded_by(&line.bytes, &captures).is_some() {
                 continue;
             }
             let key = key_of(rule, &captures);
             let evidence = Evidence::from_line(line, time);
-            let touched = Self::table(&mut self.tables, rule)
-                .touch(&key, || KeyState::new(&rule.kind, time_ms));
+            let touched =
+                Self::table(tables, rule).touch(&key, || KeyState::new(&rule.kind, time_ms));
             let (state, evicted) = (touched.state, touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -281,11 +296,16 @@ impl Detector {
                 },
             );
             if let Some(old) = evicted {
-                *self.evicted.entry(rule.id().to_string()).or_default() += 1;
-                mark(&mut self.dirty, rule.id(), &old);
+                match evictions.get_mut(rule.id()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        evictions.insert(rule.id().to_string(), 1);
+                    }
+                }
+                mark(dirty, rule.id(), &old);
             }
             if newly_dirty {
-                mark(&mut self.dirty, rule.id(), &key);
+                mark(dirty, rule.id(), &key);
             }
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
@@ -441,34 +461,31 @@ impl Detector {
 /// detector and `explain` both read captures through this, so they always agree.
 pub fn capture_values(regex: &Regex, line: &[u8]) -> Option<BTreeMap<String, String>> {
     let caps = regex.captures(line)?;
-    Some(
-        regex
-            .capture_names()
-            .flatten()
-            .filter_map(|name| {
-                caps.name(name).map(|m| {
-                    (
-                        name.to_string(),
-                        String::from_utf8_lossy(m.as_bytes()).into_owned(),
-                    )
-                })
-            })
-            .collect(),
-    )
+    let mut captures = BTreeMap::new();
+    for name in regex.capture_names().flatten() {
+        if let Some(m) = caps.name(name) {
+            captures.insert(name.to_string(), matcher::lossy_string(m.as_bytes()));
+        }
+    }
+    Some(captures)
 }
 
 /// The key a rule counts a match under: its `group_by` captures (empty when one did not
 /// take part in the match).
 pub fn key_of(rule: &Rule, captures: &BTreeMap<String, String>) -> Key {
-    rule.def
-        .group_by
-        .iter()
-        .map(|f| (f.clone(), captures.get(f).cloned().unwrap_or_default()))
-        .collect()
+    // Inserted one by one: collecting a few entries into a map sorts them via a vector.
+    let mut key = Key::new();
+    for field in &rule.def.group_by {
+        key.insert(
+            field.clone(),
+            captures.get(field).cloned().unwrap_or_default(),
+        );
+    }
+    key
 }
 
 /// Marks a key's state as changed, cloning the key only the first time per commit.
-fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
+fn mark(dirty: &mut FastMap<String, FastSet<Key>>, rule: &str, key: &Key) {
     match dirty.get_mut(rule) {
         Some(keys) => {
             if !keys.contains(key) {
@@ -476,7 +493,7 @@ fn mark(dirty: &mut HashMap<String, HashSet<Key>>, rule: &str, key: &Key) {
             }
         }
         None => {
-            dirty.insert(rule.to_string(), HashSet::from([key.clone()]));
+            dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
         }
     }
 }

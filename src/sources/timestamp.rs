@@ -4,7 +4,9 @@
 //! logs in seconds must not flag everyone who logged N lines that day (the SEC/swatch
 //! failure). A line whose time cannot be read falls back to its arrival time.
 
-use chrono::{DateTime, Datelike, FixedOffset, Local, NaiveDateTime, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, FixedOffset, Local, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc,
+};
 use serde::{Deserialize, Deserializer};
 
 /// How a source's lines carry their time.
@@ -136,7 +138,7 @@ fn parse_classic_syslog(head: &str, reference: DateTime<Utc>) -> Option<DateTime
     let (Some(day), Some(h), Some(m), Some(sec)) = (day, two(7), two(10), two(13)) else {
         return fallback();
     };
-    let year = reference.with_timezone(&Local).year();
+    let year = local_year(reference);
     let time = chrono::NaiveTime::from_hms_opt(h, m, sec)?;
     let at = |y: i32| {
         chrono::NaiveDate::from_ymd_opt(y, month as u32 + 1, day)
@@ -157,7 +159,7 @@ fn parse_without_year(
     pattern: &str,
     reference: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let year = reference.with_timezone(&Local).year();
+    let year = local_year(reference);
     let with_year = format!("{year} {head}");
     let (naive, _) =
         NaiveDateTime::parse_and_remainder(&with_year, &format!("%Y {pattern}")).ok()?;
@@ -171,10 +173,105 @@ fn parse_without_year(
 }
 
 fn local_to_utc(naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+    LOCAL.with_borrow_mut(|cache| cache.utc_of(naive))
+}
+
+/// The local year at `reference`.
+fn local_year(reference: DateTime<Utc>) -> i32 {
+    LOCAL.with_borrow_mut(|cache| cache.year(reference))
+}
+
+/// The time-zone lookups as chrono makes them, uncached.
+fn uncached_local_to_utc(naive: NaiveDateTime) -> Option<DateTime<Utc>> {
     Local
         .from_local_datetime(&naive)
         .earliest()
         .map(|t| t.with_timezone(&Utc))
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalCache> = const { std::cell::RefCell::new(LocalCache::new()) };
+}
+
+/// Lookups a [`LocalCache`] answers before asking chrono again.
+const LOCAL_CACHE_USES: u32 = 4096;
+
+/// Local-time conversions for lines without a zone, cached.
+///
+/// Every classic syslog line needs its local time converted to UTC and the local year of
+/// its reference time; asked of chrono per line, that is a zone lookup and a clock read
+/// each (chrono re-checks `TZ` and `/etc/localtime` once a second), a large share of the
+/// per-line cost. Lines of one log come hour after hour, so the UTC offset is kept per
+/// local hour, but only for an hour that has one offset from its first to its last instant
+/// (both unambiguous and equal): an hour with a DST change, gap or fold, at whatever minute,
+/// is always converted by chrono. No zone changes offset twice within an hour.
+///
+/// So that a change of the host's zone is still seen, the cache starts again whenever the
+/// reference time moves to another second (the arrival time, live) and after
+/// [`LOCAL_CACHE_USES`] lookups (a replay's constant reference).
+struct LocalCache {
+    /// Reference second the cache was filled in.
+    epoch: i64,
+    /// Lookups since it was filled.
+    uses: u32,
+    /// The local year at the reference second.
+    year: Option<i32>,
+    /// Start of a local hour and its one UTC offset (seconds east).
+    hour: Option<(NaiveDateTime, i32)>,
+}
+
+impl LocalCache {
+    const fn new() -> Self {
+        LocalCache {
+            epoch: i64::MIN,
+            uses: 0,
+            year: None,
+            hour: None,
+        }
+    }
+
+    /// Counts a lookup, starting again when it is time to.
+    fn refresh(&mut self, epoch: Option<i64>) {
+        self.uses += 1;
+        let moved = epoch.is_some_and(|e| e != self.epoch);
+        if moved || self.uses > LOCAL_CACHE_USES {
+            self.year = None;
+            self.hour = None;
+            self.uses = 1;
+            if let Some(e) = epoch {
+                self.epoch = e;
+            }
+        }
+    }
+
+    fn year(&mut self, reference: DateTime<Utc>) -> i32 {
+        self.refresh(Some(reference.timestamp()));
+        *self
+            .year
+            .get_or_insert_with(|| reference.with_timezone(&Local).year())
+    }
+
+    fn utc_of(&mut self, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+        self.refresh(None);
+        let start = naive.date().and_hms_opt(naive.hour(), 0, 0)?;
+        match self.hour {
+            Some((hour, offset)) if hour == start => {
+                return Some((naive - chrono::Duration::seconds(offset.into())).and_utc());
+            }
+            _ => {}
+        }
+        let end = start + chrono::Duration::nanoseconds(3_600_000_000_000 - 1);
+        self.hour = match (
+            Local.offset_from_local_datetime(&start),
+            Local.offset_from_local_datetime(&end),
+        ) {
+            (LocalResult::Single(a), LocalResult::Single(b)) if a == b => {
+                Some((start, a.local_minus_utc()))
+            }
+            _ => None,
+        };
+        uncached_local_to_utc(naive)
+    }
 }
 
 fn parse_rfc3339_field(head: &str) -> Option<DateTime<Utc>> {
@@ -319,5 +416,105 @@ mod classic_syslog_tests {
             );
         }
         assert!(parse_classic_syslog("Dec 31 23:59:59", reference).is_some());
+    }
+}
+
+#[cfg(test)]
+mod local_cache_tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    /// Zones with DST changes on the hour (Berlin, New York) and by half an hour at 02:00
+    /// (Lord Howe), checked in a child test process each (`TZ` is process-wide).
+    const ZONES: [&str; 3] = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"];
+    const CHILD: &str = "LOGWARDEN_TZ_CACHE_CHILD";
+    const NAME: &str = "sources::timestamp::local_cache_tests::cached_local_times_equal_chrono_across_dst_and_year_changes";
+
+    fn walk(from: NaiveDateTime, days: i64) -> Vec<NaiveDateTime> {
+        let mut times = Vec::new();
+        let mut t = from;
+        while t < from + chrono::Duration::days(days) {
+            times.push(t);
+            times.push(t + chrono::Duration::seconds(59));
+            times.push(t + chrono::Duration::nanoseconds(59_999_999_999));
+            t += chrono::Duration::minutes(1);
+        }
+        times
+    }
+
+    fn check_current_zone() {
+        let start = |m, d| {
+            NaiveDate::from_ymd_opt(2026, m, d)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+        };
+        // Spring and autumn changes of all three zones, and the year's end.
+        let mut times = walk(start(3, 6), 35);
+        times.extend(walk(start(10, 2), 32));
+        times.extend(walk(start(12, 31), 2));
+        for t in &times {
+            assert_eq!(local_to_utc(*t), uncached_local_to_utc(*t), "{t} in order");
+        }
+        // Out of order: every lookup may miss the cached hour.
+        let mut rng = fastrand::Rng::with_seed(7);
+        rng.shuffle(&mut times);
+        for t in times.iter().take(50_000) {
+            assert_eq!(local_to_utc(*t), uncached_local_to_utc(*t), "{t} shuffled");
+        }
+        // The local year of references around the year's end (and DST changes).
+        for utc in times.iter().step_by(7) {
+            let reference = utc.and_utc();
+            assert_eq!(
+                local_year(reference),
+                reference.with_timezone(&Local).year(),
+                "{reference}"
+            );
+        }
+    }
+
+    #[test]
+    fn cached_local_times_equal_chrono_across_dst_and_year_changes() {
+        if let Ok(zone) = std::env::var(CHILD) {
+            // The zone took effect: it has DST.
+            let offset = |m| {
+                Local
+                    .from_local_datetime(
+                        &NaiveDate::from_ymd_opt(2026, m, 1)
+                            .unwrap()
+                            .and_hms_opt(12, 0, 0)
+                            .unwrap(),
+                    )
+                    .unwrap()
+                    .offset()
+                    .local_minus_utc()
+            };
+            assert_ne!(offset(1), offset(7), "{zone} has no DST here");
+            check_current_zone();
+            return;
+        }
+        check_current_zone();
+        let exe = std::env::current_exe().unwrap();
+        for zone in ZONES {
+            if !std::path::Path::new("/usr/share/zoneinfo")
+                .join(zone)
+                .exists()
+            {
+                eprintln!("no zoneinfo for {zone}: not checked");
+                continue;
+            }
+            let out = std::process::Command::new(&exe)
+                .args(["--exact", NAME, "--test-threads", "1"])
+                .env("TZ", zone)
+                .env(CHILD, zone)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{zone}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
