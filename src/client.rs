@@ -83,7 +83,7 @@ pub async fn call(
     let response = request
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", api.url))?;
+        .map_err(|e| format!("cannot reach {}: {}", api.url, causes(&e)))?;
     let status = response.status();
     let text = response.text().await.map_err(|e| e.to_string())?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -135,4 +135,17 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.clone());
     }
+}
+
+/// An error with its causes (`error sending request: connection refused`), which reqwest's
+/// own message leaves out.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
