@@ -197,15 +197,7 @@ async fn receive_udp(
         // One message per datagram; a trailing newline is framing, not content.
         let frame = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
         intake.accept(frame, &mut lines);
-        if !lines.is_empty()
-            && tx
-                .send(Batch {
-                    lines,
-                    progress: None,
-                })
-                .await
-                .is_err()
-        {
+        if !forward(&tx, lines).await {
             return;
         }
     }
@@ -274,18 +266,22 @@ async fn receive_tcp(
             Ok(bytes) => intake.accept(bytes, &mut lines),
             Err(why) => intake.drop_frame(why),
         });
-        if !lines.is_empty()
-            && tx
-                .send(Batch {
-                    lines,
-                    progress: None,
-                })
-                .await
-                .is_err()
-        {
+        if !forward(&tx, lines).await {
             return;
         }
     }
+}
+
+/// Hands accepted lines to the pipeline; false once the pipeline is gone.
+async fn forward(tx: &mpsc::Sender<Batch>, lines: Vec<LogLine>) -> bool {
+    lines.is_empty()
+        || tx
+            .send(Batch {
+                lines,
+                progress: None,
+            })
+            .await
+            .is_ok()
 }
 
 /// Splits a TCP byte stream into syslog frames (RFC 6587): `LEN SP MSG` when a frame
