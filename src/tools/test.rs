@@ -320,6 +320,28 @@ impl CaseContext<'_> {
             .ok()
             .or_else(|| self.format.parse(text.trim().as_bytes(), self.reference))
     }
+
+    /// An optional time field (`start`, `opened_at`): its time, or a problem at `key` when
+    /// it is given but unreadable.
+    fn optional_time(
+        &self,
+        text: Option<&String>,
+        key: &str,
+        field: &str,
+        name: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<DateTime<Utc>> {
+        let text = text?;
+        let time = self.time(text);
+        if time.is_none() {
+            problems.push(self.problem(
+                key,
+                name,
+                format!("{field} {text:?} is neither RFC 3339 nor a time the lines' format reads"),
+            ));
+        }
+        time
+    }
 }
 
 /// Runs one test; `Ok` holds the diff lines (empty when it passed).
@@ -332,22 +354,13 @@ fn run_case(
     if let Err(e) = ctx.format.validate() {
         problems.push(ctx.problem("timestamp", &case.name, e));
     }
-    let start = match &case.start {
-        Some(text) => match ctx.time(text) {
-            Some(t) => Some(t),
-            None => {
-                problems.push(ctx.problem(
-                    "start",
-                    &case.name,
-                    format!(
-                        "start {text:?} is neither RFC 3339 nor a time the lines' format reads"
-                    ),
-                ));
-                None
-            }
-        },
-        None => None,
-    };
+    let start = ctx.optional_time(
+        case.start.as_ref(),
+        "start",
+        "start",
+        &case.name,
+        &mut problems,
+    );
     let mut timed = Vec::new();
     let mut previous: Option<DateTime<Utc>> = None;
     for (n, spec) in case.lines.iter().enumerate() {
@@ -417,20 +430,13 @@ fn run_case(
                 ),
             ));
         }
-        let opened_at = match &e.opened_at {
-            Some(text) => match ctx.time(text) {
-                Some(t) => Some(t),
-                None => {
-                    problems.push(ctx.problem(
-                        "expect",
-                        &case.name,
-                        format!("opened_at {text:?} is neither RFC 3339 nor a time the lines' format reads"),
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
+        let opened_at = ctx.optional_time(
+            e.opened_at.as_ref(),
+            "expect",
+            "opened_at",
+            &case.name,
+            &mut problems,
+        );
         expected.push(Want {
             rule: &e.rule,
             key: &e.key,
