@@ -111,8 +111,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Hashes the first `len` bytes of `file`; `None` if it has fewer.
+/// Hashes the first `len` bytes of `file`; `None` if it has fewer. Nothing read is the
+/// default (empty) fingerprint, the same value a reset stores, so the two always compare
+/// equal.
 fn fingerprint_of(file: &File, len: u64) -> Option<Fingerprint> {
+    if len == 0 {
+        return Some(Fingerprint::default());
+    }
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, 0).ok()?;
     Some(Fingerprint {
@@ -691,8 +696,15 @@ fn recover_truncated(source: &mut FileSource, t: Truncated) {
                     .is_some_and(|f| fingerprint_of(f, t.fingerprint.len) == Some(t.fingerprint)))
     };
     if let Some(copy) = source.files.values_mut().find(|c| is_copy(c)) {
+        // A copy shorter than what was read of the original holds nothing unread: it is
+        // positioned at its end, never past it (which would look like a truncation).
+        let len = copy
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(copy.seen_len, |m| m.len());
         tracing::info!(source = %source.name, path = %copy.path.display(), "reading the truncated file's last lines from its copy");
-        copy.splitter = LineSplitter::new(t.checkpoint, source.max_line_bytes);
+        copy.splitter = LineSplitter::new(t.checkpoint.min(len), source.max_line_bytes);
         copy.copy_of = None;
         copy.unsaved = true;
         return;
