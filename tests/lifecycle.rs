@@ -384,18 +384,7 @@ fn a_critical_incident_goes_through_every_state_via_the_cli_with_kpis_and_audit_
         value("logwarden_incidents_open{severity=\"critical\",state=\"recovered\"}"),
         0.0
     );
-    if let Some(promtool) = peer("promtool", "prometheus") {
-        let out = run_with_stdin(
-            Command::new(promtool).args(["check", "metrics"]),
-            m.as_bytes(),
-        );
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_promtool_clean(&m);
 
     // Closed means over: the next match opens a new incident.
     marker(&s, 1);

@@ -256,18 +256,7 @@ fn metrics_show_what_happened_and_pass_promtool() {
             "missing {expected} in:\n{metrics}"
         );
     }
-    if let Some(promtool) = peer("promtool", "prometheus") {
-        let out = run_with_stdin(
-            std::process::Command::new(promtool).args(["check", "metrics"]),
-            metrics.as_bytes(),
-        );
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_promtool_clean(&metrics);
 }
 
 #[test]

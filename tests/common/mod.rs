@@ -85,6 +85,24 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Lints a metrics exposition with `promtool check metrics` (Debian package `prometheus`);
+/// skips loudly when promtool is missing, fails under LOGWARDEN_REQUIRE_PEERS=1.
+pub fn assert_promtool_clean(exposition: &str) {
+    let Some(promtool) = peer("promtool", "prometheus") else {
+        return;
+    };
+    let out = run_with_stdin(
+        Command::new(promtool).args(["check", "metrics"]),
+        exposition.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A minimal HTTP response.
 #[derive(Debug)]
 pub struct Response {
