@@ -3,7 +3,7 @@
 //! marked: `drill: true` on the incident and in the audit, `[DRILL]` in the summary that
 //! every notification format carries, and `drill="true"` on the response-time KPIs.
 
-use crate::detection::{Crossing, Evidence, Hit, Key};
+use crate::detection::{Crossing, Evidence, Fields, Hit, Key};
 use crate::incidents::Incident;
 use crate::rules::Rule;
 use chrono::{DateTime, Utc};
@@ -25,8 +25,10 @@ pub fn synthetic_hit(rule: &Arc<Rule>, actor: &str, now: DateTime<Utc>) -> Hit {
         line: format!(
             "{MARK} synthetic evidence for rule {} (drill started by {actor})",
             rule.id()
-        ),
+        )
+        .into(),
     };
+    let key = Fields::from_map(&key);
     Hit {
         rule: rule.clone(),
         captures: key.clone(),

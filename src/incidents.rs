@@ -5,7 +5,7 @@
 //! pipeline writes the changes in the same store batch as the windows and checkpoints that
 //! produced them.
 
-use crate::detection::{Evidence, Hit, Key};
+use crate::detection::{Evidence, Fields, Hit, Key};
 use crate::rules::{RuleSet, Severity};
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -282,10 +282,13 @@ pub struct IncidentEvent {
 }
 
 /// The open incidents, by rule and key.
+///
+/// Keyed by rule first: most matches belong to a rule with no open incident and do not
+/// cross, and those are dismissed with one lookup by rule id.
 pub struct IncidentBook {
-    open: HashMap<(String, Key), Incident>,
+    open: HashMap<String, HashMap<Fields, Incident>>,
     next_number: u64,
-    dirty: HashSet<(String, Key)>,
+    dirty: HashSet<(String, Fields)>,
 }
 
 impl IncidentBook {
@@ -298,7 +301,9 @@ impl IncidentBook {
                 next_number = next_number.max(n + 1);
             }
             if incident.state.is_active() {
-                open.insert((incident.rule.clone(), incident.key.clone()), incident);
+                open.entry(incident.rule.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(Fields::from_map(&incident.key), incident);
             }
         }
         Ok(IncidentBook {
@@ -326,9 +331,16 @@ impl IncidentBook {
         rules: &RuleSet,
         now: DateTime<Utc>,
     ) -> Option<IncidentEvent> {
-        let slot = (hit.rule.id().to_string(), hit.key.clone());
         let rule = &hit.rule;
-        let kind = if let Some(incident) = self.open.get_mut(&slot) {
+        let open = self.open.get_mut(rule.id());
+        if hit.crossed.is_none() && open.as_ref().is_none_or(|o| !o.contains_key(&hit.key)) {
+            return None;
+        }
+        let open = match open {
+            Some(open) => open,
+            None => self.open.entry(rule.id().to_string()).or_default(),
+        };
+        let kind = if let Some(incident) = open.get_mut(&hit.key) {
             incident.updated_at = now;
             if let Some(evidence) = &hit.evidence {
                 incident.count += 1;
@@ -375,7 +387,7 @@ impl IncidentBook {
                 severity: rule.def.severity.for_count(count),
                 category: rule.def.category.clone(),
                 state: State::Open,
-                key: hit.key.clone(),
+                key: hit.key.to_map(),
                 count,
                 first_seen,
                 last_seen,
@@ -407,12 +419,12 @@ impl IncidentBook {
             for e in evidence {
                 incident.add_evidence(e);
             }
-            self.open.insert(slot.clone(), incident);
+            open.insert(hit.key.clone(), incident);
             EventKind::Opened
         };
-        let incident = self.open.get_mut(&slot).expect("inserted or present");
+        let incident = open.get_mut(&hit.key).expect("inserted or present");
         incident.summary = rules.summary(rule, &summary_context(&hit, incident));
-        self.dirty.insert(slot.clone());
+        self.dirty.insert((rule.id().to_string(), hit.key.clone()));
         Some(IncidentEvent {
             kind,
             incident: incident.clone(),
@@ -421,34 +433,44 @@ impl IncidentBook {
 
     /// The active incident with this id.
     pub fn active(&self, id: &str) -> Option<&Incident> {
-        self.open.values().find(|i| i.id == id)
+        self.all_active().find(|i| i.id == id)
     }
 
     /// The active incident with this id, marked changed (written by the next
     /// [`IncidentBook::write_changes`]).
     pub fn active_mut(&mut self, id: &str) -> Option<&mut Incident> {
-        let (slot, incident) = self.open.iter_mut().find(|(_, i)| i.id == id)?;
-        self.dirty.insert(slot.clone());
+        let (key, incident) = self
+            .open
+            .values_mut()
+            .flat_map(HashMap::iter_mut)
+            .find(|(_, i)| i.id == id)?;
+        self.dirty.insert((incident.rule.clone(), key.clone()));
         Some(incident)
     }
 
     /// Every active incident.
     pub fn all_active(&self) -> impl Iterator<Item = &Incident> {
-        self.open.values()
+        self.open.values().flat_map(HashMap::values)
     }
 
     /// Takes an incident that is over out of the book: the next match for its rule and key
     /// opens a new incident. The caller stores it.
     pub fn retire(&mut self, id: &str) -> Option<Incident> {
-        let slot = self.open.iter().find(|(_, i)| i.id == id)?.0.clone();
-        self.dirty.remove(&slot);
-        self.open.remove(&slot)
+        let incident = self.active(id)?;
+        let (rule, key) = (incident.rule.clone(), Fields::from_map(&incident.key));
+        let open = self.open.get_mut(&rule)?;
+        let incident = open.remove(&key);
+        if open.is_empty() {
+            self.open.remove(&rule);
+        }
+        self.dirty.remove(&(rule, key));
+        incident
     }
 
     /// Adds every changed incident to a store batch.
     pub fn write_changes(&mut self, batch: &mut store::Batch) -> Result<(), StoreError> {
-        for slot in self.dirty.drain() {
-            if let Some(incident) = self.open.get(&slot) {
+        for (rule, key) in self.dirty.drain() {
+            if let Some(incident) = self.open.get(&rule).and_then(|o| o.get(&key)) {
                 incident.put(batch)?;
             }
         }
@@ -458,7 +480,7 @@ impl IncidentBook {
     /// Open incidents counted by severity and state (for the `incidents_open` gauge).
     pub fn open_counts(&self) -> HashMap<(Severity, State), i64> {
         let mut counts = HashMap::new();
-        for incident in self.open.values() {
+        for incident in self.all_active() {
             *counts
                 .entry((incident.severity, incident.state))
                 .or_insert(0) += 1;
@@ -470,8 +492,9 @@ impl IncidentBook {
 fn summary_context(hit: &Hit, incident: &Incident) -> BTreeMap<String, serde_json::Value> {
     let mut ctx: BTreeMap<String, serde_json::Value> = hit
         .captures
+        .view()
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect();
     ctx.insert("count".into(), incident.count.into());
     ctx.insert("rule".into(), incident.rule.clone().into());

@@ -14,6 +14,7 @@ pub use kinds::{
 };
 pub use values::{Lists, ValueSet};
 
+use crate::detection::FieldsView;
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -257,11 +258,7 @@ impl Rule {
     }
 
     /// Why a matching line is not counted, if it is not: its `ignore`, `allow` or `only`.
-    pub fn excluded_by(
-        &self,
-        line: &[u8],
-        captures: &BTreeMap<String, String>,
-    ) -> Option<Exclusion> {
+    pub fn excluded_by(&self, line: &[u8], captures: FieldsView<'_>) -> Option<Exclusion> {
         if self.ignore.as_ref().is_some_and(|r| r.is_match(line)) {
             return Some(Exclusion::Ignore);
         }

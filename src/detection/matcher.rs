@@ -6,6 +6,7 @@
 //! configured the same way) so that its search cache and match set are reused from line
 //! to line: no allocation per line.
 
+use super::fields;
 use crate::rules::{Rule, RuleSet};
 use regex::bytes::CaptureLocations;
 use regex_automata::meta::{Builder, Cache, Config, Regex};
@@ -13,14 +14,71 @@ use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Compiled-size budget of one source's combined pattern set.
 const SET_SIZE_LIMIT: usize = 512 << 20;
 
-/// One pattern's reusable capture slots and its group names by group index.
-type PatternCaptures = (CaptureLocations, Vec<(usize, String)>);
+/// Which capture groups of one pattern a match reports, in the order [`fields`] encodes
+/// them: the detector and `explain` both read matches through it, so they always agree.
+#[derive(Debug, Clone)]
+pub struct PatternFields {
+    /// Every named group: name and group index, by name.
+    captures: Vec<(String, usize)>,
+    /// The rule's `group_by` fields by name, with their group index in this pattern (`None`:
+    /// the pattern has no such group, the value is empty).
+    key: Vec<(String, Option<usize>)>,
+}
+
+impl PatternFields {
+    /// The fields of pattern `step` of `rule`.
+    pub fn new(rule: &Rule, step: usize) -> Self {
+        let regex = &rule.patterns[step];
+        let mut captures: Vec<(String, usize)> = regex
+            .capture_names()
+            .enumerate()
+            .filter_map(|(i, name)| name.map(|n| (n.to_string(), i)))
+            .collect();
+        captures.sort();
+        let mut key: Vec<(String, Option<usize>)> = rule
+            .def
+            .group_by
+            .iter()
+            .map(|field| {
+                let group = captures.iter().find(|(n, _)| n == field).map(|(_, i)| *i);
+                (field.clone(), group)
+            })
+            .collect();
+        key.sort();
+        key.dedup();
+        PatternFields { captures, key }
+    }
+
+    /// Encodes the captures that took part in the match into `captures` and the key into
+    /// `key` (a `group_by` capture that did not take part counts as empty).
+    pub fn write(
+        &self,
+        locations: &CaptureLocations,
+        line: &[u8],
+        captures: &mut String,
+        key: &mut String,
+    ) {
+        captures.clear();
+        key.clear();
+        let value = |group: usize| locations.get(group).map(|(start, end)| &line[start..end]);
+        for (name, group) in &self.captures {
+            if let Some(bytes) = value(*group) {
+                fields::push_bytes(captures, name, bytes);
+            }
+        }
+        for (name, group) in &self.key {
+            fields::push_bytes(key, name, group.and_then(value).unwrap_or_default());
+        }
+    }
+}
+
+/// One pattern's reusable capture slots and the fields it reports.
+type PatternCaptures = (CaptureLocations, PatternFields);
 
 /// Candidate rules for one source, found in one pass.
 pub struct SourceMatcher {
@@ -77,15 +135,10 @@ impl SourceMatcher {
         let captures = rules
             .iter()
             .map(|rule| {
-                rule.patterns
-                    .iter()
-                    .map(|regex| {
-                        let names = regex
-                            .capture_names()
-                            .enumerate()
-                            .filter_map(|(i, name)| name.map(|n| (i, n.to_string())))
-                            .collect();
-                        (regex.capture_locations(), names)
+                (0..rule.patterns.len())
+                    .map(|step| {
+                        let locations = rule.patterns[step].capture_locations();
+                        (locations, PatternFields::new(rule, step))
                     })
                     .collect()
             })
@@ -126,33 +179,31 @@ impl SourceMatcher {
         }
     }
 
-    /// Runs pattern `step` of rule `index` on `line`: every named capture that took part
-    /// in the match (invalid UTF-8 replaced), or `None` when the pattern does not match.
-    pub fn captures(
+    /// Runs pattern `step` of rule `index` on `line`. When it matches, writes the captures
+    /// that took part and the rule's key as encoded [`fields`] into the two buffers.
+    pub fn read(
         &mut self,
         index: usize,
         step: usize,
         line: &[u8],
-    ) -> Option<BTreeMap<String, String>> {
+        captures: &mut String,
+        key: &mut String,
+    ) -> bool {
         let regex = &self.rules[index].patterns[step];
-        let (locations, names) = &mut self.captures[index][step];
-        regex.captures_read(locations, line)?;
-        // Inserted one by one: collecting a few entries into a map sorts them via a vector.
-        let mut captures = BTreeMap::new();
-        for (i, name) in names.iter() {
-            if let Some((start, end)) = locations.get(*i) {
-                captures.insert(name.clone(), lossy_string(&line[start..end]));
-            }
+        let (locations, fields) = &mut self.captures[index][step];
+        if regex.captures_read(locations, line).is_none() {
+            return false;
         }
-        Some(captures)
+        fields.write(locations, line, captures, key);
+        true
     }
 }
 
-/// `String::from_utf8_lossy(bytes).into_owned()`, with the common all-valid case checked by
-/// the faster validator.
-pub fn lossy_string(bytes: &[u8]) -> String {
+/// A line's text as shared text (invalid UTF-8 replaced), with the common all-valid case
+/// checked by the faster validator.
+pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(text) => Arc::from(text),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
     }
 }

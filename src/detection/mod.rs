@@ -5,6 +5,7 @@
 //! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
+pub mod fields;
 pub mod keys;
 pub mod kinds;
 pub mod matcher;
@@ -13,10 +14,10 @@ pub mod window;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
+pub use fields::{Fields, FieldsView};
 use keys::KeyTable;
 use kinds::{Event, KeyState, Observed};
-use matcher::SourceMatcher;
-use regex::bytes::Regex;
+use matcher::{PatternFields, SourceMatcher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,22 +31,24 @@ type FastSet<K> = foldhash::HashSet<K>;
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
 
-/// The values of a rule's `group_by` captures: what incidents are deduplicated on.
+/// The values of a rule's `group_by` captures: what incidents are deduplicated on, as
+/// people and the store see them (the detector works on the same pairs as [`Fields`]).
 pub type Key = BTreeMap<String, String>;
 
-/// A log line kept as evidence on an incident.
+/// A log line kept as evidence on an incident. Its text is shared: the same line sits in a
+/// window, a hit and an incident without being copied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Source name.
-    pub source: String,
+    pub source: Arc<str>,
     /// File path, or `-`.
-    pub path: String,
+    pub path: Arc<str>,
     /// Byte offset of the line in the file.
     pub offset: u64,
     /// The line's own time (or arrival time).
     pub time: DateTime<Utc>,
     /// The line as text (invalid UTF-8 replaced), cut at [`EVIDENCE_LINE_BYTES`].
-    pub line: String,
+    pub line: Arc<str>,
 }
 
 impl Evidence {
@@ -53,11 +56,11 @@ impl Evidence {
     pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
         let cut = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         Evidence {
-            source: line.source.to_string(),
-            path: line.path.to_string(),
+            source: line.source.clone(),
+            path: line.path.clone(),
             offset: line.offset,
             time,
-            line: matcher::lossy_string(cut),
+            line: matcher::lossy_text(cut),
         }
     }
 }
@@ -68,9 +71,9 @@ pub struct Hit {
     /// The rule.
     pub rule: Arc<Rule>,
     /// Its key values.
-    pub key: Key,
+    pub key: Fields,
     /// Every named capture of the match (for summaries); the key values for an absence.
-    pub captures: BTreeMap<String, String>,
+    pub captures: Fields,
     /// The line's own time, or the clock time an absence was noticed at.
     pub time: DateTime<Utc>,
     /// The matching line; `None` when no line caused the hit (an absence).
@@ -111,9 +114,12 @@ pub struct Detector {
     matchers: FastMap<String, SourceMatcher>,
     tables: FastMap<String, KeyTable<KeyState>>,
     /// Keys whose state changed since the last store commit, by rule id.
-    dirty: FastMap<String, FastSet<Key>>,
+    dirty: FastMap<String, FastSet<Fields>>,
     evicted: BTreeMap<String, u64>,
     candidates: Vec<(usize, usize)>,
+    /// Encoded captures and key of the current match, reused for every match.
+    capture_text: String,
+    key_text: String,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -191,6 +197,8 @@ impl Detector {
             dirty: FastMap::default(),
             evicted: BTreeMap::new(),
             candidates: Vec::new(),
+            capture_text: String::new(),
+            key_text: String::new(),
         }
     }
 
@@ -263,6 +271,8 @@ impl Detector {
             dirty,
             evicted: evictions,
             candidates,
+            capture_text,
+            key_text,
             ..
         } = self;
         let matcher = matchers.get_mut(source).expect("present");
@@ -272,17 +282,18 @@ impl Detector {
         matcher.candidates(&line.bytes, candidates);
         let time_ms = time.timestamp_millis();
         for &(index, step) in candidates.iter() {
-            let Some(captures) = matcher.captures(index, step, &line.bytes) else {
-                continue;
-            };
-            let rule = &matcher.rules[index];
-            if rule.excluded_by(&line.bytes, &captures).is_some() {
+            if !matcher.read(index, step, &line.bytes, capture_text, key_text) {
                 continue;
             }
-            let key = key_of(rule, &captures);
+            let rule = &matcher.rules[index];
+            let captures = FieldsView::new(capture_text);
+            if rule.excluded_by(&line.bytes, captures).is_some() {
+                continue;
+            }
             let evidence = Evidence::from_line(line, time);
             let touched =
-                Self::table(tables, rule).touch(&key, || KeyState::new(&rule.kind, time_ms));
+                Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
+            let key = touched.key.clone();
             let (state, evicted) = (touched.state, touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -292,7 +303,7 @@ impl Detector {
                     time_ms,
                     step,
                     evidence: &evidence,
-                    captures: &captures,
+                    captures,
                 },
             );
             if let Some(old) = evicted {
@@ -317,7 +328,7 @@ impl Detector {
             hits.push(Hit {
                 rule: rule.clone(),
                 key,
-                captures,
+                captures: Fields::from_encoded(capture_text),
                 time,
                 evidence: Some(evidence),
                 crossed,
@@ -337,8 +348,8 @@ impl Detector {
             }
             let table = Self::table(&mut self.tables, rule);
             if rule.def.group_by.is_empty() && table.is_empty() {
-                table.touch(&Key::new(), || KeyState::new(&rule.kind, now_ms));
-                mark(&mut self.dirty, rule.id(), &Key::new());
+                table.touch("", || KeyState::new(&rule.kind, now_ms));
+                mark(&mut self.dirty, rule.id(), &Fields::default());
             }
             for (key, state) in table.iter_mut() {
                 if let Some(crossed) = state.advance(&rule.kind, now_ms) {
@@ -390,7 +401,7 @@ impl Detector {
 
     /// State changed since the last call: `None` means the key's state is gone.
     pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
-        let dirty: Vec<(String, Key)> = std::mem::take(&mut self.dirty)
+        let dirty: Vec<(String, Fields)> = std::mem::take(&mut self.dirty)
             .into_iter()
             .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
             .collect();
@@ -413,7 +424,7 @@ impl Detector {
                     WindowId {
                         rule: rule_id,
                         rule_hash,
-                        key,
+                        key: key.to_map(),
                     },
                     state,
                 )
@@ -439,12 +450,13 @@ impl Detector {
         }
         fresh.sort_by_key(|(_, _, state)| state.last_ms());
         for (rule, id, state) in fresh {
-            if let Some(old) = Self::table(&mut self.tables, &rule).insert(id.key, state) {
+            let key = Fields::from_map(&id.key);
+            if let Some(old) = Self::table(&mut self.tables, &rule).insert(key, state) {
                 // More saved keys than max_keys allows now: the oldest go.
                 stale.push(WindowId {
                     rule: id.rule,
                     rule_hash: id.rule_hash,
-                    key: old,
+                    key: old.to_map(),
                 });
             }
         }
@@ -457,35 +469,19 @@ impl Detector {
     }
 }
 
-/// The named captures of `regex` on `line` as text, or `None` when it does not match. The
-/// detector and `explain` both read captures through this, so they always agree.
-pub fn capture_values(regex: &Regex, line: &[u8]) -> Option<BTreeMap<String, String>> {
-    let caps = regex.captures(line)?;
-    let mut captures = BTreeMap::new();
-    for name in regex.capture_names().flatten() {
-        if let Some(m) = caps.name(name) {
-            captures.insert(name.to_string(), matcher::lossy_string(m.as_bytes()));
-        }
-    }
-    Some(captures)
-}
-
-/// The key a rule counts a match under: its `group_by` captures (empty when one did not
-/// take part in the match).
-pub fn key_of(rule: &Rule, captures: &BTreeMap<String, String>) -> Key {
-    // Inserted one by one: collecting a few entries into a map sorts them via a vector.
-    let mut key = Key::new();
-    for field in &rule.def.group_by {
-        key.insert(
-            field.clone(),
-            captures.get(field).cloned().unwrap_or_default(),
-        );
-    }
-    key
+/// Pattern `step` of `rule` on `line`: the captures that took part and the key, or `None`
+/// when it does not match. Read the way the detector reads them (for `explain`).
+pub fn read_match(rule: &Rule, step: usize, line: &[u8]) -> Option<(Fields, Fields)> {
+    let regex = &rule.patterns[step];
+    let mut locations = regex.capture_locations();
+    regex.captures_read(&mut locations, line)?;
+    let (mut captures, mut key) = (String::new(), String::new());
+    PatternFields::new(rule, step).write(&locations, line, &mut captures, &mut key);
+    Some((Fields::from_encoded(&captures), Fields::from_encoded(&key)))
 }
 
 /// Marks a key's state as changed, cloning the key only the first time per commit.
-fn mark(dirty: &mut FastMap<String, FastSet<Key>>, rule: &str, key: &Key) {
+fn mark(dirty: &mut FastMap<String, FastSet<Fields>>, rule: &str, key: &Fields) {
     match dirty.get_mut(rule) {
         Some(keys) => {
             if !keys.contains(key) {
@@ -620,7 +616,10 @@ rules:
         feed(&mut d, T0 + 3, "Failed password for a from 1.1.1.1");
         let hits = feed(&mut d, T0 + 4, "Accepted publickey for a from 1.1.1.1");
         assert_eq!(opened(&hits), vec![("breach", 3)]);
-        assert_eq!(hits[0].key, Key::from([("ip".into(), "1.1.1.1".into())]));
+        assert_eq!(
+            hits[0].key.to_map(),
+            Key::from([("ip".into(), "1.1.1.1".into())])
+        );
     }
 
     const FLOOD: &str = r#"
@@ -662,7 +661,9 @@ rules:
         assert!(opened(&feed(&mut d, T0 + 2000, "from victim")).is_empty());
         let keepalive = Key::from([("ip".to_string(), "keepalive".to_string())]);
         assert!(
-            d.tables["flood"].get(&keepalive).is_some(),
+            d.tables["flood"]
+                .get(&Fields::from_map(&keepalive))
+                .is_some(),
             "recently used keys stay"
         );
     }
@@ -740,7 +741,7 @@ rules:
         d.advance(at(T0 + 70_001), &mut hits);
         assert_eq!(opened(&hits), vec![("per-host", 0)]);
         assert_eq!(
-            hits[0].crossed.as_ref().unwrap().evidence[0].line,
+            &*hits[0].crossed.as_ref().unwrap().evidence[0].line,
             "backup done on db1"
         );
         // Lines come back: the gap ends, recorded on the hit.

@@ -11,7 +11,7 @@ use crate::incidents::{Incident, IncidentBook};
 use crate::rules::{RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Log time between two passes that drop window state that can no longer count (the
@@ -27,8 +27,6 @@ pub struct Evaluation {
     rules: Arc<RuleSet>,
     /// Every incident opened, as it is after the latest change, by number.
     incidents: BTreeMap<u64, Incident>,
-    /// Rules with at least one incident: only their plain matches can change one.
-    with_incidents: HashSet<String>,
     hits: Vec<Hit>,
     has_absence: bool,
     /// Cached [`Detector::next_absence_due`]; `None` inside means nothing is due.
@@ -50,7 +48,6 @@ impl Evaluation {
             book: IncidentBook::empty(),
             rules,
             incidents: BTreeMap::new(),
-            with_incidents: HashSet::new(),
             hits: Vec::new(),
             has_absence,
             due: None,
@@ -131,16 +128,8 @@ impl Evaluation {
 
     fn apply_hits(&mut self) {
         for hit in self.hits.drain(..) {
-            // The book ignores a match that neither crosses nor belongs to an open incident;
-            // skipping it here spares building its slot for the most common kind of hit.
-            if hit.crossed.is_none() && !self.with_incidents.contains(hit.rule.id()) {
-                continue;
-            }
             let at = hit.time;
             if let Some(event) = self.book.apply(hit, &self.rules, at) {
-                if !self.with_incidents.contains(&event.incident.rule) {
-                    self.with_incidents.insert(event.incident.rule.clone());
-                }
                 let number = Incident::number(&event.incident.id).unwrap_or_default();
                 self.incidents.insert(number, event.incident);
             }

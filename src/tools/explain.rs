@@ -5,7 +5,7 @@
 //! says is what the daemon does.
 
 use crate::config::DEFAULT_CONFIG_PATH;
-use crate::detection::{Key, capture_values, key_of};
+use crate::detection::{Key, read_match};
 use crate::rules::RuleSet;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,16 +57,18 @@ pub fn explain(rules: &RuleSet, source: Option<&str>, line: &[u8]) -> Vec<Match>
             continue;
         }
         let sequence = rule.def.sequence.is_some();
-        for (i, regex) in rule.patterns.iter().enumerate() {
-            let Some(captures) = capture_values(regex, line) else {
+        for i in 0..rule.patterns.len() {
+            let Some((captures, key)) = read_match(rule, i, line) else {
                 continue;
             };
             out.push(Match {
                 rule: rule.id().to_string(),
                 step: sequence.then_some(i + 1),
-                key: key_of(rule, &captures),
-                excluded_by: rule.excluded_by(line, &captures).map(|e| e.to_string()),
-                captures,
+                key: key.to_map(),
+                excluded_by: rule
+                    .excluded_by(line, captures.view())
+                    .map(|e| e.to_string()),
+                captures: captures.to_map(),
             });
         }
     }

@@ -130,7 +130,7 @@ mod tests {
             .advance(&KIND, T0 + 11_001)
             .expect("only one match left in the window");
         assert_eq!(c.count, 1);
-        assert_eq!(c.evidence[0].line, format!("line at {}", T0 + 5_000));
+        assert_eq!(&*c.evidence[0].line, format!("line at {}", T0 + 5_000));
         // One match is not enough to end the gap, the second is.
         assert_eq!(feed(&mut s, &KIND, T0 + 30_000, 0, &[]), Observed::Counted);
         assert_eq!(feed(&mut s, &KIND, T0 + 31_000, 0, &[]), Observed::Resumed);

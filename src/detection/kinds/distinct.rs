@@ -32,7 +32,7 @@ impl Distinct {
             Some(seen) => *seen = (event.time_ms, event.evidence.clone()),
             None => {
                 self.values
-                    .insert(value.clone(), (event.time_ms, event.evidence.clone()));
+                    .insert(value.to_string(), (event.time_ms, event.evidence.clone()));
             }
         }
         self.values.retain(|_, (t, _)| *t >= newest - within_ms);

@@ -16,10 +16,9 @@ pub use sequence::Sequence;
 pub use spike::Spike;
 pub use threshold::Threshold;
 
-use super::{Crossing, Evidence};
+use super::{Crossing, Evidence, FieldsView};
 use crate::rules::RuleKind;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Most evidence lines a kind keeps for one crossing (the incident keeps its own bound).
 pub const EVIDENCE_KEPT: usize = 20;
@@ -33,7 +32,7 @@ pub struct Event<'a> {
     /// The line.
     pub evidence: &'a Evidence,
     /// Named captures of the match.
-    pub captures: &'a BTreeMap<String, String>,
+    pub captures: FieldsView<'a>,
 }
 
 /// What a match did to a key's state.
@@ -214,17 +213,19 @@ pub(crate) mod test_support {
         captures: &[(&str, &str)],
     ) -> Observed {
         let ev = evidence(ms, &format!("line at {ms}"));
-        let caps: BTreeMap<String, String> = captures
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let caps = crate::detection::Fields::from_map(
+            &captures
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         state.observe(
             kind,
             Event {
                 time_ms: ms,
                 step,
                 evidence: &ev,
-                captures: &caps,
+                captures: caps.view(),
             },
         )
     }

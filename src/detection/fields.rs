@@ -1,0 +1,184 @@
+//! Named values in one compact, shared string: a key's `group_by` values and a match's
+//! captures.
+//!
+//! Every counted match needs both. As `BTreeMap<String, String>` each cost an allocation per
+//! name, value and node, and hashing or comparing one walks the tree: that was most of the
+//! per-match cost. Here the pairs are encoded in name order into one `Arc<str>`: a key is
+//! written into a reused buffer and looked up as `&str` without allocating, and putting it
+//! into a hit or the dirty set is a reference-count increment. Maps are made only where a
+//! person or the store sees the values.
+//!
+//! Encoding: for each pair, `<name length>:<name><value length>:<value>`, so any name or
+//! value (colons, digits, empty) reads back unambiguously.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Named values, in name order, in one shared string.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Fields(Arc<str>);
+
+impl Fields {
+    /// Fields from text written by [`push`] (pairs in name order).
+    pub fn from_encoded(encoded: &str) -> Self {
+        Fields(Arc::from(encoded))
+    }
+
+    /// Fields holding a map's pairs (already in name order).
+    pub fn from_map(map: &BTreeMap<String, String>) -> Self {
+        let mut text = String::new();
+        for (name, value) in map {
+            push(&mut text, name, value);
+        }
+        Fields::from_encoded(&text)
+    }
+
+    /// A borrowed view to read the values.
+    pub fn view(&self) -> FieldsView<'_> {
+        FieldsView(&self.0)
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.view().get(name)
+    }
+
+    /// The pairs as a map (for incidents, the store and people).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.view().to_map()
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Lets a table keyed by `Fields` be searched with a key written into a reused buffer.
+impl Borrow<str> for Fields {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.view().fmt(f)
+    }
+}
+
+/// Encoded fields read in place: what the detection kinds and exclusions look values up in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FieldsView<'a>(&'a str);
+
+impl<'a> FieldsView<'a> {
+    /// A view of text written by [`push`].
+    pub fn new(encoded: &'a str) -> Self {
+        FieldsView(encoded)
+    }
+
+    /// The value of `name`.
+    pub fn get(self, name: &str) -> Option<&'a str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The pairs in name order.
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let name = take(&mut rest);
+            let value = take(&mut rest);
+            Some((name, value))
+        })
+    }
+
+    /// The pairs as a map.
+    pub fn to_map(self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for FieldsView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Appends one pair to encoded text; pairs must be appended in name order (that makes equal
+/// fields equal strings).
+pub fn push(text: &mut String, name: &str, value: &str) {
+    use std::fmt::Write;
+    let _ = write!(text, "{}:{name}{}:{value}", name.len(), value.len());
+}
+
+/// Appends one pair whose value is raw bytes (invalid UTF-8 replaced).
+pub fn push_bytes(text: &mut String, name: &str, value: &[u8]) {
+    push(text, name, &String::from_utf8_lossy(value));
+}
+
+/// Reads one length-prefixed item off the front of `rest`.
+fn take<'a>(rest: &mut &'a str) -> &'a str {
+    let colon = rest.find(':').expect("encoded by push");
+    let len: usize = rest[..colon].parse().expect("encoded by push");
+    let item = &rest[colon + 1..colon + 1 + len];
+    *rest = &rest[colon + 1 + len..];
+    item
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn any_value_reads_back_as_written() {
+        let m = map(&[
+            ("ip", "10.0.0.1"),
+            ("user", "a:b 3:c"),
+            ("empty", ""),
+            ("n", "12"),
+        ]);
+        let f = Fields::from_map(&m);
+        assert_eq!(f.to_map(), m);
+        assert_eq!(f.get("user"), Some("a:b 3:c"));
+        assert_eq!(f.get("empty"), Some(""));
+        assert_eq!(f.get("missing"), None);
+        assert!(Fields::from_map(&BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn values_cannot_be_confused_across_fields() {
+        // Without lengths these two would both read "a1b".
+        let one = Fields::from_map(&map(&[("a", "1b")]));
+        let two = Fields::from_map(&map(&[("a", "1"), ("b", "")]));
+        assert_ne!(one, two);
+    }
+
+    #[test]
+    fn a_key_written_in_a_buffer_finds_the_stored_one() {
+        let mut table = std::collections::HashMap::new();
+        table.insert(Fields::from_map(&map(&[("ip", "10.0.0.1")])), 1);
+        let mut buf = String::new();
+        push_bytes(&mut buf, "ip", b"10.0.0.1");
+        assert_eq!(table.get(buf.as_str()), Some(&1));
+        buf.clear();
+        push_bytes(&mut buf, "ip", b"10.0.0.\xff");
+        assert_eq!(
+            Fields::from_encoded(&buf).get("ip"),
+            Some("10.0.0.\u{fffd}")
+        );
+    }
+}
