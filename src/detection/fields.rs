@@ -114,8 +114,27 @@ impl fmt::Debug for FieldsView<'_> {
 /// Appends one pair to encoded text; pairs must be appended in name order (that makes equal
 /// fields equal strings).
 pub fn push(text: &mut String, name: &str, value: &str) {
-    use std::fmt::Write;
-    let _ = write!(text, "{}:{name}{}:{value}", name.len(), value.len());
+    push_len(text, name.len());
+    text.push(':');
+    text.push_str(name);
+    push_len(text, value.len());
+    text.push(':');
+    text.push_str(value);
+}
+
+/// Appends a length in decimal without the formatting machinery (this runs per match).
+fn push_len(text: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// Appends one pair whose value is raw bytes (invalid UTF-8 replaced).
@@ -145,7 +164,9 @@ mod tests {
 
     #[test]
     fn any_value_reads_back_as_written() {
+        let long = "x".repeat(1234);
         let m = map(&[
+            ("long", long.as_str()),
             ("ip", "10.0.0.1"),
             ("user", "a:b 3:c"),
             ("empty", ""),

@@ -2,26 +2,36 @@
 //!
 //! A flood of spoofed source addresses creates a key per address; without a bound the
 //! detector's memory would follow the attacker instead of the live keys. Each rule keeps at
-//! most its `max_keys` keys; a new key beyond that evicts the key touched longest ago.
+//! most its `max_keys` keys; a new key at the bound evicts the keys touched longest ago.
+//!
+//! Recency is a touch counter in each entry, not a linked list: a hit then costs one hash
+//! probe into a flat table instead of unlinking and relinking list nodes scattered over the
+//! heap (which showed as cache misses on every match). Eviction takes the oldest sixteenth
+//! of the table at once, found in one pass, so its cost per new key stays constant.
 
 use super::fields::Fields;
-use lru::LruCache;
 
-/// One key's state and whether it changed since it was last stored; the key is kept in the
-/// entry too, so a lookup by `&str` can hand out the shared key.
+/// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
+/// least one), so a flood pays one pass over the table per that many new keys.
+const EVICT_FRACTION: usize = 16;
+
+/// One key's state, whether it changed since it was last stored, and when it was last
+/// touched; the key is kept in the entry too, so a lookup by `&str` can hand it out.
 #[derive(Debug)]
 struct Entry<S> {
     key: Fields,
     state: S,
     dirty: bool,
+    touched: u64,
 }
 
-/// State per key with recency order: an O(1) linked hash map, so the per-hit cost does not
-/// grow with the number of live keys.
+/// State per key with recency, in a flat hash table (hashed like the detector's other
+/// maps).
 #[derive(Debug)]
 pub struct KeyTable<S> {
-    entries: LruCache<Fields, Entry<S>>,
+    entries: foldhash::HashMap<Fields, Entry<S>>,
     max_keys: usize,
+    clock: u64,
 }
 
 /// What [`KeyTable::touch`] found or made.
@@ -32,16 +42,17 @@ pub struct Touched<'a, S> {
     pub state: &'a mut S,
     /// True the first time the key is touched since it was last stored (marked clean).
     pub newly_dirty: bool,
-    /// The key evicted to make room, if any.
-    pub evicted: Option<Fields>,
+    /// Keys evicted to make room (usually none).
+    pub evicted: Vec<Fields>,
 }
 
 impl<S> KeyTable<S> {
     /// An empty table holding at most `max_keys` keys (at least one).
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
-            entries: LruCache::unbounded(),
+            entries: foldhash::HashMap::default(),
             max_keys: max_keys.max(1),
+            clock: 0,
         }
     }
 
@@ -49,23 +60,23 @@ impl<S> KeyTable<S> {
     /// changed; created with `make` when missing. A key already present costs one lookup
     /// and no allocation.
     pub fn touch(&mut self, key: &str, make: impl FnOnce() -> S) -> Touched<'_, S> {
-        let mut evicted = None;
-        if !self.entries.contains(key) {
-            // Room is made only for a new key at the bound.
-            if self.entries.len() >= self.max_keys {
-                evicted = self.entries.pop_lru().map(|(k, _)| k);
-            }
+        self.clock += 1;
+        let mut evicted = Vec::new();
+        if !self.entries.contains_key(key) {
+            evicted = self.make_room();
             let key = Fields::from_encoded(key);
-            self.entries.push(
+            self.entries.insert(
                 key.clone(),
                 Entry {
                     key,
                     state: make(),
                     dirty: false,
+                    touched: 0,
                 },
             );
         }
         let entry = self.entries.get_mut(key).expect("present or just added");
+        entry.touched = self.clock;
         let newly_dirty = !entry.dirty;
         entry.dirty = true;
         Touched {
@@ -76,63 +87,77 @@ impl<S> KeyTable<S> {
         }
     }
 
+    /// At the bound, removes the least recently touched keys (a fraction of the table) and
+    /// returns them.
+    fn make_room(&mut self) -> Vec<Fields> {
+        if self.entries.len() < self.max_keys {
+            return Vec::new();
+        }
+        let count = (self.max_keys / EVICT_FRACTION).max(1);
+        let mut ages: Vec<(u64, &Fields)> =
+            self.entries.values().map(|e| (e.touched, &e.key)).collect();
+        ages.select_nth_unstable_by_key(count - 1, |(touched, _)| *touched);
+        ages[..count].sort_unstable_by_key(|(touched, _)| *touched);
+        let oldest: Vec<Fields> = ages[..count].iter().map(|(_, k)| (*k).clone()).collect();
+        for key in &oldest {
+            self.entries.remove(key);
+        }
+        oldest
+    }
+
     /// Marks a key's state as stored (after [`Self::touch`] marked it changed).
     pub fn mark_clean(&mut self, key: &Fields) {
-        if let Some(entry) = self.entries.peek_mut(key) {
+        if let Some(entry) = self.entries.get_mut(key) {
             entry.dirty = false;
         }
     }
 
-    /// Puts a key's state (as restored from the store), most recently used; returns the key
-    /// evicted to make room, if any.
-    pub fn insert(&mut self, key: Fields, state: S) -> Option<Fields> {
-        self.entries.pop(&key);
-        let evicted = if self.entries.len() >= self.max_keys {
-            self.entries.pop_lru().map(|(k, _)| k)
-        } else {
-            None
-        };
-        self.entries.push(
+    /// Puts a key's state (as restored from the store), most recently used; returns the
+    /// keys evicted to make room.
+    pub fn insert(&mut self, key: Fields, state: S) -> Vec<Fields> {
+        self.clock += 1;
+        self.entries.remove(&key);
+        let evicted = self.make_room();
+        self.entries.insert(
             key.clone(),
             Entry {
                 key,
                 state,
                 dirty: false,
+                touched: self.clock,
             },
         );
         evicted
     }
 
-    /// Removes a key.
-    pub fn remove(&mut self, key: &Fields) -> Option<S> {
-        self.entries.pop(key).map(|e| e.state)
-    }
-
     /// A key's state without changing its recency.
     pub fn get(&self, key: &Fields) -> Option<&S> {
-        self.entries.peek(key).map(|e| &e.state)
+        self.entries.get(key).map(|e| &e.state)
     }
 
-    /// Every key and state, without changing recency.
+    /// Every key and state, most recently used first (a stable order for what is reported
+    /// from them).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Fields, &mut S)> {
-        self.entries.iter_mut().map(|(k, e)| (k, &mut e.state))
+        let mut all: Vec<&mut Entry<S>> = self.entries.values_mut().collect();
+        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.touched));
+        all.into_iter().map(|e| (&e.key, &mut e.state))
     }
 
     /// Every key.
     pub fn keys(&self) -> impl Iterator<Item = &Fields> {
-        self.entries.iter().map(|(k, _)| k)
+        self.entries.keys()
     }
 
     /// Keeps the keys for which `keep` is true; returns the removed keys.
     pub fn retain(&mut self, mut keep: impl FnMut(&Fields, &mut S) -> bool) -> Vec<Fields> {
-        let removed: Vec<Fields> = self
-            .entries
-            .iter_mut()
-            .filter_map(|(k, e)| (!keep(k, &mut e.state)).then(|| k.clone()))
-            .collect();
-        for key in &removed {
-            self.entries.pop(key);
-        }
+        let mut removed = Vec::new();
+        self.entries.retain(|key, entry| {
+            let kept = keep(key, &mut entry.state);
+            if !kept {
+                removed.push(key.clone());
+            }
+            kept
+        });
         removed
     }
 
@@ -166,16 +191,16 @@ mod tests {
     fn the_least_recently_used_key_is_evicted_at_the_bound() {
         let mut t = KeyTable::new(3);
         for n in 1..=3 {
-            assert_eq!(touch(&mut t, n, || n).evicted, None);
+            assert!(touch(&mut t, n, || n).evicted.is_empty());
         }
         // Touching 1 makes 2 the oldest.
         *touch(&mut t, 1, || 0).state += 10;
-        assert_eq!(touch(&mut t, 4, || 4).evicted, Some(key(2)));
+        assert_eq!(touch(&mut t, 4, || 4).evicted, vec![key(2)]);
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(&key(1)), Some(&11));
         assert_eq!(t.get(&key(2)), None);
         let touched = touch(&mut t, 5, || 5);
-        assert_eq!(touched.evicted, Some(key(3)));
+        assert_eq!(touched.evicted, vec![key(3)]);
         assert_eq!(touched.key, &key(5), "the table hands out its own key");
     }
 
@@ -193,9 +218,20 @@ mod tests {
         let mut t = KeyTable::new(100);
         let mut evicted = 0;
         for n in 0..10_000u32 {
-            evicted += usize::from(touch(&mut t, n, || ()).evicted.is_some());
+            let batch = touch(&mut t, n, || ()).evicted;
+            // The oldest sixteenth goes at once: keys 0..6 first.
+            if n == 100 {
+                assert_eq!(batch, (0..6).map(key).collect::<Vec<_>>());
+            }
+            evicted += batch.len();
+            assert!(t.len() <= 100);
         }
-        assert_eq!((t.len(), evicted), (100, 9_900));
+        assert!(t.len() > 100 - 100 / EVICT_FRACTION);
+        assert_eq!(
+            t.len() + evicted,
+            10_000,
+            "every key is held or counted evicted"
+        );
     }
 
     #[test]
@@ -204,8 +240,8 @@ mod tests {
         t.insert(key(1), 1);
         t.insert(key(2), 2);
         assert_eq!(t.retain(|_, s| *s != 1), vec![key(1)]);
-        assert_eq!(t.insert(key(3), 3), None);
-        assert_eq!(t.insert(key(4), 4), Some(key(2)));
+        assert!(t.insert(key(3), 3).is_empty());
+        assert_eq!(t.insert(key(4), 4), vec![key(2)]);
         assert_eq!(t.len(), 2);
     }
 }

@@ -306,14 +306,11 @@ impl Detector {
                     captures,
                 },
             );
-            if let Some(old) = evicted {
-                match evictions.get_mut(rule.id()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        evictions.insert(rule.id().to_string(), 1);
-                    }
+            if !evicted.is_empty() {
+                *evictions.entry(rule.id().to_string()).or_default() += evicted.len() as u64;
+                for old in &evicted {
+                    mark(dirty, rule.id(), old);
                 }
-                mark(dirty, rule.id(), &old);
             }
             if newly_dirty {
                 mark(dirty, rule.id(), &key);
@@ -451,11 +448,11 @@ impl Detector {
         fresh.sort_by_key(|(_, _, state)| state.last_ms());
         for (rule, id, state) in fresh {
             let key = Fields::from_map(&id.key);
-            if let Some(old) = Self::table(&mut self.tables, &rule).insert(key, state) {
-                // More saved keys than max_keys allows now: the oldest go.
+            // More saved keys than max_keys allows now: the oldest go.
+            for old in Self::table(&mut self.tables, &rule).insert(key, state) {
                 stale.push(WindowId {
-                    rule: id.rule,
-                    rule_hash: id.rule_hash,
+                    rule: id.rule.clone(),
+                    rule_hash: id.rule_hash.clone(),
                     key: old.to_map(),
                 });
             }
@@ -648,15 +645,15 @@ rules:
                 feed(&mut d, T0 + n, "from keepalive");
             }
         }
-        assert_eq!(d.live_keys(), 50);
-        // 1002 keys (victim, keep-alive, 1000 flood addresses) into 50 places.
-        assert_eq!(
-            d.take_evictions(),
-            BTreeMap::from([("flood".to_string(), 952)])
-        );
+        // 1002 keys (victim, keep-alive, 1000 flood addresses) into 50 places: every key
+        // is either held or counted as evicted.
+        let live = d.live_keys();
+        assert!((47..=50).contains(&live), "{live} keys");
+        let evicted = d.take_evictions()["flood"] as usize;
+        assert_eq!(live + evicted, 1002);
         // Evicted keys are deleted from the store with the next commit.
         let gone = d.take_dirty().iter().filter(|(_, s)| s.is_none()).count();
-        assert_eq!(gone, 952);
+        assert_eq!(gone, evicted);
         // The victim was evicted long ago: its two matches are forgotten.
         assert!(opened(&feed(&mut d, T0 + 2000, "from victim")).is_empty());
         let keepalive = Key::from([("ip".to_string(), "keepalive".to_string())]);
