@@ -117,40 +117,74 @@ fn parse_pattern(head: &str, pattern: &str, reference: DateTime<Utc>) -> Option<
 /// line of most logs, and the generic strftime parser costs more than the rest of detection.
 /// Anything unusual falls back to that parser, so both read the same times.
 fn parse_classic_syslog(head: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let year = local_year(reference);
+    let Ok(read) = read_classic_cached(head.as_bytes(), year) else {
+        return parse_without_year(head, "%b %e %H:%M:%S", reference);
+    };
+    let parsed = read?;
+    // A line from late December read in early January belongs to the previous year.
+    if parsed > reference + chrono::Duration::days(1) {
+        return read_classic(head.as_bytes(), year - 1).ok().flatten();
+    }
+    Some(parsed)
+}
+
+/// Not in the exact shape [`read_classic`] reads: the strftime parser decides.
+struct NotClassic;
+
+/// A classic head, the year it was read for, and what it read.
+type ClassicReading = ([u8; 15], i32, Option<DateTime<Utc>>);
+
+thread_local! {
+    /// The last classic head read on this thread: consecutive lines mostly share their
+    /// second, so most lines skip the reading.
+    static LAST_CLASSIC: std::cell::Cell<Option<ClassicReading>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// [`read_classic`], answered from [`LAST_CLASSIC`] when the head and year repeat.
+fn read_classic_cached(b: &[u8], year: i32) -> Result<Option<DateTime<Utc>>, NotClassic> {
+    let head: [u8; 15] = b.try_into().map_err(|_| NotClassic)?;
+    if let Some((last, last_year, read)) = LAST_CLASSIC.get()
+        && last == head
+        && last_year == year
+    {
+        return Ok(read);
+    }
+    let read = read_classic(b, year)?;
+    LAST_CLASSIC.set(Some((head, year, read)));
+    Ok(read)
+}
+
+/// Reads `Nov  2 10:00:01` as a local time in `year`: `Ok(None)` for a date or time that
+/// does not exist.
+fn read_classic(b: &[u8], year: i32) -> Result<Option<DateTime<Utc>>, NotClassic> {
     const MONTHS: [&[u8; 3]; 12] = [
         b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
         b"Dec",
     ];
-    let fallback = || parse_without_year(head, "%b %e %H:%M:%S", reference);
-    let b = head.as_bytes();
     let digit = |i: usize| b[i].is_ascii_digit().then(|| u32::from(b[i] - b'0'));
     let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
     if b.len() != 15 || b[3] != b' ' || b[6] != b' ' || b[9] != b':' || b[12] != b':' {
-        return fallback();
+        return Err(NotClassic);
     }
-    let Some(month) = MONTHS.iter().position(|m| &b[..3] == *m) else {
-        return fallback();
-    };
+    let month = MONTHS
+        .iter()
+        .position(|m| &b[..3] == *m)
+        .ok_or(NotClassic)?;
     let day = match b[4] {
         b' ' => digit(5),
         _ => two(4),
     };
     let (Some(day), Some(h), Some(m), Some(sec)) = (day, two(7), two(10), two(13)) else {
-        return fallback();
+        return Err(NotClassic);
     };
-    let year = local_year(reference);
-    let time = chrono::NaiveTime::from_hms_opt(h, m, sec)?;
-    let at = |y: i32| {
-        chrono::NaiveDate::from_ymd_opt(y, month as u32 + 1, day)
-            .map(|d| d.and_time(time))
-            .and_then(local_to_utc)
+    let Some(time) = chrono::NaiveTime::from_hms_opt(h, m, sec) else {
+        return Ok(None);
     };
-    let parsed = at(year)?;
-    // A line from late December read in early January belongs to the previous year.
-    if parsed > reference + chrono::Duration::days(1) {
-        return at(year - 1);
-    }
-    Some(parsed)
+    Ok(chrono::NaiveDate::from_ymd_opt(year, month as u32 + 1, day)
+        .map(|d| d.and_time(time))
+        .and_then(local_to_utc))
 }
 
 /// Parses a local time whose format has no year, choosing the year from `reference`.
@@ -351,6 +385,33 @@ mod tests {
                 .format("%Y-%m-%d %H:%M:%S")
                 .to_string(),
             "2026-11-02 03:04:05"
+        );
+    }
+
+    /// Consecutive lines of the same second are answered from the last reading; the
+    /// answer still follows the reference's year and the one-day rule.
+    #[test]
+    fn a_repeated_head_reads_the_same_as_a_fresh_one() {
+        let fmt = TimestampFormat::Syslog;
+        let line = b"Dec 31 23:59:59 host sshd[1]: x";
+        let in_december = utc("2026-12-31T12:00:00Z");
+        let first = fmt.parse(line, in_december).unwrap();
+        assert_eq!(
+            fmt.parse(b"Dec 31 23:59:59 other", in_december),
+            Some(first)
+        );
+        // Same head, reference a year later: read for that year, then moved back a year
+        // by the one-day rule only when it lies ahead.
+        let next_december = utc("2027-12-31T12:00:00Z");
+        let later = fmt.parse(line, next_december).unwrap();
+        assert_eq!(later.with_timezone(&Local).year(), 2027);
+        let in_january = utc("2027-01-01T00:10:00Z");
+        assert_eq!(fmt.parse(line, in_january), Some(first));
+        // A head that is not a date at all, after a cached one, still falls back or fails.
+        assert_eq!(fmt.parse(b"Feb 30 10:00:00 host x", in_december), None);
+        assert_eq!(
+            fmt.parse(b"Dec 31 23:59:59 host x", in_december),
+            Some(first)
         );
     }
 
