@@ -174,7 +174,7 @@ pub struct RuleDef {
     /// Counted only when a capture is in these values / CIDRs / `@lists`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub only: BTreeMap<String, Vec<String>>,
-    /// Most keys tracked at once; the least recently used is dropped beyond it.
+    /// Most keys tracked at once; the least recently used are dropped at the bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<usize>,
     /// Severity, fixed or by count.
