@@ -32,6 +32,7 @@ pub fn synthetic_hit(rule: &Arc<Rule>, actor: &str, now: DateTime<Utc>) -> Hit {
     Hit {
         rule: rule.clone(),
         captures: key.clone(),
+        step: rule.patterns.len().saturating_sub(1),
         key,
         time: now,
         evidence: Some(evidence.clone()),

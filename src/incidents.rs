@@ -423,7 +423,11 @@ impl IncidentBook {
             EventKind::Opened
         };
         let incident = open.get_mut(&hit.key).expect("inserted or present");
-        incident.summary = rules.summary(rule, &summary_context(&hit, incident));
+        // A sequence's earlier steps cannot complete it, so their captures do not describe
+        // it (the failed user is not the one who logged in): they leave the summary be.
+        if kind == EventKind::Opened || hit.step + 1 >= rule.patterns.len() {
+            incident.summary = rules.summary(rule, &summary_context(&hit, incident));
+        }
         self.dirty.insert((rule.id().to_string(), hit.key.clone()));
         Some(IncidentEvent {
             kind,

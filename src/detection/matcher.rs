@@ -2,6 +2,10 @@
 //! that reads it (sequence steps included), so the per-line cost does not grow with one
 //! scan per rule. Only the rules it finds run their own regex for captures.
 //!
+//! Rules often share a pattern (a threshold and a sequence step on the same failed login):
+//! each distinct pattern text is in the set once and runs its captures at most once per
+//! line, whichever rules it serves.
+//!
 //! The set is built on `regex-automata`'s meta engine (what `regex::bytes::RegexSet` wraps,
 //! configured the same way) so that its search cache and match set are reused from line
 //! to line: no allocation per line.
@@ -77,24 +81,35 @@ impl PatternFields {
     }
 }
 
-/// One pattern's reusable capture slots and the fields it reports.
-type PatternCaptures = (CaptureLocations, PatternFields);
+/// One distinct pattern text: its regex, its capture slots reused for every line, and the
+/// outcome of its capture run on the current line.
+struct SharedPattern {
+    regex: regex::bytes::Regex,
+    locations: CaptureLocations,
+    /// Line number ([`SourceMatcher::line`]) the run below belongs to.
+    read_at: u64,
+    matched: bool,
+    /// Every (rule, pattern index) with this text.
+    slots: Vec<(usize, usize)>,
+}
 
 /// Candidate rules for one source, found in one pass.
 pub struct SourceMatcher {
-    /// `None` when the combined set exceeded its budget: every pattern is then a candidate.
+    /// Over the distinct patterns, in [`SourceMatcher::shared`] order. `None` when the
+    /// combined set exceeded its budget: every pattern is then a candidate.
     set: Option<Regex>,
     /// Rules reading this source.
     pub rules: Vec<Arc<Rule>>,
-    /// For each pattern of the set: the rule (index into `rules`) and its pattern index.
-    slots: Vec<(usize, usize)>,
+    /// The distinct pattern texts of the rules.
+    shared: Vec<SharedPattern>,
+    /// Per rule and pattern index: its distinct pattern, and the fields it reports.
+    patterns: Vec<Vec<(usize, PatternFields)>>,
+    /// Counts lines, so a shared pattern knows whether it already ran on this one.
+    line: u64,
     /// The set's search cache, reused for every line.
     cache: Option<Cache>,
     /// Which patterns matched the last line, reused for every line.
     found: PatternSet,
-    /// Per rule and pattern: capture slots reused for every candidate, and the names of
-    /// its capture groups by group index.
-    captures: Vec<Vec<PatternCaptures>>,
 }
 
 impl SourceMatcher {
@@ -106,13 +121,32 @@ impl SourceMatcher {
             .filter(|r| r.applies_to(source))
             .cloned()
             .collect();
-        let mut slots = Vec::new();
-        let mut texts = Vec::new();
+        let mut shared: Vec<SharedPattern> = Vec::new();
+        let mut texts: Vec<&str> = Vec::new();
+        let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut patterns = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
+            let mut of_rule = Vec::new();
             for (p, text) in rule.pattern_texts().into_iter().enumerate() {
-                slots.push((r, p));
-                texts.push(text);
+                let id = match ids.get(text) {
+                    Some(&id) => id,
+                    None => {
+                        ids.insert(text, texts.len());
+                        texts.push(text);
+                        shared.push(SharedPattern {
+                            regex: rule.patterns[p].clone(),
+                            locations: rule.patterns[p].capture_locations(),
+                            read_at: 0,
+                            matched: false,
+                            slots: Vec::new(),
+                        });
+                        texts.len() - 1
+                    }
+                };
+                shared[id].slots.push((r, p));
+                of_rule.push((id, PatternFields::new(rule, p)));
             }
+            patterns.push(of_rule);
         }
         // Each pattern already compiled within its own bounds; the set gets their sum.
         // Configured as `regex::bytes::RegexSetBuilder::new(texts).unicode(false)` with both
@@ -131,25 +165,15 @@ impl SourceMatcher {
             .map_err(|e| tracing::warn!(source, error = %e, "rules too large for one combined pass; matching them one by one"))
             .ok();
         let cache = set.as_ref().map(Regex::create_cache);
-        let found = PatternSet::new(slots.len());
-        let captures = rules
-            .iter()
-            .map(|rule| {
-                (0..rule.patterns.len())
-                    .map(|step| {
-                        let locations = rule.patterns[step].capture_locations();
-                        (locations, PatternFields::new(rule, step))
-                    })
-                    .collect()
-            })
-            .collect();
+        let found = PatternSet::new(shared.len());
         SourceMatcher {
             set,
             rules,
-            slots,
+            shared,
+            patterns,
+            line: 0,
             cache,
             found,
-            captures,
         }
     }
 
@@ -157,6 +181,7 @@ impl SourceMatcher {
     /// order, and within a rule later patterns (sequence steps) first.
     pub fn candidates(&mut self, line: &[u8], out: &mut Vec<(usize, usize)>) {
         out.clear();
+        self.line += 1;
         match (&self.set, &mut self.cache) {
             (Some(set), Some(cache)) => {
                 let input = Input::new(line);
@@ -170,17 +195,25 @@ impl SourceMatcher {
                 if self.found.is_empty() {
                     return;
                 }
-                out.extend(self.found.iter().map(|i| self.slots[i.as_usize()]));
+                for id in self.found.iter() {
+                    out.extend_from_slice(&self.shared[id.as_usize()].slots);
+                }
             }
-            _ => out.extend_from_slice(&self.slots),
+            _ => {
+                for shared in &self.shared {
+                    out.extend_from_slice(&shared.slots);
+                }
+            }
         }
         if out.len() > 1 {
             out.sort_unstable_by_key(|&(r, p)| (r, Reverse(p)));
         }
     }
 
-    /// Runs pattern `step` of rule `index` on `line`. When it matches, writes the captures
-    /// that took part and the rule's key as encoded [`fields`] into the two buffers.
+    /// Runs pattern `step` of rule `index` on `line` (the line [`Self::candidates`] was last
+    /// given; a pattern shared with a rule already read on it is not run again). When it
+    /// matches, writes the captures that took part and the rule's key as encoded
+    /// [`fields`] into the two buffers.
     pub fn read(
         &mut self,
         index: usize,
@@ -189,13 +222,19 @@ impl SourceMatcher {
         captures: &mut String,
         key: &mut String,
     ) -> bool {
-        let regex = &self.rules[index].patterns[step];
-        let (locations, fields) = &mut self.captures[index][step];
-        if regex.captures_read(locations, line).is_none() {
-            return false;
+        let (id, fields) = &self.patterns[index][step];
+        let shared = &mut self.shared[*id];
+        if shared.read_at != self.line {
+            shared.read_at = self.line;
+            shared.matched = shared
+                .regex
+                .captures_read(&mut shared.locations, line)
+                .is_some();
         }
-        fields.write(locations, line, captures, key);
-        true
+        if shared.matched {
+            fields.write(&shared.locations, line, captures, key);
+        }
+        shared.matched
     }
 }
 

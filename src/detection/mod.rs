@@ -74,6 +74,8 @@ pub struct Hit {
     pub key: Fields,
     /// Every named capture of the match (for summaries); the key values for an absence.
     pub captures: Fields,
+    /// Which of the rule's patterns matched (a sequence's step; 0 for other kinds).
+    pub step: usize,
     /// The line's own time, or the clock time an absence was noticed at.
     pub time: DateTime<Utc>,
     /// The matching line; `None` when no line caused the hit (an absence).
@@ -326,6 +328,7 @@ impl Detector {
                 rule: rule.clone(),
                 key,
                 captures: Fields::from_encoded(capture_text),
+                step,
                 time,
                 evidence: Some(evidence),
                 crossed,
@@ -355,6 +358,7 @@ impl Detector {
                         rule: rule.clone(),
                         key: key.clone(),
                         captures: key.clone(),
+                        step: 0,
                         time: now,
                         evidence: None,
                         crossed: Some(crossed),
@@ -596,6 +600,65 @@ rules:
         - {match: 'Accepted \w+ for \S+ from (?P<ip>\S+)'}
     severity: critical
 "#;
+
+    /// Two rules and a sequence step with one pattern: it runs once per line, yet each rule
+    /// counts under its own key, and the next line is read afresh.
+    #[test]
+    fn rules_sharing_a_pattern_each_count_under_their_own_key() {
+        const PATTERN: &str = r"Failed for (?P<user>\S+) from (?P<ip>\S+)";
+        let d = &mut Detector::new(
+            rules(&format!(
+                r#"
+rules:
+  - id: by-ip
+    match: '{PATTERN}'
+    group_by: [ip]
+    threshold: {{count: 2, within: 1m}}
+    severity: low
+  - id: by-user
+    match: '{PATTERN}'
+    group_by: [user]
+    threshold: {{count: 2, within: 1m}}
+    severity: low
+  - id: then-accepted
+    group_by: [ip]
+    sequence:
+      within: 1m
+      steps:
+        - {{match: '{PATTERN}', count: 1}}
+        - {{match: 'Accepted for \S+ from (?P<ip>\S+)'}}
+    severity: high
+"#
+            )),
+            &["auth".into()],
+        );
+        let keys = |hits: &[Hit]| -> Vec<(String, Key)> {
+            hits.iter()
+                .map(|h| (h.rule.id().to_string(), h.key.to_map()))
+                .collect()
+        };
+        let key = |field: &str, value: &str| Key::from([(field.into(), value.into())]);
+        let hits = feed(d, T0, "Failed for root from 1.1.1.1");
+        assert_eq!(
+            keys(&hits),
+            vec![
+                ("by-ip".into(), key("ip", "1.1.1.1")),
+                ("by-user".into(), key("user", "root")),
+                ("then-accepted".into(), key("ip", "1.1.1.1")),
+            ]
+        );
+        assert_eq!(hits[1].captures.get("ip"), Some("1.1.1.1"));
+        let hits = feed(d, T0 + 1, "Failed for admin from 2.2.2.2");
+        assert_eq!(keys(&hits)[0], ("by-ip".into(), key("ip", "2.2.2.2")));
+        assert_eq!(keys(&hits)[1], ("by-user".into(), key("user", "admin")));
+        assert!(feed(d, T0 + 2, "Failed for nobody").is_empty());
+        let hits = feed(d, T0 + 3, "Failed for root from 3.3.3.3");
+        assert_eq!(opened(&hits), vec![("by-user", 2)]);
+        assert_eq!(
+            opened(&feed(d, T0 + 4, "Accepted for root from 3.3.3.3")),
+            vec![("then-accepted", 2)]
+        );
+    }
 
     #[test]
     fn sequence_steps_are_found_by_the_combined_pass_and_keyed() {

@@ -200,6 +200,37 @@ mod tests {
         assert_eq!(incidents[0].resumed_at, Some(at(3600)));
     }
 
+    /// Later failures from the address fold into the breach incident but do not rewrite
+    /// its summary with their (failed) user name.
+    #[test]
+    fn earlier_sequence_steps_count_but_leave_the_summary() {
+        let mut e = Evaluation::new(
+            rules(
+                r#"
+rules:
+  - id: breach
+    group_by: [ip]
+    sequence:
+      within: 1m
+      steps:
+        - {match: 'fail (?P<user>\S+) (?P<ip>\S+)', count: 2}
+        - {match: 'ok (?P<user>\S+) (?P<ip>\S+)'}
+    summary: "{{ ip }} logged in as {{ user }}"
+    severity: high
+"#,
+            ),
+            &["t".into()],
+        );
+        e.observe(&line("fail guest 1.2.3.4"), at(0));
+        e.observe(&line("fail guest 1.2.3.4"), at(1));
+        e.observe(&line("ok alice 1.2.3.4"), at(2));
+        e.observe(&line("fail mallory 1.2.3.4"), at(3));
+        let incidents = e.finish(None);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(incidents[0].count, 4);
+        assert_eq!(incidents[0].summary, "1.2.3.4 logged in as alice");
+    }
+
     #[test]
     fn opened_at_is_log_time_and_later_matches_fold_in() {
         let mut e = Evaluation::new(
