@@ -91,8 +91,9 @@ impl<'a> FieldsView<'a> {
             if rest.is_empty() {
                 return None;
             }
-            let name = take(&mut rest);
-            let value = take(&mut rest);
+            // Text not written by `push` ends the pairs instead of panicking.
+            let name = take(&mut rest)?;
+            let value = take(&mut rest)?;
             Some((name, value))
         })
     }
@@ -142,13 +143,23 @@ pub fn push_bytes(text: &mut String, name: &str, value: &[u8]) {
     push(text, name, &String::from_utf8_lossy(value));
 }
 
-/// Reads one length-prefixed item off the front of `rest`.
-fn take<'a>(rest: &mut &'a str) -> &'a str {
-    let colon = rest.find(':').expect("encoded by push");
-    let len: usize = rest[..colon].parse().expect("encoded by push");
-    let item = &rest[colon + 1..colon + 1 + len];
-    *rest = &rest[colon + 1 + len..];
-    item
+/// Reads one length-prefixed item off the front of `rest`; `None` (and `rest` emptied)
+/// when it is not one.
+fn take<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let item = rest.split_once(':').and_then(|(len, tail)| {
+        let len: usize = len.parse().ok()?;
+        Some((tail.get(..len)?, tail.get(len..)?))
+    });
+    match item {
+        Some((item, tail)) => {
+            *rest = tail;
+            Some(item)
+        }
+        None => {
+            *rest = "";
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +197,21 @@ mod tests {
         let one = Fields::from_map(&map(&[("a", "1b")]));
         let two = Fields::from_map(&map(&[("a", "1"), ("b", "")]));
         assert_ne!(one, two);
+    }
+
+    #[test]
+    fn text_not_written_by_push_reads_as_no_more_pairs() {
+        for bad in [
+            "x",
+            "2:ip",
+            "2:ip99:short",
+            "9999999999999999999999:x",
+            "2:i\u{e9}1:a",
+        ] {
+            let f = Fields::from_encoded(bad);
+            assert_eq!(f.get("ip"), None, "{bad:?}");
+            let _ = f.to_map();
+        }
     }
 
     #[test]
