@@ -289,6 +289,10 @@ pub struct IncidentBook {
     open: HashMap<String, HashMap<Fields, Incident>>,
     next_number: u64,
     dirty: HashSet<(String, Fields)>,
+    /// Per incident id: the captures its summary describes (of the match that opened it,
+    /// or of a sequence's latest last step). Kept in memory only: after a restart an
+    /// incident's summary is re-rendered from the next match that describes it.
+    described: HashMap<String, Fields>,
 }
 
 impl IncidentBook {
@@ -310,6 +314,7 @@ impl IncidentBook {
             open,
             next_number,
             dirty: HashSet::new(),
+            described: HashMap::new(),
         })
     }
 
@@ -320,6 +325,7 @@ impl IncidentBook {
             open: HashMap::new(),
             next_number: 1,
             dirty: HashSet::new(),
+            described: HashMap::new(),
         }
     }
 
@@ -424,9 +430,14 @@ impl IncidentBook {
         };
         let incident = open.get_mut(&hit.key).expect("inserted or present");
         // A sequence's earlier steps cannot complete it, so their captures do not describe
-        // it (the failed user is not the one who logged in): they leave the summary be.
+        // it (the failed user is not the one who logged in): the summary keeps the captures
+        // of the match that did, with the count and severity of now.
         if kind == EventKind::Opened || hit.step + 1 >= rule.patterns.len() {
-            incident.summary = rules.summary(rule, &summary_context(&hit, incident));
+            self.described
+                .insert(incident.id.clone(), hit.captures.clone());
+        }
+        if let Some(captures) = self.described.get(&incident.id) {
+            incident.summary = rules.summary(rule, &summary_context(captures, incident));
         }
         self.dirty.insert((rule.id().to_string(), hit.key.clone()));
         Some(IncidentEvent {
@@ -468,6 +479,9 @@ impl IncidentBook {
             self.open.remove(&rule);
         }
         self.dirty.remove(&(rule, key));
+        if let Some(incident) = &incident {
+            self.described.remove(&incident.id);
+        }
         incident
     }
 
@@ -493,9 +507,8 @@ impl IncidentBook {
     }
 }
 
-fn summary_context(hit: &Hit, incident: &Incident) -> BTreeMap<String, serde_json::Value> {
-    let mut ctx: BTreeMap<String, serde_json::Value> = hit
-        .captures
+fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, serde_json::Value> {
+    let mut ctx: BTreeMap<String, serde_json::Value> = captures
         .view()
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))

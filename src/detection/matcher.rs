@@ -136,7 +136,8 @@ impl SourceMatcher {
                         shared.push(SharedPattern {
                             regex: rule.patterns[p].clone(),
                             locations: rule.patterns[p].capture_locations(),
-                            read_at: 0,
+                            // Never a line number: the first read always runs.
+                            read_at: u64::MAX,
                             matched: false,
                             slots: Vec::new(),
                         });
@@ -244,5 +245,41 @@ pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
     match std::str::from_utf8(bytes) {
         Ok(text) => Arc::from(text),
         Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleContext;
+
+    /// A read before any `candidates` call, and a read of a new line, run the pattern:
+    /// no answer is taken from another line.
+    #[test]
+    fn a_shared_pattern_never_answers_for_another_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(
+            &path,
+            "rules:\n  - id: a\n    match: 'user (?P<u>\\S+)'\n    group_by: [u]\n    threshold: {count: 9, within: 1m}\n    severity: low\n",
+        )
+        .unwrap();
+        let set = RuleSet::load(&[path], &RuleContext::default()).unwrap();
+        let mut m = SourceMatcher::new(&set, "auth");
+        let (mut captures, mut key) = (String::new(), String::new());
+        assert!(m.read(0, 0, b"user bob", &mut captures, &mut key));
+        assert_eq!(
+            crate::detection::FieldsView::new(&key).get("u"),
+            Some("bob")
+        );
+        let mut out = Vec::new();
+        for (line, who) in [(&b"user amy"[..], Some("amy")), (b"nobody", None)] {
+            m.candidates(line, &mut out);
+            let matched = m.read(0, 0, line, &mut captures, &mut key);
+            assert_eq!(matched, who.is_some());
+            if let Some(who) = who {
+                assert_eq!(crate::detection::FieldsView::new(&key).get("u"), Some(who));
+            }
+        }
     }
 }

@@ -271,6 +271,8 @@ impl LocalCache {
         if moved || self.uses > LOCAL_CACHE_USES {
             self.year = None;
             self.hour = None;
+            // Readings made with the old offsets go too (the zone may have changed).
+            LAST_CLASSIC.set(None);
             self.uses = 1;
             if let Some(e) = epoch {
                 self.epoch = e;

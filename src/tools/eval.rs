@@ -200,8 +200,8 @@ mod tests {
         assert_eq!(incidents[0].resumed_at, Some(at(3600)));
     }
 
-    /// Later failures from the address fold into the breach incident but do not rewrite
-    /// its summary with their (failed) user name.
+    /// Later failures from the address fold into the breach incident: the summary follows
+    /// the count and severity but keeps the user who logged in, not the failed one.
     #[test]
     fn earlier_sequence_steps_count_but_leave_the_summary() {
         let mut e = Evaluation::new(
@@ -215,8 +215,8 @@ rules:
       steps:
         - {match: 'fail (?P<user>\S+) (?P<ip>\S+)', count: 2}
         - {match: 'ok (?P<user>\S+) (?P<ip>\S+)'}
-    summary: "{{ ip }} logged in as {{ user }}"
-    severity: high
+    summary: "{{ ip }} logged in as {{ user }} ({{ count }}, {{ severity }})"
+    severity: {high: 1, critical: 5}
 "#,
             ),
             &["t".into()],
@@ -225,10 +225,14 @@ rules:
         e.observe(&line("fail guest 1.2.3.4"), at(1));
         e.observe(&line("ok alice 1.2.3.4"), at(2));
         e.observe(&line("fail mallory 1.2.3.4"), at(3));
+        e.observe(&line("fail mallory 1.2.3.4"), at(4));
         let incidents = e.finish(None);
         assert_eq!(incidents.len(), 1);
-        assert_eq!(incidents[0].count, 4);
-        assert_eq!(incidents[0].summary, "1.2.3.4 logged in as alice");
+        assert_eq!(incidents[0].count, 5);
+        assert_eq!(
+            incidents[0].summary,
+            "1.2.3.4 logged in as alice (5, critical)"
+        );
     }
 
     #[test]
