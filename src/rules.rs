@@ -14,7 +14,6 @@ pub use kinds::{
 };
 pub use values::{Lists, ValueSet};
 
-use crate::detection::FieldsView;
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -258,17 +257,23 @@ impl Rule {
     }
 
     /// Why a matching line is not counted, if it is not: its `ignore`, `allow` or `only`.
-    pub fn excluded_by(&self, line: &[u8], captures: FieldsView<'_>) -> Option<Exclusion> {
+    /// `capture` gives a named capture's value: rules do not depend on how detection keeps
+    /// its captures.
+    pub fn excluded_by<'a>(
+        &self,
+        line: &[u8],
+        capture: impl Fn(&str) -> Option<&'a str>,
+    ) -> Option<Exclusion> {
         if self.ignore.as_ref().is_some_and(|r| r.is_match(line)) {
             return Some(Exclusion::Ignore);
         }
         for (field, set) in &self.allow {
-            if captures.get(field).is_some_and(|v| set.contains(v)) {
+            if capture(field).is_some_and(|v| set.contains(v)) {
                 return Some(Exclusion::Allow(field.clone()));
             }
         }
         for (field, set) in &self.only {
-            if !captures.get(field).is_some_and(|v| set.contains(v)) {
+            if !capture(field).is_some_and(|v| set.contains(v)) {
                 return Some(Exclusion::Only(field.clone()));
             }
         }

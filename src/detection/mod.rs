@@ -289,7 +289,10 @@ impl Detector {
             }
             let rule = &matcher.rules[index];
             let captures = FieldsView::new(capture_text);
-            if rule.excluded_by(&line.bytes, captures).is_some() {
+            if rule
+                .excluded_by(&line.bytes, |name| captures.get(name))
+                .is_some()
+            {
                 continue;
             }
             let evidence = Evidence::from_line(line, time);

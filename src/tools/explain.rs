@@ -66,7 +66,7 @@ pub fn explain(rules: &RuleSet, source: Option<&str>, line: &[u8]) -> Vec<Match>
                 step: sequence.then_some(i + 1),
                 key: key.to_map(),
                 excluded_by: rule
-                    .excluded_by(line, captures.view())
+                    .excluded_by(line, |name| captures.get(name))
                     .map(|e| e.to_string()),
                 captures: captures.to_map(),
             });
