@@ -5,16 +5,16 @@
 //! config works whatever directory the daemon is started from.
 
 use crate::diag::{Diagnostic, YamlLocator};
-pub use crate::escalation::{EscalationStep, PolicyConfig};
 use crate::sources::timestamp::TimestampFormat;
+pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+mod escalation;
 mod receivers;
 pub use receivers::{
-    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, WebhookConfig, WebhookFormat,
-    read_secret,
+    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, WebhookConfig, read_secret,
 };
 
 /// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.
@@ -306,7 +306,7 @@ impl Config {
                 }
             }
         }
-        problems.extend(crate::escalation::validate(self, path, &loc));
+        problems.extend(escalation::validate(self, path, &loc));
         for (i, token) in self.api.tokens.iter().enumerate() {
             if token.token_file.is_some() == token.token_env.is_some() {
                 problems.push(Diagnostic::at(

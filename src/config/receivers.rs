@@ -6,6 +6,7 @@
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use crate::duration::HumanDuration;
 use crate::incidents::EventKind;
+use crate::notification::format::WebhookFormat;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -77,28 +78,6 @@ pub struct FileReceiverConfig {
     /// Backoff between attempts (a full disk) and how long to keep trying.
     #[serde(default)]
     pub retry: RetryConfig,
-}
-
-/// Body format of a webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    /// `{"event", "idempotency_key", "incident"}`.
-    #[default]
-    Json,
-    /// A Slack incoming-webhook message.
-    Slack,
-    /// A PagerDuty Events API v2 event.
-    Pagerduty,
-    /// An Alertmanager API v2 alert list.
-    Alertmanager,
-}
-
-impl WebhookFormat {
-    /// Whether the format can resolve what it raised, so a close must always reach it.
-    pub fn resolves(self) -> bool {
-        matches!(self, WebhookFormat::Pagerduty | WebhookFormat::Alertmanager)
-    }
 }
 
 /// Retry policy of one receiver.

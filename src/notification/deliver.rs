@@ -7,8 +7,9 @@
 //! one incident go out in order (a resolve never overtakes its trigger).
 
 use super::{Outbox, Record};
-use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, WebhookFormat, read_secret};
+use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, read_secret};
 use crate::metrics::Metrics;
+use crate::notification::format::WebhookFormat;
 use crate::store::{self, Space};
 use chrono::Utc;
 use hmac::{Hmac, Mac};

@@ -5,12 +5,34 @@
 //! untrusted, so every format escapes it for its target (JSON encoding, Slack mrkdwn
 //! escaping, JSON auto-escaping in templates).
 
-use crate::config::WebhookFormat;
 use crate::incidents::{EventKind, Incident};
 use crate::rules::Severity;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+
+/// Body format of a webhook (the `format` key of a webhook receiver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event", "idempotency_key", "incident"}`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A PagerDuty Events API v2 event.
+    Pagerduty,
+    /// An Alertmanager API v2 alert list.
+    Alertmanager,
+}
+
+impl WebhookFormat {
+    /// Whether the format can resolve what it raised, so a close must always reach it.
+    pub fn resolves(self) -> bool {
+        matches!(self, WebhookFormat::Pagerduty | WebhookFormat::Alertmanager)
+    }
+}
 
 /// Fuel for one template render: stops a runaway loop from stalling the pipeline.
 const TEMPLATE_FUEL: u64 = 100_000;

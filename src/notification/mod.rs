@@ -87,9 +87,7 @@ impl Router {
             let formatter = match receiver {
                 ReceiverConfig::Webhook(w) => Formatter::new(w.format, w.template.as_deref())
                     .map_err(|e| format!("receiver {:?}: template: {e}", w.name))?,
-                ReceiverConfig::File(_) => {
-                    Formatter::new(crate::config::WebhookFormat::Json, None)?
-                }
+                ReceiverConfig::File(_) => Formatter::new(format::WebhookFormat::Json, None)?,
             };
             targets.insert(
                 receiver.name().to_string(),
