@@ -8,7 +8,7 @@ use crate::diag::{Diagnostic, YamlLocator};
 use crate::sources::timestamp::TimestampFormat;
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 mod escalation;
@@ -179,6 +179,16 @@ pub struct RoleConfig {
 }
 
 impl Config {
+    /// Receivers of roles marked `external`: held for approval by escalation, and their
+    /// deliveries marked as CC2.3 evidence by the outbox.
+    pub fn external_receivers(&self) -> BTreeSet<String> {
+        self.roles
+            .values()
+            .filter(|r| r.external)
+            .flat_map(|r| r.receivers.iter().cloned())
+            .collect()
+    }
+
     /// Reads and validates a config file; every problem found is returned, each with its place.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(path).map_err(|e| {

@@ -125,13 +125,10 @@ impl Policies {
                 )
             })
             .collect();
-        let external = config
-            .roles
-            .values()
-            .filter(|r| r.external)
-            .flat_map(|r| r.receivers.iter().cloned())
-            .collect();
-        Policies { policies, external }
+        Policies {
+            policies,
+            external: config.external_receivers(),
+        }
     }
 
     /// Whether a receiver belongs to an external role.

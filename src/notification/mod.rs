@@ -162,19 +162,13 @@ pub enum Resent {
 impl Outbox {
     /// An outbox over `store` routing by `config`.
     pub fn new(store: Store, config: &Config) -> Result<Self, String> {
-        let external = config
-            .roles
-            .values()
-            .filter(|r| r.external)
-            .flat_map(|r| r.receivers.iter().cloned())
-            .collect();
         Ok(Outbox {
             store,
             router: Arc::new(Router::new(config)?),
             wake: Arc::new(Notify::new()),
             dead_changed: Arc::new(AtomicBool::new(true)),
             audit: None,
-            external: Arc::new(external),
+            external: Arc::new(config.external_receivers()),
         })
     }
 
