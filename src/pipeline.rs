@@ -174,6 +174,11 @@ impl Pipeline {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
         let mut hits: Vec<Hit> = Vec::new();
+        // Rules are swapped only between steps.
+        let rules = self.detector.rules().clone();
+        // Matches per rule, added to the counter once per step rather than looked up by
+        // label for every match.
+        let mut matched: HashMap<String, u64> = HashMap::new();
         for batch in batches {
             for line in &batch.lines {
                 let format = self.formats.get(line.source.as_ref());
@@ -187,12 +192,13 @@ impl Pipeline {
                 let time = parsed.unwrap_or(line.arrival);
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);
-                let rules = self.detector.rules().clone();
                 for hit in hits.drain(..) {
-                    self.metrics
-                        .rule_matches
-                        .with_label_values(&[hit.rule.id()])
-                        .inc();
+                    match matched.get_mut(hit.rule.id()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            matched.insert(hit.rule.id().to_string(), 1);
+                        }
+                    }
                     if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
                         events.push(event);
                     }
@@ -211,10 +217,15 @@ impl Pipeline {
                 None => {}
             }
         }
+        for (rule, n) in matched {
+            self.metrics
+                .rule_matches
+                .with_label_values(&[&rule])
+                .inc_by(n);
+        }
         let mut notified = false;
         if let Some(now) = clock {
             self.detector.advance(now, &mut hits);
-            let rules = self.detector.rules().clone();
             for hit in hits.drain(..) {
                 if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
                     events.push(event);
