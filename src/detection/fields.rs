@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Named values, in name order, in one shared string.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Fields(Arc<str>);
 
 impl Fields {

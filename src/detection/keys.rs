@@ -135,12 +135,14 @@ impl<S> KeyTable<S> {
         self.entries.get(key).map(|e| &e.state)
     }
 
-    /// Every key and state, most recently used first (a stable order for what is reported
-    /// from them).
+    /// Every key and state, in no particular order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Fields, &mut S)> {
-        let mut all: Vec<&mut Entry<S>> = self.entries.values_mut().collect();
-        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.touched));
-        all.into_iter().map(|e| (&e.key, &mut e.state))
+        self.entries.values_mut().map(|e| (&e.key, &mut e.state))
+    }
+
+    /// Every state, in no particular order.
+    pub fn states(&self) -> impl Iterator<Item = &S> {
+        self.entries.values().map(|e| &e.state)
     }
 
     /// Every key.

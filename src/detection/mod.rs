@@ -354,6 +354,9 @@ impl Detector {
                 table.touch("", || KeyState::new(&rule.kind, now_ms));
                 mark(&mut self.dirty, rule.id(), &Fields::default());
             }
+            // Reported in key order: the table's own order is arbitrary, and sorting only
+            // what crossed costs nothing on the ticks where nothing does.
+            let first = hits.len();
             for (key, state) in table.iter_mut() {
                 if let Some(crossed) = state.advance(&rule.kind, now_ms) {
                     mark(&mut self.dirty, rule.id(), key);
@@ -369,6 +372,7 @@ impl Detector {
                     });
                 }
             }
+            hits[first..].sort_unstable_by(|a, b| a.key.cmp(&b.key));
         }
     }
 
@@ -380,7 +384,7 @@ impl Detector {
             let Some(table) = self.tables.get(rule.id()) else {
                 continue;
             };
-            for state in table.keys().filter_map(|k| table.get(k)) {
+            for state in table.states() {
                 if let Some(at) = state.absence_due_ms(&rule.kind) {
                     due = Some(due.map_or(at, |d| d.min(at)));
                 }
