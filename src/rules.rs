@@ -747,6 +747,20 @@ fn ruleset_version(rules: &[Arc<Rule>]) -> String {
 }
 
 #[cfg(test)]
+impl RuleSet {
+    /// The rules of one YAML text (written to a temporary file, as rules always come from
+    /// files), for tests; panics with the diagnostics when they do not load.
+    pub(crate) fn from_yaml(yaml: &str) -> std::sync::Arc<RuleSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        std::sync::Arc::new(
+            RuleSet::load(&[path], &RuleContext::default()).unwrap_or_else(|e| panic!("{e:?}")),
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

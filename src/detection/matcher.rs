@@ -251,20 +251,14 @@ pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleContext;
 
     /// A read before any `candidates` call, and a read of a new line, run the pattern:
     /// no answer is taken from another line.
     #[test]
     fn a_shared_pattern_never_answers_for_another_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.yaml");
-        std::fs::write(
-            &path,
+        let set = RuleSet::from_yaml(
             "rules:\n  - id: a\n    match: 'user (?P<u>\\S+)'\n    group_by: [u]\n    threshold: {count: 9, within: 1m}\n    severity: low\n",
-        )
-        .unwrap();
-        let set = RuleSet::load(&[path], &RuleContext::default()).unwrap();
+        );
         let mut m = SourceMatcher::new(&set, "auth");
         let (mut captures, mut key) = (String::new(), String::new());
         assert!(m.read(0, 0, b"user bob", &mut captures, &mut key));

@@ -505,17 +505,11 @@ fn mark(dirty: &mut FastMap<String, FastSet<Fields>>, rule: &str, key: &Fields) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleContext;
 
     const T0: i64 = 1_700_000_000_000;
 
     fn rules(yaml: &str) -> Arc<RuleSet> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Arc::new(
-            RuleSet::load(&[path], &RuleContext::default()).unwrap_or_else(|e| panic!("{e:?}")),
-        )
+        RuleSet::from_yaml(yaml)
     }
 
     fn at(ms: i64) -> DateTime<Utc> {

@@ -157,13 +157,9 @@ impl Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleContext;
 
     fn rules(yaml: &str) -> Arc<RuleSet> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Arc::new(RuleSet::load(&[path], &RuleContext::default()).unwrap())
+        RuleSet::from_yaml(yaml)
     }
 
     fn at(s: i64) -> DateTime<Utc> {
