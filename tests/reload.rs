@@ -22,12 +22,7 @@ fn setup() -> Setup {
     let s = Setup::new();
     s.write("rules/test.yaml", &rules("first", ""));
     s.write("auth.log", "");
-    s.config(
-        "sources:\n  - {name: auth, paths: [auth.log], start_at: beginning, timestamp: syslog}\n\
-         receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
-         roles:\n  analysts: {receivers: [console]}\n\
-         escalation_policies:\n  default:\n    - notify: [analysts]\n",
-    );
+    s.console_config("auth", "auth.log", "syslog");
     s
 }
 

@@ -54,12 +54,7 @@ fn a_config_using_every_kind_list_and_exception_opens_exactly_the_expected_incid
     s.write("rules/kinds.yaml", RULES);
     s.write("rules/lists.yaml", "lists:\n  admins: [root, alice]\n");
     s.write("auth.log", "");
-    s.config(
-        "sources:\n  - {name: auth, paths: [auth.log], start_at: beginning, timestamp: syslog}\n\
-         receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
-         roles:\n  analysts: {receivers: [console]}\n\
-         escalation_policies:\n  default:\n    - notify: [analysts]\n",
-    );
+    s.console_config("auth", "auth.log", "syslog");
     let d = s.start();
     let mut lines = Vec::new();
     // Spike: 2 a minute for two minutes (mean 2, so 6 are needed), then 6 in minute 3.
@@ -133,12 +128,7 @@ fn absence_opens_after_start_up_and_records_when_lines_resume() {
         "rules:\n  - id: heartbeat\n    match: 'heartbeat ok'\n    absence: {within: 2s, count: 1}\n    severity: high\n",
     );
     s.write("beats.log", "");
-    s.config(
-        "sources:\n  - {name: beats, paths: [beats.log], start_at: beginning, timestamp: arrival}\n\
-         receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
-         roles:\n  analysts: {receivers: [console]}\n\
-         escalation_policies:\n  default:\n    - notify: [analysts]\n",
-    );
+    s.console_config("beats", "beats.log", "arrival");
     let d = s.start();
     let started = std::time::Instant::now();
     let gap = d.wait_incident("heartbeat", WAIT);

@@ -367,6 +367,17 @@ impl Setup {
         self.write("logwarden.yaml", &text)
     }
 
+    /// [`Setup::config`] with one source (`name: path`, read from the beginning, with this
+    /// `timestamp`) and every incident written as JSON lines to `out.jsonl`.
+    pub fn console_config(&self, source: &str, path: &str, timestamp: &str) -> PathBuf {
+        self.config(&format!(
+            "sources:\n  - {{name: {source}, paths: [{path}], start_at: beginning, timestamp: {timestamp}}}\n\
+             receivers:\n  - {{name: console, type: file, path: out.jsonl}}\n\
+             roles:\n  analysts: {{receivers: [console]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n"
+        ))
+    }
+
     pub fn append(&self, rel: &str, lines: &[String]) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
