@@ -45,6 +45,11 @@ escalation_policies:
     - notify: [analysts]
 EOF
 
+# Fails the run, with the daemon's log, if the daemon has exited.
+alive() {
+  kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.err" >&2; echo "the daemon exited" >&2; exit 1; }
+}
+
 matches_counted() {
   curl -sf http://127.0.0.1:9798/metrics |
     awk '/^logwarden_rule_matches_total/ { s += $2 } END { printf "%d\n", s }'
@@ -60,10 +65,10 @@ for log in attack-heavy benign-heavy; do
   LOGWARDEN_TOKEN=bench target/release/logwarden run --config "$work/cfg/bench.yaml" \
     >/dev/null 2>"$work/daemon.err" &
   pid=$!
-  until curl -sf http://127.0.0.1:9798/readyz >/dev/null; do sleep 0.1; done
+  until curl -sf http://127.0.0.1:9798/readyz >/dev/null; do alive; sleep 0.1; done
   start=$(date +%s.%N)
   cat "$file" >>"$work/log/auth.log"
-  until [ "$(matches_counted)" -ge "$want" ]; do sleep 0.1; done
+  until [ "$(matches_counted)" -ge "$want" ]; do alive; sleep 0.1; done
   end=$(date +%s.%N)
   kill "$pid"
   wait "$pid" 2>/dev/null || true
