@@ -283,6 +283,8 @@ impl Detector {
         }
         matcher.candidates(&line.bytes, candidates);
         let time_ms = time.timestamp_millis();
+        // Made at the line's first counted match and shared by the others.
+        let mut line_evidence: Option<Evidence> = None;
         for &(index, step) in candidates.iter() {
             if !matcher.read(index, step, &line.bytes, capture_text, key_text) {
                 continue;
@@ -295,7 +297,9 @@ impl Detector {
             {
                 continue;
             }
-            let evidence = Evidence::from_line(line, time);
+            let evidence = line_evidence
+                .get_or_insert_with(|| Evidence::from_line(line, time))
+                .clone();
             let touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let key = touched.key.clone();
