@@ -15,6 +15,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Floating-point arithmetic (awk is on every machine; bc is not).
+calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
 
 cargo build --release --quiet --bin logwarden --example detect_bench
 bin=target/release/examples/detect_bench
@@ -73,7 +75,7 @@ for log in attack-heavy benign-heavy; do
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
-  secs=$(echo "$end - $start" | bc -l)
+  secs=$(calc "$end - $start")
   printf '%-13s %9d %9.2f %12.0f %7s\n' "$log" "$count" "$secs" \
-    "$(echo "$count / $secs" | bc -l)" "$(du -sh "$work/state" | cut -f1)"
+    "$(calc "$count / $secs")" "$(du -sh "$work/state" | cut -f1)"
 done
