@@ -98,6 +98,18 @@ pub fn print_json(value: &Value) {
     );
 }
 
+/// What every subcommand does with an answer: JSON for scripts when `--json` was given,
+/// otherwise the subcommand's own text for people.
+pub fn show(json: bool, human: impl FnOnce(&Value)) -> impl FnOnce(Value) {
+    move |body| {
+        if json {
+            print_json(&body)
+        } else {
+            human(&body)
+        }
+    }
+}
+
 /// A string field, empty when absent.
 pub fn text(value: &Value, field: &str) -> String {
     match &value[field] {

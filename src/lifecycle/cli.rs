@@ -100,22 +100,18 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
             "POST",
             &format!("/api/v1/incidents/{}/{what}", encode(id)),
             Some(body),
-            |incident| {
-                if json_out {
-                    client::print_json(&incident)
-                } else {
-                    let last = incident["timeline"]
-                        .as_array()
-                        .and_then(|t| t.last())
-                        .map(|e| text(e, "event"))
-                        .unwrap_or_default();
-                    println!(
-                        "{}: {last} (state {})",
-                        text(&incident, "id"),
-                        text(&incident, "state")
-                    );
-                }
-            },
+            client::show(json_out, |incident| {
+                let last = incident["timeline"]
+                    .as_array()
+                    .and_then(|t| t.last())
+                    .map(|e| text(e, "event"))
+                    .unwrap_or_default();
+                println!(
+                    "{}: {last} (state {})",
+                    text(incident, "id"),
+                    text(incident, "state")
+                );
+            }),
         )
     };
     match &args.command {
@@ -133,26 +129,20 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
             } else {
                 format!("/api/v1/incidents?{}", query.join("&"))
             };
-            client::run(&args.api, "GET", &path, None, |body| {
-                if json_out {
-                    client::print_json(&body)
-                } else {
-                    print_list(&body)
-                }
-            })
+            client::run(
+                &args.api,
+                "GET",
+                &path,
+                None,
+                client::show(json_out, print_list),
+            )
         }
         IncidentsCommand::Show { id } => client::run(
             &args.api,
             "GET",
             &format!("/api/v1/incidents/{}", encode(id)),
             None,
-            |body| {
-                if json_out {
-                    client::print_json(&body)
-                } else {
-                    print_incident(&body)
-                }
-            },
+            client::show(json_out, print_incident),
         ),
         IncidentsCommand::Ack { id, note } => post(id, "ack", json!({ "note": note })),
         IncidentsCommand::Transition { id, state, note } => {
@@ -194,19 +184,15 @@ pub fn drill(args: DrillArgs) -> ExitCode {
         "POST",
         "/api/v1/drills",
         Some(json!({ "rule": args.rule })),
-        |incident| {
-            if args.json {
-                client::print_json(&incident)
-            } else {
-                println!(
-                    "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
-                    text(&incident, "id"),
-                    text(&incident, "rule"),
-                    text(&incident, "summary"),
-                    text(&incident, "id")
-                );
-            }
-        },
+        client::show(args.json, |incident| {
+            println!(
+                "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
+                text(incident, "id"),
+                text(incident, "rule"),
+                text(incident, "summary"),
+                text(incident, "id")
+            );
+        }),
     )
 }
 

@@ -40,13 +40,7 @@ pub fn run(args: NotificationsArgs) -> ExitCode {
             "GET",
             "/api/v1/notifications/dead",
             None,
-            |body| {
-                if json {
-                    client::print_json(&body)
-                } else {
-                    print_table(&body)
-                }
-            },
+            client::show(json, print_table),
         ),
         NotificationsCommand::Resend { id } => client::run(
             &args.api,

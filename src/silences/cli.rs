@@ -68,17 +68,13 @@ fn pairs(items: &[String], what: &str) -> Result<Map<String, Value>, String> {
 /// API could not be asked or the arguments are wrong.
 pub fn run(args: SilencesArgs) -> ExitCode {
     let json_out = args.json;
-    let show_one = |s: Value| {
-        if json_out {
-            client::print_json(&s)
-        } else {
-            println!(
-                "{}: {} until {}",
-                text(&s, "id"),
-                text(&s, "state"),
-                text(&s, "ends_at")
-            );
-        }
+    let one = |s: &Value| {
+        println!(
+            "{}: {} until {}",
+            text(s, "id"),
+            text(s, "state"),
+            text(s, "ends_at")
+        );
     };
     match &args.command {
         SilencesCommand::Add {
@@ -119,42 +115,51 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                     }
                 }
             }
-            client::run(&args.api, "POST", "/api/v1/silences", Some(body), show_one)
+            client::run(
+                &args.api,
+                "POST",
+                "/api/v1/silences",
+                Some(body),
+                client::show(json_out, one),
+            )
         }
-        SilencesCommand::List => client::run(&args.api, "GET", "/api/v1/silences", None, |body| {
-            if json_out {
-                return client::print_json(&body);
-            }
-            let rows: Vec<Vec<String>> = body
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|s| {
-                    vec![
-                        text(s, "id"),
-                        text(s, "state"),
-                        text(s, "starts_at"),
-                        text(s, "ends_at"),
-                        text(s, "author"),
-                        matchers_text(&s["matchers"]),
-                        text(s, "reason"),
-                    ]
-                })
-                .collect();
-            client::print_table(
-                &[
-                    "ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "REASON",
-                ],
-                &rows,
-            );
-        }),
+        SilencesCommand::List => client::run(
+            &args.api,
+            "GET",
+            "/api/v1/silences",
+            None,
+            client::show(json_out, |body| {
+                let rows: Vec<Vec<String>> = body
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            text(s, "id"),
+                            text(s, "state"),
+                            text(s, "starts_at"),
+                            text(s, "ends_at"),
+                            text(s, "author"),
+                            matchers_text(&s["matchers"]),
+                            text(s, "reason"),
+                        ]
+                    })
+                    .collect();
+                client::print_table(
+                    &[
+                        "ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "REASON",
+                    ],
+                    &rows,
+                );
+            }),
+        ),
         SilencesCommand::Expire { id } => client::run(
             &args.api,
             "DELETE",
             &format!("/api/v1/silences/{}", encode(id)),
             None,
-            show_one,
+            client::show(json_out, one),
         ),
     }
 }
