@@ -31,6 +31,39 @@ pub fn run(
     body: Option<Value>,
     show: impl FnOnce(Value),
 ) -> ExitCode {
+    run_with(show, call(api, method, path, body))
+}
+
+/// GETs every page of a paged list (`path` with or without a query; pages are asked for
+/// with `after=` the last item's `id` until one comes back short) and hands the whole list
+/// to `show`, like [`run`].
+pub fn run_paged(api: &ApiArgs, path: &str, page: usize, show: impl FnOnce(Value)) -> ExitCode {
+    let all = async {
+        let mut items = Vec::new();
+        let glue = if path.contains('?') { '&' } else { '?' };
+        let mut next = format!("{path}{glue}limit={page}");
+        loop {
+            let (status, answer) = call(api, "GET", &next, None).await?;
+            let Some(list) = answer.as_array().filter(|_| status.is_success()) else {
+                return Ok((status, answer));
+            };
+            items.extend(list.iter().cloned());
+            match list.last().and_then(|last| last["id"].as_str()) {
+                Some(last) if list.len() == page => {
+                    next = format!("{path}{glue}limit={page}&after={last}")
+                }
+                _ => return Ok((status, Value::Array(items))),
+            }
+        }
+    };
+    run_with(show, all)
+}
+
+/// Runs one client request to its end and shows its answer, like [`run`].
+fn run_with(
+    show: impl FnOnce(Value),
+    request: impl std::future::Future<Output = Result<(reqwest::StatusCode, Value), String>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -41,7 +74,7 @@ pub fn run(
             return ExitCode::from(2);
         }
     };
-    let (status, answer) = match runtime.block_on(call(api, method, path, body)) {
+    let (status, answer) = match runtime.block_on(request) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("logwarden: {e}");

@@ -16,7 +16,7 @@
 
 use crate::config::{Config, EscalationStep, Until};
 use crate::incidents::{Incident, State};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -148,6 +148,47 @@ impl Policies {
         }
     }
 
+    /// When each step of the incident's policy is next due, by step index: a step not
+    /// fired yet at `after` past the opening, a repeating one `repeat` after it last fired.
+    /// Nothing is due for an incident that is over or has reached the policy's `until`
+    /// state, nor for a step whose `if_severity` the incident does not reach (yet).
+    fn step_due_times(
+        &self,
+        tracker: &Tracker,
+        incident: &Incident,
+    ) -> Vec<(usize, &Step, DateTime<Utc>)> {
+        let policy = self
+            .policies
+            .get(&tracker.policy)
+            .filter(|p| incident.state.is_active() && incident.state < until_state(p.until));
+        policy
+            .into_iter()
+            .flat_map(|p| p.steps.iter().enumerate())
+            .filter(|(_, step)| {
+                step.config
+                    .if_severity
+                    .is_none_or(|min| incident.severity >= min)
+            })
+            .filter_map(|(i, step)| {
+                let due = match (tracker.fired.get(&i), step.config.repeat) {
+                    (None, _) => later(incident.opened_at, step.config.after_millis()),
+                    (Some(f), Some(repeat)) => later(f.last_at, repeat.millis()),
+                    (Some(_), None) => None,
+                }?;
+                Some((i, step, due))
+            })
+            .collect()
+    }
+
+    /// When the next step of `incident`'s policy is due, if any will be (as things stand:
+    /// a rise in severity or a change of state can change it).
+    pub fn next_due(&self, tracker: &Tracker, incident: &Incident) -> Option<DateTime<Utc>> {
+        self.step_due_times(tracker, incident)
+            .into_iter()
+            .map(|(_, _, due)| due)
+            .min()
+    }
+
     /// Steps due for `incident` at `now`, each marked fired on `tracker`, with the
     /// receivers to notify (external ones only after approval; otherwise held). A step
     /// that was due several times while the daemon was down fires once.
@@ -157,30 +198,14 @@ impl Policies {
         incident: &Incident,
         now: DateTime<Utc>,
     ) -> Vec<Firing> {
-        let Some(policy) = self.policies.get(&tracker.policy) else {
-            return Vec::new();
-        };
-        if !incident.state.is_active() || incident.state >= until_state(policy.until) {
-            return Vec::new();
-        }
-        let elapsed = (now - incident.opened_at).num_milliseconds();
+        let due: Vec<(usize, &Step)> = self
+            .step_due_times(tracker, incident)
+            .into_iter()
+            .filter(|(_, _, due)| *due <= now)
+            .map(|(i, step, _)| (i, step))
+            .collect();
         let mut firings = Vec::new();
-        for (i, step) in policy.steps.iter().enumerate() {
-            if step
-                .config
-                .if_severity
-                .is_some_and(|min| incident.severity < min)
-            {
-                continue;
-            }
-            let due = match (tracker.fired.get(&i), step.config.repeat) {
-                (None, _) => elapsed >= step.config.after_millis(),
-                (Some(f), Some(repeat)) => (now - f.last_at).num_milliseconds() >= repeat.millis(),
-                (Some(_), None) => false,
-            };
-            if !due {
-                continue;
-            }
+        for (i, step) in due {
             let fired = tracker.fired.entry(i).or_insert(Fired {
                 times: 0,
                 last_at: now,
@@ -229,6 +254,11 @@ impl Policies {
         }
         tracker
     }
+}
+
+/// `millis` after `at`; `None` (never) past the end of representable time.
+fn later(at: DateTime<Utc>, millis: i64) -> Option<DateTime<Utc>> {
+    at.checked_add_signed(TimeDelta::try_milliseconds(millis)?)
 }
 
 /// Store key of an incident's tracker (the incident's own key).

@@ -281,41 +281,42 @@ pub struct IncidentEvent {
     pub incident: Incident,
 }
 
-/// The open incidents, by rule and key.
+/// The open incidents, by rule and key, and by id.
 ///
 /// Keyed by rule first: most matches belong to a rule with no open incident and do not
-/// cross, and those are dismissed with one lookup by rule id.
+/// cross, and those are dismissed with one lookup by rule id. Lifecycle commands and the
+/// escalation clock find incidents by id, so that is an index too: with tens of thousands
+/// of incidents open (a botnet's distributed brute force), nothing here walks them all.
 pub struct IncidentBook {
     open: HashMap<String, HashMap<Fields, Incident>>,
+    /// Where each open incident is in `open`: its rule and key.
+    by_id: HashMap<String, (String, Fields)>,
     next_number: u64,
     dirty: HashSet<(String, Fields)>,
     /// Per incident id: the captures its summary describes (of the match that opened it,
     /// or of a sequence's latest last step). Kept in memory only: after a restart an
     /// incident's summary is re-rendered from the next match that describes it.
     described: HashMap<String, Fields>,
+    /// Open incidents by severity and state, kept up to date as changes are written
+    /// (for the `incidents_open` gauge), with what each incident was counted as.
+    counts: HashMap<(Severity, State), i64>,
+    counted: HashMap<String, (Severity, State)>,
 }
 
 impl IncidentBook {
     /// Loads the open incidents and the next id from the store.
     pub fn load(store: &Store) -> Result<Self, StoreError> {
-        let mut open = HashMap::new();
-        let mut next_number = 1;
+        let mut book = IncidentBook::empty();
         for (_, incident) in store.scan::<Incident>(Space::Incidents)? {
             if let Some(n) = Incident::number(&incident.id) {
-                next_number = next_number.max(n + 1);
+                book.next_number = book.next_number.max(n + 1);
             }
             if incident.state.is_active() {
-                open.entry(incident.rule.clone())
-                    .or_insert_with(HashMap::new)
-                    .insert(Fields::from_map(&incident.key), incident);
+                book.count(&incident.id, (incident.severity, incident.state));
+                book.insert(incident);
             }
         }
-        Ok(IncidentBook {
-            open,
-            next_number,
-            dirty: HashSet::new(),
-            described: HashMap::new(),
-        })
+        Ok(book)
     }
 
     /// An empty book with no store behind it, for evaluations that must leave no state
@@ -323,9 +324,37 @@ impl IncidentBook {
     pub fn empty() -> Self {
         IncidentBook {
             open: HashMap::new(),
+            by_id: HashMap::new(),
             next_number: 1,
             dirty: HashSet::new(),
             described: HashMap::new(),
+            counts: HashMap::new(),
+            counted: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, incident: Incident) {
+        let key = Fields::from_map(&incident.key);
+        self.by_id
+            .insert(incident.id.clone(), (incident.rule.clone(), key.clone()));
+        self.open
+            .entry(incident.rule.clone())
+            .or_default()
+            .insert(key, incident);
+    }
+
+    /// Counts an incident under its severity and state now, instead of what it was
+    /// counted as before (if anything).
+    fn count(&mut self, id: &str, now: (Severity, State)) {
+        if let Some(before) = self.counted.insert(id.to_string(), now) {
+            *self.counts.entry(before).or_insert(0) -= 1;
+        }
+        *self.counts.entry(now).or_insert(0) += 1;
+    }
+
+    fn uncount(&mut self, id: &str) {
+        if let Some(before) = self.counted.remove(id) {
+            *self.counts.entry(before).or_insert(0) -= 1;
         }
     }
 
@@ -425,6 +454,10 @@ impl IncidentBook {
             for e in evidence {
                 incident.add_evidence(e);
             }
+            self.by_id.insert(
+                incident.id.clone(),
+                (rule.id().to_string(), hit.key.clone()),
+            );
             open.insert(hit.key.clone(), incident);
             EventKind::Opened
         };
@@ -448,18 +481,16 @@ impl IncidentBook {
 
     /// The active incident with this id.
     pub fn active(&self, id: &str) -> Option<&Incident> {
-        self.all_active().find(|i| i.id == id)
+        let (rule, key) = self.by_id.get(id)?;
+        self.open.get(rule)?.get(key)
     }
 
     /// The active incident with this id, marked changed (written by the next
     /// [`IncidentBook::write_changes`]).
     pub fn active_mut(&mut self, id: &str) -> Option<&mut Incident> {
-        let (key, incident) = self
-            .open
-            .values_mut()
-            .flat_map(HashMap::iter_mut)
-            .find(|(_, i)| i.id == id)?;
-        self.dirty.insert((incident.rule.clone(), key.clone()));
+        let (rule, key) = self.by_id.get(id)?;
+        let incident = self.open.get_mut(rule)?.get_mut(key)?;
+        self.dirty.insert((rule.clone(), key.clone()));
         Some(incident)
     }
 
@@ -468,42 +499,43 @@ impl IncidentBook {
         self.open.values().flat_map(HashMap::values)
     }
 
+    /// How many incidents are active.
+    pub fn active_count(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// Takes an incident that is over out of the book: the next match for its rule and key
     /// opens a new incident. The caller stores it.
     pub fn retire(&mut self, id: &str) -> Option<Incident> {
-        let incident = self.active(id)?;
-        let (rule, key) = (incident.rule.clone(), Fields::from_map(&incident.key));
+        let (rule, key) = self.by_id.remove(id)?;
         let open = self.open.get_mut(&rule)?;
         let incident = open.remove(&key);
         if open.is_empty() {
             self.open.remove(&rule);
         }
         self.dirty.remove(&(rule, key));
-        if let Some(incident) = &incident {
-            self.described.remove(&incident.id);
-        }
+        self.described.remove(id);
+        self.uncount(id);
         incident
     }
 
     /// Adds every changed incident to a store batch.
     pub fn write_changes(&mut self, batch: &mut store::Batch) -> Result<(), StoreError> {
-        for (rule, key) in self.dirty.drain() {
-            if let Some(incident) = self.open.get(&rule).and_then(|o| o.get(&key)) {
-                incident.put(batch)?;
-            }
+        for (rule, key) in std::mem::take(&mut self.dirty) {
+            let Some(incident) = self.open.get(&rule).and_then(|o| o.get(&key)) else {
+                continue;
+            };
+            incident.put(batch)?;
+            let (id, now) = (incident.id.clone(), (incident.severity, incident.state));
+            self.count(&id, now);
         }
         Ok(())
     }
 
-    /// Open incidents counted by severity and state (for the `incidents_open` gauge).
-    pub fn open_counts(&self) -> HashMap<(Severity, State), i64> {
-        let mut counts = HashMap::new();
-        for incident in self.all_active() {
-            *counts
-                .entry((incident.severity, incident.state))
-                .or_insert(0) += 1;
-        }
-        counts
+    /// Open incidents counted by severity and state (for the `incidents_open` gauge), as of
+    /// the last [`IncidentBook::write_changes`].
+    pub fn open_counts(&self) -> &HashMap<(Severity, State), i64> {
+        &self.counts
     }
 }
 

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod detection;
 pub mod diag;
 pub mod drill;
+pub mod due;
 pub mod duration;
 pub mod escalation;
 pub mod incidents;

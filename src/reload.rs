@@ -42,6 +42,17 @@ pub struct Reloader {
     pub audit: crate::audit::AuditLog,
 }
 
+/// What a successful reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The files define exactly the rules in force (a file was touched, read, rewritten
+    /// with the same content, or only its comments or formatting changed): nothing swapped,
+    /// nothing recorded.
+    Unchanged,
+    /// The new rules run now.
+    Swapped(RuleChange),
+}
+
 /// Why a reload changed nothing.
 #[derive(Debug)]
 pub enum ReloadError {
@@ -77,8 +88,9 @@ impl Reloader {
         }
     }
 
-    /// Loads, validates and swaps in the rule files once.
-    pub async fn reload(&mut self, why: &str) -> Result<RuleChange, ReloadError> {
+    /// Loads and validates the rule files once, and swaps them in if they define other rules
+    /// than those in force.
+    pub async fn reload(&mut self, why: &str) -> Result<Reloaded, ReloadError> {
         let paths = self.paths.clone();
         let ctx = self.ctx.clone();
         let loaded = tokio::task::spawn_blocking(move || RuleSet::load(&paths, &ctx))
@@ -122,6 +134,13 @@ impl Reloader {
                 return Err(ReloadError::Invalid(problems));
             }
         };
+        // A good load is also the end of an earlier failed one, changed or not.
+        *self.health.rules_problem.lock().expect("health lock") = None;
+        self.health.rules.store(true, Ordering::Relaxed);
+        if same_rules(&self.current, &rules) {
+            tracing::info!(reason = why, version = %rules.version, "rule files unchanged; nothing to reload");
+            return Ok(Reloaded::Unchanged);
+        }
         let (done, answer) = oneshot::channel();
         self.pipeline
             .send(Reload {
@@ -145,11 +164,22 @@ impl Reloader {
         );
         *self.api_rules.write().expect("rules lock") = rules.clone();
         self.metrics.rules_loaded.set(rules.rules.len() as i64);
-        *self.health.rules_problem.lock().expect("health lock") = None;
-        self.health.rules.store(true, Ordering::Relaxed);
         self.current = rules;
-        Ok(change)
+        Ok(Reloaded::Swapped(change))
     }
+}
+
+/// Whether two rule sets evaluate, route and show the same: the same definitions (the
+/// version hashes every normalised rule with the lists it uses), from the same files, with
+/// the same lists.
+fn same_rules(a: &RuleSet, b: &RuleSet) -> bool {
+    a.version == b.version
+        && a.files == b.files
+        && a.lists == b.lists
+        && a.rules
+            .iter()
+            .map(|r| (r.id(), &r.file))
+            .eq(b.rules.iter().map(|r| (r.id(), &r.file)))
 }
 
 /// Watches the directories holding the rule files; events only wake the reloader. `None`
@@ -169,10 +199,11 @@ fn watch_rule_paths(
     };
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let wanted = match &event {
-                Ok(e) => e.need_rescan() || e.paths.iter().any(|p| relevant(p)),
-                Err(_) => true,
-            };
+            // Reading a rule file (by `check`, `cat`, or this reloader itself) is no change.
+            let wanted = crate::sources::watch::wakes(&event)
+                && event.as_ref().map_or(true, |e| {
+                    e.need_rescan() || e.paths.iter().any(|p| relevant(p))
+                });
             if wanted {
                 let _ = wake.try_send(());
             }

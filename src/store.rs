@@ -219,6 +219,50 @@ impl Store {
             .collect()
     }
 
+    /// Records of a kind in key order after the key `after` (from the first without it)
+    /// that `keep` accepts, at most `limit` of them, and the key to continue after when
+    /// there may be more. Reads only as far as the page needs, so a page costs the same
+    /// however many records there are (unless `keep` rejects most of them).
+    pub fn page<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
+        let prefix = space.prefix();
+        let start = match after {
+            // The smallest key greater than `prefix + after`.
+            Some(after) => {
+                let mut k = space.key(after);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out: Vec<(Vec<u8>, T)> = Vec::new();
+        for item in self.tree.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let key = &key[prefix.len()..];
+            if out.len() == limit {
+                // More records follow: the next page starts after this page's last.
+                let next = out.last().map(|(k, _): &(Vec<u8>, T)| k.clone());
+                return Ok((out.into_iter().map(|(_, v)| v).collect(), next));
+            }
+            match serde_json::from_slice::<T>(&value) {
+                Ok(v) if keep(&v) => out.push((key.to_vec(), v)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "skipping unreadable store record")
+                }
+            }
+        }
+        Ok((out.into_iter().map(|(_, v)| v).collect(), None))
+    }
+
     /// Every record of a kind, in key order; unreadable records are skipped with a warning
     /// rather than failing the whole scan.
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {

@@ -310,41 +310,77 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
 }
 
-/// Filters of `GET /api/v1/incidents`.
+/// Most incidents one page of `GET /api/v1/incidents` holds when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Most incidents one page may hold.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Filters of `GET /api/v1/incidents`, and the page: at most `limit` incidents after the
+/// incident `after`, oldest first.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IncidentFilter {
     state: Option<String>,
     severity: Option<String>,
     rule: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
+/// One page of incidents, oldest first. With tens of thousands of incidents a request reads
+/// one page from the store, not all of them; a `Link: <…>; rel="next"` header names the
+/// next page when there is one. Store reads run on the blocking pool, off the workers
+/// that answer `/healthz` and `/metrics`.
 async fn list_incidents(
     State(state): State<Shared>,
     axum::Extension(caller): axum::Extension<Caller>,
     Query(filter): Query<IncidentFilter>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
-    let wanted: Vec<Incident> = state
-        .store
-        .scan::<Incident>(Space::Incidents)?
-        .into_iter()
-        .map(|(_, i)| i)
-        .filter(|i| {
-            filter
-                .state
-                .as_deref()
-                .is_none_or(|s| s == i.state.as_str())
-        })
-        .filter(|i| {
-            filter
-                .severity
-                .as_deref()
-                .is_none_or(|s| s == i.severity.as_str())
-        })
-        .filter(|i| filter.rule.as_deref().is_none_or(|r| r == i.rule))
-        .collect();
-    Ok(Json(wanted).into_response())
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let after = match &filter.after {
+        Some(id) => Some(Incident::number(id).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("after must be an incident id like INC-7, not {id:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let store = state.store.clone();
+    let (page, next) = tokio::task::spawn_blocking(move || {
+        let after = after.map(Incident::store_key);
+        let (page, more) =
+            store.page::<Incident>(Space::Incidents, after.as_deref(), limit, |i| {
+                filter
+                    .state
+                    .as_deref()
+                    .is_none_or(|s| s == i.state.as_str())
+                    && filter
+                        .severity
+                        .as_deref()
+                        .is_none_or(|s| s == i.severity.as_str())
+                    && filter.rule.as_deref().is_none_or(|r| r == i.rule)
+            })?;
+        let next = more.and_then(|_| page.last().map(|i| i.id.clone()));
+        Ok::<_, crate::store::StoreError>((page, next))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let mut response = Json(page).into_response();
+    if let Some(last) = next {
+        let link = format!("</api/v1/incidents?after={last}&limit={limit}>; rel=\"next\"");
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 async fn get_incident(
@@ -355,10 +391,13 @@ async fn get_incident(
     require(&caller, ApiRole::Viewer)?;
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
     let number = Incident::number(&id).ok_or_else(missing)?;
-    let incident = state
-        .store
-        .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
-        .ok_or_else(missing)?;
+    let store = state.store.clone();
+    let incident = tokio::task::spawn_blocking(move || {
+        store.get::<Incident>(Space::Incidents, &Incident::store_key(number))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+    .ok_or_else(missing)?;
     Ok(Json(incident).into_response())
 }
 

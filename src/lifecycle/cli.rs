@@ -129,11 +129,10 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
             } else {
                 format!("/api/v1/incidents?{}", query.join("&"))
             };
-            client::run(
+            client::run_paged(
                 &args.api,
-                "GET",
                 &path,
-                None,
+                crate::api::DEFAULT_PAGE,
                 client::show(json_out, print_list),
             )
         }

@@ -16,6 +16,7 @@ pub mod cli;
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
 use crate::detection::RuleChange;
+use crate::due::DueQueue;
 use crate::escalation::{Policies, Tracker, tracker_key};
 use crate::incidents::{Approval, EventKind, Incident, IncidentBook, IncidentEvent, Review, State};
 use crate::notification::Outbox;
@@ -347,6 +348,9 @@ pub struct Desk {
     policies: Policies,
     /// Escalation progress of the active incidents, by incident id.
     trackers: HashMap<String, Tracker>,
+    /// When each active incident's next escalation step is due: the clock looks at these
+    /// only, not at every open incident.
+    due: DueQueue<String>,
     /// Silences not yet expired.
     pub silences: Silences,
     /// The audit log.
@@ -360,6 +364,7 @@ impl Desk {
         Ok(Desk {
             policies: Policies::new(config),
             trackers: HashMap::new(),
+            due: DueQueue::default(),
             silences: Silences::load(store)?,
             audit,
             pending: Vec::new(),
@@ -374,8 +379,24 @@ impl Desk {
                 .get::<Tracker>(Space::Escalations, &tracker_key(&incident.id))?
                 .unwrap_or_else(|| self.policies.adopt(incident));
             self.trackers.insert(incident.id.clone(), tracker);
+            self.schedule(&incident.id, Some(incident));
         }
         Ok(())
+    }
+
+    /// Puts the next escalation step of an incident in the due-time queue, or takes the
+    /// incident out when nothing more will fire (or it is no longer active). Called whenever
+    /// its tracker, state or severity changed.
+    fn schedule(&mut self, id: &str, incident: Option<&Incident>) {
+        let due = incident
+            .zip(self.trackers.get(id))
+            .and_then(|(incident, tracker)| self.policies.next_due(tracker, incident));
+        self.due.schedule(id.to_string(), due);
+    }
+
+    /// How many incidents have an escalation step ahead of them.
+    pub fn scheduled(&self) -> usize {
+        self.due.len()
     }
 
     /// Adds an audit entry to the next commit.
@@ -432,6 +453,7 @@ impl Desk {
                     let notified = self.enqueue(outbox, batch, event, &receivers, muted);
                     put_tracker(batch, &tracker);
                     self.trackers.insert(incident.id.clone(), tracker);
+                    self.schedule(&incident.id, Some(incident));
                     if let Some(id) = &silence
                         && let Some(i) = book.active_mut(&incident.id)
                     {
@@ -466,6 +488,8 @@ impl Desk {
                         .unwrap_or_default();
                     let notified = self.enqueue(outbox, batch, event, &reached, muted);
                     if kind == EventKind::SeverityChanged {
+                        // A step with `if_severity` may be due now.
+                        self.schedule(&incident.id, Some(incident));
                         (
                             notified,
                             json!({"severity": incident.severity, "count": incident.count, "silenced_by": silence}),
@@ -535,21 +559,19 @@ impl Desk {
             }
             Err(e) => tracing::error!(error = %e, "cannot record ended silences"),
         }
-        let ids: Vec<String> = book.all_active().map(|i| i.id.clone()).collect();
         let mut wrote = false;
-        for id in ids {
-            let Some(incident) = book.active(&id) else {
+        for id in self.due.take_due(now) {
+            let (Some(incident), Some(tracker)) = (book.active(&id), self.trackers.get_mut(&id))
+            else {
+                // Retired since it was scheduled.
                 continue;
             };
-            let tracker = self
-                .trackers
-                .entry(id.clone())
-                .or_insert_with(|| self.policies.adopt(incident));
             let firings = self.policies.fire_due(tracker, incident, now);
+            let tracker = tracker.clone();
+            self.schedule(&id, book.active(&id));
             if firings.is_empty() {
                 continue;
             }
-            let tracker = tracker.clone();
             put_tracker(batch, &tracker);
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
             for firing in firings {
@@ -740,11 +762,13 @@ impl Desk {
                 *slot = incident.clone();
             }
             self.trackers.insert(id.to_string(), tracker);
+            self.schedule(id, Some(&incident));
         } else {
             if was_active {
                 book.retire(id);
                 self.trackers.remove(id);
             }
+            self.schedule(id, None);
             incident.put(batch)?;
         }
         Ok(Done {
@@ -875,6 +899,101 @@ escalation_policies:
         );
         let tracker = &desk.trackers[&incident.id];
         assert_eq!(tracker.reached, BTreeSet::from(["first".to_string()]));
+    }
+
+    /// Five thousand open incidents: a tick with nothing due does no work per incident
+    /// (a walk over all of them, as a clock without a due-time queue makes, takes seconds
+    /// here), each incident's next step fires exactly at its time, and an acknowledged
+    /// incident leaves the queue.
+    #[test]
+    fn the_clock_looks_only_at_what_is_due_however_many_incidents_are_open() {
+        const OPEN: usize = 5_000;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let mut batch = store::Batch::new();
+        let opened = sample_incident().opened_at;
+        for n in 1..=OPEN {
+            let mut incident = sample_incident();
+            incident.id = format!("INC-{n}");
+            incident.key =
+                BTreeMap::from([("ip".to_string(), format!("10.0.{}.{}", n / 250, n % 250))]);
+            // Opened a second apart: the one-hour step falls due one incident per second.
+            incident.opened_at = opened + chrono::Duration::seconds(n as i64);
+            incident.put(&mut batch).unwrap();
+        }
+        store.commit(batch).unwrap();
+        let mut book = IncidentBook::load(&store).unwrap();
+        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        desk.track_active(&store, &book).unwrap();
+        assert_eq!(desk.scheduled(), OPEN);
+
+        let hour = chrono::Duration::hours(1);
+        let started = std::time::Instant::now();
+        for second in 0..50 {
+            let mut batch = store::Batch::new();
+            let now = opened + chrono::Duration::seconds(second) + chrono::Duration::minutes(30);
+            assert!(!desk.tick(&mut book, &outbox, &mut batch, now));
+        }
+        let idle = started.elapsed();
+        assert!(
+            idle < std::time::Duration::from_secs(1),
+            "50 idle ticks took {idle:?}"
+        );
+
+        // INC-1's step is due at its opening + 1 h, INC-2's a second later.
+        let mut batch = store::Batch::new();
+        let due = opened + chrono::Duration::seconds(1) + hour;
+        assert!(!desk.tick(
+            &mut book,
+            &outbox,
+            &mut batch,
+            due - chrono::Duration::milliseconds(1)
+        ));
+        assert!(desk.tick(&mut book, &outbox, &mut batch, due));
+        store.commit(batch).unwrap();
+        let sent: Vec<(String, String)> = outbox
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.incident, r.receiver))
+            .collect();
+        assert_eq!(sent, [("INC-1".to_string(), "later".to_string())]);
+        assert_eq!(desk.take_audit().len(), 1);
+        // Fired and not repeating: out of the queue.
+        assert_eq!(desk.scheduled(), OPEN - 1);
+
+        // Acknowledged before its time: INC-2 leaves the queue and never fires.
+        let mut batch = store::Batch::new();
+        desk.command(
+            &mut book,
+            &store,
+            &outbox,
+            &mut batch,
+            "oncall",
+            Request::Incident {
+                id: "INC-2".into(),
+                action: Action::Ack { note: None },
+            },
+            due,
+        )
+        .unwrap();
+        assert_eq!(desk.scheduled(), OPEN - 2);
+        let mut batch = store::Batch::new();
+        assert!(!desk.tick(
+            &mut book,
+            &outbox,
+            &mut batch,
+            due + chrono::Duration::seconds(1)
+        ));
+        // INC-3 is due a second after INC-2 would have been.
+        assert!(desk.tick(
+            &mut book,
+            &outbox,
+            &mut batch,
+            due + chrono::Duration::seconds(2)
+        ));
     }
 
     fn t(to: State) -> Action {

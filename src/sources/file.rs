@@ -11,6 +11,7 @@
 
 use super::discover::PathSet;
 use super::lines::LineSplitter;
+use super::watch::Wakeups;
 use super::{Batch, Checkpoint, FileId, Fingerprint, LogLine, Progress};
 use crate::config::{SourceConfig, StartAt};
 use crate::metrics::Metrics;
@@ -38,8 +39,6 @@ const GONE_GRACE: Duration = Duration::from_secs(2);
 pub const MAX_OPEN_FILES: usize = 256;
 /// Longest wait between polls when no watcher event arrives.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// How often directories that could not be watched yet are tried again.
-const WATCH_RETRY: Duration = Duration::from_secs(2);
 /// How long a new file too short to fingerprint waits (it may be a copy still being
 /// written) before it is read as a new file.
 const DEFER_SHORT: Duration = Duration::from_millis(500);
@@ -219,8 +218,11 @@ impl FileTailer {
     /// Runs until shutdown or until the pipeline goes away; `ready` is set once every
     /// source has been scanned.
     pub fn run(mut self, ready: Arc<AtomicBool>) {
-        let (wake_tx, wake) = std::sync::mpsc::channel();
-        let mut watcher = Wakeups::new(wake_tx);
+        let (wake_tx, wake) = std::sync::mpsc::sync_channel(1);
+        // A full channel already holds a wake-up: one is as good as many.
+        let mut watcher = Wakeups::new(move || {
+            let _ = wake_tx.try_send(());
+        });
         let mut first = true;
         while !self.shutdown.load(Ordering::Relaxed) {
             watcher.watch(&self.watch_dirs());
@@ -913,56 +915,4 @@ fn reopen(tracked: &Tracked) -> Option<File> {
         return Some(file);
     }
     find_in_dir(&parent(&tracked.path), |_, meta| id_of(meta) == tracked.id).map(|(_, f, _)| f)
-}
-
-/// Directory watches that wake the tailer early. Directories that cannot be watched (not
-/// there yet, inotify limits) are retried now and then; polling covers them meanwhile.
-struct Wakeups {
-    watcher: Option<notify::RecommendedWatcher>,
-    watched: HashSet<PathBuf>,
-    warned: HashSet<PathBuf>,
-    last_try: Option<Instant>,
-}
-
-impl Wakeups {
-    fn new(wake: std::sync::mpsc::Sender<()>) -> Self {
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            // Any event, including an overflow or a rescan request, only means "poll now".
-            let _ = wake.send(());
-        })
-        .map_err(|e| tracing::warn!(error = %e, "file watching unavailable; polling only"))
-        .ok();
-        Wakeups {
-            watcher,
-            watched: HashSet::new(),
-            warned: HashSet::new(),
-            last_try: None,
-        }
-    }
-
-    fn watch(&mut self, dirs: &[PathBuf]) {
-        use notify::{RecursiveMode, Watcher};
-        let Some(watcher) = &mut self.watcher else {
-            return;
-        };
-        if self.last_try.is_some_and(|t| t.elapsed() < WATCH_RETRY) {
-            return;
-        }
-        self.last_try = Some(Instant::now());
-        for dir in dirs {
-            if self.watched.contains(dir) {
-                continue;
-            }
-            match watcher.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.watched.insert(dir.clone());
-                }
-                Err(e) => {
-                    if self.warned.insert(dir.clone()) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory yet; polling it");
-                    }
-                }
-            }
-        }
-    }
 }

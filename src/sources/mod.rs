@@ -10,6 +10,7 @@ pub mod lines;
 pub mod stdin;
 pub mod syslog;
 pub mod timestamp;
+pub mod watch;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
