@@ -60,10 +60,26 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         .thread_name("logwarden")
         .build()
         .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
-    runtime.block_on(serve(config, rules, store))
+    // Delivery writes to the store (outbox and audit) after every attempt; its own thread
+    // keeps that blocking work off the workers that answer /healthz, /metrics and the API,
+    // which must answer promptly while thousands of notifications go out.
+    let delivery = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("delivery")
+        .build()
+        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let result = runtime.block_on(serve(config, rules, store, delivery.handle().clone()));
+    delivery.shutdown_timeout(NOTIFY_DRAIN);
+    result
 }
 
-async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), RunError> {
+async fn serve(
+    config: Config,
+    rules: Arc<RuleSet>,
+    store: Store,
+    delivery_runtime: tokio::runtime::Handle,
+) -> Result<(), RunError> {
     // Handlers first: a SIGTERM during start-up must still shut down cleanly.
     let termination =
         Termination::install().map_err(|e| RunError::Io(format!("cannot handle signals: {e}")))?;
@@ -90,8 +106,11 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     let outbox = Outbox::new(store.clone(), &config)
         .map_err(RunError::Io)?
         .with_audit(audit.clone());
-    let delivery = deliver::spawn(outbox.clone(), &config, metrics.clone(), NOTIFY_DRAIN)
-        .map_err(RunError::Io)?;
+    let delivery = {
+        let _on = delivery_runtime.enter();
+        deliver::spawn(outbox.clone(), &config, metrics.clone(), NOTIFY_DRAIN)
+            .map_err(RunError::Io)?
+    };
 
     let (batch_tx, batch_rx) = mpsc::channel(SOURCE_QUEUE);
     let source_names: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
