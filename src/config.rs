@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This host's name in everything that leaves it (Alertmanager `host` label, PagerDuty
+    /// source, fleet-unique incident ids); default: the kernel host name.
+    #[serde(default = "kernel_host_name")]
+    pub host: String,
     /// Directory of the sled database.
     pub state_dir: PathBuf,
     /// Rule files or directories of `*.yaml` / `*.yml`.
@@ -53,6 +57,36 @@ pub struct Config {
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// The kernel's host name (`/proc/sys/kernel/hostname`), `localhost` when unreadable.
+pub fn kernel_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Longest host name accepted (DNS's limit for a full name).
+const MAX_HOST_CHARS: usize = 253;
+
+/// Why `host` cannot name this host in a fleet-unique id (`HOST/INC-7`), if it cannot: it
+/// must be a host-name-like word, so the `/` that separates it from the id stays unambiguous.
+pub fn host_problem(host: &str) -> Option<String> {
+    if host.is_empty() || host.len() > MAX_HOST_CHARS {
+        return Some(format!(
+            "host {host:?} must be 1 to {MAX_HOST_CHARS} characters"
+        ));
+    }
+    let bad = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    bad.map(|c| {
+        format!(
+            "host {host:?} may only hold letters, digits, '.', '-' and '_' (found {c:?}); set `host:` in the config"
+        )
+    })
 }
 
 fn default_listen() -> String {
@@ -243,6 +277,9 @@ impl Config {
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
         let loc = YamlLocator::new(text);
         let mut problems = Vec::new();
+        if let Some(problem) = host_problem(&self.host) {
+            problems.push(Diagnostic::at(path, loc.top_key("host"), problem));
+        }
         let mut names = HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let at = loc.item("sources", i);

@@ -76,7 +76,7 @@ impl Pipeline {
         heartbeat: Box<dyn Fn() + Send>,
         mut desk: Desk,
     ) -> Result<Self, StoreError> {
-        let book = IncidentBook::load(&store)?;
+        let book = IncidentBook::load(&store, outbox.host())?;
         desk.track_active(&store, &book)?;
         let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
         let stale = detector.restore(saved.into_iter().map(|(_, w)| w));

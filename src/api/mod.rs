@@ -354,10 +354,11 @@ async fn get_incident(
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
-    let number = Incident::number(&id).ok_or_else(missing)?;
+    let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let incident = state
         .store
         .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
+        .filter(|i| i.is_named_by(&id))
         .ok_or_else(missing)?;
     Ok(Json(incident).into_response())
 }
