@@ -454,7 +454,7 @@ fn every_format_reaches_its_receiver_with_one_idempotency_key_per_event() {
     );
     assert_eq!(keys(&got).len(), 1, "one event, one key for every receiver");
     let key = keys(&got).into_iter().next().unwrap();
-    let id = d.wait_incident("marker", WAIT)["id"]
+    let id = d.wait_incident("marker", WAIT)["uid"]
         .as_str()
         .unwrap()
         .to_string();
