@@ -449,6 +449,79 @@ mod tests {
     }
 
     #[test]
+    fn host_defaults_to_the_kernel_name_and_must_be_a_host_name() {
+        assert_eq!(parse("state_dir: s\n").unwrap().host, kernel_host_name());
+        assert_eq!(
+            parse("host: web-1.dc2\nstate_dir: s\n").unwrap().host,
+            "web-1.dc2"
+        );
+        for bad in ["''", "a/b", "'web 1'", &"x".repeat(254)] {
+            let errs = parse(&format!("state_dir: s\nhost: {bad}\n")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].line, 2, "{bad}");
+            assert!(errs[0].message.contains("host"), "{}", errs[0]);
+        }
+    }
+
+    #[test]
+    fn cluster_receivers_list_members_and_resend_only_alerts() {
+        let receiver = |body: &str| {
+            parse(&format!(
+                "state_dir: s\nreceivers:\n  - {{name: am, type: webhook, {body}}}\n"
+            ))
+        };
+        let c = receiver("format: alertmanager, urls: ['http://a:9093', 'http://b:9093']").unwrap();
+        let ReceiverConfig::Webhook(w) = &c.receivers[0] else {
+            panic!("a webhook");
+        };
+        assert_eq!(w.members(), ["http://a:9093", "http://b:9093"]);
+        assert!(w.per_member());
+        assert_eq!(
+            w.resend_interval(),
+            Some(std::time::Duration::from_secs(60))
+        );
+        let c = receiver("url: 'http://h/', format: json").unwrap();
+        let ReceiverConfig::Webhook(w) = &c.receivers[0] else {
+            panic!("a webhook");
+        };
+        assert!(!w.per_member() && w.resend_interval().is_none());
+        for (body, says) in [
+            ("format: alertmanager", "needs a url"),
+            (
+                "format: alertmanager, url: 'http://a', urls: ['http://b']",
+                "not both",
+            ),
+            (
+                "format: json, urls: ['http://a', 'http://b']",
+                "Alertmanager cluster",
+            ),
+            (
+                "format: alertmanager, urls: ['http://a', 'http://a']",
+                "twice",
+            ),
+            ("format: alertmanager, urls: ['ftp://a']", "invalid url"),
+            (
+                "format: json, url: 'http://a', resend: 1m",
+                "resend is for format alertmanager",
+            ),
+            (
+                "format: alertmanager, url: 'http://a', resend: 500ms",
+                "between 1s and 1h",
+            ),
+            (
+                "format: alertmanager, url: 'http://a', resend: 2h",
+                "between 1s and 1h",
+            ),
+        ] {
+            let errs = receiver(body).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.message.contains(says)),
+                "{body}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_role_naming_an_unknown_receiver_is_reported_at_the_role() {
         let text = "state_dir: s\nreceivers:\n  - {name: console, type: file, path: '-'}\nroles:\n  analysts: {receivers: [console, pager]}\n";
         let errs = parse(text).unwrap_err();

@@ -574,3 +574,48 @@ fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, s
     );
     ctx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::sample_incident;
+
+    #[test]
+    fn an_incident_is_named_by_its_id_or_uid_and_no_other_spelling() {
+        let i = sample_incident();
+        assert_eq!(Incident::handle_number("web1/INC-1"), Some(1));
+        assert_eq!(Incident::handle_number("INC-1"), Some(1));
+        assert!(i.is_named_by("INC-1") && i.is_named_by("web1/INC-1"));
+        for other in [
+            "web2/INC-1",
+            "INC-01",
+            "inc-1",
+            "web1/INC-01",
+            "/INC-1",
+            "web1/",
+        ] {
+            assert!(!i.is_named_by(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn incidents_stored_without_uid_get_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = sample_incident();
+        old.uid = String::new();
+        let mut batch = store::Batch::new();
+        old.put(&mut batch).unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(assign_missing_uids(&store, "gw1").unwrap(), 1);
+        let stored: Incident = store
+            .get(Space::Incidents, &Incident::store_key(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.uid, "gw1/INC-1");
+        // A later start (even under another name) leaves stored uids alone.
+        assert_eq!(assign_missing_uids(&store, "gw2").unwrap(), 0);
+        let book = IncidentBook::load(&store, "gw2").unwrap();
+        assert_eq!(book.active("INC-1").unwrap().uid, "gw1/INC-1");
+    }
+}

@@ -9,7 +9,12 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn start_alertmanager(program: &std::path::Path, dir: &std::path::Path, port: u16, hook: &str) -> Alertmanager {
+fn start_alertmanager(
+    program: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    hook: &str,
+) -> Alertmanager {
     let config = format!(
         "route:\n  receiver: hook\n  group_by: [incident]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
          receivers:\n  - name: hook\n    webhook_configs:\n      - url: '{hook}'\n        send_resolved: true\n"

@@ -18,12 +18,26 @@ const RESEND_SECS: u64 = 2;
 const FIRST: &str = "203.0.113.50";
 const SECOND: &str = "198.51.100.7";
 
-/// Groups alerts by address across hosts, the fleet-wide correlation the README shows.
+/// The README's fleet route (grouping by address across hosts), with the test's webhook and
+/// waits short enough for a test.
 fn alertmanager_config(hook: &str) -> String {
-    format!(
-        "route:\n  receiver: hook\n  group_by: [alertname, ip]\n  group_wait: 3s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-         receivers:\n  - name: hook\n    webhook_configs:\n      - url: '{hook}'\n        send_resolved: true\n"
-    )
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("<!-- fleet-route")
+        .nth(1)
+        .and_then(|rest| rest.split("```yaml\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README's fleet route example");
+    let mut config = block.to_string();
+    for (from, to) in [
+        ("http://chat-bridge.internal:8080/alerts", hook),
+        ("group_wait: 30s", "group_wait: 3s"),
+        ("group_interval: 5m", "group_interval: 1s"),
+    ] {
+        assert!(config.contains(from), "README's route lacks {from:?}");
+        config = config.replace(from, to);
+    }
+    config
 }
 
 struct Host {
@@ -157,8 +171,20 @@ fn three_hosts_one_address_one_notification_through_a_cluster_that_loses_a_membe
     let hook_url = hook.url("/am");
     let (web1, web2) = (free_port(), free_port());
     let (gossip1, gossip2) = (free_port(), free_port());
-    let am1 = member(&program, &dir.path().join("am1"), &hook_url, web1, (gossip1, gossip2));
-    let am2 = member(&program, &dir.path().join("am2"), &hook_url, web2, (gossip2, gossip1));
+    let am1 = member(
+        &program,
+        &dir.path().join("am1"),
+        &hook_url,
+        web1,
+        (gossip1, gossip2),
+    );
+    let am2 = member(
+        &program,
+        &dir.path().join("am2"),
+        &hook_url,
+        web2,
+        (gossip2, gossip1),
+    );
     wait_for("the two members to gossip", WAIT, || {
         (am1.peers() == 2 && am2.peers() == 2).then_some(())
     });
@@ -201,17 +227,25 @@ fn three_hosts_one_address_one_notification_through_a_cluster_that_loses_a_membe
     );
     // Both members have run their pipeline for the group (the second one after waiting
     // for its peer's notification log) more than once: only one of them notified.
-    wait_for("both members to have checked the notification log", WAIT, || {
-        (am_metric(&am1, "alertmanager_nflog_queries_total") >= 2.0
-            && am_metric(&am2, "alertmanager_nflog_queries_total") >= 2.0)
-            .then_some(())
-    });
+    wait_for(
+        "both members to have checked the notification log",
+        WAIT,
+        || {
+            (am_metric(&am1, "alertmanager_nflog_queries_total") >= 2.0
+                && am_metric(&am2, "alertmanager_nflog_queries_total") >= 2.0)
+                .then_some(())
+        },
+    );
     seen.extend(hook.drain());
     let firing: Vec<&Received> = seen
         .iter()
         .filter(|r| r.body["status"] == "firing")
         .collect();
-    assert_eq!(firing.len(), 1, "one notification for the address: {firing:?}");
+    assert_eq!(
+        firing.len(),
+        1,
+        "one notification for the address: {firing:?}"
+    );
 
     // One member stopped: incidents still arrive, through the other.
     drop(am2);
@@ -242,11 +276,15 @@ fn three_hosts_one_address_one_notification_through_a_cluster_that_loses_a_membe
         web2,
         (gossip2, gossip1),
     );
-    wait_for("the restarted member to show the open incidents", WAIT, || {
-        let alerts = am2.alerts();
-        (hosts(&alerts, FIRST) == all_hosts() && hosts(&alerts, SECOND) == all_hosts())
-            .then_some(())
-    });
+    wait_for(
+        "the restarted member to show the open incidents",
+        WAIT,
+        || {
+            let alerts = am2.alerts();
+            (hosts(&alerts, FIRST) == all_hosts() && hosts(&alerts, SECOND) == all_hosts())
+                .then_some(())
+        },
+    );
     let took = restarted.elapsed();
     assert!(
         took < Duration::from_secs(RESEND_SECS * 4 + 10),
@@ -255,7 +293,10 @@ fn three_hosts_one_address_one_notification_through_a_cluster_that_loses_a_membe
     for host in &fleet {
         assert!(host.counter("resent") > 0.0, "{}", host.daemon.log());
         wait_for("every copy delivered", WAIT, || {
-            (metric(host.daemon.port, "logwarden_outbox_pending{receiver=\"am\"}") == 0.0)
+            (metric(
+                host.daemon.port,
+                "logwarden_outbox_pending{receiver=\"am\"}",
+            ) == 0.0)
                 .then_some(())
         });
     }

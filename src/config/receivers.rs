@@ -17,7 +17,7 @@ use std::time::Duration;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ReceiverConfig {
     /// HTTP POST of a body in one of the [`WebhookFormat`]s.
-    Webhook(WebhookConfig),
+    Webhook(Box<WebhookConfig>),
     /// JSON lines appended to a file; `-` is stdout.
     File(FileReceiverConfig),
 }
@@ -305,7 +305,9 @@ pub(crate) fn validate<'a>(
         match (&w.url, w.urls.is_empty()) {
             (Some(_), false) => fail(
                 "urls",
-                format!("receiver {name:?}: give url (one) or urls (every cluster member), not both"),
+                format!(
+                    "receiver {name:?}: give url (one) or urls (every cluster member), not both"
+                ),
             ),
             (None, true) => fail("name", format!("receiver {name:?} needs a url")),
             _ => {}
@@ -333,7 +335,9 @@ pub(crate) fn validate<'a>(
             if w.format != WebhookFormat::Alertmanager {
                 fail(
                     "resend",
-                    format!("receiver {name:?}: resend is for format alertmanager (whose alerts must be re-sent)"),
+                    format!(
+                        "receiver {name:?}: resend is for format alertmanager (whose alerts must be re-sent)"
+                    ),
                 );
             } else if resend.0 < RESEND_MIN || resend.0 > RESEND_MAX {
                 fail(

@@ -610,7 +610,9 @@ impl Lane {
         };
         let (label, error) = match outcome {
             Outcome::Delivered => ("resent", None),
-            Outcome::Retry { error, .. } | Outcome::Refused(error) => ("resend_failed", Some(error)),
+            Outcome::Retry { error, .. } | Outcome::Refused(error) => {
+                ("resend_failed", Some(error))
+            }
         };
         self.metrics
             .notifications

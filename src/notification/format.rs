@@ -533,7 +533,10 @@ mod tests {
         assert_eq!(blocks.len(), 4);
         assert_eq!(blocks[0]["type"], "header");
         assert_eq!(blocks[0]["text"]["type"], "plain_text");
-        assert_eq!(blocks[0]["text"]["text"], "web1/INC-1 opened: ssh-bruteforce");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            "web1/INC-1 opened: ssh-bruteforce"
+        );
         assert!(blocks[0]["text"]["text"].as_str().unwrap().chars().count() <= 150);
         assert_eq!(blocks[1]["type"], "section");
         assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
@@ -598,7 +601,10 @@ mod tests {
         assert_eq!(trigger["dedup_key"], "web1/INC-1");
         assert!(trigger.get("routing_key").is_none(), "added at send time");
         let p = &trigger["payload"];
-        assert_eq!(p["summary"], "web1/INC-1: 5 failed SSH logins from 203.0.113.9");
+        assert_eq!(
+            p["summary"],
+            "web1/INC-1: 5 failed SSH logins from 203.0.113.9"
+        );
         assert_eq!(p["source"], "web1");
         assert_eq!(p["severity"], "error");
         assert_eq!(p["timestamp"], "2026-11-22T10:00:05.000Z");
@@ -628,7 +634,10 @@ mod tests {
             (EventKind::Closed, "resolve"),
         ] {
             let b = pagerduty_body(&ctx(event, &i, &o)).unwrap();
-            assert_eq!(b, json!({"event_action": action, "dedup_key": "web1/INC-1"}));
+            assert_eq!(
+                b,
+                json!({"event_action": action, "dedup_key": "web1/INC-1"})
+            );
         }
         assert!(pagerduty_body(&ctx(EventKind::StateChanged, &i, &o)).is_none());
         let mut long = sample_incident();

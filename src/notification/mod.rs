@@ -136,7 +136,8 @@ impl Router {
                     .map_err(|e| format!("receiver {:?}: template: {e}", w.name))?,
                 ReceiverConfig::File(_) => Formatter::new(format::WebhookFormat::Json, None)?,
             };
-            let resends = matches!(receiver, ReceiverConfig::Webhook(w) if w.resend_interval().is_some());
+            let resends =
+                matches!(receiver, ReceiverConfig::Webhook(w) if w.resend_interval().is_some());
             targets.insert(
                 receiver.name().to_string(),
                 Target {
@@ -501,6 +502,40 @@ escalation_policies:
         // A silence mutes everything except the resolve.
         assert!(names(EventKind::Opened, true).is_empty());
         assert_eq!(names(EventKind::Closed, true), ["pd"]);
+    }
+
+    #[test]
+    fn a_cluster_gets_one_copy_per_member_and_open_incidents_are_kept_for_re_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir: s\nhost: web1\nreceivers:\n  - {name: am, type: webhook, format: alertmanager, urls: ['http://a:9093', 'http://b:9093/api/v2/alerts']}\n";
+        let config = Config::parse(&dir.path().join("c.yaml"), text).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let o = Outbox::new(store.clone(), &config).unwrap();
+        assert_eq!(o.host(), "web1");
+        let am = ["am".to_string()];
+        let mut batch = store::Batch::new();
+        o.enqueue_to(&mut batch, &event(EventKind::Opened), &am, false)
+            .unwrap();
+        store.commit(batch).unwrap();
+        let pending = o.pending().unwrap();
+        let members: Vec<Option<&str>> = pending.iter().map(|r| r.member.as_deref()).collect();
+        assert_eq!(
+            members,
+            [Some("http://a:9093"), Some("http://b:9093/api/v2/alerts")]
+        );
+        assert_eq!(pending[0].idempotency_key, pending[1].idempotency_key);
+        assert!(pending.iter().all(|r| r.incident_uid() == "web1/INC-1"));
+        let firing = o.firing("am").unwrap();
+        assert_eq!(firing.len(), 1);
+        assert_eq!(firing["web1/INC-1"]["labels"]["incident"], "web1/INC-1");
+        assert!(o.firing("other").unwrap().is_empty());
+
+        let mut batch = store::Batch::new();
+        o.enqueue_to(&mut batch, &event(EventKind::Closed), &am, false)
+            .unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(o.pending().unwrap().len(), 4);
+        assert!(o.firing("am").unwrap().is_empty(), "a close stops re-sends");
     }
 
     #[tokio::test]
