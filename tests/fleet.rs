@@ -48,10 +48,7 @@ struct Host {
 
 fn start_host(name: &str, members: &[u16]) -> Host {
     let setup = Setup::new();
-    setup.write(
-        "rules/ssh.yaml",
-        "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n",
-    );
+    setup.write("rules/ssh.yaml", SSH_BRUTEFORCE_RULE);
     setup.write("auth.log", "");
     let urls: Vec<String> = members
         .iter()
@@ -75,10 +72,7 @@ fn start_host(name: &str, members: &[u16]) -> Host {
 
 impl Host {
     fn attack(&self, ip: &str) {
-        let lines: Vec<String> = (0..5)
-            .map(|i| format!("sshd[1]: Failed password for root from {ip} port {i} ssh2"))
-            .collect();
-        self.setup.append("auth.log", &lines);
+        self.setup.append("auth.log", &ssh_attack(ip));
     }
 
     /// The incident for `ip`, once open.
@@ -100,23 +94,7 @@ impl Host {
 
     fn close(&self, ip: &str) {
         let id = self.incident(ip)["id"].as_str().unwrap().to_string();
-        for to in [
-            "acknowledged",
-            "contained",
-            "eradicated",
-            "recovered",
-            "closed",
-        ] {
-            let r = http(
-                "POST",
-                self.daemon.port,
-                &format!("/api/v1/incidents/{id}/transition"),
-                Some(&self.setup.token),
-                Some(&format!("{{\"to\": \"{to}\"}}")),
-            )
-            .unwrap();
-            assert_eq!(r.status, 200, "{to}: {}", r.body);
-        }
+        self.daemon.close_incident(&id);
     }
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use logwarden::lifecycle::cli::encode;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -93,18 +94,6 @@ fn the_mixin_uses_only_metrics_the_daemon_has() {
     }
 }
 
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An instant query's result, or the error Prometheus gave.
 fn query(port: u16, promql: &str) -> Result<Vec<serde_json::Value>, String> {
     let r = http(
@@ -148,40 +137,16 @@ fn prometheus_scraping_a_daemon_evaluates_every_dashboard_query_and_rule() {
     // A daemon with something to show: an incident taken through to closed (every KPI
     // observed), delivered to a file receiver.
     let s = Setup::new();
-    s.write(
-        "rules/r.yaml",
-        "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n",
-    );
+    s.write("rules/r.yaml", SSH_BRUTEFORCE_RULE);
     s.write("auth.log", "");
     s.console_config("auth", "auth.log", "arrival");
     let d = s.start();
-    s.append(
-        "auth.log",
-        &(0..5)
-            .map(|i| format!("sshd[1]: Failed password for root from 203.0.113.9 port {i} ssh2"))
-            .collect::<Vec<_>>(),
-    );
+    s.append("auth.log", &ssh_attack("203.0.113.9"));
     let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
         .as_str()
         .unwrap()
         .to_string();
-    for to in [
-        "acknowledged",
-        "contained",
-        "eradicated",
-        "recovered",
-        "closed",
-    ] {
-        let r = http(
-            "POST",
-            s.port,
-            &format!("/api/v1/incidents/{id}/transition"),
-            Some(&s.token),
-            Some(&format!("{{\"to\": \"{to}\"}}")),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{to}: {}", r.body);
-    }
+    d.close_incident(&id);
 
     // The shipped rules, evaluated every second instead of every minute so the test need
     // not wait for a whole interval; the queries are unchanged.

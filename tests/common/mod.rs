@@ -741,3 +741,37 @@ impl Alertmanager {
             .map_or(0, |p| p.len())
     }
 }
+
+/// A moderate `ssh-bruteforce` rule: five failed logins from one address (`ip`) in a minute.
+pub const SSH_BRUTEFORCE_RULE: &str = "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n";
+
+/// Five failed logins from `ip`: one `ssh-bruteforce` incident.
+pub fn ssh_attack(ip: &str) -> Vec<String> {
+    (0..5)
+        .map(|i| format!("sshd[1]: Failed password for root from {ip} port {i} ssh2"))
+        .collect()
+}
+
+impl Daemon {
+    /// Takes a (low or moderate) incident through every lifecycle state to closed, as a
+    /// responder would.
+    pub fn close_incident(&self, id: &str) {
+        for to in [
+            "acknowledged",
+            "contained",
+            "eradicated",
+            "recovered",
+            "closed",
+        ] {
+            let r = http(
+                "POST",
+                self.port,
+                &format!("/api/v1/incidents/{id}/transition"),
+                Some(&self.token),
+                Some(&format!("{{\"to\": \"{to}\"}}")),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "{to}: {}", r.body);
+        }
+    }
+}
