@@ -164,7 +164,10 @@ fn a_receiver_that_refuses_for_a_while_gets_every_notification_signed_once_per_k
         .iter()
         .map(|(key, r)| {
             let id = r.body["incident"]["id"].as_str().unwrap().to_string();
-            assert!(key.starts_with(&format!("{id}-")), "key {key} names {id}");
+            let uid = r.body["incident"]["uid"].as_str().unwrap();
+            assert!(uid.ends_with(&format!("/{id}")), "uid {uid} of {id}");
+            assert!(key.starts_with(&format!("{uid}-")), "key {key} names {uid}");
+            assert_eq!(r.header("x-logwarden-incident"), Some(uid));
             assert_eq!(r.body["idempotency_key"], key.as_str());
             assert_eq!(r.body["event"], "opened");
             assert_eq!(r.path, "/hook");
