@@ -27,7 +27,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
+calc() { awk "BEGIN { printf \"%.10g\\n\", ($1) }"; }
 ticks=$(getconf CLK_TCK)
 
 cargo build --release --quiet --bin logwarden

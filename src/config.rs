@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This host's name in everything that leaves it (Alertmanager `host` label, PagerDuty
+    /// source, fleet-unique incident ids); default: the kernel host name.
+    #[serde(default = "kernel_host_name")]
+    pub host: String,
     /// Directory of the sled database.
     pub state_dir: PathBuf,
     /// Rule files or directories of `*.yaml` / `*.yml`.
@@ -53,6 +57,36 @@ pub struct Config {
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// The kernel's host name (`/proc/sys/kernel/hostname`), `localhost` when unreadable.
+pub fn kernel_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Longest host name accepted (DNS's limit for a full name).
+const MAX_HOST_CHARS: usize = 253;
+
+/// Why `host` cannot name this host in a fleet-unique id (`HOST/INC-7`), if it cannot: it
+/// must be a host-name-like word, so the `/` that separates it from the id stays unambiguous.
+pub fn host_problem(host: &str) -> Option<String> {
+    if host.is_empty() || host.len() > MAX_HOST_CHARS {
+        return Some(format!(
+            "host {host:?} must be 1 to {MAX_HOST_CHARS} characters"
+        ));
+    }
+    let bad = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    bad.map(|c| {
+        format!(
+            "host {host:?} may only hold letters, digits, '.', '-' and '_' (found {c:?}); set `host:` in the config"
+        )
+    })
 }
 
 fn default_listen() -> String {
@@ -243,6 +277,9 @@ impl Config {
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
         let loc = YamlLocator::new(text);
         let mut problems = Vec::new();
+        if let Some(problem) = host_problem(&self.host) {
+            problems.push(Diagnostic::at(path, loc.top_key("host"), problem));
+        }
         let mut names = HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let at = loc.item("sources", i);
@@ -409,6 +446,79 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn host_defaults_to_the_kernel_name_and_must_be_a_host_name() {
+        assert_eq!(parse("state_dir: s\n").unwrap().host, kernel_host_name());
+        assert_eq!(
+            parse("host: web-1.dc2\nstate_dir: s\n").unwrap().host,
+            "web-1.dc2"
+        );
+        for bad in ["''", "a/b", "'web 1'", &"x".repeat(254)] {
+            let errs = parse(&format!("state_dir: s\nhost: {bad}\n")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].line, 2, "{bad}");
+            assert!(errs[0].message.contains("host"), "{}", errs[0]);
+        }
+    }
+
+    #[test]
+    fn cluster_receivers_list_members_and_resend_only_alerts() {
+        let receiver = |body: &str| {
+            parse(&format!(
+                "state_dir: s\nreceivers:\n  - {{name: am, type: webhook, {body}}}\n"
+            ))
+        };
+        let c = receiver("format: alertmanager, urls: ['http://a:9093', 'http://b:9093']").unwrap();
+        let ReceiverConfig::Webhook(w) = &c.receivers[0] else {
+            panic!("a webhook");
+        };
+        assert_eq!(w.members(), ["http://a:9093", "http://b:9093"]);
+        assert!(w.per_member());
+        assert_eq!(
+            w.resend_interval(),
+            Some(std::time::Duration::from_secs(60))
+        );
+        let c = receiver("url: 'http://h/', format: json").unwrap();
+        let ReceiverConfig::Webhook(w) = &c.receivers[0] else {
+            panic!("a webhook");
+        };
+        assert!(!w.per_member() && w.resend_interval().is_none());
+        for (body, says) in [
+            ("format: alertmanager", "needs a url"),
+            (
+                "format: alertmanager, url: 'http://a', urls: ['http://b']",
+                "not both",
+            ),
+            (
+                "format: json, urls: ['http://a', 'http://b']",
+                "Alertmanager cluster",
+            ),
+            (
+                "format: alertmanager, urls: ['http://a', 'http://a']",
+                "twice",
+            ),
+            ("format: alertmanager, urls: ['ftp://a']", "invalid url"),
+            (
+                "format: json, url: 'http://a', resend: 1m",
+                "resend is for format alertmanager",
+            ),
+            (
+                "format: alertmanager, url: 'http://a', resend: 500ms",
+                "between 1s and 1h",
+            ),
+            (
+                "format: alertmanager, url: 'http://a', resend: 2h",
+                "between 1s and 1h",
+            ),
+        ] {
+            let errs = receiver(body).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.message.contains(says)),
+                "{body}: {errs:?}"
+            );
+        }
     }
 
     #[test]

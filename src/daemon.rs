@@ -103,6 +103,11 @@ async fn serve(
         .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
 
     let audit = AuditLog::open(&store).map_err(|e| RunError::Io(e.to_string()))?;
+    let assigned = crate::incidents::assign_missing_uids(&store, &config.host)
+        .map_err(|e| RunError::Io(e.to_string()))?;
+    if assigned > 0 {
+        tracing::info!(incidents = assigned, host = %config.host, "stored incidents given fleet-unique uids");
+    }
     let outbox = Outbox::new(store.clone(), &config)
         .map_err(RunError::Io)?
         .with_audit(audit.clone());

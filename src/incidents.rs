@@ -127,8 +127,13 @@ pub struct TimelineEntry {
 /// An incident as stored and served by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
-    /// `INC-<n>`.
+    /// `INC-<n>`: the short local handle.
     pub id: String,
+    /// `HOST/INC-<n>`: unique across a fleet, so it names the incident in everything that
+    /// leaves this host (Alertmanager labels, PagerDuty `dedup_key`, idempotency keys).
+    /// Records stored before it existed get theirs from [`assign_missing_uids`].
+    #[serde(default)]
+    pub uid: String,
     /// Rule that opened it.
     pub rule: String,
     /// Current severity (only ever rises).
@@ -204,6 +209,23 @@ impl Incident {
     /// The number in an `INC-<n>` id.
     pub fn number(id: &str) -> Option<u64> {
         id.strip_prefix("INC-")?.parse().ok()
+    }
+
+    /// The fleet-unique id of local incident `id` on `host`.
+    pub fn fleet_uid(host: &str, id: &str) -> String {
+        format!("{host}/{id}")
+    }
+
+    /// The number of the incident an API handle may name: the handle is its id (`INC-7`)
+    /// or its uid (`web1/INC-7`). Only a candidate: [`Incident::is_named_by`] decides.
+    pub fn handle_number(handle: &str) -> Option<u64> {
+        let id = handle.rsplit_once('/').map_or(handle, |(_, id)| id);
+        Incident::number(id)
+    }
+
+    /// Whether `handle` is exactly this incident's id or uid (no other spelling).
+    pub fn is_named_by(&self, handle: &str) -> bool {
+        handle == self.id || handle == self.uid
     }
 
     fn push_event(&mut self, at: DateTime<Utc>, event: &str, note: String) {
@@ -288,6 +310,8 @@ pub struct IncidentEvent {
 /// escalation clock find incidents by id, so that is an index too: with tens of thousands
 /// of incidents open (a botnet's distributed brute force), nothing here walks them all.
 pub struct IncidentBook {
+    /// This host's name, the first part of every new incident's uid.
+    host: String,
     open: HashMap<String, HashMap<Fields, Incident>>,
     /// Where each open incident is in `open`: its rule and key.
     by_id: HashMap<String, (String, Fields)>,
@@ -304,9 +328,11 @@ pub struct IncidentBook {
 }
 
 impl IncidentBook {
-    /// Loads the open incidents and the next id from the store.
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
+    /// Loads the open incidents and the next id from the store; new incidents get uids
+    /// on `host`.
+    pub fn load(store: &Store, host: &str) -> Result<Self, StoreError> {
         let mut book = IncidentBook::empty();
+        book.host = host.to_string();
         for (_, incident) in store.scan::<Incident>(Space::Incidents)? {
             if let Some(n) = Incident::number(&incident.id) {
                 book.next_number = book.next_number.max(n + 1);
@@ -320,9 +346,10 @@ impl IncidentBook {
     }
 
     /// An empty book with no store behind it, for evaluations that must leave no state
-    /// (`test`, `replay`).
+    /// (`test`, `replay`); uids name the kernel's host name.
     pub fn empty() -> Self {
         IncidentBook {
+            host: crate::config::kernel_host_name(),
             open: HashMap::new(),
             by_id: HashMap::new(),
             next_number: 1,
@@ -416,8 +443,10 @@ impl IncidentBook {
             let (count, evidence) = (crossing.count, crossing.evidence);
             let first_seen = evidence.iter().map(|e| e.time).min().unwrap_or(hit.time);
             let last_seen = evidence.iter().map(|e| e.time).max().unwrap_or(hit.time);
+            let id = format!("INC-{number}");
             let mut incident = Incident {
-                id: format!("INC-{number}"),
+                uid: Incident::fleet_uid(&self.host, &id),
+                id,
                 rule: rule.id().to_string(),
                 severity: rule.def.severity.for_count(count),
                 category: rule.def.category.clone(),
@@ -539,6 +568,29 @@ impl IncidentBook {
     }
 }
 
+/// Meta key set once every stored incident has a uid.
+const UIDS_ASSIGNED: &[u8] = b"incident-uids";
+
+/// Gives every stored incident without a uid (stored before uids existed) `host/id`, once:
+/// afterwards a marker spares later starts the scan. Returns how many were given one.
+pub fn assign_missing_uids(store: &Store, host: &str) -> Result<usize, StoreError> {
+    if store.get::<bool>(Space::Meta, UIDS_ASSIGNED)?.is_some() {
+        return Ok(0);
+    }
+    let mut batch = store::Batch::new();
+    let mut assigned = 0;
+    for (key, mut incident) in store.scan::<Incident>(Space::Incidents)? {
+        if incident.uid.is_empty() {
+            incident.uid = Incident::fleet_uid(host, &incident.id);
+            batch.put(Space::Incidents, &key, &incident)?;
+            assigned += 1;
+        }
+    }
+    batch.put(Space::Meta, UIDS_ASSIGNED, &true)?;
+    store.commit(batch)?;
+    Ok(assigned)
+}
+
 fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, serde_json::Value> {
     let mut ctx: BTreeMap<String, serde_json::Value> = captures
         .view()
@@ -553,4 +605,49 @@ fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, s
         serde_json::to_value(&incident.key).unwrap_or_default(),
     );
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::sample_incident;
+
+    #[test]
+    fn an_incident_is_named_by_its_id_or_uid_and_no_other_spelling() {
+        let i = sample_incident();
+        assert_eq!(Incident::handle_number("web1/INC-1"), Some(1));
+        assert_eq!(Incident::handle_number("INC-1"), Some(1));
+        assert!(i.is_named_by("INC-1") && i.is_named_by("web1/INC-1"));
+        for other in [
+            "web2/INC-1",
+            "INC-01",
+            "inc-1",
+            "web1/INC-01",
+            "/INC-1",
+            "web1/",
+        ] {
+            assert!(!i.is_named_by(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn incidents_stored_without_uid_get_one_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = sample_incident();
+        old.uid = String::new();
+        let mut batch = store::Batch::new();
+        old.put(&mut batch).unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(assign_missing_uids(&store, "gw1").unwrap(), 1);
+        let stored: Incident = store
+            .get(Space::Incidents, &Incident::store_key(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.uid, "gw1/INC-1");
+        // A later start (even under another name) leaves stored uids alone.
+        assert_eq!(assign_missing_uids(&store, "gw2").unwrap(), 0);
+        let book = IncidentBook::load(&store, "gw2").unwrap();
+        assert_eq!(book.active("INC-1").unwrap().uid, "gw1/INC-1");
+    }
 }

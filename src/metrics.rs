@@ -4,8 +4,8 @@
 //! `promtool check metrics` can lint the whole exposition at once.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for response-time KPIs: from seconds (automated detection) to days (slow closes).
@@ -35,6 +35,9 @@ pub struct Metrics {
     pub file_truncations: IntCounterVec,
     /// Files currently tracked, by source.
     pub files_watched: IntGaugeVec,
+    /// Seconds between the newest line time of a source's latest batch and its
+    /// evaluation, by source.
+    pub source_lag: GaugeVec,
     /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
     pub syslog_frames_dropped: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
@@ -114,6 +117,17 @@ impl Metrics {
             "Files currently tailed.",
             &["source"],
         );
+        let source_lag = GaugeVec::new(
+            Opts::new(
+                "logwarden_source_lag_seconds",
+                "Seconds from the newest line time in a source's latest batch to its evaluation.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(source_lag.clone()))
+            .expect("unique metric");
         let syslog_frames_dropped = counter(
             "logwarden_syslog_frames_dropped_total",
             "Syslog frames dropped (oversized, malformed, connection refused).",
@@ -235,6 +249,7 @@ impl Metrics {
             file_rotations,
             file_truncations,
             files_watched,
+            source_lag,
             syslog_frames_dropped,
             rule_matches,
             incidents_opened,

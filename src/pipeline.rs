@@ -76,7 +76,7 @@ impl Pipeline {
         heartbeat: Box<dyn Fn() + Send>,
         mut desk: Desk,
     ) -> Result<Self, StoreError> {
-        let book = IncidentBook::load(&store)?;
+        let book = IncidentBook::load(&store, outbox.host())?;
         desk.track_active(&store, &book)?;
         let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
         let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
@@ -180,6 +180,7 @@ impl Pipeline {
         // label for every match.
         let mut matched: HashMap<String, u64> = HashMap::new();
         for batch in batches {
+            let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
                 let format = self.formats.get(line.source.as_ref());
                 let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
@@ -190,6 +191,7 @@ impl Pipeline {
                         .inc();
                 }
                 let time = parsed.unwrap_or(line.arrival);
+                latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);
                 for hit in hits.drain(..) {
@@ -203,6 +205,14 @@ impl Pipeline {
                         events.push(event);
                     }
                 }
+            }
+            if let (Some(latest), Some(line)) = (latest, batch.lines.last()) {
+                // Once per batch: how far behind its log's clock a source is evaluated.
+                let lag = (Utc::now() - latest).num_milliseconds().max(0) as f64 / 1000.0;
+                self.metrics
+                    .source_lag
+                    .with_label_values(&[&line.source])
+                    .set(lag);
             }
             match batch.progress {
                 Some(Progress::At(c)) => put(

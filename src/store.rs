@@ -32,6 +32,9 @@ pub enum Space {
     Escalations,
     /// Silences (approved exceptions), by id.
     Silences,
+    /// The alert each Alertmanager receiver was last sent for each open incident, by
+    /// receiver and incident uid: what is re-sent after a restart.
+    Firing,
 }
 
 impl Space {
@@ -46,6 +49,7 @@ impl Space {
             Space::Audit => b"audit/",
             Space::Escalations => b"esc/",
             Space::Silences => b"sil/",
+            Space::Firing => b"firing/",
         }
     }
 

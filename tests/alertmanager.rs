@@ -5,72 +5,28 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Kills the Alertmanager when the test ends, passed or failed.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_alertmanager(
     program: &std::path::Path,
     dir: &std::path::Path,
     port: u16,
     hook: &str,
-) -> Running {
-    let config = dir.join("alertmanager.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "route:\n  receiver: hook\n  group_by: [incident]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-             receivers:\n  - name: hook\n    webhook_configs:\n      - url: '{hook}'\n        send_resolved: true\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
-    let child = Command::new(program)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running(child);
-    wait_for("Alertmanager to be ready", WAIT, || {
-        if let Ok(Some(status)) = running.0.try_wait() {
-            panic!(
-                "alertmanager exited with {status}: {}",
-                std::fs::read_to_string(dir.join("alertmanager.log")).unwrap_or_default()
-            );
-        }
-        http("GET", port, "/-/ready", None, None)
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    running
+) -> Alertmanager {
+    let config = format!(
+        "route:\n  receiver: hook\n  group_by: [incident]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+         receivers:\n  - name: hook\n    webhook_configs:\n      - url: '{hook}'\n        send_resolved: true\n"
+    );
+    Alertmanager::start(program, &dir.join("am"), &config, port, None)
 }
 
-/// The alerts Alertmanager lists for incident `id`.
-fn listed(port: u16, id: &str) -> Vec<serde_json::Value> {
-    let r = http("GET", port, "/api/v2/alerts", None, None).unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["labels"]["incident"] == id)
-        .cloned()
+/// The alerts Alertmanager lists for the incident with this uid.
+fn listed(am: &Alertmanager, uid: &str) -> Vec<serde_json::Value> {
+    am.alerts()
+        .into_iter()
+        .filter(|a| a["labels"]["incident"] == uid)
         .collect()
 }
 
@@ -82,32 +38,28 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
     let s = Setup::new();
     let am_port = free_port();
     let hook = Receiver::start();
-    let _am = start_alertmanager(&program, s.dir.path(), am_port, &hook.url("/am"));
+    let am = start_alertmanager(&program, s.dir.path(), am_port, &hook.url("/am"));
     s.write(
         "rules/r.yaml",
         "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n    summary: '{{ count }} failed SSH logins from {{ ip }}'\n",
     );
     s.write("auth.log", "");
     s.config(&format!(
-        "sources:\n  - {{name: auth, paths: [auth.log], start_at: beginning}}\n\
+        "host: gw1\nsources:\n  - {{name: auth, paths: [auth.log], start_at: beginning}}\n\
          receivers:\n  - {{name: am, type: webhook, url: 'http://127.0.0.1:{am_port}', format: alertmanager, retry: {{initial: 100ms, max: 500ms}}}}\n\
          roles:\n  analysts: {{receivers: [am]}}\n\
          escalation_policies:\n  default:\n    - notify: [analysts]\n"
     ));
     let d = s.start();
-    s.append(
-        "auth.log",
-        &(0..5)
-            .map(|i| format!("sshd[1]: Failed password for root from 203.0.113.9 port {i} ssh2"))
-            .collect::<Vec<_>>(),
-    );
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    s.append("auth.log", &ssh_attack("203.0.113.9"));
+    let incident = d.wait_incident("ssh-bruteforce", WAIT);
+    let id = incident["id"].as_str().unwrap().to_string();
+    // The `incident` label is the fleet-unique uid: two hosts' INC-1 are two alerts.
+    let uid = incident["uid"].as_str().unwrap().to_string();
+    assert_eq!(uid, format!("gw1/{id}"));
 
     let alert = wait_for("the alert in Alertmanager", WAIT, || {
-        listed(am_port, &id).into_iter().next()
+        listed(&am, &uid).into_iter().next()
     });
     assert_eq!(alert["status"]["state"], "active");
     // It stays active while the incident is open, not only for Alertmanager's resolve_timeout.
@@ -117,6 +69,7 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
         "endsAt {ends}"
     );
     assert_eq!(alert["labels"]["alertname"], "ssh-bruteforce");
+    assert_eq!(alert["labels"]["host"], "gw1");
     assert_eq!(alert["labels"]["severity"], "moderate");
     assert_eq!(alert["labels"]["ip"], "203.0.113.9");
     assert_eq!(
@@ -133,35 +86,19 @@ fn alertmanager_shows_the_incident_as_an_alert_then_resolved() {
         hook.next(Duration::from_millis(200))
             .filter(|r| r.body["status"] == "firing")
     });
-    assert_eq!(firing.body["alerts"][0]["labels"]["incident"], id.as_str());
+    assert_eq!(firing.body["alerts"][0]["labels"]["incident"], uid.as_str());
 
     // Closed through the lifecycle, as a responder would.
-    for to in [
-        "acknowledged",
-        "contained",
-        "eradicated",
-        "recovered",
-        "closed",
-    ] {
-        let r = http(
-            "POST",
-            s.port,
-            &format!("/api/v1/incidents/{id}/transition"),
-            Some(&s.token),
-            Some(&format!("{{\"to\": \"{to}\"}}")),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{to}: {}", r.body);
-    }
+    d.close_incident(&id);
     wait_for("the alert to be resolved", WAIT, || {
-        listed(am_port, &id).is_empty().then_some(())
+        listed(&am, &uid).is_empty().then_some(())
     });
     let resolved = wait_for("Alertmanager's resolved notification", WAIT, || {
         hook.next(Duration::from_millis(200))
             .filter(|r| r.body["status"] == "resolved")
     });
     let alert = &resolved.body["alerts"][0];
-    assert_eq!(alert["labels"]["incident"], id.as_str());
+    assert_eq!(alert["labels"]["incident"], uid.as_str());
     assert_eq!(alert["status"], "resolved");
     assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z");
     wait_for("both deliveries counted", WAIT, || {

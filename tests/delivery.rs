@@ -164,7 +164,10 @@ fn a_receiver_that_refuses_for_a_while_gets_every_notification_signed_once_per_k
         .iter()
         .map(|(key, r)| {
             let id = r.body["incident"]["id"].as_str().unwrap().to_string();
-            assert!(key.starts_with(&format!("{id}-")), "key {key} names {id}");
+            let uid = r.body["incident"]["uid"].as_str().unwrap();
+            assert!(uid.ends_with(&format!("/{id}")), "uid {uid} of {id}");
+            assert!(key.starts_with(&format!("{uid}-")), "key {key} names {uid}");
+            assert_eq!(r.header("x-logwarden-incident"), Some(uid));
             assert_eq!(r.body["idempotency_key"], key.as_str());
             assert_eq!(r.body["event"], "opened");
             assert_eq!(r.path, "/hook");
@@ -454,7 +457,7 @@ fn every_format_reaches_its_receiver_with_one_idempotency_key_per_event() {
     );
     assert_eq!(keys(&got).len(), 1, "one event, one key for every receiver");
     let key = keys(&got).into_iter().next().unwrap();
-    let id = d.wait_incident("marker", WAIT)["id"]
+    let id = d.wait_incident("marker", WAIT)["uid"]
         .as_str()
         .unwrap()
         .to_string();

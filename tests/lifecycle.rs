@@ -820,10 +820,14 @@ fn a_silence_mutes_notifications_but_not_the_record_and_a_close_still_resolves()
         events_for(&got, "INC-1").is_empty(),
         "the silenced incident notified"
     );
+    // PagerDuty hears of incidents by their fleet-unique uids.
+    let uid = |id: &str| incident(&d, id)["uid"].as_str().unwrap().to_string();
+    let (uid1, uid2) = (uid("INC-1"), uid("INC-2"));
+    assert!(uid1.ends_with("/INC-1"), "{uid1}");
     let got_pd = collect(&pd, "INC-2's trigger", |g| {
-        g.iter().any(|r| r.body["dedup_key"] == "INC-2")
+        g.iter().any(|r| r.body["dedup_key"] == uid2.as_str())
     });
-    assert!(got_pd.iter().all(|r| r.body["dedup_key"] != "INC-1"));
+    assert!(got_pd.iter().all(|r| r.body["dedup_key"] != uid1.as_str()));
 
     // The close of the silenced incident still resolves the page; nothing else hears it.
     let r = post(
@@ -834,11 +838,11 @@ fn a_silence_mutes_notifications_but_not_the_record_and_a_close_still_resolves()
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let resolve = collect(&pd, "INC-1's resolve", |g| {
-        g.iter().any(|r| r.body["dedup_key"] == "INC-1")
+        g.iter().any(|r| r.body["dedup_key"] == uid1.as_str())
     });
     let resolve = resolve
         .iter()
-        .find(|r| r.body["dedup_key"] == "INC-1")
+        .find(|r| r.body["dedup_key"] == uid1.as_str())
         .unwrap();
     assert_eq!(resolve.body["event_action"], "resolve");
     let r = post(

@@ -390,13 +390,14 @@ async fn get_incident(
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
-    let number = Incident::number(&id).ok_or_else(missing)?;
+    let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let store = state.store.clone();
     let incident = tokio::task::spawn_blocking(move || {
         store.get::<Incident>(Space::Incidents, &Incident::store_key(number))
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+    .filter(|i| i.is_named_by(&id))
     .ok_or_else(missing)?;
     Ok(Json(incident).into_response())
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ReceiverConfig {
     /// HTTP POST of a body in one of the [`WebhookFormat`]s.
-    Webhook(WebhookConfig),
+    Webhook(Box<WebhookConfig>),
     /// JSON lines appended to a file; `-` is stdout.
     File(FileReceiverConfig),
 }
@@ -29,7 +29,17 @@ pub struct WebhookConfig {
     /// Name roles refer to.
     pub name: String,
     /// Where to POST (for `alertmanager`, the Alertmanager's base URL or its `/api/v2/alerts`).
-    pub url: String,
+    /// Exactly one of `url` and `urls` is given.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Every member of an Alertmanager cluster (format `alertmanager`): each notification
+    /// goes to all of them, with its delivery tracked per member.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Format `alertmanager`: re-send the alerts of open incidents at this interval, since
+    /// Alertmanager keeps none across a restart (default 1m).
+    #[serde(default)]
+    pub resend: Option<HumanDuration>,
     /// Body format.
     #[serde(default)]
     pub format: WebhookFormat,
@@ -137,6 +147,34 @@ impl<'de> Deserialize<'de> for RateLimit {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         RateLimit::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Default of `resend`: what Alertmanager's clients documentation asks of its clients.
+pub const DEFAULT_RESEND: Duration = Duration::from_secs(60);
+/// Bounds of `resend`: often enough that a restarted member shows the alerts within its
+/// group_wait's order of magnitude, seldom enough to stay cheap.
+const RESEND_MIN: Duration = Duration::from_secs(1);
+const RESEND_MAX: Duration = Duration::from_secs(3600);
+
+impl WebhookConfig {
+    /// The URLs each notification goes to, as configured: `url`, or every one of `urls`.
+    pub fn members(&self) -> Vec<&str> {
+        match &self.url {
+            Some(url) => vec![url.as_str()],
+            None => self.urls.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether notifications carry the member they are for (a cluster listed with `urls`).
+    pub fn per_member(&self) -> bool {
+        self.url.is_none()
+    }
+
+    /// The interval at which open incidents' alerts are re-sent (format alertmanager only).
+    pub fn resend_interval(&self) -> Option<Duration> {
+        (self.format == WebhookFormat::Alertmanager)
+            .then(|| self.resend.map_or(DEFAULT_RESEND, |r| r.0))
     }
 }
 
@@ -264,12 +302,49 @@ pub(crate) fn validate<'a>(
         let ReceiverConfig::Webhook(w) = receiver else {
             continue;
         };
-        match reqwest::Url::parse(&w.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => fail(
-                "url",
-                format!("receiver {name:?} has an invalid url {:?}", w.url),
+        match (&w.url, w.urls.is_empty()) {
+            (Some(_), false) => fail(
+                "urls",
+                format!(
+                    "receiver {name:?}: give url (one) or urls (every cluster member), not both"
+                ),
             ),
+            (None, true) => fail("name", format!("receiver {name:?} needs a url")),
+            _ => {}
+        }
+        if !w.urls.is_empty() && w.format != WebhookFormat::Alertmanager {
+            fail(
+                "urls",
+                format!(
+                    "receiver {name:?}: urls lists the members of an Alertmanager cluster (format alertmanager); other formats take one url"
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for url in w.members() {
+            let key = if w.url.is_some() { "url" } else { "urls" };
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => fail(key, format!("receiver {name:?} has an invalid url {url:?}")),
+            }
+            if !seen.insert(url) {
+                fail(key, format!("receiver {name:?} lists {url:?} twice"));
+            }
+        }
+        if let Some(resend) = w.resend {
+            if w.format != WebhookFormat::Alertmanager {
+                fail(
+                    "resend",
+                    format!(
+                        "receiver {name:?}: resend is for format alertmanager (whose alerts must be re-sent)"
+                    ),
+                );
+            } else if resend.0 < RESEND_MIN || resend.0 > RESEND_MAX {
+                fail(
+                    "resend",
+                    format!("receiver {name:?}: resend {resend} must be between 1s and 1h"),
+                );
+            }
         }
         if w.secret_file.is_some() && w.secret_env.is_some() {
             fail(

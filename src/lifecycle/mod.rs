@@ -709,15 +709,21 @@ impl Desk {
         action: &Action,
         now: DateTime<Utc>,
     ) -> Result<Done, Refusal> {
+        // `id` is what the caller named the incident by: its id or its uid.
         let missing = || Refusal::NotFound(format!("no incident {id}"));
-        let number = Incident::number(id).ok_or_else(missing)?;
-        let was_active = book.active(id).is_some();
-        let mut incident = match book.active(id) {
+        let number = Incident::handle_number(id).ok_or_else(missing)?;
+        let local = format!("INC-{number}");
+        let was_active = book.active(&local).is_some();
+        let mut incident = match book.active(&local) {
             Some(i) => i.clone(),
             None => store
                 .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
                 .ok_or_else(missing)?,
         };
+        if !incident.is_named_by(id) {
+            return Err(missing());
+        }
+        let id = local.as_str();
         let mut tracker = match self.trackers.get(id) {
             Some(t) => t.clone(),
             None => store
@@ -853,7 +859,7 @@ escalation_policies:
         let store = Store::open(dir.path()).unwrap();
         let outbox = Outbox::new(store.clone(), &config).unwrap();
         let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
-        let mut book = IncidentBook::load(&store).unwrap();
+        let mut book = IncidentBook::load(&store, "web1").unwrap();
         let incident = sample_incident();
         let now = incident.opened_at;
         let event = |kind| IncidentEvent {
@@ -924,7 +930,7 @@ escalation_policies:
             incident.put(&mut batch).unwrap();
         }
         store.commit(batch).unwrap();
-        let mut book = IncidentBook::load(&store).unwrap();
+        let mut book = IncidentBook::load(&store, "web1").unwrap();
         let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
         desk.track_active(&store, &book).unwrap();
         assert_eq!(desk.scheduled(), OPEN);

@@ -9,13 +9,14 @@
 use super::{Outbox, Record};
 use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, read_secret};
 use crate::metrics::Metrics;
-use crate::notification::format::WebhookFormat;
+use crate::notification::format::{self, WebhookFormat};
 use crate::store::{self, Space};
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -165,10 +166,35 @@ pub fn spawn(
         let name = receiver.name().to_string();
         metrics.outbox_pending.with_label_values(&[&name]).set(0);
         metrics.dead_letters.with_label_values(&[&name]).set(0);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let lane = Lane::new(receiver, outbox.clone(), metrics.clone(), known.clone())?;
-        tasks.spawn(lane.run(rx, stop_rx.clone(), drain));
-        lanes.insert(name, tx);
+        // A cluster receiver has one lane per member, so a member that is down only
+        // delays its own copies.
+        let members: Vec<Option<&str>> = match receiver {
+            ReceiverConfig::Webhook(w) if w.per_member() => {
+                w.members().into_iter().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        let pending: Arc<Vec<AtomicI64>> =
+            Arc::new(members.iter().map(|_| AtomicI64::new(0)).collect());
+        let mut receiver_lanes = Vec::new();
+        for (slot, member) in members.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let share = PendingShare {
+                all: pending.clone(),
+                slot,
+            };
+            let lane = Lane::new(
+                receiver,
+                member,
+                share,
+                outbox.clone(),
+                metrics.clone(),
+                known.clone(),
+            )?;
+            tasks.spawn(lane.run(rx, stop_rx.clone(), drain));
+            receiver_lanes.push((member.map(str::to_string), tx));
+        }
+        lanes.insert(name, receiver_lanes);
     }
     let dispatcher = Dispatcher {
         outbox,
@@ -183,9 +209,12 @@ pub fn spawn(
     Ok(DeliveryHandle { stop, task })
 }
 
+/// A receiver's lanes: one per member of a cluster (`urls`), else one (`None`).
+type Lanes = Vec<(Option<String>, mpsc::UnboundedSender<Record>)>;
+
 struct Dispatcher {
     outbox: Outbox,
-    lanes: HashMap<String, mpsc::UnboundedSender<Record>>,
+    lanes: HashMap<String, Lanes>,
     /// Ids handed to a lane and not yet delivered or dead.
     known: Arc<Mutex<HashSet<u64>>>,
     metrics: Arc<Metrics>,
@@ -227,13 +256,12 @@ impl Dispatcher {
                 }
             };
             self.known.lock().expect("known lock").insert(id);
-            match self.lanes.get(&record.receiver) {
-                Some(lane) => {
+            match self.lane_for(&record) {
+                Ok(lane) => {
                     let _ = lane.send(record);
                 }
-                None => {
-                    let why = format!("receiver {:?} is not configured", record.receiver);
-                    tracing::warn!(receiver = %record.receiver, incident = %record.incident, "notification for an unconfigured receiver kept as a dead letter");
+                Err(why) => {
+                    tracing::warn!(receiver = %record.receiver, incident = %record.incident, reason = %why, "notification for an unconfigured receiver kept as a dead letter");
                     self.known.lock().expect("known lock").remove(&id);
                     bury(&self.outbox, &self.metrics, record, why);
                 }
@@ -242,6 +270,26 @@ impl Dispatcher {
         if self.outbox.take_dead_letters_changed() {
             self.count_dead();
         }
+    }
+
+    /// The lane a record goes to: its member's, or the receiver's only (first) lane for a
+    /// record without a member.
+    fn lane_for(&self, record: &Record) -> Result<&mpsc::UnboundedSender<Record>, String> {
+        let lanes = self
+            .lanes
+            .get(&record.receiver)
+            .ok_or_else(|| format!("receiver {:?} is not configured", record.receiver))?;
+        let found = match &record.member {
+            None => lanes.first(),
+            Some(member) => lanes.iter().find(|(m, _)| m.as_ref() == Some(member)),
+        };
+        found.map(|(_, tx)| tx).ok_or_else(|| {
+            format!(
+                "receiver {:?} no longer lists member {:?}",
+                record.receiver,
+                record.member.as_deref().unwrap_or_default()
+            )
+        })
     }
 
     fn count_dead(&self) {
@@ -294,6 +342,59 @@ struct Waiting {
     due: Instant,
 }
 
+/// One lane's part of its receiver's `outbox_pending` gauge, which shows the sum over the
+/// receiver's lanes.
+struct PendingShare {
+    all: Arc<Vec<AtomicI64>>,
+    slot: usize,
+}
+
+impl PendingShare {
+    /// Sets this lane's count; returns the receiver's total.
+    fn set(&self, count: i64) -> i64 {
+        self.all[self.slot].store(count, Ordering::Relaxed);
+        self.all.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Most alerts in one re-send request (Prometheus batches its alerts the same way).
+const RESEND_BATCH: usize = 256;
+
+/// Re-sending the alerts of open incidents to one Alertmanager member.
+///
+/// Alertmanager keeps no alerts across a restart and expects clients to repeat firing
+/// ones. The lane keeps the latest alert it was handed for each open incident (loaded
+/// from the store at start, then updated by every record passing through, forgotten on
+/// a close) and every `every` posts them all: the cost per interval is the open alerts
+/// themselves, never a scan of the store. A re-send never overtakes or contradicts a
+/// record: incidents with a record waiting or in flight are left out (that record says
+/// it), and records of incidents in a re-send in flight wait for it, so a resolve cannot
+/// be followed by a stale firing alert. A failed re-send is not retried: the next one
+/// repeats it.
+struct Resend {
+    every: Duration,
+    next: Instant,
+    /// The alert to repeat, by incident uid.
+    firing: HashMap<String, serde_json::Value>,
+    /// The re-send in flight: its task and the incidents it carries.
+    inflight: Option<(tokio::task::Id, HashSet<String>)>,
+}
+
+impl Resend {
+    /// Keeps what a record says about its incident's alert.
+    fn note(&mut self, record: &Record) {
+        let uid = record.incident_uid();
+        match format::firing_alert(&record.body) {
+            Some(alert) if record.event != crate::incidents::EventKind::Closed => {
+                self.firing.insert(uid.to_string(), alert);
+            }
+            _ => {
+                self.firing.remove(uid);
+            }
+        }
+    }
+}
+
 struct Lane {
     name: String,
     transport: Arc<Transport>,
@@ -306,15 +407,21 @@ struct Lane {
     waiting: BTreeMap<u64, Waiting>,
     /// Records being attempted, by the id of the task attempting them.
     inflight: HashMap<tokio::task::Id, Record>,
+    pending: PendingShare,
+    resend: Option<Resend>,
 }
 
 impl Lane {
+    /// The lane of `receiver`, or of one `member` of a cluster receiver.
     fn new(
         receiver: &ReceiverConfig,
+        member: Option<&str>,
+        pending: PendingShare,
         outbox: Outbox,
         metrics: Arc<Metrics>,
         known: Arc<Mutex<HashSet<u64>>>,
     ) -> Result<Self, String> {
+        let mut resend = None;
         let (transport, concurrency, limiter) = match receiver {
             ReceiverConfig::Webhook(w) => {
                 let client = reqwest::Client::builder()
@@ -323,13 +430,25 @@ impl Lane {
                     .user_agent(concat!("logwarden/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| format!("receiver {:?}: cannot build HTTP client: {e}", w.name))?;
-                let url = if w.format == WebhookFormat::Alertmanager
-                    && !w.url.trim_end_matches('/').ends_with("/api/v2/alerts")
-                {
-                    format!("{}/api/v2/alerts", w.url.trim_end_matches('/'))
+                let url = member
+                    .or_else(|| w.members().first().copied())
+                    .ok_or_else(|| format!("receiver {:?} has no url", w.name))?;
+                let url = if w.format == WebhookFormat::Alertmanager {
+                    format::alertmanager_endpoint(url)
                 } else {
-                    w.url.clone()
+                    url.to_string()
                 };
+                if let Some(every) = w.resend_interval() {
+                    let firing = outbox.firing(&w.name).map_err(|e| {
+                        format!("receiver {:?}: cannot read its firing alerts: {e}", w.name)
+                    })?;
+                    resend = Some(Resend {
+                        every,
+                        next: Instant::now() + every,
+                        firing,
+                        inflight: None,
+                    });
+                }
                 let transport = Transport::Http {
                     client,
                     url,
@@ -352,6 +471,8 @@ impl Lane {
             known,
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
+            pending,
+            resend,
         })
     }
 
@@ -370,6 +491,9 @@ impl Lane {
             tokio::select! {
                 record = rx.recv() => match record {
                     Some(record) => {
+                        if let Some(resend) = &mut self.resend {
+                            resend.note(&record);
+                        }
                         self.waiting.insert(record.id, Waiting { record, due: Instant::now() });
                     }
                     None => open = false,
@@ -393,14 +517,20 @@ impl Lane {
     /// Starts every attempt that is due and allowed; returns when to look again.
     fn start_due(&mut self, attempts: &mut JoinSet<Outcome>) -> Option<Instant> {
         let now = Instant::now();
-        let mut busy: HashSet<String> =
-            self.inflight.values().map(|r| r.incident.clone()).collect();
+        let mut busy: HashSet<String> = self
+            .inflight
+            .values()
+            .map(|r| r.incident_uid().to_string())
+            .collect();
+        if let Some((_, carried)) = self.resend.as_ref().and_then(|r| r.inflight.as_ref()) {
+            busy.extend(carried.iter().cloned());
+        }
         let mut start = Vec::new();
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = self.start_resend(attempts, now);
         for (id, w) in &self.waiting {
             // One incident's events go out in order: an earlier one still waiting or in
-            // flight holds the later ones back.
-            if !busy.insert(w.record.incident.clone()) {
+            // flight (or a re-send carrying it) holds the later ones back.
+            if !busy.insert(w.record.incident_uid().to_string()) {
                 continue;
             }
             if self.inflight.len() + start.len() >= self.concurrency {
@@ -428,7 +558,92 @@ impl Lane {
         next
     }
 
+    /// Starts the re-send when it is due; returns when the next one is.
+    fn start_resend(&mut self, attempts: &mut JoinSet<Outcome>, now: Instant) -> Option<Instant> {
+        let resend = self.resend.as_mut()?;
+        if resend.inflight.is_some() {
+            return None;
+        }
+        if resend.next > now {
+            return Some(resend.next);
+        }
+        resend.next = now + resend.every;
+        let held: HashSet<&str> = self
+            .waiting
+            .values()
+            .map(|w| &w.record)
+            .chain(self.inflight.values())
+            .map(Record::incident_uid)
+            .collect();
+        let carried: Vec<(&String, &serde_json::Value)> = resend
+            .firing
+            .iter()
+            .filter(|(uid, _)| !held.contains(uid.as_str()))
+            .collect();
+        if carried.is_empty() {
+            return Some(resend.next);
+        }
+        let at = Utc::now();
+        let bodies: Vec<String> = carried
+            .chunks(RESEND_BATCH)
+            .map(|chunk| format::resend_body(chunk.iter().map(|(_, a)| *a), at))
+            .collect();
+        let uids = carried.iter().map(|(uid, _)| (*uid).clone()).collect();
+        let transport = self.transport.clone();
+        let handle = attempts.spawn(async move {
+            for body in bodies {
+                match attempt_body(&transport, body, &[("X-Logwarden-Event", "resend")]).await {
+                    Outcome::Delivered => {}
+                    failed => return failed,
+                }
+            }
+            Outcome::Delivered
+        });
+        resend.inflight = Some((handle.id(), uids));
+        Some(resend.next)
+    }
+
+    /// Counts a finished re-send; a failed one is left to the next.
+    fn finish_resend(&mut self, outcome: Outcome) {
+        let Some((_, carried)) = self.resend.as_mut().and_then(|r| r.inflight.take()) else {
+            return;
+        };
+        let (label, error) = match outcome {
+            Outcome::Delivered => ("resent", None),
+            Outcome::Retry { error, .. } | Outcome::Refused(error) => {
+                ("resend_failed", Some(error))
+            }
+        };
+        self.metrics
+            .notifications
+            .with_label_values(&[&self.name, label])
+            .inc_by(carried.len() as u64);
+        if let Some(error) = error {
+            tracing::warn!(receiver = %self.name, alerts = carried.len(), %error, "re-sending open incidents' alerts failed; the next re-send repeats them");
+        }
+    }
+
     fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let resending = self
+            .resend
+            .as_ref()
+            .and_then(|r| r.inflight.as_ref())
+            .map(|(id, _)| *id);
+        let task = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if resending == Some(task) {
+            let outcome = match done {
+                Ok((_, outcome)) => outcome,
+                Err(e) => Outcome::Retry {
+                    error: format!("re-send task failed: {e}"),
+                    after: None,
+                },
+            };
+            self.finish_resend(outcome);
+            return;
+        }
         let (task, outcome) = match done {
             Ok(pair) => pair,
             Err(e) => (
@@ -524,10 +739,13 @@ impl Lane {
     }
 
     fn update_gauge(&self) {
+        let total = self
+            .pending
+            .set((self.waiting.len() + self.inflight.len()) as i64);
         self.metrics
             .outbox_pending
             .with_label_values(&[&self.name])
-            .set((self.waiting.len() + self.inflight.len()) as i64);
+            .set(total);
     }
 }
 
@@ -563,6 +781,19 @@ async fn attempt(transport: &Transport, record: &Record) -> Outcome {
     }
 }
 
+/// Sends a body that is no outbox record (a re-send) over an HTTP transport.
+async fn attempt_body(transport: &Transport, body: String, headers: &[(&str, &str)]) -> Outcome {
+    match transport {
+        Transport::Http {
+            client,
+            url,
+            secret,
+            ..
+        } => send(client, url, secret.as_ref(), body.into_bytes(), headers).await,
+        Transport::File(_) => Outcome::Refused("re-sends go to HTTP receivers only".into()),
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -586,12 +817,29 @@ async fn post(
             value.to_string().into_bytes()
         }
     };
+    let headers = [
+        ("Idempotency-Key", record.idempotency_key.as_str()),
+        ("X-Logwarden-Event", record.event.as_str()),
+        ("X-Logwarden-Incident", record.incident_uid()),
+    ];
+    send(client, url, secret, body, &headers).await
+}
+
+/// One signed POST of a JSON body, judged by its answer.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    secret: Option<&SecretSource>,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Outcome {
+    let retry = |error: String| Outcome::Retry { error, after: None };
     let mut request = client
         .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("Idempotency-Key", &record.idempotency_key)
-        .header("X-Logwarden-Event", record.event.as_str())
-        .header("X-Logwarden-Incident", &record.incident);
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(source) = secret {
         let secret = match source.read() {
             Ok(s) => s,

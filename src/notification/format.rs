@@ -55,15 +55,10 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The host name from the kernel, and the API's listen address as link base.
-    pub fn local(listen: &str) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+    /// The configured host name, and the API's listen address as link base.
+    pub fn new(host: &str, listen: &str) -> Self {
         Origin {
-            host,
+            host: host.to_string(),
             api_base: format!("http://{listen}"),
         }
     }
@@ -197,6 +192,7 @@ pub fn sample_incident() -> Incident {
         .with_timezone(&Utc);
     Incident {
         id: "INC-1".into(),
+        uid: "web1/INC-1".into(),
         rule: "ssh-bruteforce".into(),
         severity: Severity::High,
         category: "unauthorized-access".into(),
@@ -263,7 +259,7 @@ pub fn slack_body(ctx: &EventContext) -> Value {
     let headline = format!(
         "[{}] {} {}: {}",
         i.severity.as_str().to_uppercase(),
-        i.id,
+        i.uid,
         ctx.event.as_str(),
         i.summary
     );
@@ -303,7 +299,7 @@ pub fn slack_body(ctx: &EventContext) -> Value {
                 "type": "header",
                 "text": {
                     "type": "plain_text",
-                    "text": cut(&format!("{} {}: {}", i.id, ctx.event.as_str(), i.rule), SLACK_HEADER_CHARS),
+                    "text": cut(&format!("{} {}: {}", i.uid, ctx.event.as_str(), i.rule), SLACK_HEADER_CHARS),
                 },
             },
             {
@@ -327,8 +323,9 @@ pub fn pagerduty_severity(severity: Severity) -> &'static str {
 }
 
 /// A PagerDuty Events API v2 event without `routing_key` (added at send time, so the key is
-/// never stored in the outbox). `dedup_key` is the incident id, so a trigger, its acknowledge
-/// and its resolve all address one PagerDuty alert.
+/// never stored in the outbox). `dedup_key` is the incident's fleet-unique uid, so a trigger,
+/// its acknowledge and its resolve all address one PagerDuty alert, and two hosts' `INC-7`
+/// never do.
 pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
     let i = ctx.incident;
     let action = match ctx.event {
@@ -338,14 +335,14 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
         EventKind::StateChanged | EventKind::Updated => return None,
     };
     if action != "trigger" {
-        return Some(json!({"event_action": action, "dedup_key": i.id}));
+        return Some(json!({"event_action": action, "dedup_key": i.uid}));
     }
     let mut body = json!({
         "event_action": "trigger",
-        "dedup_key": i.id,
+        "dedup_key": i.uid,
         "client": "logwarden",
         "payload": {
-            "summary": cut(&format!("{}: {}", i.id, i.summary), PAGERDUTY_SUMMARY_CHARS),
+            "summary": cut(&format!("{}: {}", i.uid, i.summary), PAGERDUTY_SUMMARY_CHARS),
             "source": ctx.origin.host,
             "severity": pagerduty_severity(i.severity),
             "timestamp": rfc3339(i.first_seen),
@@ -353,7 +350,7 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
             "group": i.category,
             "class": i.rule,
             "custom_details": {
-                "incident": i.id,
+                "incident": i.uid,
                 "event": ctx.event.as_str(),
                 "state": i.state.as_str(),
                 "key": i.key,
@@ -401,7 +398,7 @@ pub fn alertmanager_body(ctx: &EventContext) -> Value {
     }
     for (k, v) in [
         ("alertname", i.rule.as_str()),
-        ("incident", i.id.as_str()),
+        ("incident", i.uid.as_str()),
         ("rule", i.rule.as_str()),
         ("category", i.category.as_str()),
         ("host", ctx.origin.host.as_str()),
@@ -454,6 +451,41 @@ pub fn alertmanager_body(ctx: &EventContext) -> Value {
     Value::Array(alerts)
 }
 
+/// Where alerts are posted for a configured Alertmanager URL: the base URL or the
+/// `/api/v2/alerts` endpoint itself.
+pub fn alertmanager_endpoint(url: &str) -> String {
+    let base = url.trim_end_matches('/');
+    if base.ends_with("/api/v2/alerts") {
+        base.to_string()
+    } else {
+        format!("{base}/api/v2/alerts")
+    }
+}
+
+/// The alert an Alertmanager body raises for the incident's current severity (the first of
+/// [`alertmanager_body`]'s list): what a re-send repeats while the incident is open.
+pub fn firing_alert(body: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(body).ok()? {
+        Value::Array(mut alerts) if !alerts.is_empty() => Some(alerts.swap_remove(0)),
+        _ => None,
+    }
+}
+
+/// A re-send of firing alerts: each ends [`FIRING_HORIZON_DAYS`] after `at` again, so an
+/// incident open longer than the horizon stays firing.
+pub fn resend_body<'a>(alerts: impl IntoIterator<Item = &'a Value>, at: DateTime<Utc>) -> String {
+    let ends = json!(rfc3339(at + chrono::Duration::days(FIRING_HORIZON_DAYS)));
+    let alerts: Vec<Value> = alerts
+        .into_iter()
+        .map(|a| {
+            let mut a = a.clone();
+            a["endsAt"] = ends.clone();
+            a
+        })
+        .collect();
+    Value::Array(alerts).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,14 +526,17 @@ mod tests {
         i.summary = "<!channel> 5 failures & more from <evil>".into();
         let body = slack_body(&ctx(EventKind::Opened, &i, &o));
         let text = body["text"].as_str().unwrap();
-        assert!(text.starts_with("[HIGH] INC-1 opened: "), "{text}");
+        assert!(text.starts_with("[HIGH] web1/INC-1 opened: "), "{text}");
         assert!(!text.contains("<!channel>"), "mentions are escaped: {text}");
         assert!(text.contains("&lt;!channel&gt;") && text.contains("&amp; more"));
         let blocks = body["blocks"].as_array().unwrap();
         assert_eq!(blocks.len(), 4);
         assert_eq!(blocks[0]["type"], "header");
         assert_eq!(blocks[0]["text"]["type"], "plain_text");
-        assert_eq!(blocks[0]["text"]["text"], "INC-1 opened: ssh-bruteforce");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            "web1/INC-1 opened: ssh-bruteforce"
+        );
         assert!(blocks[0]["text"]["text"].as_str().unwrap().chars().count() <= 150);
         assert_eq!(blocks[1]["type"], "section");
         assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
@@ -563,10 +598,13 @@ mod tests {
         let (i, o) = (sample_incident(), origin());
         let trigger = pagerduty_body(&ctx(EventKind::Opened, &i, &o)).unwrap();
         assert_eq!(trigger["event_action"], "trigger");
-        assert_eq!(trigger["dedup_key"], "INC-1");
+        assert_eq!(trigger["dedup_key"], "web1/INC-1");
         assert!(trigger.get("routing_key").is_none(), "added at send time");
         let p = &trigger["payload"];
-        assert_eq!(p["summary"], "INC-1: 5 failed SSH logins from 203.0.113.9");
+        assert_eq!(
+            p["summary"],
+            "web1/INC-1: 5 failed SSH logins from 203.0.113.9"
+        );
         assert_eq!(p["source"], "web1");
         assert_eq!(p["severity"], "error");
         assert_eq!(p["timestamp"], "2026-11-22T10:00:05.000Z");
@@ -596,7 +634,10 @@ mod tests {
             (EventKind::Closed, "resolve"),
         ] {
             let b = pagerduty_body(&ctx(event, &i, &o)).unwrap();
-            assert_eq!(b, json!({"event_action": action, "dedup_key": "INC-1"}));
+            assert_eq!(
+                b,
+                json!({"event_action": action, "dedup_key": "web1/INC-1"})
+            );
         }
         assert!(pagerduty_body(&ctx(EventKind::StateChanged, &i, &o)).is_none());
         let mut long = sample_incident();
@@ -623,7 +664,7 @@ mod tests {
         assert_eq!(alerts.len(), 1);
         let a = &alerts[0];
         assert_eq!(a["labels"]["alertname"], "ssh-bruteforce");
-        assert_eq!(a["labels"]["incident"], "INC-1");
+        assert_eq!(a["labels"]["incident"], "web1/INC-1");
         assert_eq!(a["labels"]["severity"], "high");
         assert_eq!(a["labels"]["host"], "web1");
         assert_eq!(a["labels"]["ip"], "203.0.113.9");

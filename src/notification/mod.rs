@@ -18,6 +18,7 @@ use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use format::{EventContext, Formatter, Origin};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +33,17 @@ pub struct Record {
     pub receiver: String,
     /// Incident id.
     pub incident: String,
+    /// The incident's fleet-unique uid (empty in records stored before uids existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The cluster member (one of the receiver's `urls`) this copy is for; none for a
+    /// receiver with one `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// What happened.
     pub event: EventKind,
-    /// `<incident>-<event sequence>`: the same for every receiver and attempt of one event,
-    /// so receivers can drop duplicates of at-least-once delivery.
+    /// `<incident uid>-<event sequence>`: the same for every receiver, member and attempt
+    /// of one event, so receivers can drop duplicates of at-least-once delivery.
     pub idempotency_key: String,
     /// When it was written (or re-sent); `retry.max_age` counts from here.
     pub created_at: DateTime<Utc>,
@@ -58,6 +66,16 @@ impl Record {
         format!("{id:020}").into_bytes()
     }
 
+    /// The incident's uid, or its id in a record stored before uids existed: what names
+    /// the incident to the receiver.
+    pub fn incident_uid(&self) -> &str {
+        if self.uid.is_empty() {
+            &self.incident
+        } else {
+            &self.uid
+        }
+    }
+
     /// The record without its body, for listings.
     pub fn summary(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("records serialise");
@@ -71,6 +89,35 @@ impl Record {
 struct Target {
     config: ReceiverConfig,
     formatter: Formatter,
+    /// Its alerts of open incidents are re-sent (format alertmanager), so the latest one
+    /// of each is kept in [`Space::Firing`].
+    resends: bool,
+}
+
+/// Keys of [`Space::Firing`]: receiver, NUL, incident uid (a NUL is in neither).
+fn firing_prefix(receiver: &str) -> Vec<u8> {
+    let mut key = receiver.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// Keeps the alert `body` raises as the one to re-send for the incident, in the batch that
+/// stores the event; a close forgets it.
+fn remember_firing(
+    batch: &mut store::Batch,
+    receiver: &str,
+    event: &IncidentEvent,
+    body: &str,
+) -> Result<(), StoreError> {
+    let mut key = firing_prefix(receiver);
+    key.extend_from_slice(event.incident.uid.as_bytes());
+    match format::firing_alert(body) {
+        Some(alert) if event.kind != EventKind::Closed => batch.put(Space::Firing, &key, &alert),
+        _ => {
+            batch.remove(Space::Firing, &key);
+            Ok(())
+        }
+    }
 }
 
 /// Decides who hears of an event and renders what they get.
@@ -89,17 +136,20 @@ impl Router {
                     .map_err(|e| format!("receiver {:?}: template: {e}", w.name))?,
                 ReceiverConfig::File(_) => Formatter::new(format::WebhookFormat::Json, None)?,
             };
+            let resends =
+                matches!(receiver, ReceiverConfig::Webhook(w) if w.resend_interval().is_some());
             targets.insert(
                 receiver.name().to_string(),
                 Target {
                     config: receiver.clone(),
                     formatter,
+                    resends,
                 },
             );
         }
         Ok(Router {
             targets,
-            origin: Origin::local(&config.listen),
+            origin: Origin::new(&config.host, &config.listen),
         })
     }
 
@@ -213,7 +263,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let sequence = self.store.next_id()?;
-        let idempotency_key = format!("{}-{sequence}", event.incident.id);
+        let idempotency_key = format!("{}-{sequence}", event.incident.uid);
         let now = Utc::now();
         let ctx = EventContext {
             event: event.kind,
@@ -228,23 +278,57 @@ impl Outbox {
             let Some(body) = target.formatter.render(&ctx) else {
                 continue;
             };
-            let id = self.store.next_id()?;
-            let record = Record {
-                id,
-                receiver: name.to_string(),
-                incident: event.incident.id.clone(),
-                event: event.kind,
-                idempotency_key: idempotency_key.clone(),
-                created_at: now,
-                attempts: 0,
-                last_error: None,
-                dead_at: None,
-                body,
+            if target.resends {
+                remember_firing(batch, name, event, &body)?;
+            }
+            // One copy per cluster member, each delivered (and retried) on its own.
+            let members: Vec<Option<String>> = match &target.config {
+                ReceiverConfig::Webhook(w) if w.per_member() => {
+                    w.urls.iter().cloned().map(Some).collect()
+                }
+                _ => vec![None],
             };
-            batch.put(Space::Outbox, &Record::key(id), &record)?;
+            for member in members {
+                let id = self.store.next_id()?;
+                let record = Record {
+                    id,
+                    receiver: name.to_string(),
+                    incident: event.incident.id.clone(),
+                    uid: event.incident.uid.clone(),
+                    member,
+                    event: event.kind,
+                    idempotency_key: idempotency_key.clone(),
+                    created_at: now,
+                    attempts: 0,
+                    last_error: None,
+                    dead_at: None,
+                    body: body.clone(),
+                };
+                batch.put(Space::Outbox, &Record::key(id), &record)?;
+            }
             added.push(name.clone());
         }
         Ok(added)
+    }
+
+    /// The alerts an Alertmanager receiver was last sent for open incidents, by incident
+    /// uid (read once, when its delivery lanes start).
+    pub(crate) fn firing(&self, receiver: &str) -> Result<HashMap<String, Value>, StoreError> {
+        let prefix = firing_prefix(receiver);
+        Ok(self
+            .store
+            .scan::<Value>(Space::Firing)?
+            .into_iter()
+            .filter_map(|(key, alert)| {
+                let uid = key.strip_prefix(prefix.as_slice())?;
+                Some((String::from_utf8_lossy(uid).into_owned(), alert))
+            })
+            .collect())
+    }
+
+    /// This host's name, as every notification carries it.
+    pub fn host(&self) -> &str {
+        &self.router.origin.host
     }
 
     /// Tells the delivery worker that committed records are waiting.
@@ -420,6 +504,40 @@ escalation_policies:
         assert_eq!(names(EventKind::Closed, true), ["pd"]);
     }
 
+    #[test]
+    fn a_cluster_gets_one_copy_per_member_and_open_incidents_are_kept_for_re_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir: s\nhost: web1\nreceivers:\n  - {name: am, type: webhook, format: alertmanager, urls: ['http://a:9093', 'http://b:9093/api/v2/alerts']}\n";
+        let config = Config::parse(&dir.path().join("c.yaml"), text).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let o = Outbox::new(store.clone(), &config).unwrap();
+        assert_eq!(o.host(), "web1");
+        let am = ["am".to_string()];
+        let mut batch = store::Batch::new();
+        o.enqueue_to(&mut batch, &event(EventKind::Opened), &am, false)
+            .unwrap();
+        store.commit(batch).unwrap();
+        let pending = o.pending().unwrap();
+        let members: Vec<Option<&str>> = pending.iter().map(|r| r.member.as_deref()).collect();
+        assert_eq!(
+            members,
+            [Some("http://a:9093"), Some("http://b:9093/api/v2/alerts")]
+        );
+        assert_eq!(pending[0].idempotency_key, pending[1].idempotency_key);
+        assert!(pending.iter().all(|r| r.incident_uid() == "web1/INC-1"));
+        let firing = o.firing("am").unwrap();
+        assert_eq!(firing.len(), 1);
+        assert_eq!(firing["web1/INC-1"]["labels"]["incident"], "web1/INC-1");
+        assert!(o.firing("other").unwrap().is_empty());
+
+        let mut batch = store::Batch::new();
+        o.enqueue_to(&mut batch, &event(EventKind::Closed), &am, false)
+            .unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(o.pending().unwrap().len(), 4);
+        assert!(o.firing("am").unwrap().is_empty(), "a close stops re-sends");
+    }
+
     #[tokio::test]
     async fn one_event_shares_its_idempotency_key_and_dead_letters_can_be_resent() {
         let (_dir, o) = outbox();
@@ -438,7 +556,7 @@ escalation_policies:
         assert_eq!(pending.len(), 7);
         let keys: BTreeSet<&str> = pending.iter().map(|r| r.idempotency_key.as_str()).collect();
         assert_eq!(keys.len(), 2, "one key per event: {keys:?}");
-        assert!(keys.iter().all(|k| k.starts_with("INC-1-")));
+        assert!(keys.iter().all(|k| k.starts_with("web1/INC-1-")));
 
         let first = pending[0].clone();
         let mut batch = store::Batch::new();

@@ -650,3 +650,128 @@ pub fn metric(port: u16, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on 127.0.0.1, killed when
+/// dropped, pass or fail.
+pub struct Alertmanager {
+    /// Its HTTP port.
+    pub port: u16,
+    /// Its gossip port (TCP and UDP), when clustered.
+    pub cluster_port: Option<u16>,
+    log: PathBuf,
+    _child: KillOnDrop,
+}
+
+impl Alertmanager {
+    /// Starts one with `config` (YAML) and storage under `dir`. `cluster`: its own gossip
+    /// port and its peers' gossip ports, all on 127.0.0.1; `None` runs it alone.
+    pub fn start(
+        program: &Path,
+        dir: &Path,
+        config: &str,
+        port: u16,
+        cluster: Option<(u16, &[u16])>,
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config_path = dir.join("alertmanager.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("alertmanager.log");
+        let mut cmd = Command::new(program);
+        cmd.arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        match cluster {
+            None => {
+                cmd.arg("--cluster.listen-address=");
+            }
+            Some((own, peers)) => {
+                cmd.arg(format!("--cluster.listen-address=127.0.0.1:{own}"))
+                    .arg(format!("--cluster.advertise-address=127.0.0.1:{own}"))
+                    // Short, so the member that waits for its peer's notification log
+                    // decides soon (the default is 15s).
+                    .arg("--cluster.peer-timeout=2s")
+                    .arg("--cluster.pushpull-interval=2s")
+                    .arg("--cluster.reconnect-interval=1s");
+                for peer in peers {
+                    cmd.arg(format!("--cluster.peer=127.0.0.1:{peer}"));
+                }
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut am = Alertmanager {
+            port,
+            cluster_port: cluster.map(|(own, _)| own),
+            log,
+            _child: KillOnDrop(child),
+        };
+        wait_for("Alertmanager to be ready", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = am._child.0.try_wait() {
+                panic!("alertmanager exited with {status}: {}", am.log());
+            }
+            http("GET", port, "/-/ready", None, None)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        am.port = port;
+        am
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The alerts it lists as firing (resolved ones are not listed).
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let r = http("GET", self.port, "/api/v2/alerts", None, None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json().as_array().unwrap().clone()
+    }
+
+    /// How many cluster members it knows, itself included.
+    pub fn peers(&self) -> usize {
+        let r = http("GET", self.port, "/api/v2/status", None, None).unwrap();
+        r.json()["cluster"]["peers"]
+            .as_array()
+            .map_or(0, |p| p.len())
+    }
+}
+
+/// A moderate `ssh-bruteforce` rule: five failed logins from one address (`ip`) in a minute.
+pub const SSH_BRUTEFORCE_RULE: &str = "rules:\n  - id: ssh-bruteforce\n    match: 'Failed password for \\S+ from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n";
+
+/// Five failed logins from `ip`: one `ssh-bruteforce` incident.
+pub fn ssh_attack(ip: &str) -> Vec<String> {
+    (0..5)
+        .map(|i| format!("sshd[1]: Failed password for root from {ip} port {i} ssh2"))
+        .collect()
+}
+
+impl Daemon {
+    /// Takes a (low or moderate) incident through every lifecycle state to closed, as a
+    /// responder would.
+    pub fn close_incident(&self, id: &str) {
+        for to in [
+            "acknowledged",
+            "contained",
+            "eradicated",
+            "recovered",
+            "closed",
+        ] {
+            let r = http(
+                "POST",
+                self.port,
+                &format!("/api/v1/incidents/{id}/transition"),
+                Some(&self.token),
+                Some(&format!("{{\"to\": \"{to}\"}}")),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "{to}: {}", r.body);
+        }
+    }
+}
