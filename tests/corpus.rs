@@ -90,6 +90,15 @@ const CASES: &[&str] = &[
     "haproxy-logs",
     "traefik_clf",
     "traefik_json",
+    "apache-http-probing",
+    "apache2-http-sensitive-files",
+    "apache2-malformed",
+    "nginx-http-malformed",
+    "nginx-http-sensitive-files",
+    "nginx-proxy-manager-malformed",
+    "traefik_base-http-scenario",
+    "http-admin-interface-probing",
+    "http-wordpress-scan",
 ];
 
 /// CrowdSec `log_type`s that mark a failure, an attack or a refusal by the service.
@@ -166,6 +175,10 @@ const FLAG_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("exim-spam", "1.2.3.5", "4 rejects in 4 min: exim-rejected-client opens at 5 in 10 m"),
     ("openvpn-bf", "192.168.1.31", "4 failed handshakes: openvpn-auth-failure opens at 5 in 1 m"),
     ("nginx-mail-bf", "5.34.207.182", "4 failed logins: web-auth-failure opens at 5 in 1 m"),
+    ("traefik_base-http-scenario", "172.17.0.1", "probing in Traefik's JSON access log: web-probing reads the common/combined format (Traefik's CLF is read)"),
+    ("http-admin-interface-probing", "157.230.234.189", "3 requests: web-scanner-paths opens at 5 different sensitive paths"),
+    ("http-wordpress-scan", "127.0.0.1", "3 plugin paths: a WordPress site's own plugins are no probe; web-probing opens at 10 missing paths"),
+    ("http-wordpress-scan", "192.168.1.1", "4 plugin paths: as above"),
 ];
 
 fn corpus_dir() -> Option<PathBuf> {
