@@ -129,40 +129,148 @@ const FAILURE_TYPES: &[&str] = &[
 /// Lines CrowdSec's parser marks with a failure type that are not failures, or that
 /// logwarden reads differently on purpose: (case, text in the line, reason).
 const LINE_DIFFERENCES: &[(&str, &str, &str)] = &[
-    ("dovecot-logs", "Login: user=", "a successful login (CrowdSec's dovecot_logs type covers every line)"),
-    ("dovecot-logs", "no auth attempts", "a client that disconnected without trying to log in"),
-    ("apache2-logs", "SSL handshake stopped", "a client closing during the TLS handshake: no failure of the client's"),
-    ("nginx_http-logs", "is not found (2: No such file", "a 404 in the error log: counted from the access log by web-probing"),
-    ("nginx-mail-logs", "could not be resolved", "a reverse-DNS miss for the client, not an authentication failure"),
+    (
+        "dovecot-logs",
+        "Login: user=",
+        "a successful login (CrowdSec's dovecot_logs type covers every line)",
+    ),
+    (
+        "dovecot-logs",
+        "no auth attempts",
+        "a client that disconnected without trying to log in",
+    ),
+    (
+        "apache2-logs",
+        "SSL handshake stopped",
+        "a client closing during the TLS handshake: no failure of the client's",
+    ),
+    (
+        "nginx_http-logs",
+        "is not found (2: No such file",
+        "a 404 in the error log: counted from the access log by web-probing",
+    ),
+    (
+        "nginx-mail-logs",
+        "could not be resolved",
+        "a reverse-DNS miss for the client, not an authentication failure",
+    ),
     ("nginx-mail-logs", "client logged in", "a successful login"),
-    ("openvpn", "OpenSSL: error", "the same failed handshake as the VERIFY ERROR line before it: one failure, counted once"),
-    ("openvpn", "AUTH: Received control message: AUTH_FAILED", "the server's note that it sent the client AUTH_FAILED, after the counted failure"),
-    ("iptables-logs", "SRC=127.0.0.1", "loopback traffic to a local port, one port: no scan"),
-    ("iptables-logs", "IN=enp.1s0", "an interface name with a dot (only in CrowdSec's parser test)"),
+    (
+        "openvpn",
+        "OpenSSL: error",
+        "the same failed handshake as the VERIFY ERROR line before it: one failure, counted once",
+    ),
+    (
+        "openvpn",
+        "AUTH: Received control message: AUTH_FAILED",
+        "the server's note that it sent the client AUTH_FAILED, after the counted failure",
+    ),
+    (
+        "iptables-logs",
+        "SRC=127.0.0.1",
+        "loopback traffic to a local port, one port: no scan",
+    ),
+    (
+        "iptables-logs",
+        "IN=enp.1s0",
+        "an interface name with a dot (only in CrowdSec's parser test)",
+    ),
 ];
 
 /// Addresses CrowdSec flags that logwarden does not, on purpose: (case, address, reason).
 const FLAG_DIFFERENCES: &[(&str, &str, &str)] = &[
-    ("ssh-slow-bf", "103.100.210.198", "one failure every 30 s: under ssh-bruteforce's 5 in 1 m, as the shipped slow-client test wants (a mistyped password in a script is not an attack); repeat offenders are the recidive rule's"),
-    ("ssh-time-based-bf", "10.0.0.101", "4 failures in an hour: slow brute force is left to the recidive rule over incidents"),
-    ("ssh-timeout", "192.168.9.212", "4 pre-auth timeouts in 90 s: ssh-scan opens at 5 in 1 m (CrowdSec's CVE-2024-6387 scenario looks for the exploit's thousands)"),
-    ("ssh-timeout", "192.168.9.213", "4 lines in one second: ssh-scan opens at 5"),
-    ("ssh-generic-test", "127.0.0.1", "CrowdSec's own end-to-end test scenario: one line opens an alert"),
-    ("sshd-refused-conn", "192.168.1.1", "one connection tcp_wrappers already refused: counted by ssh-scan, no incident for one"),
-    ("dovecot-slow-bf", "192.0.2.1", "4 failures in 30 min: a phone with an old password looks the same; dovecot-auth-failure opens at 5 in 10 m"),
+    (
+        "ssh-slow-bf",
+        "103.100.210.198",
+        "one failure every 30 s: under ssh-bruteforce's 5 in 1 m, as the shipped slow-client test wants (a mistyped password in a script is not an attack); repeat offenders are the recidive rule's",
+    ),
+    (
+        "ssh-time-based-bf",
+        "10.0.0.101",
+        "4 failures in an hour: slow brute force is left to the recidive rule over incidents",
+    ),
+    (
+        "ssh-timeout",
+        "192.168.9.212",
+        "4 pre-auth timeouts in 90 s: ssh-scan opens at 5 in 1 m (CrowdSec's CVE-2024-6387 scenario looks for the exploit's thousands)",
+    ),
+    (
+        "ssh-timeout",
+        "192.168.9.213",
+        "4 lines in one second: ssh-scan opens at 5",
+    ),
+    (
+        "ssh-generic-test",
+        "127.0.0.1",
+        "CrowdSec's own end-to-end test scenario: one line opens an alert",
+    ),
+    (
+        "sshd-refused-conn",
+        "192.168.1.1",
+        "one connection tcp_wrappers already refused: counted by ssh-scan, no incident for one",
+    ),
+    (
+        "dovecot-slow-bf",
+        "192.0.2.1",
+        "4 failures in 30 min: a phone with an old password looks the same; dovecot-auth-failure opens at 5 in 10 m",
+    ),
     ("dovecot-slow-bf-no-overlap", "192.0.2.1", "1 failure"),
     ("dovecot-slow-bf-user-enum", "192.0.2.1", "1 failure"),
-    ("dovecot-time-based-bf", "198.51.100.1", "4 failures in 90 min"),
-    ("dovecot-time-based-bf-user-enum", "198.51.100.1", "1 failure"),
-    ("dovecot-spam", "1.1.1.1", "4 failures in 4 s: dovecot-auth-failure opens at 5"),
-    ("dovecot-spam", "172.17.0.1", "4 failures in 2 min: dovecot-auth-failure opens at 5"),
-    ("dovecot-spam", "2.2.2.2", "4 failures in 4 s: dovecot-auth-failure opens at 5"),
-    ("postfix-helo", "192.168.1.1", "2 rejects: one message to two recipients from a badly configured server writes as many; postfix-rejected-client opens at 5 in 10 m"),
-    ("postfix-relay", "192.168.1.1", "2 rejects: postfix-rejected-client opens at 5 in 10 m"),
-    ("postfix-non-smtp", "192.168.1.1", "1 line: counted by postfix-rejected-client, no incident for one"),
-    ("postfix-sasl-bf", "203.0.113.42", "3 failures: postfix-sasl-auth-failure opens at 5 in 10 m"),
-    ("postfix-spam", "1.2.3.4", "4 SASL failures and 2 rejects: each rule is under its 5"),
-    ("postfix-honeypot-users", "203.0.113.10", "one failure per address with a honeypot user name: needs a site's list of such names (an `only:` list), not shipped"),
+    (
+        "dovecot-time-based-bf",
+        "198.51.100.1",
+        "4 failures in 90 min",
+    ),
+    (
+        "dovecot-time-based-bf-user-enum",
+        "198.51.100.1",
+        "1 failure",
+    ),
+    (
+        "dovecot-spam",
+        "1.1.1.1",
+        "4 failures in 4 s: dovecot-auth-failure opens at 5",
+    ),
+    (
+        "dovecot-spam",
+        "172.17.0.1",
+        "4 failures in 2 min: dovecot-auth-failure opens at 5",
+    ),
+    (
+        "dovecot-spam",
+        "2.2.2.2",
+        "4 failures in 4 s: dovecot-auth-failure opens at 5",
+    ),
+    (
+        "postfix-helo",
+        "192.168.1.1",
+        "2 rejects: one message to two recipients from a badly configured server writes as many; postfix-rejected-client opens at 5 in 10 m",
+    ),
+    (
+        "postfix-relay",
+        "192.168.1.1",
+        "2 rejects: postfix-rejected-client opens at 5 in 10 m",
+    ),
+    (
+        "postfix-non-smtp",
+        "192.168.1.1",
+        "1 line: counted by postfix-rejected-client, no incident for one",
+    ),
+    (
+        "postfix-sasl-bf",
+        "203.0.113.42",
+        "3 failures: postfix-sasl-auth-failure opens at 5 in 10 m",
+    ),
+    (
+        "postfix-spam",
+        "1.2.3.4",
+        "4 SASL failures and 2 rejects: each rule is under its 5",
+    ),
+    (
+        "postfix-honeypot-users",
+        "203.0.113.10",
+        "one failure per address with a honeypot user name: needs a site's list of such names (an `only:` list), not shipped",
+    ),
     ("postfix-honeypot-users", "203.0.113.20", "as above"),
     ("postfix-honeypot-users", "203.0.113.30", "as above"),
     ("postfix-honeypot-users", "203.0.113.40", "as above"),
@@ -171,14 +279,46 @@ const FLAG_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("postfix-honeypot-users", "203.0.113.70", "as above"),
     ("postfix-honeypot-users", "203.0.113.80", "as above"),
     ("postfix-honeypot-users", "203.0.113.90", "as above"),
-    ("exim-spam", "1.2.3.4", "4 rejects in 4 min: exim-rejected-client opens at 5 in 10 m"),
-    ("exim-spam", "1.2.3.5", "4 rejects in 4 min: exim-rejected-client opens at 5 in 10 m"),
-    ("openvpn-bf", "192.168.1.31", "4 failed handshakes: openvpn-auth-failure opens at 5 in 1 m"),
-    ("nginx-mail-bf", "5.34.207.182", "4 failed logins: web-auth-failure opens at 5 in 1 m"),
-    ("traefik_base-http-scenario", "172.17.0.1", "probing in Traefik's JSON access log: web-probing reads the common/combined format (Traefik's CLF is read)"),
-    ("http-admin-interface-probing", "157.230.234.189", "3 requests: web-scanner-paths opens at 5 different sensitive paths"),
-    ("http-wordpress-scan", "127.0.0.1", "3 plugin paths: a WordPress site's own plugins are no probe; web-probing opens at 10 missing paths"),
-    ("http-wordpress-scan", "192.168.1.1", "4 plugin paths: as above"),
+    (
+        "exim-spam",
+        "1.2.3.4",
+        "4 rejects in 4 min: exim-rejected-client opens at 5 in 10 m",
+    ),
+    (
+        "exim-spam",
+        "1.2.3.5",
+        "4 rejects in 4 min: exim-rejected-client opens at 5 in 10 m",
+    ),
+    (
+        "openvpn-bf",
+        "192.168.1.31",
+        "4 failed handshakes: openvpn-auth-failure opens at 5 in 1 m",
+    ),
+    (
+        "nginx-mail-bf",
+        "5.34.207.182",
+        "4 failed logins: web-auth-failure opens at 5 in 1 m",
+    ),
+    (
+        "traefik_base-http-scenario",
+        "172.17.0.1",
+        "probing in Traefik's JSON access log: web-probing reads the common/combined format (Traefik's CLF is read)",
+    ),
+    (
+        "http-admin-interface-probing",
+        "157.230.234.189",
+        "3 requests: web-scanner-paths opens at 5 different sensitive paths",
+    ),
+    (
+        "http-wordpress-scan",
+        "127.0.0.1",
+        "3 plugin paths: a WordPress site's own plugins are no probe; web-probing opens at 10 missing paths",
+    ),
+    (
+        "http-wordpress-scan",
+        "192.168.1.1",
+        "4 plugin paths: as above",
+    ),
 ];
 
 fn corpus_dir() -> Option<PathBuf> {
@@ -300,7 +440,8 @@ fn flagged(dir: &Path) -> BTreeSet<String> {
     text.lines()
         .filter_map(|l| {
             let (addr, rest) = l.strip_prefix('"')?.split_once('"')?;
-            rest.contains(".Overflow.GetSources()").then(|| addr.to_string())
+            rest.contains(".Overflow.GetSources()")
+                .then(|| addr.to_string())
         })
         .collect()
 }
@@ -340,7 +481,9 @@ fn line_time(text: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
         TimestampFormat::Pattern("%a %b %e %H:%M:%S %Y".into()),
         TimestampFormat::Pattern("%d-%b-%Y %H:%M:%S%.f".into()),
     ];
-    formats.iter().find_map(|f| f.parse(text.as_bytes(), reference))
+    formats
+        .iter()
+        .find_map(|f| f.parse(text.as_bytes(), reference))
 }
 
 /// Every address a logwarden incident is keyed by after the case's lines, in time order.
