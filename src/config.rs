@@ -290,6 +290,16 @@ impl Config {
                     format!("duplicate source name {:?}", source.name),
                 ));
             }
+            if source.name == crate::recidive::SOURCE {
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "name"),
+                    format!(
+                        "source name {:?} is reserved for logwarden's own detections",
+                        source.name
+                    ),
+                ));
+            }
             match (&source.syslog, source.paths.is_empty()) {
                 (None, true) => problems.push(Diagnostic::at(
                     path,

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod notification;
 pub mod pipeline;
+pub mod recidive;
 pub mod reload;
 pub mod rules;
 pub mod silences;

@@ -179,6 +179,8 @@ impl Pipeline {
         // Matches per rule, added to the counter once per step rather than looked up by
         // label for every match.
         let mut matched: HashMap<String, u64> = HashMap::new();
+        let recidive = crate::recidive::wanted(&rules);
+        let mut detections = Vec::new();
         for batch in batches {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
@@ -200,6 +202,9 @@ impl Pipeline {
                         None => {
                             matched.insert(hit.rule.id().to_string(), 1);
                         }
+                    }
+                    if recidive {
+                        detections.extend(crate::recidive::detection_line(&hit));
                     }
                     if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
                         events.push(event);
@@ -237,11 +242,23 @@ impl Pipeline {
         if let Some(now) = clock {
             self.detector.advance(now, &mut hits);
             for hit in hits.drain(..) {
+                if recidive {
+                    detections.extend(crate::recidive::detection_line(&hit));
+                }
                 if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
                     events.push(event);
                 }
             }
         }
+        // This step's detections are lines for rules over detections (repeat offenders).
+        crate::recidive::feed_back(
+            &mut self.detector,
+            &mut self.book,
+            &rules,
+            detections,
+            &mut events,
+            |_| Utc::now(),
+        );
         for (rule, n) in self.detector.take_evictions() {
             self.metrics
                 .rule_keys_evicted

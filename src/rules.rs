@@ -237,9 +237,13 @@ impl Rule {
         &self.def.id
     }
 
-    /// Whether the rule reads lines of this source.
+    /// Whether the rule reads lines of this source. The incident lines of
+    /// [`crate::recidive::SOURCE`] are read only by rules that name it.
     pub fn applies_to(&self, source: &str) -> bool {
-        self.def.sources.is_empty() || self.def.sources.iter().any(|s| s == source)
+        if self.def.sources.is_empty() {
+            return source != crate::recidive::SOURCE;
+        }
+        self.def.sources.iter().any(|s| s == source)
     }
 
     /// The escalation policy name incidents of this rule follow.
@@ -678,7 +682,7 @@ fn compile_rule(
     }
     if let Some(known) = &ctx.sources {
         for source in &def.sources {
-            if !known.contains(source) {
+            if !known.contains(source) && source != crate::recidive::SOURCE {
                 fail("sources", format!("rule names unknown source {source:?}"));
             }
         }

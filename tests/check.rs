@@ -482,3 +482,33 @@ fn a_misspelled_receiver_key_or_bad_rate_limit_is_an_error_at_the_key() {
         "{lines:?}"
     );
 }
+
+/// `logwarden` is the built-in source of detections: rules may name it under any config,
+/// and a config source cannot take the name.
+#[test]
+fn the_detection_source_is_known_to_rules_and_reserved_in_configs() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    s.write(
+        "rules/a.yaml",
+        "rules:\n  - id: again\n    sources: [logwarden]\n    match: '^incident rule=good key=\\{\"ip\":\"(?P<ip>[^\"]*)\"\\}$'\n    group_by: [ip]\n    threshold: {count: 3, within: 24h}\n    severity: critical\n",
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(
+        (code, lines.last().cloned()),
+        (0, Some("ok: 1 rules in 1 files".into())),
+        "{lines:?}"
+    );
+    s.write(
+        "logwarden.yaml",
+        &CONFIG.replace("{name: auth,", "{name: logwarden,"),
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("source name \"logwarden\" is reserved")),
+        "{lines:?}"
+    );
+}

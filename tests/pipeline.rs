@@ -318,3 +318,51 @@ fn a_file_that_appears_after_start_is_picked_up() {
         "a file found after start is read from its beginning"
     );
 }
+
+/// The daemon feeds its own detections back as lines of the `logwarden` source: a rule
+/// over them opens a repeat-offender incident, which survives in the store like any other.
+#[test]
+fn the_daemon_counts_its_own_detections_for_repeat_offenders() {
+    let receiver = Receiver::start();
+    let s = setup(&receiver);
+    s.write(
+        "rules/recidive.yaml",
+        r#"
+rules:
+  - id: repeat-offender
+    sources: [logwarden]
+    match: '^incident rule=ssh-bruteforce key=\{"ip":"(?P<ip>[^"\\]*)"\}$'
+    group_by: [ip]
+    threshold: {count: 3, within: 24h}
+    severity: critical
+"#,
+    );
+    let d = s.start();
+    // Three bursts of five, hours apart: one ssh-bruteforce incident (the later bursts fold
+    // into it) but three detections.
+    let mut lines = Vec::new();
+    for hour in [1, 5, 9] {
+        for second in 1..=5 {
+            lines.push(format!(
+                "Nov 22 {hour:02}:00:{second:02} web1 sshd[811]: Failed password for root from 203.0.113.77 port 4000 ssh2"
+            ));
+        }
+    }
+    s.append("auth.log", &lines);
+    let offender = wait_for("the repeat-offender incident", WAIT, || {
+        d.incidents()
+            .into_iter()
+            .find(|i| i["rule"] == "repeat-offender")
+    });
+    assert_eq!(offender["key"], serde_json::json!({"ip": "203.0.113.77"}));
+    assert_eq!(offender["severity"], "critical");
+    assert_eq!(offender["count"], 3);
+    assert_eq!(offender["evidence"][0]["source"], "logwarden");
+    let brute: Vec<_> = d
+        .incidents()
+        .into_iter()
+        .filter(|i| i["rule"] == "ssh-bruteforce")
+        .collect();
+    assert_eq!(brute.len(), 1, "{brute:#?}");
+    assert_eq!(brute[0]["count"], 15);
+}

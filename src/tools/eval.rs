@@ -8,6 +8,7 @@
 
 use crate::detection::{Detector, Hit};
 use crate::incidents::{Incident, IncidentBook};
+use crate::recidive;
 use crate::rules::{RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
@@ -29,6 +30,8 @@ pub struct Evaluation {
     incidents: BTreeMap<u64, Incident>,
     hits: Vec<Hit>,
     has_absence: bool,
+    /// Some rule reads detections ([`recidive`]).
+    recidive: bool,
     /// Cached [`Detector::next_absence_due`]; `None` inside means nothing is due.
     due: Option<Option<DateTime<Utc>>>,
     watermark: Option<DateTime<Utc>>,
@@ -43,6 +46,7 @@ impl Evaluation {
             .rules
             .iter()
             .any(|r| matches!(r.kind, RuleKind::Absence { .. }));
+        let recidive = recidive::wanted(&rules);
         Evaluation {
             detector: Detector::new(rules.clone(), sources),
             book: IncidentBook::empty(),
@@ -50,6 +54,7 @@ impl Evaluation {
             incidents: BTreeMap::new(),
             hits: Vec::new(),
             has_absence,
+            recidive,
             due: None,
             watermark: None,
             last_housekeeping_ms: i64::MIN,
@@ -127,12 +132,28 @@ impl Evaluation {
     }
 
     fn apply_hits(&mut self) {
+        let mut events = Vec::new();
+        let mut detections = Vec::new();
         for hit in self.hits.drain(..) {
+            if self.recidive {
+                detections.extend(recidive::detection_line(&hit));
+            }
             let at = hit.time;
             if let Some(event) = self.book.apply(hit, &self.rules, at) {
-                let number = Incident::number(&event.incident.id).unwrap_or_default();
-                self.incidents.insert(number, event.incident);
+                events.push(event);
             }
+        }
+        recidive::feed_back(
+            &mut self.detector,
+            &mut self.book,
+            &self.rules,
+            detections,
+            &mut events,
+            |hit| hit.time,
+        );
+        for event in events {
+            let number = Incident::number(&event.incident.id).unwrap_or_default();
+            self.incidents.insert(number, event.incident);
         }
     }
 
