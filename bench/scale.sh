@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # A distributed brute force against the daemon with the shipped rule packs: ATTACKERS
-# addresses each fail 5 SSH logins within a minute, all appended to the watched file at
-# once. Run first with BASELINE attackers, then with ATTACKERS, in the same invocation,
+# addresses each fail 5 SSH logins (as one non-root user, so each opens exactly one
+# incident) within a minute, all appended to the watched file at once. Run first with BASELINE attackers, then with ATTACKERS, in the same invocation,
 # and prints for each:
 #   open_s     seconds from the append until every attacker's incident is open
 #   worst_*    the slowest answer of /healthz, /metrics and GET /api/v1/incidents/INC-1,
 #              asked every 0.2 s while the burst is worked through (10 s time-out)
-#   idle_cpu   share of one core used over 10 s once all incidents are open
+#   sent_s     seconds from the append until every opening notification is written (the
+#              file receiver writes them one after another)
+#   idle_cpu   share of one core used over 10 s once all incidents are open and notified
 #   rss_mb     resident memory then
+#   state      size of the state directory then
 #   notify_s   seconds from appending one more attacker's 5 lines until its incident's
 #              notification is written by the file receiver
 # and the ratios of the large run to the baseline.
@@ -50,7 +53,7 @@ attack_lines() {
   awk -v n="$n" -v first="$first" -v stamp="$(date '+%b %e %H:%M:%S')" 'BEGIN {
     for (round = 0; round < 5; round++)
       for (i = first; i < first + n; i++)
-        printf "%s web1 sshd[%d]: Failed password for root from 10.%d.%d.%d port %d ssh2\n",
+        printf "%s web1 sshd[%d]: Failed password for deploy from 10.%d.%d.%d port %d ssh2\n",
           stamp, 1000 + i % 30000, int(i / 65536) % 256, int(i / 256) % 256, i % 256 + 1,
           40000 + round
   }'
@@ -115,11 +118,17 @@ EOF
     sleep 0.2
   done
   end=$(date +%s.%N)
+  until [ "$(wc -l <"$work/out.jsonl" 2>/dev/null || echo 0)" -ge "$n" ]; do
+    alive
+    [ "$(calc "$(date +%s.%N) - $start > 600")" = 1 ] && { echo "not all notified after 600 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  local sent
+  sent=$(date +%s.%N)
   kill "$prober"; wait "$prober" 2>/dev/null || true; prober=
   read -r worst_h worst_m worst_i <"$work/probe"
   open_s=$(calc "$end - $start")
-  # Let the commit and delivery of the last incidents settle, then measure rest.
-  sleep 2
+  sent_s=$(calc "$sent - $start")
   local c0 c1
   c0=$(cpu_seconds); sleep 10; c1=$(cpu_seconds)
   idle=$(calc "($c1 - $c0) / 10")
@@ -137,13 +146,13 @@ EOF
   done
   notify_s=$(calc "$(date +%s.%N) - $start")
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
-  printf '%-9d %8.1f %9.3f %9.3f %9.3f %9.3f %7d %9.3f\n' "$n" "$open_s" "$worst_h" \
-    "$worst_m" "$worst_i" "$idle" "$rss" "$notify_s"
+  printf '%-9d %8.1f %8.1f %9.3f %9.3f %9.3f %9.3f %7d %9.3f %8s\n' "$n" "$open_s" "$sent_s" \
+    "$worst_h" "$worst_m" "$worst_i" "$idle" "$rss" "$notify_s" "$(du -sh "$work/state" | cut -f1)"
   echo "$open_s $idle $notify_s $worst_m" >"$work/result-$n"
 }
 
-printf '%-9s %8s %9s %9s %9s %9s %7s %9s\n' attackers open_s worst_hz worst_met worst_get \
-  idle_cpu rss_mb notify_s
+printf '%-9s %8s %8s %9s %9s %9s %9s %7s %9s %8s\n' attackers open_s sent_s worst_hz worst_met \
+  worst_get idle_cpu rss_mb notify_s state
 run_one "$baseline"
 run_one "$attackers"
 read -r bo bi bn bm <"$work/result-$baseline"

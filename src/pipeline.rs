@@ -24,6 +24,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
+/// Most lines folded into one store commit. A commit holds the store's write lock while it
+/// applies, and readers (the API) wait for it: under a burst that opens thousands of
+/// incidents, smaller commits keep every wait short, at the price of more flushes.
+const LINES_PER_COMMIT: usize = 4096;
 /// How often idle window state is expired and the watchdog is fed.
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
@@ -129,10 +133,14 @@ impl Pipeline {
                 _ = shutdown.changed() => break,
                 batch = rx.recv() => {
                     let Some(first) = batch else { break };
+                    let mut lines = first.lines.len();
                     let mut batches = vec![first];
-                    while batches.len() < BATCHES_PER_COMMIT {
+                    while batches.len() < BATCHES_PER_COMMIT && lines < LINES_PER_COMMIT {
                         match rx.try_recv() {
-                            Ok(b) => batches.push(b),
+                            Ok(b) => {
+                                lines += b.lines.len();
+                                batches.push(b);
+                            }
                             Err(_) => break,
                         }
                     }
