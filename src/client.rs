@@ -92,7 +92,7 @@ pub async fn call(
 
 /// Prints JSON for scripts.
 pub fn print_json(value: &Value) {
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -141,7 +141,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", out.join("  ").trim_end());
+        crate::outln!("{}", out.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {

@@ -106,7 +106,7 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
                     .and_then(|t| t.last())
                     .map(|e| text(e, "event"))
                     .unwrap_or_default();
-                println!(
+                crate::outln!(
                     "{}: {last} (state {})",
                     text(incident, "id"),
                     text(incident, "state")
@@ -185,7 +185,7 @@ pub fn drill(args: DrillArgs) -> ExitCode {
         "/api/v1/drills",
         Some(json!({ "rule": args.rule })),
         client::show(args.json, |incident| {
-            println!(
+            crate::outln!(
                 "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
                 text(incident, "id"),
                 text(incident, "rule"),
@@ -247,7 +247,7 @@ fn print_list(body: &Value) {
 }
 
 fn print_incident(i: &Value) {
-    println!(
+    crate::outln!(
         "{}  {}  [{}]  {}",
         text(i, "id"),
         text(i, "state"),
@@ -278,10 +278,10 @@ fn print_incident(i: &Value) {
         ("rule set", text(i, "ruleset_version")),
     ];
     for (name, value) in fields {
-        println!("  {name:<11} {value}");
+        crate::outln!("  {name:<11} {value}");
     }
     if let Some(a) = i["approval"].as_object() {
-        println!(
+        crate::outln!(
             "  {:<11} by {} at {}",
             "approved",
             text(&Value::Object(a.clone()), "by"),
@@ -289,18 +289,18 @@ fn print_incident(i: &Value) {
         );
     }
     if let Some(r) = i.get("review").filter(|r| r.is_object()) {
-        println!("\nReview by {} at {}", text(r, "by"), text(r, "at"));
-        println!("  root cause:      {}", text(r, "root_cause"));
-        println!("  lessons learned: {}", text(r, "lessons_learned"));
+        crate::outln!("\nReview by {} at {}", text(r, "by"), text(r, "at"));
+        crate::outln!("  root cause:      {}", text(r, "root_cause"));
+        crate::outln!("  lessons learned: {}", text(r, "lessons_learned"));
         for a in r["actions"].as_array().into_iter().flatten() {
-            println!("  action:          {}", a.as_str().unwrap_or_default());
+            crate::outln!("  action:          {}", a.as_str().unwrap_or_default());
         }
     }
     let evidence = i["evidence"].as_array().cloned().unwrap_or_default();
     if !evidence.is_empty() {
-        println!("\nEvidence ({} lines kept)", evidence.len());
+        crate::outln!("\nEvidence ({} lines kept)", evidence.len());
         for e in &evidence {
-            println!(
+            crate::outln!(
                 "  {}  {}:{}  {}",
                 text(e, "time"),
                 text(e, "path"),
@@ -309,7 +309,7 @@ fn print_incident(i: &Value) {
             );
         }
     }
-    println!("\nTimeline");
+    crate::outln!("\nTimeline");
     let rows: Vec<Vec<String>> = i["timeline"]
         .as_array()
         .cloned()

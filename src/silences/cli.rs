@@ -69,7 +69,7 @@ fn pairs(items: &[String], what: &str) -> Result<Map<String, Value>, String> {
 pub fn run(args: SilencesArgs) -> ExitCode {
     let json_out = args.json;
     let one = |s: &Value| {
-        println!(
+        crate::outln!(
             "{}: {} until {}",
             text(s, "id"),
             text(s, "state"),

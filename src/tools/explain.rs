@@ -108,11 +108,11 @@ pub fn run(args: ExplainArgs) -> ExitCode {
 fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], json: bool) {
     let matches = explain(rules, source, line);
     if json {
-        println!("{}", serde_json::json!({ "matches": matches }));
+        crate::outln!("{}", serde_json::json!({ "matches": matches }));
         return;
     }
     if matches.is_empty() {
-        println!("no rule matches this line");
+        crate::outln!("no rule matches this line");
         return;
     }
     for m in &matches {
@@ -120,17 +120,17 @@ fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], json: bool) {
         let step = m.step.map(|s| format!(" (step {s})")).unwrap_or_default();
         match &m.excluded_by {
             None if m.key.is_empty() => {
-                println!(
+                crate::outln!(
                     "{}{step}: counted (no group_by: one key for the whole rule)",
                     m.rule
                 )
             }
-            None => println!("{}{step}: counted under key {}", m.rule, fields(&m.key)),
-            Some(why) => println!("{}{step}: NOT counted: stopped by {why}", m.rule),
+            None => crate::outln!("{}{step}: counted under key {}", m.rule, fields(&m.key)),
+            Some(why) => crate::outln!("{}{step}: NOT counted: stopped by {why}", m.rule),
         }
-        println!("  captures: {}", fields(&m.captures));
+        crate::outln!("  captures: {}", fields(&m.captures));
         if !rule.def.sources.is_empty() {
-            println!("  reads only sources: {}", rule.def.sources.join(", "));
+            crate::outln!("  reads only sources: {}", rule.def.sources.join(", "));
         }
     }
 }

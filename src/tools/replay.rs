@@ -108,15 +108,15 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         rate,
     };
     match b {
-        None if args.json => println!("{}", stats.json(json!({"incidents": a}))),
+        None if args.json => crate::outln!("{}", stats.json(json!({"incidents": a}))),
         None => {
-            print!("{}", table(&a));
+            crate::out!("{}", table(&a));
             stats.print(a.len());
         }
         Some(b) => {
             let cmp = Comparison::of(a, b);
             if args.json {
-                println!("{}", stats.json(cmp.json()));
+                crate::outln!("{}", stats.json(cmp.json()));
             } else {
                 cmp.print();
                 stats.print(cmp.only_a.len() + cmp.only_b.len() + cmp.both.len());
@@ -152,9 +152,11 @@ impl Stats {
     }
 
     fn print(&self, incidents: usize) {
-        println!(
+        crate::outln!(
             "\n{incidents} incidents from {} lines in {:.2} s: {:.0} lines/s",
-            self.lines, self.seconds, self.rate
+            self.lines,
+            self.seconds,
+            self.rate
         );
     }
 }
@@ -335,10 +337,10 @@ impl Comparison {
             ("only in A (--rules)", &self.only_a),
             ("only in B (--against)", &self.only_b),
         ] {
-            println!("{title}: {} incidents", list.len());
-            print!("{}", table(list));
+            crate::outln!("{title}: {} incidents", list.len());
+            crate::out!("{}", table(list));
             for i in list {
-                println!(
+                crate::outln!(
                     "  {} {} severity={} count={} first_seen={}",
                     i.rule,
                     key_text(&i.key),
@@ -347,14 +349,14 @@ impl Comparison {
                     time(i.first_seen)
                 );
             }
-            println!();
+            crate::outln!();
         }
         let a: Vec<Incident> = self.both.iter().map(|(a, _)| a.clone()).collect();
-        println!("in both: {} incidents", a.len());
-        print!("{}", table(&a));
+        crate::outln!("in both: {} incidents", a.len());
+        crate::out!("{}", table(&a));
         for (a, b) in &self.both {
             if (a.severity, a.count) != (b.severity, b.count) {
-                println!(
+                crate::outln!(
                     "  {} {} A: severity={} count={}  B: severity={} count={}",
                     a.rule,
                     key_text(&a.key),
