@@ -3,7 +3,7 @@
 
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::daemon::{self, RunError};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,6 +50,15 @@ pub enum Command {
     Replay(crate::tools::replay::ReplayArgs),
     /// Show which rules match a line, their captures, exclusions and key.
     Explain(crate::tools::explain::ExplainArgs),
+    /// API tokens: create one (a random secret in a file only its owner can read).
+    Token(crate::token::TokenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `logwarden man | man -l -`.
+    Man,
 }
 
 /// Runs the CLI.
@@ -89,6 +98,26 @@ pub fn main() -> ExitCode {
         Command::Test(args) => crate::tools::test::run(args),
         Command::Replay(args) => crate::tools::replay::run(args),
         Command::Explain(args) => crate::tools::explain::run(args),
+        Command::Token(args) => crate::token::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "logwarden", &mut script);
+            print(&String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    print(&String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("logwarden man: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

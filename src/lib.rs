@@ -26,5 +26,6 @@ pub mod rules;
 pub mod silences;
 pub mod sources;
 pub mod store;
+pub mod token;
 pub mod tools;
 pub mod yaml;

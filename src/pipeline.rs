@@ -276,7 +276,17 @@ impl Pipeline {
     async fn command(&mut self, command: Command) {
         let mut batch = store::Batch::new();
         let mut opened = Vec::new();
+        // Only the pipeline knows the rules a silence must be able to match.
+        let refused = match &command.request {
+            Request::CreateSilence(new) => {
+                crate::silences::check_matchers(&new.matchers, self.detector.rules()).err()
+            }
+            _ => None,
+        };
         let result = match command.request {
+            _ if refused.is_some() => Err(crate::lifecycle::Refusal::Invalid(
+                refused.unwrap_or_default(),
+            )),
             Request::Drill { rule } => {
                 self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
             }

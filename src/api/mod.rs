@@ -146,6 +146,7 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents/{id}/note", post(lifecycle::note))
         .route("/incidents/{id}/review", post(lifecycle::review))
         .route("/incidents/{id}/approve", post(lifecycle::approve))
+        .route("/incidents/{id}/resolve", post(lifecycle::resolve))
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
@@ -325,6 +326,30 @@ async fn list_incidents(
     Query(filter): Query<IncidentFilter>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
+    let refuse = |what: &str, value: &str, known: Vec<&str>| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown {what} {value:?}; one of: {}", known.join(", ")),
+        )
+    };
+    if let Some(s) = filter.state.as_deref()
+        && !crate::incidents::State::ALL.iter().any(|k| k.as_str() == s)
+    {
+        let known = crate::incidents::State::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        return Err(refuse("state", s, known));
+    }
+    if let Some(s) = filter.severity.as_deref()
+        && !crate::rules::Severity::ALL.iter().any(|k| k.as_str() == s)
+    {
+        let known = crate::rules::Severity::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        return Err(refuse("severity", s, known));
+    }
     let wanted: Vec<Incident> = state
         .store
         .scan::<Incident>(Space::Incidents)?
