@@ -147,6 +147,7 @@ impl Pipeline {
                     self.step_at(Vec::new(), Some(Utc::now())).await;
                 }
                 reload = next_reload(&mut reloads) => {
+                    self.metrics.preset_rules(&reload.rules);
                     let change = self.detector.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.

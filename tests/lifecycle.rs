@@ -1381,3 +1381,31 @@ fn a_routine_incident_resolves_in_one_command_and_mistakes_are_refused_in_words(
     );
     d.stop();
 }
+
+#[test]
+fn every_documented_series_is_there_from_the_start_at_zero() {
+    let s = setup(
+        "low",
+        "receivers:\n  - {name: console, type: file, path: out.jsonl}\nroles:\n  analysts: {receivers: [console]}\nescalation_policies:\n  default:\n    - notify: [analysts]\n",
+    );
+    let d = s.start();
+    let metrics = d.get("/metrics").body;
+    for series in [
+        "logwarden_lines_read_total{source=\"app\"} 0",
+        "logwarden_rule_matches_total{rule=\"marker\"} 0",
+        "logwarden_incidents_opened_total{rule=\"marker\",severity=\"low\"} 0",
+        "logwarden_time_to_detect_seconds_count{drill=\"false\",severity=\"low\"} 0",
+        "logwarden_time_to_acknowledge_seconds_count{drill=\"false\",severity=\"critical\"} 0",
+        "logwarden_time_to_contain_seconds_count{drill=\"true\",severity=\"high\"} 0",
+        "logwarden_time_to_resolve_seconds_count{drill=\"false\",severity=\"moderate\"} 0",
+        "logwarden_notifications_total{outcome=\"delivered\",receiver=\"console\"} 0",
+        "logwarden_notifications_total{outcome=\"dead\",receiver=\"console\"} 0",
+        "logwarden_outbox_pending{receiver=\"console\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+    for process in ["process_resident_memory_bytes ", "process_cpu_seconds_total ", "process_open_fds "] {
+        assert!(metrics.contains(process), "{process} missing");
+    }
+    d.stop();
+}
