@@ -1404,7 +1404,11 @@ fn every_documented_series_is_there_from_the_start_at_zero() {
     ] {
         assert!(metrics.contains(series), "{series} missing from\n{metrics}");
     }
-    for process in ["process_resident_memory_bytes ", "process_cpu_seconds_total ", "process_open_fds "] {
+    for process in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+    ] {
         assert!(metrics.contains(process), "{process} missing");
     }
     d.stop();
