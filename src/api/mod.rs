@@ -326,29 +326,20 @@ async fn list_incidents(
     Query(filter): Query<IncidentFilter>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
-    let refuse = |what: &str, value: &str, known: Vec<&str>| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown {what} {value:?}; one of: {}", known.join(", ")),
-        )
-    };
-    if let Some(s) = filter.state.as_deref()
-        && !crate::incidents::State::ALL.iter().any(|k| k.as_str() == s)
-    {
-        let known = crate::incidents::State::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect();
-        return Err(refuse("state", s, known));
-    }
-    if let Some(s) = filter.severity.as_deref()
-        && !crate::rules::Severity::ALL.iter().any(|k| k.as_str() == s)
-    {
-        let known = crate::rules::Severity::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect();
-        return Err(refuse("severity", s, known));
+    let states = crate::incidents::State::ALL.map(|k| k.as_str());
+    let severities = crate::rules::Severity::ALL.map(|k| k.as_str());
+    for (what, value, known) in [
+        ("state", &filter.state, &states[..]),
+        ("severity", &filter.severity, &severities[..]),
+    ] {
+        if let Some(value) = value.as_deref()
+            && !known.contains(&value)
+        {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown {what} {value:?}; one of: {}", known.join(", ")),
+            ));
+        }
     }
     let wanted: Vec<Incident> = state
         .store

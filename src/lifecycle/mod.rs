@@ -161,6 +161,18 @@ pub struct Kpi {
     pub drill: bool,
 }
 
+impl Kpi {
+    /// `measure` taken now for this incident: seconds since it opened.
+    fn since_open(incident: &Incident, measure: Measure, now: DateTime<Utc>) -> Kpi {
+        Kpi {
+            measure,
+            severity: incident.severity,
+            seconds: (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0,
+            drill: incident.drill,
+        }
+    }
+}
+
 /// What a command did, for the pipeline to finish once the batch is durable.
 #[derive(Debug)]
 pub struct Done {
@@ -313,13 +325,8 @@ fn transition(
     }
     incident.state = to;
     incident.record(now, to.as_str(), actor, note.clone());
-    let since_open = (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0;
-    let kpi = |measure| Kpi {
-        measure,
-        severity: incident.severity,
-        seconds: since_open,
-        drill: incident.drill,
-    };
+    let now_kpi = Kpi::since_open(incident, Measure::Resolve, now);
+    let kpi = |measure| Kpi { measure, ..now_kpi };
     let (event, kpi) = match to {
         State::Acknowledged => {
             incident.acknowledged_at = Some(now);
@@ -395,13 +402,8 @@ fn resolve(
         )));
     }
     close_allowed(incident)?;
-    let since_open = (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0;
-    let kpi = |measure| Kpi {
-        measure,
-        severity: incident.severity,
-        seconds: since_open,
-        drill: incident.drill,
-    };
+    let now_kpi = Kpi::since_open(incident, Measure::Resolve, now);
+    let kpi = |measure| Kpi { measure, ..now_kpi };
     let mut kpis = Vec::new();
     if incident.acknowledged_at.is_none() {
         incident.acknowledged_at = Some(now);
