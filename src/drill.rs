@@ -100,3 +100,27 @@ pub fn mark(incident: &mut Incident, actor: &str, now: DateTime<Utc>) {
         Some("synthetic incident for a response drill".into()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drill_hit_carries_plausible_captures_and_the_threshold_count() {
+        let rules = crate::rules::RuleSet::from_yaml(
+            "rules:\n  - id: ssh\n    match: 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: low\n    summary: '{{ count }} failed SSH logins from {{ ip }}'\n",
+        );
+        let hit = synthetic_hit(&rules.rules[0], "tester", Utc::now());
+        let captures: BTreeMap<String, String> = hit
+            .captures
+            .view()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(captures["ip"], "192.0.2.10");
+        assert_eq!(captures["user"], "drill-user");
+        assert_eq!(hit.crossed.as_ref().unwrap().count, 5);
+        let key: Vec<String> = hit.key.view().iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(key, ["drill", "ip"]);
+    }
+}
