@@ -225,32 +225,65 @@ impl Config {
 
     /// Reads and validates a config file; every problem found is returned, each with its place.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic::at(
-                path,
-                Default::default(),
-                format!("cannot read config: {e}"),
-            )]
-        })?;
-        Self::parse(path, &text)
+        match Self::load_all(path) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
     }
 
     /// Parses and validates config text that was read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| {
-            let mut d = Diagnostic::from_yaml(path, &e);
-            refine_unknown_field(&mut d, text);
-            vec![d]
-        })?;
+        match Self::parse_all(path, text.as_bytes()) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
+    }
+
+    /// Every problem of a config file, and the config as far as it could be read (values
+    /// that had an error hold placeholders), so `check` can go on to the rule files.
+    pub fn load_all(path: &Path) -> (Option<Config>, Vec<Diagnostic>) {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::parse_all(path, &bytes),
+            Err(e) => (
+                None,
+                vec![Diagnostic::at(
+                    path,
+                    crate::diag::Position { line: 1, col: 1 },
+                    format!("cannot read config: {e}"),
+                )],
+            ),
+        }
+    }
+
+    fn parse_all(path: &Path, bytes: &[u8]) -> (Option<Config>, Vec<Diagnostic>) {
+        let root = match crate::yaml::parse(bytes) {
+            Ok(root) => root,
+            Err(e) => return (None, vec![Diagnostic::at(path, e.at, e.message)]),
+        };
+        let (config, found) = crate::yaml::de::collect::<Config>(&root);
+        let mut problems: Vec<Diagnostic> = found
+            .iter()
+            .map(|f| Diagnostic::at(path, f.at, &f.message))
+            .collect();
+        let Some(mut config) = config else {
+            return (None, problems);
+        };
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        let problems = config.validate(path, text);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
+        // Lines that already had an error hold placeholders, and an item with an error
+        // inside lacks what was written wrong: checks of those would repeat the error.
+        let lines: HashSet<usize> = problems.iter().map(|d| d.line).collect();
+        let ids: HashSet<usize> = found.iter().map(|f| f.node).collect();
+        let items: HashSet<usize> = root.enclosing(&ids).into_iter().map(|p| p.line).collect();
+        let text = String::from_utf8_lossy(bytes);
+        problems.extend(
+            config
+                .validate(path, &text)
+                .into_iter()
+                .filter(|d| !lines.contains(&d.line) && !items.contains(&d.line)),
+        );
+        (Some(config), problems)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -390,25 +423,6 @@ impl Config {
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name)
     }
-}
-
-/// serde_yaml places errors inside internally tagged enums (receivers) near the enclosing
-/// item; point an unknown field at its first use from there to the next top-level key.
-fn refine_unknown_field(d: &mut Diagnostic, text: &str) {
-    let Some(field) = d
-        .message
-        .split("unknown field `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-    else {
-        return;
-    };
-    let at = crate::diag::Position {
-        line: d.line,
-        col: 1,
-    };
-    let found = YamlLocator::new(text).key_in_block(at, field);
-    (d.line, d.col) = (found.line, found.col);
 }
 
 /// `path` made absolute against `base` with `.` and `..` removed lexically, so logs, metrics

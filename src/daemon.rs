@@ -84,6 +84,7 @@ async fn serve(
     let termination =
         Termination::install().map_err(|e| RunError::Io(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
+    metrics.preset(&config, &rules);
     let health = Arc::new(Health::default());
     metrics.rules_loaded.set(rules.rules.len() as i64);
     health.rules.store(true, Ordering::Relaxed);

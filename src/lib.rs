@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -27,4 +28,6 @@ pub mod rules;
 pub mod silences;
 pub mod sources;
 pub mod store;
+pub mod token;
 pub mod tools;
+pub mod yaml;

@@ -237,6 +237,13 @@ impl Metrics {
         registry
             .register(Box::new(build_info.clone()))
             .expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -266,6 +273,51 @@ impl Metrics {
             rule_reload_failures,
             rule_keys_evicted,
             store_errors,
+        }
+    }
+
+    /// Gives every documented series of this config and rule set its zero, so a dashboard
+    /// shows 0 from the start instead of "no data" until the first event.
+    pub fn preset(&self, config: &crate::config::Config, rules: &crate::rules::RuleSet) {
+        for source in &config.sources {
+            self.lines_read.with_label_values(&[&source.name]);
+        }
+        for receiver in &config.receivers {
+            for outcome in ["delivered", "retried", "dead"] {
+                self.notifications
+                    .with_label_values(&[receiver.name(), outcome]);
+            }
+            self.outbox_pending.with_label_values(&[receiver.name()]);
+        }
+        for severity in crate::rules::Severity::ALL {
+            for drill in ["false", "true"] {
+                for kpi in [
+                    &self.time_to_detect,
+                    &self.time_to_acknowledge,
+                    &self.time_to_contain,
+                    &self.time_to_resolve,
+                ] {
+                    kpi.with_label_values(&[severity.as_str(), drill]);
+                }
+            }
+        }
+        self.preset_rules(rules);
+    }
+
+    /// The zero series of each rule: its matches, and its incidents at each severity it can
+    /// open with (called again after a reload for the new rules).
+    pub fn preset_rules(&self, rules: &crate::rules::RuleSet) {
+        use crate::rules::SeveritySpec;
+        for rule in &rules.rules {
+            self.rule_matches.with_label_values(&[rule.id()]);
+            let severities: Vec<crate::rules::Severity> = match &rule.def.severity {
+                SeveritySpec::Fixed(s) => vec![*s],
+                SeveritySpec::Tiers(tiers) => tiers.keys().copied().collect(),
+            };
+            for severity in severities {
+                self.incidents_opened
+                    .with_label_values(&[rule.id(), severity.as_str()]);
+            }
         }
     }
 

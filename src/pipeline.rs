@@ -27,7 +27,7 @@ const BATCHES_PER_COMMIT: usize = 64;
 /// Most lines folded into one store commit. A commit holds the store's write lock while it
 /// applies, and readers (the API) wait for it: under a burst that opens thousands of
 /// incidents, smaller commits keep every wait short, at the price of more flushes.
-const LINES_PER_COMMIT: usize = 4096;
+const LINES_PER_COMMIT: usize = 2048;
 /// How often idle window state is expired and the watchdog is fed.
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
@@ -155,6 +155,7 @@ impl Pipeline {
                     self.step_at(Vec::new(), Some(Utc::now())).await;
                 }
                 reload = next_reload(&mut reloads) => {
+                    self.metrics.preset_rules(&reload.rules);
                     let change = self.detector.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
@@ -311,7 +312,17 @@ impl Pipeline {
     async fn command(&mut self, command: Command) {
         let mut batch = store::Batch::new();
         let mut opened = Vec::new();
+        // Only the pipeline knows the rules a silence must be able to match.
+        let refused = match &command.request {
+            Request::CreateSilence(new) => {
+                crate::silences::check_matchers(&new.matchers, self.detector.rules()).err()
+            }
+            _ => None,
+        };
         let result = match command.request {
+            _ if refused.is_some() => Err(crate::lifecycle::Refusal::Invalid(
+                refused.unwrap_or_default(),
+            )),
             Request::Drill { rule } => {
                 self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
             }

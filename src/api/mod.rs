@@ -146,6 +146,7 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents/{id}/note", post(lifecycle::note))
         .route("/incidents/{id}/review", post(lifecycle::review))
         .route("/incidents/{id}/approve", post(lifecycle::approve))
+        .route("/incidents/{id}/resolve", post(lifecycle::resolve))
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
@@ -337,6 +338,21 @@ async fn list_incidents(
     Query(filter): Query<IncidentFilter>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
+    let states = crate::incidents::State::ALL.map(|k| k.as_str());
+    let severities = crate::rules::Severity::ALL.map(|k| k.as_str());
+    for (what, value, known) in [
+        ("state", &filter.state, &states[..]),
+        ("severity", &filter.severity, &severities[..]),
+    ] {
+        if let Some(value) = value.as_deref()
+            && !known.contains(&value)
+        {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown {what} {value:?}; one of: {}", known.join(", ")),
+            ));
+        }
+    }
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(error(

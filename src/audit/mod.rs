@@ -135,6 +135,8 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         },
         "incident.noted" | "incident.refused" => vec!["CC7.4"],
         "incident.reviewed" => vec!["CC7.5"],
+        // Through containment and recovery to closed in one step.
+        "incident.resolved" => vec!["CC7.4", "CC7.5"],
         "incident.approved" => vec!["CC2.3"],
         e if e.starts_with("notification.") => vec!["CC7.4"],
         e if e.starts_with("silence.") => vec!["CC7.3"],

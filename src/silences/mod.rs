@@ -31,6 +31,49 @@ pub struct Matchers {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Refuses matchers that can never match under these rules: a rule id that does not exist,
+/// or a key field that is not in the `group_by` of the rule (or of any rule), naming the
+/// known ones.
+pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(), String> {
+    let scope: Vec<&crate::rules::Rule> = match &m.rule {
+        Some(id) => match rules.rule(id) {
+            Some(rule) => vec![rule.as_ref()],
+            None => {
+                let known: Vec<&str> = rules.rules.iter().map(|r| r.id()).collect();
+                let hint = crate::yaml::de::did_you_mean(id, known.iter().copied())
+                    .map_or(String::new(), |k| format!("did you mean {k:?}? "));
+                return Err(format!(
+                    "no rule {id:?}, so the silence could never match; {hint}known rules: {}",
+                    known.join(", ")
+                ));
+            }
+        },
+        None => rules.rules.iter().map(|r| r.as_ref()).collect(),
+    };
+    let fields: std::collections::BTreeSet<&str> = scope
+        .iter()
+        .flat_map(|r| r.def.group_by.iter().map(String::as_str))
+        .collect();
+    for name in m.key.keys() {
+        if !fields.contains(name.as_str()) {
+            let whose = m
+                .rule
+                .as_deref()
+                .map_or("any rule".to_string(), |r| format!("rule {r:?}"));
+            let known: Vec<&str> = fields.iter().copied().collect();
+            return Err(format!(
+                "key field {name:?} is not in the group_by of {whose}, so the silence could never match; key fields: {}",
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Matchers {
     /// Whether the incident is covered.
     pub fn matches(&self, incident: &Incident) -> bool {
