@@ -201,9 +201,9 @@ impl Incident {
         format!("{number:020}").into_bytes()
     }
 
-    /// The number in an `INC-<n>` id.
+    /// The number in an `INC-<n>` id; `None` for any other spelling (see [`crate::ids`]).
     pub fn number(id: &str) -> Option<u64> {
-        id.strip_prefix("INC-")?.parse().ok()
+        crate::ids::incident_number(id)
     }
 
     fn push_event(&mut self, at: DateTime<Utc>, event: &str, note: String) {
@@ -388,7 +388,7 @@ impl IncidentBook {
             let first_seen = evidence.iter().map(|e| e.time).min().unwrap_or(hit.time);
             let last_seen = evidence.iter().map(|e| e.time).max().unwrap_or(hit.time);
             let mut incident = Incident {
-                id: format!("INC-{number}"),
+                id: crate::ids::incident_id(number),
                 rule: rule.id().to_string(),
                 severity: rule.def.severity.for_count(count),
                 category: rule.def.category.clone(),

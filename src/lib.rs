@@ -15,6 +15,7 @@ pub mod diag;
 pub mod drill;
 pub mod duration;
 pub mod escalation;
+pub mod ids;
 pub mod incidents;
 pub mod lifecycle;
 pub mod metrics;

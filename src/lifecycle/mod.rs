@@ -689,6 +689,9 @@ impl Desk {
     ) -> Result<Done, Refusal> {
         let missing = || Refusal::NotFound(format!("no incident {id}"));
         let number = Incident::number(id).ok_or_else(missing)?;
+        // Book, trackers, audit and notifications all see the one canonical spelling.
+        let canonical = crate::ids::incident_id(number);
+        let id = canonical.as_str();
         let was_active = book.active(id).is_some();
         let mut incident = match book.active(id) {
             Some(i) => i.clone(),

@@ -89,7 +89,7 @@ impl Silence {
     }
 
     fn number(id: &str) -> Option<u64> {
-        id.strip_prefix("SIL-")?.parse().ok()
+        crate::ids::number(crate::ids::SILENCE, id)
     }
 
     /// The silence as the API shows it: with its `state`.

