@@ -128,7 +128,10 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     .map_err(|e| RunError::Io(e.to_string()))?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    let pipeline = pipeline.with_reloads(reload_rx).with_commands(command_rx);
+    let pipeline = pipeline
+        .with_reloads(reload_rx)
+        .with_commands(command_rx)
+        .with_line_time(config.line_time);
     let reloader = Reloader {
         paths: config.rules.clone(),
         ctx: rule_context(&config),

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub lines_truncated: IntCounterVec,
     /// Lines whose own time could not be read (arrival time used), by source.
     pub lines_without_time: IntCounterVec,
+    /// Lines dated too far ahead of the wall clock (evaluated at arrival), by source.
+    pub lines_future: IntCounterVec,
+    /// Lines dated too far behind the wall clock (evaluated at arrival), by source.
+    pub lines_ancient: IntCounterVec,
     /// Files that were rotated away (renamed or deleted) while tailed, by source.
     pub file_rotations: IntCounterVec,
     /// Files found shorter than the read offset (copytruncate), by source.
@@ -97,6 +101,16 @@ impl Metrics {
         let lines_without_time = counter(
             "logwarden_lines_without_timestamp_total",
             "Log lines whose own time could not be read; arrival time was used.",
+            &["source"],
+        );
+        let lines_future = counter(
+            "logwarden_lines_future_total",
+            "Log lines dated further ahead of the wall clock than line_time.max_ahead; evaluated at arrival.",
+            &["source"],
+        );
+        let lines_ancient = counter(
+            "logwarden_lines_ancient_total",
+            "Log lines dated further behind the wall clock than line_time.max_behind; evaluated at arrival.",
             &["source"],
         );
         let file_rotations = counter(
@@ -232,6 +246,8 @@ impl Metrics {
             bytes_read,
             lines_truncated,
             lines_without_time,
+            lines_future,
+            lines_ancient,
             file_rotations,
             file_truncations,
             files_watched,

@@ -72,3 +72,69 @@ fn an_id_in_any_other_spelling_is_404_and_changes_nothing() {
     assert!(named.is_empty(), "audit records name aliases: {named:?}");
     d.stop();
 }
+
+const SSH_RULES: &str = r#"
+rules:
+  - id: ssh-bruteforce
+    match: 'sshd\[\d+\]: Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+) port \d+'
+    group_by: [ip]
+    threshold: {count: 5, within: 1m}
+    severity: moderate
+"#;
+
+/// An RFC 5424 sshd failure from `ip` dated `at`.
+fn rfc5424_failure(at: chrono::DateTime<chrono::Utc>, ip: &str) -> String {
+    format!(
+        "<38>1 {} web1 sshd 811 - - Failed password for invalid user admin from {ip} port 40001 ssh2",
+        at.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+    )
+}
+
+#[test]
+fn lines_from_the_future_are_counted_and_a_slow_attack_after_them_is_still_detected() {
+    let s = Setup::new();
+    s.write("rules/ssh.yaml", SSH_RULES);
+    let udp_port = free_port();
+    s.config(&format!(
+        "sources:\n  - name: net\n    syslog: {{udp: '127.0.0.1:{udp_port}'}}\n"
+    ));
+    let d = s.start();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |line: String| {
+        udp.send_to(line.as_bytes(), ("127.0.0.1", udp_port))
+            .unwrap();
+    };
+    // Unauthenticated datagrams: one from 2099, one from a host whose clock is 10 min fast.
+    let y2099 = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    send(rfc5424_failure(y2099, "198.51.100.1"));
+    send(rfc5424_failure(
+        chrono::Utc::now() + chrono::Duration::minutes(10),
+        "198.51.100.2",
+    ));
+    wait_for("both future lines counted", WAIT, || {
+        (metric(s.port, "logwarden_lines_future_total{source=\"net\"}") == 2.0).then_some(())
+    });
+    // A slow attack: five failures 1.5 s apart (each gap spans the pipeline's once-a-second
+    // expiry), dated as they are sent.
+    for i in 0..5 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        send(rfc5424_failure(chrono::Utc::now(), "203.0.113.9"));
+    }
+    let incident = wait_for("the slow attack's incident", WAIT, || {
+        d.incidents()
+            .into_iter()
+            .find(|i| i["key"]["ip"] == "203.0.113.9")
+    });
+    assert_eq!(incident["count"], 5);
+    assert!(
+        d.incidents()
+            .iter()
+            .all(|i| i["key"]["ip"] == "203.0.113.9"),
+        "the future lines opened nothing"
+    );
+    d.stop();
+}
