@@ -85,10 +85,10 @@ mod tests {
     fn times_beyond_the_bounds_are_replaced_by_the_arrival() {
         let bounds = LineTimeBounds::default();
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
-        let min = chrono::Duration::minutes(1);
-        assert_eq!(bounds.judge(now + 5 * min, now), Judged::Trusted(now + 5 * min));
-        assert_eq!(bounds.judge(now - 30 * min, now), Judged::Trusted(now - 30 * min));
-        assert_eq!(bounds.judge(now + 6 * min, now), Judged::Future(now));
+        let min = |n: i64| chrono::Duration::minutes(n);
+        assert_eq!(bounds.judge(now + min(5), now), Judged::Trusted(now + min(5)));
+        assert_eq!(bounds.judge(now - min(30), now), Judged::Trusted(now - min(30)));
+        assert_eq!(bounds.judge(now + min(6), now), Judged::Future(now));
         let y2099 = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
         assert_eq!(bounds.judge(y2099, now), Judged::Future(now));
         let epoch = Utc.timestamp_opt(0, 0).unwrap();
