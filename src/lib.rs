@@ -26,4 +26,5 @@ pub mod rules;
 pub mod silences;
 pub mod sources;
 pub mod store;
+pub mod supervise;
 pub mod tools;

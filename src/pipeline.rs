@@ -193,6 +193,7 @@ impl Pipeline {
         let mut matched: HashMap<String, u64> = HashMap::new();
         for batch in batches {
             for line in &batch.lines {
+                crate::supervise::test_panic_point("pipeline", &line.bytes);
                 let format = self.formats.get(line.source.as_ref());
                 let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
                 if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {

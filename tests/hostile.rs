@@ -138,3 +138,81 @@ fn lines_from_the_future_are_counted_and_a_slow_attack_after_them_is_still_detec
     );
     d.stop();
 }
+
+#[test]
+fn an_overflowing_silence_is_400_from_the_api_and_the_cli_and_detection_goes_on() {
+    let s = marker_setup("");
+    let d = s.start();
+    for body in [
+        r#"{"matchers": {"rule": "marker"}, "duration": "100000000d", "reason": "x"}"#,
+        r#"{"matchers": {"rule": "marker"}, "duration": "99999999999999999999ms", "reason": "x"}"#,
+        r#"{"matchers": {"rule": "marker"}, "starts_at": "+262000-01-01T00:00:00Z", "duration": "1h", "reason": "x"}"#,
+        r#"{"matchers": {"rule": "marker"}, "ends_at": "+262000-01-01T00:00:00Z", "reason": "x"}"#,
+        r#"{"matchers": {"rule": "marker"}, "starts_at": "-262000-01-01T00:00:00Z", "duration": "1h", "reason": "x"}"#,
+    ] {
+        let r = post(&d, "/api/v1/silences", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    let url = format!("http://127.0.0.1:{}", d.port);
+    for args in [
+        &["--duration", "100000000d"][..],
+        &["--until", "+262000-01-01T00:00:00Z"][..],
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["silences", "add", "--rule", "marker", "--reason", "x"])
+            .args(args)
+            .env("LOGWARDEN_URL", &url)
+            .env("LOGWARDEN_TOKEN", &d.token)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Nothing was silenced and nothing died: a match still opens an incident, the daemon
+    // is ready and stops cleanly.
+    s.append("app.log", &["MARKER 7".to_string()]);
+    d.wait_incident("marker", WAIT);
+    assert_eq!(http("GET", d.port, "/readyz", None, None).unwrap().status, 200);
+    let silences = d.get("/api/v1/silences").json();
+    assert_eq!(silences.as_array().unwrap().len(), 0, "{silences}");
+    d.stop();
+}
+
+#[test]
+fn a_panic_in_a_vital_task_makes_readyz_503_and_the_daemon_exit_non_zero() {
+    for (task, trigger) in [("pipeline", "MARKER 666"), ("delivery", "MARKER 667")] {
+        let s = marker_setup(
+            "receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
+             roles:\n  analysts: {receivers: [console]}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+        );
+        let spec = format!("{task}:{trigger}");
+        let mut d = s.start_with_env(&[("LOGWARDEN_TEST_PANIC", &spec)]);
+        s.append("app.log", &[trigger.to_string()]);
+        // Until it exits, /readyz must not say ready; it answers 503 with the reason.
+        let mut saw_503 = false;
+        let status = wait_for(&format!("the daemon to exit after the {task} panic"), WAIT, || {
+            if let Ok(r) = http("GET", d.port, "/readyz", None, None) {
+                if r.status == 503 {
+                    assert!(r.body.contains(task), "{}", r.body);
+                    saw_503 = true;
+                }
+            }
+            d.child.try_wait().unwrap()
+        });
+        assert!(!status.success(), "{task}: exited with {status}:\n{}", d.log());
+        assert!(
+            d.log().contains(&format!("reason=the {task}"))
+                && d.log().contains("task panicked"),
+            "{task}: {}",
+            d.log()
+        );
+        // The window between the panic and the exit is short but observable: the drain of
+        // the remaining tasks takes time.
+        assert!(saw_503, "{task}: /readyz never answered 503:\n{}", d.log());
+    }
+}

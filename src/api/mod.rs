@@ -35,11 +35,16 @@ pub struct Health {
     pub rules: AtomicBool,
     /// The latest rule problem, shown by `/readyz`.
     pub rules_problem: Mutex<Option<String>>,
+    /// Why the daemon is going down (a vital task failed, or shutdown was asked for).
+    pub down: Mutex<Option<String>>,
 }
 
 impl Health {
     /// `None` when ready, else why not.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(why) = self.down_reason() {
+            return Some(why);
+        }
         if !self.rules.load(Ordering::Relaxed) {
             let problem = self.rules_problem.lock().expect("health lock").clone();
             return Some(problem.unwrap_or_else(|| "rules not loaded".into()));
@@ -51,6 +56,21 @@ impl Health {
             return Some("sources not scanned yet".into());
         }
         None
+    }
+}
+
+impl Health {
+    /// Marks the daemon as going down, for this reason (the first reason stays).
+    pub fn set_down(&self, why: &str) {
+        self.down
+            .lock()
+            .expect("health lock")
+            .get_or_insert_with(|| why.to_string());
+    }
+
+    /// Why the daemon is going down, if it is.
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.lock().expect("health lock").clone()
     }
 }
 

@@ -156,6 +156,7 @@ pub fn spawn(
     config: &Config,
     metrics: Arc<Metrics>,
     drain: Duration,
+    vitals: &crate::supervise::Vitals,
 ) -> Result<DeliveryHandle, String> {
     let (stop, stop_rx) = watch::channel(false);
     let known = Arc::new(Mutex::new(HashSet::new()));
@@ -167,7 +168,12 @@ pub fn spawn(
         metrics.dead_letters.with_label_values(&[&name]).set(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let lane = Lane::new(receiver, outbox.clone(), metrics.clone(), known.clone())?;
-        tasks.spawn(lane.run(rx, stop_rx.clone(), drain));
+        let guard = vitals.guard(&format!("delivery lane {name}"));
+        let run = lane.run(rx, stop_rx.clone(), drain);
+        tasks.spawn(async move {
+            let _guard = guard;
+            run.await
+        });
         lanes.insert(name, tx);
     }
     let dispatcher = Dispatcher {
@@ -176,7 +182,9 @@ pub fn spawn(
         known,
         metrics,
     };
+    let guard = vitals.guard("delivery");
     let task = tokio::spawn(async move {
+        let _guard = guard;
         dispatcher.run(stop_rx).await;
         while tasks.join_next().await.is_some() {}
     });
@@ -370,6 +378,7 @@ impl Lane {
             tokio::select! {
                 record = rx.recv() => match record {
                     Some(record) => {
+                        crate::supervise::test_panic_point("delivery", record.body.as_bytes());
                         self.waiting.insert(record.id, Waiting { record, due: Instant::now() });
                     }
                     None => open = false,
