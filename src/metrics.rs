@@ -67,7 +67,7 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     /// Rule reloads refused because a rule file was broken (the old rules kept running).
     pub rule_reload_failures: IntCounter,
-    /// Keys dropped (least recently used) because a rule reached its `max_keys`, by rule.
+    /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
     pub rule_keys_evicted: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
@@ -218,7 +218,7 @@ impl Metrics {
             .expect("unique metric");
         let rule_keys_evicted = counter(
             "logwarden_rule_keys_evicted_total",
-            "Keys dropped, least recently used first, because a rule reached its max_keys.",
+            "Keys dropped because a rule reached its max_keys: those with the fewest matches first, least recently used among equals.",
             &["rule"],
         );
         let store_errors = IntCounter::new(

@@ -216,3 +216,58 @@ fn a_panic_in_a_vital_task_makes_readyz_503_and_the_daemon_exit_non_zero() {
         assert!(saw_503, "{task}: /readyz never answered 503:\n{}", d.log());
     }
 }
+
+/// Peak resident set of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn an_attacker_among_200k_one_time_addresses_is_still_detected_with_bounded_memory() {
+    let s = Setup::new();
+    s.write("rules/ssh.yaml", SSH_RULES);
+    // Four failures, then 200,000 one-time addresses (twice the default key bound), then
+    // the fifth: all within the rule's minute by the lines' own times.
+    let start = chrono::Utc::now() - chrono::Duration::minutes(2);
+    let line = |i: u32, ip: &str| {
+        let at = start + chrono::Duration::microseconds(i64::from(i) * 250);
+        format!(
+            "{} web1 sshd[811]: Failed password for invalid user admin from {ip} port 4000 ssh2",
+            at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        )
+    };
+    let attacker = "203.0.113.66";
+    let mut lines = Vec::with_capacity(200_010);
+    for i in 0..4 {
+        lines.push(line(i, attacker));
+    }
+    for i in 0..200_000u32 {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        lines.push(line(4 + i, &ip));
+    }
+    lines.push(line(200_004, attacker));
+    s.append("auth.log", &lines);
+    s.config(
+        "sources:\n  - {name: auth, paths: [auth.log], start_at: beginning, timestamp: rfc3339}\n",
+    );
+    let d = s.start();
+    let incident = wait_for("the attacker's incident", Duration::from_secs(180), || {
+        d.incidents().into_iter().find(|i| i["key"]["ip"] == attacker)
+    });
+    assert_eq!(incident["count"], 5);
+    let evicted = metric(
+        s.port,
+        "logwarden_rule_keys_evicted_total{rule=\"ssh-bruteforce\"}",
+    );
+    assert!(evicted >= 100_000.0, "evictions counted: {evicted}");
+    let rss = peak_rss(d.child.id());
+    eprintln!("peak RSS after 200k one-time keys: {} MiB", rss >> 20);
+    assert!(rss < 512 << 20, "peak RSS {} MiB", rss >> 20);
+    d.stop();
+}

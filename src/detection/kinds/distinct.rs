@@ -12,6 +12,10 @@ pub struct Distinct {
 }
 
 impl Distinct {
+    pub(super) fn held(&self) -> usize {
+        self.values.len()
+    }
+
     pub(super) fn observe(
         &mut self,
         event: Event<'_>,

@@ -48,6 +48,21 @@ pub enum Observed {
     Resumed,
 }
 
+/// How far a key is towards firing: matches held in its window (threshold, spike's current
+/// window), distinct values, or matches over all sequence steps. Absence keys say 0: any
+/// of them may fire, by silence. Eviction takes the lowest first.
+impl crate::detection::keys::Progress for KeyState {
+    fn progress(&self) -> usize {
+        match self {
+            KeyState::Threshold(s) => s.held(),
+            KeyState::Spike(s) => s.held(),
+            KeyState::Absence(_) => 0,
+            KeyState::Sequence(s) => s.held(),
+            KeyState::Distinct(s) => s.held(),
+        }
+    }
+}
+
 /// The state of one rule and key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "state", rename_all = "snake_case")]

@@ -40,6 +40,13 @@ impl Sequence {
         }
     }
 
+    pub(super) fn held(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.recent.len() + usize::from(s.done.is_some()))
+            .sum()
+    }
+
     pub(super) fn steps(&self) -> usize {
         self.steps.len()
     }
