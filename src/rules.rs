@@ -30,7 +30,7 @@ const REGEX_SIZE_LIMIT: usize = 8 << 20;
 const REGEX_DFA_LIMIT: usize = 8 << 20;
 /// Keys a rule tracks at most unless it sets `max_keys`: a flood of spoofed addresses must
 /// not exhaust memory.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
+pub const DEFAULT_MAX_KEYS: usize = 40_000;
 /// Template evaluation budget, so a summary template cannot loop the daemon.
 const TEMPLATE_FUEL: u64 = 50_000;
 

@@ -69,10 +69,10 @@ impl crate::detection::keys::Progress for KeyState {
 pub enum KeyState {
     /// See [`Threshold`].
     Threshold(Threshold),
-    /// See [`Spike`].
-    Spike(Spike),
+    /// See [`Spike`] (boxed: the larger states would widen every key's entry).
+    Spike(Box<Spike>),
     /// See [`Absence`].
-    Absence(Absence),
+    Absence(Box<Absence>),
     /// See [`Sequence`].
     Sequence(Sequence),
     /// See [`Distinct`].
@@ -84,8 +84,8 @@ impl KeyState {
     pub fn new(kind: &RuleKind, now_ms: i64) -> Self {
         match kind {
             RuleKind::Threshold { .. } => KeyState::Threshold(Threshold::default()),
-            RuleKind::Spike { .. } => KeyState::Spike(Spike::default()),
-            RuleKind::Absence { .. } => KeyState::Absence(Absence::new(now_ms)),
+            RuleKind::Spike { .. } => KeyState::Spike(Box::default()),
+            RuleKind::Absence { .. } => KeyState::Absence(Box::new(Absence::new(now_ms))),
             RuleKind::Sequence { counts, .. } => KeyState::Sequence(Sequence::new(counts.len())),
             RuleKind::Distinct { .. } => KeyState::Distinct(Distinct::default()),
         }
