@@ -243,9 +243,20 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         outbox,
         commands: command_tx,
         audit,
+        refusals: Default::default(),
+    });
+    let refusals = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            refusals.record_due_refusals();
+        }
     });
     let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app = api::router(state.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_http_rx.changed().await;
     });
     let guard = vitals.guard("HTTP server");
@@ -305,6 +316,11 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     delivery.stop(NOTIFY_DRAIN).await;
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    // The refusals of the last minute are recorded, not lost with the process.
+    let last = state.refusals.due(chrono::Utc::now() + chrono::Duration::minutes(1));
+    if !last.is_empty() {
+        state.audit.record(&last);
+    }
     store
         .flush()
         .await

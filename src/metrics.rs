@@ -69,6 +69,8 @@ pub struct Metrics {
     pub rule_reload_failures: IntCounter,
     /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
     pub rule_keys_evicted: IntCounterVec,
+    /// API calls refused (401 or 403), by status.
+    pub api_refused: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
 }
@@ -221,6 +223,11 @@ impl Metrics {
             "Keys dropped because a rule reached its max_keys: those with the fewest matches first, least recently used among equals.",
             &["rule"],
         );
+        let api_refused = counter(
+            "logwarden_api_refused_total",
+            "API calls refused for a missing or unknown token (401) or too small a role (403).",
+            &["status"],
+        );
         let store_errors = IntCounter::new(
             "logwarden_store_errors_total",
             "Store commits that failed and were retried.",
@@ -266,6 +273,7 @@ impl Metrics {
             rules_loaded,
             rule_reload_failures,
             rule_keys_evicted,
+            api_refused,
             store_errors,
         }
     }

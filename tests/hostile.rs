@@ -271,3 +271,57 @@ fn an_attacker_among_200k_one_time_addresses_is_still_detected_with_bounded_memo
     assert!(rss < 512 << 20, "peak RSS {} MiB", rss >> 20);
     d.stop();
 }
+
+/// Apparent size of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_thousand_refused_requests_with_long_paths_grow_the_state_by_less_than_a_megabyte() {
+    let s = marker_setup("");
+    let d = s.start();
+    let before = dir_bytes(&s.path("state"));
+    let path = format!("/api/v1/incidents/{}", "A".repeat(10_000));
+    for i in 0..1000 {
+        let token = (i % 2 == 0).then_some("wrong-token");
+        let r = http("GET", d.port, &path, token, None).unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert_eq!(
+        metric(d.port, "logwarden_api_refused_total{status=\"401\"}"),
+        1000.0
+    );
+    d.stop();
+    let grown = dir_bytes(&s.path("state")).saturating_sub(before);
+    assert!(grown < 1 << 20, "the state grew by {grown} bytes");
+    let export = std::process::Command::new(bin())
+        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
+        .arg(s.path("state"))
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &Value| r["event"] == "api.denied")
+        .collect();
+    // One record per minute the flood spanned (usually one, two across a minute's end).
+    assert!((1..=3).contains(&records.len()), "{records:#?}");
+    let counted: u64 = records
+        .iter()
+        .map(|r| r["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 1000);
+    assert!(records.iter().all(|r| r.to_string().len() < 2000));
+}
