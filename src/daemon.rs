@@ -254,8 +254,8 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
         }
     });
     let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let app = api::router(state.clone())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app =
+        api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_http_rx.changed().await;
     });
@@ -317,7 +317,9 @@ async fn serve(config: Config, rules: Arc<RuleSet>, store: Store) -> Result<(), 
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
     // The refusals of the last minute are recorded, not lost with the process.
-    let last = state.refusals.due(chrono::Utc::now() + chrono::Duration::minutes(1));
+    let last = state
+        .refusals
+        .due(chrono::Utc::now() + chrono::Duration::minutes(1));
     if !last.is_empty() {
         state.audit.record(&last);
     }

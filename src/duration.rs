@@ -20,12 +20,12 @@ impl HumanDuration {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h or d)"))?;
         let (digits, unit) = text.split_at(split);
-        let value: u64 = digits.parse().map_err(|e: std::num::ParseIntError| {
-            match e.kind() {
+        let value: u64 = digits
+            .parse()
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
                 std::num::IntErrorKind::PosOverflow => format!("duration {text:?} is too large"),
                 _ => format!("duration {text:?} must start with a whole number"),
-            }
-        })?;
+            })?;
         let millis_per = match unit {
             "ms" => 1,
             "s" => 1_000,

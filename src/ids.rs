@@ -44,8 +44,20 @@ mod tests {
         assert_eq!(incident_number("INC-4711"), Some(4711));
         assert_eq!(incident_id(4711), "INC-4711");
         for alias in [
-            "INC-01", "INC-+1", "INC--1", "inc-1", "Inc-1", "INC-1 ", " INC-1", "INC-", "INC-0",
-            "INC-1a", "INC-١", "INC-99999999999999999999", "INC-1\n", "INC_1",
+            "INC-01",
+            "INC-+1",
+            "INC--1",
+            "inc-1",
+            "Inc-1",
+            "INC-1 ",
+            " INC-1",
+            "INC-",
+            "INC-0",
+            "INC-1a",
+            "INC-١",
+            "INC-99999999999999999999",
+            "INC-1\n",
+            "INC_1",
         ] {
             assert_eq!(incident_number(alias), None, "{alias:?} must name nothing");
         }

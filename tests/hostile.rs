@@ -47,7 +47,9 @@ fn an_id_in_any_other_spelling_is_404_and_changes_nothing() {
     s.append("app.log", &["MARKER 1".to_string()]);
     let incident = d.wait_incident("marker", WAIT);
     assert_eq!(incident["id"], "INC-1");
-    for alias in ["INC-01", "INC-+1", "inc-1", "INC-1%20", "INC-%2B1", "INC-0001"] {
+    for alias in [
+        "INC-01", "INC-+1", "inc-1", "INC-1%20", "INC-%2B1", "INC-0001",
+    ] {
         let r = post(&d, &format!("/api/v1/incidents/{alias}/ack"), "");
         assert_eq!(r.status, 404, "ack of {alias}: {}", r.body);
         let r = d.get(&format!("/api/v1/incidents/{alias}"));
@@ -64,7 +66,10 @@ fn an_id_in_any_other_spelling_is_404_and_changes_nothing() {
     // The canonical spelling works exactly once.
     assert_eq!(post(&d, "/api/v1/incidents/INC-1/ack", "").status, 200);
     assert_eq!(post(&d, "/api/v1/incidents/INC-1/ack", "").status, 409);
-    assert_eq!(d.get("/api/v1/incidents/INC-1").json()["state"], "acknowledged");
+    assert_eq!(
+        d.get("/api/v1/incidents/INC-1").json()["state"],
+        "acknowledged"
+    );
     let named: Vec<Value> = audit_records(&d)
         .into_iter()
         .filter(|r| r["incident"].as_str().is_some_and(|i| i != "INC-1"))
@@ -176,7 +181,10 @@ fn an_overflowing_silence_is_400_from_the_api_and_the_cli_and_detection_goes_on(
     // is ready and stops cleanly.
     s.append("app.log", &["MARKER 7".to_string()]);
     d.wait_incident("marker", WAIT);
-    assert_eq!(http("GET", d.port, "/readyz", None, None).unwrap().status, 200);
+    assert_eq!(
+        http("GET", d.port, "/readyz", None, None).unwrap().status,
+        200
+    );
     let silences = d.get("/api/v1/silences").json();
     assert_eq!(silences.as_array().unwrap().len(), 0, "{silences}");
     d.stop();
@@ -195,19 +203,26 @@ fn a_panic_in_a_vital_task_makes_readyz_503_and_the_daemon_exit_non_zero() {
         s.append("app.log", &[trigger.to_string()]);
         // Until it exits, /readyz must not say ready; it answers 503 with the reason.
         let mut saw_503 = false;
-        let status = wait_for(&format!("the daemon to exit after the {task} panic"), WAIT, || {
-            if let Ok(r) = http("GET", d.port, "/readyz", None, None) {
-                if r.status == 503 {
+        let status = wait_for(
+            &format!("the daemon to exit after the {task} panic"),
+            WAIT,
+            || {
+                if let Ok(r) = http("GET", d.port, "/readyz", None, None)
+                    && r.status == 503
+                {
                     assert!(r.body.contains(task), "{}", r.body);
                     saw_503 = true;
                 }
-            }
-            d.child.try_wait().unwrap()
-        });
-        assert!(!status.success(), "{task}: exited with {status}:\n{}", d.log());
+                d.child.try_wait().unwrap()
+            },
+        );
         assert!(
-            d.log().contains(&format!("reason=the {task}"))
-                && d.log().contains("task panicked"),
+            !status.success(),
+            "{task}: exited with {status}:\n{}",
+            d.log()
+        );
+        assert!(
+            d.log().contains(&format!("reason=the {task}")) && d.log().contains("task panicked"),
             "{task}: {}",
             d.log()
         );
@@ -258,7 +273,9 @@ fn an_attacker_among_200k_one_time_addresses_is_still_detected_with_bounded_memo
     );
     let d = s.start();
     let incident = wait_for("the attacker's incident", Duration::from_secs(180), || {
-        d.incidents().into_iter().find(|i| i["key"]["ip"] == attacker)
+        d.incidents()
+            .into_iter()
+            .find(|i| i["key"]["ip"] == attacker)
     });
     assert_eq!(incident["count"], 5);
     let evicted = metric(

@@ -1039,13 +1039,15 @@ fn each_role_may_do_what_it_may_and_every_refusal_is_audited() {
         .sum();
     assert_eq!(counted, denied as u64, "{refusals:#?}");
     assert!(refusals.iter().all(|r| r["controls"] == json!(["CC6.1"])));
-    assert!(refusals.iter().any(|r| r["actor"] == "resp"
-        && r["details"]["calls"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("POST /api/v1/incidents/INC-1/approve"))
-        && r["details"]["status"] == 403
-        && r["details"]["client"] == "127.0.0.1"));
+    assert!(refusals.iter().any(|r| {
+        r["actor"] == "resp"
+            && r["details"]["calls"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("POST /api/v1/incidents/INC-1/approve"))
+            && r["details"]["status"] == 403
+            && r["details"]["client"] == "127.0.0.1"
+    }));
 }
 
 #[test]

@@ -378,7 +378,12 @@ mod tests {
             b"Basic abc",
             b" Bearer abc",
         ] {
-            assert_eq!(bearer_token(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                bearer_token(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secrex"));

@@ -121,12 +121,25 @@ mod tests {
         let r = Refusals::default();
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
         let long = format!("GET /api/v1/{}", "x".repeat(60_000));
-        assert!(r.refuse("10.0.0.1", "-", &long, 401, "unknown token", t0).is_empty());
+        assert!(
+            r.refuse("10.0.0.1", "-", &long, 401, "unknown token", t0)
+                .is_empty()
+        );
         for s in 1..59 {
             let at = t0 + chrono::Duration::seconds(s);
-            assert!(r.refuse("10.0.0.1", "-", &long, 401, "unknown token", at).is_empty());
+            assert!(
+                r.refuse("10.0.0.1", "-", &long, 401, "unknown token", at)
+                    .is_empty()
+            );
         }
-        r.refuse("10.0.0.2", "ci", "GET /api/v1/silences", 403, "role too small", t0);
+        r.refuse(
+            "10.0.0.2",
+            "ci",
+            "GET /api/v1/silences",
+            403,
+            "role too small",
+            t0,
+        );
         assert!(r.due(t0 + chrono::Duration::seconds(59)).is_empty());
         let records = r.due(t0 + chrono::Duration::seconds(60));
         assert_eq!(records.len(), 2);

@@ -250,7 +250,11 @@ mod tests {
         for n in 1..(EVICT_FRACTION as u32 * 40) {
             touch(&mut t, n, || 1u32);
         }
-        assert_eq!(t.get(&key(0)), Some(&4), "the oldest key survived the flood");
+        assert_eq!(
+            t.get(&key(0)),
+            Some(&4),
+            "the oldest key survived the flood"
+        );
         assert_eq!(t.len(), EVICT_FRACTION * 4);
     }
 

@@ -86,8 +86,14 @@ mod tests {
         let bounds = LineTimeBounds::default();
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
         let min = |n: i64| chrono::Duration::minutes(n);
-        assert_eq!(bounds.judge(now + min(5), now), Judged::Trusted(now + min(5)));
-        assert_eq!(bounds.judge(now - min(30), now), Judged::Trusted(now - min(30)));
+        assert_eq!(
+            bounds.judge(now + min(5), now),
+            Judged::Trusted(now + min(5))
+        );
+        assert_eq!(
+            bounds.judge(now - min(30), now),
+            Judged::Trusted(now - min(30))
+        );
         assert_eq!(bounds.judge(now + min(6), now), Judged::Future(now));
         let y2099 = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
         assert_eq!(bounds.judge(y2099, now), Judged::Future(now));
@@ -98,6 +104,9 @@ mod tests {
             Judged::Ancient(now),
             "the earliest representable time does not overflow"
         );
-        assert_eq!(bounds.judge(DateTime::<Utc>::MAX_UTC, now), Judged::Future(now));
+        assert_eq!(
+            bounds.judge(DateTime::<Utc>::MAX_UTC, now),
+            Judged::Future(now)
+        );
     }
 }

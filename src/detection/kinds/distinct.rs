@@ -10,25 +10,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distinct {
     #[serde(with = "as_map")]
-    values: Vec<(String, (i64, Evidence))>,
+    values: Vec<Seen>,
 }
+
+/// A value, with the time and line it was last seen at.
+type Seen = (String, (i64, Evidence));
 
 /// `values` stored as `{value: [time, evidence]}`.
 mod as_map {
-    use super::Evidence;
+    use super::{Evidence, Seen};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::collections::BTreeMap;
 
-    pub fn serialize<S: Serializer>(
-        values: &[(String, (i64, Evidence))],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(values: &[Seen], s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(values.iter().map(|(k, v)| (k, v)))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(String, (i64, Evidence))>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seen>, D::Error> {
         Ok(BTreeMap::<String, (i64, Evidence)>::deserialize(d)?
             .into_iter()
             .collect())
@@ -71,11 +69,10 @@ impl Distinct {
             return Observed::Counted;
         }
         let distinct = self.values.len() as u64;
-        let mut seen: Vec<(i64, Evidence)> =
-            std::mem::take(&mut self.values)
-                .into_iter()
-                .map(|(_, seen)| seen)
-                .collect();
+        let mut seen: Vec<(i64, Evidence)> = std::mem::take(&mut self.values)
+            .into_iter()
+            .map(|(_, seen)| seen)
+            .collect();
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
