@@ -78,15 +78,6 @@ fn an_id_in_any_other_spelling_is_404_and_changes_nothing() {
     d.stop();
 }
 
-const SSH_RULES: &str = r#"
-rules:
-  - id: ssh-bruteforce
-    match: 'sshd\[\d+\]: Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+) port \d+'
-    group_by: [ip]
-    threshold: {count: 5, within: 1m}
-    severity: moderate
-"#;
-
 /// An RFC 5424 sshd failure from `ip` dated `at`.
 fn rfc5424_failure(at: chrono::DateTime<chrono::Utc>, ip: &str) -> String {
     format!(
@@ -326,14 +317,8 @@ fn a_thousand_refused_requests_with_long_paths_grow_the_state_by_less_than_a_meg
     d.stop();
     let grown = dir_bytes(&s.path("state")).saturating_sub(before);
     assert!(grown < 1 << 20, "the state grew by {grown} bytes");
-    let export = std::process::Command::new(bin())
-        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
-        .arg(s.path("state"))
-        .output()
-        .unwrap();
-    let records: Vec<Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    let records: Vec<Value> = audit_export(&s.path("state"))
+        .into_iter()
         .filter(|r: &Value| r["event"] == "api.denied")
         .collect();
     // One record per minute the flood spanned (usually one, two across a minute's end).

@@ -1020,15 +1020,7 @@ fn each_role_may_do_what_it_may_and_every_refusal_is_audited() {
     // Refusals are recorded per client, actor, status and minute; stopping records the
     // last minute's.
     d.stop();
-    let export = ok(&Command::new(bin())
-        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
-        .arg(s.path("state"))
-        .output()
-        .unwrap());
-    let records: Vec<Value> = export
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = audit_export(&s.path("state"));
     let refusals: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "api.denied")
