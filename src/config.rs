@@ -54,6 +54,9 @@ pub struct Config {
     /// Who is notified for an incident, and when, by policy name.
     #[serde(default)]
     pub escalation_policies: BTreeMap<String, PolicyConfig>,
+    /// How far lines' own times are trusted (ahead of and behind the wall clock).
+    #[serde(default)]
+    pub line_time: crate::sources::line_time::LineTimeBounds,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub lines_truncated: IntCounterVec,
     /// Lines whose own time could not be read (arrival time used), by source.
     pub lines_without_time: IntCounterVec,
+    /// Lines dated too far ahead of the wall clock (evaluated at arrival), by source.
+    pub lines_future: IntCounterVec,
+    /// Lines dated too far behind the wall clock (evaluated at arrival), by source.
+    pub lines_ancient: IntCounterVec,
     /// Files that were rotated away (renamed or deleted) while tailed, by source.
     pub file_rotations: IntCounterVec,
     /// Files found shorter than the read offset (copytruncate), by source.
@@ -66,8 +70,10 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     /// Rule reloads refused because a rule file was broken (the old rules kept running).
     pub rule_reload_failures: IntCounter,
-    /// Keys dropped (least recently used) because a rule reached its `max_keys`, by rule.
+    /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
     pub rule_keys_evicted: IntCounterVec,
+    /// API calls refused (401 or 403), by status.
+    pub api_refused: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
 }
@@ -100,6 +106,16 @@ impl Metrics {
         let lines_without_time = counter(
             "logwarden_lines_without_timestamp_total",
             "Log lines whose own time could not be read; arrival time was used.",
+            &["source"],
+        );
+        let lines_future = counter(
+            "logwarden_lines_future_total",
+            "Log lines dated further ahead of the wall clock than line_time.max_ahead; evaluated at arrival.",
+            &["source"],
+        );
+        let lines_ancient = counter(
+            "logwarden_lines_ancient_total",
+            "Log lines dated further behind the wall clock than line_time.max_behind; evaluated at arrival.",
             &["source"],
         );
         let file_rotations = counter(
@@ -218,8 +234,13 @@ impl Metrics {
             .expect("unique metric");
         let rule_keys_evicted = counter(
             "logwarden_rule_keys_evicted_total",
-            "Keys dropped, least recently used first, because a rule reached its max_keys.",
+            "Keys dropped because a rule reached its max_keys: those with the fewest matches first, least recently used among equals.",
             &["rule"],
+        );
+        let api_refused = counter(
+            "logwarden_api_refused_total",
+            "API calls refused for a missing or unknown token (401) or too small a role (403).",
+            &["status"],
         );
         let store_errors = IntCounter::new(
             "logwarden_store_errors_total",
@@ -253,6 +274,8 @@ impl Metrics {
             bytes_read,
             lines_truncated,
             lines_without_time,
+            lines_future,
+            lines_ancient,
             file_rotations,
             file_truncations,
             files_watched,
@@ -272,6 +295,7 @@ impl Metrics {
             rules_loaded,
             rule_reload_failures,
             rule_keys_evicted,
+            api_refused,
             store_errors,
         }
     }

@@ -12,6 +12,7 @@ use crate::lifecycle::{Command, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
+use crate::sources::line_time::{Judged, LineTimeBounds};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
 use crate::store::{self, Space, Store, StoreError};
@@ -63,6 +64,7 @@ pub struct Pipeline {
     /// Escalation, silences and the audit log.
     pub desk: Desk,
     watermark: Option<DateTime<Utc>>,
+    line_time: LineTimeBounds,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
 }
@@ -102,6 +104,7 @@ impl Pipeline {
             heartbeat,
             desk,
             watermark: None,
+            line_time: LineTimeBounds::default(),
             reloads: None,
             commands: None,
         };
@@ -112,6 +115,13 @@ impl Pipeline {
     /// Rule sets sent here are swapped in between batches (hot reload).
     pub fn with_reloads(mut self, reloads: mpsc::Receiver<Reload>) -> Self {
         self.reloads = Some(reloads);
+        self
+    }
+
+    /// Lines dated beyond these bounds are evaluated at their arrival (default: the
+    /// defaults of `line_time:`).
+    pub fn with_line_time(mut self, bounds: LineTimeBounds) -> Self {
+        self.line_time = bounds;
         self
     }
 
@@ -148,8 +158,10 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {
                     (self.heartbeat)();
-                    if let Some(now) = self.watermark {
-                        self.detector.expire(now);
+                    // Never past the wall clock: a line dated ahead (within the trusted
+                    // skew) must not expire the windows of lines dated now.
+                    if let Some(seen) = self.watermark {
+                        self.detector.expire(seen.min(Utc::now()));
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
                     self.step_at(Vec::new(), Some(Utc::now())).await;
@@ -193,6 +205,7 @@ impl Pipeline {
         for batch in batches {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
+                crate::supervise::test_panic_point("pipeline", &line.bytes);
                 let format = self.formats.get(line.source.as_ref());
                 let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
                 if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
@@ -201,7 +214,20 @@ impl Pipeline {
                         .with_label_values(&[&line.source])
                         .inc();
                 }
-                let time = parsed.unwrap_or(line.arrival);
+                let time = match parsed.map(|t| self.line_time.judge(t, line.arrival)) {
+                    None => line.arrival,
+                    Some(judged) => {
+                        let distrusted = match judged {
+                            Judged::Trusted(_) => None,
+                            Judged::Future(_) => Some(&self.metrics.lines_future),
+                            Judged::Ancient(_) => Some(&self.metrics.lines_ancient),
+                        };
+                        if let Some(counter) = distrusted {
+                            counter.with_label_values(&[&line.source]).inc();
+                        }
+                        judged.time()
+                    }
+                };
                 latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);

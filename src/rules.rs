@@ -31,7 +31,7 @@ const REGEX_SIZE_LIMIT: usize = 8 << 20;
 const REGEX_DFA_LIMIT: usize = 8 << 20;
 /// Keys a rule tracks at most unless it sets `max_keys`: a flood of spoofed addresses must
 /// not exhaust memory.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
+pub const DEFAULT_MAX_KEYS: usize = 40_000;
 /// What a summary template may use besides the rule's named captures (the incident's
 /// context, see `incidents::summary_context`).
 pub const SUMMARY_VARIABLES: [&str; 4] = ["count", "rule", "severity", "key"];

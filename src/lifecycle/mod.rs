@@ -806,7 +806,8 @@ impl Desk {
         // `id` is what the caller named the incident by: its id or its uid.
         let missing = || Refusal::NotFound(format!("no incident {id}"));
         let number = Incident::handle_number(id).ok_or_else(missing)?;
-        let local = format!("INC-{number}");
+        // Book, trackers, audit and notifications all see the one canonical spelling.
+        let local = crate::ids::incident_id(number);
         let was_active = book.active(&local).is_some();
         let mut incident = match book.active(&local) {
             Some(i) => i.clone(),

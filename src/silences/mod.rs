@@ -132,7 +132,7 @@ impl Silence {
     }
 
     fn number(id: &str) -> Option<u64> {
-        id.strip_prefix("SIL-")?.parse().ok()
+        crate::ids::number(crate::ids::SILENCE, id)
     }
 
     /// The silence as the API shows it: with its `state`.
@@ -160,6 +160,14 @@ pub struct NewSilence {
     pub starts_at: Option<DateTime<Utc>>,
     /// Why.
     pub reason: String,
+}
+
+/// Farthest a silence may start or end from now, either way: a silence for ever is a rule
+/// deleted without review, and times near the calendar's end overflow arithmetic.
+const MAX_REACH_DAYS: i64 = 3660;
+
+fn max_reach() -> chrono::Duration {
+    chrono::Duration::days(MAX_REACH_DAYS)
 }
 
 /// The silences not yet expired, owned by the pipeline thread (the only writer).
@@ -209,9 +217,18 @@ impl Silences {
         let starts_at = new.starts_at.unwrap_or(now);
         let ends_at = match (new.ends_at, new.duration) {
             (Some(end), None) => end,
-            (None, Some(d)) => starts_at + chrono::Duration::milliseconds(d.millis()),
+            (None, Some(d)) => starts_at
+                .checked_add_signed(chrono::Duration::milliseconds(d.millis()))
+                .ok_or("duration is too large")?,
             _ => return Err("give exactly one of ends_at and duration".into()),
         };
+        for (name, at) in [("starts_at", starts_at), ("ends_at", ends_at)] {
+            if (at - now).abs() > max_reach() {
+                return Err(format!(
+                    "{name} {at} is more than {MAX_REACH_DAYS} days from now"
+                ));
+            }
+        }
         if ends_at <= starts_at.max(now) {
             return Err("ends_at must be in the future and after starts_at".into());
         }

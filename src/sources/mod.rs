@@ -6,6 +6,7 @@
 
 pub mod discover;
 pub mod file;
+pub mod line_time;
 pub mod lines;
 pub mod stdin;
 pub mod syslog;
