@@ -89,6 +89,7 @@ fn read_log(log: &std::path::Path, mut each: impl FnMut(&LogLine, DateTime<Utc>)
             offset,
             bytes,
             arrival,
+            time: None,
         };
         offset += len;
         let time = format.parse(&line.bytes, arrival).unwrap_or(arrival);

@@ -103,12 +103,18 @@ pub fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
-    let loaded = Config::load(path)
-        .and_then(|config| RuleSet::load(&config.rules, &daemon::rule_context(&config)));
-    let (errors, warnings) = match &loaded {
+    let config = Config::load(path);
+    let loaded = config
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|config| RuleSet::load(&config.rules, &daemon::rule_context(config)));
+    let (errors, mut warnings) = match &loaded {
         Ok(rules) => (Vec::new(), rules.warnings.clone()),
         Err(problems) => (problems.clone(), Vec::new()),
     };
+    if let Ok(config) = &config {
+        warnings.extend(crate::sources::journal::unreadable(config));
+    }
     if format == CheckFormat::Json {
         let rules = loaded.as_ref().ok();
         let report = serde_json::json!({

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub file_truncations: IntCounterVec,
     /// Files currently tracked, by source.
     pub files_watched: IntGaugeVec,
+    /// Times a journal source's saved position was gone (vacuumed or rotated away) and
+    /// reading resumed at the next entry, by source.
+    pub journal_gaps: IntCounterVec,
+    /// Times a journal source's `journalctl` ended and was restarted, by source.
+    pub journal_restarts: IntCounterVec,
     /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
     pub syslog_frames_dropped: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
@@ -112,6 +117,16 @@ impl Metrics {
         let files_watched = gauge(
             "logwarden_files_watched",
             "Files currently tailed.",
+            &["source"],
+        );
+        let journal_gaps = counter(
+            "logwarden_journal_gaps_total",
+            "Journal positions found gone (vacuumed or rotated away); reading resumed at the next entry.",
+            &["source"],
+        );
+        let journal_restarts = counter(
+            "logwarden_journal_restarts_total",
+            "Times a journal source's journalctl ended and was started again.",
             &["source"],
         );
         let syslog_frames_dropped = counter(
@@ -235,6 +250,8 @@ impl Metrics {
             file_rotations,
             file_truncations,
             files_watched,
+            journal_gaps,
+            journal_restarts,
             syslog_frames_dropped,
             rule_matches,
             incidents_opened,

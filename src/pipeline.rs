@@ -1,14 +1,16 @@
 //! The pipeline step: evaluate a batch of lines, store what it caused (incident changes and
-//! the notifications they call for) together with the window state and file checkpoints in
-//! one atomic commit, make it durable, then wake the delivery worker.
+//! the notifications they call for) together with the window state, file checkpoints and
+//! journal cursors (and the audit record of a journal gap) in one atomic commit, make it
+//! durable, then wake the delivery worker.
 //!
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
+use crate::audit::Entry;
 use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
-use crate::lifecycle::{Command, Desk, Measure, Request};
+use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
@@ -181,15 +183,10 @@ impl Pipeline {
         let mut matched: HashMap<String, u64> = HashMap::new();
         for batch in batches {
             for line in &batch.lines {
-                let format = self.formats.get(line.source.as_ref());
-                let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
-                if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
-                    self.metrics
-                        .lines_without_time
-                        .with_label_values(&[&line.source])
-                        .inc();
-                }
-                let time = parsed.unwrap_or(line.arrival);
+                let time = match line.time {
+                    Some(time) => time,
+                    None => self.line_time(line),
+                };
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);
                 for hit in hits.drain(..) {
@@ -213,6 +210,22 @@ impl Pipeline {
                 ),
                 Some(Progress::Done(id)) => {
                     commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
+                }
+                Some(Progress::Journal { position, gap }) => {
+                    if let Some(gap) = gap {
+                        self.desk.note(Entry::new(
+                            "source.journal_gap",
+                            DAEMON,
+                            None,
+                            serde_json::json!({"source": position.source, "gap": gap}),
+                        ));
+                    }
+                    put(
+                        &mut commit,
+                        Space::JournalCursors,
+                        position.source.as_bytes(),
+                        &position,
+                    );
                 }
                 None => {}
             }
@@ -269,6 +282,19 @@ impl Pipeline {
             self.outbox.wake();
         }
         self.after_commit(events).await;
+    }
+
+    /// A line's own time read by its source's format, else its arrival (counted).
+    fn line_time(&self, line: &crate::sources::LogLine) -> DateTime<Utc> {
+        let format = self.formats.get(line.source.as_ref());
+        let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
+        if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
+            self.metrics
+                .lines_without_time
+                .with_label_values(&[&line.source])
+                .inc();
+        }
+        parsed.unwrap_or(line.arrival)
     }
 
     /// Carries out a lifecycle or silence change: stored with its notifications and audit

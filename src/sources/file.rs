@@ -450,6 +450,7 @@ impl FileTailer {
                         offset,
                         bytes,
                         arrival: Utc::now(),
+                        time: None,
                     })
                     .into_iter()
                     .collect();
@@ -873,6 +874,7 @@ fn read_file(
                 offset: line.offset,
                 bytes: line.bytes.to_vec(),
                 arrival,
+                time: None,
             });
         });
     }

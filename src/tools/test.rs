@@ -462,6 +462,7 @@ fn run_case(
             offset: n as u64,
             bytes: case.lines[n].text.as_bytes().to_vec(),
             arrival: time,
+            time: None,
         };
         evaluation.observe(&line, time);
     }
