@@ -209,8 +209,8 @@ enum Start {
     Tail,
     /// At a saved entry, inclusive: it is dropped when it comes first, else it is gone.
     Cursor { cursor: String, realtime_usec: u64 },
-    /// By time, after journalctl refused a saved cursor; the gap is recorded with the first
-    /// entry read.
+    /// By time (`--since`, inclusive), after journalctl refused a saved cursor; the gap is
+    /// recorded with the first entry read.
     Since { realtime_usec: u64, gap: JournalGap },
 }
 
@@ -639,8 +639,10 @@ impl Reading<'_> {
                     reason: format!("journalctl refused the saved cursor: {last_error}"),
                 };
                 self.source.count_gap(&gap);
+                // The saved entry itself was read: start just after its time (an entry
+                // logged in the same microsecond after it is taken as read too).
                 Start::Since {
-                    realtime_usec: *realtime_usec,
+                    realtime_usec: realtime_usec.saturating_add(1),
                     gap,
                 }
             }
