@@ -586,3 +586,42 @@ fn an_unreadable_journal_is_a_check_warning_and_named_by_readyz() {
     assert!(child.0.wait().unwrap().success());
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn the_shipped_production_config_reads_the_journal_and_passes_check() {
+    if peer("journalctl", "systemd").is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("config/production.yaml")).unwrap();
+    assert!(shipped.contains("    journal: {}"), "{shipped}");
+    // As installed: the rule packs where the config expects them.
+    let s = Setup::new();
+    let text = shipped
+        .replace(
+            "/etc/logwarden/rules",
+            &root.join("rules").to_string_lossy(),
+        )
+        .replace("/var/lib/logwarden", &s.path("state").to_string_lossy());
+    let config = s.write("logwarden.yaml", &text);
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("ok: "), "{stdout}");
+    // Where the journal cannot be read (no journal files, no permission) check says so.
+    let readable = Command::new("journalctl")
+        .args(["--lines=1", "--no-pager"])
+        .output()
+        .unwrap();
+    let readable = readable.status.success()
+        && !String::from_utf8_lossy(&readable.stderr).contains("No journal files");
+    assert_eq!(
+        stdout.contains("source \"journal\": the journal cannot be read"),
+        !readable,
+        "{stdout}"
+    );
+}

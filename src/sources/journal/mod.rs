@@ -75,12 +75,21 @@ impl Selection {
         cmd
     }
 
-    /// Where a reader of this selection is told to look.
-    fn describe(&self) -> String {
+    /// The `path` of this selection's lines (and their evidence).
+    fn path(&self) -> String {
         match (&self.config.directory, &self.config.namespace) {
             (Some(dir), _) => format!("journal:{}", dir.display()),
             (None, Some(ns)) => format!("journal:{ns}"),
             (None, None) => "journal".to_string(),
+        }
+    }
+
+    /// This selection's journal, in words.
+    fn describe(&self) -> String {
+        match (&self.config.directory, &self.config.namespace) {
+            (Some(dir), _) => format!("the journal directory {}", dir.display()),
+            (None, Some(ns)) => format!("the journal namespace {ns}"),
+            (None, None) => "the system journal".to_string(),
         }
     }
 }
@@ -111,7 +120,7 @@ pub fn probe(selection: &Selection) -> Result<(), String> {
     }
     if stderr.contains("No journal files were found") {
         return Err(format!(
-            "no journal files found in {} (journald not storing, or Storage=none)",
+            "no journal files found in {} (not written yet, or journald has Storage=none)",
             selection.describe()
         ));
     }
@@ -465,7 +474,7 @@ impl JournalSource {
         if !self.control.adopt(child) {
             return end;
         }
-        tracing::info!(source = %self.name, journal = %self.selection.describe(), start = ?start, "following the journal");
+        tracing::info!(source = %self.name, journal = %self.selection.path(), start = ?start, "following the journal");
         let last_error = Arc::new(Mutex::new(String::new()));
         let logger = spawn_stderr_logger(self.name.clone(), stderr, last_error.clone());
         let mut reading = Reading {
@@ -476,7 +485,7 @@ impl JournalSource {
             delivered: false,
             position: None,
             gap: None,
-            path: Arc::from(self.selection.describe()),
+            path: Arc::from(self.selection.path()),
         };
         let result = reading.read_all(stdout);
         end.delivered = reading.delivered;
