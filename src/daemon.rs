@@ -305,10 +305,8 @@ fn start_journals(
         let control = Arc::new(journal::Control::default());
         let ready = Arc::new(AtomicBool::new(false));
         let reader = journal::JournalSource::new(
-            &source.name,
+            source,
             settings,
-            source.start_at,
-            source.max_line_bytes,
             positions.remove(&source.name),
             tx.clone(),
             metrics.clone(),

@@ -134,8 +134,12 @@ impl Journal {
     }
 }
 
-/// A setup with the shipped rule packs, a journal directory `journal/`, and a webhook.
-fn setup(journal: &str, receiver: &Receiver) -> Setup {
+/// A setup with the shipped rule packs, a journal source `auth` reading the journal
+/// directory `journal/` with these `journal:` settings, and a webhook; `None` (skipped)
+/// without the journal tools.
+fn setup(journal: &str) -> Option<(Receiver, Setup, Journal)> {
+    let remote = journal_tools()?;
+    let receiver = Receiver::start();
     let s = Setup::new();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     std::fs::create_dir_all(s.path("rules")).unwrap();
@@ -150,7 +154,8 @@ fn setup(journal: &str, receiver: &Receiver) -> Setup {
          escalation_policies:\n  default:\n    - notify: [analysts]\n",
         receiver.url("/hook")
     ));
-    s
+    let journal = Journal::new(s.path("journal"), remote);
+    Some((receiver, s, journal))
 }
 
 /// How many failures the brute-force incident of `ip` has counted (0: none open).
@@ -179,6 +184,16 @@ fn wait_count(d: &Daemon, ip: &str, n: u64) {
     );
 }
 
+/// Lines this daemon process has read, and gaps it has found: exact.
+fn assert_totals(d: &Daemon, lines: u32, gap_count: u32) {
+    assert_eq!(
+        (lines_read(d), gaps(d)),
+        (f64::from(lines), f64::from(gap_count)),
+        "(lines read, gaps):\n{}",
+        d.log()
+    );
+}
+
 fn lines_read(d: &Daemon) -> f64 {
     metric(d.port, "logwarden_lines_read_total{source=\"auth\"}")
 }
@@ -203,12 +218,9 @@ fn journalctls_reading(dir: &Path) -> usize {
 
 #[test]
 fn a_backlog_is_read_from_the_beginning_and_new_entries_reach_the_webhook_within_two_seconds() {
-    let Some(remote) = journal_tools() else {
+    let Some((receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("system.journal", &failures("198.51.100.1", 7));
     let d = s.start();
     wait_count(&d, "198.51.100.1", 7);
@@ -253,24 +265,21 @@ fn a_backlog_is_read_from_the_beginning_and_new_entries_reach_the_webhook_within
         },
     );
     let latency = (hook.at - written).to_std().unwrap_or_default();
+    eprintln!("journal entry written -> webhook received: {latency:?}");
     assert!(
         latency < Duration::from_secs(2),
         "webhook after {latency:?}"
     );
     wait_count(&d, "198.51.100.2", 5);
-    assert_eq!(lines_read(&d), 12.0);
-    assert_eq!(gaps(&d), 0.0);
+    assert_totals(&d, 12, 0);
     d.stop();
 }
 
 #[test]
 fn entries_written_while_killed_are_read_exactly_once_after_restart() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("system.journal", &failures("203.0.113.1", 5));
     let d = s.start();
     wait_count(&d, "203.0.113.1", 5);
@@ -290,8 +299,7 @@ fn entries_written_while_killed_are_read_exactly_once_after_restart() {
     wait_count(&d, "203.0.113.2", 6);
     wait_count(&d, "203.0.113.1", 9);
     // Only what was written while down was read: the saved entry was not read again.
-    assert_eq!(lines_read(&d), 10.0);
-    assert_eq!(gaps(&d), 0.0);
+    assert_totals(&d, 10, 0);
 
     // Killed again right after new entries were read: whatever was read but not stored is
     // read again, whatever was stored is not.
@@ -310,12 +318,9 @@ fn entries_written_while_killed_are_read_exactly_once_after_restart() {
 
 #[test]
 fn a_new_journal_file_is_followed_and_a_deleted_one_is_let_go() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("system.journal", &failures("192.0.2.10", 5));
     let d = s.start();
     wait_count(&d, "192.0.2.10", 5);
@@ -326,19 +331,15 @@ fn a_new_journal_file_is_followed_and_a_deleted_one_is_let_go() {
     j.remove("system.journal");
     j.write("system@rotated.journal", &failures("192.0.2.11", 1));
     wait_count(&d, "192.0.2.11", 6);
-    assert_eq!(lines_read(&d), 11.0);
-    assert_eq!(gaps(&d), 0.0);
+    assert_totals(&d, 11, 0);
     d.stop();
 }
 
 #[test]
 fn the_saved_entry_vacuumed_while_down_is_a_counted_gap_and_the_rest_is_read() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("old.journal", &failures("192.0.2.20", 5));
     let d = s.start();
     wait_count(&d, "192.0.2.20", 5);
@@ -349,8 +350,7 @@ fn the_saved_entry_vacuumed_while_down_is_a_counted_gap_and_the_rest_is_read() {
     let d = s.start();
     // Every remaining entry is read, the first one included (--after-cursor would skip it).
     wait_count(&d, "192.0.2.21", 5);
-    assert_eq!(lines_read(&d), 5.0);
-    assert_eq!(gaps(&d), 1.0);
+    assert_totals(&d, 5, 1);
     let audit = d.get("/api/v1/audit");
     assert_eq!(audit.status, 200);
     let gap_records: Vec<serde_json::Value> = audit
@@ -374,12 +374,9 @@ fn the_saved_entry_vacuumed_while_down_is_a_counted_gap_and_the_rest_is_read() {
 
 #[test]
 fn a_cursor_journalctl_refuses_is_a_counted_gap_and_reading_resumes_after_its_time() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("system.journal", &failures("192.0.2.25", 5));
     let d = s.start();
     wait_count(&d, "192.0.2.25", 5);
@@ -410,22 +407,17 @@ fn a_cursor_journalctl_refuses_is_a_counted_gap_and_reading_resumes_after_its_ti
         5,
         "the saved entry was read again"
     );
-    assert_eq!(lines_read(&d), 5.0);
-    assert_eq!(gaps(&d), 1.0);
+    assert_totals(&d, 5, 1);
     d.stop();
 }
 
 #[test]
 fn matches_leave_out_entries_of_other_identifiers() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) =
+        setup("{directory: journal, matches: [SYSLOG_IDENTIFIER=sshd]}")
+    else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup(
-        "{directory: journal, matches: [SYSLOG_IDENTIFIER=sshd]}",
-        &receiver,
-    );
-    let mut j = Journal::new(s.path("journal"), remote);
     // The shipped rule counts sshd-session lines too: only the match keeps them out.
     let other = |ip: &str| {
         (0..5)
@@ -459,12 +451,9 @@ fn matches_leave_out_entries_of_other_identifiers() {
 
 #[test]
 fn non_utf8_and_ten_kilobyte_messages_are_read_whole() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
-    let mut j = Journal::new(s.path("journal"), remote);
     let user = "u".repeat(10_000);
     let mut entries = Vec::new();
     for i in 0..5 {
@@ -505,17 +494,14 @@ fn non_utf8_and_ten_kilobyte_messages_are_read_whole() {
 
 #[test]
 fn start_at_end_skips_the_backlog_once_and_keeps_its_place_across_restarts() {
-    let Some(remote) = journal_tools() else {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
         return;
     };
-    let receiver = Receiver::start();
-    let s = setup("{directory: journal}", &receiver);
     let config = std::fs::read_to_string(s.path("logwarden.yaml")).unwrap();
     s.write(
         "logwarden.yaml",
         &config.replace("start_at: beginning", "start_at: end"),
     );
-    let mut j = Journal::new(s.path("journal"), remote);
     j.write("system.journal", &failures("192.0.2.50", 6));
     let d = s.start();
     j.write("system.journal", &failures("192.0.2.51", 5));

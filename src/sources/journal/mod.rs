@@ -20,7 +20,7 @@ pub mod export;
 
 use super::{Batch, JournalGap, JournalPosition, LogLine, Progress};
 use crate::api::Health;
-use crate::config::{JournalConfig, StartAt};
+use crate::config::{JournalConfig, SourceConfig, StartAt};
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
@@ -192,10 +192,17 @@ impl Control {
         true
     }
 
-    /// Takes back the child once its output has ended, and reaps it.
+    /// Takes back the child once reading has ended, ends it if it still runs (reading can
+    /// stop on unreadable output or a closed pipeline), and reaps it.
     fn reap(&self) -> Option<std::process::ExitStatus> {
         let child = self.state.lock().expect("journal control").child.take();
-        child.and_then(|mut c| c.wait().ok())
+        child.and_then(|mut c| match c.try_wait() {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                let _ = c.kill();
+                c.wait().ok()
+            }
+        })
     }
 
     /// Waits `wait` unless stopped first; `false` when stopped.
@@ -249,27 +256,26 @@ pub struct JournalSource {
 }
 
 impl JournalSource {
-    /// A source resuming from `saved` (its stored position), stopped through `control`.
-    #[allow(clippy::too_many_arguments)]
+    /// The journal source `source` (whose `journal` settings are `journal`), resuming from
+    /// `saved` (its stored position), stopped through `control`.
     pub fn new(
-        name: &str,
-        config: &JournalConfig,
-        start_at: StartAt,
-        max_line_bytes: usize,
+        source: &SourceConfig,
+        journal: &JournalConfig,
         saved: Option<JournalPosition>,
         tx: mpsc::Sender<Batch>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         control: Arc<Control>,
     ) -> Self {
+        let name = source.name.as_str();
         // Present at 0, so a gap shows as a change rather than a new series.
         metrics.journal_gaps.with_label_values(&[name]);
         metrics.lines_read.with_label_values(&[name]);
         JournalSource {
             name: Arc::from(name),
-            selection: Selection::new(config),
-            start_at,
-            max_line_bytes: max_line_bytes.max(1),
+            selection: Selection::new(journal),
+            start_at: source.start_at,
+            max_line_bytes: source.max_line_bytes.max(1),
             saved,
             tx,
             metrics,
@@ -693,9 +699,11 @@ fn spawn_stderr_logger(
         .ok()
 }
 
-/// Makes the child end with the daemon: a SIGKILLed daemon must not leave a journalctl
-/// behind waiting for entries.
+/// Makes the child end with the daemon, and only through it: a SIGKILLed daemon must not
+/// leave a journalctl behind waiting for entries, and a Ctrl-C in a terminal goes to the
+/// daemon alone, which then stops its children after the entries already read.
 fn die_with_parent(cmd: &mut Command) {
+    cmd.process_group(0);
     let parent = std::process::id();
     // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid) are made.
     unsafe {
