@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 /// The program run; found on `PATH`.
 const JOURNALCTL: &str = "journalctl";
 /// Most lines in one batch.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 /// First wait before restarting a journalctl that ended.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between restarts.
@@ -526,7 +526,9 @@ struct Reading<'a> {
 }
 
 impl Reading<'_> {
-    fn read_all(&mut self, stdout: impl Read) -> Result<(), Closed> {
+    fn read_all(&mut self, stdout: std::process::ChildStdout) -> Result<(), Closed> {
+        use std::os::fd::AsRawFd;
+        let fd = stdout.as_raw_fd();
         let mut reader = ExportReader::new(stdout, self.source.max_line_bytes);
         loop {
             match reader.next_entry() {
@@ -537,7 +539,9 @@ impl Reading<'_> {
                     break;
                 }
             }
-            if self.lines.len() >= MAX_BATCH || !reader.has_buffered() {
+            // A batch goes as soon as journalctl has nothing more to say right now (live
+            // entries wait for nothing), or when full (a backlog goes in large batches).
+            if self.lines.len() >= MAX_BATCH || (!reader.has_buffered() && !readable(fd)) {
                 self.flush()?;
             }
         }
@@ -664,6 +668,17 @@ impl Reading<'_> {
             other => other.clone(),
         }
     }
+}
+
+/// Whether reading `fd` would return at once (data waiting, or its end).
+fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
 }
 
 fn usec_time(usec: u64) -> Option<DateTime<Utc>> {
