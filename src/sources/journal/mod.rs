@@ -94,9 +94,28 @@ impl Selection {
     }
 }
 
-/// Whether the journal of a selection can be read: `Err` with what to do about it. Used by
-/// `check` and by the source before each start (shown by `/readyz`).
-pub fn probe(selection: &Selection) -> Result<(), String> {
+/// Why a journal cannot be read, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// What is wrong and what to do.
+    pub reason: String,
+    /// There are no journal files at all (yet): an empty journal, not a refused one.
+    pub no_files: bool,
+}
+
+/// Whether the journal of a selection can be read. Used by `check` and by the source
+/// before each start (shown by `/readyz`).
+pub fn probe(selection: &Selection) -> Result<(), Unreadable> {
+    probe_reason(selection).map_err(|reason| Unreadable {
+        no_files: reason.starts_with(NO_FILES),
+        reason,
+    })
+}
+
+/// How a missing-journal reason starts.
+const NO_FILES: &str = "no journal files found";
+
+fn probe_reason(selection: &Selection) -> Result<(), String> {
     let out = selection
         .command(&["--lines=1".into(), "--output=short".into()])
         .stdout(Stdio::null())
@@ -120,7 +139,7 @@ pub fn probe(selection: &Selection) -> Result<(), String> {
     }
     if stderr.contains("No journal files were found") {
         return Err(format!(
-            "no journal files found in {} (not written yet, or journald has Storage=none)",
+            "{NO_FILES} in {} (not written yet, or journald has Storage=none)",
             selection.describe()
         ));
     }
@@ -143,8 +162,8 @@ pub fn unreadable(config: &crate::config::Config) -> Vec<Diagnostic> {
                 &config.path,
                 loc.key_in_block(loc.item("sources", i), "journal"),
                 format!(
-                    "source {:?}: the journal cannot be read: {problem}",
-                    source.name
+                    "source {:?}: the journal cannot be read: {}",
+                    source.name, problem.reason
                 ),
             ))
         })
@@ -306,25 +325,33 @@ impl JournalSource {
     pub fn run(self, ready: Arc<AtomicBool>) {
         let mut start = self.first_start();
         let mut backoff = MIN_BACKOFF;
-        let mut reported: Option<String> = None;
+        let mut reported: Option<Unreadable> = None;
         while !self.control.stopped() {
             let problem = probe(&self.selection).err();
             if problem != reported {
                 match &problem {
                     Some(p) => {
-                        tracing::warn!(source = %self.name, problem = %p, "journal cannot be read")
+                        tracing::warn!(source = %self.name, problem = %p.reason, "journal cannot be read")
                     }
                     None if reported.is_some() => {
                         tracing::info!(source = %self.name, "journal readable again")
                     }
                     None => {}
                 }
-                self.health.source_problem(&self.name, problem.clone());
-                reported = problem;
+                let reason = problem.as_ref().map(|p| p.reason.clone());
+                self.health.source_problem(&self.name, reason);
+                reported = problem.clone();
             }
             ready.store(true, Ordering::Relaxed);
             if start == Start::Tail {
-                match self.tail() {
+                // A journal that refuses us would look empty: its end is found only once
+                // it can be read (an empty one has no end to skip to).
+                let refused = problem.as_ref().is_some_and(|p| !p.no_files);
+                let resolved = match refused {
+                    true => Ok(None),
+                    false => self.tail(),
+                };
+                match resolved {
                     Ok(Some(resolved)) => start = resolved,
                     Ok(None) => {
                         if !self.control.sleep(backoff) {
