@@ -91,6 +91,7 @@ fn read_log(log: &std::path::Path, mut each: impl FnMut(&LogLine, DateTime<Utc>)
             offset,
             bytes,
             arrival,
+            time: None,
         };
         offset += len;
         let time = format.parse(&line.bytes, arrival).unwrap_or(arrival);
@@ -183,6 +184,7 @@ fn keys(rules: &std::path::Path, keys: u32) {
             offset: u64::from(i) * 120,
             bytes,
             arrival: time,
+            time: None,
         };
         detector.observe(&line, time, &mut hits);
         hits.clear();

@@ -33,6 +33,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
             Err(problems) => errors.extend(problems.into_iter().map(|p| at_rules_entry(config, p))),
         }
         warnings.extend(host_warnings(config));
+        warnings.extend(crate::sources::journal::unreadable(config));
     }
     if format == CheckFormat::Json {
         let report = serde_json::json!({

@@ -1,5 +1,5 @@
-//! `logwarden run`: wires sources, pipeline, notifier and HTTP together and shuts them down
-//! in order on SIGTERM/SIGINT.
+//! `logwarden run`: wires sources (files, stdin, syslog, journal), pipeline, notifier and
+//! HTTP together and shuts them down in order on SIGTERM/SIGINT.
 
 use crate::api::{self, AppState, Health};
 use crate::audit::{AuditLog, Entry};
@@ -13,7 +13,7 @@ use crate::reload::Reloader;
 use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
 use crate::sources::syslog::SyslogSource;
-use crate::sources::{Checkpoint, stdin};
+use crate::sources::{Batch, Checkpoint, JournalPosition, journal, stdin};
 use crate::store::{Space, Store};
 use crate::supervise::Vitals;
 use std::collections::HashMap;
@@ -215,8 +215,8 @@ async fn serve(
         stop_sources.clone(),
     )
     .map_err(RunError::Io)?;
-    let sources_ready = Arc::new(AtomicBool::new(false));
-    let ready_flag = sources_ready.clone();
+    let tailer_ready = Arc::new(AtomicBool::new(false));
+    let ready_flag = tailer_ready.clone();
     let guard = vitals.guard("tailer");
     let tailer_thread = std::thread::Builder::new()
         .name("tailer".into())
@@ -225,6 +225,12 @@ async fn serve(
             tailer.run(ready_flag)
         })
         .map_err(|e| RunError::Io(e.to_string()))?;
+    let journals = start_journals(&config, &store, &batch_tx, &metrics, &health, &vitals)?;
+    let sources_ready = SourcesReady(
+        std::iter::once(tailer_ready)
+            .chain(journals.iter().map(|j| j.ready.clone()))
+            .collect(),
+    );
     for source in &config.sources {
         if source.paths.iter().any(|p| p.as_os_str() == "-") {
             let (name, max, tx, m) = (
@@ -296,18 +302,16 @@ async fn serve(
     // READY once the first scan of every source is done (or after a bound, so a slow
     // file system cannot hold systemd's start job forever).
     for _ in 0..100 {
-        if sources_ready.load(Ordering::Relaxed) {
+        if sources_ready.all() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    health
-        .sources
-        .store(sources_ready.load(Ordering::Relaxed), Ordering::Relaxed);
+    health.sources.store(sources_ready.all(), Ordering::Relaxed);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let health_for_ready = health.clone();
     tokio::spawn(async move {
-        while !sources_ready.load(Ordering::Relaxed) {
+        while !sources_ready.all() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         health_for_ready.sources.store(true, Ordering::Relaxed);
@@ -336,6 +340,10 @@ async fn serve(
     // The tailer finishes its current round; the pipeline then stores everything queued.
     // `/readyz` keeps answering 503 with the reason meanwhile.
     let _ = tokio::task::spawn_blocking(move || tailer_thread.join()).await;
+    for journal in journals {
+        journal.control.stop();
+        let _ = tokio::task::spawn_blocking(move || journal.thread.join()).await;
+    }
     let _ = stop_pipeline.send(true);
     let _ = tokio::task::spawn_blocking(move || pipeline_thread.join()).await;
     delivery.stop(NOTIFY_DRAIN).await;
@@ -359,6 +367,71 @@ async fn serve(
         }
         Some(why) => Err(RunError::Io(format!("stopped because {why}"))),
     }
+}
+
+/// The first-look flags of every reading thread.
+struct SourcesReady(Vec<Arc<AtomicBool>>);
+
+impl SourcesReady {
+    fn all(&self) -> bool {
+        self.0.iter().all(|r| r.load(Ordering::Relaxed))
+    }
+}
+
+/// A running journal source: its thread, how to stop it, and whether it has looked yet.
+struct RunningJournal {
+    thread: std::thread::JoinHandle<()>,
+    control: Arc<journal::Control>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Starts a thread for each journal source, resuming from its stored position.
+fn start_journals(
+    config: &Config,
+    store: &Store,
+    tx: &mpsc::Sender<Batch>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    vitals: &Vitals,
+) -> Result<Vec<RunningJournal>, RunError> {
+    let mut positions: HashMap<String, JournalPosition> = store
+        .scan(Space::JournalCursors)
+        .map_err(|e| RunError::Io(e.to_string()))?
+        .into_iter()
+        .map(|(_, p): (_, JournalPosition)| (p.source.clone(), p))
+        .collect();
+    let mut running = Vec::new();
+    for source in &config.sources {
+        let Some(settings) = &source.journal else {
+            continue;
+        };
+        let control = Arc::new(journal::Control::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let reader = journal::JournalSource::new(
+            source,
+            settings,
+            positions.remove(&source.name),
+            tx.clone(),
+            metrics.clone(),
+            health.clone(),
+            control.clone(),
+        );
+        let flag = ready.clone();
+        let guard = vitals.guard(&format!("journal source {}", source.name));
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || {
+                let _guard = guard;
+                reader.run(flag)
+            })
+            .map_err(|e| RunError::Io(e.to_string()))?;
+        running.push(RunningJournal {
+            thread,
+            control,
+            ready,
+        });
+    }
+    Ok(running)
 }
 
 /// SIGTERM and SIGINT, listened for from the start.

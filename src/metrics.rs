@@ -42,6 +42,11 @@ pub struct Metrics {
     /// Seconds between the newest line time of a source's latest batch and its
     /// evaluation, by source.
     pub source_lag: GaugeVec,
+    /// Times a journal source's saved position was gone (vacuumed or rotated away) and
+    /// reading resumed at the next entry, by source.
+    pub journal_gaps: IntCounterVec,
+    /// Times a journal source's `journalctl` ended and was restarted, by source.
+    pub journal_restarts: IntCounterVec,
     /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
     pub syslog_frames_dropped: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
@@ -144,6 +149,16 @@ impl Metrics {
         registry
             .register(Box::new(source_lag.clone()))
             .expect("unique metric");
+        let journal_gaps = counter(
+            "logwarden_journal_gaps_total",
+            "Journal positions found gone (vacuumed or rotated away); reading resumed at the next entry.",
+            &["source"],
+        );
+        let journal_restarts = counter(
+            "logwarden_journal_restarts_total",
+            "Times a journal source's journalctl ended and was started again.",
+            &["source"],
+        );
         let syslog_frames_dropped = counter(
             "logwarden_syslog_frames_dropped_total",
             "Syslog frames dropped (oversized, malformed, connection refused).",
@@ -280,6 +295,8 @@ impl Metrics {
             file_truncations,
             files_watched,
             source_lag,
+            journal_gaps,
+            journal_restarts,
             syslog_frames_dropped,
             rule_matches,
             incidents_opened,

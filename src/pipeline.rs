@@ -1,14 +1,16 @@
 //! The pipeline step: evaluate a batch of lines, store what it caused (incident changes and
-//! the notifications they call for) together with the window state and file checkpoints in
-//! one atomic commit, make it durable, then wake the delivery worker.
+//! the notifications they call for) together with the window state, file checkpoints and
+//! journal cursors (and the audit record of a journal gap) in one atomic commit, make it
+//! durable, then wake the delivery worker.
 //!
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
+use crate::audit::Entry;
 use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
-use crate::lifecycle::{Command, Desk, Measure, Request};
+use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
@@ -206,28 +208,7 @@ impl Pipeline {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
                 crate::supervise::test_panic_point("pipeline", &line.bytes);
-                let format = self.formats.get(line.source.as_ref());
-                let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
-                if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
-                    self.metrics
-                        .lines_without_time
-                        .with_label_values(&[&line.source])
-                        .inc();
-                }
-                let time = match parsed.map(|t| self.line_time.judge(t, line.arrival)) {
-                    None => line.arrival,
-                    Some(judged) => {
-                        let distrusted = match judged {
-                            Judged::Trusted(_) => None,
-                            Judged::Future(_) => Some(&self.metrics.lines_future),
-                            Judged::Ancient(_) => Some(&self.metrics.lines_ancient),
-                        };
-                        if let Some(counter) = distrusted {
-                            counter.with_label_values(&[&line.source]).inc();
-                        }
-                        judged.time()
-                    }
-                };
+                let time = self.line_time(line);
                 latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);
@@ -263,6 +244,22 @@ impl Pipeline {
                 ),
                 Some(Progress::Done(id)) => {
                     commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
+                }
+                Some(Progress::Journal { position, gap }) => {
+                    if let Some(gap) = gap {
+                        self.desk.note(Entry::new(
+                            "source.journal_gap",
+                            DAEMON,
+                            None,
+                            serde_json::json!({"source": position.source, "gap": gap}),
+                        ));
+                    }
+                    put(
+                        &mut commit,
+                        Space::JournalCursors,
+                        position.source.as_bytes(),
+                        &position,
+                    );
                 }
                 None => {}
             }
@@ -331,6 +328,35 @@ impl Pipeline {
             self.outbox.wake();
         }
         self.after_commit(events).await;
+    }
+
+    /// A line's own time (a journal entry's, else read by its source's format; a line
+    /// without one counts and takes its arrival), judged against the wall clock: a time too
+    /// far ahead or behind is counted and replaced by the arrival.
+    fn line_time(&self, line: &crate::sources::LogLine) -> DateTime<Utc> {
+        let format = self.formats.get(line.source.as_ref());
+        // A journal entry carries its own time; other lines are parsed.
+        let parsed = line
+            .time
+            .or_else(|| format.and_then(|f| f.parse(&line.bytes, line.arrival)));
+        if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
+            self.metrics
+                .lines_without_time
+                .with_label_values(&[&line.source])
+                .inc();
+        }
+        let Some(judged) = parsed.map(|t| self.line_time.judge(t, line.arrival)) else {
+            return line.arrival;
+        };
+        let distrusted = match judged {
+            Judged::Trusted(_) => None,
+            Judged::Future(_) => Some(&self.metrics.lines_future),
+            Judged::Ancient(_) => Some(&self.metrics.lines_ancient),
+        };
+        if let Some(counter) = distrusted {
+            counter.with_label_values(&[&line.source]).inc();
+        }
+        judged.time()
     }
 
     /// Carries out a lifecycle or silence change: stored with its notifications and audit

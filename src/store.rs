@@ -1,7 +1,7 @@
 //! The embedded store (sled). All sled use lives here, so the engine could be swapped.
 //!
 //! One tree with a key prefix per kind of record lets a whole pipeline step (incident
-//! changes, window state and file checkpoints) be written as one atomic batch: after a crash
+//! changes, window state, file checkpoints and journal cursors) be written as one atomic batch: after a crash
 //! either all of a step is there or none of it, and the replayed lines redo exactly the
 //! missing part.
 
@@ -35,6 +35,8 @@ pub enum Space {
     /// The alert each Alertmanager receiver was last sent for each open incident, by
     /// receiver and incident uid: what is re-sent after a restart.
     Firing,
+    /// Journal read positions (cursors), by source name.
+    JournalCursors,
 }
 
 impl Space {
@@ -50,6 +52,7 @@ impl Space {
             Space::Escalations => b"esc/",
             Space::Silences => b"sil/",
             Space::Firing => b"firing/",
+            Space::JournalCursors => b"jcur/",
         }
     }
 

@@ -82,6 +82,7 @@ fn the_unit_is_type_notify_with_watchdog_and_least_privilege() {
         "Type=notify",
         "WatchdogSec=30s",
         "DynamicUser=yes",
+        "SupplementaryGroups=systemd-journal adm",
         "StateDirectory=logwarden",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

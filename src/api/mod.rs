@@ -38,6 +38,9 @@ pub struct Health {
     pub rules_problem: Mutex<Option<String>>,
     /// Why the daemon is going down (a vital task failed, or shutdown was asked for).
     pub down: Mutex<Option<String>>,
+    /// Sources that cannot be read right now (a journal without files or permission), by
+    /// name, with the reason; `/readyz` names them.
+    pub source_problems: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -56,7 +59,24 @@ impl Health {
         if !self.sources.load(Ordering::Relaxed) {
             return Some("sources not scanned yet".into());
         }
+        let problems = self.source_problems.lock().expect("health lock");
+        if !problems.is_empty() {
+            let named: Vec<String> = problems
+                .iter()
+                .map(|(source, reason)| format!("source {source:?} cannot be read: {reason}"))
+                .collect();
+            return Some(named.join("; "));
+        }
         None
+    }
+
+    /// Records that a source cannot be read (`Some(reason)`) or can again (`None`).
+    pub fn source_problem(&self, source: &str, problem: Option<String>) {
+        let mut problems = self.source_problems.lock().expect("health lock");
+        match problem {
+            Some(reason) => problems.insert(source.to_string(), reason),
+            None => problems.remove(source),
+        };
     }
 }
 

@@ -141,6 +141,8 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         e if e.starts_with("notification.") => vec!["CC7.4"],
         e if e.starts_with("silence.") => vec!["CC7.3"],
         e if e.starts_with("rules.") => vec!["CC8.1"],
+        // A source that may have missed entries is a hole in monitoring coverage.
+        e if e.starts_with("source.") => vec!["CC7.2"],
         "api.denied" => vec!["CC6.1"],
         _ => vec![],
     };

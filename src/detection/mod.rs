@@ -527,6 +527,7 @@ mod tests {
             offset: 0,
             bytes: text.as_bytes().to_vec(),
             arrival: at(T0),
+            time: None,
         }
     }
 

@@ -463,6 +463,7 @@ fn run_case(
             offset: n as u64,
             bytes: case.lines[n].text.as_bytes().to_vec(),
             arrival: time,
+            time: None,
         };
         evaluation.observe(&line, time);
     }
