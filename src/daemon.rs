@@ -284,18 +284,17 @@ async fn serve(
             refusals.record_due_refusals();
         }
     });
-    let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let app =
-        api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_http_rx.changed().await;
-    });
+    let (stop_http, stop_http_rx) = watch::channel(false);
+    let server = crate::http::serve(
+        listener,
+        api::router(state.clone()),
+        config.http,
+        stop_http_rx,
+    );
     let guard = vitals.guard("HTTP server");
     let http_task = tokio::spawn(async move {
         let _guard = guard;
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        server.await
     });
     tracing::info!(listen = %config.listen, "logwarden running");
 

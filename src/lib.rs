@@ -17,6 +17,7 @@ pub mod drill;
 pub mod due;
 pub mod duration;
 pub mod escalation;
+pub mod http;
 pub mod ids;
 pub mod incidents;
 pub mod lifecycle;
