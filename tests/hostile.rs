@@ -431,3 +431,165 @@ fn half_header_and_stalled_http_connections_are_closed_and_healthz_keeps_answeri
     d.wait_incident("marker", WAIT);
     d.stop();
 }
+
+/// A tmpfs of a fixed size mounted by the test, unmounted when dropped (pass or fail).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts one at `dir`; `None` (said loudly, or a failure under
+    /// LOGWARDEN_REQUIRE_PEERS=1) where this test may not mount.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    !peers_required(),
+                    "cannot mount a tmpfs (LOGWARDEN_REQUIRE_PEERS=1): {why}"
+                );
+                eprintln!("SKIPPED: the full-disk test needs to mount a tmpfs: {why}");
+                None
+            }
+        }
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // The last partial pages too.
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let done = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            // Still busy (a daemon killed a moment ago): detach it now, freed once unused.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// The notifications written to `out.jsonl` for an incident id.
+fn notifications_for(s: &Setup, id: &str) -> usize {
+    std::fs::read_to_string(s.path("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["incident"]["id"] == id && v["event"] == "opened")
+        })
+        .count()
+}
+
+#[test]
+fn a_full_disk_is_recovered_from_without_restart_and_sigterm_is_honoured_while_it_lasts() {
+    let s = marker_setup(
+        "receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
+         roles:\n  analysts: {receivers: [console]}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n",
+    );
+    let Some(disk) = Tmpfs::mount(&s.path("state"), "16m") else {
+        return;
+    };
+    let d = s.start();
+    let errors = || metric(s.port, "logwarden_store_errors_total");
+    let ready = || http("GET", s.port, "/readyz", None, None).unwrap().status;
+    s.append("app.log", &["MARKER 1".to_string()]);
+    d.wait_incident("marker", WAIT);
+
+    // Full: the attack's changes cannot be stored; the daemon says so.
+    let filler = disk.fill();
+    s.append("app.log", &["MARKER 2".to_string()]);
+    wait_for("503 and store errors counted", WAIT, || {
+        (ready() == 503 && errors() > 0.0).then_some(())
+    });
+    // Room again: recovered without a restart, the incident stored and notified once.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("/readyz 200 again", WAIT, || (ready() == 200).then_some(()));
+    let incident = wait_for("the attack's incident", WAIT, || {
+        d.incidents().into_iter().find(|i| i["key"]["n"] == "2")
+    });
+    let id = incident["id"].as_str().unwrap().to_string();
+    wait_for("its notification", WAIT, || {
+        (notifications_for(&s, &id) > 0).then_some(())
+    });
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"console\"}") == 0.0).then_some(())
+    });
+    assert_eq!(notifications_for(&s, &id), 1, "notified more than once");
+
+    // Full again, with a change waiting: SIGTERM is honoured within the unit's stop timeout
+    // (TimeoutStopSec=10s), and the exit says the change was not stored.
+    let filler = disk.fill();
+    // Enough changes that they cannot fit in pages the store already holds.
+    let burst: Vec<String> = (3..200).map(|n| format!("MARKER {n}")).collect();
+    s.append("app.log", &burst);
+    let before = errors();
+    wait_for("the new failure", WAIT, || {
+        (ready() == 503 && errors() > before).then_some(())
+    });
+    let mut d = d;
+    let start = std::time::Instant::now();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let status = wait_for("the daemon to exit", Duration::from_secs(10), || {
+        d.child.try_wait().unwrap()
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
+    assert!(!status.success(), "claimed success:\n{}", d.log());
+    assert!(d.log().contains("not stored"), "{}", d.log());
+
+    // Restarted with room: the unstored line is read again, nothing is notified twice, and
+    // the audit chain is intact across the reopen.
+    std::fs::remove_file(&filler).unwrap();
+    let d = s.start();
+    let third = wait_for("the unstored line's incident", WAIT, || {
+        d.incidents().into_iter().find(|i| i["key"]["n"] == "3")
+    });
+    let third = third["id"].as_str().unwrap().to_string();
+    wait_for("its notification", WAIT, || {
+        (notifications_for(&s, &third) == 1).then_some(())
+    });
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"console\"}") == 0.0).then_some(())
+    });
+    assert_eq!(notifications_for(&s, &id), 1, "re-sent after the restart");
+    assert_eq!(notifications_for(&s, &third), 1);
+    d.stop();
+    let verify = std::process::Command::new(bin())
+        .args(["audit", "verify", "--state-dir"])
+        .arg(s.path("state"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    drop(disk);
+}

@@ -403,6 +403,14 @@ impl Resend {
     }
 }
 
+/// Removes a delivered notification from the outbox, with its audit record.
+fn record_delivered(outbox: &Outbox, record: &Record) -> Result<(), crate::store::StoreError> {
+    let mut batch = store::Batch::new();
+    batch.remove(Space::Outbox, &Record::key(record.id));
+    let details = serde_json::json!({"attempt": record.attempts + 1});
+    outbox.commit_audited(batch, record, "notification.delivered", details)
+}
+
 struct Lane {
     name: String,
     transport: Arc<Transport>,
@@ -415,6 +423,9 @@ struct Lane {
     waiting: BTreeMap<u64, Waiting>,
     /// Records being attempted, by the id of the task attempting them.
     inflight: HashMap<tokio::task::Id, Record>,
+    /// Delivered, but the store refused to record it (a full disk): kept known, so no
+    /// rescan sends it again, and recorded once the store takes it.
+    unrecorded: Vec<Record>,
     pending: PendingShare,
     resend: Option<Resend>,
 }
@@ -479,6 +490,7 @@ impl Lane {
             known,
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
+            unrecorded: Vec::new(),
             pending,
             resend,
         })
@@ -493,6 +505,7 @@ impl Lane {
         let mut attempts: JoinSet<Outcome> = JoinSet::new();
         let mut open = true;
         while open {
+            self.record_unrecorded();
             let next = self.start_due(&mut attempts);
             self.update_gauge();
             let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + RESCAN));
@@ -674,24 +687,22 @@ impl Lane {
         };
         match outcome {
             Outcome::Delivered => {
-                let mut batch = store::Batch::new();
-                batch.remove(Space::Outbox, &Record::key(record.id));
-                let details = serde_json::json!({"attempt": record.attempts + 1});
-                if let Err(e) =
-                    self.outbox
-                        .commit_audited(batch, &record, "notification.delivered", details)
-                {
-                    // Delivered but still stored: it goes out again after a restart, and the
-                    // idempotency key lets the receiver drop it.
-                    tracing::error!(error = %e, "cannot remove a delivered notification");
-                }
                 counter("delivered");
                 let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
                 self.metrics
                     .notification_latency
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
-                self.forget(record.id);
+                match record_delivered(&self.outbox, &record) {
+                    Ok(()) => self.forget(record.id),
+                    Err(e) => {
+                        // Still in the outbox: kept known (a rescan must not send it again)
+                        // and recorded once the store takes it. Only a restart before that
+                        // sends it again, and its idempotency key lets the receiver drop it.
+                        tracing::error!(error = %e, "cannot remove a delivered notification; will retry");
+                        self.unrecorded.push(record);
+                    }
+                }
             }
             Outcome::Retry { error, after } => {
                 record.attempts += 1;
@@ -740,6 +751,18 @@ impl Lane {
                 bury(&self.outbox, &self.metrics, record, error);
                 self.forget(id);
             }
+        }
+    }
+
+    /// Records the deliveries the store refused before, as far as it takes them now.
+    fn record_unrecorded(&mut self) {
+        while let Some(record) = self.unrecorded.last() {
+            if record_delivered(&self.outbox, record).is_err() {
+                return;
+            }
+            let id = record.id;
+            self.unrecorded.pop();
+            self.forget(id);
         }
     }
 
