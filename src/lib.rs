@@ -21,6 +21,7 @@ pub mod http;
 pub mod ids;
 pub mod incidents;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod notification;
 pub mod pipeline;

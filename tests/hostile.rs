@@ -593,3 +593,36 @@ fn a_full_disk_is_recovered_from_without_restart_and_sigterm_is_honoured_while_i
     );
     drop(disk);
 }
+
+#[test]
+fn a_file_name_with_terminal_escapes_never_reaches_the_log_raw() {
+    let s = Setup::new();
+    s.write(
+        "rules/test.yaml",
+        "rules:\n  - id: marker\n    match: 'MARKER (?P<n>\\d+)'\n    group_by: [n]\n    \
+         threshold: {count: 1, within: 1s}\n    severity: low\n",
+    );
+    // Sets the window title, rings the bell, clears the screen, forges a log line.
+    let evil = "logs/evil\x1b]0;pwned\x07\x1b[2J\nFAKE ERROR\r.log";
+    s.write(evil, "MARKER 1\n");
+    s.config(
+        "sources:\n  - {name: app, paths: ['logs/*.log'], start_at: beginning, timestamp: arrival}\n",
+    );
+    let d = s.start();
+    d.wait_incident("marker", WAIT);
+    let log_path = d.stderr_path.clone();
+    d.stop();
+    let log = std::fs::read(&log_path).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        text.contains("evil\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE ERROR\\r.log"),
+        "the file name is not logged escaped:\n{text}"
+    );
+    for raw in [0x1b, 0x07, b'\r'] {
+        assert!(!log.contains(&raw), "raw byte {raw:#x} in the log:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE ERROR")),
+        "a forged log line:\n{text}"
+    );
+}
