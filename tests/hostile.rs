@@ -626,3 +626,55 @@ fn a_file_name_with_terminal_escapes_never_reaches_the_log_raw() {
         "a forged log line:\n{text}"
     );
 }
+
+#[test]
+fn a_notification_delivered_while_the_disk_is_full_is_sent_once() {
+    let hook = Receiver::start();
+    let s = marker_setup(&format!(
+        "receivers:\n  - {{name: hook, type: webhook, url: '{}'}}\n\
+         roles:\n  analysts: {{receivers: [hook]}}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n",
+        hook.url("/hook")
+    ));
+    let Some(disk) = Tmpfs::mount(&s.path("state"), "16m") else {
+        return;
+    };
+    let d = s.start();
+    let errors = || metric(s.port, "logwarden_store_errors_total");
+    let ready = || http("GET", s.port, "/readyz", None, None).unwrap().status;
+    // The receiver holds the delivery while the disk fills and the store starts failing.
+    hook.delay(Duration::from_secs(8));
+    s.append("app.log", &["MARKER 1".to_string()]);
+    let incident = d.wait_incident("marker", WAIT);
+    let filler = disk.fill();
+    s.append("app.log", &["MARKER 2".to_string()]);
+    wait_for("503", WAIT, || (ready() == 503).then_some(()));
+    let first = hook.next(WAIT).expect("the delivery");
+    assert_eq!(first.body["incident"]["id"], incident["id"]);
+    hook.delay(Duration::ZERO);
+    // Long enough for several outbox rescans (every 5 s) while the store cannot record
+    // the delivery: one retry is counted per second.
+    let failing = errors();
+    wait_for("12 more seconds of failure", WAIT, || {
+        (errors() >= failing + 12.0).then_some(())
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("/readyz 200 again", WAIT, || (ready() == 200).then_some(()));
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"hook\"}") == 0.0
+            && d.incidents().len() == 2)
+            .then_some(())
+    });
+    let again: Vec<_> = hook
+        .drain()
+        .into_iter()
+        .filter(|r| r.body["incident"]["id"] == incident["id"])
+        .collect();
+    assert!(
+        again.is_empty(),
+        "sent {} more time(s) while the disk was full",
+        again.len()
+    );
+    d.stop();
+    drop(disk);
+}

@@ -426,6 +426,10 @@ struct Lane {
     /// Delivered, but the store refused to record it (a full disk): kept known, so no
     /// rescan sends it again, and recorded once the store takes it.
     unrecorded: Vec<Record>,
+    /// Delivered and recorded, not yet flushed: forgotten only once durable, since a store
+    /// reopened after an I/O error may have lost the record (and a rescan would send the
+    /// notification again).
+    unflushed: Vec<Record>,
     pending: PendingShare,
     resend: Option<Resend>,
 }
@@ -491,6 +495,7 @@ impl Lane {
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
             unrecorded: Vec::new(),
+            unflushed: Vec::new(),
             pending,
             resend,
         })
@@ -505,7 +510,7 @@ impl Lane {
         let mut attempts: JoinSet<Outcome> = JoinSet::new();
         let mut open = true;
         while open {
-            self.record_unrecorded();
+            self.settle_deliveries().await;
             let next = self.start_due(&mut attempts);
             self.update_gauge();
             let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + RESCAN));
@@ -534,6 +539,7 @@ impl Lane {
             }
         }
         attempts.abort_all();
+        self.settle_deliveries().await;
     }
 
     /// Starts every attempt that is due and allowed; returns when to look again.
@@ -694,7 +700,7 @@ impl Lane {
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
                 match record_delivered(&self.outbox, &record) {
-                    Ok(()) => self.forget(record.id),
+                    Ok(()) => self.unflushed.push(record),
                     Err(e) => {
                         // Still in the outbox: kept known (a rescan must not send it again)
                         // and recorded once the store takes it. Only a restart before that
@@ -754,15 +760,29 @@ impl Lane {
         }
     }
 
-    /// Records the deliveries the store refused before, as far as it takes them now.
-    fn record_unrecorded(&mut self) {
-        while let Some(record) = self.unrecorded.last() {
-            if record_delivered(&self.outbox, record).is_err() {
-                return;
+    /// Records the deliveries the store refused before (as far as it takes them now) and
+    /// makes recorded deliveries durable; only then are they forgotten.
+    async fn settle_deliveries(&mut self) {
+        while let Some(record) = self.unrecorded.pop() {
+            if record_delivered(&self.outbox, &record).is_err() {
+                self.unrecorded.push(record);
+                break;
             }
-            let id = record.id;
-            self.unrecorded.pop();
-            self.forget(id);
+            self.unflushed.push(record);
+        }
+        if self.unflushed.is_empty() {
+            return;
+        }
+        match self.outbox.flush().await {
+            Ok(()) => {
+                for record in std::mem::take(&mut self.unflushed) {
+                    self.forget(record.id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make delivered notifications durable; will retry");
+                self.unrecorded.append(&mut self.unflushed);
+            }
         }
     }
 
