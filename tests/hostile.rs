@@ -341,26 +341,6 @@ fn half_header(port: u16) -> std::net::TcpStream {
     stream
 }
 
-/// Waits (up to `limit`) for the daemon to close the connection; false if it stays open.
-fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
-    use std::io::Read;
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            // A 408 or similar before the close is fine; keep reading to the end.
-            Ok(_) => continue,
-            Err(e) => {
-                return !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn half_header_and_stalled_http_connections_are_closed_and_healthz_keeps_answering() {
     let s = marker_setup("http: {header_timeout: 3s, idle_timeout: 3s, max_connections: 150}\n");
@@ -375,7 +355,7 @@ fn half_header_and_stalled_http_connections_are_closed_and_healthz_keeps_answeri
     assert_eq!(r.status, 200, "{}", r.body);
     for stream in &mut slow {
         assert!(
-            closed_within(stream, Duration::from_secs(30)),
+            closed_by_peer(stream, Duration::from_secs(30)),
             "a half-header connection stays open"
         );
     }
@@ -395,7 +375,7 @@ fn half_header_and_stalled_http_connections_are_closed_and_healthz_keeps_answeri
     )
     .unwrap();
     assert!(
-        closed_within(&mut stalled, Duration::from_secs(30)),
+        closed_by_peer(&mut stalled, Duration::from_secs(30)),
         "a stalled body keeps its connection"
     );
 

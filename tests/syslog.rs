@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -107,20 +107,6 @@ fn udp_and_tcp_syslog_in_both_formats_open_incidents_and_bad_frames_are_counted(
         http("GET", s.port, "/healthz", None, None).unwrap().status,
         200
     );
-}
-
-/// Whether the daemon closed this connection (end of stream or reset) within `limit`.
-fn closed_by_peer(stream: &mut TcpStream, limit: Duration) -> bool {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 fn closed(port: u16, reason: &str) -> f64 {
