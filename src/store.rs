@@ -6,7 +6,9 @@
 //! missing part.
 
 use serde::{Serialize, de::DeserializeOwned};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Page cache for sled; its default (1 GiB) is far too much for a host agent.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -77,17 +79,33 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record error: {0}")]
     Record(#[from] serde_json::Error),
+    /// The database is closed for a moment while it is reopened after an I/O error.
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
 }
 
 /// A record's key (without its prefix) and undecoded value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
 
-/// Handle to the store; cheap to clone and safe to share across threads.
+/// Handle to the store; cheap to clone and safe to share across threads. Every clone sees
+/// the same database, also after [`Store::reopen`].
 #[derive(Clone)]
 pub struct Store {
+    dir: Arc<PathBuf>,
+    /// `None` only while the database is being reopened.
+    open: Arc<RwLock<Option<Handles>>>,
+}
+
+/// The open database and its one tree.
+#[derive(Clone)]
+struct Handles {
     db: sled::Db,
     tree: sled::Tree,
 }
+
+/// How long [`Store::reopen`] waits for the old database's file lock to be let go (sled's
+/// flusher thread and any operation still in flight hold it a moment after it is dropped).
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 /// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
 /// retried with the same changes.
@@ -131,9 +149,8 @@ impl Batch {
     }
 }
 
-impl Store {
-    /// Opens (creating if needed) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+impl Handles {
+    fn open(dir: &Path) -> Result<Handles, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
@@ -149,13 +166,55 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         let tree = db.open_tree("logwarden")?;
-        Ok(Store { db, tree })
+        Ok(Handles { db, tree })
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let handles = Handles::open(dir)?;
+        Ok(Store {
+            dir: Arc::new(dir.to_path_buf()),
+            open: Arc::new(RwLock::new(Some(handles))),
+        })
+    }
+
+    /// Closes the database and opens it again, for every clone of this handle. After an
+    /// I/O error (a full disk) sled refuses every later write until it is reopened; what
+    /// was committed but not yet flushed may be gone afterwards, so a writer re-commits
+    /// what it could not make durable.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.open.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        let handles = loop {
+            match Handles::open(&self.dir) {
+                Ok(handles) => break handles,
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        *self.open.write().unwrap_or_else(|e| e.into_inner()) = Some(handles);
+        Ok(())
+    }
+
+    /// The open database (cheap clones of sled's handles, so no lock is held while sled
+    /// works).
+    fn handles(&self) -> Result<Handles, StoreError> {
+        self.open
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
     }
 
     /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if !batch.empty {
-            self.tree.apply_batch(batch.inner)?;
+            self.handles()?.tree.apply_batch(batch.inner)?;
         }
         Ok(())
     }
@@ -163,18 +222,19 @@ impl Store {
     /// A number never handed out before, also across restarts and crashes (sled reserves
     /// ranges durably and skips ahead after a crash), for ids that must stay unique.
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.handles()?.db.generate_id()?)
     }
 
     /// Makes everything committed so far durable on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.handles()?.db;
+        db.flush_async().await?;
         Ok(())
     }
 
     /// Blocking variant of [`Store::flush`] for threads outside the runtime.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.handles()?.db.flush()?;
         Ok(())
     }
 
@@ -184,7 +244,7 @@ impl Store {
         space: Space,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.tree.get(space.key(key))? {
+        match self.handles()?.tree.get(space.key(key))? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
@@ -194,7 +254,8 @@ impl Store {
     /// for large records).
     pub fn keys(&self, space: Space) -> Result<Vec<Vec<u8>>, StoreError> {
         let prefix = space.prefix();
-        self.tree
+        self.handles()?
+            .tree
             .scan_prefix(prefix)
             .keys()
             .map(|k| Ok(k?[prefix.len()..].to_vec()))
@@ -204,7 +265,7 @@ impl Store {
     /// The last record of a kind in key order, undecoded (the audit log's head).
     pub fn last_raw(&self, space: Space) -> Result<Option<RawRecord>, StoreError> {
         let prefix = space.prefix();
-        match self.tree.scan_prefix(prefix).next_back() {
+        match self.handles()?.tree.scan_prefix(prefix).next_back() {
             Some(item) => {
                 let (key, value) = item?;
                 Ok(Some((key[prefix.len()..].to_vec(), value.to_vec())))
@@ -217,7 +278,8 @@ impl Store {
     /// unreadable record at its position instead of skipping it.
     pub fn scan_raw(&self, space: Space) -> Result<Vec<RawRecord>, StoreError> {
         let prefix = space.prefix();
-        self.tree
+        self.handles()?
+            .tree
             .scan_prefix(prefix)
             .map(|item| {
                 let (key, value) = item?;
@@ -248,7 +310,7 @@ impl Store {
             None => prefix.to_vec(),
         };
         let mut out: Vec<(Vec<u8>, T)> = Vec::new();
-        for item in self.tree.range(start..) {
+        for item in self.handles()?.tree.range(start..) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;
@@ -275,7 +337,7 @@ impl Store {
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
         let prefix = space.prefix();
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
+        for item in self.handles()?.tree.scan_prefix(prefix) {
             let (key, value) = item?;
             match serde_json::from_slice(&value) {
                 Ok(v) => out.push((key[prefix.len()..].to_vec(), v)),

@@ -403,6 +403,14 @@ impl Resend {
     }
 }
 
+/// Removes a delivered notification from the outbox, with its audit record.
+fn record_delivered(outbox: &Outbox, record: &Record) -> Result<(), crate::store::StoreError> {
+    let mut batch = store::Batch::new();
+    batch.remove(Space::Outbox, &Record::key(record.id));
+    let details = serde_json::json!({"attempt": record.attempts + 1});
+    outbox.commit_audited(batch, record, "notification.delivered", details)
+}
+
 struct Lane {
     name: String,
     transport: Arc<Transport>,
@@ -415,6 +423,13 @@ struct Lane {
     waiting: BTreeMap<u64, Waiting>,
     /// Records being attempted, by the id of the task attempting them.
     inflight: HashMap<tokio::task::Id, Record>,
+    /// Delivered, but the store refused to record it (a full disk): kept known, so no
+    /// rescan sends it again, and recorded once the store takes it.
+    unrecorded: Vec<Record>,
+    /// Delivered and recorded, not yet flushed: forgotten only once durable, since a store
+    /// reopened after an I/O error may have lost the record (and a rescan would send the
+    /// notification again).
+    unflushed: Vec<Record>,
     pending: PendingShare,
     resend: Option<Resend>,
 }
@@ -479,6 +494,8 @@ impl Lane {
             known,
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
+            unrecorded: Vec::new(),
+            unflushed: Vec::new(),
             pending,
             resend,
         })
@@ -493,6 +510,7 @@ impl Lane {
         let mut attempts: JoinSet<Outcome> = JoinSet::new();
         let mut open = true;
         while open {
+            self.settle_deliveries().await;
             let next = self.start_due(&mut attempts);
             self.update_gauge();
             let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + RESCAN));
@@ -521,6 +539,7 @@ impl Lane {
             }
         }
         attempts.abort_all();
+        self.settle_deliveries().await;
     }
 
     /// Starts every attempt that is due and allowed; returns when to look again.
@@ -674,24 +693,22 @@ impl Lane {
         };
         match outcome {
             Outcome::Delivered => {
-                let mut batch = store::Batch::new();
-                batch.remove(Space::Outbox, &Record::key(record.id));
-                let details = serde_json::json!({"attempt": record.attempts + 1});
-                if let Err(e) =
-                    self.outbox
-                        .commit_audited(batch, &record, "notification.delivered", details)
-                {
-                    // Delivered but still stored: it goes out again after a restart, and the
-                    // idempotency key lets the receiver drop it.
-                    tracing::error!(error = %e, "cannot remove a delivered notification");
-                }
                 counter("delivered");
                 let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
                 self.metrics
                     .notification_latency
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
-                self.forget(record.id);
+                match record_delivered(&self.outbox, &record) {
+                    Ok(()) => self.unflushed.push(record),
+                    Err(e) => {
+                        // Still in the outbox: kept known (a rescan must not send it again)
+                        // and recorded once the store takes it. Only a restart before that
+                        // sends it again, and its idempotency key lets the receiver drop it.
+                        tracing::error!(error = %e, "cannot remove a delivered notification; will retry");
+                        self.unrecorded.push(record);
+                    }
+                }
             }
             Outcome::Retry { error, after } => {
                 record.attempts += 1;
@@ -739,6 +756,32 @@ impl Lane {
                 let id = record.id;
                 bury(&self.outbox, &self.metrics, record, error);
                 self.forget(id);
+            }
+        }
+    }
+
+    /// Records the deliveries the store refused before (as far as it takes them now) and
+    /// makes recorded deliveries durable; only then are they forgotten.
+    async fn settle_deliveries(&mut self) {
+        while let Some(record) = self.unrecorded.pop() {
+            if record_delivered(&self.outbox, &record).is_err() {
+                self.unrecorded.push(record);
+                break;
+            }
+            self.unflushed.push(record);
+        }
+        if self.unflushed.is_empty() {
+            return;
+        }
+        match self.outbox.flush().await {
+            Ok(()) => {
+                for record in std::mem::take(&mut self.unflushed) {
+                    self.forget(record.id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make delivered notifications durable; will retry");
+                self.unrecorded.append(&mut self.unflushed);
             }
         }
     }
