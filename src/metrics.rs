@@ -81,6 +81,11 @@ pub struct Metrics {
     pub api_refused: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
+    /// Containment action outcomes (`requested`, `applied`, `reapplied`, `released`,
+    /// `refused`, `held`, `dry_run`, `error` per failed try, `failed`, `undo_failed`), by action.
+    pub actions: IntCounterVec,
+    /// Targets contained now, by action.
+    pub contained_targets: IntGaugeVec,
 }
 
 impl Metrics {
@@ -102,6 +107,16 @@ impl Metrics {
             g
         };
         let lines_read = counter("logwarden_lines_read_total", "Log lines read.", &["source"]);
+        let actions = counter(
+            "logwarden_actions_total",
+            "Containment action outcomes, by action.",
+            &["action", "outcome"],
+        );
+        let contained_targets = gauge(
+            "logwarden_contained_targets",
+            "Targets (addresses) contained now, by action.",
+            &["action"],
+        );
         let bytes_read = counter("logwarden_bytes_read_total", "Log bytes read.", &["source"]);
         let lines_truncated = counter(
             "logwarden_lines_truncated_total",
@@ -314,6 +329,8 @@ impl Metrics {
             rule_keys_evicted,
             api_refused,
             store_errors,
+            actions,
+            contained_targets,
         }
     }
 
@@ -341,6 +358,12 @@ impl Metrics {
                     kpi.with_label_values(&[severity.as_str(), drill]);
                 }
             }
+        }
+        for action in &config.actions {
+            for outcome in ["applied", "released", "refused", "failed"] {
+                self.actions.with_label_values(&[&action.name, outcome]);
+            }
+            self.contained_targets.with_label_values(&[&action.name]);
         }
         self.preset_rules(rules);
     }
