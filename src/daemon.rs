@@ -72,8 +72,22 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         .thread_name("delivery")
         .build()
         .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
-    let result = runtime.block_on(serve(config, rules, store, delivery.handle().clone()));
+    // Containment actions run apart too: a hung firewall command never holds up the API.
+    let actions = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("actions")
+        .build()
+        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let result = runtime.block_on(serve(
+        config,
+        rules,
+        store,
+        delivery.handle().clone(),
+        actions.handle().clone(),
+    ));
     delivery.shutdown_timeout(NOTIFY_DRAIN);
+    actions.shutdown_timeout(NOTIFY_DRAIN);
     result
 }
 
@@ -82,6 +96,7 @@ async fn serve(
     rules: Arc<RuleSet>,
     store: Store,
     delivery_runtime: tokio::runtime::Handle,
+    actions_runtime: tokio::runtime::Handle,
 ) -> Result<(), RunError> {
     // Handlers first: a SIGTERM during start-up must still shut down cleanly.
     let termination =
@@ -148,6 +163,14 @@ async fn serve(
     };
     let mut desk =
         Desk::new(&store, &config, audit.clone()).map_err(|e| RunError::Io(e.to_string()))?;
+    desk.containments
+        .use_lists(&rules.lists)
+        .map_err(RunError::Io)?;
+    let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
+    let worker = {
+        let _on = actions_runtime.enter();
+        crate::containment::exec::spawn(&config, outcome_tx, metrics.clone())
+    };
     desk.note(Entry::new(
         "rules.loaded",
         DAEMON,
@@ -170,6 +193,7 @@ async fn serve(
     let pipeline = pipeline
         .with_reloads(reload_rx)
         .with_commands(command_rx)
+        .with_containment(worker, outcome_rx)
         .with_line_time(config.line_time);
     let reloader = Reloader {
         paths: config.rules.clone(),

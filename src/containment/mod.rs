@@ -10,6 +10,7 @@
 //! again; the firewall operations are idempotent, so the result is the same and the
 //! outcome is recorded once.
 
+pub mod cli;
 pub mod exec;
 mod protect;
 
