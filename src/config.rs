@@ -6,7 +6,9 @@
 
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::sources::timestamp::TimestampFormat;
-pub use actions::{ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template};
+pub use actions::{
+    ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
+};
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -139,6 +139,25 @@ pub fn compile_template(source: &str) -> Result<minijinja::Environment<'static>,
     Ok(env)
 }
 
+/// `never_contain`'s `@lists` not defined by any rule file, at the key's place.
+pub fn never_contain_lists(config: &Config, lists: &crate::rules::values::Lists) -> Vec<Diagnostic> {
+    let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+    let loc = YamlLocator::new(&text);
+    config
+        .never_contain
+        .iter()
+        .filter_map(|e| e.strip_prefix('@'))
+        .filter(|name| !lists.contains_key(*name))
+        .map(|name| {
+            Diagnostic::at(
+                &config.path,
+                loc.top_key("never_contain"),
+                format!("never_contain names unknown list \"@{name}\" (lists come from the rule files' `lists:`)"),
+            )
+        })
+        .collect()
+}
+
 /// Checks actions, `never_contain` and the steps that name actions. `@name` entries of
 /// `never_contain` refer to the rule files' lists and are checked with the rules (see
 /// [`crate::containment::Protected::new`]).
