@@ -123,8 +123,26 @@ impl Lab {
                 "ip", "-n", &h, "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
                 "netns", peer_ns,
             ])?;
-            sh(&["ip", "-n", &h, "addr", "add", &format!("{host_ip}/24"), "dev", host_if])?;
-            sh(&["ip", "-n", peer_ns, "addr", "add", &format!("{peer_ip}/24"), "dev", peer_if])?;
+            sh(&[
+                "ip",
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                host_if,
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                peer_ns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/24"),
+                "dev",
+                peer_if,
+            ])?;
             sh(&["ip", "-n", &h, "link", "set", host_if, "up"])?;
             sh(&["ip", "-n", peer_ns, "link", "set", peer_if, "up"])?;
         }
@@ -170,7 +188,9 @@ impl Drop for Lab {
         // SAFETY: back to the namespace this thread started in (a valid descriptor).
         unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
         for ns in &self.made {
-            let _ = sh(&["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", TABLE]);
+            let _ = sh(&[
+                "ip", "netns", "exec", ns, "nft", "delete", "table", "inet", TABLE,
+            ]);
             if let Err(e) = sh(&["ip", "netns", "del", ns]) {
                 eprintln!("cannot delete namespace {ns}: {e}");
             }
@@ -259,7 +279,10 @@ fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
 fn a_brute_force_is_banned_while_others_connect_and_the_ban_lifts_on_time() {
     let Some(lab) = Lab::new("b") else { return };
     let s = setup("duration: 3s", "");
-    assert!(lab.attacker_connects() && lab.friend_connects(), "lab works");
+    assert!(
+        lab.attacker_connects() && lab.friend_connects(),
+        "lab works"
+    );
     let d = s.start();
     // The table, sets and drop rule are set up at start.
     wait_for("the ban sets", WAIT, || {
@@ -291,10 +314,7 @@ fn a_brute_force_is_banned_while_others_connect_and_the_ban_lifts_on_time() {
     assert_eq!(applied.len(), 1, "{applied:#?}");
     let record = &applied[0];
     assert_eq!(record["incident"], id.as_str());
-    assert!(
-        record["controls"].to_string().contains("CC7.4"),
-        "{record}"
-    );
+    assert!(record["controls"].to_string().contains("CC7.4"), "{record}");
     assert_eq!(record["details"]["action"], "ban-ip");
     assert_eq!(record["details"]["target"], ATTACKER);
     assert_eq!(record["details"]["duration_secs"], 3);
@@ -330,7 +350,10 @@ fn a_brute_force_is_banned_while_others_connect_and_the_ban_lifts_on_time() {
     assert_eq!(audit_events(&d, "containment.released").len(), 1);
     assert!(!lab.ban4().contains(ATTACKER));
     assert_eq!(
-        metric(d.port, r#"logwarden_actions_total{action="ban-ip",outcome="released"}"#),
+        metric(
+            d.port,
+            r#"logwarden_actions_total{action="ban-ip",outcome="released"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -352,7 +375,10 @@ fn a_protected_address_is_never_banned_but_still_notified() {
         .to_string();
     let refused = wait_containment(&d, &id, "refused", WAIT);
     assert!(
-        refused["reason"].as_str().unwrap().contains("never_contain"),
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never_contain"),
         "{refused}"
     );
     assert_eq!(audit_events(&d, "containment.refused").len(), 1);
@@ -361,7 +387,10 @@ fn a_protected_address_is_never_banned_but_still_notified() {
             .ok()
             .filter(|t| t.contains(&id))
     });
-    assert!(lab.attacker_connects(), "a protected address stays reachable");
+    assert!(
+        lab.attacker_connects(),
+        "a protected address stays reachable"
+    );
     assert!(!lab.ban4().contains(ATTACKER));
     assert_eq!(incident(&d, &id)["state"], "open");
     d.stop();
@@ -443,7 +472,11 @@ fn a_restart_after_a_reboot_reapplies_an_active_ban_for_its_remaining_time() {
         .split("expires ")
         .nth(1)
         .and_then(|t| t.split('s').next())
-        .and_then(|t| t.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok());
+        .and_then(|t| {
+            t.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u64>()
+                .ok()
+        });
     let left = (time(&active["until"]) - chrono::Utc::now()).num_seconds();
     assert!(
         expires.is_some_and(|e| e as i64 <= left + 2),

@@ -140,7 +140,10 @@ pub fn compile_template(source: &str) -> Result<minijinja::Environment<'static>,
 }
 
 /// `never_contain`'s `@lists` not defined by any rule file, at the key's place.
-pub fn never_contain_lists(config: &Config, lists: &crate::rules::values::Lists) -> Vec<Diagnostic> {
+pub fn never_contain_lists(
+    config: &Config,
+    lists: &crate::rules::values::Lists,
+) -> Vec<Diagnostic> {
     let text = std::fs::read_to_string(&config.path).unwrap_or_default();
     let loc = YamlLocator::new(&text);
     config
@@ -275,4 +278,85 @@ pub fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<Diagnost
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "state_dir: s\nreceivers:\n  - {name: a, type: file, path: '-'}\nroles:\n  r: {receivers: [a]}\n";
+
+    fn problems(extra: &str) -> Vec<Diagnostic> {
+        Config::parse(Path::new("/c.yaml"), &format!("{BASE}{extra}"))
+            .err()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn actions_with_their_defaults_and_steps_that_only_contain() {
+        let text = format!(
+            "{BASE}actions:\n  - {{name: ban-ip, type: nftables}}\n  - name: block\n    type: command\n    argv: [/usr/sbin/block, '{{{{ key.ip }}}}']\n    undo: [/usr/sbin/unblock, '{{{{ target }}}}']\nnever_contain: [192.0.2.0/24, '@trusted']\nescalation_policies:\n  default:\n    - contain: [ban-ip, block]\n"
+        );
+        let c = Config::parse(Path::new("/c.yaml"), &text).unwrap();
+        let ban = &c.actions[0];
+        assert_eq!(
+            (
+                ban.table.as_str(),
+                ban.hook,
+                ban.priority,
+                ban.duration.0.as_secs()
+            ),
+            ("logwarden", Hook::Input, -10, 3600)
+        );
+        assert_eq!(ban.approval, ApprovalPolicy::None);
+        assert!(!c.dry_run && c.contain_moves_state);
+        assert_eq!(
+            c.escalation_policies["default"].steps[0].contain,
+            ["ban-ip", "block"]
+        );
+    }
+
+    #[test]
+    fn bad_actions_are_reported_at_their_place() {
+        let p = problems(
+            "actions:\n  - {name: ban, type: nftables, table: 'x; flush ruleset'}\n  - name: run\n    type: command\n    argv: ['{{ key.ip ']\n",
+        );
+        let table = p.iter().find(|d| d.message.contains("table")).unwrap();
+        assert_eq!((table.line, table.col), (7, 33), "{table}");
+        let template = p
+            .iter()
+            .find(|d| d.message.contains("bad template"))
+            .unwrap();
+        assert_eq!(template.line, 10, "{template}");
+
+        let p = problems(
+            "actions:\n  - {name: ban, type: nftables}\nescalation_policies:\n  default:\n    - {notify: [r], contain: [bam]}\n",
+        );
+        assert!(p[0].message.contains("unknown action \"bam\""), "{}", p[0]);
+        assert_eq!(p[0].line, 10, "{}", p[0]);
+
+        let p = problems("never_contain: [10.0.0.0/33]\n");
+        assert!(p[0].message.contains("prefix"), "{}", p[0]);
+        assert_eq!(p[0].line, 6, "{}", p[0]);
+
+        let p = problems(
+            "actions:\n  - {name: c, type: command}\n  - {name: c, type: nftables, duration: 400d}\n",
+        );
+        let messages: Vec<&str> = p.iter().map(|d| d.message.as_str()).collect();
+        assert!(
+            messages.iter().any(|m| m.contains("needs argv")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("duplicate action")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("duration")),
+            "{messages:?}"
+        );
+
+        let p = problems("escalation_policies:\n  default:\n    - {after: 1m}\n");
+        assert!(p[0].message.contains("contains nothing"), "{}", p[0]);
+    }
 }

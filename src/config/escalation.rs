@@ -125,7 +125,9 @@ pub fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<Diagnost
                 problems.push(Diagnostic::at(
                     path,
                     at,
-                    format!("a step of escalation policy {name:?} notifies nobody and contains nothing"),
+                    format!(
+                        "a step of escalation policy {name:?} notifies nobody and contains nothing"
+                    ),
                 ));
             }
         }

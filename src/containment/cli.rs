@@ -74,7 +74,14 @@ fn print_list(body: &Value) {
         .collect();
     client::print_table(
         &[
-            "INCIDENT", "ACTION", "TARGET", "STATUS", "ALLOWED BY", "APPLIED", "UNTIL", "REASON",
+            "INCIDENT",
+            "ACTION",
+            "TARGET",
+            "STATUS",
+            "ALLOWED BY",
+            "APPLIED",
+            "UNTIL",
+            "REASON",
         ],
         &rows,
     );

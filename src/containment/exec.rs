@@ -79,7 +79,11 @@ pub fn ban_script(table: &str, ip: IpAddr, op: Op, secs: u64) -> String {
 
 /// Starts the worker on the current runtime: sets up the nftables tables (unless
 /// `dry_run`), then carries out effects as they come, reporting outcomes.
-pub fn spawn(config: &Config, outcomes: mpsc::UnboundedSender<Outcome>, metrics: Arc<Metrics>) -> Worker {
+pub fn spawn(
+    config: &Config,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    metrics: Arc<Metrics>,
+) -> Worker {
     let (tx, mut rx) = mpsc::unbounded_channel::<Effect>();
     let actions: Arc<HashMap<String, ActionConfig>> = Arc::new(
         config
@@ -111,7 +115,9 @@ async fn set_up(actions: &HashMap<String, ActionConfig>) {
     for a in actions.values().filter(|a| a.kind == ActionKind::Nftables) {
         if done.insert((a.table.clone(), a.hook.as_str())) {
             match nft(&setup_script(a)).await {
-                Ok(()) => tracing::info!(table = %a.table, hook = a.hook.as_str(), priority = a.priority, "nftables ban sets ready"),
+                Ok(()) => {
+                    tracing::info!(table = %a.table, hook = a.hook.as_str(), priority = a.priority, "nftables ban sets ready")
+                }
                 Err(e) => tracing::error!(table = %a.table, error = %e, "cannot set up nftables"),
             }
         }

@@ -322,7 +322,9 @@ impl Book {
                     "the incident has no key field {:?} to contain",
                     action.target
                 )),
-                Some(t) => self.protected.refusal(t, action.kind == ActionKind::Nftables),
+                Some(t) => self
+                    .protected
+                    .refusal(t, action.kind == ActionKind::Nftables),
             };
             let (status, event, outcome, text) = if let Some(reason) = refusal {
                 c.reason = Some(reason.clone());
@@ -332,8 +334,7 @@ impl Book {
                     "refused",
                     format!("{name} {}: refused: {reason}", c.target),
                 )
-            } else if action.approval == ApprovalPolicy::Required && incident.approval.is_none()
-            {
+            } else if action.approval == ApprovalPolicy::Required && incident.approval.is_none() {
                 (
                     Status::Held,
                     "containment.held",
@@ -359,10 +360,12 @@ impl Book {
                 )
             };
             c.status = status;
-            if status == Status::Held {
-                if let Some(a) = &incident.approval {
-                    c.allowed_by = a.by.clone();
-                }
+            // An action that needs approval on an incident already approved: the approver
+            // allowed it.
+            if action.approval == ApprovalPolicy::Required
+                && let Some(a) = &incident.approval
+            {
+                c.allowed_by = a.by.clone();
             }
             incident.record(now, "containment", DAEMON, Some(text));
             self.counts.push((name.clone(), outcome));
@@ -570,7 +573,9 @@ impl Book {
                 // Stays `releasing`: the next start tries again.
                 let text = format!("{} {}: lifting failed: {why}", c.action, c.target);
                 self.counts.push((c.action.clone(), "undo_failed"));
-                recorded.audit.push(self.entry("containment.undo_failed", DAEMON, &c));
+                recorded
+                    .audit
+                    .push(self.entry("containment.undo_failed", DAEMON, &c));
                 incident.record(now, "containment", DAEMON, Some(text));
                 self.live.insert(c.key(), c);
                 return recorded;
@@ -661,5 +666,167 @@ impl Book {
 fn put(batch: &mut store::Batch, c: &Containment) {
     if let Err(e) = batch.put(Space::Containments, c.key().as_bytes(), c) {
         tracing::error!(error = %e, "cannot encode a containment");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::sample_incident;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "state_dir: s\nactions:\n  - {{name: ban-ip, type: nftables, duration: 60s{extra}}}\nnever_contain: [192.0.2.0/24]\n"
+        );
+        Config::parse(Path::new("/c.yaml"), &text).unwrap()
+    }
+
+    fn events(audit: &[Entry]) -> Vec<&str> {
+        audit.iter().map(|e| e.event.as_str()).collect()
+    }
+
+    fn ok(effect: &Effect, at: DateTime<Utc>) -> Outcome {
+        Outcome {
+            key: effect.containment.key(),
+            op: effect.op,
+            result: Ok(0),
+            at,
+        }
+    }
+
+    /// The record is the intent: a worker killed before its outcome was recorded leaves it
+    /// pending, the next start applies it again, and it is recorded as applied once; a start
+    /// after its end lifts it.
+    #[test]
+    fn a_containment_is_applied_once_across_a_crash_and_lifted_after_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = config("");
+        let mut incident = sample_incident();
+        let t0 = incident.opened_at;
+        let mut book = Book::new(&config);
+        let mut batch = store::Batch::new();
+        let audit = book.request(
+            &mut incident,
+            &["ban-ip".into()],
+            "logwarden",
+            t0,
+            &mut batch,
+        );
+        assert_eq!(events(&audit), ["containment.requested"]);
+        store.commit(batch).unwrap();
+        let effects = book.take_effects();
+        assert_eq!(effects.len(), 1);
+        assert_eq!(effects[0].op, Op::Apply);
+        // A repeating step asks again: the live containment stands, nothing new.
+        let mut batch = store::Batch::new();
+        assert!(
+            book.request(
+                &mut incident,
+                &["ban-ip".into()],
+                "logwarden",
+                t0,
+                &mut batch
+            )
+            .is_empty()
+        );
+        assert!(book.take_effects().is_empty());
+
+        // Killed between acting and recording: the next start acts again.
+        let mut book = Book::new(&config);
+        let mut batch = store::Batch::new();
+        book.resume(&store, t0, &mut batch).unwrap();
+        let effects = book.take_effects();
+        assert_eq!(effects.len(), 1);
+        assert_eq!(effects[0].op, Op::Apply);
+        let mut batch = store::Batch::new();
+        let recorded = book.record(&ok(&effects[0], t0), &mut incident, &mut batch);
+        assert!(recorded.contained);
+        assert_eq!(events(&recorded.audit), ["containment.applied"]);
+        store.commit(batch).unwrap();
+        assert_eq!(book.active_per_action()["ban-ip"], 1);
+
+        // A start within the ban re-applies it for the rest of its time.
+        let mut book = Book::new(&config);
+        let later = t0 + TimeDelta::seconds(45);
+        book.resume(&store, later, &mut store::Batch::new())
+            .unwrap();
+        let effects = book.take_effects();
+        assert_eq!(effects[0].op, Op::Apply);
+        assert_eq!(effects[0].containment.remaining_secs(later), 15);
+        let recorded = book.record(
+            &ok(&effects[0], later),
+            &mut incident,
+            &mut store::Batch::new(),
+        );
+        assert!(!recorded.contained);
+        assert_eq!(events(&recorded.audit), ["containment.reapplied"]);
+
+        // A start after its end lifts it, and the lifting is recorded.
+        let mut book = Book::new(&config);
+        let end = t0 + TimeDelta::seconds(61);
+        let mut batch = store::Batch::new();
+        book.resume(&store, end, &mut batch).unwrap();
+        store.commit(batch).unwrap();
+        let effects = book.take_effects();
+        assert_eq!(effects[0].op, Op::Undo);
+        let mut batch = store::Batch::new();
+        let recorded = book.record(&ok(&effects[0], end), &mut incident, &mut batch);
+        assert_eq!(events(&recorded.audit), ["containment.released"]);
+        store.commit(batch).unwrap();
+        let stored = of_incident(&store, &incident.id).unwrap();
+        assert_eq!(stored[0].status, Status::Released);
+        assert_eq!(stored[0].reason.as_deref(), Some("expired"));
+        assert_eq!(incident.timeline.last().unwrap().event, "released");
+    }
+
+    #[test]
+    fn protected_held_and_dry_run_containments_do_nothing() {
+        let mut batch = store::Batch::new();
+        let mut incident = sample_incident();
+        let now = incident.opened_at;
+        incident.key.insert("ip".into(), "192.0.2.4".into());
+        let mut book = Book::new(&config(""));
+        let audit = book.request(
+            &mut incident,
+            &["ban-ip".into()],
+            "logwarden",
+            now,
+            &mut batch,
+        );
+        assert_eq!(events(&audit), ["containment.refused"]);
+        assert!(book.take_effects().is_empty());
+        assert_eq!(book.take_counts(), [("ban-ip".to_string(), "refused")]);
+
+        let mut incident = sample_incident();
+        let mut book = Book::new(&config(", approval: required"));
+        let audit = book.request(
+            &mut incident,
+            &["ban-ip".into()],
+            "logwarden",
+            now,
+            &mut batch,
+        );
+        assert_eq!(events(&audit), ["containment.held"]);
+        assert!(book.take_effects().is_empty());
+        let audit = book.approve(&mut incident, "boss", now, &mut batch);
+        assert_eq!(events(&audit), ["containment.approved"]);
+        let effects = book.take_effects();
+        assert_eq!(effects[0].containment.allowed_by, "boss");
+
+        let mut config = config("");
+        config.dry_run = true;
+        let mut book = Book::new(&config);
+        let audit = book.request(
+            &mut incident,
+            &["ban-ip".into()],
+            "logwarden",
+            now,
+            &mut batch,
+        );
+        assert_eq!(events(&audit), ["containment.dry_run"]);
+        assert!(book.take_effects().is_empty());
+        assert!(!book.has_live(&incident.id));
     }
 }
