@@ -498,3 +498,31 @@ fn a_restart_after_a_reboot_reapplies_an_active_ban_for_its_remaining_time() {
     assert!(lab.attacker_connects(), "lifted on false positive");
     d.stop();
 }
+
+#[test]
+fn a_kill_between_banning_and_recording_is_recorded_once_after_the_restart() {
+    let Some(lab) = Lab::new("x") else { return };
+    let s = setup("duration: 60s", "");
+    // The worker bans but never reports: the daemon dies before the ban is recorded.
+    let d = s.start_with_env(&[("LOGWARDEN_TEST_WITHHOLD_OUTCOMES", "1")]);
+    attack(&s, ATTACKER);
+    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the ban in the kernel", WAIT, || {
+        lab.ban4().contains(ATTACKER).then_some(())
+    });
+    wait_containment(&d, &id, "pending", WAIT);
+    assert!(audit_events(&d, "containment.applied").is_empty());
+    d.kill();
+    let d = s.start();
+    let active = wait_containment(&d, &id, "active", WAIT);
+    assert_eq!(active["exit_status"], 0);
+    assert!(lab.ban4().contains(ATTACKER), "still banned, once");
+    assert_eq!(lab.ban4().matches(ATTACKER).count(), 1);
+    assert!(!lab.attacker_connects());
+    assert_eq!(audit_events(&d, "containment.applied").len(), 1);
+    assert_eq!(incident(&d, &id)["state"], "contained");
+    d.stop();
+}

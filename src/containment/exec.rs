@@ -152,6 +152,7 @@ async fn carry_out(
             }
         }
     }
+    withhold_for_tests().await;
     Outcome {
         key: c.key(),
         op: effect.op,
@@ -159,6 +160,20 @@ async fn carry_out(
         at: Utc::now(),
     }
 }
+
+/// Test-only fault injection: with `LOGWARDEN_TEST_WITHHOLD_OUTCOMES=1` in the environment of
+/// a debug build, the worker acts but never reports, as if killed between acting and
+/// recording; the suite proves the next start records the containment exactly once.
+#[cfg(debug_assertions)]
+async fn withhold_for_tests() {
+    if std::env::var("LOGWARDEN_TEST_WITHHOLD_OUTCOMES").is_ok_and(|v| v == "1") {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Release builds: no fault injection.
+#[cfg(not(debug_assertions))]
+async fn withhold_for_tests() {}
 
 /// One try: the exit status, or why it failed.
 async fn once(action: &ActionConfig, c: &Containment, op: Op) -> Result<i32, String> {

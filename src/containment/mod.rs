@@ -341,7 +341,8 @@ impl Book {
                     "held",
                     format!("{name} {}: held until an approver approves", c.target),
                 )
-            } else if self.dry_run {
+            } else if self.dry_run || incident.drill {
+                // A drill exercises the response path; it never bans anyone.
                 (
                     Status::DryRun,
                     "containment.dry_run",
@@ -403,7 +404,7 @@ impl Book {
                 continue;
             };
             c.allowed_by = approver.to_string();
-            c.status = if self.dry_run {
+            c.status = if self.dry_run || incident.drill {
                 Status::DryRun
             } else {
                 Status::Pending
