@@ -51,34 +51,29 @@ pub fn rule_context(config: &Config) -> RuleContext {
     }
 }
 
+/// A multi-threaded runtime with `threads` workers named `name`.
+fn new_runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))
+}
+
 /// Runs the daemon until a termination signal.
 pub fn run(config_path: &Path) -> Result<(), RunError> {
     let config = Config::load(config_path).map_err(RunError::Invalid)?;
     let rules =
         Arc::new(RuleSet::load(&config.rules, &rule_context(&config)).map_err(RunError::Invalid)?);
     let store = Store::open(&config.state_dir).map_err(|e| RunError::Io(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("logwarden")
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let runtime = new_runtime("logwarden", 2)?;
     // Delivery writes to the store (outbox and audit) after every attempt; its own thread
     // keeps that blocking work off the workers that answer /healthz, /metrics and the API,
     // which must answer promptly while thousands of notifications go out.
-    let delivery = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("delivery")
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let delivery = new_runtime("delivery", 1)?;
     // Containment actions run apart too: a hung firewall command never holds up the API.
-    let actions = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("actions")
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let actions = new_runtime("actions", 1)?;
     let result = runtime.block_on(serve(
         config,
         rules,

@@ -236,6 +236,15 @@ fn attack(s: &Setup, ip: &str) {
     s.append("auth.log", &lines);
 }
 
+/// The attacker's failed logins, and the id of the incident they open.
+fn attack_until_opened(s: &Setup, d: &Daemon) -> String {
+    attack(s, ATTACKER);
+    d.wait_incident("ssh-bruteforce", WAIT)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn post(d: &Daemon, path: &str, body: &str) -> Response {
     http("POST", d.port, path, Some(&d.token), Some(body)).unwrap()
 }
@@ -368,11 +377,7 @@ fn a_protected_address_is_never_banned_but_still_notified() {
     let Some(lab) = Lab::new("p") else { return };
     let s = setup("duration: 1h", "never_contain: [10.77.1.0/24]\n");
     let d = s.start();
-    attack(&s, ATTACKER);
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = attack_until_opened(&s, &d);
     let refused = wait_containment(&d, &id, "refused", WAIT);
     assert!(
         refused["reason"]
@@ -401,11 +406,7 @@ fn approval_required_holds_the_ban_until_an_approver_approves() {
     let Some(lab) = Lab::new("r") else { return };
     let s = setup("duration: 1h, approval: required", "");
     let d = s.start();
-    attack(&s, ATTACKER);
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = attack_until_opened(&s, &d);
     wait_containment(&d, &id, "held", WAIT);
     assert!(lab.attacker_connects(), "held: not banned yet");
     let r = post(&d, &format!("/api/v1/incidents/{id}/approve"), "{}");
@@ -431,11 +432,7 @@ fn dry_run_records_and_changes_no_firewall_state() {
     let s = setup("duration: 1h", "dry_run: true\n");
     let before = lab.ruleset();
     let d = s.start();
-    attack(&s, ATTACKER);
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = attack_until_opened(&s, &d);
     wait_containment(&d, &id, "dry_run", WAIT);
     let record = &audit_events(&d, "containment.dry_run")[0];
     assert_eq!(record["details"]["target"], ATTACKER);
@@ -450,11 +447,7 @@ fn a_restart_after_a_reboot_reapplies_an_active_ban_for_its_remaining_time() {
     let Some(lab) = Lab::new("k") else { return };
     let s = setup("duration: 60s", "");
     let d = s.start();
-    attack(&s, ATTACKER);
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = attack_until_opened(&s, &d);
     let active = wait_containment(&d, &id, "active", WAIT);
     assert!(!lab.attacker_connects());
     // No clean shutdown, and the firewall emptied as by a reboot.
@@ -505,11 +498,7 @@ fn a_kill_between_banning_and_recording_is_recorded_once_after_the_restart() {
     let s = setup("duration: 60s", "");
     // The worker bans but never reports: the daemon dies before the ban is recorded.
     let d = s.start_with_env(&[("LOGWARDEN_TEST_WITHHOLD_OUTCOMES", "1")]);
-    attack(&s, ATTACKER);
-    let id = d.wait_incident("ssh-bruteforce", WAIT)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = attack_until_opened(&s, &d);
     wait_for("the ban in the kernel", WAIT, || {
         lab.ban4().contains(ATTACKER).then_some(())
     });

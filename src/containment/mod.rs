@@ -683,6 +683,16 @@ mod tests {
         Config::parse(Path::new("/c.yaml"), &text).unwrap()
     }
 
+    /// A step calling for `ban-ip` on the incident.
+    fn ban(
+        book: &mut Book,
+        incident: &mut Incident,
+        now: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) -> Vec<Entry> {
+        book.request(incident, &["ban-ip".into()], "logwarden", now, batch)
+    }
+
     fn events(audit: &[Entry]) -> Vec<&str> {
         audit.iter().map(|e| e.event.as_str()).collect()
     }
@@ -708,13 +718,7 @@ mod tests {
         let t0 = incident.opened_at;
         let mut book = Book::new(&config);
         let mut batch = store::Batch::new();
-        let audit = book.request(
-            &mut incident,
-            &["ban-ip".into()],
-            "logwarden",
-            t0,
-            &mut batch,
-        );
+        let audit = ban(&mut book, &mut incident, t0, &mut batch);
         assert_eq!(events(&audit), ["containment.requested"]);
         store.commit(batch).unwrap();
         let effects = book.take_effects();
@@ -722,16 +726,7 @@ mod tests {
         assert_eq!(effects[0].op, Op::Apply);
         // A repeating step asks again: the live containment stands, nothing new.
         let mut batch = store::Batch::new();
-        assert!(
-            book.request(
-                &mut incident,
-                &["ban-ip".into()],
-                "logwarden",
-                t0,
-                &mut batch
-            )
-            .is_empty()
-        );
+        assert!(ban(&mut book, &mut incident, t0, &mut batch).is_empty());
         assert!(book.take_effects().is_empty());
 
         // Killed between acting and recording: the next start acts again.
@@ -789,26 +784,14 @@ mod tests {
         let now = incident.opened_at;
         incident.key.insert("ip".into(), "192.0.2.4".into());
         let mut book = Book::new(&config(""));
-        let audit = book.request(
-            &mut incident,
-            &["ban-ip".into()],
-            "logwarden",
-            now,
-            &mut batch,
-        );
+        let audit = ban(&mut book, &mut incident, now, &mut batch);
         assert_eq!(events(&audit), ["containment.refused"]);
         assert!(book.take_effects().is_empty());
         assert_eq!(book.take_counts(), [("ban-ip".to_string(), "refused")]);
 
         let mut incident = sample_incident();
         let mut book = Book::new(&config(", approval: required"));
-        let audit = book.request(
-            &mut incident,
-            &["ban-ip".into()],
-            "logwarden",
-            now,
-            &mut batch,
-        );
+        let audit = ban(&mut book, &mut incident, now, &mut batch);
         assert_eq!(events(&audit), ["containment.held"]);
         assert!(book.take_effects().is_empty());
         let audit = book.approve(&mut incident, "boss", now, &mut batch);
@@ -819,13 +802,7 @@ mod tests {
         let mut config = config("");
         config.dry_run = true;
         let mut book = Book::new(&config);
-        let audit = book.request(
-            &mut incident,
-            &["ban-ip".into()],
-            "logwarden",
-            now,
-            &mut batch,
-        );
+        let audit = ban(&mut book, &mut incident, now, &mut batch);
         assert_eq!(events(&audit), ["containment.dry_run"]);
         assert!(book.take_effects().is_empty());
         assert!(!book.has_live(&incident.id));
