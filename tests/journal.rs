@@ -528,7 +528,7 @@ fn an_unreadable_journal_is_a_check_warning_and_named_by_readyz() {
         return;
     }
     let s = Setup::new();
-    s.write("rules/r.yaml", "rules: []\n");
+    s.write("rules/r.yaml", SSH_RULES);
     let config = s.config("sources:\n  - name: auth\n    journal: {directory: missing}\n");
     let out = Command::new(bin())
         .args(["check", "--config"])
@@ -541,7 +541,7 @@ fn an_unreadable_journal_is_a_check_warning_and_named_by_readyz() {
         stdout.contains(":9:5: source \"auth\": the journal cannot be read:"),
         "{stdout}"
     );
-    assert!(stdout.contains("ok: 0 rules"), "{stdout}");
+    assert!(stdout.contains("ok: 1 rules"), "{stdout}");
 
     let empty = s.path("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -585,14 +585,17 @@ fn the_shipped_production_config_reads_the_journal_and_passes_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = std::fs::read_to_string(root.join("config/production.yaml")).unwrap();
     assert!(shipped.contains("    journal: {}"), "{shipped}");
-    // As installed: the rule packs where the config expects them.
+    // As installed: the rule packs next to the config, where it expects them.
     let s = Setup::new();
-    let text = shipped
-        .replace(
-            "/etc/logwarden/rules",
-            &root.join("rules").to_string_lossy(),
-        )
-        .replace("/var/lib/logwarden", &s.path("state").to_string_lossy());
+    for entry in std::fs::read_dir(root.join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        s.write(
+            &format!("rules/{name}"),
+            &std::fs::read_to_string(&path).unwrap(),
+        );
+    }
+    let text = shipped.replace("/var/lib/logwarden", &s.path("state").to_string_lossy());
     let config = s.write("logwarden.yaml", &text);
     let out = Command::new(bin())
         .args(["check", "--config"])
