@@ -294,6 +294,75 @@ async fn nft(script: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containment::Status;
+    use std::path::Path;
+
+    fn command_action(argv: &str, undo: &str) -> ActionConfig {
+        let text = format!(
+            "state_dir: s\nactions:\n  - {{name: run, type: command, argv: {argv}, undo: {undo}, timeout: 5s}}\n"
+        );
+        Config::parse(Path::new("/c.yaml"), &text).unwrap().actions[0].clone()
+    }
+
+    fn containment(target: &str) -> Containment {
+        Containment {
+            incident: "INC-3".into(),
+            rule: "ssh-bruteforce".into(),
+            key_fields: [("ip".to_string(), target.to_string())].into(),
+            action: "run".into(),
+            target: target.into(),
+            duration_secs: 60,
+            status: Status::Pending,
+            allowed_by: "logwarden".into(),
+            requested_at: Utc::now(),
+            applied_at: None,
+            until: None,
+            released_at: None,
+            released_by: None,
+            reason: None,
+            exit_status: None,
+        }
+    }
+
+    /// A command action runs its argv rendered from the incident, without a shell (a
+    /// target full of shell syntax stays one argument), and its undo at the end.
+    #[tokio::test]
+    async fn a_command_runs_rendered_without_a_shell_and_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let action = command_action(
+            &format!("[touch, '{d}/{{{{ key.ip }}}}-{{{{ incident.id }}}}']"),
+            &format!("[rm, '{d}/{{{{ target }}}}-{{{{ incident.id }}}}']"),
+        );
+        let tricky = "198.51.100.7; touch pwned";
+        let c = containment(tricky);
+        assert_eq!(once(&action, &c, Op::Apply).await, Ok(0));
+        let made = dir.path().join(format!("{tricky}-INC-3"));
+        assert!(made.exists());
+        assert!(!dir.path().join("pwned").exists());
+        assert_eq!(once(&action, &c, Op::Undo).await, Ok(0));
+        assert!(!made.exists());
+    }
+
+    /// A failing command is tried again with backoff, each try counted, and reported as
+    /// failed with its exit status.
+    #[tokio::test]
+    async fn a_failing_action_is_retried_counted_and_reported() {
+        let action = command_action("[sh, -c, 'echo nope >&2; exit 3']", "[]");
+        let metrics = Metrics::new();
+        let actions = HashMap::from([("run".to_string(), action)]);
+        let effect = Effect {
+            op: Op::Apply,
+            containment: containment("198.51.100.7"),
+        };
+        let outcome = carry_out(&actions, &effect, &metrics).await;
+        let why = outcome.result.unwrap_err();
+        assert!(why.contains("status 3") && why.contains("nope"), "{why}");
+        assert_eq!(
+            metrics.actions.with_label_values(&["run", "error"]).get(),
+            u64::from(ATTEMPTS)
+        );
+    }
 
     #[test]
     fn ban_scripts_pick_the_set_by_family_and_are_idempotent_transactions() {
