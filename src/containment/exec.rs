@@ -97,12 +97,25 @@ pub fn spawn(
         if !dry_run {
             set_up(&actions).await;
         }
+        // Effects on the same containment run in the order decided (a release decided while
+        // the ban is still being applied must not overtake it): each waits for the one
+        // before it. Effects on different containments run side by side.
+        let mut last: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         while let Some(effect) = rx.recv().await {
+            if last.len() > 1024 {
+                last.retain(|_, task| !task.is_finished());
+            }
+            let key = effect.containment.key();
+            let before = last.remove(&key);
             let (actions, outcomes, metrics) = (actions.clone(), outcomes.clone(), metrics.clone());
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
                 let outcome = carry_out(&actions, &effect, &metrics).await;
                 let _ = outcomes.send(outcome);
             });
+            last.insert(key, task);
         }
     });
     Worker { tx }
@@ -133,7 +146,10 @@ async fn carry_out(
     let c = &effect.containment;
     let mut backoff = FIRST_BACKOFF;
     let mut result = Err("no such action".to_string());
-    if let Some(action) = actions.get(&c.action) {
+    if let Some(holder) = &effect.still_held_by {
+        tracing::info!(action = %c.action, target = %c.target, %holder, "target stays contained for another incident");
+        result = Ok(0);
+    } else if let Some(action) = actions.get(&c.action) {
         for attempt in 1..=ATTEMPTS {
             result = once(action, c, effect.op).await;
             match &result {
@@ -354,6 +370,7 @@ mod tests {
         let effect = Effect {
             op: Op::Apply,
             containment: containment("198.51.100.7"),
+            still_held_by: None,
         };
         let outcome = carry_out(&actions, &effect, &metrics).await;
         let why = outcome.result.unwrap_err();

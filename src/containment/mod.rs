@@ -168,6 +168,19 @@ pub struct Effect {
     pub op: Op,
     /// The record as committed.
     pub containment: Containment,
+    /// A lift whose target another incident still holds contained: nothing is run.
+    pub still_held_by: Option<String>,
+}
+
+impl Effect {
+    /// Puts a containment in force.
+    fn apply(containment: Containment) -> Effect {
+        Effect {
+            op: Op::Apply,
+            containment,
+            still_held_by: None,
+        }
+    }
 }
 
 /// What the worker did with an effect.
@@ -244,30 +257,26 @@ impl Book {
         now: DateTime<Utc>,
         batch: &mut store::Batch,
     ) -> Result<(), StoreError> {
-        for c in all(store)?.into_iter().filter(|c| c.status.is_live()) {
-            let mut c = c;
-            let op = match c.status {
-                Status::Active if c.until.is_some_and(|u| u <= now) => {
-                    c.status = Status::Releasing;
-                    c.released_by = Some(DAEMON.into());
-                    c.reason = Some("expired".into());
-                    put(batch, &c);
-                    Some(Op::Undo)
-                }
-                Status::Pending | Status::Active => Some(Op::Apply),
-                Status::Releasing => Some(Op::Undo),
-                _ => None,
-            };
+        for mut c in all(store)?.into_iter().filter(|c| c.status.is_live()) {
+            if c.status == Status::Active && c.until.is_some_and(|u| u <= now) {
+                c.status = Status::Releasing;
+                c.released_by = Some(DAEMON.into());
+                c.reason = Some("expired".into());
+                put(batch, &c);
+            }
             if c.status == Status::Active {
                 self.expiry.schedule(c.key(), c.until);
             }
-            if let Some(op) = op {
-                self.effects.push(Effect {
-                    op,
-                    containment: c.clone(),
-                });
-            }
             self.live.insert(c.key(), c);
+        }
+        // Decided once all are loaded: lifting a target must see the others holding it.
+        let resumed: Vec<Containment> = self.live.values().cloned().collect();
+        for c in resumed {
+            match c.status {
+                Status::Pending | Status::Active => self.effects.push(Effect::apply(c)),
+                Status::Releasing => self.lift(c),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -373,10 +382,7 @@ impl Book {
             audit.push(self.entry(event, DAEMON, &c));
             put(batch, &c);
             if status == Status::Pending {
-                self.effects.push(Effect {
-                    op: Op::Apply,
-                    containment: c.clone(),
-                });
+                self.effects.push(Effect::apply(c.clone()));
             }
             if status.is_live() {
                 self.live.insert(c.key(), c);
@@ -419,10 +425,7 @@ impl Book {
             audit.push(self.entry("containment.approved", approver, &c));
             put(batch, &c);
             if c.status == Status::Pending {
-                self.effects.push(Effect {
-                    op: Op::Apply,
-                    containment: c,
-                });
+                self.effects.push(Effect::apply(c));
             } else {
                 self.live.remove(&key);
             }
@@ -472,11 +475,8 @@ impl Book {
                 audit.push(self.entry("containment.released", actor, &c));
             } else {
                 c.status = Status::Releasing;
-                self.effects.push(Effect {
-                    op: Op::Undo,
-                    containment: c.clone(),
-                });
                 self.live.insert(key, c.clone());
+                self.lift(c.clone());
             }
             put(batch, &c);
         }
@@ -497,11 +497,29 @@ impl Book {
             c.reason = Some("expired".into());
             let c = c.clone();
             put(batch, &c);
-            self.effects.push(Effect {
-                op: Op::Undo,
-                containment: c,
-            });
+            self.lift(c);
         }
+    }
+
+    /// Lifts a containment by an effect, unless another incident's containment holds the
+    /// same target by the same action: then the target stays contained and only this
+    /// record is closed.
+    fn lift(&mut self, c: Containment) {
+        let holder = self
+            .live
+            .values()
+            .find(|o| {
+                o.action == c.action
+                    && o.target == c.target
+                    && o.incident != c.incident
+                    && matches!(o.status, Status::Pending | Status::Active)
+            })
+            .map(|o| o.incident.clone());
+        self.effects.push(Effect {
+            op: Op::Undo,
+            containment: c,
+            still_held_by: holder,
+        });
     }
 
     /// The incident an outcome concerns, if the record is still live.
@@ -806,5 +824,32 @@ mod tests {
         assert_eq!(events(&audit), ["containment.dry_run"]);
         assert!(book.take_effects().is_empty());
         assert!(!book.has_live(&incident.id));
+    }
+
+    /// Two incidents (two rules) ban the same address: lifting one leaves the address
+    /// banned for the other.
+    #[test]
+    fn a_target_held_by_another_incident_stays_contained() {
+        let mut batch = store::Batch::new();
+        let mut book = Book::new(&config(""));
+        let mut first = sample_incident();
+        let mut second = sample_incident();
+        second.id = "INC-2".into();
+        let now = first.opened_at;
+        for incident in [&mut first, &mut second] {
+            ban(&mut book, incident, now, &mut batch);
+        }
+        for effect in book.take_effects() {
+            book.record(&ok(&effect, now), &mut first.clone(), &mut batch);
+        }
+        book.release(&mut first, "oncall", "released", now, &mut batch)
+            .unwrap();
+        let lift = book.take_effects();
+        assert_eq!(lift[0].op, Op::Undo);
+        assert_eq!(lift[0].still_held_by.as_deref(), Some("INC-2"));
+        book.record(&ok(&lift[0], now), &mut first, &mut batch);
+        book.release(&mut second, "oncall", "released", now, &mut batch)
+            .unwrap();
+        assert_eq!(book.take_effects()[0].still_held_by, None);
     }
 }
