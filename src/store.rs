@@ -39,6 +39,9 @@ pub enum Space {
     Firing,
     /// Journal read positions (cursors), by source name.
     JournalCursors,
+    /// Containments (bans) by incident number, action and target: what is in force, what
+    /// is to be applied or lifted, and the history.
+    Containments,
 }
 
 impl Space {
@@ -55,6 +58,7 @@ impl Space {
             Space::Silences => b"sil/",
             Space::Firing => b"firing/",
             Space::JournalCursors => b"jcur/",
+            Space::Containments => b"cont/",
         }
     }
 
@@ -335,9 +339,18 @@ impl Store {
     /// Every record of a kind, in key order; unreadable records are skipped with a warning
     /// rather than failing the whole scan.
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.scan_under(space, b"")
+    }
+
+    /// [`Store::scan`] of the records of a kind whose keys start with `under`.
+    pub fn scan_under<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        under: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
         let prefix = space.prefix();
         let mut out = Vec::new();
-        for item in self.handles()?.tree.scan_prefix(prefix) {
+        for item in self.handles()?.tree.scan_prefix(space.key(under)) {
             let (key, value) = item?;
             match serde_json::from_slice(&value) {
                 Ok(v) => out.push((key[prefix.len()..].to_vec(), v)),
