@@ -1,17 +1,23 @@
-//! The multi-pattern pass: one combined set per source over every pattern of every rule
-//! that reads it (sequence steps included), so the per-line cost does not grow with one
-//! scan per rule. Only the rules it finds run their own regex for captures.
+//! Which rules' patterns run on a line: the front end of detection.
+//!
+//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
+//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one scan
+//! of the line names the patterns whose literals it holds, and only those, plus the
+//! patterns without a required literal, run their own regex for captures. Most lines hold
+//! none, and a gated pattern's capture run is also its match test, so no line pays for a
+//! second pass over it.
+//!
+//! The combined set ([`Front::Set`], the previous design, kept as the baseline benchmarks
+//! and the differential tests measure the gate against): one `regex-automata` meta set per
+//! source over every pattern, whose matches are the candidates.
 //!
 //! Rules often share a pattern (a threshold and a sequence step on the same failed login):
-//! each distinct pattern text is in the set once and runs its captures at most once per
-//! line, whichever rules it serves.
-//!
-//! The set is built on `regex-automata`'s meta engine (what `regex::bytes::RegexSet` wraps,
-//! configured the same way) so that its search cache and match set are reused from line
-//! to line: no allocation per line.
+//! each distinct pattern text is gated once and runs its captures at most once per line,
+//! whichever rules it serves.
 
-use super::fields;
+use super::{fields, literals};
 use crate::rules::{Rule, RuleSet};
+use aho_corasick::{AhoCorasick, MatchKind as LiteralMatchKind};
 use regex::bytes::CaptureLocations;
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
@@ -93,11 +99,102 @@ struct SharedPattern {
     slots: Vec<(usize, usize)>,
 }
 
+/// How candidate patterns are found for a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The literal gate: patterns whose required literals the line holds, and patterns
+    /// without any.
+    Gate,
+    /// The combined set of every pattern (the previous design; for comparison).
+    Set,
+}
+
+/// The literal gate of one source.
+struct Gate {
+    /// Over every distinct required literal; `None` when no pattern has one.
+    literals: Option<AhoCorasick>,
+    /// Per literal (automaton pattern id): the distinct patterns it admits.
+    admits: Vec<Vec<usize>>,
+    /// Patterns without a required literal: candidates on every line.
+    always: Vec<usize>,
+    /// Per distinct pattern: the line it was last admitted on (admitted once per line).
+    admitted_at: Vec<u64>,
+}
+
+impl Gate {
+    fn new(texts: &[&str]) -> Self {
+        let mut literal_ids: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        let mut literal_list: Vec<Vec<u8>> = Vec::new();
+        let mut admits: Vec<Vec<usize>> = Vec::new();
+        let mut always = Vec::new();
+        for (id, text) in texts.iter().enumerate() {
+            match literals::required(text) {
+                Some(set) => {
+                    for literal in set {
+                        let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
+                            literal_list.push(literal);
+                            admits.push(Vec::new());
+                            admits.len() - 1
+                        });
+                        admits[at].push(id);
+                    }
+                }
+                None => always.push(id),
+            }
+        }
+        let literals = if literal_list.is_empty() {
+            None
+        } else {
+            match AhoCorasick::builder()
+                .match_kind(LiteralMatchKind::Standard)
+                .build(&literal_list)
+            {
+                Ok(automaton) => Some(automaton),
+                Err(e) => {
+                    // Cannot happen within the automaton's limits; if it does, every
+                    // pattern runs, which is slower but never wrong.
+                    tracing::warn!(error = %e, "literal gate not built; running every pattern");
+                    always = (0..texts.len()).collect();
+                    admits.clear();
+                    None
+                }
+            }
+        };
+        Gate {
+            literals,
+            admits,
+            always,
+            admitted_at: vec![u64::MAX; texts.len()],
+        }
+    }
+
+    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`).
+    fn admit(&mut self, line: &[u8], at: u64, mut admit: impl FnMut(usize)) {
+        for &id in &self.always {
+            admit(id);
+        }
+        let Some(literals) = &self.literals else {
+            return;
+        };
+        for found in literals.find_overlapping_iter(line) {
+            for &id in &self.admits[found.pattern().as_usize()] {
+                if self.admitted_at[id] != at {
+                    self.admitted_at[id] = at;
+                    admit(id);
+                }
+            }
+        }
+    }
+}
+
 /// Candidate rules for one source, found in one pass.
 pub struct SourceMatcher {
-    /// Over the distinct patterns, in [`SourceMatcher::shared`] order. `None` when the
-    /// combined set exceeded its budget: every pattern is then a candidate.
+    /// Front::Set: over the distinct patterns, in [`SourceMatcher::shared`] order. `None`
+    /// with the gate, or when the combined set exceeded its budget (every pattern is then
+    /// a candidate).
     set: Option<Regex>,
+    /// Front::Gate: the literal gate.
+    gate: Option<Gate>,
     /// Rules reading this source.
     pub rules: Vec<Arc<Rule>>,
     /// The distinct pattern texts of the rules.
@@ -113,8 +210,13 @@ pub struct SourceMatcher {
 }
 
 impl SourceMatcher {
-    /// The matcher for the rules that read `source`.
+    /// The matcher for the rules that read `source`, with the literal gate.
     pub fn new(rules: &RuleSet, source: &str) -> Self {
+        Self::with_front(rules, source, Front::Gate)
+    }
+
+    /// The matcher for the rules that read `source`, finding candidates with `front`.
+    pub fn with_front(rules: &RuleSet, source: &str, front: Front) -> Self {
         let rules: Vec<Arc<Rule>> = rules
             .rules
             .iter()
@@ -152,6 +254,20 @@ impl SourceMatcher {
         // Each pattern already compiled within its own bounds; the set gets their sum.
         // Configured as `regex::bytes::RegexSetBuilder::new(texts).unicode(false)` with both
         // size limits at `SET_SIZE_LIMIT`.
+        if front == Front::Gate {
+            let gate = Some(Gate::new(&texts));
+            let found = PatternSet::new(shared.len());
+            return SourceMatcher {
+                set: None,
+                gate,
+                rules,
+                shared,
+                patterns,
+                line: 0,
+                cache: None,
+                found,
+            };
+        }
         let set = Builder::new()
             .configure(
                 Config::new()
@@ -169,6 +285,7 @@ impl SourceMatcher {
         let found = PatternSet::new(shared.len());
         SourceMatcher {
             set,
+            gate: None,
             rules,
             shared,
             patterns,
@@ -183,6 +300,16 @@ impl SourceMatcher {
     pub fn candidates(&mut self, line: &[u8], out: &mut Vec<(usize, usize)>) {
         out.clear();
         self.line += 1;
+        if let Some(gate) = &mut self.gate {
+            let shared = &self.shared;
+            gate.admit(line, self.line, |id| {
+                out.extend_from_slice(&shared[id].slots)
+            });
+            if out.len() > 1 {
+                out.sort_unstable_by_key(|&(r, p)| (r, Reverse(p)));
+            }
+            return;
+        }
         match (&self.set, &mut self.cache) {
             (Some(set), Some(cache)) => {
                 let input = Input::new(line);
