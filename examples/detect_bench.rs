@@ -1,8 +1,8 @@
 //! Benchmark program for `bench/run.sh`: generates an auth log and rule sets, and measures
 //! how many lines per second the detector evaluates (timestamp parsing, the front end that
 //! finds candidate patterns, captures on hits, windows), single-threaded, with no store or
-//! notifications. `gate` (default) is the literal gate the detector uses, `set` the
-//! combined-set pass of the previous design, measured in the same run for comparison.
+//! notifications. `set` (default) is the combined-set pass the detector uses, `gate` the
+//! literal gate, measured in the same run for comparison.
 //!
 //! ```text
 //! detect_bench gen-log LINES FILE
@@ -74,8 +74,8 @@ fn main() {
 
 fn parse_front(arg: &[&str]) -> Front {
     match arg {
-        [] | ["gate"] => Front::Gate,
-        ["set"] => Front::Set,
+        [] | ["set"] => Front::Set,
+        ["gate"] => Front::Gate,
         other => {
             eprintln!("front end is gate or set, not {other:?}");
             std::process::exit(2);

@@ -1,5 +1,5 @@
-//! Differential proof of the detection front end: the literal gate must count exactly the
-//! hits the combined-set pass (the previous design) counts — same rule, key, captures,
+//! Differential proof of the detection front ends: the literal gate must count exactly the
+//! hits the combined-set pass (the detector's) counts — same rule, key, captures,
 //! step, time and crossing — over the generated bench log, the real lines of the CrowdSec
 //! hub corpora and a fuzzed mix of the patterns' own pieces, at 10, 100 and 500 rules.
 
@@ -76,6 +76,7 @@ fn fuzzed_lines(set: &RuleSet, bases: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> 
         .flat_map(|r| r.pattern_texts())
         .filter_map(literals::required)
         .flatten()
+        .flatten()
         .collect();
     pieces.extend(words);
     for extra in [
@@ -151,7 +152,19 @@ fn the_literal_gate_counts_exactly_what_the_combined_set_counts() {
     let generated: Vec<Vec<u8>> = (0..20_000)
         .map(|i| support::auth_line(i, &mut rng).into_bytes())
         .collect();
-    let bases: Vec<Vec<u8>> = corpus.iter().chain(&generated[..2_000]).cloned().collect();
+    // Lines of the filler rules' own applications, so the 500-rule sets match them too.
+    let apps: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            format!("Nov 22 10:00:00 web1 app{i}[77]: denied request for u{i} from 10.0.0.{i}")
+                .into_bytes()
+        })
+        .collect();
+    let bases: Vec<Vec<u8>> = corpus
+        .iter()
+        .chain(&generated[..2_000])
+        .chain(&apps)
+        .cloned()
+        .collect();
     for total in [10, 100, 500] {
         let rules = dir.path().join(format!("rules-{total}"));
         support::write_rules(

@@ -1,6 +1,8 @@
-//! Required literals of a pattern: a set of byte strings one of which every match of the
-//! pattern contains. They let the matcher skip a pattern on a line that holds none of them
-//! (the literal gate), which is most lines for most patterns.
+//! Required literals of a pattern: sets of byte strings such that every match of the
+//! pattern contains one string of each set. They let the matcher skip a pattern on a line
+//! that lacks one of the sets (the literal gate), which is most lines for most patterns.
+//! Several sets together are what make a gate selective: ` from ` alone is on most sshd
+//! lines, ` from ` and `Failed ` together only on failed logins.
 //!
 //! Derived from the pattern's syntax tree, parsed the way [`crate::rules::compile_pattern`]
 //! compiles it (bytes, no Unicode classes). The derivation only ever under-claims: a node it
@@ -14,51 +16,76 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 const MAX_STRINGS: usize = 64;
 /// Shortest literal worth gating on: shorter ones are on almost every line.
 const MIN_LITERAL: usize = 3;
+/// Most sets a pattern is gated on (each costs a little per line it is found on).
+const MAX_SETS: usize = 4;
+
+/// Strings one of which a match contains.
+type Set = Vec<Vec<u8>>;
 
 /// What is known about the strings a piece of a pattern matches.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Facts {
     /// Every string it can match, when that is a small finite set.
     exact: Option<Vec<Vec<u8>>>,
-    /// A set of strings one of which every match contains (none empty).
-    required: Option<Vec<Vec<u8>>>,
+    /// Sets of strings, one string of each of which every match contains (none empty),
+    /// best first.
+    required: Vec<Set>,
 }
 
-/// The literals one of which every match of `pattern` contains, or `None` when the pattern
-/// has no such set worth gating on (it must then run on every line).
-pub fn required(pattern: &str) -> Option<Vec<Vec<u8>>> {
+/// How selective a set is: its shortest string's length, then fewer strings.
+fn score(set: &Set) -> (usize, std::cmp::Reverse<usize>) {
+    (
+        set.iter().map(Vec::len).min().unwrap_or(0),
+        std::cmp::Reverse(set.len()),
+    )
+}
+
+/// The best `MAX_SETS` of `sets`, best first, without duplicates or sets holding an empty
+/// string (which every line contains).
+fn best(mut sets: Vec<Set>) -> Vec<Set> {
+    sets.retain(|s| !s.is_empty() && s.iter().all(|x| !x.is_empty()));
+    for set in &mut sets {
+        set.sort();
+        set.dedup();
+    }
+    sets.sort_by(|a, b| score(b).cmp(&score(a)).then_with(|| a.cmp(b)));
+    sets.dedup();
+    sets.truncate(MAX_SETS);
+    sets
+}
+
+/// Sets of literals such that every match of `pattern` contains one of each set, or
+/// `None` when the pattern has no such set worth gating on (it must then run on every
+/// line).
+pub fn required(pattern: &str) -> Option<Vec<Set>> {
     let hir = regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
         .build()
         .parse(pattern)
         .ok()?;
-    let mut set = facts(&hir).required?;
-    if set.iter().any(|s| s.len() < MIN_LITERAL) {
-        return None;
-    }
-    set.sort();
-    set.dedup();
-    Some(set)
+    let mut sets = facts(&hir).required;
+    sets.retain(|set| set.iter().all(|s| s.len() >= MIN_LITERAL));
+    (!sets.is_empty()).then_some(sets)
 }
 
 fn facts(hir: &Hir) -> Facts {
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => Facts {
             exact: Some(vec![Vec::new()]),
-            required: None,
+            required: Vec::new(),
         },
         HirKind::Literal(lit) => {
             let bytes = lit.0.to_vec();
             Facts {
                 exact: Some(vec![bytes.clone()]),
-                required: Some(vec![bytes]),
+                required: vec![vec![bytes]],
             }
         }
         HirKind::Class(class) => {
             let exact = class_strings(class);
             Facts {
-                required: exact.clone(),
+                required: best(exact.iter().cloned().collect()),
                 exact,
             }
         }
@@ -73,14 +100,20 @@ fn facts(hir: &Hir) -> Facts {
                     required: sub.required,
                 }
             } else {
-                Facts::default()
+                Facts {
+                    exact: None,
+                    required: Vec::new(),
+                }
             }
         }
         HirKind::Alternation(branches) => {
+            // A match contains a string of one set of the branch it took: the union of
+            // each branch's best set.
             let all: Vec<Facts> = branches.iter().map(facts).collect();
             Facts {
                 exact: union(all.iter().map(|f| f.exact.as_ref())),
-                required: union(all.iter().map(|f| f.required.as_ref())),
+                required: union(all.iter().map(|f| f.required.first()))
+                    .map_or_else(Vec::new, |set| best(vec![set])),
             }
         }
         HirKind::Concat(children) => concat(children),
@@ -91,14 +124,12 @@ fn facts(hir: &Hir) -> Facts {
 /// `[Pp]assword` is two strings of 15 bytes); the best of those runs and of the children's
 /// own requirements is the requirement.
 fn concat(children: &[Hir]) -> Facts {
-    let mut candidates: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut candidates: Vec<Set> = Vec::new();
     let mut run: Vec<Vec<u8>> = vec![Vec::new()];
     let mut whole: Option<Vec<Vec<u8>>> = Some(vec![Vec::new()]);
     for child in children {
         let child = facts(child);
-        if let Some(required) = child.required {
-            candidates.push(required);
-        }
+        candidates.extend(child.required);
         match child.exact {
             Some(exact) => {
                 whole = whole.and_then(|w| product(&w, &exact));
@@ -118,10 +149,7 @@ fn concat(children: &[Hir]) -> Facts {
     candidates.push(run);
     Facts {
         exact: whole,
-        required: candidates
-            .into_iter()
-            .filter(|c| c.iter().all(|s| !s.is_empty()))
-            .max_by_key(|c| (c.iter().map(Vec::len).min(), std::cmp::Reverse(c.len()))),
+        required: best(candidates),
     }
 }
 
@@ -190,10 +218,12 @@ fn class_strings(class: &Class) -> Option<Vec<Vec<u8>>> {
 mod tests {
     use super::*;
 
+    /// The best required set.
     fn strings(pattern: &str) -> Option<Vec<String>> {
-        required(pattern).map(|set| {
-            set.into_iter()
-                .map(|s| String::from_utf8(s).unwrap())
+        required(pattern).map(|sets| {
+            sets[0]
+                .iter()
+                .map(|s| String::from_utf8(s.clone()).unwrap())
                 .collect()
         })
     }
@@ -232,6 +262,29 @@ mod tests {
                 .map(|s| s.to_string())
                 .collect()
             )
+        );
+    }
+
+    #[test]
+    fn every_required_run_is_a_set_of_its_own() {
+        let sets =
+            required(r"sshd\[\d+\]: (?:User|Failed \S+ for) .* from (?P<ip>\S+) port").unwrap();
+        let sets: Vec<Vec<&str>> = sets
+            .iter()
+            .map(|set| {
+                set.iter()
+                    .map(|s| std::str::from_utf8(s).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            sets,
+            vec![
+                vec![" from "],
+                vec![" port"],
+                vec!["sshd["],
+                vec!["Failed ", "User"]
+            ]
         );
     }
 

@@ -1,15 +1,19 @@
 //! Which rules' patterns run on a line: the front end of detection.
 //!
-//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
-//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one scan
-//! of the line names the patterns whose literals it holds, and only those, plus the
-//! patterns without a required literal, run their own regex for captures. Most lines hold
-//! none, and a gated pattern's capture run is also its match test, so no line pays for a
-//! second pass over it.
+//! The combined set ([`Front::Set`], what the detector uses): one `regex-automata` meta set
+//! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
+//! way, so its search cache and match set are reused from line to line), whose matches are
+//! the candidates.
 //!
-//! The combined set ([`Front::Set`], the previous design, kept as the baseline benchmarks
-//! and the differential tests measure the gate against): one `regex-automata` meta set per
-//! source over every pattern, whose matches are the candidates.
+//! The literal gate ([`Front::Gate`]): every pattern's required literals
+//! ([`super::literals`]) go into one Aho-Corasick automaton per source; one overlapping
+//! scan of the line names the patterns that hold a literal of each of their required sets,
+//! and only those, plus the patterns without one, run their own regex for captures (the
+//! capture run is then also the match test). It counts exactly the same hits
+//! (`tests/front_end.rs`), but measured per line it costs more than the set: the
+//! overlapping scan visits every byte, where the set's search rejects most lines on its
+//! own prefilter (docs/performance.md has the figures). It is kept, selectable, for that
+//! comparison and as the base of a chunk-wide gate.
 //!
 //! Rules often share a pattern (a threshold and a sequence step on the same failed login):
 //! each distinct pattern text is gated once and runs its captures at most once per line,
@@ -17,7 +21,7 @@
 
 use super::{fields, literals};
 use crate::rules::{Rule, RuleSet};
-use aho_corasick::{AhoCorasick, MatchKind as LiteralMatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as LiteralMatchKind};
 use regex::bytes::CaptureLocations;
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
@@ -105,38 +109,47 @@ pub enum Front {
     /// The literal gate: patterns whose required literals the line holds, and patterns
     /// without any.
     Gate,
-    /// The combined set of every pattern (the previous design; for comparison).
+    /// The combined set of every pattern (the detector's front end).
     Set,
 }
 
-/// The literal gate of one source.
+/// The literal gate of one source: a pattern is a candidate on a line that holds a string
+/// of each of its required sets.
 struct Gate {
     /// Over every distinct required literal; `None` when no pattern has one.
     literals: Option<AhoCorasick>,
-    /// Per literal (automaton pattern id): the distinct patterns it admits.
-    admits: Vec<Vec<usize>>,
+    /// Per literal (automaton pattern id): the distinct patterns it counts for, each with
+    /// the bit of the pattern's required set it belongs to.
+    admits: Vec<Vec<(usize, u8)>>,
+    /// Per distinct pattern: the bits of all its required sets (a line must show each).
+    needed: Vec<u8>,
     /// Patterns without a required literal: candidates on every line.
     always: Vec<usize>,
-    /// Per distinct pattern: the line it was last admitted on (admitted once per line).
-    admitted_at: Vec<u64>,
+    /// Per distinct pattern: the line its sets were last seen on, and which were.
+    seen: Vec<(u64, u8)>,
 }
 
 impl Gate {
     fn new(texts: &[&str]) -> Self {
         let mut literal_ids: std::collections::HashMap<Vec<u8>, usize> = Default::default();
         let mut literal_list: Vec<Vec<u8>> = Vec::new();
-        let mut admits: Vec<Vec<usize>> = Vec::new();
+        let mut admits: Vec<Vec<(usize, u8)>> = Vec::new();
+        let mut needed = vec![0u8; texts.len()];
         let mut always = Vec::new();
         for (id, text) in texts.iter().enumerate() {
             match literals::required(text) {
-                Some(set) => {
-                    for literal in set {
-                        let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
-                            literal_list.push(literal);
-                            admits.push(Vec::new());
-                            admits.len() - 1
-                        });
-                        admits[at].push(id);
+                Some(sets) => {
+                    for (bit, set) in sets.into_iter().enumerate() {
+                        let bit = 1u8 << bit;
+                        needed[id] |= bit;
+                        for literal in set {
+                            let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
+                                literal_list.push(literal);
+                                admits.push(Vec::new());
+                                admits.len() - 1
+                            });
+                            admits[at].push((id, bit));
+                        }
                     }
                 }
                 None => always.push(id),
@@ -147,6 +160,9 @@ impl Gate {
         } else {
             match AhoCorasick::builder()
                 .match_kind(LiteralMatchKind::Standard)
+                // A full DFA: the overlapping scan visits every byte of every line, and
+                // this is the fastest automaton per byte.
+                .kind(Some(AhoCorasickKind::DFA))
                 .build(&literal_list)
             {
                 Ok(automaton) => Some(automaton),
@@ -163,8 +179,9 @@ impl Gate {
         Gate {
             literals,
             admits,
+            needed,
             always,
-            admitted_at: vec![u64::MAX; texts.len()],
+            seen: vec![(u64::MAX, 0); texts.len()],
         }
     }
 
@@ -177,9 +194,15 @@ impl Gate {
             return;
         };
         for found in literals.find_overlapping_iter(line) {
-            for &id in &self.admits[found.pattern().as_usize()] {
-                if self.admitted_at[id] != at {
-                    self.admitted_at[id] = at;
+            for &(id, bit) in &self.admits[found.pattern().as_usize()] {
+                let seen = &mut self.seen[id];
+                if seen.0 != at {
+                    *seen = (at, 0);
+                }
+                let before = seen.1;
+                seen.1 |= bit;
+                // Admitted once: when the last of its sets shows up.
+                if seen.1 != before && seen.1 == self.needed[id] {
                     admit(id);
                 }
             }
@@ -210,9 +233,9 @@ pub struct SourceMatcher {
 }
 
 impl SourceMatcher {
-    /// The matcher for the rules that read `source`, with the literal gate.
+    /// The matcher for the rules that read `source`, with the combined set.
     pub fn new(rules: &RuleSet, source: &str) -> Self {
-        Self::with_front(rules, source, Front::Gate)
+        Self::with_front(rules, source, Front::Set)
     }
 
     /// The matcher for the rules that read `source`, finding candidates with `front`.

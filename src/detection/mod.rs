@@ -1,8 +1,7 @@
 //! Detection: which rules a line matches, and when matches cross a rule's threshold.
 //!
-//! Per line, a literal gate (one Aho-Corasick scan per source for the patterns' required
-//! literals, [`matcher`]) finds the candidate patterns; only those run their own regex for
-//! captures. Windows run on the lines'
+//! Per line, one multi-pattern pass (a combined set per source, [`matcher`]) finds the
+//! candidate rules; only those run their own regex for captures. Windows run on the lines'
 //! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
@@ -192,7 +191,7 @@ impl RuleChange {
 impl Detector {
     /// A detector for these rules and the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
-        Self::with_front(rules, sources, Front::Gate)
+        Self::with_front(rules, sources, Front::Set)
     }
 
     /// A detector whose matchers find candidates with `front` (benchmarks and differential
