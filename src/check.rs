@@ -45,7 +45,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
             "errors": errors,
             "warnings": warnings,
         });
-        crate::cli::print(&format!("{report}\n"));
+        crate::output::print(&format!("{report}\n"));
     } else {
         let mut out = String::new();
         for p in &errors {
@@ -61,7 +61,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
                 rules.files.len()
             ));
         }
-        crate::cli::print(&out);
+        crate::output::print(&out);
     }
     if errors.is_empty() {
         ExitCode::SUCCESS

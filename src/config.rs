@@ -84,14 +84,7 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-/// The kernel's host name (`/proc/sys/kernel/hostname`), `localhost` when unreadable.
-pub fn kernel_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
+pub use crate::host::kernel_host_name;
 
 /// Longest host name accepted (DNS's limit for a full name).
 const MAX_HOST_CHARS: usize = 253;
@@ -479,7 +472,7 @@ impl Config {
                     format!("duplicate source name {:?}", source.name),
                 ));
             }
-            if source.name == crate::recidive::SOURCE {
+            if source.name == crate::rules::DETECTION_SOURCE {
                 problems.push(Diagnostic::at(
                     path,
                     loc.key_in_block(at, "name"),

@@ -349,7 +349,7 @@ impl IncidentBook {
     /// (`test`, `replay`); uids name the kernel's host name.
     pub fn empty() -> Self {
         IncidentBook {
-            host: crate::config::kernel_host_name(),
+            host: crate::host::kernel_host_name(),
             open: HashMap::new(),
             by_id: HashMap::new(),
             next_number: 1,

@@ -371,17 +371,11 @@ impl Metrics {
     pub fn preset(&self, config: &crate::config::Config, rules: &crate::rules::RuleSet) {
         for source in &config.sources {
             self.lines_read.with_label_values(&[&source.name]);
-            if let Some(listen) = &source.syslog {
-                if listen.tcp.is_some() {
-                    for reason in crate::sources::syslog::Closed::ALL {
-                        self.syslog_connections_closed
-                            .with_label_values(&[&source.name, reason.label()]);
-                    }
-                }
-                if listen.udp.is_some() {
-                    self.syslog_udp_kernel_drops
-                        .with_label_values(&[&source.name]);
-                }
+            if let Some(listen) = &source.syslog
+                && listen.udp.is_some()
+            {
+                self.syslog_udp_kernel_drops
+                    .with_label_values(&[&source.name]);
             }
         }
         for receiver in &config.receivers {

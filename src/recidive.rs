@@ -21,7 +21,7 @@ use crate::sources::LogLine;
 use std::sync::Arc;
 
 /// The built-in source of detection lines.
-pub const SOURCE: &str = "logwarden";
+pub use crate::rules::DETECTION_SOURCE as SOURCE;
 
 /// Rounds of detections causing detections (a rule over a rule over ...) followed at most,
 /// so a cycle in the rules cannot loop.

@@ -32,6 +32,10 @@ const REGEX_DFA_LIMIT: usize = 8 << 20;
 /// Keys a rule tracks at most unless it sets `max_keys`: a flood of spoofed addresses must
 /// not exhaust memory.
 pub const DEFAULT_MAX_KEYS: usize = 40_000;
+/// The built-in source that carries logwarden's own detections (one line per threshold
+/// crossing, see `crate::recidive`): rules that name it in `sources:` count detections, for
+/// repeat offenders; no configured source may take its name.
+pub const DETECTION_SOURCE: &str = "logwarden";
 /// What a summary template may use besides the rule's named captures (the incident's
 /// context, see `incidents::summary_context`).
 pub const SUMMARY_VARIABLES: [&str; 4] = ["count", "rule", "severity", "key"];
@@ -236,10 +240,10 @@ impl Rule {
     }
 
     /// Whether the rule reads lines of this source. The incident lines of
-    /// [`crate::recidive::SOURCE`] are read only by rules that name it.
+    /// [`DETECTION_SOURCE`] are read only by rules that name it.
     pub fn applies_to(&self, source: &str) -> bool {
         if self.def.sources.is_empty() {
-            return source != crate::recidive::SOURCE;
+            return source != DETECTION_SOURCE;
         }
         self.def.sources.iter().any(|s| s == source)
     }
@@ -900,7 +904,7 @@ fn compile_rule(
     }
     if let Some(known) = &ctx.sources {
         for source in &def.sources {
-            if !known.contains(source) && source != crate::recidive::SOURCE {
+            if !known.contains(source) && source != DETECTION_SOURCE {
                 fail(
                     Spot::Key("sources"),
                     format!("rule names unknown source {source:?}"),

@@ -85,7 +85,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             };
             match super::records(&store, since, until) {
                 Ok(records) => {
-                    crate::cli::print(&super::render(&records, format));
+                    crate::output::print(&super::render(&records, format));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),

@@ -19,6 +19,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
+/// Actor name of the daemon's own changes.
+pub const DAEMON: &str = "logwarden";
+
 /// `prev` of the first record: 64 zeros.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Meta key of the chain head.

@@ -16,11 +16,11 @@ mod protect;
 
 pub use protect::Protected;
 
+use crate::audit::DAEMON;
 use crate::audit::Entry;
 use crate::config::{ActionConfig, ActionKind, ApprovalPolicy, Config};
 use crate::due::DueQueue;
 use crate::incidents::Incident;
-use crate::lifecycle::DAEMON;
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};

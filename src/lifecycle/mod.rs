@@ -30,8 +30,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::oneshot;
 
-/// Actor name of the daemon's own changes.
-pub const DAEMON: &str = "logwarden";
+pub use crate::audit::DAEMON;
 
 /// Why a command changed nothing; the API answers with the matching status.
 #[derive(Debug, Clone, PartialEq)]

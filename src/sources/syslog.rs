@@ -152,6 +152,12 @@ impl SyslogSource {
             tasks.spawn(receive_udp(socket, name, max, tx, metrics));
         }
         if let Some(listener) = self.tcp {
+            // Every reason's series from the start, at 0 (see `Metrics::preset`).
+            for reason in Closed::ALL {
+                metrics
+                    .syslog_connections_closed
+                    .with_label_values(&[&self.name, reason.label()]);
+            }
             let (name, max, tx, metrics) = (
                 self.name.clone(),
                 self.max_line_bytes,
