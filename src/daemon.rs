@@ -14,7 +14,7 @@ use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
 use crate::sources::syslog::SyslogSource;
 use crate::sources::{Checkpoint, stdin};
-use crate::store::{Space, Store};
+use crate::store::Store;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,12 +177,8 @@ async fn serve(
         .map_err(|e| RunError::Io(e.to_string()))?;
 
     let stop_sources = Arc::new(AtomicBool::new(false));
-    let checkpoints: Vec<Checkpoint> = store
-        .scan(Space::Checkpoints)
-        .map_err(|e| RunError::Io(e.to_string()))?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
+    let checkpoints: Vec<Checkpoint> =
+        crate::sources::stored_checkpoints(&store).map_err(|e| RunError::Io(e.to_string()))?;
     let tailer = FileTailer::new(
         &config.sources,
         checkpoints,

@@ -11,6 +11,13 @@ use std::path::Path;
 /// Page cache for sled; its default (1 GiB) is far too much for a host agent.
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// The layout of records this release reads and writes. A state directory without a
+/// marker was written by a release before markers existed (format 1); one with a larger
+/// number was written by a newer release and is refused rather than misread.
+pub const FORMAT: u64 = 1;
+/// Meta key of the format marker.
+const FORMAT_KEY: &[u8] = b"format";
+
 /// The kinds of records, each under its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
@@ -74,6 +81,18 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record error: {0}")]
     Record(#[from] serde_json::Error),
+    /// The state directory was written by a newer release.
+    #[error(
+        "the state directory {dir} holds store format {found}, newer than the format {supported} this release reads: run the release that wrote it (or a newer one), or start from an empty state directory"
+    )]
+    NewerFormat {
+        /// The state directory.
+        dir: String,
+        /// Its format.
+        found: u64,
+        /// The newest format this release reads.
+        supported: u64,
+    },
 }
 
 /// A record's key (without its prefix) and undecoded value.
@@ -146,7 +165,23 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         let tree = db.open_tree("logwarden")?;
-        Ok(Store { db, tree })
+        let store = Store { db, tree };
+        match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
+            Some(found) if found > FORMAT => {
+                return Err(StoreError::NewerFormat {
+                    dir: dir.display().to_string(),
+                    found,
+                    supported: FORMAT,
+                });
+            }
+            Some(_) => {}
+            None => {
+                let mut batch = Batch::new();
+                batch.put(Space::Meta, FORMAT_KEY, &FORMAT)?;
+                store.commit(batch)?;
+            }
+        }
+        Ok(store)
     }
 
     /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
@@ -283,6 +318,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Writes a format marker into the store in `dir` (creating it), for tests of what a
+/// release does with a state directory of another format.
+#[doc(hidden)]
+pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
+    let store = Store::open(dir)?;
+    let mut batch = Batch::new();
+    batch.put(Space::Meta, FORMAT_KEY, &format)?;
+    store.commit(batch)?;
+    store.flush_blocking()
 }
 
 #[cfg(test)]

@@ -120,6 +120,15 @@ fn remember_firing(
     }
 }
 
+/// The notifications in a store's outbox (not yet delivered), oldest first.
+pub fn stored_outbox(store: &Store) -> Result<Vec<Record>, StoreError> {
+    Ok(store
+        .scan(Space::Outbox)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
 /// Decides who hears of an event and renders what they get.
 pub struct Router {
     targets: HashMap<String, Target>,
@@ -338,12 +347,7 @@ impl Outbox {
 
     /// Notifications not yet delivered, oldest first.
     pub fn pending(&self) -> Result<Vec<Record>, StoreError> {
-        Ok(self
-            .store
-            .scan(Space::Outbox)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        stored_outbox(&self.store)
     }
 
     /// Dead letters, oldest first.
