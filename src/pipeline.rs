@@ -6,7 +6,7 @@
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
-use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
+use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::lifecycle::{Command, Desk, Measure, Request};
 use crate::metrics::Metrics;
@@ -14,6 +14,7 @@ use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
+use crate::store::evidence::{EvidenceLog, resolve};
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -32,6 +33,11 @@ const LINES_PER_COMMIT: usize = 4096;
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often evidence lines no record references any more are collected.
+const EVIDENCE_GC: Duration = Duration::from_secs(600);
+/// Extra log time an unreferenced evidence line is kept past every rule's horizon (lines
+/// arrive late, clocks disagree).
+const EVIDENCE_GRACE_MS: i64 = 3_600_000;
 
 /// A validated rule set to swap in; the pipeline answers with what changed once the new
 /// rules evaluate lines.
@@ -62,6 +68,9 @@ pub struct Pipeline {
     pub heartbeat: Box<dyn Fn() + Send>,
     /// Escalation, silences and the audit log.
     pub desk: Desk,
+    /// The evidence lines stored, so each is written once.
+    evidence: EvidenceLog,
+    last_gc: std::time::Instant,
     watermark: Option<DateTime<Utc>>,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
@@ -82,12 +91,26 @@ impl Pipeline {
     ) -> Result<Self, StoreError> {
         let book = IncidentBook::load(&store, outbox.host())?;
         desk.track_active(&store, &book)?;
-        let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
-        let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
-        if !stale.is_empty() {
+        let mut saved = Vec::new();
+        let mut unreadable = Vec::new();
+        for (key, value) in store.scan_raw(Space::Windows)? {
+            match decode_window(&key, &value, &mut |r| resolve(&store, r)) {
+                Ok(window) => saved.push(window),
+                Err(e) => {
+                    // A window is a cache of counts: one that cannot be read starts again.
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "dropping an unreadable window");
+                    unreadable.push(key);
+                }
+            }
+        }
+        let stale = detector.restore(saved);
+        if !stale.is_empty() || !unreadable.is_empty() {
             let mut batch = store::Batch::new();
             for id in &stale {
                 batch.remove(Space::Windows, &window_key(id));
+            }
+            for key in &unreadable {
+                batch.remove(Space::Windows, key);
             }
             store.commit(batch)?;
         }
@@ -101,6 +124,8 @@ impl Pipeline {
             health,
             heartbeat,
             desk,
+            evidence: EvidenceLog::default(),
+            last_gc: std::time::Instant::now(),
             watermark: None,
             reloads: None,
             commands: None,
@@ -153,6 +178,10 @@ impl Pipeline {
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
                     self.step_at(Vec::new(), Some(Utc::now())).await;
+                    if self.last_gc.elapsed() >= EVIDENCE_GC {
+                        self.last_gc = std::time::Instant::now();
+                        self.collect_evidence().await;
+                    }
                 }
                 reload = next_reload(&mut reloads) => {
                     let change = self.detector.replace_rules(reload.rules);
@@ -228,12 +257,11 @@ impl Pipeline {
                     .set(lag);
             }
             match batch.progress {
-                Some(Progress::At(c)) => put(
-                    &mut commit,
-                    Space::Checkpoints,
-                    c.store_key().as_bytes(),
-                    &c,
-                ),
+                Some(Progress::At(c)) => {
+                    if let Err(e) = commit.put(Space::Checkpoints, c.store_key().as_bytes(), &c) {
+                        tracing::error!(error = %e, "cannot encode a checkpoint");
+                    }
+                }
                 Some(Progress::Done(id)) => {
                     commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
                 }
@@ -286,12 +314,19 @@ impl Pipeline {
                 .desk
                 .tick(&mut self.book, &self.outbox, &mut commit, now);
         }
-        if let Err(e) = self.book.write_changes(&mut commit) {
+        if let Err(e) = self.book.write_changes(&mut commit, &mut self.evidence) {
             tracing::error!(error = %e, "cannot encode incident changes");
         }
+        let evidence = &mut self.evidence;
         for (id, window) in self.detector.take_dirty() {
             match window {
-                Some(w) => put(&mut commit, Space::Windows, &window_key(&id), &(&id, w)),
+                Some(w) => {
+                    let value = {
+                        let commit = &mut commit;
+                        encode_window(&id, w, &mut |r, e| evidence.store(commit, r, e))
+                    };
+                    commit.put_raw(Space::Windows, &window_key(&id), value);
+                }
                 None => commit.remove(Space::Windows, &window_key(&id)),
             }
         }
@@ -300,6 +335,7 @@ impl Pipeline {
             return;
         }
         self.make_durable(commit, audit).await;
+        self.evidence.committed();
         if notified {
             self.outbox.wake();
         }
@@ -325,12 +361,15 @@ impl Pipeline {
                 Utc::now(),
             ),
         };
-        if let Err(e) = self.book.write_changes(&mut batch) {
+        if let Err(e) = self.book.write_changes(&mut batch, &mut self.evidence) {
             tracing::error!(error = %e, "cannot encode incident changes");
         }
         let audit = self.desk.take_audit();
         if result.is_ok() || !audit.is_empty() {
             self.make_durable(batch, audit).await;
+            self.evidence.committed();
+        } else {
+            self.evidence.abandoned();
         }
         if let Ok(done) = &result {
             for kpi in &done.kpis {
@@ -387,6 +426,47 @@ impl Pipeline {
             reply,
             kpis: Vec::new(),
         })
+    }
+
+    /// Deletes the evidence lines that no window and no incident references and that are
+    /// older (in log time) than every rule's horizon. Runs on the writer between commits,
+    /// so what it reads is what is stored.
+    async fn collect_evidence(&mut self) {
+        let Some(watermark) = self.watermark else {
+            return;
+        };
+        let horizon = self
+            .detector
+            .rules()
+            .rules
+            .iter()
+            .map(|r| r.kind.horizon_ms())
+            .max()
+            .unwrap_or(0);
+        let before_ms = watermark
+            .timestamp_millis()
+            .saturating_sub(horizon)
+            .saturating_sub(EVIDENCE_GRACE_MS);
+        let mut batch = store::Batch::new();
+        let result = (|| -> Result<usize, StoreError> {
+            let mut referenced = std::collections::HashSet::new();
+            for (key, value) in self.store.scan_raw(Space::Windows)? {
+                referenced.extend(crate::detection::stored::window_refs(&key, &value)?);
+            }
+            for (_, head) in self.store.scan_raw(Space::Incidents)? {
+                referenced.extend(crate::incidents::stored::head_refs(&head)?);
+            }
+            self.evidence
+                .collect(&self.store, &referenced, before_ms, &mut batch)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, "unreferenced evidence lines collected");
+                self.make_durable(batch, Vec::new()).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "evidence collection skipped"),
+        }
     }
 
     async fn make_durable(&self, commit: store::Batch, audit: Vec<crate::audit::Entry>) {
@@ -472,12 +552,6 @@ async fn next_reload(reloads: &mut Option<mpsc::Receiver<Reload>>) -> Reload {
     std::future::pending().await
 }
 
-fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], value: &T) {
-    if let Err(e) = batch.put(space, key, value) {
-        tracing::error!(error = %e, "cannot encode store record");
-    }
-}
-
 /// The `drill` label value of a KPI observation.
 fn drill_label(drill: bool) -> &'static str {
     if drill { "true" } else { "false" }
@@ -492,16 +566,4 @@ async fn next_command(commands: &mut Option<mpsc::Receiver<Command>>) -> Command
     }
     *commands = None;
     std::future::pending().await
-}
-
-/// Store key of a window: rule, then key values (the rule hash is in the value).
-pub fn window_key(id: &WindowId) -> Vec<u8> {
-    let mut k = id.rule.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(
-        serde_json::to_string(&id.key)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    k
 }

@@ -427,7 +427,8 @@ impl Desk {
 
     /// Routes detection events into `batch`: an opening starts escalation (steps due at
     /// once go out with it), later events go to the receivers reached so far; silences
-    /// mute; audit entries are queued (`updated` once per incident and commit).
+    /// mute; audit entries are queued (one `updated` per commit, with every incident whose
+    /// count rose and its new count).
     pub fn dispatch(
         &mut self,
         book: &mut IncidentBook,
@@ -509,12 +510,26 @@ impl Desk {
             };
             self.note(Entry::new(name, DAEMON, Some(&incident.id), details));
         }
-        for (id, (count, notified)) in updated {
+        // One record for every incident whose count rose in this commit, whatever their
+        // number: a botnet updating thousands of incidents adds one record, not thousands.
+        if !updated.is_empty() {
+            let only = (updated.len() == 1)
+                .then(|| updated.keys().next().cloned())
+                .flatten();
+            let counts: BTreeMap<&String, u64> = updated
+                .iter()
+                .map(|(id, (count, _))| (id, *count))
+                .collect();
+            let notified: BTreeMap<&String, &Vec<String>> = updated
+                .iter()
+                .filter(|(_, (_, n))| !n.is_empty())
+                .map(|(id, (_, n))| (id, n))
+                .collect();
             self.note(Entry::new(
                 "incident.updated",
                 DAEMON,
-                Some(&id),
-                json!({"count": count, "notified": notified}),
+                only.as_deref(),
+                json!({"counts": counts, "notified": notified}),
             ));
         }
     }
@@ -716,9 +731,7 @@ impl Desk {
         let was_active = book.active(&local).is_some();
         let mut incident = match book.active(&local) {
             Some(i) => i.clone(),
-            None => store
-                .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
-                .ok_or_else(missing)?,
+            None => crate::incidents::stored::read(store, number)?.ok_or_else(missing)?,
         };
         if !incident.is_named_by(id) {
             return Err(missing());
@@ -905,6 +918,42 @@ escalation_policies:
         );
         let tracker = &desk.trackers[&incident.id];
         assert_eq!(tracker.reached, BTreeSet::from(["first".to_string()]));
+    }
+
+    #[test]
+    fn count_bumps_of_many_incidents_make_one_audit_record_per_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        let mut book = IncidentBook::load(&store, "web1").unwrap();
+        let events: Vec<IncidentEvent> = (1..=300)
+            .map(|n| {
+                let mut incident = sample_incident();
+                incident.id = format!("INC-{n}");
+                incident.count = n;
+                IncidentEvent {
+                    kind: EventKind::Updated,
+                    incident,
+                }
+            })
+            .collect();
+        let mut batch = store::Batch::new();
+        desk.dispatch(
+            &mut book,
+            &events,
+            &outbox,
+            &mut batch,
+            sample_incident().opened_at,
+        );
+        let audit = desk.take_audit();
+        assert_eq!(audit.len(), 1, "{audit:?}");
+        assert_eq!(audit[0].event, "incident.updated");
+        assert_eq!(audit[0].incident, None);
+        let counts = audit[0].details["counts"].as_object().unwrap();
+        assert_eq!(counts.len(), 300);
+        assert_eq!(counts["INC-7"], 7);
     }
 
     /// Five thousand open incidents: a tick with nothing due does no work per incident

@@ -2,6 +2,7 @@
 
 use super::{Event, Observed};
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -12,6 +13,26 @@ pub struct Distinct {
 }
 
 impl Distinct {
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.u64(self.values.len() as u64);
+        for (value, (t, e)) in &self.values {
+            w.str(value);
+            w.i64(*t);
+            w.evidence(e);
+        }
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let n = r.len()?;
+        let mut values = BTreeMap::new();
+        for _ in 0..n {
+            let value = r.str()?.to_string();
+            let t = r.i64()?;
+            values.insert(value, (t, r.evidence()?));
+        }
+        Ok(Distinct { values })
+    }
+
     pub(super) fn observe(
         &mut self,
         event: Event<'_>,

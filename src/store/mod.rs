@@ -5,6 +5,12 @@
 //! either all of a step is there or none of it, and the replayed lines redo exactly the
 //! missing part.
 
+pub mod codec;
+pub mod evidence;
+pub mod migrate;
+pub mod schema;
+
+pub use schema::Space;
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
 
@@ -14,58 +20,9 @@ const CACHE_BYTES: u64 = 64 << 20;
 /// The layout of records this release reads and writes. A state directory without a
 /// marker was written by a release before markers existed (format 1); one with a larger
 /// number was written by a newer release and is refused rather than misread.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 /// Meta key of the format marker.
 const FORMAT_KEY: &[u8] = b"format";
-
-/// The kinds of records, each under its own key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Space {
-    /// Incidents by id.
-    Incidents,
-    /// File read positions by file identity.
-    Checkpoints,
-    /// Detection windows by rule and key.
-    Windows,
-    /// Counters and other single values.
-    Meta,
-    /// Notifications written with the change that caused them, not yet delivered.
-    Outbox,
-    /// Notifications given up on (too old or refused); kept until re-sent.
-    DeadLetters,
-    /// The hash-chained audit log, by sequence number.
-    Audit,
-    /// Escalation progress per incident (steps fired, receivers reached, approvals).
-    Escalations,
-    /// Silences (approved exceptions), by id.
-    Silences,
-    /// The alert each Alertmanager receiver was last sent for each open incident, by
-    /// receiver and incident uid: what is re-sent after a restart.
-    Firing,
-}
-
-impl Space {
-    fn prefix(self) -> &'static [u8] {
-        match self {
-            Space::Incidents => b"inc/",
-            Space::Checkpoints => b"ckpt/",
-            Space::Windows => b"win/",
-            Space::Meta => b"meta/",
-            Space::Outbox => b"out/",
-            Space::DeadLetters => b"dead/",
-            Space::Audit => b"audit/",
-            Space::Escalations => b"esc/",
-            Space::Silences => b"sil/",
-            Space::Firing => b"firing/",
-        }
-    }
-
-    fn key(self, key: &[u8]) -> Vec<u8> {
-        let mut k = self.prefix().to_vec();
-        k.extend_from_slice(key);
-        k
-    }
-}
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +38,9 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record error: {0}")]
     Record(#[from] serde_json::Error),
+    /// A binary record could not be decoded.
+    #[error("store record error: {0}")]
+    Codec(#[from] codec::CodecError),
     /// The state directory was written by a newer release.
     #[error(
         "the state directory {dir} holds store format {found}, newer than the format {supported} this release reads: run the release that wrote it (or a newer one), or start from an empty state directory"
@@ -111,6 +71,7 @@ pub struct Store {
 pub struct Batch {
     inner: sled::Batch,
     empty: bool,
+    bytes: usize,
 }
 
 impl Batch {
@@ -119,6 +80,7 @@ impl Batch {
         Batch {
             inner: sled::Batch::default(),
             empty: true,
+            bytes: 0,
         }
     }
 
@@ -129,21 +91,34 @@ impl Batch {
         key: &[u8],
         value: &T,
     ) -> Result<(), StoreError> {
-        self.inner
-            .insert(space.key(key), serde_json::to_vec(value)?);
-        self.empty = false;
+        self.put_raw(space, key, serde_json::to_vec(value)?);
         Ok(())
+    }
+
+    /// Writes a record's bytes as they are (binary codecs).
+    pub fn put_raw(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
+        let key = space.key(key);
+        self.bytes += key.len() + value.len();
+        self.inner.insert(key, value);
+        self.empty = false;
     }
 
     /// Removes a record.
     pub fn remove(&mut self, space: Space, key: &[u8]) {
-        self.inner.remove(space.key(key));
+        let key = space.key(key);
+        self.bytes += key.len();
+        self.inner.remove(key);
         self.empty = false;
     }
 
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.empty
+    }
+
+    /// Bytes of keys and values written (removals count their key).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -166,20 +141,29 @@ impl Store {
             })?;
         let tree = db.open_tree("logwarden")?;
         let store = Store { db, tree };
-        match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
-            Some(found) if found > FORMAT => {
-                return Err(StoreError::NewerFormat {
-                    dir: dir.display().to_string(),
-                    found,
-                    supported: FORMAT,
-                });
-            }
-            Some(_) => {}
-            None => {
-                let mut batch = Batch::new();
-                batch.put(Space::Meta, FORMAT_KEY, &FORMAT)?;
-                store.commit(batch)?;
-            }
+        // A store without a marker is empty (new) or of format 1, which had none.
+        let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
+            Some(found) => found,
+            None if store.tree.is_empty() => FORMAT,
+            None => 1,
+        };
+        if found > FORMAT {
+            return Err(StoreError::NewerFormat {
+                dir: dir.display().to_string(),
+                found,
+                supported: FORMAT,
+            });
+        }
+        // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
+        let mut batch = Batch::new();
+        if found < FORMAT {
+            migrate::from_v1(&store, &mut batch)?;
+            tracing::info!(dir = %dir.display(), from = found, to = FORMAT, "state directory migrated");
+        }
+        if found < FORMAT || store.get::<u64>(Space::Meta, FORMAT_KEY)?.is_none() {
+            batch.put(Space::Meta, FORMAT_KEY, &FORMAT)?;
+            store.commit(batch)?;
+            store.flush_blocking()?;
         }
         Ok(store)
     }
@@ -208,6 +192,44 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Reads one record's bytes.
+    pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(space.key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Every record of a kind whose key (without the kind's prefix) starts with `within`,
+    /// undecoded, in key order.
+    pub fn scan_prefix_raw(
+        &self,
+        space: Space,
+        within: &[u8],
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        let prefix_len = space.prefix().len();
+        self.tree
+            .scan_prefix(space.key(within))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[prefix_len..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Keys of the records of a kind from `from` (inclusive) to `to` (exclusive), without
+    /// their prefix.
+    pub fn keys_between(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix_len = space.prefix().len();
+        self.tree
+            .range(space.key(from)..space.key(to))
+            .keys()
+            .map(|k| Ok(k?[prefix_len..].to_vec()))
+            .collect()
     }
 
     /// Reads one record.
@@ -258,16 +280,16 @@ impl Store {
             .collect()
     }
 
-    /// Records of a kind in key order after the key `after` (from the first without it)
-    /// that `keep` accepts, at most `limit` of them, and the key to continue after when
-    /// there may be more. Reads only as far as the page needs, so a page costs the same
-    /// however many records there are (unless `keep` rejects most of them).
-    pub fn page<T: DeserializeOwned>(
+    /// Records of a kind in key order after the key `after` (from the first without it),
+    /// decoded by `decode` (`None`: not wanted), at most `limit` of them, and the key to
+    /// continue after when there may be more. Reads only as far as the page needs, so a
+    /// page costs the same however many records there are (unless most are not wanted).
+    pub fn page<T>(
         &self,
         space: Space,
         after: Option<&[u8]>,
         limit: usize,
-        mut keep: impl FnMut(&T) -> bool,
+        mut decode: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
     ) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
         let prefix = space.prefix();
         let start = match after {
@@ -291,9 +313,9 @@ impl Store {
                 let next = out.last().map(|(k, _): &(Vec<u8>, T)| k.clone());
                 return Ok((out.into_iter().map(|(_, v)| v).collect(), next));
             }
-            match serde_json::from_slice::<T>(&value) {
-                Ok(v) if keep(&v) => out.push((key.to_vec(), v)),
-                Ok(_) => {}
+            match decode(key, &value) {
+                Ok(Some(v)) => out.push((key.to_vec(), v)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "skipping unreadable store record")
                 }
