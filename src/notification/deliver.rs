@@ -262,8 +262,9 @@ impl Dispatcher {
                 }
                 Err(why) => {
                     tracing::warn!(receiver = %record.receiver, incident = %record.incident, reason = %why, "notification for an unconfigured receiver kept as a dead letter");
-                    self.known.lock().expect("known lock").remove(&id);
-                    bury(&self.outbox, &self.metrics, record, why);
+                    let mut out = Outcomes::default();
+                    bury(&self.metrics, record, why, &mut out);
+                    out.commit(&self.outbox, &self.known);
                 }
             }
         }
@@ -313,28 +314,69 @@ impl Dispatcher {
     }
 }
 
-/// Moves a record from the outbox to the dead letters.
-fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
+/// Delivery outcomes not yet stored. A lane gathers the outcomes of every attempt that
+/// finished together and stores them in one commit (one batch, one audit record each), so
+/// a burst of deliveries is not a burst of commits.
+#[derive(Default)]
+struct Outcomes {
+    batch: store::Batch,
+    audit: Vec<(Record, &'static str, serde_json::Value)>,
+    /// Ids to hand back to the dispatcher once stored (delivered or dead).
+    settled: Vec<u64>,
+    dead: bool,
+}
+
+impl Outcomes {
+    /// Stores the outcomes gathered so far; only then are settled ids released, so the
+    /// dispatcher cannot hand out a record whose removal is not stored yet.
+    fn commit(&mut self, outbox: &Outbox, known: &Mutex<HashSet<u64>>) {
+        if self.audit.is_empty() && self.batch.is_empty() {
+            return;
+        }
+        let Outcomes {
+            batch,
+            audit,
+            settled,
+            dead,
+        } = std::mem::take(self);
+        if let Err(e) = outbox.commit_outcomes(batch, &audit) {
+            // A delivered record still stored goes out again after a restart (its
+            // idempotency key lets the receiver drop it); a failed attempt is retried.
+            tracing::error!(error = %e, outcomes = audit.len(), "cannot store delivery outcomes");
+        }
+        let mut known = known.lock().expect("known lock");
+        for id in settled {
+            known.remove(&id);
+        }
+        drop(known);
+        if dead {
+            outbox.dead_letters_changed();
+        }
+    }
+}
+
+/// Moves a record from the outbox to the dead letters (in `out`).
+fn bury(metrics: &Metrics, mut record: Record, why: String, out: &mut Outcomes) {
     tracing::error!(receiver = %record.receiver, incident = %record.incident, key = %record.idempotency_key, attempts = record.attempts, reason = %why, "notification given up; kept as a dead letter");
     record.last_error = Some(why.clone());
     record.dead_at = Some(Utc::now());
-    let mut batch = store::Batch::new();
-    batch.remove(Space::Outbox, &Record::key(record.id));
-    if let Err(e) = batch.put(Space::DeadLetters, &Record::key(record.id), &record) {
-        tracing::error!(error = %e, "cannot encode a dead letter");
+    if let Err(e) = out
+        .batch
+        .put(Space::DeadLetters, &Record::key(record.id), &record)
+    {
+        tracing::error!(error = %e, "cannot encode a dead letter; it stays in the outbox");
         return;
     }
+    out.batch.remove(Space::Outbox, &Record::key(record.id));
     let details =
         serde_json::json!({"attempt": record.attempts, "error": why, "dead_letter": true});
-    if let Err(e) = outbox.commit_audited(batch, &record, "notification.failed", details) {
-        tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
-        return;
-    }
     metrics
         .notifications
         .with_label_values(&[&record.receiver, "dead"])
         .inc();
-    outbox.dead_letters_changed();
+    out.settled.push(record.id);
+    out.audit.push((record, "notification.failed", details));
+    out.dead = true;
 }
 
 struct Waiting {
@@ -409,6 +451,8 @@ struct Lane {
     inflight: HashMap<tokio::task::Id, Record>,
     pending: PendingShare,
     resend: Option<Resend>,
+    /// Outcomes of finished attempts, stored together.
+    outcomes: Outcomes,
 }
 
 impl Lane {
@@ -473,6 +517,7 @@ impl Lane {
             inflight: HashMap::new(),
             pending,
             resend,
+            outcomes: Outcomes::default(),
         })
     }
 
@@ -498,7 +543,14 @@ impl Lane {
                     }
                     None => open = false,
                 },
-                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => self.finish(done),
+                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                    self.finish(done);
+                    // Every other attempt that finished meanwhile, stored in the same commit.
+                    while let Some(done) = attempts.try_join_next_with_id() {
+                        self.finish(done);
+                    }
+                    self.outcomes.commit(&self.outbox, &self.known);
+                }
                 _ = sleep => {}
                 _ = stop.changed() => open = false,
             }
@@ -511,6 +563,7 @@ impl Lane {
                 Ok(None) | Err(_) => break,
             }
         }
+        self.outcomes.commit(&self.outbox, &self.known);
         attempts.abort_all();
     }
 
@@ -665,24 +718,20 @@ impl Lane {
         };
         match outcome {
             Outcome::Delivered => {
-                let mut batch = store::Batch::new();
-                batch.remove(Space::Outbox, &Record::key(record.id));
+                self.outcomes
+                    .batch
+                    .remove(Space::Outbox, &Record::key(record.id));
                 let details = serde_json::json!({"attempt": record.attempts + 1});
-                if let Err(e) =
-                    self.outbox
-                        .commit_audited(batch, &record, "notification.delivered", details)
-                {
-                    // Delivered but still stored: it goes out again after a restart, and the
-                    // idempotency key lets the receiver drop it.
-                    tracing::error!(error = %e, "cannot remove a delivered notification");
-                }
                 counter("delivered");
                 let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
                 self.metrics
                     .notification_latency
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
-                self.forget(record.id);
+                self.outcomes.settled.push(record.id);
+                self.outcomes
+                    .audit
+                    .push((record, "notification.delivered", details));
             }
             Outcome::Retry { error, after } => {
                 record.attempts += 1;
@@ -694,9 +743,7 @@ impl Lane {
                         "undelivered after {} attempts over {} (max_age); last error: {error}",
                         record.attempts, self.retry.max_age
                     );
-                    let id = record.id;
-                    bury(&self.outbox, &self.metrics, record, why);
-                    self.forget(id);
+                    bury(&self.metrics, record, why, &mut self.outcomes);
                     return;
                 }
                 counter("retried");
@@ -704,18 +751,17 @@ impl Lane {
                 tracing::warn!(receiver = %self.name, incident = %record.incident, key = %record.idempotency_key, attempt = record.attempts, retry_in_ms = delay.as_millis() as u64, %error, "notification delivery failed; will retry");
                 let details = serde_json::json!({"attempt": record.attempts, "error": error, "retry_in_ms": delay.as_millis() as u64});
                 record.last_error = Some(error);
-                let mut batch = store::Batch::new();
-                if batch
+                match self
+                    .outcomes
+                    .batch
                     .put(Space::Outbox, &Record::key(record.id), &record)
-                    .is_ok()
-                    && let Err(e) = self.outbox.commit_audited(
-                        batch,
-                        &record,
+                {
+                    Ok(()) => self.outcomes.audit.push((
+                        record.clone(),
                         "notification.attempt_failed",
                         details,
-                    )
-                {
-                    tracing::error!(error = %e, "cannot record a failed attempt");
+                    )),
+                    Err(e) => tracing::error!(error = %e, "cannot record a failed attempt"),
                 }
                 self.waiting.insert(
                     record.id,
@@ -727,15 +773,9 @@ impl Lane {
             }
             Outcome::Refused(error) => {
                 record.attempts += 1;
-                let id = record.id;
-                bury(&self.outbox, &self.metrics, record, error);
-                self.forget(id);
+                bury(&self.metrics, record, error, &mut self.outcomes);
             }
         }
-    }
-
-    fn forget(&self, id: u64) {
-        self.known.lock().expect("known lock").remove(&id);
     }
 
     fn update_gauge(&self) {

@@ -417,28 +417,31 @@ impl Outbox {
         &self.store
     }
 
-    /// Commits a delivery step's batch with the audit entry describing it (plain commit
-    /// when no audit log is attached).
-    pub(crate) fn commit_audited(
+    /// Commits delivery outcomes (outbox removals, retry counts, dead letters) with the
+    /// audit entry of each, in one batch (plain commit when no audit log is attached).
+    pub(crate) fn commit_outcomes(
         &self,
         batch: store::Batch,
-        record: &Record,
-        event: &str,
-        details: serde_json::Value,
+        outcomes: &[(Record, &'static str, serde_json::Value)],
     ) -> Result<(), StoreError> {
         let Some(audit) = &self.audit else {
             return self.store.commit(batch);
         };
-        let mut details = details;
-        details["receiver"] = record.receiver.clone().into();
-        details["event"] = record.event.as_str().into();
-        details["idempotency_key"] = record.idempotency_key.clone().into();
-        details["notification"] = record.id.into();
-        if self.external.contains(&record.receiver) {
-            details["external"] = true.into();
-        }
-        let entry = Entry::new(event, "logwarden", Some(&record.incident), details);
-        audit.commit(&batch, &[entry])
+        let entries: Vec<Entry> = outcomes
+            .iter()
+            .map(|(record, event, details)| {
+                let mut details = details.clone();
+                details["receiver"] = record.receiver.clone().into();
+                details["event"] = record.event.as_str().into();
+                details["idempotency_key"] = record.idempotency_key.clone().into();
+                details["notification"] = record.id.into();
+                if self.external.contains(&record.receiver) {
+                    details["external"] = true.into();
+                }
+                Entry::new(event, "logwarden", Some(&record.incident), details)
+            })
+            .collect();
+        audit.commit(&batch, &entries)
     }
 
     #[cfg(test)]
