@@ -4,6 +4,8 @@
 # a password-guessing botnet: a few heavy hitters and many addresses trying a few times,
 # each line dated when it is written). Prints
 #   written   bytes the daemon wrote to disk (/proc/PID/io write_bytes) ÷ bytes of log read
+#   committed bytes of keys and values it committed to its store ÷ bytes of log (what the
+#             storage engine was asked to write; "-" for a build without the metric)
 #   state     size of the state directory on disk ÷ bytes of log
 #   rss_mb    peak resident memory (VmHWM)
 #   lag_s     seconds from the last line written until every match is counted
@@ -130,13 +132,15 @@ run_one() {
   log_bytes=$(stat -c %s "$work/log/auth.log")
   written=$(calc "($(io_written) - $before) / $log_bytes")
   rss_mb=$(awk '/^VmHWM:/ { printf "%.0f\n", $2 / 1024 }' "/proc/$pid/status")
+  committed=$(curl -sf -m 10 "http://127.0.0.1:$port/metrics" |
+    awk -v b="$log_bytes" '/^logwarden_store_written_bytes_total/ { printf "%.2f×\n", $2 / b; f = 1 } END { if (!f) print "-" }')
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
   state=$(calc "$(du -s --block-size=1 "$work/state" | cut -f1) / $log_bytes")
   lines=$(wc -l <"$work/log/auth.log")
-  printf '%-9s %7d lines %6.1f MB  written %6.2f×  state %6.2f×  rss_mb %5d  lag_s %6.2f\n' \
-    "$2" "$lines" "$(calc "$log_bytes / 1e6")" "$written" "$state" "$rss_mb" "$lag_s"
+  printf '%-9s %7d lines %6.1f MB  written %6.2f×  committed %6s  state %6.2f×  rss_mb %5d  lag_s %6.2f\n' \
+    "$2" "$lines" "$(calc "$log_bytes / 1e6")" "$written" "$committed" "$state" "$rss_mb" "$lag_s"
 }
 
 if [ -n "${BASELINE:-}" ]; then

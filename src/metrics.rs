@@ -70,6 +70,8 @@ pub struct Metrics {
     pub rule_keys_evicted: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
+    /// Bytes of keys and values the pipeline committed to the store.
+    pub store_written: IntCounter,
 }
 
 impl Metrics {
@@ -229,6 +231,14 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("unique metric");
+        let store_written = IntCounter::new(
+            "logwarden_store_written_bytes_total",
+            "Bytes of keys and values the pipeline committed to its store (before the storage engine's own overhead).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_written.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new("logwarden_build_info", "Build information; always 1."),
             &["version"],
@@ -266,6 +276,7 @@ impl Metrics {
             rule_reload_failures,
             rule_keys_evicted,
             store_errors,
+            store_written,
         }
     }
 

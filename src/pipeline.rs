@@ -25,6 +25,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
+/// Longest a step waits for more batches after the first, so that a steady stream of lines
+/// is stored in a few commits a second: each commit rewrites the state of every key and
+/// incident it touched once, however many lines touched it in between.
+const COMMIT_GATHER: Duration = Duration::from_millis(500);
+/// Lines already waiting from which a step gathers more before it commits: below this the
+/// source is quiet and a commit costs little.
+const GATHER_FROM_LINES: usize = 64;
 /// Most lines folded into one store commit. A commit holds the store's write lock while it
 /// applies, and readers (the API) wait for it: under a burst that opens thousands of
 /// incidents, smaller commits keep every wait short, at the price of more flushes.
@@ -71,6 +78,8 @@ pub struct Pipeline {
     /// The evidence lines stored, so each is written once.
     evidence: EvidenceLog,
     last_gc: std::time::Instant,
+    /// A commit could not be built: nothing more is evaluated or stored.
+    stopped: bool,
     watermark: Option<DateTime<Utc>>,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
@@ -126,6 +135,7 @@ impl Pipeline {
             desk,
             evidence: EvidenceLog::default(),
             last_gc: std::time::Instant::now(),
+            stopped: false,
             watermark: None,
             reloads: None,
             commands: None,
@@ -160,14 +170,17 @@ impl Pipeline {
                     let Some(first) = batch else { break };
                     let mut lines = first.lines.len();
                     let mut batches = vec![first];
+                    let until = tokio::time::Instant::now() + COMMIT_GATHER;
                     while batches.len() < BATCHES_PER_COMMIT && lines < LINES_PER_COMMIT {
-                        match rx.try_recv() {
-                            Ok(b) => {
-                                lines += b.lines.len();
-                                batches.push(b);
-                            }
-                            Err(_) => break,
-                        }
+                        let next = match rx.try_recv() {
+                            Ok(b) => Some(b),
+                            // A quiet source: its lines are stored at once.
+                            Err(_) if lines < GATHER_FROM_LINES => None,
+                            Err(_) => tokio::time::timeout_at(until, rx.recv()).await.ok().flatten(),
+                        };
+                        let Some(b) = next else { break };
+                        lines += b.lines.len();
+                        batches.push(b);
                     }
                     self.step(batches).await;
                 }
@@ -191,6 +204,9 @@ impl Pipeline {
                     let _ = reload.done.send(change);
                 }
                 command = next_command(&mut commands) => self.command(command).await,
+            }
+            if self.stopped {
+                return;
             }
         }
         let mut rest = Vec::new();
@@ -274,7 +290,6 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
-        let mut notified = false;
         if let Some(now) = clock {
             self.detector.advance(now, &mut hits);
             for hit in hits.drain(..) {
@@ -301,35 +316,10 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
-        self.desk.dispatch(
-            &mut self.book,
-            &events,
-            &self.outbox,
-            &mut commit,
-            Utc::now(),
-        );
-        // After the openings: a new incident's tracker exists before its timers are checked.
-        if let Some(now) = clock {
-            notified = self
-                .desk
-                .tick(&mut self.book, &self.outbox, &mut commit, now);
-        }
-        if let Err(e) = self.book.write_changes(&mut commit, &mut self.evidence) {
-            tracing::error!(error = %e, "cannot encode incident changes");
-        }
-        let evidence = &mut self.evidence;
-        for (id, window) in self.detector.take_dirty() {
-            match window {
-                Some(w) => {
-                    let value = {
-                        let commit = &mut commit;
-                        encode_window(&id, w, &mut |r, e| evidence.store(commit, r, e))
-                    };
-                    commit.put_raw(Space::Windows, &window_key(&id), value);
-                }
-                None => commit.remove(Space::Windows, &window_key(&id)),
-            }
-        }
+        let notified = match self.build_commit(&events, clock, &mut commit) {
+            Ok(wrote) => wrote,
+            Err(e) => return self.cannot_build(e),
+        };
         let audit = self.desk.take_audit();
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return;
@@ -340,6 +330,49 @@ impl Pipeline {
             self.outbox.wake();
         }
         self.after_commit(events).await;
+    }
+
+    /// Adds what a step's events call for to `commit`: notifications, escalation progress
+    /// and timers, changed incidents and windows with the evidence lines they reference.
+    /// Returns whether the clock wrote notifications.
+    fn build_commit(
+        &mut self,
+        events: &[IncidentEvent],
+        clock: Option<DateTime<Utc>>,
+        commit: &mut store::Batch,
+    ) -> Result<bool, StoreError> {
+        self.desk
+            .dispatch(&mut self.book, events, &self.outbox, commit, Utc::now())?;
+        // After the openings: a new incident's tracker exists before its timers are checked.
+        let mut notified = false;
+        if let Some(now) = clock {
+            notified = self.desk.tick(&mut self.book, &self.outbox, commit, now)?;
+        }
+        self.book.write_changes(commit, &mut self.evidence)?;
+        let evidence = &mut self.evidence;
+        for (id, window) in self.detector.take_dirty() {
+            match window {
+                Some(w) => {
+                    let value = encode_window(&id, w, &mut |r, e| evidence.store(commit, r, e));
+                    commit.put_raw(Space::Windows, &window_key(&id), value);
+                }
+                None => commit.remove(Space::Windows, &window_key(&id)),
+            }
+        }
+        Ok(notified)
+    }
+
+    /// A step's effects could not be put into a commit: nothing of the step is stored (its
+    /// lines' checkpoints do not advance), and the in-memory state is ahead of the store,
+    /// so the pipeline stops here rather than go on with a gap. `/readyz` answers 503 and
+    /// the watchdog stops being fed; the restart re-reads the lines from the last stored
+    /// checkpoint. Never a silent drop.
+    fn cannot_build(&mut self, e: StoreError) {
+        self.evidence.abandoned();
+        self.metrics.store_errors.inc();
+        self.health.store.store(false, Ordering::Relaxed);
+        tracing::error!(error = %e, "cannot build the store commit; the pipeline stops so a restart re-reads the lines from the last stored checkpoint");
+        self.stopped = true;
     }
 
     /// Carries out a lifecycle or silence change: stored with its notifications and audit
@@ -362,7 +395,11 @@ impl Pipeline {
             ),
         };
         if let Err(e) = self.book.write_changes(&mut batch, &mut self.evidence) {
-            tracing::error!(error = %e, "cannot encode incident changes");
+            self.cannot_build(e);
+            let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
+                "the change could not be stored".into(),
+            )));
+            return;
         }
         let audit = self.desk.take_audit();
         if result.is_ok() || !audit.is_empty() {
@@ -418,7 +455,7 @@ impl Pipeline {
             &self.outbox,
             batch,
             now,
-        );
+        )?;
         let reply = serde_json::to_value(&event.incident)
             .map_err(|e| crate::lifecycle::Refusal::Internal(e.to_string()))?;
         opened.push(event);
@@ -470,6 +507,7 @@ impl Pipeline {
     }
 
     async fn make_durable(&self, commit: store::Batch, audit: Vec<crate::audit::Entry>) {
+        self.metrics.store_written.inc_by(commit.bytes() as u64);
         let mut committed = false;
         loop {
             // The audit log seals its entries onto the chain inside the same atomic commit;

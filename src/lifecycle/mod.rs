@@ -429,6 +429,9 @@ impl Desk {
     /// once go out with it), later events go to the receivers reached so far; silences
     /// mute; audit entries are queued (one `updated` per commit, with every incident whose
     /// count rose and its new count).
+    ///
+    /// An error (a notification or escalation record that cannot be encoded) means the
+    /// batch is incomplete: the caller must not commit it.
     pub fn dispatch(
         &mut self,
         book: &mut IncidentBook,
@@ -436,7 +439,7 @@ impl Desk {
         outbox: &Outbox,
         batch: &mut store::Batch,
         now: DateTime<Utc>,
-    ) {
+    ) -> Result<(), StoreError> {
         let mut updated: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
         for event in events {
             let incident = &event.incident;
@@ -451,8 +454,8 @@ impl Desk {
                         .flat_map(|f| f.receivers.iter().cloned())
                         .collect();
                     let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
-                    let notified = self.enqueue(outbox, batch, event, &receivers, muted);
-                    put_tracker(batch, &tracker);
+                    let notified = self.enqueue(outbox, batch, event, &receivers, muted)?;
+                    put_tracker(batch, &tracker)?;
                     self.trackers.insert(incident.id.clone(), tracker);
                     self.schedule(&incident.id, Some(incident));
                     if let Some(id) = &silence
@@ -487,7 +490,7 @@ impl Desk {
                         .get(&incident.id)
                         .map(|t| t.reached.clone())
                         .unwrap_or_default();
-                    let notified = self.enqueue(outbox, batch, event, &reached, muted);
+                    let notified = self.enqueue(outbox, batch, event, &reached, muted)?;
                     if kind == EventKind::SeverityChanged {
                         // A step with `if_severity` may be due now.
                         self.schedule(&incident.id, Some(incident));
@@ -532,6 +535,7 @@ impl Desk {
                 json!({"counts": counts, "notified": notified}),
             ));
         }
+        Ok(())
     }
 
     fn enqueue(
@@ -541,38 +545,28 @@ impl Desk {
         event: &IncidentEvent,
         receivers: &BTreeSet<String>,
         muted: bool,
-    ) -> Vec<String> {
-        match outbox.enqueue_to(batch, event, receivers, muted) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, incident = %event.incident.id, "cannot write notifications");
-                Vec::new()
-            }
-        }
+    ) -> Result<Vec<String>, StoreError> {
+        outbox.enqueue_to(batch, event, receivers, muted)
     }
 
     /// The clock: records silences that ended and fires the escalation steps now due.
-    /// Returns whether notifications were written.
+    /// Returns whether notifications were written; an error means the batch is incomplete
+    /// and must not be committed.
     pub fn tick(
         &mut self,
         book: &mut IncidentBook,
         outbox: &Outbox,
         batch: &mut store::Batch,
         now: DateTime<Utc>,
-    ) -> bool {
-        match self.silences.expire_due(now, batch) {
-            Ok(ended) => {
-                for s in ended {
-                    tracing::info!(silence = %s.id, "silence ended");
-                    self.note(Entry::new(
-                        "silence.expired",
-                        DAEMON,
-                        None,
-                        json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
-                    ));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot record ended silences"),
+    ) -> Result<bool, StoreError> {
+        for s in self.silences.expire_due(now, batch)? {
+            tracing::info!(silence = %s.id, "silence ended");
+            self.note(Entry::new(
+                "silence.expired",
+                DAEMON,
+                None,
+                json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
+            ));
         }
         let mut wrote = false;
         for id in self.due.take_due(now) {
@@ -587,7 +581,7 @@ impl Desk {
             if firings.is_empty() {
                 continue;
             }
-            put_tracker(batch, &tracker);
+            put_tracker(batch, &tracker)?;
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
             for firing in firings {
                 let Some(incident) = book.active_mut(&id) else {
@@ -617,7 +611,7 @@ impl Desk {
                     incident: incident.clone(),
                 };
                 let notified =
-                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some());
+                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some())?;
                 wrote |= !notified.is_empty();
                 tracing::info!(incident = %id, step = firing.step + 1, roles = %firing.roles, "escalated");
                 let external = notified.iter().any(|r| self.policies.is_external(r));
@@ -636,7 +630,7 @@ impl Desk {
                 ));
             }
         }
-        wrote
+        Ok(wrote)
     }
 
     /// Carries out an API request into `batch` (the incident book marks what it changed;
@@ -751,7 +745,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some());
+            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some())?;
         }
         let mut details = applied.details;
         if matches!(action, Action::Approve { .. }) {
@@ -766,7 +760,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            let external = self.enqueue(outbox, batch, &event, &released, false);
+            let external = self.enqueue(outbox, batch, &event, &released, false)?;
             details["released"] = json!(external);
             details["external"] = json!(!external.is_empty());
         }
@@ -775,7 +769,7 @@ impl Desk {
         let event_name = applied.audit;
         self.note(Entry::new(event_name, actor, Some(id), details));
         tracing::info!(incident = %id, actor, action = action.name(), state = %incident.state, "incident changed");
-        put_tracker(batch, &tracker);
+        put_tracker(batch, &tracker)?;
         if incident.state.is_active() {
             if let Some(slot) = book.active_mut(id) {
                 *slot = incident.clone();
@@ -797,10 +791,8 @@ impl Desk {
     }
 }
 
-fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) {
-    if let Err(e) = batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker) {
-        tracing::error!(error = %e, "cannot encode escalation progress");
-    }
+fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) -> Result<(), StoreError> {
+    batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker)
 }
 
 fn join(set: &BTreeSet<String>) -> String {
@@ -891,7 +883,8 @@ escalation_policies:
             &outbox,
             &mut batch,
             now,
-        );
+        )
+        .unwrap();
         store.commit(batch).unwrap();
         let sent: Vec<(String, EventKind)> = outbox
             .pending()
@@ -989,7 +982,7 @@ escalation_policies:
         for second in 0..50 {
             let mut batch = store::Batch::new();
             let now = opened + chrono::Duration::seconds(second) + chrono::Duration::minutes(30);
-            assert!(!desk.tick(&mut book, &outbox, &mut batch, now));
+            assert!(!desk.tick(&mut book, &outbox, &mut batch, now).unwrap());
         }
         let idle = started.elapsed();
         assert!(
@@ -1000,13 +993,17 @@ escalation_policies:
         // INC-1's step is due at its opening + 1 h, INC-2's a second later.
         let mut batch = store::Batch::new();
         let due = opened + chrono::Duration::seconds(1) + hour;
-        assert!(!desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due - chrono::Duration::milliseconds(1)
-        ));
-        assert!(desk.tick(&mut book, &outbox, &mut batch, due));
+        assert!(
+            !desk
+                .tick(
+                    &mut book,
+                    &outbox,
+                    &mut batch,
+                    due - chrono::Duration::milliseconds(1)
+                )
+                .unwrap()
+        );
+        assert!(desk.tick(&mut book, &outbox, &mut batch, due).unwrap());
         store.commit(batch).unwrap();
         let sent: Vec<(String, String)> = outbox
             .pending()
@@ -1036,19 +1033,26 @@ escalation_policies:
         .unwrap();
         assert_eq!(desk.scheduled(), OPEN - 2);
         let mut batch = store::Batch::new();
-        assert!(!desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due + chrono::Duration::seconds(1)
-        ));
+        assert!(
+            !desk
+                .tick(
+                    &mut book,
+                    &outbox,
+                    &mut batch,
+                    due + chrono::Duration::seconds(1)
+                )
+                .unwrap()
+        );
         // INC-3 is due a second after INC-2 would have been.
-        assert!(desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due + chrono::Duration::seconds(2)
-        ));
+        assert!(
+            desk.tick(
+                &mut book,
+                &outbox,
+                &mut batch,
+                due + chrono::Duration::seconds(2)
+            )
+            .unwrap()
+        );
     }
 
     fn t(to: State) -> Action {

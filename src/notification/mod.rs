@@ -271,7 +271,7 @@ impl Outbox {
         if receivers.is_empty() {
             return Ok(Vec::new());
         }
-        let sequence = self.store.next_id()?;
+        let sequence = batch.take_id(&self.store);
         let idempotency_key = format!("{}-{sequence}", event.incident.uid);
         let now = Utc::now();
         let ctx = EventContext {
@@ -298,7 +298,7 @@ impl Outbox {
                 _ => vec![None],
             };
             for member in members {
-                let id = self.store.next_id()?;
+                let id = batch.take_id(&self.store);
                 let record = Record {
                     id,
                     receiver: name.to_string(),
@@ -361,8 +361,9 @@ impl Outbox {
     }
 
     /// Moves a dead letter back to the outbox (new id, same idempotency key and body, age
-    /// and attempts reset), durably, and wakes the worker.
-    pub async fn resend(&self, id: u64) -> Result<Resent, StoreError> {
+    /// and attempts reset), durably, with the audit record of `actor` re-sending it, and
+    /// wakes the worker.
+    pub async fn resend(&self, id: u64, actor: &str) -> Result<Resent, StoreError> {
         let Some(mut record) = self
             .store
             .get::<Record>(Space::DeadLetters, &Record::key(id))?
@@ -372,15 +373,29 @@ impl Outbox {
         if !self.router.knows(&record.receiver) {
             return Ok(Resent::UnknownReceiver(record.receiver));
         }
-        record.id = self.store.next_id()?;
+        let mut batch = store::Batch::new();
+        record.id = batch.take_id(&self.store);
         record.created_at = Utc::now();
         record.attempts = 0;
         record.last_error = None;
         record.dead_at = None;
-        let mut batch = store::Batch::new();
         batch.remove(Space::DeadLetters, &Record::key(id));
         batch.put(Space::Outbox, &Record::key(record.id), &record)?;
-        self.store.commit(batch)?;
+        let entry = Entry::new(
+            "notification.resent",
+            actor,
+            Some(&record.incident),
+            serde_json::json!({
+                "dead_letter": id,
+                "notification": record.id,
+                "receiver": record.receiver,
+                "idempotency_key": record.idempotency_key,
+            }),
+        );
+        match &self.audit {
+            Some(audit) => audit.commit(&batch, &[entry])?,
+            None => self.store.commit(batch)?,
+        }
         self.store.flush().await?;
         self.dead_letters_changed();
         Ok(Resent::Queued(record))
@@ -573,10 +588,10 @@ escalation_policies:
             .unwrap();
         o.store().commit(batch).unwrap();
         assert!(matches!(
-            o.resend(u64::MAX).await.unwrap(),
+            o.resend(u64::MAX, "oncall").await.unwrap(),
             Resent::NotFound
         ));
-        let Resent::Queued(again) = o.resend(first.id).await.unwrap() else {
+        let Resent::Queued(again) = o.resend(first.id, "oncall").await.unwrap() else {
             panic!("not re-sent");
         };
         assert_ne!(again.id, first.id);

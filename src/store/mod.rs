@@ -13,6 +13,7 @@ pub mod schema;
 pub use schema::Space;
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Page cache for sled; its default (1 GiB) is far too much for a host agent.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -23,6 +24,8 @@ const CACHE_BYTES: u64 = 64 << 20;
 pub const FORMAT: u64 = 2;
 /// Meta key of the format marker.
 const FORMAT_KEY: &[u8] = b"format";
+/// Meta key of the next id to hand out.
+const NEXT_ID_KEY: &[u8] = b"next_id";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ pub type RawRecord = (Vec<u8>, Vec<u8>);
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// The next id to hand out (see [`Batch::take_id`]), shared by every handle.
+    ids: Arc<Mutex<u64>>,
 }
 
 /// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
@@ -72,6 +77,8 @@ pub struct Batch {
     inner: sled::Batch,
     empty: bool,
     bytes: usize,
+    /// Ids were taken for this batch: the commit stores the new high mark with it.
+    took_ids: bool,
 }
 
 impl Batch {
@@ -81,6 +88,7 @@ impl Batch {
             inner: sled::Batch::default(),
             empty: true,
             bytes: 0,
+            took_ids: false,
         }
     }
 
@@ -109,6 +117,18 @@ impl Batch {
         self.bytes += key.len();
         self.inner.remove(key);
         self.empty = false;
+    }
+
+    /// A number never handed out before, also across restarts and crashes: the high mark
+    /// is stored by the commit of this batch, so an id exists exactly when the records
+    /// that use it do (a batch never committed wastes its ids, which is harmless).
+    pub fn take_id(&mut self, store: &Store) -> u64 {
+        let mut next = store.ids.lock().expect("ids lock");
+        let id = *next;
+        *next += 1;
+        self.took_ids = true;
+        self.empty = false;
+        id
     }
 
     /// Whether nothing was added.
@@ -140,7 +160,11 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         let tree = db.open_tree("logwarden")?;
-        let store = Store { db, tree };
+        let mut store = Store {
+            db,
+            tree,
+            ids: Arc::new(Mutex::new(0)),
+        };
         // A store without a marker is empty (new) or of format 1, which had none.
         let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
             Some(found) => found,
@@ -154,6 +178,10 @@ impl Store {
                 supported: FORMAT,
             });
         }
+        // Ids continue above every id stored and every id sled handed out (format 1 took
+        // ids from sled; its counter survives crashes by skipping ahead).
+        let stored_next = store.get::<u64>(Space::Meta, NEXT_ID_KEY)?.unwrap_or(0);
+        store.ids = Arc::new(Mutex::new(stored_next.max(store.db.generate_id()? + 1)));
         // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
         let mut batch = Batch::new();
         if found < FORMAT {
@@ -169,17 +197,20 @@ impl Store {
     }
 
     /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
-    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if !batch.empty {
-            self.tree.apply_batch(batch.inner)?;
+    pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        if batch.empty {
+            return Ok(());
         }
+        if batch.took_ids {
+            // The high mark read and applied under the ids lock: a commit that took ids
+            // earlier cannot store a lower mark after one that took them later.
+            let next = self.ids.lock().expect("ids lock");
+            batch.put(Space::Meta, NEXT_ID_KEY, &*next)?;
+            self.tree.apply_batch(batch.inner)?;
+            return Ok(());
+        }
+        self.tree.apply_batch(batch.inner)?;
         Ok(())
-    }
-
-    /// A number never handed out before, also across restarts and crashes (sled reserves
-    /// ranges durably and skips ahead after a crash), for ids that must stay unique.
-    pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
     }
 
     /// Makes everything committed so far durable on disk.
