@@ -91,10 +91,13 @@ pub fn write_rules(shipped: &Path, dir: &Path, total: usize) -> std::io::Result<
         }
     }
     let fillers = total.saturating_sub(shipped_count);
-    let mut text = String::from("rules:\n");
-    for i in 0..fillers {
-        text.push_str(&filler_rule(i));
+    // No file without rules: a rule file that defines nothing is an error.
+    if fillers > 0 {
+        let mut text = String::from("rules:\n");
+        for i in 0..fillers {
+            text.push_str(&filler_rule(i));
+        }
+        std::fs::write(dir.join("zz-filler.yaml"), text)?;
     }
-    std::fs::write(dir.join("zz-filler.yaml"), text)?;
     Ok(shipped_count + fillers)
 }

@@ -28,6 +28,7 @@ fn detection(c: &mut Criterion) {
             offset: i * 100,
             bytes: support::auth_line(i, &mut rng).into_bytes(),
             arrival,
+            time: None,
         })
         .collect();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");

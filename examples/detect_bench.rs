@@ -7,6 +7,7 @@
 //! detect_bench gen-rules SHIPPED_DIR OUT_DIR TOTAL
 //! detect_bench run RULES_DIR LOG    # the detector
 //! detect_bench pass RULES_DIR LOG   # only the multi-pattern pass: the design's floor
+//! detect_bench keys RULES_DIR KEYS  # memory per key: a flood of one-time addresses
 //! ```
 
 #[path = "../bench/support.rs"]
@@ -51,9 +52,10 @@ fn main() {
         }
         ["run", rules, log] => run(&PathBuf::from(rules), &PathBuf::from(log)),
         ["pass", rules, log] => pass(&PathBuf::from(rules), &PathBuf::from(log)),
+        ["keys", rules, count] => keys(&PathBuf::from(rules), count.parse().expect("KEYS")),
         _ => {
             eprintln!(
-                "usage: detect_bench gen-log LINES FILE | gen-rules SHIPPED OUT TOTAL | run RULES LOG | pass RULES LOG"
+                "usage: detect_bench gen-log LINES FILE | gen-rules SHIPPED OUT TOTAL | run RULES LOG | pass RULES LOG | keys RULES KEYS"
             );
             std::process::exit(2);
         }
@@ -89,6 +91,7 @@ fn read_log(log: &std::path::Path, mut each: impl FnMut(&LogLine, DateTime<Utc>)
             offset,
             bytes,
             arrival,
+            time: None,
         };
         offset += len;
         let time = format.parse(&line.bytes, arrival).unwrap_or(arrival);
@@ -138,5 +141,62 @@ fn pass(rules: &std::path::Path, log: &std::path::Path) {
     println!(
         "{{\"rules\": {rule_count}, \"lines\": {lines}, \"lines_with_candidates\": {with_candidates}, \"seconds\": {seconds:.3}, \"lines_per_second\": {:.0}}}",
         lines as f64 / seconds,
+    );
+}
+
+/// Resident memory of this process in bytes (Linux).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Memory per key: `keys` failed SSH logins, each from a new address (the flood an
+/// attacker uses to push its own key out), through the rules as the daemon runs them
+/// (changed windows taken for storing as they are made). Prints the growth of the resident
+/// set per live key.
+fn keys(rules: &std::path::Path, keys: u32) {
+    let set = load(rules);
+    let rule_count = set.rules.len();
+    let mut detector = Detector::new(Arc::new(set), &["auth".to_string()]);
+    let mut hits = Vec::new();
+    let (source, path): (Arc<str>, Arc<str>) = ("auth".into(), "/var/log/auth.log".into());
+    let start = chrono::Utc::now();
+    let before = rss();
+    for i in 0..keys {
+        let time = start + chrono::Duration::milliseconds(i64::from(i) / 100);
+        let bytes = format!(
+            "Nov 22 10:00:00 web1 sshd[{}]: Failed password for invalid user u{i} from 10.{}.{}.{} port {} ssh2",
+            1000 + i % 30000,
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255,
+            40000 + i % 20000
+        )
+        .into_bytes();
+        let line = LogLine {
+            source: source.clone(),
+            path: path.clone(),
+            offset: u64::from(i) * 120,
+            bytes,
+            arrival: time,
+            time: None,
+        };
+        detector.observe(&line, time, &mut hits);
+        hits.clear();
+        if i % 1000 == 0 {
+            drop(detector.take_dirty());
+        }
+    }
+    drop(detector.take_dirty());
+    let grown = rss().saturating_sub(before);
+    let live = detector.live_keys() as u64;
+    println!(
+        "{{\"rules\": {rule_count}, \"lines\": {keys}, \"live_keys\": {live}, \"rss_growth_bytes\": {grown}, \"bytes_per_key\": {}}}",
+        grown / live.max(1)
     );
 }

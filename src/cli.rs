@@ -1,10 +1,9 @@
 //! Command-line entry: parses arguments and maps results to the documented exit codes
 //! (0 success, 1 a finding, 2 usage or I/O error).
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::DEFAULT_CONFIG_PATH;
 use crate::daemon::{self, RunError};
-use crate::rules::RuleSet;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,8 +31,8 @@ pub enum Command {
         #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// `text` (one `path:line:col: message` per line) or `json` (one object, for tools).
-        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
-        format: CheckFormat,
+        #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
+        format: crate::check::CheckFormat,
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
     Notifications(crate::notification::cli::NotificationsArgs),
@@ -51,15 +50,15 @@ pub enum Command {
     Replay(crate::tools::replay::ReplayArgs),
     /// Show which rules match a line, their captures, exclusions and key.
     Explain(crate::tools::explain::ExplainArgs),
-}
-
-/// Output of `check`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckFormat {
-    /// Lines for people.
-    Text,
-    /// One JSON object for tools.
-    Json,
+    /// API tokens: create one (a random secret in a file only its owner can read).
+    Token(crate::token::TokenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `logwarden man | man -l -`.
+    Man,
 }
 
 /// Runs the CLI.
@@ -90,7 +89,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Check { config, format } => check(&config, format),
+        Command::Check { config, format } => crate::check::run(&config, format),
         Command::Notifications(args) => crate::notification::cli::run(args),
         Command::Incidents(args) => crate::lifecycle::cli::run(args),
         Command::Silences(args) => crate::silences::cli::run(args),
@@ -99,47 +98,65 @@ pub fn main() -> ExitCode {
         Command::Test(args) => crate::tools::test::run(args),
         Command::Replay(args) => crate::tools::replay::run(args),
         Command::Explain(args) => crate::tools::explain::run(args),
+        Command::Token(args) => crate::token::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "logwarden", &mut script);
+            print(&String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    print(&String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("logwarden man: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
-fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
-    let loaded = Config::load(path)
-        .and_then(|config| RuleSet::load(&config.rules, &daemon::rule_context(&config)));
-    let (errors, warnings) = match &loaded {
-        Ok(rules) => (Vec::new(), rules.warnings.clone()),
-        Err(problems) => (problems.clone(), Vec::new()),
+/// Writes to stdout. A reader that went away (`logwarden … | head -1`) is a normal end of
+/// output, not an error: the process exits 0 at once. Any other write error exits 2.
+pub fn print(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        exit_on_write_error(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout: 0 for a closed pipe, 2 otherwise.
+pub fn exit_on_write_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("logwarden: cannot write output: {e}");
+    std::process::exit(2);
+}
+
+/// `println!` for command output, through [`print`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::print("\n")
     };
-    if format == CheckFormat::Json {
-        let rules = loaded.as_ref().ok();
-        let report = serde_json::json!({
-            "ok": errors.is_empty(),
-            "rules": rules.map(|r| r.rules.len()),
-            "files": rules.map(|r| r.files.len()),
-            "version": rules.map(|r| r.version.clone()),
-            "errors": errors,
-            "warnings": warnings,
-        });
-        println!("{report}");
-    } else {
-        for p in &errors {
-            println!("{p}");
-        }
-        for w in &warnings {
-            println!("warning: {w}");
-        }
-        if let Ok(rules) = &loaded {
-            println!(
-                "ok: {} rules in {} files",
-                rules.rules.len(),
-                rules.files.len()
-            );
-        }
-    }
-    if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    ($($arg:tt)*) => {
+        $crate::cli::print(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, through [`print`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::print(&format!($($arg)*))
+    };
 }
 
 fn init_tracing() {

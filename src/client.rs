@@ -125,7 +125,7 @@ pub async fn call(
 
 /// Prints JSON for scripts.
 pub fn print_json(value: &Value) {
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -152,6 +152,19 @@ pub fn text(value: &Value, field: &str) -> String {
     }
 }
 
+/// A time field to the second (`2026-11-22T10:00:01Z`): the API keeps nanoseconds, people
+/// do not read them. Text that is not a time is shown as it is.
+pub fn time(value: &Value, field: &str) -> String {
+    let raw = text(value, field);
+    chrono::DateTime::parse_from_rfc3339(&raw)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        })
+        .unwrap_or(raw)
+}
+
 /// Prints rows as a table with columns as wide as their widest cell (the last column is
 /// not padded).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
@@ -174,7 +187,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", out.join("  ").trim_end());
+        crate::outln!("{}", out.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {

@@ -54,6 +54,9 @@ pub struct Config {
     /// Who is notified for an incident, and when, by policy name.
     #[serde(default)]
     pub escalation_policies: BTreeMap<String, PolicyConfig>,
+    /// How far lines' own times are trusted (ahead of and behind the wall clock).
+    #[serde(default)]
+    pub line_time: crate::sources::line_time::LineTimeBounds,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -153,10 +156,14 @@ pub struct SourceConfig {
     /// Or: receive syslog over the network instead of reading files.
     #[serde(default)]
     pub syslog: Option<SyslogListen>,
+    /// Or: read the systemd journal.
+    #[serde(default)]
+    pub journal: Option<JournalConfig>,
     /// Glob patterns of files to leave out (matched against the file name and the full path).
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// Where to start in a file seen for the first time; checkpoints win afterwards.
+    /// Where to start in a file (or journal) seen for the first time; checkpoints (the
+    /// journal cursor) win afterwards.
     #[serde(default)]
     pub start_at: StartAt,
     /// How to read each line's own time (default `arrival`, `syslog` for syslog sources).
@@ -173,13 +180,69 @@ fn default_max_line_bytes() -> usize {
 
 impl SourceConfig {
     /// The time format in force: as configured, else what the kind of source implies.
+    /// Journal lines start with the entry's RFC 3339 time (the daemon takes the time from
+    /// the entry itself; the format serves `replay` of saved journal lines).
     pub fn time_format(&self) -> TimestampFormat {
-        match (&self.timestamp, &self.syslog) {
-            (Some(format), _) => format.clone(),
-            (None, Some(_)) => TimestampFormat::Syslog,
-            (None, None) => TimestampFormat::Arrival,
+        match (&self.timestamp, &self.syslog, &self.journal) {
+            (Some(format), _, _) => format.clone(),
+            (None, Some(_), _) => TimestampFormat::Syslog,
+            (None, None, Some(_)) => TimestampFormat::Rfc3339,
+            (None, None, None) => TimestampFormat::Arrival,
         }
     }
+}
+
+/// Which journal a journal source reads, and which of its entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// A directory of journal files (`journalctl --directory`); default: the system journal.
+    pub directory: Option<PathBuf>,
+    /// A journal namespace (`journalctl --namespace`).
+    pub namespace: Option<String>,
+    /// Field matches as journalctl takes them (`SYSLOG_IDENTIFIER=sshd`): matches of one
+    /// field are ORed, of different fields ANDed, and `+` ORs the groups on either side.
+    #[serde(default)]
+    pub matches: Vec<String>,
+}
+
+impl JournalConfig {
+    /// Problems with the settings, in words an operator can act on.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.directory.is_some() && self.namespace.is_some() {
+            problems.push("journal takes a directory or a namespace, not both".to_string());
+        }
+        if let Some(ns) = &self.namespace
+            && (ns.is_empty() || ns.starts_with('-') || ns.contains('/'))
+        {
+            problems.push(format!("journal namespace {ns:?} is not a namespace name"));
+        }
+        for (i, m) in self.matches.iter().enumerate() {
+            let separator = m == "+";
+            if separator && (i == 0 || i + 1 == self.matches.len()) {
+                problems.push("journal match \"+\" must stand between two matches".to_string());
+            } else if !separator && !is_journal_match(m) {
+                problems.push(format!(
+                    "journal match {m:?} is not FIELD=VALUE (FIELD of A-Z, 0-9 and _, not starting with a digit) or \"+\""
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// `FIELD=VALUE` with a field name journald accepts.
+fn is_journal_match(m: &str) -> bool {
+    let Some((field, _)) = m.split_once('=') else {
+        return false;
+    };
+    !field.is_empty()
+        && field.len() <= 64
+        && !field.starts_with(|c: char| c.is_ascii_digit())
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Where a syslog source listens (RFC 3164 and RFC 5424; TCP octet-counted or
@@ -225,32 +288,65 @@ impl Config {
 
     /// Reads and validates a config file; every problem found is returned, each with its place.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic::at(
-                path,
-                Default::default(),
-                format!("cannot read config: {e}"),
-            )]
-        })?;
-        Self::parse(path, &text)
+        match Self::load_all(path) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
     }
 
     /// Parses and validates config text that was read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| {
-            let mut d = Diagnostic::from_yaml(path, &e);
-            refine_unknown_field(&mut d, text);
-            vec![d]
-        })?;
+        match Self::parse_all(path, text.as_bytes()) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
+    }
+
+    /// Every problem of a config file, and the config as far as it could be read (values
+    /// that had an error hold placeholders), so `check` can go on to the rule files.
+    pub fn load_all(path: &Path) -> (Option<Config>, Vec<Diagnostic>) {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::parse_all(path, &bytes),
+            Err(e) => (
+                None,
+                vec![Diagnostic::at(
+                    path,
+                    crate::diag::Position { line: 1, col: 1 },
+                    format!("cannot read config: {e}"),
+                )],
+            ),
+        }
+    }
+
+    fn parse_all(path: &Path, bytes: &[u8]) -> (Option<Config>, Vec<Diagnostic>) {
+        let root = match crate::yaml::parse(bytes) {
+            Ok(root) => root,
+            Err(e) => return (None, vec![Diagnostic::at(path, e.at, e.message)]),
+        };
+        let (config, found) = crate::yaml::de::collect::<Config>(&root);
+        let mut problems: Vec<Diagnostic> = found
+            .iter()
+            .map(|f| Diagnostic::at(path, f.at, &f.message))
+            .collect();
+        let Some(mut config) = config else {
+            return (None, problems);
+        };
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        let problems = config.validate(path, text);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
+        // Lines that already had an error hold placeholders, and an item with an error
+        // inside lacks what was written wrong: checks of those would repeat the error.
+        let lines: HashSet<usize> = problems.iter().map(|d| d.line).collect();
+        let ids: HashSet<usize> = found.iter().map(|f| f.node).collect();
+        let items: HashSet<usize> = root.enclosing(&ids).into_iter().map(|p| p.line).collect();
+        let text = String::from_utf8_lossy(bytes);
+        problems.extend(
+            config
+                .validate(path, &text)
+                .into_iter()
+                .filter(|d| !lines.contains(&d.line) && !items.contains(&d.line)),
+        );
+        (Some(config), problems)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -263,6 +359,9 @@ impl Config {
         self.rules.iter_mut().for_each(resolve);
         for source in &mut self.sources {
             source.paths.iter_mut().for_each(resolve);
+            if let Some(dir) = source.journal.as_mut().and_then(|j| j.directory.as_mut()) {
+                resolve(dir);
+            }
         }
         for receiver in &mut self.receivers {
             receiver.resolve_paths(resolve);
@@ -300,39 +399,71 @@ impl Config {
                     ),
                 ));
             }
-            match (&source.syslog, source.paths.is_empty()) {
-                (None, true) => problems.push(Diagnostic::at(
+            let kinds = [
+                (!source.paths.is_empty()).then_some("paths"),
+                source.syslog.as_ref().map(|_| "syslog"),
+                source.journal.as_ref().map(|_| "journal"),
+            ];
+            let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
+            match kinds.as_slice() {
+                [] => problems.push(Diagnostic::at(
                     path,
                     at,
-                    format!("source {:?} needs paths or syslog", source.name),
+                    format!("source {:?} needs paths, syslog or journal", source.name),
                 )),
-                (Some(_), false) => problems.push(Diagnostic::at(
+                [_] => {}
+                [_, second, ..] => problems.push(Diagnostic::at(
                     path,
-                    loc.key_in_block(at, "syslog"),
+                    loc.key_in_block(at, second),
                     format!(
-                        "source {:?} has both paths and syslog; use one source for each",
-                        source.name
+                        "source {:?} has both {}; use one source for each",
+                        source.name,
+                        kinds.join(" and ")
                     ),
                 )),
-                (Some(listen), true) => {
-                    if listen.udp.is_none() && listen.tcp.is_none() {
+            }
+            if let Some(listen) = &source.syslog {
+                if listen.udp.is_none() && listen.tcp.is_none() {
+                    problems.push(Diagnostic::at(
+                        path,
+                        loc.key_in_block(at, "syslog"),
+                        format!("syslog source {:?} needs udp or tcp", source.name),
+                    ));
+                }
+                for addr in listen.udp.iter().chain(&listen.tcp) {
+                    if addr.parse::<std::net::SocketAddr>().is_err() {
                         problems.push(Diagnostic::at(
                             path,
                             loc.key_in_block(at, "syslog"),
-                            format!("syslog source {:?} needs udp or tcp", source.name),
+                            format!("syslog address {addr:?} is not host:port"),
                         ));
                     }
-                    for addr in listen.udp.iter().chain(&listen.tcp) {
-                        if addr.parse::<std::net::SocketAddr>().is_err() {
-                            problems.push(Diagnostic::at(
-                                path,
-                                loc.key_in_block(at, "syslog"),
-                                format!("syslog address {addr:?} is not host:port"),
-                            ));
-                        }
+                }
+            }
+            if let Some(journal) = &source.journal {
+                let at = loc.key_in_block(at, "journal");
+                for problem in journal.problems() {
+                    problems.push(Diagnostic::at(
+                        path,
+                        at,
+                        format!("source {:?}: {problem}", source.name),
+                    ));
+                }
+                for (key, set) in [
+                    ("timestamp", source.timestamp.is_some()),
+                    ("exclude", !source.exclude.is_empty()),
+                ] {
+                    if set {
+                        problems.push(Diagnostic::at(
+                            path,
+                            at,
+                            format!(
+                                "journal source {:?} takes no {key}: each entry carries its own time and fields",
+                                source.name
+                            ),
+                        ));
                     }
                 }
-                (None, false) => {}
             }
             for pattern in &source.exclude {
                 if let Err(e) = globset::Glob::new(pattern) {
@@ -390,25 +521,6 @@ impl Config {
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name)
     }
-}
-
-/// serde_yaml places errors inside internally tagged enums (receivers) near the enclosing
-/// item; point an unknown field at its first use from there to the next top-level key.
-fn refine_unknown_field(d: &mut Diagnostic, text: &str) {
-    let Some(field) = d
-        .message
-        .split("unknown field `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-    else {
-        return;
-    };
-    let at = crate::diag::Position {
-        line: d.line,
-        col: 1,
-    };
-    let found = YamlLocator::new(text).key_in_block(at, field);
-    (d.line, d.col) = (found.line, found.col);
 }
 
 /// `path` made absolute against `base` with `.` and `..` removed lexically, so logs, metrics
@@ -529,6 +641,35 @@ mod tests {
                 "{body}: {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn journal_sources_are_checked_and_their_directory_resolved() {
+        let c = parse("state_dir: s\nsources:\n  - name: j\n    journal: {directory: journal, matches: [SYSLOG_IDENTIFIER=sshd, +, _COMM=sshd-session]}\n").unwrap();
+        let journal = c.sources[0].journal.as_ref().unwrap();
+        assert_eq!(
+            journal.directory.as_deref(),
+            Some(Path::new("/etc/lw/journal"))
+        );
+        assert_eq!(c.sources[0].time_format(), TimestampFormat::Rfc3339);
+        let errs = parse("state_dir: s\nsources:\n  - name: j\n    journal: {directory: d, namespace: n, matches: [sshd, '+']}\n    timestamp: syslog\n").unwrap_err();
+        let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errs.len(), 4, "{messages:?}");
+        assert!(messages[0].contains("a directory or a namespace, not both"));
+        assert!(messages[1].contains("\"sshd\" is not FIELD=VALUE"));
+        assert!(messages[2].contains("\"+\" must stand between two matches"));
+        assert!(messages[3].contains("takes no timestamp"));
+        assert!(errs.iter().all(|e| e.line == 4), "{errs:?}");
+        let both =
+            parse("state_dir: s\nsources:\n  - name: j\n    paths: [a.log]\n    journal: {}\n")
+                .unwrap_err();
+        assert!(
+            both[0].message.contains("has both paths and journal"),
+            "{}",
+            both[0]
+        );
+        assert_eq!(both[0].line, 5);
+        assert!(parse("state_dir: s\nsources:\n  - name: j\n    journal: {unit: ssh}\n").is_err());
     }
 
     #[test]

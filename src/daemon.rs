@@ -1,5 +1,5 @@
-//! `logwarden run`: wires sources, pipeline, notifier and HTTP together and shuts them down
-//! in order on SIGTERM/SIGINT.
+//! `logwarden run`: wires sources (files, stdin, syslog, journal), pipeline, notifier and
+//! HTTP together and shuts them down in order on SIGTERM/SIGINT.
 
 use crate::api::{self, AppState, Health};
 use crate::audit::{AuditLog, Entry};
@@ -13,8 +13,9 @@ use crate::reload::Reloader;
 use crate::rules::{RuleContext, RuleSet};
 use crate::sources::file::FileTailer;
 use crate::sources::syslog::SyslogSource;
-use crate::sources::{Checkpoint, stdin};
-use crate::store::Store;
+use crate::sources::{Batch, Checkpoint, JournalPosition, journal, stdin};
+use crate::store::{Space, Store};
+use crate::supervise::Vitals;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,8 @@ use tokio::sync::{mpsc, watch};
 const SOURCE_QUEUE: usize = 64;
 /// Lifecycle commands queued for the pipeline (API callers wait beyond it).
 const COMMAND_QUEUE: usize = 64;
+/// How long `/readyz` keeps answering 503 with the reason after a vital task failed.
+const FAILURE_LINGER: Duration = Duration::from_secs(2);
 /// Time deliveries in flight get at shutdown (the rest stay in the outbox).
 const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 
@@ -84,7 +87,9 @@ async fn serve(
     let termination =
         Termination::install().map_err(|e| RunError::Io(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
+    metrics.preset(&config, &rules);
     let health = Arc::new(Health::default());
+    let (vitals, mut failures) = Vitals::new();
     metrics.rules_loaded.set(rules.rules.len() as i64);
     health.rules.store(true, Ordering::Relaxed);
     health.store.store(true, Ordering::Relaxed);
@@ -113,8 +118,14 @@ async fn serve(
         .with_audit(audit.clone());
     let delivery = {
         let _on = delivery_runtime.enter();
-        deliver::spawn(outbox.clone(), &config, metrics.clone(), NOTIFY_DRAIN)
-            .map_err(RunError::Io)?
+        deliver::spawn(
+            outbox.clone(),
+            &config,
+            metrics.clone(),
+            NOTIFY_DRAIN,
+            &vitals,
+        )
+        .map_err(RunError::Io)?
     };
 
     let (batch_tx, batch_rx) = mpsc::channel(SOURCE_QUEUE);
@@ -125,9 +136,13 @@ async fn serve(
         .map(|s| (s.name.clone(), s.time_format()))
         .collect();
     let watchdog = sd_notify::watchdog_enabled();
+    // A daemon going down (a vital task failed) stops feeding the watchdog at once.
+    let watched = health.clone();
     let heartbeat: Box<dyn Fn() + Send> = match watchdog {
-        Some(_) => Box::new(|| {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        Some(_) => Box::new(move || {
+            if watched.down_reason().is_none() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
         }),
         None => Box::new(|| {}),
     };
@@ -152,7 +167,10 @@ async fn serve(
     .map_err(|e| RunError::Io(e.to_string()))?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    let pipeline = pipeline.with_reloads(reload_rx).with_commands(command_rx);
+    let pipeline = pipeline
+        .with_reloads(reload_rx)
+        .with_commands(command_rx)
+        .with_line_time(config.line_time);
     let reloader = Reloader {
         paths: config.rules.clone(),
         ctx: rule_context(&config),
@@ -163,11 +181,17 @@ async fn serve(
         health: health.clone(),
         audit: audit.clone(),
     };
-    tokio::spawn(reloader.run(hangup));
+    let guard = vitals.guard("rule reload");
+    tokio::spawn(async move {
+        let _guard = guard;
+        reloader.run(hangup).await
+    });
     let (stop_pipeline, pipeline_stop_rx) = watch::channel(false);
+    let guard = vitals.guard("pipeline");
     let pipeline_thread = std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || {
+            let _guard = guard;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -187,12 +211,22 @@ async fn serve(
         stop_sources.clone(),
     )
     .map_err(RunError::Io)?;
-    let sources_ready = Arc::new(AtomicBool::new(false));
-    let ready_flag = sources_ready.clone();
+    let tailer_ready = Arc::new(AtomicBool::new(false));
+    let ready_flag = tailer_ready.clone();
+    let guard = vitals.guard("tailer");
     let tailer_thread = std::thread::Builder::new()
         .name("tailer".into())
-        .spawn(move || tailer.run(ready_flag))
+        .spawn(move || {
+            let _guard = guard;
+            tailer.run(ready_flag)
+        })
         .map_err(|e| RunError::Io(e.to_string()))?;
+    let journals = start_journals(&config, &store, &batch_tx, &metrics, &health, &vitals)?;
+    let sources_ready = SourcesReady(
+        std::iter::once(tailer_ready)
+            .chain(journals.iter().map(|j| j.ready.clone()))
+            .collect(),
+    );
     for source in &config.sources {
         if source.paths.iter().any(|p| p.as_os_str() == "-") {
             let (name, max, tx, m) = (
@@ -201,9 +235,13 @@ async fn serve(
                 batch_tx.clone(),
                 metrics.clone(),
             );
+            let guard = vitals.panic_guard("stdin");
             std::thread::Builder::new()
                 .name("stdin".into())
-                .spawn(move || stdin::read_stdin(&name, max, tx, m))
+                .spawn(move || {
+                    let _guard = guard;
+                    stdin::read_stdin(&name, max, tx, m)
+                })
                 .map_err(|e| RunError::Io(e.to_string()))?;
         }
     }
@@ -213,7 +251,12 @@ async fn serve(
             let syslog = SyslogSource::bind(&source.name, listen, source.max_line_bytes)
                 .await
                 .map_err(RunError::Io)?;
-            network.spawn(syslog.run(batch_tx.clone(), metrics.clone()));
+            let guard = vitals.guard(&format!("syslog source {}", source.name));
+            let run = syslog.run(batch_tx.clone(), metrics.clone());
+            network.spawn(async move {
+                let _guard = guard;
+                run.await
+            });
         }
     }
     drop(batch_tx);
@@ -227,12 +270,25 @@ async fn serve(
         outbox,
         commands: command_tx,
         audit,
+        refusals: Default::default(),
+    });
+    let refusals = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            refusals.record_due_refusals();
+        }
     });
     let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app =
+        api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_http_rx.changed().await;
     });
+    let guard = vitals.guard("HTTP server");
     let http_task = tokio::spawn(async move {
+        let _guard = guard;
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -242,41 +298,136 @@ async fn serve(
     // READY once the first scan of every source is done (or after a bound, so a slow
     // file system cannot hold systemd's start job forever).
     for _ in 0..100 {
-        if sources_ready.load(Ordering::Relaxed) {
+        if sources_ready.all() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    health
-        .sources
-        .store(sources_ready.load(Ordering::Relaxed), Ordering::Relaxed);
+    health.sources.store(sources_ready.all(), Ordering::Relaxed);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let health_for_ready = health.clone();
     tokio::spawn(async move {
-        while !sources_ready.load(Ordering::Relaxed) {
+        while !sources_ready.all() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         health_for_ready.sources.store(true, Ordering::Relaxed);
     });
 
-    termination.wait().await;
-    tracing::info!("shutting down");
+    let failure = tokio::select! {
+        _ = termination.wait() => None,
+        why = failures.next() => Some(why),
+    };
+    vitals.stopping();
+    match &failure {
+        None => {
+            tracing::info!("shutting down");
+            health.set_down("shutting down");
+        }
+        Some(why) => {
+            tracing::error!(reason = %why, "cannot go on; shutting down");
+            health.set_down(why);
+            // A health check polling /readyz sees the reason before the port closes.
+            tokio::time::sleep(FAILURE_LINGER).await;
+        }
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop_sources.store(true, Ordering::Relaxed);
     network.abort_all();
-    let _ = stop_http.send(true);
     // The tailer finishes its current round; the pipeline then stores everything queued.
+    // `/readyz` keeps answering 503 with the reason meanwhile.
     let _ = tokio::task::spawn_blocking(move || tailer_thread.join()).await;
+    for journal in journals {
+        journal.control.stop();
+        let _ = tokio::task::spawn_blocking(move || journal.thread.join()).await;
+    }
     let _ = stop_pipeline.send(true);
     let _ = tokio::task::spawn_blocking(move || pipeline_thread.join()).await;
     delivery.stop(NOTIFY_DRAIN).await;
+    let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    // The refusals of the last minute are recorded, not lost with the process.
+    let last = state
+        .refusals
+        .due(chrono::Utc::now() + chrono::Duration::minutes(1));
+    if !last.is_empty() {
+        state.audit.record(&last);
+    }
     store
         .flush()
         .await
         .map_err(|e| RunError::Io(e.to_string()))?;
-    tracing::info!("stopped");
-    Ok(())
+    match failure {
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(why) => Err(RunError::Io(format!("stopped because {why}"))),
+    }
+}
+
+/// The first-look flags of every reading thread.
+struct SourcesReady(Vec<Arc<AtomicBool>>);
+
+impl SourcesReady {
+    fn all(&self) -> bool {
+        self.0.iter().all(|r| r.load(Ordering::Relaxed))
+    }
+}
+
+/// A running journal source: its thread, how to stop it, and whether it has looked yet.
+struct RunningJournal {
+    thread: std::thread::JoinHandle<()>,
+    control: Arc<journal::Control>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Starts a thread for each journal source, resuming from its stored position.
+fn start_journals(
+    config: &Config,
+    store: &Store,
+    tx: &mpsc::Sender<Batch>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    vitals: &Vitals,
+) -> Result<Vec<RunningJournal>, RunError> {
+    let mut positions: HashMap<String, JournalPosition> = store
+        .scan(Space::JournalCursors)
+        .map_err(|e| RunError::Io(e.to_string()))?
+        .into_iter()
+        .map(|(_, p): (_, JournalPosition)| (p.source.clone(), p))
+        .collect();
+    let mut running = Vec::new();
+    for source in &config.sources {
+        let Some(settings) = &source.journal else {
+            continue;
+        };
+        let control = Arc::new(journal::Control::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let reader = journal::JournalSource::new(
+            source,
+            settings,
+            positions.remove(&source.name),
+            tx.clone(),
+            metrics.clone(),
+            health.clone(),
+            control.clone(),
+        );
+        let flag = ready.clone();
+        let guard = vitals.guard(&format!("journal source {}", source.name));
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || {
+                let _guard = guard;
+                reader.run(flag)
+            })
+            .map_err(|e| RunError::Io(e.to_string()))?;
+        running.push(RunningJournal {
+            thread,
+            control,
+            ready,
+        });
+    }
+    Ok(running)
 }
 
 /// SIGTERM and SIGINT, listened for from the start.

@@ -4,6 +4,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
+/// Longest duration accepted anywhere (ten years): longer ones are typos or attacks, and
+/// added to a time they overflow the calendar.
+const MAX_MILLIS: u64 = 3650 * 86_400_000;
+
 /// A duration written the way operators write them in YAML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
@@ -18,7 +22,10 @@ impl HumanDuration {
         let (digits, unit) = text.split_at(split);
         let value: u64 = digits
             .parse()
-            .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => format!("duration {text:?} is too large"),
+                _ => format!("duration {text:?} must start with a whole number"),
+            })?;
         let millis_per = match unit {
             "ms" => 1,
             "s" => 1_000,
@@ -34,6 +41,12 @@ impl HumanDuration {
         let millis = value
             .checked_mul(millis_per)
             .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        if millis > MAX_MILLIS {
+            return Err(format!(
+                "duration {text:?} is too large (at most {}d)",
+                MAX_MILLIS / 86_400_000
+            ));
+        }
         if millis == 0 {
             return Err(format!("duration {text:?} must be greater than zero"));
         }
@@ -108,6 +121,11 @@ mod tests {
                 .unwrap_err()
                 .contains("whole number")
         );
+        assert!(HumanDuration::parse("3650d").is_ok());
+        for huge in ["3651d", "100000000d", "99999999999999999999ms"] {
+            let e = HumanDuration::parse(huge).unwrap_err();
+            assert!(e.contains("too large"), "{huge}: {e}");
+        }
         assert!(
             HumanDuration::parse("0s")
                 .unwrap_err()

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod drill;
 pub mod due;
 pub mod duration;
 pub mod escalation;
+pub mod ids;
 pub mod incidents;
 pub mod lifecycle;
 pub mod metrics;
@@ -27,4 +29,7 @@ pub mod rules;
 pub mod silences;
 pub mod sources;
 pub mod store;
+pub mod supervise;
+pub mod token;
 pub mod tools;
+pub mod yaml;

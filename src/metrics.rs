@@ -29,6 +29,10 @@ pub struct Metrics {
     pub lines_truncated: IntCounterVec,
     /// Lines whose own time could not be read (arrival time used), by source.
     pub lines_without_time: IntCounterVec,
+    /// Lines dated too far ahead of the wall clock (evaluated at arrival), by source.
+    pub lines_future: IntCounterVec,
+    /// Lines dated too far behind the wall clock (evaluated at arrival), by source.
+    pub lines_ancient: IntCounterVec,
     /// Files that were rotated away (renamed or deleted) while tailed, by source.
     pub file_rotations: IntCounterVec,
     /// Files found shorter than the read offset (copytruncate), by source.
@@ -38,6 +42,11 @@ pub struct Metrics {
     /// Seconds between the newest line time of a source's latest batch and its
     /// evaluation, by source.
     pub source_lag: GaugeVec,
+    /// Times a journal source's saved position was gone (vacuumed or rotated away) and
+    /// reading resumed at the next entry, by source.
+    pub journal_gaps: IntCounterVec,
+    /// Times a journal source's `journalctl` ended and was restarted, by source.
+    pub journal_restarts: IntCounterVec,
     /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
     pub syslog_frames_dropped: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
@@ -66,8 +75,10 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     /// Rule reloads refused because a rule file was broken (the old rules kept running).
     pub rule_reload_failures: IntCounter,
-    /// Keys dropped (least recently used) because a rule reached its `max_keys`, by rule.
+    /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
     pub rule_keys_evicted: IntCounterVec,
+    /// API calls refused (401 or 403), by status.
+    pub api_refused: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
     /// Bytes of keys and values the pipeline committed to the store.
@@ -104,6 +115,16 @@ impl Metrics {
             "Log lines whose own time could not be read; arrival time was used.",
             &["source"],
         );
+        let lines_future = counter(
+            "logwarden_lines_future_total",
+            "Log lines dated further ahead of the wall clock than line_time.max_ahead; evaluated at arrival.",
+            &["source"],
+        );
+        let lines_ancient = counter(
+            "logwarden_lines_ancient_total",
+            "Log lines dated further behind the wall clock than line_time.max_behind; evaluated at arrival.",
+            &["source"],
+        );
         let file_rotations = counter(
             "logwarden_file_rotations_total",
             "Tailed files renamed or deleted away from their path.",
@@ -130,6 +151,16 @@ impl Metrics {
         registry
             .register(Box::new(source_lag.clone()))
             .expect("unique metric");
+        let journal_gaps = counter(
+            "logwarden_journal_gaps_total",
+            "Journal positions found gone (vacuumed or rotated away); reading resumed at the next entry.",
+            &["source"],
+        );
+        let journal_restarts = counter(
+            "logwarden_journal_restarts_total",
+            "Times a journal source's journalctl ended and was started again.",
+            &["source"],
+        );
         let syslog_frames_dropped = counter(
             "logwarden_syslog_frames_dropped_total",
             "Syslog frames dropped (oversized, malformed, connection refused).",
@@ -220,8 +251,13 @@ impl Metrics {
             .expect("unique metric");
         let rule_keys_evicted = counter(
             "logwarden_rule_keys_evicted_total",
-            "Keys dropped, least recently used first, because a rule reached its max_keys.",
+            "Keys dropped because a rule reached its max_keys: those with the fewest matches first, least recently used among equals.",
             &["rule"],
+        );
+        let api_refused = counter(
+            "logwarden_api_refused_total",
+            "API calls refused for a missing or unknown token (401) or too small a role (403).",
+            &["status"],
         );
         let store_errors = IntCounter::new(
             "logwarden_store_errors_total",
@@ -247,6 +283,13 @@ impl Metrics {
         registry
             .register(Box::new(build_info.clone()))
             .expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -256,10 +299,14 @@ impl Metrics {
             bytes_read,
             lines_truncated,
             lines_without_time,
+            lines_future,
+            lines_ancient,
             file_rotations,
             file_truncations,
             files_watched,
             source_lag,
+            journal_gaps,
+            journal_restarts,
             syslog_frames_dropped,
             rule_matches,
             incidents_opened,
@@ -275,8 +322,54 @@ impl Metrics {
             rules_loaded,
             rule_reload_failures,
             rule_keys_evicted,
+            api_refused,
             store_errors,
             store_written,
+        }
+    }
+
+    /// Gives every documented series of this config and rule set its zero, so a dashboard
+    /// shows 0 from the start instead of "no data" until the first event.
+    pub fn preset(&self, config: &crate::config::Config, rules: &crate::rules::RuleSet) {
+        for source in &config.sources {
+            self.lines_read.with_label_values(&[&source.name]);
+        }
+        for receiver in &config.receivers {
+            for outcome in ["delivered", "retried", "dead"] {
+                self.notifications
+                    .with_label_values(&[receiver.name(), outcome]);
+            }
+            self.outbox_pending.with_label_values(&[receiver.name()]);
+        }
+        for severity in crate::rules::Severity::ALL {
+            for drill in ["false", "true"] {
+                for kpi in [
+                    &self.time_to_detect,
+                    &self.time_to_acknowledge,
+                    &self.time_to_contain,
+                    &self.time_to_resolve,
+                ] {
+                    kpi.with_label_values(&[severity.as_str(), drill]);
+                }
+            }
+        }
+        self.preset_rules(rules);
+    }
+
+    /// The zero series of each rule: its matches, and its incidents at each severity it can
+    /// open with (called again after a reload for the new rules).
+    pub fn preset_rules(&self, rules: &crate::rules::RuleSet) {
+        use crate::rules::SeveritySpec;
+        for rule in &rules.rules {
+            self.rule_matches.with_label_values(&[rule.id()]);
+            let severities: Vec<crate::rules::Severity> = match &rule.def.severity {
+                SeveritySpec::Fixed(s) => vec![*s],
+                SeveritySpec::Tiers(tiers) => tiers.keys().copied().collect(),
+            };
+            for severity in severities {
+                self.incidents_opened
+                    .with_label_values(&[rule.id(), severity.as_str()]);
+            }
         }
     }
 

@@ -1,17 +1,20 @@
 //! The pipeline step: evaluate a batch of lines, store what it caused (incident changes and
-//! the notifications they call for) together with the window state and file checkpoints in
-//! one atomic commit, make it durable, then wake the delivery worker.
+//! the notifications they call for) together with the window state, file checkpoints and
+//! journal cursors (and the audit record of a journal gap) in one atomic commit, make it
+//! durable, then wake the delivery worker.
 //!
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
 use crate::api::Health;
+use crate::audit::Entry;
 use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
-use crate::lifecycle::{Command, Desk, Measure, Request};
+use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
+use crate::sources::line_time::{Judged, LineTimeBounds};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
 use crate::store::evidence::{EvidenceLog, resolve};
@@ -35,7 +38,7 @@ const GATHER_FROM_LINES: usize = 64;
 /// Most lines folded into one store commit. A commit holds the store's write lock while it
 /// applies, and readers (the API) wait for it: under a burst that opens thousands of
 /// incidents, smaller commits keep every wait short, at the price of more flushes.
-const LINES_PER_COMMIT: usize = 4096;
+const LINES_PER_COMMIT: usize = 2048;
 /// How often idle window state is expired and the watchdog is fed.
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
@@ -81,6 +84,7 @@ pub struct Pipeline {
     /// A commit could not be built: nothing more is evaluated or stored.
     stopped: bool,
     watermark: Option<DateTime<Utc>>,
+    line_time: LineTimeBounds,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
 }
@@ -137,6 +141,7 @@ impl Pipeline {
             last_gc: std::time::Instant::now(),
             stopped: false,
             watermark: None,
+            line_time: LineTimeBounds::default(),
             reloads: None,
             commands: None,
         };
@@ -147,6 +152,13 @@ impl Pipeline {
     /// Rule sets sent here are swapped in between batches (hot reload).
     pub fn with_reloads(mut self, reloads: mpsc::Receiver<Reload>) -> Self {
         self.reloads = Some(reloads);
+        self
+    }
+
+    /// Lines dated beyond these bounds are evaluated at their arrival (default: the
+    /// defaults of `line_time:`).
+    pub fn with_line_time(mut self, bounds: LineTimeBounds) -> Self {
+        self.line_time = bounds;
         self
     }
 
@@ -186,8 +198,10 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {
                     (self.heartbeat)();
-                    if let Some(now) = self.watermark {
-                        self.detector.expire(now);
+                    // Never past the wall clock: a line dated ahead (within the trusted
+                    // skew) must not expire the windows of lines dated now.
+                    if let Some(seen) = self.watermark {
+                        self.detector.expire(seen.min(Utc::now()));
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
                     self.step_at(Vec::new(), Some(Utc::now())).await;
@@ -197,6 +211,7 @@ impl Pipeline {
                     }
                 }
                 reload = next_reload(&mut reloads) => {
+                    self.metrics.preset_rules(&reload.rules);
                     let change = self.detector.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
@@ -226,6 +241,8 @@ impl Pipeline {
     pub async fn step_at(&mut self, batches: Vec<Batch>, clock: Option<DateTime<Utc>>) {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
+        // A checkpoint or cursor that could not be put in the commit fails it.
+        let mut unencoded: Option<StoreError> = None;
         let mut hits: Vec<Hit> = Vec::new();
         // Rules are swapped only between steps.
         let rules = self.detector.rules().clone();
@@ -237,15 +254,8 @@ impl Pipeline {
         for batch in batches {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
-                let format = self.formats.get(line.source.as_ref());
-                let parsed = format.and_then(|f| f.parse(&line.bytes, line.arrival));
-                if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
-                    self.metrics
-                        .lines_without_time
-                        .with_label_values(&[&line.source])
-                        .inc();
-                }
-                let time = parsed.unwrap_or(line.arrival);
+                crate::supervise::test_panic_point("pipeline", &line.bytes);
+                let time = self.line_time(line);
                 latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
                 self.detector.observe(line, time, &mut hits);
@@ -281,6 +291,21 @@ impl Pipeline {
                 Some(Progress::Done(id)) => {
                     commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
                 }
+                Some(Progress::Journal { position, gap }) => {
+                    if let Some(gap) = gap {
+                        self.desk.note(Entry::new(
+                            "source.journal_gap",
+                            DAEMON,
+                            None,
+                            serde_json::json!({"source": position.source, "gap": gap}),
+                        ));
+                    }
+                    if let Err(e) =
+                        commit.put(Space::JournalCursors, position.source.as_bytes(), &position)
+                    {
+                        unencoded.get_or_insert(e);
+                    }
+                }
                 None => {}
             }
         }
@@ -315,6 +340,9 @@ impl Pipeline {
                 .rule_keys_evicted
                 .with_label_values(&[&rule])
                 .inc_by(n);
+        }
+        if let Some(e) = unencoded {
+            return self.cannot_build(e);
         }
         let notified = match self.build_commit(&events, clock, &mut commit) {
             Ok(wrote) => wrote,
@@ -375,12 +403,51 @@ impl Pipeline {
         self.stopped = true;
     }
 
+    /// A line's own time (a journal entry's, else read by its source's format; a line
+    /// without one counts and takes its arrival), judged against the wall clock: a time too
+    /// far ahead or behind is counted and replaced by the arrival.
+    fn line_time(&self, line: &crate::sources::LogLine) -> DateTime<Utc> {
+        let format = self.formats.get(line.source.as_ref());
+        // A journal entry carries its own time; other lines are parsed.
+        let parsed = line
+            .time
+            .or_else(|| format.and_then(|f| f.parse(&line.bytes, line.arrival)));
+        if parsed.is_none() && format.is_some_and(|f| *f != TimestampFormat::Arrival) {
+            self.metrics
+                .lines_without_time
+                .with_label_values(&[&line.source])
+                .inc();
+        }
+        let Some(judged) = parsed.map(|t| self.line_time.judge(t, line.arrival)) else {
+            return line.arrival;
+        };
+        let distrusted = match judged {
+            Judged::Trusted(_) => None,
+            Judged::Future(_) => Some(&self.metrics.lines_future),
+            Judged::Ancient(_) => Some(&self.metrics.lines_ancient),
+        };
+        if let Some(counter) = distrusted {
+            counter.with_label_values(&[&line.source]).inc();
+        }
+        judged.time()
+    }
+
     /// Carries out a lifecycle or silence change: stored with its notifications and audit
     /// record in one batch, flushed, then answered.
     async fn command(&mut self, command: Command) {
         let mut batch = store::Batch::new();
         let mut opened = Vec::new();
+        // Only the pipeline knows the rules a silence must be able to match.
+        let refused = match &command.request {
+            Request::CreateSilence(new) => {
+                crate::silences::check_matchers(&new.matchers, self.detector.rules()).err()
+            }
+            _ => None,
+        };
         let result = match command.request {
+            _ if refused.is_some() => Err(crate::lifecycle::Refusal::Invalid(
+                refused.unwrap_or_default(),
+            )),
             Request::Drill { rule } => {
                 self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
             }

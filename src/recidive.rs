@@ -46,6 +46,7 @@ pub fn detection_line(hit: &Hit) -> Option<LogLine> {
         offset: 0,
         bytes: text.into_bytes(),
         arrival: hit.time,
+        time: Some(hit.time),
     })
 }
 

@@ -14,7 +14,8 @@ pub use kinds::{
 };
 pub use values::{Lists, ValueSet};
 
-use crate::diag::{Diagnostic, Position, YamlLocator};
+use crate::diag::{Diagnostic, Position};
+use crate::yaml;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,7 +31,10 @@ const REGEX_SIZE_LIMIT: usize = 8 << 20;
 const REGEX_DFA_LIMIT: usize = 8 << 20;
 /// Keys a rule tracks at most unless it sets `max_keys`: a flood of spoofed addresses must
 /// not exhaust memory.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
+pub const DEFAULT_MAX_KEYS: usize = 40_000;
+/// What a summary template may use besides the rule's named captures (the incident's
+/// context, see `incidents::summary_context`).
+pub const SUMMARY_VARIABLES: [&str; 4] = ["count", "rule", "severity", "key"];
 /// Template evaluation budget, so a summary template cannot loop the daemon.
 const TEMPLATE_FUEL: u64 = 50_000;
 
@@ -102,14 +106,17 @@ impl SeveritySpec {
     }
 }
 
+/// The severities as written, lowest first.
+const SEVERITY_NAMES: &[&str] = &["low", "moderate", "high", "critical"];
+
 impl<'de> Deserialize<'de> for SeveritySpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let value = serde_yaml::Value::deserialize(d)?;
         match value {
-            serde_yaml::Value::String(_) => serde_yaml::from_value(value)
+            serde_yaml::Value::String(name) => serde_yaml::from_value(name.clone().into())
                 .map(SeveritySpec::Fixed)
-                .map_err(|_| D::Error::custom("severity must be low, moderate, high or critical")),
+                .map_err(|_| D::Error::unknown_variant(&name, SEVERITY_NAMES)),
             serde_yaml::Value::Mapping(_) => {
                 let tiers: BTreeMap<Severity, u64> = serde_yaml::from_value(value).map_err(|_| {
                     D::Error::custom(
@@ -196,15 +203,6 @@ pub struct RuleDef {
     /// Where responders find the procedure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    #[serde(default)]
-    rules: Vec<RuleDef>,
-    #[serde(default)]
-    lists: Lists,
 }
 
 /// A validated rule, ready to run.
@@ -357,27 +355,15 @@ impl RuleSet {
         let mut lists = Lists::new();
         let mut list_places: BTreeMap<String, (PathBuf, Position)> = BTreeMap::new();
         for file in &files {
-            let text = match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) => {
-                    problems.push(Diagnostic::at(
-                        file,
-                        Position { line: 1, col: 1 },
-                        format!("cannot read rule file: {e}"),
-                    ));
-                    continue;
-                }
+            let Some(parsed) = read_rule_file(file, &mut problems) else {
+                continue;
             };
-            let parsed: RuleFile = match serde_yaml::from_str(&text) {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(Diagnostic::from_yaml(file, &e));
-                    continue;
-                }
-            };
-            let loc = YamlLocator::new(&text);
-            for (name, values) in &parsed.lists {
-                let at = loc.key_in_block(loc.top_key("lists"), name);
+            for (name_node, values) in parsed.lists() {
+                let at = name_node.at;
+                let name = name_node.text().unwrap_or_default();
+                let (values, found) = yaml::de::collect::<Vec<String>>(values);
+                problems.extend(found.iter().map(|f| Diagnostic::at(file, f.at, &f.message)));
+                let Some(values) = values else { continue };
                 if let Some((first, _)) = list_places.get(name) {
                     problems.push(Diagnostic::at(
                         file,
@@ -396,15 +382,15 @@ impl RuleSet {
                         format!("list name {name:?} must match [a-z0-9-]+"),
                     ));
                 }
-                for value in values {
+                for value in &values {
                     if let Err(e) = ValueSet::default().add(value) {
                         problems.push(Diagnostic::at(file, at, format!("in list {name:?}: {e}")));
                     }
                 }
-                list_places.insert(name.clone(), (file.clone(), at));
-                lists.insert(name.clone(), values.clone());
+                list_places.insert(name.to_string(), (file.clone(), at));
+                lists.insert(name.to_string(), values);
             }
-            parsed_files.push((file.clone(), text, parsed.rules));
+            parsed_files.push(parsed);
         }
         let mut rules = Vec::new();
         let mut places = Vec::new();
@@ -412,16 +398,43 @@ impl RuleSet {
         let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
         let mut templates = minijinja::Environment::new();
         templates.set_fuel(Some(TEMPLATE_FUEL));
-        for (file, text, defs) in &parsed_files {
-            let loc = YamlLocator::new(text);
-            for (i, def) in defs.iter().enumerate() {
-                let at = loc.item("rules", i);
-                let mut report = |key: &str, message: String| {
-                    problems.push(Diagnostic::at(file, loc.key_in_block(at, key), message));
+        for parsed in &parsed_files {
+            let file = &parsed.path;
+            for item in parsed.rules() {
+                let (def, found) = yaml::de::collect::<RuleDef>(item);
+                problems.extend(found.iter().map(|f| Diagnostic::at(file, f.at, &f.message)));
+                let Some(def) = def else { continue };
+                // Keys whose values already had an error hold placeholders: no second report.
+                let reported: HashSet<usize> = found.iter().map(|f| f.node).collect();
+                let mut report = |spot: Spot<'_>, message: String| {
+                    // What a rule lacks may be a key written wrong, already reported.
+                    if matches!(spot, Spot::Key("")) && !found.is_empty() {
+                        return;
+                    }
+                    let (key, at) = match spot {
+                        Spot::Key(key) => (key, item.entry(key).map(|(k, _)| k.at)),
+                        Spot::Pattern(which, offset) => {
+                            let node = which.node(item);
+                            let at = node.and_then(|n| match offset {
+                                Some(o) => n.char_position(&parsed.text, o),
+                                None => Some(n.at),
+                            });
+                            (which.key(), at)
+                        }
+                    };
+                    if let Some((k, v)) = item.entry(key) {
+                        let mut ids = Vec::new();
+                        k.walk(&mut ids);
+                        v.walk(&mut ids);
+                        if ids.iter().any(|id| reported.contains(id)) {
+                            return;
+                        }
+                    }
+                    problems.push(Diagnostic::at(file, at.unwrap_or(item.at), message));
                 };
                 if let Some(first) = seen_ids.get(&def.id) {
                     report(
-                        "id",
+                        Spot::Key("id"),
                         format!(
                             "duplicate rule id {:?} (first defined in {})",
                             def.id,
@@ -432,7 +445,7 @@ impl RuleSet {
                 }
                 seen_ids.insert(def.id.clone(), file.clone());
                 let input = RuleInput {
-                    def: def.clone(),
+                    def,
                     file,
                     ctx,
                     lists: &lists,
@@ -442,7 +455,12 @@ impl RuleSet {
                 {
                     places.push(lint::Place {
                         file: file.clone(),
-                        item: at,
+                        item: item.at,
+                        keys: item
+                            .entries()
+                            .iter()
+                            .map(|(k, _)| (k.text().unwrap_or_default().to_string(), k.at))
+                            .collect(),
                     });
                     rules.push(Arc::new(rule));
                 }
@@ -451,15 +469,11 @@ impl RuleSet {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let texts: HashMap<&Path, &str> = parsed_files
-            .iter()
-            .map(|(f, t, _)| (f.as_path(), t.as_str()))
-            .collect();
         let unused = list_places
             .iter()
             .filter(|(name, _)| !used_lists.contains(*name))
             .map(|(name, (file, at))| (name.as_str(), file.as_path(), *at));
-        let warnings = lint::warnings(&rules, &places, &texts, ctx, unused);
+        let warnings = lint::warnings(&rules, &places, ctx, unused);
         let version = ruleset_version(&rules);
         Ok(RuleSet {
             rules,
@@ -518,11 +532,133 @@ fn rule_files_under(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
+/// Largest rule file read: rule packs are a few kB; a huge file is a mistake or an attack.
+const MAX_RULE_FILE_BYTES: usize = 4 << 20;
+
+/// A rule file read into a tree: its rules and lists are taken from `root`.
+struct ParsedFile {
+    path: PathBuf,
+    text: String,
+    root: yaml::Node,
+}
+
+impl ParsedFile {
+    /// The items of `rules:`.
+    fn rules(&self) -> &[yaml::Node] {
+        self.root.get("rules").map_or(&[], |n| n.items())
+    }
+
+    /// The entries of `lists:`: name node and values node.
+    fn lists(&self) -> impl Iterator<Item = (&yaml::Node, &yaml::Node)> {
+        self.root
+            .get("lists")
+            .map_or(&[][..], |n| n.entries())
+            .iter()
+            .map(|(k, v)| (k, v))
+    }
+}
+
+/// Reads one rule file and checks its shape: a mapping of `rules:` (a list) and `lists:` (a
+/// mapping) that defines at least one of them. Problems go to `problems`; `None` when the
+/// file cannot be used at all.
+fn read_rule_file(path: &Path, problems: &mut Vec<Diagnostic>) -> Option<ParsedFile> {
+    let start = Position { line: 1, col: 1 };
+    let bytes = match std::fs::read(path) {
+        Ok(b) if b.len() > MAX_RULE_FILE_BYTES => {
+            problems.push(Diagnostic::at(
+                path,
+                start,
+                format!(
+                    "rule file is {} bytes; at most {MAX_RULE_FILE_BYTES} are read",
+                    b.len()
+                ),
+            ));
+            return None;
+        }
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(Diagnostic::at(
+                path,
+                start,
+                format!("cannot read rule file: {e}"),
+            ));
+            return None;
+        }
+    };
+    let root = match yaml::parse(&bytes) {
+        Ok(root) => root,
+        Err(e) => {
+            problems.push(Diagnostic::at(path, e.at, e.message));
+            return None;
+        }
+    };
+    let text = String::from_utf8(bytes).ok()?;
+    let before = problems.len();
+    let shape = "a rule file is a mapping with `rules:` (a list of rules) and/or `lists:`";
+    if !root.is_null() && !matches!(root.kind, yaml::Kind::Map(_)) {
+        problems.push(Diagnostic::at(path, root.at, shape));
+        return None;
+    }
+    for (key, value) in root.entries() {
+        let name = key.text().unwrap_or_default();
+        let wanted = match name {
+            "rules" => matches!(value.kind, yaml::Kind::Seq(_)),
+            "lists" => matches!(value.kind, yaml::Kind::Map(_)),
+            other => {
+                let hint = yaml::de::did_you_mean(other, ["rules", "lists"])
+                    .map_or(String::new(), |k| format!("; did you mean `{k}`?"));
+                problems.push(Diagnostic::at(
+                    path,
+                    key.at,
+                    format!("unknown field `{other}`{hint}"),
+                ));
+                continue;
+            }
+        };
+        if !wanted && !value.is_null() {
+            problems.push(Diagnostic::at(path, value.at, shape));
+        }
+    }
+    let file = ParsedFile {
+        path: path.to_path_buf(),
+        text,
+        root,
+    };
+    if problems.len() == before && file.rules().is_empty() && file.lists().next().is_none() {
+        problems.push(Diagnostic::at(
+            path,
+            file.root.at,
+            "defines no rules; delete the file to remove its rules",
+        ));
+        return None;
+    }
+    Some(file)
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Longest pattern compiled: the regex parser's memory grows with the text before the
+/// compiled-size limit can refuse it.
+pub const MAX_PATTERN_BYTES: usize = 64 * 1024;
+
+/// A pattern that does not compile: why, and at which character when the parser says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError {
+    /// The regex crate's reason, on one line.
+    pub message: String,
+    /// 0-based character offset of the problem inside the pattern.
+    pub offset: Option<usize>,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Compiles a user regex with the resource bounds every pattern gets.
@@ -531,13 +667,25 @@ fn valid_id(id: &str) -> bool {
 /// as grep in the C locale): with Unicode on, `\S` would not match invalid UTF-8, and an
 /// attacker could slip past a rule by putting such bytes in a user name. `(?u)` turns
 /// Unicode back on inside a pattern.
-pub fn compile_pattern(pattern: &str) -> Result<Regex, String> {
+pub fn compile_pattern(pattern: &str) -> Result<Regex, PatternError> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(PatternError {
+            message: format!(
+                "pattern is {} bytes; at most {MAX_PATTERN_BYTES} are allowed",
+                pattern.len()
+            ),
+            offset: None,
+        });
+    }
     RegexBuilder::new(pattern)
         .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_DFA_LIMIT)
         .build()
-        .map_err(|e| regex_message(&e))
+        .map_err(|e| PatternError {
+            message: regex_message(&e),
+            offset: syntax_error_offset(pattern),
+        })
 }
 
 /// The regex crate's own message on one line (its syntax errors span several lines).
@@ -546,6 +694,64 @@ fn regex_message(err: &regex::Error) -> String {
     match text.lines().find_map(|l| l.trim().strip_prefix("error: ")) {
         Some(reason) => reason.to_string(),
         None => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// Where the regex parser places a syntax error, as a character offset into the pattern.
+fn syntax_error_offset(pattern: &str) -> Option<usize> {
+    let err = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .err()?;
+    let span = match &err {
+        regex_syntax::Error::Parse(e) => e.span(),
+        regex_syntax::Error::Translate(e) => e.span(),
+        _ => return None,
+    };
+    Some(pattern.get(..span.start.offset)?.chars().count())
+}
+
+/// Where in a rule a problem is.
+#[derive(Debug, Clone, Copy)]
+enum Spot<'a> {
+    /// At this key of the rule; `""`: the rule as a whole, about something it lacks.
+    Key(&'a str),
+    /// At a character (0-based, when known) inside one of the rule's patterns.
+    Pattern(PatternRef, Option<usize>),
+}
+
+/// One of a rule's patterns.
+#[derive(Debug, Clone, Copy)]
+enum PatternRef {
+    Match,
+    Ignore,
+    Step(usize),
+}
+
+impl PatternRef {
+    /// The rule key the pattern sits under.
+    fn key(self) -> &'static str {
+        match self {
+            PatternRef::Match => "match",
+            PatternRef::Ignore => "ignore",
+            PatternRef::Step(_) => "sequence",
+        }
+    }
+
+    /// The pattern's scalar in a rule item.
+    fn node(self, item: &yaml::Node) -> Option<&yaml::Node> {
+        match self {
+            PatternRef::Match => item.get("match"),
+            PatternRef::Ignore => item.get("ignore"),
+            PatternRef::Step(i) => item
+                .get("sequence")?
+                .get("steps")?
+                .items()
+                .get(i)?
+                .get("match"),
+        }
     }
 }
 
@@ -561,7 +767,7 @@ fn compile_rule(
     input: RuleInput<'_>,
     used_lists: &mut BTreeSet<String>,
     templates: &mut minijinja::Environment<'static>,
-    report: &mut dyn FnMut(&str, String),
+    report: &mut dyn FnMut(Spot<'_>, String),
 ) -> Option<Rule> {
     let RuleInput {
         def,
@@ -570,25 +776,31 @@ fn compile_rule(
         lists,
     } = input;
     let mut ok = true;
-    let mut fail = |key: &str, message: String| {
+    let mut fail = |spot: Spot<'_>, message: String| {
         ok = false;
-        report(key, message);
+        report(spot, message);
     };
     if !valid_id(&def.id) {
-        fail("id", format!("rule id {:?} must match [a-z0-9-]+", def.id));
+        fail(
+            Spot::Key("id"),
+            format!("rule id {:?} must match [a-z0-9-]+", def.id),
+        );
     }
-    let kind = kinds::compile_kind(&def, &mut fail);
+    let kind = kinds::compile_kind(&def, &mut |key, message| fail(Spot::Key(key), message));
     // The patterns: `match`, or one per sequence step (and then no `match`).
     let mut patterns = Vec::new();
     let mut pattern_ok = true;
     if def.pattern.is_some() && def.sequence.is_some() {
         fail(
-            "match",
+            Spot::Key("match"),
             "a sequence rule has no top-level match: each step has its own".into(),
         );
     }
     match (&def.pattern, &def.sequence) {
-        (None, None) => fail("id", format!("rule {:?} needs a match pattern", def.id)),
+        (None, None) => fail(
+            Spot::Key(""),
+            format!("rule {:?} needs a match pattern", def.id),
+        ),
         (_, Some(seq)) => {
             for (i, step) in seq.steps.iter().enumerate() {
                 match compile_pattern(&step.pattern) {
@@ -596,7 +808,7 @@ fn compile_rule(
                     Err(e) => {
                         pattern_ok = false;
                         fail(
-                            "sequence",
+                            Spot::Pattern(PatternRef::Step(i), e.offset),
                             format!("bad regex in sequence step {}: {e}", i + 1),
                         );
                     }
@@ -607,14 +819,20 @@ fn compile_rule(
             Ok(r) => patterns.push(r),
             Err(e) => {
                 pattern_ok = false;
-                fail("match", format!("bad regex in match: {e}"));
+                fail(
+                    Spot::Pattern(PatternRef::Match, e.offset),
+                    format!("bad regex in match: {e}"),
+                );
             }
         },
     }
     let ignore = match def.ignore.as_deref().map(compile_pattern) {
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
-            fail("ignore", format!("bad regex in ignore: {e}"));
+            fail(
+                Spot::Pattern(PatternRef::Ignore, e.offset),
+                format!("bad regex in ignore: {e}"),
+            );
             None
         }
         None => None,
@@ -634,7 +852,7 @@ fn compile_rule(
         for field in &def.group_by {
             if let Some(i) = per_pattern.iter().position(|n| !n.contains(field)) {
                 fail(
-                    "group_by",
+                    Spot::Key("group_by"),
                     format!(
                         "group_by names {field:?}, which is not a named capture of {}",
                         what(i)
@@ -647,7 +865,7 @@ fn compile_rule(
             && !any_has(&d.field)
         {
             fail(
-                "distinct",
+                Spot::Key("distinct"),
                 format!(
                     "distinct field {:?} is not a named capture of match",
                     d.field
@@ -658,7 +876,7 @@ fn compile_rule(
             for field in map.keys() {
                 if !any_has(field) {
                     fail(
-                        key,
+                        Spot::Key(key),
                         format!("{key} names {field:?}, which is not a named capture of the rule"),
                     );
                 }
@@ -670,7 +888,7 @@ fn compile_rule(
         for (field, entries) in map {
             match ValueSet::parse(entries, lists, used_lists) {
                 Ok(set) => sets.push((field.clone(), set)),
-                Err(e) => fail(key, format!("{key}.{field}: {e}")),
+                Err(e) => fail(Spot::Key(key), format!("{key}.{field}: {e}")),
             }
         }
         sets
@@ -678,12 +896,15 @@ fn compile_rule(
     let allow = value_sets("allow", &def.allow);
     let only = value_sets("only", &def.only);
     if def.max_keys == Some(0) {
-        fail("max_keys", "max_keys must be at least 1".into());
+        fail(Spot::Key("max_keys"), "max_keys must be at least 1".into());
     }
     if let Some(known) = &ctx.sources {
         for source in &def.sources {
             if !known.contains(source) && source != crate::recidive::SOURCE {
-                fail("sources", format!("rule names unknown source {source:?}"));
+                fail(
+                    Spot::Key("sources"),
+                    format!("rule names unknown source {source:?}"),
+                );
             }
         }
     }
@@ -691,14 +912,43 @@ fn compile_rule(
         && !known.contains(policy)
     {
         fail(
-            "escalation",
+            Spot::Key("escalation"),
             format!("rule names unknown escalation policy {policy:?}"),
         );
     }
-    if let Some(summary) = &def.summary
-        && let Err(e) = templates.add_template_owned(def.id.clone(), summary.clone())
-    {
-        fail("summary", format!("bad summary template: {e}"));
+    if let Some(summary) = &def.summary {
+        match templates.add_template_owned(def.id.clone(), summary.clone()) {
+            Err(e) => fail(Spot::Key("summary"), format!("bad summary template: {e}")),
+            Ok(()) if pattern_ok => {
+                let captures: BTreeSet<&str> = patterns
+                    .iter()
+                    .flat_map(|r| r.capture_names().flatten())
+                    .collect();
+                let used = templates
+                    .get_template(&def.id)
+                    .map(|t| t.undeclared_variables(false))
+                    .unwrap_or_default();
+                let mut unknown: Vec<&String> = used
+                    .iter()
+                    .filter(|v| {
+                        !captures.contains(v.as_str()) && !SUMMARY_VARIABLES.contains(&v.as_str())
+                    })
+                    .collect();
+                unknown.sort();
+                for var in unknown {
+                    let known: Vec<&str> =
+                        captures.iter().copied().chain(SUMMARY_VARIABLES).collect();
+                    fail(
+                        Spot::Key("summary"),
+                        format!(
+                            "summary uses `{var}`, which the rule does not capture (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+            Ok(()) => {}
+        }
     }
     if !ok {
         return None;

@@ -11,8 +11,12 @@ const CONFIG: &str = "state_dir: state\nrules: [rules]\nsources:\n  - {name: aut
 
 const GOOD_RULE: &str = "  - id: good\n    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: moderate\n";
 
-/// Runs `check` on a config dir; returns exit code and stdout lines.
+/// Runs `check` on a config dir (with the log file its source reads, so no host warning);
+/// returns exit code and stdout lines.
 fn check(dir: &Path) -> (i32, Vec<String>) {
+    if !dir.join("auth.log").exists() {
+        std::fs::write(dir.join("auth.log"), "").unwrap();
+    }
     let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(dir.join("logwarden.yaml"))
@@ -85,7 +89,15 @@ fn the_shipped_config_and_rules_pass() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.starts_with("ok: "), "{stdout}");
+    // Warnings about this host (log files, token variables) may come first.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.last().unwrap().starts_with("ok: "), "{stdout}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("warning: ")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -103,7 +115,8 @@ fn bad_regex_carries_the_regex_crates_message() {
         "Failed password for (?P<user>",
         "Failed password for ((?P<user>",
     );
-    expect_rule_error(&text, 3, 5, "bad regex in match: unclosed group");
+    // At the unclosed parenthesis inside the pattern.
+    expect_rule_error(&text, 3, 46, "bad regex in match: unclosed group");
 }
 
 #[test]
@@ -120,7 +133,7 @@ fn group_by_naming_a_missing_capture() {
 #[test]
 fn bad_duration() {
     let text = GOOD_RULE.replace("within: 1m", "within: 1 minute");
-    expect_rule_error(&text, 5, 16, "unknown unit");
+    expect_rule_error(&text, 5, 35, "unknown unit");
 }
 
 #[test]
@@ -177,6 +190,7 @@ fn unknown_config_key_and_bad_yaml() {
         "logwarden.yaml",
         &CONFIG.replace("state_dir: state", "state_dir: state\nstate_dri: x"),
     );
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
     let (code, lines) = check(s.dir.path());
     assert_eq!(code, 1);
     assert_eq!(lines.len(), 1);
@@ -416,6 +430,7 @@ fn the_shipped_example_of_every_kind_passes() {
                 "  - {name: auth, paths: [auth.log]}\n  - {name: web, paths: [web.log]}",
             ),
     );
+    s.write("web.log", "");
     let (code, lines) = check(s.dir.path());
     assert_eq!(code, 0, "{lines:?}");
     assert!(lines.iter().all(|l| !l.starts_with("warning")), "{lines:?}");
@@ -511,4 +526,214 @@ fn the_detection_source_is_known_to_rules_and_reserved_in_configs() {
             .any(|l| l.contains("source name \"logwarden\" is reserved")),
         "{lines:?}"
     );
+}
+
+/// Runs `check` with `--format` and returns (exit code, stdout, stderr).
+fn check_raw(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(dir.join("logwarden.yaml"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_planted_mistake_is_reported_in_one_run_at_its_place() {
+    let s = Setup::new();
+    let config = s.write(
+        "logwarden.yaml",
+        &CONFIG
+            .replace("state_dir: state", "state_dir: state\nlisen: 127.0.0.1:9733")
+            .replace(
+                "  - {name: auth, paths: [auth.log]}",
+                "  - {name: auth, paths: [auth.log]}\n  - name: net\n    syslgo: {udp: 127.0.0.1:5514}",
+            ),
+    );
+    let rules = s.write(
+        "rules/a.yaml",
+        concat!(
+            "rules:\n",
+            "  - id: one\n",
+            "    match: 'from (?P<ip>\\S+'\n",
+            "    group_by: [ip]\n",
+            "    treshold: {count: 5, within: 1m}\n",
+            "    severity: hihg\n",
+            "  - id: two\n",
+            "    match: 'from (?P<ip>\\S+)'\n",
+            "    group_by: [src]\n",
+            "    threshold: {count: 5, within: 1 minute}\n",
+            "    severity: moderate\n",
+            "    summary: '{{ count }} from {{ addr }}'\n",
+        ),
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1, "{lines:?}");
+    let c = config.display();
+    let r = rules.display();
+    let want = [
+        format!("{c}:2:1: unknown field `lisen`; did you mean `listen`?"),
+        format!("{c}:7:5: unknown field `syslgo`; did you mean `syslog`?"),
+        format!("{r}:5:5: unknown field `treshold`; did you mean `threshold`?"),
+        format!("{r}:6:15: unknown variant `hihg`; did you mean `high`?"),
+        // At the unclosed parenthesis, inside the pattern.
+        format!("{r}:3:18: bad regex in match: unclosed group"),
+        format!("{r}:10:35: duration \"1 minute\" has unknown unit"),
+        format!("{r}:9:5: group_by names \"src\", which is not a named capture of match"),
+        format!("{r}:12:5: summary uses `addr`, which the rule does not capture"),
+    ];
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(want.as_str()), "want {want}…\n got {line}");
+    }
+    // The same findings for tools.
+    let (code, json, _) = check_raw(s.dir.path(), &["--format", "json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"].as_array().unwrap().len(), want.len());
+    assert_eq!(report["errors"][3]["line"], 6);
+    assert_eq!(report["errors"][3]["col"], 15);
+}
+
+#[test]
+fn a_rule_file_that_defines_nothing_is_an_error() {
+    for text in [
+        "",
+        "# all rules moved elsewhere\n",
+        "rules:\n",
+        "rules: []\nlists: {}\n",
+    ] {
+        let s = Setup::new();
+        s.write("logwarden.yaml", CONFIG);
+        s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+        let empty = s.write("rules/b.yaml", text);
+        let (code, lines) = check(s.dir.path());
+        assert_eq!(code, 1, "{text:?}: {lines:?}");
+        assert_eq!(
+            lines,
+            [format!(
+                "{}:1:1: defines no rules; delete the file to remove its rules",
+                empty.display()
+            )],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn bytes_that_are_not_yaml_text_are_placed_exactly() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let path = s.write("rules/a.yaml", "");
+    let mut bytes = format!("rules:\n{GOOD_RULE}").into_bytes();
+    // Line 3 is `    match: 'sshd…`: an invalid byte as its 14th character.
+    let at = bytes.iter().position(|&b| b == b'\'').unwrap() + 2;
+    bytes[at] = 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with(&format!("{}:3:14: invalid UTF-8", path.display())),
+        "{lines:?}"
+    );
+    bytes[at] = 0x1b;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, lines) = check(s.dir.path());
+    assert!(
+        lines[0].starts_with(&format!(
+            "{}:3:14: control character U+001B",
+            path.display()
+        )),
+        "{lines:?}"
+    );
+}
+
+/// Peak RSS of the children this process has waited for, in KiB (Linux reports KiB).
+fn children_max_rss_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}
+
+#[test]
+fn deep_nesting_and_huge_patterns_are_refused_before_the_expensive_step() {
+    let s = Setup::new();
+    s.write("logwarden.yaml", CONFIG);
+    let deep = s.write(
+        "rules/a.yaml",
+        &format!("rules:\n  - id: x\n    labels: {}\n", "[".repeat(100_000)),
+    );
+    let started = std::time::Instant::now();
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with(&format!("{}:3:", deep.display())) && lines[0].contains("nesting"),
+        "{lines:?}"
+    );
+    // Loose: the quadratic path took ~50 s; a linear refusal takes milliseconds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // A 3 MB pattern (inside the file-size bound) is refused without compiling it.
+    let big = s.write(
+        "rules/a.yaml",
+        &format!(
+            "rules:\n  - id: x\n    match: '{}'\n    threshold: {{count: 1, within: 1m}}\n    severity: low\n",
+            "(a|b)".repeat(600_000)
+        ),
+    );
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with(&format!(
+            "{}:3:12: bad regex in match: pattern is 3000000 bytes",
+            big.display()
+        )),
+        "{lines:?}"
+    );
+    // The refusal must not cost the ~1 GB compiling it would (the bound is loose).
+    let rss_mib = children_max_rss_kib() / 1024;
+    assert!(rss_mib < 400, "check used {rss_mib} MiB");
+}
+
+#[test]
+fn warnings_name_log_paths_and_secret_files_missing_on_this_host() {
+    let s = Setup::new();
+    let config = s.write(
+        "logwarden.yaml",
+        &CONFIG
+            .replace("paths: [auth.log]", "paths: [missing.log, 'logs/*.log']")
+            .replace(
+                "state_dir: state",
+                "state_dir: state\napi:\n  tokens:\n    - {name: admin, role: admin, token_file: tokens/admin}",
+            ),
+    );
+    s.write("rules/a.yaml", &format!("rules:\n{GOOD_RULE}"));
+    let (code, stdout, _) = check_raw(s.dir.path(), &[]);
+    assert_eq!(code, 0, "{stdout}");
+    let c = config.display();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!(
+            "warning: {c}:7:26: source \"auth\": no file matches"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {c}:7:39: source \"auth\": no file matches"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("warning: {c}:4:46: token \"admin\": cannot read")),
+        "{stdout}"
+    );
+    assert_eq!(lines[3], "ok: 1 rules in 1 files");
 }

@@ -465,6 +465,7 @@ fn line(text: &str) -> LogLine {
         offset: 0,
         bytes: text.as_bytes().to_vec(),
         arrival: Utc::now(),
+        time: None,
     }
 }
 

@@ -244,13 +244,15 @@ fn prometheus_scraping_a_daemon_evaluates_every_dashboard_query_and_rule() {
         .map(|n| n.trim_matches('"').to_string())
         .collect();
     assert_eq!(recorded.len(), 16, "{recorded:?}");
+    // Every severity's series exists from the start (at 0), so each recording rule returns
+    // one series per severity, the incident's among them.
     for name in &recorded {
         let result = wait_for(&format!("{name} to be recorded"), WAIT, || {
             let r = query(port, name).unwrap_or_else(|e| panic!("{e}"));
             (!r.is_empty()).then_some(r)
         });
         assert!(
-            result.iter().all(|s| s["metric"]["severity"] == "moderate"),
+            result.iter().any(|s| s["metric"]["severity"] == "moderate"),
             "{name}: {result:?}"
         );
     }

@@ -24,21 +24,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (utime + stime) / ticks
 }
 
-/// The audit records of a stopped daemon's state directory.
-fn audit_records(state: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(bin())
-        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// A daemon watching directories full of files it does not read (as `/var/log` is), with
 /// the shipped rule packs: reading its rule files, rewriting one with the same bytes and a
 /// SIGHUP swap nothing and record nothing, and over ten seconds of rest it uses well under
@@ -115,7 +100,7 @@ fn an_idle_daemon_sleeps_and_reading_rules_reloads_nothing() {
     assert!(!log.contains("rules reloaded"), "{log}");
     d.stop();
 
-    let records = audit_records(&s.path("state"));
+    let records = audit_export(&s.path("state"));
     let reloads: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "rules.reloaded")

@@ -127,7 +127,8 @@ fn a_broken_file_keeps_the_old_rules_running_until_it_is_fixed() {
         let r = http("GET", d.port, "/readyz", None, None).unwrap();
         (r.status == 503).then_some(r.body)
     });
-    let place = format!("{}:3:5: bad regex in match", file.display());
+    // At the unclosed parenthesis inside the pattern.
+    let place = format!("{}:3:18: bad regex in match", file.display());
     assert!(reason.contains(&place), "{reason}");
     assert_eq!(metric(&d, "logwarden_rule_reload_failures_total"), 1.0);
     assert!(d.log().contains(&place), "the problem is logged");
@@ -187,5 +188,30 @@ fn sighup_reloads_and_does_not_stop_the_daemon() {
         &[line("KEEP 2", 1), line("KEEP 2", 2), line("KEEP 2", 3)],
     );
     d.wait_incident("keep", WAIT);
+    d.stop();
+}
+
+#[test]
+fn an_emptied_rule_file_is_refused_and_its_rules_keep_running() {
+    let s = setup();
+    let d = s.start();
+    let version = rules_version(&d);
+    // An editor's truncating save, or a file emptied to "switch rules off".
+    let file = s.write("rules/test.yaml", "# nothing here yet\n");
+    let reason = wait_for("/readyz to fail", WAIT, || {
+        let r = http("GET", d.port, "/readyz", None, None).unwrap();
+        (r.status == 503).then_some(r.body)
+    });
+    let place = format!(
+        "{}:1:1: defines no rules; delete the file to remove its rules",
+        file.display()
+    );
+    assert!(reason.contains(&place), "{reason}");
+    assert_eq!(rules_version(&d), version, "the old rules stay in force");
+    s.append(
+        "auth.log",
+        &[line("KEEP 3", 1), line("KEEP 3", 2), line("KEEP 3", 3)],
+    );
+    assert_eq!(d.wait_incident("keep", WAIT)["count"], 3);
     d.stop();
 }

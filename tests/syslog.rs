@@ -8,14 +8,7 @@ use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-const RULES: &str = r#"
-rules:
-  - id: ssh-bruteforce
-    match: 'sshd\[\d+\]: Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+) port \d+'
-    group_by: [ip]
-    threshold: {count: 5, within: 1m}
-    severity: moderate
-"#;
+const RULES: &str = SSH_RULES;
 
 fn rfc3164(ip: &str, i: u32) -> String {
     format!(

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 #[test]
 fn notifies_ready_then_feeds_the_watchdog_then_stopping() {
     let s = Setup::new();
-    s.write("rules/r.yaml", "rules: []\n");
+    // (A rule file must define something: an empty one is refused.)
+    s.write(
+        "rules/r.yaml",
+        "rules:\n  - {id: r, match: x, threshold: {count: 1, within: 1m}, severity: low}\n",
+    );
     s.write("auth.log", "");
     let config = s.config("sources:\n  - {name: auth, paths: [auth.log]}\n");
     let socket_path = s.path("notify.sock");
@@ -78,6 +82,7 @@ fn the_unit_is_type_notify_with_watchdog_and_least_privilege() {
         "Type=notify",
         "WatchdogSec=30s",
         "DynamicUser=yes",
+        "SupplementaryGroups=systemd-journal adm",
         "StateDirectory=logwarden",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

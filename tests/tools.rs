@@ -71,6 +71,7 @@ fn the_shipped_rules_check_without_warnings_under_any_config() {
             repo("rules").display()
         ),
     );
+    s.write("x.log", "");
     let (code, stdout, _) = text(&run(&[
         "check",
         "--config",
@@ -775,16 +776,139 @@ fn explain_reads_stdin_and_speaks_plainly() {
     );
     let (code, stdout, _) = text(&out);
     assert_eq!(code, 0, "{stdout}");
+    // Each explanation under the line it belongs to.
     let want = [
+        "line 1: sshd[1]: Failed password for bob from 10.1.2.3 port 22 ssh2",
         "ssh-fail: NOT counted: stopped by allow.ip",
         "  captures: {ip=\"10.1.2.3\", user=\"bob\"}",
         "admin-fail: NOT counted: stopped by only.user",
         "  captures: {user=\"bob\"}",
         "breach (step 1): counted under key {ip=\"10.1.2.3\"}",
         "  captures: {ip=\"10.1.2.3\"}",
+        "line 2: sshd[1]: Accepted publickey for bob from 198.51.100.1 port 22 ssh2",
         "breach (step 2): counted under key {ip=\"198.51.100.1\"}",
         "  captures: {ip=\"198.51.100.1\"}",
+        "line 3: nothing here",
         "no rule matches this line",
     ];
     assert_eq!(stdout.lines().collect::<Vec<_>>(), want, "{stdout}");
+}
+
+#[test]
+fn explain_and_replay_work_with_rules_alone() {
+    let s = Setup::new();
+    let rules = s.write(
+        "rules/ssh.yaml",
+        "rules:\n  - id: ssh-fail\n    match: 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 3, within: 1m}\n    severity: low\n",
+    );
+    let missing = s.path("no-such-config.yaml");
+    let explain = text(&run(&[
+        "explain",
+        "--config",
+        missing.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "sshd[1]: Failed password for bob from 203.0.113.9 port 22 ssh2",
+    ]));
+    assert_eq!(explain.0, 0, "{explain:?}");
+    assert!(
+        explain
+            .1
+            .starts_with("ssh-fail: counted under key {ip=\"203.0.113.9\"}"),
+        "{explain:?}"
+    );
+    let log = s.write(
+        "auth.log",
+        &(1..=3)
+            .map(|i| format!("Nov 22 10:00:0{i} web1 sshd[1]: Failed password for bob from 203.0.113.9 port 22 ssh2\n"))
+            .collect::<String>(),
+    );
+    let replay = text(&run(&[
+        "replay",
+        "--config",
+        missing.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--json",
+        log.to_str().unwrap(),
+    ]));
+    assert_eq!(replay.0, 0, "{replay:?}");
+    let report: Value = serde_json::from_str(&replay.1).unwrap();
+    assert_eq!(report["incidents"][0]["rule"], "ssh-fail");
+    assert_eq!(report["incidents"][0]["count"], 3);
+    // Without --rules, a missing config is an I/O error (2) that says what to do, with no
+    // made-up position.
+    let (code, _, stderr) = text(&run(&[
+        "explain",
+        "--config",
+        missing.to_str().unwrap(),
+        "a line",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cannot read config") && stderr.contains("--rules"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(":0:0"), "{stderr}");
+}
+
+#[test]
+fn no_command_panics_when_its_output_is_closed() {
+    let s = explain_setup();
+    s.write(
+        "logwarden.yaml",
+        "state_dir: state\nrules: [rules]\nsources:\n  - {name: auth, paths: [auth.log], timestamp: rfc3339}\n",
+    );
+    let config = s.path("logwarden.yaml");
+    let config = config.to_str().unwrap();
+    let log = s.write(
+        "auth.log",
+        &(0..2000)
+            .map(|i| format!("2026-11-22T10:{:02}:{:02}Z sshd[1]: Failed password for u{i} from 203.0.113.{} port 22 ssh2\n", i / 60 % 60, i % 60, i % 250))
+            .collect::<String>(),
+    );
+    let state = s.path("state");
+    // An empty store: its CSV export still writes a header.
+    drop(logwarden::store::Store::open(&state).unwrap());
+    for args in [
+        vec![
+            "explain",
+            "--config",
+            config,
+            "sshd[1]: Failed password for bob from 10.1.2.3 port 22 ssh2",
+        ],
+        vec![
+            "replay",
+            "--config",
+            config,
+            "--source",
+            "auth",
+            log.to_str().unwrap(),
+        ],
+        vec!["test", repo("tests/rules/ssh.yaml").to_str().unwrap()],
+        vec!["check", "--config", config],
+        vec![
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written: every write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }

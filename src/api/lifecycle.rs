@@ -1,4 +1,4 @@
-//! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve`: lifecycle changes,
+//! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve|resolve`: lifecycle changes,
 //! answered once the pipeline has stored them durably.
 
 use super::{ApiError, ApiResult, AppState, Caller, error, require};
@@ -34,9 +34,20 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> R
     serde_json::from_slice(&bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
+            format!("invalid request body: {}", body_error(&e)),
         )
     })
+}
+
+/// serde's reason in words the caller wrote: no position inside a JSON text they did not
+/// see as lines ("at line 1 column 28"), and "did you mean" for a near miss.
+fn body_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    crate::yaml::de::explain(text)
 }
 
 /// [`parse_body`] for bodies whose fields are all optional: an empty body is the default.
@@ -146,6 +157,19 @@ pub async fn approve(
     require(&caller, ApiRole::Approver)?;
     let body: NoteOnlyBody = parse_optional_body(body)?;
     act(&state, &caller, id, Action::Approve { note: body.note }).await
+}
+
+/// `POST .../resolve` `{"note"?}` (responder): to closed in one recorded step where the
+/// rules of closing allow it.
+pub async fn resolve(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: NoteOnlyBody = parse_optional_body(body)?;
+    act(&state, &caller, id, Action::Resolve { note: body.note }).await
 }
 
 /// `POST /api/v1/drills` `{"rule"}`.

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod dead_letters;
 pub mod lifecycle;
+pub mod refusals;
 pub mod silences;
 
 use crate::config::{ApiRole, TokenConfig};
@@ -35,11 +36,19 @@ pub struct Health {
     pub rules: AtomicBool,
     /// The latest rule problem, shown by `/readyz`.
     pub rules_problem: Mutex<Option<String>>,
+    /// Why the daemon is going down (a vital task failed, or shutdown was asked for).
+    pub down: Mutex<Option<String>>,
+    /// Sources that cannot be read right now (a journal without files or permission), by
+    /// name, with the reason; `/readyz` names them.
+    pub source_problems: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
     /// `None` when ready, else why not.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(why) = self.down_reason() {
+            return Some(why);
+        }
         if !self.rules.load(Ordering::Relaxed) {
             let problem = self.rules_problem.lock().expect("health lock").clone();
             return Some(problem.unwrap_or_else(|| "rules not loaded".into()));
@@ -50,7 +59,39 @@ impl Health {
         if !self.sources.load(Ordering::Relaxed) {
             return Some("sources not scanned yet".into());
         }
+        let problems = self.source_problems.lock().expect("health lock");
+        if !problems.is_empty() {
+            let named: Vec<String> = problems
+                .iter()
+                .map(|(source, reason)| format!("source {source:?} cannot be read: {reason}"))
+                .collect();
+            return Some(named.join("; "));
+        }
         None
+    }
+
+    /// Records that a source cannot be read (`Some(reason)`) or can again (`None`).
+    pub fn source_problem(&self, source: &str, problem: Option<String>) {
+        let mut problems = self.source_problems.lock().expect("health lock");
+        match problem {
+            Some(reason) => problems.insert(source.to_string(), reason),
+            None => problems.remove(source),
+        };
+    }
+}
+
+impl Health {
+    /// Marks the daemon as going down, for this reason (the first reason stays).
+    pub fn set_down(&self, why: &str) {
+        self.down
+            .lock()
+            .expect("health lock")
+            .get_or_insert_with(|| why.to_string());
+    }
+
+    /// Why the daemon is going down, if it is.
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.lock().expect("health lock").clone()
     }
 }
 
@@ -114,6 +155,26 @@ pub struct AppState {
     pub commands: tokio::sync::mpsc::Sender<crate::lifecycle::Command>,
     /// Where refused calls are recorded.
     pub audit: crate::audit::AuditLog,
+    /// Refused calls of the current minute, recorded per client once the minute is over.
+    pub refusals: refusals::Refusals,
+}
+
+impl AppState {
+    /// Writes the refusal records of minutes that are over.
+    pub fn record_due_refusals(&self) {
+        let due = self.refusals.due(chrono::Utc::now());
+        self.record_refusals(&due);
+    }
+
+    fn record_refusals(&self, records: &[crate::audit::Entry]) {
+        if records.is_empty() {
+            return;
+        }
+        for r in records {
+            tracing::warn!(actor = %r.actor, details = %r.details, "API calls refused");
+        }
+        self.audit.record(records);
+    }
 }
 
 /// The identity a request was made with.
@@ -146,6 +207,7 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents/{id}/note", post(lifecycle::note))
         .route("/incidents/{id}/review", post(lifecycle::review))
         .route("/incidents/{id}/approve", post(lifecycle::approve))
+        .route("/incidents/{id}/resolve", post(lifecycle::resolve))
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
@@ -196,41 +258,48 @@ impl From<crate::store::StoreError> for ApiError {
 /// What API handlers return.
 pub type ApiResult = Result<Response, ApiError>;
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares a presented token with a secret in time that depends only on the presented
+/// token's length: every byte of both is looked at, whatever matches.
+fn constant_time_eq(secret: &[u8], presented: &[u8]) -> bool {
+    let mut differ = u64::from(secret.len() != presented.len());
+    for (i, p) in presented.iter().enumerate() {
+        let s = secret.get(i).copied().unwrap_or(0);
+        differ |= u64::from(s ^ p);
+    }
+    std::hint::black_box(differ) == 0
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, exactly: one space after the
+/// scheme, a token of visible ASCII (RFC 6750 token68 and more), nothing before or after.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let token = value.strip_prefix(b"Bearer ")?;
+    (!token.is_empty() && token.iter().all(|b| b.is_ascii_graphic())).then_some(token)
 }
 
 async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| bearer_token(v.as_bytes()));
     // Inside `nest` the URI has lost its prefix.
     let call = format!("{} {API_PREFIX}{}", req.method(), req.uri().path());
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
+    let deny = |actor: &str, status: StatusCode, reason: &'static str| {
+        deny(&state, &client, actor, &call, status, reason)
+    };
     let Some(presented) = presented else {
-        deny(
-            &state,
-            "-",
-            &call,
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token",
-        );
+        deny("-", StatusCode::UNAUTHORIZED, "missing bearer token");
         return error(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
     let Some(token) = state
         .tokens
         .iter()
-        .find(|t| constant_time_eq(&t.secret, presented.as_bytes()))
+        .find(|t| constant_time_eq(&t.secret, presented))
     else {
-        deny(
-            &state,
-            "-",
-            &call,
-            StatusCode::UNAUTHORIZED,
-            "unknown token",
-        );
+        deny("-", StatusCode::UNAUTHORIZED, "unknown token");
         return error(StatusCode::UNAUTHORIZED, "unknown token").into_response();
     };
     req.extensions_mut().insert(Caller {
@@ -239,32 +308,35 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
     });
     let response = next.run(req).await;
     if response.status() == StatusCode::FORBIDDEN {
-        deny(
-            &state,
-            &token.name,
-            &call,
-            StatusCode::FORBIDDEN,
-            "role too small",
-        );
+        deny(&token.name, StatusCode::FORBIDDEN, "role too small");
     }
     response
 }
 
-/// Records a refused call in the audit log (CC6.1 evidence).
-fn deny(state: &AppState, actor: &str, call: &str, status: StatusCode, reason: &str) {
-    tracing::warn!(
+/// Counts a refused call (`logwarden_api_refused_total`) and tallies it for the audit log
+/// (CC6.1 evidence): one record per client, actor, status and minute.
+fn deny(
+    state: &AppState,
+    client: &str,
+    actor: &str,
+    call: &str,
+    status: StatusCode,
+    reason: &'static str,
+) {
+    state
+        .metrics
+        .api_refused
+        .with_label_values(&[status.as_str()])
+        .inc();
+    let due = state.refusals.refuse(
+        client,
         actor,
         call,
-        status = status.as_u16(),
+        status.as_u16(),
         reason,
-        "API call refused"
+        chrono::Utc::now(),
     );
-    state.audit.record(&[crate::audit::Entry::new(
-        "api.denied",
-        actor,
-        None,
-        serde_json::json!({"call": call, "status": status.as_u16(), "reason": reason}),
-    )]);
+    state.record_refusals(&due);
 }
 
 /// A role as the config spells it.
@@ -337,6 +409,21 @@ async fn list_incidents(
     Query(filter): Query<IncidentFilter>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
+    let states = crate::incidents::State::ALL.map(|k| k.as_str());
+    let severities = crate::rules::Severity::ALL.map(|k| k.as_str());
+    for (what, value, known) in [
+        ("state", &filter.state, &states[..]),
+        ("severity", &filter.severity, &severities[..]),
+    ] {
+        if let Some(value) = value.as_deref()
+            && !known.contains(&value)
+        {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown {what} {value:?}; one of: {}", known.join(", ")),
+            ));
+        }
+    }
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(error(
@@ -418,4 +505,36 @@ async fn list_rules(
         })
         .collect();
     Ok(Json(serde_json::json!({ "version": rules.version, "rules": list })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_syntax_is_exact_and_the_comparison_covers_every_byte() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        for bad in [
+            &b"Bearer abc "[..],
+            b"Bearer  abc",
+            b"Bearer abc\t",
+            b"bearer abc",
+            b"Bearer ",
+            b"Basic abc",
+            b" Bearer abc",
+        ] {
+            assert_eq!(
+                bearer_token(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secrex"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+        assert!(!constant_time_eq(b"secret", b""));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }

@@ -4,7 +4,6 @@
 use super::{ExportFormat, Verdict};
 use crate::store::Store;
 use clap::{Args, Subcommand};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -54,7 +53,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             };
             match super::verify(&store) {
                 Ok(Verdict::Intact { count, head }) => {
-                    println!("OK: {count} audit records, chain intact (head {head})");
+                    crate::outln!("OK: {count} audit records, chain intact (head {head})");
                     ExitCode::SUCCESS
                 }
                 Ok(Verdict::Broken {
@@ -63,7 +62,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
                     reason,
                 }) => {
                     let seq = seq.map_or_else(|| "?".into(), |s| s.to_string());
-                    println!("BROKEN: record {position} (seq {seq}): {reason}");
+                    crate::outln!("BROKEN: record {position} (seq {seq}): {reason}");
                     ExitCode::from(1)
                 }
                 Err(e) => fail(&e.to_string()),
@@ -86,10 +85,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             };
             match super::records(&store, since, until) {
                 Ok(records) => {
-                    let text = super::render(&records, format);
-                    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
-                        return fail(&format!("cannot write: {e}"));
-                    }
+                    crate::cli::print(&super::render(&records, format));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),

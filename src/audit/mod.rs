@@ -135,10 +135,14 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         },
         "incident.noted" | "incident.refused" => vec!["CC7.4"],
         "incident.reviewed" => vec!["CC7.5"],
+        // Through containment and recovery to closed in one step.
+        "incident.resolved" => vec!["CC7.4", "CC7.5"],
         "incident.approved" => vec!["CC2.3"],
         e if e.starts_with("notification.") => vec!["CC7.4"],
         e if e.starts_with("silence.") => vec!["CC7.3"],
         e if e.starts_with("rules.") => vec!["CC8.1"],
+        // A source that may have missed entries is a hole in monitoring coverage.
+        e if e.starts_with("source.") => vec!["CC7.2"],
         "api.denied" => vec!["CC6.1"],
         _ => vec![],
     };

@@ -1,19 +1,28 @@
-//! Per-rule key tables with a size bound and least-recently-used eviction.
+//! Per-rule key tables with a size bound, evicting the keys least likely to fire first.
 //!
 //! A flood of spoofed source addresses creates a key per address; without a bound the
 //! detector's memory would follow the attacker instead of the live keys. Each rule keeps at
-//! most its `max_keys` keys; a new key at the bound evicts the keys touched longest ago.
+//! most its `max_keys` keys. Plain least-recently-used eviction lets an attacker flush its
+//! own key with enough one-time addresses between its attempts, so a full table evicts by
+//! [`Progress`] first (keys with a single match before keys closer to their threshold),
+//! and among equals the keys touched longest ago.
 //!
 //! Recency is a touch counter in each entry, not a linked list: a hit then costs one hash
 //! probe into a flat table instead of unlinking and relinking list nodes scattered over the
-//! heap (which showed as cache misses on every match). Eviction takes the oldest sixteenth
-//! of the table at once, found in one pass, so its cost per new key stays constant.
+//! heap (which showed as cache misses on every match). Eviction takes a sixteenth of the
+//! table at once, found in one pass, so its cost per new key stays constant.
 
 use super::fields::Fields;
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
 /// least one), so a flood pays one pass over the table per that many new keys.
 const EVICT_FRACTION: usize = 16;
+
+/// How close a key's state is to firing (matches held); the lowest is evicted first.
+pub trait Progress {
+    /// Matches the state holds towards its condition.
+    fn progress(&self) -> usize;
+}
 
 /// One key's state, whether it changed since it was last stored, and when it was last
 /// touched; the key is kept in the entry too, so a lookup by `&str` can hand it out.
@@ -46,7 +55,7 @@ pub struct Touched<'a, S> {
     pub evicted: Vec<Fields>,
 }
 
-impl<S> KeyTable<S> {
+impl<S: Progress> KeyTable<S> {
     /// An empty table holding at most `max_keys` keys (at least one).
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
@@ -87,22 +96,25 @@ impl<S> KeyTable<S> {
         }
     }
 
-    /// At the bound, removes the least recently touched keys (a fraction of the table) and
-    /// returns them.
+    /// At the bound, removes a fraction of the table — the keys with the least progress,
+    /// least recently touched among equals — and returns them.
     fn make_room(&mut self) -> Vec<Fields> {
         if self.entries.len() < self.max_keys {
             return Vec::new();
         }
         let count = (self.max_keys / EVICT_FRACTION).max(1);
-        let mut ages: Vec<(u64, &Fields)> =
-            self.entries.values().map(|e| (e.touched, &e.key)).collect();
-        ages.select_nth_unstable_by_key(count - 1, |(touched, _)| *touched);
-        ages[..count].sort_unstable_by_key(|(touched, _)| *touched);
-        let oldest: Vec<Fields> = ages[..count].iter().map(|(_, k)| (*k).clone()).collect();
-        for key in &oldest {
+        let mut ranks: Vec<((usize, u64), &Fields)> = self
+            .entries
+            .values()
+            .map(|e| ((e.state.progress(), e.touched), &e.key))
+            .collect();
+        ranks.select_nth_unstable_by_key(count - 1, |(rank, _)| *rank);
+        ranks[..count].sort_unstable_by_key(|(rank, _)| *rank);
+        let evicted: Vec<Fields> = ranks[..count].iter().map(|(_, k)| (*k).clone()).collect();
+        for key in &evicted {
             self.entries.remove(key);
         }
-        oldest
+        evicted
     }
 
     /// Marks a key's state as stored (after [`Self::touch`] marked it changed).
@@ -178,32 +190,72 @@ impl<S> KeyTable<S> {
 mod tests {
     use super::*;
 
+    /// Test states: a number is its own progress; `()` has none (plain recency).
+    impl Progress for u32 {
+        fn progress(&self) -> usize {
+            *self as usize
+        }
+    }
+
+    impl Progress for () {
+        fn progress(&self) -> usize {
+            0
+        }
+    }
+
+    /// A state without progress: eviction by recency alone.
+    #[derive(Debug, PartialEq)]
+    struct Plain(u32);
+
+    impl Progress for Plain {
+        fn progress(&self) -> usize {
+            0
+        }
+    }
+
     fn key(n: u32) -> Fields {
         let mut text = String::new();
         crate::detection::fields::push(&mut text, "ip", &format!("10.0.0.{n}"));
         Fields::from_encoded(&text)
     }
 
-    fn touch<S>(t: &mut KeyTable<S>, n: u32, make: impl FnOnce() -> S) -> Touched<'_, S> {
+    fn touch<S: Progress>(t: &mut KeyTable<S>, n: u32, make: impl FnOnce() -> S) -> Touched<'_, S> {
         let k = key(n);
         t.touch(std::borrow::Borrow::borrow(&k), make)
     }
 
     #[test]
-    fn the_least_recently_used_key_is_evicted_at_the_bound() {
+    fn at_equal_progress_the_least_recently_used_key_is_evicted_at_the_bound() {
         let mut t = KeyTable::new(3);
         for n in 1..=3 {
-            assert!(touch(&mut t, n, || n).evicted.is_empty());
+            assert!(touch(&mut t, n, || Plain(n)).evicted.is_empty());
         }
         // Touching 1 makes 2 the oldest.
-        *touch(&mut t, 1, || 0).state += 10;
-        assert_eq!(touch(&mut t, 4, || 4).evicted, vec![key(2)]);
+        touch(&mut t, 1, || Plain(0)).state.0 += 10;
+        assert_eq!(touch(&mut t, 4, || Plain(4)).evicted, vec![key(2)]);
         assert_eq!(t.len(), 3);
-        assert_eq!(t.get(&key(1)), Some(&11));
+        assert_eq!(t.get(&key(1)), Some(&Plain(11)));
         assert_eq!(t.get(&key(2)), None);
-        let touched = touch(&mut t, 5, || 5);
+        let touched = touch(&mut t, 5, || Plain(5));
         assert_eq!(touched.evicted, vec![key(3)]);
         assert_eq!(touched.key, &key(5), "the table hands out its own key");
+    }
+
+    #[test]
+    fn keys_with_one_match_go_before_keys_close_to_firing_however_old() {
+        let mut t = KeyTable::new(EVICT_FRACTION * 4);
+        // The attacker's key: four matches, then never touched again.
+        touch(&mut t, 0, || 4u32);
+        // A flood of one-time keys, ten times the bound.
+        for n in 1..(EVICT_FRACTION as u32 * 40) {
+            touch(&mut t, n, || 1u32);
+        }
+        assert_eq!(
+            t.get(&key(0)),
+            Some(&4),
+            "the oldest key survived the flood"
+        );
+        assert_eq!(t.len(), EVICT_FRACTION * 4);
     }
 
     #[test]

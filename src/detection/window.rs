@@ -36,6 +36,11 @@ impl<T> SlidingWindow<T> {
         if at_ms < newest - within_ms {
             return None;
         }
+        if self.events.capacity() == 0 {
+            // Most keys of a flood hold one event: room for exactly one, not the default
+            // four (memory per key bounds how many keys fit).
+            self.events.reserve_exact(1);
+        }
         let position = self.events.partition_point(|(t, _)| *t <= at_ms);
         self.events.insert(position, (at_ms, item));
         self.expire(newest - within_ms);

@@ -209,9 +209,9 @@ impl Incident {
         stored::key(number)
     }
 
-    /// The number in an `INC-<n>` id.
+    /// The number in an `INC-<n>` id; `None` for any other spelling (see [`crate::ids`]).
     pub fn number(id: &str) -> Option<u64> {
-        id.strip_prefix("INC-")?.parse().ok()
+        crate::ids::incident_number(id)
     }
 
     /// The fleet-unique id of local incident `id` on `host`.
@@ -446,7 +446,7 @@ impl IncidentBook {
             let (count, evidence) = (crossing.count, crossing.evidence);
             let first_seen = evidence.iter().map(|e| e.time).min().unwrap_or(hit.time);
             let last_seen = evidence.iter().map(|e| e.time).max().unwrap_or(hit.time);
-            let id = format!("INC-{number}");
+            let id = crate::ids::incident_id(number);
             let mut incident = Incident {
                 uid: Incident::fleet_uid(&self.host, &id),
                 id,

@@ -1,7 +1,10 @@
 //! `logwarden incidents list|show|ack|transition|note|review|approve`: the incident client
 //! of the HTTP API, with tables for people and `--json` for scripts.
 
-use crate::client::{self, ApiArgs, text};
+use crate::client::{self, ApiArgs, text, time};
+use crate::incidents::State;
+use crate::rules::Severity;
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -26,10 +29,10 @@ pub enum IncidentsCommand {
     /// List incidents.
     List {
         /// Only this state.
-        #[arg(long)]
+        #[arg(long, value_parser = states(&State::ALL))]
         state: Option<String>,
         /// Only this severity.
-        #[arg(long)]
+        #[arg(long, value_parser = PossibleValuesParser::new(Severity::ALL.map(Severity::as_str)))]
         severity: Option<String>,
         /// Only this rule.
         #[arg(long)]
@@ -54,6 +57,7 @@ pub enum IncidentsCommand {
         /// `INC-<n>`.
         id: String,
         /// Target state.
+        #[arg(value_parser = states(&State::ALL[1..]))]
         state: String,
         /// Free text for the timeline.
         #[arg(long)]
@@ -80,6 +84,15 @@ pub enum IncidentsCommand {
         #[arg(long = "action")]
         actions: Vec<String>,
     },
+    /// Close an incident in one recorded step (low and moderate incidents; high and critical
+    /// ones once reviewed), passing through the states not yet reached.
+    Resolve {
+        /// `INC-<n>`.
+        id: String,
+        /// Free text for the timeline.
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Approve notifying the external roles of the incident's escalation policy.
     Approve {
         /// `INC-<n>`.
@@ -88,6 +101,11 @@ pub enum IncidentsCommand {
         #[arg(long)]
         note: Option<String>,
     },
+}
+
+/// The names of `states`, as the choices of an argument.
+fn states(states: &[State]) -> PossibleValuesParser {
+    PossibleValuesParser::new(states.iter().map(|s| s.as_str()))
 }
 
 /// Runs an `incidents` subcommand: 0 done, 1 refused (the server's reason is printed),
@@ -106,7 +124,7 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
                     .and_then(|t| t.last())
                     .map(|e| text(e, "event"))
                     .unwrap_or_default();
-                println!(
+                crate::outln!(
                     "{}: {last} (state {})",
                     text(incident, "id"),
                     text(incident, "state")
@@ -159,6 +177,7 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
             json!({"root_cause": root_cause, "lessons_learned": lessons, "actions": actions}),
         ),
         IncidentsCommand::Approve { id, note } => post(id, "approve", json!({ "note": note })),
+        IncidentsCommand::Resolve { id, note } => post(id, "resolve", json!({ "note": note })),
     }
 }
 
@@ -184,7 +203,7 @@ pub fn drill(args: DrillArgs) -> ExitCode {
         "/api/v1/drills",
         Some(json!({ "rule": args.rule })),
         client::show(args.json, |incident| {
-            println!(
+            crate::outln!(
                 "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
                 text(incident, "id"),
                 text(incident, "rule"),
@@ -225,14 +244,18 @@ fn print_list(body: &Value) {
         .unwrap_or_default()
         .iter()
         .map(|i| {
+            let state = match i["silenced_by"].as_str() {
+                Some(silence) => format!("{} (silenced by {silence})", text(i, "state")),
+                None => text(i, "state"),
+            };
             vec![
                 text(i, "id"),
-                text(i, "state"),
+                state,
                 text(i, "severity"),
                 text(i, "rule"),
                 text(i, "count"),
                 key_text(&i["key"]),
-                text(i, "opened_at"),
+                time(i, "opened_at"),
                 text(i, "summary"),
             ]
         })
@@ -246,7 +269,7 @@ fn print_list(body: &Value) {
 }
 
 fn print_incident(i: &Value) {
-    println!(
+    crate::outln!(
         "{}  {}  [{}]  {}",
         text(i, "id"),
         text(i, "state"),
@@ -258,9 +281,9 @@ fn print_incident(i: &Value) {
         ("category", text(i, "category")),
         ("key", key_text(&i["key"])),
         ("count", text(i, "count")),
-        ("first seen", text(i, "first_seen")),
-        ("last seen", text(i, "last_seen")),
-        ("opened", text(i, "opened_at")),
+        ("first seen", time(i, "first_seen")),
+        ("last seen", time(i, "last_seen")),
+        ("opened", time(i, "opened_at")),
         ("escalation", text(i, "escalation")),
         (
             "controls",
@@ -277,38 +300,39 @@ fn print_incident(i: &Value) {
         ("rule set", text(i, "ruleset_version")),
     ];
     for (name, value) in fields {
-        println!("  {name:<11} {value}");
+        crate::outln!("  {name:<11} {value}");
     }
     if let Some(a) = i["approval"].as_object() {
-        println!(
+        crate::outln!(
             "  {:<11} by {} at {}",
             "approved",
             text(&Value::Object(a.clone()), "by"),
-            text(&Value::Object(a.clone()), "at")
+            time(&Value::Object(a.clone()), "at")
         );
     }
     if let Some(r) = i.get("review").filter(|r| r.is_object()) {
-        println!("\nReview by {} at {}", text(r, "by"), text(r, "at"));
-        println!("  root cause:      {}", text(r, "root_cause"));
-        println!("  lessons learned: {}", text(r, "lessons_learned"));
+        crate::outln!("\nReview by {} at {}", text(r, "by"), time(r, "at"));
+        crate::outln!("  root cause:      {}", text(r, "root_cause"));
+        crate::outln!("  lessons learned: {}", text(r, "lessons_learned"));
         for a in r["actions"].as_array().into_iter().flatten() {
-            println!("  action:          {}", a.as_str().unwrap_or_default());
+            crate::outln!("  action:          {}", a.as_str().unwrap_or_default());
         }
     }
     let evidence = i["evidence"].as_array().cloned().unwrap_or_default();
     if !evidence.is_empty() {
-        println!("\nEvidence ({} lines kept)", evidence.len());
+        crate::outln!("\nEvidence ({} lines kept)", evidence.len());
         for e in &evidence {
-            println!(
-                "  {}  {}:{}  {}",
-                text(e, "time"),
+            // `offset` is the line's byte offset in the file, not a line number.
+            crate::outln!(
+                "  {}  {} (byte {})  {}",
+                time(e, "time"),
                 text(e, "path"),
                 text(e, "offset"),
                 text(e, "line")
             );
         }
     }
-    println!("\nTimeline");
+    crate::outln!("\nTimeline");
     let rows: Vec<Vec<String>> = i["timeline"]
         .as_array()
         .cloned()
@@ -316,7 +340,7 @@ fn print_incident(i: &Value) {
         .iter()
         .map(|e| {
             vec![
-                text(e, "at"),
+                time(e, "at"),
                 text(e, "event"),
                 text(e, "actor"),
                 text(e, "note"),

@@ -85,6 +85,12 @@ pub enum Action {
         /// Free text.
         note: Option<String>,
     },
+    /// Close it in one recorded step, through the states not yet passed (where closing is
+    /// allowed: low and moderate incidents, or high and critical ones with a review).
+    Resolve {
+        /// Free text.
+        note: Option<String>,
+    },
 }
 
 impl Action {
@@ -95,6 +101,7 @@ impl Action {
             Action::Note { .. } => "note",
             Action::Review { .. } => "review",
             Action::Approve { .. } => "approve",
+            Action::Resolve { .. } => "resolve",
         }
     }
 }
@@ -155,6 +162,18 @@ pub struct Kpi {
     pub drill: bool,
 }
 
+impl Kpi {
+    /// `measure` taken now for this incident: seconds since it opened.
+    fn since_open(incident: &Incident, measure: Measure, now: DateTime<Utc>) -> Kpi {
+        Kpi {
+            measure,
+            severity: incident.severity,
+            seconds: (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0,
+            drill: incident.drill,
+        }
+    }
+}
+
 /// What a command did, for the pipeline to finish once the batch is durable.
 #[derive(Debug)]
 pub struct Done {
@@ -185,8 +204,8 @@ pub struct Applied {
     pub audit: &'static str,
     /// Audit details.
     pub details: Value,
-    /// KPI observed.
-    pub kpi: Option<Kpi>,
+    /// KPIs observed (a one-step resolve measures acknowledge, contain and resolve at once).
+    pub kpis: Vec<Kpi>,
 }
 
 fn non_empty(what: &str, text: &str) -> Result<(), Refusal> {
@@ -215,7 +234,7 @@ pub fn apply(
                 event: None,
                 audit: "incident.noted",
                 details: json!({ "text": text }),
-                kpi: None,
+                kpis: Vec::new(),
             }
         }
         Action::Review {
@@ -225,6 +244,7 @@ pub fn apply(
         } => {
             non_empty("root_cause", root_cause)?;
             non_empty("lessons_learned", lessons_learned)?;
+            review_allowed(incident, actions)?;
             incident.review = Some(Review {
                 root_cause: root_cause.clone(),
                 lessons_learned: lessons_learned.clone(),
@@ -245,7 +265,7 @@ pub fn apply(
                 event: None,
                 audit: "incident.reviewed",
                 details: json!({"root_cause": root_cause, "lessons_learned": lessons_learned, "actions": actions}),
-                kpi: None,
+                kpis: Vec::new(),
             }
         }
         Action::Approve { note } => {
@@ -267,9 +287,10 @@ pub fn apply(
                 event: None,
                 audit: "incident.approved",
                 details: json!({ "note": note }),
-                kpi: None,
+                kpis: Vec::new(),
             }
         }
+        Action::Resolve { note } => resolve(incident, note, actor, now)?,
     };
     incident.updated_at = now;
     Ok(applied)
@@ -300,22 +321,13 @@ fn transition(
         };
         return Err(Refusal::Conflict(why));
     }
-    if to == State::Closed && incident.severity >= Severity::High && incident.review.is_none() {
-        return Err(Refusal::Conflict(format!(
-            "{} is {}: closing it requires a post-incident review first (root cause, lessons \
-             learned, actions): `logwarden incidents review {}` or POST /api/v1/incidents/{}/review",
-            incident.id, incident.severity, incident.id, incident.id
-        )));
+    if to == State::Closed {
+        close_allowed(incident)?;
     }
     incident.state = to;
     incident.record(now, to.as_str(), actor, note.clone());
-    let since_open = (now - incident.opened_at).num_milliseconds().max(0) as f64 / 1000.0;
-    let kpi = |measure| Kpi {
-        measure,
-        severity: incident.severity,
-        seconds: since_open,
-        drill: incident.drill,
-    };
+    let now_kpi = Kpi::since_open(incident, Measure::Resolve, now);
+    let kpi = |measure| Kpi { measure, ..now_kpi };
     let (event, kpi) = match to {
         State::Acknowledged => {
             incident.acknowledged_at = Some(now);
@@ -339,7 +351,89 @@ fn transition(
         event: Some(event),
         audit: "incident.transitioned",
         details: json!({"from": from.as_str(), "to": to.as_str(), "note": note}),
-        kpi,
+        kpis: kpi.into_iter().collect(),
+    })
+}
+
+/// The close gate: high and critical incidents close only after a post-incident review.
+fn close_allowed(incident: &Incident) -> Result<(), Refusal> {
+    if incident.severity >= Severity::High && incident.review.is_none() {
+        return Err(Refusal::Conflict(format!(
+            "{} is {}: closing it requires a post-incident review first (root cause, lessons \
+             learned, actions): `logwarden incidents review {}` or POST /api/v1/incidents/{}/review",
+            incident.id, incident.severity, incident.id, incident.id
+        )));
+    }
+    Ok(())
+}
+
+/// A review looks back at a response: only once the incident is contained (or found a false
+/// positive), and for high and critical incidents with at least one follow-up action — an
+/// empty review must not satisfy the close gate.
+fn review_allowed(incident: &Incident, actions: &[String]) -> Result<(), Refusal> {
+    if matches!(incident.state, State::Open | State::Acknowledged) {
+        return Err(Refusal::Conflict(format!(
+            "{} is {}: a post-incident review comes after containment (transition it to \
+             contained first, or to false_positive)",
+            incident.id, incident.state
+        )));
+    }
+    if incident.severity >= Severity::High && actions.iter().all(|a| a.trim().is_empty()) {
+        return Err(Refusal::Invalid(format!(
+            "{} is {}: its review needs at least one follow-up action (--action TEXT)",
+            incident.id, incident.severity
+        )));
+    }
+    Ok(())
+}
+
+/// `resolve`: to `closed` in one recorded step from any active state, filling in the times of
+/// the steps passed over (acknowledged, contained) so the KPIs stay complete.
+fn resolve(
+    incident: &mut Incident,
+    note: &Option<String>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Applied, Refusal> {
+    let from = incident.state;
+    if !from.is_active() {
+        return Err(Refusal::Conflict(format!(
+            "{} is {from}: it is over and cannot change state",
+            incident.id
+        )));
+    }
+    close_allowed(incident)?;
+    let now_kpi = Kpi::since_open(incident, Measure::Resolve, now);
+    let kpi = |measure| Kpi { measure, ..now_kpi };
+    let mut kpis = Vec::new();
+    if incident.acknowledged_at.is_none() {
+        incident.acknowledged_at = Some(now);
+        kpis.push(kpi(Measure::Acknowledge));
+    }
+    if incident.contained_at.is_none() {
+        incident.contained_at = Some(now);
+        kpis.push(kpi(Measure::Contain));
+    }
+    kpis.push(kpi(Measure::Resolve));
+    let passed: Vec<&str> = State::ACTIVE
+        .iter()
+        .skip_while(|s| **s != from)
+        .skip(1)
+        .map(|s| s.as_str())
+        .collect();
+    incident.state = State::Closed;
+    incident.closed_at = Some(now);
+    let summary = format!("resolved: {from} → closed in one step");
+    let text = match note {
+        Some(n) => format!("{summary}: {n}"),
+        None => summary,
+    };
+    incident.record(now, "resolved", actor, Some(text));
+    Ok(Applied {
+        event: Some(EventKind::Closed),
+        audit: "incident.resolved",
+        details: json!({"from": from.as_str(), "to": "closed", "through": passed, "note": note}),
+        kpis,
     })
 }
 
@@ -721,7 +815,8 @@ impl Desk {
         // `id` is what the caller named the incident by: its id or its uid.
         let missing = || Refusal::NotFound(format!("no incident {id}"));
         let number = Incident::handle_number(id).ok_or_else(missing)?;
-        let local = format!("INC-{number}");
+        // Book, trackers, audit and notifications all see the one canonical spelling.
+        let local = crate::ids::incident_id(number);
         let was_active = book.active(&local).is_some();
         let mut incident = match book.active(&local) {
             Some(i) => i.clone(),
@@ -786,7 +881,7 @@ impl Desk {
         }
         Ok(Done {
             reply: serde_json::to_value(&incident).expect("incidents serialise"),
-            kpis: applied.kpi.into_iter().collect(),
+            kpis: applied.kpis,
         })
     }
 }
@@ -939,7 +1034,8 @@ escalation_policies:
             &outbox,
             &mut batch,
             sample_incident().opened_at,
-        );
+        )
+        .unwrap();
         let audit = desk.take_audit();
         assert_eq!(audit.len(), 1, "{audit:?}");
         assert_eq!(audit[0].event, "incident.updated");
@@ -1059,6 +1155,14 @@ escalation_policies:
         Action::Transition { to, note: None }
     }
 
+    /// The sample incident with this severity, opened at `opened`.
+    fn incident(severity: Severity, opened: DateTime<Utc>) -> Incident {
+        let mut i = sample_incident();
+        i.severity = severity;
+        i.opened_at = opened;
+        i
+    }
+
     #[test]
     fn only_the_next_state_or_false_positive_is_allowed() {
         let mut i = sample_incident();
@@ -1080,13 +1184,13 @@ escalation_policies:
         .unwrap();
         assert_eq!(ack.event, Some(EventKind::Acknowledged));
         assert_eq!(
-            ack.kpi,
-            Some(Kpi {
+            ack.kpis,
+            [Kpi {
                 measure: Measure::Acknowledge,
                 severity: Severity::High,
                 seconds: 90.0,
                 drill: false
-            })
+            }]
         );
         assert_eq!(i.timeline.last().unwrap().actor, "oncall");
         for s in [State::Contained, State::Eradicated, State::Recovered] {
@@ -1107,18 +1211,79 @@ escalation_policies:
         let closed = apply(&mut i, &t(State::Closed), "oncall", now).unwrap();
         assert_eq!(closed.event, Some(EventKind::Closed));
         assert!(matches!(
-            closed.kpi,
-            Some(Kpi {
+            closed.kpis[..],
+            [Kpi {
                 measure: Measure::Resolve,
                 severity: Severity::High,
                 ..
-            })
+            }]
         ));
         let err = apply(&mut i, &t(State::FalsePositive), "oncall", now).unwrap_err();
         assert!(
             matches!(&err, Refusal::Conflict(r) if r.contains("over")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn resolve_closes_in_one_step_where_closing_is_allowed() {
+        let now = Utc::now();
+        let mut low = incident(Severity::Moderate, now - chrono::Duration::seconds(60));
+        let resolve = Action::Resolve {
+            note: Some("fixed the cron job".into()),
+        };
+        let done = apply(&mut low, &resolve, "oncall", now).unwrap();
+        assert_eq!(low.state, State::Closed);
+        assert_eq!(done.audit, "incident.resolved");
+        assert_eq!(done.event, Some(EventKind::Closed));
+        assert_eq!(
+            done.details["through"],
+            json!(["acknowledged", "contained", "eradicated", "recovered"])
+        );
+        let measured: Vec<Measure> = done.kpis.iter().map(|k| k.measure).collect();
+        assert_eq!(
+            measured,
+            [Measure::Acknowledge, Measure::Contain, Measure::Resolve]
+        );
+        assert!(low.acknowledged_at.is_some() && low.contained_at.is_some());
+        assert_eq!(low.timeline.last().unwrap().event, "resolved");
+        assert!(apply(&mut low, &resolve, "oncall", now).is_err(), "over");
+
+        // High: a review first, and a review only after containment, with an action.
+        let mut high = incident(Severity::High, now);
+        let err = apply(&mut high, &resolve, "oncall", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(r) if r.contains("review")),
+            "{err:?}"
+        );
+        let review = |actions: Vec<String>| Action::Review {
+            root_cause: "weak password".into(),
+            lessons_learned: "enforce keys".into(),
+            actions,
+        };
+        let err = apply(&mut high, &review(vec!["keys".into()]), "lead", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(r) if r.contains("after containment")),
+            "{err:?}"
+        );
+        apply(&mut high, &t(State::Acknowledged), "oncall", now).unwrap();
+        apply(&mut high, &t(State::Contained), "oncall", now).unwrap();
+        let err = apply(&mut high, &review(vec![]), "lead", now).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Invalid(r) if r.contains("follow-up action")),
+            "{err:?}"
+        );
+        apply(
+            &mut high,
+            &review(vec!["disable passwords".into()]),
+            "lead",
+            now,
+        )
+        .unwrap();
+        let done = apply(&mut high, &resolve, "oncall", now).unwrap();
+        assert_eq!(high.state, State::Closed);
+        // Acknowledged and contained were measured when they happened.
+        assert_eq!(done.kpis.len(), 1);
     }
 
     #[test]

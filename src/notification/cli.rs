@@ -48,7 +48,7 @@ pub fn run(args: NotificationsArgs) -> ExitCode {
             &format!("/api/v1/notifications/dead/{id}/resend"),
             None,
             |body| {
-                println!(
+                crate::outln!(
                     "dead letter {id} re-sent as {} (idempotency key {})",
                     body["id"],
                     body["idempotency_key"].as_str().unwrap_or("?")

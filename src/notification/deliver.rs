@@ -157,6 +157,7 @@ pub fn spawn(
     config: &Config,
     metrics: Arc<Metrics>,
     drain: Duration,
+    vitals: &crate::supervise::Vitals,
 ) -> Result<DeliveryHandle, String> {
     let (stop, stop_rx) = watch::channel(false);
     let known = Arc::new(Mutex::new(HashSet::new()));
@@ -191,7 +192,12 @@ pub fn spawn(
                 metrics.clone(),
                 known.clone(),
             )?;
-            tasks.spawn(lane.run(rx, stop_rx.clone(), drain));
+            let guard = vitals.guard(&format!("delivery lane {name}"));
+            let run = lane.run(rx, stop_rx.clone(), drain);
+            tasks.spawn(async move {
+                let _guard = guard;
+                run.await
+            });
             receiver_lanes.push((member.map(str::to_string), tx));
         }
         lanes.insert(name, receiver_lanes);
@@ -202,7 +208,9 @@ pub fn spawn(
         known,
         metrics,
     };
+    let guard = vitals.guard("delivery");
     let task = tokio::spawn(async move {
+        let _guard = guard;
         dispatcher.run(stop_rx).await;
         while tasks.join_next().await.is_some() {}
     });
@@ -539,6 +547,7 @@ impl Lane {
                         if let Some(resend) = &mut self.resend {
                             resend.note(&record);
                         }
+                        crate::supervise::test_panic_point("delivery", record.body.as_bytes());
                         self.waiting.insert(record.id, Waiting { record, due: Instant::now() });
                     }
                     None => open = false,

@@ -177,13 +177,14 @@ pub fn kind_blocks(def: &RuleDef) -> Vec<&'static str> {
     .collect()
 }
 
-/// Validates the one kind block of a definition; problems go to `fail(key, message)`.
+/// Validates the one kind block of a definition; problems go to `fail(key, message)` (key
+/// `""`: the rule as a whole, for a block it lacks).
 pub fn compile_kind(def: &RuleDef, fail: &mut dyn FnMut(&str, String)) -> Option<RuleKind> {
     let blocks = kind_blocks(def);
     match blocks.as_slice() {
         [] => {
             fail(
-                "id",
+                "",
                 format!(
                     "rule {:?} needs exactly one kind block: threshold, spike, absence, sequence or distinct",
                     def.id

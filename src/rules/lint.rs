@@ -4,7 +4,7 @@
 //! They never stop a load; `check` prints them (`warning: path:line:col: message`) and exits 0.
 
 use super::{Rule, RuleContext, RuleKind};
-use crate::diag::{Diagnostic, Position, YamlLocator};
+use crate::diag::{Diagnostic, Position};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,12 +12,24 @@ use std::sync::Arc;
 /// What a rule counts: its patterns, its key fields and its sources (sorted).
 type Counts<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
 
-/// Where a rule was defined: its file and the position of its list item.
+/// Where a rule was defined: its file, its item and the keys written in it.
 pub struct Place {
     /// Rule file.
     pub file: PathBuf,
-    /// Position of the rule's `- ` item.
+    /// Position of the rule's mapping.
     pub item: Position,
+    /// Each key of the rule and its position.
+    pub keys: Vec<(String, Position)>,
+}
+
+impl Place {
+    /// The position of `key` in the rule, else of the rule.
+    fn of(&self, key: &str) -> Position {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.item, |(_, at)| *at)
+    }
 }
 
 /// Every warning for a loaded rule set. `places[i]` is where `rules[i]` was defined;
@@ -25,22 +37,14 @@ pub struct Place {
 pub fn warnings<'a>(
     rules: &[Arc<Rule>],
     places: &[Place],
-    texts: &HashMap<&Path, &str>,
     ctx: &RuleContext,
     unused_lists: impl Iterator<Item = (&'a str, &'a Path, Position)>,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let locators: HashMap<&Path, YamlLocator> = texts
-        .iter()
-        .map(|(p, t)| (*p, YamlLocator::new(t)))
-        .collect();
     let mut seen: HashMap<Counts<'_>, usize> = HashMap::new();
     for (i, (rule, place)) in rules.iter().zip(places).enumerate() {
         let mut warn = |key: &str, message: String| {
-            let at = locators
-                .get(place.file.as_path())
-                .map_or(place.item, |l| l.key_in_block(place.item, key));
-            out.push(Diagnostic::at(&place.file, at, message));
+            out.push(Diagnostic::at(&place.file, place.of(key), message));
         };
         for (key, message) in never_fires(rule, ctx) {
             warn(

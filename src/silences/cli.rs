@@ -1,6 +1,6 @@
 //! `logwarden silences add|list|expire`: the silence client of the HTTP API.
 
-use crate::client::{self, ApiArgs, text};
+use crate::client::{self, ApiArgs, text, time};
 use crate::lifecycle::cli::encode;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
@@ -35,7 +35,12 @@ pub enum SilencesCommand {
         #[arg(long = "label", value_name = "NAME=VALUE")]
         labels: Vec<String>,
         /// How long from now, e.g. `2h`.
-        #[arg(long, conflicts_with = "until", required_unless_present = "until")]
+        #[arg(
+            long,
+            conflicts_with = "until",
+            required_unless_present = "until",
+            value_parser = duration
+        )]
         duration: Option<String>,
         /// When it ends (RFC 3339).
         #[arg(long)]
@@ -66,15 +71,20 @@ fn pairs(items: &[String], what: &str) -> Result<Map<String, Value>, String> {
 
 /// Runs a `silences` subcommand: 0 done, 1 refused (the server's reason is printed), 2 the
 /// API could not be asked or the arguments are wrong.
+/// Checks a `--duration` before anything is sent (`500ms`, `30s`, `5m`, `1h`, `7d`).
+fn duration(text: &str) -> Result<String, String> {
+    crate::duration::HumanDuration::parse(text).map(|_| text.to_string())
+}
+
 pub fn run(args: SilencesArgs) -> ExitCode {
     let json_out = args.json;
     let one = |s: &Value| {
-        println!(
-            "{}: {} until {}",
-            text(s, "id"),
-            text(s, "state"),
-            text(s, "ends_at")
-        );
+        // An expired silence ended when it was expired, not at its planned end.
+        let (word, end) = match s["expired_at"].as_str() {
+            Some(_) => ("ended at", time(s, "expired_at")),
+            None => ("until", time(s, "ends_at")),
+        };
+        crate::outln!("{}: {} {word} {end}", text(s, "id"), text(s, "state"));
     };
     match &args.command {
         SilencesCommand::Add {
@@ -138,8 +148,11 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                         vec![
                             text(s, "id"),
                             text(s, "state"),
-                            text(s, "starts_at"),
-                            text(s, "ends_at"),
+                            time(s, "starts_at"),
+                            match s["expired_at"].as_str() {
+                                Some(_) => time(s, "expired_at"),
+                                None => time(s, "ends_at"),
+                            },
                             text(s, "author"),
                             matchers_text(&s["matchers"]),
                             text(s, "reason"),

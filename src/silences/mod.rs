@@ -31,6 +31,49 @@ pub struct Matchers {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Refuses matchers that can never match under these rules: a rule id that does not exist,
+/// or a key field that is not in the `group_by` of the rule (or of any rule), naming the
+/// known ones.
+pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(), String> {
+    let scope: Vec<&crate::rules::Rule> = match &m.rule {
+        Some(id) => match rules.rule(id) {
+            Some(rule) => vec![rule.as_ref()],
+            None => {
+                let known: Vec<&str> = rules.rules.iter().map(|r| r.id()).collect();
+                let hint = crate::yaml::de::did_you_mean(id, known.iter().copied())
+                    .map_or(String::new(), |k| format!("did you mean {k:?}? "));
+                return Err(format!(
+                    "no rule {id:?}, so the silence could never match; {hint}known rules: {}",
+                    known.join(", ")
+                ));
+            }
+        },
+        None => rules.rules.iter().map(|r| r.as_ref()).collect(),
+    };
+    let fields: std::collections::BTreeSet<&str> = scope
+        .iter()
+        .flat_map(|r| r.def.group_by.iter().map(String::as_str))
+        .collect();
+    for name in m.key.keys() {
+        if !fields.contains(name.as_str()) {
+            let whose = m
+                .rule
+                .as_deref()
+                .map_or("any rule".to_string(), |r| format!("rule {r:?}"));
+            let known: Vec<&str> = fields.iter().copied().collect();
+            return Err(format!(
+                "key field {name:?} is not in the group_by of {whose}, so the silence could never match; key fields: {}",
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Matchers {
     /// Whether the incident is covered.
     pub fn matches(&self, incident: &Incident) -> bool {
@@ -89,7 +132,7 @@ impl Silence {
     }
 
     fn number(id: &str) -> Option<u64> {
-        id.strip_prefix("SIL-")?.parse().ok()
+        crate::ids::number(crate::ids::SILENCE, id)
     }
 
     /// The silence as the API shows it: with its `state`.
@@ -117,6 +160,14 @@ pub struct NewSilence {
     pub starts_at: Option<DateTime<Utc>>,
     /// Why.
     pub reason: String,
+}
+
+/// Farthest a silence may start or end from now, either way: a silence for ever is a rule
+/// deleted without review, and times near the calendar's end overflow arithmetic.
+const MAX_REACH_DAYS: i64 = 3660;
+
+fn max_reach() -> chrono::Duration {
+    chrono::Duration::days(MAX_REACH_DAYS)
 }
 
 /// The silences not yet expired, owned by the pipeline thread (the only writer).
@@ -166,9 +217,18 @@ impl Silences {
         let starts_at = new.starts_at.unwrap_or(now);
         let ends_at = match (new.ends_at, new.duration) {
             (Some(end), None) => end,
-            (None, Some(d)) => starts_at + chrono::Duration::milliseconds(d.millis()),
+            (None, Some(d)) => starts_at
+                .checked_add_signed(chrono::Duration::milliseconds(d.millis()))
+                .ok_or("duration is too large")?,
             _ => return Err("give exactly one of ends_at and duration".into()),
         };
+        for (name, at) in [("starts_at", starts_at), ("ends_at", ends_at)] {
+            if (at - now).abs() > max_reach() {
+                return Err(format!(
+                    "{name} {at} is more than {MAX_REACH_DAYS} days from now"
+                ));
+            }
+        }
         if ends_at <= starts_at.max(now) {
             return Err("ends_at must be in the future and after starts_at".into());
         }

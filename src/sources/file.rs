@@ -452,6 +452,7 @@ impl FileTailer {
                         offset,
                         bytes,
                         arrival: Utc::now(),
+                        time: None,
                     })
                     .into_iter()
                     .collect();
@@ -875,6 +876,7 @@ fn read_file(
                 offset: line.offset,
                 bytes: line.bytes.to_vec(),
                 arrival,
+                time: None,
             });
         });
     }

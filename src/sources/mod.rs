@@ -1,4 +1,5 @@
-//! Log inputs: files and globs that survive rotation, stdin, and syslog over the network.
+//! Log inputs: files and globs that survive rotation, stdin, syslog over the network, and the
+//! systemd journal.
 //!
 //! Sources only read. They hand the pipeline batches of lines plus the checkpoint the batch
 //! ends at; the pipeline makes a checkpoint durable only after it has evaluated the lines and
@@ -6,6 +7,8 @@
 
 pub mod discover;
 pub mod file;
+pub mod journal;
+pub mod line_time;
 pub mod lines;
 pub mod stdin;
 pub mod syslog;
@@ -29,6 +32,9 @@ pub struct LogLine {
     pub bytes: Vec<u8>,
     /// When it was read.
     pub arrival: DateTime<Utc>,
+    /// The line's own time when the source knows it exactly (a journal entry's timestamp);
+    /// `None`: read from the line by the source's timestamp format.
+    pub time: Option<DateTime<Utc>>,
 }
 
 /// A file's identity: the inode it lives in, guarded by a hash of its first bytes so a
@@ -95,6 +101,43 @@ pub enum Progress {
     At(Checkpoint),
     /// The file is gone and fully read: forget its checkpoint.
     Done(FileId),
+    /// A journal source has read up to here; `gap` when the entries between the saved
+    /// position and this one may be lost (the saved entry was vacuumed or rotated away).
+    Journal {
+        /// Where the source resumes.
+        position: JournalPosition,
+        /// The gap to record with this position, if one was found.
+        gap: Option<JournalGap>,
+    },
+}
+
+/// How far a journal source has read, as stored in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalPosition {
+    /// Source the position belongs to.
+    pub source: String,
+    /// Cursor of the last entry read; `None` when the source was first seen with an empty
+    /// journal (everything that comes is new, so it starts at the head).
+    pub cursor: Option<String>,
+    /// That entry's `__REALTIME_TIMESTAMP` (microseconds since the epoch): where reading
+    /// resumes by time when the cursor can no longer be found.
+    pub realtime_usec: Option<u64>,
+}
+
+/// Entries that may have been lost between a saved journal position and where reading
+/// resumed, because the saved entry is no longer in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalGap {
+    /// The saved cursor that could not be found.
+    pub saved_cursor: String,
+    /// Its entry's time, if known.
+    pub saved_time: Option<DateTime<Utc>>,
+    /// The first entry read after the gap (`None`: resumed by time, nothing read yet).
+    pub resumed_cursor: Option<String>,
+    /// That entry's time.
+    pub resumed_time: Option<DateTime<Utc>>,
+    /// How the gap was found.
+    pub reason: String,
 }
 
 /// Lines from one file (or stdin) and how far they reach.

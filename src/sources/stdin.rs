@@ -42,6 +42,7 @@ pub fn read_stdin(
                 offset: l.offset,
                 bytes: l.bytes.to_vec(),
                 arrival,
+                time: None,
             });
         });
         metrics
@@ -75,6 +76,7 @@ pub fn read_stdin(
             offset,
             bytes,
             arrival: Utc::now(),
+            time: None,
         };
         let _ = tx.blocking_send(Batch {
             lines: vec![line],

@@ -167,6 +167,7 @@ impl Intake {
             offset: self.frames,
             bytes: text,
             arrival: Utc::now(),
+            time: None,
         });
         self.frames += 1;
     }

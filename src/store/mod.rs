@@ -1,7 +1,7 @@
 //! The embedded store (sled). All sled use lives here, so the engine could be swapped.
 //!
 //! One tree with a key prefix per kind of record lets a whole pipeline step (incident
-//! changes, window state and file checkpoints) be written as one atomic batch: after a crash
+//! changes, window state, file checkpoints and journal cursors) be written as one atomic batch: after a crash
 //! either all of a step is there or none of it, and the replayed lines redo exactly the
 //! missing part.
 

@@ -17,6 +17,7 @@
 //! | `esc/` | incident id | escalation progress | JSON |
 //! | `sil/` | silence number | silence | JSON |
 //! | `firing/` | receiver, NUL, incident uid | the alert last sent for an open incident | JSON |
+//! | `jcur/` | source name | journal cursor | JSON |
 //!
 //! Binary records start with their codec's version byte; a reader refuses a version newer
 //! than it knows. JSON stays where people and auditors read the bytes (the API's incidents
@@ -55,6 +56,8 @@ pub enum Space {
     /// The alert each Alertmanager receiver was last sent for each open incident, by
     /// receiver and incident uid: what is re-sent after a restart.
     Firing,
+    /// Journal read positions (cursors), by source name.
+    JournalCursors,
 }
 
 impl Space {
@@ -74,6 +77,7 @@ impl Space {
             Space::Escalations => b"esc/",
             Space::Silences => b"sil/",
             Space::Firing => b"firing/",
+            Space::JournalCursors => b"jcur/",
         }
     }
 

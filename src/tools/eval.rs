@@ -194,6 +194,7 @@ mod tests {
             offset: 0,
             bytes: text.as_bytes().to_vec(),
             arrival: at(0),
+            time: None,
         }
     }
 

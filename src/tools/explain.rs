@@ -78,21 +78,21 @@ pub fn explain(rules: &RuleSet, source: Option<&str>, line: &[u8]) -> Vec<Match>
 /// Runs `explain`: exit 0 with the explanation, 1 for invalid config or rules, 2 when stdin
 /// cannot be read.
 pub fn run(args: ExplainArgs) -> ExitCode {
-    let (_, rules) = match super::load_config_and_rules(&args.config, &args.rules) {
+    let (_, rules) = match super::load_config_and_rules("explain", &args.config, &args.rules) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let source = args.source.as_deref();
     match args.line.as_deref() {
-        Some(line) if line != "-" => print(&rules, source, line.as_bytes(), args.json),
+        Some(line) if line != "-" => print(&rules, source, line.as_bytes(), None, args.json),
         _ => {
-            for line in std::io::stdin().lock().split(b'\n') {
+            for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
                 match line {
                     Ok(mut line) => {
                         if line.ends_with(b"\r") {
                             line.pop();
                         }
-                        print(&rules, source, &line, args.json);
+                        print(&rules, source, &line, Some(i + 1), args.json);
                     }
                     Err(e) => {
                         eprintln!("logwarden explain: cannot read stdin: {e}");
@@ -105,14 +105,26 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], json: bool) {
+/// Prints the explanation of one line; `number` (1-based) labels lines read from stdin, so
+/// each explanation says which line it belongs to.
+fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], number: Option<usize>, json: bool) {
     let matches = explain(rules, source, line);
     if json {
-        println!("{}", serde_json::json!({ "matches": matches }));
+        let mut report = serde_json::json!({ "matches": matches });
+        if let Some(n) = number {
+            report["line"] = n.into();
+        }
+        crate::outln!("{report}");
         return;
     }
+    if let Some(n) = number {
+        let text = String::from_utf8_lossy(line);
+        let shown: String = text.chars().take(100).collect();
+        let more = if shown.len() < text.len() { "…" } else { "" };
+        crate::outln!("line {n}: {}{more}", shown.escape_debug());
+    }
     if matches.is_empty() {
-        println!("no rule matches this line");
+        crate::outln!("no rule matches this line");
         return;
     }
     for m in &matches {
@@ -120,17 +132,17 @@ fn print(rules: &RuleSet, source: Option<&str>, line: &[u8], json: bool) {
         let step = m.step.map(|s| format!(" (step {s})")).unwrap_or_default();
         match &m.excluded_by {
             None if m.key.is_empty() => {
-                println!(
+                crate::outln!(
                     "{}{step}: counted (no group_by: one key for the whole rule)",
                     m.rule
                 )
             }
-            None => println!("{}{step}: counted under key {}", m.rule, fields(&m.key)),
-            Some(why) => println!("{}{step}: NOT counted: stopped by {why}", m.rule),
+            None => crate::outln!("{}{step}: counted under key {}", m.rule, fields(&m.key)),
+            Some(why) => crate::outln!("{}{step}: NOT counted: stopped by {why}", m.rule),
         }
-        println!("  captures: {}", fields(&m.captures));
+        crate::outln!("  captures: {}", fields(&m.captures));
         if !rule.def.sources.is_empty() {
-            println!("  reads only sources: {}", rule.def.sources.join(", "));
+            crate::outln!("  reads only sources: {}", rule.def.sources.join(", "));
         }
     }
 }

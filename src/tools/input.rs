@@ -93,6 +93,7 @@ impl LogReader {
                 offset: 0,
                 bytes: Vec::new(),
                 arrival: reference,
+                time: None,
             },
             untimed: 0,
         })

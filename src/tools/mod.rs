@@ -30,24 +30,40 @@ fn invalid(problems: &[Diagnostic]) -> ExitCode {
 }
 
 /// Loads the config and a rule set: `rules` when given (files or directories), else the
-/// config's own. Problems are printed; the error is the exit code to end with.
+/// config's own. With `rules` given, a config file that does not exist is no error: the tools
+/// then run on the rules alone (no source or policy names to check them against). Problems
+/// are printed; the error is the exit code to end with (1 invalid files, 2 unreadable config).
 fn load_config_and_rules(
+    tool: &str,
     config: &Path,
     rules: &[PathBuf],
-) -> Result<(Config, Arc<RuleSet>), ExitCode> {
+) -> Result<(Option<Config>, Arc<RuleSet>), ExitCode> {
+    if !rules.is_empty() && !config.exists() {
+        let rules = RuleSet::load(rules, &Default::default())
+            .map(Arc::new)
+            .map_err(|p| invalid(&p))?;
+        return Ok((None, rules));
+    }
+    if let Err(e) = std::fs::metadata(config) {
+        eprintln!(
+            "logwarden {tool}: cannot read config {}: {e} (give --config FILE, or --rules PATH to use rule files alone)",
+            config.display()
+        );
+        return Err(ExitCode::from(2));
+    }
     let config = Config::load(config).map_err(|p| invalid(&p))?;
-    let rules = load_rules(&config, rules)?;
-    Ok((config, rules))
+    let rules = load_rules(Some(&config), rules)?;
+    Ok((Some(config), rules))
 }
 
-/// Loads a rule set under the config's names (sources, escalation policies).
-fn load_rules(config: &Config, rules: &[PathBuf]) -> Result<Arc<RuleSet>, ExitCode> {
-    let paths = if rules.is_empty() {
-        config.rules.clone()
-    } else {
-        rules.to_vec()
+/// Loads a rule set under the config's names (sources, escalation policies), if any.
+fn load_rules(config: Option<&Config>, rules: &[PathBuf]) -> Result<Arc<RuleSet>, ExitCode> {
+    let (paths, ctx) = match config {
+        Some(config) if rules.is_empty() => (config.rules.clone(), rule_context(config)),
+        Some(config) => (rules.to_vec(), rule_context(config)),
+        None => (rules.to_vec(), Default::default()),
     };
-    RuleSet::load(&paths, &rule_context(config))
+    RuleSet::load(&paths, &ctx)
         .map(Arc::new)
         .map_err(|p| invalid(&p))
 }

@@ -8,7 +8,7 @@
 use super::eval::Evaluation;
 use super::input::{LogReader, LogSpec, merge};
 use super::progress::Progress;
-use crate::config::{Config, DEFAULT_CONFIG_PATH, SourceConfig, absolute_clean};
+use crate::config::{DEFAULT_CONFIG_PATH, SourceConfig, absolute_clean};
 use crate::incidents::Incident;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -42,6 +42,10 @@ pub struct ReplayArgs {
     /// A second rule set (B) to compare with A: incidents only in A, only in B, in both.
     #[arg(long, value_name = "PATH")]
     pub against: Vec<PathBuf>,
+    /// Without a config (only `--rules`): how the logs' lines carry their time (syslog,
+    /// rfc3339, clf, epoch or a strftime pattern).
+    #[arg(long, value_name = "FORMAT", default_value = "syslog")]
+    pub timestamp: String,
     /// Log files, plain or gzip-compressed.
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
@@ -50,14 +54,25 @@ pub struct ReplayArgs {
 /// Runs `replay`: exit 0 with a report, 1 for invalid config or rules, 2 for unreadable
 /// logs or a log no source can be chosen for.
 pub fn run(args: ReplayArgs) -> ExitCode {
-    let (config, rules_a) = match super::load_config_and_rules(&args.config, &args.rules) {
+    let (config, rules_a) = match super::load_config_and_rules("replay", &args.config, &args.rules)
+    {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    let sources_config = match &config {
+        Some(config) => config.sources.clone(),
+        None => match implied_source(&args) {
+            Ok(source) => vec![source],
+            Err(message) => return usage(&message),
+        },
+    };
+    let origin = config.as_ref().map_or("the rules alone".to_string(), |c| {
+        c.path.display().to_string()
+    });
     let rules_b = if args.against.is_empty() {
         None
     } else {
-        match super::load_rules(&config, &args.against) {
+        match super::load_rules(config.as_ref(), &args.against) {
             Ok(rules) => Some(rules),
             Err(code) => return code,
         }
@@ -66,7 +81,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let mut readers = Vec::new();
     let mut total = 0;
     for log in &args.logs {
-        let spec = match spec_for(&config, log, args.source.as_deref()) {
+        let spec = match spec_for(&sources_config, &origin, log, args.source.as_deref()) {
             Ok(spec) => spec,
             Err(message) => return usage(&message),
         };
@@ -76,7 +91,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         }
         total += std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     }
-    let sources: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
+    let sources: Vec<String> = sources_config.iter().map(|s| s.name.clone()).collect();
     let mut a = Evaluation::new(rules_a, &sources);
     let mut b = rules_b.map(|rules| Evaluation::new(rules, &sources));
     let mut progress = Progress::new(read, total);
@@ -108,15 +123,15 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         rate,
     };
     match b {
-        None if args.json => println!("{}", stats.json(json!({"incidents": a}))),
+        None if args.json => crate::outln!("{}", stats.json(json!({"incidents": a}))),
         None => {
-            print!("{}", table(&a));
+            crate::out!("{}", table(&a));
             stats.print(a.len());
         }
         Some(b) => {
             let cmp = Comparison::of(a, b);
             if args.json {
-                println!("{}", stats.json(cmp.json()));
+                crate::outln!("{}", stats.json(cmp.json()));
             } else {
                 cmp.print();
                 stats.print(cmp.only_a.len() + cmp.only_b.len() + cmp.both.len());
@@ -152,9 +167,11 @@ impl Stats {
     }
 
     fn print(&self, incidents: usize) {
-        println!(
+        crate::outln!(
             "\n{incidents} incidents from {} lines in {:.2} s: {:.0} lines/s",
-            self.lines, self.seconds, self.rate
+            self.lines,
+            self.seconds,
+            self.rate
         );
     }
 }
@@ -182,23 +199,45 @@ fn warn_about(a: &mut Evaluation, b: Option<&mut Evaluation>, readers: &[LogRead
 
 /// How a log is read: the source whose `paths` match it (also as a rotated generation,
 /// `auth.log.2.gz` for `auth.log`), else `fallback`, else the only source.
-fn spec_for(config: &Config, log: &Path, fallback: Option<&str>) -> Result<LogSpec, String> {
+/// Without a config, the logs are one source: `--source NAME` (default `logs`) with the
+/// `--timestamp` format. Rules limited to other sources do not read it.
+fn implied_source(args: &ReplayArgs) -> Result<SourceConfig, String> {
+    let name = args.source.clone().unwrap_or_else(|| "logs".to_string());
+    let source: SourceConfig = serde_yaml::from_value(serde_yaml::Value::Mapping(
+        [
+            ("name".into(), name.into()),
+            (
+                "paths".into(),
+                serde_yaml::Value::Sequence(vec!["-".into()]),
+            ),
+            ("timestamp".into(), args.timestamp.clone().into()),
+        ]
+        .into_iter()
+        .collect(),
+    ))
+    .map_err(|e| format!("--timestamp {:?}: {e}", args.timestamp))?;
+    source.time_format().validate()?;
+    Ok(source)
+}
+
+fn spec_for(
+    sources: &[SourceConfig],
+    origin: &str,
+    log: &Path,
+    fallback: Option<&str>,
+) -> Result<LogSpec, String> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let absolute = absolute_clean(&cwd, log);
-    let source = config
-        .sources
+    let source = sources
         .iter()
         .find(|s| paths_match(s, &absolute))
-        .or_else(|| fallback.and_then(|name| config.sources.iter().find(|s| s.name == name)));
+        .or_else(|| fallback.and_then(|name| sources.iter().find(|s| s.name == name)));
     let source = match (source, fallback) {
         (Some(s), _) => s,
         (None, Some(name)) => {
-            return Err(format!(
-                "--source {name:?} is not a source of {}",
-                config.path.display()
-            ));
+            return Err(format!("--source {name:?} is not a source of {origin}"));
         }
-        (None, None) if config.sources.len() == 1 => &config.sources[0],
+        (None, None) if sources.len() == 1 => &sources[0],
         (None, None) => {
             return Err(format!(
                 "no source's paths match {}: say which source it is with --source NAME",
@@ -291,6 +330,17 @@ fn table(incidents: &[Incident]) -> String {
     out
 }
 
+/// "N incidents of M rules": the table below it has one row per rule.
+fn count_text(incidents: &[Incident]) -> String {
+    let rules: std::collections::BTreeSet<&str> =
+        incidents.iter().map(|i| i.rule.as_str()).collect();
+    format!(
+        "{} incidents of {} rules (one row per rule)",
+        incidents.len(),
+        rules.len()
+    )
+}
+
 /// Incidents of two rule sets over the same logs, matched by rule and key.
 struct Comparison {
     only_a: Vec<Incident>,
@@ -335,10 +385,10 @@ impl Comparison {
             ("only in A (--rules)", &self.only_a),
             ("only in B (--against)", &self.only_b),
         ] {
-            println!("{title}: {} incidents", list.len());
-            print!("{}", table(list));
+            crate::outln!("{title}: {}", count_text(list));
+            crate::out!("{}", table(list));
             for i in list {
-                println!(
+                crate::outln!(
                     "  {} {} severity={} count={} first_seen={}",
                     i.rule,
                     key_text(&i.key),
@@ -347,14 +397,14 @@ impl Comparison {
                     time(i.first_seen)
                 );
             }
-            println!();
+            crate::outln!();
         }
         let a: Vec<Incident> = self.both.iter().map(|(a, _)| a.clone()).collect();
-        println!("in both: {} incidents", a.len());
-        print!("{}", table(&a));
+        crate::outln!("in both: {}", count_text(&a));
+        crate::out!("{}", table(&a));
         for (a, b) in &self.both {
             if (a.severity, a.count) != (b.severity, b.count) {
-                println!(
+                crate::outln!(
                     "  {} {} A: severity={} count={}  B: severity={} count={}",
                     a.rule,
                     key_text(&a.key),

@@ -178,7 +178,7 @@ pub fn run(args: TestArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if totals.failed > 0 || totals.invalid {
-        println!(
+        crate::outln!(
             "FAILED: {} of {} tests in {} files failed{}",
             totals.failed,
             totals.tests,
@@ -191,9 +191,10 @@ pub fn run(args: TestArgs) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    println!(
+    crate::outln!(
         "ok: {} tests in {} files passed",
-        totals.tests, totals.files
+        totals.tests,
+        totals.files
     );
     ExitCode::SUCCESS
 }
@@ -211,7 +212,7 @@ fn run_file(path: &Path, totals: &mut Totals) {
     let file: TestFile = match serde_yaml::from_str(&text) {
         Ok(f) => f,
         Err(e) => {
-            println!("{}", Diagnostic::from_yaml(path, &e));
+            crate::outln!("{}", Diagnostic::from_yaml(path, &e));
             totals.invalid = true;
             return;
         }
@@ -223,7 +224,7 @@ fn run_file(path: &Path, totals: &mut Totals) {
         Ok(rules) => Arc::new(rules),
         Err(problems) => {
             for p in problems {
-                println!("{p}");
+                crate::outln!("{p}");
             }
             totals.invalid = true;
             return;
@@ -253,29 +254,29 @@ fn run_file(path: &Path, totals: &mut Totals) {
             Ok(diff) if diff.is_empty() => {}
             Ok(diff) => {
                 failed += 1;
-                println!(
+                crate::outln!(
                     "FAIL {}:{}:{}: {}",
                     path.display(),
                     at.line,
                     at.col,
                     case.name
                 );
-                println!("  --- expected\n  +++ got");
+                crate::outln!("  --- expected\n  +++ got");
                 for line in diff {
-                    println!("  {line}");
+                    crate::outln!("  {line}");
                 }
             }
             Err(problems) => {
                 failed += 1;
                 for p in problems {
-                    println!("{p}");
+                    crate::outln!("{p}");
                 }
             }
         }
     }
     totals.failed += failed;
     let passed = file.tests.len() - failed;
-    println!(
+    crate::outln!(
         "{}: {passed} of {} tests passed",
         path.display(),
         file.tests.len()
@@ -462,6 +463,7 @@ fn run_case(
             offset: n as u64,
             bytes: case.lines[n].text.as_bytes().to_vec(),
             arrival: time,
+            time: None,
         };
         evaluation.observe(&line, time);
     }

@@ -775,3 +775,31 @@ impl Daemon {
         }
     }
 }
+
+/// The audit records of a stopped daemon's state directory (`logwarden audit export`).
+pub fn audit_export(state_dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["audit", "export", "--format", "jsonl", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The sshd brute-force rule (5 failures from one address within a minute).
+pub const SSH_RULES: &str = r#"
+rules:
+  - id: ssh-bruteforce
+    match: 'sshd\[\d+\]: Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+) port \d+'
+    group_by: [ip]
+    threshold: {count: 5, within: 1m}
+    severity: moderate
+"#;

@@ -4,12 +4,34 @@ use super::{Event, Observed};
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
 /// The latest time and line of each value seen in the window; emptied when it fires.
+///
+/// A small vector, not a map: a rule counts a handful of values, and most keys of a flood
+/// hold one, for which a tree node would cost a kilobyte. Stored as a map by value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distinct {
-    values: BTreeMap<String, (i64, Evidence)>,
+    #[serde(with = "as_map")]
+    values: Vec<Seen>,
+}
+
+/// A value, with the time and line it was last seen at.
+type Seen = (String, (i64, Evidence));
+
+/// `values` stored as `{value: [time, evidence]}`.
+mod as_map {
+    use super::{Evidence, Seen};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(values: &[Seen], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(values.iter().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seen>, D::Error> {
+        Ok(BTreeMap::<String, (i64, Evidence)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 impl Distinct {
@@ -24,13 +46,17 @@ impl Distinct {
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         let n = r.len()?;
-        let mut values = BTreeMap::new();
+        let mut values = Vec::with_capacity(n);
         for _ in 0..n {
             let value = r.str()?.to_string();
             let t = r.i64()?;
-            values.insert(value, (t, r.evidence()?));
+            values.push((value, (t, r.evidence()?)));
         }
         Ok(Distinct { values })
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.values.len()
     }
 
     pub(super) fn observe(
@@ -48,21 +74,26 @@ impl Distinct {
         if event.time_ms < newest - within_ms {
             return Observed::Late;
         }
-        match self.values.get_mut(value) {
-            Some(seen) if seen.0 >= event.time_ms => {}
-            Some(seen) => *seen = (event.time_ms, event.evidence.clone()),
+        match self.values.iter_mut().find(|(v, _)| v == value) {
+            Some((_, seen)) if seen.0 >= event.time_ms => {}
+            Some((_, seen)) => *seen = (event.time_ms, event.evidence.clone()),
             None => {
+                if self.values.capacity() == 0 {
+                    self.values.reserve_exact(1);
+                }
                 self.values
-                    .insert(value.to_string(), (event.time_ms, event.evidence.clone()));
+                    .push((value.to_string(), (event.time_ms, event.evidence.clone())));
             }
         }
-        self.values.retain(|_, (t, _)| *t >= newest - within_ms);
+        self.values.retain(|(_, (t, _))| *t >= newest - within_ms);
         if (self.values.len() as u64) < count {
             return Observed::Counted;
         }
         let distinct = self.values.len() as u64;
-        let mut seen: Vec<(i64, Evidence)> =
-            std::mem::take(&mut self.values).into_values().collect();
+        let mut seen: Vec<(i64, Evidence)> = std::mem::take(&mut self.values)
+            .into_iter()
+            .map(|(_, seen)| seen)
+            .collect();
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
@@ -75,14 +106,14 @@ impl Distinct {
     }
 
     pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
-        self.values.retain(|_, (t, _)| *t >= now_ms - within_ms);
+        self.values.retain(|(_, (t, _))| *t >= now_ms - within_ms);
         self.values.is_empty()
     }
 
     pub(super) fn last_ms(&self) -> i64 {
         self.values
-            .values()
-            .map(|(t, _)| *t)
+            .iter()
+            .map(|(_, (t, _))| *t)
             .max()
             .unwrap_or(i64::MIN)
     }

@@ -49,16 +49,31 @@ pub enum Observed {
     Resumed,
 }
 
+/// How far a key is towards firing: matches held in its window (threshold, spike's current
+/// window), distinct values, or matches over all sequence steps. Absence keys say 0: any
+/// of them may fire, by silence. Eviction takes the lowest first.
+impl crate::detection::keys::Progress for KeyState {
+    fn progress(&self) -> usize {
+        match self {
+            KeyState::Threshold(s) => s.held(),
+            KeyState::Spike(s) => s.held(),
+            KeyState::Absence(_) => 0,
+            KeyState::Sequence(s) => s.held(),
+            KeyState::Distinct(s) => s.held(),
+        }
+    }
+}
+
 /// The state of one rule and key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "state", rename_all = "snake_case")]
 pub enum KeyState {
     /// See [`Threshold`].
     Threshold(Threshold),
-    /// See [`Spike`].
-    Spike(Spike),
+    /// See [`Spike`] (boxed: the larger states would widen every key's entry).
+    Spike(Box<Spike>),
     /// See [`Absence`].
-    Absence(Absence),
+    Absence(Box<Absence>),
     /// See [`Sequence`].
     Sequence(Sequence),
     /// See [`Distinct`].
@@ -102,8 +117,8 @@ impl KeyState {
         r.version(STATE_VERSION)?;
         Ok(match r.u8()? {
             0 => KeyState::Threshold(Threshold::decode(r)?),
-            1 => KeyState::Spike(Spike::decode(r)?),
-            2 => KeyState::Absence(Absence::decode(r)?),
+            1 => KeyState::Spike(Box::new(Spike::decode(r)?)),
+            2 => KeyState::Absence(Box::new(Absence::decode(r)?)),
             3 => KeyState::Sequence(Sequence::decode(r)?),
             4 => KeyState::Distinct(Distinct::decode(r)?),
             _ => return Err(CodecError::Malformed("unknown detection kind")),
@@ -114,8 +129,8 @@ impl KeyState {
     pub fn new(kind: &RuleKind, now_ms: i64) -> Self {
         match kind {
             RuleKind::Threshold { .. } => KeyState::Threshold(Threshold::default()),
-            RuleKind::Spike { .. } => KeyState::Spike(Spike::default()),
-            RuleKind::Absence { .. } => KeyState::Absence(Absence::new(now_ms)),
+            RuleKind::Spike { .. } => KeyState::Spike(Box::default()),
+            RuleKind::Absence { .. } => KeyState::Absence(Box::new(Absence::new(now_ms))),
             RuleKind::Sequence { counts, .. } => KeyState::Sequence(Sequence::new(counts.len())),
             RuleKind::Distinct { .. } => KeyState::Distinct(Distinct::default()),
         }

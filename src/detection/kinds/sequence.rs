@@ -98,6 +98,13 @@ impl Sequence {
         }
     }
 
+    pub(super) fn held(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.recent.len() + usize::from(s.done.is_some()))
+            .sum()
+    }
+
     pub(super) fn steps(&self) -> usize {
         self.steps.len()
     }
@@ -116,6 +123,9 @@ impl Sequence {
         };
         let last = j + 1 == self.steps.len();
         let step = &mut self.steps[j];
+        if step.recent.capacity() == 0 {
+            step.recent.reserve_exact(1);
+        }
         step.recent.push_back((now, event.evidence.clone(), tag));
         while step.recent.len() as u64 > counts[j] {
             step.recent.pop_front();

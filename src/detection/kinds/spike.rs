@@ -121,6 +121,10 @@ impl Spike {
         self.windows.is_empty()
     }
 
+    pub(super) fn held(&self) -> usize {
+        self.windows.back().map_or(0, |(_, n)| *n as usize)
+    }
+
     pub(super) fn last_ms(&self) -> i64 {
         self.evidence
             .last()

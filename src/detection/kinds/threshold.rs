@@ -35,6 +35,10 @@ impl Threshold {
         self.window.is_empty()
     }
 
+    pub(super) fn held(&self) -> usize {
+        self.window.len()
+    }
+
     pub(super) fn last_ms(&self) -> i64 {
         self.window.newest().unwrap_or(i64::MIN)
     }
