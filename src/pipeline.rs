@@ -28,13 +28,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
-/// Longest a step waits for more batches after the first, so that a steady stream of lines
-/// is stored in a few commits a second: each commit rewrites the state of every key and
-/// incident it touched once, however many lines touched it in between.
-const COMMIT_GATHER: Duration = Duration::from_millis(500);
-/// Lines already waiting from which a step gathers more before it commits: below this the
-/// source is quiet and a commit costs little.
-const GATHER_FROM_LINES: usize = 64;
 /// Most lines folded into one store commit. A commit holds the store's write lock while it
 /// applies, and readers (the API) wait for it: under a burst that opens thousands of
 /// incidents, smaller commits keep every wait short, at the price of more flushes.
@@ -182,17 +175,14 @@ impl Pipeline {
                     let Some(first) = batch else { break };
                     let mut lines = first.lines.len();
                     let mut batches = vec![first];
-                    let until = tokio::time::Instant::now() + COMMIT_GATHER;
                     while batches.len() < BATCHES_PER_COMMIT && lines < LINES_PER_COMMIT {
-                        let next = match rx.try_recv() {
-                            Ok(b) => Some(b),
-                            // A quiet source: its lines are stored at once.
-                            Err(_) if lines < GATHER_FROM_LINES => None,
-                            Err(_) => tokio::time::timeout_at(until, rx.recv()).await.ok().flatten(),
-                        };
-                        let Some(b) = next else { break };
-                        lines += b.lines.len();
-                        batches.push(b);
+                        match rx.try_recv() {
+                            Ok(b) => {
+                                lines += b.lines.len();
+                                batches.push(b);
+                            }
+                            Err(_) => break,
+                        }
                     }
                     self.step(batches).await;
                 }

@@ -370,8 +370,7 @@ mod tests {
 
     #[test]
     fn an_incident_reads_back_as_it_was_written_and_a_count_bump_writes_little() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::memory();
         let mut log = EvidenceLog::default();
         let mut incident = sample_incident();
         incident.review = None;

@@ -1,22 +1,26 @@
-//! The embedded store (sled). All sled use lives here, so the engine could be swapped.
+//! The store: every table's layout ([`schema`]), its codecs ([`codec`]), its format version
+//! and migrations ([`migrate`]), over a storage engine ([`engine`]: [`sled`] on disk,
+//! [`memory`] for tools and tests). Domain code reads and writes through here, never
+//! through the engine.
 //!
-//! One tree with a key prefix per kind of record lets a whole pipeline step (incident
-//! changes, window state, file checkpoints and journal cursors) be written as one atomic batch: after a crash
-//! either all of a step is there or none of it, and the replayed lines redo exactly the
-//! missing part.
+//! One ordered key space with a prefix per table lets a whole pipeline step (incident
+//! changes, window state, file checkpoints and journal cursors) be written as one atomic
+//! batch: after a crash either all of a step is there or none of it, and the replayed
+//! lines redo exactly the missing part.
 
 pub mod codec;
+pub mod engine;
 pub mod evidence;
+pub mod memory;
 pub mod migrate;
 pub mod schema;
+pub mod sled;
 
+use engine::{Engine, Write, prefix_end};
 pub use schema::Space;
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-/// Page cache for sled; its default (1 GiB) is far too much for a host agent.
-const CACHE_BYTES: u64 = 64 << 20;
 
 /// The layout of records this release reads and writes. A state directory without a
 /// marker was written by a release before markers existed (format 1); one with a larger
@@ -37,7 +41,7 @@ pub enum StoreError {
     Locked(String),
     /// sled failed.
     #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] ::sled::Error),
     /// A record could not be (de)serialised.
     #[error("store record error: {0}")]
     Record(#[from] serde_json::Error),
@@ -64,8 +68,7 @@ pub type RawRecord = (Vec<u8>, Vec<u8>);
 /// Handle to the store; cheap to clone and safe to share across threads.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
+    engine: Arc<dyn Engine>,
     /// The next id to hand out (see [`Batch::take_id`]), shared by every handle.
     ids: Arc<Mutex<u64>>,
 }
@@ -74,7 +77,7 @@ pub struct Store {
 /// retried with the same changes.
 #[derive(Default, Clone)]
 pub struct Batch {
-    inner: sled::Batch,
+    writes: Vec<Write>,
     empty: bool,
     bytes: usize,
     /// Ids were taken for this batch: the commit stores the new high mark with it.
@@ -85,7 +88,7 @@ impl Batch {
     /// An empty batch.
     pub fn new() -> Self {
         Batch {
-            inner: sled::Batch::default(),
+            writes: Vec::new(),
             empty: true,
             bytes: 0,
             took_ids: false,
@@ -107,7 +110,7 @@ impl Batch {
     pub fn put_raw(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
         let key = space.key(key);
         self.bytes += key.len() + value.len();
-        self.inner.insert(key, value);
+        self.writes.push((key, Some(value)));
         self.empty = false;
     }
 
@@ -115,7 +118,7 @@ impl Batch {
     pub fn remove(&mut self, space: Space, key: &[u8]) {
         let key = space.key(key);
         self.bytes += key.len();
-        self.inner.remove(key);
+        self.writes.push((key, None));
         self.empty = false;
     }
 
@@ -143,37 +146,33 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens (creating if needed) the database in `dir`, migrating an older format.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                other => StoreError::Sled(other),
-            })?;
-        let tree = db.open_tree("logwarden")?;
+        let engine = sled::SledEngine::open(dir)?;
+        Store::on(Arc::new(engine), &dir.display().to_string())
+    }
+
+    /// A store in memory, empty: the same layout and codecs, nothing on disk.
+    pub fn memory() -> Store {
+        Store::on(Arc::new(memory::MemoryEngine::default()), "(memory)")
+            .expect("an empty store in memory opens")
+    }
+
+    /// The store over `engine`, checked for its format (`place` names it in errors).
+    fn on(engine: Arc<dyn Engine>, place: &str) -> Result<Store, StoreError> {
         let mut store = Store {
-            db,
-            tree,
+            engine,
             ids: Arc::new(Mutex::new(0)),
         };
         // A store without a marker is empty (new) or of format 1, which had none.
         let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
             Some(found) => found,
-            None if store.tree.is_empty() => FORMAT,
+            None if store.engine.is_empty()? => FORMAT,
             None => 1,
         };
         if found > FORMAT {
             return Err(StoreError::NewerFormat {
-                dir: dir.display().to_string(),
+                dir: place.to_string(),
                 found,
                 supported: FORMAT,
             });
@@ -181,12 +180,12 @@ impl Store {
         // Ids continue above every id stored and every id sled handed out (format 1 took
         // ids from sled; its counter survives crashes by skipping ahead).
         let stored_next = store.get::<u64>(Space::Meta, NEXT_ID_KEY)?.unwrap_or(0);
-        store.ids = Arc::new(Mutex::new(stored_next.max(store.db.generate_id()? + 1)));
+        store.ids = Arc::new(Mutex::new(stored_next.max(store.engine.ids_above()?)));
         // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
         let mut batch = Batch::new();
         if found < FORMAT {
             migrate::from_v1(&store, &mut batch)?;
-            tracing::info!(dir = %dir.display(), from = found, to = FORMAT, "state directory migrated");
+            tracing::info!(dir = %place, from = found, to = FORMAT, "state directory migrated");
         }
         if found < FORMAT || store.get::<u64>(Space::Meta, FORMAT_KEY)?.is_none() {
             batch.put(Space::Meta, FORMAT_KEY, &FORMAT)?;
@@ -206,28 +205,43 @@ impl Store {
             // earlier cannot store a lower mark after one that took them later.
             let next = self.ids.lock().expect("ids lock");
             batch.put(Space::Meta, NEXT_ID_KEY, &*next)?;
-            self.tree.apply_batch(batch.inner)?;
-            return Ok(());
+            return self.engine.apply(batch.writes);
         }
-        self.tree.apply_batch(batch.inner)?;
-        Ok(())
+        self.engine.apply(batch.writes)
     }
 
-    /// Makes everything committed so far durable on disk.
+    /// Makes everything committed so far durable on disk (on the blocking pool: the
+    /// engine's flush waits for the disk).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush())
+            .await
+            .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
     }
 
     /// Blocking variant of [`Store::flush`] for threads outside the runtime.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.engine.flush()
+    }
+
+    /// The pairs of a table whose keys (without the table's prefix) start with `within`,
+    /// in key order, keys without the table's prefix.
+    fn within<'a>(
+        &'a self,
+        space: Space,
+        within: &[u8],
+    ) -> impl Iterator<Item = Result<RawRecord, StoreError>> + 'a {
+        let from = space.key(within);
+        let to = prefix_end(&from);
+        let skip = space.prefix().len();
+        self.engine
+            .range(&from, to.as_deref())
+            .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
     }
 
     /// Reads one record's bytes.
     pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(space.key(key))?.map(|v| v.to_vec()))
+        self.engine.get(&space.key(key))
     }
 
     /// Every record of a kind whose key (without the kind's prefix) starts with `within`,
@@ -237,14 +251,7 @@ impl Store {
         space: Space,
         within: &[u8],
     ) -> Result<Vec<RawRecord>, StoreError> {
-        let prefix_len = space.prefix().len();
-        self.tree
-            .scan_prefix(space.key(within))
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key[prefix_len..].to_vec(), value.to_vec()))
-            })
-            .collect()
+        self.within(space, within).collect()
     }
 
     /// Keys of the records of a kind from `from` (inclusive) to `to` (exclusive), without
@@ -255,11 +262,10 @@ impl Store {
         from: &[u8],
         to: &[u8],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let prefix_len = space.prefix().len();
-        self.tree
-            .range(space.key(from)..space.key(to))
-            .keys()
-            .map(|k| Ok(k?[prefix_len..].to_vec()))
+        let skip = space.prefix().len();
+        self.engine
+            .range(&space.key(from), Some(&space.key(to)))
+            .map(|item| item.map(|(k, _)| k[skip..].to_vec()))
             .collect()
     }
 
@@ -269,46 +275,32 @@ impl Store {
         space: Space,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.tree.get(space.key(key))? {
+        match self.engine.get(&space.key(key))? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    /// The keys of every record of a kind, in order, without reading the values (cheap
-    /// for large records).
+    /// The keys of every record of a kind, in order.
     pub fn keys(&self, space: Space) -> Result<Vec<Vec<u8>>, StoreError> {
-        let prefix = space.prefix();
-        self.tree
-            .scan_prefix(prefix)
-            .keys()
-            .map(|k| Ok(k?[prefix.len()..].to_vec()))
+        self.within(space, b"")
+            .map(|item| item.map(|(k, _)| k))
             .collect()
     }
 
     /// The last record of a kind in key order, undecoded (the audit log's head).
     pub fn last_raw(&self, space: Space) -> Result<Option<RawRecord>, StoreError> {
-        let prefix = space.prefix();
-        match self.tree.scan_prefix(prefix).next_back() {
-            Some(item) => {
-                let (key, value) = item?;
-                Ok(Some((key[prefix.len()..].to_vec(), value.to_vec())))
-            }
-            None => Ok(None),
-        }
+        let skip = space.prefix().len();
+        Ok(self
+            .engine
+            .last_with_prefix(space.prefix())?
+            .map(|(k, v)| (k[skip..].to_vec(), v)))
     }
 
     /// Every record of a kind in key order, undecoded, so a checker can report an
     /// unreadable record at its position instead of skipping it.
     pub fn scan_raw(&self, space: Space) -> Result<Vec<RawRecord>, StoreError> {
-        let prefix = space.prefix();
-        self.tree
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
-            })
-            .collect()
+        self.within(space, b"").collect()
     }
 
     /// Records of a kind in key order after the key `after` (from the first without it),
@@ -332,12 +324,10 @@ impl Store {
             }
             None => prefix.to_vec(),
         };
+        let end = prefix_end(prefix);
         let mut out: Vec<(Vec<u8>, T)> = Vec::new();
-        for item in self.tree.range(start..) {
+        for item in self.engine.range(&start, end.as_deref()) {
             let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
-            }
             let key = &key[prefix.len()..];
             if out.len() == limit {
                 // More records follow: the next page starts after this page's last.
@@ -358,12 +348,11 @@ impl Store {
     /// Every record of a kind, in key order; unreadable records are skipped with a warning
     /// rather than failing the whole scan.
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
-        let prefix = space.prefix();
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
+        for item in self.within(space, b"") {
             let (key, value) = item?;
             match serde_json::from_slice(&value) {
-                Ok(v) => out.push((key[prefix.len()..].to_vec(), v)),
+                Ok(v) => out.push((key, v)),
                 Err(e) => {
                     tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "skipping unreadable store record")
                 }
@@ -387,6 +376,49 @@ pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store reads and writes the same through either engine.
+    #[test]
+    fn both_engines_serve_the_same_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::open(dir.path()).unwrap(), Store::memory()] {
+            let mut batch = Batch::new();
+            for n in [3u64, 1, 2] {
+                batch.put(Space::Silences, &n.to_be_bytes(), &n).unwrap();
+            }
+            batch.put(Space::Incidents, b"x", &"other table").unwrap();
+            batch.put_raw(Space::Evidence, b"\xff\xff", vec![1, 2]);
+            let first = batch.take_id(&store);
+            store.commit(batch).unwrap();
+            let keys: Vec<u64> = store
+                .scan::<u64>(Space::Silences)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(keys, [1, 2, 3]);
+            assert_eq!(store.last_raw(Space::Silences).unwrap().unwrap().1, b"3");
+            let (page, more) = store
+                .page(Space::Silences, Some(&1u64.to_be_bytes()), 1, |_, v| {
+                    Ok(Some(v.to_vec()))
+                })
+                .unwrap();
+            assert_eq!((page, more.is_some()), (vec![b"2".to_vec()], true));
+            let mut batch = Batch::new();
+            batch.remove(Space::Silences, &2u64.to_be_bytes());
+            assert!(batch.take_id(&store) > first, "ids only grow");
+            store.commit(batch).unwrap();
+            assert_eq!(store.keys(Space::Silences).unwrap().len(), 2);
+            assert_eq!(
+                store.get_raw(Space::Evidence, b"\xff\xff").unwrap(),
+                Some(vec![1, 2])
+            );
+            assert_eq!(
+                store.get::<u64>(Space::Meta, FORMAT_KEY).unwrap(),
+                Some(FORMAT)
+            );
+        }
+    }
 
     #[test]
     fn committed_records_survive_reopening() {
