@@ -99,8 +99,14 @@ impl Pipeline {
         desk.track_active(&store, &book)?;
         let mut saved = Vec::new();
         let mut unreadable = Vec::new();
+        let mut evidence = EvidenceLog::default();
         for (key, value) in store.scan_raw(Space::Windows)? {
-            match decode_window(&key, &value, &mut |r| resolve(&store, r)) {
+            let mut read_line = |loc| {
+                let line = resolve(&store, loc)?;
+                evidence.remember(&line, loc);
+                Ok(line)
+            };
+            match decode_window(&key, &value, &mut read_line) {
                 Ok(window) => saved.push(window),
                 Err(e) => {
                     // A window is a cache of counts: one that cannot be read starts again.
@@ -130,7 +136,7 @@ impl Pipeline {
             health,
             heartbeat,
             desk,
-            evidence: EvidenceLog::default(),
+            evidence,
             last_gc: std::time::Instant::now(),
             stopped: false,
             watermark: None,
@@ -366,12 +372,13 @@ impl Pipeline {
         if let Some(now) = clock {
             notified = self.desk.tick(&mut self.book, &self.outbox, commit, now)?;
         }
-        self.book.write_changes(commit, &mut self.evidence)?;
-        let evidence = &mut self.evidence;
+        self.book
+            .write_changes(&self.store, commit, &mut self.evidence)?;
+        let (evidence, store) = (&mut self.evidence, &self.store);
         for (id, window) in self.detector.take_dirty() {
             match window {
                 Some(w) => {
-                    let value = encode_window(&id, w, &mut |r, e| evidence.store(commit, r, e));
+                    let value = encode_window(&id, w, &mut |e| evidence.store(store, commit, e));
                     commit.put_raw(Space::Windows, &window_key(&id), value);
                 }
                 None => commit.remove(Space::Windows, &window_key(&id)),
@@ -451,7 +458,10 @@ impl Pipeline {
                 Utc::now(),
             ),
         };
-        if let Err(e) = self.book.write_changes(&mut batch, &mut self.evidence) {
+        if let Err(e) = self
+            .book
+            .write_changes(&self.store, &mut batch, &mut self.evidence)
+        {
             self.cannot_build(e);
             let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
                 "the change could not be stored".into(),
@@ -545,10 +555,12 @@ impl Pipeline {
         let result = (|| -> Result<usize, StoreError> {
             let mut referenced = std::collections::HashSet::new();
             for (key, value) in self.store.scan_raw(Space::Windows)? {
-                referenced.extend(crate::detection::stored::window_refs(&key, &value)?);
+                let refs = crate::detection::stored::window_refs(&key, &value)?;
+                referenced.extend(refs.into_iter().map(|loc| loc.block));
             }
             for (_, head) in self.store.scan_raw(Space::Incidents)? {
-                referenced.extend(crate::incidents::stored::head_refs(&head)?);
+                let refs = crate::incidents::stored::head_refs(&head)?;
+                referenced.extend(refs.into_iter().map(|loc| loc.block));
             }
             self.evidence
                 .collect(&self.store, &referenced, before_ms, &mut batch)
@@ -563,7 +575,8 @@ impl Pipeline {
         }
     }
 
-    async fn make_durable(&self, commit: store::Batch, audit: Vec<crate::audit::Entry>) {
+    async fn make_durable(&self, mut commit: store::Batch, audit: Vec<crate::audit::Entry>) {
+        commit.seal();
         self.metrics.store_written.inc_by(commit.bytes() as u64);
         let mut committed = false;
         loop {

@@ -3,7 +3,7 @@
 
 use super::kinds::KeyState;
 use super::{Evidence, Key, SavedWindow, WindowId};
-use crate::store::codec::{CodecError, Dec, Enc, EvidenceRef, placeholder};
+use crate::store::codec::{CodecError, Dec, Enc, Loc, placeholder};
 
 /// Store key of a window: rule, NUL, then the key values as JSON (the rule hash is in the
 /// value).
@@ -22,7 +22,7 @@ pub fn window_key(id: &WindowId) -> Vec<u8> {
 pub fn encode_window(
     id: &WindowId,
     state: &KeyState,
-    sink: &mut dyn FnMut(EvidenceRef, &Evidence),
+    sink: &mut dyn FnMut(&Evidence) -> Loc,
 ) -> Vec<u8> {
     let mut w = Enc::new(sink);
     w.str(&id.rule_hash);
@@ -34,7 +34,7 @@ pub fn encode_window(
 pub fn decode_window(
     key: &[u8],
     value: &[u8],
-    resolve: &mut dyn FnMut(EvidenceRef) -> Result<Evidence, CodecError>,
+    resolve: &mut dyn FnMut(Loc) -> Result<Evidence, CodecError>,
 ) -> Result<SavedWindow, CodecError> {
     let split = key
         .iter()
@@ -59,7 +59,7 @@ pub fn decode_window(
 }
 
 /// The evidence lines a stored window references (read without looking them up).
-pub fn window_refs(key: &[u8], value: &[u8]) -> Result<Vec<EvidenceRef>, CodecError> {
+pub fn window_refs(key: &[u8], value: &[u8]) -> Result<Vec<Loc>, CodecError> {
     let mut refs = Vec::new();
     decode_window(key, value, &mut |r| {
         refs.push(r);

@@ -247,8 +247,8 @@ impl Incident {
 
     /// Adds the whole incident (head, body, every timeline entry and evidence line) to a
     /// store batch; the book writes only what changed.
-    pub fn put(&self, batch: &mut store::Batch) -> Result<(), StoreError> {
-        stored::write(batch, self, None, &mut EvidenceLog::default()).map(|_| ())
+    pub fn put(&self, store: &Store, batch: &mut store::Batch) -> Result<(), StoreError> {
+        stored::write(store, batch, self, None, &mut EvidenceLog::default()).map(|_| ())
     }
 
     fn add_evidence(&mut self, evidence: Evidence) {
@@ -557,6 +557,7 @@ impl IncidentBook {
     /// written: the caller fails the commit and the next write starts from the same marks.
     pub fn write_changes(
         &mut self,
+        store: &Store,
         batch: &mut store::Batch,
         log: &mut EvidenceLog,
     ) -> Result<(), StoreError> {
@@ -565,7 +566,13 @@ impl IncidentBook {
             let Some(incident) = self.open.get(rule).and_then(|o| o.get(key)) else {
                 continue;
             };
-            let mark = stored::write(batch, incident, self.marks.get(&incident.id).copied(), log)?;
+            let mark = stored::write(
+                store,
+                batch,
+                incident,
+                self.marks.get(&incident.id).copied(),
+                log,
+            )?;
             written.push((
                 incident.id.clone(),
                 mark,
@@ -602,6 +609,7 @@ pub fn assign_missing_uids(store: &Store, host: &str) -> Result<usize, StoreErro
         if incident.uid.is_empty() {
             incident.uid = Incident::fleet_uid(host, &incident.id);
             stored::write(
+                store,
                 &mut batch,
                 &incident,
                 Some(mark),
@@ -661,7 +669,7 @@ mod tests {
         let mut old = sample_incident();
         old.uid = String::new();
         let mut batch = store::Batch::new();
-        old.put(&mut batch).unwrap();
+        old.put(&store, &mut batch).unwrap();
         store.commit(batch).unwrap();
         assert_eq!(assign_missing_uids(&store, "gw1").unwrap(), 1);
         let stored: Incident = stored::read(&store, 1).unwrap().unwrap();

@@ -9,7 +9,7 @@
 use super::{Approval, Incident, Review, State, TimelineEntry};
 use crate::detection::Key;
 use crate::rules::Severity;
-use crate::store::codec::{CodecError, Dec, Enc, EvidenceRef};
+use crate::store::codec::{CodecError, Dec, Enc, Loc};
 use crate::store::evidence::{EvidenceLog, resolve};
 use crate::store::{Batch, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,7 @@ fn severity_code(s: Severity) -> u8 {
 /// Adds the incident's changes since `mark` (everything when `None`) to `batch`, with the
 /// evidence lines it references that `log` has not stored yet; returns what is stored now.
 pub fn write(
+    store: &Store,
     batch: &mut Batch,
     incident: &Incident,
     mark: Option<Mark>,
@@ -132,9 +133,8 @@ pub fn write(
             serde_json::to_vec(entry)?,
         );
     }
-    let mut lines = Vec::new();
     let head = {
-        let mut sink = |r: EvidenceRef, e: &crate::detection::Evidence| lines.push((r, e.clone()));
+        let mut sink = |e: &crate::detection::Evidence| log.store(store, batch, e);
         let mut w = Enc::new(&mut sink);
         w.u8(HEAD_VERSION);
         w.u8(state_code(incident.state));
@@ -155,9 +155,6 @@ pub fn write(
         w.u64(incident.timeline.len() as u64);
         w.finish()
     };
-    for (r, e) in &lines {
-        log.store(batch, *r, e);
-    }
     batch.put_raw(Space::Incidents, &k, head);
     Ok(Mark {
         timeline: incident.timeline.len(),
@@ -194,7 +191,7 @@ pub fn head_state(bytes: &[u8]) -> Result<State, CodecError> {
 }
 
 /// The evidence lines a stored head references (read without looking them up).
-pub fn head_refs(bytes: &[u8]) -> Result<Vec<EvidenceRef>, CodecError> {
+pub fn head_refs(bytes: &[u8]) -> Result<Vec<Loc>, CodecError> {
     let mut refs = Vec::new();
     decode_head_with(bytes, &mut |r| {
         refs.push(r);
@@ -204,12 +201,12 @@ pub fn head_refs(bytes: &[u8]) -> Result<Vec<EvidenceRef>, CodecError> {
 }
 
 fn decode_head(store: &Store, bytes: &[u8]) -> Result<Head, CodecError> {
-    decode_head_with(bytes, &mut |r: EvidenceRef| resolve(store, r))
+    decode_head_with(bytes, &mut |loc: Loc| resolve(store, loc))
 }
 
 fn decode_head_with(
     bytes: &[u8],
-    resolve_line: &mut dyn FnMut(EvidenceRef) -> Result<crate::detection::Evidence, CodecError>,
+    resolve_line: &mut dyn FnMut(Loc) -> Result<crate::detection::Evidence, CodecError>,
 ) -> Result<Head, CodecError> {
     let mut r = Dec::new(bytes, resolve_line);
     r.version(HEAD_VERSION)?;
@@ -383,7 +380,7 @@ mod tests {
         };
         incident.evidence = (0..5).map(|n| line(n * 80)).collect();
         let mut batch = Batch::new();
-        let mark = write(&mut batch, &incident, None, &mut log).unwrap();
+        let mark = write(&store, &mut batch, &incident, None, &mut log).unwrap();
         store.commit(batch).unwrap();
         assert_eq!(read(&store, 1).unwrap().unwrap(), incident);
 
@@ -391,7 +388,8 @@ mod tests {
         incident.count += 1;
         incident.evidence.push(line(400));
         let mut batch = Batch::new();
-        let mark = write(&mut batch, &incident, Some(mark), &mut log).unwrap();
+        let mark = write(&store, &mut batch, &incident, Some(mark), &mut log).unwrap();
+        batch.seal();
         let bytes = batch_bytes(&batch);
         assert!(bytes < 600, "a count bump wrote {bytes} bytes");
         store.commit(batch).unwrap();
@@ -407,7 +405,7 @@ mod tests {
             at: incident.opened_at,
         });
         let mut batch = Batch::new();
-        write(&mut batch, &incident, Some(mark), &mut log).unwrap();
+        write(&store, &mut batch, &incident, Some(mark), &mut log).unwrap();
         store.commit(batch).unwrap();
         let (all, more) = page(&store, None, 10, |_| true).unwrap();
         assert_eq!((all, more), (vec![incident], false));

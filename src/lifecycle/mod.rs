@@ -877,7 +877,7 @@ impl Desk {
                 self.trackers.remove(id);
             }
             self.schedule(id, None);
-            incident.put(batch)?;
+            incident.put(store, batch)?;
         }
         Ok(Done {
             reply: serde_json::to_value(&incident).expect("incidents serialise"),
@@ -1065,7 +1065,7 @@ escalation_policies:
                 BTreeMap::from([("ip".to_string(), format!("10.0.{}.{}", n / 250, n % 250))]);
             // Opened a second apart: the one-hour step falls due one incident per second.
             incident.opened_at = opened + chrono::Duration::seconds(n as i64);
-            incident.put(&mut batch).unwrap();
+            incident.put(&store, &mut batch).unwrap();
         }
         store.commit(batch).unwrap();
         let mut book = IncidentBook::load(&store, "web1").unwrap();

@@ -1,14 +1,18 @@
 //! The compact binary codec of records nobody reads but the daemon (evidence lines, window
 //! state, incident heads): varints, length-prefixed text, and evidence lines written as
-//! references to their own records.
+//! references to where they are stored.
 //!
-//! An evidence line is stored once, under [`EvidenceRef::key`], in the commit where it first
-//! counts; every record that shows it (a window, a sequence prefix, a distinct set, an
-//! incident) holds its 16-byte reference. [`Enc::evidence`] writes a reference and hands the
-//! line to the writer's sink, which stores the line unless it already did.
+//! An evidence line is stored once, in the commit where it first counts: every line a
+//! commit stores goes into that commit's evidence block, one record compressed as a whole
+//! (log lines repeat their stamps, hosts and messages, so a block is a fraction of the
+//! lines). Every record that shows a line (a window, a sequence prefix, a distinct set, an
+//! incident) holds its [`Loc`]: the block and the line's place in it, a few bytes.
+//! [`Enc::evidence`] asks the writer's sink where a line is (the sink stores it if it is
+//! not stored yet).
 
 use crate::detection::Evidence;
 use chrono::{DateTime, Utc};
+use std::io::{Read, Write as _};
 use std::sync::Arc;
 
 /// Why bytes could not be decoded.
@@ -25,72 +29,44 @@ pub enum CodecError {
     Version(u8),
 }
 
-/// A reference to a stored evidence line: the line's time (milliseconds, which orders the
-/// records by age for garbage collection) and a hash of everything it holds.
+/// Where a stored evidence line is: its block and its place in the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EvidenceRef {
-    /// The line's time in milliseconds.
-    pub time_ms: i64,
-    /// FNV-1a 64 of source, path, offset, time and text.
-    pub hash: u64,
+pub struct Loc {
+    /// The block (its key in the evidence table).
+    pub block: u64,
+    /// The line's index in the block.
+    pub index: u32,
 }
 
-impl EvidenceRef {
-    /// The reference of a line (the same line always gets the same one).
-    pub fn of(e: &Evidence) -> Self {
-        let mut h = Fnv::default();
-        h.write(e.source.as_bytes());
-        h.write(&[0]);
-        h.write(e.path.as_bytes());
-        h.write(&[0]);
-        h.write(&e.offset.to_le_bytes());
-        h.write(&e.time.timestamp().to_le_bytes());
-        h.write(&e.time.timestamp_subsec_nanos().to_le_bytes());
-        h.write(e.line.as_bytes());
-        EvidenceRef {
-            time_ms: e.time.timestamp_millis(),
-            hash: h.0,
-        }
-    }
-
-    /// The store key: time (sign bit flipped, big-endian, so keys sort by time), then hash.
-    pub fn key(&self) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&((self.time_ms as u64) ^ (1 << 63)).to_be_bytes());
-        k[8..].copy_from_slice(&self.hash.to_be_bytes());
-        k
-    }
-
-    /// The reference a store key names.
-    pub fn from_key(key: &[u8]) -> Option<Self> {
-        let time: [u8; 8] = key.get(..8)?.try_into().ok()?;
-        let hash: [u8; 8] = key.get(8..16)?.try_into().ok()?;
-        Some(EvidenceRef {
-            time_ms: (u64::from_be_bytes(time) ^ (1 << 63)) as i64,
-            hash: u64::from_be_bytes(hash),
-        })
-    }
-
-    /// The key of the first line at or after `time_ms`.
-    pub fn first_key_at(time_ms: i64) -> [u8; 16] {
-        EvidenceRef { time_ms, hash: 0 }.key()
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.block, self.index)
     }
 }
 
-/// A stand-in for the line a reference names, for readers that only collect references.
-pub fn placeholder(r: EvidenceRef) -> Evidence {
+/// A hash of everything a line holds: the same line (source, path, offset, time, text)
+/// is stored once however many records show it.
+pub fn line_hash(e: &Evidence) -> u64 {
+    let mut h = Fnv::default();
+    h.write(e.source.as_bytes());
+    h.write(&[0]);
+    h.write(e.path.as_bytes());
+    h.write(&[0]);
+    h.write(&e.offset.to_le_bytes());
+    h.write(&e.time.timestamp().to_le_bytes());
+    h.write(&e.time.timestamp_subsec_nanos().to_le_bytes());
+    h.write(e.line.as_bytes());
+    h.0
+}
+
+/// A stand-in for the line at a place, for readers that only collect places.
+pub fn placeholder(_: Loc) -> Evidence {
     Evidence {
         source: "".into(),
         path: "".into(),
         offset: 0,
-        time: DateTime::from_timestamp_millis(r.time_ms).unwrap_or_default(),
+        time: DateTime::default(),
         line: "".into(),
-    }
-}
-
-impl std::fmt::Display for EvidenceRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{:016x}", self.time_ms, self.hash)
     }
 }
 
@@ -112,48 +88,85 @@ impl Fnv {
     }
 }
 
-/// Version byte of an evidence line record.
-const EVIDENCE_VERSION: u8 = 1;
+/// Version of the evidence block layout.
+const BLOCK_VERSION: u8 = 1;
 
-/// An evidence line's own record (its time and hash are in the key).
-pub fn encode_evidence(e: &Evidence) -> Vec<u8> {
-    let mut w = Enc::plain();
-    w.u8(EVIDENCE_VERSION);
-    w.time(e.time);
-    w.u64(e.offset);
-    w.str(&e.source);
-    w.str(&e.path);
-    w.str(&e.line);
-    w.finish()
+/// An evidence block: version, the newest line's time (ms; what garbage collection
+/// judges age by), then the lines, deflated.
+pub fn encode_block(lines: &[Evidence]) -> Vec<u8> {
+    let newest = lines
+        .iter()
+        .map(|e| e.time.timestamp_millis())
+        .max()
+        .unwrap_or(i64::MIN);
+    let mut head = Enc::plain();
+    head.u8(BLOCK_VERSION);
+    head.i64(newest);
+    let mut body = Enc::plain();
+    body.u64(lines.len() as u64);
+    for e in lines {
+        body.time(e.time);
+        body.u64(e.offset);
+        body.str(&e.source);
+        body.str(&e.path);
+        body.str(&e.line);
+    }
+    let mut out = head.finish();
+    let mut z = flate2::write::DeflateEncoder::new(&mut out, flate2::Compression::fast());
+    z.write_all(&body.finish()).expect("writing to memory");
+    z.finish().expect("writing to memory");
+    out
 }
 
-/// Reads an evidence line record.
-pub fn decode_evidence(bytes: &[u8]) -> Result<Evidence, CodecError> {
+/// The newest line's time in a block (ms), read without inflating it.
+pub fn block_newest_ms(bytes: &[u8]) -> Result<i64, CodecError> {
     let mut r = Dec::plain(bytes);
-    r.version(EVIDENCE_VERSION)?;
-    let time = r.time()?;
-    let offset = r.u64()?;
-    let source: Arc<str> = r.str()?.into();
-    let path: Arc<str> = r.str()?.into();
-    let line: Arc<str> = r.str()?.into();
-    Ok(Evidence {
-        source,
-        path,
-        offset,
-        time,
-        line,
-    })
+    r.version(BLOCK_VERSION)?;
+    r.i64()
 }
+
+/// Reads an evidence block's lines.
+pub fn decode_block(bytes: &[u8]) -> Result<Vec<Evidence>, CodecError> {
+    let mut r = Dec::plain(bytes);
+    r.version(BLOCK_VERSION)?;
+    r.i64()?;
+    let mut body = Vec::new();
+    flate2::read::DeflateDecoder::new(r.buf)
+        .take(MAX_BLOCK_BYTES)
+        .read_to_end(&mut body)
+        .map_err(|_| CodecError::Malformed("evidence block does not inflate"))?;
+    let mut r = Dec::plain(&body);
+    let n = r.len()?;
+    let mut lines = Vec::with_capacity(n);
+    for _ in 0..n {
+        let time = r.time()?;
+        let offset = r.u64()?;
+        let source: Arc<str> = r.str()?.into();
+        let path: Arc<str> = r.str()?.into();
+        let line: Arc<str> = r.str()?.into();
+        lines.push(Evidence {
+            source,
+            path,
+            offset,
+            time,
+            line,
+        });
+    }
+    Ok(lines)
+}
+
+/// Most bytes a block inflates to (a commit's lines are bounded; this bounds a corrupt one).
+const MAX_BLOCK_BYTES: u64 = 256 << 20;
 
 /// Writes a record.
 pub struct Enc<'a> {
     buf: Vec<u8>,
-    sink: Option<&'a mut dyn FnMut(EvidenceRef, &Evidence)>,
+    sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
 }
 
 impl<'a> Enc<'a> {
-    /// A writer that hands every evidence line it references to `sink`.
-    pub fn new(sink: &'a mut dyn FnMut(EvidenceRef, &Evidence)) -> Self {
+    /// A writer that asks `sink` where each evidence line it references is stored.
+    pub fn new(sink: &'a mut dyn FnMut(&Evidence) -> Loc) -> Self {
         Enc {
             buf: Vec::with_capacity(64),
             sink: Some(sink),
@@ -230,14 +243,14 @@ impl<'a> Enc<'a> {
         }
     }
 
-    /// A reference to an evidence line (the line goes to the sink).
+    /// A reference to an evidence line: where the sink says it is stored.
     pub fn evidence(&mut self, e: &Evidence) {
-        let r = EvidenceRef::of(e);
-        self.i64(r.time_ms);
-        self.buf.extend_from_slice(&r.hash.to_le_bytes());
-        if let Some(sink) = self.sink.as_mut() {
-            sink(r, e);
-        }
+        let loc = match self.sink.as_mut() {
+            Some(sink) => sink(e),
+            None => panic!("a writer without a sink cannot reference evidence"),
+        };
+        self.u64(loc.block);
+        self.u64(u64::from(loc.index));
     }
 
     /// A list of evidence references.
@@ -260,14 +273,14 @@ impl<'a> Enc<'a> {
 /// Reads a record written by [`Enc`].
 pub struct Dec<'a> {
     buf: &'a [u8],
-    resolve: Option<&'a mut dyn FnMut(EvidenceRef) -> Result<Evidence, CodecError>>,
+    resolve: Option<&'a mut dyn FnMut(Loc) -> Result<Evidence, CodecError>>,
 }
 
 impl<'a> Dec<'a> {
     /// A reader that looks evidence references up with `resolve`.
     pub fn new(
         buf: &'a [u8],
-        resolve: &'a mut dyn FnMut(EvidenceRef) -> Result<Evidence, CodecError>,
+        resolve: &'a mut dyn FnMut(Loc) -> Result<Evidence, CodecError>,
     ) -> Self {
         Dec {
             buf,
@@ -388,18 +401,12 @@ impl<'a> Dec<'a> {
 
     /// An evidence reference, looked up.
     pub fn evidence(&mut self) -> Result<Evidence, CodecError> {
-        let time_ms = self.i64()?;
-        let hash: [u8; 8] = self
-            .take(8)?
-            .try_into()
-            .map_err(|_| CodecError::Malformed("reference"))?;
-        let r = EvidenceRef {
-            time_ms,
-            hash: u64::from_le_bytes(hash),
-        };
+        let block = self.u64()?;
+        let index = u32::try_from(self.u64()?).map_err(|_| CodecError::Malformed("line index"))?;
+        let loc = Loc { block, index };
         match self.resolve.as_mut() {
-            Some(resolve) => resolve(r),
-            None => Err(CodecError::MissingEvidence(r.to_string())),
+            Some(resolve) => resolve(loc),
+            None => Err(CodecError::MissingEvidence(loc.to_string())),
         }
     }
 
@@ -439,11 +446,17 @@ mod tests {
     }
 
     #[test]
-    fn values_and_evidence_references_round_trip() {
+    fn values_and_evidence_references_round_trip_through_a_block() {
         let a = line(1_700_000_000_000, "Failed password for root from 10.0.0.1");
         let b = line(-5, "before 1970");
-        let mut seen = Vec::new();
-        let mut sink = |r: EvidenceRef, e: &Evidence| seen.push((r, e.clone()));
+        let mut block = Vec::new();
+        let mut sink = |e: &Evidence| {
+            block.push(e.clone());
+            Loc {
+                block: 7,
+                index: block.len() as u32 - 1,
+            }
+        };
         let mut w = Enc::new(&mut sink);
         w.u64(300);
         w.i64(-77);
@@ -452,10 +465,13 @@ mod tests {
         w.evidence_list([&a, &b].into_iter());
         w.f64(1.5);
         let bytes = w.finish();
-        assert_eq!(seen.len(), 2);
-        let stored: std::collections::HashMap<EvidenceRef, Vec<u8>> =
-            seen.iter().map(|(r, e)| (*r, encode_evidence(e))).collect();
-        let mut resolve = |r: EvidenceRef| decode_evidence(&stored[&r]);
+        let stored = encode_block(&block);
+        assert_eq!(block_newest_ms(&stored).unwrap(), 1_700_000_000_000);
+        let lines = decode_block(&stored).unwrap();
+        let mut resolve = |loc: Loc| {
+            assert_eq!(loc.block, 7);
+            Ok(lines[loc.index as usize].clone())
+        };
         let mut r = Dec::new(&bytes, &mut resolve);
         assert_eq!(r.u64().unwrap(), 300);
         assert_eq!(r.i64().unwrap(), -77);
@@ -464,10 +480,31 @@ mod tests {
         assert_eq!(r.evidence_list().unwrap(), vec![a.clone(), b.clone()]);
         assert_eq!(r.f64().unwrap(), 1.5);
         assert!(r.is_done());
-        // Keys sort by time, also across 1970.
-        let (ka, kb) = (EvidenceRef::of(&a).key(), EvidenceRef::of(&b).key());
-        assert!(kb < ka);
-        assert_eq!(EvidenceRef::from_key(&ka), Some(EvidenceRef::of(&a)));
+        assert_ne!(line_hash(&a), line_hash(&b));
+    }
+
+    #[test]
+    fn a_block_of_similar_lines_is_a_fraction_of_them() {
+        let lines: Vec<Evidence> = (0..300)
+            .map(|n| {
+                line(
+                    1_700_000_000_000 + n,
+                    &format!(
+                        "Dec  1 22:56:{:02} web1 sshd[{}]: Failed password for invalid user admin{} from 198.51.{}.{} port {} ssh2",
+                        n % 60,
+                        1000 + n * 7,
+                        n % 13,
+                        n % 250,
+                        n * 3 % 250,
+                        40000 + n
+                    ),
+                )
+            })
+            .collect();
+        let raw: usize = lines.iter().map(|e| e.line.len()).sum();
+        let stored = encode_block(&lines);
+        assert!(stored.len() * 3 < raw, "{} of {raw} bytes", stored.len());
+        assert_eq!(decode_block(&stored).unwrap(), lines);
     }
 
     #[test]
@@ -486,5 +523,7 @@ mod tests {
             Dec::plain(&[9]).version(1),
             Err(CodecError::Version(9))
         ));
+        let block = encode_block(&[line(0, "x")]);
+        assert!(decode_block(&block[..block.len() - 1]).is_err());
     }
 }

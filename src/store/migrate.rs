@@ -20,7 +20,7 @@ pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
     for (key, bytes) in store.scan_raw(Space::Incidents)? {
         match serde_json::from_slice::<Incident>(&bytes) {
             Ok(incident) => {
-                stored::write(batch, &incident, None, &mut log)?;
+                stored::write(store, batch, &incident, None, &mut log)?;
                 incidents += 1;
             }
             Err(e) => {
@@ -33,8 +33,8 @@ pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
     for (key, bytes) in store.scan_raw(Space::Windows)? {
         match serde_json::from_slice::<SavedWindow>(&bytes) {
             Ok((id, state)) => {
-                let value = crate::detection::encode_window(&id, &state, &mut |r, e| {
-                    log.store(batch, r, e)
+                let value = crate::detection::encode_window(&id, &state, &mut |e| {
+                    log.store(store, batch, e)
                 });
                 batch.put_raw(Space::Windows, &key, value);
                 windows += 1;

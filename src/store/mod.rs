@@ -16,9 +16,12 @@ pub mod migrate;
 pub mod schema;
 pub mod sled;
 
+use crate::detection::Evidence;
+use codec::{CodecError, Loc};
 use engine::{Engine, Write, prefix_end};
 pub use schema::Space;
 use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +33,8 @@ pub const FORMAT: u64 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 /// Meta key of the next id to hand out.
 const NEXT_ID_KEY: &[u8] = b"next_id";
+/// Decoded evidence blocks kept for reads (restoring windows, API pages).
+const BLOCKS_CACHED: usize = 64;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,9 @@ pub type RawRecord = (Vec<u8>, Vec<u8>);
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    /// Evidence blocks read lately, decoded (blocks never change; collected ones are
+    /// forgotten).
+    blocks: Arc<Mutex<HashMap<u64, Arc<Vec<Evidence>>>>>,
     /// The next id to hand out (see [`Batch::take_id`]), shared by every handle.
     ids: Arc<Mutex<u64>>,
 }
@@ -82,6 +90,8 @@ pub struct Batch {
     bytes: usize,
     /// Ids were taken for this batch: the commit stores the new high mark with it.
     took_ids: bool,
+    /// The evidence lines this batch stores, as one block: its id and the lines.
+    block: Option<(u64, Vec<Evidence>)>,
 }
 
 impl Batch {
@@ -92,6 +102,7 @@ impl Batch {
             empty: true,
             bytes: 0,
             took_ids: false,
+            block: None,
         }
     }
 
@@ -134,6 +145,32 @@ impl Batch {
         id
     }
 
+    /// Adds an evidence line to this batch's block; returns where it will be.
+    pub fn add_evidence(&mut self, store: &Store, e: &Evidence) -> Loc {
+        if self.block.is_none() {
+            let id = self.take_id(store);
+            self.block = Some((id, Vec::new()));
+        }
+        let (block, lines) = self.block.as_mut().expect("made above");
+        lines.push(e.clone());
+        Loc {
+            block: *block,
+            index: (lines.len() - 1) as u32,
+        }
+    }
+
+    /// Writes the evidence block (compressed) into the batch; the lines added since are
+    /// another block. Done by [`Store::commit`] at the latest.
+    pub fn seal(&mut self) {
+        if let Some((block, lines)) = self.block.take() {
+            self.put_raw(
+                Space::Evidence,
+                &evidence::block_key(block),
+                codec::encode_block(&lines),
+            );
+        }
+    }
+
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.empty
@@ -162,6 +199,7 @@ impl Store {
     fn on(engine: Arc<dyn Engine>, place: &str) -> Result<Store, StoreError> {
         let mut store = Store {
             engine,
+            blocks: Arc::new(Mutex::new(HashMap::new())),
             ids: Arc::new(Mutex::new(0)),
         };
         // A store without a marker is empty (new) or of format 1, which had none.
@@ -197,6 +235,7 @@ impl Store {
 
     /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
     pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        batch.seal();
         if batch.empty {
             return Ok(());
         }
@@ -237,6 +276,45 @@ impl Store {
         self.engine
             .range(&from, to.as_deref())
             .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+    }
+
+    /// The evidence line at `loc`.
+    pub fn evidence(&self, loc: Loc) -> Result<Evidence, CodecError> {
+        let missing = || CodecError::MissingEvidence(loc.to_string());
+        let cached = self
+            .blocks
+            .lock()
+            .expect("blocks lock")
+            .get(&loc.block)
+            .cloned();
+        let lines = match cached {
+            Some(lines) => lines,
+            None => {
+                let bytes = self
+                    .get_raw(Space::Evidence, &evidence::block_key(loc.block))
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot read an evidence block");
+                        missing()
+                    })?
+                    .ok_or_else(missing)?;
+                let lines = Arc::new(codec::decode_block(&bytes)?);
+                let mut blocks = self.blocks.lock().expect("blocks lock");
+                if blocks.len() >= BLOCKS_CACHED {
+                    blocks.clear();
+                }
+                blocks.insert(loc.block, lines.clone());
+                lines
+            }
+        };
+        lines.get(loc.index as usize).cloned().ok_or_else(missing)
+    }
+
+    /// Drops collected blocks from the cache of decoded ones.
+    pub fn forget_blocks(&self, gone: &std::collections::HashSet<u64>) {
+        self.blocks
+            .lock()
+            .expect("blocks lock")
+            .retain(|b, _| !gone.contains(b));
     }
 
     /// Reads one record's bytes.
