@@ -136,7 +136,7 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<Evidence>, CodecError> {
         .read_to_end(&mut body)
         .map_err(|_| CodecError::Malformed("evidence block does not inflate"))?;
     let mut r = Dec::plain(&body);
-    let n = r.len()?;
+    let n = r.count()?;
     let mut lines = Vec::with_capacity(n);
     for _ in 0..n {
         let time = r.time()?;
@@ -336,7 +336,7 @@ impl<'a> Dec<'a> {
 
     /// A count of items that follow, bounded by the bytes left (each item takes at least
     /// one byte), so a corrupt length cannot make a huge allocation.
-    pub fn len(&mut self) -> Result<usize, CodecError> {
+    pub fn count(&mut self) -> Result<usize, CodecError> {
         let n = self.u64()?;
         if n > self.buf.len() as u64 {
             return Err(CodecError::Malformed("length beyond the record"));
@@ -370,7 +370,7 @@ impl<'a> Dec<'a> {
 
     /// Length-prefixed text.
     pub fn str(&mut self) -> Result<&'a str, CodecError> {
-        let n = self.len()?;
+        let n = self.count()?;
         std::str::from_utf8(self.take(n)?).map_err(|_| CodecError::Malformed("text"))
     }
 
@@ -412,7 +412,7 @@ impl<'a> Dec<'a> {
 
     /// A list of evidence references, looked up.
     pub fn evidence_list(&mut self) -> Result<Vec<Evidence>, CodecError> {
-        let n = self.len()?;
+        let n = self.count()?;
         (0..n).map(|_| self.evidence()).collect()
     }
 
@@ -518,7 +518,7 @@ mod tests {
         // A length far beyond the record.
         let mut w = Enc::plain();
         w.u64(u64::MAX);
-        assert!(Dec::plain(&w.finish()).len().is_err());
+        assert!(Dec::plain(&w.finish()).count().is_err());
         assert!(matches!(
             Dec::plain(&[9]).version(1),
             Err(CodecError::Version(9))

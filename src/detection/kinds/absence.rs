@@ -46,7 +46,7 @@ impl Absence {
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         let since_ms = r.i64()?;
-        let n = r.len()?;
+        let n = r.count()?;
         let recent = (0..n).map(|_| r.i64()).collect::<Result<_, _>>()?;
         let last = r.opt_evidence()?;
         let gap_ms = if r.bool()? { Some(r.i64()?) } else { None };

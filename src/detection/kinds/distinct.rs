@@ -45,7 +45,7 @@ impl Distinct {
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
-        let n = r.len()?;
+        let n = r.count()?;
         let mut values = Vec::with_capacity(n);
         for _ in 0..n {
             let value = r.str()?.to_string();

@@ -78,10 +78,10 @@ impl Sequence {
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
-        let n = r.len()?;
+        let n = r.count()?;
         let mut steps = Vec::with_capacity(n);
         for _ in 0..n {
-            let m = r.len()?;
+            let m = r.count()?;
             let mut recent = VecDeque::with_capacity(m);
             for _ in 0..m {
                 recent.push_back((r.i64()?, r.evidence()?, Prefix::decode_opt(r)?));

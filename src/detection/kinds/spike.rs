@@ -34,7 +34,7 @@ impl Spike {
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
-        let n = r.len()?;
+        let n = r.count()?;
         let mut windows = VecDeque::with_capacity(n);
         for _ in 0..n {
             windows.push_back((r.i64()?, r.u64()?));
