@@ -8,15 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# Floating-point arithmetic (awk is on every machine; bc is not).
-calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
+source bench/lib.sh
 
 cargo build --release --quiet --bin logwarden --example detect_bench
 bin=target/release/examples/detect_bench

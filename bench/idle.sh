@@ -8,20 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
-ticks=$(getconf CLK_TCK)
+source bench/lib.sh
 
 cargo build --release --quiet --bin logwarden
 bin=$PWD/target/release/logwarden
 
-cpu_seconds() { awk -v t="$ticks" '{ printf "%.3f\n", ($14 + $15) / t }' "/proc/$pid/stat"; }
 switches() {
   cat /proc/"$pid"/task/*/status 2>/dev/null |
     awk '/ctxt_switches/ { s += $2 } END { printf "%d\n", s }'
@@ -38,9 +29,9 @@ measure() {
   done
   sleep 2
   local c0 s0 c1 s1
-  c0=$(cpu_seconds); s0=$(switches)
+  c0=$(cpu_seconds "$pid"); s0=$(switches)
   sleep "$seconds"
-  c1=$(cpu_seconds); s1=$(switches)
+  c1=$(cpu_seconds "$pid"); s1=$(switches)
   local rss
   rss=$(awk '/VmRSS/ { printf "%.1f\n", $2 / 1024 }' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=

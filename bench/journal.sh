@@ -13,14 +13,7 @@ for p in /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-re
   [ -x "$p" ] && remote=$p && break
 done
 [ -n "$remote" ] || { echo "systemd-journal-remote not installed" >&2; exit 2; }
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
+source bench/lib.sh
 now() { date +%s.%N; }
 
 cargo build --release --quiet --bin logwarden

@@ -21,23 +21,11 @@ cd "$(dirname "$0")/.."
 attackers=${1:-20000}
 baseline=${2:-1000}
 port=9797
-work=$(mktemp -d)
-pid=
-prober=
-cleanup() {
-  [ -n "$prober" ] && kill "$prober" 2>/dev/null || true
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-calc() { awk "BEGIN { printf \"%.10g\\n\", ($1) }"; }
-ticks=$(getconf CLK_TCK)
+source bench/lib.sh
 
 cargo build --release --quiet --bin logwarden
 bin=target/release/logwarden
 
-# CPU seconds (user + system) the daemon has used.
-cpu_seconds() { awk -v t="$ticks" '{ printf "%.3f\n", ($14 + $15) / t }' "/proc/$pid/stat"; }
 alive() {
   kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.err" >&2; echo "the daemon exited" >&2; exit 1; }
 }
@@ -109,6 +97,7 @@ EOF
   echo "10 0 0" >"$work/probe"
   probe "$work/probe" &
   prober=$!
+  also_stop=("$prober")
   local start end
   start=$(date +%s.%N)
   cat "$work/attack.log" >>"$work/log/auth.log"
@@ -125,12 +114,12 @@ EOF
   done
   local sent
   sent=$(date +%s.%N)
-  kill "$prober"; wait "$prober" 2>/dev/null || true; prober=
+  kill "$prober"; wait "$prober" 2>/dev/null || true; also_stop=()
   read -r worst_h worst_m worst_i <"$work/probe"
   open_s=$(calc "$end - $start")
   sent_s=$(calc "$sent - $start")
   local c0 c1
-  c0=$(cpu_seconds); sleep 10; c1=$(cpu_seconds)
+  c0=$(cpu_seconds "$pid"); sleep 10; c1=$(cpu_seconds "$pid")
   idle=$(calc "($c1 - $c0) / 10")
   rss=$(awk '/VmRSS/ { printf "%.0f\n", $2 / 1024 }' "/proc/$pid/status")
   # One more attacker: how long until its notification is written.

@@ -5,6 +5,7 @@
 //! config works whatever directory the daemon is started from.
 
 use crate::diag::{Diagnostic, YamlLocator};
+use crate::duration::HumanDuration;
 use crate::sources::timestamp::TimestampFormat;
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
@@ -39,6 +40,9 @@ pub struct Config {
     /// Address of the HTTP server (metrics, health, API).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Timeouts and the connection limit of the HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// API authentication.
     #[serde(default)]
     pub api: ApiConfig,
@@ -257,10 +261,74 @@ pub struct SyslogListen {
     /// Most TCP connections served at once; more are refused and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A TCP connection that sends nothing for this long is closed and counted, so idle
+    /// sockets cannot hold every connection slot.
+    #[serde(default = "default_syslog_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// A TCP frame must arrive whole within this long of its first byte, else the
+    /// connection is closed and counted (a sender trickling a frame holds no slot forever).
+    #[serde(default = "default_syslog_frame_timeout")]
+    pub frame_timeout: HumanDuration,
+    /// The UDP socket's kernel receive buffer (`SO_RCVBUF`) in bytes; default: the kernel's.
+    /// Datagrams that arrive while it is full are dropped by the kernel and counted in
+    /// `logwarden_syslog_udp_kernel_drops_total`.
+    #[serde(default)]
+    pub udp_buffer_bytes: Option<usize>,
 }
 
 fn default_max_connections() -> usize {
     256
+}
+
+fn default_syslog_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
+}
+
+fn default_syslog_frame_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+/// Largest `udp_buffer_bytes` accepted (the kernel caps it further at `net.core.rmem_max`).
+const MAX_UDP_BUFFER_BYTES: usize = 1 << 30;
+
+/// Limits of the HTTP server (metrics, health, API), so slow or idle clients cannot use
+/// up its connections or the process's descriptors.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Most connections served at once; more wait in the kernel's accept queue.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// A request's headers must arrive whole within this long (also the longest wait for
+    /// the next request on a kept-alive connection), else the connection is closed.
+    #[serde(default = "default_http_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// A connection on which no byte moves either way for this long is closed (a client
+    /// that stops reading a response or sending a body).
+    #[serde(default = "default_http_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: default_http_max_connections(),
+            header_timeout: default_http_header_timeout(),
+            idle_timeout: default_http_idle_timeout(),
+        }
+    }
+}
+
+fn default_http_max_connections() -> usize {
+    256
+}
+
+fn default_http_header_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+fn default_http_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
 }
 
 /// A role: the people behind it are reached through these receivers.
@@ -430,6 +498,29 @@ impl Config {
                         format!("syslog source {:?} needs udp or tcp", source.name),
                     ));
                 }
+                if listen.max_connections == 0 {
+                    problems.push(Diagnostic::at(
+                        path,
+                        loc.key_in_block(at, "syslog"),
+                        format!(
+                            "syslog source {:?}: max_connections must be at least 1",
+                            source.name
+                        ),
+                    ));
+                }
+                if listen
+                    .udp_buffer_bytes
+                    .is_some_and(|b| b == 0 || b > MAX_UDP_BUFFER_BYTES)
+                {
+                    problems.push(Diagnostic::at(
+                        path,
+                        loc.key_in_block(at, "syslog"),
+                        format!(
+                            "syslog source {:?}: udp_buffer_bytes must be 1 to {MAX_UDP_BUFFER_BYTES}",
+                            source.name
+                        ),
+                    ));
+                }
                 for addr in listen.udp.iter().chain(&listen.tcp) {
                     if addr.parse::<std::net::SocketAddr>().is_err() {
                         problems.push(Diagnostic::at(
@@ -506,6 +597,13 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.http.max_connections == 0 {
+            problems.push(Diagnostic::at(
+                path,
+                loc.top_key("http"),
+                "http: max_connections must be at least 1".to_string(),
+            ));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(Diagnostic::at(

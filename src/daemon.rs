@@ -167,10 +167,12 @@ async fn serve(
     .map_err(|e| RunError::Io(e.to_string()))?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (terminating, terminating_rx) = watch::channel(false);
     let pipeline = pipeline
         .with_reloads(reload_rx)
         .with_commands(command_rx)
-        .with_line_time(config.line_time);
+        .with_line_time(config.line_time)
+        .with_terminating(terminating_rx);
     let reloader = Reloader {
         paths: config.rules.clone(),
         ctx: rule_context(&config),
@@ -196,7 +198,7 @@ async fn serve(
                 .enable_all()
                 .build()
                 .expect("pipeline runtime");
-            rt.block_on(pipeline.run(batch_rx, pipeline_stop_rx));
+            rt.block_on(pipeline.run(batch_rx, pipeline_stop_rx))
         })
         .map_err(|e| RunError::Io(e.to_string()))?;
 
@@ -280,18 +282,17 @@ async fn serve(
             refusals.record_due_refusals();
         }
     });
-    let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let app =
-        api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_http_rx.changed().await;
-    });
+    let (stop_http, stop_http_rx) = watch::channel(false);
+    let server = crate::http::serve(
+        listener,
+        api::router(state.clone()),
+        config.http,
+        stop_http_rx,
+    );
     let guard = vitals.guard("HTTP server");
     let http_task = tokio::spawn(async move {
         let _guard = guard;
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        server.await
     });
     tracing::info!(listen = %config.listen, "logwarden running");
 
@@ -318,6 +319,9 @@ async fn serve(
         why = failures.next() => Some(why),
     };
     vitals.stopping();
+    // A pipeline stuck retrying a failing store (a full disk) gives up now, so the sources
+    // it blocks can end and the daemon stops within its stop timeout.
+    let _ = terminating.send(true);
     match &failure {
         None => {
             tracing::info!("shutting down");
@@ -341,7 +345,10 @@ async fn serve(
         let _ = tokio::task::spawn_blocking(move || journal.thread.join()).await;
     }
     let _ = stop_pipeline.send(true);
-    let _ = tokio::task::spawn_blocking(move || pipeline_thread.join()).await;
+    let not_stored = match tokio::task::spawn_blocking(move || pipeline_thread.join()).await {
+        Ok(Ok(Err(e))) => Some(e),
+        _ => None,
+    };
     delivery.stop(NOTIFY_DRAIN).await;
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
@@ -352,10 +359,12 @@ async fn serve(
     if !last.is_empty() {
         state.audit.record(&last);
     }
-    store
-        .flush()
-        .await
-        .map_err(|e| RunError::Io(e.to_string()))?;
+    let flushed = store.flush().await;
+    if let Some(e) = not_stored {
+        tracing::error!(error = %e, "stopped with changes that could not be stored");
+        return Err(RunError::Io(e.to_string()));
+    }
+    flushed.map_err(|e| RunError::Io(e.to_string()))?;
     match failure {
         None => {
             tracing::info!("stopped");

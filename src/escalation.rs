@@ -348,6 +348,30 @@ escalation_policies:
         assert!(tr.held.is_empty() && tr.reached.contains("press"));
     }
 
+    /// The next due time is the earliest step still to fire, exactly when `fire_due`
+    /// would fire it; steps above the severity, and incidents past `until`, have none.
+    #[test]
+    fn next_due_is_when_fire_due_fires() {
+        let p = policies();
+        let mut incident = sample_incident();
+        let t0 = incident.opened_at;
+        let mut tr = p.track(&incident);
+        assert_eq!(p.next_due(&tr, &incident), Some(t0));
+        p.fire_due(&mut tr, &incident, t0);
+        // The lead's step at 10m; the boss's (critical only) not while high.
+        let due = p.next_due(&tr, &incident).unwrap();
+        assert_eq!(due, t0 + Duration::minutes(10));
+        let just_before = due - Duration::milliseconds(1);
+        assert!(p.fire_due(&mut tr, &incident, just_before).is_empty());
+        assert_eq!(p.fire_due(&mut tr, &incident, due).len(), 1);
+        // Repeats every 5m from when it fired.
+        assert_eq!(p.next_due(&tr, &incident), Some(due + Duration::minutes(5)));
+        incident.severity = Severity::Critical;
+        assert_eq!(p.next_due(&tr, &incident), Some(t0 + Duration::minutes(1)));
+        incident.state = State::Acknowledged;
+        assert_eq!(p.next_due(&tr, &incident), None);
+    }
+
     #[test]
     fn until_contained_keeps_firing_after_acknowledgement() {
         let p = policies();

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub journal_restarts: IntCounterVec,
     /// Syslog frames dropped, by source and reason (oversized, malformed, connection_refused).
     pub syslog_frames_dropped: IntCounterVec,
+    /// Syslog TCP connections the daemon closed, by source and reason (idle, frame_timeout,
+    /// frame_too_long).
+    pub syslog_connections_closed: IntCounterVec,
+    /// Syslog datagrams the kernel dropped because the UDP receive buffer was full, by source.
+    pub syslog_udp_kernel_drops: IntCounterVec,
     /// Lines that matched a rule and were counted, by rule.
     pub rule_matches: IntCounterVec,
     /// Incidents opened, by rule and severity.
@@ -83,7 +88,13 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Bytes of keys and values the pipeline committed to the store.
     pub store_written: IntCounter,
+    /// Refreshes of values read from the system (kernel counters), run before each scrape.
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
 }
+
+/// Brings a metric up to date from outside the process just before a scrape, so values the
+/// kernel keeps cost nothing between scrapes.
+pub type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
 impl Metrics {
     /// Registers every metric.
@@ -165,6 +176,16 @@ impl Metrics {
             "logwarden_syslog_frames_dropped_total",
             "Syslog frames dropped (oversized, malformed, connection refused).",
             &["source", "reason"],
+        );
+        let syslog_connections_closed = counter(
+            "logwarden_syslog_connections_closed_total",
+            "Syslog TCP connections closed by the daemon (idle, frame_timeout, frame_too_long).",
+            &["source", "reason"],
+        );
+        let syslog_udp_kernel_drops = counter(
+            "logwarden_syslog_udp_kernel_drops_total",
+            "Syslog datagrams the kernel dropped because the UDP receive buffer was full.",
+            &["source"],
         );
         let rule_matches = counter(
             "logwarden_rule_matches_total",
@@ -308,6 +329,8 @@ impl Metrics {
             journal_gaps,
             journal_restarts,
             syslog_frames_dropped,
+            syslog_connections_closed,
+            syslog_udp_kernel_drops,
             rule_matches,
             incidents_opened,
             incidents_open,
@@ -325,7 +348,16 @@ impl Metrics {
             api_refused,
             store_errors,
             store_written,
+            scrape_hooks: Default::default(),
         }
+    }
+
+    /// Runs `hook` before every scrape from now on.
+    pub fn before_scrape(&self, hook: ScrapeHook) {
+        self.scrape_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Gives every documented series of this config and rule set its zero, so a dashboard
@@ -333,6 +365,18 @@ impl Metrics {
     pub fn preset(&self, config: &crate::config::Config, rules: &crate::rules::RuleSet) {
         for source in &config.sources {
             self.lines_read.with_label_values(&[&source.name]);
+            if let Some(listen) = &source.syslog {
+                if listen.tcp.is_some() {
+                    for reason in crate::sources::syslog::Closed::ALL {
+                        self.syslog_connections_closed
+                            .with_label_values(&[&source.name, reason.label()]);
+                    }
+                }
+                if listen.udp.is_some() {
+                    self.syslog_udp_kernel_drops
+                        .with_label_values(&[&source.name]);
+                }
+            }
         }
         for receiver in &config.receivers {
             for outcome in ["delivered", "retried", "dead"] {
@@ -375,6 +419,14 @@ impl Metrics {
 
     /// The text exposition for a scrape.
     pub fn render(&self) -> String {
+        for hook in self
+            .scrape_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            hook();
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

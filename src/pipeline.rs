@@ -74,13 +74,19 @@ pub struct Pipeline {
     /// The evidence lines stored, so each is written once.
     evidence: EvidenceLog,
     last_gc: std::time::Instant,
-    /// A commit could not be built: nothing more is evaluated or stored.
-    stopped: bool,
     watermark: Option<DateTime<Utc>>,
     line_time: LineTimeBounds,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
+    terminating: Option<watch::Receiver<bool>>,
 }
+
+/// A step's changes could not be stored and the daemon is stopping: what it holds is lost
+/// (lines are read again from their checkpoints at the next start), so it must not exit as
+/// if all were well.
+#[derive(Debug, thiserror::Error)]
+#[error("changes not stored at shutdown: {0}")]
+pub struct NotStored(pub String);
 
 impl Pipeline {
     /// Loads the store's windows into the detector (dropping those of changed rules).
@@ -138,11 +144,11 @@ impl Pipeline {
             desk,
             evidence,
             last_gc: std::time::Instant::now(),
-            stopped: false,
             watermark: None,
             line_time: LineTimeBounds::default(),
             reloads: None,
             commands: None,
+            terminating: None,
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
@@ -161,14 +167,27 @@ impl Pipeline {
         self
     }
 
+    /// Turns true as soon as the daemon is told to stop (before the sources have finished):
+    /// a store that keeps failing is then given up on instead of retried, so the daemon
+    /// stops within its stop timeout.
+    pub fn with_terminating(mut self, terminating: watch::Receiver<bool>) -> Self {
+        self.terminating = Some(terminating);
+        self
+    }
+
     /// Lifecycle and silence changes sent here are carried out between batches.
     pub fn with_commands(mut self, commands: mpsc::Receiver<Command>) -> Self {
         self.commands = Some(commands);
         self
     }
 
-    /// Processes batches until `shutdown` turns true, then drains what is already queued.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, mut shutdown: watch::Receiver<bool>) {
+    /// Processes batches until `shutdown` turns true, then drains what is already queued;
+    /// an error when a step's changes could not be stored before the daemon had to stop.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NotStored> {
         let mut tick = tokio::time::interval(TICK);
         let mut reloads = self.reloads.take();
         let mut commands = self.commands.take();
@@ -190,7 +209,7 @@ impl Pipeline {
                             Err(_) => break,
                         }
                     }
-                    self.step(batches).await;
+                    self.step(batches).await?;
                 }
                 _ = tick.tick() => {
                     (self.heartbeat)();
@@ -200,10 +219,10 @@ impl Pipeline {
                         self.detector.expire(seen.min(Utc::now()));
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
-                    self.step_at(Vec::new(), Some(Utc::now())).await;
+                    self.step_at(Vec::new(), Some(Utc::now())).await?;
                     if self.last_gc.elapsed() >= EVIDENCE_GC {
                         self.last_gc = std::time::Instant::now();
-                        self.collect_evidence().await;
+                        self.collect_evidence().await?;
                     }
                 }
                 reload = next_reload(&mut reloads) => {
@@ -211,30 +230,32 @@ impl Pipeline {
                     let change = self.detector.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
-                    self.step(Vec::new()).await;
+                    let stored = self.step(Vec::new()).await;
                     let _ = reload.done.send(change);
+                    stored?;
                 }
-                command = next_command(&mut commands) => self.command(command).await,
-            }
-            if self.stopped {
-                return;
+                command = next_command(&mut commands) => self.command(command).await?,
             }
         }
         let mut rest = Vec::new();
         while let Ok(b) = rx.try_recv() {
             rest.push(b);
         }
-        self.step(rest).await;
+        self.step(rest).await
     }
 
     /// Evaluates batches and commits their effects with the notifications they call for;
     /// delivery starts only after the commit is durable.
-    pub async fn step(&mut self, batches: Vec<Batch>) {
-        self.step_at(batches, None).await;
+    pub async fn step(&mut self, batches: Vec<Batch>) -> Result<(), NotStored> {
+        self.step_at(batches, None).await
     }
 
     /// [`Pipeline::step`], then lets the detector's clock run to `clock` (absence).
-    pub async fn step_at(&mut self, batches: Vec<Batch>, clock: Option<DateTime<Utc>>) {
+    pub async fn step_at(
+        &mut self,
+        batches: Vec<Batch>,
+        clock: Option<DateTime<Utc>>,
+    ) -> Result<(), NotStored> {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
         // A checkpoint or cursor that could not be put in the commit fails it.
@@ -346,14 +367,15 @@ impl Pipeline {
         };
         let audit = self.desk.take_audit();
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
-            return;
+            return Ok(());
         }
-        self.make_durable(commit, audit).await;
+        self.make_durable(commit, audit).await?;
         self.evidence.committed();
         if notified {
             self.outbox.wake();
         }
         self.after_commit(events).await;
+        Ok(())
     }
 
     /// Adds what a step's events call for to `commit`: notifications, escalation progress
@@ -389,15 +411,15 @@ impl Pipeline {
 
     /// A step's effects could not be put into a commit: nothing of the step is stored (its
     /// lines' checkpoints do not advance), and the in-memory state is ahead of the store,
-    /// so the pipeline stops here rather than go on with a gap. `/readyz` answers 503 and
-    /// the watchdog stops being fed; the restart re-reads the lines from the last stored
-    /// checkpoint. Never a silent drop.
-    fn cannot_build(&mut self, e: StoreError) {
+    /// so the pipeline stops here rather than go on with a gap: `/readyz` answers 503, the
+    /// daemon stops (a vital task ended) and exits non-zero naming what was not stored, and
+    /// the restart re-reads the lines from the last stored checkpoint. Never a silent drop.
+    fn cannot_build(&mut self, e: StoreError) -> Result<(), NotStored> {
         self.evidence.abandoned();
         self.metrics.store_errors.inc();
         self.health.store.store(false, Ordering::Relaxed);
         tracing::error!(error = %e, "cannot build the store commit; the pipeline stops so a restart re-reads the lines from the last stored checkpoint");
-        self.stopped = true;
+        Err(NotStored(format!("a commit could not be built: {e}")))
     }
 
     /// A line's own time (a journal entry's, else read by its source's format; a line
@@ -431,7 +453,7 @@ impl Pipeline {
 
     /// Carries out a lifecycle or silence change: stored with its notifications and audit
     /// record in one batch, flushed, then answered.
-    async fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) -> Result<(), NotStored> {
         let mut batch = store::Batch::new();
         let mut opened = Vec::new();
         // Only the pipeline knows the rules a silence must be able to match.
@@ -462,15 +484,19 @@ impl Pipeline {
             .book
             .write_changes(&self.store, &mut batch, &mut self.evidence)
         {
-            self.cannot_build(e);
             let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
                 "the change could not be stored".into(),
             )));
-            return;
+            return self.cannot_build(e);
         }
         let audit = self.desk.take_audit();
         if result.is_ok() || !audit.is_empty() {
-            self.make_durable(batch, audit).await;
+            if let Err(e) = self.make_durable(batch, audit).await {
+                let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
+                    "the change could not be stored".into(),
+                )));
+                return Err(e);
+            }
             self.evidence.committed();
         } else {
             self.evidence.abandoned();
@@ -491,6 +517,7 @@ impl Pipeline {
         }
         self.after_commit(opened).await;
         let _ = command.reply.send(result.map(|d| d.reply));
+        Ok(())
     }
 
     /// Opens a drill incident for a rule: a synthetic match that crosses the rule at once,
@@ -535,9 +562,9 @@ impl Pipeline {
     /// Deletes the evidence lines that no window and no incident references and that are
     /// older (in log time) than every rule's horizon. Runs on the writer between commits,
     /// so what it reads is what is stored.
-    async fn collect_evidence(&mut self) {
+    async fn collect_evidence(&mut self) -> Result<(), NotStored> {
         let Some(watermark) = self.watermark else {
-            return;
+            return Ok(());
         };
         let horizon = self
             .detector
@@ -568,45 +595,92 @@ impl Pipeline {
         match result {
             Ok(0) => {}
             Ok(deleted) => {
-                tracing::info!(deleted, "unreferenced evidence lines collected");
-                self.make_durable(batch, Vec::new()).await;
+                tracing::info!(blocks = deleted, "unreferenced evidence collected");
+                self.make_durable(batch, Vec::new()).await?;
             }
             Err(e) => tracing::warn!(error = %e, "evidence collection skipped"),
         }
+        Ok(())
     }
 
-    async fn make_durable(&self, mut commit: store::Batch, audit: Vec<crate::audit::Entry>) {
+    /// Commits and flushes a step's changes with its audit entries, retrying until the
+    /// store takes them (detection pauses meanwhile, nothing is lost, `/readyz` says why),
+    /// or until the daemon must stop.
+    ///
+    /// After an I/O error (a full disk) sled refuses every later write, so each retry
+    /// reopens it; a commit that was applied but not flushed may be gone after the reopen
+    /// and is committed again. The batch is the same every time (its notifications carry
+    /// the ids they were given when it was built), so a retry never adds a second copy.
+    async fn make_durable(
+        &self,
+        mut commit: store::Batch,
+        audit: Vec<crate::audit::Entry>,
+    ) -> Result<(), NotStored> {
+        // The evidence block is written into the batch once, so every retry commits the
+        // same bytes.
         commit.seal();
         self.metrics.store_written.inc_by(commit.bytes() as u64);
-        let mut committed = false;
+        // The chain head the commit sealed, once it was applied (and not yet flushed).
+        let mut sealed: Option<crate::audit::Head> = None;
         loop {
-            // The audit log seals its entries onto the chain inside the same atomic commit;
-            // after a failed commit nothing was written and the same batch is tried again;
-            // after a failed flush only the flush is.
-            let result = match committed {
-                true => Ok(()),
-                false => self.desk.audit.commit(&commit, &audit),
+            let result = match sealed {
+                Some(_) => Ok(()),
+                None => self.desk.audit.commit(&commit, &audit).map(|()| {
+                    sealed = Some(self.desk.audit.current_head());
+                }),
             };
-            committed |= result.is_ok();
             let result = match result {
                 Ok(()) => self.store.flush().await,
                 Err(e) => Err(e),
             };
-            match result {
+            let error = match result {
                 Ok(()) => {
                     self.health.store.store(true, Ordering::Relaxed);
-                    return;
+                    return Ok(());
                 }
-                Err(e) => {
-                    // The batch cannot be rebuilt from source (lines were consumed), so the
-                    // step waits here until the store accepts it: detection pauses, nothing
-                    // is lost, and /readyz says why.
-                    self.health.store.store(false, Ordering::Relaxed);
-                    self.metrics.store_errors.inc();
-                    tracing::error!(error = %e, "store commit failed; retrying");
-                    tokio::time::sleep(STORE_RETRY).await;
+                Err(e) => e,
+            };
+            self.health.store.store(false, Ordering::Relaxed);
+            self.metrics.store_errors.inc();
+            if self.wait_to_retry().await.is_err() {
+                tracing::error!(error = %error, "store commit failed; stopping without it");
+                return Err(NotStored(error.to_string()));
+            }
+            tracing::error!(error = %error, "store commit failed; retrying");
+            // Busy, not hung: the watchdog keeps being fed while /readyz answers 503.
+            (self.heartbeat)();
+            if matches!(error, StoreError::Sled(_) | StoreError::Reopening) {
+                let reopened = self
+                    .store
+                    .reopen()
+                    .and_then(|()| self.desk.audit.reload_head());
+                match reopened {
+                    // Applied and kept only if the chain still ends where the commit left it.
+                    Ok(())
+                        if !audit.is_empty() && sealed == Some(self.desk.audit.current_head()) => {}
+                    Ok(()) => sealed = None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reopen the store; retrying");
+                        sealed = None;
+                    }
                 }
             }
+        }
+    }
+
+    /// Waits before a store retry; an error once the daemon is stopping.
+    async fn wait_to_retry(&self) -> Result<(), ()> {
+        let Some(terminating) = &self.terminating else {
+            tokio::time::sleep(STORE_RETRY).await;
+            return Ok(());
+        };
+        let mut terminating = terminating.clone();
+        if *terminating.borrow() {
+            return Err(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_RETRY) => Ok(()),
+            _ = terminating.wait_for(|t| *t) => Err(()),
         }
     }
 

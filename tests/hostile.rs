@@ -330,3 +330,331 @@ fn a_thousand_refused_requests_with_long_paths_grow_the_state_by_less_than_a_meg
     assert_eq!(counted, 1000);
     assert!(records.iter().all(|r| r.to_string().len() < 2000));
 }
+
+/// Opens a connection that sends the start of a request and then nothing.
+fn half_header(port: u16) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    stream
+}
+
+#[test]
+fn half_header_and_stalled_http_connections_are_closed_and_healthz_keeps_answering() {
+    let s = marker_setup("http: {header_timeout: 3s, idle_timeout: 3s, max_connections: 150}\n");
+    let d = s.start();
+    let pid = d.child.id();
+    let baseline = open_fds(pid);
+
+    // Many clients stopped mid-header, below the limit: health checks answer meanwhile.
+    let opened = std::time::Instant::now();
+    let mut slow: Vec<_> = (0..100).map(|_| half_header(s.port)).collect();
+    let r = http("GET", s.port, "/healthz", None, None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for stream in &mut slow {
+        assert!(
+            closed_by_peer(stream, Duration::from_secs(30)),
+            "a half-header connection stays open"
+        );
+    }
+    // The outside check allows 35 s; the configured 3 s plus a loaded machine's slack.
+    assert!(opened.elapsed() < Duration::from_secs(35));
+
+    // A client that sends its headers and part of the body, then stalls.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        format!(
+            "POST /api/v1/silences HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"matchers\"",
+            d.token
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        closed_by_peer(&mut stalled, Duration::from_secs(30)),
+        "a stalled body keeps its connection"
+    );
+
+    // Far more than the limit: the daemon holds at most the limit's descriptors, and a
+    // health check is answered as the slow ones time out.
+    let flood: Vec<_> = (0..400).map(|_| half_header(s.port)).collect();
+    wait_for("the limit to fill", WAIT, || {
+        (open_fds(pid) >= baseline + 100).then_some(())
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(open_fds(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let r = http("GET", s.port, "/healthz", None, None).unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let peak = sampler.join().unwrap();
+    assert!(
+        peak <= baseline + 150 + 10,
+        "{peak} descriptors with a limit of 150 (baseline {baseline})"
+    );
+    drop(flood);
+    // Detection went on throughout.
+    s.append("app.log", &["MARKER 1".to_string()]);
+    d.wait_incident("marker", WAIT);
+    d.stop();
+}
+
+/// A tmpfs of a fixed size mounted by the test, unmounted when dropped (pass or fail).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts one at `dir`; `None` (said loudly, or a failure under
+    /// LOGWARDEN_REQUIRE_PEERS=1) where this test may not mount.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    !peers_required(),
+                    "cannot mount a tmpfs (LOGWARDEN_REQUIRE_PEERS=1): {why}"
+                );
+                eprintln!("SKIPPED: the full-disk test needs to mount a tmpfs: {why}");
+                None
+            }
+        }
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // The last partial pages too.
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let done = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            // Still busy (a daemon killed a moment ago): detach it now, freed once unused.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// The notifications written to `out.jsonl` for an incident id.
+fn notifications_for(s: &Setup, id: &str) -> usize {
+    std::fs::read_to_string(s.path("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["incident"]["id"] == id && v["event"] == "opened")
+        })
+        .count()
+}
+
+#[test]
+fn a_full_disk_is_recovered_from_without_restart_and_sigterm_is_honoured_while_it_lasts() {
+    let s = marker_setup(
+        "receivers:\n  - {name: console, type: file, path: out.jsonl}\n\
+         roles:\n  analysts: {receivers: [console]}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n",
+    );
+    let Some(disk) = Tmpfs::mount(&s.path("state"), "16m") else {
+        return;
+    };
+    let d = s.start();
+    let errors = || metric(s.port, "logwarden_store_errors_total");
+    let ready = || http("GET", s.port, "/readyz", None, None).unwrap().status;
+    s.append("app.log", &["MARKER 1".to_string()]);
+    d.wait_incident("marker", WAIT);
+
+    // Full: the attack's changes cannot be stored; the daemon says so.
+    let filler = disk.fill();
+    s.append("app.log", &["MARKER 2".to_string()]);
+    wait_for("503 and store errors counted", WAIT, || {
+        (ready() == 503 && errors() > 0.0).then_some(())
+    });
+    // Room again: recovered without a restart, the incident stored and notified once.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("/readyz 200 again", WAIT, || (ready() == 200).then_some(()));
+    let incident = wait_for("the attack's incident", WAIT, || {
+        d.incidents().into_iter().find(|i| i["key"]["n"] == "2")
+    });
+    let id = incident["id"].as_str().unwrap().to_string();
+    wait_for("its notification", WAIT, || {
+        (notifications_for(&s, &id) > 0).then_some(())
+    });
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"console\"}") == 0.0).then_some(())
+    });
+    assert_eq!(notifications_for(&s, &id), 1, "notified more than once");
+
+    // Full again, with a change waiting: SIGTERM is honoured within the unit's stop timeout
+    // (TimeoutStopSec=10s), and the exit says the change was not stored.
+    let filler = disk.fill();
+    // Enough changes that they cannot fit in pages the store already holds.
+    let burst: Vec<String> = (3..200).map(|n| format!("MARKER {n}")).collect();
+    s.append("app.log", &burst);
+    let before = errors();
+    wait_for("the new failure", WAIT, || {
+        (ready() == 503 && errors() > before).then_some(())
+    });
+    let mut d = d;
+    let start = std::time::Instant::now();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let status = wait_for("the daemon to exit", Duration::from_secs(10), || {
+        d.child.try_wait().unwrap()
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
+    assert!(!status.success(), "claimed success:\n{}", d.log());
+    assert!(d.log().contains("not stored"), "{}", d.log());
+
+    // Restarted with room: the unstored line is read again, nothing is notified twice, and
+    // the audit chain is intact across the reopen.
+    std::fs::remove_file(&filler).unwrap();
+    let d = s.start();
+    let third = wait_for("the unstored line's incident", WAIT, || {
+        d.incidents().into_iter().find(|i| i["key"]["n"] == "3")
+    });
+    let third = third["id"].as_str().unwrap().to_string();
+    wait_for("its notification", WAIT, || {
+        (notifications_for(&s, &third) == 1).then_some(())
+    });
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"console\"}") == 0.0).then_some(())
+    });
+    assert_eq!(notifications_for(&s, &id), 1, "re-sent after the restart");
+    assert_eq!(notifications_for(&s, &third), 1);
+    d.stop();
+    let verify = std::process::Command::new(bin())
+        .args(["audit", "verify", "--state-dir"])
+        .arg(s.path("state"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    drop(disk);
+}
+
+#[test]
+fn a_file_name_with_terminal_escapes_never_reaches_the_log_raw() {
+    let s = Setup::new();
+    s.write(
+        "rules/test.yaml",
+        "rules:\n  - id: marker\n    match: 'MARKER (?P<n>\\d+)'\n    group_by: [n]\n    \
+         threshold: {count: 1, within: 1s}\n    severity: low\n",
+    );
+    // Sets the window title, rings the bell, clears the screen, forges a log line.
+    let evil = "logs/evil\x1b]0;pwned\x07\x1b[2J\nFAKE ERROR\r.log";
+    s.write(evil, "MARKER 1\n");
+    s.config(
+        "sources:\n  - {name: app, paths: ['logs/*.log'], start_at: beginning, timestamp: arrival}\n",
+    );
+    let d = s.start();
+    d.wait_incident("marker", WAIT);
+    let log_path = d.stderr_path.clone();
+    d.stop();
+    let log = std::fs::read(&log_path).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        text.contains("evil\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE ERROR\\r.log"),
+        "the file name is not logged escaped:\n{text}"
+    );
+    for raw in [0x1b, 0x07, b'\r'] {
+        assert!(!log.contains(&raw), "raw byte {raw:#x} in the log:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE ERROR")),
+        "a forged log line:\n{text}"
+    );
+}
+
+#[test]
+fn a_notification_delivered_while_the_disk_is_full_is_sent_once() {
+    let hook = Receiver::start();
+    let s = marker_setup(&format!(
+        "receivers:\n  - {{name: hook, type: webhook, url: '{}'}}\n\
+         roles:\n  analysts: {{receivers: [hook]}}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n",
+        hook.url("/hook")
+    ));
+    let Some(disk) = Tmpfs::mount(&s.path("state"), "16m") else {
+        return;
+    };
+    let d = s.start();
+    let errors = || metric(s.port, "logwarden_store_errors_total");
+    let ready = || http("GET", s.port, "/readyz", None, None).unwrap().status;
+    // The receiver holds the delivery while the disk fills and the store starts failing.
+    hook.delay(Duration::from_secs(8));
+    s.append("app.log", &["MARKER 1".to_string()]);
+    let incident = d.wait_incident("marker", WAIT);
+    let filler = disk.fill();
+    s.append("app.log", &["MARKER 2".to_string()]);
+    wait_for("503", WAIT, || (ready() == 503).then_some(()));
+    let first = hook.next(WAIT).expect("the delivery");
+    assert_eq!(first.body["incident"]["id"], incident["id"]);
+    hook.delay(Duration::ZERO);
+    // Long enough for several outbox rescans (every 5 s) while the store cannot record
+    // the delivery: one retry is counted per second.
+    let failing = errors();
+    wait_for("12 more seconds of failure", WAIT, || {
+        (errors() >= failing + 12.0).then_some(())
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("/readyz 200 again", WAIT, || (ready() == 200).then_some(()));
+    wait_for("an empty outbox", WAIT, || {
+        (metric(s.port, "logwarden_outbox_pending{receiver=\"hook\"}") == 0.0
+            && d.incidents().len() == 2)
+            .then_some(())
+    });
+    let again: Vec<_> = hook
+        .drain()
+        .into_iter()
+        .filter(|r| r.body["incident"]["id"] == incident["id"])
+        .collect();
+    assert!(
+        again.is_empty(),
+        "sent {} more time(s) while the disk was full",
+        again.len()
+    );
+    d.stop();
+    drop(disk);
+}

@@ -47,9 +47,10 @@ fn udp_and_tcp_syslog_in_both_formats_open_incidents_and_bad_frames_are_counted(
         let msg = rfc5424("192.0.2.2", i);
         write!(tcp, "{} {msg}", msg.len()).unwrap();
     }
-    // An oversized octet-counted frame, skipped whole, then newline framing on a new stream.
-    write!(tcp, "100000 ").unwrap();
-    tcp.write_all(&vec![b'y'; 100_000]).unwrap();
+    // An oversized octet-counted frame (within 16 x max_line_bytes), skipped whole, then
+    // newline framing on a new stream.
+    write!(tcp, "60000 ").unwrap();
+    tcp.write_all(&vec![b'y'; 60_000]).unwrap();
     tcp.flush().unwrap();
     let mut lines = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
     for i in 1..=5 {
@@ -106,6 +107,149 @@ fn udp_and_tcp_syslog_in_both_formats_open_incidents_and_bad_frames_are_counted(
         http("GET", s.port, "/healthz", None, None).unwrap().status,
         200
     );
+}
+
+fn closed(port: u16, reason: &str) -> f64 {
+    metric(
+        port,
+        &format!("logwarden_syslog_connections_closed_total{{reason=\"{reason}\",source=\"net\"}}"),
+    )
+}
+
+#[test]
+fn idle_trickling_and_lying_tcp_peers_are_closed_and_counted_and_a_real_sender_gets_through() {
+    let s = Setup::new();
+    s.write("rules/r.yaml", RULES);
+    let tcp_port = free_port();
+    s.config(&format!(
+        "sources:\n  - name: net\n    syslog: {{tcp: '127.0.0.1:{tcp_port}', max_connections: 16, idle_timeout: 3s, frame_timeout: 2s}}\n"
+    ));
+    let d = s.start();
+    let limit = Duration::from_secs(30);
+    for reason in ["idle", "frame_timeout", "frame_too_long"] {
+        assert_eq!(closed(s.port, reason), 0.0, "{reason} present at 0");
+    }
+
+    // Every slot held by a peer that sends nothing: all of them are closed.
+    let mut idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", tcp_port)).unwrap())
+        .collect();
+    wait_for("the idle connections to be closed", limit, || {
+        (closed(s.port, "idle") == 16.0).then_some(())
+    });
+    for stream in &mut idle {
+        assert!(
+            closed_by_peer(stream, limit),
+            "an idle connection left open"
+        );
+    }
+
+    // A peer trickling one frame a byte at a time, faster than the idle timeout.
+    let mut trickle = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let start = std::time::Instant::now();
+    let mut cut_off = false;
+    for b in rfc3164("192.0.2.66", 1).bytes().cycle() {
+        if trickle.write_all(&[b]).is_err() {
+            cut_off = true;
+            break;
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        if closed(s.port, "frame_timeout") == 1.0 {
+            cut_off = closed_by_peer(&mut trickle, limit);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(cut_off, "the trickling peer was never cut off");
+    assert_eq!(closed(s.port, "frame_timeout"), 1.0);
+
+    // A frame announcing 99999999999 bytes: the connection is closed and counted, not the
+    // rest of its stream silently swallowed.
+    let mut liar = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let mut data = b"99999999999 ".to_vec();
+    for i in 1..=5 {
+        data.extend_from_slice(format!("{}\n", rfc3164("192.0.2.99", i)).as_bytes());
+    }
+    liar.write_all(&data).unwrap();
+    assert!(
+        closed_by_peer(&mut liar, limit),
+        "the lying connection stays open"
+    );
+    assert_eq!(closed(s.port, "frame_too_long"), 1.0);
+
+    // A real sender now gets a slot and its attack is detected.
+    let mut sender = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    for i in 1..=5 {
+        let msg = rfc5424("192.0.2.7", i);
+        write!(sender, "{} {msg}", msg.len()).unwrap();
+    }
+    sender.flush().unwrap();
+    let incident = wait_for("the real sender's incident", limit, || {
+        d.incidents()
+            .into_iter()
+            .find(|i| i["key"]["ip"] == "192.0.2.7")
+    });
+    assert_eq!(incident["count"], 5);
+    assert_eq!(
+        metric(
+            s.port,
+            "logwarden_syslog_frames_dropped_total{reason=\"connection_refused\",source=\"net\"}"
+        ),
+        0.0,
+        "no sender was refused: the idle peers were gone"
+    );
+    assert!(
+        d.incidents().iter().all(|i| i["key"]["ip"] == "192.0.2.7"),
+        "nothing of the cut-off connections was taken as lines"
+    );
+    d.stop();
+}
+
+#[test]
+fn udp_datagrams_the_kernel_drops_for_a_full_receive_buffer_are_counted() {
+    let s = Setup::new();
+    s.write("rules/r.yaml", RULES);
+    let udp_port = free_port();
+    s.config(&format!(
+        "sources:\n  - name: net\n    syslog: {{udp: '127.0.0.1:{udp_port}', udp_buffer_bytes: 4096}}\n"
+    ));
+    let d = s.start();
+    let drops = || {
+        metric(
+            s.port,
+            "logwarden_syslog_udp_kernel_drops_total{source=\"net\"}",
+        )
+    };
+    assert_eq!(drops(), 0.0);
+    // A burst far beyond a 4 KiB buffer, as fast as loopback takes it.
+    const SENT: usize = 20_000;
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..SENT {
+        udp.send_to(
+            format!("<13>Nov 22 10:00:01 h app: filler {i}").as_bytes(),
+            ("127.0.0.1", udp_port),
+        )
+        .unwrap();
+    }
+    // Every datagram is either read or counted as dropped by the kernel.
+    let (read, dropped) = wait_for(
+        "every datagram read or counted",
+        Duration::from_secs(30),
+        || {
+            let read = metric(s.port, "logwarden_lines_read_total{source=\"net\"}");
+            let dropped = drops();
+            (read + dropped == SENT as f64).then_some((read, dropped))
+        },
+    );
+    assert!(dropped > 0.0, "no drops counted ({read} read)");
+    assert!(
+        d.log().contains("udp receive buffer"),
+        "the granted buffer size is logged:\n{}",
+        d.log()
+    );
+    d.stop();
 }
 
 #[test]

@@ -161,6 +161,34 @@ pub struct Head {
     pub hash: String,
 }
 
+/// The chain head as the store holds it: its last record (or the empty chain's).
+fn read_head(store: &Store) -> Result<Head, StoreError> {
+    let head = match store.last_raw(Space::Audit)? {
+        None => Head {
+            seq: 0,
+            hash: GENESIS.into(),
+        },
+        Some((key, bytes)) => match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) => Head {
+                seq: r.seq,
+                hash: r.hash,
+            },
+            Err(e) => {
+                // Keep appending after it; `audit verify` will name the bad record.
+                tracing::error!(error = %e, "the last audit record is unreadable");
+                Head {
+                    seq: std::str::from_utf8(&key)
+                        .ok()
+                        .and_then(|k| k.parse().ok())
+                        .unwrap_or(0),
+                    hash: hex::encode(Sha256::digest(&bytes)),
+                }
+            }
+        },
+    };
+    Ok(head)
+}
+
 /// Appends to the audit chain; cheap to clone, one per store (every writer must share it so
 /// the chain has one head).
 #[derive(Clone)]
@@ -172,33 +200,24 @@ pub struct AuditLog {
 impl AuditLog {
     /// Reads the chain head from the store's last record.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
-        let head = match store.last_raw(Space::Audit)? {
-            None => Head {
-                seq: 0,
-                hash: GENESIS.into(),
-            },
-            Some((key, bytes)) => match serde_json::from_slice::<Record>(&bytes) {
-                Ok(r) => Head {
-                    seq: r.seq,
-                    hash: r.hash,
-                },
-                Err(e) => {
-                    // Keep appending after it; `audit verify` will name the bad record.
-                    tracing::error!(error = %e, "the last audit record is unreadable");
-                    Head {
-                        seq: std::str::from_utf8(&key)
-                            .ok()
-                            .and_then(|k| k.parse().ok())
-                            .unwrap_or(0),
-                        hash: hex::encode(Sha256::digest(&bytes)),
-                    }
-                }
-            },
-        };
         Ok(AuditLog {
             store: store.clone(),
-            head: Arc::new(Mutex::new(head)),
+            head: Arc::new(Mutex::new(read_head(store)?)),
         })
+    }
+
+    /// Reads the head again from the store, after [`Store::reopen`] may have lost records
+    /// that were committed but never made durable: the next record links to the last one
+    /// the store really holds.
+    pub fn reload_head(&self) -> Result<(), StoreError> {
+        let head = read_head(&self.store)?;
+        *self.head.lock().expect("audit head lock") = head;
+        Ok(())
+    }
+
+    /// The chain's current head (sequence number and hash of the last record committed).
+    pub fn current_head(&self) -> Head {
+        self.head.lock().expect("audit head lock").clone()
     }
 
     /// Commits `batch` with `entries` sealed onto the chain, atomically. The batch is only

@@ -531,11 +531,6 @@ impl IncidentBook {
         self.open.values().flat_map(HashMap::values)
     }
 
-    /// How many incidents are active.
-    pub fn active_count(&self) -> usize {
-        self.by_id.len()
-    }
-
     /// Takes an incident that is over out of the book: the next match for its rule and key
     /// opens a new incident. The caller stores it.
     pub fn retire(&mut self, id: &str) -> Option<Incident> {

@@ -272,7 +272,12 @@ impl Dispatcher {
                     tracing::warn!(receiver = %record.receiver, incident = %record.incident, reason = %why, "notification for an unconfigured receiver kept as a dead letter");
                     let mut out = Outcomes::default();
                     bury(&self.metrics, record, why, &mut out);
-                    out.commit(&self.outbox, &self.known);
+                    // Released either way: a bury the store refused is tried again by the
+                    // next rescan.
+                    if let Err(e) = out.store(&self.outbox) {
+                        tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
+                    }
+                    self.known.lock().expect("known lock").remove(&id);
                 }
             }
         }
@@ -335,31 +340,19 @@ struct Outcomes {
 }
 
 impl Outcomes {
-    /// Stores the outcomes gathered so far; only then are settled ids released, so the
-    /// dispatcher cannot hand out a record whose removal is not stored yet.
-    fn commit(&mut self, outbox: &Outbox, known: &Mutex<HashSet<u64>>) {
+    /// Stores the outcomes gathered so far in one commit; returns the ids they settled
+    /// (delivered or dead). After an error nothing was stored and the same outcomes are
+    /// tried again by the next call.
+    fn store(&mut self, outbox: &Outbox) -> Result<Vec<u64>, crate::store::StoreError> {
         if self.audit.is_empty() && self.batch.is_empty() {
-            return;
+            return Ok(Vec::new());
         }
-        let Outcomes {
-            batch,
-            audit,
-            settled,
-            dead,
-        } = std::mem::take(self);
-        if let Err(e) = outbox.commit_outcomes(batch, &audit) {
-            // A delivered record still stored goes out again after a restart (its
-            // idempotency key lets the receiver drop it); a failed attempt is retried.
-            tracing::error!(error = %e, outcomes = audit.len(), "cannot store delivery outcomes");
-        }
-        let mut known = known.lock().expect("known lock");
-        for id in settled {
-            known.remove(&id);
-        }
-        drop(known);
+        outbox.commit_outcomes(self.batch.clone(), &self.audit)?;
+        let Outcomes { settled, dead, .. } = std::mem::take(self);
         if dead {
             outbox.dead_letters_changed();
         }
+        Ok(settled)
     }
 }
 
@@ -457,6 +450,8 @@ struct Lane {
     waiting: BTreeMap<u64, Waiting>,
     /// Records being attempted, by the id of the task attempting them.
     inflight: HashMap<tokio::task::Id, Record>,
+    /// Ids whose outcome is stored, not yet flushed: forgotten only once durable.
+    unflushed: Vec<u64>,
     pending: PendingShare,
     resend: Option<Resend>,
     /// Outcomes of finished attempts, stored together.
@@ -523,6 +518,7 @@ impl Lane {
             known,
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
+            unflushed: Vec::new(),
             pending,
             resend,
             outcomes: Outcomes::default(),
@@ -538,6 +534,7 @@ impl Lane {
         let mut attempts: JoinSet<Outcome> = JoinSet::new();
         let mut open = true;
         while open {
+            self.settle_deliveries().await;
             let next = self.start_due(&mut attempts);
             self.update_gauge();
             let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + RESCAN));
@@ -554,11 +551,11 @@ impl Lane {
                 },
                 Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
                     self.finish(done);
-                    // Every other attempt that finished meanwhile, stored in the same commit.
+                    // Every other attempt that finished meanwhile: their outcomes are
+                    // stored in one commit at the top of the next round.
                     while let Some(done) = attempts.try_join_next_with_id() {
                         self.finish(done);
                     }
-                    self.outcomes.commit(&self.outbox, &self.known);
                 }
                 _ = sleep => {}
                 _ = stop.changed() => open = false,
@@ -572,8 +569,8 @@ impl Lane {
                 Ok(None) | Err(_) => break,
             }
         }
-        self.outcomes.commit(&self.outbox, &self.known);
         attempts.abort_all();
+        self.settle_deliveries().await;
     }
 
     /// Starts every attempt that is due and allowed; returns when to look again.
@@ -783,6 +780,33 @@ impl Lane {
             Outcome::Refused(error) => {
                 record.attempts += 1;
                 bury(&self.metrics, record, error, &mut self.outcomes);
+            }
+        }
+    }
+
+    /// Stores the outcomes gathered so far (kept for the next round if the store refuses
+    /// them) and makes stored deliveries durable; only then are their ids forgotten, since
+    /// a store reopened after an I/O error may have lost an unflushed removal (and a rescan
+    /// would send the notification again).
+    async fn settle_deliveries(&mut self) {
+        match self.outcomes.store(&self.outbox) {
+            Ok(settled) => self.unflushed.extend(settled),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store delivery outcomes; will retry");
+            }
+        }
+        if self.unflushed.is_empty() {
+            return;
+        }
+        match self.outbox.flush().await {
+            Ok(()) => {
+                let mut known = self.known.lock().expect("known lock");
+                for id in self.unflushed.drain(..) {
+                    known.remove(&id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make delivered notifications durable; will retry");
             }
         }
     }

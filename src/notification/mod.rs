@@ -401,6 +401,11 @@ impl Outbox {
         Ok(Resent::Queued(record))
     }
 
+    /// Makes everything committed so far durable.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+
     /// Ids of the records in the outbox, oldest first (values are not read).
     pub(crate) fn pending_ids(&self) -> Result<Vec<u64>, StoreError> {
         Ok(self

@@ -5,24 +5,35 @@
 //! Every message is turned into the same text the local log files hold
 //! (`TIMESTAMP HOST APP[PID]: MSG`), so one rule pack serves files and network alike.
 //! Buffers are bounded: an oversized or malformed frame is counted and dropped, never a
-//! crash, and a flood of connections is refused beyond a limit. Network input has no
-//! checkpoint: what is in flight when the daemon stops is lost, as with any syslog receiver.
+//! crash, and a flood of connections is refused beyond a limit. A TCP connection that sends
+//! nothing, trickles a frame, or announces a frame too long to be believed is closed and
+//! counted, so idle or hostile peers cannot hold the slots real senders need. Datagrams the
+//! kernel drops because the receive buffer was full are read from `/proc/net/udp` and
+//! counted. Network input has no checkpoint: what is in flight when the daemon stops is
+//! lost, as with any syslog receiver.
 
 use super::{Batch, LogLine};
 use crate::config::SyslogListen;
 use crate::metrics::Metrics;
 use chrono::Utc;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Largest UDP datagram.
 const DATAGRAM: usize = 65_535;
 /// Bytes read from a TCP connection per call.
 const TCP_CHUNK: usize = 64 * 1024;
+/// An oversized octet-counted frame up to this many times `max_line_bytes` is skipped whole
+/// (a real sender's long message); a longer announcement is not believed and closes the
+/// connection, since skipping it would silently swallow everything the peer sends after it.
+const SKIP_FACTOR: usize = 16;
 
 /// Why a frame was dropped (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +56,38 @@ impl Dropped {
     }
 }
 
+/// Why the daemon closed a TCP connection (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Nothing arrived for `idle_timeout`.
+    Idle,
+    /// A frame was not complete `frame_timeout` after its first byte.
+    FrameTimeout,
+    /// An octet count beyond what is skipped (see [`SKIP_FACTOR`]).
+    FrameTooLong,
+}
+
+impl Closed {
+    /// Every reason, for the metric's zero series.
+    pub const ALL: [Closed; 3] = [Closed::Idle, Closed::FrameTimeout, Closed::FrameTooLong];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Idle => "idle",
+            Closed::FrameTimeout => "frame_timeout",
+            Closed::FrameTooLong => "frame_too_long",
+        }
+    }
+}
+
+/// How long a TCP peer may keep a connection without delivering.
+#[derive(Debug, Clone, Copy)]
+struct TcpLimits {
+    idle: Duration,
+    frame: Duration,
+}
+
 /// A syslog source's sockets, bound before the daemon reports ready.
 pub struct SyslogSource {
     name: Arc<str>,
@@ -52,6 +95,7 @@ pub struct SyslogSource {
     tcp: Option<TcpListener>,
     max_line_bytes: usize,
     max_connections: usize,
+    limits: TcpLimits,
 }
 
 impl SyslogSource {
@@ -62,11 +106,15 @@ impl SyslogSource {
         max_line_bytes: usize,
     ) -> Result<Self, String> {
         let udp = match &listen.udp {
-            Some(addr) => Some(
-                UdpSocket::bind(addr)
+            Some(addr) => {
+                let socket = UdpSocket::bind(addr)
                     .await
-                    .map_err(|e| format!("syslog source {name:?}: cannot bind udp {addr}: {e}"))?,
-            ),
+                    .map_err(|e| format!("syslog source {name:?}: cannot bind udp {addr}: {e}"))?;
+                if let Some(bytes) = listen.udp_buffer_bytes {
+                    size_receive_buffer(&socket, name, bytes)?;
+                }
+                Some(socket)
+            }
             None => None,
         };
         let tcp = match &listen.tcp {
@@ -83,6 +131,10 @@ impl SyslogSource {
             tcp,
             max_line_bytes,
             max_connections: listen.max_connections,
+            limits: TcpLimits {
+                idle: listen.idle_timeout.0,
+                frame: listen.frame_timeout.0,
+            },
         })
     }
 
@@ -90,6 +142,7 @@ impl SyslogSource {
     pub async fn run(self, tx: mpsc::Sender<Batch>, metrics: Arc<Metrics>) {
         let mut tasks = JoinSet::new();
         if let Some(socket) = self.udp {
+            count_kernel_drops(&socket, &self.name, &metrics);
             let (name, max, tx, metrics) = (
                 self.name.clone(),
                 self.max_line_bytes,
@@ -110,12 +163,99 @@ impl SyslogSource {
                 name,
                 max,
                 self.max_connections,
+                self.limits,
                 tx,
                 metrics,
             ));
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Asks for a receive buffer of `bytes`: with `SO_RCVBUFFORCE` where the daemon may (root
+/// or CAP_NET_ADMIN), else `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`. What
+/// the kernel granted is logged, with a hint when it is less than asked.
+fn size_receive_buffer(socket: &UdpSocket, name: &str, bytes: usize) -> Result<(), String> {
+    let fd = socket.as_raw_fd();
+    let wanted = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: `fd` is an open socket owned by `socket`; the option value is a c_int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&wanted as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        return Err(format!(
+            "syslog source {name:?}: cannot set the udp receive buffer to {bytes} bytes: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above; `granted` and `len` are valid for writes of their sizes.
+    let read = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // The kernel reports twice the usable size (it reserves half for bookkeeping).
+    let usable = usize::try_from(granted).unwrap_or(0) / 2;
+    if read == 0 && usable < bytes {
+        tracing::warn!(source = %name, wanted = bytes, granted = usable, "udp receive buffer smaller than configured; raise net.core.rmem_max or run with CAP_NET_ADMIN");
+    } else {
+        tracing::info!(source = %name, bytes = usable, "udp receive buffer set");
+    }
+    Ok(())
+}
+
+/// Exports the kernel's drop count of this socket (`/proc/net/udp{,6}`, found by the
+/// socket's inode) as `logwarden_syslog_udp_kernel_drops_total`, read at each scrape.
+fn count_kernel_drops(socket: &UdpSocket, name: &str, metrics: &Metrics) {
+    // SAFETY: fstat writes a `stat` for an open descriptor; zeroed is a valid initial value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(socket.as_raw_fd(), &mut stat) } != 0 {
+        tracing::warn!(source = %name, error = %std::io::Error::last_os_error(), "cannot identify the udp socket; kernel drops are not counted");
+        return;
+    }
+    let inode = stat.st_ino;
+    let counter = metrics.syslog_udp_kernel_drops.with_label_values(&[name]);
+    metrics.before_scrape(Box::new(move || {
+        if let Some(drops) = kernel_drops(inode) {
+            // The kernel's count only grows while the socket lives.
+            counter.inc_by(drops.saturating_sub(counter.get()));
+        }
+    }));
+}
+
+/// The `drops` column of the socket with this inode in `/proc/net/udp` or `/proc/net/udp6`.
+fn kernel_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            udp_table_drops(&text, inode)
+        })
+}
+
+/// In a `/proc/net/udp` table: `sl local rem st queues tr retrnsmt uid timeout inode ref
+/// pointer drops`.
+fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        (fields.get(9)?.parse::<u64>().ok()? == inode)
+            .then(|| fields.get(12)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Counts frames and hands accepted ones to the pipeline.
@@ -209,6 +349,7 @@ async fn accept_tcp(
     source: Arc<str>,
     max: usize,
     max_connections: usize,
+    limits: TcpLimits,
     tx: mpsc::Sender<Batch>,
     metrics: Arc<Metrics>,
 ) {
@@ -237,38 +378,66 @@ async fn accept_tcp(
             max,
             metrics.clone(),
         );
-        let tx = tx.clone();
+        let (tx, metrics, source) = (tx.clone(), metrics.clone(), source.clone());
         connections.spawn(async move {
-            receive_tcp(stream, peer, intake, tx).await;
+            if let Some(why) = receive_tcp(stream, peer, intake, limits, tx).await {
+                tracing::debug!(%peer, reason = why.label(), "syslog tcp connection closed");
+                metrics
+                    .syslog_connections_closed
+                    .with_label_values(&[&source, why.label()])
+                    .inc();
+            }
             drop(permit);
         });
     }
 }
 
+/// Reads frames until the peer closes (`None`) or the daemon closes the connection (why).
 async fn receive_tcp(
     mut stream: TcpStream,
     peer: SocketAddr,
     mut intake: Intake,
+    limits: TcpLimits,
     tx: mpsc::Sender<Batch>,
-) {
+) -> Option<Closed> {
     let mut framer = TcpFramer::new(intake.max_line_bytes);
     let mut chunk = vec![0u8; TCP_CHUNK];
+    // When the frame in progress began, if one is.
+    let mut frame_started: Option<Instant> = None;
     loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) => {
+        let (deadline, late) = match frame_started {
+            Some(start) => (start + limits.frame, Closed::FrameTimeout),
+            None => (Instant::now() + limits.idle, Closed::Idle),
+        };
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Some(late),
+            Ok(Ok(0)) => return None,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "syslog tcp connection ended");
-                return;
+                return None;
             }
         };
         let mut lines = Vec::new();
-        framer.feed(&chunk[..n], |frame| match frame {
-            Ok(bytes) => intake.accept(bytes, &mut lines),
-            Err(why) => intake.drop_frame(why),
+        let mut ended = false;
+        let flow = framer.feed(&chunk[..n], |frame| {
+            ended = true;
+            match frame {
+                Ok(bytes) => intake.accept(bytes, &mut lines),
+                Err(why) => intake.drop_frame(why),
+            }
         });
+        // A frame that ended in this chunk means the one in progress (if any) began in it.
+        frame_started = match (framer.in_frame(), frame_started) {
+            (false, _) => None,
+            (true, Some(start)) if !ended => Some(start),
+            (true, _) => Some(Instant::now()),
+        };
         if !forward(&tx, lines).await {
-            return;
+            return None;
+        }
+        if let Err(why) = flow {
+            return Some(why);
         }
     }
 }
@@ -307,15 +476,20 @@ impl TcpFramer {
         }
     }
 
-    /// Feeds bytes; `emit` gets each complete frame, or why one was dropped.
-    pub fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(Result<&[u8], Dropped>)) {
+    /// Feeds bytes; `emit` gets each complete frame, or why one was dropped. An error
+    /// means the stream cannot be framed any further and the connection must be closed.
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        mut emit: impl FnMut(Result<&[u8], Dropped>),
+    ) -> Result<(), Closed> {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
                 bytes = &bytes[n..];
                 if self.skip > 0 {
-                    return;
+                    return Ok(());
                 }
             }
             if self.skip_line {
@@ -324,16 +498,22 @@ impl TcpFramer {
                         self.skip_line = false;
                         bytes = &bytes[i + 1..];
                     }
-                    None => return,
+                    None => return Ok(()),
                 }
             }
             self.buf.extend_from_slice(bytes);
             bytes = &[];
             match self.next_frame(&mut emit) {
                 Progress::Again => continue,
-                Progress::NeedMore => return,
+                Progress::NeedMore => return Ok(()),
+                Progress::Close(why) => return Err(why),
             }
         }
+    }
+
+    /// Whether a frame has begun and not yet ended (bytes held or still to be skipped).
+    pub fn in_frame(&self) -> bool {
+        !self.buf.is_empty() || self.skip > 0 || self.skip_line
     }
 
     fn next_frame(&mut self, emit: &mut impl FnMut(Result<&[u8], Dropped>)) -> Progress {
@@ -366,6 +546,11 @@ impl TcpFramer {
                 self.skip_line = true;
                 return Progress::Again;
             };
+            if len > self.max.saturating_mul(SKIP_FACTOR) {
+                emit(Err(Dropped::Oversized));
+                self.buf.clear();
+                return Progress::Close(Closed::FrameTooLong);
+            }
             if len > self.max {
                 emit(Err(Dropped::Oversized));
                 let have = self.buf.len() - space - 1;
@@ -401,6 +586,7 @@ impl TcpFramer {
 enum Progress {
     Again,
     NeedMore,
+    Close(Closed),
 }
 
 /// Turns one syslog message into the text a local log file would hold; `None` when it has
@@ -511,7 +697,7 @@ mod tests {
         let mut framer = TcpFramer::new(max);
         let mut out = Vec::new();
         for c in chunks {
-            framer.feed(c, |f| out.push(f.map(<[u8]>::to_vec)));
+            framer.feed(c, |f| out.push(f.map(<[u8]>::to_vec))).unwrap();
         }
         out
     }
@@ -541,16 +727,25 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_skipped_whole_without_buffering_them() {
-        let mut framer = TcpFramer::new(16);
+        let mut framer = TcpFramer::new(1000);
         let mut out = Vec::new();
-        framer.feed(b"100000 ", |f| out.push(f.map(<[u8]>::to_vec)));
-        for _ in 0..10 {
-            framer.feed(&[b'x'; 10_000], |f| out.push(f.map(<[u8]>::to_vec)));
+        let mut feed = |framer: &mut TcpFramer, bytes: &[u8]| {
+            framer
+                .feed(bytes, |f| out.push(f.map(<[u8]>::to_vec)))
+                .unwrap()
+        };
+        feed(&mut framer, b"15000 ");
+        for _ in 0..14 {
+            feed(&mut framer, &[b'x'; 1_000]);
+            assert!(framer.in_frame());
         }
+        feed(&mut framer, &[b'x'; 1_000]);
         assert!(framer.buf.capacity() < 1024);
-        framer.feed(b"4 <1>z", |f| out.push(f.map(<[u8]>::to_vec)));
-        framer.feed(&[b'y'; 100], |f| out.push(f.map(<[u8]>::to_vec)));
-        framer.feed(b"\n<1>ok\n", |f| out.push(f.map(<[u8]>::to_vec)));
+        assert!(!framer.in_frame());
+        feed(&mut framer, b"4 <1>z");
+        feed(&mut framer, &[b'y'; 2000]);
+        feed(&mut framer, b"\n<1>ok\n");
+        assert!(!framer.in_frame());
         assert_eq!(
             out,
             vec![
@@ -560,5 +755,37 @@ mod tests {
                 Ok(b"<1>ok".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn an_octet_count_beyond_belief_closes_the_connection_instead_of_swallowing_it() {
+        let mut framer = TcpFramer::new(1000);
+        let mut out = Vec::new();
+        let closed = framer.feed(b"4 <1>a99999999999 <1>rest of the stream\n", |f| {
+            out.push(f.map(<[u8]>::to_vec))
+        });
+        assert_eq!(closed, Err(Closed::FrameTooLong));
+        assert_eq!(out, vec![Ok(b"<1>a".to_vec()), Err(Dropped::Oversized)]);
+    }
+
+    #[test]
+    fn a_frame_in_progress_is_known_so_it_can_be_timed() {
+        let mut framer = TcpFramer::new(100);
+        let mut feed = |bytes: &[u8]| framer.feed(bytes, |_| {}).map(|()| framer.in_frame());
+        assert_eq!(feed(b"<1>half a li"), Ok(true));
+        assert_eq!(feed(b"ne\n"), Ok(false));
+        assert_eq!(feed(b"10 <1>"), Ok(true));
+        assert_eq!(feed(b"abcdefg"), Ok(false));
+        assert_eq!(feed(b"\n\r\n"), Ok(false));
+    }
+
+    #[test]
+    fn kernel_drops_are_read_from_the_socket_row() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          120: 0100007F:15AA 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 4242 2 0000000000000000 0\n\
+          121: 0100007F:15AB 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 77 2 0000000000000000 1234\n";
+        assert_eq!(udp_table_drops(table, 77), Some(1234));
+        assert_eq!(udp_table_drops(table, 4242), Some(0));
+        assert_eq!(udp_table_drops(table, 5), None);
     }
 }

@@ -36,6 +36,12 @@ pub trait Engine: Send + Sync {
     /// Whether the engine holds nothing.
     fn is_empty(&self) -> Result<bool, StoreError>;
 
+    /// Closes and opens the engine again (after an I/O error); what was applied but not
+    /// flushed may be gone afterwards.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A number above every id the engine itself may have handed out before (stores of
     /// format 1 took ids from sled), 0 when it never did.
     fn ids_above(&self) -> Result<u64, StoreError> {

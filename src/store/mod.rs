@@ -50,6 +50,9 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record error: {0}")]
     Record(#[from] serde_json::Error),
+    /// The database is closed for a moment while it is reopened after an I/O error.
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
     /// A binary record could not be decoded.
     #[error("store record error: {0}")]
     Codec(#[from] codec::CodecError),
@@ -70,7 +73,8 @@ pub enum StoreError {
 /// A record's key (without its prefix) and undecoded value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
 
-/// Handle to the store; cheap to clone and safe to share across threads.
+/// Handle to the store; cheap to clone and safe to share across threads. Every clone sees
+/// the same database, also after [`Store::reopen`].
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -247,6 +251,15 @@ impl Store {
             return self.engine.apply(batch.writes);
         }
         self.engine.apply(batch.writes)
+    }
+
+    /// Closes the database and opens it again, for every clone of this handle. After an
+    /// I/O error (a full disk) sled refuses every later write until it is reopened; what
+    /// was committed but not yet flushed may be gone afterwards, so a writer re-commits
+    /// what it could not make durable.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        self.blocks.lock().expect("blocks lock").clear();
+        self.engine.reopen()
     }
 
     /// Makes everything committed so far durable on disk (on the blocking pool: the

@@ -635,6 +635,25 @@ pub fn verify_accounting(d: &Daemon, keys: usize, stall: Duration) {
     }
 }
 
+/// Waits (up to `limit`) for the daemon to close the connection; false if it stays open.
+pub fn closed_by_peer(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or similar before the close is fine; keep reading to the end.
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
 /// Open file descriptors of a process.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
