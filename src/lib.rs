@@ -16,6 +16,7 @@ pub mod diag;
 pub mod drill;
 pub mod due;
 pub mod duration;
+pub mod engine;
 pub mod escalation;
 pub mod http;
 pub mod ids;

@@ -9,6 +9,7 @@
 use crate::api::Health;
 use crate::audit::Entry;
 use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
+use crate::engine::{Engine, Stamp};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
@@ -55,10 +56,8 @@ pub struct Reload {
 pub struct Pipeline {
     /// Durable state.
     pub store: Store,
-    /// Rule evaluation.
-    pub detector: Detector,
-    /// Open incidents.
-    pub book: IncidentBook,
+    /// Detector, incident book and clock: the same engine `test` and `replay` run.
+    pub engine: Engine,
     /// How each source's lines carry time.
     pub formats: HashMap<String, TimestampFormat>,
     /// Where the notifications events call for are written.
@@ -134,8 +133,7 @@ impl Pipeline {
         }
         let pipeline = Pipeline {
             store,
-            detector,
-            book,
+            engine: Engine::new(detector, book, Stamp::Wall),
             formats,
             outbox,
             metrics,
@@ -216,7 +214,7 @@ impl Pipeline {
                     // Never past the wall clock: a line dated ahead (within the trusted
                     // skew) must not expire the windows of lines dated now.
                     if let Some(seen) = self.watermark {
-                        self.detector.expire(seen.min(Utc::now()));
+                        self.engine.detector_mut().expire(seen.min(Utc::now()));
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
                     self.step_at(Vec::new(), Some(Utc::now())).await?;
@@ -227,7 +225,7 @@ impl Pipeline {
                 }
                 reload = next_reload(&mut reloads) => {
                     self.metrics.preset_rules(&reload.rules);
-                    let change = self.detector.replace_rules(reload.rules);
+                    let change = self.engine.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
                     let stored = self.step(Vec::new()).await;
@@ -260,14 +258,15 @@ impl Pipeline {
         let mut commit = store::Batch::new();
         // A checkpoint or cursor that could not be put in the commit fails it.
         let mut unencoded: Option<StoreError> = None;
-        let mut hits: Vec<Hit> = Vec::new();
-        // Rules are swapped only between steps.
-        let rules = self.detector.rules().clone();
         // Matches per rule, added to the counter once per step rather than looked up by
         // label for every match.
         let mut matched: HashMap<String, u64> = HashMap::new();
-        let recidive = crate::recidive::wanted(&rules);
-        let mut detections = Vec::new();
+        let mut count = |hit: &Hit| match matched.get_mut(hit.rule.id()) {
+            Some(n) => *n += 1,
+            None => {
+                matched.insert(hit.rule.id().to_string(), 1);
+            }
+        };
         for batch in batches {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
@@ -275,21 +274,7 @@ impl Pipeline {
                 let time = self.line_time(line);
                 latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
-                self.detector.observe(line, time, &mut hits);
-                for hit in hits.drain(..) {
-                    match matched.get_mut(hit.rule.id()) {
-                        Some(n) => *n += 1,
-                        None => {
-                            matched.insert(hit.rule.id().to_string(), 1);
-                        }
-                    }
-                    if recidive {
-                        detections.extend(crate::recidive::detection_line(&hit));
-                    }
-                    if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
-                        events.push(event);
-                    }
-                }
+                self.engine.observe(line, time, &mut events, &mut count);
             }
             if let (Some(latest), Some(line)) = (latest, batch.lines.last()) {
                 // Once per batch: how far behind its log's clock a source is evaluated.
@@ -302,7 +287,7 @@ impl Pipeline {
             match batch.progress {
                 Some(Progress::At(c)) => {
                     if let Err(e) = commit.put(Space::Checkpoints, c.store_key().as_bytes(), &c) {
-                        tracing::error!(error = %e, "cannot encode a checkpoint");
+                        unencoded.get_or_insert(e);
                     }
                 }
                 Some(Progress::Done(id)) => {
@@ -333,26 +318,9 @@ impl Pipeline {
                 .inc_by(n);
         }
         if let Some(now) = clock {
-            self.detector.advance(now, &mut hits);
-            for hit in hits.drain(..) {
-                if recidive {
-                    detections.extend(crate::recidive::detection_line(&hit));
-                }
-                if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
-                    events.push(event);
-                }
-            }
+            self.engine.advance(now, &mut events);
         }
-        // This step's detections are lines for rules over detections (repeat offenders).
-        crate::recidive::feed_back(
-            &mut self.detector,
-            &mut self.book,
-            &rules,
-            detections,
-            &mut events,
-            |_| Utc::now(),
-        );
-        for (rule, n) in self.detector.take_evictions() {
+        for (rule, n) in self.engine.detector_mut().take_evictions() {
             self.metrics
                 .rule_keys_evicted
                 .with_label_values(&[&rule])
@@ -387,17 +355,25 @@ impl Pipeline {
         clock: Option<DateTime<Utc>>,
         commit: &mut store::Batch,
     ) -> Result<bool, StoreError> {
-        self.desk
-            .dispatch(&mut self.book, events, &self.outbox, commit, Utc::now())?;
+        self.desk.dispatch(
+            self.engine.book_mut(),
+            events,
+            &self.outbox,
+            commit,
+            Utc::now(),
+        )?;
         // After the openings: a new incident's tracker exists before its timers are checked.
         let mut notified = false;
         if let Some(now) = clock {
-            notified = self.desk.tick(&mut self.book, &self.outbox, commit, now)?;
+            notified = self
+                .desk
+                .tick(self.engine.book_mut(), &self.outbox, commit, now)?;
         }
-        self.book
+        self.engine
+            .book_mut()
             .write_changes(&self.store, commit, &mut self.evidence)?;
         let (evidence, store) = (&mut self.evidence, &self.store);
-        for (id, window) in self.detector.take_dirty() {
+        for (id, window) in self.engine.detector_mut().take_dirty() {
             match window {
                 Some(w) => {
                     let value = encode_window(&id, w, &mut |e| evidence.store(store, commit, e));
@@ -459,7 +435,7 @@ impl Pipeline {
         // Only the pipeline knows the rules a silence must be able to match.
         let refused = match &command.request {
             Request::CreateSilence(new) => {
-                crate::silences::check_matchers(&new.matchers, self.detector.rules()).err()
+                crate::silences::check_matchers(&new.matchers, self.engine.rules()).err()
             }
             _ => None,
         };
@@ -471,7 +447,7 @@ impl Pipeline {
                 self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
             }
             request => self.desk.command(
-                &mut self.book,
+                self.engine.book_mut(),
                 &self.store,
                 &self.outbox,
                 &mut batch,
@@ -480,9 +456,10 @@ impl Pipeline {
                 Utc::now(),
             ),
         };
-        if let Err(e) = self
-            .book
-            .write_changes(&self.store, &mut batch, &mut self.evidence)
+        if let Err(e) =
+            self.engine
+                .book_mut()
+                .write_changes(&self.store, &mut batch, &mut self.evidence)
         {
             let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
                 "the change could not be stored".into(),
@@ -529,22 +506,30 @@ impl Pipeline {
         batch: &mut store::Batch,
         opened: &mut Vec<IncidentEvent>,
     ) -> Result<crate::lifecycle::Done, crate::lifecycle::Refusal> {
-        let rules = self.detector.rules().clone();
+        let rules = self.engine.rules().clone();
         let rule = rules
             .rule(rule_id)
             .ok_or_else(|| crate::lifecycle::Refusal::NotFound(format!("no rule {rule_id}")))?;
         let now = Utc::now();
         let hit = crate::drill::synthetic_hit(rule, actor, now);
-        let mut event = self.book.apply(hit, &rules, now).ok_or_else(|| {
-            crate::lifecycle::Refusal::Internal("the drill opened nothing".into())
-        })?;
-        let incident = self.book.active_mut(&event.incident.id).ok_or_else(|| {
-            crate::lifecycle::Refusal::Internal("the drill incident vanished".into())
-        })?;
+        let mut event = self
+            .engine
+            .book_mut()
+            .apply(hit, &rules, now)
+            .ok_or_else(|| {
+                crate::lifecycle::Refusal::Internal("the drill opened nothing".into())
+            })?;
+        let incident = self
+            .engine
+            .book_mut()
+            .active_mut(&event.incident.id)
+            .ok_or_else(|| {
+                crate::lifecycle::Refusal::Internal("the drill incident vanished".into())
+            })?;
         crate::drill::mark(incident, actor, now);
         event.incident = incident.clone();
         self.desk.dispatch(
-            &mut self.book,
+            self.engine.book_mut(),
             std::slice::from_ref(&event),
             &self.outbox,
             batch,
@@ -567,7 +552,7 @@ impl Pipeline {
             return Ok(());
         };
         let horizon = self
-            .detector
+            .engine
             .rules()
             .rules
             .iter()
@@ -710,7 +695,7 @@ impl Pipeline {
     }
 
     fn update_open_gauge(&self) {
-        let counts = self.book.open_counts();
+        let counts = self.engine.book().open_counts();
         for severity in Severity::ALL {
             for state in crate::incidents::State::ACTIVE {
                 let n = counts.get(&(severity, state)).copied().unwrap_or(0);
