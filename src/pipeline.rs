@@ -38,7 +38,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often evidence lines no record references any more are collected.
-const EVIDENCE_GC: Duration = Duration::from_secs(600);
+const EVIDENCE_GC: Duration = Duration::from_secs(120);
 /// Extra log time an unreferenced evidence line is kept past every rule's horizon (lines
 /// arrive late, clocks disagree).
 const EVIDENCE_GRACE_MS: i64 = 3_600_000;
@@ -567,12 +567,10 @@ impl Pipeline {
         let result = (|| -> Result<usize, StoreError> {
             let mut referenced = std::collections::HashSet::new();
             for (key, value) in self.store.scan_raw(Space::Windows)? {
-                let refs = crate::detection::stored::window_refs(&key, &value)?;
-                referenced.extend(refs.into_iter().map(|loc| loc.block));
+                referenced.extend(crate::detection::stored::window_refs(&key, &value)?);
             }
             for (_, head) in self.store.scan_raw(Space::Incidents)? {
-                let refs = crate::incidents::stored::head_refs(&head)?;
-                referenced.extend(refs.into_iter().map(|loc| loc.block));
+                referenced.extend(crate::incidents::stored::head_refs(&head)?);
             }
             self.evidence
                 .collect(&self.store, &referenced, before_ms, &mut batch)
