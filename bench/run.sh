@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Detection speed for 10, 100 and 500 rules over two generated auth logs, reported as
-# lines/s and as a ratio to `grep -c` over the same file in the same run (machines differ;
-# the ratios are what to compare). Each rule count is measured twice: the multi-pattern pass
-# alone (the floor: no rule set evaluates faster on this machine) and the whole detector.
+# lines/s, peak RSS, instructions per line (where `perf stat` can count them) and as ratios
+# to `grep -c` over the same file and to the previous design's front end, both in the same
+# run (machines differ; the ratios are what to compare). Each rule count is measured for
+# finding candidates alone (`pass`) and the whole detector (`detect`), each with the
+# combined-set front end (`set`, the detector's) and the literal gate (`gate`).
 # Usage: bench/run.sh [LINES]
 #
 #   attack-heavy  the generated sshd/PAM/sudo/cron log of a host under brute force
@@ -30,9 +32,34 @@ for total in 10 100 500; do
   "$bin" gen-rules rules "$work/rules-$total" "$total" >/dev/null
 done
 
-# Two rows per rule count: `pass`, the floor of the design (reading, timestamps and the one
-# multi-pattern pass, no captures, keys or windows), and `detect`, the whole detector.
-printf '%-13s %-6s %-7s %12s %9s %17s\n' log rules stage lines/s seconds "ratio to grep -c"
+# Does `perf stat` count instructions here (not in most VMs)?
+perf_ok=
+if command -v perf >/dev/null &&
+  perf stat -x, -e instructions:u true 2>&1 | grep -qE '^[0-9]+,'; then
+  perf_ok=1
+fi
+
+# Runs detect_bench with its arguments; sets $out (its JSON line), $rss (peak resident set,
+# MiB, or -) and $instr (instructions, or empty).
+measure() {
+  local cmd=("$bin" "$@")
+  [ -x /usr/bin/time ] && cmd=(/usr/bin/time -f %M -o "$work/rss" "${cmd[@]}")
+  [ -n "$perf_ok" ] && cmd=(perf stat -x, -o "$work/perf" -e instructions:u -- "${cmd[@]}")
+  out=$("${cmd[@]}")
+  rss=-
+  [ -s "$work/rss" ] && rss=$(calc "$(tail -1 "$work/rss") / 1024")
+  instr=
+  [ -n "$perf_ok" ] && instr=$(grep instructions "$work/perf" | cut -d, -f1)
+  rm -f "$work/rss" "$work/perf"
+}
+
+# Four rows per rule count: two stages, each with two front ends. `pass` is finding the
+# candidate patterns alone (reading, timestamps and the front end, no captures, keys or
+# windows), `detect` the whole detector. `set` is the combined-set pass the detector uses,
+# `gate` the literal gate (same hits, see tests/front_end.rs); "vs set" is gate over set in
+# the same run.
+printf '%-13s %-6s %-7s %-5s %12s %9s %9s %11s %10s %7s\n' \
+  log rules stage front lines/s seconds peak_MiB instr/line "vs grep -c" "vs set"
 for log in attack-heavy benign-heavy; do
   file="$work/$log.log"
   count=$(wc -l <"$file")
@@ -47,19 +74,27 @@ for log in attack-heavy benign-heavy; do
     if [ -z "$best_grep" ] || [ "$(calc "$t < $best_grep")" = 1 ]; then best_grep=$t; fi
   done
   grep_rate=$(calc "$count / $best_grep")
-  printf '%-13s %-6s %-7s %12.0f %9.3f %17s\n' "$log" - "grep -c" "$grep_rate" "$best_grep" 1.000
+  printf '%-13s %-6s %-7s %-5s %12.0f %9.3f %9s %11s %10s %7s\n' "$log" - "grep -c" - \
+    "$grep_rate" "$best_grep" - - 1.000 -
   first_rate=
   for total in 10 100 500; do
     for stage in pass detect; do
       mode=$([ "$stage" = pass ] && echo pass || echo run)
-      out=$("$bin" "$mode" "$work/rules-$total" "$file")
-      rate=$(echo "$out" | sed -E 's/.*"lines_per_second": ([0-9.]+).*/\1/')
-      secs=$(echo "$out" | sed -E 's/.*"seconds": ([0-9.]+).*/\1/')
-      printf '%-13s %-6s %-7s %12.0f %9.3f %17.3f\n' "$log" "$total" "$stage" "$rate" "$secs" \
-        "$(calc "$rate / $grep_rate")"
-      echo "  $out" >&2
+      for front in set gate; do
+        measure "$mode" "$work/rules-$total" "$file" "$front"
+        rate=$(echo "$out" | sed -E 's/.*"lines_per_second": ([0-9.]+).*/\1/')
+        secs=$(echo "$out" | sed -E 's/.*"seconds": ([0-9.]+).*/\1/')
+        per_line=-
+        [ -n "$instr" ] && per_line=$(printf '%.0f' "$(calc "$instr / $count")")
+        [ "$front" = set ] && set_rate=$rate
+        [ "$stage/$front" = detect/set ] && detect_rate=$rate
+        printf '%-13s %-6s %-7s %-5s %12.0f %9.3f %9s %11s %10.3f %7.2f\n' "$log" "$total" \
+          "$stage" "$front" "$rate" "$secs" "$(printf '%.0f' "$rss" 2>/dev/null || echo -)" \
+          "$per_line" "$(calc "$rate / $grep_rate")" "$(calc "$rate / $set_rate")"
+        echo "  $out" >&2
+      done
     done
-    [ -z "$first_rate" ] && first_rate=$rate
+    [ -z "$first_rate" ] && first_rate=$detect_rate
   done
-  echo "$log: detector slowdown from 10 to 500 rules: $(printf '%.2f' "$(calc "$first_rate / $rate")")x"
+  echo "$log: detector slowdown from 10 to 500 rules: $(printf '%.2f' "$(calc "$first_rate / $detect_rate")")x"
 done

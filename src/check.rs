@@ -28,6 +28,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
         match RuleSet::load(&config.rules, &crate::daemon::rule_context(config)) {
             Ok(set) => {
                 warnings.extend(set.warnings.iter().cloned());
+                errors.extend(crate::config::never_contain_lists(config, &set.lists));
                 rules = Some(set);
             }
             Err(problems) => errors.extend(problems.into_iter().map(|p| at_rules_entry(config, p))),

@@ -38,6 +38,8 @@ pub enum Command {
     Notifications(crate::notification::cli::NotificationsArgs),
     /// Incidents: list, show, and work them through their lifecycle (client of the HTTP API).
     Incidents(crate::lifecycle::cli::IncidentsArgs),
+    /// Containments: addresses banned by containment actions (client of the HTTP API).
+    Containments(crate::containment::cli::ContainmentsArgs),
     /// Silences: approved exceptions to notification (client of the HTTP API).
     Silences(crate::silences::cli::SilencesArgs),
     /// The audit log: verify its hash chain, export evidence (offline, on a stopped store).
@@ -93,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Notifications(args) => crate::notification::cli::run(args),
         Command::Incidents(args) => crate::lifecycle::cli::run(args),
         Command::Silences(args) => crate::silences::cli::run(args),
+        Command::Containments(args) => crate::containment::cli::run(args),
         Command::Audit(args) => crate::audit::cli::run(args),
         Command::Drill(args) => crate::lifecycle::cli::drill(args),
         Command::Test(args) => crate::tools::test::run(args),

@@ -7,11 +7,15 @@
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::HumanDuration;
 use crate::sources::timestamp::TimestampFormat;
+pub use actions::{
+    ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
+};
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
+mod actions;
 mod escalation;
 mod receivers;
 pub use receivers::{
@@ -61,6 +65,20 @@ pub struct Config {
     /// How far lines' own times are trusted (ahead of and behind the wall clock).
     #[serde(default)]
     pub line_time: crate::sources::line_time::LineTimeBounds,
+    /// Containment actions escalation steps can call for (`contain: [NAME]`).
+    #[serde(default)]
+    pub actions: Vec<ActionConfig>,
+    /// Addresses and networks (or `@lists` of the rule files) never contained, besides
+    /// loopback, link-local and the host's own addresses, which never are.
+    #[serde(default)]
+    pub never_contain: Vec<String>,
+    /// Record and notify what actions would do, without doing it.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Whether a successful containment moves an open or acknowledged incident to
+    /// `contained` (actor `logwarden`).
+    #[serde(default = "yes")]
+    pub contain_moves_state: bool,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -94,6 +112,10 @@ pub fn host_problem(host: &str) -> Option<String> {
             "host {host:?} may only hold letters, digits, '.', '-' and '_' (found {c:?}); set `host:` in the config"
         )
     })
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_listen() -> String {
@@ -586,6 +608,7 @@ impl Config {
             }
         }
         problems.extend(escalation::validate(self, path, &loc));
+        problems.extend(actions::validate(self, path, &loc));
         for (i, token) in self.api.tokens.iter().enumerate() {
             if token.token_file.is_some() == token.token_env.is_some() {
                 problems.push(Diagnostic::at(

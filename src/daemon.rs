@@ -51,29 +51,38 @@ pub fn rule_context(config: &Config) -> RuleContext {
     }
 }
 
+/// A multi-threaded runtime with `threads` workers named `name`.
+fn new_runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))
+}
+
 /// Runs the daemon until a termination signal.
 pub fn run(config_path: &Path) -> Result<(), RunError> {
     let config = Config::load(config_path).map_err(RunError::Invalid)?;
     let rules =
         Arc::new(RuleSet::load(&config.rules, &rule_context(&config)).map_err(RunError::Invalid)?);
     let store = Store::open(&config.state_dir).map_err(|e| RunError::Io(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("logwarden")
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
+    let runtime = new_runtime("logwarden", 2)?;
     // Delivery writes to the store (outbox and audit) after every attempt; its own thread
     // keeps that blocking work off the workers that answer /healthz, /metrics and the API,
     // which must answer promptly while thousands of notifications go out.
-    let delivery = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("delivery")
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start runtime: {e}")))?;
-    let result = runtime.block_on(serve(config, rules, store, delivery.handle().clone()));
+    let delivery = new_runtime("delivery", 1)?;
+    // Containment actions run apart too: a hung firewall command never holds up the API.
+    let actions = new_runtime("actions", 1)?;
+    let result = runtime.block_on(serve(
+        config,
+        rules,
+        store,
+        delivery.handle().clone(),
+        actions.handle().clone(),
+    ));
     delivery.shutdown_timeout(NOTIFY_DRAIN);
+    actions.shutdown_timeout(NOTIFY_DRAIN);
     result
 }
 
@@ -82,6 +91,7 @@ async fn serve(
     rules: Arc<RuleSet>,
     store: Store,
     delivery_runtime: tokio::runtime::Handle,
+    actions_runtime: tokio::runtime::Handle,
 ) -> Result<(), RunError> {
     // Handlers first: a SIGTERM during start-up must still shut down cleanly.
     let termination =
@@ -148,6 +158,14 @@ async fn serve(
     };
     let mut desk =
         Desk::new(&store, &config, audit.clone()).map_err(|e| RunError::Io(e.to_string()))?;
+    desk.containments
+        .use_lists(&rules.lists)
+        .map_err(RunError::Io)?;
+    let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
+    let worker = {
+        let _on = actions_runtime.enter();
+        crate::containment::exec::spawn(&config, outcome_tx, metrics.clone())
+    };
     desk.note(Entry::new(
         "rules.loaded",
         DAEMON,
@@ -171,6 +189,7 @@ async fn serve(
     let pipeline = pipeline
         .with_reloads(reload_rx)
         .with_commands(command_rx)
+        .with_containment(worker, outcome_rx)
         .with_line_time(config.line_time)
         .with_terminating(terminating_rx);
     let reloader = Reloader {

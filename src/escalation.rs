@@ -13,6 +13,9 @@
 //!
 //! Receivers reached through a role marked `external: true` (customers, regulators) are
 //! held until an approver approves the incident.
+//!
+//! A step may also `contain: [ACTION]`: the firing carries the action names, and the Desk
+//! decides the containments (see [`crate::containment`]).
 
 use crate::config::{Config, EscalationStep, Until};
 use crate::incidents::{Incident, State};
@@ -83,6 +86,8 @@ pub struct Firing {
     pub receivers: BTreeSet<String>,
     /// External receivers held for approval by this firing.
     pub held: BTreeSet<String>,
+    /// Containment actions the step calls for.
+    pub contain: Vec<String>,
 }
 
 /// The configured policies, resolved to receivers.
@@ -226,6 +231,7 @@ impl Policies {
                 roles: step.roles.clone(),
                 receivers,
                 held,
+                contain: step.config.contain.clone(),
             });
         }
         firings

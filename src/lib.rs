@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod containment;
 pub mod daemon;
 pub mod detection;
 pub mod diag;

@@ -90,6 +90,11 @@ pub struct Metrics {
     pub store_written: IntCounter,
     /// Refreshes of values read from the system (kernel counters), run before each scrape.
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
+    /// Containment action outcomes (`requested`, `applied`, `reapplied`, `released`,
+    /// `refused`, `held`, `dry_run`, `error` per failed try, `failed`, `undo_failed`), by action.
+    pub actions: IntCounterVec,
+    /// Targets contained now, by action.
+    pub contained_targets: IntGaugeVec,
 }
 
 /// Brings a metric up to date from outside the process just before a scrape, so values the
@@ -115,6 +120,16 @@ impl Metrics {
             g
         };
         let lines_read = counter("logwarden_lines_read_total", "Log lines read.", &["source"]);
+        let actions = counter(
+            "logwarden_actions_total",
+            "Containment action outcomes, by action.",
+            &["action", "outcome"],
+        );
+        let contained_targets = gauge(
+            "logwarden_contained_targets",
+            "Targets (addresses) contained now, by action.",
+            &["action"],
+        );
         let bytes_read = counter("logwarden_bytes_read_total", "Log bytes read.", &["source"]);
         let lines_truncated = counter(
             "logwarden_lines_truncated_total",
@@ -349,6 +364,8 @@ impl Metrics {
             store_errors,
             store_written,
             scrape_hooks: Default::default(),
+            actions,
+            contained_targets,
         }
     }
 
@@ -396,6 +413,12 @@ impl Metrics {
                     kpi.with_label_values(&[severity.as_str(), drill]);
                 }
             }
+        }
+        for action in &config.actions {
+            for outcome in ["applied", "released", "refused", "failed"] {
+                self.actions.with_label_values(&[&action.name, outcome]);
+            }
+            self.contained_targets.with_label_values(&[&action.name]);
         }
         self.preset_rules(rules);
     }

@@ -78,6 +78,10 @@ pub struct Pipeline {
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
     terminating: Option<watch::Receiver<bool>>,
+    /// Where decided containment effects go once durable.
+    worker: Option<crate::containment::exec::Worker>,
+    /// What the containment worker did, to record.
+    outcomes: Option<mpsc::UnboundedReceiver<crate::containment::Outcome>>,
 }
 
 /// A step's changes could not be stored and the daemon is stopping: what it holds is lost
@@ -147,6 +151,8 @@ impl Pipeline {
             reloads: None,
             commands: None,
             terminating: None,
+            worker: None,
+            outcomes: None,
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
@@ -173,6 +179,17 @@ impl Pipeline {
         self
     }
 
+    /// Containment effects go to `worker` once committed; its outcomes come back here.
+    pub fn with_containment(
+        mut self,
+        worker: crate::containment::exec::Worker,
+        outcomes: mpsc::UnboundedReceiver<crate::containment::Outcome>,
+    ) -> Self {
+        self.worker = Some(worker);
+        self.outcomes = Some(outcomes);
+        self
+    }
+
     /// Lifecycle and silence changes sent here are carried out between batches.
     pub fn with_commands(mut self, commands: mpsc::Receiver<Command>) -> Self {
         self.commands = Some(commands);
@@ -189,6 +206,8 @@ impl Pipeline {
         let mut tick = tokio::time::interval(TICK);
         let mut reloads = self.reloads.take();
         let mut commands = self.commands.take();
+        let mut outcomes = self.outcomes.take();
+        self.resume_containments().await?;
         loop {
             // Unbiased: a long backlog of batches must not starve the tick, or systemd's
             // watchdog would kill a daemon that is busy, not hung.
@@ -225,6 +244,9 @@ impl Pipeline {
                 }
                 reload = next_reload(&mut reloads) => {
                     self.metrics.preset_rules(&reload.rules);
+                    if let Err(e) = self.desk.containments.use_lists(&reload.rules.lists) {
+                        tracing::error!(error = %e, "never_contain keeps its previous lists");
+                    }
                     let change = self.engine.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
@@ -233,6 +255,7 @@ impl Pipeline {
                     stored?;
                 }
                 command = next_command(&mut commands) => self.command(command).await?,
+                outcome = next_outcome(&mut outcomes) => self.record_outcome(outcome).await?,
             }
         }
         let mut rest = Vec::new();
@@ -339,6 +362,7 @@ impl Pipeline {
         }
         self.make_durable(commit, audit).await?;
         self.evidence.committed();
+        self.hand_over_effects();
         if notified {
             self.outbox.wake();
         }
@@ -478,23 +502,105 @@ impl Pipeline {
         } else {
             self.evidence.abandoned();
         }
+        self.hand_over_effects();
         if let Ok(done) = &result {
-            for kpi in &done.kpis {
-                let histogram = match kpi.measure {
-                    Measure::Acknowledge => &self.metrics.time_to_acknowledge,
-                    Measure::Contain => &self.metrics.time_to_contain,
-                    Measure::Resolve => &self.metrics.time_to_resolve,
-                };
-                histogram
-                    .with_label_values(&[kpi.severity.as_str(), drill_label(kpi.drill)])
-                    .observe(kpi.seconds);
-            }
+            self.observe(&done.kpis);
             self.outbox.wake();
             self.update_open_gauge();
         }
         self.after_commit(opened).await;
         let _ = command.reply.send(result.map(|d| d.reply));
         Ok(())
+    }
+
+    /// After a start: containments left pending, active or being lifted are resumed (see
+    /// [`crate::containment::Book::resume`]).
+    async fn resume_containments(&mut self) -> Result<(), NotStored> {
+        let mut batch = store::Batch::new();
+        if let Err(e) = self
+            .desk
+            .containments
+            .resume(&self.store, Utc::now(), &mut batch)
+        {
+            tracing::error!(error = %e, "cannot read containments; they resume at the next start");
+            return Ok(());
+        }
+        self.make_durable(batch, Vec::new()).await?;
+        self.hand_over_effects();
+        Ok(())
+    }
+
+    /// Records a containment outcome with its timeline, audit and state change.
+    async fn record_outcome(
+        &mut self,
+        outcome: crate::containment::Outcome,
+    ) -> Result<(), NotStored> {
+        let mut batch = store::Batch::new();
+        let kpis = match self.desk.record_outcome(
+            self.engine.book_mut(),
+            &self.store,
+            &self.outbox,
+            &mut batch,
+            &outcome,
+        ) {
+            Ok(kpis) => kpis,
+            Err(e) => return self.cannot_build(e),
+        };
+        if let Err(e) =
+            self.engine
+                .book_mut()
+                .write_changes(&self.store, &mut batch, &mut self.evidence)
+        {
+            return self.cannot_build(e);
+        }
+        let audit = self.desk.take_audit();
+        self.make_durable(batch, audit).await?;
+        self.evidence.committed();
+        self.observe(&kpis);
+        self.hand_over_effects();
+        self.outbox.wake();
+        self.update_open_gauge();
+        Ok(())
+    }
+
+    /// Committed containment effects go to the worker; their counts and the contained
+    /// targets to the metrics.
+    fn hand_over_effects(&mut self) {
+        let effects = self.desk.containments.take_effects();
+        if let Some(worker) = &self.worker {
+            for effect in effects {
+                worker.send(effect);
+            }
+        }
+        let counts = self.desk.containments.take_counts();
+        if counts.is_empty() {
+            return;
+        }
+        for (action, outcome) in counts {
+            self.metrics
+                .actions
+                .with_label_values(&[&action, outcome])
+                .inc();
+        }
+        for (action, n) in self.desk.containments.active_per_action() {
+            self.metrics
+                .contained_targets
+                .with_label_values(&[&action])
+                .set(n);
+        }
+    }
+
+    fn observe(&self, kpis: &[crate::lifecycle::Kpi]) {
+        for kpi in kpis {
+            let histogram = match kpi.measure {
+                Measure::Acknowledge => &self.metrics.time_to_acknowledge,
+                Measure::Contain => &self.metrics.time_to_contain,
+                Measure::Resolve => &self.metrics.time_to_resolve,
+            };
+            histogram
+                .with_label_values(&[kpi.severity.as_str(), drill_label(kpi.drill)])
+                .observe(kpi.seconds);
+        }
     }
 
     /// Opens a drill incident for a rule: a synthetic match that crosses the rule at once,
@@ -730,5 +836,18 @@ async fn next_command(commands: &mut Option<mpsc::Receiver<Command>>) -> Command
         return command;
     }
     *commands = None;
+    std::future::pending().await
+}
+
+/// The next containment outcome, or never when there is no worker (or it stopped).
+async fn next_outcome(
+    outcomes: &mut Option<mpsc::UnboundedReceiver<crate::containment::Outcome>>,
+) -> crate::containment::Outcome {
+    if let Some(rx) = outcomes
+        && let Some(outcome) = rx.recv().await
+    {
+        return outcome;
+    }
+    *outcomes = None;
     std::future::pending().await
 }

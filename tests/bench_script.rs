@@ -75,20 +75,26 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
             .collect();
         assert_eq!(
             rows.len(),
-            7,
-            "grep row and 3 × 2 stages for {log}:\n{stdout}"
+            13,
+            "grep row and 3 × 2 stages × 2 front ends for {log}:\n{stdout}"
         );
         assert_eq!(rows[0][2..4], ["grep", "-c"], "{stdout}");
         let mut expected = Vec::new();
         for rules in ["10", "100", "500"] {
-            expected.push((rules, "pass"));
-            expected.push((rules, "detect"));
+            for stage in ["pass", "detect"] {
+                expected.push((rules, stage, "set"));
+                expected.push((rules, stage, "gate"));
+            }
         }
-        for (row, (rules, stage)) in rows[1..].iter().zip(expected) {
-            assert_eq!((row[1], row[2]), (rules, stage), "{stdout}");
-            let rate: f64 = row[3].parse().expect("lines/s");
-            let ratio: f64 = row[5].parse().expect("ratio");
-            assert!(rate > 0.0 && ratio > 0.0, "{stdout}");
+        for (row, (rules, stage, front)) in rows[1..].iter().zip(expected) {
+            assert_eq!((row[1], row[2], row[3]), (rules, stage, front), "{stdout}");
+            let rate: f64 = row[4].parse().expect("lines/s");
+            let to_grep: f64 = row[8].parse().expect("ratio to grep");
+            let to_set: f64 = row[9].parse().expect("ratio to set");
+            assert!(rate > 0.0 && to_grep > 0.0 && to_set > 0.0, "{stdout}");
+            if front == "set" {
+                assert_eq!(row[9], "1.00", "{stdout}");
+            }
         }
         assert!(
             stdout.contains(&format!("{log}: detector slowdown from 10 to 500 rules: ")),
@@ -97,29 +103,35 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
     }
 
     // Per log, the three rule counts: the same candidates and matches (the filler rules,
-    // generated to compile into the set, never match the log).
+    // generated to compile into the front end, never match the log), and both front ends
+    // the same matches.
     let json: Vec<&str> = stderr
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with('{'))
         .collect();
-    assert_eq!(json.len(), 12, "{stderr}");
-    for per_log in json.chunks(6) {
-        let passes: Vec<f64> = per_log
-            .iter()
-            .step_by(2)
-            .map(|j| number(j, "lines_with_candidates"))
-            .collect();
-        let matches: Vec<f64> = per_log
-            .iter()
-            .skip(1)
-            .step_by(2)
-            .map(|j| number(j, "matches"))
-            .collect();
-        assert!(passes[0] > 0.0 && matches[0] > 0.0, "{stderr}");
-        assert!(passes.iter().all(|p| *p == passes[0]), "{stderr}");
-        assert!(matches.iter().all(|m| *m == matches[0]), "{stderr}");
-        let rules: Vec<f64> = per_log.iter().map(|j| number(j, "rules")).collect();
-        assert!(rules[0] < rules[2] && rules[4] >= 500.0, "{stderr}");
+    assert_eq!(json.len(), 24, "{stderr}");
+    for per_log in json.chunks(12) {
+        // Per rule count: pass set, pass gate, run set, run gate.
+        let of = |at: usize, name: &str| -> Vec<f64> {
+            per_log
+                .iter()
+                .skip(at)
+                .step_by(4)
+                .map(|j| number(j, name))
+                .collect()
+        };
+        for candidates in [
+            of(0, "lines_with_candidates"),
+            of(1, "lines_with_candidates"),
+        ] {
+            assert!(candidates[0] > 0.0, "{stderr}");
+            assert!(candidates.iter().all(|c| *c == candidates[0]), "{stderr}");
+        }
+        let (set, gate) = (of(2, "matches"), of(3, "matches"));
+        assert!(set[0] > 0.0 && set == gate, "{stderr}");
+        assert!(set.iter().all(|m| *m == set[0]), "{stderr}");
+        let rules = of(0, "rules");
+        assert!(rules[0] < rules[1] && rules[2] >= 500.0, "{stderr}");
     }
 }

@@ -737,3 +737,37 @@ fn warnings_name_log_paths_and_secret_files_missing_on_this_host() {
     );
     assert_eq!(lines[3], "ok: 1 rules in 1 files");
 }
+
+#[test]
+fn containment_actions_and_never_contain_lists_are_checked_at_their_place() {
+    let s = Setup::new();
+    let config = format!(
+        "{CONFIG}      contain: [ban-ip, nuke]\nactions:\n  - {{name: ban-ip, type: nftables, duration: 1h}}\nnever_contain: ['@trusted-nets', '@office']\n"
+    );
+    s.write("logwarden.yaml", &config);
+    s.write(
+        "rules/a.yaml",
+        &format!("lists:\n  trusted-nets: [192.0.2.0/24]\nrules:\n{GOOD_RULE}    allow:\n      ip: ['@trusted-nets']\n"),
+    );
+    let path = s.path("logwarden.yaml");
+    let (code, lines) = check(s.dir.path());
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(
+        lines.contains(&format!(
+            "{}:12:7: escalation policy \"default\" names unknown action \"nuke\"",
+            path.display()
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "{}:15:1: never_contain names unknown list \"@office\"",
+            path.display()
+        ))),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("@trusted-nets")),
+        "{lines:?}"
+    );
+}

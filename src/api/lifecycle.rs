@@ -1,4 +1,4 @@
-//! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve|resolve`: lifecycle changes,
+//! `POST /api/v1/incidents/{id}/ack|transition|note|review|approve|resolve|release`: lifecycle changes,
 //! answered once the pipeline has stored them durably.
 
 use super::{ApiError, ApiResult, AppState, Caller, error, require};
@@ -170,6 +170,18 @@ pub async fn resolve(
     require(&caller, ApiRole::Responder)?;
     let body: NoteOnlyBody = parse_optional_body(body)?;
     act(&state, &caller, id, Action::Resolve { note: body.note }).await
+}
+
+/// `POST .../release` `{"note"?}` (responder): lifts the incident's containments now.
+pub async fn release(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    require(&caller, ApiRole::Responder)?;
+    let body: NoteOnlyBody = parse_optional_body(body)?;
+    act(&state, &caller, id, Action::Release { note: body.note }).await
 }
 
 /// `POST /api/v1/drills` `{"rule"}`.

@@ -208,6 +208,8 @@ pub fn router(state: Shared) -> Router {
         .route("/incidents/{id}/review", post(lifecycle::review))
         .route("/incidents/{id}/approve", post(lifecycle::approve))
         .route("/incidents/{id}/resolve", post(lifecycle::resolve))
+        .route("/incidents/{id}/release", post(lifecycle::release))
+        .route("/containments", get(list_containments))
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
@@ -477,13 +479,62 @@ async fn get_incident(
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
     let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let store = state.store.clone();
-    let incident =
-        tokio::task::spawn_blocking(move || crate::incidents::stored::read(&store, number))
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
-            .filter(|i| i.is_named_by(&id))
-            .ok_or_else(missing)?;
-    Ok(Json(incident).into_response())
+    let (incident, containments) = tokio::task::spawn_blocking(move || {
+        let incident = crate::incidents::stored::read(&store, number)?;
+        let containments = match &incident {
+            Some(i) => crate::containment::of_incident(&store, &i.id)?,
+            None => Vec::new(),
+        };
+        Ok::<_, crate::store::StoreError>((incident, containments))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let incident = incident
+        .filter(|i| i.is_named_by(&id))
+        .ok_or_else(missing)?;
+    // Its containments (bans) with the incident: what was done, allowed by whom, until when.
+    let mut body = serde_json::to_value(&incident)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["containments"] = serde_json::json!(containments);
+    Ok(Json(body).into_response())
+}
+
+/// `GET /api/v1/containments` (viewer): every containment, by incident; `?status=active`
+/// (or another status) keeps those in that status.
+async fn list_containments(
+    State(state): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    axum::extract::Query(query): axum::extract::Query<ContainmentQuery>,
+) -> ApiResult {
+    require(&caller, ApiRole::Viewer)?;
+    let wanted = match &query.status {
+        Some(s) => Some(
+            serde_json::from_value::<crate::containment::Status>(serde_json::json!(s))
+                .map_err(|_| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown status {s:?} (held, pending, active, releasing, released, refused, failed, dry_run)"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let store = state.store.clone();
+    let all = tokio::task::spawn_blocking(move || crate::containment::all(&store))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let list: Vec<_> = all
+        .into_iter()
+        .filter(|c| wanted.is_none_or(|w| c.status == w))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// `GET /api/v1/containments` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainmentQuery {
+    status: Option<String>,
 }
 
 async fn list_rules(

@@ -139,6 +139,8 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         "incident.resolved" => vec!["CC7.4", "CC7.5"],
         "incident.approved" => vec!["CC2.3"],
         e if e.starts_with("notification.") => vec!["CC7.4"],
+        // Banning an attacker, lifting the ban, and refusing or holding one.
+        e if e.starts_with("containment.") => vec!["CC7.4"],
         e if e.starts_with("silence.") => vec!["CC7.3"],
         e if e.starts_with("rules.") => vec!["CC8.1"],
         // A source that may have missed entries is a hole in monitoring coverage.

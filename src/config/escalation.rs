@@ -30,7 +30,11 @@ pub struct EscalationStep {
     #[serde(default)]
     pub after: Option<HumanDuration>,
     /// Roles notified by this step.
+    #[serde(default)]
     pub notify: Vec<String>,
+    /// Containment actions this step carries out (by action name).
+    #[serde(default)]
+    pub contain: Vec<String>,
     /// Fire again this often while the policy's `until` state is not reached.
     #[serde(default)]
     pub repeat: Option<HumanDuration>,
@@ -117,11 +121,13 @@ pub fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<Diagnost
                     ));
                 }
             }
-            if step.notify.is_empty() {
+            if step.notify.is_empty() && step.contain.is_empty() {
                 problems.push(Diagnostic::at(
                     path,
-                    loc.key_in_block(at, "notify"),
-                    format!("a step of escalation policy {name:?} notifies nobody"),
+                    at,
+                    format!(
+                        "a step of escalation policy {name:?} notifies nobody and contains nothing"
+                    ),
                 ));
             }
         }

@@ -1,17 +1,27 @@
-//! The multi-pattern pass: one combined set per source over every pattern of every rule
-//! that reads it (sequence steps included), so the per-line cost does not grow with one
-//! scan per rule. Only the rules it finds run their own regex for captures.
+//! Which rules' patterns run on a line: the front end of detection.
+//!
+//! The combined set ([`Front::Set`], what the detector uses): one `regex-automata` meta set
+//! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
+//! way, so its search cache and match set are reused from line to line), whose matches are
+//! the candidates.
+//!
+//! The literal gate ([`Front::Gate`]): every pattern's required literals
+//! ([`super::literals`]) go into one Aho-Corasick automaton per source; one overlapping
+//! scan of the line names the patterns that hold a literal of each of their required sets,
+//! and only those, plus the patterns without one, run their own regex for captures (the
+//! capture run is then also the match test). It counts exactly the same hits
+//! (`tests/front_end.rs`), but measured per line it costs more than the set: the
+//! overlapping scan visits every byte, where the set's search rejects most lines on its
+//! own prefilter (docs/performance.md has the figures). It is kept, selectable, for that
+//! comparison and as the base of a chunk-wide gate.
 //!
 //! Rules often share a pattern (a threshold and a sequence step on the same failed login):
-//! each distinct pattern text is in the set once and runs its captures at most once per
-//! line, whichever rules it serves.
-//!
-//! The set is built on `regex-automata`'s meta engine (what `regex::bytes::RegexSet` wraps,
-//! configured the same way) so that its search cache and match set are reused from line
-//! to line: no allocation per line.
+//! each distinct pattern text is gated once and runs its captures at most once per line,
+//! whichever rules it serves.
 
-use super::fields;
+use super::{fields, literals};
 use crate::rules::{Rule, RuleSet};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as LiteralMatchKind};
 use regex::bytes::CaptureLocations;
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
@@ -93,11 +103,121 @@ struct SharedPattern {
     slots: Vec<(usize, usize)>,
 }
 
+/// How candidate patterns are found for a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The literal gate: patterns whose required literals the line holds, and patterns
+    /// without any.
+    Gate,
+    /// The combined set of every pattern (the detector's front end).
+    Set,
+}
+
+/// The literal gate of one source: a pattern is a candidate on a line that holds a string
+/// of each of its required sets.
+struct Gate {
+    /// Over every distinct required literal; `None` when no pattern has one.
+    literals: Option<AhoCorasick>,
+    /// Per literal (automaton pattern id): the distinct patterns it counts for, each with
+    /// the bit of the pattern's required set it belongs to.
+    admits: Vec<Vec<(usize, u8)>>,
+    /// Per distinct pattern: the bits of all its required sets (a line must show each).
+    needed: Vec<u8>,
+    /// Patterns without a required literal: candidates on every line.
+    always: Vec<usize>,
+    /// Per distinct pattern: the line its sets were last seen on, and which were.
+    seen: Vec<(u64, u8)>,
+}
+
+impl Gate {
+    fn new(texts: &[&str]) -> Self {
+        let mut literal_ids: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        let mut literal_list: Vec<Vec<u8>> = Vec::new();
+        let mut admits: Vec<Vec<(usize, u8)>> = Vec::new();
+        let mut needed = vec![0u8; texts.len()];
+        let mut always = Vec::new();
+        for (id, text) in texts.iter().enumerate() {
+            match literals::required(text) {
+                Some(sets) => {
+                    for (bit, set) in sets.into_iter().enumerate() {
+                        let bit = 1u8 << bit;
+                        needed[id] |= bit;
+                        for literal in set {
+                            let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
+                                literal_list.push(literal);
+                                admits.push(Vec::new());
+                                admits.len() - 1
+                            });
+                            admits[at].push((id, bit));
+                        }
+                    }
+                }
+                None => always.push(id),
+            }
+        }
+        let literals = if literal_list.is_empty() {
+            None
+        } else {
+            match AhoCorasick::builder()
+                .match_kind(LiteralMatchKind::Standard)
+                // A full DFA: the overlapping scan visits every byte of every line, and
+                // this is the fastest automaton per byte.
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(&literal_list)
+            {
+                Ok(automaton) => Some(automaton),
+                Err(e) => {
+                    // Cannot happen within the automaton's limits; if it does, every
+                    // pattern runs, which is slower but never wrong.
+                    tracing::warn!(error = %e, "literal gate not built; running every pattern");
+                    always = (0..texts.len()).collect();
+                    admits.clear();
+                    None
+                }
+            }
+        };
+        Gate {
+            literals,
+            admits,
+            needed,
+            always,
+            seen: vec![(u64::MAX, 0); texts.len()],
+        }
+    }
+
+    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`).
+    fn admit(&mut self, line: &[u8], at: u64, mut admit: impl FnMut(usize)) {
+        for &id in &self.always {
+            admit(id);
+        }
+        let Some(literals) = &self.literals else {
+            return;
+        };
+        for found in literals.find_overlapping_iter(line) {
+            for &(id, bit) in &self.admits[found.pattern().as_usize()] {
+                let seen = &mut self.seen[id];
+                if seen.0 != at {
+                    *seen = (at, 0);
+                }
+                let before = seen.1;
+                seen.1 |= bit;
+                // Admitted once: when the last of its sets shows up.
+                if seen.1 != before && seen.1 == self.needed[id] {
+                    admit(id);
+                }
+            }
+        }
+    }
+}
+
 /// Candidate rules for one source, found in one pass.
 pub struct SourceMatcher {
-    /// Over the distinct patterns, in [`SourceMatcher::shared`] order. `None` when the
-    /// combined set exceeded its budget: every pattern is then a candidate.
+    /// Front::Set: over the distinct patterns, in [`SourceMatcher::shared`] order. `None`
+    /// with the gate, or when the combined set exceeded its budget (every pattern is then
+    /// a candidate).
     set: Option<Regex>,
+    /// Front::Gate: the literal gate.
+    gate: Option<Gate>,
     /// Rules reading this source.
     pub rules: Vec<Arc<Rule>>,
     /// The distinct pattern texts of the rules.
@@ -113,8 +233,13 @@ pub struct SourceMatcher {
 }
 
 impl SourceMatcher {
-    /// The matcher for the rules that read `source`.
+    /// The matcher for the rules that read `source`, with the combined set.
     pub fn new(rules: &RuleSet, source: &str) -> Self {
+        Self::with_front(rules, source, Front::Set)
+    }
+
+    /// The matcher for the rules that read `source`, finding candidates with `front`.
+    pub fn with_front(rules: &RuleSet, source: &str, front: Front) -> Self {
         let rules: Vec<Arc<Rule>> = rules
             .rules
             .iter()
@@ -152,6 +277,20 @@ impl SourceMatcher {
         // Each pattern already compiled within its own bounds; the set gets their sum.
         // Configured as `regex::bytes::RegexSetBuilder::new(texts).unicode(false)` with both
         // size limits at `SET_SIZE_LIMIT`.
+        if front == Front::Gate {
+            let gate = Some(Gate::new(&texts));
+            let found = PatternSet::new(shared.len());
+            return SourceMatcher {
+                set: None,
+                gate,
+                rules,
+                shared,
+                patterns,
+                line: 0,
+                cache: None,
+                found,
+            };
+        }
         let set = Builder::new()
             .configure(
                 Config::new()
@@ -169,6 +308,7 @@ impl SourceMatcher {
         let found = PatternSet::new(shared.len());
         SourceMatcher {
             set,
+            gate: None,
             rules,
             shared,
             patterns,
@@ -183,6 +323,16 @@ impl SourceMatcher {
     pub fn candidates(&mut self, line: &[u8], out: &mut Vec<(usize, usize)>) {
         out.clear();
         self.line += 1;
+        if let Some(gate) = &mut self.gate {
+            let shared = &self.shared;
+            gate.admit(line, self.line, |id| {
+                out.extend_from_slice(&shared[id].slots)
+            });
+            if out.len() > 1 {
+                out.sort_unstable_by_key(|&(r, p)| (r, Reverse(p)));
+            }
+            return;
+        }
         match (&self.set, &mut self.cache) {
             (Some(set), Some(cache)) => {
                 let input = Input::new(line);

@@ -1,6 +1,6 @@
 //! Detection: which rules a line matches, and when matches cross a rule's threshold.
 //!
-//! Per line, one multi-pattern pass ([`regex::bytes::RegexSet`], one per source) finds the
+//! Per line, one multi-pattern pass (a combined set per source, [`matcher`]) finds the
 //! candidate rules; only those run their own regex for captures. Windows run on the lines'
 //! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
@@ -8,6 +8,7 @@
 pub mod fields;
 pub mod keys;
 pub mod kinds;
+pub mod literals;
 pub mod matcher;
 pub mod stored;
 pub mod window;
@@ -18,7 +19,7 @@ use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
 use keys::KeyTable;
 use kinds::{Event, KeyState, Observed};
-use matcher::{PatternFields, SourceMatcher};
+use matcher::{Front, PatternFields, SourceMatcher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -115,6 +116,8 @@ pub type SavedWindow = (WindowId, KeyState);
 /// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
+    /// How each source's matcher finds candidate patterns.
+    front: Front,
     matchers: FastMap<String, SourceMatcher>,
     tables: FastMap<String, KeyTable<KeyState>>,
     /// Keys whose state changed since the last store commit, by rule id.
@@ -190,12 +193,19 @@ impl RuleChange {
 impl Detector {
     /// A detector for these rules and the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
+        Self::with_front(rules, sources, Front::Set)
+    }
+
+    /// A detector whose matchers find candidates with `front` (benchmarks and differential
+    /// tests compare the fronts; they count exactly the same hits).
+    pub fn with_front(rules: Arc<RuleSet>, sources: &[String], front: Front) -> Self {
         let matchers = sources
             .iter()
-            .map(|s| (s.clone(), SourceMatcher::new(&rules, s)))
+            .map(|s| (s.clone(), SourceMatcher::with_front(&rules, s, front)))
             .collect();
         Detector {
             rules,
+            front,
             matchers,
             tables: FastMap::default(),
             dirty: FastMap::default(),
@@ -243,7 +253,7 @@ impl Detector {
         self.matchers = sources
             .into_iter()
             .map(|s| {
-                let m = SourceMatcher::new(&rules, &s);
+                let m = SourceMatcher::with_front(&rules, &s, self.front);
                 (s, m)
             })
             .collect();
@@ -266,7 +276,7 @@ impl Detector {
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>, hits: &mut Vec<Hit>) {
         let source = line.source.as_ref();
         if !self.matchers.contains_key(source) {
-            let matcher = SourceMatcher::new(&self.rules, source);
+            let matcher = SourceMatcher::with_front(&self.rules, source, self.front);
             self.matchers.insert(source.to_string(), matcher);
         }
         let Detector {

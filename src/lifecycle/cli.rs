@@ -1,4 +1,4 @@
-//! `logwarden incidents list|show|ack|transition|note|review|approve`: the incident client
+//! `logwarden incidents list|show|ack|transition|note|review|approve|resolve|release`: the incident client
 //! of the HTTP API, with tables for people and `--json` for scripts.
 
 use crate::client::{self, ApiArgs, text, time};
@@ -93,7 +93,16 @@ pub enum IncidentsCommand {
         #[arg(long)]
         note: Option<String>,
     },
-    /// Approve notifying the external roles of the incident's escalation policy.
+    /// Lift the incident's containments (bans) now.
+    Release {
+        /// `INC-<n>`.
+        id: String,
+        /// Free text for the timeline.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Approve notifying the external roles of the incident's escalation policy (and the
+    /// containment actions that wait for approval).
     Approve {
         /// `INC-<n>`.
         id: String,
@@ -178,6 +187,7 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
         ),
         IncidentsCommand::Approve { id, note } => post(id, "approve", json!({ "note": note })),
         IncidentsCommand::Resolve { id, note } => post(id, "resolve", json!({ "note": note })),
+        IncidentsCommand::Release { id, note } => post(id, "release", json!({ "note": note })),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cli;
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
+use crate::containment;
 use crate::detection::RuleChange;
 use crate::due::DueQueue;
 use crate::escalation::{Policies, Tracker, tracker_key};
@@ -91,6 +92,11 @@ pub enum Action {
         /// Free text.
         note: Option<String>,
     },
+    /// Lift its containments (bans) now.
+    Release {
+        /// Free text.
+        note: Option<String>,
+    },
 }
 
 impl Action {
@@ -102,6 +108,7 @@ impl Action {
             Action::Review { .. } => "review",
             Action::Approve { .. } => "approve",
             Action::Resolve { .. } => "resolve",
+            Action::Release { .. } => "release",
         }
     }
 }
@@ -291,6 +298,15 @@ pub fn apply(
             }
         }
         Action::Resolve { note } => resolve(incident, note, actor, now)?,
+        Action::Release { note } => {
+            incident.record(now, "release", actor, note.clone());
+            Applied {
+                event: None,
+                audit: "containment.release_requested",
+                details: json!({ "note": note }),
+                kpis: Vec::new(),
+            }
+        }
     };
     incident.updated_at = now;
     Ok(applied)
@@ -449,6 +465,10 @@ pub struct Desk {
     pub silences: Silences,
     /// The audit log.
     pub audit: AuditLog,
+    /// Containments (bans) and the decisions about them.
+    pub containments: containment::Book,
+    /// Whether a containment in force moves its incident to `contained`.
+    contain_moves_state: bool,
     pending: Vec<Entry>,
 }
 
@@ -461,6 +481,8 @@ impl Desk {
             due: DueQueue::default(),
             silences: Silences::load(store)?,
             audit,
+            containments: containment::Book::new(config),
+            contain_moves_state: config.contain_moves_state,
             pending: Vec::new(),
         })
     }
@@ -549,6 +571,7 @@ impl Desk {
                         .collect();
                     let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
                     let notified = self.enqueue(outbox, batch, event, &receivers, muted)?;
+                    self.contain(book, &incident.id, &tracker.policy, &firings, now, batch);
                     put_tracker(batch, &tracker)?;
                     self.trackers.insert(incident.id.clone(), tracker);
                     self.schedule(&incident.id, Some(incident));
@@ -662,6 +685,7 @@ impl Desk {
                 json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
             ));
         }
+        self.containments.expire_due(now, batch);
         let mut wrote = false;
         for id in self.due.take_due(now) {
             let (Some(incident), Some(tracker)) = (book.active(&id), self.trackers.get_mut(&id))
@@ -677,6 +701,7 @@ impl Desk {
             }
             put_tracker(batch, &tracker)?;
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
+            self.contain(book, &id, &tracker.policy, &firings, now, batch);
             for firing in firings {
                 let Some(incident) = book.active_mut(&id) else {
                     break;
@@ -725,6 +750,103 @@ impl Desk {
             }
         }
         Ok(wrote)
+    }
+
+    /// Decides the containments the fired steps call for (see [`containment::Book::request`]).
+    fn contain(
+        &mut self,
+        book: &mut IncidentBook,
+        id: &str,
+        policy: &str,
+        firings: &[crate::escalation::Firing],
+        now: DateTime<Utc>,
+        batch: &mut store::Batch,
+    ) {
+        let actions: Vec<String> = firings.iter().flat_map(|f| f.contain.clone()).collect();
+        if actions.is_empty() {
+            return;
+        }
+        let Some(incident) = book.active_mut(id) else {
+            return;
+        };
+        let allowed_by = format!("{DAEMON} (escalation policy {policy})");
+        let entries = self
+            .containments
+            .request(incident, &actions, &allowed_by, now, batch);
+        for entry in entries {
+            self.note(entry);
+        }
+    }
+
+    /// Records what the containment worker did (see [`containment::Book::record`]); a
+    /// containment now in force moves an open or acknowledged incident to `contained`
+    /// (actor `logwarden`, unless `contain_moves_state: false`), and the receivers reached
+    /// so far hear of it. Returns the KPIs to observe.
+    pub fn record_outcome(
+        &mut self,
+        book: &mut IncidentBook,
+        store: &Store,
+        outbox: &Outbox,
+        batch: &mut store::Batch,
+        outcome: &containment::Outcome,
+    ) -> Result<Vec<Kpi>, StoreError> {
+        let Some(id) = self.containments.incident_of(outcome) else {
+            return Ok(Vec::new());
+        };
+        let mut incident = match book.active(&id) {
+            Some(i) => i.clone(),
+            None => match Incident::number(&id)
+                .map(|n| crate::incidents::stored::read(store, n))
+                .transpose()?
+                .flatten()
+            {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let now = outcome.at;
+        let recorded = self.containments.record(outcome, &mut incident, batch);
+        for entry in recorded.audit {
+            self.note(entry);
+        }
+        let mut kpis = Vec::new();
+        if recorded.contained
+            && self.contain_moves_state
+            && matches!(incident.state, State::Open | State::Acknowledged)
+        {
+            let from = incident.state;
+            incident.state = State::Contained;
+            incident.contained_at = Some(now);
+            let note = "an automatic containment is in force".to_string();
+            incident.record(now, State::Contained.as_str(), DAEMON, Some(note.clone()));
+            kpis.push(Kpi::since_open(&incident, Measure::Contain, now));
+            let reached = self
+                .trackers
+                .get(&id)
+                .map(|t| t.reached.clone())
+                .unwrap_or_default();
+            let silenced = self.silences.covering(&incident, now).is_some();
+            let event = IncidentEvent {
+                kind: EventKind::StateChanged,
+                incident: incident.clone(),
+            };
+            let notified = self.enqueue(outbox, batch, &event, &reached, silenced)?;
+            self.note(Entry::new(
+                "incident.transitioned",
+                DAEMON,
+                Some(&id),
+                json!({"from": from.as_str(), "to": "contained", "note": note, "notified": notified}),
+            ));
+        }
+        incident.updated_at = now;
+        match book.active_mut(&id) {
+            Some(slot) => {
+                *slot = incident.clone();
+                self.schedule(&id, Some(&incident));
+            }
+            None => incident.put(store, batch)?,
+        }
+        Ok(kpis)
     }
 
     /// Carries out an API request into `batch` (the incident book marks what it changed;
@@ -832,7 +954,29 @@ impl Desk {
                 .get::<Tracker>(Space::Escalations, &tracker_key(id))?
                 .unwrap_or_else(|| self.policies.adopt(&incident)),
         };
+        if matches!(action, Action::Release { .. }) && !self.containments.has_live(id) {
+            return Err(Refusal::Conflict(format!(
+                "{id} has no containment in force or waiting to release"
+            )));
+        }
         let applied = apply(&mut incident, action, actor, now)?;
+        let lifted = match action {
+            Action::Release { .. } => {
+                self.containments
+                    .release(&mut incident, actor, "released", now, batch)
+            }
+            _ if incident.state == State::FalsePositive => {
+                self.containments
+                    .release(&mut incident, actor, "false_positive", now, batch)
+            }
+            Action::Approve { .. } => {
+                Some(self.containments.approve(&mut incident, actor, now, batch))
+            }
+            _ => None,
+        };
+        for entry in lifted.into_iter().flatten() {
+            self.note(entry);
+        }
         let silence = self.silences.covering(&incident, now).map(|s| s.id.clone());
         let mut notified = Vec::new();
         if let Some(kind) = applied.event {

@@ -439,8 +439,17 @@ impl Store {
     /// Every record of a kind, in key order; unreadable records are skipped with a warning
     /// rather than failing the whole scan.
     pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.scan_under(space, b"")
+    }
+
+    /// [`Store::scan`] of the records of a kind whose keys start with `under`.
+    pub fn scan_under<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        under: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.within(space, b"") {
+        for item in self.within(space, under) {
             let (key, value) = item?;
             match serde_json::from_slice(&value) {
                 Ok(v) => out.push((key, v)),

@@ -18,6 +18,7 @@
 //! | `sil/` | silence number | silence | JSON |
 //! | `firing/` | receiver, NUL, incident uid | the alert last sent for an open incident | JSON |
 //! | `jcur/` | source name | journal cursor | JSON |
+//! | `cont/` | incident number, action, target | containment (ban) state and history | JSON |
 //!
 //! Binary records start with their codec's version byte; a reader refuses a version newer
 //! than it knows. JSON stays where people and auditors read the bytes (the API's incidents
@@ -58,6 +59,9 @@ pub enum Space {
     Firing,
     /// Journal read positions (cursors), by source name.
     JournalCursors,
+    /// Containments (bans) by incident number, action and target: what is in force, what
+    /// is to be applied or lifted, and the history.
+    Containments,
 }
 
 impl Space {
@@ -78,6 +82,7 @@ impl Space {
             Space::Silences => b"sil/",
             Space::Firing => b"firing/",
             Space::JournalCursors => b"jcur/",
+            Space::Containments => b"cont/",
         }
     }
 

@@ -1,0 +1,190 @@
+//! Differential proof of the detection front ends: the literal gate must count exactly the
+//! hits the combined-set pass (the detector's) counts — same rule, key, captures,
+//! step, time and crossing — over the generated bench log, the real lines of the CrowdSec
+//! hub corpora and a fuzzed mix of the patterns' own pieces, at 10, 100 and 500 rules.
+
+#[path = "../bench/support.rs"]
+mod support;
+
+use chrono::{DateTime, Utc};
+use logwarden::detection::matcher::Front;
+use logwarden::detection::{Detector, Hit, literals};
+use logwarden::rules::{RuleContext, RuleSet};
+use logwarden::sources::LogLine;
+use std::path::Path;
+use std::sync::Arc;
+
+const T0: i64 = 1_700_000_000_000;
+
+/// What a hit says, in a form two detectors' hits compare by.
+type Summary = (String, String, String, usize, i64, Option<u64>, Option<u64>);
+
+fn summary(hit: &Hit) -> Summary {
+    (
+        hit.rule.id().to_string(),
+        format!("{:?}", hit.key),
+        format!("{:?}", hit.captures),
+        hit.step,
+        hit.time.timestamp_millis(),
+        hit.crossed.as_ref().map(|c| c.count),
+        hit.evidence.as_ref().map(|e| e.offset),
+    )
+}
+
+/// Every line of every log of the corpora (empty when they are not beside the repository).
+fn corpus_lines() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/crowdsec-hub-tests");
+    let mut lines = Vec::new();
+    let Ok(cases) = std::fs::read_dir(&dir) else {
+        eprintln!(
+            "\n!!! corpora not found at {}: only generated lines are compared\n",
+            dir.display()
+        );
+        return lines;
+    };
+    let mut cases: Vec<_> = cases.filter_map(Result::ok).map(|e| e.path()).collect();
+    cases.sort();
+    for case in cases {
+        let Ok(files) = std::fs::read_dir(&case) else {
+            continue;
+        };
+        let mut files: Vec<_> = files.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for file in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log"))
+        {
+            let bytes = std::fs::read(file).expect("read corpus log");
+            lines.extend(bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+        }
+    }
+    lines
+}
+
+/// Real lines mutated with the patterns' required literals, words of other lines and
+/// crafted values (a word replaced, inserted or dropped): near misses and crafted matches
+/// the real logs lack.
+fn fuzzed_lines(set: &RuleSet, bases: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> {
+    let words: Vec<Vec<u8>> = bases
+        .iter()
+        .flat_map(|l| l.split(|&b| b == b' ').map(<[u8]>::to_vec))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut pieces: Vec<Vec<u8>> = set
+        .rules
+        .iter()
+        .flat_map(|r| r.pattern_texts())
+        .filter_map(literals::required)
+        .flatten()
+        .flatten()
+        .collect();
+    pieces.extend(words);
+    for extra in [
+        &b"1.2.3.4"[..],
+        b"2001:db8::7",
+        b"from 5.6.7.8 port 22 ssh2",
+        b"from",
+        b"",
+        b"\xff\xfe",
+        b"root",
+        b"[preauth]",
+    ] {
+        pieces.push(extra.to_vec());
+    }
+    let mut rng = support::Rng::new(7);
+    (0..count)
+        .map(|_| {
+            let base = &bases[rng.below(bases.len() as u64) as usize];
+            let mut words: Vec<Vec<u8>> = base.split(|&b| b == b' ').map(<[u8]>::to_vec).collect();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(words.len() as u64 + 1) as usize;
+                let piece = pieces[rng.below(pieces.len() as u64) as usize].clone();
+                match rng.below(3) {
+                    0 if at < words.len() => words[at] = piece,
+                    1 if at < words.len() => {
+                        words.remove(at);
+                    }
+                    _ => words.insert(at, piece),
+                }
+            }
+            words.join(&b' ')
+        })
+        .collect()
+}
+
+/// Feeds every line to a gated and a set-based detector and requires the same hits;
+/// returns how many there were.
+fn compare(set: Arc<RuleSet>, lines: &[Vec<u8>]) -> usize {
+    let sources = ["auth".to_string()];
+    let mut gate = Detector::with_front(set.clone(), &sources, Front::Gate);
+    let mut reference = Detector::with_front(set, &sources, Front::Set);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut total = 0;
+    for (i, bytes) in lines.iter().enumerate() {
+        let time: DateTime<Utc> = DateTime::from_timestamp_millis(T0 + i as i64 * 10).unwrap();
+        let line = LogLine {
+            source: "auth".into(),
+            path: "auth.log".into(),
+            offset: i as u64,
+            bytes: bytes.clone(),
+            arrival: time,
+            time: None,
+        };
+        gate.observe(&line, time, &mut a);
+        reference.observe(&line, time, &mut b);
+        let (sa, sb): (Vec<Summary>, Vec<Summary>) = (
+            a.iter().map(summary).collect(),
+            b.iter().map(summary).collect(),
+        );
+        assert_eq!(sa, sb, "line {i}: {:?}", String::from_utf8_lossy(bytes));
+        total += a.len();
+        a.clear();
+        b.clear();
+    }
+    total
+}
+
+#[test]
+fn the_literal_gate_counts_exactly_what_the_combined_set_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_lines();
+    let mut rng = support::Rng::new(42);
+    let generated: Vec<Vec<u8>> = (0..20_000)
+        .map(|i| support::auth_line(i, &mut rng).into_bytes())
+        .collect();
+    // Lines of the filler rules' own applications, so the 500-rule sets match them too.
+    let apps: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            format!("Nov 22 10:00:00 web1 app{i}[77]: denied request for u{i} from 10.0.0.{i}")
+                .into_bytes()
+        })
+        .collect();
+    let bases: Vec<Vec<u8>> = corpus
+        .iter()
+        .chain(&generated[..2_000])
+        .chain(&apps)
+        .cloned()
+        .collect();
+    for total in [10, 100, 500] {
+        let rules = dir.path().join(format!("rules-{total}"));
+        support::write_rules(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            &rules,
+            total,
+        )
+        .unwrap();
+        let set = RuleSet::load(&[rules], &RuleContext::default()).expect("rules load");
+        let fuzzed = fuzzed_lines(&set, &bases, 20_000);
+        let set = Arc::new(set);
+        let generated_hits = compare(set.clone(), &generated);
+        let corpus_hits = compare(set.clone(), &corpus);
+        let fuzzed_hits = compare(set, &fuzzed);
+        eprintln!(
+            "{total} rules: {generated_hits} generated, {corpus_hits} corpus, {fuzzed_hits} fuzzed hits alike"
+        );
+        // The comparison means something only if the lines match rules.
+        assert!(generated_hits > 5_000, "{generated_hits}");
+        assert!(corpus.is_empty() || corpus_hits > 500, "{corpus_hits}");
+        assert!(fuzzed_hits > 2_000, "{fuzzed_hits}");
+    }
+}
