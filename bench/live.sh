@@ -19,14 +19,7 @@ cd "$(dirname "$0")/.."
 rate=${1:-3000}
 seconds=${2:-20}
 port=9799
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-calc() { awk "BEGIN { printf \"%.10g\\n\", ($1) }"; }
+source bench/lib.sh
 
 cargo build --release --quiet --bin logwarden --example detect_bench
 detect=target/release/examples/detect_bench

@@ -206,4 +206,85 @@ rules:
         assert_eq!(incidents.len(), 1);
         assert_eq!((incidents[0].count, incidents[0].opened_at), (3, at(10)));
     }
+
+    /// The daemon's engine (wall-clock stamps) and the tools' (match-time stamps) open the
+    /// same incidents from the same lines and clock, and differ only in when they say
+    /// they acted.
+    #[test]
+    fn the_daemons_engine_and_the_tools_open_the_same_incidents() {
+        let rules = rules(
+            r#"
+rules:
+  - id: fail
+    match: 'fail (?P<ip>\S+)'
+    group_by: [ip]
+    threshold: {count: 3, within: 1m}
+    severity: {low: 3, high: 5}
+  - id: beat
+    match: 'beat'
+    absence: {within: 5m}
+    severity: high
+"#,
+        );
+        let run = |stamp| {
+            let mut engine = crate::engine::Engine::new(
+                Detector::new(rules.clone(), &["t".into()]),
+                IncidentBook::empty(),
+                stamp,
+            );
+            let mut events = Vec::new();
+            let mut counted = 0;
+            engine.advance(at(0), &mut events);
+            for (s, text) in [(0, "beat"), (1, "fail a"), (2, "fail a"), (3, "fail b")] {
+                engine.observe(&line(text), at(s), &mut events, &mut |_| counted += 1);
+            }
+            for s in [4, 5, 6] {
+                engine.observe(&line("fail a"), at(s), &mut events, &mut |_| counted += 1);
+            }
+            // The clock jumps: the heartbeat's gap opened at its due time.
+            engine.advance(at(3600), &mut events);
+            let incidents: Vec<_> = events
+                .into_iter()
+                .map(|e| {
+                    let i = e.incident;
+                    (
+                        e.kind,
+                        i.id,
+                        i.rule,
+                        i.count,
+                        i.severity,
+                        i.first_seen,
+                        i.opened_at,
+                    )
+                })
+                .collect();
+            (counted, incidents)
+        };
+        let (tool_count, tool) = run(crate::engine::Stamp::Match);
+        let (daemon_count, daemon) = run(crate::engine::Stamp::Wall);
+        assert_eq!(tool_count, daemon_count);
+        assert_eq!(tool.len(), daemon.len());
+        for (t, d) in tool.iter().zip(&daemon) {
+            assert_eq!(
+                (&t.0, &t.1, &t.2, t.3, t.4, t.5),
+                (&d.0, &d.1, &d.2, d.3, d.4, d.5)
+            );
+        }
+        let opened: Vec<(&str, DateTime<Utc>)> = tool
+            .iter()
+            .filter(|t| t.0 == crate::incidents::EventKind::Opened)
+            .map(|t| (t.2.as_str(), t.6))
+            .collect();
+        assert_eq!(
+            opened,
+            [
+                ("fail", at(4)),
+                ("beat", at(300) + chrono::Duration::milliseconds(1))
+            ]
+        );
+        assert!(
+            daemon.iter().all(|d| d.6 > at(3600)),
+            "the daemon stamps now"
+        );
+    }
 }
