@@ -222,12 +222,8 @@ async fn serve(
         .map_err(|e| RunError::Io(e.to_string()))?;
 
     let stop_sources = Arc::new(AtomicBool::new(false));
-    let checkpoints: Vec<Checkpoint> = store
-        .scan(Space::Checkpoints)
-        .map_err(|e| RunError::Io(e.to_string()))?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
+    let checkpoints: Vec<Checkpoint> =
+        crate::sources::stored_checkpoints(&store).map_err(|e| RunError::Io(e.to_string()))?;
     let tailer = FileTailer::new(
         &config.sources,
         checkpoints,

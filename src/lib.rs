@@ -17,6 +17,7 @@ pub mod diag;
 pub mod drill;
 pub mod due;
 pub mod duration;
+pub mod engine;
 pub mod escalation;
 pub mod host;
 pub mod http;

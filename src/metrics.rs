@@ -86,6 +86,8 @@ pub struct Metrics {
     pub api_refused: IntCounterVec,
     /// Store commits that failed (the batch is retried).
     pub store_errors: IntCounter,
+    /// Bytes of keys and values the pipeline committed to the store.
+    pub store_written: IntCounter,
     /// Refreshes of values read from the system (kernel counters), run before each scrape.
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     /// Containment action outcomes (`requested`, `applied`, `reapplied`, `released`,
@@ -301,6 +303,14 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("unique metric");
+        let store_written = IntCounter::new(
+            "logwarden_store_written_bytes_total",
+            "Bytes of keys and values the pipeline committed to its store (before the storage engine's own overhead).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_written.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new("logwarden_build_info", "Build information; always 1."),
             &["version"],
@@ -352,6 +362,7 @@ impl Metrics {
             rule_keys_evicted,
             api_refused,
             store_errors,
+            store_written,
             scrape_hooks: Default::default(),
             actions,
             contained_targets,

@@ -8,7 +8,8 @@
 
 use crate::api::Health;
 use crate::audit::Entry;
-use crate::detection::{Detector, Hit, RuleChange, SavedWindow, WindowId};
+use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
+use crate::engine::{Engine, Stamp};
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
@@ -17,6 +18,7 @@ use crate::rules::{RuleSet, Severity};
 use crate::sources::line_time::{Judged, LineTimeBounds};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
+use crate::store::evidence::{EvidenceLog, resolve};
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -35,6 +37,11 @@ const LINES_PER_COMMIT: usize = 2048;
 const TICK: Duration = Duration::from_secs(1);
 /// Wait before retrying a failed store commit.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often evidence lines no record references any more are collected.
+const EVIDENCE_GC: Duration = Duration::from_secs(120);
+/// Extra log time an unreferenced evidence line is kept past every rule's horizon (lines
+/// arrive late, clocks disagree).
+const EVIDENCE_GRACE_MS: i64 = 3_600_000;
 
 /// A validated rule set to swap in; the pipeline answers with what changed once the new
 /// rules evaluate lines.
@@ -49,10 +56,8 @@ pub struct Reload {
 pub struct Pipeline {
     /// Durable state.
     pub store: Store,
-    /// Rule evaluation.
-    pub detector: Detector,
-    /// Open incidents.
-    pub book: IncidentBook,
+    /// Detector, incident book and clock: the same engine `test` and `replay` run.
+    pub engine: Engine,
     /// How each source's lines carry time.
     pub formats: HashMap<String, TimestampFormat>,
     /// Where the notifications events call for are written.
@@ -65,6 +70,9 @@ pub struct Pipeline {
     pub heartbeat: Box<dyn Fn() + Send>,
     /// Escalation, silences and the audit log.
     pub desk: Desk,
+    /// The evidence lines stored, so each is written once.
+    evidence: EvidenceLog,
+    last_gc: std::time::Instant,
     watermark: Option<DateTime<Utc>>,
     line_time: LineTimeBounds,
     reloads: Option<mpsc::Receiver<Reload>>,
@@ -98,25 +106,46 @@ impl Pipeline {
     ) -> Result<Self, StoreError> {
         let book = IncidentBook::load(&store, outbox.host())?;
         desk.track_active(&store, &book)?;
-        let saved: Vec<(Vec<u8>, SavedWindow)> = store.scan(Space::Windows)?;
-        let stale = detector.restore(saved.into_iter().map(|(_, w)| w));
-        if !stale.is_empty() {
+        let mut saved = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut evidence = EvidenceLog::default();
+        for (key, value) in store.scan_raw(Space::Windows)? {
+            let mut read_line = |loc| {
+                let line = resolve(&store, loc)?;
+                evidence.remember(&line, loc);
+                Ok(line)
+            };
+            match decode_window(&key, &value, &mut read_line) {
+                Ok(window) => saved.push(window),
+                Err(e) => {
+                    // A window is a cache of counts: one that cannot be read starts again.
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "dropping an unreadable window");
+                    unreadable.push(key);
+                }
+            }
+        }
+        let stale = detector.restore(saved);
+        if !stale.is_empty() || !unreadable.is_empty() {
             let mut batch = store::Batch::new();
             for id in &stale {
                 batch.remove(Space::Windows, &window_key(id));
+            }
+            for key in &unreadable {
+                batch.remove(Space::Windows, key);
             }
             store.commit(batch)?;
         }
         let pipeline = Pipeline {
             store,
-            detector,
-            book,
+            engine: Engine::new(detector, book, Stamp::Wall),
             formats,
             outbox,
             metrics,
             health,
             heartbeat,
             desk,
+            evidence,
+            last_gc: std::time::Instant::now(),
             watermark: None,
             line_time: LineTimeBounds::default(),
             reloads: None,
@@ -204,17 +233,21 @@ impl Pipeline {
                     // Never past the wall clock: a line dated ahead (within the trusted
                     // skew) must not expire the windows of lines dated now.
                     if let Some(seen) = self.watermark {
-                        self.detector.expire(seen.min(Utc::now()));
+                        self.engine.detector_mut().expire(seen.min(Utc::now()));
                     }
                     // Absence needs time to pass without lines: the wall clock drives it.
                     self.step_at(Vec::new(), Some(Utc::now())).await?;
+                    if self.last_gc.elapsed() >= EVIDENCE_GC {
+                        self.last_gc = std::time::Instant::now();
+                        self.collect_evidence().await?;
+                    }
                 }
                 reload = next_reload(&mut reloads) => {
                     self.metrics.preset_rules(&reload.rules);
                     if let Err(e) = self.desk.containments.use_lists(&reload.rules.lists) {
                         tracing::error!(error = %e, "never_contain keeps its previous lists");
                     }
-                    let change = self.detector.replace_rules(reload.rules);
+                    let change = self.engine.replace_rules(reload.rules);
                     self.desk.rules_reloaded(&change);
                     // Stores the deletion of dropped state (and the audit record) at once.
                     let stored = self.step(Vec::new()).await;
@@ -246,14 +279,17 @@ impl Pipeline {
     ) -> Result<(), NotStored> {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
-        let mut hits: Vec<Hit> = Vec::new();
-        // Rules are swapped only between steps.
-        let rules = self.detector.rules().clone();
+        // A checkpoint or cursor that could not be put in the commit fails it.
+        let mut unencoded: Option<StoreError> = None;
         // Matches per rule, added to the counter once per step rather than looked up by
         // label for every match.
         let mut matched: HashMap<String, u64> = HashMap::new();
-        let recidive = crate::recidive::wanted(&rules);
-        let mut detections = Vec::new();
+        let mut count = |hit: &Hit| match matched.get_mut(hit.rule.id()) {
+            Some(n) => *n += 1,
+            None => {
+                matched.insert(hit.rule.id().to_string(), 1);
+            }
+        };
         for batch in batches {
             let mut latest: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
@@ -261,21 +297,7 @@ impl Pipeline {
                 let time = self.line_time(line);
                 latest = Some(latest.map_or(time, |l| l.max(time)));
                 self.watermark = Some(self.watermark.map_or(time, |w| w.max(time)));
-                self.detector.observe(line, time, &mut hits);
-                for hit in hits.drain(..) {
-                    match matched.get_mut(hit.rule.id()) {
-                        Some(n) => *n += 1,
-                        None => {
-                            matched.insert(hit.rule.id().to_string(), 1);
-                        }
-                    }
-                    if recidive {
-                        detections.extend(crate::recidive::detection_line(&hit));
-                    }
-                    if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
-                        events.push(event);
-                    }
-                }
+                self.engine.observe(line, time, &mut events, &mut count);
             }
             if let (Some(latest), Some(line)) = (latest, batch.lines.last()) {
                 // Once per batch: how far behind its log's clock a source is evaluated.
@@ -286,12 +308,11 @@ impl Pipeline {
                     .set(lag);
             }
             match batch.progress {
-                Some(Progress::At(c)) => put(
-                    &mut commit,
-                    Space::Checkpoints,
-                    c.store_key().as_bytes(),
-                    &c,
-                ),
+                Some(Progress::At(c)) => {
+                    if let Err(e) = commit.put(Space::Checkpoints, c.store_key().as_bytes(), &c) {
+                        unencoded.get_or_insert(e);
+                    }
+                }
                 Some(Progress::Done(id)) => {
                     commit.remove(Space::Checkpoints, checkpoint_key(id).as_bytes())
                 }
@@ -304,12 +325,11 @@ impl Pipeline {
                             serde_json::json!({"source": position.source, "gap": gap}),
                         ));
                     }
-                    put(
-                        &mut commit,
-                        Space::JournalCursors,
-                        position.source.as_bytes(),
-                        &position,
-                    );
+                    if let Err(e) =
+                        commit.put(Space::JournalCursors, position.source.as_bytes(), &position)
+                    {
+                        unencoded.get_or_insert(e);
+                    }
                 }
                 None => {}
             }
@@ -320,66 +340,86 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
-        let mut notified = false;
         if let Some(now) = clock {
-            self.detector.advance(now, &mut hits);
-            for hit in hits.drain(..) {
-                if recidive {
-                    detections.extend(crate::recidive::detection_line(&hit));
-                }
-                if let Some(event) = self.book.apply(hit, &rules, Utc::now()) {
-                    events.push(event);
-                }
-            }
+            self.engine.advance(now, &mut events);
         }
-        // This step's detections are lines for rules over detections (repeat offenders).
-        crate::recidive::feed_back(
-            &mut self.detector,
-            &mut self.book,
-            &rules,
-            detections,
-            &mut events,
-            |_| Utc::now(),
-        );
-        for (rule, n) in self.detector.take_evictions() {
+        for (rule, n) in self.engine.detector_mut().take_evictions() {
             self.metrics
                 .rule_keys_evicted
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
-        self.desk.dispatch(
-            &mut self.book,
-            &events,
-            &self.outbox,
-            &mut commit,
-            Utc::now(),
-        );
-        // After the openings: a new incident's tracker exists before its timers are checked.
-        if let Some(now) = clock {
-            notified = self
-                .desk
-                .tick(&mut self.book, &self.outbox, &mut commit, now);
+        if let Some(e) = unencoded {
+            return self.cannot_build(e);
         }
-        if let Err(e) = self.book.write_changes(&mut commit) {
-            tracing::error!(error = %e, "cannot encode incident changes");
-        }
-        for (id, window) in self.detector.take_dirty() {
-            match window {
-                Some(w) => put(&mut commit, Space::Windows, &window_key(&id), &(&id, w)),
-                None => commit.remove(Space::Windows, &window_key(&id)),
-            }
-        }
+        let notified = match self.build_commit(&events, clock, &mut commit) {
+            Ok(wrote) => wrote,
+            Err(e) => return self.cannot_build(e),
+        };
         let audit = self.desk.take_audit();
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return Ok(());
         }
         self.make_durable(commit, audit).await?;
+        self.evidence.committed();
         self.hand_over_effects();
         if notified {
             self.outbox.wake();
         }
         self.after_commit(events).await;
         Ok(())
+    }
+
+    /// Adds what a step's events call for to `commit`: notifications, escalation progress
+    /// and timers, changed incidents and windows with the evidence lines they reference.
+    /// Returns whether the clock wrote notifications.
+    fn build_commit(
+        &mut self,
+        events: &[IncidentEvent],
+        clock: Option<DateTime<Utc>>,
+        commit: &mut store::Batch,
+    ) -> Result<bool, StoreError> {
+        self.desk.dispatch(
+            self.engine.book_mut(),
+            events,
+            &self.outbox,
+            commit,
+            Utc::now(),
+        )?;
+        // After the openings: a new incident's tracker exists before its timers are checked.
+        let mut notified = false;
+        if let Some(now) = clock {
+            notified = self
+                .desk
+                .tick(self.engine.book_mut(), &self.outbox, commit, now)?;
+        }
+        self.engine
+            .book_mut()
+            .write_changes(&self.store, commit, &mut self.evidence)?;
+        let (evidence, store) = (&mut self.evidence, &self.store);
+        for (id, window) in self.engine.detector_mut().take_dirty() {
+            match window {
+                Some(w) => {
+                    let value = encode_window(&id, w, &mut |e| evidence.store(store, commit, e));
+                    commit.put_raw(Space::Windows, &window_key(&id), value);
+                }
+                None => commit.remove(Space::Windows, &window_key(&id)),
+            }
+        }
+        Ok(notified)
+    }
+
+    /// A step's effects could not be put into a commit: nothing of the step is stored (its
+    /// lines' checkpoints do not advance), and the in-memory state is ahead of the store,
+    /// so the pipeline stops here rather than go on with a gap: `/readyz` answers 503, the
+    /// daemon stops (a vital task ended) and exits non-zero naming what was not stored, and
+    /// the restart re-reads the lines from the last stored checkpoint. Never a silent drop.
+    fn cannot_build(&mut self, e: StoreError) -> Result<(), NotStored> {
+        self.evidence.abandoned();
+        self.metrics.store_errors.inc();
+        self.health.store.store(false, Ordering::Relaxed);
+        tracing::error!(error = %e, "cannot build the store commit; the pipeline stops so a restart re-reads the lines from the last stored checkpoint");
+        Err(NotStored(format!("a commit could not be built: {e}")))
     }
 
     /// A line's own time (a journal entry's, else read by its source's format; a line
@@ -419,7 +459,7 @@ impl Pipeline {
         // Only the pipeline knows the rules a silence must be able to match.
         let refused = match &command.request {
             Request::CreateSilence(new) => {
-                crate::silences::check_matchers(&new.matchers, self.detector.rules()).err()
+                crate::silences::check_matchers(&new.matchers, self.engine.rules()).err()
             }
             _ => None,
         };
@@ -431,7 +471,7 @@ impl Pipeline {
                 self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
             }
             request => self.desk.command(
-                &mut self.book,
+                self.engine.book_mut(),
                 &self.store,
                 &self.outbox,
                 &mut batch,
@@ -440,17 +480,27 @@ impl Pipeline {
                 Utc::now(),
             ),
         };
-        if let Err(e) = self.book.write_changes(&mut batch) {
-            tracing::error!(error = %e, "cannot encode incident changes");
-        }
-        let audit = self.desk.take_audit();
-        if (result.is_ok() || !audit.is_empty())
-            && let Err(e) = self.make_durable(batch, audit).await
+        if let Err(e) =
+            self.engine
+                .book_mut()
+                .write_changes(&self.store, &mut batch, &mut self.evidence)
         {
             let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
                 "the change could not be stored".into(),
             )));
-            return Err(e);
+            return self.cannot_build(e);
+        }
+        let audit = self.desk.take_audit();
+        if result.is_ok() || !audit.is_empty() {
+            if let Err(e) = self.make_durable(batch, audit).await {
+                let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
+                    "the change could not be stored".into(),
+                )));
+                return Err(e);
+            }
+            self.evidence.committed();
+        } else {
+            self.evidence.abandoned();
         }
         self.hand_over_effects();
         if let Ok(done) = &result {
@@ -487,23 +537,25 @@ impl Pipeline {
     ) -> Result<(), NotStored> {
         let mut batch = store::Batch::new();
         let kpis = match self.desk.record_outcome(
-            &mut self.book,
+            self.engine.book_mut(),
             &self.store,
             &self.outbox,
             &mut batch,
             &outcome,
         ) {
             Ok(kpis) => kpis,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a containment outcome");
-                Vec::new()
-            }
+            Err(e) => return self.cannot_build(e),
         };
-        if let Err(e) = self.book.write_changes(&mut batch) {
-            tracing::error!(error = %e, "cannot encode incident changes");
+        if let Err(e) =
+            self.engine
+                .book_mut()
+                .write_changes(&self.store, &mut batch, &mut self.evidence)
+        {
+            return self.cannot_build(e);
         }
         let audit = self.desk.take_audit();
         self.make_durable(batch, audit).await?;
+        self.evidence.committed();
         self.observe(&kpis);
         self.hand_over_effects();
         self.outbox.wake();
@@ -560,27 +612,35 @@ impl Pipeline {
         batch: &mut store::Batch,
         opened: &mut Vec<IncidentEvent>,
     ) -> Result<crate::lifecycle::Done, crate::lifecycle::Refusal> {
-        let rules = self.detector.rules().clone();
+        let rules = self.engine.rules().clone();
         let rule = rules
             .rule(rule_id)
             .ok_or_else(|| crate::lifecycle::Refusal::NotFound(format!("no rule {rule_id}")))?;
         let now = Utc::now();
         let hit = crate::drill::synthetic_hit(rule, actor, now);
-        let mut event = self.book.apply(hit, &rules, now).ok_or_else(|| {
-            crate::lifecycle::Refusal::Internal("the drill opened nothing".into())
-        })?;
-        let incident = self.book.active_mut(&event.incident.id).ok_or_else(|| {
-            crate::lifecycle::Refusal::Internal("the drill incident vanished".into())
-        })?;
+        let mut event = self
+            .engine
+            .book_mut()
+            .apply(hit, &rules, now)
+            .ok_or_else(|| {
+                crate::lifecycle::Refusal::Internal("the drill opened nothing".into())
+            })?;
+        let incident = self
+            .engine
+            .book_mut()
+            .active_mut(&event.incident.id)
+            .ok_or_else(|| {
+                crate::lifecycle::Refusal::Internal("the drill incident vanished".into())
+            })?;
         crate::drill::mark(incident, actor, now);
         event.incident = incident.clone();
         self.desk.dispatch(
-            &mut self.book,
+            self.engine.book_mut(),
             std::slice::from_ref(&event),
             &self.outbox,
             batch,
             now,
-        );
+        )?;
         let reply = serde_json::to_value(&event.incident)
             .map_err(|e| crate::lifecycle::Refusal::Internal(e.to_string()))?;
         opened.push(event);
@@ -588,6 +648,48 @@ impl Pipeline {
             reply,
             kpis: Vec::new(),
         })
+    }
+
+    /// Deletes the evidence lines that no window and no incident references and that are
+    /// older (in log time) than every rule's horizon. Runs on the writer between commits,
+    /// so what it reads is what is stored.
+    async fn collect_evidence(&mut self) -> Result<(), NotStored> {
+        let Some(watermark) = self.watermark else {
+            return Ok(());
+        };
+        let horizon = self
+            .engine
+            .rules()
+            .rules
+            .iter()
+            .map(|r| r.kind.horizon_ms())
+            .max()
+            .unwrap_or(0);
+        let before_ms = watermark
+            .timestamp_millis()
+            .saturating_sub(horizon)
+            .saturating_sub(EVIDENCE_GRACE_MS);
+        let mut batch = store::Batch::new();
+        let result = (|| -> Result<usize, StoreError> {
+            let mut referenced = std::collections::HashSet::new();
+            for (key, value) in self.store.scan_raw(Space::Windows)? {
+                referenced.extend(crate::detection::stored::window_refs(&key, &value)?);
+            }
+            for (_, head) in self.store.scan_raw(Space::Incidents)? {
+                referenced.extend(crate::incidents::stored::head_refs(&head)?);
+            }
+            self.evidence
+                .collect(&self.store, &referenced, before_ms, &mut batch)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(blocks = deleted, "unreferenced evidence collected");
+                self.make_durable(batch, Vec::new()).await?;
+            }
+            Err(e) => tracing::warn!(error = %e, "evidence collection skipped"),
+        }
+        Ok(())
     }
 
     /// Commits and flushes a step's changes with its audit entries, retrying until the
@@ -600,9 +702,13 @@ impl Pipeline {
     /// the ids they were given when it was built), so a retry never adds a second copy.
     async fn make_durable(
         &self,
-        commit: store::Batch,
+        mut commit: store::Batch,
         audit: Vec<crate::audit::Entry>,
     ) -> Result<(), NotStored> {
+        // The evidence block is written into the batch once, so every retry commits the
+        // same bytes.
+        commit.seal();
+        self.metrics.store_written.inc_by(commit.bytes() as u64);
         // The chain head the commit sealed, once it was applied (and not yet flushed).
         let mut sealed: Option<crate::audit::Head> = None;
         loop {
@@ -693,7 +799,7 @@ impl Pipeline {
     }
 
     fn update_open_gauge(&self) {
-        let counts = self.book.open_counts();
+        let counts = self.engine.book().open_counts();
         for severity in Severity::ALL {
             for state in crate::incidents::State::ACTIVE {
                 let n = counts.get(&(severity, state)).copied().unwrap_or(0);
@@ -715,12 +821,6 @@ async fn next_reload(reloads: &mut Option<mpsc::Receiver<Reload>>) -> Reload {
     }
     *reloads = None;
     std::future::pending().await
-}
-
-fn put<T: serde::Serialize>(batch: &mut store::Batch, space: Space, key: &[u8], value: &T) {
-    if let Err(e) = batch.put(space, key, value) {
-        tracing::error!(error = %e, "cannot encode store record");
-    }
 }
 
 /// The `drill` label value of a KPI observation.
@@ -750,16 +850,4 @@ async fn next_outcome(
     }
     *outcomes = None;
     std::future::pending().await
-}
-
-/// Store key of a window: rule, then key values (the rule hash is in the value).
-pub fn window_key(id: &WindowId) -> Vec<u8> {
-    let mut k = id.rule.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(
-        serde_json::to_string(&id.key)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    k
 }

@@ -41,20 +41,9 @@ async fn resend_in(state: &AppState, caller: &Caller, id: &str) -> ApiResult {
     let outbox: &Outbox = &state.outbox;
     let missing = || error(StatusCode::NOT_FOUND, format!("no dead letter {id}"));
     let number: u64 = id.parse().map_err(|_| missing())?;
-    match outbox.resend(number).await? {
+    match outbox.resend(number, &caller.name).await? {
         Resent::Queued(record) => {
             tracing::info!(dead_letter = number, id = record.id, receiver = %record.receiver, key = %record.idempotency_key, "dead letter re-sent");
-            state.audit.record(&[crate::audit::Entry::new(
-                "notification.resent",
-                &caller.name,
-                Some(&record.incident),
-                serde_json::json!({
-                    "dead_letter": number,
-                    "notification": record.id,
-                    "receiver": record.receiver,
-                    "idempotency_key": record.idempotency_key,
-                }),
-            )]);
             Ok((StatusCode::ACCEPTED, Json(record.summary())).into_response())
         }
         Resent::NotFound => Err(missing()),

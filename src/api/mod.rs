@@ -14,7 +14,7 @@ use crate::config::{ApiRole, TokenConfig};
 use crate::incidents::Incident;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
-use crate::store::{Space, Store};
+use crate::store::Store;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -444,20 +444,18 @@ async fn list_incidents(
     };
     let store = state.store.clone();
     let (page, next) = tokio::task::spawn_blocking(move || {
-        let after = after.map(Incident::store_key);
-        let (page, more) =
-            store.page::<Incident>(Space::Incidents, after.as_deref(), limit, |i| {
-                filter
-                    .state
+        let (page, more) = crate::incidents::stored::page(&store, after, limit, |i| {
+            filter
+                .state
+                .as_deref()
+                .is_none_or(|s| s == i.state.as_str())
+                && filter
+                    .severity
                     .as_deref()
-                    .is_none_or(|s| s == i.state.as_str())
-                    && filter
-                        .severity
-                        .as_deref()
-                        .is_none_or(|s| s == i.severity.as_str())
-                    && filter.rule.as_deref().is_none_or(|r| r == i.rule)
-            })?;
-        let next = more.and_then(|_| page.last().map(|i| i.id.clone()));
+                    .is_none_or(|s| s == i.severity.as_str())
+                && filter.rule.as_deref().is_none_or(|r| r == i.rule)
+        })?;
+        let next = more.then(|| page.last().map(|i| i.id.clone())).flatten();
         Ok::<_, crate::store::StoreError>((page, next))
     })
     .await
@@ -482,7 +480,7 @@ async fn get_incident(
     let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let store = state.store.clone();
     let (incident, containments) = tokio::task::spawn_blocking(move || {
-        let incident = store.get::<Incident>(Space::Incidents, &Incident::store_key(number))?;
+        let incident = crate::incidents::stored::read(&store, number)?;
         let containments = match &incident {
             Some(i) => crate::containment::of_incident(&store, &i.id)?,
             None => Vec::new(),

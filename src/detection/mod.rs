@@ -10,6 +10,7 @@ pub mod keys;
 pub mod kinds;
 pub mod literals;
 pub mod matcher;
+pub mod stored;
 pub mod window;
 
 use crate::rules::{Rule, RuleKind, RuleSet};
@@ -22,6 +23,7 @@ use matcher::{Front, PatternFields, SourceMatcher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+pub use stored::{decode_window, encode_window, window_key};
 
 /// Maps looked up per line or per hit: hashed with foldhash (seeded per process, as the key
 /// tables are) rather than SipHash, which showed in profiles.

@@ -73,6 +73,19 @@ impl<T> SlidingWindow<T> {
         self.events.is_empty()
     }
 
+    /// The events, oldest first, with their times.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = &(i64, T)> {
+        self.events.iter()
+    }
+
+    /// A window holding these events (any order: they are sorted by time).
+    pub fn from_events(mut events: Vec<(i64, T)>) -> Self {
+        events.sort_by_key(|(t, _)| *t);
+        SlidingWindow {
+            events: events.into(),
+        }
+    }
+
     /// Empties the window, returning its events oldest first.
     pub fn drain(&mut self) -> Vec<T> {
         self.events.drain(..).map(|(_, item)| item).collect()

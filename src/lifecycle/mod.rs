@@ -542,7 +542,11 @@ impl Desk {
 
     /// Routes detection events into `batch`: an opening starts escalation (steps due at
     /// once go out with it), later events go to the receivers reached so far; silences
-    /// mute; audit entries are queued (`updated` once per incident and commit).
+    /// mute; audit entries are queued (one `updated` per commit, with every incident whose
+    /// count rose and its new count).
+    ///
+    /// An error (a notification or escalation record that cannot be encoded) means the
+    /// batch is incomplete: the caller must not commit it.
     pub fn dispatch(
         &mut self,
         book: &mut IncidentBook,
@@ -550,7 +554,7 @@ impl Desk {
         outbox: &Outbox,
         batch: &mut store::Batch,
         now: DateTime<Utc>,
-    ) {
+    ) -> Result<(), StoreError> {
         let mut updated: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
         for event in events {
             let incident = &event.incident;
@@ -565,9 +569,9 @@ impl Desk {
                         .flat_map(|f| f.receivers.iter().cloned())
                         .collect();
                     let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
-                    let notified = self.enqueue(outbox, batch, event, &receivers, muted);
+                    let notified = self.enqueue(outbox, batch, event, &receivers, muted)?;
                     self.contain(book, &incident.id, &tracker.policy, &firings, now, batch);
-                    put_tracker(batch, &tracker);
+                    put_tracker(batch, &tracker)?;
                     self.trackers.insert(incident.id.clone(), tracker);
                     self.schedule(&incident.id, Some(incident));
                     if let Some(id) = &silence
@@ -602,7 +606,7 @@ impl Desk {
                         .get(&incident.id)
                         .map(|t| t.reached.clone())
                         .unwrap_or_default();
-                    let notified = self.enqueue(outbox, batch, event, &reached, muted);
+                    let notified = self.enqueue(outbox, batch, event, &reached, muted)?;
                     if kind == EventKind::SeverityChanged {
                         // A step with `if_severity` may be due now.
                         self.schedule(&incident.id, Some(incident));
@@ -625,14 +629,29 @@ impl Desk {
             };
             self.note(Entry::new(name, DAEMON, Some(&incident.id), details));
         }
-        for (id, (count, notified)) in updated {
+        // One record for every incident whose count rose in this commit, whatever their
+        // number: a botnet updating thousands of incidents adds one record, not thousands.
+        if !updated.is_empty() {
+            let only = (updated.len() == 1)
+                .then(|| updated.keys().next().cloned())
+                .flatten();
+            let counts: BTreeMap<&String, u64> = updated
+                .iter()
+                .map(|(id, (count, _))| (id, *count))
+                .collect();
+            let notified: BTreeMap<&String, &Vec<String>> = updated
+                .iter()
+                .filter(|(_, (_, n))| !n.is_empty())
+                .map(|(id, (_, n))| (id, n))
+                .collect();
             self.note(Entry::new(
                 "incident.updated",
                 DAEMON,
-                Some(&id),
-                json!({"count": count, "notified": notified}),
+                only.as_deref(),
+                json!({"counts": counts, "notified": notified}),
             ));
         }
+        Ok(())
     }
 
     fn enqueue(
@@ -642,38 +661,28 @@ impl Desk {
         event: &IncidentEvent,
         receivers: &BTreeSet<String>,
         muted: bool,
-    ) -> Vec<String> {
-        match outbox.enqueue_to(batch, event, receivers, muted) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, incident = %event.incident.id, "cannot write notifications");
-                Vec::new()
-            }
-        }
+    ) -> Result<Vec<String>, StoreError> {
+        outbox.enqueue_to(batch, event, receivers, muted)
     }
 
     /// The clock: records silences that ended and fires the escalation steps now due.
-    /// Returns whether notifications were written.
+    /// Returns whether notifications were written; an error means the batch is incomplete
+    /// and must not be committed.
     pub fn tick(
         &mut self,
         book: &mut IncidentBook,
         outbox: &Outbox,
         batch: &mut store::Batch,
         now: DateTime<Utc>,
-    ) -> bool {
-        match self.silences.expire_due(now, batch) {
-            Ok(ended) => {
-                for s in ended {
-                    tracing::info!(silence = %s.id, "silence ended");
-                    self.note(Entry::new(
-                        "silence.expired",
-                        DAEMON,
-                        None,
-                        json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
-                    ));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot record ended silences"),
+    ) -> Result<bool, StoreError> {
+        for s in self.silences.expire_due(now, batch)? {
+            tracing::info!(silence = %s.id, "silence ended");
+            self.note(Entry::new(
+                "silence.expired",
+                DAEMON,
+                None,
+                json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
+            ));
         }
         self.containments.expire_due(now, batch);
         let mut wrote = false;
@@ -689,7 +698,7 @@ impl Desk {
             if firings.is_empty() {
                 continue;
             }
-            put_tracker(batch, &tracker);
+            put_tracker(batch, &tracker)?;
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
             self.contain(book, &id, &tracker.policy, &firings, now, batch);
             for firing in firings {
@@ -720,7 +729,7 @@ impl Desk {
                     incident: incident.clone(),
                 };
                 let notified =
-                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some());
+                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some())?;
                 wrote |= !notified.is_empty();
                 tracing::info!(incident = %id, step = firing.step + 1, roles = %firing.roles, "escalated");
                 let external = notified.iter().any(|r| self.policies.is_external(r));
@@ -739,7 +748,7 @@ impl Desk {
                 ));
             }
         }
-        wrote
+        Ok(wrote)
     }
 
     /// Decides the containments the fired steps call for (see [`containment::Book::request`]).
@@ -786,7 +795,7 @@ impl Desk {
         let mut incident = match book.active(&id) {
             Some(i) => i.clone(),
             None => match Incident::number(&id)
-                .map(|n| store.get::<Incident>(Space::Incidents, &Incident::store_key(n)))
+                .map(|n| crate::incidents::stored::read(store, n))
                 .transpose()?
                 .flatten()
             {
@@ -820,7 +829,7 @@ impl Desk {
                 kind: EventKind::StateChanged,
                 incident: incident.clone(),
             };
-            let notified = self.enqueue(outbox, batch, &event, &reached, silenced);
+            let notified = self.enqueue(outbox, batch, &event, &reached, silenced)?;
             self.note(Entry::new(
                 "incident.transitioned",
                 DAEMON,
@@ -834,7 +843,7 @@ impl Desk {
                 *slot = incident.clone();
                 self.schedule(&id, Some(&incident));
             }
-            None => incident.put(batch)?,
+            None => incident.put(store, batch)?,
         }
         Ok(kpis)
     }
@@ -932,9 +941,7 @@ impl Desk {
         let was_active = book.active(&local).is_some();
         let mut incident = match book.active(&local) {
             Some(i) => i.clone(),
-            None => store
-                .get::<Incident>(Space::Incidents, &Incident::store_key(number))?
-                .ok_or_else(missing)?,
+            None => crate::incidents::stored::read(store, number)?.ok_or_else(missing)?,
         };
         if !incident.is_named_by(id) {
             return Err(missing());
@@ -976,7 +983,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some());
+            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some())?;
         }
         let mut details = applied.details;
         if matches!(action, Action::Approve { .. }) {
@@ -991,7 +998,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            let external = self.enqueue(outbox, batch, &event, &released, false);
+            let external = self.enqueue(outbox, batch, &event, &released, false)?;
             details["released"] = json!(external);
             details["external"] = json!(!external.is_empty());
         }
@@ -1000,7 +1007,7 @@ impl Desk {
         let event_name = applied.audit;
         self.note(Entry::new(event_name, actor, Some(id), details));
         tracing::info!(incident = %id, actor, action = action.name(), state = %incident.state, "incident changed");
-        put_tracker(batch, &tracker);
+        put_tracker(batch, &tracker)?;
         if incident.state.is_active() {
             if let Some(slot) = book.active_mut(id) {
                 *slot = incident.clone();
@@ -1013,7 +1020,7 @@ impl Desk {
                 self.trackers.remove(id);
             }
             self.schedule(id, None);
-            incident.put(batch)?;
+            incident.put(store, batch)?;
         }
         Ok(Done {
             reply: serde_json::to_value(&incident).expect("incidents serialise"),
@@ -1022,10 +1029,8 @@ impl Desk {
     }
 }
 
-fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) {
-    if let Err(e) = batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker) {
-        tracing::error!(error = %e, "cannot encode escalation progress");
-    }
+fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) -> Result<(), StoreError> {
+    batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker)
 }
 
 fn join(set: &BTreeSet<String>) -> String {
@@ -1116,7 +1121,8 @@ escalation_policies:
             &outbox,
             &mut batch,
             now,
-        );
+        )
+        .unwrap();
         store.commit(batch).unwrap();
         let sent: Vec<(String, EventKind)> = outbox
             .pending()
@@ -1145,6 +1151,43 @@ escalation_policies:
         assert_eq!(tracker.reached, BTreeSet::from(["first".to_string()]));
     }
 
+    #[test]
+    fn count_bumps_of_many_incidents_make_one_audit_record_per_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        let mut book = IncidentBook::load(&store, "web1").unwrap();
+        let events: Vec<IncidentEvent> = (1..=300)
+            .map(|n| {
+                let mut incident = sample_incident();
+                incident.id = format!("INC-{n}");
+                incident.count = n;
+                IncidentEvent {
+                    kind: EventKind::Updated,
+                    incident,
+                }
+            })
+            .collect();
+        let mut batch = store::Batch::new();
+        desk.dispatch(
+            &mut book,
+            &events,
+            &outbox,
+            &mut batch,
+            sample_incident().opened_at,
+        )
+        .unwrap();
+        let audit = desk.take_audit();
+        assert_eq!(audit.len(), 1, "{audit:?}");
+        assert_eq!(audit[0].event, "incident.updated");
+        assert_eq!(audit[0].incident, None);
+        let counts = audit[0].details["counts"].as_object().unwrap();
+        assert_eq!(counts.len(), 300);
+        assert_eq!(counts["INC-7"], 7);
+    }
+
     /// Five thousand open incidents: a tick with nothing due does no work per incident
     /// (a walk over all of them, as a clock without a due-time queue makes, takes seconds
     /// here), each incident's next step fires exactly at its time, and an acknowledged
@@ -1165,7 +1208,7 @@ escalation_policies:
                 BTreeMap::from([("ip".to_string(), format!("10.0.{}.{}", n / 250, n % 250))]);
             // Opened a second apart: the one-hour step falls due one incident per second.
             incident.opened_at = opened + chrono::Duration::seconds(n as i64);
-            incident.put(&mut batch).unwrap();
+            incident.put(&store, &mut batch).unwrap();
         }
         store.commit(batch).unwrap();
         let mut book = IncidentBook::load(&store, "web1").unwrap();
@@ -1178,7 +1221,7 @@ escalation_policies:
         for second in 0..50 {
             let mut batch = store::Batch::new();
             let now = opened + chrono::Duration::seconds(second) + chrono::Duration::minutes(30);
-            assert!(!desk.tick(&mut book, &outbox, &mut batch, now));
+            assert!(!desk.tick(&mut book, &outbox, &mut batch, now).unwrap());
         }
         let idle = started.elapsed();
         assert!(
@@ -1189,13 +1232,17 @@ escalation_policies:
         // INC-1's step is due at its opening + 1 h, INC-2's a second later.
         let mut batch = store::Batch::new();
         let due = opened + chrono::Duration::seconds(1) + hour;
-        assert!(!desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due - chrono::Duration::milliseconds(1)
-        ));
-        assert!(desk.tick(&mut book, &outbox, &mut batch, due));
+        assert!(
+            !desk
+                .tick(
+                    &mut book,
+                    &outbox,
+                    &mut batch,
+                    due - chrono::Duration::milliseconds(1)
+                )
+                .unwrap()
+        );
+        assert!(desk.tick(&mut book, &outbox, &mut batch, due).unwrap());
         store.commit(batch).unwrap();
         let sent: Vec<(String, String)> = outbox
             .pending()
@@ -1225,19 +1272,26 @@ escalation_policies:
         .unwrap();
         assert_eq!(desk.scheduled(), OPEN - 2);
         let mut batch = store::Batch::new();
-        assert!(!desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due + chrono::Duration::seconds(1)
-        ));
+        assert!(
+            !desk
+                .tick(
+                    &mut book,
+                    &outbox,
+                    &mut batch,
+                    due + chrono::Duration::seconds(1)
+                )
+                .unwrap()
+        );
         // INC-3 is due a second after INC-2 would have been.
-        assert!(desk.tick(
-            &mut book,
-            &outbox,
-            &mut batch,
-            due + chrono::Duration::seconds(2)
-        ));
+        assert!(
+            desk.tick(
+                &mut book,
+                &outbox,
+                &mut batch,
+                due + chrono::Duration::seconds(2)
+            )
+            .unwrap()
+        );
     }
 
     fn t(to: State) -> Action {

@@ -270,8 +270,14 @@ impl Dispatcher {
                 }
                 Err(why) => {
                     tracing::warn!(receiver = %record.receiver, incident = %record.incident, reason = %why, "notification for an unconfigured receiver kept as a dead letter");
+                    let mut out = Outcomes::default();
+                    bury(&self.metrics, record, why, &mut out);
+                    // Released either way: a bury the store refused is tried again by the
+                    // next rescan.
+                    if let Err(e) = out.store(&self.outbox) {
+                        tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
+                    }
                     self.known.lock().expect("known lock").remove(&id);
-                    bury(&self.outbox, &self.metrics, record, why);
                 }
             }
         }
@@ -321,28 +327,57 @@ impl Dispatcher {
     }
 }
 
-/// Moves a record from the outbox to the dead letters.
-fn bury(outbox: &Outbox, metrics: &Metrics, mut record: Record, why: String) {
+/// Delivery outcomes not yet stored. A lane gathers the outcomes of every attempt that
+/// finished together and stores them in one commit (one batch, one audit record each), so
+/// a burst of deliveries is not a burst of commits.
+#[derive(Default)]
+struct Outcomes {
+    batch: store::Batch,
+    audit: Vec<(Record, &'static str, serde_json::Value)>,
+    /// Ids to hand back to the dispatcher once stored (delivered or dead).
+    settled: Vec<u64>,
+    dead: bool,
+}
+
+impl Outcomes {
+    /// Stores the outcomes gathered so far in one commit; returns the ids they settled
+    /// (delivered or dead). After an error nothing was stored and the same outcomes are
+    /// tried again by the next call.
+    fn store(&mut self, outbox: &Outbox) -> Result<Vec<u64>, crate::store::StoreError> {
+        if self.audit.is_empty() && self.batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        outbox.commit_outcomes(self.batch.clone(), &self.audit)?;
+        let Outcomes { settled, dead, .. } = std::mem::take(self);
+        if dead {
+            outbox.dead_letters_changed();
+        }
+        Ok(settled)
+    }
+}
+
+/// Moves a record from the outbox to the dead letters (in `out`).
+fn bury(metrics: &Metrics, mut record: Record, why: String, out: &mut Outcomes) {
     tracing::error!(receiver = %record.receiver, incident = %record.incident, key = %record.idempotency_key, attempts = record.attempts, reason = %why, "notification given up; kept as a dead letter");
     record.last_error = Some(why.clone());
     record.dead_at = Some(Utc::now());
-    let mut batch = store::Batch::new();
-    batch.remove(Space::Outbox, &Record::key(record.id));
-    if let Err(e) = batch.put(Space::DeadLetters, &Record::key(record.id), &record) {
-        tracing::error!(error = %e, "cannot encode a dead letter");
+    if let Err(e) = out
+        .batch
+        .put(Space::DeadLetters, &Record::key(record.id), &record)
+    {
+        tracing::error!(error = %e, "cannot encode a dead letter; it stays in the outbox");
         return;
     }
+    out.batch.remove(Space::Outbox, &Record::key(record.id));
     let details =
         serde_json::json!({"attempt": record.attempts, "error": why, "dead_letter": true});
-    if let Err(e) = outbox.commit_audited(batch, &record, "notification.failed", details) {
-        tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
-        return;
-    }
     metrics
         .notifications
         .with_label_values(&[&record.receiver, "dead"])
         .inc();
-    outbox.dead_letters_changed();
+    out.settled.push(record.id);
+    out.audit.push((record, "notification.failed", details));
+    out.dead = true;
 }
 
 struct Waiting {
@@ -403,14 +438,6 @@ impl Resend {
     }
 }
 
-/// Removes a delivered notification from the outbox, with its audit record.
-fn record_delivered(outbox: &Outbox, record: &Record) -> Result<(), crate::store::StoreError> {
-    let mut batch = store::Batch::new();
-    batch.remove(Space::Outbox, &Record::key(record.id));
-    let details = serde_json::json!({"attempt": record.attempts + 1});
-    outbox.commit_audited(batch, record, "notification.delivered", details)
-}
-
 struct Lane {
     name: String,
     transport: Arc<Transport>,
@@ -423,15 +450,12 @@ struct Lane {
     waiting: BTreeMap<u64, Waiting>,
     /// Records being attempted, by the id of the task attempting them.
     inflight: HashMap<tokio::task::Id, Record>,
-    /// Delivered, but the store refused to record it (a full disk): kept known, so no
-    /// rescan sends it again, and recorded once the store takes it.
-    unrecorded: Vec<Record>,
-    /// Delivered and recorded, not yet flushed: forgotten only once durable, since a store
-    /// reopened after an I/O error may have lost the record (and a rescan would send the
-    /// notification again).
-    unflushed: Vec<Record>,
+    /// Ids whose outcome is stored, not yet flushed: forgotten only once durable.
+    unflushed: Vec<u64>,
     pending: PendingShare,
     resend: Option<Resend>,
+    /// Outcomes of finished attempts, stored together.
+    outcomes: Outcomes,
 }
 
 impl Lane {
@@ -494,10 +518,10 @@ impl Lane {
             known,
             waiting: BTreeMap::new(),
             inflight: HashMap::new(),
-            unrecorded: Vec::new(),
             unflushed: Vec::new(),
             pending,
             resend,
+            outcomes: Outcomes::default(),
         })
     }
 
@@ -525,7 +549,14 @@ impl Lane {
                     }
                     None => open = false,
                 },
-                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => self.finish(done),
+                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                    self.finish(done);
+                    // Every other attempt that finished meanwhile: their outcomes are
+                    // stored in one commit at the top of the next round.
+                    while let Some(done) = attempts.try_join_next_with_id() {
+                        self.finish(done);
+                    }
+                }
                 _ = sleep => {}
                 _ = stop.changed() => open = false,
             }
@@ -693,22 +724,20 @@ impl Lane {
         };
         match outcome {
             Outcome::Delivered => {
+                self.outcomes
+                    .batch
+                    .remove(Space::Outbox, &Record::key(record.id));
+                let details = serde_json::json!({"attempt": record.attempts + 1});
                 counter("delivered");
                 let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
                 self.metrics
                     .notification_latency
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
-                match record_delivered(&self.outbox, &record) {
-                    Ok(()) => self.unflushed.push(record),
-                    Err(e) => {
-                        // Still in the outbox: kept known (a rescan must not send it again)
-                        // and recorded once the store takes it. Only a restart before that
-                        // sends it again, and its idempotency key lets the receiver drop it.
-                        tracing::error!(error = %e, "cannot remove a delivered notification; will retry");
-                        self.unrecorded.push(record);
-                    }
-                }
+                self.outcomes.settled.push(record.id);
+                self.outcomes
+                    .audit
+                    .push((record, "notification.delivered", details));
             }
             Outcome::Retry { error, after } => {
                 record.attempts += 1;
@@ -720,9 +749,7 @@ impl Lane {
                         "undelivered after {} attempts over {} (max_age); last error: {error}",
                         record.attempts, self.retry.max_age
                     );
-                    let id = record.id;
-                    bury(&self.outbox, &self.metrics, record, why);
-                    self.forget(id);
+                    bury(&self.metrics, record, why, &mut self.outcomes);
                     return;
                 }
                 counter("retried");
@@ -730,18 +757,17 @@ impl Lane {
                 tracing::warn!(receiver = %self.name, incident = %record.incident, key = %record.idempotency_key, attempt = record.attempts, retry_in_ms = delay.as_millis() as u64, %error, "notification delivery failed; will retry");
                 let details = serde_json::json!({"attempt": record.attempts, "error": error, "retry_in_ms": delay.as_millis() as u64});
                 record.last_error = Some(error);
-                let mut batch = store::Batch::new();
-                if batch
+                match self
+                    .outcomes
+                    .batch
                     .put(Space::Outbox, &Record::key(record.id), &record)
-                    .is_ok()
-                    && let Err(e) = self.outbox.commit_audited(
-                        batch,
-                        &record,
+                {
+                    Ok(()) => self.outcomes.audit.push((
+                        record.clone(),
                         "notification.attempt_failed",
                         details,
-                    )
-                {
-                    tracing::error!(error = %e, "cannot record a failed attempt");
+                    )),
+                    Err(e) => tracing::error!(error = %e, "cannot record a failed attempt"),
                 }
                 self.waiting.insert(
                     record.id,
@@ -753,41 +779,36 @@ impl Lane {
             }
             Outcome::Refused(error) => {
                 record.attempts += 1;
-                let id = record.id;
-                bury(&self.outbox, &self.metrics, record, error);
-                self.forget(id);
+                bury(&self.metrics, record, error, &mut self.outcomes);
             }
         }
     }
 
-    /// Records the deliveries the store refused before (as far as it takes them now) and
-    /// makes recorded deliveries durable; only then are they forgotten.
+    /// Stores the outcomes gathered so far (kept for the next round if the store refuses
+    /// them) and makes stored deliveries durable; only then are their ids forgotten, since
+    /// a store reopened after an I/O error may have lost an unflushed removal (and a rescan
+    /// would send the notification again).
     async fn settle_deliveries(&mut self) {
-        while let Some(record) = self.unrecorded.pop() {
-            if record_delivered(&self.outbox, &record).is_err() {
-                self.unrecorded.push(record);
-                break;
+        match self.outcomes.store(&self.outbox) {
+            Ok(settled) => self.unflushed.extend(settled),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store delivery outcomes; will retry");
             }
-            self.unflushed.push(record);
         }
         if self.unflushed.is_empty() {
             return;
         }
         match self.outbox.flush().await {
             Ok(()) => {
-                for record in std::mem::take(&mut self.unflushed) {
-                    self.forget(record.id);
+                let mut known = self.known.lock().expect("known lock");
+                for id in self.unflushed.drain(..) {
+                    known.remove(&id);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot make delivered notifications durable; will retry");
-                self.unrecorded.append(&mut self.unflushed);
             }
         }
-    }
-
-    fn forget(&self, id: u64) {
-        self.known.lock().expect("known lock").remove(&id);
     }
 
     fn update_gauge(&self) {

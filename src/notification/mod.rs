@@ -120,6 +120,15 @@ fn remember_firing(
     }
 }
 
+/// The notifications in a store's outbox (not yet delivered), oldest first.
+pub fn stored_outbox(store: &Store) -> Result<Vec<Record>, StoreError> {
+    Ok(store
+        .scan(Space::Outbox)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
 /// Decides who hears of an event and renders what they get.
 pub struct Router {
     targets: HashMap<String, Target>,
@@ -262,7 +271,7 @@ impl Outbox {
         if receivers.is_empty() {
             return Ok(Vec::new());
         }
-        let sequence = self.store.next_id()?;
+        let sequence = batch.take_id(&self.store);
         let idempotency_key = format!("{}-{sequence}", event.incident.uid);
         let now = Utc::now();
         let ctx = EventContext {
@@ -289,7 +298,7 @@ impl Outbox {
                 _ => vec![None],
             };
             for member in members {
-                let id = self.store.next_id()?;
+                let id = batch.take_id(&self.store);
                 let record = Record {
                     id,
                     receiver: name.to_string(),
@@ -338,12 +347,7 @@ impl Outbox {
 
     /// Notifications not yet delivered, oldest first.
     pub fn pending(&self) -> Result<Vec<Record>, StoreError> {
-        Ok(self
-            .store
-            .scan(Space::Outbox)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        stored_outbox(&self.store)
     }
 
     /// Dead letters, oldest first.
@@ -357,8 +361,9 @@ impl Outbox {
     }
 
     /// Moves a dead letter back to the outbox (new id, same idempotency key and body, age
-    /// and attempts reset), durably, and wakes the worker.
-    pub async fn resend(&self, id: u64) -> Result<Resent, StoreError> {
+    /// and attempts reset), durably, with the audit record of `actor` re-sending it, and
+    /// wakes the worker.
+    pub async fn resend(&self, id: u64, actor: &str) -> Result<Resent, StoreError> {
         let Some(mut record) = self
             .store
             .get::<Record>(Space::DeadLetters, &Record::key(id))?
@@ -368,15 +373,29 @@ impl Outbox {
         if !self.router.knows(&record.receiver) {
             return Ok(Resent::UnknownReceiver(record.receiver));
         }
-        record.id = self.store.next_id()?;
+        let mut batch = store::Batch::new();
+        record.id = batch.take_id(&self.store);
         record.created_at = Utc::now();
         record.attempts = 0;
         record.last_error = None;
         record.dead_at = None;
-        let mut batch = store::Batch::new();
         batch.remove(Space::DeadLetters, &Record::key(id));
         batch.put(Space::Outbox, &Record::key(record.id), &record)?;
-        self.store.commit(batch)?;
+        let entry = Entry::new(
+            "notification.resent",
+            actor,
+            Some(&record.incident),
+            serde_json::json!({
+                "dead_letter": id,
+                "notification": record.id,
+                "receiver": record.receiver,
+                "idempotency_key": record.idempotency_key,
+            }),
+        );
+        match &self.audit {
+            Some(audit) => audit.commit(&batch, &[entry])?,
+            None => self.store.commit(batch)?,
+        }
         self.store.flush().await?;
         self.dead_letters_changed();
         Ok(Resent::Queued(record))
@@ -418,28 +437,31 @@ impl Outbox {
         &self.store
     }
 
-    /// Commits a delivery step's batch with the audit entry describing it (plain commit
-    /// when no audit log is attached).
-    pub(crate) fn commit_audited(
+    /// Commits delivery outcomes (outbox removals, retry counts, dead letters) with the
+    /// audit entry of each, in one batch (plain commit when no audit log is attached).
+    pub(crate) fn commit_outcomes(
         &self,
         batch: store::Batch,
-        record: &Record,
-        event: &str,
-        details: serde_json::Value,
+        outcomes: &[(Record, &'static str, serde_json::Value)],
     ) -> Result<(), StoreError> {
         let Some(audit) = &self.audit else {
             return self.store.commit(batch);
         };
-        let mut details = details;
-        details["receiver"] = record.receiver.clone().into();
-        details["event"] = record.event.as_str().into();
-        details["idempotency_key"] = record.idempotency_key.clone().into();
-        details["notification"] = record.id.into();
-        if self.external.contains(&record.receiver) {
-            details["external"] = true.into();
-        }
-        let entry = Entry::new(event, "logwarden", Some(&record.incident), details);
-        audit.commit(&batch, &[entry])
+        let entries: Vec<Entry> = outcomes
+            .iter()
+            .map(|(record, event, details)| {
+                let mut details = details.clone();
+                details["receiver"] = record.receiver.clone().into();
+                details["event"] = record.event.as_str().into();
+                details["idempotency_key"] = record.idempotency_key.clone().into();
+                details["notification"] = record.id.into();
+                if self.external.contains(&record.receiver) {
+                    details["external"] = true.into();
+                }
+                Entry::new(event, "logwarden", Some(&record.incident), details)
+            })
+            .collect();
+        audit.commit(&batch, &entries)
     }
 
     #[cfg(test)]
@@ -571,10 +593,10 @@ escalation_policies:
             .unwrap();
         o.store().commit(batch).unwrap();
         assert!(matches!(
-            o.resend(u64::MAX).await.unwrap(),
+            o.resend(u64::MAX, "oncall").await.unwrap(),
             Resent::NotFound
         ));
-        let Resent::Queued(again) = o.resend(first.id).await.unwrap() else {
+        let Resent::Queued(again) = o.resend(first.id, "oncall").await.unwrap() else {
             panic!("not re-sent");
         };
         assert_ne!(again.id, first.id);

@@ -133,6 +133,24 @@ pub enum RuleKind {
 }
 
 impl RuleKind {
+    /// How far back in log time the kind's state can reach: older lines can no longer
+    /// count (an absence keeps its last line, which its state references).
+    pub fn horizon_ms(&self) -> i64 {
+        match self {
+            RuleKind::Threshold { within_ms, .. }
+            | RuleKind::Absence { within_ms, .. }
+            | RuleKind::Sequence { within_ms, .. }
+            | RuleKind::Distinct { within_ms, .. } => *within_ms,
+            RuleKind::Spike {
+                window_ms,
+                baseline,
+                ..
+            } => window_ms.saturating_mul(i64::from(*baseline) + 1),
+        }
+    }
+}
+
+impl RuleKind {
     /// The kind's name as written in YAML.
     pub fn name(&self) -> &'static str {
         match self {

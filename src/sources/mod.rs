@@ -78,6 +78,17 @@ impl Checkpoint {
     }
 }
 
+/// Every file checkpoint in the store.
+pub fn stored_checkpoints(
+    store: &crate::store::Store,
+) -> Result<Vec<Checkpoint>, crate::store::StoreError> {
+    Ok(store
+        .scan(crate::store::Space::Checkpoints)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
+}
+
 /// The store key for a file identity's checkpoint.
 pub fn checkpoint_key(id: FileId) -> String {
     format!("{}:{}", id.dev, id.ino)

@@ -1,15 +1,15 @@
 //! One evaluation of lines against a rule set, in memory, on the lines' own clock.
 //!
-//! This is the daemon's evaluation path ([`Detector`] then [`IncidentBook`]) without the
-//! store and the outbox: `test` and `replay` must report exactly what the daemon would have
-//! opened, so they share this and never evaluate rules another way. The clock is the lines'
+//! This is the daemon's [`Engine`] without the store and the outbox: `test` and `replay`
+//! must report exactly what the daemon would have opened, so they run the same engine and
+//! never evaluate rules another way. The clock is the lines'
 //! time: absence rules are advanced to the exact moment a gap opens, state is expired as
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
-use crate::detection::{Detector, Hit};
-use crate::incidents::{Incident, IncidentBook};
-use crate::recidive;
-use crate::rules::{RuleKind, RuleSet};
+use crate::detection::Detector;
+use crate::engine::{Engine, Stamp};
+use crate::incidents::{Incident, IncidentBook, IncidentEvent};
+use crate::rules::RuleSet;
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -23,17 +23,10 @@ const HOUSEKEEPING_MS: i64 = 600_000;
 
 /// Lines evaluated in time order into incidents, without side effects.
 pub struct Evaluation {
-    detector: Detector,
-    book: IncidentBook,
-    rules: Arc<RuleSet>,
+    engine: Engine,
     /// Every incident opened, as it is after the latest change, by number.
     incidents: BTreeMap<u64, Incident>,
-    hits: Vec<Hit>,
-    has_absence: bool,
-    /// Some rule reads detections ([`recidive`]).
-    recidive: bool,
-    /// Cached [`Detector::next_absence_due`]; `None` inside means nothing is due.
-    due: Option<Option<DateTime<Utc>>>,
+    events: Vec<IncidentEvent>,
     watermark: Option<DateTime<Utc>>,
     last_housekeeping_ms: i64,
     evicted: BTreeMap<String, u64>,
@@ -42,20 +35,14 @@ pub struct Evaluation {
 impl Evaluation {
     /// An evaluation of `rules` for lines of the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
-        let has_absence = rules
-            .rules
-            .iter()
-            .any(|r| matches!(r.kind, RuleKind::Absence { .. }));
-        let recidive = recidive::wanted(&rules);
         Evaluation {
-            detector: Detector::new(rules.clone(), sources),
-            book: IncidentBook::empty(),
-            rules,
+            engine: Engine::new(
+                Detector::new(rules, sources),
+                IncidentBook::empty(),
+                Stamp::Match,
+            ),
             incidents: BTreeMap::new(),
-            hits: Vec::new(),
-            has_absence,
-            recidive,
-            due: None,
+            events: Vec::new(),
             watermark: None,
             last_housekeeping_ms: i64::MIN,
             evicted: BTreeMap::new(),
@@ -64,7 +51,7 @@ impl Evaluation {
 
     /// The rules evaluated.
     pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
+        self.engine.rules()
     }
 
     /// Evaluates one line at its time. Lines should come in time order (as merged by
@@ -73,18 +60,9 @@ impl Evaluation {
         if self.watermark.is_none_or(|w| time > w) {
             self.clock_to(time);
         }
-        self.detector.observe(line, time, &mut self.hits);
-        if !self.hits.is_empty() {
-            if self.has_absence
-                && self
-                    .hits
-                    .iter()
-                    .any(|h| matches!(h.rule.kind, RuleKind::Absence { .. }))
-            {
-                self.due = None;
-            }
-            self.apply_hits();
-        }
+        self.engine
+            .observe(line, time, &mut self.events, &mut |_| {});
+        self.keep_events();
     }
 
     /// Lets log time run to `now` with no lines: absence gaps due by then open at the
@@ -93,65 +71,24 @@ impl Evaluation {
         if self.watermark.is_some_and(|w| now < w) {
             return;
         }
-        if self.has_absence {
-            if self.watermark.is_none() {
-                self.detector.advance(now, &mut self.hits);
-                self.apply_hits();
-                self.due = None;
-            }
-            loop {
-                let due = *self
-                    .due
-                    .get_or_insert_with(|| self.detector.next_absence_due());
-                let Some(due) = due.filter(|d| *d <= now) else {
-                    break;
-                };
-                self.detector.advance(due, &mut self.hits);
-                self.due = None;
-                if self.hits.is_empty() {
-                    // Nothing crossed after all (a key with a match from the future):
-                    // the rest is noticed by the next line or the end.
-                    self.detector.advance(now, &mut self.hits);
-                    self.apply_hits();
-                    break;
-                }
-                self.apply_hits();
-            }
-        }
+        self.engine.advance(now, &mut self.events);
+        self.keep_events();
         self.watermark = Some(now);
         let now_ms = now.timestamp_millis();
         if now_ms.saturating_sub(self.last_housekeeping_ms) >= HOUSEKEEPING_MS {
             self.last_housekeeping_ms = now_ms;
-            self.detector.expire(now);
+            let detector = self.engine.detector_mut();
+            detector.expire(now);
             // Nothing is stored: what changed is only of interest to the daemon's store.
-            drop(self.detector.take_dirty());
-            for (rule, n) in self.detector.take_evictions() {
+            drop(detector.take_dirty());
+            for (rule, n) in detector.take_evictions() {
                 *self.evicted.entry(rule).or_default() += n;
             }
         }
     }
 
-    fn apply_hits(&mut self) {
-        let mut events = Vec::new();
-        let mut detections = Vec::new();
-        for hit in self.hits.drain(..) {
-            if self.recidive {
-                detections.extend(recidive::detection_line(&hit));
-            }
-            let at = hit.time;
-            if let Some(event) = self.book.apply(hit, &self.rules, at) {
-                events.push(event);
-            }
-        }
-        recidive::feed_back(
-            &mut self.detector,
-            &mut self.book,
-            &self.rules,
-            detections,
-            &mut events,
-            |hit| hit.time,
-        );
-        for event in events {
+    fn keep_events(&mut self) {
+        for event in self.events.drain(..) {
             let number = Incident::number(&event.incident.id).unwrap_or_default();
             self.incidents.insert(number, event.incident);
         }
@@ -159,7 +96,7 @@ impl Evaluation {
 
     /// Keys dropped per rule because `max_keys` was reached (matches may have been lost).
     pub fn evictions(&mut self) -> BTreeMap<String, u64> {
-        for (rule, n) in self.detector.take_evictions() {
+        for (rule, n) in self.engine.detector_mut().take_evictions() {
             *self.evicted.entry(rule).or_default() += n;
         }
         self.evicted.clone()
@@ -268,5 +205,86 @@ rules:
         let incidents = e.finish(None);
         assert_eq!(incidents.len(), 1);
         assert_eq!((incidents[0].count, incidents[0].opened_at), (3, at(10)));
+    }
+
+    /// The daemon's engine (wall-clock stamps) and the tools' (match-time stamps) open the
+    /// same incidents from the same lines and clock, and differ only in when they say
+    /// they acted.
+    #[test]
+    fn the_daemons_engine_and_the_tools_open_the_same_incidents() {
+        let rules = rules(
+            r#"
+rules:
+  - id: fail
+    match: 'fail (?P<ip>\S+)'
+    group_by: [ip]
+    threshold: {count: 3, within: 1m}
+    severity: {low: 3, high: 5}
+  - id: beat
+    match: 'beat'
+    absence: {within: 5m}
+    severity: high
+"#,
+        );
+        let run = |stamp| {
+            let mut engine = crate::engine::Engine::new(
+                Detector::new(rules.clone(), &["t".into()]),
+                IncidentBook::empty(),
+                stamp,
+            );
+            let mut events = Vec::new();
+            let mut counted = 0;
+            engine.advance(at(0), &mut events);
+            for (s, text) in [(0, "beat"), (1, "fail a"), (2, "fail a"), (3, "fail b")] {
+                engine.observe(&line(text), at(s), &mut events, &mut |_| counted += 1);
+            }
+            for s in [4, 5, 6] {
+                engine.observe(&line("fail a"), at(s), &mut events, &mut |_| counted += 1);
+            }
+            // The clock jumps: the heartbeat's gap opened at its due time.
+            engine.advance(at(3600), &mut events);
+            let incidents: Vec<_> = events
+                .into_iter()
+                .map(|e| {
+                    let i = e.incident;
+                    (
+                        e.kind,
+                        i.id,
+                        i.rule,
+                        i.count,
+                        i.severity,
+                        i.first_seen,
+                        i.opened_at,
+                    )
+                })
+                .collect();
+            (counted, incidents)
+        };
+        let (tool_count, tool) = run(crate::engine::Stamp::Match);
+        let (daemon_count, daemon) = run(crate::engine::Stamp::Wall);
+        assert_eq!(tool_count, daemon_count);
+        assert_eq!(tool.len(), daemon.len());
+        for (t, d) in tool.iter().zip(&daemon) {
+            assert_eq!(
+                (&t.0, &t.1, &t.2, t.3, t.4, t.5),
+                (&d.0, &d.1, &d.2, d.3, d.4, d.5)
+            );
+        }
+        let opened: Vec<(&str, DateTime<Utc>)> = tool
+            .iter()
+            .filter(|t| t.0 == crate::incidents::EventKind::Opened)
+            .map(|t| (t.2.as_str(), t.6))
+            .collect();
+        assert_eq!(
+            opened,
+            [
+                ("fail", at(4)),
+                ("beat", at(300) + chrono::Duration::milliseconds(1))
+            ]
+        );
+        assert!(
+            daemon.iter().all(|d| d.6 > at(3600)),
+            "the daemon stamps now"
+        );
     }
 }

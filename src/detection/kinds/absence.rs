@@ -7,6 +7,7 @@
 
 use super::{Event, Observed};
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -28,6 +29,33 @@ impl Absence {
             last: None,
             gap_ms: None,
         }
+    }
+
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.i64(self.since_ms);
+        w.u64(self.recent.len() as u64);
+        for t in &self.recent {
+            w.i64(*t);
+        }
+        w.opt_evidence(self.last.as_ref());
+        w.bool(self.gap_ms.is_some());
+        if let Some(g) = self.gap_ms {
+            w.i64(g);
+        }
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let since_ms = r.i64()?;
+        let n = r.count()?;
+        let recent = (0..n).map(|_| r.i64()).collect::<Result<_, _>>()?;
+        let last = r.opt_evidence()?;
+        let gap_ms = if r.bool()? { Some(r.i64()?) } else { None };
+        Ok(Absence {
+            since_ms,
+            recent,
+            last,
+            gap_ms,
+        })
     }
 
     /// Matches no more than `within` before `at` (inclusive).

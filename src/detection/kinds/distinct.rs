@@ -2,6 +2,7 @@
 
 use super::{Event, Observed};
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 /// The latest time and line of each value seen in the window; emptied when it fires.
 ///
@@ -34,6 +35,26 @@ mod as_map {
 }
 
 impl Distinct {
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.u64(self.values.len() as u64);
+        for (value, (t, e)) in &self.values {
+            w.str(value);
+            w.i64(*t);
+            w.evidence(e);
+        }
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let n = r.count()?;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            let value = r.str()?.to_string();
+            let t = r.i64()?;
+            values.push((value, (t, r.evidence()?)));
+        }
+        Ok(Distinct { values })
+    }
+
     pub(super) fn held(&self) -> usize {
         self.values.len()
     }

@@ -18,6 +18,7 @@ pub use threshold::Threshold;
 
 use super::{Crossing, Evidence, FieldsView};
 use crate::rules::RuleKind;
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 
 /// Most evidence lines a kind keeps for one crossing (the incident keeps its own bound).
@@ -79,7 +80,51 @@ pub enum KeyState {
     Distinct(Distinct),
 }
 
+/// Version of the stored window state layout ([`KeyState::encode`]).
+const STATE_VERSION: u8 = 1;
+
 impl KeyState {
+    /// The state in the compact window codec: the kind, then its numbers, with evidence
+    /// lines as references.
+    pub fn encode(&self, w: &mut Enc<'_>) {
+        w.u8(STATE_VERSION);
+        match self {
+            KeyState::Threshold(s) => {
+                w.u8(0);
+                s.encode(w);
+            }
+            KeyState::Spike(s) => {
+                w.u8(1);
+                s.encode(w);
+            }
+            KeyState::Absence(s) => {
+                w.u8(2);
+                s.encode(w);
+            }
+            KeyState::Sequence(s) => {
+                w.u8(3);
+                s.encode(w);
+            }
+            KeyState::Distinct(s) => {
+                w.u8(4);
+                s.encode(w);
+            }
+        }
+    }
+
+    /// Reads a state written by [`KeyState::encode`].
+    pub fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        r.version(STATE_VERSION)?;
+        Ok(match r.u8()? {
+            0 => KeyState::Threshold(Threshold::decode(r)?),
+            1 => KeyState::Spike(Box::new(Spike::decode(r)?)),
+            2 => KeyState::Absence(Box::new(Absence::decode(r)?)),
+            3 => KeyState::Sequence(Sequence::decode(r)?),
+            4 => KeyState::Distinct(Distinct::decode(r)?),
+            _ => return Err(CodecError::Malformed("unknown detection kind")),
+        })
+    }
+
     /// A fresh state for a rule of this kind, created at `now_ms`.
     pub fn new(kind: &RuleKind, now_ms: i64) -> Self {
         match kind {

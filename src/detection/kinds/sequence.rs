@@ -10,6 +10,7 @@
 
 use super::{EVIDENCE_KEPT, Event, Observed, push_bounded};
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -33,7 +34,64 @@ pub struct Sequence {
     steps: Vec<Step>,
 }
 
+impl Prefix {
+    fn encode(&self, w: &mut Enc<'_>) {
+        w.i64(self.start_ms);
+        w.evidence_list(self.evidence.iter());
+    }
+
+    fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        Ok(Prefix {
+            start_ms: r.i64()?,
+            evidence: r.evidence_list()?,
+        })
+    }
+
+    fn encode_opt(p: Option<&Prefix>, w: &mut Enc<'_>) {
+        w.bool(p.is_some());
+        if let Some(p) = p {
+            p.encode(w);
+        }
+    }
+
+    fn decode_opt(r: &mut Dec<'_>) -> Result<Option<Self>, CodecError> {
+        Ok(if r.bool()? {
+            Some(Prefix::decode(r)?)
+        } else {
+            None
+        })
+    }
+}
+
 impl Sequence {
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.u64(self.steps.len() as u64);
+        for step in &self.steps {
+            w.u64(step.recent.len() as u64);
+            for (t, e, prefix) in &step.recent {
+                w.i64(*t);
+                w.evidence(e);
+                Prefix::encode_opt(prefix.as_ref(), w);
+            }
+            Prefix::encode_opt(step.done.as_ref(), w);
+        }
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let n = r.count()?;
+        let mut steps = Vec::with_capacity(n);
+        for _ in 0..n {
+            let m = r.count()?;
+            let mut recent = VecDeque::with_capacity(m);
+            for _ in 0..m {
+                recent.push_back((r.i64()?, r.evidence()?, Prefix::decode_opt(r)?));
+            }
+            let done = Prefix::decode_opt(r)?;
+            steps.push(Step { recent, done });
+        }
+        Ok(Sequence { steps })
+    }
+
     pub(super) fn new(steps: usize) -> Self {
         Sequence {
             steps: vec![Step::default(); steps],

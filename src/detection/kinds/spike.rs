@@ -6,6 +6,7 @@
 
 use super::{Event, Observed, push_bounded};
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -19,6 +20,34 @@ pub struct Spike {
 }
 
 impl Spike {
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.u64(self.windows.len() as u64);
+        for (index, count) in &self.windows {
+            w.i64(*index);
+            w.u64(*count);
+        }
+        w.evidence_list(self.evidence.iter());
+        w.bool(self.fired.is_some());
+        if let Some(f) = self.fired {
+            w.i64(f);
+        }
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let n = r.count()?;
+        let mut windows = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            windows.push_back((r.i64()?, r.u64()?));
+        }
+        let evidence = r.evidence_list()?;
+        let fired = if r.bool()? { Some(r.i64()?) } else { None };
+        Ok(Spike {
+            windows,
+            evidence,
+            fired,
+        })
+    }
+
     pub(super) fn observe(
         &mut self,
         event: Event<'_>,

@@ -3,6 +3,7 @@
 use super::{Event, Observed};
 use crate::detection::window::SlidingWindow;
 use crate::detection::{Crossing, Evidence};
+use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
 
 /// The matches of the current window; emptied when the threshold is reached.
@@ -40,6 +41,23 @@ impl Threshold {
 
     pub(super) fn last_ms(&self) -> i64 {
         self.window.newest().unwrap_or(i64::MIN)
+    }
+
+    /// The counted lines as references (each one's time is its line's).
+    pub(super) fn encode(&self, w: &mut Enc<'_>) {
+        w.evidence_list(self.window.events().map(|(_, e)| e));
+    }
+
+    pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
+        let lines = r.evidence_list()?;
+        Ok(Threshold {
+            window: SlidingWindow::from_events(
+                lines
+                    .into_iter()
+                    .map(|e| (e.time.timestamp_millis(), e))
+                    .collect(),
+            ),
+        })
     }
 }
 

@@ -5,8 +5,11 @@
 //! pipeline writes the changes in the same store batch as the windows and checkpoints that
 //! produced them.
 
+pub mod stored;
+
 use crate::detection::{Evidence, Fields, Hit, Key};
 use crate::rules::{RuleSet, Severity};
+use crate::store::evidence::EvidenceLog;
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -203,7 +206,7 @@ pub struct Incident {
 impl Incident {
     /// The incident's store key: zero-padded so keys sort like ids.
     pub fn store_key(number: u64) -> Vec<u8> {
-        format!("{number:020}").into_bytes()
+        stored::key(number)
     }
 
     /// The number in an `INC-<n>` id; `None` for any other spelling (see [`crate::ids`]).
@@ -242,10 +245,10 @@ impl Incident {
         });
     }
 
-    /// Adds the incident to a store batch.
-    pub fn put(&self, batch: &mut store::Batch) -> Result<(), StoreError> {
-        let number = Incident::number(&self.id).expect("ids are INC-<n>");
-        batch.put(Space::Incidents, &Incident::store_key(number), self)
+    /// Adds the whole incident (head, body, every timeline entry and evidence line) to a
+    /// store batch; the book writes only what changed.
+    pub fn put(&self, store: &Store, batch: &mut store::Batch) -> Result<(), StoreError> {
+        stored::write(store, batch, self, None, &mut EvidenceLog::default()).map(|_| ())
     }
 
     fn add_evidence(&mut self, evidence: Evidence) {
@@ -317,6 +320,8 @@ pub struct IncidentBook {
     by_id: HashMap<String, (String, Fields)>,
     next_number: u64,
     dirty: HashSet<(String, Fields)>,
+    /// What is stored of each active incident, so a write adds only what changed.
+    marks: HashMap<String, stored::Mark>,
     /// Per incident id: the captures its summary describes (of the match that opened it,
     /// or of a sequence's latest last step). Kept in memory only: after a restart an
     /// incident's summary is re-rendered from the next match that describes it.
@@ -333,14 +338,11 @@ impl IncidentBook {
     pub fn load(store: &Store, host: &str) -> Result<Self, StoreError> {
         let mut book = IncidentBook::empty();
         book.host = host.to_string();
-        for (_, incident) in store.scan::<Incident>(Space::Incidents)? {
-            if let Some(n) = Incident::number(&incident.id) {
-                book.next_number = book.next_number.max(n + 1);
-            }
-            if incident.state.is_active() {
-                book.count(&incident.id, (incident.severity, incident.state));
-                book.insert(incident);
-            }
+        book.next_number = stored::last_number(store)? + 1;
+        for (_, incident, mark) in stored::scan(store, State::is_active)? {
+            book.count(&incident.id, (incident.severity, incident.state));
+            book.marks.insert(incident.id.clone(), mark);
+            book.insert(incident);
         }
         Ok(book)
     }
@@ -354,6 +356,7 @@ impl IncidentBook {
             by_id: HashMap::new(),
             next_number: 1,
             dirty: HashSet::new(),
+            marks: HashMap::new(),
             described: HashMap::new(),
             counts: HashMap::new(),
             counted: HashMap::new(),
@@ -538,19 +541,42 @@ impl IncidentBook {
             self.open.remove(&rule);
         }
         self.dirty.remove(&(rule, key));
+        self.marks.remove(id);
         self.described.remove(id);
         self.uncount(id);
         incident
     }
 
-    /// Adds every changed incident to a store batch.
-    pub fn write_changes(&mut self, batch: &mut store::Batch) -> Result<(), StoreError> {
-        for (rule, key) in std::mem::take(&mut self.dirty) {
-            let Some(incident) = self.open.get(&rule).and_then(|o| o.get(&key)) else {
+    /// Adds what changed of every changed incident to a store batch, with the evidence
+    /// lines they reference that `log` has not stored yet. On an error nothing is marked
+    /// written: the caller fails the commit and the next write starts from the same marks.
+    pub fn write_changes(
+        &mut self,
+        store: &Store,
+        batch: &mut store::Batch,
+        log: &mut EvidenceLog,
+    ) -> Result<(), StoreError> {
+        let mut written = Vec::new();
+        for (rule, key) in &self.dirty {
+            let Some(incident) = self.open.get(rule).and_then(|o| o.get(key)) else {
                 continue;
             };
-            incident.put(batch)?;
-            let (id, now) = (incident.id.clone(), (incident.severity, incident.state));
+            let mark = stored::write(
+                store,
+                batch,
+                incident,
+                self.marks.get(&incident.id).copied(),
+                log,
+            )?;
+            written.push((
+                incident.id.clone(),
+                mark,
+                (incident.severity, incident.state),
+            ));
+        }
+        self.dirty.clear();
+        for (id, mark, now) in written {
+            self.marks.insert(id.clone(), mark);
             self.count(&id, now);
         }
         Ok(())
@@ -574,10 +600,16 @@ pub fn assign_missing_uids(store: &Store, host: &str) -> Result<usize, StoreErro
     }
     let mut batch = store::Batch::new();
     let mut assigned = 0;
-    for (key, mut incident) in store.scan::<Incident>(Space::Incidents)? {
+    for (_, mut incident, mark) in stored::scan(store, |_| true)? {
         if incident.uid.is_empty() {
             incident.uid = Incident::fleet_uid(host, &incident.id);
-            batch.put(Space::Incidents, &key, &incident)?;
+            stored::write(
+                store,
+                &mut batch,
+                &incident,
+                Some(mark),
+                &mut EvidenceLog::default(),
+            )?;
             assigned += 1;
         }
     }
@@ -632,13 +664,10 @@ mod tests {
         let mut old = sample_incident();
         old.uid = String::new();
         let mut batch = store::Batch::new();
-        old.put(&mut batch).unwrap();
+        old.put(&store, &mut batch).unwrap();
         store.commit(batch).unwrap();
         assert_eq!(assign_missing_uids(&store, "gw1").unwrap(), 1);
-        let stored: Incident = store
-            .get(Space::Incidents, &Incident::store_key(1))
-            .unwrap()
-            .unwrap();
+        let stored: Incident = stored::read(&store, 1).unwrap().unwrap();
         assert_eq!(stored.uid, "gw1/INC-1");
         // A later start (even under another name) leaves stored uids alone.
         assert_eq!(assign_missing_uids(&store, "gw2").unwrap(), 0);

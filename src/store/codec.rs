@@ -1,0 +1,529 @@
+//! The compact binary codec of records nobody reads but the daemon (evidence lines, window
+//! state, incident heads): varints, length-prefixed text, and evidence lines written as
+//! references to where they are stored.
+//!
+//! An evidence line is stored once, in the commit where it first counts: every line a
+//! commit stores goes into that commit's evidence block, one record compressed as a whole
+//! (log lines repeat their stamps, hosts and messages, so a block is a fraction of the
+//! lines). Every record that shows a line (a window, a sequence prefix, a distinct set, an
+//! incident) holds its [`Loc`]: the block and the line's place in it, a few bytes.
+//! [`Enc::evidence`] asks the writer's sink where a line is (the sink stores it if it is
+//! not stored yet).
+
+use crate::detection::Evidence;
+use chrono::{DateTime, Utc};
+use std::io::{Read, Write as _};
+use std::sync::Arc;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodecError {
+    /// The bytes end early or hold an impossible value.
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+    /// A referenced evidence line is not in the store.
+    #[error("evidence line {0} is missing")]
+    MissingEvidence(String),
+    /// The record was written in a later version of its layout.
+    #[error("record version {0} is newer than this release reads")]
+    Version(u8),
+}
+
+/// Where a stored evidence line is: its block and its place in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Loc {
+    /// The block (its key in the evidence table).
+    pub block: u64,
+    /// The line's index in the block.
+    pub index: u32,
+}
+
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.block, self.index)
+    }
+}
+
+/// A hash of everything a line holds: the same line (source, path, offset, time, text)
+/// is stored once however many records show it.
+pub fn line_hash(e: &Evidence) -> u64 {
+    let mut h = Fnv::default();
+    h.write(e.source.as_bytes());
+    h.write(&[0]);
+    h.write(e.path.as_bytes());
+    h.write(&[0]);
+    h.write(&e.offset.to_le_bytes());
+    h.write(&e.time.timestamp().to_le_bytes());
+    h.write(&e.time.timestamp_subsec_nanos().to_le_bytes());
+    h.write(e.line.as_bytes());
+    h.0
+}
+
+/// A stand-in for the line at a place, for readers that only collect places.
+pub fn placeholder(_: Loc) -> Evidence {
+    Evidence {
+        source: "".into(),
+        path: "".into(),
+        offset: 0,
+        time: DateTime::default(),
+        line: "".into(),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Version of the evidence block layout.
+const BLOCK_VERSION: u8 = 1;
+
+/// An evidence block: version, the newest line's time (ms; what garbage collection
+/// judges age by), then the lines, deflated.
+pub fn encode_block(lines: &[Evidence]) -> Vec<u8> {
+    let newest = lines
+        .iter()
+        .map(|e| e.time.timestamp_millis())
+        .max()
+        .unwrap_or(i64::MIN);
+    let mut head = Enc::plain();
+    head.u8(BLOCK_VERSION);
+    head.i64(newest);
+    let mut body = Enc::plain();
+    body.u64(lines.len() as u64);
+    for e in lines {
+        body.time(e.time);
+        body.u64(e.offset);
+        body.str(&e.source);
+        body.str(&e.path);
+        body.str(&e.line);
+    }
+    let mut out = head.finish();
+    let mut z = flate2::write::DeflateEncoder::new(&mut out, flate2::Compression::fast());
+    z.write_all(&body.finish()).expect("writing to memory");
+    z.finish().expect("writing to memory");
+    out
+}
+
+/// The newest line's time in a block (ms), read without inflating it.
+pub fn block_newest_ms(bytes: &[u8]) -> Result<i64, CodecError> {
+    let mut r = Dec::plain(bytes);
+    r.version(BLOCK_VERSION)?;
+    r.i64()
+}
+
+/// Reads an evidence block's lines.
+pub fn decode_block(bytes: &[u8]) -> Result<Vec<Evidence>, CodecError> {
+    let mut r = Dec::plain(bytes);
+    r.version(BLOCK_VERSION)?;
+    r.i64()?;
+    let mut body = Vec::new();
+    flate2::read::DeflateDecoder::new(r.buf)
+        .take(MAX_BLOCK_BYTES)
+        .read_to_end(&mut body)
+        .map_err(|_| CodecError::Malformed("evidence block does not inflate"))?;
+    let mut r = Dec::plain(&body);
+    let n = r.count()?;
+    let mut lines = Vec::with_capacity(n);
+    for _ in 0..n {
+        let time = r.time()?;
+        let offset = r.u64()?;
+        let source: Arc<str> = r.str()?.into();
+        let path: Arc<str> = r.str()?.into();
+        let line: Arc<str> = r.str()?.into();
+        lines.push(Evidence {
+            source,
+            path,
+            offset,
+            time,
+            line,
+        });
+    }
+    Ok(lines)
+}
+
+/// Most bytes a block inflates to (a commit's lines are bounded; this bounds a corrupt one).
+const MAX_BLOCK_BYTES: u64 = 256 << 20;
+
+/// Writes a record.
+pub struct Enc<'a> {
+    buf: Vec<u8>,
+    sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
+}
+
+impl<'a> Enc<'a> {
+    /// A writer that asks `sink` where each evidence line it references is stored.
+    pub fn new(sink: &'a mut dyn FnMut(&Evidence) -> Loc) -> Self {
+        Enc {
+            buf: Vec::with_capacity(64),
+            sink: Some(sink),
+        }
+    }
+
+    /// A writer for records without evidence references.
+    pub fn plain() -> Enc<'static> {
+        Enc {
+            buf: Vec::with_capacity(64),
+            sink: None,
+        }
+    }
+
+    /// The bytes written.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// One byte.
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    /// A boolean.
+    pub fn bool(&mut self, v: bool) {
+        self.buf.push(u8::from(v));
+    }
+
+    /// An unsigned varint.
+    pub fn u64(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    /// A signed varint (zigzag).
+    pub fn i64(&mut self, v: i64) {
+        self.u64(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// A float.
+    pub fn f64(&mut self, v: f64) {
+        self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+
+    /// Length-prefixed text.
+    pub fn str(&mut self, v: &str) {
+        self.u64(v.len() as u64);
+        self.buf.extend_from_slice(v.as_bytes());
+    }
+
+    /// A time to the nanosecond.
+    pub fn time(&mut self, t: DateTime<Utc>) {
+        self.i64(t.timestamp());
+        self.u64(u64::from(t.timestamp_subsec_nanos()));
+    }
+
+    /// An optional time.
+    pub fn opt_time(&mut self, t: Option<DateTime<Utc>>) {
+        self.bool(t.is_some());
+        if let Some(t) = t {
+            self.time(t);
+        }
+    }
+
+    /// Optional text.
+    pub fn opt_str(&mut self, v: Option<&str>) {
+        self.bool(v.is_some());
+        if let Some(v) = v {
+            self.str(v);
+        }
+    }
+
+    /// A reference to an evidence line: where the sink says it is stored.
+    pub fn evidence(&mut self, e: &Evidence) {
+        let loc = match self.sink.as_mut() {
+            Some(sink) => sink(e),
+            None => panic!("a writer without a sink cannot reference evidence"),
+        };
+        self.u64(loc.block);
+        self.u64(u64::from(loc.index));
+    }
+
+    /// A list of evidence references.
+    pub fn evidence_list<'e>(&mut self, list: impl ExactSizeIterator<Item = &'e Evidence>) {
+        self.u64(list.len() as u64);
+        for e in list {
+            self.evidence(e);
+        }
+    }
+
+    /// An optional evidence reference.
+    pub fn opt_evidence(&mut self, e: Option<&Evidence>) {
+        self.bool(e.is_some());
+        if let Some(e) = e {
+            self.evidence(e);
+        }
+    }
+}
+
+/// Reads a record written by [`Enc`].
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    resolve: Option<&'a mut dyn FnMut(Loc) -> Result<Evidence, CodecError>>,
+}
+
+impl<'a> Dec<'a> {
+    /// A reader that looks evidence references up with `resolve`.
+    pub fn new(
+        buf: &'a [u8],
+        resolve: &'a mut dyn FnMut(Loc) -> Result<Evidence, CodecError>,
+    ) -> Self {
+        Dec {
+            buf,
+            resolve: Some(resolve),
+        }
+    }
+
+    /// A reader for records without evidence references.
+    pub fn plain(buf: &'a [u8]) -> Self {
+        Dec { buf, resolve: None }
+    }
+
+    /// Reads the version byte; a version newer than `supported` is an error.
+    pub fn version(&mut self, supported: u8) -> Result<u8, CodecError> {
+        let v = self.u8()?;
+        if v > supported || v == 0 {
+            return Err(CodecError::Version(v));
+        }
+        Ok(v)
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
+        let (&b, rest) = self
+            .buf
+            .split_first()
+            .ok_or(CodecError::Malformed("ends early"))?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    /// A boolean.
+    pub fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(CodecError::Malformed("not a boolean")),
+        }
+    }
+
+    /// An unsigned varint.
+    pub fn u64(&mut self) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(CodecError::Malformed("varint too long"))
+    }
+
+    /// A count of items that follow, bounded by the bytes left (each item takes at least
+    /// one byte), so a corrupt length cannot make a huge allocation.
+    pub fn count(&mut self) -> Result<usize, CodecError> {
+        let n = self.u64()?;
+        if n > self.buf.len() as u64 {
+            return Err(CodecError::Malformed("length beyond the record"));
+        }
+        Ok(n as usize)
+    }
+
+    /// A signed varint.
+    pub fn i64(&mut self) -> Result<i64, CodecError> {
+        let v = self.u64()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A float.
+    pub fn f64(&mut self) -> Result<f64, CodecError> {
+        let bytes: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| CodecError::Malformed("float"))?;
+        Ok(f64::from_bits(u64::from_le_bytes(bytes)))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.buf.len() < n {
+            return Err(CodecError::Malformed("ends early"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// Length-prefixed text.
+    pub fn str(&mut self) -> Result<&'a str, CodecError> {
+        let n = self.count()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| CodecError::Malformed("text"))
+    }
+
+    /// A time.
+    pub fn time(&mut self) -> Result<DateTime<Utc>, CodecError> {
+        let secs = self.i64()?;
+        let nanos = u32::try_from(self.u64()?).map_err(|_| CodecError::Malformed("time"))?;
+        DateTime::from_timestamp(secs, nanos).ok_or(CodecError::Malformed("time"))
+    }
+
+    /// An optional time.
+    pub fn opt_time(&mut self) -> Result<Option<DateTime<Utc>>, CodecError> {
+        Ok(if self.bool()? {
+            Some(self.time()?)
+        } else {
+            None
+        })
+    }
+
+    /// Optional text.
+    pub fn opt_str(&mut self) -> Result<Option<&'a str>, CodecError> {
+        Ok(if self.bool()? {
+            Some(self.str()?)
+        } else {
+            None
+        })
+    }
+
+    /// An evidence reference, looked up.
+    pub fn evidence(&mut self) -> Result<Evidence, CodecError> {
+        let block = self.u64()?;
+        let index = u32::try_from(self.u64()?).map_err(|_| CodecError::Malformed("line index"))?;
+        let loc = Loc { block, index };
+        match self.resolve.as_mut() {
+            Some(resolve) => resolve(loc),
+            None => Err(CodecError::MissingEvidence(loc.to_string())),
+        }
+    }
+
+    /// A list of evidence references, looked up.
+    pub fn evidence_list(&mut self) -> Result<Vec<Evidence>, CodecError> {
+        let n = self.count()?;
+        (0..n).map(|_| self.evidence()).collect()
+    }
+
+    /// An optional evidence reference, looked up.
+    pub fn opt_evidence(&mut self) -> Result<Option<Evidence>, CodecError> {
+        Ok(if self.bool()? {
+            Some(self.evidence()?)
+        } else {
+            None
+        })
+    }
+
+    /// Whether every byte was read.
+    pub fn is_done(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ms: i64, text: &str) -> Evidence {
+        Evidence {
+            source: "auth".into(),
+            path: "/var/log/auth.log".into(),
+            offset: 4242,
+            time: DateTime::from_timestamp_millis(ms).unwrap() + chrono::Duration::nanoseconds(123),
+            line: text.into(),
+        }
+    }
+
+    #[test]
+    fn values_and_evidence_references_round_trip_through_a_block() {
+        let a = line(1_700_000_000_000, "Failed password for root from 10.0.0.1");
+        let b = line(-5, "before 1970");
+        let mut block = Vec::new();
+        let mut sink = |e: &Evidence| {
+            block.push(e.clone());
+            Loc {
+                block: 7,
+                index: block.len() as u32 - 1,
+            }
+        };
+        let mut w = Enc::new(&mut sink);
+        w.u64(300);
+        w.i64(-77);
+        w.str("ünïcode");
+        w.opt_time(None);
+        w.evidence_list([&a, &b].into_iter());
+        w.f64(1.5);
+        let bytes = w.finish();
+        let stored = encode_block(&block);
+        assert_eq!(block_newest_ms(&stored).unwrap(), 1_700_000_000_000);
+        let lines = decode_block(&stored).unwrap();
+        let mut resolve = |loc: Loc| {
+            assert_eq!(loc.block, 7);
+            Ok(lines[loc.index as usize].clone())
+        };
+        let mut r = Dec::new(&bytes, &mut resolve);
+        assert_eq!(r.u64().unwrap(), 300);
+        assert_eq!(r.i64().unwrap(), -77);
+        assert_eq!(r.str().unwrap(), "ünïcode");
+        assert_eq!(r.opt_time().unwrap(), None);
+        assert_eq!(r.evidence_list().unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(r.f64().unwrap(), 1.5);
+        assert!(r.is_done());
+        assert_ne!(line_hash(&a), line_hash(&b));
+    }
+
+    #[test]
+    fn a_block_of_similar_lines_is_a_fraction_of_them() {
+        let lines: Vec<Evidence> = (0..300)
+            .map(|n| {
+                line(
+                    1_700_000_000_000 + n,
+                    &format!(
+                        "Dec  1 22:56:{:02} web1 sshd[{}]: Failed password for invalid user admin{} from 198.51.{}.{} port {} ssh2",
+                        n % 60,
+                        1000 + n * 7,
+                        n % 13,
+                        n % 250,
+                        n * 3 % 250,
+                        40000 + n
+                    ),
+                )
+            })
+            .collect();
+        let raw: usize = lines.iter().map(|e| e.line.len()).sum();
+        let stored = encode_block(&lines);
+        assert!(stored.len() * 3 < raw, "{} of {raw} bytes", stored.len());
+        assert_eq!(decode_block(&stored).unwrap(), lines);
+    }
+
+    #[test]
+    fn truncated_and_oversized_records_are_errors_not_panics() {
+        let mut w = Enc::plain();
+        w.str("hello");
+        let bytes = w.finish();
+        for cut in 0..bytes.len() {
+            assert!(Dec::plain(&bytes[..cut]).str().is_err());
+        }
+        // A length far beyond the record.
+        let mut w = Enc::plain();
+        w.u64(u64::MAX);
+        assert!(Dec::plain(&w.finish()).count().is_err());
+        assert!(matches!(
+            Dec::plain(&[9]).version(1),
+            Err(CodecError::Version(9))
+        ));
+        let block = encode_block(&[line(0, "x")]);
+        assert!(decode_block(&block[..block.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! Rewrites a state directory of an older format into the current one, in the batch that
+//! also sets the new format marker: a crash during the rewrite leaves the old format whole,
+//! and the next start does it again.
+//!
+//! Format 1 → 2: incidents (whole JSON documents with their evidence lines) become head,
+//! body and timeline records with each evidence line stored once; windows (JSON with
+//! evidence copies) become the binary window codec with references. Every other table
+//! (checkpoints, outbox, dead letters, audit chain, escalation progress, silences, firing
+//! alerts, meta) kept its layout.
+
+use super::evidence::EvidenceLog;
+use super::{Batch, Space, Store, StoreError};
+use crate::detection::SavedWindow;
+use crate::incidents::{Incident, stored};
+
+/// Adds the rewrite of a format-1 store to `batch`.
+pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+    let mut log = EvidenceLog::default();
+    let mut incidents = 0;
+    for (key, bytes) in store.scan_raw(Space::Incidents)? {
+        match serde_json::from_slice::<Incident>(&bytes) {
+            Ok(incident) => {
+                stored::write(store, batch, &incident, None, &mut log)?;
+                incidents += 1;
+            }
+            Err(e) => {
+                // Kept as it is: readers skip it with a warning, as they did before.
+                tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "an unreadable incident is left as it was")
+            }
+        }
+    }
+    let mut windows = 0;
+    for (key, bytes) in store.scan_raw(Space::Windows)? {
+        match serde_json::from_slice::<SavedWindow>(&bytes) {
+            Ok((id, state)) => {
+                let value = crate::detection::encode_window(&id, &state, &mut |e| {
+                    log.store(store, batch, e)
+                });
+                batch.put_raw(Space::Windows, &key, value);
+                windows += 1;
+            }
+            Err(e) => {
+                // Window state is a cache of counts: one that cannot be read starts again.
+                tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "an unreadable window is dropped");
+                batch.remove(Space::Windows, &key);
+            }
+        }
+    }
+    tracing::info!(
+        incidents,
+        windows,
+        evidence_lines = log.remembered(),
+        "store format 1 rewritten"
+    );
+    Ok(())
+}

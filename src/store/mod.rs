@@ -1,0 +1,558 @@
+//! The store: every table's layout ([`schema`]), its codecs ([`codec`]), its format version
+//! and migrations ([`migrate`]), over a storage engine ([`engine`]: [`sled`] on disk,
+//! [`memory`] for tools and tests). Domain code reads and writes through here, never
+//! through the engine.
+//!
+//! One ordered key space with a prefix per table lets a whole pipeline step (incident
+//! changes, window state, file checkpoints and journal cursors) be written as one atomic
+//! batch: after a crash either all of a step is there or none of it, and the replayed
+//! lines redo exactly the missing part.
+
+pub mod codec;
+pub mod engine;
+pub mod evidence;
+pub mod memory;
+pub mod migrate;
+pub mod schema;
+pub mod sled;
+
+use crate::detection::Evidence;
+use codec::{CodecError, Loc};
+use engine::{Engine, Write, prefix_end};
+pub use schema::Space;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The layout of records this release reads and writes. A state directory without a
+/// marker was written by a release before markers existed (format 1); one with a larger
+/// number was written by a newer release and is refused rather than misread.
+pub const FORMAT: u64 = 2;
+/// Meta key of the format marker.
+const FORMAT_KEY: &[u8] = b"format";
+/// Meta key of the next id to hand out.
+const NEXT_ID_KEY: &[u8] = b"next_id";
+/// Decoded evidence blocks kept for reads (restoring windows, API pages).
+const BLOCKS_CACHED: usize = 64;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is open in another process (sled holds a file lock).
+    #[error(
+        "the state directory {0} is in use by another process (is the daemon running? stop it or work on a copy)"
+    )]
+    Locked(String),
+    /// sled failed.
+    #[error("store error: {0}")]
+    Sled(#[from] ::sled::Error),
+    /// A record could not be (de)serialised.
+    #[error("store record error: {0}")]
+    Record(#[from] serde_json::Error),
+    /// The database is closed for a moment while it is reopened after an I/O error.
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
+    /// A binary record could not be decoded.
+    #[error("store record error: {0}")]
+    Codec(#[from] codec::CodecError),
+    /// The state directory was written by a newer release.
+    #[error(
+        "the state directory {dir} holds store format {found}, newer than the format {supported} this release reads: run the release that wrote it (or a newer one), or start from an empty state directory"
+    )]
+    NewerFormat {
+        /// The state directory.
+        dir: String,
+        /// Its format.
+        found: u64,
+        /// The newest format this release reads.
+        supported: u64,
+    },
+}
+
+/// A record's key (without its prefix) and undecoded value.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
+/// Handle to the store; cheap to clone and safe to share across threads. Every clone sees
+/// the same database, also after [`Store::reopen`].
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    /// Evidence blocks read lately, decoded (blocks never change; collected ones are
+    /// forgotten).
+    blocks: Arc<Mutex<HashMap<u64, Arc<Vec<Evidence>>>>>,
+    /// The next id to hand out (see [`Batch::take_id`]), shared by every handle.
+    ids: Arc<Mutex<u64>>,
+}
+
+/// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
+/// retried with the same changes.
+#[derive(Default, Clone)]
+pub struct Batch {
+    writes: Vec<Write>,
+    empty: bool,
+    bytes: usize,
+    /// Ids were taken for this batch: the commit stores the new high mark with it.
+    took_ids: bool,
+    /// The evidence lines this batch stores, as one block: its id and the lines.
+    block: Option<(u64, Vec<Evidence>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch {
+            writes: Vec::new(),
+            empty: true,
+            bytes: 0,
+            took_ids: false,
+            block: None,
+        }
+    }
+
+    /// Writes a record as JSON.
+    pub fn put<T: Serialize>(
+        &mut self,
+        space: Space,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        self.put_raw(space, key, serde_json::to_vec(value)?);
+        Ok(())
+    }
+
+    /// Writes a record's bytes as they are (binary codecs).
+    pub fn put_raw(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
+        let key = space.key(key);
+        self.bytes += key.len() + value.len();
+        self.writes.push((key, Some(value)));
+        self.empty = false;
+    }
+
+    /// Removes a record.
+    pub fn remove(&mut self, space: Space, key: &[u8]) {
+        let key = space.key(key);
+        self.bytes += key.len();
+        self.writes.push((key, None));
+        self.empty = false;
+    }
+
+    /// A number never handed out before, also across restarts and crashes: the high mark
+    /// is stored by the commit of this batch, so an id exists exactly when the records
+    /// that use it do (a batch never committed wastes its ids, which is harmless).
+    pub fn take_id(&mut self, store: &Store) -> u64 {
+        let mut next = store.ids.lock().expect("ids lock");
+        let id = *next;
+        *next += 1;
+        self.took_ids = true;
+        self.empty = false;
+        id
+    }
+
+    /// Adds an evidence line to this batch's block; returns where it will be.
+    pub fn add_evidence(&mut self, store: &Store, e: &Evidence) -> Loc {
+        if self.block.is_none() {
+            let id = self.take_id(store);
+            self.block = Some((id, Vec::new()));
+        }
+        let (block, lines) = self.block.as_mut().expect("made above");
+        lines.push(e.clone());
+        Loc {
+            block: *block,
+            index: (lines.len() - 1) as u32,
+        }
+    }
+
+    /// Writes the evidence block (compressed) into the batch; the lines added since are
+    /// another block. Done by [`Store::commit`] at the latest.
+    pub fn seal(&mut self) {
+        if let Some((block, lines)) = self.block.take() {
+            self.put_raw(
+                Space::Evidence,
+                &evidence::block_key(block),
+                codec::encode_block(&lines),
+            );
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Bytes of keys and values written (removals count their key).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, migrating an older format.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let engine = sled::SledEngine::open(dir)?;
+        Store::on(Arc::new(engine), &dir.display().to_string())
+    }
+
+    /// A store in memory, empty: the same layout and codecs, nothing on disk.
+    pub fn memory() -> Store {
+        Store::on(Arc::new(memory::MemoryEngine::default()), "(memory)")
+            .expect("an empty store in memory opens")
+    }
+
+    /// The store over `engine`, checked for its format (`place` names it in errors).
+    fn on(engine: Arc<dyn Engine>, place: &str) -> Result<Store, StoreError> {
+        let mut store = Store {
+            engine,
+            blocks: Arc::new(Mutex::new(HashMap::new())),
+            ids: Arc::new(Mutex::new(0)),
+        };
+        // A store without a marker is empty (new) or of format 1, which had none.
+        let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
+            Some(found) => found,
+            None if store.engine.is_empty()? => FORMAT,
+            None => 1,
+        };
+        if found > FORMAT {
+            return Err(StoreError::NewerFormat {
+                dir: place.to_string(),
+                found,
+                supported: FORMAT,
+            });
+        }
+        // Ids continue above every id stored and every id sled handed out (format 1 took
+        // ids from sled; its counter survives crashes by skipping ahead).
+        let stored_next = store.get::<u64>(Space::Meta, NEXT_ID_KEY)?.unwrap_or(0);
+        store.ids = Arc::new(Mutex::new(stored_next.max(store.engine.ids_above()?)));
+        // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
+        let mut batch = Batch::new();
+        if found < FORMAT {
+            migrate::from_v1(&store, &mut batch)?;
+            tracing::info!(dir = %place, from = found, to = FORMAT, "state directory migrated");
+        }
+        if found < FORMAT || store.get::<u64>(Space::Meta, FORMAT_KEY)?.is_none() {
+            batch.put(Space::Meta, FORMAT_KEY, &FORMAT)?;
+            store.commit(batch)?;
+            store.flush_blocking()?;
+        }
+        Ok(store)
+    }
+
+    /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
+    pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        batch.seal();
+        if batch.empty {
+            return Ok(());
+        }
+        if batch.took_ids {
+            // The high mark read and applied under the ids lock: a commit that took ids
+            // earlier cannot store a lower mark after one that took them later.
+            let next = self.ids.lock().expect("ids lock");
+            batch.put(Space::Meta, NEXT_ID_KEY, &*next)?;
+            return self.engine.apply(batch.writes);
+        }
+        self.engine.apply(batch.writes)
+    }
+
+    /// Closes the database and opens it again, for every clone of this handle. After an
+    /// I/O error (a full disk) sled refuses every later write until it is reopened; what
+    /// was committed but not yet flushed may be gone afterwards, so a writer re-commits
+    /// what it could not make durable.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        self.blocks.lock().expect("blocks lock").clear();
+        self.engine.reopen()
+    }
+
+    /// Makes everything committed so far durable on disk (on the blocking pool: the
+    /// engine's flush waits for the disk).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush())
+            .await
+            .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
+    }
+
+    /// Blocking variant of [`Store::flush`] for threads outside the runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.engine.flush()
+    }
+
+    /// The pairs of a table whose keys (without the table's prefix) start with `within`,
+    /// in key order, keys without the table's prefix.
+    fn within<'a>(
+        &'a self,
+        space: Space,
+        within: &[u8],
+    ) -> impl Iterator<Item = Result<RawRecord, StoreError>> + 'a {
+        let from = space.key(within);
+        let to = prefix_end(&from);
+        let skip = space.prefix().len();
+        self.engine
+            .range(&from, to.as_deref())
+            .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+    }
+
+    /// The evidence line at `loc`.
+    pub fn evidence(&self, loc: Loc) -> Result<Evidence, CodecError> {
+        let missing = || CodecError::MissingEvidence(loc.to_string());
+        let cached = self
+            .blocks
+            .lock()
+            .expect("blocks lock")
+            .get(&loc.block)
+            .cloned();
+        let lines = match cached {
+            Some(lines) => lines,
+            None => {
+                let bytes = self
+                    .get_raw(Space::Evidence, &evidence::block_key(loc.block))
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot read an evidence block");
+                        missing()
+                    })?
+                    .ok_or_else(missing)?;
+                let lines = Arc::new(codec::decode_block(&bytes)?);
+                let mut blocks = self.blocks.lock().expect("blocks lock");
+                if blocks.len() >= BLOCKS_CACHED {
+                    blocks.clear();
+                }
+                blocks.insert(loc.block, lines.clone());
+                lines
+            }
+        };
+        lines.get(loc.index as usize).cloned().ok_or_else(missing)
+    }
+
+    /// Drops collected blocks from the cache of decoded ones.
+    pub fn forget_blocks(&self, gone: &std::collections::HashSet<u64>) {
+        self.blocks
+            .lock()
+            .expect("blocks lock")
+            .retain(|b, _| !gone.contains(b));
+    }
+
+    /// Reads one record's bytes.
+    pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(&space.key(key))
+    }
+
+    /// Every record of a kind whose key (without the kind's prefix) starts with `within`,
+    /// undecoded, in key order.
+    pub fn scan_prefix_raw(
+        &self,
+        space: Space,
+        within: &[u8],
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        self.within(space, within).collect()
+    }
+
+    /// Keys of the records of a kind from `from` (inclusive) to `to` (exclusive), without
+    /// their prefix.
+    pub fn keys_between(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let skip = space.prefix().len();
+        self.engine
+            .range(&space.key(from), Some(&space.key(to)))
+            .map(|item| item.map(|(k, _)| k[skip..].to_vec()))
+            .collect()
+    }
+
+    /// Reads one record.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.engine.get(&space.key(key))? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys of every record of a kind, in order.
+    pub fn keys(&self, space: Space) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.within(space, b"")
+            .map(|item| item.map(|(k, _)| k))
+            .collect()
+    }
+
+    /// The last record of a kind in key order, undecoded (the audit log's head).
+    pub fn last_raw(&self, space: Space) -> Result<Option<RawRecord>, StoreError> {
+        let skip = space.prefix().len();
+        Ok(self
+            .engine
+            .last_with_prefix(space.prefix())?
+            .map(|(k, v)| (k[skip..].to_vec(), v)))
+    }
+
+    /// Every record of a kind in key order, undecoded, so a checker can report an
+    /// unreadable record at its position instead of skipping it.
+    pub fn scan_raw(&self, space: Space) -> Result<Vec<RawRecord>, StoreError> {
+        self.within(space, b"").collect()
+    }
+
+    /// Records of a kind in key order after the key `after` (from the first without it),
+    /// decoded by `decode` (`None`: not wanted), at most `limit` of them, and the key to
+    /// continue after when there may be more. Reads only as far as the page needs, so a
+    /// page costs the same however many records there are (unless most are not wanted).
+    pub fn page<T>(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut decode: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
+    ) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
+        let prefix = space.prefix();
+        let start = match after {
+            // The smallest key greater than `prefix + after`.
+            Some(after) => {
+                let mut k = space.key(after);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let end = prefix_end(prefix);
+        let mut out: Vec<(Vec<u8>, T)> = Vec::new();
+        for item in self.engine.range(&start, end.as_deref()) {
+            let (key, value) = item?;
+            let key = &key[prefix.len()..];
+            if out.len() == limit {
+                // More records follow: the next page starts after this page's last.
+                let next = out.last().map(|(k, _): &(Vec<u8>, T)| k.clone());
+                return Ok((out.into_iter().map(|(_, v)| v).collect(), next));
+            }
+            match decode(key, &value) {
+                Ok(Some(v)) => out.push((key.to_vec(), v)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "skipping unreadable store record")
+                }
+            }
+        }
+        Ok((out.into_iter().map(|(_, v)| v).collect(), None))
+    }
+
+    /// Every record of a kind, in key order; unreadable records are skipped with a warning
+    /// rather than failing the whole scan.
+    pub fn scan<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.scan_under(space, b"")
+    }
+
+    /// [`Store::scan`] of the records of a kind whose keys start with `under`.
+    pub fn scan_under<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        under: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.within(space, under) {
+            let (key, value) = item?;
+            match serde_json::from_slice(&value) {
+                Ok(v) => out.push((key, v)),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "skipping unreadable store record")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes a format marker into the store in `dir` (creating it), for tests of what a
+/// release does with a state directory of another format.
+#[doc(hidden)]
+pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
+    let store = Store::open(dir)?;
+    let mut batch = Batch::new();
+    batch.put(Space::Meta, FORMAT_KEY, &format)?;
+    store.commit(batch)?;
+    store.flush_blocking()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store reads and writes the same through either engine.
+    #[test]
+    fn both_engines_serve_the_same_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::open(dir.path()).unwrap(), Store::memory()] {
+            let mut batch = Batch::new();
+            for n in [3u64, 1, 2] {
+                batch.put(Space::Silences, &n.to_be_bytes(), &n).unwrap();
+            }
+            batch.put(Space::Incidents, b"x", &"other table").unwrap();
+            batch.put_raw(Space::Evidence, b"\xff\xff", vec![1, 2]);
+            let first = batch.take_id(&store);
+            store.commit(batch).unwrap();
+            let keys: Vec<u64> = store
+                .scan::<u64>(Space::Silences)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(keys, [1, 2, 3]);
+            assert_eq!(store.last_raw(Space::Silences).unwrap().unwrap().1, b"3");
+            let (page, more) = store
+                .page(Space::Silences, Some(&1u64.to_be_bytes()), 1, |_, v| {
+                    Ok(Some(v.to_vec()))
+                })
+                .unwrap();
+            assert_eq!((page, more.is_some()), (vec![b"2".to_vec()], true));
+            let mut batch = Batch::new();
+            batch.remove(Space::Silences, &2u64.to_be_bytes());
+            assert!(batch.take_id(&store) > first, "ids only grow");
+            store.commit(batch).unwrap();
+            assert_eq!(store.keys(Space::Silences).unwrap().len(), 2);
+            assert_eq!(
+                store.get_raw(Space::Evidence, b"\xff\xff").unwrap(),
+                Some(vec![1, 2])
+            );
+            assert_eq!(
+                store.get::<u64>(Space::Meta, FORMAT_KEY).unwrap(),
+                Some(FORMAT)
+            );
+        }
+    }
+
+    #[test]
+    fn committed_records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(Space::Incidents, b"1", &"one").unwrap();
+            batch.put(Space::Checkpoints, b"1:2", &7u64).unwrap();
+            batch.put(Space::Incidents, b"2", &"two").unwrap();
+            store.commit(batch).unwrap();
+            let mut batch = Batch::new();
+            batch.remove(Space::Incidents, b"2");
+            store.commit(batch).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        // sled's flusher thread lets go of the file lock a moment after the last handle
+        // is dropped; on a loaded machine the reopen can come first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopen: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        };
+        let incidents: Vec<(Vec<u8>, String)> = store.scan(Space::Incidents).unwrap();
+        assert_eq!(incidents, vec![(b"1".to_vec(), "one".to_string())]);
+        assert_eq!(
+            store.get::<u64>(Space::Checkpoints, b"1:2").unwrap(),
+            Some(7)
+        );
+    }
+}

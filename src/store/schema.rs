@@ -1,0 +1,94 @@
+//! The store's layout: every table (a key prefix in the one sled tree), its key, its value
+//! codec and the version of that codec, in one place.
+//!
+//! Store format 2 (see [`super::FORMAT`]):
+//!
+//! | table | key | value | codec, version |
+//! |---|---|---|---|
+//! | `inc/` | incident number, 20 digits | head: state, severity, count, times, summary, evidence references, timeline length | binary v1 ([`crate::incidents::stored`]) |
+//! | `incb/` | incident number | body: id, uid, rule, key, rule facts, review, approval | JSON |
+//! | `inct/` | incident number, entry index (u32 big-endian) | one timeline entry | JSON |
+//! | `ev/` | line time (ms, sign-flipped big-endian), hash | an evidence line: time, offset, source, path, text | binary v1 ([`super::codec`]) |
+//! | `win/` | rule id, NUL, key values as JSON | rule hash, then the key's detection state with evidence references | binary v1 ([`crate::detection::kinds::KeyState::encode`]) |
+//! | `ckpt/` | `dev:ino` | file checkpoint | JSON |
+//! | `meta/` | name | counters, the audit head, the format marker | JSON |
+//! | `out/`, `dead/` | notification id, 20 digits | notification with its rendered body | JSON |
+//! | `audit/` | sequence number, 20 digits | hash-chained audit record | canonical JSON (hashed) |
+//! | `esc/` | incident id | escalation progress | JSON |
+//! | `sil/` | silence number | silence | JSON |
+//! | `firing/` | receiver, NUL, incident uid | the alert last sent for an open incident | JSON |
+//! | `jcur/` | source name | journal cursor | JSON |
+//! | `cont/` | incident number, action, target | containment (ban) state and history | JSON |
+//!
+//! Binary records start with their codec's version byte; a reader refuses a version newer
+//! than it knows. JSON stays where people and auditors read the bytes (the API's incidents
+//! are rebuilt from head, body and timeline; the audit chain hashes its JSON).
+//!
+//! Format 1 (releases before the marker) stored incidents and windows as whole JSON
+//! documents with evidence lines copied into each; [`super::migrate`] rewrites them.
+
+/// The kinds of records, each under its own key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Incident heads by number (format 1: whole incidents as JSON).
+    Incidents,
+    /// Incident bodies (the parts that rarely change) by number.
+    IncidentBodies,
+    /// Incident timelines: one record per entry, appended.
+    Timeline,
+    /// Evidence lines, each stored once, by time and hash.
+    Evidence,
+    /// File read positions by file identity.
+    Checkpoints,
+    /// Detection windows by rule and key.
+    Windows,
+    /// Counters and other single values.
+    Meta,
+    /// Notifications written with the change that caused them, not yet delivered.
+    Outbox,
+    /// Notifications given up on (too old or refused); kept until re-sent.
+    DeadLetters,
+    /// The hash-chained audit log, by sequence number.
+    Audit,
+    /// Escalation progress per incident (steps fired, receivers reached, approvals).
+    Escalations,
+    /// Silences (approved exceptions), by id.
+    Silences,
+    /// The alert each Alertmanager receiver was last sent for each open incident, by
+    /// receiver and incident uid: what is re-sent after a restart.
+    Firing,
+    /// Journal read positions (cursors), by source name.
+    JournalCursors,
+    /// Containments (bans) by incident number, action and target: what is in force, what
+    /// is to be applied or lifted, and the history.
+    Containments,
+}
+
+impl Space {
+    /// The key prefix.
+    pub(super) fn prefix(self) -> &'static [u8] {
+        match self {
+            Space::Incidents => b"inc/",
+            Space::IncidentBodies => b"incb/",
+            Space::Timeline => b"inct/",
+            Space::Evidence => b"ev/",
+            Space::Checkpoints => b"ckpt/",
+            Space::Windows => b"win/",
+            Space::Meta => b"meta/",
+            Space::Outbox => b"out/",
+            Space::DeadLetters => b"dead/",
+            Space::Audit => b"audit/",
+            Space::Escalations => b"esc/",
+            Space::Silences => b"sil/",
+            Space::Firing => b"firing/",
+            Space::JournalCursors => b"jcur/",
+            Space::Containments => b"cont/",
+        }
+    }
+
+    pub(super) fn key(self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix().to_vec();
+        k.extend_from_slice(key);
+        k
+    }
+}
