@@ -403,10 +403,17 @@ fn a_critical_incident_goes_through_every_state_via_the_cli_with_kpis_and_audit_
     assert_eq!(csv.status, 200);
     assert!(
         csv.body
-            .starts_with("seq,at,event,controls,actor,incident,details,prev,hash\n"),
+            .starts_with("seq,at,event,controls,actor,incident,incident_uid,details,prev,hash\n"),
         "{}",
         csv.body
     );
+    // What leaves the host names the incident by its fleet-unique uid too.
+    let uid = d.get("/api/v1/incidents/INC-1").json()["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(uid.ends_with("/INC-1"), "{uid}");
+    assert!(csv.body.contains(&format!(",INC-1,{uid},")), "{}", csv.body);
     d.stop();
 
     let out = verify(&s.path("state"));
@@ -426,6 +433,9 @@ fn a_critical_incident_goes_through_every_state_via_the_cli_with_kpis_and_audit_
         .collect();
     let count: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(records.len() as u64, count);
+    for r in records.iter().filter(|r| r["incident"] == "INC-1") {
+        assert_eq!(r["incident_uid"], uid.as_str(), "{r}");
+    }
     let controls = |event: &str, to: Option<&str>| -> Vec<String> {
         let r = records
             .iter()

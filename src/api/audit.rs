@@ -36,13 +36,17 @@ pub async fn export(
     let (since, until) = (parse(&query.since)?, parse(&query.until)?);
     let format = query.format.unwrap_or(ExportFormat::Jsonl);
     let records = crate::audit::records(&state.store, since, until)?;
+    let uids = crate::incidents::stored::uids(
+        &state.store,
+        records.iter().filter_map(|r| r.incident.as_deref()),
+    )?;
     let content_type = match format {
         ExportFormat::Jsonl => "application/x-ndjson",
         ExportFormat::Csv => "text/csv; charset=utf-8",
     };
     Ok((
         [(header::CONTENT_TYPE, content_type)],
-        crate::audit::render(&records, format),
+        crate::audit::render(&records, &uids, format),
     )
         .into_response())
 }

@@ -83,9 +83,16 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(&e),
             };
-            match super::records(&store, since, until) {
-                Ok(records) => {
-                    crate::output::print(&super::render(&records, format));
+            let exported = super::records(&store, since, until).and_then(|records| {
+                let uids = crate::incidents::stored::uids(
+                    &store,
+                    records.iter().filter_map(|r| r.incident.as_deref()),
+                )?;
+                Ok(super::render(&records, &uids, format))
+            });
+            match exported {
+                Ok(text) => {
+                    crate::output::print(&text);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),

@@ -385,19 +385,30 @@ pub fn records(
 }
 
 /// Renders records for auditors: JSON lines, or CSV with the columns `seq, at, event,
-/// controls, actor, incident, details, prev, hash` (controls joined by `;`, details as
-/// compact JSON).
-pub fn render(records: &[Record], format: ExportFormat) -> String {
+/// controls, actor, incident, incident_uid, details, prev, hash` (controls joined by `;`,
+/// details as compact JSON). `incident_uid` is the incident's fleet-unique uid from `uids`
+/// (by local id): an export leaves the host, where `INC-7` names an incident on every host.
+/// It is added beside the record, not part of what `hash` covers.
+pub fn render(
+    records: &[Record],
+    uids: &std::collections::HashMap<String, String>,
+    format: ExportFormat,
+) -> String {
+    let uid_of = |r: &Record| r.incident.as_ref().and_then(|id| uids.get(id)).cloned();
     let mut out = String::new();
     match format {
         ExportFormat::Jsonl => {
             for r in records {
-                out.push_str(&serde_json::to_string(r).expect("records serialise"));
+                let mut value = serde_json::to_value(r).expect("records serialise");
+                if let Some(uid) = uid_of(r) {
+                    value["incident_uid"] = Value::String(uid);
+                }
+                out.push_str(&value.to_string());
                 out.push('\n');
             }
         }
         ExportFormat::Csv => {
-            out.push_str("seq,at,event,controls,actor,incident,details,prev,hash\n");
+            out.push_str("seq,at,event,controls,actor,incident,incident_uid,details,prev,hash\n");
             for r in records {
                 let fields = [
                     r.seq.to_string(),
@@ -406,6 +417,7 @@ pub fn render(records: &[Record], format: ExportFormat) -> String {
                     r.controls.join(";"),
                     r.actor.clone(),
                     r.incident.clone().unwrap_or_default(),
+                    uid_of(r).unwrap_or_default(),
                     r.details.to_string(),
                     r.prev.clone(),
                     r.hash.clone(),

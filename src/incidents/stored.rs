@@ -308,6 +308,27 @@ pub fn read(store: &Store, number: u64) -> Result<Option<Incident>, StoreError> 
     }
 }
 
+/// The fleet-unique uids of the stored incidents these ids name, each read once; an id of
+/// no stored incident is left out. For what leaves the host by local id (audit exports).
+pub fn uids<'a>(
+    store: &Store,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    let mut uids = std::collections::HashMap::new();
+    for id in ids {
+        if uids.contains_key(id) {
+            continue;
+        }
+        let Some(number) = crate::ids::incident_number(id) else {
+            continue;
+        };
+        if let Some(incident) = read(store, number)? {
+            uids.insert(id.to_string(), incident.uid);
+        }
+    }
+    Ok(uids)
+}
+
 /// Every stored incident, by number, for which `wanted` accepts the head's state.
 pub fn scan(
     store: &Store,
