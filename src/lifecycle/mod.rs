@@ -1095,14 +1095,47 @@ escalation_policies:
     - {after: 1h, notify: [lead]}
 "#;
 
+    /// A store, the config above and its outbox, in a directory removed at the end.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: Config,
+        store: Store,
+        outbox: Outbox,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let outbox = Outbox::new(store.clone(), &config).unwrap();
+            Fixture {
+                _dir: dir,
+                config,
+                store,
+                outbox,
+            }
+        }
+
+        fn desk(&self) -> Desk {
+            Desk::new(
+                &self.store,
+                &self.config,
+                AuditLog::open(&self.store).unwrap(),
+            )
+            .unwrap()
+        }
+
+        fn book(&self) -> IncidentBook {
+            IncidentBook::load(&self.store, "web1").unwrap()
+        }
+    }
+
     #[test]
     fn later_events_go_to_the_receivers_reached_so_far_and_updates_are_audited_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let outbox = Outbox::new(store.clone(), &config).unwrap();
-        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
-        let mut book = IncidentBook::load(&store, "web1").unwrap();
+        let f = Fixture::new();
+        let (store, outbox) = (f.store.clone(), f.outbox.clone());
+        let (mut desk, mut book) = (f.desk(), f.book());
         let incident = sample_incident();
         let now = incident.opened_at;
         let event = |kind| IncidentEvent {
@@ -1153,12 +1186,9 @@ escalation_policies:
 
     #[test]
     fn count_bumps_of_many_incidents_make_one_audit_record_per_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let outbox = Outbox::new(store.clone(), &config).unwrap();
-        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
-        let mut book = IncidentBook::load(&store, "web1").unwrap();
+        let f = Fixture::new();
+        let outbox = f.outbox.clone();
+        let (mut desk, mut book) = (f.desk(), f.book());
         let events: Vec<IncidentEvent> = (1..=300)
             .map(|n| {
                 let mut incident = sample_incident();
@@ -1195,10 +1225,8 @@ escalation_policies:
     #[test]
     fn the_clock_looks_only_at_what_is_due_however_many_incidents_are_open() {
         const OPEN: usize = 5_000;
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(&dir.path().join("c.yaml"), CONFIG).unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let outbox = Outbox::new(store.clone(), &config).unwrap();
+        let f = Fixture::new();
+        let (store, outbox) = (f.store.clone(), f.outbox.clone());
         let mut batch = store::Batch::new();
         let opened = sample_incident().opened_at;
         for n in 1..=OPEN {
@@ -1211,8 +1239,7 @@ escalation_policies:
             incident.put(&store, &mut batch).unwrap();
         }
         store.commit(batch).unwrap();
-        let mut book = IncidentBook::load(&store, "web1").unwrap();
-        let mut desk = Desk::new(&store, &config, AuditLog::open(&store).unwrap()).unwrap();
+        let (mut desk, mut book) = (f.desk(), f.book());
         desk.track_active(&store, &book).unwrap();
         assert_eq!(desk.scheduled(), OPEN);
 
