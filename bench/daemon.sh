@@ -16,33 +16,9 @@ bin=target/release/examples/detect_bench
 awk '/Failed|Invalid user|incorrect|Accepted/ { if (NR % 10 == 0) print; next } { print }' \
   "$work/attack-heavy.log" >"$work/benign-heavy.log"
 
-mkdir -p "$work/cfg" "$work/log"
-cat >"$work/cfg/bench.yaml" <<EOF
-state_dir: ../state
-rules: [$PWD/rules]
-listen: 127.0.0.1:9798
-api:
-  tokens:
-    - {name: admin, role: admin, token_env: LOGWARDEN_TOKEN}
-sources:
-  - name: auth
-    paths: [../log/auth.log]
-    timestamp: syslog
-receivers:
-  - name: sink
-    type: file
-    path: /dev/null
-roles:
-  analysts: {receivers: [sink]}
-escalation_policies:
-  default:
-    - notify: [analysts]
-EOF
+mkdir -p "$work/log"
+bench_config "$work/bench.yaml" 9798 /dev/null
 
-# Fails the run, with the daemon's log, if the daemon has exited.
-alive() {
-  kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.err" >&2; echo "the daemon exited" >&2; exit 1; }
-}
 
 matches_counted() {
   curl -sf http://127.0.0.1:9798/metrics |
@@ -56,7 +32,7 @@ for log in attack-heavy benign-heavy; do
   want=$("$bin" run rules "$file" | sed -E 's/.*"matches": ([0-9]+).*/\1/')
   rm -rf "$work/state"
   : >"$work/log/auth.log"
-  LOGWARDEN_TOKEN=bench target/release/logwarden run --config "$work/cfg/bench.yaml" \
+  LOGWARDEN_TOKEN=bench target/release/logwarden run --config "$work/bench.yaml" \
     >/dev/null 2>"$work/daemon.err" &
   pid=$!
   until curl -sf http://127.0.0.1:9798/readyz >/dev/null; do alive; sleep 0.1; done

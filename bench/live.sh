@@ -24,26 +24,7 @@ source bench/lib.sh
 cargo build --release --quiet --bin logwarden --example detect_bench
 detect=target/release/examples/detect_bench
 
-mkdir -p "$work/cfg"
-cat >"$work/cfg/live.yaml" <<EOF
-state_dir: ../state
-rules: [$PWD/rules]
-listen: 127.0.0.1:$port
-api:
-  tokens:
-    - {name: admin, role: admin, token_env: LOGWARDEN_TOKEN}
-sources:
-  - name: auth
-    paths: [../log/auth.log]
-    timestamp: syslog
-receivers:
-  - {name: sink, type: file, path: /dev/null}
-roles:
-  analysts: {receivers: [sink]}
-escalation_policies:
-  default:
-    - notify: [analysts]
-EOF
+bench_config "$work/live.yaml" "$port" /dev/null
 
 # Appends the attack to $1 at $rate lines/s for $seconds s, each line stamped when written.
 attack() {
@@ -96,9 +77,6 @@ matches_counted() {
   curl -sf -m 10 "http://127.0.0.1:$port/metrics" |
     awk '/^logwarden_rule_matches_total/ { s += $2 } END { printf "%d\n", s }'
 }
-alive() {
-  kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.err" >&2; echo "the daemon exited" >&2; exit 1; }
-}
 io_written() { awk '/^write_bytes:/ { print $2 }' "/proc/$pid/io"; }
 
 # Runs BIN on a fresh state and attack log; sets written, state, rss_mb, lag_s.
@@ -107,7 +85,7 @@ run_one() {
   rm -rf "$work/state" "$work/log"
   mkdir -p "$work/log"
   : >"$work/log/auth.log"
-  LOGWARDEN_TOKEN=bench "$bin" run --config "$work/cfg/live.yaml" >/dev/null 2>"$work/daemon.err" &
+  LOGWARDEN_TOKEN=bench "$bin" run --config "$work/live.yaml" >/dev/null 2>"$work/daemon.err" &
   pid=$!
   until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do alive; sleep 0.1; done
   local before

@@ -26,9 +26,6 @@ source bench/lib.sh
 cargo build --release --quiet --bin logwarden
 bin=target/release/logwarden
 
-alive() {
-  kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.err" >&2; echo "the daemon exited" >&2; exit 1; }
-}
 metric_sum() {
   curl -sf -m 10 "http://127.0.0.1:$port/metrics" |
     awk -v m="$1" '$1 ~ "^"m"({|$)" { s += $2 } END { printf "%d\n", s }'
@@ -68,28 +65,8 @@ run_one() {
   rm -rf "$work/state" "$work/log" "$work/out.jsonl"
   mkdir -p "$work/log"
   : >"$work/log/auth.log"
-  cat >"$work/bench.yaml" <<EOF
-state_dir: state
-rules: [$PWD/rules]
-listen: 127.0.0.1:$port
-api:
-  tokens:
-    - {name: admin, role: admin, token_env: LOGWARDEN_TOKEN}
-sources:
-  - name: auth
-    paths: [log/auth.log]
-    timestamp: syslog
-receivers:
-  - name: sink
-    type: file
-    path: out.jsonl
-roles:
-  analysts: {receivers: [sink]}
-escalation_policies:
-  default:
-    - notify: [analysts]
-    - {after: 30m, notify: [analysts], repeat: 30m}
-EOF
+  bench_config "$work/bench.yaml" "$port" "$work/out.jsonl" \
+    "    - {after: 30m, notify: [analysts], repeat: 30m}"
   LOGWARDEN_TOKEN=bench "$bin" run --config "$work/bench.yaml" >/dev/null 2>"$work/daemon.err" &
   pid=$!
   until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do alive; sleep 0.1; done
