@@ -11,6 +11,7 @@
 //! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
 
 pub mod cli;
+pub mod signing;
 
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
