@@ -581,7 +581,11 @@ impl Config {
                 }
             }
             if let Err(e) = source.time_format().validate() {
-                problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "timestamp"),
+                    e.to_string(),
+                ));
             }
         }
         let (receiver_problems, receiver_names) =

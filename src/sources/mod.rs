@@ -94,6 +94,32 @@ pub fn checkpoint_key(id: FileId) -> String {
     format!("{}:{}", id.dev, id.ino)
 }
 
+/// Why a source cannot start. Raised at start, before anything is read, so a typo or a port
+/// in use stops the daemon with the source named instead of leaving it blind.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {name:?}: {error}")]
+    Paths {
+        name: String,
+        error: discover::PathSetError,
+    },
+    #[error("syslog source {name:?}: cannot bind {transport} {addr}: {error}")]
+    Bind {
+        name: String,
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        addr: String,
+        error: std::io::Error,
+    },
+    /// `udp_buffer_bytes` was configured and neither socket option could be set.
+    #[error("syslog source {name:?}: cannot set the udp receive buffer to {bytes} bytes: {error}")]
+    ReceiveBuffer {
+        name: String,
+        bytes: usize,
+        error: std::io::Error,
+    },
+}
+
 /// What a source tells the pipeline about progress in a file.
 #[derive(Debug, Clone)]
 pub enum Progress {

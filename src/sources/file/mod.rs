@@ -21,7 +21,7 @@ mod wake;
 
 use super::discover::PathSet;
 use super::lines::LineSplitter;
-use super::{Batch, Checkpoint, FileId, Fingerprint, LogLine, Progress};
+use super::{Batch, Checkpoint, FileId, Fingerprint, LogLine, Progress, SourceError};
 use crate::config::{SourceConfig, StartAt};
 use crate::metrics::Metrics;
 use chrono::Utc;
@@ -109,7 +109,7 @@ impl FileTailer {
         tx: mpsc::Sender<Batch>,
         metrics: Arc<Metrics>,
         shutdown: Arc<AtomicBool>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SourceError> {
         let mut sources = Vec::new();
         for cfg in configs {
             let files: Vec<PathBuf> = cfg
@@ -124,8 +124,10 @@ impl FileTailer {
             let first_sight = !checkpoints.iter().any(|c| c.source == cfg.name);
             sources.push(FileSource {
                 name: Arc::from(cfg.name.as_str()),
-                paths: PathSet::new(&files, &cfg.exclude)
-                    .map_err(|e| format!("source {:?}: {e}", cfg.name))?,
+                paths: PathSet::new(&files, &cfg.exclude).map_err(|error| SourceError::Paths {
+                    name: cfg.name.clone(),
+                    error,
+                })?,
                 start_at: cfg.start_at,
                 max_line_bytes: cfg.max_line_bytes,
                 files: HashMap::new(),

@@ -106,42 +106,61 @@ pub struct Unreadable {
 /// Whether the journal of a selection can be read. Used by `check` and by the source
 /// before each start (shown by `/readyz`).
 pub fn probe(selection: &Selection) -> Result<(), Unreadable> {
-    probe_reason(selection).map_err(|reason| Unreadable {
-        no_files: reason.starts_with(NO_FILES),
-        reason,
+    probe_reason(selection).map_err(|problem| Unreadable {
+        no_files: matches!(problem, ProbeFailure::NoFiles { .. }),
+        reason: problem.to_string(),
     })
 }
 
-/// How a missing-journal reason starts.
-const NO_FILES: &str = "no journal files found";
+/// What running journalctl for one entry showed about the journal.
+#[derive(Debug, thiserror::Error)]
+enum ProbeFailure {
+    #[error("{cmd} not found on PATH (it comes with systemd)", cmd = JOURNALCTL)]
+    NotInstalled,
+    #[error("cannot run {cmd}: {0}", cmd = JOURNALCTL)]
+    CannotRun(std::io::Error),
+    #[error(
+        "no permission to read the journal: run logwarden in group systemd-journal or adm (SupplementaryGroups=systemd-journal adm)"
+    )]
+    Permission,
+    /// journalctl's last line of stderr, which says why.
+    #[error("{cmd} failed ({status}): {reason}", cmd = JOURNALCTL)]
+    Failed {
+        status: std::process::ExitStatus,
+        reason: String,
+    },
+    /// An empty journal, not a refused one: the source waits instead of failing.
+    #[error("no journal files found in {place} (not written yet, or journald has Storage=none)")]
+    NoFiles { place: String },
+}
 
-fn probe_reason(selection: &Selection) -> Result<(), String> {
+fn probe_reason(selection: &Selection) -> Result<(), ProbeFailure> {
     let out = selection
         .command(&["--lines=1".into(), "--output=short".into()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("{JOURNALCTL} not found on PATH (it comes with systemd)")
-            }
-            _ => format!("cannot run {JOURNALCTL}: {e}"),
+            std::io::ErrorKind::NotFound => ProbeFailure::NotInstalled,
+            _ => ProbeFailure::CannotRun(e),
         })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let permission = stderr.contains("insufficient permissions")
         || stderr.contains("not seeing messages from other users");
     if permission {
-        return Err("no permission to read the journal: run logwarden in group systemd-journal or adm (SupplementaryGroups=systemd-journal adm)".into());
+        return Err(ProbeFailure::Permission);
     }
     if !out.status.success() {
         let reason = stderr.trim().lines().last().unwrap_or("").to_string();
-        return Err(format!("{JOURNALCTL} failed ({}): {reason}", out.status));
+        return Err(ProbeFailure::Failed {
+            status: out.status,
+            reason,
+        });
     }
     if stderr.contains("No journal files were found") {
-        return Err(format!(
-            "{NO_FILES} in {} (not written yet, or journald has Storage=none)",
-            selection.describe()
-        ));
+        return Err(ProbeFailure::NoFiles {
+            place: selection.describe(),
+        });
     }
     Ok(())
 }
