@@ -40,7 +40,8 @@ pub struct WebhookConfig {
     /// Alertmanager keeps none across a restart (default 1m).
     #[serde(default)]
     pub resend: Option<HumanDuration>,
-    /// Body format.
+    /// Body format: each receiving service (Slack, PagerDuty, Alertmanager…) only accepts
+    /// its own shape of body.
     #[serde(default)]
     pub format: WebhookFormat,
     /// minijinja template replacing the body (only with `format: json`).
@@ -227,7 +228,8 @@ impl ReceiverConfig {
         }
     }
 
-    /// Its retry policy.
+    /// Its retry policy, the same for either kind of receiver, so delivery does not need to
+    /// know which kind it is.
     pub fn retry(&self) -> RetryConfig {
         match self {
             ReceiverConfig::Webhook(w) => w.retry,

@@ -19,7 +19,7 @@ const COMPRESSED: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip"
 /// A file of the set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Found {
-    /// Its path.
+    /// Where it is now; a tracked file's path is updated from this when it was renamed.
     pub path: PathBuf,
     /// Whether it is a rotated generation of a watched file rather than the file itself.
     pub rotated: bool,

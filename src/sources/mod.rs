@@ -63,9 +63,10 @@ pub struct Checkpoint {
     pub source: String,
     /// Last path the file was seen at.
     pub path: String,
-    /// Inode identity.
+    /// Inode identity, which finds the file again after a rename while the daemon was down.
     pub id: FileId,
-    /// Head fingerprint.
+    /// Head fingerprint, which tells a reused inode or a file rewritten while the daemon was
+    /// down from the file that was read, so its offset is not applied to other content.
     pub fingerprint: Fingerprint,
     /// Offset of the first byte not yet part of an evaluated line.
     pub offset: u64,

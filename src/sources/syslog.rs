@@ -26,7 +26,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Largest UDP datagram.
+/// Largest UDP datagram: the receive buffer holds any datagram whole, since a datagram read
+/// into a shorter buffer is cut silently by the kernel.
 const DATAGRAM: usize = 65_535;
 /// Bytes read from a TCP connection per call.
 const TCP_CHUNK: usize = 64 * 1024;

@@ -44,7 +44,8 @@ pub const MAX_OPEN_FILES: usize = 256;
 /// Longest wait between polls when no watcher event arrives.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// One tracked file.
+/// One file being read, keyed by its inode rather than its path, so a rename keeps its
+/// position and a new file at the same path starts its own.
 struct Tracked {
     path: PathBuf,
     id: FileId,

@@ -39,11 +39,13 @@ const JOURNALCTL: &str = "journalctl";
 const MAX_BATCH: usize = 2048;
 /// First wait before restarting a journalctl that ended.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest wait between restarts.
+/// Longest wait between restarts: a journal that comes back (permissions fixed, journald
+/// restarted) is read again within this long, without hammering one that does not.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A child that ran this long was healthy: the next restart waits only [`MIN_BACKOFF`].
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// Longest stderr line logged.
+/// Longest stderr line logged, so a child printing without newlines cannot grow the
+/// daemon's memory or flood its log.
 const MAX_STDERR_LINE: usize = 1024;
 
 /// Which journal to read and which entries of it: the journalctl arguments every run of a
