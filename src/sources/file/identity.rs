@@ -6,8 +6,6 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::Tracked;
-
 /// Bytes of a file's head that identify it beside its inode. A file's fingerprint covers the
 /// part of its head already read (or skipped), up to this many bytes: a file that starts with
 /// exactly those bytes is a copy of it, and a file whose head no longer has them was rewritten.
@@ -83,13 +81,13 @@ pub(super) fn find_in_dir(
 }
 
 /// Reopens a file closed to save descriptors, at its path or, if it moved, by identity.
-pub(super) fn reopen(tracked: &Tracked) -> Option<File> {
-    if let Ok(file) = File::open(&tracked.path)
-        && file.metadata().is_ok_and(|m| id_of(&m) == tracked.id)
+pub(super) fn reopen(path: &Path, id: FileId) -> Option<File> {
+    if let Ok(file) = File::open(path)
+        && file.metadata().is_ok_and(|m| id_of(&m) == id)
     {
         return Some(file);
     }
-    find_in_dir(&parent(&tracked.path), |_, meta| id_of(meta) == tracked.id).map(|(_, f, _)| f)
+    find_in_dir(&parent(path), |_, meta| id_of(meta) == id).map(|(_, f, _)| f)
 }
 
 #[cfg(test)]
@@ -147,11 +145,11 @@ mod tests {
         tracked.file = None;
         std::fs::rename(&log, &rotated).unwrap();
         append(&log, "new\n");
-        let reopened = reopen(&tracked).expect("found beside its old path");
+        let reopened = reopen(&tracked.path, tracked.id).expect("found beside its old path");
         assert_eq!(id_of(&reopened.metadata().unwrap()), tracked.id);
         std::fs::remove_file(&rotated).unwrap();
         assert!(
-            reopen(&tracked).is_none(),
+            reopen(&tracked.path, tracked.id).is_none(),
             "the new file at the path is not it"
         );
     }

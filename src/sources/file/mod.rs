@@ -17,79 +17,31 @@ mod identity;
 mod read;
 mod rotation;
 mod scan;
+mod tracked;
 mod wake;
 
 use super::discover::PathSet;
 use super::lines::LineSplitter;
-use super::{Batch, Checkpoint, FileId, Fingerprint, LogLine, Progress, SourceError};
-use crate::config::{SourceConfig, StartAt};
+use super::{Batch, Checkpoint, FileId, LogLine, Progress, SourceError};
+use crate::config::SourceConfig;
 use crate::metrics::Metrics;
 use chrono::Utc;
-use identity::{FINGERPRINT_BYTES, fingerprint_of};
 use read::read_file;
-use rotation::{COPY_WAIT, Truncated, recover_truncated};
+use rotation::{COPY_WAIT, recover_truncated};
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+pub use tracked::MAX_OPEN_FILES;
+use tracked::{FileSource, checkpoint_of, publish_watched};
 use wake::Wake;
 
 /// How long a file that left its path is still read after its last growth.
 const GONE_GRACE: Duration = Duration::from_secs(2);
-/// Open descriptors kept at most; idle files beyond it are closed and reopened on growth.
-pub const MAX_OPEN_FILES: usize = 256;
 /// Longest wait between polls when no watcher event arrives.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// One file being read, keyed by its inode rather than its path, so a rename keeps its
-/// position and a new file at the same path starts its own.
-struct Tracked {
-    path: PathBuf,
-    id: FileId,
-    fingerprint: Fingerprint,
-    file: Option<File>,
-    splitter: LineSplitter,
-    /// Size seen by the last discovery `stat`, to skip opening idle closed files.
-    seen_len: u64,
-    /// Modification time seen last: a file rewritten to exactly the size already read
-    /// shows up only here.
-    seen_mtime: Option<std::time::SystemTime>,
-    /// Modification time when the file was last read.
-    read_mtime: Option<std::time::SystemTime>,
-    /// Set when the file is no longer at any watched path.
-    gone_since: Option<Instant>,
-    last_growth: Instant,
-    /// Set while this file looks like a copy of another tracked (or checkpointed) file, with
-    /// when that was seen: it is not read, and is rewound to where the original was read up
-    /// to if the original turns out truncated.
-    copy_of: Option<(FileId, Instant)>,
-    /// Its position has not been stored yet: every tracked file is checkpointed at once, so
-    /// a restart never takes a file it already knew for a new one.
-    unsaved: bool,
-    /// Whether any line of it has been read since tracking began (a copy that has not can
-    /// still be rewound).
-    read_any: bool,
-}
-
-/// One configured file source and the files it tracks.
-struct FileSource {
-    name: Arc<str>,
-    paths: PathSet,
-    start_at: StartAt,
-    max_line_bytes: usize,
-    files: HashMap<FileId, Tracked>,
-    /// True until the first scan of a source that has never been checkpointed: only then
-    /// does `start_at: end` apply.
-    first_sight: bool,
-    warned_missing: bool,
-    /// Truncated files whose copy has not been found yet.
-    truncated: Vec<(Truncated, Instant)>,
-    /// New files too short to fingerprint, by when they were first seen.
-    deferred: HashMap<FileId, Instant>,
-}
 
 /// Reads every file source on one dedicated thread (std I/O; the async runtime stays free).
 pub struct FileTailer {
@@ -190,6 +142,23 @@ impl FileTailer {
                 wake.wait(POLL_INTERVAL);
             }
         }
+    }
+
+    /// Matches what is on disk now against what source `index` tracks (see [`scan`]).
+    fn discover(&mut self, index: usize) {
+        let open = self.open_files();
+        scan::discover(
+            &mut self.sources[index],
+            &mut self.checkpoints,
+            open,
+            &self.metrics,
+        );
+    }
+
+    /// Reads checkpointed files rotated away while the daemon was down (see [`scan`]); run
+    /// once, after the first scan, so checkpoints of files still at their paths match first.
+    fn recover_orphans(&mut self) {
+        scan::recover_orphans(&mut self.sources, &mut self.checkpoints, &self.tx);
     }
 
     /// Reads new lines from every file of one source; files that left their path first.
@@ -308,55 +277,8 @@ impl FileTailer {
     }
 }
 
-/// Keeps a new file's descriptor only while fewer than [`MAX_OPEN_FILES`] are open; the
-/// file is fingerprinted either way and reopened when it grows.
-fn cap_descriptors(mut tracked: Tracked, open: &mut usize) -> Tracked {
-    if *open >= MAX_OPEN_FILES {
-        tracked.file = None;
-    } else {
-        *open += 1;
-    }
-    tracked
-}
-
-fn publish_watched(source: &FileSource, metrics: &Metrics) {
-    metrics
-        .files_watched
-        .with_label_values(&[&source.name])
-        .set(source.files.len() as i64);
-}
-
 /// The pipeline went away: stop reading.
 struct Closed;
-
-fn new_tracked(
-    source: &FileSource,
-    path: &Path,
-    id: FileId,
-    len: u64,
-    file: Option<File>,
-    offset: u64,
-) -> Tracked {
-    let fingerprint = file
-        .as_ref()
-        .and_then(|f| fingerprint_of(f, offset.min(FINGERPRINT_BYTES)))
-        .unwrap_or_default();
-    Tracked {
-        path: path.to_path_buf(),
-        id,
-        fingerprint,
-        file,
-        splitter: LineSplitter::new(offset, source.max_line_bytes),
-        seen_len: len,
-        seen_mtime: None,
-        read_mtime: None,
-        gone_since: None,
-        last_growth: Instant::now(),
-        copy_of: None,
-        unsaved: true,
-        read_any: false,
-    }
-}
 
 /// Stores the position of every file whose position is not stored yet (new files, copies
 /// just positioned), ahead of any line read after it.
@@ -372,22 +294,16 @@ fn announce(source: &mut FileSource, tx: &mpsc::Sender<Batch>) -> Result<(), Clo
     Ok(())
 }
 
-fn checkpoint_of(tracked: &Tracked, source: &str) -> Checkpoint {
-    Checkpoint {
-        source: source.to_string(),
-        path: tracked.path.to_string_lossy().into_owned(),
-        id: tracked.id,
-        fingerprint: tracked.fingerprint,
-        offset: tracked.splitter.checkpoint(),
-    }
-}
-
 /// Real files in a temporary directory and the tailer's state built around them, shared by
 /// the unit tests of the tailer's parts.
 #[cfg(test)]
 mod testing {
+    use super::tracked::{Tracked, new_tracked};
     use super::*;
+    use crate::config::StartAt;
+    use std::fs::File;
     use std::io::Write;
+    use std::path::Path;
 
     /// A source tailing `app.log` (and its rotated generations) in `dir` from the start.
     pub(super) fn source(dir: &Path) -> FileSource {
@@ -432,6 +348,7 @@ mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::{append, lines};
+    use super::tracked::cap_descriptors;
     use super::*;
 
     struct Harness {

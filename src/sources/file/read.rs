@@ -2,8 +2,7 @@
 //! way that it was truncated or rewritten.
 
 use super::identity::{FINGERPRINT_BYTES, fingerprint_of, parent, reopen};
-use super::rotation::Truncated;
-use super::{Tracked, checkpoint_of};
+use super::tracked::{Tracked, Truncated, checkpoint_of};
 use crate::metrics::Metrics;
 use crate::sources::lines::LineSplitter;
 use crate::sources::{Batch, Fingerprint, LogLine, Progress};
@@ -68,7 +67,7 @@ pub(super) fn read_file(
         if unchanged && tracked.gone_since.is_none() {
             return result;
         }
-        tracked.file = reopen(tracked);
+        tracked.file = reopen(&tracked.path, tracked.id);
     }
     let Some(file) = &tracked.file else {
         return result;

@@ -2,31 +2,19 @@
 //! so logrotate's rename, copytruncate and a restart in between lose and repeat nothing.
 
 use super::identity::{find_in_dir, fingerprint_of, fnv1a, head_bytes, id_of, parent};
-use super::{FileSource, Tracked, new_tracked};
+use super::tracked::{FileSource, Tracked, Truncated, new_tracked};
 use crate::config::StartAt;
 use crate::metrics::Metrics;
 use crate::sources::lines::LineSplitter;
 use crate::sources::{Checkpoint, FileId, Fingerprint};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a copy waits, unread, for its original to be truncated (copytruncate) before it
 /// is taken for a plain copy and only its additions are read.
 pub(super) const COPY_WAIT: Duration = Duration::from_secs(10);
-
-/// A file found truncated: what had been read of it, to find the rest in its copy.
-#[derive(Clone)]
-pub(super) struct Truncated {
-    pub(super) id: FileId,
-    /// Where its copy is looked for: logrotate puts the copy beside the original.
-    pub(super) dir: PathBuf,
-    /// The head read before the truncation, which the copy starts with.
-    pub(super) fingerprint: Fingerprint,
-    /// Where reading stopped: the copy is read from here.
-    pub(super) checkpoint: u64,
-}
 
 /// Resumes a file from its checkpoint, unless it was truncated or replaced while logwarden
 /// was down: then it is read from 0 and the truncation is reported, so the copy can supply
@@ -212,6 +200,7 @@ mod tests {
     use super::super::identity::FINGERPRINT_BYTES;
     use super::super::testing::{append, lines, source, track};
     use super::*;
+    use std::path::PathBuf;
 
     /// `app.log` with four lines, tracked and read to its end.
     fn read_original(dir: &Path) -> (FileSource, PathBuf, FileId) {
