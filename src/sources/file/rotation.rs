@@ -215,6 +215,17 @@ mod tests {
         (src, log, id)
     }
 
+    /// The truncation of the tracked file `original` after it was read up to `read_up_to`.
+    fn truncation(src: &FileSource, original: FileId, read_up_to: u64) -> Truncated {
+        let tracked = &src.files[&original];
+        Truncated {
+            id: original,
+            dir: parent(&tracked.path),
+            fingerprint: tracked.fingerprint,
+            checkpoint: read_up_to,
+        }
+    }
+
     fn start(src: &mut FileSource, path: &Path, rotated: bool) -> Option<Tracked> {
         let file = File::open(path).unwrap();
         let meta = file.metadata().unwrap();
@@ -254,16 +265,8 @@ mod tests {
         let tracked = start(&mut src, &copy, true).unwrap();
         let copy_id = tracked.id;
         src.files.insert(copy_id, tracked);
-        let fingerprint = src.files[&original].fingerprint;
-        recover_truncated(
-            &mut src,
-            Truncated {
-                id: original,
-                dir: dir.path().to_path_buf(),
-                fingerprint,
-                checkpoint: read_up_to,
-            },
-        );
+        let truncated = truncation(&src, original, read_up_to);
+        recover_truncated(&mut src, truncated);
         let copy = &src.files[&copy_id];
         assert_eq!(copy.splitter.next_offset(), read_up_to);
         assert!(copy.copy_of.is_none() && copy.unsaved);
@@ -275,13 +278,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut src, _, original) = read_original(dir.path());
         let read_up_to = lines(0, 4).len() as u64;
-        let fingerprint = src.files[&original].fingerprint;
-        let truncated = Truncated {
-            id: original,
-            dir: dir.path().to_path_buf(),
-            fingerprint,
-            checkpoint: read_up_to,
-        };
+        let truncated = truncation(&src, original, read_up_to);
         // Nothing to find yet: remembered for the copy to come.
         recover_truncated(&mut src, truncated);
         assert_eq!(src.truncated.len(), 1);
@@ -305,16 +302,8 @@ mod tests {
         append(&log, &lines(4, 5));
         let copy = dir.path().join("app.log-20261122");
         std::fs::copy(&log, &copy).unwrap();
-        let fingerprint = src.files[&original].fingerprint;
-        recover_truncated(
-            &mut src,
-            Truncated {
-                id: original,
-                dir: dir.path().to_path_buf(),
-                fingerprint,
-                checkpoint: read_up_to,
-            },
-        );
+        let truncated = truncation(&src, original, read_up_to);
+        recover_truncated(&mut src, truncated);
         let copy_id = id_of(&std::fs::metadata(&copy).unwrap());
         assert_eq!(src.files[&copy_id].splitter.next_offset(), read_up_to);
     }
@@ -340,15 +329,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn resume_continues_at_the_checkpoint_of_the_same_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = source(dir.path());
-        let log = dir.path().join("app.log");
+    /// `app.log` with four lines, as a checkpoint of an earlier run would know it: its
+    /// identity and head fingerprint.
+    fn known_file(dir: &Path) -> (FileSource, PathBuf, File, FileId, Fingerprint) {
+        let log = dir.join("app.log");
         append(&log, &lines(0, 4));
         let file = File::open(&log).unwrap();
         let id = id_of(&file.metadata().unwrap());
-        let fp = fingerprint_of(&file, FINGERPRINT_BYTES).unwrap();
+        let fingerprint = fingerprint_of(&file, FINGERPRINT_BYTES).unwrap();
+        (source(dir), log, file, id, fingerprint)
+    }
+
+    #[test]
+    fn resume_continues_at_the_checkpoint_of_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, log, file, id, fp) = known_file(dir.path());
         let len = lines(0, 4).len() as u64;
         let at = checkpoint(&log, id, fp, 200);
         let (tracked, truncated) = resume(&src, at, &log, len, file, &Metrics::new());
@@ -360,12 +355,7 @@ mod tests {
     #[test]
     fn a_file_replaced_while_down_is_read_from_zero_and_its_truncation_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let src = source(dir.path());
-        let log = dir.path().join("app.log");
-        append(&log, &lines(0, 4));
-        let file = File::open(&log).unwrap();
-        let id = id_of(&file.metadata().unwrap());
-        let old = fingerprint_of(&file, FINGERPRINT_BYTES).unwrap();
+        let (src, log, _, id, old) = known_file(dir.path());
         // Rewritten in place to the same size with another head.
         std::fs::write(&log, lines(10, 14)).unwrap();
         let file = File::open(&log).unwrap();
