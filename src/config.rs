@@ -115,7 +115,7 @@ fn default_listen() -> String {
     "127.0.0.1:9733".to_string()
 }
 
-/// API settings.
+/// API settings: who may call the API, since it can acknowledge and close incidents.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -581,7 +581,11 @@ impl Config {
                 }
             }
             if let Err(e) = source.time_format().validate() {
-                problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "timestamp"),
+                    e.to_string(),
+                ));
             }
         }
         let (receiver_problems, receiver_names) =

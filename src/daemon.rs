@@ -231,7 +231,7 @@ async fn serve(
         metrics.clone(),
         stop_sources.clone(),
     )
-    .map_err(RunError::Io)?;
+    .map_err(|e| RunError::Io(e.to_string()))?;
     let tailer_ready = Arc::new(AtomicBool::new(false));
     let ready_flag = tailer_ready.clone();
     let guard = vitals.guard("tailer");
@@ -271,7 +271,7 @@ async fn serve(
         if let Some(listen) = &source.syslog {
             let syslog = SyslogSource::bind(&source.name, listen, source.max_line_bytes)
                 .await
-                .map_err(RunError::Io)?;
+                .map_err(|e| RunError::Io(e.to_string()))?;
             let guard = vitals.guard(&format!("syslog source {}", source.name));
             let run = syslog.run(batch_tx.clone(), metrics.clone());
             network.spawn(async move {
