@@ -53,7 +53,10 @@ pub async fn export(
 
 /// The last signed chain head, `{"sequence", "hash", "at", "signature"}` (viewer); 404 when
 /// heads are not signed (no `audit.signing_key_file`), 503 before the first one.
-pub async fn head(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> ApiResult {
+pub async fn head(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
     let Some(anchor) = &state.anchor else {
         return Err(error(
@@ -66,7 +69,10 @@ pub async fn head(State(state): State<Arc<AppState>>, Extension(caller): Extensi
         None => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             match anchor.discrepancy() {
-                Some(d) => format!("no head is signed until the audit chain discrepancy is accepted: {}", d.reason),
+                Some(d) => format!(
+                    "no head is signed until the audit chain discrepancy is accepted: {}",
+                    d.reason
+                ),
                 None => "no head signed yet".to_string(),
             },
         )),
@@ -97,9 +103,13 @@ pub async fn accept_discrepancy(
     };
     use crate::audit::anchor::AcceptError;
     match anchor.accept(&caller.name, &body.reason).await {
-        Ok(head) => Ok(axum::Json(serde_json::json!({"accepted": true, "head": head})).into_response()),
+        Ok(head) => {
+            Ok(axum::Json(serde_json::json!({"accepted": true, "head": head})).into_response())
+        }
         Err(e @ AcceptError::NothingToAccept) => Err(error(StatusCode::CONFLICT, e.to_string())),
         Err(e @ AcceptError::Invalid(_)) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e @ AcceptError::Store(_)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e @ AcceptError::Store(_)) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
     }
 }

@@ -106,7 +106,9 @@ impl Anchor {
         let mut copies = Vec::new();
         match head::stored(&self.store)? {
             Some(Ok(h)) => copies.push(("the store".to_string(), h)),
-            Some(Err(e)) => problems.push(format!("the signed head in the store is unreadable: {e}")),
+            Some(Err(e)) => {
+                problems.push(format!("the signed head in the store is unreadable: {e}"))
+            }
             None => {}
         }
         match head::read_file(&self.head_file) {
@@ -117,7 +119,9 @@ impl Anchor {
         copies.retain(|(place, h)| match h.check_signature(&public) {
             Ok(()) => true,
             Err(e) => {
-                problems.push(format!("the signed head in {place} is not trustworthy: {e}"));
+                problems.push(format!(
+                    "the signed head in {place} is not trustworthy: {e}"
+                ));
                 false
             }
         });
@@ -143,7 +147,11 @@ impl Anchor {
         if problems.is_empty() {
             match &expected {
                 Some(h) => {
-                    tracing::info!(sequence = h.sequence, chain = found.seq, "audit chain reaches the last signed head");
+                    tracing::info!(
+                        sequence = h.sequence,
+                        chain = found.seq,
+                        "audit chain reaches the last signed head"
+                    );
                     self.gauge.set(h.sequence as i64);
                 }
                 None => tracing::info!(

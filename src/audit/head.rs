@@ -102,7 +102,8 @@ impl SignedHead {
         };
         let head: SignedHead = serde_json::from_value(value)
             .map_err(|e| format!("not a signed head {{sequence, hash, at, signature}}: {e}"))?;
-        let hex = |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let hex =
+            |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !hex(&head.hash) {
             return Err("hash must be 64 lowercase hex digits".into());
         }
@@ -258,7 +259,11 @@ mod tests {
         );
         let mut value = serde_json::to_value(&signed).unwrap();
         value["hash"] = "XYZ".into();
-        assert!(SignedHead::parse(&value.to_string()).unwrap_err().contains("hex"));
+        assert!(
+            SignedHead::parse(&value.to_string())
+                .unwrap_err()
+                .contains("hex")
+        );
         let mut value = serde_json::to_value(&signed).unwrap();
         value["extra"] = 1.into();
         assert!(SignedHead::parse(&value.to_string()).is_err());

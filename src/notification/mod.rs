@@ -356,7 +356,11 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let host = &self.router.origin.host;
-        let idempotency_key = format!("{host}/audit-head-{}-{}", head.sequence, batch.take_id(&self.store));
+        let idempotency_key = format!(
+            "{host}/audit-head-{}-{}",
+            head.sequence,
+            batch.take_id(&self.store)
+        );
         let body = serde_json::json!({
             "event": EventKind::AuditHead.as_str(),
             "idempotency_key": idempotency_key,
