@@ -222,8 +222,15 @@ impl Anchor {
             tracing::error!(file = %self.head_file.display(), error = %e, "cannot write the signed audit head outside the state directory");
         }
         self.gauge.set(signed.sequence as i64);
-        tracing::info!(sequence = signed.sequence, receivers = ?receivers, "audit chain head signed");
-        *self.latest.lock().expect("anchor lock") = Some(signed.clone());
+        let mut latest = self.latest.lock().expect("anchor lock");
+        // An idle host signs the same head again and again: only a longer chain is news.
+        if latest.as_ref().map(|h| h.sequence) == Some(signed.sequence) {
+            tracing::debug!(sequence = signed.sequence, receivers = ?receivers, "audit chain head signed again");
+        } else {
+            tracing::info!(sequence = signed.sequence, receivers = ?receivers, "audit chain head signed");
+        }
+        *latest = Some(signed.clone());
+        drop(latest);
         Ok(signed)
     }
 

@@ -107,3 +107,105 @@ pub(crate) fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<D
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8032 test 1's secret key in PKCS#8 PEM.
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n\
+        -----END PRIVATE KEY-----\n";
+
+    fn parse(dir: &Path, audit: &str, extra: &str) -> Result<Config, Vec<Diagnostic>> {
+        Config::parse(
+            &dir.join("logwarden.yaml"),
+            &format!("state_dir: state\naudit: {audit}\n{extra}"),
+        )
+    }
+
+    fn messages(errs: Vec<Diagnostic>) -> Vec<String> {
+        errs.into_iter().map(|d| d.message).collect()
+    }
+
+    #[test]
+    fn the_key_and_the_interval_are_checked_and_the_head_file_defaults_beside_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("audit.key"), KEY_PEM).unwrap();
+        let c = parse(dir.path(), "{signing_key_file: audit.key}", "").unwrap();
+        let audit = c.audit.unwrap();
+        assert_eq!(audit.anchor_every.0, Duration::from_secs(300));
+        assert_eq!(audit.head_path(), dir.path().join("audit.key.head.json"));
+
+        for (block, says) in [
+            (
+                "{signing_key_file: audit.key, anchor_every: 500ms}",
+                "between 1s and 24h",
+            ),
+            (
+                "{signing_key_file: audit.key, anchor_every: 2d}",
+                "between 1s and 24h",
+            ),
+            (
+                "{signing_key_file: missing.key}",
+                "cannot read the audit signing key",
+            ),
+            ("{signing_key_file: state/audit.key}", "inside state_dir"),
+            (
+                "{signing_key_file: audit.key, head_file: state/head.json}",
+                "inside state_dir",
+            ),
+            ("{signing_key_file: audit.key, anchor: 5m}", "unknown field"),
+        ] {
+            let errs = messages(parse(dir.path(), block, "").unwrap_err());
+            assert!(errs.iter().any(|e| e.contains(says)), "{block}: {errs:?}");
+        }
+        // A file that is not a key is named, and nothing of its contents is shown.
+        std::fs::write(dir.path().join("bad.key"), "not-a-key SECRET-TEXT").unwrap();
+        let errs = messages(parse(dir.path(), "{signing_key_file: bad.key}", "").unwrap_err());
+        assert!(
+            errs[0].contains("bad.key is not an Ed25519 private key"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains("SECRET-TEXT"), "{errs:?}");
+    }
+
+    #[test]
+    fn audit_head_goes_only_to_receivers_that_carry_it_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("audit.key"), KEY_PEM).unwrap();
+        let receiver = |body: &str| {
+            format!(
+                "receivers:\n  - {{name: r, type: webhook, url: 'http://127.0.0.1:1/', {body}, events: [audit_head]}}\n"
+            )
+        };
+        assert!(
+            parse(
+                dir.path(),
+                "{signing_key_file: audit.key}",
+                &receiver("format: json")
+            )
+            .is_ok()
+        );
+        let errs = messages(
+            parse(
+                dir.path(),
+                "{signing_key_file: audit.key}",
+                &receiver("format: slack"),
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            errs[0].contains("audit_head goes to format json"),
+            "{errs:?}"
+        );
+        let errs = messages(
+            Config::parse(
+                &dir.path().join("logwarden.yaml"),
+                &format!("state_dir: state\n{}", receiver("format: json")),
+            )
+            .unwrap_err(),
+        );
+        assert!(errs[0].contains("no audit.signing_key_file"), "{errs:?}");
+    }
+}
