@@ -102,6 +102,16 @@ pub(crate) fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<D
             );
         }
     }
+    let head_dir = audit.head_path().parent().map(Path::to_path_buf);
+    if head_dir.as_ref().is_some_and(|d| !d.is_dir()) {
+        fail(
+            "head_file",
+            format!(
+                "audit: the directory of the head file {} does not exist (set head_file to a writable place outside state_dir)",
+                audit.head_path().display()
+            ),
+        );
+    }
     if let Err(e) = crate::audit::signing::HeadSigner::load(&audit.signing_key_file) {
         fail("signing_key_file", format!("audit: {e}"));
     }
@@ -156,6 +166,10 @@ mod tests {
                 "inside state_dir",
             ),
             ("{signing_key_file: audit.key, anchor: 5m}", "unknown field"),
+            (
+                "{signing_key_file: audit.key, head_file: nowhere/head.json}",
+                "does not exist",
+            ),
         ] {
             let errs = messages(parse(dir.path(), block, "").unwrap_err());
             assert!(errs.iter().any(|e| e.contains(says)), "{block}: {errs:?}");
