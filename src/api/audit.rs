@@ -58,12 +58,7 @@ pub async fn head(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     require(&caller, ApiRole::Viewer)?;
-    let Some(anchor) = &state.anchor else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "chain heads are not signed: set audit.signing_key_file in the config",
-        ));
-    };
+    let anchor = anchor_of(&state)?;
     match anchor.latest() {
         Some(head) => Ok(axum::Json(head).into_response()),
         None => Err(error(
@@ -95,12 +90,7 @@ pub async fn accept_discrepancy(
 ) -> ApiResult {
     require(&caller, ApiRole::Admin)?;
     let body: AcceptBody = super::lifecycle::parse_body(body)?;
-    let Some(anchor) = &state.anchor else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "chain heads are not signed: set audit.signing_key_file in the config",
-        ));
-    };
+    let anchor = anchor_of(&state)?;
     use crate::audit::anchor::AcceptError;
     match anchor.accept(&caller.name, &body.reason).await {
         Ok(head) => {
@@ -112,4 +102,14 @@ pub async fn accept_discrepancy(
             Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
         }
     }
+}
+
+/// The daemon's signer of heads; 404 when heads are not signed.
+fn anchor_of(state: &AppState) -> Result<&crate::audit::anchor::Anchor, super::ApiError> {
+    state.anchor.as_deref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "chain heads are not signed: set audit.signing_key_file in the config",
+        )
+    })
 }
