@@ -76,6 +76,11 @@ impl Record {
         }
     }
 
+    /// The incident it concerns; none for a signed chain head (`audit_head`).
+    pub fn incident_id(&self) -> Option<&str> {
+        Some(self.incident.as_str()).filter(|id| !id.is_empty())
+    }
+
     /// The record without its body, for listings.
     pub fn summary(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("records serialise");
@@ -452,7 +457,7 @@ impl Outbox {
         let entry = Entry::new(
             "notification.resent",
             actor,
-            Some(&record.incident),
+            record.incident_id(),
             serde_json::json!({
                 "dead_letter": id,
                 "notification": record.id,
@@ -526,9 +531,7 @@ impl Outbox {
                 if self.external.contains(&record.receiver) {
                     details["external"] = true.into();
                 }
-                // A signed chain head concerns no incident.
-                let incident = Some(record.incident.as_str()).filter(|i| !i.is_empty());
-                Entry::new(event, "logwarden", incident, details)
+                Entry::new(event, "logwarden", record.incident_id(), details)
             })
             .collect();
         audit.commit(&batch, &entries)
