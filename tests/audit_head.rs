@@ -555,3 +555,45 @@ fn incidents_closed_or_deleted_in_the_store_are_reported_by_verify() {
 fn base64_decode(text: &str) -> Vec<u8> {
     logwarden::audit::signing::from_base64(text).expect("base64")
 }
+
+#[test]
+fn a_daemon_killed_mid_flight_comes_back_ready_and_its_heads_still_hold() {
+    let Some(s) = setup(None) else {
+        return;
+    };
+    let d = s.start();
+    make_history(&s, &d, 2);
+    let head = s.write("head.json", &api_head(&d, 6).to_string());
+    // More records after the head, some perhaps not yet flushed when the process dies.
+    s.append("app.log", &["MARKER 3".to_string(), "MARKER 4".to_string()]);
+    d.kill();
+    // Heads only ever name flushed records: no false alarm after a crash.
+    let d = s.start();
+    assert_eq!(readyz(s.port).status, 200);
+    assert!(!d.log().contains("DISCREPANCY"), "{}", d.log());
+    d.stop();
+    let out = verify(&s, &s.path("state"), &["--against", path(&head)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_bad_signing_key_stops_check_and_start_with_the_file_named_and_its_contents_unshown() {
+    let Some(s) = setup(None) else {
+        return;
+    };
+    s.write(
+        "keys/audit.key",
+        "-----BEGIN PRIVATE KEY-----\nSECRETBYTES\n-----END PRIVATE KEY-----\n",
+    );
+    let config = s.path("logwarden.yaml");
+    for command in ["check", "run"] {
+        let out = logwarden(&[command, "--config", path(&config)]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {said}");
+        assert!(
+            said.contains("audit.key is not an Ed25519 private key"),
+            "{command}: {said}"
+        );
+        assert!(!said.contains("SECRETBYTES"), "{command}: {said}");
+    }
+}
