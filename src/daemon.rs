@@ -392,6 +392,13 @@ async fn serve(
         Ok(Ok(Err(e))) => Some(e),
         _ => None,
     };
+    // Once the pipeline has stored its last changes: a head the receivers still get while
+    // the delivery lanes drain.
+    if let Some(anchor) = &anchor
+        && let Err(e) = anchor.publish().await
+    {
+        tracing::error!(error = %e, "no audit chain head signed at shutdown");
+    }
     delivery.stop(NOTIFY_DRAIN).await;
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
@@ -402,8 +409,8 @@ async fn serve(
     if !last.is_empty() {
         state.audit.record(&last);
     }
-    // The last head covers everything recorded; receivers get it on the next start (the
-    // delivery lanes have stopped), the head file and the store now.
+    // The last head covers everything recorded, deliveries and refusals too: the head
+    // file and the store have it now, receivers on the next start (the lanes have stopped).
     if let Some(anchor) = &anchor
         && let Err(e) = anchor.publish().await
     {
