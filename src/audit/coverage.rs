@@ -58,8 +58,17 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
     }
     let mut found = Vec::new();
     let mut stored: BTreeMap<String, State> = BTreeMap::new();
-    for (_, incident, _) in crate::incidents::stored::scan(store, |_| true)? {
-        stored.insert(incident.id.clone(), incident.state);
+    for (number, state) in crate::incidents::stored::states(store)? {
+        let id = crate::ids::incident_id(number);
+        match state {
+            Ok(state) => {
+                stored.insert(id, state);
+            }
+            Err(e) => found.push(Mismatch {
+                incident: id,
+                reason: format!("its stored head is unreadable: {e}"),
+            }),
+        }
     }
     for (id, state) in &stored {
         let reason = match recorded.get(id) {
@@ -81,7 +90,11 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
             reason,
         });
     }
+    let unreadable: Vec<String> = found.iter().map(|m| m.incident.clone()).collect();
     for (id, r) in &recorded {
+        if unreadable.contains(id) {
+            continue;
+        }
         if let (Some(seq), false) = (r.opened_at_seq, stored.contains_key(id)) {
             found.push(Mismatch {
                 incident: id.clone(),
