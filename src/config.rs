@@ -10,12 +10,14 @@ use crate::sources::timestamp::TimestampFormat;
 pub use actions::{
     ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
 };
+pub use audit::AuditConfig;
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 mod actions;
+mod audit;
 mod escalation;
 mod receivers;
 pub use receivers::{
@@ -79,6 +81,9 @@ pub struct Config {
     /// `contained` (actor `logwarden`).
     #[serde(default = "yes")]
     pub contain_moves_state: bool,
+    /// Signed chain heads: the key, how often, and where the last one is kept.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -454,6 +459,9 @@ impl Config {
                 resolve(p);
             }
         }
+        if let Some(audit) = &mut self.audit {
+            audit.resolve_paths(resolve);
+        }
     }
 
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
@@ -606,6 +614,7 @@ impl Config {
         }
         problems.extend(escalation::validate(self, path, &loc));
         problems.extend(actions::validate(self, path, &loc));
+        problems.extend(audit::validate(self, path, &loc));
         for (i, token) in self.api.tokens.iter().enumerate() {
             if token.token_file.is_some() == token.token_env.is_some() {
                 problems.push(Diagnostic::at(

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub notification_latency: HistogramVec,
     /// Rules currently loaded.
     pub rules_loaded: IntGauge,
+    /// Sequence number of the last audit chain head signed and published.
+    pub audit_head_sequence: IntGauge,
     /// Rule reloads refused because a rule file was broken (the old rules kept running).
     pub rule_reload_failures: IntCounter,
     /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
@@ -277,6 +279,14 @@ impl Metrics {
         registry
             .register(Box::new(rules_loaded.clone()))
             .expect("unique metric");
+        let audit_head_sequence = IntGauge::new(
+            "logwarden_audit_head_sequence",
+            "Sequence number of the last audit chain head signed and published.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_head_sequence.clone()))
+            .expect("unique metric");
         let rule_reload_failures = IntCounter::new(
             "logwarden_rule_reload_failures_total",
             "Rule reloads refused because a rule file was broken; the old rules kept running.",
@@ -358,6 +368,7 @@ impl Metrics {
             dead_letters,
             notification_latency,
             rules_loaded,
+            audit_head_sequence,
             rule_reload_failures,
             rule_keys_evicted,
             api_refused,

@@ -41,6 +41,9 @@ pub struct Health {
     /// Sources that cannot be read right now (a journal without files or permission), by
     /// name, with the reason; `/readyz` names them.
     pub source_problems: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The audit chain disagrees with the last head the daemon signed, until an admin
+    /// accepts the discrepancy; `/readyz` names it.
+    pub audit_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -48,6 +51,9 @@ impl Health {
     pub fn not_ready_reason(&self) -> Option<String> {
         if let Some(why) = self.down_reason() {
             return Some(why);
+        }
+        if let Some(problem) = self.audit_problem.lock().expect("health lock").clone() {
+            return Some(problem);
         }
         if !self.rules.load(Ordering::Relaxed) {
             let problem = self.rules_problem.lock().expect("health lock").clone();
@@ -157,6 +163,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Refused calls of the current minute, recorded per client once the minute is over.
     pub refusals: refusals::Refusals,
+    /// Signed chain heads, when `audit.signing_key_file` is configured.
+    pub anchor: Option<Arc<crate::audit::anchor::Anchor>>,
 }
 
 impl AppState {
@@ -213,6 +221,8 @@ pub fn router(state: Shared) -> Router {
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
+        .route("/audit/head", get(audit::head))
+        .route("/audit/accept-discrepancy", post(audit::accept_discrepancy))
         .route("/drills", post(lifecycle::drill))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -8,9 +8,17 @@
 //! writer (pipeline, delivery lanes, HTTP), so the chain never forks. A meta record keeps
 //! the head (last sequence and hash), so deleting records from the end is found too.
 //!
+//! That head is unkeyed: whoever can write the state directory can cut the chain, or
+//! rewrite it, and fix the head up. [`head`] and [`anchor`] sign the head with a key kept
+//! elsewhere and publish it, so `audit verify --against` and the daemon's start catch both;
+//! [`coverage`] compares the stored incidents with what their records say.
+//!
 //! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
 
+pub mod anchor;
 pub mod cli;
+pub mod coverage;
+pub mod head;
 pub mod signing;
 
 use crate::store::{self, Space, Store, StoreError};
@@ -150,6 +158,8 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         // A source that may have missed entries is a hole in monitoring coverage.
         e if e.starts_with("source.") => vec!["CC7.2"],
         "api.denied" => vec!["CC6.1"],
+        // The evidence itself was found cut or rewritten, and an admin accepted it.
+        e if e.starts_with("audit.") => vec!["CC7.2"],
         _ => vec![],
     };
     if external && !controls.contains(&"CC2.3") {

@@ -321,6 +321,17 @@ pub(crate) fn validate<'a>(
                 ),
             );
         }
+        if let ReceiverConfig::Webhook(w) = receiver
+            && receiver.events().contains(&EventKind::AuditHead)
+            && (w.format != WebhookFormat::Json || w.template.is_some())
+        {
+            fail(
+                "events",
+                format!(
+                    "receiver {name:?}: audit_head goes to format json receivers without a template (or file receivers), which carry the signed head unchanged"
+                ),
+            );
+        }
         let retry = receiver.retry();
         if retry.initial > retry.max {
             fail(

@@ -300,6 +300,19 @@ fn number_of(key: &[u8]) -> Option<u64> {
     std::str::from_utf8(key).ok()?.parse().ok()
 }
 
+/// A stored incident's number and the state its head holds (or why it cannot be decoded).
+pub type StoredState = (u64, Result<State, CodecError>);
+
+/// Every stored incident's number and state, read from the heads alone (cheap: no body,
+/// timeline or evidence); a head that cannot be decoded gives its error.
+pub fn states(store: &Store) -> Result<Vec<StoredState>, StoreError> {
+    Ok(store
+        .scan_raw(Space::Incidents)?
+        .into_iter()
+        .filter_map(|(k, head)| Some((number_of(&k)?, head_state(&head))))
+        .collect())
+}
+
 /// Incident `number`, if stored.
 pub fn read(store: &Store, number: u64) -> Result<Option<Incident>, StoreError> {
     match store.get_raw(Space::Incidents, &key(number))? {

@@ -341,7 +341,7 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
         EventKind::Opened | EventKind::SeverityChanged | EventKind::Escalated => "trigger",
         EventKind::Acknowledged => "acknowledge",
         EventKind::Closed => "resolve",
-        EventKind::StateChanged | EventKind::Updated => return None,
+        EventKind::StateChanged | EventKind::Updated | EventKind::AuditHead => return None,
     };
     if action != "trigger" {
         return Some(json!({"event_action": action, "dedup_key": i.uid}));
