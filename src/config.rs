@@ -79,6 +79,13 @@ pub struct Config {
     /// `contained` (actor `logwarden`).
     #[serde(default = "yes")]
     pub contain_moves_state: bool,
+    /// Response SLAs per severity (acknowledge, contain, resolve), judged in the population
+    /// export and counted in `logwarden_incident_sla_outcomes_total`.
+    #[serde(default)]
+    pub slas: crate::sla::Slas,
+    /// The audit log's signing key.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -346,6 +353,17 @@ fn default_http_idle_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(60))
 }
 
+/// `audit:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`) that signs
+    /// evidence-pack manifests. Keep it outside the state directory: whoever can write
+    /// both could rewrite history and sign it.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+}
+
 /// A role: the people behind it are reached through these receivers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -453,6 +471,9 @@ impl Config {
             if let Some(p) = &mut token.token_file {
                 resolve(p);
             }
+        }
+        if let Some(p) = &mut self.audit.signing_key_file {
+            resolve(p);
         }
     }
 
@@ -614,6 +635,9 @@ impl Config {
                 ));
             }
         }
+        for problem in crate::sla::problems(&self.slas) {
+            problems.push(Diagnostic::at(path, loc.top_key("slas"), problem));
+        }
         if self.http.max_connections == 0 {
             problems.push(Diagnostic::at(
                 path,
@@ -682,6 +706,35 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn slas_parse_by_severity_and_are_range_checked() {
+        let config = parse(
+            "state_dir: s\nslas:\n  critical: {acknowledge: 15m, contain: 1h, resolve: 24h}\n  high: {resolve: 3d}\naudit:\n  signing_key_file: keys/audit.pem\n",
+        )
+        .unwrap();
+        let critical = config.slas[&crate::rules::Severity::Critical];
+        assert_eq!(critical.contain.unwrap().to_string(), "1h");
+        assert_eq!(config.slas[&crate::rules::Severity::High].acknowledge, None);
+        assert!(config.audit.signing_key_file.unwrap().is_absolute());
+        for (bad, why) in [
+            (
+                "slas:\n  critical: {acknowledge: 2h, contain: 1h}\n",
+                "shorter than",
+            ),
+            (
+                "slas:\n  critical: {acknowledge: 0m}\n",
+                "greater than zero",
+            ),
+            ("slas:\n  urgent: {acknowledge: 1m}\n", "urgent"),
+            ("slas:\n  low: {respond: 1m}\n", "respond"),
+        ] {
+            let errs = parse(&format!("state_dir: s\n{bad}")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].line >= 2, "{bad}: {errs:?}");
+            assert!(errs[0].message.contains(why), "{bad}: {}", errs[0]);
+        }
     }
 
     #[test]

@@ -292,6 +292,7 @@ async fn serve(
         commands: command_tx,
         audit,
         refusals: Default::default(),
+        slas: config.slas.clone(),
     });
     let refusals = state.clone();
     tokio::spawn(async move {
