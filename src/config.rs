@@ -635,8 +635,10 @@ impl Config {
                 ));
             }
         }
-        for problem in crate::sla::problems(&self.slas) {
-            problems.push(Diagnostic::at(path, loc.top_key("slas"), problem));
+        let slas_at = loc.top_key("slas");
+        for (severity, problem) in crate::sla::problems(&self.slas) {
+            let at = loc.key_in_block(slas_at, severity.as_str());
+            problems.push(Diagnostic::at(path, at, problem));
         }
         if self.http.max_connections == 0 {
             problems.push(Diagnostic::at(
@@ -732,7 +734,7 @@ mod tests {
         ] {
             let errs = parse(&format!("state_dir: s\n{bad}")).unwrap_err();
             assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
-            assert!(errs[0].line >= 2, "{bad}: {errs:?}");
+            assert_eq!(errs[0].line, 3, "{bad}: {errs:?}");
             assert!(errs[0].message.contains(why), "{bad}: {}", errs[0]);
         }
     }

@@ -146,9 +146,10 @@ pub fn outcome(
     })
 }
 
-/// Problems of `slas:` in words an operator can act on: a later stage cannot have a
-/// shorter SLA than an earlier one (the clock of each starts at the opening).
-pub fn problems(slas: &Slas) -> Vec<String> {
+/// Problems of `slas:` in words an operator can act on, by the severity they are under: a
+/// later stage cannot have a shorter SLA than an earlier one (the clock of each starts at
+/// the opening).
+pub fn problems(slas: &Slas) -> Vec<(Severity, String)> {
     let mut problems = Vec::new();
     for (severity, stages) in slas {
         let set: Vec<(Stage, HumanDuration)> = Stage::ALL
@@ -156,17 +157,21 @@ pub fn problems(slas: &Slas) -> Vec<String> {
             .filter_map(|s| s.limit(stages).map(|l| (*s, l)))
             .collect();
         if set.is_empty() {
-            problems.push(format!(
-                "slas: {severity} sets no stage (acknowledge, contain or resolve)"
+            problems.push((
+                *severity,
+                format!("slas: {severity} sets no stage (acknowledge, contain or resolve)"),
             ));
         }
         for pair in set.windows(2) {
             let [(early, a), (late, b)] = [pair[0], pair[1]];
             if b < a {
-                problems.push(format!(
-                    "slas: {severity}: {} ({b}) is shorter than {} ({a}); both count from the opening",
-                    late.as_str(),
-                    early.as_str()
+                problems.push((
+                    *severity,
+                    format!(
+                        "slas: {severity}: {} ({b}) is shorter than {} ({a}); both count from the opening",
+                        late.as_str(),
+                        early.as_str()
+                    ),
                 ));
             }
         }
@@ -241,7 +246,12 @@ mod tests {
         .into();
         let problems = problems(&slas);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("sets no stage"), "{problems:?}");
-        assert!(problems[1].contains("contain (15m) is shorter than acknowledge (30m)"));
+        assert_eq!(problems[0].0, Severity::Low);
+        assert!(problems[0].1.contains("sets no stage"), "{problems:?}");
+        assert!(
+            problems[1]
+                .1
+                .contains("contain (15m) is shorter than acknowledge (30m)")
+        );
     }
 }

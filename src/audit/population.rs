@@ -40,6 +40,16 @@ pub fn render(
     slas: &Slas,
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
+    render_paged(store, (since, until), slas, now, PAGE)
+}
+
+fn render_paged(
+    store: &Store,
+    (since, until): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    slas: &Slas,
+    now: DateTime<Utc>,
+    page_size: usize,
+) -> Result<String, StoreError> {
     let mut out = String::from(HEADER);
     out.push('\n');
     let in_period = |i: &Incident| {
@@ -47,7 +57,7 @@ pub fn render(
     };
     let mut after = None;
     loop {
-        let (page, more) = stored::page_without_evidence(store, after, PAGE, in_period)?;
+        let (page, more) = stored::page_without_evidence(store, after, page_size, in_period)?;
         for incident in &page {
             push_row(&mut out, incident, slas, now);
         }
@@ -150,6 +160,36 @@ mod tests {
         incident.record(at(3), "false_positive", "dave", None);
         assert_eq!(steps(&incident)[..4], [None; 4]);
         assert_eq!(steps(&incident)[4], Some((at(3), "dave")));
+    }
+
+    #[test]
+    fn a_period_spanning_several_pages_lists_each_incident_in_it_once() {
+        let store = Store::memory();
+        let mut batch = crate::store::Batch::new();
+        let first = sample_incident();
+        for n in 1..=7 {
+            let mut incident = first.clone();
+            incident.id = format!("INC-{n}");
+            incident.uid = format!("web1/INC-{n}");
+            incident.opened_at = first.opened_at + chrono::Duration::minutes(n);
+            incident.put(&store, &mut batch).unwrap();
+        }
+        store.commit(batch).unwrap();
+        let at = |n| Some(first.opened_at + chrono::Duration::minutes(n));
+        for page_size in [1, 2, 3, 500] {
+            let csv =
+                render_paged(&store, (at(2), at(7)), &Slas::new(), Utc::now(), page_size).unwrap();
+            let ids: Vec<&str> = csv
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').nth(1).unwrap())
+                .collect();
+            assert_eq!(
+                ids,
+                ["INC-2", "INC-3", "INC-4", "INC-5", "INC-6"],
+                "{page_size}"
+            );
+        }
     }
 
     #[test]
