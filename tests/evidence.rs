@@ -73,19 +73,21 @@ fn open(s: &Setup, d: &Daemon, line: &str) -> Value {
     })
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.env_remove("LOGWARDEN_CONFIG").output().unwrap()
+/// Opens a low incident with `line` and waits until its 1s acknowledgement SLA has passed;
+/// its id.
+fn open_past_low_sla(s: &Setup, d: &Daemon, line: &str) -> String {
+    let incident = open(s, d, line);
+    let opened: chrono::DateTime<chrono::Utc> =
+        incident["opened_at"].as_str().unwrap().parse().unwrap();
+    let late = opened + chrono::Duration::milliseconds(1500);
+    wait_for("the low SLA to pass", WAIT, || {
+        (chrono::Utc::now() > late).then_some(())
+    });
+    incident["id"].as_str().unwrap().to_string()
 }
 
-fn text(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn run(cmd: &mut Command) -> Output {
+    cmd.env_remove("LOGWARDEN_CONFIG").output().unwrap()
 }
 
 /// Rows of the population CSV as header → value (no field of these incidents is quoted).
@@ -156,25 +158,11 @@ fn the_population_lists_every_incident_with_its_lifecycle_and_sla_outcomes() {
         r#"{"to": "false_positive"}"#,
     );
     // 3: low, acknowledged after its 1s SLA, then resolved in one step (within 1h).
-    let three = open(&s, &d, "LOW 3");
-    let opened: chrono::DateTime<chrono::Utc> =
-        three["opened_at"].as_str().unwrap().parse().unwrap();
-    let three = three["id"].as_str().unwrap().to_string();
-    let late = opened + chrono::Duration::milliseconds(1500);
-    wait_for("the low SLA to pass", WAIT, || {
-        (chrono::Utc::now() > late).then_some(())
-    });
+    let three = open_past_low_sla(&s, &d, "LOW 3");
     post(&s, "alice", &inc(&three, "ack"), "");
     post(&s, "bob", &inc(&three, "resolve"), r#"{"note": "routine"}"#);
     // 4: low, left open past its acknowledgement SLA: missed while still open.
-    let four = open(&s, &d, "LOW 4");
-    let opened: chrono::DateTime<chrono::Utc> =
-        four["opened_at"].as_str().unwrap().parse().unwrap();
-    let four = four["id"].as_str().unwrap().to_string();
-    let late = opened + chrono::Duration::milliseconds(1500);
-    wait_for("the low SLA to pass", WAIT, || {
-        (chrono::Utc::now() > late).then_some(())
-    });
+    let four = open_past_low_sla(&s, &d, "LOW 4");
 
     let r = d.get("/api/v1/audit?format=population");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -263,7 +251,7 @@ fn the_population_lists_every_incident_with_its_lifecycle_and_sla_outcomes() {
 
     // The CLI on the stopped daemon's store: the same rows.
     d.stop();
-    let cli = text(&run(Command::new(bin())
+    let cli = stdout_of_success(&run(Command::new(bin())
         .args(["audit", "export", "--format", "population", "--state-dir"])
         .arg(s.path("state"))
         .arg("--config")
@@ -271,8 +259,13 @@ fn the_population_lists_every_incident_with_its_lifecycle_and_sla_outcomes() {
     assert_eq!(cli, api_csv);
 }
 
+/// A test path as a command argument (the temporary directories are UTF-8).
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// Runs `program` with `args`, returning whether it succeeded and what it printed.
-fn tool(program: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
+fn tool(program: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(program).args(args).output().unwrap();
     (
         out.status.success(),
@@ -291,16 +284,16 @@ fn auditor_checks(openssl: &Path, dir: &Path, pub_pem: &Path) -> Result<(), Stri
     let (verified, out) = tool(
         openssl,
         &[
-            "pkeyutl".as_ref(),
-            "-verify".as_ref(),
-            "-pubin".as_ref(),
-            "-inkey".as_ref(),
-            pub_pem.as_os_str(),
-            "-rawin".as_ref(),
-            "-in".as_ref(),
-            dir.join("manifest.json").as_os_str(),
-            "-sigfile".as_ref(),
-            dir.join("manifest.sig").as_os_str(),
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            path(&pub_pem),
+            "-rawin",
+            "-in",
+            path(&dir.join("manifest.json")),
+            "-sigfile",
+            path(&dir.join("manifest.sig")),
         ],
     );
     if !verified {
@@ -348,25 +341,12 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
     let pub_pem = keys.path().join("pub.pem");
     let (ok, out) = tool(
         &openssl,
-        &[
-            "genpkey".as_ref(),
-            "-algorithm".as_ref(),
-            "ed25519".as_ref(),
-            "-out".as_ref(),
-            key.as_os_str(),
-        ],
+        &["genpkey", "-algorithm", "ed25519", "-out", path(&key)],
     );
     assert!(ok, "{out}");
     let (ok, out) = tool(
         &openssl,
-        &[
-            "pkey".as_ref(),
-            "-in".as_ref(),
-            key.as_os_str(),
-            "-pubout".as_ref(),
-            "-out".as_ref(),
-            pub_pem.as_os_str(),
-        ],
+        &["pkey", "-in", path(&key), "-pubout", "-out", path(&pub_pem)],
     );
     assert!(ok, "{out}");
 
@@ -387,39 +367,32 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
     );
     let other = open(&s, &d, "LOW 8")["id"].as_str().unwrap().to_string();
     let api_record = d.get(&format!("/api/v1/incidents/{id}")).json();
-    let pack = |out: &Path| {
+    let pack = |id: &str, out: &Path, config: &Path| {
         run(Command::new(bin())
-            .args(["audit", "pack", &id, "--out"])
+            .args(["audit", "pack", id, "--out"])
             .arg(out)
             .arg("--state-dir")
             .arg(s.path("state"))
             .arg("--config")
-            .arg(s.path("logwarden.yaml")))
+            .arg(config))
     };
+    let config = s.path("logwarden.yaml");
     // A running daemon holds the store: said in words, nothing written.
     let zip = s.path("pack.zip");
-    let live = pack(&zip);
+    let live = pack(&id, &zip, &config);
     assert_eq!(live.status.code(), Some(2));
     let err = String::from_utf8_lossy(&live.stderr);
     assert!(err.contains("in use by another process"), "{err}");
     assert!(!zip.exists());
     d.stop();
-    let said = text(&pack(&zip));
+    let said = stdout_of_success(&pack(&id, &zip, &config));
     assert!(said.contains("signed by public key"), "{said}");
 
     // Unpacked with the standard tool, every entry's CRC checked.
     let unpacked = s.path("unpacked");
-    let (ok, out) = tool(&unzip, &["-t".as_ref(), zip.as_os_str()]);
+    let (ok, out) = tool(&unzip, &["-t", path(&zip)]);
     assert!(ok && out.contains("No errors detected"), "{out}");
-    let (ok, out) = tool(
-        &unzip,
-        &[
-            "-q".as_ref(),
-            zip.as_os_str(),
-            "-d".as_ref(),
-            unpacked.as_os_str(),
-        ],
-    );
+    let (ok, out) = tool(&unzip, &["-q", path(&zip), "-d", path(&unpacked)]);
     assert!(ok, "{out}");
     let mut names: Vec<String> = std::fs::read_dir(&unpacked)
         .unwrap()
@@ -471,7 +444,7 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
     assert!(records.iter().all(|r| r["incident"] == id.as_str()));
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let verified = text(&run(Command::new(bin())
+    let verified = stdout_of_success(&run(Command::new(bin())
         .args(["audit", "verify", "--state-dir"])
         .arg(s.path("state"))));
     let count: u64 = verified.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -488,14 +461,14 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
     let (ok, out) = tool(
         &openssl,
         &[
-            "pkey".as_ref(),
-            "-pubin".as_ref(),
-            "-in".as_ref(),
-            pub_pem.as_os_str(),
-            "-outform".as_ref(),
-            "DER".as_ref(),
-            "-out".as_ref(),
-            der.as_os_str(),
+            "pkey",
+            "-pubin",
+            "-in",
+            path(&pub_pem),
+            "-outform",
+            "DER",
+            "-out",
+            path(&der),
         ],
     );
     assert!(ok, "{out}");
@@ -528,13 +501,11 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
 
     // Without a key in the config, no unsigned pack.
     let unsigned = setup(None);
-    let out = run(Command::new(bin())
-        .args(["audit", "pack", &id, "--out"])
-        .arg(unsigned.path("x.zip"))
-        .arg("--state-dir")
-        .arg(s.path("state"))
-        .arg("--config")
-        .arg(unsigned.path("logwarden.yaml")));
+    let out = pack(
+        &id,
+        &unsigned.path("x.zip"),
+        &unsigned.path("logwarden.yaml"),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("signing_key_file"),
@@ -542,13 +513,7 @@ fn an_evidence_pack_verifies_with_openssl_and_sha256sum_and_fails_after_any_flip
         String::from_utf8_lossy(&out.stderr)
     );
     // An unknown incident is named.
-    let out = run(Command::new(bin())
-        .args(["audit", "pack", "INC-999", "--out"])
-        .arg(s.path("none.zip"))
-        .arg("--state-dir")
-        .arg(s.path("state"))
-        .arg("--config")
-        .arg(s.path("logwarden.yaml")));
+    let out = pack("INC-999", &s.path("none.zip"), &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no incident INC-999"));
 }
