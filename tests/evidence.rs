@@ -288,7 +288,7 @@ fn auditor_checks(openssl: &Path, dir: &Path, pub_pem: &Path) -> Result<(), Stri
             "-verify",
             "-pubin",
             "-inkey",
-            path(&pub_pem),
+            path(pub_pem),
             "-rawin",
             "-in",
             path(&dir.join("manifest.json")),
