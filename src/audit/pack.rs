@@ -147,16 +147,75 @@ fn json_lines<T: Serialize>(items: &[T]) -> Result<Vec<u8>, StoreError> {
 }
 
 /// The incident's audit records as stored (`seq` is the chain position, `prev` and `hash`
-/// link it), one JSON object per line, in chain order.
+/// link it), one JSON object per line, in chain order: those naming it, and the shared
+/// `incident.updated` records that count it among others (whole, so their hash checks).
 fn audit_lines(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::new();
     for (_, bytes) in store.scan_raw(Space::Audit)? {
         // The chain verified just before: every record reads.
         let record: Record = serde_json::from_slice(&bytes)?;
-        if record.incident.as_deref() == Some(id) {
+        let counted = record.details["counts"].get(id).is_some();
+        if record.incident.as_deref() == Some(id) || counted {
             serde_json::to_writer(&mut out, &record)?;
             out.push(b'\n');
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, Entry};
+    use crate::notification::format::sample_incident;
+    use serde_json::json;
+
+    #[test]
+    fn a_pack_holds_the_records_of_its_incident_and_refuses_a_broken_chain() {
+        let store = Store::memory();
+        let incident = sample_incident();
+        let mut batch = crate::store::Batch::new();
+        incident.put(&store, &mut batch).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let id = incident.id.as_str();
+        log.commit(
+            &batch,
+            &[
+                Entry::new("incident.opened", "logwarden", Some(id), json!({})),
+                Entry::new("incident.opened", "logwarden", Some("INC-2"), json!({})),
+                Entry::new(
+                    "incident.updated",
+                    "logwarden",
+                    None,
+                    json!({"counts": {id: 3, "INC-2": 9}}),
+                ),
+                Entry::new("incident.noted", "oncall", Some("INC-2"), json!({})),
+            ],
+        )
+        .unwrap();
+        let signer = HeadSigner::from_secret([7; 32]);
+        let zip = build(&store, &incident.uid, &signer, Utc::now()).unwrap();
+        let text = String::from_utf8_lossy(&zip);
+        // Stored entries: the files' bytes are in the archive as they are.
+        assert_eq!(text.matches("\"event\":\"incident.opened\"").count(), 1);
+        assert_eq!(text.matches("\"event\":\"incident.updated\"").count(), 1);
+        assert!(!text.contains("incident.noted"));
+        assert!(text.contains("\"sequence\": 4"), "the head");
+
+        // A record altered after the fact: no pack vouches for that chain.
+        let mut altered: Record = store.get(Space::Audit, &Record::key(1)).unwrap().unwrap();
+        altered.actor = "someone".into();
+        let mut b = crate::store::Batch::new();
+        b.put(Space::Audit, &Record::key(1), &altered).unwrap();
+        store.commit(b).unwrap();
+        let refused = build(&store, id, &signer, Utc::now()).unwrap_err();
+        assert!(
+            matches!(refused, PackError::BrokenChain { position: 1, .. }),
+            "{refused}"
+        );
+        assert!(matches!(
+            build(&store, "INC-9", &signer, Utc::now()),
+            Err(PackError::NoIncident(_))
+        ));
+    }
 }
