@@ -84,6 +84,10 @@ pub struct Config {
     /// Signed chain heads: the key, how often, and where the last one is kept.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Response SLAs per severity (acknowledge, contain, resolve), judged in the population
+    /// export and counted in `logwarden_incident_sla_outcomes_total`.
+    #[serde(default)]
+    pub slas: crate::sla::Slas,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -627,6 +631,11 @@ impl Config {
                 ));
             }
         }
+        let slas_at = loc.top_key("slas");
+        for (severity, problem) in crate::sla::problems(&self.slas) {
+            let at = loc.key_in_block(slas_at, severity.as_str());
+            problems.push(Diagnostic::at(path, at, problem));
+        }
         if self.http.max_connections == 0 {
             problems.push(Diagnostic::at(
                 path,
@@ -695,6 +704,35 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn slas_parse_by_severity_and_are_range_checked() {
+        let config = parse(
+            "state_dir: s\nslas:\n  critical: {acknowledge: 15m, contain: 1h, resolve: 24h}\n  high: {resolve: 3d}\naudit:\n  signing_key_file: keys/audit.pem\n",
+        )
+        .unwrap();
+        let critical = config.slas[&crate::rules::Severity::Critical];
+        assert_eq!(critical.contain.unwrap().to_string(), "1h");
+        assert_eq!(config.slas[&crate::rules::Severity::High].acknowledge, None);
+        assert!(config.audit.unwrap().signing_key_file.is_absolute());
+        for (bad, why) in [
+            (
+                "slas:\n  critical: {acknowledge: 2h, contain: 1h}\n",
+                "shorter than",
+            ),
+            (
+                "slas:\n  critical: {acknowledge: 0m}\n",
+                "greater than zero",
+            ),
+            ("slas:\n  urgent: {acknowledge: 1m}\n", "urgent"),
+            ("slas:\n  low: {respond: 1m}\n", "respond"),
+        ] {
+            let errs = parse(&format!("state_dir: s\n{bad}")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].line, 3, "{bad}: {errs:?}");
+            assert!(errs[0].message.contains(why), "{bad}: {}", errs[0]);
+        }
     }
 
     #[test]

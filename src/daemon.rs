@@ -313,6 +313,7 @@ async fn serve(
         audit,
         refusals: Default::default(),
         anchor: anchor.clone(),
+        slas: config.slas.clone(),
     });
     if let Some(anchor) = &anchor {
         tokio::spawn(anchor.clone().run());

@@ -1,4 +1,4 @@
-//! `GET /api/v1/audit?since=&until=&format=jsonl|csv` (viewer): the export of
+//! `GET /api/v1/audit?since=&until=&format=jsonl|csv|population` (viewer): the export of
 //! `logwarden audit export` while the daemon runs.
 
 use super::{ApiResult, AppState, Caller, error, require};
@@ -35,20 +35,14 @@ pub async fn export(
     };
     let (since, until) = (parse(&query.since)?, parse(&query.until)?);
     let format = query.format.unwrap_or(ExportFormat::Jsonl);
-    let records = crate::audit::records(&state.store, since, until)?;
-    let uids = crate::incidents::stored::uids(
-        &state.store,
-        records.iter().filter_map(|r| r.incident.as_deref()),
-    )?;
-    let content_type = match format {
-        ExportFormat::Jsonl => "application/x-ndjson",
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-    };
-    Ok((
-        [(header::CONTENT_TYPE, content_type)],
-        crate::audit::render(&records, &uids, format),
-    )
-        .into_response())
+    let store = state.store.clone();
+    let slas = state.slas.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        crate::audit::export(&store, since, until, format, &slas, chrono::Utc::now())
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// The last signed chain head, `{"sequence", "hash", "at", "signature"}` (viewer); 404 when

@@ -165,6 +165,8 @@ pub struct AppState {
     pub refusals: refusals::Refusals,
     /// Signed chain heads, when `audit.signing_key_file` is configured.
     pub anchor: Option<Arc<crate::audit::anchor::Anchor>>,
+    /// Response SLAs, judged in the population export.
+    pub slas: crate::sla::Slas,
 }
 
 impl AppState {
@@ -489,24 +491,18 @@ async fn get_incident(
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
     let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let store = state.store.clone();
-    let (incident, containments) = tokio::task::spawn_blocking(move || {
-        let incident = crate::incidents::stored::read(&store, number)?;
-        let containments = match &incident {
-            Some(i) => crate::containment::of_incident(&store, &i.id)?,
-            None => Vec::new(),
-        };
-        Ok::<_, crate::store::StoreError>((incident, containments))
+    let handle = id.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        match crate::incidents::stored::read(&store, number)? {
+            Some(i) if i.is_named_by(&handle) => {
+                crate::containment::incident_record(&store, &i).map(Some)
+            }
+            _ => Ok::<_, crate::store::StoreError>(None),
+        }
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let incident = incident
-        .filter(|i| i.is_named_by(&id))
-        .ok_or_else(missing)?;
-    // Its containments (bans) with the incident: what was done, allowed by whom, until when.
-    let mut body = serde_json::to_value(&incident)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    body["containments"] = serde_json::json!(containments);
-    Ok(Json(body).into_response())
+    Ok(Json(record.ok_or_else(missing)?).into_response())
 }
 
 /// `GET /api/v1/containments` (viewer): every containment, by incident; `?status=active`

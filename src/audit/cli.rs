@@ -1,8 +1,10 @@
-//! `logwarden audit verify|export --state-dir DIR`: offline checks and evidence export,
-//! working on a stopped daemon's store or a copy of it; `audit pubkey` (the signing key's
-//! public half) and `audit accept-discrepancy` (a client of the running daemon's API).
+//! `logwarden audit verify|export|pack --state-dir DIR`: offline checks, evidence export and
+//! evidence packs, working on a stopped daemon's store or a copy of it; `audit pubkey` (the
+//! signing key's public half) and `audit accept-discrepancy` (a client of the running
+//! daemon's API).
 
 use super::{ExportFormat, Verdict};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::store::Store;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -66,15 +68,35 @@ pub enum AuditCommand {
         /// `GET /api/v1/audit` instead.
         #[arg(long)]
         state_dir: PathBuf,
-        /// `jsonl` or `csv`.
+        /// `jsonl` or `csv` (audit records), or `population` (one CSV row per incident
+        /// opened in the period, with lifecycle times, actors and SLA outcomes).
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+        /// Config file: its `slas:` judge the population export (read for that format only).
+        #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
         /// Only records at or after this time (RFC 3339 or YYYY-MM-DD).
         #[arg(long)]
         since: Option<String>,
         /// Only records before this time (RFC 3339 or YYYY-MM-DD).
         #[arg(long)]
         until: Option<String>,
+    },
+    /// Write one incident's evidence pack: a ZIP of its record, timeline, evidence lines and
+    /// audit records, with a manifest of their SHA-256 sums and the chain head, signed with
+    /// `audit.signing_key_file` (see README, "Evidence packs", to verify one).
+    Pack {
+        /// The incident's id (`INC-7`) or uid (`web1/INC-7`).
+        id: String,
+        /// Where to write the ZIP.
+        #[arg(long)]
+        out: PathBuf,
+        /// The daemon's `state_dir` (stopped, or a copy).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Config file: its `audit.signing_key_file` signs the manifest.
+        #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -120,6 +142,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
         AuditCommand::Export {
             state_dir,
             format,
+            config,
             since,
             until,
         } => {
@@ -128,18 +151,18 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 (Ok(s), Ok(u)) => (s, u),
                 (Err(e), _) | (_, Err(e)) => return fail(&e),
             };
+            let slas = match format {
+                ExportFormat::Population => match load_config(&config) {
+                    Ok(config) => config.slas,
+                    Err(e) => return fail(&e),
+                },
+                _ => Default::default(),
+            };
             let store = match open(&state_dir) {
                 Ok(s) => s,
                 Err(e) => return fail(&e),
             };
-            let exported = super::records(&store, since, until).and_then(|records| {
-                let uids = crate::incidents::stored::uids(
-                    &store,
-                    records.iter().filter_map(|r| r.incident.as_deref()),
-                )?;
-                Ok(super::render(&records, &uids, format))
-            });
-            match exported {
+            match super::export(&store, since, until, format, &slas, chrono::Utc::now()) {
                 Ok(text) => {
                     crate::output::print(&text);
                     ExitCode::SUCCESS
@@ -147,6 +170,12 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        AuditCommand::Pack {
+            id,
+            out,
+            state_dir,
+            config,
+        } => pack(&id, &out, &state_dir, &config),
     }
 }
 
@@ -243,17 +272,59 @@ fn verify(
 
 /// The signing key named by a config's `audit.signing_key_file`.
 fn signer(config: &Path) -> Result<super::signing::HeadSigner, String> {
-    let config = crate::config::Config::load(config).map_err(|problems| {
-        problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let config = load_config(config)?;
     let audit = config
         .audit
         .ok_or_else(|| format!("{} has no audit.signing_key_file", config.path.display()))?;
     super::signing::HeadSigner::load(&audit.signing_key_file).map_err(|e| e.to_string())
+}
+
+/// `audit pack`: loads the key before touching the store, writes the ZIP next to `out`
+/// and renames it into place, so a failed run leaves no half-written pack.
+fn pack(id: &str, out: &Path, state_dir: &Path, config: &Path) -> ExitCode {
+    let signer = match signer(config) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&format!(
+                "{e}: an evidence pack must be signed (make a key with `openssl genpkey -algorithm ed25519 -out FILE`)"
+            ));
+        }
+    };
+    let store = match open(state_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let bytes = match super::pack::build(&store, id, &signer, chrono::Utc::now()) {
+        Ok(b) => b,
+        Err(e @ super::pack::PackError::BrokenChain { .. }) => {
+            eprintln!("logwarden: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => return fail(&e.to_string()),
+    };
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let written = std::fs::write(&partial, &bytes).and_then(|()| std::fs::rename(&partial, out));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return fail(&format!("cannot write {}: {e}", out.display()));
+    }
+    crate::outln!(
+        "wrote {} ({} bytes), signed by public key {}",
+        out.display(),
+        bytes.len(),
+        signer.public_key_base64()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Reads the config, its problems as one message.
+fn load_config(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        lines.join("\n")
+    })
 }
 
 /// Opens an existing store; never creates one (a typo'd directory is an error, not an
