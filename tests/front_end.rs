@@ -1,13 +1,15 @@
-//! Differential proof of the detection front ends: the literal gate must count exactly the
-//! hits the combined-set pass (the detector's) counts — same rule, key, captures,
-//! step, time and crossing — over the generated bench log, the real lines of the CrowdSec
+//! Differential proof of the detection front ends and capture engines: the literal gate
+//! and PCRE2 captures must count exactly the hits the previous design (combined-set pass,
+//! `regex` crate captures) counts — same rule, key, captures, step, time and crossing —
+//! over the generated bench log, the real lines of the CrowdSec
 //! hub corpora and a fuzzed mix of the patterns' own pieces, at 10, 100 and 500 rules.
 
 #[path = "../bench/support.rs"]
 mod support;
 
 use chrono::{DateTime, Utc};
-use logwarden::detection::matcher::Front;
+use logwarden::detection::capture::Engine;
+use logwarden::detection::matcher::{Design, Front};
 use logwarden::detection::{Detector, Hit, literals};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
@@ -112,12 +114,32 @@ fn fuzzed_lines(set: &RuleSet, bases: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> 
         .collect()
 }
 
-/// Feeds every line to a gated and a set-based detector and requires the same hits;
-/// returns how many there were.
+/// Every design but the reference.
+const DESIGNS: [Design; 3] = [
+    Design {
+        front: Front::Gate,
+        engine: Engine::Regex,
+    },
+    Design {
+        front: Front::Set,
+        engine: Engine::Pcre2,
+    },
+    Design {
+        front: Front::Gate,
+        engine: Engine::Pcre2,
+    },
+];
+
+/// Feeds every line to a detector of every design and to one of the previous design
+/// (combined set, `regex` crate captures), and requires the same hits; returns how many
+/// there were.
 fn compare(set: Arc<RuleSet>, lines: &[Vec<u8>]) -> usize {
     let sources = ["auth".to_string()];
-    let mut gate = Detector::with_front(set.clone(), &sources, Front::Gate);
-    let mut reference = Detector::with_front(set, &sources, Front::Set);
+    let mut designs: Vec<Detector> = DESIGNS
+        .iter()
+        .map(|d| Detector::with_design(set.clone(), &sources, *d))
+        .collect();
+    let mut reference = Detector::with_design(set, &sources, Design::PREVIOUS);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut total = 0;
     for (i, bytes) in lines.iter().enumerate() {
@@ -130,22 +152,27 @@ fn compare(set: Arc<RuleSet>, lines: &[Vec<u8>]) -> usize {
             arrival: time,
             time: None,
         };
-        gate.observe(&line, time, &mut a);
         reference.observe(&line, time, &mut b);
-        let (sa, sb): (Vec<Summary>, Vec<Summary>) = (
-            a.iter().map(summary).collect(),
-            b.iter().map(summary).collect(),
-        );
-        assert_eq!(sa, sb, "line {i}: {:?}", String::from_utf8_lossy(bytes));
-        total += a.len();
-        a.clear();
+        let expected: Vec<Summary> = b.iter().map(summary).collect();
+        for (design, detector) in DESIGNS.iter().zip(&mut designs) {
+            detector.observe(&line, time, &mut a);
+            let found: Vec<Summary> = a.iter().map(summary).collect();
+            assert_eq!(
+                found,
+                expected,
+                "{design:?}, line {i}: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+            a.clear();
+        }
+        total += b.len();
         b.clear();
     }
     total
 }
 
 #[test]
-fn the_literal_gate_counts_exactly_what_the_combined_set_counts() {
+fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_counts() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus_lines();
     let mut rng = support::Rng::new(42);
