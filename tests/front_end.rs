@@ -215,3 +215,55 @@ fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_co
         assert!(fuzzed_hits > 2_000, "{fuzzed_hits}");
     }
 }
+
+/// `replay` finds matches on worker threads and counts them in input order by one stage:
+/// its report (every incident, with its key, count, times and evidence, for the shipped
+/// rules and a 100-rule set compared in the same pass) is the same on 1, 2 and 3 threads.
+#[test]
+fn replay_reports_the_same_incidents_on_any_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    let mut rng = support::Rng::new(11);
+    // Several chunks of lines, so chunks are matched out of order and reordered.
+    let text: String = (0..60_000)
+        .map(|i| support::auth_line(i, &mut rng) + "\n")
+        .collect();
+    std::fs::write(&log, text).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let against = dir.path().join("rules-100");
+    support::write_rules(&shipped, &against, 100).unwrap();
+    let report = |threads: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logwarden"))
+            .args(["replay", "--json", "--config"])
+            .arg(dir.path().join("no-config.yaml"))
+            .arg("--rules")
+            .arg(&shipped)
+            .arg("--against")
+            .arg(&against)
+            .args(["--threads", threads])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let fields = report.as_object_mut().unwrap();
+        // How long it took is the only thing allowed to differ.
+        fields.remove("seconds");
+        fields.remove("lines_per_second");
+        report
+    };
+    let one = report("1");
+    assert_eq!(one["lines"], 60_000);
+    let both = one["in_both"].as_array().unwrap().len();
+    assert!(both >= 5, "the comparison needs incidents: {both}");
+    for threads in ["2", "3"] {
+        assert!(
+            report(threads) == one,
+            "--threads {threads} differs from --threads 1"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! time: absence rules are advanced to the exact moment a gap opens, state is expired as
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
-use crate::detection::Detector;
+use crate::detection::{Detector, FoundLine, Matchers};
 use crate::engine::{Engine, Stamp};
 use crate::incidents::{Incident, IncidentBook, IncidentEvent};
 use crate::rules::RuleSet;
@@ -57,12 +57,31 @@ impl Evaluation {
     /// Evaluates one line at its time. Lines should come in time order (as merged by
     /// [`crate::tools::input`]); a late line is judged like the daemon judges one.
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>) {
-        if self.watermark.is_none_or(|w| time > w) {
-            self.clock_to(time);
-        }
+        self.clock_before(time);
         self.engine
             .observe(line, time, &mut self.events, &mut |_| {});
         self.keep_events();
+    }
+
+    /// Like [`Evaluation::observe`], with the line's matches already found by a copy of
+    /// [`Evaluation::matchers`] (on a worker thread).
+    pub fn observe_found(&mut self, line: &LogLine, time: DateTime<Utc>, found: FoundLine<'_>) {
+        self.clock_before(time);
+        self.engine
+            .observe_found(line, time, found, &mut self.events, &mut |_| {});
+        self.keep_events();
+    }
+
+    /// A copy of the matching stage, for a worker thread.
+    pub fn matchers(&self) -> Matchers {
+        self.engine.matchers()
+    }
+
+    /// Runs the clock to a line's time before the line counts.
+    fn clock_before(&mut self, time: DateTime<Utc>) {
+        if self.watermark.is_none_or(|w| time > w) {
+            self.clock_to(time);
+        }
     }
 
     /// Lets log time run to `now` with no lines: absence gaps due by then open at the

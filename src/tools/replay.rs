@@ -5,8 +5,9 @@
 //! memory, and nothing is notified. `--against` evaluates a second rule set in the same
 //! pass, so a team sees what a threshold change does before shipping it.
 
+use super::chunks;
 use super::eval::Evaluation;
-use super::input::{LogReader, LogSpec, merge};
+use super::input::{LogReader, LogSpec};
 use super::progress::Progress;
 use crate::config::{DEFAULT_CONFIG_PATH, SourceConfig, absolute_clean};
 use crate::incidents::Incident;
@@ -46,6 +47,11 @@ pub struct ReplayArgs {
     /// rfc3339, clf, epoch or a strftime pattern).
     #[arg(long, value_name = "FORMAT", default_value = "syslog")]
     pub timestamp: String,
+    /// Worker threads that find matches (the gate and captures), while one stage counts
+    /// them in input order: the incidents are the same with any number. Default: the
+    /// available cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Log files, plain or gzip-compressed.
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
@@ -97,14 +103,15 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let mut progress = Progress::new(read, total);
     let mut lines = 0u64;
     let started = Instant::now();
-    let merged = merge(readers, |line, time| {
-        lines += 1;
-        a.observe(line, time);
-        if let Some(b) = &mut b {
-            b.observe(line, time);
-        }
-        if lines.is_multiple_of(PROGRESS_EVERY) {
-            progress.tick(lines);
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let mut evaluations: Vec<&mut Evaluation> = std::iter::once(&mut a).chain(b.as_mut()).collect();
+    let merged = chunks::evaluate(readers, &mut evaluations, threads, |n| {
+        lines = n;
+        if n.is_multiple_of(PROGRESS_EVERY) {
+            progress.tick(n);
         }
     });
     progress.finish();
