@@ -6,6 +6,7 @@
 //! time: absence rules are advanced to the exact moment a gap opens, state is expired as
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
+use crate::detection::matcher::Design;
 use crate::detection::{Detector, FoundLine, Matchers};
 use crate::engine::{Engine, Stamp};
 use crate::incidents::{Incident, IncidentBook, IncidentEvent};
@@ -35,9 +36,14 @@ pub struct Evaluation {
 impl Evaluation {
     /// An evaluation of `rules` for lines of the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
+        Self::with_design(rules, sources, Design::CURRENT)
+    }
+
+    /// An evaluation whose detector is of `design` (benchmarks compare designs).
+    pub fn with_design(rules: Arc<RuleSet>, sources: &[String], design: Design) -> Self {
         Evaluation {
             engine: Engine::new(
-                Detector::new(rules, sources),
+                Detector::with_design(rules, sources, design),
                 IncidentBook::empty(),
                 Stamp::Match,
             ),

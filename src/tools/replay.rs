@@ -10,6 +10,7 @@ use super::eval::Evaluation;
 use super::input::{LogReader, LogSpec};
 use super::progress::Progress;
 use crate::config::{DEFAULT_CONFIG_PATH, SourceConfig, absolute_clean};
+use crate::detection::matcher::Design;
 use crate::incidents::Incident;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -52,6 +53,10 @@ pub struct ReplayArgs {
     /// available cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// The detector's design before PCRE2 and the gate (`previous`), for benchmarks that
+    /// measure both in the same run.
+    #[arg(long, hide = true, value_parser = ["current", "previous"], default_value = "current")]
+    pub design: String,
     /// Log files, plain or gzip-compressed.
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
@@ -98,8 +103,12 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         total += std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     }
     let sources: Vec<String> = sources_config.iter().map(|s| s.name.clone()).collect();
-    let mut a = Evaluation::new(rules_a, &sources);
-    let mut b = rules_b.map(|rules| Evaluation::new(rules, &sources));
+    let design = match args.design.as_str() {
+        "previous" => Design::PREVIOUS,
+        _ => Design::CURRENT,
+    };
+    let mut a = Evaluation::with_design(rules_a, &sources, design);
+    let mut b = rules_b.map(|rules| Evaluation::with_design(rules, &sources, design));
     let mut progress = Progress::new(read, total);
     let mut lines = 0u64;
     let started = Instant::now();
