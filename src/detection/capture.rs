@@ -414,6 +414,24 @@ mod tests {
         assert_eq!(groups(&c, &line), reference(pattern, &line));
     }
 
+    /// The shipped rules are what most hosts run: every one of their patterns must get the
+    /// faster engine (a shape the translation refuses would silently cost 9× per capture).
+    #[test]
+    fn every_shipped_pattern_runs_on_pcre2() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let set = crate::rules::RuleSet::load(&[dir], &crate::rules::RuleContext::default())
+            .expect("shipped rules load");
+        let mut patterns = 0;
+        for rule in &set.rules {
+            for regex in &rule.patterns {
+                patterns += 1;
+                let c = CaptureRegex::new(regex, Engine::Pcre2);
+                assert!(c.on_pcre2(), "{}: {}", rule.id(), regex.as_str());
+            }
+        }
+        assert!(patterns >= 20, "{patterns}");
+    }
+
     #[test]
     fn the_regex_engine_never_builds_pcre2() {
         let regex = crate::rules::compile_pattern("from (?P<ip>\\S+)").unwrap();
