@@ -1,19 +1,18 @@
 //! Which rules' patterns run on a line: the front end of detection.
 //!
-//! The combined set ([`Front::Set`], what the detector uses): one `regex-automata` meta set
+//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
+//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one
+//! overlapping scan of the line names the patterns that hold a literal of each of their
+//! required sets, and only those, plus the patterns without one, run their capture run
+//! ([`super::capture`]), which is also the match test.
+//!
+//! The combined set ([`Front::Set`], the previous front end): one `regex-automata` meta set
 //! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
 //! way, so its search cache and match set are reused from line to line), whose matches are
-//! the candidates.
-//!
-//! The literal gate ([`Front::Gate`]): every pattern's required literals
-//! ([`super::literals`]) go into one Aho-Corasick automaton per source; one overlapping
-//! scan of the line names the patterns that hold a literal of each of their required sets,
-//! and only those, plus the patterns without one, run their own regex for captures (the
-//! capture run is then also the match test). It counts exactly the same hits
-//! (`tests/front_end.rs`), but measured per line it costs more than the set: the
-//! overlapping scan visits every byte, where the set's search rejects most lines on its
-//! own prefilter (docs/performance.md has the figures). It is kept, selectable, for that
-//! comparison and as the base of a chunk-wide gate.
+//! the candidates. Its search rejects most lines on its own prefilter, where the gate's scan
+//! visits every byte; but with captures on PCRE2 the gate and the capture runs together
+//! cost less than the set and the same runs (docs/performance.md). Both count exactly the
+//! same hits (`tests/front_end.rs`); the set is kept, selectable, for that comparison.
 //!
 //! Rules often share a pattern (a threshold and a sequence step on the same failed login):
 //! each distinct pattern text is gated once and runs its captures at most once per line,

@@ -1,8 +1,10 @@
 //! Detection: which rules a line matches, and when matches cross a rule's threshold.
 //!
-//! Per line, one multi-pattern pass (a combined set per source, [`matcher`]) finds the
-//! candidate rules; only those run their own regex for captures. Windows run on the lines'
-//! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
+//! Per line, a literal gate ([`matcher`]) finds the candidate rules; only those run their
+//! pattern for captures ([`capture`]: PCRE2's JIT where it reads the pattern identically,
+//! else the `regex` crate). That matching stage ([`matching`]) holds no state, so it can
+//! run on worker threads; the window stage ([`Detector::apply`]) counts matches in line
+//! order. Windows run on the lines' own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
 pub mod capture;
