@@ -8,7 +8,7 @@
 mod support;
 
 use chrono::{DateTime, Utc};
-use logwarden::detection::capture::Engine;
+use logwarden::detection::capture::{CaptureRegex, Engine};
 use logwarden::detection::matcher::{Design, Front};
 use logwarden::detection::{Detector, Hit, literals};
 use logwarden::rules::{RuleContext, RuleSet};
@@ -266,4 +266,59 @@ fn replay_reports_the_same_incidents_on_any_number_of_threads() {
             "--threads {threads} differs from --threads 1"
         );
     }
+}
+
+/// A host whose policy forbids memory that is both writable and executable (systemd's
+/// `MemoryDenyWriteExecute`, which the shipped unit sets; here the kernel's per-process
+/// switch) has no PCRE2 JIT: every pattern falls back to the `regex` crate, and every
+/// design still counts exactly the previous design's hits.
+#[test]
+fn without_a_jit_patterns_fall_back_to_the_regex_crate() {
+    const CHILD: &str = "LOGWARDEN_TEST_NO_JIT";
+    if std::env::var_os(CHILD).is_none() {
+        // In a child process: the switch cannot be turned off again.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "without_a_jit_patterns_fall_back_to_the_regex_crate",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        return;
+    }
+    // PR_MDWE_REFUSE_EXEC_GAIN: no mapping may become writable and executable.
+    // SAFETY: prctl with integer arguments only changes this process's memory policy.
+    if unsafe { libc::prctl(libc::PR_SET_MDWE, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "\n!!! this kernel has no PR_SET_MDWE ({}): the no-JIT fallback is not checked here\n",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let regex = logwarden::rules::compile_pattern(r"Failed password for (?P<u>\S+)").unwrap();
+    let capture = CaptureRegex::new(&regex, Engine::Pcre2);
+    assert!(!capture.on_pcre2(), "a JIT was built where W^X is refused");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    support::write_rules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        &rules,
+        10,
+    )
+    .unwrap();
+    let set = Arc::new(RuleSet::load(&[rules], &RuleContext::default()).expect("rules load"));
+    let mut rng = support::Rng::new(3);
+    let lines: Vec<Vec<u8>> = (0..5_000)
+        .map(|i| support::auth_line(i, &mut rng).into_bytes())
+        .collect();
+    assert!(compare(set, &lines) > 1_000);
 }
