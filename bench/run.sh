@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Detection speed for 10, 100 and 500 rules over two generated auth logs, reported as
 # lines/s, peak RSS, instructions per line (where `perf stat` can count them) and as ratios
-# to `grep -c` over the same file and to the previous design's front end, both in the same
-# run (machines differ; the ratios are what to compare). Each rule count is measured for
+# to `grep -c` over the same file and to the previous design, both in the same run
+# (machines differ; the ratios are what to compare). Each rule count is measured for
 # finding candidates alone (`pass`) and the whole detector (`detect`), each with the
-# combined-set front end (`set`, the detector's) and the literal gate (`gate`).
+# previous design (`prev`: combined-set front end, `regex` crate captures) and the
+# detector's (`cur`: literal gate followed directly by captures on PCRE2's JIT). Then
+# `logwarden replay` with the shipped rules over the attack-heavy log: lines/s on 1 thread
+# and on every core, both designs, peak RSS.
 # Usage: bench/run.sh [LINES]
 #
 #   attack-heavy  the generated sshd/PAM/sudo/cron log of a host under brute force
@@ -20,11 +23,15 @@ calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
 
 # DETECT_BENCH: an already built detect_bench (the test suite runs this script on its debug
 # build to check that it works; such figures mean nothing).
+# LOGWARDEN_BIN: likewise, an already built logwarden.
 bin=${DETECT_BENCH:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet --example detect_bench
-  bin=target/release/examples/detect_bench
+logwarden=${LOGWARDEN_BIN:-}
+if [ -z "$bin" ] || [ -z "$logwarden" ]; then
+  cargo build --release --quiet --example detect_bench --bin logwarden
+  bin=${bin:-target/release/examples/detect_bench}
+  logwarden=${logwarden:-target/release/logwarden}
 fi
+cores=$(nproc)
 "$bin" gen-log "$lines" "$work/attack-heavy.log"
 awk '/Failed|Invalid user|incorrect|Accepted/ { if (NR % 10 == 0) print; next } { print }' \
   "$work/attack-heavy.log" >"$work/benign-heavy.log"
@@ -53,13 +60,13 @@ measure() {
   rm -f "$work/rss" "$work/perf"
 }
 
-# Four rows per rule count: two stages, each with two front ends. `pass` is finding the
+# Four rows per rule count: two stages, each in two designs. `pass` is finding the
 # candidate patterns alone (reading, timestamps and the front end, no captures, keys or
-# windows), `detect` the whole detector. `set` is the combined-set pass the detector uses,
-# `gate` the literal gate (same hits, see tests/front_end.rs); "vs set" is gate over set in
-# the same run.
+# windows; with the gate a candidate is not yet a match), `detect` the whole detector.
+# `prev` is the previous design, `cur` the detector's (same hits, see tests/front_end.rs);
+# "vs prev" is the row over `prev` in the same run.
 printf '%-13s %-6s %-7s %-5s %12s %9s %9s %11s %10s %7s\n' \
-  log rules stage front lines/s seconds peak_MiB instr/line "vs grep -c" "vs set"
+  log rules stage front lines/s seconds peak_MiB instr/line "vs grep -c" "vs prev"
 for log in attack-heavy benign-heavy; do
   file="$work/$log.log"
   count=$(wc -l <"$file")
@@ -74,20 +81,22 @@ for log in attack-heavy benign-heavy; do
     if [ -z "$best_grep" ] || [ "$(calc "$t < $best_grep")" = 1 ]; then best_grep=$t; fi
   done
   grep_rate=$(calc "$count / $best_grep")
+  [ "$log" = attack-heavy ] && grep_attack=$grep_rate
   printf '%-13s %-6s %-7s %-5s %12.0f %9.3f %9s %11s %10s %7s\n' "$log" - "grep -c" - \
     "$grep_rate" "$best_grep" - - 1.000 -
   first_rate=
   for total in 10 100 500; do
     for stage in pass detect; do
       mode=$([ "$stage" = pass ] && echo pass || echo run)
-      for front in set gate; do
-        measure "$mode" "$work/rules-$total" "$file" "$front"
+      for front in prev cur; do
+        design=$([ "$front" = prev ] && echo previous || echo gate+pcre2)
+        measure "$mode" "$work/rules-$total" "$file" "$design"
         rate=$(echo "$out" | sed -E 's/.*"lines_per_second": ([0-9.]+).*/\1/')
         secs=$(echo "$out" | sed -E 's/.*"seconds": ([0-9.]+).*/\1/')
         per_line=-
         [ -n "$instr" ] && per_line=$(printf '%.0f' "$(calc "$instr / $count")")
-        [ "$front" = set ] && set_rate=$rate
-        [ "$stage/$front" = detect/set ] && detect_rate=$rate
+        [ "$front" = prev ] && set_rate=$rate
+        [ "$stage/$front" = detect/cur ] && detect_rate=$rate
         printf '%-13s %-6s %-7s %-5s %12.0f %9.3f %9s %11s %10.3f %7.2f\n' "$log" "$total" \
           "$stage" "$front" "$rate" "$secs" "$(printf '%.0f' "$rss" 2>/dev/null || echo -)" \
           "$per_line" "$(calc "$rate / $grep_rate")" "$(calc "$rate / $set_rate")"
@@ -97,4 +106,27 @@ for log in attack-heavy benign-heavy; do
     [ -z "$first_rate" ] && first_rate=$detect_rate
   done
   echo "$log: detector slowdown from 10 to 500 rules: $(printf '%.2f' "$(calc "$first_rate / $detect_rate")")x"
+done
+
+# logwarden replay, the shipped rules, the attack-heavy log: 1 thread and every core, in
+# both designs; "vs prev" is the row over the previous design on one thread.
+printf '\n%-13s %-7s %-8s %12s %9s %9s %10s %7s\n' \
+  log threads design lines/s seconds peak_MiB "vs grep -c" "vs prev"
+file="$work/attack-heavy.log"
+prev_rate=
+for design in previous current; do
+  for threads in 1 "$cores"; do
+    cmd=("$logwarden" replay --json --config "$work/no-config.yaml" --rules rules
+      --design "$design" --threads "$threads" "$file")
+    [ -x /usr/bin/time ] && cmd=(/usr/bin/time -f %M -o "$work/rss" "${cmd[@]}")
+    out=$("${cmd[@]}" | tr -d '\n')
+    rss=-
+    [ -s "$work/rss" ] && rss=$(printf '%.0f' "$(calc "$(tail -1 "$work/rss") / 1024")")
+    rm -f "$work/rss"
+    rate=$(echo "$out" | sed -E 's/.*"lines_per_second":([0-9.]+).*/\1/')
+    secs=$(echo "$out" | sed -E 's/.*"seconds":([0-9.]+).*/\1/')
+    [ -z "$prev_rate" ] && prev_rate=$rate
+    printf '%-13s %-7s %-8s %12.0f %9.3f %9s %10.3f %7.2f\n' replay "$threads" "$design" \
+      "$rate" "$secs" "$rss" "$(calc "$rate / $grep_attack")" "$(calc "$rate / $prev_rate")"
+  done
 done

@@ -1,14 +1,14 @@
 //! Benchmark program for `bench/run.sh`: generates an auth log and rule sets, and measures
 //! how many lines per second the detector evaluates (timestamp parsing, the front end that
 //! finds candidate patterns, captures on hits, windows), single-threaded, with no store or
-//! notifications. `set` (default) is the combined-set pass the detector uses, `gate` the
-//! literal gate, measured in the same run for comparison.
+//! notifications. DESIGN is `FRONT[+ENGINE]` (`set` or `gate`; `regex` or `pcre2`),
+//! `previous` (`set+regex`, the design before PCRE2), or nothing (the detector's own).
 //!
 //! ```text
 //! detect_bench gen-log LINES FILE
 //! detect_bench gen-rules SHIPPED_DIR OUT_DIR TOTAL
-//! detect_bench run RULES_DIR LOG [gate|set]   # the detector
-//! detect_bench pass RULES_DIR LOG [gate|set]  # only finding candidates: the front end's floor
+//! detect_bench run RULES_DIR LOG [DESIGN]   # the detector
+//! detect_bench pass RULES_DIR LOG [DESIGN]  # only finding candidates: the front end's floor
 //! detect_bench keys RULES_DIR KEYS  # memory per key: a flood of one-time addresses
 //! ```
 
@@ -17,7 +17,8 @@ mod support;
 
 use chrono::{DateTime, Utc};
 use logwarden::detection::Detector;
-use logwarden::detection::matcher::{Front, SourceMatcher};
+use logwarden::detection::capture::Engine;
+use logwarden::detection::matcher::{Design, Front, SourceMatcher};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
 use logwarden::sources::timestamp::TimestampFormat;
@@ -72,15 +73,34 @@ fn main() {
     }
 }
 
-fn parse_front(arg: &[&str]) -> Front {
-    match arg {
-        [] | ["set"] => Front::Set,
-        ["gate"] => Front::Gate,
+/// `FRONT[+ENGINE]`: `set` or `gate`, then `regex` or `pcre2` (default: the detector's
+/// engine); `previous` is the design before PCRE2 (`set+regex`), nothing the detector's.
+fn parse_front(arg: &[&str]) -> Design {
+    let text = match arg {
+        [] => return Design::CURRENT,
+        ["previous"] => return Design::PREVIOUS,
+        [text] => *text,
+        _ => unreachable!("at most one argument"),
+    };
+    let (front, engine) = text.split_once('+').unwrap_or((text, ""));
+    let front = match front {
+        "set" => Front::Set,
+        "gate" => Front::Gate,
         other => {
             eprintln!("front end is gate or set, not {other:?}");
             std::process::exit(2);
         }
-    }
+    };
+    let engine = match engine {
+        "" => Design::CURRENT.engine,
+        "regex" => Engine::Regex,
+        "pcre2" => Engine::Pcre2,
+        other => {
+            eprintln!("capture engine is regex or pcre2, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    Design { front, engine }
 }
 
 fn load(rules: &std::path::Path) -> RuleSet {
@@ -123,10 +143,10 @@ fn read_log(log: &std::path::Path, mut each: impl FnMut(&LogLine, DateTime<Utc>)
 }
 
 /// The whole detector: the pass, captures on hits, keys and windows.
-fn run(rules: &std::path::Path, log: &std::path::Path, front: Front) {
+fn run(rules: &std::path::Path, log: &std::path::Path, front: Design) {
     let set = load(rules);
     let rule_count = set.rules.len();
-    let mut detector = Detector::with_front(Arc::new(set), &["auth".to_string()], front);
+    let mut detector = Detector::with_design(Arc::new(set), &["auth".to_string()], front);
     let mut hits = Vec::new();
     let (mut seen, mut matches, mut crossed) = (0u64, 0u64, 0u64);
     let (lines, seconds) = read_log(log, |line, time| {
@@ -149,10 +169,10 @@ fn run(rules: &std::path::Path, log: &std::path::Path, front: Front) {
 /// The floor of a front end: reading, timestamps and finding candidate patterns, with no
 /// captures, keys or windows. (With the gate, a candidate is not yet a match: its capture
 /// run decides, and that is counted in `run`.)
-fn pass(rules: &std::path::Path, log: &std::path::Path, front: Front) {
+fn pass(rules: &std::path::Path, log: &std::path::Path, front: Design) {
     let set = load(rules);
     let rule_count = set.rules.len();
-    let mut matcher = SourceMatcher::with_front(&set, "auth", front);
+    let mut matcher = SourceMatcher::with_design(&set, "auth", front);
     let mut candidates = Vec::new();
     let mut with_candidates = 0u64;
     let (lines, seconds) = read_log(log, |line, _| {

@@ -7,7 +7,7 @@
 //! due, however far the clock jumps. What differs between callers is named, not coded
 //! twice: [`Stamp`] says which clock dates incident changes.
 
-use crate::detection::{Detector, Hit, RuleChange};
+use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
 use crate::recidive;
 use crate::rules::{RuleKind, RuleSet};
@@ -100,6 +100,30 @@ impl Engine {
         counted: &mut dyn FnMut(&Hit),
     ) {
         self.detector.observe(line, time, &mut self.hits);
+        self.line_done(events, counted);
+    }
+
+    /// Like [`Engine::observe`], with the line's matches already found by a copy of the
+    /// detector's [`Matchers`] (on a worker thread).
+    pub fn observe_found(
+        &mut self,
+        line: &LogLine,
+        time: DateTime<Utc>,
+        found: FoundLine<'_>,
+        events: &mut Vec<IncidentEvent>,
+        counted: &mut dyn FnMut(&Hit),
+    ) {
+        self.detector.apply(line, time, found, &mut self.hits);
+        self.line_done(events, counted);
+    }
+
+    /// A copy of the detector's matching stage, for a worker thread.
+    pub fn matchers(&self) -> Matchers {
+        self.detector.matchers()
+    }
+
+    /// Folds a line's hits into incidents.
+    fn line_done(&mut self, events: &mut Vec<IncidentEvent>, counted: &mut dyn FnMut(&Hit)) {
         if self.hits.is_empty() {
             return;
         }

@@ -58,6 +58,7 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
         .arg(root.join("bench/run.sh"))
         .arg("5000")
         .env("DETECT_BENCH", detect_bench())
+        .env("LOGWARDEN_BIN", env!("CARGO_BIN_EXE_logwarden"))
         .output()
         .expect("run bench/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -82,8 +83,8 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
         let mut expected = Vec::new();
         for rules in ["10", "100", "500"] {
             for stage in ["pass", "detect"] {
-                expected.push((rules, stage, "set"));
-                expected.push((rules, stage, "gate"));
+                expected.push((rules, stage, "prev"));
+                expected.push((rules, stage, "cur"));
             }
         }
         for (row, (rules, stage, front)) in rows[1..].iter().zip(expected) {
@@ -92,7 +93,7 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
             let to_grep: f64 = row[8].parse().expect("ratio to grep");
             let to_set: f64 = row[9].parse().expect("ratio to set");
             assert!(rate > 0.0 && to_grep > 0.0 && to_set > 0.0, "{stdout}");
-            if front == "set" {
+            if front == "prev" {
                 assert_eq!(row[9], "1.00", "{stdout}");
             }
         }
@@ -129,9 +130,34 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
             assert!(candidates.iter().all(|c| *c == candidates[0]), "{stderr}");
         }
         let (set, gate) = (of(2, "matches"), of(3, "matches"));
+        // Both designs count the same matches.
         assert!(set[0] > 0.0 && set == gate, "{stderr}");
         assert!(set.iter().all(|m| *m == set[0]), "{stderr}");
         let rules = of(0, "rules");
         assert!(rules[0] < rules[1] && rules[2] >= 500.0, "{stderr}");
+    }
+
+    // Replay: both designs, on one thread and on every core.
+    let cores = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .to_string();
+    let replay: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("replay"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let expected: Vec<(&str, &str)> = ["previous", "current"]
+        .iter()
+        .flat_map(|d| [("1", *d), (cores.as_str(), *d)])
+        .collect();
+    assert_eq!(
+        replay.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>(),
+        expected,
+        "{stdout}"
+    );
+    for row in &replay {
+        let rate: f64 = row[3].parse().expect("lines/s");
+        let to_prev: f64 = row[7].parse().expect("ratio to previous");
+        assert!(rate > 0.0 && to_prev > 0.0, "{stdout}");
     }
 }

@@ -1,13 +1,15 @@
-//! Differential proof of the detection front ends: the literal gate must count exactly the
-//! hits the combined-set pass (the detector's) counts — same rule, key, captures,
-//! step, time and crossing — over the generated bench log, the real lines of the CrowdSec
+//! Differential proof of the detection front ends and capture engines: the literal gate
+//! and PCRE2 captures must count exactly the hits the previous design (combined-set pass,
+//! `regex` crate captures) counts — same rule, key, captures, step, time and crossing —
+//! over the generated bench log, the real lines of the CrowdSec
 //! hub corpora and a fuzzed mix of the patterns' own pieces, at 10, 100 and 500 rules.
 
 #[path = "../bench/support.rs"]
 mod support;
 
 use chrono::{DateTime, Utc};
-use logwarden::detection::matcher::Front;
+use logwarden::detection::capture::{CaptureRegex, Engine};
+use logwarden::detection::matcher::{Design, Front};
 use logwarden::detection::{Detector, Hit, literals};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
@@ -112,12 +114,32 @@ fn fuzzed_lines(set: &RuleSet, bases: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> 
         .collect()
 }
 
-/// Feeds every line to a gated and a set-based detector and requires the same hits;
-/// returns how many there were.
+/// Every design but the reference.
+const DESIGNS: [Design; 3] = [
+    Design {
+        front: Front::Gate,
+        engine: Engine::Regex,
+    },
+    Design {
+        front: Front::Set,
+        engine: Engine::Pcre2,
+    },
+    Design {
+        front: Front::Gate,
+        engine: Engine::Pcre2,
+    },
+];
+
+/// Feeds every line to a detector of every design and to one of the previous design
+/// (combined set, `regex` crate captures), and requires the same hits; returns how many
+/// there were.
 fn compare(set: Arc<RuleSet>, lines: &[Vec<u8>]) -> usize {
     let sources = ["auth".to_string()];
-    let mut gate = Detector::with_front(set.clone(), &sources, Front::Gate);
-    let mut reference = Detector::with_front(set, &sources, Front::Set);
+    let mut designs: Vec<Detector> = DESIGNS
+        .iter()
+        .map(|d| Detector::with_design(set.clone(), &sources, *d))
+        .collect();
+    let mut reference = Detector::with_design(set, &sources, Design::PREVIOUS);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut total = 0;
     for (i, bytes) in lines.iter().enumerate() {
@@ -130,22 +152,27 @@ fn compare(set: Arc<RuleSet>, lines: &[Vec<u8>]) -> usize {
             arrival: time,
             time: None,
         };
-        gate.observe(&line, time, &mut a);
         reference.observe(&line, time, &mut b);
-        let (sa, sb): (Vec<Summary>, Vec<Summary>) = (
-            a.iter().map(summary).collect(),
-            b.iter().map(summary).collect(),
-        );
-        assert_eq!(sa, sb, "line {i}: {:?}", String::from_utf8_lossy(bytes));
-        total += a.len();
-        a.clear();
+        let expected: Vec<Summary> = b.iter().map(summary).collect();
+        for (design, detector) in DESIGNS.iter().zip(&mut designs) {
+            detector.observe(&line, time, &mut a);
+            let found: Vec<Summary> = a.iter().map(summary).collect();
+            assert_eq!(
+                found,
+                expected,
+                "{design:?}, line {i}: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+            a.clear();
+        }
+        total += b.len();
         b.clear();
     }
     total
 }
 
 #[test]
-fn the_literal_gate_counts_exactly_what_the_combined_set_counts() {
+fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_counts() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus_lines();
     let mut rng = support::Rng::new(42);
@@ -187,4 +214,111 @@ fn the_literal_gate_counts_exactly_what_the_combined_set_counts() {
         assert!(corpus.is_empty() || corpus_hits > 500, "{corpus_hits}");
         assert!(fuzzed_hits > 2_000, "{fuzzed_hits}");
     }
+}
+
+/// `replay` finds matches on worker threads and counts them in input order by one stage:
+/// its report (every incident, with its key, count, times and evidence, for the shipped
+/// rules and a 100-rule set compared in the same pass) is the same on 1, 2 and 3 threads.
+#[test]
+fn replay_reports_the_same_incidents_on_any_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    let mut rng = support::Rng::new(11);
+    // Several chunks of lines, so chunks are matched out of order and reordered.
+    let text: String = (0..60_000)
+        .map(|i| support::auth_line(i, &mut rng) + "\n")
+        .collect();
+    std::fs::write(&log, text).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let against = dir.path().join("rules-100");
+    support::write_rules(&shipped, &against, 100).unwrap();
+    let report = |threads: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logwarden"))
+            .args(["replay", "--json", "--config"])
+            .arg(dir.path().join("no-config.yaml"))
+            .arg("--rules")
+            .arg(&shipped)
+            .arg("--against")
+            .arg(&against)
+            .args(["--threads", threads])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let fields = report.as_object_mut().unwrap();
+        // How long it took is the only thing allowed to differ.
+        fields.remove("seconds");
+        fields.remove("lines_per_second");
+        report
+    };
+    let one = report("1");
+    assert_eq!(one["lines"], 60_000);
+    let both = one["in_both"].as_array().unwrap().len();
+    assert!(both >= 5, "the comparison needs incidents: {both}");
+    for threads in ["2", "3"] {
+        assert!(
+            report(threads) == one,
+            "--threads {threads} differs from --threads 1"
+        );
+    }
+}
+
+/// A host whose policy forbids memory that is both writable and executable (systemd's
+/// `MemoryDenyWriteExecute`, which the shipped unit sets; here the kernel's per-process
+/// switch) has no PCRE2 JIT: every pattern falls back to the `regex` crate, and every
+/// design still counts exactly the previous design's hits.
+#[test]
+fn without_a_jit_patterns_fall_back_to_the_regex_crate() {
+    const CHILD: &str = "LOGWARDEN_TEST_NO_JIT";
+    if std::env::var_os(CHILD).is_none() {
+        // In a child process: the switch cannot be turned off again.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "without_a_jit_patterns_fall_back_to_the_regex_crate",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        return;
+    }
+    // PR_MDWE_REFUSE_EXEC_GAIN: no mapping may become writable and executable.
+    // SAFETY: prctl with integer arguments only changes this process's memory policy.
+    if unsafe { libc::prctl(libc::PR_SET_MDWE, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "\n!!! this kernel has no PR_SET_MDWE ({}): the no-JIT fallback is not checked here\n",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let regex = logwarden::rules::compile_pattern(r"Failed password for (?P<u>\S+)").unwrap();
+    let capture = CaptureRegex::new(&regex, Engine::Pcre2);
+    assert!(!capture.on_pcre2(), "a JIT was built where W^X is refused");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    support::write_rules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        &rules,
+        10,
+    )
+    .unwrap();
+    let set = Arc::new(RuleSet::load(&[rules], &RuleContext::default()).expect("rules load"));
+    let mut rng = support::Rng::new(3);
+    let lines: Vec<Vec<u8>> = (0..5_000)
+        .map(|i| support::auth_line(i, &mut rng).into_bytes())
+        .collect();
+    assert!(compare(set, &lines) > 1_000);
 }

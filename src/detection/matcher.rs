@@ -1,28 +1,27 @@
 //! Which rules' patterns run on a line: the front end of detection.
 //!
-//! The combined set ([`Front::Set`], what the detector uses): one `regex-automata` meta set
+//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
+//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one
+//! overlapping scan of the line names the patterns that hold a literal of each of their
+//! required sets, and only those, plus the patterns without one, run their capture run
+//! ([`super::capture`]), which is also the match test.
+//!
+//! The combined set ([`Front::Set`], the previous front end): one `regex-automata` meta set
 //! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
 //! way, so its search cache and match set are reused from line to line), whose matches are
-//! the candidates.
-//!
-//! The literal gate ([`Front::Gate`]): every pattern's required literals
-//! ([`super::literals`]) go into one Aho-Corasick automaton per source; one overlapping
-//! scan of the line names the patterns that hold a literal of each of their required sets,
-//! and only those, plus the patterns without one, run their own regex for captures (the
-//! capture run is then also the match test). It counts exactly the same hits
-//! (`tests/front_end.rs`), but measured per line it costs more than the set: the
-//! overlapping scan visits every byte, where the set's search rejects most lines on its
-//! own prefilter (docs/performance.md has the figures). It is kept, selectable, for that
-//! comparison and as the base of a chunk-wide gate.
+//! the candidates. Its search rejects most lines on its own prefilter, where the gate's scan
+//! visits every byte; but with captures on PCRE2 the gate and the capture runs together
+//! cost less than the set and the same runs (docs/performance.md). Both count exactly the
+//! same hits (`tests/front_end.rs`); the set is kept, selectable, for that comparison.
 //!
 //! Rules often share a pattern (a threshold and a sequence step on the same failed login):
 //! each distinct pattern text is gated once and runs its captures at most once per line,
 //! whichever rules it serves.
 
+use super::capture::{CaptureRegex, Engine, Slots};
 use super::{fields, literals};
 use crate::rules::{Rule, RuleSet};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as LiteralMatchKind};
-use regex::bytes::CaptureLocations;
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
@@ -70,16 +69,17 @@ impl PatternFields {
 
     /// Encodes the captures that took part in the match into `captures` and the key into
     /// `key` (a `group_by` capture that did not take part counts as empty).
+    /// `locations` gives each group's span in `line`, if it took part.
     pub fn write(
         &self,
-        locations: &CaptureLocations,
+        locations: impl Fn(usize) -> Option<(usize, usize)>,
         line: &[u8],
         captures: &mut String,
         key: &mut String,
     ) {
         captures.clear();
         key.clear();
-        let value = |group: usize| locations.get(group).map(|(start, end)| &line[start..end]);
+        let value = |group: usize| locations(group).map(|(start, end)| &line[start..end]);
         for (name, group) in &self.captures {
             if let Some(bytes) = value(*group) {
                 fields::push_bytes(captures, name, bytes);
@@ -93,14 +93,41 @@ impl PatternFields {
 
 /// One distinct pattern text: its regex, its capture slots reused for every line, and the
 /// outcome of its capture run on the current line.
+#[derive(Clone)]
 struct SharedPattern {
-    regex: regex::bytes::Regex,
-    locations: CaptureLocations,
+    regex: CaptureRegex,
+    groups: Slots,
     /// Line number ([`SourceMatcher::line`]) the run below belongs to.
     read_at: u64,
     matched: bool,
     /// Every (rule, pattern index) with this text.
     slots: Vec<(usize, usize)>,
+}
+
+/// How a detector's matchers work: how candidate patterns are found, and which engine
+/// runs their captures. Every design counts exactly the same hits (`tests/front_end.rs`);
+/// they differ in cost (docs/performance.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Design {
+    /// How candidates are found.
+    pub front: Front,
+    /// Which engine runs captures.
+    pub engine: Engine,
+}
+
+impl Design {
+    /// The detector's design, chosen by measurement (docs/performance.md): with PCRE2's
+    /// captures, the gate followed directly by the gated patterns' capture runs costs less
+    /// than the combined set.
+    pub const CURRENT: Design = Design {
+        front: Front::Gate,
+        engine: Engine::Pcre2,
+    };
+    /// The design before PCRE2 (benchmarks measure against it in the same run).
+    pub const PREVIOUS: Design = Design {
+        front: Front::Set,
+        engine: Engine::Regex,
+    };
 }
 
 /// How candidate patterns are found for a line.
@@ -115,6 +142,7 @@ pub enum Front {
 
 /// The literal gate of one source: a pattern is a candidate on a line that holds a string
 /// of each of its required sets.
+#[derive(Clone)]
 struct Gate {
     /// Over every distinct required literal; `None` when no pattern has one.
     literals: Option<AhoCorasick>,
@@ -210,7 +238,9 @@ impl Gate {
     }
 }
 
-/// Candidate rules for one source, found in one pass.
+/// Candidate rules for one source, found in one pass. A clone has its own caches and
+/// slots (one per worker thread) and shares the compiled patterns.
+#[derive(Clone)]
 pub struct SourceMatcher {
     /// Front::Set: over the distinct patterns, in [`SourceMatcher::shared`] order. `None`
     /// with the gate, or when the combined set exceeded its budget (every pattern is then
@@ -233,13 +263,14 @@ pub struct SourceMatcher {
 }
 
 impl SourceMatcher {
-    /// The matcher for the rules that read `source`, with the combined set.
+    /// The matcher for the rules that read `source`, of the detector's design.
     pub fn new(rules: &RuleSet, source: &str) -> Self {
-        Self::with_front(rules, source, Front::Set)
+        Self::with_design(rules, source, Design::CURRENT)
     }
 
-    /// The matcher for the rules that read `source`, finding candidates with `front`.
-    pub fn with_front(rules: &RuleSet, source: &str, front: Front) -> Self {
+    /// The matcher for the rules that read `source`, of design `design`.
+    pub fn with_design(rules: &RuleSet, source: &str, design: Design) -> Self {
+        let Design { front, engine } = design;
         let rules: Vec<Arc<Rule>> = rules
             .rules
             .iter()
@@ -258,9 +289,10 @@ impl SourceMatcher {
                     None => {
                         ids.insert(text, texts.len());
                         texts.push(text);
+                        let regex = CaptureRegex::new(&rule.patterns[p], engine);
                         shared.push(SharedPattern {
-                            regex: rule.patterns[p].clone(),
-                            locations: rule.patterns[p].capture_locations(),
+                            groups: regex.slots(),
+                            regex,
                             // Never a line number: the first read always runs.
                             read_at: u64::MAX,
                             matched: false,
@@ -377,13 +409,11 @@ impl SourceMatcher {
         let shared = &mut self.shared[*id];
         if shared.read_at != self.line {
             shared.read_at = self.line;
-            shared.matched = shared
-                .regex
-                .captures_read(&mut shared.locations, line)
-                .is_some();
+            shared.matched = shared.regex.captures(&mut shared.groups, line);
         }
         if shared.matched {
-            fields.write(&shared.locations, line, captures, key);
+            let groups = &shared.groups;
+            fields.write(|group| groups.get(group), line, captures, key);
         }
         shared.matched
     }

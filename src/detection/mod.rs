@@ -1,15 +1,19 @@
 //! Detection: which rules a line matches, and when matches cross a rule's threshold.
 //!
-//! Per line, one multi-pattern pass (a combined set per source, [`matcher`]) finds the
-//! candidate rules; only those run their own regex for captures. Windows run on the lines'
-//! own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
+//! Per line, a literal gate ([`matcher`]) finds the candidate rules; only those run their
+//! pattern for captures ([`capture`]: PCRE2's JIT where it reads the pattern identically,
+//! else the `regex` crate). That matching stage ([`matching`]) holds no state, so it can
+//! run on worker threads; the window stage ([`Detector::apply`]) counts matches in line
+//! order. Windows run on the lines' own timestamps. The detector is pure and synchronous so the daemon, `replay` and `test`
 //! all evaluate lines the same way.
 
+pub mod capture;
 pub mod fields;
 pub mod keys;
 pub mod kinds;
 pub mod literals;
 pub mod matcher;
+pub mod matching;
 pub mod stored;
 pub mod window;
 
@@ -19,7 +23,8 @@ use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
 use keys::KeyTable;
 use kinds::{Event, KeyState, Observed};
-use matcher::{Front, PatternFields, SourceMatcher};
+use matcher::{Design, PatternFields};
+pub use matching::{Found, FoundLine, Matched, Matchers};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -116,17 +121,14 @@ pub type SavedWindow = (WindowId, KeyState);
 /// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
-    /// How each source's matcher finds candidate patterns.
-    front: Front,
-    matchers: FastMap<String, SourceMatcher>,
+    /// The matching stage (per line, no state).
+    matchers: Matchers,
+    /// The current line's matches, reused for every line.
+    found: Found,
     tables: FastMap<String, KeyTable<KeyState>>,
     /// Keys whose state changed since the last store commit, by rule id.
     dirty: FastMap<String, FastSet<Fields>>,
     evicted: BTreeMap<String, u64>,
-    candidates: Vec<(usize, usize)>,
-    /// Encoded captures and key of the current match, reused for every match.
-    capture_text: String,
-    key_text: String,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -193,26 +195,19 @@ impl RuleChange {
 impl Detector {
     /// A detector for these rules and the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
-        Self::with_front(rules, sources, Front::Set)
+        Self::with_design(rules, sources, Design::CURRENT)
     }
 
-    /// A detector whose matchers find candidates with `front` (benchmarks and differential
-    /// tests compare the fronts; they count exactly the same hits).
-    pub fn with_front(rules: Arc<RuleSet>, sources: &[String], front: Front) -> Self {
-        let matchers = sources
-            .iter()
-            .map(|s| (s.clone(), SourceMatcher::with_front(&rules, s, front)))
-            .collect();
+    /// A detector whose matchers are of `design` (benchmarks and differential tests compare
+    /// the designs; they count exactly the same hits).
+    pub fn with_design(rules: Arc<RuleSet>, sources: &[String], design: Design) -> Self {
         Detector {
+            matchers: Matchers::new(rules.clone(), sources, design),
+            found: Found::default(),
             rules,
-            front,
-            matchers,
             tables: FastMap::default(),
             dirty: FastMap::default(),
             evicted: BTreeMap::new(),
-            candidates: Vec::new(),
-            capture_text: String::new(),
-            key_text: String::new(),
         }
     }
 
@@ -249,14 +244,7 @@ impl Detector {
                 }
             }
         }
-        let sources: Vec<String> = self.matchers.keys().cloned().collect();
-        self.matchers = sources
-            .into_iter()
-            .map(|s| {
-                let m = SourceMatcher::with_front(&rules, &s, self.front);
-                (s, m)
-            })
-            .collect();
+        self.matchers = self.matchers.for_rules(rules.clone());
         self.rules = rules;
         change
     }
@@ -274,41 +262,44 @@ impl Detector {
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>, hits: &mut Vec<Hit>) {
-        let source = line.source.as_ref();
-        if !self.matchers.contains_key(source) {
-            let matcher = SourceMatcher::with_front(&self.rules, source, self.front);
-            self.matchers.insert(source.to_string(), matcher);
-        }
+        let mut found = std::mem::take(&mut self.found);
+        found.clear();
+        self.matchers.find(line, &mut found);
+        self.apply(line, time, found.line(0), hits);
+        self.found = found;
+    }
+
+    /// A copy of this detector's matching stage, for a worker thread: what it finds on a
+    /// line, [`Detector::apply`] counts exactly as [`Detector::observe`] would.
+    pub fn matchers(&self) -> Matchers {
+        self.matchers.clone()
+    }
+
+    /// The window stage: counts the matches `found` on `line` at time `time` (by this
+    /// detector's [`Matchers`], or a copy of them), appending counted matches to `hits`.
+    /// Lines must come in the order they would be observed.
+    pub fn apply(
+        &mut self,
+        line: &LogLine,
+        time: DateTime<Utc>,
+        found: FoundLine<'_>,
+        hits: &mut Vec<Hit>,
+    ) {
         let Detector {
-            matchers,
             tables,
             dirty,
             evicted: evictions,
-            candidates,
-            capture_text,
-            key_text,
             ..
         } = self;
-        let matcher = matchers.get_mut(source).expect("present");
-        if matcher.rules.is_empty() {
-            return;
-        }
-        matcher.candidates(&line.bytes, candidates);
         let time_ms = time.timestamp_millis();
         // Made at the line's first counted match and shared by the others.
         let mut line_evidence: Option<Evidence> = None;
-        for &(index, step) in candidates.iter() {
-            if !matcher.read(index, step, &line.bytes, capture_text, key_text) {
-                continue;
-            }
-            let rule = &matcher.rules[index];
+        for matched in found.matches {
+            let rule = &matched.rule;
+            let step = matched.step;
+            let capture_text = &found.text[matched.captures.clone()];
+            let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
-            if rule
-                .excluded_by(&line.bytes, |name| captures.get(name))
-                .is_some()
-            {
-                continue;
-            }
             let evidence = line_evidence
                 .get_or_insert_with(|| Evidence::from_line(line, time))
                 .clone();
@@ -500,7 +491,7 @@ pub fn read_match(rule: &Rule, step: usize, line: &[u8]) -> Option<(Fields, Fiel
     let mut locations = regex.capture_locations();
     regex.captures_read(&mut locations, line)?;
     let (mut captures, mut key) = (String::new(), String::new());
-    PatternFields::new(rule, step).write(&locations, line, &mut captures, &mut key);
+    PatternFields::new(rule, step).write(|g| locations.get(g), line, &mut captures, &mut key);
     Some((Fields::from_encoded(&captures), Fields::from_encoded(&key)))
 }
 

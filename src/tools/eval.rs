@@ -6,7 +6,8 @@
 //! time: absence rules are advanced to the exact moment a gap opens, state is expired as
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
-use crate::detection::Detector;
+use crate::detection::matcher::Design;
+use crate::detection::{Detector, FoundLine, Matchers};
 use crate::engine::{Engine, Stamp};
 use crate::incidents::{Incident, IncidentBook, IncidentEvent};
 use crate::rules::RuleSet;
@@ -35,9 +36,14 @@ pub struct Evaluation {
 impl Evaluation {
     /// An evaluation of `rules` for lines of the named sources.
     pub fn new(rules: Arc<RuleSet>, sources: &[String]) -> Self {
+        Self::with_design(rules, sources, Design::CURRENT)
+    }
+
+    /// An evaluation whose detector is of `design` (benchmarks compare designs).
+    pub fn with_design(rules: Arc<RuleSet>, sources: &[String], design: Design) -> Self {
         Evaluation {
             engine: Engine::new(
-                Detector::new(rules, sources),
+                Detector::with_design(rules, sources, design),
                 IncidentBook::empty(),
                 Stamp::Match,
             ),
@@ -57,12 +63,31 @@ impl Evaluation {
     /// Evaluates one line at its time. Lines should come in time order (as merged by
     /// [`crate::tools::input`]); a late line is judged like the daemon judges one.
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>) {
-        if self.watermark.is_none_or(|w| time > w) {
-            self.clock_to(time);
-        }
+        self.clock_before(time);
         self.engine
             .observe(line, time, &mut self.events, &mut |_| {});
         self.keep_events();
+    }
+
+    /// Like [`Evaluation::observe`], with the line's matches already found by a copy of
+    /// [`Evaluation::matchers`] (on a worker thread).
+    pub fn observe_found(&mut self, line: &LogLine, time: DateTime<Utc>, found: FoundLine<'_>) {
+        self.clock_before(time);
+        self.engine
+            .observe_found(line, time, found, &mut self.events, &mut |_| {});
+        self.keep_events();
+    }
+
+    /// A copy of the matching stage, for a worker thread.
+    pub fn matchers(&self) -> Matchers {
+        self.engine.matchers()
+    }
+
+    /// Runs the clock to a line's time before the line counts.
+    fn clock_before(&mut self, time: DateTime<Utc>) {
+        if self.watermark.is_none_or(|w| time > w) {
+            self.clock_to(time);
+        }
     }
 
     /// Lets log time run to `now` with no lines: absence gaps due by then open at the

@@ -5,6 +5,7 @@
 //! detector and incident book with the lines' times as the clock: what they report is what
 //! the daemon would have done, with no store and no notifications.
 
+pub mod chunks;
 pub mod eval;
 pub mod explain;
 pub mod input;

@@ -5,10 +5,12 @@
 //! memory, and nothing is notified. `--against` evaluates a second rule set in the same
 //! pass, so a team sees what a threshold change does before shipping it.
 
+use super::chunks;
 use super::eval::Evaluation;
-use super::input::{LogReader, LogSpec, merge};
+use super::input::{LogReader, LogSpec};
 use super::progress::Progress;
 use crate::config::{DEFAULT_CONFIG_PATH, SourceConfig, absolute_clean};
+use crate::detection::matcher::Design;
 use crate::incidents::Incident;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -46,6 +48,15 @@ pub struct ReplayArgs {
     /// rfc3339, clf, epoch or a strftime pattern).
     #[arg(long, value_name = "FORMAT", default_value = "syslog")]
     pub timestamp: String,
+    /// Worker threads that find matches (the gate and captures), while one stage counts
+    /// them in input order: the incidents are the same with any number. Default: the
+    /// available cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// The detector's design before PCRE2 and the gate (`previous`), for benchmarks that
+    /// measure both in the same run.
+    #[arg(long, hide = true, value_parser = ["current", "previous"], default_value = "current")]
+    pub design: String,
     /// Log files, plain or gzip-compressed.
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
@@ -92,19 +103,24 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         total += std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     }
     let sources: Vec<String> = sources_config.iter().map(|s| s.name.clone()).collect();
-    let mut a = Evaluation::new(rules_a, &sources);
-    let mut b = rules_b.map(|rules| Evaluation::new(rules, &sources));
+    let design = match args.design.as_str() {
+        "previous" => Design::PREVIOUS,
+        _ => Design::CURRENT,
+    };
+    let mut a = Evaluation::with_design(rules_a, &sources, design);
+    let mut b = rules_b.map(|rules| Evaluation::with_design(rules, &sources, design));
     let mut progress = Progress::new(read, total);
     let mut lines = 0u64;
     let started = Instant::now();
-    let merged = merge(readers, |line, time| {
-        lines += 1;
-        a.observe(line, time);
-        if let Some(b) = &mut b {
-            b.observe(line, time);
-        }
-        if lines.is_multiple_of(PROGRESS_EVERY) {
-            progress.tick(lines);
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let mut evaluations: Vec<&mut Evaluation> = std::iter::once(&mut a).chain(b.as_mut()).collect();
+    let merged = chunks::evaluate(readers, &mut evaluations, threads, |n| {
+        lines = n;
+        if n.is_multiple_of(PROGRESS_EVERY) {
+            progress.tick(n);
         }
     });
     progress.finish();

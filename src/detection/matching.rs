@@ -1,0 +1,144 @@
+//! The matching stage of detection: per line, which rules' patterns matched, with their
+//! captures and key, and none of the window state. It depends on nothing but the line, so
+//! copies of it run on worker threads over chunks of lines while one stage
+//! ([`super::Detector::apply`]) counts their matches in input order: the result is the
+//! same as one thread's.
+
+use super::matcher::{Design, SourceMatcher};
+use super::{FastMap, FieldsView};
+use crate::rules::{Rule, RuleSet};
+use crate::sources::LogLine;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// One counted-to-be match: its rule, which of its patterns, and its encoded captures and
+/// key as ranges of [`Found`]'s text.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    /// The rule.
+    pub rule: Arc<Rule>,
+    /// Which of the rule's patterns matched (a sequence's step).
+    pub step: usize,
+    /// The captures that took part, encoded as [`super::fields`].
+    pub captures: Range<usize>,
+    /// The rule's key, encoded the same way.
+    pub key: Range<usize>,
+}
+
+/// The matches of a run of lines, line by line, in buffers reused from run to run.
+#[derive(Debug, Default)]
+pub struct Found {
+    text: String,
+    matches: Vec<Matched>,
+    /// Per line: the end of its matches in `matches`.
+    ends: Vec<usize>,
+}
+
+/// The matches of one line, as [`Found::line`] hands them out.
+#[derive(Debug, Clone, Copy)]
+pub struct FoundLine<'a> {
+    /// Its matches, in the order the detector counts them.
+    pub matches: &'a [Matched],
+    /// The text their ranges point into.
+    pub text: &'a str,
+}
+
+impl Found {
+    /// Empties it, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.matches.clear();
+        self.ends.clear();
+    }
+
+    /// Lines recorded.
+    pub fn lines(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The matches of the `i`-th line recorded.
+    pub fn line(&self, i: usize) -> FoundLine<'_> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        FoundLine {
+            matches: &self.matches[start..self.ends[i]],
+            text: &self.text,
+        }
+    }
+}
+
+/// Finds the matches of lines of any source: one [`SourceMatcher`] per source, made on the
+/// first line of that source.
+#[derive(Clone)]
+pub struct Matchers {
+    rules: Arc<RuleSet>,
+    design: Design,
+    by_source: FastMap<String, SourceMatcher>,
+    candidates: Vec<(usize, usize)>,
+    /// Encoded captures and key of the current match, reused for every match.
+    capture_text: String,
+    key_text: String,
+}
+
+impl Matchers {
+    /// Matchers of `design` for `rules`, made ahead for the named sources.
+    pub fn new(rules: Arc<RuleSet>, sources: &[String], design: Design) -> Self {
+        let by_source = sources
+            .iter()
+            .map(|s| (s.clone(), SourceMatcher::with_design(&rules, s, design)))
+            .collect();
+        Matchers {
+            rules,
+            design,
+            by_source,
+            candidates: Vec::new(),
+            capture_text: String::new(),
+            key_text: String::new(),
+        }
+    }
+
+    /// The same sources' matchers for another rule set.
+    pub fn for_rules(&self, rules: Arc<RuleSet>) -> Self {
+        let sources: Vec<String> = self.by_source.keys().cloned().collect();
+        Self::new(rules, &sources, self.design)
+    }
+
+    /// Records the matches of `line` as the next line of `found`: every candidate pattern
+    /// that matches and whose rule's exceptions (`ignore`, `allow`, `only`) do not exclude
+    /// it, in the order the detector counts them.
+    pub fn find(&mut self, line: &LogLine, found: &mut Found) {
+        let source = line.source.as_ref();
+        if !self.by_source.contains_key(source) {
+            let matcher = SourceMatcher::with_design(&self.rules, source, self.design);
+            self.by_source.insert(source.to_string(), matcher);
+        }
+        let matcher = self.by_source.get_mut(source).expect("present");
+        if !matcher.rules.is_empty() {
+            matcher.candidates(&line.bytes, &mut self.candidates);
+            for &(index, step) in &self.candidates {
+                let (captures, key) = (&mut self.capture_text, &mut self.key_text);
+                if !matcher.read(index, step, &line.bytes, captures, key) {
+                    continue;
+                }
+                let rule = &matcher.rules[index];
+                let view = FieldsView::new(captures);
+                if rule
+                    .excluded_by(&line.bytes, |name| view.get(name))
+                    .is_some()
+                {
+                    continue;
+                }
+                let start = found.text.len();
+                found.text.push_str(captures);
+                let middle = found.text.len();
+                found.text.push_str(key);
+                found.matches.push(Matched {
+                    rule: rule.clone(),
+                    step,
+                    captures: start..middle,
+                    key: middle..found.text.len(),
+                });
+            }
+        }
+        found.ends.push(found.matches.len());
+    }
+}
