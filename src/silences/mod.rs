@@ -131,6 +131,18 @@ impl Silence {
         format!("{number:020}").into_bytes()
     }
 
+    /// Puts the silence into `batch` under its number (the single writer does this with the
+    /// decision's other effects).
+    pub fn put(&self, batch: &mut store::Batch) -> Result<(), StoreError> {
+        let number = Silence::number(&self.id).ok_or_else(|| {
+            StoreError::Record(serde::de::Error::custom(format!(
+                "not a silence id: {}",
+                self.id
+            )))
+        })?;
+        batch.put(Space::Silences, &Silence::key(number), self)
+    }
+
     fn number(id: &str) -> Option<u64> {
         crate::ids::number(crate::ids::SILENCE, id)
     }
@@ -200,13 +212,12 @@ impl Silences {
             .find(|s| s.state(now) == "active" && s.matchers.matches(incident))
     }
 
-    /// Validates and adds a silence to `batch`.
+    /// Validates a new silence; the caller stores the one returned.
     pub fn create(
         &mut self,
         new: NewSilence,
         author: &str,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
     ) -> Result<Silence, String> {
         if new.matchers.is_empty() {
             return Err("a silence needs at least one matcher (rule, key or labels)".into());
@@ -244,34 +255,20 @@ impl Silences {
             expired_at: None,
             expired_by: None,
         };
-        batch
-            .put(Space::Silences, &Silence::key(number), &silence)
-            .map_err(|e| e.to_string())?;
         self.next_number += 1;
         self.live.insert(number, silence.clone());
         Ok(silence)
     }
 
-    /// Expires a silence by hand; `None` when no live silence has this id.
-    pub fn expire(
-        &mut self,
-        id: &str,
-        actor: &str,
-        now: DateTime<Utc>,
-        batch: &mut store::Batch,
-    ) -> Result<Option<Silence>, StoreError> {
-        let Some(number) = Silence::number(id).filter(|n| self.live.contains_key(n)) else {
-            return Ok(None);
-        };
-        self.finish(number, actor, now, batch).map(Some)
+    /// Expires a silence by hand; `None` when no live silence has this id. The caller
+    /// stores the one returned.
+    pub fn expire(&mut self, id: &str, actor: &str, now: DateTime<Utc>) -> Option<Silence> {
+        let number = Silence::number(id).filter(|n| self.live.contains_key(n))?;
+        Some(self.finish(number, actor, now))
     }
 
-    /// Records the end of every silence whose `ends_at` has passed.
-    pub fn expire_due(
-        &mut self,
-        now: DateTime<Utc>,
-        batch: &mut store::Batch,
-    ) -> Result<Vec<Silence>, StoreError> {
+    /// The end of every silence whose `ends_at` has passed; the caller stores them.
+    pub fn expire_due(&mut self, now: DateTime<Utc>) -> Vec<Silence> {
         let due: Vec<(u64, DateTime<Utc>)> = self
             .live
             .iter()
@@ -279,22 +276,15 @@ impl Silences {
             .map(|(n, s)| (*n, s.ends_at))
             .collect();
         due.into_iter()
-            .map(|(n, end)| self.finish(n, "logwarden", end, batch))
+            .map(|(n, end)| self.finish(n, "logwarden", end))
             .collect()
     }
 
-    fn finish(
-        &mut self,
-        number: u64,
-        actor: &str,
-        at: DateTime<Utc>,
-        batch: &mut store::Batch,
-    ) -> Result<Silence, StoreError> {
+    fn finish(&mut self, number: u64, actor: &str, at: DateTime<Utc>) -> Silence {
         let mut silence = self.live.remove(&number).expect("live silence");
         silence.expired_at = Some(at);
         silence.expired_by = Some(actor.to_string());
-        batch.put(Space::Silences, &Silence::key(number), &silence)?;
-        Ok(silence)
+        silence
     }
 }
 
@@ -329,28 +319,32 @@ mod tests {
             reason: "maintenance".into(),
         };
         let mut b = store::Batch::new();
-        assert!(
-            s.create(new(Matchers::default()), "boss", now, &mut b)
-                .is_err()
-        );
+        assert!(s.create(new(Matchers::default()), "boss", now).is_err());
         let other_ip = Matchers {
             key: BTreeMap::from([("ip".into(), "198.51.100.1".into())]),
             ..Matchers::default()
         };
-        s.create(new(other_ip), "boss", now, &mut b).unwrap();
+        s.create(new(other_ip), "boss", now)
+            .unwrap()
+            .put(&mut b)
+            .unwrap();
         assert!(s.covering(&incident, now).is_none());
         let ours = Matchers {
             rule: Some("ssh-bruteforce".into()),
             labels: BTreeMap::from([("team".into(), "security".into())]),
             ..Matchers::default()
         };
-        let made = s.create(new(ours), "boss", now, &mut b).unwrap();
+        let made = s.create(new(ours), "boss", now).unwrap();
+        made.put(&mut b).unwrap();
         assert_eq!(made.id, "SIL-2");
         assert_eq!(s.covering(&incident, now).unwrap().id, "SIL-2");
         let later = now + chrono::Duration::hours(1);
         assert!(s.covering(&incident, later).is_none());
-        let ended = s.expire_due(later, &mut b).unwrap();
+        let ended = s.expire_due(later);
         assert_eq!(ended.len(), 2);
+        for silence in &ended {
+            silence.put(&mut b).unwrap();
+        }
         assert_eq!(ended[0].expired_by.as_deref(), Some("logwarden"));
         store.commit(b).unwrap();
         let again = Silences::load(&store).unwrap();
