@@ -140,6 +140,8 @@ mod tests {
             created_at: now,
             expired_at: None,
             expired_by: None,
+            schedule: None,
+            open_window: None,
         };
         let mut effects = Effects::default();
         effects.store(Record::Silence(silence("SIL-1")));

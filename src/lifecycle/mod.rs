@@ -667,6 +667,17 @@ impl Desk {
     /// The clock: records silences that ended and fires the escalation steps now due.
     /// Returns whether it decided notifications.
     pub fn tick(&mut self, book: &mut IncidentBook, outbox: &Outbox, now: DateTime<Utc>) -> bool {
+        // Windows first: a window cut by its silence's end closes before the silence ends.
+        for change in self.silences.windows_due(now) {
+            let (event, verb) = if change.opened {
+                ("silence.window_opened", "opened")
+            } else {
+                ("silence.window_closed", "closed")
+            };
+            tracing::info!(silence = %change.silence.id, starts_at = %change.window.starts_at, ends_at = %change.window.ends_at, "silence window {verb}");
+            self.note(window_entry(event, DAEMON, &change.silence, change.window));
+            self.effects.store(Record::Silence(change.silence));
+        }
         for s in self.silences.expire_due(now) {
             tracing::info!(silence = %s.id, "silence ended");
             self.note(Entry::new(
@@ -888,6 +899,7 @@ impl Desk {
                         "starts_at": silence.starts_at,
                         "ends_at": silence.ends_at,
                         "reason": silence.reason,
+                        "schedule": silence.schedule,
                     }),
                 ));
                 Ok(Done {
@@ -896,6 +908,7 @@ impl Desk {
                 })
             }
             Request::ExpireSilence(id) => {
+                let open = self.silences.open_window(&id);
                 let silence = self
                     .silences
                     .expire(&id, actor, now)
@@ -908,6 +921,9 @@ impl Desk {
                     None,
                     json!({"id": silence.id, "ends_at": silence.ends_at, "by": actor}),
                 ));
+                if let Some(window) = open {
+                    self.note(window_entry("silence.window_closed", actor, &silence, window));
+                }
                 Ok(Done {
                     reply: silence.to_json(now),
                     kpis: Vec::new(),
@@ -1031,6 +1047,29 @@ impl Desk {
             kpis: applied.kpis,
         })
     }
+}
+
+/// The audit entry of a scheduled silence's window opening or closing: which silence, the
+/// window, and the approval it rests on (author, reason).
+fn window_entry(
+    event: &str,
+    actor: &str,
+    silence: &crate::silences::Silence,
+    window: crate::silences::Window,
+) -> Entry {
+    Entry::new(
+        event,
+        actor,
+        None,
+        json!({
+            "id": silence.id,
+            "window": window,
+            "matchers": silence.matchers,
+            "schedule": silence.schedule,
+            "author": silence.author,
+            "reason": silence.reason,
+        }),
+    )
 }
 
 fn join(set: &BTreeSet<String>) -> String {
