@@ -922,7 +922,12 @@ impl Desk {
                     json!({"id": silence.id, "ends_at": silence.ends_at, "by": actor}),
                 ));
                 if let Some(window) = open {
-                    self.note(window_entry("silence.window_closed", actor, &silence, window));
+                    self.note(window_entry(
+                        "silence.window_closed",
+                        actor,
+                        &silence,
+                        window,
+                    ));
                 }
                 Ok(Done {
                     reply: silence.to_json(now),

@@ -101,7 +101,11 @@ pub fn run(args: SilencesArgs) -> ExitCode {
         };
         crate::outln!("{}: {} {word} {end}", text(s, "id"), text(s, "state"));
         if s["schedule"].is_object() {
-            crate::outln!("  {}; next window: {}", schedule_text(&s["schedule"]), window_text(s));
+            crate::outln!(
+                "  {}; next window: {}",
+                schedule_text(&s["schedule"]),
+                window_text(s)
+            );
         }
     };
     match &args.command {

@@ -146,8 +146,7 @@ impl Silence {
             "expired"
         } else if now < self.starts_at {
             "pending"
-        } else if self.schedule.is_some()
-            && !self.next_window(now).is_some_and(|w| w.contains(now))
+        } else if self.schedule.is_some() && !self.next_window(now).is_some_and(|w| w.contains(now))
         {
             "pending"
         } else {
@@ -215,7 +214,8 @@ impl Silence {
             o.remove("open_window");
         }
         if self.schedule.is_some() {
-            v["next_window"] = serde_json::to_value(self.next_window(now)).expect("windows serialise");
+            v["next_window"] =
+                serde_json::to_value(self.next_window(now)).expect("windows serialise");
         }
         v
     }
@@ -519,7 +519,10 @@ mod tests {
         };
         assert_eq!(made.state(now), "pending");
         assert_eq!(made.next_window(now), Some(wed));
-        assert_eq!(made.to_json(now)["next_window"]["starts_at"], "2026-01-07T22:00:00Z");
+        assert_eq!(
+            made.to_json(now)["next_window"]["starts_at"],
+            "2026-01-07T22:00:00Z"
+        );
         assert!(s.covering(&incident, now).is_none());
         assert!(s.windows_due(now).is_empty());
 
