@@ -22,6 +22,8 @@ pub struct SilencesArgs {
 
 /// Silence operations.
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of `Add` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SilencesCommand {
     /// Create a silence (needs an approver token).
     Add {

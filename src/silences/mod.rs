@@ -144,9 +144,8 @@ impl Silence {
     pub fn state(&self, now: DateTime<Utc>) -> &'static str {
         if self.expired_at.is_some() || now >= self.ends_at {
             "expired"
-        } else if now < self.starts_at {
-            "pending"
-        } else if self.schedule.is_some() && !self.next_window(now).is_some_and(|w| w.contains(now))
+        } else if now < self.starts_at
+            || (self.schedule.is_some() && !self.next_window(now).is_some_and(|w| w.contains(now)))
         {
             "pending"
         } else {
