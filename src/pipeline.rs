@@ -420,6 +420,18 @@ impl Pipeline {
             .write(&self.store, &self.outbox, commit)
     }
 
+    /// The book's changed incidents and the desk's decisions, into `batch` (a command's or
+    /// a containment outcome's commit).
+    fn write_changes_and_effects(
+        &mut self,
+        batch: &mut store::Batch,
+    ) -> Result<crate::lifecycle::effects::Written, StoreError> {
+        self.engine
+            .book_mut()
+            .write_changes(&self.store, batch, &mut self.evidence)?;
+        self.write_effects(batch)
+    }
+
     /// A step's effects could not be put into a commit: nothing of the step is stored (its
     /// lines' checkpoints do not advance), and the in-memory state is ahead of the store,
     /// so the pipeline stops here rather than go on with a gap: `/readyz` answers 503, the
@@ -488,11 +500,7 @@ impl Pipeline {
                 Utc::now(),
             ),
         };
-        let built = self
-            .engine
-            .book_mut()
-            .write_changes(&self.store, &mut batch, &mut self.evidence)
-            .and_then(|()| self.write_effects(&mut batch));
+        let built = self.write_changes_and_effects(&mut batch);
         let audit = match built {
             Ok(written) => written.audit,
             Err(e) => {
@@ -563,11 +571,7 @@ impl Pipeline {
             Ok(kpis) => kpis,
             Err(e) => return self.cannot_build(e),
         };
-        let built = self
-            .engine
-            .book_mut()
-            .write_changes(&self.store, &mut batch, &mut self.evidence)
-            .and_then(|()| self.write_effects(&mut batch));
+        let built = self.write_changes_and_effects(&mut batch);
         let audit = match built {
             Ok(written) => written.audit,
             Err(e) => return self.cannot_build(e),

@@ -149,6 +149,20 @@ fn wait_until(what: &str, at: chrono::DateTime<chrono::Utc>) {
     wait_for(what, WAIT, || (now() >= at).then_some(()));
 }
 
+/// `GET /api/v1/silences` as an approver.
+fn silences(s: &Setup) -> Value {
+    let r = http(
+        "GET",
+        s.port,
+        "/api/v1/silences",
+        Some(&token(s, "boss")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
 fn audit_records(s: &Setup) -> Vec<Value> {
     let r = http(
         "GET",
@@ -870,15 +884,7 @@ fn a_silence_mutes_notifications_but_not_the_record_and_a_close_still_resolves()
 
     // SIL-2 ends by itself; SIL-1 is expired by hand.
     let list = wait_for("SIL-2 to expire by itself", WAIT, || {
-        let r = http(
-            "GET",
-            s.port,
-            "/api/v1/silences",
-            Some(&token(&s, "boss")),
-            None,
-        )
-        .unwrap();
-        let list = r.json();
+        let list = silences(&s);
         (list
             .as_array()
             .unwrap()
@@ -1531,16 +1537,7 @@ fn a_scheduled_silence_mutes_inside_its_window_and_audits_its_opening_and_closin
     assert_eq!(muted["silenced_by"], "SIL-1");
 
     // Listed with their next windows: the later one today (or tomorrow, past midnight).
-    let r = http(
-        "GET",
-        s.port,
-        "/api/v1/silences",
-        Some(&token(&s, "boss")),
-        None,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    let list = r.json();
+    let list = silences(&s);
     let sil = |id: &str| {
         list.as_array()
             .unwrap()
@@ -1613,4 +1610,53 @@ fn a_scheduled_silence_mutes_inside_its_window_and_audits_its_opening_and_closin
     // The later window has not taken effect: no record of it.
     assert!(!records.iter().any(|r| r["details"]["id"] == "SIL-2"
         && r["event"].as_str().unwrap().starts_with("silence.window")));
+}
+
+/// A decision whose record cannot be written fails its whole commit, loudly: the request
+/// gets a 500, `/readyz` answers 503 until the daemon stops (non-zero, naming what was not
+/// stored), and nothing of the decision is stored: after a restart neither the silence nor
+/// its audit record exists, and what was stored before is intact.
+#[test]
+fn an_effect_that_cannot_be_written_fails_the_commit_and_stores_nothing_of_it() {
+    let s = setup("low", "");
+    let mut d = s.start_with_env(&[("LOGWARDEN_TEST_UNWRITABLE", "UNWRITABLE")]);
+    let body = |reason: &str| {
+        json!({"matchers": {"rule": "marker"}, "duration": "1h", "reason": reason}).to_string()
+    };
+    let r = post(&s, "boss", "/api/v1/silences", &body("planned work"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post(&s, "boss", "/api/v1/silences", &body("UNWRITABLE work"));
+    assert_eq!(r.status, 500, "{}", r.body);
+    let mut saw_503 = false;
+    let status = wait_for("the daemon to stop", WAIT, || {
+        if let Ok(r) = http("GET", d.port, "/readyz", None, None)
+            && r.status == 503
+        {
+            saw_503 = true;
+        }
+        d.child.try_wait().unwrap()
+    });
+    assert!(!status.success(), "exited with {status}:\n{}", d.log());
+    assert!(
+        d.log().contains("cannot build the store commit")
+            && d.log().contains("injected write failure"),
+        "{}",
+        d.log()
+    );
+    assert!(saw_503, "/readyz never answered 503:\n{}", d.log());
+
+    let _d = s.start();
+    let ids: Vec<Value> = silences(&s)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("SIL-1")]);
+    let created: Vec<Value> = audit_records(&s)
+        .into_iter()
+        .filter(|r| r["event"] == "silence.created")
+        .map(|r| r["details"]["reason"].clone())
+        .collect();
+    assert_eq!(created, [json!("planned work")]);
 }

@@ -11,7 +11,7 @@
 use crate::audit::Entry;
 use crate::containment::Containment;
 use crate::escalation::{Tracker, tracker_key};
-use crate::incidents::Incident;
+use crate::incidents::{Incident, IncidentEvent};
 use crate::notification::{Notice, Outbox};
 use crate::silences::Silence;
 use crate::store::{self, Space, Store, StoreError};
@@ -48,11 +48,15 @@ pub struct Written {
 }
 
 impl Effects {
-    /// Notifications of an event to enqueue; returns the receivers, for the audit record.
-    pub fn notify(&mut self, notice: Notice) -> Vec<String> {
-        let receivers = notice.receivers.clone();
+    /// Notifications of an event to `receivers` (as routed by [`Outbox::route`]) to
+    /// enqueue; returns the receivers, for the audit record. The event is copied only when
+    /// someone hears it (most count updates notify nobody).
+    pub fn notify(&mut self, event: &IncidentEvent, receivers: Vec<String>) -> Vec<String> {
         if !receivers.is_empty() {
-            self.notices.push(notice);
+            self.notices.push(Notice {
+                event: event.clone(),
+                receivers: receivers.clone(),
+            });
         }
         receivers
     }
@@ -95,6 +99,11 @@ impl Effects {
             match record {
                 Record::Tracker(t) => {
                     batch.put(Space::Escalations, &tracker_key(&t.incident), t)?
+                }
+                Record::Silence(s) if crate::supervise::test_unwritable(&s.reason) => {
+                    return Err(StoreError::Record(serde::ser::Error::custom(
+                        "LOGWARDEN_TEST_UNWRITABLE: injected write failure",
+                    )));
                 }
                 Record::Silence(s) => s.put(batch)?,
                 Record::Containment(c) => batch.put(Space::Containments, c.key().as_bytes(), c)?,

@@ -661,7 +661,8 @@ impl Desk {
         receivers: &BTreeSet<String>,
         muted: bool,
     ) -> Vec<String> {
-        self.effects.notify(outbox.route(event, receivers, muted))
+        let routed = outbox.route(event, receivers, muted);
+        self.effects.notify(event, routed)
     }
 
     /// The clock: records silences that ended and fires the escalation steps now due.

@@ -283,16 +283,15 @@ impl Outbox {
     }
 
     /// Decides who hears an event: those of `candidates` that hear it (see
-    /// [`Router::deliverable`]). Nothing is written: [`Outbox::write`] stores the notice
-    /// in the commit that also stores the event's incident change.
+    /// [`Router::deliverable`]), sorted. Nothing is written: [`Outbox::write`] stores the
+    /// [`Notice`] in the commit that also stores the event's incident change.
     pub fn route<'a>(
         &self,
         event: &IncidentEvent,
         candidates: impl IntoIterator<Item = &'a String>,
         muted: bool,
-    ) -> Notice {
-        let receivers = self
-            .router
+    ) -> Vec<String> {
+        self.router
             .deliverable(
                 event.kind,
                 candidates.into_iter().map(String::as_str),
@@ -300,11 +299,7 @@ impl Outbox {
             )
             .into_iter()
             .map(str::to_string)
-            .collect();
-        Notice {
-            event: event.clone(),
-            receivers,
-        }
+            .collect()
     }
 
     /// [`Outbox::route`] and [`Outbox::write`] at once, for callers that own a batch.
@@ -317,7 +312,10 @@ impl Outbox {
         candidates: impl IntoIterator<Item = &'a String>,
         muted: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let notice = self.route(event, candidates, muted);
+        let notice = Notice {
+            event: event.clone(),
+            receivers: self.route(event, candidates, muted),
+        };
         self.write(batch, &notice)?;
         Ok(notice.receivers)
     }
