@@ -99,6 +99,17 @@
             description: 'Critical incidents have stayed open without acknowledgement longer than the SLA: `logwarden incidents list --severity critical --state open`.',
           },
         },
+        {
+          alert: 'LogwardenSLAMissed',
+          // The incident's severity as `incident_severity`: the alert's own `severity` is
+          // how urgent the alert is.
+          expr: 'label_replace(sum by (%(hostLabel)s, severity, stage) (increase(logwarden_incident_sla_outcomes_total{%(selector)s, outcome="missed", drill="false"}[1h])) > 0, "incident_severity", "$1", "severity", "(.*)")' % c,
+          labels: { severity: 'warning' },
+          annotations: {
+            summary: 'A {{ $labels.incident_severity }} incident on {{ $labels.%(hostLabel)s }} missed its {{ $labels.stage }} SLA' % c,
+            description: 'An incident reached the {{ $labels.stage }} stage later than `slas:` allows for its severity; the population export (`logwarden audit export --format population`) names it.',
+          },
+        },
       ],
     }],
   },
@@ -123,7 +134,15 @@
           ||| % { k: k.name, s: c.selector, w: c.kpiWindow },
         }]
         for k in kpis
-      ]),
+      ]) + [{
+        // Share of stages reached within their SLA (`slas:` in the config), drills excluded.
+        record: 'severity_stage:logwarden_incident_sla_outcomes:met_ratio_%s' % c.kpiWindow,
+        expr: |||
+          sum by (severity, stage) (increase(logwarden_incident_sla_outcomes_total{%(s)s, outcome="met", drill="false"}[%(w)s]))
+          /
+          sum by (severity, stage) (increase(logwarden_incident_sla_outcomes_total{%(s)s, drill="false"}[%(w)s]))
+        ||| % { s: c.selector, w: c.kpiWindow },
+      }],
     }],
   },
 
@@ -225,7 +244,10 @@
                 ], 12, 18, stack=true),
                 panel(22, 'Incidents opened per rule', 'Incidents opened in each interval, by rule.', 'short', [
                   target('sum by (rule) (increase(logwarden_incidents_opened_total{%s}[$__rate_interval]))' % sel, '{{rule}}'),
-                ], 0, 26, w=24, stack=true),
+                ], 0, 26, stack=true),
+                panel(23, 'SLA outcomes', 'Lifecycle stages reached within (met) or after (missed) the SLA `slas:` sets for the severity, per interval (drills excluded).', 'short', [
+                  target('sum by (severity, stage, outcome) (increase(logwarden_incident_sla_outcomes_total{%s, drill="false"}[$__rate_interval]))' % sel, '{{severity}} {{stage}} {{outcome}}'),
+                ], 12, 26, stack=true),
                 row(3, 'Notifications', 34),
                 panel(30, 'Notification failures', 'Failed attempts (retried), given up (dead) and failed re-sends per second, by receiver.', 'reqps', [
                   target('sum by (receiver, outcome) (rate(logwarden_notifications_total{%s, outcome=~"retried|dead|resend_failed"}[$__rate_interval]))' % sel, '{{receiver}} {{outcome}}'),

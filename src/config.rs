@@ -10,12 +10,14 @@ use crate::sources::timestamp::TimestampFormat;
 pub use actions::{
     ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
 };
+pub use audit::AuditConfig;
 pub use escalation::{EscalationStep, PolicyConfig, Until};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 mod actions;
+mod audit;
 mod escalation;
 mod receivers;
 pub use receivers::{
@@ -79,6 +81,13 @@ pub struct Config {
     /// `contained` (actor `logwarden`).
     #[serde(default = "yes")]
     pub contain_moves_state: bool,
+    /// Signed chain heads: the key, how often, and where the last one is kept.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+    /// Response SLAs per severity (acknowledge, contain, resolve), judged in the population
+    /// export and counted in `logwarden_incident_sla_outcomes_total`.
+    #[serde(default)]
+    pub slas: crate::sla::Slas,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -115,7 +124,7 @@ fn default_listen() -> String {
     "127.0.0.1:9733".to_string()
 }
 
-/// API settings.
+/// API settings: who may call the API, since it can acknowledge and close incidents.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -454,6 +463,9 @@ impl Config {
                 resolve(p);
             }
         }
+        if let Some(audit) = &mut self.audit {
+            audit.resolve_paths(resolve);
+        }
     }
 
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
@@ -581,7 +593,11 @@ impl Config {
                 }
             }
             if let Err(e) = source.time_format().validate() {
-                problems.push(Diagnostic::at(path, loc.key_in_block(at, "timestamp"), e));
+                problems.push(Diagnostic::at(
+                    path,
+                    loc.key_in_block(at, "timestamp"),
+                    e.to_string(),
+                ));
             }
         }
         let (receiver_problems, receiver_names) =
@@ -602,6 +618,7 @@ impl Config {
         }
         problems.extend(escalation::validate(self, path, &loc));
         problems.extend(actions::validate(self, path, &loc));
+        problems.extend(audit::validate(self, path, &loc));
         for (i, token) in self.api.tokens.iter().enumerate() {
             if token.token_file.is_some() == token.token_env.is_some() {
                 problems.push(Diagnostic::at(
@@ -613,6 +630,11 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let slas_at = loc.top_key("slas");
+        for (severity, problem) in crate::sla::problems(&self.slas) {
+            let at = loc.key_in_block(slas_at, severity.as_str());
+            problems.push(Diagnostic::at(path, at, problem));
         }
         if self.http.max_connections == 0 {
             problems.push(Diagnostic::at(
@@ -682,6 +704,35 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn slas_parse_by_severity_and_are_range_checked() {
+        let config = parse(
+            "state_dir: s\nslas:\n  critical: {acknowledge: 15m, contain: 1h, resolve: 24h}\n  high: {resolve: 3d}\naudit:\n  signing_key_file: keys/audit.pem\n",
+        )
+        .unwrap();
+        let critical = config.slas[&crate::rules::Severity::Critical];
+        assert_eq!(critical.contain.unwrap().to_string(), "1h");
+        assert_eq!(config.slas[&crate::rules::Severity::High].acknowledge, None);
+        assert!(config.audit.unwrap().signing_key_file.is_absolute());
+        for (bad, why) in [
+            (
+                "slas:\n  critical: {acknowledge: 2h, contain: 1h}\n",
+                "shorter than",
+            ),
+            (
+                "slas:\n  critical: {acknowledge: 0m}\n",
+                "greater than zero",
+            ),
+            ("slas:\n  urgent: {acknowledge: 1m}\n", "urgent"),
+            ("slas:\n  low: {respond: 1m}\n", "respond"),
+        ] {
+            let errs = parse(&format!("state_dir: s\n{bad}")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].line, 3, "{bad}: {errs:?}");
+            assert!(errs[0].message.contains(why), "{bad}: {}", errs[0]);
+        }
     }
 
     #[test]

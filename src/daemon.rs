@@ -126,6 +126,26 @@ async fn serve(
     let outbox = Outbox::new(store.clone(), &config)
         .map_err(RunError::Io)?
         .with_audit(audit.clone());
+    // Before anything (deliveries, the pipeline) appends to the chain: does it still reach
+    // the last head this daemon signed?
+    let anchor = match &config.audit {
+        Some(settings) => {
+            let anchor = crate::audit::anchor::Anchor::new(
+                settings,
+                &store,
+                &audit,
+                &outbox,
+                metrics.audit_head_sequence.clone(),
+                health.clone(),
+            )
+            .map_err(RunError::Io)?;
+            anchor
+                .check_at_start()
+                .map_err(|e| RunError::Io(e.to_string()))?;
+            Some(Arc::new(anchor))
+        }
+        None => None,
+    };
     let delivery = {
         let _on = delivery_runtime.enter();
         deliver::spawn(
@@ -231,7 +251,7 @@ async fn serve(
         metrics.clone(),
         stop_sources.clone(),
     )
-    .map_err(RunError::Io)?;
+    .map_err(|e| RunError::Io(e.to_string()))?;
     let tailer_ready = Arc::new(AtomicBool::new(false));
     let ready_flag = tailer_ready.clone();
     let guard = vitals.guard("tailer");
@@ -271,7 +291,7 @@ async fn serve(
         if let Some(listen) = &source.syslog {
             let syslog = SyslogSource::bind(&source.name, listen, source.max_line_bytes)
                 .await
-                .map_err(RunError::Io)?;
+                .map_err(|e| RunError::Io(e.to_string()))?;
             let guard = vitals.guard(&format!("syslog source {}", source.name));
             let run = syslog.run(batch_tx.clone(), metrics.clone());
             network.spawn(async move {
@@ -292,7 +312,12 @@ async fn serve(
         commands: command_tx,
         audit,
         refusals: Default::default(),
+        anchor: anchor.clone(),
+        slas: config.slas.clone(),
     });
+    if let Some(anchor) = &anchor {
+        tokio::spawn(anchor.clone().run());
+    }
     let refusals = state.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -368,6 +393,13 @@ async fn serve(
         Ok(Ok(Err(e))) => Some(e),
         _ => None,
     };
+    // Once the pipeline has stored its last changes: a head the receivers still get while
+    // the delivery lanes drain.
+    if let Some(anchor) = &anchor
+        && let Err(e) = anchor.publish().await
+    {
+        tracing::error!(error = %e, "no audit chain head signed at shutdown");
+    }
     delivery.stop(NOTIFY_DRAIN).await;
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
@@ -377,6 +409,13 @@ async fn serve(
         .due(chrono::Utc::now() + chrono::Duration::minutes(1));
     if !last.is_empty() {
         state.audit.record(&last);
+    }
+    // The last head covers everything recorded, deliveries and refusals too: the head
+    // file and the store have it now, receivers on the next start (the lanes have stopped).
+    if let Some(anchor) = &anchor
+        && let Err(e) = anchor.publish().await
+    {
+        tracing::error!(error = %e, "no audit chain head signed at shutdown");
     }
     let flushed = store.flush().await;
     if let Some(e) = not_stored {

@@ -8,23 +8,47 @@ use std::time::Duration;
 /// added to a time they overflow the calendar.
 const MAX_MILLIS: u64 = 3650 * 86_400_000;
 
+/// Why a duration's text was refused; each message quotes the text as written, so the
+/// operator finds it in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Digits only: seconds and minutes are both plausible, so no unit is assumed.
+    #[error("duration {0:?} has no unit (use ms, s, m, h or d)")]
+    NoUnit(String),
+    /// The number does not fit in 64 bits, or its milliseconds do not.
+    #[error("duration {0:?} is too large")]
+    Overflow(String),
+    /// Fractions and signs are not accepted: `1.5h` is written `90m`.
+    #[error("duration {0:?} must start with a whole number")]
+    NotWhole(String),
+    #[error("duration {text:?} has unknown unit {unit:?} (use ms, s, m, h or d)")]
+    UnknownUnit { text: String, unit: String },
+    /// Longer than [`MAX_MILLIS`].
+    #[error("duration {0:?} is too large (at most {max}d)", max = MAX_MILLIS / 86_400_000)]
+    TooLong(String),
+    /// A zero window or timeout would never fire or fire constantly.
+    #[error("duration {0:?} must be greater than zero")]
+    Zero(String),
+}
+
 /// A duration written the way operators write them in YAML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     /// Parses `<integer><unit>` with unit one of ms, s, m, h, d.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let text = text.trim();
+        let owned = || text.to_string();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h or d)"))?;
+            .ok_or_else(|| DurationError::NoUnit(owned()))?;
         let (digits, unit) = text.split_at(split);
         let value: u64 = digits
             .parse()
             .map_err(|e: std::num::ParseIntError| match e.kind() {
-                std::num::IntErrorKind::PosOverflow => format!("duration {text:?} is too large"),
-                _ => format!("duration {text:?} must start with a whole number"),
+                std::num::IntErrorKind::PosOverflow => DurationError::Overflow(owned()),
+                _ => DurationError::NotWhole(owned()),
             })?;
         let millis_per = match unit {
             "ms" => 1,
@@ -33,22 +57,20 @@ impl HumanDuration {
             "h" => 3_600_000,
             "d" => 86_400_000,
             _ => {
-                return Err(format!(
-                    "duration {text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    text: owned(),
+                    unit: unit.to_string(),
+                });
             }
         };
         let millis = value
             .checked_mul(millis_per)
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+            .ok_or_else(|| DurationError::Overflow(owned()))?;
         if millis > MAX_MILLIS {
-            return Err(format!(
-                "duration {text:?} is too large (at most {}d)",
-                MAX_MILLIS / 86_400_000
-            ));
+            return Err(DurationError::TooLong(owned()));
         }
         if millis == 0 {
-            return Err(format!("duration {text:?} must be greater than zero"));
+            return Err(DurationError::Zero(owned()));
         }
         Ok(HumanDuration(Duration::from_millis(millis)))
     }
@@ -110,25 +132,33 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations_with_a_reason() {
-        assert!(HumanDuration::parse("5").unwrap_err().contains("no unit"));
+        assert!(
+            HumanDuration::parse("5")
+                .unwrap_err()
+                .to_string()
+                .contains("no unit")
+        );
         assert!(
             HumanDuration::parse("5w")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown unit")
         );
         assert!(
             HumanDuration::parse("m")
                 .unwrap_err()
+                .to_string()
                 .contains("whole number")
         );
         assert!(HumanDuration::parse("3650d").is_ok());
         for huge in ["3651d", "100000000d", "99999999999999999999ms"] {
             let e = HumanDuration::parse(huge).unwrap_err();
-            assert!(e.contains("too large"), "{huge}: {e}");
+            assert!(e.to_string().contains("too large"), "{huge}: {e}");
         }
         assert!(
             HumanDuration::parse("0s")
                 .unwrap_err()
+                .to_string()
                 .contains("greater than zero")
         );
     }

@@ -68,6 +68,11 @@ pub struct Metrics {
     pub time_to_contain: HistogramVec,
     /// Opened to closed, by severity.
     pub time_to_resolve: HistogramVec,
+    /// SLA outcomes (`met`, `missed`) of lifecycle stages as they are reached, by severity,
+    /// stage and drill; only stages the config sets an SLA for.
+    pub sla_outcomes: IntCounterVec,
+    /// The SLAs `sla_outcomes` judges by (set by [`Metrics::preset`]).
+    slas: std::sync::RwLock<crate::sla::Slas>,
     /// Notification outcomes (`delivered`, `retried`, `dead`), by receiver.
     pub notifications: IntCounterVec,
     /// Notifications in the outbox not yet delivered, by receiver.
@@ -78,6 +83,8 @@ pub struct Metrics {
     pub notification_latency: HistogramVec,
     /// Rules currently loaded.
     pub rules_loaded: IntGauge,
+    /// Sequence number of the last audit chain head signed and published.
+    pub audit_head_sequence: IntGauge,
     /// Rule reloads refused because a rule file was broken (the old rules kept running).
     pub rule_reload_failures: IntCounter,
     /// Keys dropped (fewest matches first) because a rule reached its `max_keys`, by rule.
@@ -245,6 +252,11 @@ impl Metrics {
             "logwarden_time_to_resolve_seconds",
             "Seconds from an incident's opening to its closing (false positives excluded).",
         );
+        let sla_outcomes = counter(
+            "logwarden_incident_sla_outcomes_total",
+            "Lifecycle stages (acknowledge, contain, resolve) reached within (met) or after (missed) the SLA the config sets for the incident's severity.",
+            &["severity", "stage", "outcome", "drill"],
+        );
         let notifications = counter(
             "logwarden_notifications_total",
             "Notification outcomes: delivered, retried (an attempt failed, another follows), dead (given up, kept as a dead letter).",
@@ -276,6 +288,14 @@ impl Metrics {
             .expect("valid metric");
         registry
             .register(Box::new(rules_loaded.clone()))
+            .expect("unique metric");
+        let audit_head_sequence = IntGauge::new(
+            "logwarden_audit_head_sequence",
+            "Sequence number of the last audit chain head signed and published.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_head_sequence.clone()))
             .expect("unique metric");
         let rule_reload_failures = IntCounter::new(
             "logwarden_rule_reload_failures_total",
@@ -353,11 +373,14 @@ impl Metrics {
             time_to_acknowledge,
             time_to_contain,
             time_to_resolve,
+            sla_outcomes,
+            slas: Default::default(),
             notifications,
             outbox_pending,
             dead_letters,
             notification_latency,
             rules_loaded,
+            audit_head_sequence,
             rule_reload_failures,
             rule_keys_evicted,
             api_refused,
@@ -408,6 +431,24 @@ impl Metrics {
                 }
             }
         }
+        for (severity, stages) in &config.slas {
+            for stage in crate::sla::Stage::ALL {
+                if stage.limit(stages).is_none() {
+                    continue;
+                }
+                for outcome in [crate::sla::Outcome::Met, crate::sla::Outcome::Missed] {
+                    for drill in ["false", "true"] {
+                        self.sla_outcomes.with_label_values(&[
+                            severity.as_str(),
+                            stage.as_str(),
+                            outcome.as_str(),
+                            drill,
+                        ]);
+                    }
+                }
+            }
+        }
+        *self.slas.write().unwrap_or_else(|e| e.into_inner()) = config.slas.clone();
         for action in &config.actions {
             for outcome in ["applied", "released", "refused", "failed"] {
                 self.actions.with_label_values(&[&action.name, outcome]);
@@ -432,6 +473,30 @@ impl Metrics {
                     .with_label_values(&[rule.id(), severity.as_str()]);
             }
         }
+    }
+
+    /// Counts whether a stage reached `seconds` after the incident opened met its SLA
+    /// (nothing when the config sets none for it).
+    pub fn sla_outcome(
+        &self,
+        severity: crate::rules::Severity,
+        stage: crate::sla::Stage,
+        seconds: f64,
+        drill: bool,
+    ) {
+        let slas = self.slas.read().unwrap_or_else(|e| e.into_inner());
+        let Some(limit) = slas.get(&severity).and_then(|s| stage.limit(s)) else {
+            return;
+        };
+        let outcome = crate::sla::judge(limit, seconds);
+        self.sla_outcomes
+            .with_label_values(&[
+                severity.as_str(),
+                stage.as_str(),
+                outcome.as_str(),
+                if drill { "true" } else { "false" },
+            ])
+            .inc();
     }
 
     /// The text exposition for a scrape.

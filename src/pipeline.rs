@@ -622,6 +622,8 @@ impl Pipeline {
             histogram
                 .with_label_values(&[kpi.severity.as_str(), drill_label(kpi.drill)])
                 .observe(kpi.seconds);
+            self.metrics
+                .sla_outcome(kpi.severity, kpi.measure.into(), kpi.seconds, kpi.drill);
         }
     }
 

@@ -184,9 +184,9 @@ fn is_null_text(s: &str) -> bool {
 /// A problem that stops a text from being read as YAML at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
-    /// Where.
+    /// Line and column, so the error points into the file rather than at the file.
     pub at: Position,
-    /// What.
+    /// The parser's reason, in the words shown to the operator.
     pub message: String,
 }
 

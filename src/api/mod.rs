@@ -41,6 +41,9 @@ pub struct Health {
     /// Sources that cannot be read right now (a journal without files or permission), by
     /// name, with the reason; `/readyz` names them.
     pub source_problems: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The audit chain disagrees with the last head the daemon signed, until an admin
+    /// accepts the discrepancy; `/readyz` names it.
+    pub audit_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -48,6 +51,9 @@ impl Health {
     pub fn not_ready_reason(&self) -> Option<String> {
         if let Some(why) = self.down_reason() {
             return Some(why);
+        }
+        if let Some(problem) = self.audit_problem.lock().expect("health lock").clone() {
+            return Some(problem);
         }
         if !self.rules.load(Ordering::Relaxed) {
             let problem = self.rules_problem.lock().expect("health lock").clone();
@@ -157,6 +163,10 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Refused calls of the current minute, recorded per client once the minute is over.
     pub refusals: refusals::Refusals,
+    /// Signed chain heads, when `audit.signing_key_file` is configured.
+    pub anchor: Option<Arc<crate::audit::anchor::Anchor>>,
+    /// Response SLAs, judged in the population export.
+    pub slas: crate::sla::Slas,
 }
 
 impl AppState {
@@ -213,6 +223,8 @@ pub fn router(state: Shared) -> Router {
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/audit", get(audit::export))
+        .route("/audit/head", get(audit::head))
+        .route("/audit/accept-discrepancy", post(audit::accept_discrepancy))
         .route("/drills", post(lifecycle::drill))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -479,24 +491,18 @@ async fn get_incident(
     let missing = || error(StatusCode::NOT_FOUND, format!("no incident {id}"));
     let number = Incident::handle_number(&id).ok_or_else(missing)?;
     let store = state.store.clone();
-    let (incident, containments) = tokio::task::spawn_blocking(move || {
-        let incident = crate::incidents::stored::read(&store, number)?;
-        let containments = match &incident {
-            Some(i) => crate::containment::of_incident(&store, &i.id)?,
-            None => Vec::new(),
-        };
-        Ok::<_, crate::store::StoreError>((incident, containments))
+    let handle = id.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        match crate::incidents::stored::read(&store, number)? {
+            Some(i) if i.is_named_by(&handle) => {
+                crate::containment::incident_record(&store, &i).map(Some)
+            }
+            _ => Ok::<_, crate::store::StoreError>(None),
+        }
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let incident = incident
-        .filter(|i| i.is_named_by(&id))
-        .ok_or_else(missing)?;
-    // Its containments (bans) with the incident: what was done, allowed by whom, until when.
-    let mut body = serde_json::to_value(&incident)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    body["containments"] = serde_json::json!(containments);
-    Ok(Json(body).into_response())
+    Ok(Json(record.ok_or_else(missing)?).into_response())
 }
 
 /// `GET /api/v1/containments` (viewer): every containment, by incident; `?status=active`

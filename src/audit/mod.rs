@@ -8,9 +8,20 @@
 //! writer (pipeline, delivery lanes, HTTP), so the chain never forks. A meta record keeps
 //! the head (last sequence and hash), so deleting records from the end is found too.
 //!
+//! That head is unkeyed: whoever can write the state directory can cut the chain, or
+//! rewrite it, and fix the head up. [`head`] and [`anchor`] sign the head with a key kept
+//! elsewhere and publish it, so `audit verify --against` and the daemon's start catch both;
+//! [`coverage`] compares the stored incidents with what their records say.
+//!
 //! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
 
+pub mod anchor;
 pub mod cli;
+pub mod coverage;
+pub mod head;
+pub mod pack;
+pub mod population;
+pub mod signing;
 
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -149,6 +160,8 @@ pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
         // A source that may have missed entries is a hole in monitoring coverage.
         e if e.starts_with("source.") => vec!["CC7.2"],
         "api.denied" => vec!["CC6.1"],
+        // The evidence itself was found cut or rewritten, and an admin accepted it.
+        e if e.starts_with("audit.") => vec!["CC7.2"],
         _ => vec![],
     };
     if external && !controls.contains(&"CC2.3") {
@@ -367,6 +380,41 @@ pub enum ExportFormat {
     Jsonl,
     /// A header line, then one row per record.
     Csv,
+    /// Not records: one CSV row per incident opened in the period, with its lifecycle times,
+    /// actors and SLA outcomes (see [`population`]).
+    Population,
+}
+
+impl ExportFormat {
+    /// The media type of the export in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Jsonl => "application/x-ndjson",
+            ExportFormat::Csv | ExportFormat::Population => "text/csv; charset=utf-8",
+        }
+    }
+}
+
+/// The export in `format` of the period `since <= t < until` (records by their time, the
+/// population by incidents' opening), for `audit export` and `GET /api/v1/audit` alike;
+/// SLA outcomes as of `now`.
+pub fn export(
+    store: &Store,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    format: ExportFormat,
+    slas: &crate::sla::Slas,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    if format == ExportFormat::Population {
+        return population::render(store, since, until, slas, now);
+    }
+    let records = records(store, since, until)?;
+    let uids = crate::incidents::stored::uids(
+        store,
+        records.iter().filter_map(|r| r.incident.as_deref()),
+    )?;
+    Ok(render(&records, &uids, format == ExportFormat::Csv))
 }
 
 /// Records with `since <= at < until`, in chain order (unreadable ones are skipped: run
@@ -384,20 +432,20 @@ pub fn records(
         .collect())
 }
 
-/// Renders records for auditors: JSON lines, or CSV with the columns `seq, at, event,
+/// Renders records for auditors: JSON lines, or (`csv`) CSV with the columns `seq, at, event,
 /// controls, actor, incident, incident_uid, details, prev, hash` (controls joined by `;`,
 /// details as compact JSON). `incident_uid` is the incident's fleet-unique uid from `uids`
 /// (by local id): an export leaves the host, where `INC-7` names an incident on every host.
 /// It is added beside the record, not part of what `hash` covers.
-pub fn render(
+fn render(
     records: &[Record],
     uids: &std::collections::HashMap<String, String>,
-    format: ExportFormat,
+    csv: bool,
 ) -> String {
     let uid_of = |r: &Record| r.incident.as_ref().and_then(|id| uids.get(id)).cloned();
     let mut out = String::new();
-    match format {
-        ExportFormat::Jsonl => {
+    match csv {
+        false => {
             for r in records {
                 let mut value = serde_json::to_value(r).expect("records serialise");
                 if let Some(uid) = uid_of(r) {
@@ -407,7 +455,7 @@ pub fn render(
                 out.push('\n');
             }
         }
-        ExportFormat::Csv => {
+        true => {
             out.push_str("seq,at,event,controls,actor,incident,incident_uid,details,prev,hash\n");
             for r in records {
                 let fields = [

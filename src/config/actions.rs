@@ -127,16 +127,26 @@ fn is_identifier(name: &str) -> bool {
 
 /// Compiles an argv template (the same environment renders it: see
 /// [`crate::containment::exec`]).
-pub fn compile_template(source: &str) -> Result<minijinja::Environment<'static>, String> {
+pub fn compile_template(source: &str) -> Result<minijinja::Environment<'static>, TemplateError> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(10_000));
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.add_template_owned("arg", source.to_string())
-        .map_err(|e| match e.detail() {
-            Some(d) => format!("{}: {d}", e.kind()),
-            None => e.kind().to_string(),
-        })?;
+        .map_err(TemplateError)?;
     Ok(env)
+}
+
+/// An argv template that does not compile. Shown as the kind of error and its detail only:
+/// minijinja's own text repeats the template name, which means nothing to the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe_template_error(.0))]
+pub struct TemplateError(minijinja::Error);
+
+fn describe_template_error(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    }
 }
 
 /// `never_contain`'s `@lists` not defined by any rule file, at the key's place.

@@ -40,7 +40,8 @@ pub struct WebhookConfig {
     /// Alertmanager keeps none across a restart (default 1m).
     #[serde(default)]
     pub resend: Option<HumanDuration>,
-    /// Body format.
+    /// Body format: each receiving service (Slack, PagerDuty, Alertmanager…) only accepts
+    /// its own shape of body.
     #[serde(default)]
     pub format: WebhookFormat,
     /// minijinja template replacing the body (only with `format: json`).
@@ -124,10 +125,20 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
+/// A `rate_limit` that cannot be used, quoted as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("rate_limit {0:?} must be N/s, N/m or N/h (e.g. 120/m)")]
+    Form(String),
+    /// A limit of 0 would hold every notification forever.
+    #[error("rate_limit {0:?} must allow at least 1")]
+    Zero(String),
+}
+
 impl RateLimit {
     /// Parses `120/m`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("rate_limit {text:?} must be N/s, N/m or N/h (e.g. 120/m)");
+    pub fn parse(text: &str) -> Result<Self, RateLimitError> {
+        let bad = || RateLimitError::Form(text.to_string());
         let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         let per = match unit.trim() {
@@ -137,7 +148,7 @@ impl RateLimit {
             _ => return Err(bad()),
         };
         if count == 0 {
-            return Err(format!("rate_limit {text:?} must allow at least 1"));
+            return Err(RateLimitError::Zero(text.to_string()));
         }
         Ok(RateLimit { count, per })
     }
@@ -217,7 +228,8 @@ impl ReceiverConfig {
         }
     }
 
-    /// Its retry policy.
+    /// Its retry policy, the same for either kind of receiver, so delivery does not need to
+    /// know which kind it is.
     pub fn retry(&self) -> RetryConfig {
         match self {
             ReceiverConfig::Webhook(w) => w.retry,
@@ -244,23 +256,43 @@ impl ReceiverConfig {
 
 /// Reads a secret from a file or an environment variable (surrounding whitespace ignored).
 /// The error names where it looked, never the value.
-pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<String, String> {
+pub fn read_secret(file: Option<&Path>, env: Option<&str>) -> Result<String, SecretError> {
     let value = match (file, env) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        (None, Some(var)) => {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
-        }
-        (None, None) => return Err("no file or environment variable given".into()),
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|error| SecretError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?,
+        (None, Some(var)) => std::env::var(var).map_err(|_| SecretError::Unset(var.to_string()))?,
+        (None, None) => return Err(SecretError::Nowhere),
     };
     let value = value.trim();
     if value.is_empty() {
         return Err(match (file, env) {
-            (Some(path), _) => format!("{} is empty", path.display()),
-            _ => format!("environment variable {} is empty", env.unwrap_or_default()),
+            (Some(path), _) => SecretError::EmptyFile(path.to_path_buf()),
+            _ => SecretError::EmptyVar(env.unwrap_or_default().to_string()),
         });
     }
     Ok(value.to_string())
+}
+
+/// Why a secret could not be read. It names where the secret was looked for and never holds
+/// any of its text, so it can be logged and shown.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("no file or environment variable given")]
+    Nowhere,
+    /// An empty secret would sign with an empty key, which anyone can forge.
+    #[error("{} is empty", .0.display())]
+    EmptyFile(std::path::PathBuf),
+    #[error("environment variable {0} is empty")]
+    EmptyVar(String),
 }
 
 /// Checks the receivers; returns the problems and the set of receiver names.
@@ -286,6 +318,17 @@ pub(crate) fn validate<'a>(
                 "events",
                 format!(
                     "receiver {name:?}: `updated` is not a notification event (use opened, severity_changed, escalated, acknowledged, state_changed, closed)"
+                ),
+            );
+        }
+        if let ReceiverConfig::Webhook(w) = receiver
+            && receiver.events().contains(&EventKind::AuditHead)
+            && (w.format != WebhookFormat::Json || w.template.is_some())
+        {
+            fail(
+                "events",
+                format!(
+                    "receiver {name:?}: audit_head goes to format json receivers without a template (or file receivers), which carry the signed head unchanged"
                 ),
             );
         }

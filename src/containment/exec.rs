@@ -233,7 +233,7 @@ pub fn render(argv: &[String], c: &Containment) -> Result<Vec<String>, String> {
     });
     argv.iter()
         .map(|arg| {
-            let env = crate::config::compile_template(arg)?;
+            let env = crate::config::compile_template(arg).map_err(|e| e.to_string())?;
             env.get_template("arg")
                 .and_then(|t| t.render(&context))
                 .map_err(|e| format!("cannot render {arg:?}: {e}"))

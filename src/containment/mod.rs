@@ -142,6 +142,18 @@ pub fn of_incident(store: &Store, incident: &str) -> Result<Vec<Containment>, St
         .collect())
 }
 
+/// An incident as `GET /api/v1/incidents/ID` serves it and an evidence pack holds it: the
+/// stored record with its containments (bans) beside it — what was done, allowed by whom,
+/// until when.
+pub fn incident_record(
+    store: &Store,
+    incident: &Incident,
+) -> Result<serde_json::Value, StoreError> {
+    let mut record = serde_json::to_value(incident)?;
+    record["containments"] = serde_json::to_value(of_incident(store, &incident.id)?)?;
+    Ok(record)
+}
+
 /// Every stored containment, oldest incident first.
 pub fn all(store: &Store) -> Result<Vec<Containment>, StoreError> {
     Ok(store

@@ -280,6 +280,9 @@ pub enum EventKind {
     StateChanged,
     /// The incident is over; pagers must be resolved.
     Closed,
+    /// Not an incident's: a signed audit chain head (`audit.anchor_every`), for receivers
+    /// that keep heads outside the host (`events: [audit_head]`).
+    AuditHead,
 }
 
 impl EventKind {
@@ -293,6 +296,7 @@ impl EventKind {
             EventKind::Acknowledged => "acknowledged",
             EventKind::StateChanged => "state_changed",
             EventKind::Closed => "closed",
+            EventKind::AuditHead => "audit_head",
         }
     }
 }

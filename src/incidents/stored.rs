@@ -242,7 +242,10 @@ pub fn assemble(
     number: u64,
     head_bytes: &[u8],
 ) -> Result<(Incident, Mark), StoreError> {
-    let head = decode_head(store, head_bytes)?;
+    assemble_from(store, number, decode_head(store, head_bytes)?)
+}
+
+fn assemble_from(store: &Store, number: u64, head: Head) -> Result<(Incident, Mark), StoreError> {
     let k = key(number);
     let body_bytes = store
         .get_raw(Space::IncidentBodies, &k)?
@@ -298,6 +301,19 @@ pub fn assemble(
 
 fn number_of(key: &[u8]) -> Option<u64> {
     std::str::from_utf8(key).ok()?.parse().ok()
+}
+
+/// A stored incident's number and the state its head holds (or why it cannot be decoded).
+pub type StoredState = (u64, Result<State, CodecError>);
+
+/// Every stored incident's number and state, read from the heads alone (cheap: no body,
+/// timeline or evidence); a head that cannot be decoded gives its error.
+pub fn states(store: &Store) -> Result<Vec<StoredState>, StoreError> {
+    Ok(store
+        .scan_raw(Space::Incidents)?
+        .into_iter()
+        .filter_map(|(k, head)| Some((number_of(&k)?, head_state(&head))))
+        .collect())
 }
 
 /// Incident `number`, if stored.
@@ -370,12 +386,41 @@ pub fn page(
     store: &Store,
     after: Option<u64>,
     limit: usize,
+    keep: impl FnMut(&Incident) -> bool,
+) -> Result<(Vec<Incident>, bool), StoreError> {
+    page_with(store, after, limit, true, keep)
+}
+
+/// [`page`] without looking up the evidence lines (each incident's `evidence` is empty):
+/// for reading every incident's lifecycle, as the population export does.
+pub fn page_without_evidence(
+    store: &Store,
+    after: Option<u64>,
+    limit: usize,
+    keep: impl FnMut(&Incident) -> bool,
+) -> Result<(Vec<Incident>, bool), StoreError> {
+    page_with(store, after, limit, false, keep)
+}
+
+fn page_with(
+    store: &Store,
+    after: Option<u64>,
+    limit: usize,
+    evidence: bool,
     mut keep: impl FnMut(&Incident) -> bool,
 ) -> Result<(Vec<Incident>, bool), StoreError> {
     let after = after.map(key);
-    let (page, more) = store.page(Space::Incidents, after.as_deref(), limit, |k, head| {
+    let (page, more) = store.page(Space::Incidents, after.as_deref(), limit, |k, bytes| {
         let number = number_of(k).ok_or(CodecError::Malformed("incident key is not a number"))?;
-        let (incident, _) = assemble(store, number, head)?;
+        let head = if evidence {
+            decode_head(store, bytes)?
+        } else {
+            let mut head =
+                decode_head_with(bytes, &mut |r| Ok(crate::store::codec::placeholder(r)))?;
+            head.evidence.clear();
+            head
+        };
+        let (incident, _) = assemble_from(store, number, head)?;
         Ok(keep(&incident).then_some(incident))
     })?;
     Ok((page, more.is_some()))

@@ -108,7 +108,7 @@ impl SecretSource {
     }
 
     fn read(&self) -> Result<String, String> {
-        read_secret(self.file.as_deref(), self.env.as_deref())
+        read_secret(self.file.as_deref(), self.env.as_deref()).map_err(|e| e.to_string())
     }
 }
 

@@ -172,7 +172,7 @@ fn describe(e: &minijinja::Error) -> String {
 /// error carries the template line (1-based, 0 when unknown).
 pub fn check_template(source: &str) -> Result<(), (usize, String)> {
     let env = compile(source)?;
-    let incident = sample_incident();
+    let incident = template_check_incident();
     let origin = Origin {
         host: "host".into(),
         api_base: "http://127.0.0.1:9733".into(),
@@ -193,8 +193,10 @@ pub fn check_template(source: &str) -> Result<(), (usize, String)> {
     Ok(())
 }
 
-/// A complete incident for checking templates (and for tests).
-pub fn sample_incident() -> Incident {
+/// The incident a receiver template is rendered against when it is checked: every optional
+/// field is filled, so a template that reads any field fails at `check` and reload rather
+/// than on the first real incident.
+fn template_check_incident() -> Incident {
     let at = DateTime::parse_from_rfc3339("2026-11-22T10:00:05Z")
         .expect("valid time")
         .with_timezone(&Utc);
@@ -229,6 +231,13 @@ pub fn sample_incident() -> Incident {
         silenced_by: None,
         drill: false,
     }
+}
+
+/// A complete incident for unit tests across the crate: the same one templates are checked
+/// against, so tests exercise what `check` exercises.
+#[cfg(test)]
+pub fn sample_incident() -> Incident {
+    template_check_incident()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -340,7 +349,7 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
         EventKind::Opened | EventKind::SeverityChanged | EventKind::Escalated => "trigger",
         EventKind::Acknowledged => "acknowledge",
         EventKind::Closed => "resolve",
-        EventKind::StateChanged | EventKind::Updated => return None,
+        EventKind::StateChanged | EventKind::Updated | EventKind::AuditHead => return None,
     };
     if action != "trigger" {
         return Some(json!({"event_action": action, "dedup_key": i.uid}));

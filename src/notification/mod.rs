@@ -76,6 +76,11 @@ impl Record {
         }
     }
 
+    /// The incident it concerns; none for a signed chain head (`audit_head`).
+    pub fn incident_id(&self) -> Option<&str> {
+        Some(self.incident.as_str()).filter(|id| !id.is_empty())
+    }
+
     /// The record without its body, for listings.
     pub fn summary(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("records serialise");
@@ -349,33 +354,101 @@ impl Outbox {
             if target.resends {
                 remember_firing(batch, name, event, &body)?;
             }
-            // One copy per cluster member, each delivered (and retried) on its own.
-            let members: Vec<Option<String>> = match &target.config {
-                ReceiverConfig::Webhook(w) if w.per_member() => {
-                    w.urls.iter().cloned().map(Some).collect()
-                }
-                _ => vec![None],
+            let record = Record {
+                id: 0,
+                receiver: name.to_string(),
+                incident: event.incident.id.clone(),
+                uid: event.incident.uid.clone(),
+                member: None,
+                event: event.kind,
+                idempotency_key: idempotency_key.clone(),
+                created_at: now,
+                attempts: 0,
+                last_error: None,
+                dead_at: None,
+                body,
             };
-            for member in members {
-                let id = batch.take_id(&self.store);
-                let record = Record {
-                    id,
-                    receiver: name.to_string(),
-                    incident: event.incident.id.clone(),
-                    uid: event.incident.uid.clone(),
-                    member,
-                    event: event.kind,
-                    idempotency_key: idempotency_key.clone(),
-                    created_at: now,
-                    attempts: 0,
-                    last_error: None,
-                    dead_at: None,
-                    body: body.clone(),
-                };
-                batch.put(Space::Outbox, &Record::key(id), &record)?;
-            }
+            self.put_copies(batch, target, record)?;
         }
         Ok(())
+    }
+
+    /// Puts `record` in the outbox under a fresh id: one copy per cluster member, each
+    /// delivered (and retried) on its own, or one copy for a receiver with one `url`.
+    fn put_copies(
+        &self,
+        batch: &mut store::Batch,
+        target: &Target,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let members: Vec<Option<String>> = match &target.config {
+            ReceiverConfig::Webhook(w) if w.per_member() => {
+                w.urls.iter().cloned().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        for member in members {
+            let id = batch.take_id(&self.store);
+            let copy = Record {
+                id,
+                member,
+                ..record.clone()
+            };
+            batch.put(Space::Outbox, &Record::key(id), &copy)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a signed audit chain head for every receiver subscribed to `audit_head` to
+    /// `batch`; it goes out like any notification (signed, retried, kept as a dead letter).
+    /// Returns the receivers written for; call [`Outbox::wake`] once committed.
+    pub fn enqueue_head(
+        &self,
+        batch: &mut store::Batch,
+        head: &crate::audit::head::SignedHead,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<&String> = self
+            .router
+            .targets
+            .iter()
+            .filter(|(_, t)| t.config.events().contains(&EventKind::AuditHead))
+            .map(|(name, _)| name)
+            .collect();
+        names.sort_unstable();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let host = &self.router.origin.host;
+        let idempotency_key = format!(
+            "{host}/audit-head-{}-{}",
+            head.sequence,
+            batch.take_id(&self.store)
+        );
+        let body = serde_json::json!({
+            "event": EventKind::AuditHead.as_str(),
+            "idempotency_key": idempotency_key,
+            "host": host,
+            "head": head,
+        })
+        .to_string();
+        for name in &names {
+            let record = Record {
+                id: 0,
+                receiver: name.to_string(),
+                incident: String::new(),
+                uid: format!("{host}/audit-head"),
+                member: None,
+                event: EventKind::AuditHead,
+                idempotency_key: idempotency_key.clone(),
+                created_at: Utc::now(),
+                attempts: 0,
+                last_error: None,
+                dead_at: None,
+                body: body.clone(),
+            };
+            self.put_copies(batch, &self.router.targets[name.as_str()], record)?;
+        }
+        Ok(names.into_iter().cloned().collect())
     }
 
     /// The alerts an Alertmanager receiver was last sent for open incidents, by incident
@@ -442,7 +515,7 @@ impl Outbox {
         let entry = Entry::new(
             "notification.resent",
             actor,
-            Some(&record.incident),
+            record.incident_id(),
             serde_json::json!({
                 "dead_letter": id,
                 "notification": record.id,
@@ -535,7 +608,7 @@ impl Outbox {
                     Entry::new(
                         fate.audit_event(),
                         "logwarden",
-                        Some(&record.incident),
+                        record.incident_id(),
                         details,
                     )
                 },

@@ -21,10 +21,27 @@ pub struct Net {
     v4: bool,
 }
 
+/// A value-set entry that cannot be used; the message quotes the entry or list as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// An address with a prefix longer than the address (or not a number): a typo that
+    /// would otherwise silently become a plain string matching nothing.
+    #[error("{text:?} has an invalid prefix length (0 to {max})")]
+    Prefix { text: String, max: u8 },
+    #[error("unknown list \"@{0}\"")]
+    UnknownList(String),
+    /// A bad entry inside a named list, named by the list it came from.
+    #[error("in list \"@{list}\": {error}")]
+    InList {
+        list: String,
+        error: Box<ValueError>,
+    },
+}
+
 impl Net {
     /// Parses `addr` or `addr/prefix`; `Ok(None)` when the text is not an address at all
     /// (a plain value), an error when it is an address with an impossible prefix.
-    pub fn parse(text: &str) -> Result<Option<Net>, String> {
+    pub fn parse(text: &str) -> Result<Option<Net>, ValueError> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -38,9 +55,10 @@ impl Net {
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= max => n,
                 _ => {
-                    return Err(format!(
-                        "{text:?} has an invalid prefix length (0 to {max})"
-                    ));
+                    return Err(ValueError::Prefix {
+                        text: text.to_string(),
+                        max,
+                    });
                 }
             },
         };
@@ -101,17 +119,19 @@ impl ValueSet {
         entries: &[String],
         lists: &Lists,
         used: &mut BTreeSet<String>,
-    ) -> Result<ValueSet, String> {
+    ) -> Result<ValueSet, ValueError> {
         let mut set = ValueSet::default();
         for entry in entries {
             if let Some(name) = entry.strip_prefix('@') {
                 let list = lists
                     .get(name)
-                    .ok_or_else(|| format!("unknown list \"@{name}\""))?;
+                    .ok_or_else(|| ValueError::UnknownList(name.to_string()))?;
                 used.insert(name.to_string());
                 for value in list {
-                    set.add(value)
-                        .map_err(|e| format!("in list \"@{name}\": {e}"))?;
+                    set.add(value).map_err(|e| ValueError::InList {
+                        list: name.to_string(),
+                        error: Box::new(e),
+                    })?;
                 }
             } else {
                 set.add(entry)?;
@@ -121,7 +141,7 @@ impl ValueSet {
     }
 
     /// Adds one plain value, address or network.
-    pub fn add(&mut self, entry: &str) -> Result<(), String> {
+    pub fn add(&mut self, entry: &str) -> Result<(), ValueError> {
         match Net::parse(entry)? {
             Some(net) => self.nets.push(net),
             None => {
@@ -212,10 +232,22 @@ mod tests {
         assert!(s.contains("root") && s.contains("admin") && !s.contains("Root"));
         assert_eq!(used, BTreeSet::from(["admins".to_string()]));
         assert_eq!(
-            ValueSet::parse(&["@nope".into()], &lists, &mut used).unwrap_err(),
+            ValueSet::parse(&["@nope".into()], &lists, &mut used)
+                .unwrap_err()
+                .to_string(),
             "unknown list \"@nope\""
         );
         assert!(set(&["@nets"]).contains("192.168.4.4") && set(&["@nets"]).contains("db1"));
+    }
+
+    #[test]
+    fn a_bad_entry_of_a_list_is_named_with_its_list() {
+        let lists = Lists::from([("nets".to_string(), vec!["10.0.0.0/33".to_string()])]);
+        let e = ValueSet::parse(&["@nets".into()], &lists, &mut BTreeSet::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "in list \"@nets\": \"10.0.0.0/33\" has an invalid prefix length (0 to 32)"
+        );
     }
 
     #[test]

@@ -19,10 +19,28 @@ const COMPRESSED: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip"
 /// A file of the set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Found {
-    /// Its path.
+    /// Where it is now; a tracked file's path is updated from this when it was renamed.
     pub path: PathBuf,
     /// Whether it is a rotated generation of a watched file rather than the file itself.
     pub rotated: bool,
+}
+
+/// A source's `paths` or `exclude` that cannot be compiled, with the pattern as written.
+#[derive(Debug, thiserror::Error)]
+pub enum PathSetError {
+    #[error("bad path glob {pattern:?}: {error}")]
+    Path {
+        pattern: String,
+        error: globset::Error,
+    },
+    #[error("bad exclude {pattern:?}: {error}")]
+    Exclude {
+        pattern: String,
+        error: globset::Error,
+    },
+    /// The excludes compiled one by one but not as a set (a size limit of the engine).
+    #[error("{0}")]
+    Excludes(globset::Error),
 }
 
 /// The expanded form of one source's `paths` and `exclude`.
@@ -48,7 +66,7 @@ fn is_glob(s: &str) -> bool {
 
 impl PathSet {
     /// Compiles the patterns; errors name the bad pattern.
-    pub fn new(paths: &[PathBuf], exclude: &[String]) -> Result<PathSet, String> {
+    pub fn new(paths: &[PathBuf], exclude: &[String]) -> Result<PathSet, PathSetError> {
         let mut patterns = Vec::new();
         for path in paths {
             let text = path.to_string_lossy();
@@ -70,7 +88,10 @@ impl PathSet {
                 base.push(c);
             }
             let matcher = Glob::new(&text)
-                .map_err(|e| format!("bad path glob {text:?}: {e}"))?
+                .map_err(|error| PathSetError::Path {
+                    pattern: text.to_string(),
+                    error,
+                })?
                 .compile_matcher();
             patterns.push(Pattern::Glob {
                 base,
@@ -80,9 +101,12 @@ impl PathSet {
         }
         let mut builder = GlobSetBuilder::new();
         for pattern in exclude {
-            builder.add(Glob::new(pattern).map_err(|e| format!("bad exclude {pattern:?}: {e}"))?);
+            builder.add(Glob::new(pattern).map_err(|error| PathSetError::Exclude {
+                pattern: pattern.clone(),
+                error,
+            })?);
         }
-        let exclude = builder.build().map_err(|e| e.to_string())?;
+        let exclude = builder.build().map_err(PathSetError::Excludes)?;
         Ok(PathSet { patterns, exclude })
     }
 

@@ -63,9 +63,10 @@ pub struct Checkpoint {
     pub source: String,
     /// Last path the file was seen at.
     pub path: String,
-    /// Inode identity.
+    /// Inode identity, which finds the file again after a rename while the daemon was down.
     pub id: FileId,
-    /// Head fingerprint.
+    /// Head fingerprint, which tells a reused inode or a file rewritten while the daemon was
+    /// down from the file that was read, so its offset is not applied to other content.
     pub fingerprint: Fingerprint,
     /// Offset of the first byte not yet part of an evaluated line.
     pub offset: u64,
@@ -92,6 +93,32 @@ pub fn stored_checkpoints(
 /// The store key for a file identity's checkpoint.
 pub fn checkpoint_key(id: FileId) -> String {
     format!("{}:{}", id.dev, id.ino)
+}
+
+/// Why a source cannot start. Raised at start, before anything is read, so a typo or a port
+/// in use stops the daemon with the source named instead of leaving it blind.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {name:?}: {error}")]
+    Paths {
+        name: String,
+        error: discover::PathSetError,
+    },
+    #[error("syslog source {name:?}: cannot bind {transport} {addr}: {error}")]
+    Bind {
+        name: String,
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        addr: String,
+        error: std::io::Error,
+    },
+    /// `udp_buffer_bytes` was configured and neither socket option could be set.
+    #[error("syslog source {name:?}: cannot set the udp receive buffer to {bytes} bytes: {error}")]
+    ReceiveBuffer {
+        name: String,
+        bytes: usize,
+        error: std::io::Error,
+    },
 }
 
 /// What a source tells the pipeline about progress in a file.

@@ -12,7 +12,7 @@
 //! counted. Network input has no checkpoint: what is in flight when the daemon stops is
 //! lost, as with any syslog receiver.
 
-use super::{Batch, LogLine};
+use super::{Batch, LogLine, SourceError};
 use crate::config::SyslogListen;
 use crate::metrics::Metrics;
 use chrono::Utc;
@@ -26,7 +26,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Largest UDP datagram.
+/// Largest UDP datagram: the receive buffer holds any datagram whole, since a datagram read
+/// into a shorter buffer is cut silently by the kernel.
 const DATAGRAM: usize = 65_535;
 /// Bytes read from a TCP connection per call.
 const TCP_CHUNK: usize = 64 * 1024;
@@ -104,12 +105,22 @@ impl SyslogSource {
         name: &str,
         listen: &SyslogListen,
         max_line_bytes: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SourceError> {
+        let bind_error = |transport, addr: &dyn std::fmt::Display| {
+            let name = name.to_string();
+            let addr = addr.to_string();
+            move |error| SourceError::Bind {
+                name,
+                transport,
+                addr,
+                error,
+            }
+        };
         let udp = match &listen.udp {
             Some(addr) => {
                 let socket = UdpSocket::bind(addr)
                     .await
-                    .map_err(|e| format!("syslog source {name:?}: cannot bind udp {addr}: {e}"))?;
+                    .map_err(bind_error("udp", addr))?;
                 if let Some(bytes) = listen.udp_buffer_bytes {
                     size_receive_buffer(&socket, name, bytes)?;
                 }
@@ -121,7 +132,7 @@ impl SyslogSource {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|e| format!("syslog source {name:?}: cannot bind tcp {addr}: {e}"))?,
+                    .map_err(bind_error("tcp", addr))?,
             ),
             None => None,
         };
@@ -181,7 +192,7 @@ impl SyslogSource {
 /// Asks for a receive buffer of `bytes`: with `SO_RCVBUFFORCE` where the daemon may (root
 /// or CAP_NET_ADMIN), else `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`. What
 /// the kernel granted is logged, with a hint when it is less than asked.
-fn size_receive_buffer(socket: &UdpSocket, name: &str, bytes: usize) -> Result<(), String> {
+fn size_receive_buffer(socket: &UdpSocket, name: &str, bytes: usize) -> Result<(), SourceError> {
     let fd = socket.as_raw_fd();
     let wanted = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let set = |option| {
@@ -197,10 +208,11 @@ fn size_receive_buffer(socket: &UdpSocket, name: &str, bytes: usize) -> Result<(
         }
     };
     if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
-        return Err(format!(
-            "syslog source {name:?}: cannot set the udp receive buffer to {bytes} bytes: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(SourceError::ReceiveBuffer {
+            name: name.to_string(),
+            bytes,
+            error: std::io::Error::last_os_error(),
+        });
     }
     let mut granted: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -42,9 +42,17 @@ impl<'de> Deserialize<'de> for TimestampFormat {
     }
 }
 
+/// A `timestamp:` that is no known format and no strftime pattern able to give a time of
+/// day (a date alone would put every line of a day at midnight, breaking every window).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "timestamp {0:?} is neither arrival, syslog, rfc3339, clf, epoch nor a strftime pattern with a time of day"
+)]
+pub struct BadTimestampFormat(pub String);
+
 impl TimestampFormat {
     /// Checks a strftime pattern once, at load time, so a typo is a config error.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadTimestampFormat> {
         let TimestampFormat::Pattern(pattern) = self else {
             return Ok(());
         };
@@ -52,9 +60,7 @@ impl TimestampFormat {
         let bad = chrono::format::StrftimeItems::new(pattern)
             .any(|item| matches!(item, chrono::format::Item::Error));
         if bad || !has_fields {
-            return Err(format!(
-                "timestamp {pattern:?} is neither arrival, syslog, rfc3339, clf, epoch nor a strftime pattern with a time of day"
-            ));
+            return Err(BadTimestampFormat(pattern.clone()));
         }
         Ok(())
     }

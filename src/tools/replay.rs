@@ -216,7 +216,7 @@ fn implied_source(args: &ReplayArgs) -> Result<SourceConfig, String> {
         .collect(),
     ))
     .map_err(|e| format!("--timestamp {:?}: {e}", args.timestamp))?;
-    source.time_format().validate()?;
+    source.time_format().validate().map_err(|e| e.to_string())?;
     Ok(source)
 }
 

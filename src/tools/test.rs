@@ -353,7 +353,7 @@ fn run_case(
 ) -> Result<Vec<String>, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     if let Err(e) = ctx.format.validate() {
-        problems.push(ctx.problem("timestamp", &case.name, e));
+        problems.push(ctx.problem("timestamp", &case.name, e.to_string()));
     }
     let start = ctx.optional_time(
         case.start.as_ref(),

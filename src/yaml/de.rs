@@ -57,7 +57,8 @@ type Fixes = HashMap<usize, Fix>;
 /// One problem found in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// Where.
+    /// The node's line and column: every problem of a document is reported at its place in
+    /// one run, not the first one alone.
     pub at: Position,
     /// What, with "did you mean" where a known name is close.
     pub message: String,

@@ -63,6 +63,19 @@ pub fn peer(program: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// The stdout of a command that must have succeeded; else fails with its exit code and
+/// both outputs.
+pub fn stdout_of_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a command with `input` on its stdin and collects its output.
 pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
     let mut child = cmd

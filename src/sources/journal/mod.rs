@@ -39,11 +39,13 @@ const JOURNALCTL: &str = "journalctl";
 const MAX_BATCH: usize = 2048;
 /// First wait before restarting a journalctl that ended.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest wait between restarts.
+/// Longest wait between restarts: a journal that comes back (permissions fixed, journald
+/// restarted) is read again within this long, without hammering one that does not.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A child that ran this long was healthy: the next restart waits only [`MIN_BACKOFF`].
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// Longest stderr line logged.
+/// Longest stderr line logged, so a child printing without newlines cannot grow the
+/// daemon's memory or flood its log.
 const MAX_STDERR_LINE: usize = 1024;
 
 /// Which journal to read and which entries of it: the journalctl arguments every run of a
@@ -106,42 +108,61 @@ pub struct Unreadable {
 /// Whether the journal of a selection can be read. Used by `check` and by the source
 /// before each start (shown by `/readyz`).
 pub fn probe(selection: &Selection) -> Result<(), Unreadable> {
-    probe_reason(selection).map_err(|reason| Unreadable {
-        no_files: reason.starts_with(NO_FILES),
-        reason,
+    probe_reason(selection).map_err(|problem| Unreadable {
+        no_files: matches!(problem, ProbeFailure::NoFiles { .. }),
+        reason: problem.to_string(),
     })
 }
 
-/// How a missing-journal reason starts.
-const NO_FILES: &str = "no journal files found";
+/// What running journalctl for one entry showed about the journal.
+#[derive(Debug, thiserror::Error)]
+enum ProbeFailure {
+    #[error("{cmd} not found on PATH (it comes with systemd)", cmd = JOURNALCTL)]
+    NotInstalled,
+    #[error("cannot run {cmd}: {0}", cmd = JOURNALCTL)]
+    CannotRun(std::io::Error),
+    #[error(
+        "no permission to read the journal: run logwarden in group systemd-journal or adm (SupplementaryGroups=systemd-journal adm)"
+    )]
+    Permission,
+    /// journalctl's last line of stderr, which says why.
+    #[error("{cmd} failed ({status}): {reason}", cmd = JOURNALCTL)]
+    Failed {
+        status: std::process::ExitStatus,
+        reason: String,
+    },
+    /// An empty journal, not a refused one: the source waits instead of failing.
+    #[error("no journal files found in {place} (not written yet, or journald has Storage=none)")]
+    NoFiles { place: String },
+}
 
-fn probe_reason(selection: &Selection) -> Result<(), String> {
+fn probe_reason(selection: &Selection) -> Result<(), ProbeFailure> {
     let out = selection
         .command(&["--lines=1".into(), "--output=short".into()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("{JOURNALCTL} not found on PATH (it comes with systemd)")
-            }
-            _ => format!("cannot run {JOURNALCTL}: {e}"),
+            std::io::ErrorKind::NotFound => ProbeFailure::NotInstalled,
+            _ => ProbeFailure::CannotRun(e),
         })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let permission = stderr.contains("insufficient permissions")
         || stderr.contains("not seeing messages from other users");
     if permission {
-        return Err("no permission to read the journal: run logwarden in group systemd-journal or adm (SupplementaryGroups=systemd-journal adm)".into());
+        return Err(ProbeFailure::Permission);
     }
     if !out.status.success() {
         let reason = stderr.trim().lines().last().unwrap_or("").to_string();
-        return Err(format!("{JOURNALCTL} failed ({}): {reason}", out.status));
+        return Err(ProbeFailure::Failed {
+            status: out.status,
+            reason,
+        });
     }
     if stderr.contains("No journal files were found") {
-        return Err(format!(
-            "{NO_FILES} in {} (not written yet, or journald has Storage=none)",
-            selection.describe()
-        ));
+        return Err(ProbeFailure::NoFiles {
+            place: selection.describe(),
+        });
     }
     Ok(())
 }
