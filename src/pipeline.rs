@@ -352,11 +352,17 @@ impl Pipeline {
         if let Some(e) = unencoded {
             return self.cannot_build(e);
         }
-        let notified = match self.build_commit(&events, clock, &mut commit) {
+        let mut notified = match self.build_commit(&events, clock, &mut commit) {
             Ok(wrote) => wrote,
             Err(e) => return self.cannot_build(e),
         };
-        let audit = self.desk.take_audit();
+        let audit = match self.write_effects(&mut commit) {
+            Ok(written) => {
+                notified |= written.notified;
+                written.audit
+            }
+            Err(e) => return self.cannot_build(e),
+        };
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return Ok(());
         }
@@ -379,19 +385,12 @@ impl Pipeline {
         clock: Option<DateTime<Utc>>,
         commit: &mut store::Batch,
     ) -> Result<bool, StoreError> {
-        self.desk.dispatch(
-            self.engine.book_mut(),
-            events,
-            &self.outbox,
-            commit,
-            Utc::now(),
-        )?;
+        self.desk
+            .dispatch(self.engine.book_mut(), events, &self.outbox, Utc::now());
         // After the openings: a new incident's tracker exists before its timers are checked.
         let mut notified = false;
         if let Some(now) = clock {
-            notified = self
-                .desk
-                .tick(self.engine.book_mut(), &self.outbox, commit, now)?;
+            notified = self.desk.tick(self.engine.book_mut(), &self.outbox, now);
         }
         self.engine
             .book_mut()
@@ -407,6 +406,30 @@ impl Pipeline {
             }
         }
         Ok(notified)
+    }
+
+    /// Puts what the desk decided (notifications, escalation progress, silences,
+    /// containments, audit entries) into `commit`; the audit entries are returned for
+    /// [`Pipeline::make_durable`] to chain. An error means `commit` is incomplete.
+    fn write_effects(
+        &mut self,
+        commit: &mut store::Batch,
+    ) -> Result<crate::lifecycle::effects::Written, StoreError> {
+        self.desk
+            .take_effects()
+            .write(&self.store, &self.outbox, commit)
+    }
+
+    /// The book's changed incidents and the desk's decisions, into `batch` (a command's or
+    /// a containment outcome's commit).
+    fn write_changes_and_effects(
+        &mut self,
+        batch: &mut store::Batch,
+    ) -> Result<crate::lifecycle::effects::Written, StoreError> {
+        self.engine
+            .book_mut()
+            .write_changes(&self.store, batch, &mut self.evidence)?;
+        self.write_effects(batch)
     }
 
     /// A step's effects could not be put into a commit: nothing of the step is stored (its
@@ -467,30 +490,26 @@ impl Pipeline {
             _ if refused.is_some() => Err(crate::lifecycle::Refusal::Invalid(
                 refused.unwrap_or_default(),
             )),
-            Request::Drill { rule } => {
-                self.open_drill(&rule, &command.actor, &mut batch, &mut opened)
-            }
+            Request::Drill { rule } => self.open_drill(&rule, &command.actor, &mut opened),
             request => self.desk.command(
                 self.engine.book_mut(),
                 &self.store,
                 &self.outbox,
-                &mut batch,
                 &command.actor,
                 request,
                 Utc::now(),
             ),
         };
-        if let Err(e) =
-            self.engine
-                .book_mut()
-                .write_changes(&self.store, &mut batch, &mut self.evidence)
-        {
-            let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
-                "the change could not be stored".into(),
-            )));
-            return self.cannot_build(e);
-        }
-        let audit = self.desk.take_audit();
+        let built = self.write_changes_and_effects(&mut batch);
+        let audit = match built {
+            Ok(written) => written.audit,
+            Err(e) => {
+                let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
+                    "the change could not be stored".into(),
+                )));
+                return self.cannot_build(e);
+            }
+        };
         if result.is_ok() || !audit.is_empty() {
             if let Err(e) = self.make_durable(batch, audit).await {
                 let _ = command.reply.send(Err(crate::lifecycle::Refusal::Internal(
@@ -516,16 +535,23 @@ impl Pipeline {
     /// After a start: containments left pending, active or being lifted are resumed (see
     /// [`crate::containment::Book::resume`]).
     async fn resume_containments(&mut self) -> Result<(), NotStored> {
-        let mut batch = store::Batch::new();
+        let mut changed = Vec::new();
         if let Err(e) = self
             .desk
             .containments
-            .resume(&self.store, Utc::now(), &mut batch)
+            .resume(&self.store, Utc::now(), &mut changed)
         {
             tracing::error!(error = %e, "cannot read containments; they resume at the next start");
             return Ok(());
         }
-        self.make_durable(batch, Vec::new()).await?;
+        let mut effects = crate::lifecycle::effects::Effects::default();
+        effects.containments(changed);
+        let mut batch = store::Batch::new();
+        let audit = match effects.write(&self.store, &self.outbox, &mut batch) {
+            Ok(written) => written.audit,
+            Err(e) => return self.cannot_build(e),
+        };
+        self.make_durable(batch, audit).await?;
         self.hand_over_effects();
         Ok(())
     }
@@ -540,20 +566,16 @@ impl Pipeline {
             self.engine.book_mut(),
             &self.store,
             &self.outbox,
-            &mut batch,
             &outcome,
         ) {
             Ok(kpis) => kpis,
             Err(e) => return self.cannot_build(e),
         };
-        if let Err(e) =
-            self.engine
-                .book_mut()
-                .write_changes(&self.store, &mut batch, &mut self.evidence)
-        {
-            return self.cannot_build(e);
-        }
-        let audit = self.desk.take_audit();
+        let built = self.write_changes_and_effects(&mut batch);
+        let audit = match built {
+            Ok(written) => written.audit,
+            Err(e) => return self.cannot_build(e),
+        };
         self.make_durable(batch, audit).await?;
         self.evidence.committed();
         self.observe(&kpis);
@@ -611,7 +633,6 @@ impl Pipeline {
         &mut self,
         rule_id: &str,
         actor: &str,
-        batch: &mut store::Batch,
         opened: &mut Vec<IncidentEvent>,
     ) -> Result<crate::lifecycle::Done, crate::lifecycle::Refusal> {
         let rules = self.engine.rules().clone();
@@ -640,9 +661,8 @@ impl Pipeline {
             self.engine.book_mut(),
             std::slice::from_ref(&event),
             &self.outbox,
-            batch,
             now,
-        )?;
+        );
         let reply = serde_json::to_value(&event.incident)
             .map_err(|e| crate::lifecycle::Refusal::Internal(e.to_string()))?;
         opened.push(event);

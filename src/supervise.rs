@@ -111,6 +111,25 @@ pub fn test_panic_point(task: &str, text: &[u8]) {
 #[inline(always)]
 pub fn test_panic_point(_task: &str, _text: &[u8]) {}
 
+/// Test-only fault injection: with `LOGWARDEN_TEST_UNWRITABLE=MARKER` in the environment
+/// of a debug build, a decided record whose text contains `MARKER` cannot be written, so
+/// the suite can prove such a commit fails whole and loudly. Release builds: never.
+#[cfg(debug_assertions)]
+pub fn test_unwritable(text: &str) -> bool {
+    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MARKER
+        .get_or_init(|| std::env::var("LOGWARDEN_TEST_UNWRITABLE").ok())
+        .as_deref()
+        .is_some_and(|m| text.contains(m))
+}
+
+/// Release builds: no fault injection.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn test_unwritable(_text: &str) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -358,13 +358,14 @@ fn a_brute_force_is_banned_while_others_connect_and_the_ban_lifts_on_time() {
     );
     assert_eq!(audit_events(&d, "containment.released").len(), 1);
     assert!(!lab.ban4().contains(ATTACKER));
-    assert_eq!(
-        metric(
+    // Counted once the release is committed, a moment after the API shows the record.
+    wait_for("the release counted", WAIT, || {
+        (metric(
             d.port,
-            r#"logwarden_actions_total{action="ban-ip",outcome="released"}"#
-        ),
-        1.0
-    );
+            r#"logwarden_actions_total{action="ban-ip",outcome="released"}"#,
+        ) == 1.0)
+            .then_some(())
+    });
     assert_eq!(
         metric(d.port, r#"logwarden_contained_targets{action="ban-ip"}"#),
         0.0

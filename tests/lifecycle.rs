@@ -142,6 +142,20 @@ fn wait_until(what: &str, at: chrono::DateTime<chrono::Utc>) {
     wait_for(what, WAIT, || (now() >= at).then_some(()));
 }
 
+/// `GET /api/v1/silences` as an approver.
+fn silences(s: &Setup) -> Value {
+    let r = http(
+        "GET",
+        s.port,
+        "/api/v1/silences",
+        Some(&token(s, "boss")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
 fn audit_records(s: &Setup) -> Vec<Value> {
     let r = http(
         "GET",
@@ -863,15 +877,7 @@ fn a_silence_mutes_notifications_but_not_the_record_and_a_close_still_resolves()
 
     // SIL-2 ends by itself; SIL-1 is expired by hand.
     let list = wait_for("SIL-2 to expire by itself", WAIT, || {
-        let r = http(
-            "GET",
-            s.port,
-            "/api/v1/silences",
-            Some(&token(&s, "boss")),
-            None,
-        )
-        .unwrap();
-        let list = r.json();
+        let list = silences(&s);
         (list
             .as_array()
             .unwrap()
@@ -1432,4 +1438,218 @@ fn every_documented_series_is_there_from_the_start_at_zero() {
         assert!(metrics.contains(process), "{process} missing");
     }
     d.stop();
+}
+
+/// `HH:MM` of `at` on the wall clock of `tz`, and that day's weekday as a schedule names it.
+fn wall_clock(tz: &jiff::tz::TimeZone, at: chrono::DateTime<chrono::Utc>) -> (String, String) {
+    let local = tz.to_datetime(jiff::Timestamp::from_second(at.timestamp()).unwrap());
+    let day = format!("{:?}", local.weekday())[..3].to_lowercase();
+    (format!("{:02}:{:02}", local.hour(), local.minute()), day)
+}
+
+/// A maintenance window that is open now mutes its incidents and ends with its end date;
+/// one later today leaves incidents notified and is listed with its next window. The
+/// window's opening and closing are audit records under the controls of silences.
+#[test]
+fn a_scheduled_silence_mutes_inside_its_window_and_audits_its_opening_and_closing() {
+    let Ok(berlin) = jiff::tz::TimeZone::get("Europe/Berlin") else {
+        assert!(
+            std::env::var("LOGWARDEN_REQUIRE_PEERS").is_err(),
+            "no Europe/Berlin in /usr/share/zoneinfo (package tzdata)"
+        );
+        eprintln!("SKIPPED: no Europe/Berlin in /usr/share/zoneinfo (package tzdata)");
+        return;
+    };
+    let hook = Receiver::start();
+    let s = setup(
+        "low",
+        &format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: '{}', concurrency: 1}}\n\
+             roles:\n  analysts: {{receivers: [hook]}}\n\
+             escalation_policies:\n  default:\n    - notify: [analysts]\n",
+            hook.url("/")
+        ),
+    );
+    let d = s.start();
+    let minute = chrono::Duration::minutes(1);
+    // In effect now (from the minute before to three minutes on, crossing midnight when
+    // now is near it), cut by an end date 20 seconds from now.
+    let (from, day) = wall_clock(&berlin, now() - minute);
+    let (to, _) = wall_clock(&berlin, now() + minute * 3);
+    let schedule = ["--days", &day, "--from", &from, "--to", &to];
+    let add = |who: &str, n: &str, schedule: &[&str], end: &[&str]| {
+        let mut args = vec!["silences", "add", "--rule", "marker", "--key", n];
+        args.extend_from_slice(schedule);
+        args.extend_from_slice(&["--time-zone", "Europe/Berlin"]);
+        args.extend_from_slice(end);
+        args.extend_from_slice(&["--reason", "nightly maintenance"]);
+        cli(&s, who, &args)
+    };
+    let why = refused(&add("resp", "n=1", &schedule, &["--duration", "20s"]));
+    assert!(why.contains("403"), "{why}");
+    let out = ok(&add("boss", "n=1", &schedule, &["--duration", "20s"]));
+    assert!(out.starts_with("SIL-1: active"), "{out}");
+    assert!(out.contains("next window: "), "{out}");
+    // Later today, every day: not in effect now.
+    let later = now() + chrono::Duration::hours(2);
+    let (later_from, _) = wall_clock(&berlin, later);
+    let (later_to, _) = wall_clock(&berlin, later + chrono::Duration::hours(1));
+    let every_day = "mon,tue,wed,thu,fri,sat,sun";
+    let later_schedule = [
+        "--days",
+        every_day,
+        "--from",
+        &later_from,
+        "--to",
+        &later_to,
+    ];
+    ok(&add("boss", "n=2", &later_schedule, &[]));
+
+    marker(&s, 1);
+    marker(&s, 2);
+    wait_marker(&d, 1);
+    wait_marker(&d, 2);
+    let got = collect(&hook, "INC-2's opening", |g| {
+        g.iter().any(|r| r.body["event"] == "opened")
+    });
+    let opened: Vec<&Value> = got
+        .iter()
+        .filter(|r| r.body["event"] == "opened")
+        .map(|r| &r.body["incident"]["key"]["n"])
+        .collect();
+    assert_eq!(
+        opened,
+        [&json!("2")],
+        "only the unsilenced incident notified"
+    );
+    let muted = d
+        .incidents()
+        .into_iter()
+        .find(|i| i["key"]["n"] == "1")
+        .unwrap();
+    assert_eq!(muted["silenced_by"], "SIL-1");
+
+    // Listed with their next windows: the later one today (or tomorrow, past midnight).
+    let list = silences(&s);
+    let sil = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let pending = sil("SIL-2");
+    assert_eq!(pending["state"], "pending");
+    assert_eq!(pending["schedule"]["time_zone"], "Europe/Berlin");
+    let next = time(&pending["next_window"]["starts_at"]);
+    let expected = later - chrono::Duration::seconds(later.timestamp() % 60);
+    assert!(
+        (next - expected).num_seconds().abs() < 61,
+        "next window at {next}, expected about {expected}"
+    );
+    let table = ok(&cli(&s, "boss", &["silences", "list"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("SIL-2"))
+        .expect(&table);
+    assert!(
+        row.contains(&format!(
+            "{every_day} {later_from}-{later_to} Europe/Berlin; next "
+        )),
+        "{row}"
+    );
+
+    // The end date closes the open window, then the silence ends.
+    let ends_at = time(&sil("SIL-1")["ends_at"]);
+    let records = wait_for(
+        "SIL-1's window closed and the silence expired",
+        WAIT,
+        || {
+            let records = audit_records(&s);
+            let of = |event: &str| {
+                records
+                    .iter()
+                    .any(|r| r["event"] == event && r["details"]["id"] == "SIL-1")
+            };
+            (of("silence.window_closed") && of("silence.expired")).then_some(records)
+        },
+    );
+    let of_sil1: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["details"]["id"] == "SIL-1")
+        .collect();
+    let events: Vec<&str> = of_sil1
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "silence.created",
+            "silence.window_opened",
+            "silence.window_closed",
+            "silence.expired"
+        ]
+    );
+    let (opened, closed) = (of_sil1[1], of_sil1[2]);
+    assert_eq!(opened["controls"], of_sil1[0]["controls"]);
+    assert_eq!(closed["controls"], of_sil1[0]["controls"]);
+    assert_eq!(opened["actor"], "logwarden");
+    assert_eq!(opened["details"]["reason"], "nightly maintenance");
+    assert_eq!(opened["details"]["author"], "boss");
+    assert_eq!(time(&closed["details"]["window"]["ends_at"]), ends_at);
+    assert!(time(&opened["details"]["window"]["starts_at"]) <= now());
+    // The later window has not taken effect: no record of it.
+    assert!(!records.iter().any(|r| r["details"]["id"] == "SIL-2"
+        && r["event"].as_str().unwrap().starts_with("silence.window")));
+}
+
+/// A decision whose record cannot be written fails its whole commit, loudly: the request
+/// gets a 500, `/readyz` answers 503 until the daemon stops (non-zero, naming what was not
+/// stored), and nothing of the decision is stored: after a restart neither the silence nor
+/// its audit record exists, and what was stored before is intact.
+#[test]
+fn an_effect_that_cannot_be_written_fails_the_commit_and_stores_nothing_of_it() {
+    let s = setup("low", "");
+    let mut d = s.start_with_env(&[("LOGWARDEN_TEST_UNWRITABLE", "UNWRITABLE")]);
+    let body = |reason: &str| {
+        json!({"matchers": {"rule": "marker"}, "duration": "1h", "reason": reason}).to_string()
+    };
+    let r = post(&s, "boss", "/api/v1/silences", &body("planned work"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post(&s, "boss", "/api/v1/silences", &body("UNWRITABLE work"));
+    assert_eq!(r.status, 500, "{}", r.body);
+    let mut saw_503 = false;
+    let status = wait_for("the daemon to stop", WAIT, || {
+        if let Ok(r) = http("GET", d.port, "/readyz", None, None)
+            && r.status == 503
+        {
+            saw_503 = true;
+        }
+        d.child.try_wait().unwrap()
+    });
+    assert!(!status.success(), "exited with {status}:\n{}", d.log());
+    assert!(
+        d.log().contains("cannot build the store commit")
+            && d.log().contains("injected write failure"),
+        "{}",
+        d.log()
+    );
+    assert!(saw_503, "/readyz never answered 503:\n{}", d.log());
+
+    let _d = s.start();
+    let ids: Vec<Value> = silences(&s)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("SIL-1")]);
+    let created: Vec<Value> = audit_records(&s)
+        .into_iter()
+        .filter(|r| r["event"] == "silence.created")
+        .map(|r| r["details"]["reason"].clone())
+        .collect();
+    assert_eq!(created, [json!("planned work")]);
 }

@@ -9,6 +9,9 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// How long a counted match may take to be stored on a loaded machine.
+const WAIT_STORED: Duration = Duration::from_secs(20);
+
 #[test]
 fn a_brute_force_is_stored_in_fewer_bytes_than_its_log_and_reads_back_after_a_restart() {
     let s = Setup::new();
@@ -42,7 +45,12 @@ fn a_brute_force_is_stored_in_fewer_bytes_than_its_log_and_reads_back_after_a_re
         written < 3.0 * log_bytes,
         "the store was asked to write {written} bytes for a {log_bytes}-byte log"
     );
-    let before: Vec<serde_json::Value> = d.incidents();
+    // Matches are counted as they are evaluated, their commit follows a moment later.
+    let before: Vec<serde_json::Value> = wait_for("every count stored", WAIT_STORED, || {
+        let incidents = d.incidents();
+        (incidents.len() == addresses as usize && incidents.iter().all(|i| i["count"] == each))
+            .then_some(incidents)
+    });
     assert_eq!(before.len(), addresses as usize);
     assert!(before.iter().all(|i| i["count"] == each));
     assert!(

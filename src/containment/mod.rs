@@ -21,7 +21,7 @@ use crate::audit::Entry;
 use crate::config::{ActionConfig, ActionKind, ApprovalPolicy, Config};
 use crate::due::DueQueue;
 use crate::incidents::Incident;
-use crate::store::{self, Space, Store, StoreError};
+use crate::store::{Space, Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -262,19 +262,19 @@ impl Book {
 
     /// Loads the live containments after a start and decides what each needs: a pending one
     /// is applied, an active one re-applied for its remaining time (a reboot empties
-    /// nftables sets), one past its end or being lifted is lifted. Changes go into `batch`.
+    /// nftables sets), one past its end or being lifted is lifted. Changed records go into `changed`.
     pub fn resume(
         &mut self,
         store: &Store,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Result<(), StoreError> {
         for mut c in all(store)?.into_iter().filter(|c| c.status.is_live()) {
             if c.status == Status::Active && c.until.is_some_and(|u| u <= now) {
                 c.status = Status::Releasing;
                 c.released_by = Some(DAEMON.into());
                 c.reason = Some("expired".into());
-                put(batch, &c);
+                changed.push(c.clone());
             }
             if c.status == Status::Active {
                 self.expiry.schedule(c.key(), c.until);
@@ -303,14 +303,14 @@ impl Book {
     /// Decides the containments a fired step calls for: refused for a protected or missing
     /// target, held for approval, recorded only under `dry_run`, or pending (an effect).
     /// A target already contained by the same action is left as it is. Timeline entries go
-    /// on `incident`, records into `batch`; the audit entries are returned.
+    /// on `incident`, changed records into `changed`; the audit entries are returned.
     pub fn request(
         &mut self,
         incident: &mut Incident,
         actions: &[String],
         allowed_by: &str,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Vec<Entry> {
         let mut audit = Vec::new();
         for name in actions {
@@ -392,7 +392,7 @@ impl Book {
             incident.record(now, "containment", DAEMON, Some(text));
             self.counts.push((name.clone(), outcome));
             audit.push(self.entry(event, DAEMON, &c));
-            put(batch, &c);
+            changed.push(c.clone());
             if status == Status::Pending {
                 self.effects.push(Effect::apply(c.clone()));
             }
@@ -409,7 +409,7 @@ impl Book {
         incident: &mut Incident,
         approver: &str,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Vec<Entry> {
         let mut audit = Vec::new();
         let held: Vec<String> = self
@@ -435,7 +435,7 @@ impl Book {
                 Some(format!("{} {}: approved", c.action, c.target)),
             );
             audit.push(self.entry("containment.approved", approver, &c));
-            put(batch, &c);
+            changed.push(c.clone());
             if c.status == Status::Pending {
                 self.effects.push(Effect::apply(c));
             } else {
@@ -454,7 +454,7 @@ impl Book {
         actor: &str,
         reason: &str,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Option<Vec<Entry>> {
         let keys: Vec<String> = self
             .of(&incident.id)
@@ -490,13 +490,13 @@ impl Book {
                 self.live.insert(key, c.clone());
                 self.lift(c.clone());
             }
-            put(batch, &c);
+            changed.push(c.clone());
         }
         Some(audit)
     }
 
-    /// Active containments whose time is up are lifted (effects); changes into `batch`.
-    pub fn expire_due(&mut self, now: DateTime<Utc>, batch: &mut store::Batch) {
+    /// Active containments whose time is up are lifted (effects); changed records into `changed`.
+    pub fn expire_due(&mut self, now: DateTime<Utc>, changed: &mut Vec<Containment>) {
         for key in self.expiry.take_due(now) {
             let Some(c) = self.live.get_mut(&key) else {
                 continue;
@@ -508,7 +508,7 @@ impl Book {
             c.released_by = Some(DAEMON.into());
             c.reason = Some("expired".into());
             let c = c.clone();
-            put(batch, &c);
+            changed.push(c.clone());
             self.lift(c);
         }
     }
@@ -540,12 +540,12 @@ impl Book {
     }
 
     /// Records what the worker did: applied (in force until its end), re-applied after a
-    /// start, failed, or lifted. Timeline entries go on `incident`, the record into `batch`.
+    /// start, failed, or lifted. Timeline entries go on `incident`, the record into `changed`.
     pub fn record(
         &mut self,
         outcome: &Outcome,
         incident: &mut Incident,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Recorded {
         let mut recorded = Recorded::default();
         let Some(mut c) = self.live.remove(&outcome.key) else {
@@ -638,7 +638,7 @@ impl Book {
             };
             incident.record(now, name, &actor, Some(text));
         }
-        put(batch, &c);
+        changed.push(c.clone());
         if c.status.is_live() {
             self.expiry.schedule(c.key(), c.until);
             self.live.insert(c.key(), c);
@@ -694,16 +694,11 @@ impl Book {
     }
 }
 
-fn put(batch: &mut store::Batch, c: &Containment) {
-    if let Err(e) = batch.put(Space::Containments, c.key().as_bytes(), c) {
-        tracing::error!(error = %e, "cannot encode a containment");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::notification::format::sample_incident;
+    use crate::store;
     use std::path::Path;
 
     fn config(extra: &str) -> Config {
@@ -718,9 +713,20 @@ mod tests {
         book: &mut Book,
         incident: &mut Incident,
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
+        changed: &mut Vec<Containment>,
     ) -> Vec<Entry> {
-        book.request(incident, &["ban-ip".into()], "logwarden", now, batch)
+        book.request(incident, &["ban-ip".into()], "logwarden", now, changed)
+    }
+
+    /// Stores the changed records as the pipeline would.
+    fn commit(store: &Store, changed: Vec<Containment>) {
+        let mut batch = store::Batch::new();
+        for c in &changed {
+            batch
+                .put(Space::Containments, c.key().as_bytes(), c)
+                .unwrap();
+        }
+        store.commit(batch).unwrap();
     }
 
     fn events(audit: &[Entry]) -> Vec<&str> {
@@ -747,60 +753,55 @@ mod tests {
         let mut incident = sample_incident();
         let t0 = incident.opened_at;
         let mut book = Book::new(&config);
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         let audit = ban(&mut book, &mut incident, t0, &mut batch);
         assert_eq!(events(&audit), ["containment.requested"]);
-        store.commit(batch).unwrap();
+        commit(&store, batch);
         let effects = book.take_effects();
         assert_eq!(effects.len(), 1);
         assert_eq!(effects[0].op, Op::Apply);
         // A repeating step asks again: the live containment stands, nothing new.
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         assert!(ban(&mut book, &mut incident, t0, &mut batch).is_empty());
         assert!(book.take_effects().is_empty());
 
         // Killed between acting and recording: the next start acts again.
         let mut book = Book::new(&config);
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         book.resume(&store, t0, &mut batch).unwrap();
         let effects = book.take_effects();
         assert_eq!(effects.len(), 1);
         assert_eq!(effects[0].op, Op::Apply);
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         let recorded = book.record(&ok(&effects[0], t0), &mut incident, &mut batch);
         assert!(recorded.contained);
         assert_eq!(events(&recorded.audit), ["containment.applied"]);
-        store.commit(batch).unwrap();
+        commit(&store, batch);
         assert_eq!(book.active_per_action()["ban-ip"], 1);
 
         // A start within the ban re-applies it for the rest of its time.
         let mut book = Book::new(&config);
         let later = t0 + TimeDelta::seconds(45);
-        book.resume(&store, later, &mut store::Batch::new())
-            .unwrap();
+        book.resume(&store, later, &mut Vec::new()).unwrap();
         let effects = book.take_effects();
         assert_eq!(effects[0].op, Op::Apply);
         assert_eq!(effects[0].containment.remaining_secs(later), 15);
-        let recorded = book.record(
-            &ok(&effects[0], later),
-            &mut incident,
-            &mut store::Batch::new(),
-        );
+        let recorded = book.record(&ok(&effects[0], later), &mut incident, &mut Vec::new());
         assert!(!recorded.contained);
         assert_eq!(events(&recorded.audit), ["containment.reapplied"]);
 
         // A start after its end lifts it, and the lifting is recorded.
         let mut book = Book::new(&config);
         let end = t0 + TimeDelta::seconds(61);
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         book.resume(&store, end, &mut batch).unwrap();
-        store.commit(batch).unwrap();
+        commit(&store, batch);
         let effects = book.take_effects();
         assert_eq!(effects[0].op, Op::Undo);
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         let recorded = book.record(&ok(&effects[0], end), &mut incident, &mut batch);
         assert_eq!(events(&recorded.audit), ["containment.released"]);
-        store.commit(batch).unwrap();
+        commit(&store, batch);
         let stored = of_incident(&store, &incident.id).unwrap();
         assert_eq!(stored[0].status, Status::Released);
         assert_eq!(stored[0].reason.as_deref(), Some("expired"));
@@ -809,7 +810,7 @@ mod tests {
 
     #[test]
     fn protected_held_and_dry_run_containments_do_nothing() {
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         let mut incident = sample_incident();
         let now = incident.opened_at;
         incident.key.insert("ip".into(), "192.0.2.4".into());
@@ -842,7 +843,7 @@ mod tests {
     /// banned for the other.
     #[test]
     fn a_target_held_by_another_incident_stays_contained() {
-        let mut batch = store::Batch::new();
+        let mut batch = Vec::new();
         let mut book = Book::new(&config(""));
         let mut first = sample_incident();
         let mut second = sample_incident();

@@ -12,6 +12,7 @@
 //! and progress, silences and the audit log.
 
 pub mod cli;
+pub mod effects;
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
@@ -23,8 +24,9 @@ use crate::incidents::{Approval, EventKind, Incident, IncidentBook, IncidentEven
 use crate::notification::Outbox;
 use crate::rules::Severity;
 use crate::silences::{NewSilence, Silences};
-use crate::store::{self, Space, Store, StoreError};
+use crate::store::{Space, Store, StoreError};
 use chrono::{DateTime, Utc};
+use effects::{Effects, Record};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -468,7 +470,8 @@ pub struct Desk {
     pub containments: containment::Book,
     /// Whether a containment in force moves its incident to `contained`.
     contain_moves_state: bool,
-    pending: Vec<Entry>,
+    /// Decisions since the last commit, for the pipeline to commit.
+    effects: Effects,
 }
 
 impl Desk {
@@ -482,7 +485,7 @@ impl Desk {
             audit,
             containments: containment::Book::new(config),
             contain_moves_state: config.contain_moves_state,
-            pending: Vec::new(),
+            effects: Effects::default(),
         })
     }
 
@@ -516,12 +519,13 @@ impl Desk {
 
     /// Adds an audit entry to the next commit.
     pub fn note(&mut self, entry: Entry) {
-        self.pending.push(entry);
+        self.effects.audit(entry);
     }
 
-    /// Audit entries waiting for the next commit.
-    pub fn take_audit(&mut self) -> Vec<Entry> {
-        std::mem::take(&mut self.pending)
+    /// Everything decided since the last call (notifications, records, audit entries), for
+    /// the single writer to commit with the step that caused it.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
     }
 
     /// Records a rule reload (CC8.1 change evidence).
@@ -540,21 +544,17 @@ impl Desk {
         ));
     }
 
-    /// Routes detection events into `batch`: an opening starts escalation (steps due at
-    /// once go out with it), later events go to the receivers reached so far; silences
-    /// mute; audit entries are queued (one `updated` per commit, with every incident whose
-    /// count rose and its new count).
-    ///
-    /// An error (a notification or escalation record that cannot be encoded) means the
-    /// batch is incomplete: the caller must not commit it.
+    /// Decides what detection events call for (see [`Desk::take_effects`]): an opening
+    /// starts escalation (steps due at once go out with it), later events go to the
+    /// receivers reached so far; silences mute; audit entries are queued (one `updated` per
+    /// commit, with every incident whose count rose and its new count).
     pub fn dispatch(
         &mut self,
         book: &mut IncidentBook,
         events: &[IncidentEvent],
         outbox: &Outbox,
-        batch: &mut store::Batch,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) {
         let mut updated: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
         for event in events {
             let incident = &event.incident;
@@ -569,9 +569,9 @@ impl Desk {
                         .flat_map(|f| f.receivers.iter().cloned())
                         .collect();
                     let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
-                    let notified = self.enqueue(outbox, batch, event, &receivers, muted)?;
-                    self.contain(book, &incident.id, &tracker.policy, &firings, now, batch);
-                    put_tracker(batch, &tracker)?;
+                    let notified = self.enqueue(outbox, event, &receivers, muted);
+                    self.contain(book, &incident.id, &tracker.policy, &firings, now);
+                    self.effects.store(Record::Tracker(tracker.clone()));
                     self.trackers.insert(incident.id.clone(), tracker);
                     self.schedule(&incident.id, Some(incident));
                     if let Some(id) = &silence
@@ -606,7 +606,7 @@ impl Desk {
                         .get(&incident.id)
                         .map(|t| t.reached.clone())
                         .unwrap_or_default();
-                    let notified = self.enqueue(outbox, batch, event, &reached, muted)?;
+                    let notified = self.enqueue(outbox, event, &reached, muted);
                     if kind == EventKind::SeverityChanged {
                         // A step with `if_severity` may be due now.
                         self.schedule(&incident.id, Some(incident));
@@ -651,31 +651,35 @@ impl Desk {
                 json!({"counts": counts, "notified": notified}),
             ));
         }
-        Ok(())
     }
 
+    /// Decides the notifications of an event; returns the receivers that hear it.
     fn enqueue(
-        &self,
+        &mut self,
         outbox: &Outbox,
-        batch: &mut store::Batch,
         event: &IncidentEvent,
         receivers: &BTreeSet<String>,
         muted: bool,
-    ) -> Result<Vec<String>, StoreError> {
-        outbox.enqueue_to(batch, event, receivers, muted)
+    ) -> Vec<String> {
+        let routed = outbox.route(event, receivers, muted);
+        self.effects.notify(event, routed)
     }
 
     /// The clock: records silences that ended and fires the escalation steps now due.
-    /// Returns whether notifications were written; an error means the batch is incomplete
-    /// and must not be committed.
-    pub fn tick(
-        &mut self,
-        book: &mut IncidentBook,
-        outbox: &Outbox,
-        batch: &mut store::Batch,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        for s in self.silences.expire_due(now, batch)? {
+    /// Returns whether it decided notifications.
+    pub fn tick(&mut self, book: &mut IncidentBook, outbox: &Outbox, now: DateTime<Utc>) -> bool {
+        // Windows first: a window cut by its silence's end closes before the silence ends.
+        for change in self.silences.windows_due(now) {
+            let (event, verb) = if change.opened {
+                ("silence.window_opened", "opened")
+            } else {
+                ("silence.window_closed", "closed")
+            };
+            tracing::info!(silence = %change.silence.id, starts_at = %change.window.starts_at, ends_at = %change.window.ends_at, "silence window {verb}");
+            self.note(window_entry(event, DAEMON, &change.silence, change.window));
+            self.effects.store(Record::Silence(change.silence));
+        }
+        for s in self.silences.expire_due(now) {
             tracing::info!(silence = %s.id, "silence ended");
             self.note(Entry::new(
                 "silence.expired",
@@ -683,8 +687,11 @@ impl Desk {
                 None,
                 json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
             ));
+            self.effects.store(Record::Silence(s));
         }
-        self.containments.expire_due(now, batch);
+        let mut changed = Vec::new();
+        self.containments.expire_due(now, &mut changed);
+        self.effects.containments(changed);
         let mut wrote = false;
         for id in self.due.take_due(now) {
             let (Some(incident), Some(tracker)) = (book.active(&id), self.trackers.get_mut(&id))
@@ -698,9 +705,9 @@ impl Desk {
             if firings.is_empty() {
                 continue;
             }
-            put_tracker(batch, &tracker)?;
+            self.effects.store(Record::Tracker(tracker.clone()));
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
-            self.contain(book, &id, &tracker.policy, &firings, now, batch);
+            self.contain(book, &id, &tracker.policy, &firings, now);
             for firing in firings {
                 let Some(incident) = book.active_mut(&id) else {
                     break;
@@ -728,8 +735,7 @@ impl Desk {
                     kind: EventKind::Escalated,
                     incident: incident.clone(),
                 };
-                let notified =
-                    self.enqueue(outbox, batch, &event, &firing.receivers, silence.is_some())?;
+                let notified = self.enqueue(outbox, &event, &firing.receivers, silence.is_some());
                 wrote |= !notified.is_empty();
                 tracing::info!(incident = %id, step = firing.step + 1, roles = %firing.roles, "escalated");
                 let external = notified.iter().any(|r| self.policies.is_external(r));
@@ -748,7 +754,7 @@ impl Desk {
                 ));
             }
         }
-        Ok(wrote)
+        wrote
     }
 
     /// Decides the containments the fired steps call for (see [`containment::Book::request`]).
@@ -759,7 +765,6 @@ impl Desk {
         policy: &str,
         firings: &[crate::escalation::Firing],
         now: DateTime<Utc>,
-        batch: &mut store::Batch,
     ) {
         let actions: Vec<String> = firings.iter().flat_map(|f| f.contain.clone()).collect();
         if actions.is_empty() {
@@ -769,9 +774,11 @@ impl Desk {
             return;
         };
         let allowed_by = format!("{DAEMON} (escalation policy {policy})");
+        let mut changed = Vec::new();
         let entries = self
             .containments
-            .request(incident, &actions, &allowed_by, now, batch);
+            .request(incident, &actions, &allowed_by, now, &mut changed);
+        self.effects.containments(changed);
         for entry in entries {
             self.note(entry);
         }
@@ -786,7 +793,6 @@ impl Desk {
         book: &mut IncidentBook,
         store: &Store,
         outbox: &Outbox,
-        batch: &mut store::Batch,
         outcome: &containment::Outcome,
     ) -> Result<Vec<Kpi>, StoreError> {
         let Some(id) = self.containments.incident_of(outcome) else {
@@ -804,7 +810,11 @@ impl Desk {
             },
         };
         let now = outcome.at;
-        let recorded = self.containments.record(outcome, &mut incident, batch);
+        let mut changed = Vec::new();
+        let recorded = self
+            .containments
+            .record(outcome, &mut incident, &mut changed);
+        self.effects.containments(changed);
         for entry in recorded.audit {
             self.note(entry);
         }
@@ -829,7 +839,7 @@ impl Desk {
                 kind: EventKind::StateChanged,
                 incident: incident.clone(),
             };
-            let notified = self.enqueue(outbox, batch, &event, &reached, silenced)?;
+            let notified = self.enqueue(outbox, &event, &reached, silenced);
             self.note(Entry::new(
                 "incident.transitioned",
                 DAEMON,
@@ -843,27 +853,26 @@ impl Desk {
                 *slot = incident.clone();
                 self.schedule(&id, Some(&incident));
             }
-            None => incident.put(store, batch)?,
+            None => self.effects.store(Record::Incident(Box::new(incident))),
         }
         Ok(kpis)
     }
 
-    /// Carries out an API request into `batch` (the incident book marks what it changed;
-    /// the caller writes it). A refusal changes nothing but is queued for the audit log.
-    #[allow(clippy::too_many_arguments)]
+    /// Carries out an API request: the incident book marks what it changed, the rest is
+    /// decided as effects (see [`Desk::take_effects`]); the caller writes both. A refusal
+    /// changes nothing but is queued for the audit log.
     pub fn command(
         &mut self,
         book: &mut IncidentBook,
         store: &Store,
         outbox: &Outbox,
-        batch: &mut store::Batch,
         actor: &str,
         request: Request,
         now: DateTime<Utc>,
     ) -> Result<Done, Refusal> {
         match request {
             Request::Incident { id, action } => {
-                let result = self.act(book, store, outbox, batch, actor, &id, &action, now);
+                let result = self.act(book, store, outbox, actor, &id, &action, now);
                 if let Err(Refusal::Conflict(reason)) = &result {
                     self.note(Entry::new(
                         "incident.refused",
@@ -877,8 +886,9 @@ impl Desk {
             Request::CreateSilence(new) => {
                 let silence = self
                     .silences
-                    .create(new, actor, now, batch)
+                    .create(new, actor, now)
                     .map_err(Refusal::Invalid)?;
+                self.effects.store(Record::Silence(silence.clone()));
                 tracing::info!(silence = %silence.id, author = actor, "silence created");
                 self.note(Entry::new(
                     "silence.created",
@@ -890,6 +900,7 @@ impl Desk {
                         "starts_at": silence.starts_at,
                         "ends_at": silence.ends_at,
                         "reason": silence.reason,
+                        "schedule": silence.schedule,
                     }),
                 ));
                 Ok(Done {
@@ -898,10 +909,12 @@ impl Desk {
                 })
             }
             Request::ExpireSilence(id) => {
+                let open = self.silences.open_window(&id);
                 let silence = self
                     .silences
-                    .expire(&id, actor, now, batch)?
+                    .expire(&id, actor, now)
                     .ok_or_else(|| Refusal::NotFound(format!("no active silence {id}")))?;
+                self.effects.store(Record::Silence(silence.clone()));
                 tracing::info!(silence = %silence.id, by = actor, "silence expired");
                 self.note(Entry::new(
                     "silence.expired",
@@ -909,6 +922,14 @@ impl Desk {
                     None,
                     json!({"id": silence.id, "ends_at": silence.ends_at, "by": actor}),
                 ));
+                if let Some(window) = open {
+                    self.note(window_entry(
+                        "silence.window_closed",
+                        actor,
+                        &silence,
+                        window,
+                    ));
+                }
                 Ok(Done {
                     reply: silence.to_json(now),
                     kpis: Vec::new(),
@@ -927,7 +948,6 @@ impl Desk {
         book: &mut IncidentBook,
         store: &Store,
         outbox: &Outbox,
-        batch: &mut store::Batch,
         actor: &str,
         id: &str,
         action: &Action,
@@ -959,20 +979,25 @@ impl Desk {
             )));
         }
         let applied = apply(&mut incident, action, actor, now)?;
+        let mut changed = Vec::new();
         let lifted = match action {
             Action::Release { .. } => {
                 self.containments
-                    .release(&mut incident, actor, "released", now, batch)
+                    .release(&mut incident, actor, "released", now, &mut changed)
             }
             _ if incident.state == State::FalsePositive => {
                 self.containments
-                    .release(&mut incident, actor, "false_positive", now, batch)
+                    .release(&mut incident, actor, "false_positive", now, &mut changed)
             }
             Action::Approve { .. } => {
-                Some(self.containments.approve(&mut incident, actor, now, batch))
+                Some(
+                    self.containments
+                        .approve(&mut incident, actor, now, &mut changed),
+                )
             }
             _ => None,
         };
+        self.effects.containments(changed);
         for entry in lifted.into_iter().flatten() {
             self.note(entry);
         }
@@ -983,7 +1008,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            notified = self.enqueue(outbox, batch, &event, &tracker.reached, silence.is_some())?;
+            notified = self.enqueue(outbox, &event, &tracker.reached, silence.is_some());
         }
         let mut details = applied.details;
         if matches!(action, Action::Approve { .. }) {
@@ -998,7 +1023,7 @@ impl Desk {
                 kind,
                 incident: incident.clone(),
             };
-            let external = self.enqueue(outbox, batch, &event, &released, false)?;
+            let external = self.enqueue(outbox, &event, &released, false);
             details["released"] = json!(external);
             details["external"] = json!(!external.is_empty());
         }
@@ -1007,7 +1032,7 @@ impl Desk {
         let event_name = applied.audit;
         self.note(Entry::new(event_name, actor, Some(id), details));
         tracing::info!(incident = %id, actor, action = action.name(), state = %incident.state, "incident changed");
-        put_tracker(batch, &tracker)?;
+        self.effects.store(Record::Tracker(tracker.clone()));
         if incident.state.is_active() {
             if let Some(slot) = book.active_mut(id) {
                 *slot = incident.clone();
@@ -1020,7 +1045,8 @@ impl Desk {
                 self.trackers.remove(id);
             }
             self.schedule(id, None);
-            incident.put(store, batch)?;
+            self.effects
+                .store(Record::Incident(Box::new(incident.clone())));
         }
         Ok(Done {
             reply: serde_json::to_value(&incident).expect("incidents serialise"),
@@ -1029,8 +1055,27 @@ impl Desk {
     }
 }
 
-fn put_tracker(batch: &mut store::Batch, tracker: &Tracker) -> Result<(), StoreError> {
-    batch.put(Space::Escalations, &tracker_key(&tracker.incident), tracker)
+/// The audit entry of a scheduled silence's window opening or closing: which silence, the
+/// window, and the approval it rests on (author, reason).
+fn window_entry(
+    event: &str,
+    actor: &str,
+    silence: &crate::silences::Silence,
+    window: crate::silences::Window,
+) -> Entry {
+    Entry::new(
+        event,
+        actor,
+        None,
+        json!({
+            "id": silence.id,
+            "window": window,
+            "matchers": silence.matchers,
+            "schedule": silence.schedule,
+            "author": silence.author,
+            "reason": silence.reason,
+        }),
+    )
 }
 
 fn join(set: &BTreeSet<String>) -> String {
@@ -1081,6 +1126,7 @@ pub struct ReviewBody {
 mod tests {
     use super::*;
     use crate::notification::format::sample_incident;
+    use crate::store;
 
     const CONFIG: &str = r#"state_dir: s
 receivers:
@@ -1129,12 +1175,23 @@ escalation_policies:
         fn book(&self) -> IncidentBook {
             IncidentBook::load(&self.store, "web1").unwrap()
         }
+
+        /// Commits what the desk decided, as the pipeline does; returns its audit entries.
+        fn commit(&self, desk: &mut Desk) -> Vec<Entry> {
+            let mut batch = store::Batch::new();
+            let written = desk
+                .take_effects()
+                .write(&self.store, &self.outbox, &mut batch)
+                .unwrap();
+            self.store.commit(batch).unwrap();
+            written.audit
+        }
     }
 
     #[test]
     fn later_events_go_to_the_receivers_reached_so_far_and_updates_are_audited_once() {
         let f = Fixture::new();
-        let (store, outbox) = (f.store.clone(), f.outbox.clone());
+        let outbox = f.outbox.clone();
         let (mut desk, mut book) = (f.desk(), f.book());
         let incident = sample_incident();
         let now = incident.opened_at;
@@ -1142,7 +1199,6 @@ escalation_policies:
             kind,
             incident: incident.clone(),
         };
-        let mut batch = store::Batch::new();
         desk.dispatch(
             &mut book,
             &[
@@ -1152,11 +1208,9 @@ escalation_policies:
                 event(EventKind::SeverityChanged),
             ],
             &outbox,
-            &mut batch,
             now,
-        )
-        .unwrap();
-        store.commit(batch).unwrap();
+        );
+        let audit = f.commit(&mut desk);
         let sent: Vec<(String, EventKind)> = outbox
             .pending()
             .unwrap()
@@ -1171,7 +1225,7 @@ escalation_policies:
                 ("first".to_string(), EventKind::SeverityChanged),
             ]
         );
-        let audit: Vec<String> = desk.take_audit().into_iter().map(|e| e.event).collect();
+        let audit: Vec<String> = audit.into_iter().map(|e| e.event).collect();
         assert_eq!(
             audit,
             [
@@ -1200,16 +1254,8 @@ escalation_policies:
                 }
             })
             .collect();
-        let mut batch = store::Batch::new();
-        desk.dispatch(
-            &mut book,
-            &events,
-            &outbox,
-            &mut batch,
-            sample_incident().opened_at,
-        )
-        .unwrap();
-        let audit = desk.take_audit();
+        desk.dispatch(&mut book, &events, &outbox, sample_incident().opened_at);
+        let audit = desk.take_effects().audit_entries().to_vec();
         assert_eq!(audit.len(), 1, "{audit:?}");
         assert_eq!(audit[0].event, "incident.updated");
         assert_eq!(audit[0].incident, None);
@@ -1246,9 +1292,8 @@ escalation_policies:
         let hour = chrono::Duration::hours(1);
         let started = std::time::Instant::now();
         for second in 0..50 {
-            let mut batch = store::Batch::new();
             let now = opened + chrono::Duration::seconds(second) + chrono::Duration::minutes(30);
-            assert!(!desk.tick(&mut book, &outbox, &mut batch, now).unwrap());
+            assert!(!desk.tick(&mut book, &outbox, now));
         }
         let idle = started.elapsed();
         assert!(
@@ -1257,20 +1302,10 @@ escalation_policies:
         );
 
         // INC-1's step is due at its opening + 1 h, INC-2's a second later.
-        let mut batch = store::Batch::new();
         let due = opened + chrono::Duration::seconds(1) + hour;
-        assert!(
-            !desk
-                .tick(
-                    &mut book,
-                    &outbox,
-                    &mut batch,
-                    due - chrono::Duration::milliseconds(1)
-                )
-                .unwrap()
-        );
-        assert!(desk.tick(&mut book, &outbox, &mut batch, due).unwrap());
-        store.commit(batch).unwrap();
+        assert!(!desk.tick(&mut book, &outbox, due - chrono::Duration::milliseconds(1)));
+        assert!(desk.tick(&mut book, &outbox, due));
+        let audit = f.commit(&mut desk);
         let sent: Vec<(String, String)> = outbox
             .pending()
             .unwrap()
@@ -1278,17 +1313,15 @@ escalation_policies:
             .map(|r| (r.incident, r.receiver))
             .collect();
         assert_eq!(sent, [("INC-1".to_string(), "later".to_string())]);
-        assert_eq!(desk.take_audit().len(), 1);
+        assert_eq!(audit.len(), 1);
         // Fired and not repeating: out of the queue.
         assert_eq!(desk.scheduled(), OPEN - 1);
 
         // Acknowledged before its time: INC-2 leaves the queue and never fires.
-        let mut batch = store::Batch::new();
         desk.command(
             &mut book,
             &store,
             &outbox,
-            &mut batch,
             "oncall",
             Request::Incident {
                 id: "INC-2".into(),
@@ -1298,27 +1331,9 @@ escalation_policies:
         )
         .unwrap();
         assert_eq!(desk.scheduled(), OPEN - 2);
-        let mut batch = store::Batch::new();
-        assert!(
-            !desk
-                .tick(
-                    &mut book,
-                    &outbox,
-                    &mut batch,
-                    due + chrono::Duration::seconds(1)
-                )
-                .unwrap()
-        );
+        assert!(!desk.tick(&mut book, &outbox, due + chrono::Duration::seconds(1)));
         // INC-3 is due a second after INC-2 would have been.
-        assert!(
-            desk.tick(
-                &mut book,
-                &outbox,
-                &mut batch,
-                due + chrono::Duration::seconds(2)
-            )
-            .unwrap()
-        );
+        assert!(desk.tick(&mut book, &outbox, due + chrono::Duration::seconds(2)));
     }
 
     fn t(to: State) -> Action {

@@ -6,11 +6,10 @@
 //! backoff, so a slow or dead receiver only ever delays itself. Within a lane, the events of
 //! one incident go out in order (a resolve never overtakes its trigger).
 
-use super::{Outbox, Record};
+use super::{Fate, Outbox, Record, Settled};
 use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, read_secret};
 use crate::metrics::Metrics;
 use crate::notification::format::{self, WebhookFormat};
-use crate::store::{self, Space};
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -275,6 +274,7 @@ impl Dispatcher {
                     // Released either way: a bury the store refused is tried again by the
                     // next rescan.
                     if let Err(e) = out.store(&self.outbox) {
+                        self.metrics.store_errors.inc();
                         tracing::error!(error = %e, "cannot store a dead letter; it stays in the outbox");
                     }
                     self.known.lock().expect("known lock").remove(&id);
@@ -327,13 +327,12 @@ impl Dispatcher {
     }
 }
 
-/// Delivery outcomes not yet stored. A lane gathers the outcomes of every attempt that
-/// finished together and stores them in one commit (one batch, one audit record each), so
-/// a burst of deliveries is not a burst of commits.
+/// Delivery outcomes decided and not yet stored. A lane gathers the outcomes of every
+/// attempt that finished together and stores them in one commit (one batch, one audit
+/// record each), so a burst of deliveries is not a burst of commits.
 #[derive(Default)]
 struct Outcomes {
-    batch: store::Batch,
-    audit: Vec<(Record, &'static str, serde_json::Value)>,
+    decided: Vec<Settled>,
     /// Ids to hand back to the dispatcher once stored (delivered or dead).
     settled: Vec<u64>,
     dead: bool,
@@ -344,10 +343,10 @@ impl Outcomes {
     /// (delivered or dead). After an error nothing was stored and the same outcomes are
     /// tried again by the next call.
     fn store(&mut self, outbox: &Outbox) -> Result<Vec<u64>, crate::store::StoreError> {
-        if self.audit.is_empty() && self.batch.is_empty() {
+        if self.decided.is_empty() {
             return Ok(Vec::new());
         }
-        outbox.commit_outcomes(self.batch.clone(), &self.audit)?;
+        outbox.commit_outcomes(&self.decided)?;
         let Outcomes { settled, dead, .. } = std::mem::take(self);
         if dead {
             outbox.dead_letters_changed();
@@ -361,14 +360,6 @@ fn bury(metrics: &Metrics, mut record: Record, why: String, out: &mut Outcomes) 
     tracing::error!(receiver = %record.receiver, incident = %record.incident, key = %record.idempotency_key, attempts = record.attempts, reason = %why, "notification given up; kept as a dead letter");
     record.last_error = Some(why.clone());
     record.dead_at = Some(Utc::now());
-    if let Err(e) = out
-        .batch
-        .put(Space::DeadLetters, &Record::key(record.id), &record)
-    {
-        tracing::error!(error = %e, "cannot encode a dead letter; it stays in the outbox");
-        return;
-    }
-    out.batch.remove(Space::Outbox, &Record::key(record.id));
     let details =
         serde_json::json!({"attempt": record.attempts, "error": why, "dead_letter": true});
     metrics
@@ -376,7 +367,11 @@ fn bury(metrics: &Metrics, mut record: Record, why: String, out: &mut Outcomes) 
         .with_label_values(&[&record.receiver, "dead"])
         .inc();
     out.settled.push(record.id);
-    out.audit.push((record, "notification.failed", details));
+    out.decided.push(Settled {
+        record,
+        fate: Fate::Dead,
+        details,
+    });
     out.dead = true;
 }
 
@@ -724,9 +719,6 @@ impl Lane {
         };
         match outcome {
             Outcome::Delivered => {
-                self.outcomes
-                    .batch
-                    .remove(Space::Outbox, &Record::key(record.id));
                 let details = serde_json::json!({"attempt": record.attempts + 1});
                 counter("delivered");
                 let latency = (Utc::now() - record.created_at).num_milliseconds().max(0);
@@ -735,9 +727,11 @@ impl Lane {
                     .with_label_values(&[&self.name])
                     .observe(latency as f64 / 1000.0);
                 self.outcomes.settled.push(record.id);
-                self.outcomes
-                    .audit
-                    .push((record, "notification.delivered", details));
+                self.outcomes.decided.push(Settled {
+                    record,
+                    fate: Fate::Delivered,
+                    details,
+                });
             }
             Outcome::Retry { error, after } => {
                 record.attempts += 1;
@@ -757,18 +751,11 @@ impl Lane {
                 tracing::warn!(receiver = %self.name, incident = %record.incident, key = %record.idempotency_key, attempt = record.attempts, retry_in_ms = delay.as_millis() as u64, %error, "notification delivery failed; will retry");
                 let details = serde_json::json!({"attempt": record.attempts, "error": error, "retry_in_ms": delay.as_millis() as u64});
                 record.last_error = Some(error);
-                match self
-                    .outcomes
-                    .batch
-                    .put(Space::Outbox, &Record::key(record.id), &record)
-                {
-                    Ok(()) => self.outcomes.audit.push((
-                        record.clone(),
-                        "notification.attempt_failed",
-                        details,
-                    )),
-                    Err(e) => tracing::error!(error = %e, "cannot record a failed attempt"),
-                }
+                self.outcomes.decided.push(Settled {
+                    record: record.clone(),
+                    fate: Fate::Retrying,
+                    details,
+                });
                 self.waiting.insert(
                     record.id,
                     Waiting {
@@ -792,6 +779,7 @@ impl Lane {
         match self.outcomes.store(&self.outbox) {
             Ok(settled) => self.unflushed.extend(settled),
             Err(e) => {
+                self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "cannot store delivery outcomes; will retry");
             }
         }

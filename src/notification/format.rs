@@ -91,6 +91,14 @@ impl Formatter {
         Ok(Formatter { format, template })
     }
 
+    /// Whether this receiver has something to send for `kind` (a PagerDuty body has no
+    /// action for a state change or an update; a template says anything).
+    pub fn speaks(&self, kind: EventKind) -> bool {
+        self.template.is_some()
+            || !(self.format == WebhookFormat::Pagerduty
+                && matches!(kind, EventKind::StateChanged | EventKind::Updated))
+    }
+
     /// The body for an event, or `None` when the format has nothing to say about it (a
     /// PagerDuty event has no action for `state_changed`).
     pub fn render(&self, ctx: &EventContext) -> Option<String> {

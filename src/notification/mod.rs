@@ -183,7 +183,8 @@ impl Router {
                     return false;
                 };
                 let resolve = kind == EventKind::Closed && target.config.resolves();
-                resolve || (!muted && target.config.events().contains(&kind))
+                (resolve || (!muted && target.config.events().contains(&kind)))
+                    && target.formatter.speaks(kind)
             })
             .collect();
         names.sort_unstable();
@@ -195,6 +196,49 @@ impl Router {
     pub fn knows(&self, receiver: &str) -> bool {
         self.targets.contains_key(receiver)
     }
+}
+
+/// What a delivery attempt's outcome does to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Delivered: it leaves the outbox.
+    Delivered,
+    /// Failed, to be tried again: its attempt count and last error are stored.
+    Retrying,
+    /// Given up: it moves to the dead letters.
+    Dead,
+}
+
+impl Fate {
+    /// The audit event of the outcome.
+    fn audit_event(self) -> &'static str {
+        match self {
+            Fate::Delivered => "notification.delivered",
+            Fate::Retrying => "notification.attempt_failed",
+            Fate::Dead => "notification.failed",
+        }
+    }
+}
+
+/// A delivery outcome decided by the worker, as a value for [`Outbox::commit_outcomes`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settled {
+    /// The record as it is after the attempt.
+    pub record: Record,
+    /// What happens to it.
+    pub fate: Fate,
+    /// Audit details (attempt, error).
+    pub details: Value,
+}
+
+/// Notifications decided for one event: who hears it. A value until [`Outbox::write`]
+/// stores it, so deciding and storing are separate steps (the single writer stores).
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The event, with the incident as it is after it.
+    pub event: IncidentEvent,
+    /// Receivers that hear it, sorted.
+    pub receivers: Vec<String>,
 }
 
 /// Writes notifications into store batches and hands out dead letters; cheap to clone, so
@@ -243,9 +287,28 @@ impl Outbox {
         self
     }
 
-    /// Adds the notifications of an event for those of `candidates` that hear it (see
-    /// [`Router::deliverable`]) to `batch`, the batch that also stores the event's incident
-    /// change. Returns the receivers written for; call [`Outbox::wake`] once the batch is
+    /// Decides who hears an event: those of `candidates` that hear it (see
+    /// [`Router::deliverable`]), sorted. Nothing is written: [`Outbox::write`] stores the
+    /// [`Notice`] in the commit that also stores the event's incident change.
+    pub fn route<'a>(
+        &self,
+        event: &IncidentEvent,
+        candidates: impl IntoIterator<Item = &'a String>,
+        muted: bool,
+    ) -> Vec<String> {
+        self.router
+            .deliverable(
+                event.kind,
+                candidates.into_iter().map(String::as_str),
+                muted,
+            )
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// [`Outbox::route`] and [`Outbox::write`] at once, for callers that own a batch.
+    /// Returns the receivers written for; call [`Outbox::wake`] once the batch is
     /// committed.
     pub fn enqueue_to<'a>(
         &self,
@@ -254,27 +317,21 @@ impl Outbox {
         candidates: impl IntoIterator<Item = &'a String>,
         muted: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let receivers: Vec<String> = self
-            .router
-            .deliverable(
-                event.kind,
-                candidates.into_iter().map(String::as_str),
-                muted,
-            )
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        self.write(batch, event, &receivers)
+        let notice = Notice {
+            event: event.clone(),
+            receivers: self.route(event, candidates, muted),
+        };
+        self.write(batch, &notice)?;
+        Ok(notice.receivers)
     }
 
-    fn write(
-        &self,
-        batch: &mut store::Batch,
-        event: &IncidentEvent,
-        receivers: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    /// Writes a notice's notifications (one outbox record per receiver, and per cluster
+    /// member where a receiver sends to each) into `batch`, with ids taken in the batch.
+    /// An error means the batch is incomplete and must not be committed.
+    pub fn write(&self, batch: &mut store::Batch, notice: &Notice) -> Result<(), StoreError> {
+        let (event, receivers) = (&notice.event, &notice.receivers);
         if receivers.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let sequence = batch.take_id(&self.store);
         let idempotency_key = format!("{}-{sequence}", event.incident.uid);
@@ -286,10 +343,12 @@ impl Outbox {
             at: now,
             origin: &self.router.origin,
         };
-        let mut added = Vec::new();
         for name in receivers {
             let target = &self.router.targets[name.as_str()];
             let Some(body) = target.formatter.render(&ctx) else {
+                // Routing left out receivers whose format has nothing for this event; only
+                // a failed template over such a format gets here.
+                tracing::warn!(receiver = %name, event = event.kind.as_str(), "nothing to send for this event");
                 continue;
             };
             if target.resends {
@@ -310,9 +369,8 @@ impl Outbox {
                 body,
             };
             self.put_copies(batch, target, record)?;
-            added.push(name.clone());
         }
-        Ok(added)
+        Ok(())
     }
 
     /// Puts `record` in the outbox under a fresh id: one copy per cluster member, each
@@ -510,29 +568,51 @@ impl Outbox {
         &self.store
     }
 
-    /// Commits delivery outcomes (outbox removals, retry counts, dead letters) with the
-    /// audit entry of each, in one batch (plain commit when no audit log is attached).
-    pub(crate) fn commit_outcomes(
-        &self,
-        batch: store::Batch,
-        outcomes: &[(Record, &'static str, serde_json::Value)],
-    ) -> Result<(), StoreError> {
+    /// Commits delivery outcomes, decided by the delivery worker as values, in one batch
+    /// with the audit entry of each (plain commit when no audit log is attached): a
+    /// delivered record leaves the outbox, a failed attempt stores its new attempt count, a
+    /// dead letter moves out of the outbox. A record that cannot be encoded fails the whole
+    /// commit (the worker keeps the outcomes and tries again), never only its part.
+    pub(crate) fn commit_outcomes(&self, outcomes: &[Settled]) -> Result<(), StoreError> {
+        let mut batch = store::Batch::new();
+        for settled in outcomes {
+            let (record, key) = (&settled.record, Record::key(settled.record.id));
+            match settled.fate {
+                Fate::Delivered => batch.remove(Space::Outbox, &key),
+                Fate::Retrying => batch.put(Space::Outbox, &key, record)?,
+                Fate::Dead => {
+                    batch.put(Space::DeadLetters, &key, record)?;
+                    batch.remove(Space::Outbox, &key);
+                }
+            }
+        }
         let Some(audit) = &self.audit else {
             return self.store.commit(batch);
         };
         let entries: Vec<Entry> = outcomes
             .iter()
-            .map(|(record, event, details)| {
-                let mut details = details.clone();
-                details["receiver"] = record.receiver.clone().into();
-                details["event"] = record.event.as_str().into();
-                details["idempotency_key"] = record.idempotency_key.clone().into();
-                details["notification"] = record.id.into();
-                if self.external.contains(&record.receiver) {
-                    details["external"] = true.into();
-                }
-                Entry::new(event, "logwarden", record.incident_id(), details)
-            })
+            .map(
+                |Settled {
+                     record,
+                     fate,
+                     details,
+                 }| {
+                    let mut details = details.clone();
+                    details["receiver"] = record.receiver.clone().into();
+                    details["event"] = record.event.as_str().into();
+                    details["idempotency_key"] = record.idempotency_key.clone().into();
+                    details["notification"] = record.id.into();
+                    if self.external.contains(&record.receiver) {
+                        details["external"] = true.into();
+                    }
+                    Entry::new(
+                        fate.audit_event(),
+                        "logwarden",
+                        record.incident_id(),
+                        details,
+                    )
+                },
+            )
             .collect();
         audit.commit(&batch, &entries)
     }

@@ -22,6 +22,8 @@ pub struct SilencesArgs {
 
 /// Silence operations.
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of `Add` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SilencesCommand {
     /// Create a silence (needs an approver token).
     Add {
@@ -34,17 +36,32 @@ pub enum SilencesCommand {
         /// Only incidents whose rule has label NAME=VALUE (repeatable).
         #[arg(long = "label", value_name = "NAME=VALUE")]
         labels: Vec<String>,
-        /// How long from now, e.g. `2h`.
+        /// How long from now, e.g. `2h` (with --days: how long the recurrence lasts).
         #[arg(
             long,
             conflicts_with = "until",
-            required_unless_present = "until",
+            required_unless_present_any = ["until", "days"],
             value_parser = duration
         )]
         duration: Option<String>,
-        /// When it ends (RFC 3339).
+        /// When it ends (RFC 3339; with --days: the end date of the recurrence, at most
+        /// ten years ahead, which is also the default).
         #[arg(long)]
         until: Option<String>,
+        /// Recurring: the days a window starts on, e.g. `sat,sun` (mon … sun).
+        #[arg(long, value_delimiter = ',', requires_all = ["from", "to", "time_zone"])]
+        days: Vec<String>,
+        /// Recurring: local start time of each window, `HH:MM`.
+        #[arg(long, requires = "days")]
+        from: Option<String>,
+        /// Recurring: local end time, `HH:MM` (at or before --from: the next day; `24:00`
+        /// the end of the day).
+        #[arg(long, requires = "days")]
+        to: Option<String>,
+        /// Recurring: the zone the times are in, e.g. `Europe/Berlin` (from the system's tz
+        /// database).
+        #[arg(long, requires = "days")]
+        time_zone: Option<String>,
         /// Why the exception is granted.
         #[arg(long)]
         reason: String,
@@ -85,6 +102,13 @@ pub fn run(args: SilencesArgs) -> ExitCode {
             None => ("until", time(s, "ends_at")),
         };
         crate::outln!("{}: {} {word} {end}", text(s, "id"), text(s, "state"));
+        if s["schedule"].is_object() {
+            crate::outln!(
+                "  {}; next window: {}",
+                schedule_text(&s["schedule"]),
+                window_text(s)
+            );
+        }
     };
     match &args.command {
         SilencesCommand::Add {
@@ -93,6 +117,10 @@ pub fn run(args: SilencesArgs) -> ExitCode {
             labels,
             duration,
             until,
+            days,
+            from,
+            to,
+            time_zone,
             reason,
         } => {
             let (keys, labels) = match (pairs(keys, "key"), pairs(labels, "label")) {
@@ -113,6 +141,10 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                 matchers["labels"] = Value::Object(labels);
             }
             let mut body = json!({"matchers": matchers, "reason": reason});
+            if !days.is_empty() {
+                body["schedule"] =
+                    json!({"days": days, "from": from, "to": to, "time_zone": time_zone});
+            }
             if let Some(d) = duration {
                 body["duration"] = d.clone().into();
             }
@@ -155,13 +187,22 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                             },
                             text(s, "author"),
                             matchers_text(&s["matchers"]),
+                            if s["schedule"].is_object() {
+                                format!(
+                                    "{}; next {}",
+                                    schedule_text(&s["schedule"]),
+                                    window_text(s)
+                                )
+                            } else {
+                                "-".to_string()
+                            },
                             text(s, "reason"),
                         ]
                     })
                     .collect();
                 client::print_table(
                     &[
-                        "ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "REASON",
+                        "ID", "STATE", "STARTS", "ENDS", "AUTHOR", "MATCHERS", "SCHEDULE", "REASON",
                     ],
                     &rows,
                 );
@@ -188,4 +229,31 @@ fn matchers_text(m: &Value) -> String {
         }
     }
     parts.join(",")
+}
+
+/// `sat,sun 02:00-04:00 Europe/Berlin`.
+fn schedule_text(schedule: &Value) -> String {
+    let days: Vec<&str> = schedule["days"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!(
+        "{} {}-{} {}",
+        days.join(","),
+        text(schedule, "from"),
+        text(schedule, "to"),
+        text(schedule, "time_zone")
+    )
+}
+
+/// The window in effect or next, `START..END` (UTC), or `none` when none is left.
+fn window_text(silence: &Value) -> String {
+    let w = &silence["next_window"];
+    if w.is_object() {
+        format!("{}..{}", time(w, "starts_at"), time(w, "ends_at"))
+    } else {
+        "none".to_string()
+    }
 }

@@ -1,8 +1,9 @@
 //! One evaluation of lines against a rule set, in memory, on the lines' own clock.
 //!
-//! This is the daemon's [`Engine`] without the store and the outbox: `test` and `replay`
-//! must report exactly what the daemon would have opened, so they run the same engine and
-//! never evaluate rules another way. The clock is the lines'
+//! This is the daemon's [`Engine`] over the store's in-memory engine, without the outbox:
+//! `test` and `replay` must report exactly what the daemon would have opened and stored, so
+//! they run the same engine, write incidents through the same book and codecs, report the
+//! incidents as read back from the store, and never evaluate rules another way. The clock is the lines'
 //! time: absence rules are advanced to the exact moment a gap opens, state is expired as
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
@@ -12,6 +13,8 @@ use crate::engine::{Engine, Stamp};
 use crate::incidents::{Incident, IncidentBook, IncidentEvent};
 use crate::rules::RuleSet;
 use crate::sources::LogLine;
+use crate::store::evidence::EvidenceLog;
+use crate::store::{self, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +25,12 @@ use std::sync::Arc;
 /// replay rate of a busy log.
 const HOUSEKEEPING_MS: i64 = 600_000;
 
-/// Lines evaluated in time order into incidents, without side effects.
+/// Lines evaluated in time order into incidents, without side effects (the store is in
+/// memory and goes with the evaluation).
 pub struct Evaluation {
     engine: Engine,
-    /// Every incident opened, as it is after the latest change, by number.
-    incidents: BTreeMap<u64, Incident>,
+    store: Store,
+    evidence: EvidenceLog,
     events: Vec<IncidentEvent>,
     watermark: Option<DateTime<Utc>>,
     last_housekeeping_ms: i64,
@@ -41,13 +45,17 @@ impl Evaluation {
 
     /// An evaluation whose detector is of `design` (benchmarks compare designs).
     pub fn with_design(rules: Arc<RuleSet>, sources: &[String], design: Design) -> Self {
+        let store = Store::memory();
+        let book = IncidentBook::load(&store, &crate::host::kernel_host_name())
+            .expect("an empty store in memory reads");
         Evaluation {
             engine: Engine::new(
                 Detector::with_design(rules, sources, design),
-                IncidentBook::empty(),
+                book,
                 Stamp::Match,
             ),
-            incidents: BTreeMap::new(),
+            store,
+            evidence: EvidenceLog::default(),
             events: Vec::new(),
             watermark: None,
             last_housekeeping_ms: i64::MIN,
@@ -66,7 +74,8 @@ impl Evaluation {
         self.clock_before(time);
         self.engine
             .observe(line, time, &mut self.events, &mut |_| {});
-        self.keep_events();
+        // The incidents are in the book; what to notify is the daemon's business.
+        self.events.clear();
     }
 
     /// Like [`Evaluation::observe`], with the line's matches already found by a copy of
@@ -75,7 +84,8 @@ impl Evaluation {
         self.clock_before(time);
         self.engine
             .observe_found(line, time, found, &mut self.events, &mut |_| {});
-        self.keep_events();
+        // The incidents are in the book; what to notify is the daemon's business.
+        self.events.clear();
     }
 
     /// A copy of the matching stage, for a worker thread.
@@ -97,7 +107,7 @@ impl Evaluation {
             return;
         }
         self.engine.advance(now, &mut self.events);
-        self.keep_events();
+        self.events.clear();
         self.watermark = Some(now);
         let now_ms = now.timestamp_millis();
         if now_ms.saturating_sub(self.last_housekeeping_ms) >= HOUSEKEEPING_MS {
@@ -109,14 +119,26 @@ impl Evaluation {
             for (rule, n) in detector.take_evictions() {
                 *self.evicted.entry(rule).or_default() += n;
             }
+            // Incidents are written as the daemon writes them (a failure shows at the
+            // end, where the written incidents are read back).
+            let _ = self.write_incidents();
         }
     }
 
-    fn keep_events(&mut self) {
-        for event in self.events.drain(..) {
-            let number = Incident::number(&event.incident.id).unwrap_or_default();
-            self.incidents.insert(number, event.incident);
+    /// Writes the incidents changed since the last write to the store, with their
+    /// evidence, as the daemon's commits do.
+    fn write_incidents(&mut self) -> Result<(), StoreError> {
+        let mut batch = store::Batch::new();
+        let written = self
+            .engine
+            .book_mut()
+            .write_changes(&self.store, &mut batch, &mut self.evidence)
+            .and_then(|()| self.store.commit(batch));
+        match written {
+            Ok(()) => self.evidence.committed(),
+            Err(_) => self.evidence.abandoned(),
         }
+        written
     }
 
     /// Keys dropped per rule because `max_keys` was reached (matches may have been lost).
@@ -128,12 +150,19 @@ impl Evaluation {
     }
 
     /// Ends the evaluation at `until` (else at the last line's time) and returns every
-    /// incident opened, in the order they opened.
+    /// incident opened, in the order they opened, as stored.
     pub fn finish(mut self, until: Option<DateTime<Utc>>) -> Vec<Incident> {
         if let Some(end) = until.or(self.watermark) {
             self.clock_to(end);
         }
-        self.incidents.into_values().collect()
+        // The store is in memory and the codecs are the daemon's: a failure here is a bug
+        // in them, which the tools must not paper over.
+        self.write_incidents()
+            .and_then(|()| crate::incidents::stored::scan(&self.store, |_| true))
+            .expect("incidents written to the in-memory store read back")
+            .into_iter()
+            .map(|(_, incident, _)| incident)
+            .collect()
     }
 }
 
