@@ -1,10 +1,11 @@
 //! `logwarden run`: wires sources (files, stdin, syslog, journal), pipeline, notifier and
 //! HTTP together and shuts them down in order on SIGTERM/SIGINT.
 
-use crate::api::{self, AppState, Health};
+use crate::api::{self, AppState};
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
 use crate::detection::Detector;
+use crate::health::Health;
 use crate::lifecycle::{DAEMON, Desk};
 use crate::metrics::Metrics;
 use crate::notification::{Outbox, deliver};

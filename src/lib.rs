@@ -19,6 +19,8 @@ pub mod due;
 pub mod duration;
 pub mod engine;
 pub mod escalation;
+pub mod evidence;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod ids;

@@ -6,10 +6,10 @@
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
-use crate::api::Health;
 use crate::audit::Entry;
 use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
 use crate::engine::{Engine, Stamp};
+use crate::health::Health;
 use crate::incidents::{EventKind, IncidentBook, IncidentEvent};
 use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;

@@ -6,9 +6,9 @@
 //! `path:line:col: message`, the failure is counted and `/readyz` names the file until a
 //! good reload.
 
-use crate::api::Health;
 use crate::detection::RuleChange;
 use crate::diag::Diagnostic;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pipeline::Reload;
 use crate::rules::{RuleContext, RuleSet};

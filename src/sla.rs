@@ -78,18 +78,6 @@ impl Stage {
     }
 }
 
-impl From<crate::lifecycle::Measure> for Stage {
-    /// The stage a response-time KPI measures.
-    fn from(measure: crate::lifecycle::Measure) -> Stage {
-        use crate::lifecycle::Measure;
-        match measure {
-            Measure::Acknowledge => Stage::Acknowledge,
-            Measure::Contain => Stage::Contain,
-            Measure::Resolve => Stage::Resolve,
-        }
-    }
-}
-
 /// Whether a stage met its SLA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

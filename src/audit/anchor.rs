@@ -17,8 +17,8 @@
 use super::head::{self, SignedHead};
 use super::signing::HeadSigner;
 use super::{AuditLog, Entry, Head};
-use crate::api::Health;
 use crate::config::AuditConfig;
+use crate::health::Health;
 use crate::notification::Outbox;
 use crate::store::{self, Store, StoreError};
 use chrono::Utc;

@@ -43,21 +43,7 @@ pub const EVIDENCE_LINE_BYTES: usize = 1024;
 /// people and the store see them (the detector works on the same pairs as [`Fields`]).
 pub type Key = BTreeMap<String, String>;
 
-/// A log line kept as evidence on an incident. Its text is shared: the same line sits in a
-/// window, a hit and an incident without being copied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// Source name.
-    pub source: Arc<str>,
-    /// File path, or `-`.
-    pub path: Arc<str>,
-    /// Byte offset of the line in the file.
-    pub offset: u64,
-    /// The line's own time (or arrival time).
-    pub time: DateTime<Utc>,
-    /// The line as text (invalid UTF-8 replaced), cut at [`EVIDENCE_LINE_BYTES`].
-    pub line: Arc<str>,
-}
+pub use crate::evidence::Evidence;
 
 impl Evidence {
     /// Evidence for a line read at `time`.

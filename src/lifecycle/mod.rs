@@ -1122,6 +1122,19 @@ pub struct ReviewBody {
     pub actions: Vec<String>,
 }
 
+impl From<Measure> for crate::sla::Stage {
+    // Here, beside the measures, so the SLA judge needs nothing from the lifecycle.
+    /// The stage a response-time KPI measures.
+    fn from(measure: Measure) -> crate::sla::Stage {
+        use crate::sla::Stage;
+        match measure {
+            Measure::Acknowledge => Stage::Acknowledge,
+            Measure::Contain => Stage::Contain,
+            Measure::Resolve => Stage::Resolve,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

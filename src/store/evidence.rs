@@ -4,7 +4,7 @@
 
 use super::codec::{CodecError, Loc, block_newest_ms, line_hash};
 use super::{Batch, Space, Store, StoreError};
-use crate::detection::Evidence;
+use crate::evidence::Evidence;
 use std::collections::{HashMap, HashSet};
 
 /// Where the lines this writer stored (or read back) are. Forgetting one costs only

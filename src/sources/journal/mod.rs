@@ -19,9 +19,9 @@
 pub mod export;
 
 use super::{Batch, JournalGap, JournalPosition, LogLine, Progress};
-use crate::api::Health;
 use crate::config::{JournalConfig, SourceConfig, StartAt};
 use crate::diag::{Diagnostic, YamlLocator};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use export::{Entry, ExportReader, OUTPUT_FIELDS};
