@@ -11,6 +11,11 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
+/// The config the fixture was written with (tests/fixtures/make-v1-state.sh), except that
+/// the second escalation step and the waiting receiver's give-up age are as long as a
+/// duration may be: the fixture's incidents and outbox were written at a fixed past time,
+/// and with the script's 4h and 24h this test would see an escalation or a new dead letter
+/// once the fixture is that old.
 const CONFIG: &str = r#"host: fixture1
 sources:
   - name: auth
@@ -22,7 +27,7 @@ receivers:
   - name: waiting
     type: webhook
     url: http://127.0.0.1:9/
-    retry: {initial: 1h, max: 1h, max_age: 24h}
+    retry: {initial: 1h, max: 1h, max_age: 3650d}
   - name: gone
     type: webhook
     url: http://127.0.0.1:9/
@@ -32,7 +37,7 @@ roles:
 escalation_policies:
   default:
     - notify: [analysts]
-    - {after: 4h, notify: [analysts]}
+    - {after: 3650d, notify: [analysts]}
 "#;
 
 fn fixture(name: &str) -> std::path::PathBuf {
