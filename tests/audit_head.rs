@@ -330,7 +330,9 @@ fn a_cut_chain_is_refused_on_restart_and_by_verify_against_the_published_head() 
         "no head is signed over the cut: {}",
         head.body
     );
-    // It stays refusing: later heads are not signed over the discrepancy.
+    // It stays refusing: later heads are not signed over the discrepancy. What is checked
+    // is that nothing changes, so there is no condition to await: the wait spans at least
+    // one anchoring interval (1s in this setup).
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(readyz(s.port).status, 503);
 
