@@ -2,7 +2,7 @@
 //! HTTP together and shuts them down in order on SIGTERM/SIGINT.
 
 use crate::api::{self, AppState};
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditEvent, AuditLog, Entry};
 use crate::config::Config;
 use crate::detection::Detector;
 use crate::health::Health;
@@ -188,7 +188,7 @@ async fn serve(
         crate::containment::exec::spawn(&config, outcome_tx, metrics.clone())
     };
     desk.note(Entry::new(
-        "rules.loaded",
+        AuditEvent::RulesLoaded,
         DAEMON,
         None,
         serde_json::json!({"version": rules.version, "rules": rules.rules.len(), "reason": "start"}),

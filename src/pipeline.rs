@@ -6,7 +6,7 @@
 //! Because the checkpoint of a batch is stored with the batch's effects, a crash anywhere
 //! replays exactly the lines whose effects were not stored: none lost, none counted twice.
 
-use crate::audit::Entry;
+use crate::audit::{AuditEvent, Entry};
 use crate::detection::{Detector, Hit, RuleChange, decode_window, encode_window, window_key};
 use crate::engine::{Engine, Stamp};
 use crate::health::Health;
@@ -319,7 +319,7 @@ impl Pipeline {
                 Some(Progress::Journal { position, gap }) => {
                     if let Some(gap) = gap {
                         self.desk.note(Entry::new(
-                            "source.journal_gap",
+                            AuditEvent::SourceJournalGap,
                             DAEMON,
                             None,
                             serde_json::json!({"source": position.source, "gap": gap}),

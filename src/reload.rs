@@ -110,7 +110,7 @@ impl Reloader {
                 );
                 self.metrics.rule_reload_failures.inc();
                 self.audit.record(&[crate::audit::Entry::new(
-                    "rules.reload_failed",
+                    crate::audit::AuditEvent::RulesReloadFailed,
                     "logwarden",
                     None,
                     serde_json::json!({

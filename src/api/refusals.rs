@@ -2,7 +2,7 @@
 //! minute, with the count and a few example paths cut short — never one durable record per
 //! request, which would let an unauthenticated client fill the disk.
 
-use crate::audit::Entry;
+use crate::audit::{AuditEvent, Entry};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -93,7 +93,7 @@ impl Refusals {
             .into_iter()
             .map(|((client, actor, status), t)| {
                 Entry::new(
-                    "api.denied",
+                    AuditEvent::ApiDenied,
                     &actor,
                     None,
                     serde_json::json!({

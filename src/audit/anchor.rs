@@ -16,7 +16,7 @@
 
 use super::head::{self, SignedHead};
 use super::signing::HeadSigner;
-use super::{AuditLog, Entry, Head};
+use super::{AuditEvent, AuditLog, Entry, Head};
 use crate::config::AuditConfig;
 use crate::health::Health;
 use crate::notification::Outbox;
@@ -259,7 +259,7 @@ impl Anchor {
             return Err(AcceptError::NothingToAccept);
         };
         let entry = Entry::new(
-            "audit.discrepancy_accepted",
+            AuditEvent::AuditDiscrepancyAccepted,
             actor,
             None,
             json!({

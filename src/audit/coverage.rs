@@ -6,7 +6,7 @@
 //! (`incident.opened` → open, `incident.transitioned`/`incident.resolved` → `to`) and
 //! comparing them with the stored incidents shows it.
 
-use super::Record;
+use super::{AuditEvent, Record};
 use crate::incidents::State;
 use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
@@ -36,9 +36,9 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
         let Some(id) = incident_of(&record) else {
             continue;
         };
-        let to = match record.event.as_str() {
-            "incident.opened" => Some(State::Open.as_str().to_string()),
-            "incident.transitioned" | "incident.resolved" => {
+        let to = match record.event.known() {
+            Some(AuditEvent::IncidentOpened) => Some(State::Open.as_str().to_string()),
+            Some(AuditEvent::IncidentTransitioned | AuditEvent::IncidentResolved) => {
                 record.details["to"].as_str().map(str::to_string)
             }
             _ => None,
@@ -48,7 +48,7 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
             state: None,
             last_seq: record.seq,
         });
-        if record.event == "incident.opened" {
+        if record.event == AuditEvent::IncidentOpened {
             entry.opened_at_seq.get_or_insert(record.seq);
         }
         if let Some(to) = to {

@@ -13,11 +13,13 @@
 //! elsewhere and publish it, so `audit verify --against` and the daemon's start catch both;
 //! [`coverage`] compares the stored incidents with what their records say.
 //!
-//! Each record names the SOC 2 controls it is evidence for; [`controls_for`] is the mapping.
+//! Each record names the SOC 2 controls it is evidence for; [`AuditEvent::controls`] is the
+//! mapping.
 
 pub mod anchor;
 pub mod cli;
 pub mod coverage;
+pub mod event;
 pub mod head;
 pub mod pack;
 pub mod population;
@@ -30,6 +32,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
+pub use event::{AuditEvent, RecordedEvent};
+
 /// Actor name of the daemon's own changes.
 pub const DAEMON: &str = "logwarden";
 
@@ -41,8 +45,8 @@ const HEAD_KEY: &[u8] = b"audit_head";
 /// Something to record; sealed into a [`Record`] when committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// What happened, e.g. `incident.transitioned` (see [`controls_for`]).
-    pub event: String,
+    /// What happened: a known event, so the record always names its controls.
+    pub event: AuditEvent,
     /// Who did it: a token name, or `logwarden` for the daemon itself.
     pub actor: String,
     /// The incident concerned, if any.
@@ -53,9 +57,9 @@ pub struct Entry {
 
 impl Entry {
     /// An entry; `details` should be a JSON object.
-    pub fn new(event: &str, actor: &str, incident: Option<&str>, details: Value) -> Self {
+    pub fn new(event: AuditEvent, actor: &str, incident: Option<&str>, details: Value) -> Self {
         Entry {
-            event: event.to_string(),
+            event,
             actor: actor.to_string(),
             incident: incident.map(str::to_string),
             details,
@@ -71,8 +75,8 @@ pub struct Record {
     pub seq: u64,
     /// When it was recorded.
     pub at: DateTime<Utc>,
-    /// What happened.
-    pub event: String,
+    /// What happened (kept as stored, even when this release does not know the name).
+    pub event: RecordedEvent,
     /// Who did it.
     pub actor: String,
     /// The incident concerned.
@@ -107,7 +111,7 @@ impl Record {
         serde_json::to_vec(&Canonical {
             seq: self.seq,
             at: &self.at,
-            event: &self.event,
+            event: self.event.as_str(),
             actor: &self.actor,
             incident: &self.incident,
             controls: &self.controls,
@@ -126,48 +130,6 @@ impl Record {
     pub fn key(seq: u64) -> Vec<u8> {
         format!("{seq:020}").into_bytes()
     }
-}
-
-/// The SOC 2 controls an event is evidence for.
-///
-/// CC7.2 detection, CC7.3 evaluation and classification, CC7.4 response (containment,
-/// eradication, communication), CC7.5 recovery and review, CC2.3 communication with
-/// external parties, CC8.1 changes to detection rules, CC6.1 logical access (refused API
-/// calls).
-pub fn controls_for(event: &str, details: &Value) -> Vec<String> {
-    let external = details["external"].as_bool() == Some(true);
-    let mut controls: Vec<&str> = match event {
-        "incident.opened" => vec!["CC7.2", "CC7.3"],
-        "incident.updated" => vec!["CC7.2"],
-        "incident.severity_changed" => vec!["CC7.3"],
-        "incident.escalated" => vec!["CC7.4"],
-        "incident.transitioned" => match details["to"].as_str() {
-            Some("acknowledged" | "false_positive") => vec!["CC7.3"],
-            Some("contained" | "eradicated") => vec!["CC7.4"],
-            Some("recovered" | "closed") => vec!["CC7.5"],
-            _ => vec!["CC7.4"],
-        },
-        "incident.noted" | "incident.refused" => vec!["CC7.4"],
-        "incident.reviewed" => vec!["CC7.5"],
-        // Through containment and recovery to closed in one step.
-        "incident.resolved" => vec!["CC7.4", "CC7.5"],
-        "incident.approved" => vec!["CC2.3"],
-        e if e.starts_with("notification.") => vec!["CC7.4"],
-        // Banning an attacker, lifting the ban, and refusing or holding one.
-        e if e.starts_with("containment.") => vec!["CC7.4"],
-        e if e.starts_with("silence.") => vec!["CC7.3"],
-        e if e.starts_with("rules.") => vec!["CC8.1"],
-        // A source that may have missed entries is a hole in monitoring coverage.
-        e if e.starts_with("source.") => vec!["CC7.2"],
-        "api.denied" => vec!["CC6.1"],
-        // The evidence itself was found cut or rewritten, and an admin accepted it.
-        e if e.starts_with("audit.") => vec!["CC7.2"],
-        _ => vec![],
-    };
-    if external && !controls.contains(&"CC2.3") {
-        controls.push("CC2.3");
-    }
-    controls.into_iter().map(str::to_string).collect()
 }
 
 /// The chain's last sequence number and hash.
@@ -253,10 +215,10 @@ impl AuditLog {
             let mut record = Record {
                 seq: next.seq + 1,
                 at,
-                event: entry.event.clone(),
+                event: entry.event.into(),
                 actor: entry.actor.clone(),
                 incident: entry.incident.clone(),
-                controls: controls_for(&entry.event, &entry.details),
+                controls: entry.event.controls(&entry.details),
                 details: entry.details.clone(),
                 prev: next.hash.clone(),
                 hash: String::new(),
@@ -461,7 +423,7 @@ fn render(
                 let fields = [
                     r.seq.to_string(),
                     r.at.to_rfc3339_opts(SecondsFormat::Millis, true),
-                    r.event.clone(),
+                    r.event.to_string(),
                     r.controls.join(";"),
                     r.actor.clone(),
                     r.incident.clone().unwrap_or_default(),
@@ -511,7 +473,7 @@ mod tests {
 
     fn entry(n: u64) -> Entry {
         Entry::new(
-            "incident.transitioned",
+            AuditEvent::IncidentTransitioned,
             "oncall",
             Some("INC-1"),
             json!({"from": "open", "to": "acknowledged", "n": n}),
@@ -597,8 +559,51 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_an_event_this_release_does_not_know_verifies_and_exports_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = Record {
+            seq: 1,
+            at: Utc::now(),
+            event: RecordedEvent::from_name("incident.teleported"),
+            actor: "someone".into(),
+            incident: None,
+            controls: vec!["CC9.9".into()],
+            details: json!({}),
+            prev: GENESIS.into(),
+            hash: String::new(),
+        };
+        old.hash = old.compute_hash();
+        let mut b = store::Batch::new();
+        b.put(Space::Audit, &Record::key(1), &old).unwrap();
+        b.put(
+            Space::Meta,
+            HEAD_KEY,
+            &Head {
+                seq: 1,
+                hash: old.hash.clone(),
+            },
+        )
+        .unwrap();
+        store.commit(b).unwrap();
+        AuditLog::open(&store).unwrap().record(&[entry(2)]);
+        let Verdict::Intact { count, .. } = verify(&store).unwrap() else {
+            panic!("{:?}", verify(&store));
+        };
+        assert_eq!(count, 2);
+        let all = records(&store, None, None).unwrap();
+        assert_eq!(
+            (all[0].event.known(), all[0].event.as_str()),
+            (None, "incident.teleported")
+        );
+        assert_eq!(all[0].controls, ["CC9.9"]);
+        let csv = render(&all, &Default::default(), true);
+        assert!(csv.contains(",incident.teleported,CC9.9,"), "{csv}");
+    }
+
+    #[test]
     fn events_map_to_controls_and_csv_is_quoted() {
-        let c = |e: &str, d: Value| controls_for(e, &d);
+        let c = |e: &str, d: Value| AuditEvent::parse(e).expect("a known event").controls(&d);
         assert_eq!(c("incident.opened", json!({})), ["CC7.2", "CC7.3"]);
         assert_eq!(
             c("incident.transitioned", json!({"to": "contained"})),

@@ -166,7 +166,7 @@ fn audit_lines(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditLog, Entry};
+    use crate::audit::{AuditEvent, AuditLog, Entry};
     use crate::notification::format::sample_incident;
     use serde_json::json;
 
@@ -181,15 +181,25 @@ mod tests {
         log.commit(
             &batch,
             &[
-                Entry::new("incident.opened", "logwarden", Some(id), json!({})),
-                Entry::new("incident.opened", "logwarden", Some("INC-2"), json!({})),
+                Entry::new(AuditEvent::IncidentOpened, "logwarden", Some(id), json!({})),
                 Entry::new(
-                    "incident.updated",
+                    AuditEvent::IncidentOpened,
+                    "logwarden",
+                    Some("INC-2"),
+                    json!({}),
+                ),
+                Entry::new(
+                    AuditEvent::IncidentUpdated,
                     "logwarden",
                     None,
                     json!({"counts": {id: 3, "INC-2": 9}}),
                 ),
-                Entry::new("incident.noted", "oncall", Some("INC-2"), json!({})),
+                Entry::new(
+                    AuditEvent::IncidentNoted,
+                    "oncall",
+                    Some("INC-2"),
+                    json!({}),
+                ),
             ],
         )
         .unwrap();

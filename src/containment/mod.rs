@@ -17,7 +17,7 @@ mod protect;
 pub use protect::Protected;
 
 use crate::audit::DAEMON;
-use crate::audit::Entry;
+use crate::audit::{AuditEvent, Entry};
 use crate::config::{ActionConfig, ActionKind, ApprovalPolicy, Config};
 use crate::due::DueQueue;
 use crate::incidents::Incident;
@@ -351,14 +351,14 @@ impl Book {
                 c.reason = Some(reason.clone());
                 (
                     Status::Refused,
-                    "containment.refused",
+                    AuditEvent::ContainmentRefused,
                     "refused",
                     format!("{name} {}: refused: {reason}", c.target),
                 )
             } else if action.approval == ApprovalPolicy::Required && incident.approval.is_none() {
                 (
                     Status::Held,
-                    "containment.held",
+                    AuditEvent::ContainmentHeld,
                     "held",
                     format!("{name} {}: held until an approver approves", c.target),
                 )
@@ -366,7 +366,7 @@ impl Book {
                 // A drill exercises the response path; it never bans anyone.
                 (
                     Status::DryRun,
-                    "containment.dry_run",
+                    AuditEvent::ContainmentDryRun,
                     "dry_run",
                     format!(
                         "{name} {} for {}s: dry run, nothing changed",
@@ -376,7 +376,7 @@ impl Book {
             } else {
                 (
                     Status::Pending,
-                    "containment.requested",
+                    AuditEvent::ContainmentRequested,
                     "requested",
                     format!("{name} {} for {}s: requested", c.target, c.duration_secs),
                 )
@@ -434,7 +434,7 @@ impl Book {
                 approver,
                 Some(format!("{} {}: approved", c.action, c.target)),
             );
-            audit.push(self.entry("containment.approved", approver, &c));
+            audit.push(self.entry(AuditEvent::ContainmentApproved, approver, &c));
             changed.push(c.clone());
             if c.status == Status::Pending {
                 self.effects.push(Effect::apply(c));
@@ -484,7 +484,7 @@ impl Book {
                         c.action, c.target
                     )),
                 );
-                audit.push(self.entry("containment.released", actor, &c));
+                audit.push(self.entry(AuditEvent::ContainmentReleased, actor, &c));
             } else {
                 c.status = Status::Releasing;
                 self.live.insert(key, c.clone());
@@ -556,7 +556,7 @@ impl Book {
             (Op::Apply, Ok(exit), Status::Active) => {
                 // Re-applied after a start: the record already says so.
                 c.exit_status = Some(*exit);
-                ("containment.reapplied", "reapplied", None)
+                (AuditEvent::ContainmentReapplied, "reapplied", None)
             }
             (Op::Apply, Ok(exit), Status::Pending) => {
                 c.status = Status::Active;
@@ -567,7 +567,7 @@ impl Book {
                 c.exit_status = Some(*exit);
                 recorded.contained = true;
                 (
-                    "containment.applied",
+                    AuditEvent::ContainmentApplied,
                     "applied",
                     Some(format!(
                         "{} {} for {}s, allowed by {} (exit status {exit})",
@@ -579,7 +579,7 @@ impl Book {
                 c.status = Status::Failed;
                 c.reason = Some(why.clone());
                 (
-                    "containment.failed",
+                    AuditEvent::ContainmentFailed,
                     "failed",
                     Some(format!("{} {}: failed: {why}", c.action, c.target)),
                 )
@@ -589,7 +589,7 @@ impl Book {
                 c.released_at = Some(now);
                 c.exit_status = Some(*exit);
                 (
-                    "containment.released",
+                    AuditEvent::ContainmentReleased,
                     "released",
                     Some(format!(
                         "{} {}: lifted ({}) by {}",
@@ -606,7 +606,7 @@ impl Book {
                 self.counts.push((c.action.clone(), "undo_failed"));
                 recorded
                     .audit
-                    .push(self.entry("containment.undo_failed", DAEMON, &c));
+                    .push(self.entry(AuditEvent::ContainmentUndoFailed, DAEMON, &c));
                 incident.record(now, "containment", DAEMON, Some(text));
                 self.live.insert(c.key(), c);
                 return recorded;
@@ -674,7 +674,7 @@ impl Book {
         self.live.values().filter(move |c| c.incident == incident)
     }
 
-    fn entry(&self, event: &str, actor: &str, c: &Containment) -> Entry {
+    fn entry(&self, event: AuditEvent, actor: &str, c: &Containment) -> Entry {
         Entry::new(
             event,
             actor,

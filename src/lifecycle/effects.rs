@@ -156,7 +156,7 @@ mod tests {
         effects.store(Record::Silence(silence("SIL-1")));
         effects.store(Record::Incident(Box::new(sample_incident())));
         effects.audit(Entry::new(
-            "silence.created",
+            crate::audit::AuditEvent::SilenceCreated,
             "boss",
             None,
             serde_json::json!({}),

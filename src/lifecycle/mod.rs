@@ -14,7 +14,7 @@
 pub mod cli;
 pub mod effects;
 
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditEvent, AuditLog, Entry};
 use crate::config::Config;
 use crate::containment;
 use crate::detection::RuleChange;
@@ -209,7 +209,7 @@ pub struct Applied {
     /// The event receivers may hear about.
     pub event: Option<EventKind>,
     /// Audit event name.
-    pub audit: &'static str,
+    pub audit: AuditEvent,
     /// Audit details.
     pub details: Value,
     /// KPIs observed (a one-step resolve measures acknowledge, contain and resolve at once).
@@ -240,7 +240,7 @@ pub fn apply(
             incident.record(now, "note", actor, Some(text.clone()));
             Applied {
                 event: None,
-                audit: "incident.noted",
+                audit: AuditEvent::IncidentNoted,
                 details: json!({ "text": text }),
                 kpis: Vec::new(),
             }
@@ -271,7 +271,7 @@ pub fn apply(
             );
             Applied {
                 event: None,
-                audit: "incident.reviewed",
+                audit: AuditEvent::IncidentReviewed,
                 details: json!({"root_cause": root_cause, "lessons_learned": lessons_learned, "actions": actions}),
                 kpis: Vec::new(),
             }
@@ -293,7 +293,7 @@ pub fn apply(
             incident.record(now, "approved", actor, note.clone());
             Applied {
                 event: None,
-                audit: "incident.approved",
+                audit: AuditEvent::IncidentApproved,
                 details: json!({ "note": note }),
                 kpis: Vec::new(),
             }
@@ -303,7 +303,7 @@ pub fn apply(
             incident.record(now, "release", actor, note.clone());
             Applied {
                 event: None,
-                audit: "containment.release_requested",
+                audit: AuditEvent::ContainmentReleaseRequested,
                 details: json!({ "note": note }),
                 kpis: Vec::new(),
             }
@@ -366,7 +366,7 @@ fn transition(
     };
     Ok(Applied {
         event: Some(event),
-        audit: "incident.transitioned",
+        audit: AuditEvent::IncidentTransitioned,
         details: json!({"from": from.as_str(), "to": to.as_str(), "note": note}),
         kpis: kpi.into_iter().collect(),
     })
@@ -448,7 +448,7 @@ fn resolve(
     incident.record(now, "resolved", actor, Some(text));
     Ok(Applied {
         event: Some(EventKind::Closed),
-        audit: "incident.resolved",
+        audit: AuditEvent::IncidentResolved,
         details: json!({"from": from.as_str(), "to": "closed", "through": passed, "note": note}),
         kpis,
     })
@@ -531,7 +531,7 @@ impl Desk {
     /// Records a rule reload (CC8.1 change evidence).
     pub fn rules_reloaded(&mut self, change: &RuleChange) {
         self.note(Entry::new(
-            "rules.reloaded",
+            AuditEvent::RulesReloaded,
             DAEMON,
             None,
             json!({
@@ -624,8 +624,8 @@ impl Desk {
             };
             let _ = notified;
             let name = match event.kind {
-                EventKind::Opened => "incident.opened",
-                _ => "incident.severity_changed",
+                EventKind::Opened => AuditEvent::IncidentOpened,
+                _ => AuditEvent::IncidentSeverityChanged,
             };
             self.note(Entry::new(name, DAEMON, Some(&incident.id), details));
         }
@@ -645,7 +645,7 @@ impl Desk {
                 .map(|(id, (_, n))| (id, n))
                 .collect();
             self.note(Entry::new(
-                "incident.updated",
+                AuditEvent::IncidentUpdated,
                 DAEMON,
                 only.as_deref(),
                 json!({"counts": counts, "notified": notified}),
@@ -671,9 +671,9 @@ impl Desk {
         // Windows first: a window cut by its silence's end closes before the silence ends.
         for change in self.silences.windows_due(now) {
             let (event, verb) = if change.opened {
-                ("silence.window_opened", "opened")
+                (AuditEvent::SilenceWindowOpened, "opened")
             } else {
-                ("silence.window_closed", "closed")
+                (AuditEvent::SilenceWindowClosed, "closed")
             };
             tracing::info!(silence = %change.silence.id, starts_at = %change.window.starts_at, ends_at = %change.window.ends_at, "silence window {verb}");
             self.note(window_entry(event, DAEMON, &change.silence, change.window));
@@ -682,7 +682,7 @@ impl Desk {
         for s in self.silences.expire_due(now) {
             tracing::info!(silence = %s.id, "silence ended");
             self.note(Entry::new(
-                "silence.expired",
+                AuditEvent::SilenceExpired,
                 DAEMON,
                 None,
                 json!({"id": s.id, "ends_at": s.ends_at, "by": DAEMON}),
@@ -740,7 +740,7 @@ impl Desk {
                 tracing::info!(incident = %id, step = firing.step + 1, roles = %firing.roles, "escalated");
                 let external = notified.iter().any(|r| self.policies.is_external(r));
                 self.note(Entry::new(
-                    "incident.escalated",
+                    AuditEvent::IncidentEscalated,
                     DAEMON,
                     Some(&id),
                     json!({
@@ -841,7 +841,7 @@ impl Desk {
             };
             let notified = self.enqueue(outbox, &event, &reached, silenced);
             self.note(Entry::new(
-                "incident.transitioned",
+                AuditEvent::IncidentTransitioned,
                 DAEMON,
                 Some(&id),
                 json!({"from": from.as_str(), "to": "contained", "note": note, "notified": notified}),
@@ -875,7 +875,7 @@ impl Desk {
                 let result = self.act(book, store, outbox, actor, &id, &action, now);
                 if let Err(Refusal::Conflict(reason)) = &result {
                     self.note(Entry::new(
-                        "incident.refused",
+                        AuditEvent::IncidentRefused,
                         actor,
                         Some(&id),
                         json!({"action": action.name(), "reason": reason}),
@@ -891,7 +891,7 @@ impl Desk {
                 self.effects.store(Record::Silence(silence.clone()));
                 tracing::info!(silence = %silence.id, author = actor, "silence created");
                 self.note(Entry::new(
-                    "silence.created",
+                    AuditEvent::SilenceCreated,
                     actor,
                     None,
                     json!({
@@ -917,14 +917,14 @@ impl Desk {
                 self.effects.store(Record::Silence(silence.clone()));
                 tracing::info!(silence = %silence.id, by = actor, "silence expired");
                 self.note(Entry::new(
-                    "silence.expired",
+                    AuditEvent::SilenceExpired,
                     actor,
                     None,
                     json!({"id": silence.id, "ends_at": silence.ends_at, "by": actor}),
                 ));
                 if let Some(window) = open {
                     self.note(window_entry(
-                        "silence.window_closed",
+                        AuditEvent::SilenceWindowClosed,
                         actor,
                         &silence,
                         window,
@@ -1058,7 +1058,7 @@ impl Desk {
 /// The audit entry of a scheduled silence's window opening or closing: which silence, the
 /// window, and the approval it rests on (author, reason).
 fn window_entry(
-    event: &str,
+    event: AuditEvent,
     actor: &str,
     silence: &crate::silences::Silence,
     window: crate::silences::Window,
@@ -1238,7 +1238,7 @@ escalation_policies:
                 ("first".to_string(), EventKind::SeverityChanged),
             ]
         );
-        let audit: Vec<String> = audit.into_iter().map(|e| e.event).collect();
+        let audit: Vec<&str> = audit.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(
             audit,
             [

@@ -11,7 +11,7 @@ pub mod cli;
 pub mod deliver;
 pub mod format;
 
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditEvent, AuditLog, Entry};
 use crate::config::{Config, ReceiverConfig};
 use crate::incidents::{EventKind, IncidentEvent};
 use crate::store::{self, Space, Store, StoreError};
@@ -211,11 +211,11 @@ pub(crate) enum Fate {
 
 impl Fate {
     /// The audit event of the outcome.
-    fn audit_event(self) -> &'static str {
+    fn audit_event(self) -> AuditEvent {
         match self {
-            Fate::Delivered => "notification.delivered",
-            Fate::Retrying => "notification.attempt_failed",
-            Fate::Dead => "notification.failed",
+            Fate::Delivered => AuditEvent::NotificationDelivered,
+            Fate::Retrying => AuditEvent::NotificationAttemptFailed,
+            Fate::Dead => AuditEvent::NotificationFailed,
         }
     }
 }
@@ -513,7 +513,7 @@ impl Outbox {
         batch.remove(Space::DeadLetters, &Record::key(id));
         batch.put(Space::Outbox, &Record::key(record.id), &record)?;
         let entry = Entry::new(
-            "notification.resent",
+            AuditEvent::NotificationResent,
             actor,
             record.incident_id(),
             serde_json::json!({
