@@ -3,18 +3,61 @@
 
 use super::{ApiError, ApiResult, AppState, Caller, error, require};
 use crate::config::ApiRole;
-use crate::lifecycle::{
-    Action, Command, NoteBody, NoteOnlyBody, Refusal, Request, ReviewBody, TransitionBody,
-};
+use crate::incidents::State as IncidentState;
+use crate::lifecycle::{Action, Command, Refusal, Request};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// What `POST …/transition` accepts. Unknown fields are refused, so a misspelled `note`
+/// is an error rather than a change recorded without its reason.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    /// Target state.
+    to: IncidentState,
+    /// Free text.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// What `ack`, `approve`, `resolve` and `release` accept: an optional note, so an empty
+/// body is a valid request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteOnlyBody {
+    /// Free text.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// What `POST …/note` accepts: the note is the point of the call, so it is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    /// The note.
+    text: String,
+}
+
+/// What `POST …/review` accepts: every part of the post-incident review, since the
+/// close gate rests on it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    /// Why it happened.
+    root_cause: String,
+    /// What was learned.
+    lessons_learned: String,
+    /// Follow-up actions.
+    actions: Vec<String>,
+}
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
