@@ -139,7 +139,7 @@ async fn serve(
                 metrics.audit_head_sequence.clone(),
                 health.clone(),
             )
-            .map_err(RunError::Io)?;
+            .map_err(|e| RunError::Io(e.to_string()))?;
             anchor
                 .check_at_start()
                 .map_err(|e| RunError::Io(e.to_string()))?;

@@ -91,7 +91,10 @@ pub async fn accept_discrepancy(
             Ok(axum::Json(serde_json::json!({"accepted": true, "head": head})).into_response())
         }
         Err(e @ AcceptError::NothingToAccept) => Err(error(StatusCode::CONFLICT, e.to_string())),
-        Err(e @ AcceptError::Invalid(_)) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        // A failed signing after the acceptance answers as before: the reason in a 400.
+        Err(e @ (AcceptError::Invalid(_) | AcceptError::Unsigned(_))) => {
+            Err(error(StatusCode::BAD_REQUEST, e.to_string()))
+        }
         Err(e @ AcceptError::Store(_)) => {
             Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
         }

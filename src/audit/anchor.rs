@@ -53,6 +53,22 @@ pub enum AcceptError {
     /// The acceptance could not be recorded.
     #[error("cannot record the acceptance: {0}")]
     Store(#[from] StoreError),
+    /// The acceptance is recorded, but signing the new head failed: the next clock tick
+    /// tries again.
+    #[error("accepted, but no head was signed: {0}")]
+    Unsigned(PublishError),
+}
+
+/// Why no head was signed this time; the clock tries again, so none of these is fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Signing now would vouch for a chain cut or rewritten since the last head: an admin
+    /// must accept the discrepancy first.
+    #[error("not signing over an unaccepted audit chain discrepancy: {0}")]
+    Unaccepted(String),
+    /// The store could not make the head durable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Signs and publishes chain heads; one per daemon.
@@ -80,8 +96,8 @@ impl Anchor {
         outbox: &Outbox,
         gauge: prometheus::IntGauge,
         health: Arc<Health>,
-    ) -> Result<Self, String> {
-        let signer = HeadSigner::load(&config.signing_key_file).map_err(|e| e.to_string())?;
+    ) -> Result<Self, super::signing::SigningError> {
+        let signer = HeadSigner::load(&config.signing_key_file)?;
         Ok(Anchor {
             signer,
             store: store.clone(),
@@ -114,7 +130,7 @@ impl Anchor {
         match head::read_file(&self.head_file) {
             Ok(Some(h)) => copies.push((self.head_file.display().to_string(), h)),
             Ok(None) => {}
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
         copies.retain(|(place, h)| match h.check_signature(&public) {
             Ok(()) => true,
@@ -197,26 +213,23 @@ impl Anchor {
 
     /// Signs the chain's durable head and publishes it: the store's meta, the head file,
     /// the gauge, and an outbox record for every receiver subscribed to `audit_head`.
-    pub async fn publish(&self) -> Result<SignedHead, String> {
+    pub async fn publish(&self) -> Result<SignedHead, PublishError> {
         let _one = self.publishing.lock().await;
         if let Some(d) = self.discrepancy() {
-            return Err(format!(
-                "not signing over an unaccepted audit chain discrepancy: {}",
-                d.reason
-            ));
+            return Err(PublishError::Unaccepted(d.reason));
         }
         // Read first, then flush: what the head names is durable before it is signed.
         let chain = self.audit.current_head();
-        self.store.flush().await.map_err(|e| e.to_string())?;
+        self.store.flush().await?;
         let signed = SignedHead::sign(&self.signer, &chain, Utc::now());
         let mut batch = store::Batch::new();
-        signed.put(&mut batch).map_err(|e| e.to_string())?;
+        signed.put(&mut batch)?;
         let receivers = self
             .outbox
             .enqueue_head(&mut batch, &signed)
-            .map_err(|e| e.to_string())?;
-        self.store.commit(batch).map_err(|e| e.to_string())?;
-        self.store.flush().await.map_err(|e| e.to_string())?;
+            ?;
+        self.store.commit(batch)?;
+        self.store.flush().await?;
         self.outbox.wake();
         if let Err(e) = head::write_file(&self.head_file, &signed) {
             tracing::error!(file = %self.head_file.display(), error = %e, "cannot write the signed audit head outside the state directory");
@@ -276,6 +289,6 @@ impl Anchor {
         tracing::warn!(actor, reason, problem = %d.reason, "audit chain discrepancy accepted");
         self.publish()
             .await
-            .map_err(|e| AcceptError::Invalid(format!("accepted, but no head was signed: {e}")))
+            .map_err(AcceptError::Unsigned)
     }
 }

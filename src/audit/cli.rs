@@ -194,7 +194,7 @@ fn verify(
             let head = match super::head::read_file(file) {
                 Ok(Some(h)) => h,
                 Ok(None) => return fail(&format!("{} does not exist", file.display())),
-                Err(e) => return fail(&e),
+                Err(e) => return fail(&e.to_string()),
             };
             let public = match public_key {
                 Some(text) => super::signing::parse_public_key(text).map_err(|e| e.to_string()),

@@ -75,43 +75,42 @@ impl SignedHead {
     }
 
     /// Whether `public` signed exactly this head.
-    pub fn check_signature(&self, public: &[u8; 32]) -> Result<(), String> {
+    pub fn check_signature(&self, public: &[u8; 32]) -> Result<(), HeadError> {
         let signature = signing::from_base64(&self.signature)
             .filter(|s| s.len() == 64)
-            .ok_or("its signature is not 64 bytes of base64")?;
+            .ok_or(HeadError::SignatureShape)?;
         let text = Self::canonical_text(self.sequence, &self.hash, &self.at);
         if signing::verify(public, text.as_bytes(), &signature) {
             Ok(())
         } else {
-            Err(format!(
-                "its signature does not verify with public key {} (a different key, or the head was edited)",
-                signing::to_base64(public)
-            ))
+            Err(HeadError::Signature {
+                public_key: signing::to_base64(public),
+            })
         }
     }
 
     /// Parses a saved head (the JSON of `GET /api/v1/audit/head`, or the `head` object of an
     /// `audit_head` notification); every field is range-checked.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, HeadError> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+            serde_json::from_str(text).map_err(|e| HeadError::NotJson(e.to_string()))?;
         // A receiver's notification carries the head inside it.
         let value = match value.get("head") {
             Some(head) if value.get("event").is_some() => head.clone(),
             _ => value,
         };
         let head: SignedHead = serde_json::from_value(value)
-            .map_err(|e| format!("not a signed head {{sequence, hash, at, signature}}: {e}"))?;
+            .map_err(|e| HeadError::NotAHead(e.to_string()))?;
         let hex =
             |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !hex(&head.hash) {
-            return Err("hash must be 64 lowercase hex digits".into());
+            return Err(HeadError::Hash);
         }
         if head.sequence > i64::MAX as u64 {
-            return Err(format!("sequence {} is out of range", head.sequence));
+            return Err(HeadError::Sequence(head.sequence));
         }
         if (head.sequence == 0) != (head.hash == GENESIS) {
-            return Err("only the empty chain (sequence 0) has the all-zero hash".into());
+            return Err(HeadError::Genesis);
         }
         Ok(head)
     }
@@ -127,22 +126,81 @@ impl SignedHead {
     }
 }
 
-/// The last head the daemon stored as signed, if any (`Err` text when unreadable).
-pub fn stored(store: &Store) -> Result<Option<Result<SignedHead, String>>, StoreError> {
+/// The last head the daemon stored as signed, if any (`Err` when unreadable).
+pub fn stored(store: &Store) -> Result<Option<Result<SignedHead, HeadError>>, StoreError> {
     Ok(store
         .get_raw(Space::Meta, SIGNED_KEY)?
         .map(|bytes| SignedHead::parse(&String::from_utf8_lossy(&bytes))))
 }
 
 /// Reads a saved head file: `None` when there is none.
-pub fn read_file(path: &Path) -> Result<Option<SignedHead>, String> {
+pub fn read_file(path: &Path) -> Result<Option<SignedHead>, HeadFileError> {
     match std::fs::read_to_string(path) {
         Ok(text) => SignedHead::parse(&text)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|source| HeadFileError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(HeadFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
+}
+
+/// Why a saved head cannot be trusted: the text the admin or a receiver kept is not a
+/// well-formed head, or the key did not sign it. Each says what to look at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// The text is not JSON at all.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not the four fields of a head.
+    #[error("not a signed head {{sequence, hash, at, signature}}: {0}")]
+    NotAHead(String),
+    /// The hash is not a SHA-256 in the spelling the chain uses.
+    #[error("hash must be 64 lowercase hex digits")]
+    Hash,
+    /// A sequence number no chain can reach (the store counts in `i64` for the gauge).
+    #[error("sequence {0} is out of range")]
+    Sequence(u64),
+    /// An empty chain and the genesis hash go together, or the head is forged.
+    #[error("only the empty chain (sequence 0) has the all-zero hash")]
+    Genesis,
+    /// The signature is not an Ed25519 signature at all.
+    #[error("its signature is not 64 bytes of base64")]
+    SignatureShape,
+    /// Well formed, but this key did not sign this head.
+    #[error(
+        "its signature does not verify with public key {public_key} (a different key, or the head was edited)"
+    )]
+    Signature {
+        /// The key tried, in base64, so the admin can compare it with theirs.
+        public_key: String,
+    },
+}
+
+/// Why a head file could not be used; a missing file is not an error (no head yet).
+#[derive(Debug, thiserror::Error)]
+pub enum HeadFileError {
+    /// The file holds something that is not a valid head.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with its content.
+        source: HeadError,
+    },
+    /// The file exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// Replaces the head file atomically (a temporary file beside it, synced, then renamed),
@@ -262,6 +320,7 @@ mod tests {
         assert!(
             SignedHead::parse(&value.to_string())
                 .unwrap_err()
+                .to_string()
                 .contains("hex")
         );
         let mut value = serde_json::to_value(&signed).unwrap();
