@@ -62,7 +62,7 @@ pub fn run_paged(api: &ApiArgs, path: &str, page: usize, show: impl FnOnce(Value
 /// Runs one client request to its end and shows its answer, like [`run`].
 fn run_with(
     show: impl FnOnce(Value),
-    request: impl std::future::Future<Output = Result<(reqwest::StatusCode, Value), String>>,
+    request: impl std::future::Future<Output = Result<(reqwest::StatusCode, Value), ClientError>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,20 +92,44 @@ fn run_with(
     ExitCode::SUCCESS
 }
 
+/// Why the API could not be asked (exit code 2); a refusal by the server is an answer, not
+/// one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The HTTP client could not be built (no TLS backend, for one).
+    #[error("{0}")]
+    Setup(reqwest::Error),
+    /// A subcommand asked for a method HTTP does not have: a bug, named so it is found.
+    #[error("invalid HTTP method {0:?}")]
+    Method(String),
+    /// Nothing answered at the URL; the causes (`connection refused`) say why.
+    #[error("cannot reach {url}: {causes}")]
+    Unreachable {
+        /// The `--url` given.
+        url: String,
+        /// The error with its causes.
+        causes: String,
+    },
+    /// The answer broke off while being read.
+    #[error("{0}")]
+    Answer(reqwest::Error),
+}
+
 /// One request: the status and the body as JSON (a string when it is not JSON).
 pub async fn call(
     api: &ApiArgs,
     method: &str,
     path: &str,
     body: Option<Value>,
-) -> Result<(reqwest::StatusCode, Value), String> {
+) -> Result<(reqwest::StatusCode, Value), ClientError> {
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(ClientError::Setup)?;
     let url = format!("{}{path}", api.url.trim_end_matches('/'));
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| ClientError::Method(method.to_string()))?;
     let mut request = client.request(method, &url);
     if let Some(token) = &api.token {
         request = request.bearer_auth(token);
@@ -113,12 +137,12 @@ pub async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {}: {}", api.url, causes(&e)))?;
+    let response = request.send().await.map_err(|e| ClientError::Unreachable {
+        url: api.url.clone(),
+        causes: causes(&e),
+    })?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| e.to_string())?;
+    let text = response.text().await.map_err(ClientError::Answer)?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Ok((status, body))
 }

@@ -482,7 +482,9 @@ impl Pipeline {
         // Only the pipeline knows the rules a silence must be able to match.
         let refused = match &command.request {
             Request::CreateSilence(new) => {
-                crate::silences::check_matchers(&new.matchers, self.engine.rules()).err()
+                crate::silences::check_matchers(&new.matchers, self.engine.rules())
+                    .err()
+                    .map(|e| e.to_string())
             }
             _ => None,
         };

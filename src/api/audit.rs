@@ -31,7 +31,7 @@ pub async fn export(
         t.as_deref()
             .map(crate::audit::parse_time)
             .transpose()
-            .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
     };
     let (since, until) = (parse(&query.since)?, parse(&query.until)?);
     let format = query.format.unwrap_or(ExportFormat::Jsonl);

@@ -224,10 +224,7 @@ impl Anchor {
         let signed = SignedHead::sign(&self.signer, &chain, Utc::now());
         let mut batch = store::Batch::new();
         signed.put(&mut batch)?;
-        let receivers = self
-            .outbox
-            .enqueue_head(&mut batch, &signed)
-            ?;
+        let receivers = self.outbox.enqueue_head(&mut batch, &signed)?;
         self.store.commit(batch)?;
         self.store.flush().await?;
         self.outbox.wake();
@@ -287,8 +284,6 @@ impl Anchor {
         *self.discrepancy.lock().expect("anchor lock") = None;
         *self.health.audit_problem.lock().expect("health lock") = None;
         tracing::warn!(actor, reason, problem = %d.reason, "audit chain discrepancy accepted");
-        self.publish()
-            .await
-            .map_err(AcceptError::Unsigned)
+        self.publish().await.map_err(AcceptError::Unsigned)
     }
 }

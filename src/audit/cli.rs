@@ -149,7 +149,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             let parse = |t: Option<String>| t.as_deref().map(super::parse_time).transpose();
             let (since, until) = match (parse(since), parse(until)) {
                 (Ok(s), Ok(u)) => (s, u),
-                (Err(e), _) | (_, Err(e)) => return fail(&e),
+                (Err(e), _) | (_, Err(e)) => return fail(&e.to_string()),
             };
             let slas = match format {
                 ExportFormat::Population => match load_config(&config) {

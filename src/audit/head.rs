@@ -99,8 +99,8 @@ impl SignedHead {
             Some(head) if value.get("event").is_some() => head.clone(),
             _ => value,
         };
-        let head: SignedHead = serde_json::from_value(value)
-            .map_err(|e| HeadError::NotAHead(e.to_string()))?;
+        let head: SignedHead =
+            serde_json::from_value(value).map_err(|e| HeadError::NotAHead(e.to_string()))?;
         let hex =
             |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !hex(&head.hash) {

@@ -456,14 +456,20 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// A `--since`/`--until` (or `?since=`) that is not a time; the message names the text and
+/// the two accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 time or a YYYY-MM-DD date")]
+pub struct TimeError(String);
+
 /// Parses `--since`/`--until`: RFC 3339, or a date (`2026-11-22`, midnight UTC).
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, TimeError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
+        .map_err(|_| TimeError(text.to_string()))
 }
 
 #[cfg(test)]

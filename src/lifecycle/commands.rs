@@ -133,7 +133,7 @@ impl Desk {
                 let silence = self
                     .silences
                     .create(new, actor, now)
-                    .map_err(Refusal::Invalid)?;
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
                 self.effects.store(Record::Silence(silence.clone()));
                 tracing::info!(silence = %silence.id, author = actor, "silence created");
                 self.note(Entry::new(

@@ -18,9 +18,66 @@ use crate::duration::HumanDuration;
 use crate::incidents::Incident;
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
-pub use schedule::{Schedule, Window};
+pub use schedule::{Schedule, ScheduleError, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Why a silence was refused; the API answers the message to its author (400), so each says
+/// what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SilenceError {
+    /// The rule matcher names no rule: the silence would never match.
+    #[error("no rule {rule:?}, so the silence could never match; {hint}known rules: {known}")]
+    UnknownRule {
+        /// The rule id given.
+        rule: String,
+        /// `did you mean …? ` or nothing.
+        hint: String,
+        /// The rule ids there are.
+        known: String,
+    },
+    /// A key matcher names a field no rule in scope groups by.
+    #[error(
+        "key field {field:?} is not in the group_by of {whose}, so the silence could never match; key fields: {known}"
+    )]
+    UnknownKeyField {
+        /// The field given.
+        field: String,
+        /// `rule "…"` or `any rule`.
+        whose: String,
+        /// The fields there are.
+        known: String,
+    },
+    /// A silence without matchers would mute everything.
+    #[error("a silence needs at least one matcher (rule, key or labels)")]
+    NoMatcher,
+    /// The reason is the approval's evidence.
+    #[error("a silence needs a reason")]
+    NoReason,
+    /// The duration overflows the calendar.
+    #[error("duration is too large")]
+    DurationTooLarge,
+    /// Both or neither of `ends_at` and `duration` (without a schedule).
+    #[error("give exactly one of ends_at and duration")]
+    End,
+    /// A time too far from now: a forgotten silence must not mute for years.
+    #[error("{name} {at} is more than {MAX_REACH_DAYS} days from now")]
+    TooFar {
+        /// `starts_at` or `ends_at`.
+        name: &'static str,
+        /// The time given.
+        at: DateTime<Utc>,
+    },
+    /// It would end before it starts, or has ended already.
+    #[error("ends_at must be in the future and after starts_at")]
+    EndsTooEarly,
+    /// The schedule's windows all fall outside `starts_at`..`ends_at`.
+    #[error("the schedule has no window between starts_at and ends_at")]
+    NoWindow,
+    /// The schedule can never apply.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
 
 /// Which incidents a silence covers; every given matcher must match.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,7 +97,7 @@ pub struct Matchers {
 /// Refuses matchers that can never match under these rules: a rule id that does not exist,
 /// or a key field that is not in the `group_by` of the rule (or of any rule), naming the
 /// known ones.
-pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(), String> {
+pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(), SilenceError> {
     let scope: Vec<&crate::rules::Rule> = match &m.rule {
         Some(id) => match rules.rule(id) {
             Some(rule) => vec![rule.as_ref()],
@@ -48,10 +105,11 @@ pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(),
                 let known: Vec<&str> = rules.rules.iter().map(|r| r.id()).collect();
                 let hint = crate::yaml::de::did_you_mean(id, known.iter().copied())
                     .map_or(String::new(), |k| format!("did you mean {k:?}? "));
-                return Err(format!(
-                    "no rule {id:?}, so the silence could never match; {hint}known rules: {}",
-                    known.join(", ")
-                ));
+                return Err(SilenceError::UnknownRule {
+                    rule: id.clone(),
+                    hint,
+                    known: known.join(", "),
+                });
             }
         },
         None => rules.rules.iter().map(|r| r.as_ref()).collect(),
@@ -67,14 +125,15 @@ pub fn check_matchers(m: &Matchers, rules: &crate::rules::RuleSet) -> Result<(),
                 .as_deref()
                 .map_or("any rule".to_string(), |r| format!("rule {r:?}"));
             let known: Vec<&str> = fields.iter().copied().collect();
-            return Err(format!(
-                "key field {name:?} is not in the group_by of {whose}, so the silence could never match; key fields: {}",
-                if known.is_empty() {
+            return Err(SilenceError::UnknownKeyField {
+                field: name.clone(),
+                whose,
+                known: if known.is_empty() {
                     "(none)".to_string()
                 } else {
                     known.join(", ")
-                }
-            ));
+                },
+            });
         }
     }
     Ok(())
@@ -322,12 +381,12 @@ impl Silences {
         new: NewSilence,
         author: &str,
         now: DateTime<Utc>,
-    ) -> Result<Silence, String> {
+    ) -> Result<Silence, SilenceError> {
         if new.matchers.is_empty() {
-            return Err("a silence needs at least one matcher (rule, key or labels)".into());
+            return Err(SilenceError::NoMatcher);
         }
         if new.reason.trim().is_empty() {
-            return Err("a silence needs a reason".into());
+            return Err(SilenceError::NoReason);
         }
         if let Some(schedule) = &new.schedule {
             schedule.check()?;
@@ -337,19 +396,17 @@ impl Silences {
             (Some(end), None) => end,
             (None, Some(d)) => starts_at
                 .checked_add_signed(chrono::Duration::milliseconds(d.millis()))
-                .ok_or("duration is too large")?,
+                .ok_or(SilenceError::DurationTooLarge)?,
             (None, None) if new.schedule.is_some() => now + max_reach(),
-            _ => return Err("give exactly one of ends_at and duration".into()),
+            _ => return Err(SilenceError::End),
         };
         for (name, at) in [("starts_at", starts_at), ("ends_at", ends_at)] {
             if (at - now).abs() > max_reach() {
-                return Err(format!(
-                    "{name} {at} is more than {MAX_REACH_DAYS} days from now"
-                ));
+                return Err(SilenceError::TooFar { name, at });
             }
         }
         if ends_at <= starts_at.max(now) {
-            return Err("ends_at must be in the future and after starts_at".into());
+            return Err(SilenceError::EndsTooEarly);
         }
         let number = self.next_number;
         let silence = Silence {
@@ -366,7 +423,7 @@ impl Silences {
             open_window: None,
         };
         if silence.schedule.is_some() && silence.next_window(now).is_none() {
-            return Err("the schedule has no window between starts_at and ends_at".into());
+            return Err(SilenceError::NoWindow);
         }
         self.next_number += 1;
         self.live.insert(number, silence.clone());

@@ -54,6 +54,36 @@ impl Day {
     }
 }
 
+/// Why a schedule was refused: each names the field to fix, since the API answers it to
+/// whoever wrote the silence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// `from` or `to` is not `HH:MM`.
+    #[error("{0:?} is not a time of day as HH:MM (00:00 to 24:00)")]
+    ClockTime(String),
+    /// No day, so no window would ever open.
+    #[error("schedule.days needs at least one day (mon … sun)")]
+    NoDays,
+    /// A window starting at the end of the day starts on the next one: write `00:00`.
+    #[error("schedule.from must be before 24:00")]
+    StartsAtEndOfDay,
+    /// `from == to` is ambiguous between no time and the whole day.
+    #[error(
+        "schedule.from and schedule.to are both {0}: give the end of the window (a whole day is 00:00 to 24:00)"
+    )]
+    EmptyWindow(ClockTime),
+    /// The zone is unknown here: windows could not be placed in UTC.
+    #[error(
+        "schedule.time_zone {zone:?} is not in the system's time zone database (/usr/share/zoneinfo): {reason}"
+    )]
+    Zone {
+        /// The zone as given.
+        zone: String,
+        /// What the zone database said.
+        reason: String,
+    },
+}
+
 /// A wall clock time `HH:MM`, as minutes since midnight; `24:00` (1440) is the end of the
 /// day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,8 +93,8 @@ const DAY_MINUTES: u16 = 24 * 60;
 
 impl ClockTime {
     /// Parses `HH:MM` (`00:00` to `24:00`).
-    pub fn parse(text: &str) -> Result<ClockTime, String> {
-        let bad = || format!("{text:?} is not a time of day as HH:MM (00:00 to 24:00)");
+    pub fn parse(text: &str) -> Result<ClockTime, ScheduleError> {
+        let bad = || ScheduleError::ClockTime(text.to_string());
         let (h, m) = text.split_once(':').ok_or_else(bad)?;
         if h.len() != 2 || m.len() != 2 {
             return Err(bad());
@@ -137,28 +167,23 @@ impl Window {
 
 impl Schedule {
     /// Refuses a schedule that can never apply or names an unknown zone.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ScheduleError> {
         if self.days.is_empty() {
-            return Err("schedule.days needs at least one day (mon … sun)".into());
+            return Err(ScheduleError::NoDays);
         }
         if self.from.0 == DAY_MINUTES {
-            return Err("schedule.from must be before 24:00".into());
+            return Err(ScheduleError::StartsAtEndOfDay);
         }
         if self.from == self.to {
-            return Err(format!(
-                "schedule.from and schedule.to are both {}: give the end of the window (a whole day is 00:00 to 24:00)",
-                self.from
-            ));
+            return Err(ScheduleError::EmptyWindow(self.from));
         }
         self.zone().map(|_| ())
     }
 
-    fn zone(&self) -> Result<TimeZone, String> {
-        TimeZone::get(&self.time_zone).map_err(|e| {
-            format!(
-                "schedule.time_zone {:?} is not in the system's time zone database (/usr/share/zoneinfo): {e}",
-                self.time_zone
-            )
+    fn zone(&self) -> Result<TimeZone, ScheduleError> {
+        TimeZone::get(&self.time_zone).map_err(|e| ScheduleError::Zone {
+            zone: self.time_zone.clone(),
+            reason: e.to_string(),
         })
     }
 
@@ -269,7 +294,7 @@ mod tests {
         let mut nowhere = berlin(&[Day::Sat], "02:00", "04:00");
         nowhere.time_zone = "Mars/Olympus_Mons".into();
         let why = nowhere.check().unwrap_err();
-        assert!(why.contains("Mars/Olympus_Mons"), "{why}");
+        assert!(why.to_string().contains("Mars/Olympus_Mons"), "{why}");
         let parsed: Schedule = serde_json::from_str(
             r#"{"days": ["sat", "sun"], "from": "02:00", "to": "04:00", "time_zone": "UTC"}"#,
         )
