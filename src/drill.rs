@@ -95,7 +95,7 @@ pub fn mark(incident: &mut Incident, actor: &str, now: DateTime<Utc>) {
     }
     incident.record(
         now,
-        "drill",
+        crate::incidents::timeline::TimelineKind::Drill,
         actor,
         Some("synthetic incident for a response drill".into()),
     );

@@ -7,7 +7,7 @@
 //! of tens of thousands of incidents is never held in memory at once.
 
 use super::{DAEMON, csv_field};
-use crate::incidents::{Incident, stored};
+use crate::incidents::{Incident, State, TimelineKind, stored};
 use crate::sla::{self, Slas, Stage};
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -75,14 +75,15 @@ fn render_paged(
 fn steps(incident: &Incident) -> [Option<(DateTime<Utc>, &str)>; 5] {
     let mut found = [None; 5];
     for entry in &incident.timeline {
-        let step = if entry.event == "false_positive" {
-            "closed"
-        } else {
-            entry.event.as_str()
+        // A false positive ends the incident: it is its close.
+        let step = match &entry.event {
+            TimelineKind::Moved(State::FalsePositive) => Some(State::Closed.as_str()),
+            TimelineKind::Moved(state) => Some(state.as_str()),
+            _ => None,
         };
-        if let Some(i) = STEPS.iter().position(|s| *s == step) {
+        if let Some(i) = step.and_then(|step| STEPS.iter().position(|s| *s == step)) {
             found[i].get_or_insert((entry.at, entry.actor.as_str()));
-        } else if entry.event == "resolved" {
+        } else if entry.event == TimelineKind::Resolved {
             for slot in &mut found {
                 slot.get_or_insert((entry.at, entry.actor.as_str()));
             }
@@ -99,7 +100,7 @@ fn push_row(out: &mut String, incident: &Incident, slas: &Slas, now: DateTime<Ut
     let opened_by = incident
         .timeline
         .iter()
-        .find(|e| e.event == "drill")
+        .find(|e| e.event == TimelineKind::Drill)
         .map_or(DAEMON, |e| e.actor.as_str());
     let mut fields = vec![
         incident.uid.clone(),
@@ -138,7 +139,6 @@ fn push_row(out: &mut String, incident: &Incident, slas: &Slas, now: DateTime<Ut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incidents::State;
     use crate::notification::format::sample_incident;
 
     #[test]
@@ -147,9 +147,14 @@ mod tests {
         incident.timeline.clear();
         let t0 = incident.opened_at;
         let at = |m| t0 + chrono::Duration::minutes(m);
-        incident.record(at(1), "acknowledged", "alice", None);
-        incident.record(at(2), "note", "bob", None);
-        incident.record(at(9), "resolved", "carol", None);
+        incident.record(
+            at(1),
+            TimelineKind::Moved(State::Acknowledged),
+            "alice",
+            None,
+        );
+        incident.record(at(2), TimelineKind::Note, "bob", None);
+        incident.record(at(9), TimelineKind::Resolved, "carol", None);
         let found = steps(&incident);
         assert_eq!(found[0], Some((at(1), "alice")));
         for step in &found[1..] {
@@ -157,7 +162,12 @@ mod tests {
         }
         incident.timeline.clear();
         incident.state = State::FalsePositive;
-        incident.record(at(3), "false_positive", "dave", None);
+        incident.record(
+            at(3),
+            TimelineKind::Moved(State::FalsePositive),
+            "dave",
+            None,
+        );
         assert_eq!(steps(&incident)[..4], [None; 4]);
         assert_eq!(steps(&incident)[4], Some((at(3), "dave")));
     }

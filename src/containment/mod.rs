@@ -21,6 +21,7 @@ use crate::audit::{AuditEvent, Entry};
 use crate::config::{ActionConfig, ActionKind, ApprovalPolicy, Config};
 use crate::due::DueQueue;
 use crate::incidents::Incident;
+use crate::incidents::timeline::TimelineKind;
 use crate::store::{Space, Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -389,7 +390,7 @@ impl Book {
             {
                 c.allowed_by = a.by.clone();
             }
-            incident.record(now, "containment", DAEMON, Some(text));
+            incident.record(now, TimelineKind::Containment, DAEMON, Some(text));
             self.counts.push((name.clone(), outcome));
             audit.push(self.entry(event, DAEMON, &c));
             changed.push(c.clone());
@@ -430,7 +431,7 @@ impl Book {
             let c = c.clone();
             incident.record(
                 now,
-                "containment",
+                TimelineKind::Containment,
                 approver,
                 Some(format!("{} {}: approved", c.action, c.target)),
             );
@@ -477,7 +478,7 @@ impl Book {
                 c.released_at = Some(now);
                 incident.record(
                     now,
-                    "released",
+                    TimelineKind::Released,
                     actor,
                     Some(format!(
                         "{} {}: dropped before it was approved ({reason})",
@@ -607,7 +608,7 @@ impl Book {
                 recorded
                     .audit
                     .push(self.entry(AuditEvent::ContainmentUndoFailed, DAEMON, &c));
-                incident.record(now, "containment", DAEMON, Some(text));
+                incident.record(now, TimelineKind::Containment, DAEMON, Some(text));
                 self.live.insert(c.key(), c);
                 return recorded;
             }
@@ -632,9 +633,9 @@ impl Book {
         recorded.audit.push(self.entry(event, &actor, &c));
         if let Some(text) = text {
             let name = if outcome.op == Op::Undo {
-                "released"
+                TimelineKind::Released
             } else {
-                "containment"
+                TimelineKind::Containment
             };
             incident.record(now, name, &actor, Some(text));
         }

@@ -6,6 +6,7 @@
 //! produced them.
 
 pub mod stored;
+pub mod timeline;
 
 use crate::detection::{Evidence, Fields, Hit, Key};
 use crate::rules::{RuleSet, Severity};
@@ -14,6 +15,7 @@ use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+pub use timeline::TimelineKind;
 
 /// Most evidence lines kept on one incident: the first half that opened it, then the latest.
 pub const MAX_EVIDENCE: usize = 20;
@@ -118,8 +120,8 @@ pub struct Approval {
 pub struct TimelineEntry {
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// What happened (`opened`, `severity_changed`, ...).
-    pub event: String,
+    /// What happened.
+    pub event: TimelineKind,
     /// Who did it (`logwarden` for detection, else the API token's name).
     pub actor: String,
     /// Free text.
@@ -231,15 +233,21 @@ impl Incident {
         handle == self.id || handle == self.uid
     }
 
-    fn push_event(&mut self, at: DateTime<Utc>, event: &str, note: String) {
+    fn push_event(&mut self, at: DateTime<Utc>, event: TimelineKind, note: String) {
         self.record(at, event, "logwarden", Some(note));
     }
 
     /// Appends a timeline entry.
-    pub fn record(&mut self, at: DateTime<Utc>, event: &str, actor: &str, note: Option<String>) {
+    pub fn record(
+        &mut self,
+        at: DateTime<Utc>,
+        event: TimelineKind,
+        actor: &str,
+        note: Option<String>,
+    ) {
         self.timeline.push(TimelineEntry {
             at,
-            event: event.into(),
+            event,
             actor: actor.into(),
             note,
         });
@@ -418,12 +426,16 @@ impl IncidentBook {
             }
             if let Some(at) = hit.resumed {
                 incident.resumed_at = Some(at);
-                incident.push_event(now, "resumed", format!("matching lines resumed at {at}"));
+                incident.push_event(
+                    now,
+                    TimelineKind::Resumed,
+                    format!("matching lines resumed at {at}"),
+                );
             } else if hit.evidence.is_none() && hit.crossed.is_some() {
                 // Only a clock-noticed condition (an absence) comes without a line.
                 incident.push_event(
                     now,
-                    "absent_again",
+                    TimelineKind::AbsentAgain,
                     format!("no matching lines as of {}", hit.time),
                 );
             }
@@ -431,7 +443,7 @@ impl IncidentBook {
             if severity > incident.severity {
                 incident.timeline.push(TimelineEntry {
                     at: now,
-                    event: EventKind::SeverityChanged.as_str().into(),
+                    event: TimelineKind::SeverityChanged,
                     actor: "logwarden".into(),
                     note: Some(format!(
                         "{} -> {} at count {}",
@@ -475,7 +487,7 @@ impl IncidentBook {
                 evidence: Vec::new(),
                 timeline: vec![TimelineEntry {
                     at: now,
-                    event: EventKind::Opened.as_str().into(),
+                    event: TimelineKind::Opened,
                     actor: "logwarden".into(),
                     note: None,
                 }],

@@ -429,6 +429,7 @@ fn page_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::TimelineKind;
     use crate::notification::format::sample_incident;
 
     #[test]
@@ -462,7 +463,12 @@ mod tests {
         assert_eq!(read(&store, 1).unwrap().unwrap(), incident);
 
         // A note appends one timeline entry; a review rewrites the body.
-        incident.record(incident.opened_at, "note", "oncall", Some("seen".into()));
+        incident.record(
+            incident.opened_at,
+            TimelineKind::Note,
+            "oncall",
+            Some("seen".into()),
+        );
         incident.review = Some(Review {
             root_cause: "weak password".into(),
             lessons_learned: "keys".into(),

@@ -8,6 +8,7 @@ use super::{Action, DAEMON, Desk, Done, Kpi, Measure, Refusal, Request, apply};
 use crate::audit::{AuditEvent, Entry};
 use crate::containment;
 use crate::escalation::{Tracker, tracker_key};
+use crate::incidents::timeline::TimelineKind;
 use crate::incidents::{EventKind, Incident, IncidentBook, IncidentEvent, State};
 use crate::notification::Outbox;
 use crate::store::{Space, Store, StoreError};
@@ -67,7 +68,12 @@ impl Desk {
             incident.state = State::Contained;
             incident.contained_at = Some(now);
             let note = "an automatic containment is in force".to_string();
-            incident.record(now, State::Contained.as_str(), DAEMON, Some(note.clone()));
+            incident.record(
+                now,
+                TimelineKind::Moved(State::Contained),
+                DAEMON,
+                Some(note.clone()),
+            );
             kpis.push(Kpi::since_open(&incident, Measure::Contain, now));
             let reached = self
                 .trackers

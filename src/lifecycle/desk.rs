@@ -11,6 +11,7 @@ use crate::containment;
 use crate::detection::RuleChange;
 use crate::due::DueQueue;
 use crate::escalation::{Policies, Tracker, tracker_key};
+use crate::incidents::timeline::TimelineKind;
 use crate::incidents::{EventKind, Incident, IncidentBook, IncidentEvent};
 use crate::notification::Outbox;
 use crate::silences::Silences;
@@ -145,7 +146,7 @@ impl Desk {
                         i.silenced_by = Some(id.clone());
                         i.record(
                             now,
-                            "silenced",
+                            TimelineKind::Silenced,
                             DAEMON,
                             Some(format!("notifications muted by {id}")),
                         );
@@ -280,7 +281,7 @@ impl Desk {
                 incident.updated_at = now;
                 incident.record(
                     now,
-                    EventKind::Escalated.as_str(),
+                    TimelineKind::Escalated,
                     DAEMON,
                     Some(format!(
                         "step {} ({}){}",

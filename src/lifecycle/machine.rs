@@ -4,6 +4,7 @@
 
 use super::{Action, Kpi, Measure, Refusal};
 use crate::audit::AuditEvent;
+use crate::incidents::timeline::TimelineKind;
 use crate::incidents::{Approval, EventKind, Incident, Review, State};
 use crate::rules::Severity;
 use chrono::{DateTime, Utc};
@@ -55,7 +56,7 @@ pub fn apply(
         Action::Transition { to, note } => transition(incident, *to, note, actor, now)?,
         Action::Note { text } => {
             non_empty("text", text)?;
-            incident.record(now, "note", actor, Some(text.clone()));
+            incident.record(now, TimelineKind::Note, actor, Some(text.clone()));
             Applied {
                 event: None,
                 audit: AuditEvent::IncidentNoted,
@@ -80,7 +81,7 @@ pub fn apply(
             });
             incident.record(
                 now,
-                "reviewed",
+                TimelineKind::Reviewed,
                 actor,
                 Some(format!(
                     "root cause: {root_cause}; lessons learned: {lessons_learned}; {} follow-up action(s)",
@@ -108,7 +109,7 @@ pub fn apply(
                 at: now,
                 note: note.clone(),
             });
-            incident.record(now, "approved", actor, note.clone());
+            incident.record(now, TimelineKind::Approved, actor, note.clone());
             Applied {
                 event: None,
                 audit: AuditEvent::IncidentApproved,
@@ -118,7 +119,7 @@ pub fn apply(
         }
         Action::Resolve { note } => resolve(incident, note, actor, now)?,
         Action::Release { note } => {
-            incident.record(now, "release", actor, note.clone());
+            incident.record(now, TimelineKind::Release, actor, note.clone());
             Applied {
                 event: None,
                 audit: AuditEvent::ContainmentReleaseRequested,
@@ -160,7 +161,7 @@ fn transition(
         close_allowed(incident)?;
     }
     incident.state = to;
-    incident.record(now, to.as_str(), actor, note.clone());
+    incident.record(now, TimelineKind::Moved(to), actor, note.clone());
     let now_kpi = Kpi::since_open(incident, Measure::Resolve, now);
     let kpi = |measure| Kpi { measure, ..now_kpi };
     let (event, kpi) = match to {
@@ -263,7 +264,7 @@ fn resolve(
         Some(n) => format!("{summary}: {n}"),
         None => summary,
     };
-    incident.record(now, "resolved", actor, Some(text));
+    incident.record(now, TimelineKind::Resolved, actor, Some(text));
     Ok(Applied {
         event: Some(EventKind::Closed),
         audit: AuditEvent::IncidentResolved,

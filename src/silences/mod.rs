@@ -197,18 +197,47 @@ pub struct WindowChange {
     pub silence: Silence,
 }
 
+/// Where a silence is in its life at a given time. Derived from its times, never stored, so
+/// it cannot disagree with them; only `Active` mutes notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SilenceState {
+    /// Not yet started, or a scheduled silence between its windows.
+    Pending,
+    /// In effect: covered incidents notify nobody.
+    Active,
+    /// Ended by its time or expired by someone; kept as evidence.
+    Expired,
+}
+
+impl SilenceState {
+    /// The name the API and the CLI show (`state` of a silence's JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SilenceState::Pending => "pending",
+            SilenceState::Active => "active",
+            SilenceState::Expired => "expired",
+        }
+    }
+}
+
+impl PartialEq<&str> for SilenceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl Silence {
-    /// `pending`, `active` or `expired` at `now`; a scheduled silence between its
-    /// windows is `pending`.
-    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+    /// Its state at `now`; a scheduled silence between its windows is pending.
+    pub fn state(&self, now: DateTime<Utc>) -> SilenceState {
         if self.expired_at.is_some() || now >= self.ends_at {
-            "expired"
+            SilenceState::Expired
         } else if now < self.starts_at
             || (self.schedule.is_some() && !self.next_window(now).is_some_and(|w| w.contains(now)))
         {
-            "pending"
+            SilenceState::Pending
         } else {
-            "active"
+            SilenceState::Active
         }
     }
 
@@ -267,7 +296,7 @@ impl Silence {
     /// `next_window` (the one in effect, else the next; `null` when none is left).
     pub fn to_json(&self, now: DateTime<Utc>) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("silences serialise");
-        v["state"] = self.state(now).into();
+        v["state"] = self.state(now).as_str().into();
         if let Some(o) = v.as_object_mut() {
             o.remove("open_window");
         }
@@ -372,7 +401,7 @@ impl Silences {
     pub fn covering(&self, incident: &Incident, now: DateTime<Utc>) -> Option<&Silence> {
         self.live
             .values()
-            .find(|s| s.state(now) == "active" && s.matchers.matches(incident))
+            .find(|s| s.state(now) == SilenceState::Active && s.matchers.matches(incident))
     }
 
     /// Validates a new silence; the caller stores the one returned.
