@@ -28,6 +28,7 @@ pub mod incidents;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+mod names;
 pub mod notification;
 pub mod output;
 pub mod pipeline;

@@ -10,7 +10,6 @@
 //! back may carry a name this release does not know (written by a newer or an older
 //! release); [`RecordedEvent`] keeps those readable without letting new records use them.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::fmt;
 
@@ -244,30 +243,7 @@ impl PartialEq<AuditEvent> for RecordedEvent {
     }
 }
 
-impl PartialEq<&str> for RecordedEvent {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl fmt::Display for RecordedEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for RecordedEvent {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for RecordedEvent {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        Ok(RecordedEvent::from_name(&name))
-    }
-}
+crate::names::stored_name!(RecordedEvent);
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,6 @@
 //! this release can record one.
 
 use super::State;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
 
 /// What a timeline entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,30 +100,7 @@ impl TimelineKind {
     }
 }
 
-impl fmt::Display for TimelineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for TimelineKind {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl Serialize for TimelineKind {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TimelineKind {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        Ok(TimelineKind::from_name(&name))
-    }
-}
+crate::names::stored_name!(TimelineKind);
 
 #[cfg(test)]
 mod tests {

@@ -34,16 +34,21 @@ pub use crate::audit::DAEMON;
 pub use desk::Desk;
 pub use machine::{Applied, allowed_next, apply};
 
-/// Why a command changed nothing; the API answers with the matching status.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a command changed nothing; the API answers with the matching status and the
+/// message as it is, so each message says what to do instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
     /// No such incident or silence (404).
+    #[error("{0}")]
     NotFound(String),
-    /// Not allowed in the current state (409).
+    /// Not allowed in the current state (409): recorded as `incident.refused`.
+    #[error("{0}")]
     Conflict(String),
     /// A malformed request (400).
+    #[error("{0}")]
     Invalid(String),
     /// The store failed (500).
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -58,14 +63,14 @@ impl From<StoreError> for Refusal {
 pub enum Action {
     /// Take it on (`open → acknowledged`).
     Ack {
-        /// Free text.
+        /// The actor's words, kept in the timeline and the audit record as the reason.
         note: Option<String>,
     },
     /// Move it to another state.
     Transition {
-        /// Target state.
+        /// The state asked for; [`allowed_next`] decides whether it may be taken.
         to: State,
-        /// Free text.
+        /// The actor's words, kept in the timeline and the audit record as the reason.
         note: Option<String>,
     },
     /// Add a note to the timeline.
@@ -84,18 +89,18 @@ pub enum Action {
     },
     /// Allow notifying external roles.
     Approve {
-        /// Free text.
+        /// The actor's words, kept in the timeline and the audit record as the reason.
         note: Option<String>,
     },
     /// Close it in one recorded step, through the states not yet passed (where closing is
     /// allowed: low and moderate incidents, or high and critical ones with a review).
     Resolve {
-        /// Free text.
+        /// The actor's words, kept in the timeline and the audit record as the reason.
         note: Option<String>,
     },
     /// Lift its containments (bans) now.
     Release {
-        /// Free text.
+        /// The actor's words, kept in the timeline and the audit record as the reason.
         note: Option<String>,
     },
 }
@@ -119,9 +124,9 @@ impl Action {
 pub enum Request {
     /// Act on an incident.
     Incident {
-        /// `INC-<n>`.
+        /// How the caller named it: its id (`INC-7`) or its fleet uid (`web1/INC-7`).
         id: String,
-        /// What to do.
+        /// The change asked for.
         action: Action,
     },
     /// Create a silence.
@@ -130,7 +135,7 @@ pub enum Request {
     ExpireSilence(String),
     /// Open a drill incident for a rule (handled by the pipeline, which owns the rules).
     Drill {
-        /// Rule id.
+        /// The rule whose response path the drill exercises.
         rule: String,
     },
 }
