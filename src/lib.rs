@@ -41,5 +41,6 @@ pub mod store;
 pub mod supervise;
 pub mod token;
 pub mod tools;
+pub mod upgrade;
 pub mod yaml;
 pub mod zip;
