@@ -5,15 +5,15 @@
 //! non-zero, so systemd restarts it — instead of a process that looks healthy and detects
 //! nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::shutdown::Notice;
 use tokio::sync::mpsc;
 
 /// Where guards report; cloned into every vital task.
 #[derive(Clone)]
 pub struct Vitals {
     failures: mpsc::UnboundedSender<String>,
-    stopping: Arc<AtomicBool>,
+    /// The daemon's shutdown: a task that ends after it ends as planned.
+    stopping: Notice,
 }
 
 /// Receives the first failure of any vital task.
@@ -31,19 +31,11 @@ impl Failures {
 }
 
 impl Vitals {
-    /// A new set of vital tasks and the receiver of their failures.
-    pub fn new() -> (Vitals, Failures) {
+    /// A new set of vital tasks and the receiver of their failures; tasks that end once
+    /// `stopping` is signalled end as planned.
+    pub fn new(stopping: Notice) -> (Vitals, Failures) {
         let (failures, rx) = mpsc::unbounded_channel();
-        let vitals = Vitals {
-            failures,
-            stopping: Arc::new(AtomicBool::new(false)),
-        };
-        (vitals, Failures(rx))
-    }
-
-    /// Marks the shutdown as asked for: tasks that end from now on end as planned.
-    pub fn stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        (Vitals { failures, stopping }, Failures(rx))
     }
 
     /// A guard for a task that must run until shutdown; move it into the task.
@@ -77,7 +69,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let why = if std::thread::panicking() {
             format!("the {} task panicked", self.task)
-        } else if !self.may_end && !self.vitals.stopping.load(Ordering::SeqCst) {
+        } else if !self.may_end && !self.vitals.stopping.is_shutdown() {
             format!("the {} task ended unexpectedly", self.task)
         } else {
             return;
@@ -136,7 +128,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_or_an_early_end_is_reported_a_planned_end_is_not() {
-        let (vitals, mut failures) = Vitals::new();
+        let daemon = crate::shutdown::Shutdown::new();
+        let (vitals, mut failures) = Vitals::new(daemon.notice());
         let guard = vitals.guard("worker");
         let _ = tokio::spawn(async move {
             let _guard = guard;
@@ -147,7 +140,7 @@ mod tests {
         drop(vitals.guard("early"));
         assert_eq!(failures.next().await, "the early task ended unexpectedly");
         drop(vitals.panic_guard("stdin"));
-        vitals.stopping();
+        daemon.signal();
         drop(vitals.guard("late"));
         drop(vitals);
         assert!(failures.0.try_recv().is_err(), "nothing else reported");
