@@ -19,7 +19,7 @@ use crate::sources::file::FileTailer;
 use crate::sources::syslog::SyslogSource;
 use crate::sources::{Batch, Checkpoint, JournalPosition, SourceError, journal, stdin};
 use crate::store::{Space, Store, StoreError};
-use crate::supervise::Vitals;
+use crate::supervise::{Failures, Vitals};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -173,6 +173,54 @@ struct Context {
 }
 
 impl Context {
+    /// The shared services every component is built from, and the stages it stops with;
+    /// also the supervisor's failures and the pipeline's end of the sources' queue.
+    fn new(
+        config: Config,
+        rules: &RuleSet,
+        store: Store,
+    ) -> Result<(Context, Failures, mpsc::Receiver<Batch>), RunError> {
+        let stages = Stages {
+            stopping: Shutdown::new(),
+            sources: Shutdown::new(),
+            pipeline: Shutdown::new(),
+            delivery: Shutdown::new(),
+            http: Shutdown::new(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        metrics.preset(&config, rules);
+        metrics.rules_loaded.set(rules.rules.len() as i64);
+        let health = Arc::new(Health::default());
+        health.rules.store(true, Ordering::Relaxed);
+        health.store.store(true, Ordering::Relaxed);
+        let (vitals, failures) = Vitals::new(stages.stopping.notice());
+        tracing::info!(rules = rules.rules.len(), files = rules.files.len(), version = %rules.version, "rules loaded");
+        for w in &rules.warnings {
+            tracing::warn!("warning: {w}");
+        }
+        let audit = AuditLog::open(&store)?;
+        let assigned = crate::incidents::assign_missing_uids(&store, &config.host)?;
+        if assigned > 0 {
+            tracing::info!(incidents = assigned, host = %config.host, "stored incidents given fleet-unique uids");
+        }
+        let outbox = Outbox::new(store.clone(), &config)
+            .map_err(RunError::component("outbox"))?
+            .with_audit(audit.clone());
+        let (lines, batches) = mpsc::channel(SOURCE_QUEUE);
+        let ctx = Context {
+            config,
+            store,
+            metrics,
+            health,
+            audit,
+            outbox,
+            vitals,
+            stages,
+            lines,
+        };
+        Ok((ctx, failures, batches))
+    }
+
     /// Spawns a vital task of `stage` on the current runtime: `task` gets the stage's
     /// listener and must return when it is signalled.
     fn spawn<F>(&self, name: &str, stage: &Shutdown, task: impl FnOnce(Listener) -> F)
@@ -187,18 +235,20 @@ impl Context {
         });
     }
 
-    /// Starts a vital blocking thread of `stage`; `body` gets the stage's listener (a
-    /// blocking loop checks [`Listener::is_shutdown`]).
+    /// Starts the vital blocking thread `thread` (named `task` in failure reports) of
+    /// `stage`; `body` gets the stage's listener (a blocking loop checks
+    /// [`Listener::is_shutdown`]).
     fn thread<R: Send + 'static>(
         &self,
-        name: &str,
+        thread: &str,
+        task: &str,
         stage: &Shutdown,
         body: impl FnOnce(Listener) -> R + Send + 'static,
     ) -> Result<std::thread::JoinHandle<R>, RunError> {
-        let guard = self.vitals.guard(name);
+        let guard = self.vitals.guard(task);
         let stop = stage.listener();
         std::thread::Builder::new()
-            .name(name.split(' ').next().unwrap_or(name).into())
+            .name(thread.into())
             .spawn(move || {
                 let _guard = guard;
                 body(stop)
@@ -207,6 +257,7 @@ impl Context {
     }
 }
 
+/// Starts everything, runs until SIGTERM/SIGINT or a vital task's failure, then stops.
 async fn serve(
     config: Config,
     rules: Arc<RuleSet>,
@@ -218,165 +269,166 @@ async fn serve(
         signal: "signals",
         source,
     })?;
-    let stages = Stages {
-        stopping: Shutdown::new(),
-        sources: Shutdown::new(),
-        pipeline: Shutdown::new(),
-        delivery: Shutdown::new(),
-        http: Shutdown::new(),
-    };
-    let metrics = Arc::new(Metrics::new());
-    metrics.preset(&config, &rules);
-    let health = Arc::new(Health::default());
-    let (vitals, mut failures) = Vitals::new(stages.stopping.notice());
-    metrics.rules_loaded.set(rules.rules.len() as i64);
-    health.rules.store(true, Ordering::Relaxed);
-    health.store.store(true, Ordering::Relaxed);
-    tracing::info!(rules = rules.rules.len(), files = rules.files.len(), version = %rules.version, "rules loaded");
-    for w in &rules.warnings {
-        tracing::warn!("warning: {w}");
-    }
-
-    // Before anything can take long: SIGHUP's default action would end the process.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
-        |source| RunError::Signals {
-            signal: "SIGHUP",
-            source,
-        },
-    )?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: config.listen.to_string(),
-            source,
-        })?;
-
-    let audit = AuditLog::open(&store)?;
-    let assigned = crate::incidents::assign_missing_uids(&store, &config.host)?;
-    if assigned > 0 {
-        tracing::info!(incidents = assigned, host = %config.host, "stored incidents given fleet-unique uids");
-    }
-    let outbox = Outbox::new(store.clone(), &config)
-        .map_err(RunError::component("outbox"))?
-        .with_audit(audit.clone());
-    let (lines, batch_rx) = mpsc::channel(SOURCE_QUEUE);
-    let ctx = Context {
-        config,
-        store,
-        metrics,
-        health,
-        audit,
-        outbox,
-        vitals,
-        stages,
-        lines,
-    };
-    let anchor = start_anchor(&ctx)?;
-    {
-        let _on = runtimes.delivery.enter();
-        deliver::spawn(
-            ctx.outbox.clone(),
-            &ctx.config,
-            ctx.metrics.clone(),
-            NOTIFY_DRAIN,
-            &ctx.vitals,
-            &ctx.stages.delivery,
-        )
-        .map_err(RunError::component("delivery"))?;
-    }
-    let api_rules = Arc::new(RwLock::new(rules.clone()));
-    let (commands, pipeline_thread) =
-        start_pipeline(&ctx, &rules, &runtimes, batch_rx, hangup, &api_rules)?;
-    let readiness = start_sources(&ctx).await?;
-
-    let state = Arc::new(AppState {
-        store: ctx.store.clone(),
-        metrics: ctx.metrics.clone(),
-        health: ctx.health.clone(),
-        rules: api_rules,
-        tokens: api::load_tokens(&ctx.config.api.tokens),
-        outbox: ctx.outbox.clone(),
-        commands,
-        audit: ctx.audit.clone(),
-        refusals: Default::default(),
-        anchor: anchor.clone(),
-        slas: ctx.config.slas.clone(),
-    });
-    start_clocks(&ctx, &state, &anchor);
-    let (router, limits) = (api::router(state.clone()), ctx.config.http);
-    ctx.spawn("HTTP server", &ctx.stages.http, |stop| {
-        crate::http::serve(listener, router, limits, stop)
-    });
-    tracing::info!(listen = %ctx.config.listen, "logwarden running");
-    announce_ready(&ctx.health, readiness).await;
-
+    let (running, mut failures) = Running::start(config, rules, store, runtimes).await?;
     let failure = tokio::select! {
         _ = termination.wait() => None,
         why = failures.next() => Some(why),
     };
-    // The supervisor takes ends as planned from now on; a pipeline stuck retrying a failing
-    // store (a full disk) gives up now, so the sources it blocks can end and the daemon
-    // stops within its stop timeout.
-    ctx.stages.stopping.signal();
-    match &failure {
-        None => {
-            tracing::info!("shutting down");
-            ctx.health.set_down("shutting down");
+    running.stop(failure).await
+}
+
+/// The daemon once started: what its shutdown drains, flushes and signs.
+struct Running {
+    ctx: Context,
+    pipeline: PipelineThread,
+    anchor: Option<Arc<Anchor>>,
+    /// The API's state, whose refusals of the last minute are recorded at shutdown.
+    api: Arc<AppState>,
+}
+
+impl Running {
+    /// Builds every component from one [`Context`] and starts it; READY is told to systemd
+    /// before this returns.
+    async fn start(
+        config: Config,
+        rules: Arc<RuleSet>,
+        store: Store,
+        runtimes: Runtimes,
+    ) -> Result<(Running, Failures), RunError> {
+        // Before anything can take long: SIGHUP's default action would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|source| RunError::Signals {
+                signal: "SIGHUP",
+                source,
+            })?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let (ctx, failures, batches) = Context::new(config, &rules, store)?;
+        let anchor = start_anchor(&ctx)?;
+        {
+            let _on = runtimes.delivery.enter();
+            deliver::spawn(
+                ctx.outbox.clone(),
+                &ctx.config,
+                ctx.metrics.clone(),
+                NOTIFY_DRAIN,
+                &ctx.vitals,
+                &ctx.stages.delivery,
+            )
+            .map_err(RunError::component("delivery"))?;
         }
-        Some(why) => {
-            tracing::error!(reason = %why, "cannot go on; shutting down");
-            ctx.health.set_down(why);
-            // A health check polling /readyz sees the reason before the port closes.
-            tokio::time::sleep(FAILURE_LINGER).await;
+        let api_rules = Arc::new(RwLock::new(rules.clone()));
+        let (commands, pipeline) =
+            start_pipeline(&ctx, &rules, &runtimes, batches, hangup, &api_rules)?;
+        let readiness = start_sources(&ctx).await?;
+        let api = Arc::new(AppState {
+            store: ctx.store.clone(),
+            metrics: ctx.metrics.clone(),
+            health: ctx.health.clone(),
+            rules: api_rules,
+            tokens: api::load_tokens(&ctx.config.api.tokens),
+            outbox: ctx.outbox.clone(),
+            commands,
+            audit: ctx.audit.clone(),
+            refusals: Default::default(),
+            anchor: anchor.clone(),
+            slas: ctx.config.slas.clone(),
+        });
+        start_clocks(&ctx, &api, &anchor);
+        let (router, limits) = (api::router(api.clone()), ctx.config.http);
+        ctx.spawn("HTTP server", &ctx.stages.http, |stop| {
+            crate::http::serve(listener, router, limits, stop)
+        });
+        tracing::info!(listen = %ctx.config.listen, "logwarden running");
+        announce_ready(&ctx.health, readiness).await;
+        let running = Running {
+            ctx,
+            pipeline,
+            anchor,
+            api,
+        };
+        Ok((running, failures))
+    }
+
+    /// Stops the stages in the order data flows: the sources end, the pipeline stores
+    /// everything queued, a head is signed, deliveries in flight get their drain time, the
+    /// HTTP server closes, the last head covers everything and the store is flushed.
+    async fn stop(self, failure: Option<String>) -> Result<(), RunError> {
+        let Running {
+            ctx,
+            pipeline,
+            anchor,
+            api,
+        } = self;
+        // The supervisor takes ends as planned from now on; a pipeline stuck retrying a
+        // failing store (a full disk) gives up now, so the sources it blocks can end and the
+        // daemon stops within its stop timeout.
+        ctx.stages.stopping.signal();
+        match &failure {
+            None => {
+                tracing::info!("shutting down");
+                ctx.health.set_down("shutting down");
+            }
+            Some(why) => {
+                tracing::error!(reason = %why, "cannot go on; shutting down");
+                ctx.health.set_down(why);
+                // A health check polling /readyz sees the reason before the port closes.
+                tokio::time::sleep(FAILURE_LINGER).await;
+            }
         }
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let Context {
-        store,
-        stages,
-        lines,
-        ..
-    } = ctx;
-    drop(lines);
-    stages.stopping.complete().await;
-    // The tailer finishes its current round; the pipeline then stores everything queued.
-    // `/readyz` keeps answering 503 with the reason meanwhile.
-    stages.sources.complete().await;
-    stages.pipeline.complete().await;
-    let not_stored = match tokio::task::spawn_blocking(move || pipeline_thread.join()).await {
-        Ok(Ok(Err(e))) => Some(e),
-        _ => None,
-    };
-    // Once the pipeline has stored its last changes: a head the receivers still get while
-    // the delivery lanes drain.
-    publish_head(&anchor).await;
-    stages
-        .delivery
-        .complete_within(NOTIFY_DRAIN + Duration::from_millis(500))
-        .await;
-    stages.http.complete_within(Duration::from_secs(1)).await;
-    // The refusals of the last minute are recorded, not lost with the process.
-    let last = state
-        .refusals
-        .due(chrono::Utc::now() + chrono::Duration::minutes(1));
-    if !last.is_empty() {
-        state.audit.record(&last);
-    }
-    // The last head covers everything recorded, deliveries and refusals too: the head
-    // file and the store have it now, receivers on the next start (the lanes have stopped).
-    publish_head(&anchor).await;
-    let flushed = store.flush().await;
-    if let Some(e) = not_stored {
-        tracing::error!(error = %e, "stopped with changes that could not be stored");
-        return Err(e.into());
-    }
-    flushed?;
-    match failure {
-        None => {
-            tracing::info!("stopped");
-            Ok(())
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let Context {
+            store,
+            stages,
+            lines,
+            ..
+        } = ctx;
+        drop(lines);
+        stages.stopping.complete().await;
+        // The tailer finishes its current round; the pipeline then stores everything
+        // queued. `/readyz` keeps answering 503 with the reason meanwhile.
+        stages.sources.complete().await;
+        stages.pipeline.complete().await;
+        let not_stored = match tokio::task::spawn_blocking(move || pipeline.join()).await {
+            Ok(Ok(Err(e))) => Some(e),
+            _ => None,
+        };
+        // Once the pipeline has stored its last changes: a head the receivers still get
+        // while the delivery lanes drain.
+        publish_head(&anchor).await;
+        stages
+            .delivery
+            .complete_within(NOTIFY_DRAIN + Duration::from_millis(500))
+            .await;
+        stages.http.complete_within(Duration::from_secs(1)).await;
+        // The refusals of the last minute are recorded, not lost with the process.
+        let last = api
+            .refusals
+            .due(chrono::Utc::now() + chrono::Duration::minutes(1));
+        if !last.is_empty() {
+            api.audit.record(&last);
         }
-        Some(why) => Err(RunError::Failed(why)),
+        // The last head covers everything recorded, deliveries and refusals too: the head
+        // file and the store have it now, receivers on the next start (the lanes have
+        // stopped).
+        publish_head(&anchor).await;
+        let flushed = store.flush().await;
+        if let Some(e) = not_stored {
+            tracing::error!(error = %e, "stopped with changes that could not be stored");
+            return Err(e.into());
+        }
+        flushed?;
+        match failure {
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Some(why) => Err(RunError::Failed(why)),
+        }
     }
 }
 
@@ -471,7 +523,7 @@ fn start_pipeline(
     ctx.spawn("rule reload", &ctx.stages.stopping, |stop| {
         reloader.run(hangup, stop)
     });
-    let thread = ctx.thread("pipeline", &ctx.stages.pipeline, move |stop| {
+    let thread = ctx.thread("pipeline", "pipeline", &ctx.stages.pipeline, move |stop| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -512,7 +564,7 @@ async fn start_sources(ctx: &Context) -> Result<Vec<Readiness>, RunError> {
     )?;
     let (ready, looked) = ready();
     readiness.push(looked);
-    ctx.thread("tailer", &ctx.stages.sources, move |_stop| {
+    ctx.thread("tailer", "tailer", &ctx.stages.sources, move |_stop| {
         tailer.run(ready)
     })?;
     readiness.extend(start_journals(ctx)?);
@@ -587,7 +639,9 @@ fn start_journals(ctx: &Context) -> Result<Vec<Readiness>, RunError> {
         let (ready, looked) = ready();
         readiness.push(looked);
         let name = format!("journal source {}", source.name);
-        ctx.thread(&name, &ctx.stages.sources, move |_stop| reader.run(ready))?;
+        ctx.thread("journal", &name, &ctx.stages.sources, move |_stop| {
+            reader.run(ready)
+        })?;
     }
     Ok(readiness)
 }
