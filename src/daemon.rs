@@ -19,7 +19,7 @@ use crate::sources::file::FileTailer;
 use crate::sources::syslog::SyslogSource;
 use crate::sources::{Batch, Checkpoint, JournalPosition, SourceError, journal, stdin};
 use crate::store::{Space, Store, StoreError};
-use crate::supervise::{Failures, Vitals};
+use crate::supervise::{Failure, Failures, Vitals};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -78,9 +78,9 @@ pub enum RunError {
     /// The pipeline stopped holding changes it could not store.
     #[error(transparent)]
     NotStored(#[from] NotStored),
-    /// A vital task failed (the supervisor's reason); the daemon stopped.
+    /// A vital task failed; the daemon stopped.
     #[error("stopped because {0}")]
-    Failed(String),
+    Failed(#[source] Failure),
 }
 
 impl RunError {
@@ -357,7 +357,7 @@ impl Running {
     /// Stops the stages in the order data flows: the sources end, the pipeline stores
     /// everything queued, a head is signed, deliveries in flight get their drain time, the
     /// HTTP server closes, the last head covers everything and the store is flushed.
-    async fn stop(self, failure: Option<String>) -> Result<(), RunError> {
+    async fn stop(self, failure: Option<Failure>) -> Result<(), RunError> {
         let Running {
             ctx,
             pipeline,
@@ -375,7 +375,7 @@ impl Running {
             }
             Some(why) => {
                 tracing::error!(reason = %why, "cannot go on; shutting down");
-                ctx.health.set_down(why);
+                ctx.health.set_down(&why.to_string());
                 // A health check polling /readyz sees the reason before the port closes.
                 tokio::time::sleep(FAILURE_LINGER).await;
             }

@@ -8,20 +8,31 @@
 use crate::shutdown::Notice;
 use tokio::sync::mpsc;
 
+/// How a vital task failed; its text is what `/readyz` and the exit message say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The task panicked.
+    #[error("the {0} task panicked")]
+    Panicked(String),
+    /// The task ended before shutdown was asked for.
+    #[error("the {0} task ended unexpectedly")]
+    EndedEarly(String),
+}
+
 /// Where guards report; cloned into every vital task.
 #[derive(Clone)]
 pub struct Vitals {
-    failures: mpsc::UnboundedSender<String>,
+    failures: mpsc::UnboundedSender<Failure>,
     /// The daemon's shutdown: a task that ends after it ends as planned.
     stopping: Notice,
 }
 
 /// Receives the first failure of any vital task.
-pub struct Failures(mpsc::UnboundedReceiver<String>);
+pub struct Failures(mpsc::UnboundedReceiver<Failure>);
 
 impl Failures {
     /// Waits for a vital task's failure: what failed and how.
-    pub async fn next(&mut self) -> String {
+    pub async fn next(&mut self) -> Failure {
         match self.0.recv().await {
             Some(why) => why,
             // Every sender is gone only when nothing is guarded any more.
@@ -67,10 +78,11 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let task = std::mem::take(&mut self.task);
         let why = if std::thread::panicking() {
-            format!("the {} task panicked", self.task)
+            Failure::Panicked(task)
         } else if !self.may_end && !self.vitals.stopping.is_shutdown() {
-            format!("the {} task ended unexpectedly", self.task)
+            Failure::EndedEarly(task)
         } else {
             return;
         };
@@ -136,9 +148,14 @@ mod tests {
             panic!("boom");
         })
         .await;
-        assert_eq!(failures.next().await, "the worker task panicked");
+        let panicked = failures.next().await;
+        assert_eq!(panicked, Failure::Panicked("worker".into()));
+        assert_eq!(panicked.to_string(), "the worker task panicked");
         drop(vitals.guard("early"));
-        assert_eq!(failures.next().await, "the early task ended unexpectedly");
+        assert_eq!(
+            failures.next().await.to_string(),
+            "the early task ended unexpectedly"
+        );
         drop(vitals.panic_guard("stdin"));
         daemon.signal();
         drop(vitals.guard("late"));
