@@ -356,6 +356,8 @@ mod tests {
         dir: tempfile::TempDir,
         tailer: FileTailer,
         rx: mpsc::Receiver<Batch>,
+        /// Kept, not signalled: a dropped owner would stop the tailer.
+        _shutdown: crate::shutdown::Shutdown,
     }
 
     impl Harness {
@@ -367,15 +369,21 @@ mod tests {
             ))
             .unwrap();
             let (tx, rx) = mpsc::channel(1024);
+            let shutdown = crate::shutdown::Shutdown::new();
             let tailer = FileTailer::new(
                 &[config],
                 Vec::new(),
                 tx,
                 Arc::new(Metrics::new()),
-                crate::shutdown::Shutdown::new().listener(),
+                shutdown.listener(),
             )
             .unwrap();
-            Harness { dir, tailer, rx }
+            Harness {
+                dir,
+                tailer,
+                rx,
+                _shutdown: shutdown,
+            }
         }
 
         fn path(&self, name: &str) -> PathBuf {
