@@ -86,7 +86,7 @@ pub fn main() -> ExitCode {
                 }
                 ExitCode::from(1)
             }
-            Err(RunError::Io(e)) => {
+            Err(e) => {
                 eprintln!("logwarden: {e}");
                 ExitCode::from(2)
             }

@@ -6,6 +6,7 @@
 //! `/healthz` stops answering.
 
 use crate::config::HttpConfig;
+use crate::shutdown::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
@@ -17,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -26,14 +27,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning this often while the connection limit is reached.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
-/// Serves `router` on `listener` until `stop` turns true, then lets the connections finish
+/// Serves `router` on `listener` until `stop` is signalled, then lets the connections finish
 /// their requests (closing kept-alive ones) and returns.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: HttpConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpConfig, mut stop: Listener) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     let mut warned: Option<Instant> = None;
@@ -54,7 +50,7 @@ pub async fn serve(
                         Ok(permit) => permit,
                         Err(_) => break,
                     },
-                    _ = stopped(&mut stop) => break,
+                    _ = stop.recv() => break,
                 }
             }
         };
@@ -67,7 +63,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut stop) => break,
+            _ = stop.recv() => break,
         };
         let (router, stop) = (router.clone(), stop.clone());
         connections.spawn(async move {
@@ -85,7 +81,7 @@ async fn serve_connection(
     peer: SocketAddr,
     router: Router,
     limits: HttpConfig,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Listener,
 ) {
     let start = Instant::now();
     let moved = Arc::new(AtomicU64::new(0));
@@ -126,17 +122,12 @@ async fn serve_connection(
                     return;
                 }
             }
-            _ = stopped(&mut stop), if !stopping => {
+            _ = stop.recv(), if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
         }
     }
-}
-
-/// Resolves once the daemon stops (at once if it already has).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A connection's stream that notes when bytes last moved either way (milliseconds since

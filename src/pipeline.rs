@@ -15,6 +15,7 @@ use crate::lifecycle::{Command, DAEMON, Desk, Measure, Request};
 use crate::metrics::Metrics;
 use crate::notification::Outbox;
 use crate::rules::{RuleSet, Severity};
+use crate::shutdown::{Listener, Notice};
 use crate::sources::line_time::{Judged, LineTimeBounds};
 use crate::sources::timestamp::TimestampFormat;
 use crate::sources::{Batch, Progress, checkpoint_key};
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
@@ -77,7 +78,7 @@ pub struct Pipeline {
     line_time: LineTimeBounds,
     reloads: Option<mpsc::Receiver<Reload>>,
     commands: Option<mpsc::Receiver<Command>>,
-    terminating: Option<watch::Receiver<bool>>,
+    terminating: Option<Notice>,
     /// Where decided containment effects go once durable.
     worker: Option<crate::containment::exec::Worker>,
     /// What the containment worker did, to record.
@@ -91,19 +92,40 @@ pub struct Pipeline {
 #[error("changes not stored at shutdown: {0}")]
 pub struct NotStored(pub String);
 
+/// What a pipeline is built from: the daemon's wiring assembles it, [`Pipeline::new`] loads
+/// the stored state into it.
+pub struct Parts {
+    /// Durable state.
+    pub store: Store,
+    /// The rules' detector, its windows not yet restored.
+    pub detector: Detector,
+    /// How each source's lines carry time.
+    pub formats: HashMap<String, TimestampFormat>,
+    /// Where the notifications events call for are written.
+    pub outbox: Outbox,
+    /// Metrics the pipeline updates.
+    pub metrics: Arc<Metrics>,
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
+    pub heartbeat: Box<dyn Fn() + Send>,
+    /// Escalation, silences and the audit log.
+    pub desk: Desk,
+}
+
 impl Pipeline {
     /// Loads the store's windows into the detector (dropping those of changed rules).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Store,
-        mut detector: Detector,
-        formats: HashMap<String, TimestampFormat>,
-        outbox: Outbox,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        heartbeat: Box<dyn Fn() + Send>,
-        mut desk: Desk,
-    ) -> Result<Self, StoreError> {
+    pub fn new(parts: Parts) -> Result<Self, StoreError> {
+        let Parts {
+            store,
+            mut detector,
+            formats,
+            outbox,
+            metrics,
+            health,
+            heartbeat,
+            mut desk,
+        } = parts;
         let book = IncidentBook::load(&store, outbox.host())?;
         desk.track_active(&store, &book)?;
         let mut saved = Vec::new();
@@ -171,10 +193,10 @@ impl Pipeline {
         self
     }
 
-    /// Turns true as soon as the daemon is told to stop (before the sources have finished):
+    /// Signalled as soon as the daemon is told to stop (before the sources have finished):
     /// a store that keeps failing is then given up on instead of retried, so the daemon
     /// stops within its stop timeout.
-    pub fn with_terminating(mut self, terminating: watch::Receiver<bool>) -> Self {
+    pub fn with_terminating(mut self, terminating: Notice) -> Self {
         self.terminating = Some(terminating);
         self
     }
@@ -196,12 +218,12 @@ impl Pipeline {
         self
     }
 
-    /// Processes batches until `shutdown` turns true, then drains what is already queued;
+    /// Processes batches until `shutdown` is signalled, then drains what is already queued;
     /// an error when a step's changes could not be stored before the daemon had to stop.
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Batch>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Listener,
     ) -> Result<(), NotStored> {
         let mut tick = tokio::time::interval(TICK);
         let mut reloads = self.reloads.take();
@@ -212,7 +234,7 @@ impl Pipeline {
             // Unbiased: a long backlog of batches must not starve the tick, or systemd's
             // watchdog would kill a daemon that is busy, not hung.
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.recv() => break,
                 batch = rx.recv() => {
                     let Some(first) = batch else { break };
                     let mut lines = first.lines.len();
@@ -788,12 +810,12 @@ impl Pipeline {
             return Ok(());
         };
         let mut terminating = terminating.clone();
-        if *terminating.borrow() {
+        if terminating.is_shutdown() {
             return Err(());
         }
         tokio::select! {
             _ = tokio::time::sleep(STORE_RETRY) => Ok(()),
-            _ = terminating.wait_for(|t| *t) => Err(()),
+            _ = terminating.recv() => Err(()),
         }
     }
 

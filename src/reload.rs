@@ -12,6 +12,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pipeline::Reload;
 use crate::rules::{RuleContext, RuleSet};
+use crate::shutdown::Listener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -63,12 +64,14 @@ pub enum ReloadError {
 }
 
 impl Reloader {
-    /// Reloads on every SIGHUP and (debounced) rule-file change until the process ends.
-    pub async fn run(mut self, mut hangup: Signal) {
+    /// Reloads on every SIGHUP and (debounced) rule-file change until `stop` is signalled
+    /// (only between reloads, so a reload is never left half done).
+    pub async fn run(mut self, mut hangup: Signal, mut stop: Listener) {
         let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
         let watcher = watch_rule_paths(&self.paths, wake_tx);
         loop {
             let why = tokio::select! {
+                _ = stop.recv() => return,
                 signal = hangup.recv() => match signal {
                     Some(()) => "SIGHUP",
                     None => return,

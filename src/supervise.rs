@@ -5,23 +5,34 @@
 //! non-zero, so systemd restarts it — instead of a process that looks healthy and detects
 //! nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::shutdown::Notice;
 use tokio::sync::mpsc;
+
+/// How a vital task failed; its text is what `/readyz` and the exit message say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The task panicked.
+    #[error("the {0} task panicked")]
+    Panicked(String),
+    /// The task ended before shutdown was asked for.
+    #[error("the {0} task ended unexpectedly")]
+    EndedEarly(String),
+}
 
 /// Where guards report; cloned into every vital task.
 #[derive(Clone)]
 pub struct Vitals {
-    failures: mpsc::UnboundedSender<String>,
-    stopping: Arc<AtomicBool>,
+    failures: mpsc::UnboundedSender<Failure>,
+    /// The daemon's shutdown: a task that ends after it ends as planned.
+    stopping: Notice,
 }
 
 /// Receives the first failure of any vital task.
-pub struct Failures(mpsc::UnboundedReceiver<String>);
+pub struct Failures(mpsc::UnboundedReceiver<Failure>);
 
 impl Failures {
     /// Waits for a vital task's failure: what failed and how.
-    pub async fn next(&mut self) -> String {
+    pub async fn next(&mut self) -> Failure {
         match self.0.recv().await {
             Some(why) => why,
             // Every sender is gone only when nothing is guarded any more.
@@ -31,19 +42,11 @@ impl Failures {
 }
 
 impl Vitals {
-    /// A new set of vital tasks and the receiver of their failures.
-    pub fn new() -> (Vitals, Failures) {
+    /// A new set of vital tasks and the receiver of their failures; tasks that end once
+    /// `stopping` is signalled end as planned.
+    pub fn new(stopping: Notice) -> (Vitals, Failures) {
         let (failures, rx) = mpsc::unbounded_channel();
-        let vitals = Vitals {
-            failures,
-            stopping: Arc::new(AtomicBool::new(false)),
-        };
-        (vitals, Failures(rx))
-    }
-
-    /// Marks the shutdown as asked for: tasks that end from now on end as planned.
-    pub fn stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        (Vitals { failures, stopping }, Failures(rx))
     }
 
     /// A guard for a task that must run until shutdown; move it into the task.
@@ -75,10 +78,11 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let task = std::mem::take(&mut self.task);
         let why = if std::thread::panicking() {
-            format!("the {} task panicked", self.task)
-        } else if !self.may_end && !self.vitals.stopping.load(Ordering::SeqCst) {
-            format!("the {} task ended unexpectedly", self.task)
+            Failure::Panicked(task)
+        } else if !self.may_end && !self.vitals.stopping.is_shutdown() {
+            Failure::EndedEarly(task)
         } else {
             return;
         };
@@ -136,18 +140,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_or_an_early_end_is_reported_a_planned_end_is_not() {
-        let (vitals, mut failures) = Vitals::new();
+        let daemon = crate::shutdown::Shutdown::new();
+        let (vitals, mut failures) = Vitals::new(daemon.notice());
         let guard = vitals.guard("worker");
         let _ = tokio::spawn(async move {
             let _guard = guard;
             panic!("boom");
         })
         .await;
-        assert_eq!(failures.next().await, "the worker task panicked");
+        let panicked = failures.next().await;
+        assert_eq!(panicked, Failure::Panicked("worker".into()));
+        assert_eq!(panicked.to_string(), "the worker task panicked");
         drop(vitals.guard("early"));
-        assert_eq!(failures.next().await, "the early task ended unexpectedly");
+        assert_eq!(
+            failures.next().await.to_string(),
+            "the early task ended unexpectedly"
+        );
         drop(vitals.panic_guard("stdin"));
-        vitals.stopping();
+        daemon.signal();
         drop(vitals.guard("late"));
         drop(vitals);
         assert!(failures.0.try_recv().is_err(), "nothing else reported");

@@ -644,3 +644,81 @@ fn a_head_is_published_at_shutdown_to_receivers_and_beside_the_key() {
     );
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// SIGTERM while every kind of task is busy — the tailer reading, a syslog client connected,
+/// a delivery hung at a receiver that never answers — ends within a bound (the hung attempt
+/// gets the drain time, not its own 60 s timeout; the open syslog connection holds nothing
+/// up) and leaves beside the key a signed head covering every record.
+#[test]
+fn sigterm_with_busy_sources_and_a_hung_delivery_stops_promptly_with_the_head_written() {
+    let Some(s) = setup_every(None, "1h") else {
+        return;
+    };
+    // Accepts and never answers: an attempt in flight for as long as the daemon lets it.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", hung.local_addr().unwrap());
+    let (attempts, attempted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in hung.incoming().flatten() {
+            // Kept open, unanswered, until the test ends.
+            if attempts.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    let syslog_port = free_port();
+    s.config(&format!(
+        "sources:\n  - {{name: app, paths: [app.log], start_at: beginning}}\n\
+         \x20 - name: net\n    syslog: {{tcp: '127.0.0.1:{syslog_port}'}}\n\
+         receivers:\n  - {{name: hook, type: webhook, url: '{hook}', timeout: 60s}}\n\
+         roles:\n  analysts: {{receivers: [hook]}}\n\
+         escalation_policies:\n  default:\n    - notify: [analysts]\n\
+         audit: {{signing_key_file: keys/audit.key, anchor_every: 1h}}\n"
+    ));
+    let d = s.start();
+    let mut client = wait_for("the syslog listener", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", syslog_port)).ok()
+    });
+    use std::io::Write;
+    client
+        .write_all(b"<13>Nov 22 10:00:00 host app: MARKER 2\n")
+        .unwrap();
+    s.append("app.log", &["MARKER 1".to_string()]);
+    wait_for("an incident from each source", WAIT, || {
+        (d.incidents().len() == 2).then_some(())
+    });
+    let _in_flight = attempted
+        .recv_timeout(WAIT)
+        .expect("a delivery attempt reaches the receiver");
+    // The tailer has more to read while it is told to stop.
+    s.append(
+        "app.log",
+        &(3..200).map(|i| format!("MARKER {i}")).collect::<Vec<_>>(),
+    );
+    // Loose for a loaded machine; waiting out the hung attempt's 60 s timeout fails it.
+    d.stop_within(Duration::from_secs(30));
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("keys/audit.key.head.json")).unwrap())
+            .unwrap();
+    let head = kept["sequence"].as_u64().unwrap();
+    let store = Store::open(&s.path("state")).unwrap();
+    // Only a delivery lane that outlived its drain time (a very loaded machine) may have
+    // recorded after the last head; everything else is covered.
+    let uncovered: Vec<String> = records(&store)
+        .into_iter()
+        .filter(|r| r.seq > head && !r.event.starts_with("notification."))
+        .map(|r| r.event)
+        .collect();
+    drop(store);
+    assert!(
+        uncovered.is_empty(),
+        "recorded after the head signed at shutdown: {uncovered:?}"
+    );
+    let out = verify(
+        &s,
+        &s.path("state"),
+        &["--against", path(&s.path("keys/audit.key.head.json"))],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    drop(client);
+}

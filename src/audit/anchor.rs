@@ -244,12 +244,16 @@ impl Anchor {
         Ok(signed)
     }
 
-    /// Publishes a head now and then every `anchor_every`, for the daemon's life.
-    pub async fn run(self: Arc<Self>) {
+    /// Publishes a head now and then every `anchor_every`, until `stop` is signalled (only
+    /// between publications: the daemon signs the shutdown's heads itself).
+    pub async fn run(self: Arc<Self>, mut stop: crate::shutdown::Listener) {
         let mut every = tokio::time::interval(self.every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.recv() => return,
+            }
             if let Err(e) = self.publish().await {
                 tracing::error!(error = %e, "audit chain head not signed");
             }

@@ -10,6 +10,7 @@ use super::{Fate, Outbox, Record, Settled};
 use crate::config::{Config, RateLimit, ReceiverConfig, RetryConfig, read_secret};
 use crate::metrics::Metrics;
 use crate::notification::format::{self, WebhookFormat};
+use crate::shutdown::{Listener, Shutdown};
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -135,30 +136,18 @@ enum Outcome {
     Refused(String),
 }
 
-/// Stops the worker; see [`spawn`].
-pub struct DeliveryHandle {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DeliveryHandle {
-    /// Stops starting attempts, gives attempts in flight up to `drain`, then returns.
-    /// Whatever is not delivered stays in the outbox for the next start.
-    pub async fn stop(self, drain: Duration) {
-        let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(drain + Duration::from_millis(500), self.task).await;
-    }
-}
-
-/// Starts the dispatcher and one lane per receiver on the current runtime.
+/// Starts the dispatcher and one lane per receiver on the current runtime. Once `stop` is
+/// signalled they start no more attempts, give attempts in flight up to `drain`, and end
+/// (every task holds a copy of `stop`, so its group completes then); whatever is not
+/// delivered stays in the outbox for the next start.
 pub fn spawn(
     outbox: Outbox,
     config: &Config,
     metrics: Arc<Metrics>,
     drain: Duration,
     vitals: &crate::supervise::Vitals,
-) -> Result<DeliveryHandle, String> {
-    let (stop, stop_rx) = watch::channel(false);
+    stop: &Shutdown,
+) -> Result<(), String> {
     let known = Arc::new(Mutex::new(HashSet::new()));
     let mut lanes = HashMap::new();
     let mut tasks = JoinSet::new();
@@ -192,7 +181,7 @@ pub fn spawn(
                 known.clone(),
             )?;
             let guard = vitals.guard(&format!("delivery lane {name}"));
-            let run = lane.run(rx, stop_rx.clone(), drain);
+            let run = lane.run(rx, stop.listener(), drain);
             tasks.spawn(async move {
                 let _guard = guard;
                 run.await
@@ -208,12 +197,13 @@ pub fn spawn(
         metrics,
     };
     let guard = vitals.guard("delivery");
-    let task = tokio::spawn(async move {
+    let stop = stop.listener();
+    tokio::spawn(async move {
         let _guard = guard;
-        dispatcher.run(stop_rx).await;
+        dispatcher.run(stop).await;
         while tasks.join_next().await.is_some() {}
     });
-    Ok(DeliveryHandle { stop, task })
+    Ok(())
 }
 
 /// A receiver's lanes: one per member of a cluster (`urls`), else one (`None`).
@@ -228,13 +218,13 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: Listener) {
         loop {
             self.scan();
             tokio::select! {
                 _ = self.outbox.notified() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
-                _ = stop.changed() => break,
+                _ = stop.recv() => break,
             }
         }
         // Closing the channels lets the lanes finish once they have drained.
@@ -523,7 +513,7 @@ impl Lane {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Record>,
-        mut stop: watch::Receiver<bool>,
+        mut stop: Listener,
         drain: Duration,
     ) {
         let mut attempts: JoinSet<Outcome> = JoinSet::new();
@@ -553,7 +543,7 @@ impl Lane {
                     }
                 }
                 _ = sleep => {}
-                _ = stop.changed() => open = false,
+                _ = stop.recv() => open = false,
             }
         }
         // Stopping: no new attempts; those in flight get `drain` to finish.

@@ -1,5 +1,5 @@
-//! The store: every table's layout ([`schema`]), its codecs ([`codec`]), its format version
-//! and migrations ([`migrate`]), over a storage engine ([`engine`]: [`sled`] on disk,
+//! The store: every table's layout ([`schema`]), its codecs ([`codec`]), its format version,
+//! over a storage engine ([`engine`]: [`sled`] on disk,
 //! [`memory`] for tools and tests). Domain code reads and writes through here, never
 //! through the engine.
 //!
@@ -7,16 +7,20 @@
 //! changes, window state, file checkpoints and journal cursors) be written as one atomic
 //! batch: after a crash either all of a step is there or none of it, and the replayed
 //! lines redo exactly the missing part.
+//!
+//! Rewriting an older format needs the codecs of the records themselves (incidents,
+//! windows), which store through here; so the rewrite lives above the store
+//! (`crate::upgrade`, which also defines `Store::open`) and is handed in as an [`Upgrade`]:
+//! the store depends on no domain module.
 
 pub mod codec;
 pub mod engine;
 pub mod evidence;
 pub mod memory;
-pub mod migrate;
 pub mod schema;
 pub mod sled;
 
-use crate::detection::Evidence;
+use crate::evidence::Evidence;
 use codec::{CodecError, Loc};
 use engine::{Engine, Write, prefix_end};
 pub use schema::Space;
@@ -72,6 +76,10 @@ pub enum StoreError {
 
 /// A record's key (without its prefix) and undecoded value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
+
+/// Rewrites the records of a format-1 store into `batch` (which also sets the new format
+/// marker, so a crash during the rewrite leaves format 1 whole).
+pub type Upgrade = fn(&Store, &mut Batch) -> Result<(), StoreError>;
 
 /// Handle to the store; cheap to clone and safe to share across threads. Every clone sees
 /// the same database, also after [`Store::reopen`].
@@ -187,20 +195,27 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`, migrating an older format.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating if needed) the database in `dir`; a format-1 store is rewritten by
+    /// `from_v1` first. Callers use `Store::open` (in `crate::upgrade`), which supplies it.
+    pub fn open_with(dir: &Path, from_v1: Upgrade) -> Result<Store, StoreError> {
         let engine = sled::SledEngine::open(dir)?;
-        Store::on(Arc::new(engine), &dir.display().to_string())
+        Store::on(Arc::new(engine), &dir.display().to_string(), from_v1)
     }
 
     /// A store in memory, empty: the same layout and codecs, nothing on disk.
     pub fn memory() -> Store {
-        Store::on(Arc::new(memory::MemoryEngine::default()), "(memory)")
-            .expect("an empty store in memory opens")
+        // Empty, so of the current format: there is nothing to rewrite.
+        let nothing_to_rewrite: Upgrade = |_, _| Ok(());
+        Store::on(
+            Arc::new(memory::MemoryEngine::default()),
+            "(memory)",
+            nothing_to_rewrite,
+        )
+        .expect("an empty store in memory opens")
     }
 
     /// The store over `engine`, checked for its format (`place` names it in errors).
-    fn on(engine: Arc<dyn Engine>, place: &str) -> Result<Store, StoreError> {
+    fn on(engine: Arc<dyn Engine>, place: &str, from_v1: Upgrade) -> Result<Store, StoreError> {
         let mut store = Store {
             engine,
             blocks: Arc::new(Mutex::new(HashMap::new())),
@@ -226,7 +241,7 @@ impl Store {
         // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
         let mut batch = Batch::new();
         if found < FORMAT {
-            migrate::from_v1(&store, &mut batch)?;
+            from_v1(&store, &mut batch)?;
             tracing::info!(dir = %place, from = found, to = FORMAT, "state directory migrated");
         }
         if found < FORMAT || store.get::<u64>(Space::Meta, FORMAT_KEY)?.is_none() {

@@ -25,7 +25,7 @@
 //! are rebuilt from head, body and timeline; the audit chain hashes its JSON).
 //!
 //! Format 1 (releases before the marker) stored incidents and windows as whole JSON
-//! documents with evidence lines copied into each; [`super::migrate`] rewrites them.
+//! documents with evidence lines copied into each; `crate::upgrade` rewrites them.
 
 /// The kinds of records, each under its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -507,6 +507,22 @@ impl Daemon {
         start.elapsed()
     }
 
+    /// SIGTERM, then a clean exit within `limit` (a hung shutdown fails with the daemon's
+    /// log instead of hanging the test); returns how long it took.
+    pub fn stop_within(mut self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_for("the daemon's exit after SIGTERM", limit, || {
+            self.child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "daemon exited with {status}:\n{}",
+            self.log()
+        );
+        start.elapsed()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -25,13 +25,14 @@ use super::lines::LineSplitter;
 use super::{Batch, Checkpoint, FileId, LogLine, Progress, SourceError};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
+use crate::ready::Ready;
+use crate::shutdown::Listener;
 use chrono::Utc;
 use read::read_file;
 use rotation::{COPY_WAIT, recover_truncated};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 pub use tracked::MAX_OPEN_FILES;
@@ -50,7 +51,7 @@ pub struct FileTailer {
     checkpoints: HashMap<FileId, Checkpoint>,
     tx: mpsc::Sender<Batch>,
     metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Listener,
 }
 
 impl FileTailer {
@@ -61,7 +62,7 @@ impl FileTailer {
         checkpoints: Vec<Checkpoint>,
         tx: mpsc::Sender<Batch>,
         metrics: Arc<Metrics>,
-        shutdown: Arc<AtomicBool>,
+        shutdown: Listener,
     ) -> Result<Self, SourceError> {
         let mut sources = Vec::new();
         for cfg in configs {
@@ -117,17 +118,17 @@ impl FileTailer {
 
     /// Runs until shutdown or until the pipeline goes away; `ready` is set once every
     /// source has been scanned.
-    pub fn run(mut self, ready: Arc<AtomicBool>) {
+    pub fn run(mut self, ready: Ready) {
         let mut wake = Wake::new();
         let mut first = true;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.is_shutdown() {
             wake.watch(&self.watch_dirs());
             for i in 0..self.sources.len() {
                 self.discover(i);
             }
             if first {
                 self.recover_orphans();
-                ready.store(true, Ordering::Relaxed);
+                ready.set();
                 first = false;
             }
             let mut progressed = false;
@@ -355,6 +356,8 @@ mod tests {
         dir: tempfile::TempDir,
         tailer: FileTailer,
         rx: mpsc::Receiver<Batch>,
+        /// Kept, not signalled: a dropped owner would stop the tailer.
+        _shutdown: crate::shutdown::Shutdown,
     }
 
     impl Harness {
@@ -366,15 +369,21 @@ mod tests {
             ))
             .unwrap();
             let (tx, rx) = mpsc::channel(1024);
+            let shutdown = crate::shutdown::Shutdown::new();
             let tailer = FileTailer::new(
                 &[config],
                 Vec::new(),
                 tx,
                 Arc::new(Metrics::new()),
-                Arc::new(AtomicBool::new(false)),
+                shutdown.listener(),
             )
             .unwrap();
-            Harness { dir, tailer, rx }
+            Harness {
+                dir,
+                tailer,
+                rx,
+                _shutdown: shutdown,
+            }
         }
 
         fn path(&self, name: &str) -> PathBuf {

@@ -28,7 +28,6 @@ use export::{Entry, ExportReader, OUTPUT_FIELDS};
 use std::io::{BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -343,7 +342,7 @@ impl JournalSource {
 
     /// Reads until stopped or until the pipeline goes away; `ready` is set once the
     /// journal has been looked at (readable or not: `/readyz` names a problem).
-    pub fn run(self, ready: Arc<AtomicBool>) {
+    pub fn run(self, ready: crate::ready::Ready) {
         let mut start = self.first_start();
         let mut backoff = MIN_BACKOFF;
         let mut reported: Option<Unreadable> = None;
@@ -363,7 +362,7 @@ impl JournalSource {
                 self.health.source_problem(&self.name, reason);
                 reported = problem.clone();
             }
-            ready.store(true, Ordering::Relaxed);
+            ready.set();
             if start == Start::Tail {
                 // A journal that refuses us would look empty: its end is found only once
                 // it can be read (an empty one has no end to skip to).

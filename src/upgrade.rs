@@ -7,11 +7,23 @@
 //! evidence copies) become the binary window codec with references. Every other table
 //! (checkpoints, outbox, dead letters, audit chain, escalation progress, silences, firing
 //! alerts, meta) kept its layout.
+//!
+//! This sits above the store, not in it: the old records are rewritten with the codecs of
+//! incidents and windows, and those modules store through the store. `Store::open` is
+//! defined here so every caller opens with the rewrite at hand.
 
-use super::evidence::EvidenceLog;
-use super::{Batch, Space, Store, StoreError};
 use crate::detection::SavedWindow;
 use crate::incidents::{Incident, stored};
+use crate::store::evidence::EvidenceLog;
+use crate::store::{Batch, Space, Store, StoreError};
+use std::path::Path;
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, rewriting an older format.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, from_v1)
+    }
+}
 
 /// Adds the rewrite of a format-1 store to `batch`.
 pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
