@@ -21,7 +21,8 @@ mod audit;
 mod escalation;
 mod receivers;
 pub use receivers::{
-    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, WebhookConfig, read_secret,
+    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, SecretError, WebhookConfig,
+    WebhookFormat, read_secret,
 };
 
 /// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.

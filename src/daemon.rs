@@ -125,7 +125,7 @@ async fn serve(
         tracing::info!(incidents = assigned, host = %config.host, "stored incidents given fleet-unique uids");
     }
     let outbox = Outbox::new(store.clone(), &config)
-        .map_err(RunError::Io)?
+        .map_err(|e| RunError::Io(e.to_string()))?
         .with_audit(audit.clone());
     // Before anything (deliveries, the pipeline) appends to the chain: does it still reach
     // the last head this daemon signed?
@@ -156,7 +156,7 @@ async fn serve(
             NOTIFY_DRAIN,
             &vitals,
         )
-        .map_err(RunError::Io)?
+        .map_err(|e| RunError::Io(e.to_string()))?
     };
 
     let (batch_tx, batch_rx) = mpsc::channel(SOURCE_QUEUE);

@@ -6,11 +6,32 @@
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use crate::duration::HumanDuration;
 use crate::incidents::EventKind;
-use crate::notification::format::WebhookFormat;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Body format of a webhook (the `format` key of a webhook receiver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event", "idempotency_key", "incident"}`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A PagerDuty Events API v2 event.
+    Pagerduty,
+    /// An Alertmanager API v2 alert list.
+    Alertmanager,
+}
+
+impl WebhookFormat {
+    /// Whether the format can resolve what it raised, so a close must always reach it.
+    pub fn resolves(self) -> bool {
+        matches!(self, WebhookFormat::Pagerduty | WebhookFormat::Alertmanager)
+    }
+}
 
 /// A notification destination.
 #[derive(Debug, Clone, Deserialize)]
@@ -439,15 +460,13 @@ pub(crate) fn validate<'a>(
                         "receiver {name:?}: a template replaces the whole body, so it goes with format json only"
                     ),
                 );
-            } else if let Err((line, message)) =
-                crate::notification::format::check_template(template)
-            {
+            } else if let Err(e) = crate::notification::format::check_template(template) {
                 let key = loc.key_in_block(at, "template");
-                let pos = template_position(text, key, line);
+                let pos = template_position(text, key, e.line);
                 problems.push(Diagnostic::at(
                     path,
                     pos,
-                    format!("receiver {name:?}: template: {message}"),
+                    format!("receiver {name:?}: template: {}", e.message),
                 ));
             }
         }
