@@ -181,7 +181,7 @@ async fn serve(
         Desk::new(&store, &config, audit.clone()).map_err(|e| RunError::Io(e.to_string()))?;
     desk.containments
         .use_lists(&rules.lists)
-        .map_err(RunError::Io)?;
+        .map_err(|e| RunError::Io(e.to_string()))?;
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
     let worker = {
         let _on = actions_runtime.enter();
