@@ -168,6 +168,35 @@ fn default_syslog_frame_timeout() -> HumanDuration {
 /// Largest `udp_buffer_bytes` accepted (the kernel caps it further at `net.core.rmem_max`).
 const MAX_UDP_BUFFER_BYTES: usize = 1 << 30;
 
+impl SyslogListen {
+    /// Problems with the settings of syslog source `name`, in words an operator can act on.
+    fn problems(&self, name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.udp.is_none() && self.tcp.is_none() {
+            problems.push(format!("syslog source {name:?} needs udp or tcp"));
+        }
+        if self.max_connections == 0 {
+            problems.push(format!(
+                "syslog source {name:?}: max_connections must be at least 1"
+            ));
+        }
+        if self
+            .udp_buffer_bytes
+            .is_some_and(|b| b == 0 || b > MAX_UDP_BUFFER_BYTES)
+        {
+            problems.push(format!(
+                "syslog source {name:?}: udp_buffer_bytes must be 1 to {MAX_UDP_BUFFER_BYTES}"
+            ));
+        }
+        for addr in self.udp.iter().chain(&self.tcp) {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!("syslog address {addr:?} is not host:port"));
+            }
+        }
+        problems
+    }
+}
+
 /// How a source's lines carry their time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TimestampFormat {
@@ -306,44 +335,9 @@ pub(super) fn validate(
             )),
         }
         if let Some(listen) = &source.syslog {
-            if listen.udp.is_none() && listen.tcp.is_none() {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "syslog"),
-                    format!("syslog source {:?} needs udp or tcp", source.name),
-                ));
-            }
-            if listen.max_connections == 0 {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "syslog"),
-                    format!(
-                        "syslog source {:?}: max_connections must be at least 1",
-                        source.name
-                    ),
-                ));
-            }
-            if listen
-                .udp_buffer_bytes
-                .is_some_and(|b| b == 0 || b > MAX_UDP_BUFFER_BYTES)
-            {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "syslog"),
-                    format!(
-                        "syslog source {:?}: udp_buffer_bytes must be 1 to {MAX_UDP_BUFFER_BYTES}",
-                        source.name
-                    ),
-                ));
-            }
-            for addr in listen.udp.iter().chain(&listen.tcp) {
-                if addr.parse::<std::net::SocketAddr>().is_err() {
-                    problems.push(Diagnostic::at(
-                        path,
-                        loc.key_in_block(at, "syslog"),
-                        format!("syslog address {addr:?} is not host:port"),
-                    ));
-                }
+            let at = loc.key_in_block(at, "syslog");
+            for problem in listen.problems(&source.name) {
+                problems.push(Diagnostic::at(path, at, problem));
             }
         }
         if let Some(journal) = &source.journal {
