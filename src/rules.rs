@@ -292,13 +292,15 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    /// Writes a rule file for a test.
+    pub(super) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
-    const SSH: &str = "rules:\n  - id: ssh\n    match: 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: {moderate: 5, high: 20}\n    summary: '{{ count }} failures from {{ ip }}'\n";
+    /// One threshold rule with tiers and a summary.
+    pub(super) const SSH: &str = "rules:\n  - id: ssh\n    match: 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: {moderate: 5, high: 20}\n    summary: '{{ count }} failures from {{ ip }}'\n";
 
     #[test]
     fn summary_renders_captures_and_count() {

@@ -147,18 +147,27 @@ fn key_text(incident: &Incident) -> String {
         .join(", ")
 }
 
+/// What the format tests render with: one origin and one event context, shared so every
+/// format is tested against the same event.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::{EventContext, Origin};
+    use crate::incidents::{EventKind, Incident};
 
-    fn origin() -> Origin {
+    /// The host `web1` with the default API address.
+    pub(crate) fn origin() -> Origin {
         Origin {
             host: "web1".into(),
             api_base: "http://127.0.0.1:9733".into(),
         }
     }
 
-    fn ctx<'a>(event: EventKind, incident: &'a Incident, origin: &'a Origin) -> EventContext<'a> {
+    /// `event` of `incident`, a minute after it opened, with a fixed idempotency key.
+    pub(crate) fn ctx<'a>(
+        event: EventKind,
+        incident: &'a Incident,
+        origin: &'a Origin,
+    ) -> EventContext<'a> {
         EventContext {
             event,
             incident,
@@ -167,6 +176,12 @@ mod tests {
             origin,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::format::testing::{ctx, origin};
 
     #[test]
     fn json_carries_event_key_and_incident() {

@@ -493,20 +493,7 @@ mod tests {
     use super::*;
     use crate::incidents::Incident;
 
-    const CONFIG: &str = r#"state_dir: s
-receivers:
-  - {name: hook, type: webhook, url: 'http://127.0.0.1:1/'}
-  - {name: all, type: file, path: '-', events: [opened, severity_changed, acknowledged, closed]}
-  - {name: pd, type: webhook, url: 'http://127.0.0.1:1/', format: pagerduty, routing_key_env: K, events: [opened]}
-  - {name: lead, type: webhook, url: 'http://127.0.0.1:1/'}
-roles:
-  analysts: {receivers: [hook, all, pd]}
-  boss: {receivers: [lead]}
-escalation_policies:
-  default:
-    - notify: [analysts]
-    - notify: [boss]
-"#;
+    use super::route::tests::CONFIG;
 
     fn outbox() -> (tempfile::TempDir, Outbox) {
         let dir = tempfile::tempdir().unwrap();

@@ -96,10 +96,11 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"state_dir: s
+    /// Four receivers of two roles, one of them PagerDuty choosing only `opened`.
+    pub(in crate::notification) const CONFIG: &str = r#"state_dir: s
 receivers:
   - {name: hook, type: webhook, url: 'http://127.0.0.1:1/'}
   - {name: all, type: file, path: '-', events: [opened, severity_changed, acknowledged, closed]}

@@ -218,15 +218,7 @@ fn ruleset_version(rules: &[Arc<Rule>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    const SSH: &str = "rules:\n  - id: ssh\n    match: 'Failed password for (?P<user>\\S+) from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 5, within: 1m}\n    severity: {moderate: 5, high: 20}\n    summary: '{{ count }} failures from {{ ip }}'\n";
+    use crate::rules::tests::{SSH, write};
 
     #[test]
     fn version_changes_with_a_definition_and_not_with_formatting() {

@@ -130,25 +130,9 @@ pub fn resend_body<'a>(alerts: impl IntoIterator<Item = &'a Value>, at: DateTime
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incidents::Incident;
-    use crate::notification::format::{EventContext, Origin, sample_incident};
 
-    fn origin() -> Origin {
-        Origin {
-            host: "web1".into(),
-            api_base: "http://127.0.0.1:9733".into(),
-        }
-    }
-
-    fn ctx<'a>(event: EventKind, incident: &'a Incident, origin: &'a Origin) -> EventContext<'a> {
-        EventContext {
-            event,
-            incident,
-            idempotency_key: "INC-1-7",
-            at: incident.opened_at + chrono::Duration::seconds(60),
-            origin,
-        }
-    }
+    use crate::notification::format::sample_incident;
+    use crate::notification::format::testing::{ctx, origin};
 
     #[test]
     fn alertmanager_alerts_fire_then_end_with_stable_labels() {

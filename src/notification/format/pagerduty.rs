@@ -71,25 +71,9 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incidents::Incident;
-    use crate::notification::format::{EventContext, Origin, sample_incident};
 
-    fn origin() -> Origin {
-        Origin {
-            host: "web1".into(),
-            api_base: "http://127.0.0.1:9733".into(),
-        }
-    }
-
-    fn ctx<'a>(event: EventKind, incident: &'a Incident, origin: &'a Origin) -> EventContext<'a> {
-        EventContext {
-            event,
-            incident,
-            idempotency_key: "INC-1-7",
-            at: incident.opened_at + chrono::Duration::seconds(60),
-            origin,
-        }
-    }
+    use crate::notification::format::sample_incident;
+    use crate::notification::format::testing::{ctx, origin};
 
     /// PagerDuty Events API v2: `event_action` trigger|acknowledge|resolve, `dedup_key`;
     /// a trigger needs `payload.summary` (≤ 1024), `payload.source`, `payload.severity`

@@ -80,25 +80,9 @@ pub fn slack_body(ctx: &EventContext) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incidents::{EventKind, Incident};
-    use crate::notification::format::{EventContext, Origin, sample_incident};
-
-    fn origin() -> Origin {
-        Origin {
-            host: "web1".into(),
-            api_base: "http://127.0.0.1:9733".into(),
-        }
-    }
-
-    fn ctx<'a>(event: EventKind, incident: &'a Incident, origin: &'a Origin) -> EventContext<'a> {
-        EventContext {
-            event,
-            incident,
-            idempotency_key: "INC-1-7",
-            at: incident.opened_at + chrono::Duration::seconds(60),
-            origin,
-        }
-    }
+    use crate::incidents::EventKind;
+    use crate::notification::format::sample_incident;
+    use crate::notification::format::testing::{ctx, origin};
 
     /// Slack's incoming-webhook schema: `text` string; `blocks` of types header (plain_text
     /// ≤ 150), section (mrkdwn text ≤ 3000, or ≤ 10 mrkdwn fields ≤ 2000), context

@@ -160,24 +160,8 @@ pub fn sample_incident() -> Incident {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notification::format::testing::{ctx, origin};
     use crate::notification::format::{Formatter, WebhookFormat, sample_incident};
-
-    fn origin() -> Origin {
-        Origin {
-            host: "web1".into(),
-            api_base: "http://127.0.0.1:9733".into(),
-        }
-    }
-
-    fn ctx<'a>(event: EventKind, incident: &'a Incident, origin: &'a Origin) -> EventContext<'a> {
-        EventContext {
-            event,
-            incident,
-            idempotency_key: "INC-1-7",
-            at: incident.opened_at + chrono::Duration::seconds(60),
-            origin,
-        }
-    }
 
     #[test]
     fn templates_render_json_with_escaped_values_and_are_checked() {
