@@ -24,6 +24,7 @@ mod audit;
 mod escalation;
 mod receivers;
 mod sources;
+pub mod template;
 pub use receivers::{
     FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, SecretError, WebhookConfig,
     WebhookFormat, read_secret,
@@ -32,6 +33,7 @@ pub use sources::{
     BadTimestampFormat, JournalConfig, LineTimeBounds, SourceConfig, StartAt, SyslogListen,
     TimestampFormat,
 };
+pub use template::{TemplateError, check_template};
 
 /// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/logwarden/logwarden.yaml";

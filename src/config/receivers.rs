@@ -375,7 +375,7 @@ pub(crate) fn validate<'a>(
                         "receiver {name:?}: a template replaces the whole body, so it goes with format json only"
                     ),
                 );
-            } else if let Err(e) = crate::notification::format::check_template(template) {
+            } else if let Err(e) = super::template::check_template(template) {
                 let key = loc.key_in_block(at, "template");
                 let pos = template_position(text, key, e.line);
                 problems.push(Diagnostic::at(

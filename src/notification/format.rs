@@ -16,6 +16,7 @@ mod template;
 
 /// The format is chosen in the config, so the config owns its type.
 pub use crate::config::WebhookFormat;
+pub use crate::config::{TemplateError, check_template};
 pub use alertmanager::{
     FIRING_HORIZON_DAYS, alertmanager_body, alertmanager_endpoint, firing_alert, resend_body,
 };
@@ -23,7 +24,6 @@ pub use pagerduty::{pagerduty_body, pagerduty_severity};
 pub use slack::slack_body;
 #[cfg(test)]
 pub use template::sample_incident;
-pub use template::{TemplateError, check_template};
 
 use crate::incidents::{EventKind, Incident};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -71,7 +71,7 @@ pub struct Formatter {
 impl Formatter {
     /// Compiles the template, if any; a broken template is refused here (and by `check`).
     pub fn new(format: WebhookFormat, template: Option<&str>) -> Result<Self, TemplateError> {
-        let template = template.map(template::compile).transpose()?;
+        let template = template.map(crate::config::template::compile).transpose()?;
         Ok(Formatter { format, template })
     }
 
