@@ -206,7 +206,7 @@ pub struct Outcome {
     /// Apply or lift.
     pub op: Op,
     /// The exit status (0 for nft), or why it failed after every retry.
-    pub result: Result<i32, String>,
+    pub result: Result<i32, exec::ActionError>,
     /// When it finished.
     pub at: DateTime<Utc>,
 }

@@ -57,7 +57,7 @@ impl Book {
             }
             (Op::Apply, Err(why), Status::Pending) => {
                 c.status = Status::Failed;
-                c.reason = Some(why.clone());
+                c.reason = Some(why.to_string());
                 (
                     "containment.failed",
                     "failed",
