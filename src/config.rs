@@ -3,10 +3,13 @@
 //! Every struct denies unknown fields so a typo is an error instead of a silently ignored
 //! setting. Relative paths are resolved against the config file's directory, so the same
 //! config works whatever directory the daemon is started from.
+//!
+//! Config is the lowest stage: it imports no stage above it. The plain types the inputs
+//! and notification read (source settings, timestamp formats, line-time bounds, webhook
+//! formats) are defined here, in `sources` and `receivers`, and used from there.
 
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::HumanDuration;
-use crate::sources::timestamp::TimestampFormat;
 pub use actions::{
     ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
 };
@@ -20,9 +23,17 @@ mod actions;
 mod audit;
 mod escalation;
 mod receivers;
+mod sources;
+pub mod template;
 pub use receivers::{
-    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, WebhookConfig, read_secret,
+    FileReceiverConfig, RateLimit, ReceiverConfig, RetryConfig, SecretError, WebhookConfig,
+    WebhookFormat, read_secret,
 };
+pub use sources::{
+    BadTimestampFormat, JournalConfig, LineTimeBounds, SourceConfig, StartAt, SyslogListen,
+    TimestampFormat,
+};
+pub use template::{TemplateError, check_template};
 
 /// Where the daemon looks for its config when neither `--config` nor `$LOGWARDEN_CONFIG` is set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/logwarden/logwarden.yaml";
@@ -66,7 +77,7 @@ pub struct Config {
     pub escalation_policies: BTreeMap<String, PolicyConfig>,
     /// How far lines' own times are trusted (ahead of and behind the wall clock).
     #[serde(default)]
-    pub line_time: crate::sources::line_time::LineTimeBounds,
+    pub line_time: LineTimeBounds,
     /// Containment actions escalation steps can call for (`contain: [NAME]`).
     #[serde(default)]
     pub actions: Vec<ActionConfig>,
@@ -160,160 +171,6 @@ pub struct TokenConfig {
     /// Environment variable holding the token.
     pub token_env: Option<String>,
 }
-
-/// Whether a file seen for the first time is read from its start or only for new lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    /// Only lines written after the daemon first saw the file.
-    #[default]
-    End,
-    /// The whole file.
-    Beginning,
-}
-
-/// One log input.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Name rules refer to in `sources:` and metrics carry as a label.
-    pub name: String,
-    /// Files or globs; `-` is stdin.
-    #[serde(default)]
-    pub paths: Vec<PathBuf>,
-    /// Or: receive syslog over the network instead of reading files.
-    #[serde(default)]
-    pub syslog: Option<SyslogListen>,
-    /// Or: read the systemd journal.
-    #[serde(default)]
-    pub journal: Option<JournalConfig>,
-    /// Glob patterns of files to leave out (matched against the file name and the full path).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Where to start in a file (or journal) seen for the first time; checkpoints (the
-    /// journal cursor) win afterwards.
-    #[serde(default)]
-    pub start_at: StartAt,
-    /// How to read each line's own time (default `arrival`, `syslog` for syslog sources).
-    #[serde(default)]
-    pub timestamp: Option<TimestampFormat>,
-    /// Longest line kept; the rest of a longer line is dropped and counted.
-    #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: usize,
-}
-
-fn default_max_line_bytes() -> usize {
-    DEFAULT_MAX_LINE_BYTES
-}
-
-impl SourceConfig {
-    /// The time format in force: as configured, else what the kind of source implies.
-    /// Journal lines start with the entry's RFC 3339 time (the daemon takes the time from
-    /// the entry itself; the format serves `replay` of saved journal lines).
-    pub fn time_format(&self) -> TimestampFormat {
-        match (&self.timestamp, &self.syslog, &self.journal) {
-            (Some(format), _, _) => format.clone(),
-            (None, Some(_), _) => TimestampFormat::Syslog,
-            (None, None, Some(_)) => TimestampFormat::Rfc3339,
-            (None, None, None) => TimestampFormat::Arrival,
-        }
-    }
-}
-
-/// Which journal a journal source reads, and which of its entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JournalConfig {
-    /// A directory of journal files (`journalctl --directory`); default: the system journal.
-    pub directory: Option<PathBuf>,
-    /// A journal namespace (`journalctl --namespace`).
-    pub namespace: Option<String>,
-    /// Field matches as journalctl takes them (`SYSLOG_IDENTIFIER=sshd`): matches of one
-    /// field are ORed, of different fields ANDed, and `+` ORs the groups on either side.
-    #[serde(default)]
-    pub matches: Vec<String>,
-}
-
-impl JournalConfig {
-    /// Problems with the settings, in words an operator can act on.
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.directory.is_some() && self.namespace.is_some() {
-            problems.push("journal takes a directory or a namespace, not both".to_string());
-        }
-        if let Some(ns) = &self.namespace
-            && (ns.is_empty() || ns.starts_with('-') || ns.contains('/'))
-        {
-            problems.push(format!("journal namespace {ns:?} is not a namespace name"));
-        }
-        for (i, m) in self.matches.iter().enumerate() {
-            let separator = m == "+";
-            if separator && (i == 0 || i + 1 == self.matches.len()) {
-                problems.push("journal match \"+\" must stand between two matches".to_string());
-            } else if !separator && !is_journal_match(m) {
-                problems.push(format!(
-                    "journal match {m:?} is not FIELD=VALUE (FIELD of A-Z, 0-9 and _, not starting with a digit) or \"+\""
-                ));
-            }
-        }
-        problems
-    }
-}
-
-/// `FIELD=VALUE` with a field name journald accepts.
-fn is_journal_match(m: &str) -> bool {
-    let Some((field, _)) = m.split_once('=') else {
-        return false;
-    };
-    !field.is_empty()
-        && field.len() <= 64
-        && !field.starts_with(|c: char| c.is_ascii_digit())
-        && field
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// Where a syslog source listens (RFC 3164 and RFC 5424; TCP octet-counted or
-/// newline-framed), so one logwarden can receive from rsyslog on other hosts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyslogListen {
-    /// UDP address, e.g. `127.0.0.1:5514`.
-    pub udp: Option<String>,
-    /// TCP address.
-    pub tcp: Option<String>,
-    /// Most TCP connections served at once; more are refused and counted.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// A TCP connection that sends nothing for this long is closed and counted, so idle
-    /// sockets cannot hold every connection slot.
-    #[serde(default = "default_syslog_idle_timeout")]
-    pub idle_timeout: HumanDuration,
-    /// A TCP frame must arrive whole within this long of its first byte, else the
-    /// connection is closed and counted (a sender trickling a frame holds no slot forever).
-    #[serde(default = "default_syslog_frame_timeout")]
-    pub frame_timeout: HumanDuration,
-    /// The UDP socket's kernel receive buffer (`SO_RCVBUF`) in bytes; default: the kernel's.
-    /// Datagrams that arrive while it is full are dropped by the kernel and counted in
-    /// `logwarden_syslog_udp_kernel_drops_total`.
-    #[serde(default)]
-    pub udp_buffer_bytes: Option<usize>,
-}
-
-fn default_max_connections() -> usize {
-    256
-}
-
-fn default_syslog_idle_timeout() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(600))
-}
-
-fn default_syslog_frame_timeout() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(30))
-}
-
-/// Largest `udp_buffer_bytes` accepted (the kernel caps it further at `net.core.rmem_max`).
-const MAX_UDP_BUFFER_BYTES: usize = 1 << 30;
 
 /// Limits of the HTTP server (metrics, health, API), so slow or idle clients cannot use
 /// up its connections or the process's descriptors.
@@ -410,6 +267,7 @@ impl Config {
         }
     }
 
+    /// Parses, resolves and validates; problems of values that had an error are not repeated.
     fn parse_all(path: &Path, bytes: &[u8]) -> (Option<Config>, Vec<Diagnostic>) {
         let root = match crate::yaml::parse(bytes) {
             Ok(root) => root,
@@ -441,6 +299,7 @@ impl Config {
         (Some(config), problems)
     }
 
+    /// Makes every path absolute against the config file's directory.
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.as_os_str() != "-" {
@@ -468,138 +327,14 @@ impl Config {
         }
     }
 
+    /// Checks what deserialising cannot: names, references between sections, ranges.
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
         let loc = YamlLocator::new(text);
         let mut problems = Vec::new();
         if let Some(problem) = host_problem(&self.host) {
             problems.push(Diagnostic::at(path, loc.top_key("host"), problem));
         }
-        let mut names = HashSet::new();
-        for (i, source) in self.sources.iter().enumerate() {
-            let at = loc.item("sources", i);
-            if !names.insert(source.name.as_str()) {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "name"),
-                    format!("duplicate source name {:?}", source.name),
-                ));
-            }
-            if source.name == crate::rules::DETECTION_SOURCE {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "name"),
-                    format!(
-                        "source name {:?} is reserved for logwarden's own detections",
-                        source.name
-                    ),
-                ));
-            }
-            let kinds = [
-                (!source.paths.is_empty()).then_some("paths"),
-                source.syslog.as_ref().map(|_| "syslog"),
-                source.journal.as_ref().map(|_| "journal"),
-            ];
-            let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
-            match kinds.as_slice() {
-                [] => problems.push(Diagnostic::at(
-                    path,
-                    at,
-                    format!("source {:?} needs paths, syslog or journal", source.name),
-                )),
-                [_] => {}
-                [_, second, ..] => problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, second),
-                    format!(
-                        "source {:?} has both {}; use one source for each",
-                        source.name,
-                        kinds.join(" and ")
-                    ),
-                )),
-            }
-            if let Some(listen) = &source.syslog {
-                if listen.udp.is_none() && listen.tcp.is_none() {
-                    problems.push(Diagnostic::at(
-                        path,
-                        loc.key_in_block(at, "syslog"),
-                        format!("syslog source {:?} needs udp or tcp", source.name),
-                    ));
-                }
-                if listen.max_connections == 0 {
-                    problems.push(Diagnostic::at(
-                        path,
-                        loc.key_in_block(at, "syslog"),
-                        format!(
-                            "syslog source {:?}: max_connections must be at least 1",
-                            source.name
-                        ),
-                    ));
-                }
-                if listen
-                    .udp_buffer_bytes
-                    .is_some_and(|b| b == 0 || b > MAX_UDP_BUFFER_BYTES)
-                {
-                    problems.push(Diagnostic::at(
-                        path,
-                        loc.key_in_block(at, "syslog"),
-                        format!(
-                            "syslog source {:?}: udp_buffer_bytes must be 1 to {MAX_UDP_BUFFER_BYTES}",
-                            source.name
-                        ),
-                    ));
-                }
-                for addr in listen.udp.iter().chain(&listen.tcp) {
-                    if addr.parse::<std::net::SocketAddr>().is_err() {
-                        problems.push(Diagnostic::at(
-                            path,
-                            loc.key_in_block(at, "syslog"),
-                            format!("syslog address {addr:?} is not host:port"),
-                        ));
-                    }
-                }
-            }
-            if let Some(journal) = &source.journal {
-                let at = loc.key_in_block(at, "journal");
-                for problem in journal.problems() {
-                    problems.push(Diagnostic::at(
-                        path,
-                        at,
-                        format!("source {:?}: {problem}", source.name),
-                    ));
-                }
-                for (key, set) in [
-                    ("timestamp", source.timestamp.is_some()),
-                    ("exclude", !source.exclude.is_empty()),
-                ] {
-                    if set {
-                        problems.push(Diagnostic::at(
-                            path,
-                            at,
-                            format!(
-                                "journal source {:?} takes no {key}: each entry carries its own time and fields",
-                                source.name
-                            ),
-                        ));
-                    }
-                }
-            }
-            for pattern in &source.exclude {
-                if let Err(e) = globset::Glob::new(pattern) {
-                    problems.push(Diagnostic::at(
-                        path,
-                        loc.key_in_block(at, "exclude"),
-                        format!("bad exclude pattern {pattern:?}: {e}"),
-                    ));
-                }
-            }
-            if let Err(e) = source.time_format().validate() {
-                problems.push(Diagnostic::at(
-                    path,
-                    loc.key_in_block(at, "timestamp"),
-                    e.to_string(),
-                ));
-            }
-        }
+        problems.extend(sources::validate(&self.sources, path, &loc));
         let (receiver_problems, receiver_names) =
             receivers::validate(&self.receivers, path, text, &loc);
         problems.extend(receiver_problems);
@@ -805,35 +540,6 @@ mod tests {
                 "{body}: {errs:?}"
             );
         }
-    }
-
-    #[test]
-    fn journal_sources_are_checked_and_their_directory_resolved() {
-        let c = parse("state_dir: s\nsources:\n  - name: j\n    journal: {directory: journal, matches: [SYSLOG_IDENTIFIER=sshd, +, _COMM=sshd-session]}\n").unwrap();
-        let journal = c.sources[0].journal.as_ref().unwrap();
-        assert_eq!(
-            journal.directory.as_deref(),
-            Some(Path::new("/etc/lw/journal"))
-        );
-        assert_eq!(c.sources[0].time_format(), TimestampFormat::Rfc3339);
-        let errs = parse("state_dir: s\nsources:\n  - name: j\n    journal: {directory: d, namespace: n, matches: [sshd, '+']}\n    timestamp: syslog\n").unwrap_err();
-        let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(errs.len(), 4, "{messages:?}");
-        assert!(messages[0].contains("a directory or a namespace, not both"));
-        assert!(messages[1].contains("\"sshd\" is not FIELD=VALUE"));
-        assert!(messages[2].contains("\"+\" must stand between two matches"));
-        assert!(messages[3].contains("takes no timestamp"));
-        assert!(errs.iter().all(|e| e.line == 4), "{errs:?}");
-        let both =
-            parse("state_dir: s\nsources:\n  - name: j\n    paths: [a.log]\n    journal: {}\n")
-                .unwrap_err();
-        assert!(
-            both[0].message.contains("has both paths and journal"),
-            "{}",
-            both[0]
-        );
-        assert_eq!(both[0].line, 5);
-        assert!(parse("state_dir: s\nsources:\n  - name: j\n    journal: {unit: ssh}\n").is_err());
     }
 
     #[test]

@@ -706,8 +706,8 @@ fn sigterm_with_busy_sources_and_a_hung_delivery_stops_promptly_with_the_head_wr
     // recorded after the last head; everything else is covered.
     let uncovered: Vec<String> = records(&store)
         .into_iter()
-        .filter(|r| r.seq > head && !r.event.starts_with("notification."))
-        .map(|r| r.event)
+        .filter(|r| r.seq > head && !r.event.as_str().starts_with("notification."))
+        .map(|r| r.event.as_str().to_string())
         .collect();
     drop(store);
     assert!(

@@ -171,6 +171,70 @@ pub fn never_contain_lists(
         .collect()
 }
 
+/// Problems of the settings that belong to an action's type (nftables or command).
+fn kind_problems(action: &ActionConfig, problem: &mut dyn FnMut(&str, String)) {
+    match action.kind {
+        ActionKind::Nftables => {
+            if !is_identifier(&action.table) {
+                problem(
+                    "table",
+                    format!(
+                        "action {:?}: table {:?} must be letters, digits, '_' or '-', starting with a letter",
+                        action.name, action.table
+                    ),
+                );
+            }
+            if !(-400..=400).contains(&action.priority) {
+                problem(
+                    "priority",
+                    format!("action {:?}: priority must be -400 to 400", action.name),
+                );
+            }
+            for key in ["argv", "undo"] {
+                let set = if key == "argv" {
+                    &action.argv
+                } else {
+                    &action.undo
+                };
+                if !set.is_empty() {
+                    problem(
+                        key,
+                        format!(
+                            "action {:?}: {key} belongs to type: command, not nftables",
+                            action.name
+                        ),
+                    );
+                }
+            }
+        }
+        ActionKind::Command => {
+            if action.argv.is_empty() {
+                problem(
+                    "type",
+                    format!("action {:?} of type command needs argv", action.name),
+                );
+            }
+            let secs = action.timeout.0.as_millis();
+            if !(1..=600_000).contains(&secs) {
+                problem(
+                    "timeout",
+                    format!("action {:?}: timeout must be 1ms to 10m", action.name),
+                );
+            }
+            for (key, argv) in [("argv", &action.argv), ("undo", &action.undo)] {
+                for arg in argv {
+                    if let Err(e) = compile_template(arg) {
+                        problem(
+                            key,
+                            format!("action {:?}: bad template {arg:?}: {e}", action.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Checks actions, `never_contain` and the steps that name actions. `@name` entries of
 /// `never_contain` refer to the rule files' lists and are checked with the rules (see
 /// [`crate::containment::Protected::new`]).
@@ -195,66 +259,7 @@ pub fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<Diagnost
                 ),
             );
         }
-        match action.kind {
-            ActionKind::Nftables => {
-                if !is_identifier(&action.table) {
-                    problem(
-                        "table",
-                        format!(
-                            "action {:?}: table {:?} must be letters, digits, '_' or '-', starting with a letter",
-                            action.name, action.table
-                        ),
-                    );
-                }
-                if !(-400..=400).contains(&action.priority) {
-                    problem(
-                        "priority",
-                        format!("action {:?}: priority must be -400 to 400", action.name),
-                    );
-                }
-                for key in ["argv", "undo"] {
-                    let set = if key == "argv" {
-                        &action.argv
-                    } else {
-                        &action.undo
-                    };
-                    if !set.is_empty() {
-                        problem(
-                            key,
-                            format!(
-                                "action {:?}: {key} belongs to type: command, not nftables",
-                                action.name
-                            ),
-                        );
-                    }
-                }
-            }
-            ActionKind::Command => {
-                if action.argv.is_empty() {
-                    problem(
-                        "type",
-                        format!("action {:?} of type command needs argv", action.name),
-                    );
-                }
-                let secs = action.timeout.0.as_millis();
-                if !(1..=600_000).contains(&secs) {
-                    problem(
-                        "timeout",
-                        format!("action {:?}: timeout must be 1ms to 10m", action.name),
-                    );
-                }
-                for (key, argv) in [("argv", &action.argv), ("undo", &action.undo)] {
-                    for arg in argv {
-                        if let Err(e) = compile_template(arg) {
-                            problem(
-                                key,
-                                format!("action {:?}: bad template {arg:?}: {e}", action.name),
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        kind_problems(action, &mut problem);
     }
     let never_at = loc.top_key("never_contain");
     for entry in &config.never_contain {

@@ -6,11 +6,32 @@
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use crate::duration::HumanDuration;
 use crate::incidents::EventKind;
-use crate::notification::format::WebhookFormat;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Body format of a webhook (the `format` key of a webhook receiver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event", "idempotency_key", "incident"}`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A PagerDuty Events API v2 event.
+    Pagerduty,
+    /// An Alertmanager API v2 alert list.
+    Alertmanager,
+}
+
+impl WebhookFormat {
+    /// Whether the format can resolve what it raised, so a close must always reach it.
+    pub fn resolves(self) -> bool {
+        matches!(self, WebhookFormat::Pagerduty | WebhookFormat::Alertmanager)
+    }
+}
 
 /// A notification destination.
 #[derive(Debug, Clone, Deserialize)]
@@ -345,92 +366,7 @@ pub(crate) fn validate<'a>(
         let ReceiverConfig::Webhook(w) = receiver else {
             continue;
         };
-        match (&w.url, w.urls.is_empty()) {
-            (Some(_), false) => fail(
-                "urls",
-                format!(
-                    "receiver {name:?}: give url (one) or urls (every cluster member), not both"
-                ),
-            ),
-            (None, true) => fail("name", format!("receiver {name:?} needs a url")),
-            _ => {}
-        }
-        if !w.urls.is_empty() && w.format != WebhookFormat::Alertmanager {
-            fail(
-                "urls",
-                format!(
-                    "receiver {name:?}: urls lists the members of an Alertmanager cluster (format alertmanager); other formats take one url"
-                ),
-            );
-        }
-        let mut seen = HashSet::new();
-        for url in w.members() {
-            let key = if w.url.is_some() { "url" } else { "urls" };
-            match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => fail(key, format!("receiver {name:?} has an invalid url {url:?}")),
-            }
-            if !seen.insert(url) {
-                fail(key, format!("receiver {name:?} lists {url:?} twice"));
-            }
-        }
-        if let Some(resend) = w.resend {
-            if w.format != WebhookFormat::Alertmanager {
-                fail(
-                    "resend",
-                    format!(
-                        "receiver {name:?}: resend is for format alertmanager (whose alerts must be re-sent)"
-                    ),
-                );
-            } else if resend.0 < RESEND_MIN || resend.0 > RESEND_MAX {
-                fail(
-                    "resend",
-                    format!("receiver {name:?}: resend {resend} must be between 1s and 1h"),
-                );
-            }
-        }
-        if w.secret_file.is_some() && w.secret_env.is_some() {
-            fail(
-                "secret_file",
-                format!("receiver {name:?}: give secret_file or secret_env, not both"),
-            );
-        }
-        let has_key = w.routing_key_file.is_some() || w.routing_key_env.is_some();
-        if w.format == WebhookFormat::Pagerduty {
-            if w.routing_key_file.is_some() == w.routing_key_env.is_some() {
-                fail(
-                    "format",
-                    format!(
-                        "receiver {name:?}: format pagerduty needs exactly one of routing_key_file or routing_key_env"
-                    ),
-                );
-            }
-        } else if has_key {
-            let key = if w.routing_key_file.is_some() {
-                "routing_key_file"
-            } else {
-                "routing_key_env"
-            };
-            fail(
-                key,
-                format!("receiver {name:?}: {key} is only used with format pagerduty"),
-            );
-        }
-        if w.concurrency == 0 {
-            fail(
-                "concurrency",
-                format!("receiver {name:?}: concurrency must be at least 1"),
-            );
-        }
-        if w.timeout < w.connect_timeout {
-            fail(
-                "connect_timeout",
-                format!(
-                    "receiver {name:?}: connect_timeout ({}) is longer than timeout ({})",
-                    w.connect_timeout, w.timeout
-                ),
-            );
-        }
+        webhook_problems(w, name, &mut fail);
         if let Some(template) = &w.template {
             if w.format != WebhookFormat::Json {
                 fail(
@@ -439,20 +375,107 @@ pub(crate) fn validate<'a>(
                         "receiver {name:?}: a template replaces the whole body, so it goes with format json only"
                     ),
                 );
-            } else if let Err((line, message)) =
-                crate::notification::format::check_template(template)
-            {
+            } else if let Err(e) = super::template::check_template(template) {
                 let key = loc.key_in_block(at, "template");
-                let pos = template_position(text, key, line);
+                let pos = template_position(text, key, e.line);
                 problems.push(Diagnostic::at(
                     path,
                     pos,
-                    format!("receiver {name:?}: template: {message}"),
+                    format!("receiver {name:?}: template: {}", e.message),
                 ));
             }
         }
     }
     (problems, names)
+}
+
+/// Problems of one webhook's own settings (urls, resend, secrets, routing key, limits),
+/// reported at their keys through `fail`.
+fn webhook_problems(w: &WebhookConfig, name: &str, fail: &mut dyn FnMut(&str, String)) {
+    match (&w.url, w.urls.is_empty()) {
+        (Some(_), false) => fail(
+            "urls",
+            format!("receiver {name:?}: give url (one) or urls (every cluster member), not both"),
+        ),
+        (None, true) => fail("name", format!("receiver {name:?} needs a url")),
+        _ => {}
+    }
+    if !w.urls.is_empty() && w.format != WebhookFormat::Alertmanager {
+        fail(
+            "urls",
+            format!(
+                "receiver {name:?}: urls lists the members of an Alertmanager cluster (format alertmanager); other formats take one url"
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    for url in w.members() {
+        let key = if w.url.is_some() { "url" } else { "urls" };
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => fail(key, format!("receiver {name:?} has an invalid url {url:?}")),
+        }
+        if !seen.insert(url) {
+            fail(key, format!("receiver {name:?} lists {url:?} twice"));
+        }
+    }
+    if let Some(resend) = w.resend {
+        if w.format != WebhookFormat::Alertmanager {
+            fail(
+                "resend",
+                format!(
+                    "receiver {name:?}: resend is for format alertmanager (whose alerts must be re-sent)"
+                ),
+            );
+        } else if resend.0 < RESEND_MIN || resend.0 > RESEND_MAX {
+            fail(
+                "resend",
+                format!("receiver {name:?}: resend {resend} must be between 1s and 1h"),
+            );
+        }
+    }
+    if w.secret_file.is_some() && w.secret_env.is_some() {
+        fail(
+            "secret_file",
+            format!("receiver {name:?}: give secret_file or secret_env, not both"),
+        );
+    }
+    let has_key = w.routing_key_file.is_some() || w.routing_key_env.is_some();
+    if w.format == WebhookFormat::Pagerduty {
+        if w.routing_key_file.is_some() == w.routing_key_env.is_some() {
+            fail(
+                "format",
+                format!(
+                    "receiver {name:?}: format pagerduty needs exactly one of routing_key_file or routing_key_env"
+                ),
+            );
+        }
+    } else if has_key {
+        let key = if w.routing_key_file.is_some() {
+            "routing_key_file"
+        } else {
+            "routing_key_env"
+        };
+        fail(
+            key,
+            format!("receiver {name:?}: {key} is only used with format pagerduty"),
+        );
+    }
+    if w.concurrency == 0 {
+        fail(
+            "concurrency",
+            format!("receiver {name:?}: concurrency must be at least 1"),
+        );
+    }
+    if w.timeout < w.connect_timeout {
+        fail(
+            "connect_timeout",
+            format!(
+                "receiver {name:?}: connect_timeout ({}) is longer than timeout ({})",
+                w.connect_timeout, w.timeout
+            ),
+        );
+    }
 }
 
 /// Where line `line` (1-based, 0 unknown) of a template sits in the config file: for a block

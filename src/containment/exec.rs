@@ -137,6 +137,39 @@ async fn set_up(actions: &HashMap<String, ActionConfig>) {
     }
 }
 
+/// Why a containment action failed. It travels to the pipeline in an [`Outcome`] and is
+/// kept, as text, as the containment's `reason`; it holds text rather than the I/O error
+/// itself so an outcome can be cloned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("no such action")]
+    NoSuchAction,
+    #[error("{0:?} is not an IP address")]
+    NotAnAddress(String),
+    #[error("{0}")]
+    Template(String),
+    #[error("cannot render {arg:?}: {reason}")]
+    Render { arg: String, reason: String },
+    #[error("empty argv")]
+    EmptyArgv,
+    #[error("cannot run {program}: {reason}")]
+    Spawn { program: String, reason: String },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    #[error("{program}: {reason}")]
+    Io { program: String, reason: String },
+    #[error("{program} exited with status {code}: {stderr}")]
+    Exit {
+        program: String,
+        code: i32,
+        stderr: String,
+    },
+    #[error("nft did not finish in time")]
+    NftTimeout,
+    #[error("nft failed: {0}")]
+    Nft(String),
+}
+
 /// Tries an effect with backoff; each failed try is counted.
 async fn carry_out(
     actions: &HashMap<String, ActionConfig>,
@@ -145,7 +178,7 @@ async fn carry_out(
 ) -> Outcome {
     let c = &effect.containment;
     let mut backoff = FIRST_BACKOFF;
-    let mut result = Err("no such action".to_string());
+    let mut result = Err(ActionError::NoSuchAction);
     if let Some(holder) = &effect.still_held_by {
         tracing::info!(action = %c.action, target = %c.target, %holder, "target stays contained for another incident");
         result = Ok(0);
@@ -192,13 +225,13 @@ async fn withhold_for_tests() {
 async fn withhold_for_tests() {}
 
 /// One try: the exit status, or why it failed.
-async fn once(action: &ActionConfig, c: &Containment, op: Op) -> Result<i32, String> {
+async fn once(action: &ActionConfig, c: &Containment, op: Op) -> Result<i32, ActionError> {
     match action.kind {
         ActionKind::Nftables => {
             let ip: IpAddr = c
                 .target
                 .parse()
-                .map_err(|_| format!("{:?} is not an IP address", c.target))?;
+                .map_err(|_| ActionError::NotAnAddress(c.target.clone()))?;
             let secs = c.remaining_secs(Utc::now());
             let script = ban_script(&action.table, ip, op, secs);
             match nft(&script).await {
@@ -223,7 +256,7 @@ async fn once(action: &ActionConfig, c: &Containment, op: Op) -> Result<i32, Str
 }
 
 /// Renders each argument from the containment and its incident (no shell ever sees them).
-pub fn render(argv: &[String], c: &Containment) -> Result<Vec<String>, String> {
+pub fn render(argv: &[String], c: &Containment) -> Result<Vec<String>, ActionError> {
     let context = serde_json::json!({
         "incident": {"id": c.incident, "rule": c.rule, "key": c.key_fields},
         "key": c.key_fields,
@@ -233,10 +266,14 @@ pub fn render(argv: &[String], c: &Containment) -> Result<Vec<String>, String> {
     });
     argv.iter()
         .map(|arg| {
-            let env = crate::config::compile_template(arg).map_err(|e| e.to_string())?;
+            let env = crate::config::compile_template(arg)
+                .map_err(|e| ActionError::Template(e.to_string()))?;
             env.get_template("arg")
                 .and_then(|t| t.render(&context))
-                .map_err(|e| format!("cannot render {arg:?}: {e}"))
+                .map_err(|e| ActionError::Render {
+                    arg: arg.clone(),
+                    reason: e.to_string(),
+                })
         })
         .collect()
 }
@@ -246,8 +283,8 @@ async fn run(
     argv: &[String],
     env: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
-) -> Result<i32, String> {
-    let (program, args) = argv.split_first().ok_or("empty argv")?;
+) -> Result<i32, ActionError> {
+    let (program, args) = argv.split_first().ok_or(ActionError::EmptyArgv)?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -258,27 +295,43 @@ async fn run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let child = command.spawn().map_err(|e| ActionError::Spawn {
+        program: program.clone(),
+        reason: e.to_string(),
+    })?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| format!("{program} did not finish within {timeout:?}"))?
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(|_| ActionError::Timeout {
+            program: program.clone(),
+            timeout,
+        })?
+        .map_err(|e| ActionError::Io {
+            program: program.clone(),
+            reason: e.to_string(),
+        })?;
     let code = output.status.code().unwrap_or(-1);
     if output.status.success() {
         Ok(code)
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!(
-            "{program} exited with status {code}: {}",
-            stderr.trim().chars().take(300).collect::<String>()
-        ))
+        Err(ActionError::Exit {
+            program: program.clone(),
+            code,
+            stderr: stderr.trim().chars().take(300).collect(),
+        })
+    }
+}
+
+/// An I/O error talking to nft.
+fn nft_io(e: &std::io::Error) -> ActionError {
+    ActionError::Io {
+        program: "nft".into(),
+        reason: e.to_string(),
     }
 }
 
 /// Runs an nft script (`nft -f -`).
-async fn nft(script: &str) -> Result<(), String> {
+async fn nft(script: &str) -> Result<(), ActionError> {
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -286,23 +339,25 @@ async fn nft(script: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+        .map_err(|e| ActionError::Spawn {
+            program: "nft".into(),
+            reason: e.to_string(),
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
             .await
-            .map_err(|e| format!("nft: {e}"))?;
+            .map_err(|e| nft_io(&e))?;
     }
     let output = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| "nft did not finish in time".to_string())?
-        .map_err(|e| format!("nft: {e}"))?;
+        .map_err(|_| ActionError::NftTimeout)?
+        .map_err(|e| nft_io(&e))?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+        Err(ActionError::Nft(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
         ))
     }
 }
@@ -373,7 +428,7 @@ mod tests {
             still_held_by: None,
         };
         let outcome = carry_out(&actions, &effect, &metrics).await;
-        let why = outcome.result.unwrap_err();
+        let why = outcome.result.unwrap_err().to_string();
         assert!(why.contains("status 3") && why.contains("nope"), "{why}");
         assert_eq!(
             metrics.actions.with_label_values(&["run", "error"]).get(),

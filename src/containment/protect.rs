@@ -3,9 +3,15 @@
 //! Banning one of them would cut the host off from itself or its operators; a forged log
 //! line naming one must not be able to.
 
-use crate::rules::values::{Lists, ValueSet};
+use crate::rules::values::{Lists, ValueError, ValueSet};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+
+/// A `never_contain` entry that cannot be used (an unknown `@list`, a malformed address):
+/// the protections in force stay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("never_contain: {0}")]
+pub struct NeverContainError(#[from] pub ValueError);
 
 /// The protected addresses.
 #[derive(Debug, Clone, Default)]
@@ -17,9 +23,8 @@ pub struct Protected {
 impl Protected {
     /// The user's entries (with `@name` taken from the rule files' `lists`) and the host's
     /// own addresses; an unknown list or a malformed entry is an error.
-    pub fn new(never_contain: &[String], lists: &Lists) -> Result<Protected, String> {
-        let user = ValueSet::parse(never_contain, lists, &mut BTreeSet::new())
-            .map_err(|e| format!("never_contain: {e}"))?;
+    pub fn new(never_contain: &[String], lists: &Lists) -> Result<Protected, NeverContainError> {
+        let user = ValueSet::parse(never_contain, lists, &mut BTreeSet::new())?;
         Ok(Protected {
             user,
             own: own_addresses(),

@@ -10,94 +10,24 @@
 pub mod cli;
 pub mod deliver;
 pub mod format;
+mod record;
+mod route;
+
+pub use record::Record;
+use route::Target;
+pub use route::{Router, RouterError};
 
 use crate::audit::{AuditEvent, AuditLog, Entry};
 use crate::config::{Config, ReceiverConfig};
 use crate::incidents::{EventKind, IncidentEvent};
 use crate::store::{self, Space, Store, StoreError};
-use chrono::{DateTime, Utc};
-use format::{EventContext, Formatter, Origin};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
+use format::EventContext;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
-
-/// One notification for one receiver, as stored in the outbox or the dead letters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Unique id (also its store key); a re-sent dead letter gets a new one.
-    pub id: u64,
-    /// Receiver name.
-    pub receiver: String,
-    /// Incident id.
-    pub incident: String,
-    /// The incident's fleet-unique uid (empty in records stored before uids existed).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uid: String,
-    /// The cluster member (one of the receiver's `urls`) this copy is for; none for a
-    /// receiver with one `url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member: Option<String>,
-    /// What happened.
-    pub event: EventKind,
-    /// `<incident uid>-<event sequence>`: the same for every receiver, member and attempt
-    /// of one event, so receivers can drop duplicates of at-least-once delivery.
-    pub idempotency_key: String,
-    /// When it was written (or re-sent); `retry.max_age` counts from here.
-    pub created_at: DateTime<Utc>,
-    /// Failed attempts so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// Why the latest attempt failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// When it became a dead letter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_at: Option<DateTime<Utc>>,
-    /// The rendered body, sent unchanged on every attempt.
-    pub body: String,
-}
-
-impl Record {
-    /// Store key: the id, zero-padded so keys sort by id (oldest first).
-    pub fn key(id: u64) -> Vec<u8> {
-        format!("{id:020}").into_bytes()
-    }
-
-    /// The incident's uid, or its id in a record stored before uids existed: what names
-    /// the incident to the receiver.
-    pub fn incident_uid(&self) -> &str {
-        if self.uid.is_empty() {
-            &self.incident
-        } else {
-            &self.uid
-        }
-    }
-
-    /// The incident it concerns; none for a signed chain head (`audit_head`).
-    pub fn incident_id(&self) -> Option<&str> {
-        Some(self.incident.as_str()).filter(|id| !id.is_empty())
-    }
-
-    /// The record without its body, for listings.
-    pub fn summary(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("records serialise");
-        if let Some(o) = v.as_object_mut() {
-            o.remove("body");
-        }
-        v
-    }
-}
-
-struct Target {
-    config: ReceiverConfig,
-    formatter: Formatter,
-    /// Its alerts of open incidents are re-sent (format alertmanager), so the latest one
-    /// of each is kept in [`Space::Firing`].
-    resends: bool,
-}
 
 /// Keys of [`Space::Firing`]: receiver, NUL, incident uid (a NUL is in neither).
 fn firing_prefix(receiver: &str) -> Vec<u8> {
@@ -132,70 +62,6 @@ pub fn stored_outbox(store: &Store) -> Result<Vec<Record>, StoreError> {
         .into_iter()
         .map(|(_, r)| r)
         .collect())
-}
-
-/// Decides who hears of an event and renders what they get.
-pub struct Router {
-    targets: HashMap<String, Target>,
-    origin: Origin,
-}
-
-impl Router {
-    /// Compiles every receiver's formatter (templates) once, at start.
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let mut targets = HashMap::new();
-        for receiver in &config.receivers {
-            let formatter = match receiver {
-                ReceiverConfig::Webhook(w) => Formatter::new(w.format, w.template.as_deref())
-                    .map_err(|e| format!("receiver {:?}: template: {e}", w.name))?,
-                ReceiverConfig::File(_) => Formatter::new(format::WebhookFormat::Json, None)?,
-            };
-            let resends =
-                matches!(receiver, ReceiverConfig::Webhook(w) if w.resend_interval().is_some());
-            targets.insert(
-                receiver.name().to_string(),
-                Target {
-                    config: receiver.clone(),
-                    formatter,
-                    resends,
-                },
-            );
-        }
-        Ok(Router {
-            targets,
-            origin: Origin::new(&config.host, &config.listen),
-        })
-    }
-
-    /// Which of `candidates` get an event: a receiver hears the events it chose; a receiver
-    /// that can resolve (PagerDuty, Alertmanager) always hears `closed`, also when `muted`
-    /// (a silence) kept everything else from it, so no page is left open.
-    pub fn deliverable<'a>(
-        &self,
-        kind: EventKind,
-        candidates: impl IntoIterator<Item = &'a str>,
-        muted: bool,
-    ) -> Vec<&'a str> {
-        let mut names: Vec<&str> = candidates
-            .into_iter()
-            .filter(|name| {
-                let Some(target) = self.targets.get(*name) else {
-                    return false;
-                };
-                let resolve = kind == EventKind::Closed && target.config.resolves();
-                (resolve || (!muted && target.config.events().contains(&kind)))
-                    && target.formatter.speaks(kind)
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-    }
-
-    /// Whether a receiver of this name is configured.
-    pub fn knows(&self, receiver: &str) -> bool {
-        self.targets.contains_key(receiver)
-    }
 }
 
 /// What a delivery attempt's outcome does to its record.
@@ -269,7 +135,7 @@ pub enum Resent {
 
 impl Outbox {
     /// An outbox over `store` routing by `config`.
-    pub fn new(store: Store, config: &Config) -> Result<Self, String> {
+    pub fn new(store: Store, config: &Config) -> Result<Self, RouterError> {
         Ok(Outbox {
             store,
             router: Arc::new(Router::new(config)?),
@@ -617,11 +483,6 @@ impl Outbox {
         audit.commit(&batch, &entries)
     }
 
-    #[cfg(test)]
-    fn router(&self) -> &Router {
-        &self.router
-    }
-
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.wake.notified()
     }
@@ -632,20 +493,7 @@ mod tests {
     use super::*;
     use crate::incidents::Incident;
 
-    const CONFIG: &str = r#"state_dir: s
-receivers:
-  - {name: hook, type: webhook, url: 'http://127.0.0.1:1/'}
-  - {name: all, type: file, path: '-', events: [opened, severity_changed, acknowledged, closed]}
-  - {name: pd, type: webhook, url: 'http://127.0.0.1:1/', format: pagerduty, routing_key_env: K, events: [opened]}
-  - {name: lead, type: webhook, url: 'http://127.0.0.1:1/'}
-roles:
-  analysts: {receivers: [hook, all, pd]}
-  boss: {receivers: [lead]}
-escalation_policies:
-  default:
-    - notify: [analysts]
-    - notify: [boss]
-"#;
+    use super::route::tests::CONFIG;
 
     fn outbox() -> (tempfile::TempDir, Outbox) {
         let dir = tempfile::tempdir().unwrap();
@@ -659,29 +507,6 @@ escalation_policies:
         let mut incident: Incident = format::sample_incident();
         incident.escalation = "default".into();
         IncidentEvent { kind, incident }
-    }
-
-    #[test]
-    fn receivers_hear_what_they_chose_and_resolvers_always_hear_the_close() {
-        let (_dir, o) = outbox();
-        let r = o.router();
-        let names = |kind, muted| r.deliverable(kind, ["all", "hook", "lead", "pd"], muted);
-        assert_eq!(
-            names(EventKind::Opened, false),
-            ["all", "hook", "lead", "pd"]
-        );
-        assert_eq!(names(EventKind::SeverityChanged, false), ["all"]);
-        assert_eq!(names(EventKind::Escalated, false), ["hook", "lead"]);
-        assert_eq!(names(EventKind::Acknowledged, false), ["all"]);
-        assert!(names(EventKind::Updated, false).is_empty());
-        // pd did not choose `closed`, but it resolves: it hears it anyway.
-        assert_eq!(
-            names(EventKind::Closed, false),
-            ["all", "hook", "lead", "pd"]
-        );
-        // A silence mutes everything except the resolve.
-        assert!(names(EventKind::Opened, true).is_empty());
-        assert_eq!(names(EventKind::Closed, true), ["pd"]);
     }
 
     #[test]

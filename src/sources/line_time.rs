@@ -7,40 +7,9 @@
 //! whose clock was never set says 1970, and its lines would land in windows that closed
 //! decades ago), is not believed: the line is evaluated at its arrival time and counted.
 
-use crate::duration::HumanDuration;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use std::time::Duration;
 
-/// `line_time:` in the daemon config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LineTimeBounds {
-    /// Most a line may be dated ahead of its arrival (clock skew of the senders).
-    #[serde(default = "default_max_ahead")]
-    pub max_ahead: HumanDuration,
-    /// Most a line may be dated behind its arrival (a backlog older than this is
-    /// implausible for a live source; `logwarden replay` is for archives).
-    #[serde(default = "default_max_behind")]
-    pub max_behind: HumanDuration,
-}
-
-fn default_max_ahead() -> HumanDuration {
-    HumanDuration(Duration::from_secs(5 * 60))
-}
-
-fn default_max_behind() -> HumanDuration {
-    HumanDuration(Duration::from_secs(400 * 86_400))
-}
-
-impl Default for LineTimeBounds {
-    fn default() -> Self {
-        LineTimeBounds {
-            max_ahead: default_max_ahead(),
-            max_behind: default_max_behind(),
-        }
-    }
-}
+pub use crate::config::LineTimeBounds;
 
 /// What [`LineTimeBounds::judge`] made of a line's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

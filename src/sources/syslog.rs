@@ -11,13 +11,23 @@
 //! kernel drops because the receive buffer was full are read from `/proc/net/udp` and
 //! counted. Network input has no checkpoint: what is in flight when the daemon stops is
 //! lost, as with any syslog receiver.
+//!
+//! This file is the listener (sockets, connections, limits); `framing` splits TCP streams,
+//! `parse` turns frames into lines, `socket` sizes the UDP buffer and counts kernel drops.
+
+mod framing;
+mod parse;
+mod socket;
+
+pub use framing::TcpFramer;
+pub use parse::normalize;
 
 use super::{Batch, LogLine, SourceError};
 use crate::config::SyslogListen;
 use crate::metrics::Metrics;
 use chrono::Utc;
+use socket::{count_kernel_drops, size_receive_buffer};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -31,11 +41,6 @@ use tokio::time::Instant;
 const DATAGRAM: usize = 65_535;
 /// Bytes read from a TCP connection per call.
 const TCP_CHUNK: usize = 64 * 1024;
-/// An oversized octet-counted frame up to this many times `max_line_bytes` is skipped whole
-/// (a real sender's long message); a longer announcement is not believed and closes the
-/// connection, since skipping it would silently swallow everything the peer sends after it.
-const SKIP_FACTOR: usize = 16;
-
 /// Why a frame was dropped (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
@@ -64,7 +69,7 @@ pub enum Closed {
     Idle,
     /// A frame was not complete `frame_timeout` after its first byte.
     FrameTimeout,
-    /// An octet count beyond what is skipped (see [`SKIP_FACTOR`]).
+    /// An octet count beyond what is skipped (see `framing::SKIP_FACTOR`).
     FrameTooLong,
 }
 
@@ -187,93 +192,6 @@ impl SyslogSource {
         }
         while tasks.join_next().await.is_some() {}
     }
-}
-
-/// Asks for a receive buffer of `bytes`: with `SO_RCVBUFFORCE` where the daemon may (root
-/// or CAP_NET_ADMIN), else `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`. What
-/// the kernel granted is logged, with a hint when it is less than asked.
-fn size_receive_buffer(socket: &UdpSocket, name: &str, bytes: usize) -> Result<(), SourceError> {
-    let fd = socket.as_raw_fd();
-    let wanted = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |option| {
-        // SAFETY: `fd` is an open socket owned by `socket`; the option value is a c_int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&wanted as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
-        return Err(SourceError::ReceiveBuffer {
-            name: name.to_string(),
-            bytes,
-            error: std::io::Error::last_os_error(),
-        });
-    }
-    let mut granted: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above; `granted` and `len` are valid for writes of their sizes.
-    let read = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&mut granted as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    // The kernel reports twice the usable size (it reserves half for bookkeeping).
-    let usable = usize::try_from(granted).unwrap_or(0) / 2;
-    if read == 0 && usable < bytes {
-        tracing::warn!(source = %name, wanted = bytes, granted = usable, "udp receive buffer smaller than configured; raise net.core.rmem_max or run with CAP_NET_ADMIN");
-    } else {
-        tracing::info!(source = %name, bytes = usable, "udp receive buffer set");
-    }
-    Ok(())
-}
-
-/// Exports the kernel's drop count of this socket (`/proc/net/udp{,6}`, found by the
-/// socket's inode) as `logwarden_syslog_udp_kernel_drops_total`, read at each scrape.
-fn count_kernel_drops(socket: &UdpSocket, name: &str, metrics: &Metrics) {
-    // SAFETY: fstat writes a `stat` for an open descriptor; zeroed is a valid initial value.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(socket.as_raw_fd(), &mut stat) } != 0 {
-        tracing::warn!(source = %name, error = %std::io::Error::last_os_error(), "cannot identify the udp socket; kernel drops are not counted");
-        return;
-    }
-    let inode = stat.st_ino;
-    let counter = metrics.syslog_udp_kernel_drops.with_label_values(&[name]);
-    metrics.before_scrape(Box::new(move || {
-        if let Some(drops) = kernel_drops(inode) {
-            // The kernel's count only grows while the socket lives.
-            counter.inc_by(drops.saturating_sub(counter.get()));
-        }
-    }));
-}
-
-/// The `drops` column of the socket with this inode in `/proc/net/udp` or `/proc/net/udp6`.
-fn kernel_drops(inode: u64) -> Option<u64> {
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            udp_table_drops(&text, inode)
-        })
-}
-
-/// In a `/proc/net/udp` table: `sl local rem st queues tr retrnsmt uid timeout inode ref
-/// pointer drops`.
-fn udp_table_drops(table: &str, inode: u64) -> Option<u64> {
-    table.lines().skip(1).find_map(|row| {
-        let fields: Vec<&str> = row.split_whitespace().collect();
-        (fields.get(9)?.parse::<u64>().ok()? == inode)
-            .then(|| fields.get(12)?.parse().ok())
-            .flatten()
-    })
 }
 
 /// Counts frames and hands accepted ones to the pipeline.
@@ -470,340 +388,4 @@ async fn forward(tx: &mpsc::Sender<Batch>, lines: Vec<LogLine>) -> bool {
             })
             .await
             .is_ok()
-}
-
-/// Splits a TCP byte stream into syslog frames (RFC 6587): `LEN SP MSG` when a frame
-/// starts with a digit, else up to the next newline. Holds at most `max` bytes of a frame.
-pub struct TcpFramer {
-    buf: Vec<u8>,
-    max: usize,
-    /// Bytes of an oversized frame still to be skipped (octet counting).
-    skip: usize,
-    /// Discarding up to the next newline (an oversized newline-framed frame).
-    skip_line: bool,
-}
-
-impl TcpFramer {
-    /// A framer that accepts frames up to `max` bytes.
-    pub fn new(max: usize) -> Self {
-        TcpFramer {
-            buf: Vec::new(),
-            max,
-            skip: 0,
-            skip_line: false,
-        }
-    }
-
-    /// Feeds bytes; `emit` gets each complete frame, or why one was dropped. An error
-    /// means the stream cannot be framed any further and the connection must be closed.
-    pub fn feed(
-        &mut self,
-        mut bytes: &[u8],
-        mut emit: impl FnMut(Result<&[u8], Dropped>),
-    ) -> Result<(), Closed> {
-        loop {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                if self.skip > 0 {
-                    return Ok(());
-                }
-            }
-            if self.skip_line {
-                match memchr::memchr(b'\n', bytes) {
-                    Some(i) => {
-                        self.skip_line = false;
-                        bytes = &bytes[i + 1..];
-                    }
-                    None => return Ok(()),
-                }
-            }
-            self.buf.extend_from_slice(bytes);
-            bytes = &[];
-            match self.next_frame(&mut emit) {
-                Progress::Again => continue,
-                Progress::NeedMore => return Ok(()),
-                Progress::Close(why) => return Err(why),
-            }
-        }
-    }
-
-    /// Whether a frame has begun and not yet ended (bytes held or still to be skipped).
-    pub fn in_frame(&self) -> bool {
-        !self.buf.is_empty() || self.skip > 0 || self.skip_line
-    }
-
-    fn next_frame(&mut self, emit: &mut impl FnMut(Result<&[u8], Dropped>)) -> Progress {
-        // Leading newlines between frames are framing.
-        let start = self
-            .buf
-            .iter()
-            .position(|b| *b != b'\n' && *b != b'\r')
-            .unwrap_or(self.buf.len());
-        self.buf.drain(..start);
-        let Some(first) = self.buf.first() else {
-            return Progress::NeedMore;
-        };
-        if first.is_ascii_digit() {
-            let Some(space) = self.buf.iter().take(12).position(|b| *b == b' ') else {
-                if self.buf.len() >= 12 || self.buf.iter().any(|b| !b.is_ascii_digit()) {
-                    emit(Err(Dropped::Malformed));
-                    self.buf.clear();
-                    self.skip_line = true;
-                    return Progress::Again;
-                }
-                return Progress::NeedMore;
-            };
-            let Ok(len) = std::str::from_utf8(&self.buf[..space])
-                .unwrap_or("x")
-                .parse::<usize>()
-            else {
-                emit(Err(Dropped::Malformed));
-                self.buf.clear();
-                self.skip_line = true;
-                return Progress::Again;
-            };
-            if len > self.max.saturating_mul(SKIP_FACTOR) {
-                emit(Err(Dropped::Oversized));
-                self.buf.clear();
-                return Progress::Close(Closed::FrameTooLong);
-            }
-            if len > self.max {
-                emit(Err(Dropped::Oversized));
-                let have = self.buf.len() - space - 1;
-                self.skip = len.saturating_sub(have);
-                self.buf.clear();
-                return Progress::Again;
-            }
-            if self.buf.len() < space + 1 + len {
-                return Progress::NeedMore;
-            }
-            let frame: Vec<u8> = self.buf.drain(..space + 1 + len).skip(space + 1).collect();
-            emit(Ok(&frame));
-            return Progress::Again;
-        }
-        match memchr::memchr(b'\n', &self.buf) {
-            Some(i) => {
-                let frame: Vec<u8> = self.buf.drain(..=i).collect();
-                let frame = &frame[..i];
-                emit(Ok(frame.strip_suffix(b"\r").unwrap_or(frame)));
-                Progress::Again
-            }
-            None if self.buf.len() > self.max => {
-                emit(Err(Dropped::Oversized));
-                self.buf.clear();
-                self.skip_line = true;
-                Progress::Again
-            }
-            None => Progress::NeedMore,
-        }
-    }
-}
-
-enum Progress {
-    Again,
-    NeedMore,
-    Close(Closed),
-}
-
-/// Turns one syslog message into the text a local log file would hold; `None` when it has
-/// no valid `<PRI>`.
-pub fn normalize(frame: &[u8]) -> Option<Vec<u8>> {
-    let rest = frame.strip_prefix(b"<")?;
-    let close = rest.iter().take(4).position(|b| *b == b'>')?;
-    let pri: u16 = std::str::from_utf8(&rest[..close]).ok()?.parse().ok()?;
-    if close == 0 || pri > 191 {
-        return None;
-    }
-    let body = &rest[close + 1..];
-    match body.strip_prefix(b"1 ") {
-        Some(v1) => rfc5424(v1),
-        // RFC 3164 already reads like a log file line.
-        None => Some(body.to_vec()),
-    }
-}
-
-/// `TIMESTAMP HOST APP PROCID MSGID SD MSG` → `TIMESTAMP HOST APP[PROCID]: MSG`.
-fn rfc5424(v1: &[u8]) -> Option<Vec<u8>> {
-    let mut fields = v1.splitn(6, |b| *b == b' ');
-    let timestamp = fields.next()?;
-    let host = fields.next()?;
-    let app = fields.next()?;
-    let procid = fields.next()?;
-    let _msgid = fields.next()?;
-    let rest = fields.next().unwrap_or(b"");
-    let msg = skip_structured_data(rest)?;
-    let msg = msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg);
-    let mut out = Vec::with_capacity(v1.len());
-    out.extend_from_slice(timestamp);
-    out.push(b' ');
-    out.extend_from_slice(host);
-    out.push(b' ');
-    out.extend_from_slice(app);
-    if procid != b"-" {
-        out.push(b'[');
-        out.extend_from_slice(procid);
-        out.push(b']');
-    }
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(msg);
-    Some(out)
-}
-
-/// The message after STRUCTURED-DATA (`-` or `[id k="v" ...]...`, with `\]` escapes).
-fn skip_structured_data(rest: &[u8]) -> Option<&[u8]> {
-    if let Some(after) = rest.strip_prefix(b"-") {
-        return Some(after.strip_prefix(b" ").unwrap_or(after));
-    }
-    let mut i = 0;
-    while rest.get(i) == Some(&b'[') {
-        let mut escaped = false;
-        let mut in_quotes = false;
-        loop {
-            i += 1;
-            let b = *rest.get(i)?;
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_quotes = !in_quotes,
-                b']' if !in_quotes => break,
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    let after = &rest[i..];
-    Some(after.strip_prefix(b" ").unwrap_or(after))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn both_rfcs_become_log_file_lines() {
-        assert_eq!(
-            normalize(b"<38>Nov 22 10:00:01 web1 sshd[811]: Failed password").unwrap(),
-            b"Nov 22 10:00:01 web1 sshd[811]: Failed password"
-        );
-        assert_eq!(
-            normalize(b"<38>1 2026-11-22T10:00:01.5Z web1 sshd 811 - [meta x=\"a]\\\"b\"][o y=\"1\"] \xEF\xBB\xBFFailed password").unwrap(),
-            b"2026-11-22T10:00:01.5Z web1 sshd[811]: Failed password"
-        );
-        assert_eq!(
-            normalize(b"<13>1 2026-11-22T10:00:01Z h app - - - hello").unwrap(),
-            b"2026-11-22T10:00:01Z h app: hello"
-        );
-    }
-
-    #[test]
-    fn frames_without_a_valid_pri_are_malformed() {
-        for bad in [
-            &b"no pri"[..],
-            b"<>x",
-            b"<999>x",
-            b"<12",
-            b"<1a>x",
-            b"<38>1 2026 h app 1",
-        ] {
-            assert_eq!(normalize(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    fn frames(max: usize, chunks: &[&[u8]]) -> Vec<Result<Vec<u8>, Dropped>> {
-        let mut framer = TcpFramer::new(max);
-        let mut out = Vec::new();
-        for c in chunks {
-            framer.feed(c, |f| out.push(f.map(<[u8]>::to_vec))).unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn octet_counting_and_newline_framing_across_chunk_boundaries() {
-        let got = frames(
-            64,
-            &[
-                b"4 <1>a5 <1>b",
-                b"c\n<2>line one\r\n<2>li",
-                b"ne two\n3 <3",
-                b">",
-            ],
-        );
-        assert_eq!(
-            got,
-            vec![
-                Ok(b"<1>a".to_vec()),
-                Ok(b"<1>bc".to_vec()),
-                Ok(b"<2>line one".to_vec()),
-                Ok(b"<2>line two".to_vec()),
-                Ok(b"<3>".to_vec()),
-            ]
-        );
-    }
-
-    #[test]
-    fn oversized_frames_are_skipped_whole_without_buffering_them() {
-        let mut framer = TcpFramer::new(1000);
-        let mut out = Vec::new();
-        let mut feed = |framer: &mut TcpFramer, bytes: &[u8]| {
-            framer
-                .feed(bytes, |f| out.push(f.map(<[u8]>::to_vec)))
-                .unwrap()
-        };
-        feed(&mut framer, b"15000 ");
-        for _ in 0..14 {
-            feed(&mut framer, &[b'x'; 1_000]);
-            assert!(framer.in_frame());
-        }
-        feed(&mut framer, &[b'x'; 1_000]);
-        assert!(framer.buf.capacity() < 1024);
-        assert!(!framer.in_frame());
-        feed(&mut framer, b"4 <1>z");
-        feed(&mut framer, &[b'y'; 2000]);
-        feed(&mut framer, b"\n<1>ok\n");
-        assert!(!framer.in_frame());
-        assert_eq!(
-            out,
-            vec![
-                Err(Dropped::Oversized),
-                Ok(b"<1>z".to_vec()),
-                Err(Dropped::Oversized),
-                Ok(b"<1>ok".to_vec())
-            ]
-        );
-    }
-
-    #[test]
-    fn an_octet_count_beyond_belief_closes_the_connection_instead_of_swallowing_it() {
-        let mut framer = TcpFramer::new(1000);
-        let mut out = Vec::new();
-        let closed = framer.feed(b"4 <1>a99999999999 <1>rest of the stream\n", |f| {
-            out.push(f.map(<[u8]>::to_vec))
-        });
-        assert_eq!(closed, Err(Closed::FrameTooLong));
-        assert_eq!(out, vec![Ok(b"<1>a".to_vec()), Err(Dropped::Oversized)]);
-    }
-
-    #[test]
-    fn a_frame_in_progress_is_known_so_it_can_be_timed() {
-        let mut framer = TcpFramer::new(100);
-        let mut feed = |bytes: &[u8]| framer.feed(bytes, |_| {}).map(|()| framer.in_frame());
-        assert_eq!(feed(b"<1>half a li"), Ok(true));
-        assert_eq!(feed(b"ne\n"), Ok(false));
-        assert_eq!(feed(b"10 <1>"), Ok(true));
-        assert_eq!(feed(b"abcdefg"), Ok(false));
-        assert_eq!(feed(b"\n\r\n"), Ok(false));
-    }
-
-    #[test]
-    fn kernel_drops_are_read_from_the_socket_row() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
-          120: 0100007F:15AA 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 4242 2 0000000000000000 0\n\
-          121: 0100007F:15AB 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 77 2 0000000000000000 1234\n";
-        assert_eq!(udp_table_drops(table, 77), Some(1234));
-        assert_eq!(udp_table_drops(table, 4242), Some(0));
-        assert_eq!(udp_table_drops(table, 5), None);
-    }
 }

@@ -7,64 +7,10 @@
 use chrono::{
     DateTime, Datelike, FixedOffset, Local, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc,
 };
-use serde::{Deserialize, Deserializer};
 
-/// How a source's lines carry their time.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum TimestampFormat {
-    /// No time in the line: the time it was read.
-    #[default]
-    Arrival,
-    /// `Nov 22 10:00:01` (RFC 3164, local time, year inferred) or an RFC 3339 time at the
-    /// start of the line (rsyslog's high-precision format, RFC 5424).
-    Syslog,
-    /// An RFC 3339 time as the line's first field.
-    Rfc3339,
-    /// Common/combined log format: `[22/Nov/2026:10:00:01 +0000]`.
-    Clf,
-    /// Seconds since the epoch (fraction allowed) as the first field.
-    Epoch,
-    /// A strftime pattern matched at the start of the line; local time unless it has `%z`.
-    Pattern(String),
-}
-
-impl<'de> Deserialize<'de> for TimestampFormat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Ok(match text.as_str() {
-            "arrival" => TimestampFormat::Arrival,
-            "syslog" => TimestampFormat::Syslog,
-            "rfc3339" => TimestampFormat::Rfc3339,
-            "clf" => TimestampFormat::Clf,
-            "epoch" => TimestampFormat::Epoch,
-            _ => TimestampFormat::Pattern(text),
-        })
-    }
-}
-
-/// A `timestamp:` that is no known format and no strftime pattern able to give a time of
-/// day (a date alone would put every line of a day at midnight, breaking every window).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "timestamp {0:?} is neither arrival, syslog, rfc3339, clf, epoch nor a strftime pattern with a time of day"
-)]
-pub struct BadTimestampFormat(pub String);
+pub use crate::config::{BadTimestampFormat, TimestampFormat};
 
 impl TimestampFormat {
-    /// Checks a strftime pattern once, at load time, so a typo is a config error.
-    pub fn validate(&self) -> Result<(), BadTimestampFormat> {
-        let TimestampFormat::Pattern(pattern) = self else {
-            return Ok(());
-        };
-        let has_fields = pattern.contains("%H") || pattern.contains("%T") || pattern.contains("%s");
-        let bad = chrono::format::StrftimeItems::new(pattern)
-            .any(|item| matches!(item, chrono::format::Item::Error));
-        if bad || !has_fields {
-            return Err(BadTimestampFormat(pattern.clone()));
-        }
-        Ok(())
-    }
-
     /// The line's own time, or `None` when it carries none this format can read.
     ///
     /// `reference` is a time close to when the line was written (its arrival, or a replayed

@@ -57,16 +57,18 @@ pub(super) fn resume(
 /// before the source was first seen (rotated history, or `start_at: end`); else at 0 (a new
 /// file, or a generation created and rotated away between two looks). `None`: a copy still
 /// being written, to be looked at again.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn start_new(
     source: &mut FileSource,
     copies: &CopyIndex,
-    path: &Path,
-    id: FileId,
-    len: u64,
-    rotated: bool,
-    file: File,
+    found: NewFile<'_>,
 ) -> Option<Tracked> {
+    let NewFile {
+        path,
+        id,
+        len,
+        rotated,
+        file,
+    } = found;
     let head = head_bytes(&file);
     match copies.origin(&head) {
         Some(Origin::Truncated(t)) if len < t.checkpoint => return None,
@@ -87,6 +89,20 @@ pub(super) fn start_new(
     let offset = if at_end { len } else { 0 };
     tracing::info!(source = %source.name, path = %path.display(), offset, "tailing a new file");
     Some(new_tracked(source, path, id, len, Some(file), offset))
+}
+
+/// A file seen for the first time by a scan, opened: what [`start_new`] decides about.
+pub(super) struct NewFile<'a> {
+    /// Where it was found.
+    pub(super) path: &'a Path,
+    /// Its identity (device and inode).
+    pub(super) id: FileId,
+    /// Its length when the scan saw it.
+    pub(super) len: u64,
+    /// Whether it is a rotated generation (a name the source's pattern rotates to).
+    pub(super) rotated: bool,
+    /// The open file, read from where `start_new` says.
+    pub(super) file: File,
 }
 
 /// What a new file may be a copy of.
@@ -230,7 +246,14 @@ mod tests {
         let file = File::open(path).unwrap();
         let meta = file.metadata().unwrap();
         let copies = CopyIndex::new(src, &HashMap::new());
-        start_new(src, &copies, path, id_of(&meta), meta.len(), rotated, file)
+        let found = NewFile {
+            path,
+            id: id_of(&meta),
+            len: meta.len(),
+            rotated,
+            file,
+        };
+        start_new(src, &copies, found)
     }
 
     fn checkpoint(path: &Path, id: FileId, fingerprint: Fingerprint, offset: u64) -> Checkpoint {

@@ -3,7 +3,7 @@
 //! started where they continue something already read.
 
 use super::identity::{FINGERPRINT_BYTES, find_in_dir, fingerprint_of, id_of, parent};
-use super::rotation::{CopyIndex, recover_truncated, resume, start_new};
+use super::rotation::{CopyIndex, NewFile, recover_truncated, resume, start_new};
 use super::tracked::{FileSource, cap_descriptors, new_tracked, publish_watched};
 use crate::metrics::Metrics;
 use crate::sources::{Batch, Checkpoint, FileId, Progress};
@@ -95,7 +95,14 @@ pub(super) fn discover(
         }
         source.deferred.remove(&id);
         let Ok(file) = File::open(path) else { continue };
-        if let Some(tracked) = start_new(source, &copies, path, id, *len, *rotated, file) {
+        let found = NewFile {
+            path,
+            id,
+            len: *len,
+            rotated: *rotated,
+            file,
+        };
+        if let Some(tracked) = start_new(source, &copies, found) {
             source.files.insert(id, cap_descriptors(tracked, &mut open));
         }
     }

@@ -15,20 +15,29 @@
 //! time from the saved entry's timestamp) and the gap is counted and written to the audit
 //! log with that position. `--follow` alone shows only the last 10 entries, so every child
 //! is started with `--lines=all` or a position.
+//!
+//! This file is the restart loop; `selection` (which journal, readable?), `reading` (one
+//! run's entries), `control` (stopping), `child` (the process) and `export` (the format)
+//! hold the rest.
 
+mod child;
+mod control;
 pub mod export;
+mod reading;
+mod selection;
+
+pub use control::Control;
+pub use selection::{Selection, Unreadable, probe, unreadable};
 
 use super::{Batch, JournalGap, JournalPosition, LogLine, Progress};
 use crate::config::{JournalConfig, SourceConfig, StartAt};
-use crate::diag::{Diagnostic, YamlLocator};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use chrono::{DateTime, Utc};
-use export::{Entry, ExportReader, OUTPUT_FIELDS};
-use std::io::{BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use child::{die_with_parent, spawn_stderr_logger};
+use export::{ExportReader, OUTPUT_FIELDS};
+use reading::{Closed, Reading};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,217 +52,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A child that ran this long was healthy: the next restart waits only [`MIN_BACKOFF`].
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// Longest stderr line logged, so a child printing without newlines cannot grow the
-/// daemon's memory or flood its log.
-const MAX_STDERR_LINE: usize = 1024;
-
-/// Which journal to read and which entries of it: the journalctl arguments every run of a
-/// source shares.
-#[derive(Debug, Clone)]
-pub struct Selection {
-    config: JournalConfig,
-}
-
-impl Selection {
-    /// The selection of a source's `journal:` settings.
-    pub fn new(config: &JournalConfig) -> Self {
-        Selection {
-            config: config.clone(),
-        }
-    }
-
-    /// A journalctl command for this selection; `extra` goes before the matches.
-    fn command(&self, extra: &[String]) -> Command {
-        let mut cmd = Command::new(JOURNALCTL);
-        if let Some(dir) = &self.config.directory {
-            cmd.arg("--directory").arg(dir);
-        }
-        if let Some(ns) = &self.config.namespace {
-            cmd.arg(format!("--namespace={ns}"));
-        }
-        cmd.arg("--no-pager").args(extra).args(&self.config.matches);
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    /// The `path` of this selection's lines (and their evidence).
-    fn path(&self) -> String {
-        match (&self.config.directory, &self.config.namespace) {
-            (Some(dir), _) => format!("journal:{}", dir.display()),
-            (None, Some(ns)) => format!("journal:{ns}"),
-            (None, None) => "journal".to_string(),
-        }
-    }
-
-    /// This selection's journal, in words.
-    fn describe(&self) -> String {
-        match (&self.config.directory, &self.config.namespace) {
-            (Some(dir), _) => format!("the journal directory {}", dir.display()),
-            (None, Some(ns)) => format!("the journal namespace {ns}"),
-            (None, None) => "the system journal".to_string(),
-        }
-    }
-}
-
-/// Why a journal cannot be read, in words an operator can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable {
-    /// What is wrong and what to do.
-    pub reason: String,
-    /// There are no journal files at all (yet): an empty journal, not a refused one.
-    pub no_files: bool,
-}
-
-/// Whether the journal of a selection can be read. Used by `check` and by the source
-/// before each start (shown by `/readyz`).
-pub fn probe(selection: &Selection) -> Result<(), Unreadable> {
-    probe_reason(selection).map_err(|problem| Unreadable {
-        no_files: matches!(problem, ProbeFailure::NoFiles { .. }),
-        reason: problem.to_string(),
-    })
-}
-
-/// What running journalctl for one entry showed about the journal.
-#[derive(Debug, thiserror::Error)]
-enum ProbeFailure {
-    #[error("{cmd} not found on PATH (it comes with systemd)", cmd = JOURNALCTL)]
-    NotInstalled,
-    #[error("cannot run {cmd}: {0}", cmd = JOURNALCTL)]
-    CannotRun(std::io::Error),
-    #[error(
-        "no permission to read the journal: run logwarden in group systemd-journal or adm (SupplementaryGroups=systemd-journal adm)"
-    )]
-    Permission,
-    /// journalctl's last line of stderr, which says why.
-    #[error("{cmd} failed ({status}): {reason}", cmd = JOURNALCTL)]
-    Failed {
-        status: std::process::ExitStatus,
-        reason: String,
-    },
-    /// An empty journal, not a refused one: the source waits instead of failing.
-    #[error("no journal files found in {place} (not written yet, or journald has Storage=none)")]
-    NoFiles { place: String },
-}
-
-fn probe_reason(selection: &Selection) -> Result<(), ProbeFailure> {
-    let out = selection
-        .command(&["--lines=1".into(), "--output=short".into()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ProbeFailure::NotInstalled,
-            _ => ProbeFailure::CannotRun(e),
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let permission = stderr.contains("insufficient permissions")
-        || stderr.contains("not seeing messages from other users");
-    if permission {
-        return Err(ProbeFailure::Permission);
-    }
-    if !out.status.success() {
-        let reason = stderr.trim().lines().last().unwrap_or("").to_string();
-        return Err(ProbeFailure::Failed {
-            status: out.status,
-            reason,
-        });
-    }
-    if stderr.contains("No journal files were found") {
-        return Err(ProbeFailure::NoFiles {
-            place: selection.describe(),
-        });
-    }
-    Ok(())
-}
-
-/// A warning for each journal source of `config` whose journal cannot be read (`check`):
-/// the daemon would run, but blind for that source. Each points at the source's `journal:`.
-pub fn unreadable(config: &crate::config::Config) -> Vec<Diagnostic> {
-    let text = std::fs::read_to_string(&config.path).unwrap_or_default();
-    let loc = YamlLocator::new(&text);
-    config
-        .sources
-        .iter()
-        .enumerate()
-        .filter_map(|(i, source)| {
-            let journal = source.journal.as_ref()?;
-            let problem = probe(&Selection::new(journal)).err()?;
-            Some(Diagnostic::at(
-                &config.path,
-                loc.key_in_block(loc.item("sources", i), "journal"),
-                format!(
-                    "source {:?}: the journal cannot be read: {}",
-                    source.name, problem.reason
-                ),
-            ))
-        })
-        .collect()
-}
-
-/// Stops a source's thread: ends its running journalctl and cuts its waits short.
-#[derive(Default)]
-pub struct Control {
-    state: Mutex<ControlState>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct ControlState {
-    stopped: bool,
-    child: Option<Child>,
-}
-
-impl Control {
-    /// Asks the source to stop; its thread returns once the child has ended.
-    pub fn stop(&self) {
-        let mut state = self.state.lock().expect("journal control");
-        state.stopped = true;
-        if let Some(child) = state.child.as_mut() {
-            let _ = child.kill();
-        }
-        self.wake.notify_all();
-    }
-
-    fn stopped(&self) -> bool {
-        self.state.lock().expect("journal control").stopped
-    }
-
-    /// Hands over the running child so [`Control::stop`] can end it; `false` (child killed)
-    /// when stopping already.
-    fn adopt(&self, mut child: Child) -> bool {
-        let mut state = self.state.lock().expect("journal control");
-        if state.stopped {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        state.child = Some(child);
-        true
-    }
-
-    /// Takes back the child once reading has ended, ends it if it still runs (reading can
-    /// stop on unreadable output or a closed pipeline), and reaps it.
-    fn reap(&self) -> Option<std::process::ExitStatus> {
-        let child = self.state.lock().expect("journal control").child.take();
-        child.and_then(|mut c| match c.try_wait() {
-            Ok(Some(status)) => Some(status),
-            _ => {
-                let _ = c.kill();
-                c.wait().ok()
-            }
-        })
-    }
-
-    /// Waits `wait` unless stopped first; `false` when stopped.
-    fn sleep(&self, wait: Duration) -> bool {
-        let state = self.state.lock().expect("journal control");
-        let (state, _) = self
-            .wake
-            .wait_timeout_while(state, wait, |s| !s.stopped)
-            .expect("journal control");
-        !state.stopped
-    }
-}
 
 /// Where the next journalctl starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -462,6 +260,7 @@ impl JournalSource {
             .inc();
     }
 
+    /// The position of this source at an entry.
     fn position(&self, cursor: Option<String>, realtime_usec: Option<u64>) -> JournalPosition {
         JournalPosition {
             source: self.name.to_string(),
@@ -470,6 +269,7 @@ impl JournalSource {
         }
     }
 
+    /// Hands lines and the position they reach (and a gap found before them) over.
     fn send(
         &self,
         lines: Vec<LogLine>,
@@ -550,234 +350,5 @@ impl JournalSource {
         end.last_error = last_error.lock().expect("stderr").clone();
         end.next = reading.next_start(&end.last_error);
         end
-    }
-}
-
-/// The pipeline went away.
-struct Closed;
-
-/// The state of one run's reading: where it stands and the batch being filled.
-struct Reading<'a> {
-    source: &'a JournalSource,
-    start: Start,
-    /// The next entry is the first of this run.
-    first: bool,
-    lines: Vec<LogLine>,
-    /// Whether any line went to the pipeline.
-    delivered: bool,
-    /// Position after the last entry read in this run.
-    position: Option<JournalPosition>,
-    /// A gap found and not yet handed over.
-    gap: Option<JournalGap>,
-    path: Arc<str>,
-}
-
-impl Reading<'_> {
-    fn read_all(&mut self, stdout: std::process::ChildStdout) -> Result<(), Closed> {
-        use std::os::fd::AsRawFd;
-        let fd = stdout.as_raw_fd();
-        let mut reader = ExportReader::new(stdout, self.source.max_line_bytes);
-        loop {
-            match reader.next_entry() {
-                Ok(Some(entry)) => self.take(entry),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(source = %self.source.name, error = %e, "unreadable journalctl output; restarting it");
-                    break;
-                }
-            }
-            // A batch goes as soon as journalctl has nothing more to say right now (live
-            // entries wait for nothing), or when full (a backlog goes in large batches).
-            if self.lines.len() >= MAX_BATCH || (!reader.has_buffered() && !readable(fd)) {
-                self.flush()?;
-            }
-        }
-        self.flush()
-    }
-
-    /// Decides what a read entry is: the saved entry again (dropped), the first after a
-    /// gap, or the next line.
-    fn take(&mut self, entry: Entry) {
-        let first = std::mem::replace(&mut self.first, false);
-        match (&self.start, first) {
-            (Start::Cursor { cursor, .. }, true) if entry.cursor.as_deref() == Some(cursor) => {
-                return;
-            }
-            (
-                Start::Cursor {
-                    cursor,
-                    realtime_usec,
-                },
-                true,
-            ) => {
-                let gap = JournalGap {
-                    saved_cursor: cursor.clone(),
-                    saved_time: usec_time(*realtime_usec),
-                    resumed_cursor: entry.cursor.clone(),
-                    resumed_time: entry.time(),
-                    reason:
-                        "the saved entry is no longer in the journal (vacuumed or rotated away)"
-                            .into(),
-                };
-                self.source.count_gap(&gap);
-                self.gap = Some(gap);
-            }
-            (Start::Since { gap, .. }, true) => {
-                let mut gap = gap.clone();
-                gap.resumed_cursor = entry.cursor.clone();
-                gap.resumed_time = entry.time();
-                self.gap = Some(gap);
-            }
-            _ => {}
-        }
-        let arrival = Utc::now();
-        let (bytes, cut) = entry.line(arrival, self.source.max_line_bytes);
-        if cut {
-            self.source
-                .metrics
-                .lines_truncated
-                .with_label_values(&[&self.source.name])
-                .inc();
-        }
-        self.lines.push(LogLine {
-            source: self.source.name.clone(),
-            path: self.path.clone(),
-            offset: 0,
-            bytes,
-            arrival,
-            time: Some(entry.time().unwrap_or(arrival)),
-        });
-        if let Some(cursor) = entry.cursor {
-            self.position = Some(self.source.position(Some(cursor), entry.realtime_usec));
-        }
-    }
-
-    /// Hands the lines read so far to the pipeline with the position they reach.
-    fn flush(&mut self) -> Result<(), Closed> {
-        if self.lines.is_empty() {
-            return Ok(());
-        }
-        let lines = std::mem::take(&mut self.lines);
-        self.delivered = true;
-        self.source
-            .metrics
-            .lines_read
-            .with_label_values(&[&self.source.name])
-            .inc_by(lines.len() as u64);
-        match &self.position {
-            Some(position) => self.source.send(lines, position.clone(), self.gap.take()),
-            // Entries without a cursor (never seen from journalctl) move no position.
-            None => self
-                .source
-                .tx
-                .blocking_send(Batch {
-                    lines,
-                    progress: None,
-                })
-                .map_err(|_| Closed),
-        }
-    }
-
-    /// Where the next run starts: after the last entry read; else, when journalctl
-    /// refused the saved cursor, by time from the saved entry; else where this run did.
-    fn next_start(&mut self, last_error: &str) -> Start {
-        if let Some(JournalPosition {
-            cursor: Some(cursor),
-            realtime_usec,
-            ..
-        }) = &self.position
-        {
-            return Start::Cursor {
-                cursor: cursor.clone(),
-                realtime_usec: realtime_usec.unwrap_or(0),
-            };
-        }
-        match &self.start {
-            Start::Cursor {
-                cursor,
-                realtime_usec,
-            } if self.first && last_error.contains("cursor") => {
-                let gap = JournalGap {
-                    saved_cursor: cursor.clone(),
-                    saved_time: usec_time(*realtime_usec),
-                    resumed_cursor: None,
-                    resumed_time: None,
-                    reason: format!("journalctl refused the saved cursor: {last_error}"),
-                };
-                self.source.count_gap(&gap);
-                // The saved entry itself was read: start just after its time (an entry
-                // logged in the same microsecond after it is taken as read too).
-                Start::Since {
-                    realtime_usec: realtime_usec.saturating_add(1),
-                    gap,
-                }
-            }
-            other => other.clone(),
-        }
-    }
-}
-
-/// Whether reading `fd` would return at once (data waiting, or its end).
-fn readable(fd: std::os::fd::RawFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
-}
-
-fn usec_time(usec: u64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(i64::try_from(usec).ok()?)
-}
-
-/// Logs the child's stderr as warnings, keeping its last line for the restart message.
-fn spawn_stderr_logger(
-    source: Arc<str>,
-    stderr: impl Read + Send + 'static,
-    last: Arc<Mutex<String>>,
-) -> Option<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("journalctl-stderr".into())
-        .spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match export::read_bounded(&mut reader, b"\n", MAX_STDERR_LINE, &mut line) {
-                    Ok(Some(_)) => {}
-                    Ok(None) if !line.is_empty() => {}
-                    _ => return,
-                }
-                line.truncate(MAX_STDERR_LINE);
-                let text = String::from_utf8_lossy(&line).trim().to_string();
-                if !text.is_empty() {
-                    tracing::warn!(source = %source, "journalctl: {text}");
-                    *last.lock().expect("stderr") = text;
-                }
-            }
-        })
-        .ok()
-}
-
-/// Makes the child end with the daemon, and only through it: a SIGKILLed daemon must not
-/// leave a journalctl behind waiting for entries, and a Ctrl-C in a terminal goes to the
-/// daemon alone, which then stops its children after the entries already read.
-fn die_with_parent(cmd: &mut Command) {
-    cmd.process_group(0);
-    let parent = std::process::id();
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid) are made.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent died before prctl took effect.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("parent exited"));
-            }
-            Ok(())
-        });
     }
 }
