@@ -216,7 +216,11 @@ impl<S: Progress> KeyTable<S> {
     /// Expires the keys queued at or before event time `now_ms`, and only those: `expire`
     /// forgets what the state no longer needs and says what is left. Returns the keys
     /// dropped. The cost is the number of keys due, however many are live.
-    pub fn expire(&mut self, now_ms: i64, mut expire: impl FnMut(&mut S) -> Expired) -> Vec<Fields> {
+    pub fn expire(
+        &mut self,
+        now_ms: i64,
+        mut expire: impl FnMut(&mut S) -> Expired,
+    ) -> Vec<Fields> {
         let mut due = Vec::new();
         while let Some((_, key)) = self.expiries.pop_due(now_ms) {
             due.push(key);

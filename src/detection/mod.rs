@@ -375,7 +375,12 @@ impl Detector {
     /// no further lines matched, so a replay can advance exactly there instead of in ticks.
     pub fn next_absence_due(&self) -> Option<DateTime<Utc>> {
         let mut due: Option<i64> = None;
-        for rule in &self.rules.rules {
+        let absences = self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, RuleKind::Absence { .. }));
+        for rule in absences {
             let Some(table) = self.tables.get(rule.id()) else {
                 continue;
             };
@@ -932,7 +937,10 @@ rules:
                     format!("a 10.0.0.{} u{}", rng.u32(0..ips), rng.u32(0..users))
                 };
                 let key = |h: &Hit| (h.rule.id().to_string(), h.key.clone(), h.crossed.clone());
-                let (a, b) = (feed(&mut queued, time, &text), feed(&mut every, time, &text));
+                let (a, b) = (
+                    feed(&mut queued, time, &text),
+                    feed(&mut every, time, &text),
+                );
                 assert_eq!(
                     a.iter().map(key).collect::<Vec<_>>(),
                     b.iter().map(key).collect::<Vec<_>>(),
