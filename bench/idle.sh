@@ -4,14 +4,15 @@
 # then over SECONDS prints its CPU use (share of one core), wake-ups per second (context
 # switches of all its threads) and resident memory; the same for a baseline daemon with
 # the same rules and no sources, run in the same invocation, and the ratios.
-# Usage: bench/idle.sh [SECONDS]   (default 30; needs curl; listens on 127.0.0.1:9733)
+# Usage: bench/idle.sh [SECONDS]   (default 30; needs curl; listens on 127.0.0.1:9733).
+# LOGWARDEN_BIN runs that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
 source bench/lib.sh
 
-cargo build --release --quiet --bin logwarden
-bin=$PWD/target/release/logwarden
+bin=$(realpath "${LOGWARDEN_BIN:-target/release/logwarden}")
+[ -n "${LOGWARDEN_BIN:-}" ] || cargo build --release --quiet --bin logwarden
 
 switches() {
   cat /proc/"$pid"/task/*/status 2>/dev/null |

@@ -15,7 +15,8 @@
 #              notification is written by the file receiver
 # and the ratios of the large run to the baseline.
 # Usage: bench/scale.sh [ATTACKERS] [BASELINE]   (default 20000 1000; needs curl;
-# listens on 127.0.0.1:9797)
+# listens on 127.0.0.1:9797). LOGWARDEN_BIN runs that binary instead of building one
+# (to compare two builds on the same machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 attackers=${1:-20000}
@@ -23,8 +24,8 @@ baseline=${2:-1000}
 port=9797
 source bench/lib.sh
 
-cargo build --release --quiet --bin logwarden
-bin=target/release/logwarden
+bin=${LOGWARDEN_BIN:-target/release/logwarden}
+[ -n "${LOGWARDEN_BIN:-}" ] || cargo build --release --quiet --bin logwarden
 
 metric_sum() {
   curl -sf -m 10 "http://127.0.0.1:$port/metrics" |

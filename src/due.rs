@@ -4,22 +4,76 @@
 //! (one per address of a distributed brute force), walking them all on every tick costs
 //! seconds. Each item instead has at most one due time here, updated whenever something
 //! that decides it changes, and a tick takes only the items whose time has come.
+//!
+//! [`DueSet`] is the ordered part alone, for owners that keep each item's due time next to
+//! the item anyway (the detector's key tables: a second map per key would cost memory per
+//! key); [`DueQueue`] adds that map for owners that do not.
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 
+/// Items ordered by due time. The caller remembers each item's time (to move or remove it)
+/// and keeps each item in at most once.
+#[derive(Debug)]
+pub struct DueSet<T, K> {
+    by_time: BTreeSet<(T, K)>,
+}
+
+impl<T: Ord, K: Ord> Default for DueSet<T, K> {
+    fn default() -> Self {
+        DueSet {
+            by_time: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy, K: Ord + Clone> DueSet<T, K> {
+    /// Adds `key`, due at `at`.
+    pub fn insert(&mut self, at: T, key: K) {
+        self.by_time.insert((at, key));
+    }
+
+    /// Removes `key`, which was added due at `at`.
+    pub fn remove(&mut self, at: T, key: &K) {
+        self.by_time.remove(&(at, key.clone()));
+    }
+
+    /// Removes and returns the earliest item if it is due at or before `now`.
+    pub fn pop_due(&mut self, now: T) -> Option<(T, K)> {
+        if self.by_time.first()?.0 > now {
+            return None;
+        }
+        self.by_time.pop_first()
+    }
+
+    /// The earliest due time.
+    pub fn next(&self) -> Option<T> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// How many items are in.
+    pub fn len(&self) -> usize {
+        self.by_time.len()
+    }
+
+    /// Whether nothing is in.
+    pub fn is_empty(&self) -> bool {
+        self.by_time.is_empty()
+    }
+}
+
 /// Items by the time they are next due; each item at most once.
 #[derive(Debug)]
 pub struct DueQueue<K> {
-    by_time: BTreeSet<(DateTime<Utc>, K)>,
+    by_time: DueSet<DateTime<Utc>, K>,
     at: HashMap<K, DateTime<Utc>>,
 }
 
 impl<K: Ord + Hash + Clone> Default for DueQueue<K> {
     fn default() -> Self {
         DueQueue {
-            by_time: BTreeSet::new(),
+            by_time: DueSet::default(),
             at: HashMap::new(),
         }
     }
@@ -29,10 +83,10 @@ impl<K: Ord + Hash + Clone> DueQueue<K> {
     /// Sets when `key` is next due, replacing any earlier schedule; `None` unschedules it.
     pub fn schedule(&mut self, key: K, due: Option<DateTime<Utc>>) {
         if let Some(old) = self.at.remove(&key) {
-            self.by_time.remove(&(old, key.clone()));
+            self.by_time.remove(old, &key);
         }
         if let Some(due) = due {
-            self.by_time.insert((due, key.clone()));
+            self.by_time.insert(due, key.clone());
             self.at.insert(key, due);
         }
     }
@@ -40,11 +94,7 @@ impl<K: Ord + Hash + Clone> DueQueue<K> {
     /// Removes and returns every item due at or before `now`, earliest first.
     pub fn take_due(&mut self, now: DateTime<Utc>) -> Vec<K> {
         let mut due = Vec::new();
-        while let Some((at, _)) = self.by_time.first() {
-            if *at > now {
-                break;
-            }
-            let (_, key) = self.by_time.pop_first().expect("first exists");
+        while let Some((_, key)) = self.by_time.pop_due(now) {
             self.at.remove(&key);
             due.push(key);
         }
@@ -58,7 +108,7 @@ impl<K: Ord + Hash + Clone> DueQueue<K> {
 
     /// The earliest due time.
     pub fn next(&self) -> Option<DateTime<Utc>> {
-        self.by_time.first().map(|(at, _)| *at)
+        self.by_time.next()
     }
 
     /// How many items are scheduled.
@@ -119,6 +169,23 @@ mod tests {
         q.schedule("b", None);
         assert!(q.take_due(t(100)).is_empty());
         assert!(q.is_empty() && q.next().is_none());
+    }
+
+    #[test]
+    fn a_due_set_pops_only_what_is_due_and_removes_by_its_time() {
+        let mut s = DueSet::default();
+        s.insert(5, "a");
+        s.insert(5, "b");
+        s.insert(9, "c");
+        s.remove(5, &"b");
+        s.remove(7, &"c"); // not its time: nothing removed
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.pop_due(4), None);
+        assert_eq!(s.pop_due(5), Some((5, "a")));
+        assert_eq!(s.pop_due(8), None);
+        assert_eq!(s.next(), Some(9));
+        assert_eq!(s.pop_due(9), Some((9, "c")));
+        assert!(s.is_empty());
     }
 
     /// Thousands of items scheduled: a tick with nothing due takes nothing, and each due

@@ -11,8 +11,18 @@
 //! probe into a flat table instead of unlinking and relinking list nodes scattered over the
 //! heap (which showed as cache misses on every match). Eviction takes a sixteenth of the
 //! table at once, found in one pass, so its cost per new key stays constant.
+//!
+//! States forget what falls out of their windows as event time passes, and a state left
+//! empty is dropped. The clock does this every second; with twenty thousand attackers'
+//! keys live, a pass over every key per tick was most of the daemon's CPU at rest. So each
+//! key is queued by the time its state next has something to forget ([`DueSet`]), and a
+//! tick visits only the keys whose time has come. The queue may hold a key earlier than
+//! its state needs (a key touched since is looked at, finds nothing to forget and is
+//! queued again later), never later: a match that makes the time earlier (a late line)
+//! moves the key up at once.
 
 use super::fields::Fields;
+use crate::due::DueSet;
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
 /// least one), so a flood pays one pass over the table per that many new keys.
@@ -24,23 +34,39 @@ pub trait Progress {
     fn progress(&self) -> usize;
 }
 
-/// One key's state, whether it changed since it was last stored, and when it was last
-/// touched; the key is kept in the entry too, so a lookup by `&str` can hand it out.
+/// The `queued` time of a key that is not in the expiry queue.
+const NOT_QUEUED: i64 = i64::MAX;
+
+/// One key's state, whether it changed since it was last stored, when it was last touched,
+/// and the time it is queued at for expiry ([`NOT_QUEUED`] if it is not); the key is kept
+/// in the entry too, so a lookup by `&str` can hand it out.
 #[derive(Debug)]
 struct Entry<S> {
     key: Fields,
     state: S,
     dirty: bool,
     touched: u64,
+    queued: i64,
 }
 
 /// State per key with recency, in a flat hash table (hashed like the detector's other
-/// maps).
+/// maps), and the keys by when their state next has something to forget.
 #[derive(Debug)]
 pub struct KeyTable<S> {
     entries: foldhash::HashMap<Fields, Entry<S>>,
+    expiries: DueSet<i64, Fields>,
     max_keys: usize,
     clock: u64,
+}
+
+/// What expiring a key's state left: nothing (the key goes), or a state that next has
+/// something to forget at this time (`None`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing is left; the key is dropped.
+    Gone,
+    /// The state stays, to be expired again at this event time.
+    Kept(Option<i64>),
 }
 
 /// What [`KeyTable::touch`] found or made.
@@ -53,6 +79,33 @@ pub struct Touched<'a, S> {
     pub newly_dirty: bool,
     /// Keys evicted to make room (usually none).
     pub evicted: Vec<Fields>,
+    queued: &'a mut i64,
+    expiries: &'a mut DueSet<i64, Fields>,
+}
+
+impl<S> Touched<'_, S> {
+    /// Says when the state, as changed by the caller, next has something to forget
+    /// (`None`: never). Call it after every change to the state: a key queued later than
+    /// this would keep state that a tick should have forgotten.
+    pub fn expires_at(&mut self, at: Option<i64>) {
+        queue_by(self.expiries, self.queued, self.key, at);
+    }
+}
+
+/// Queues `key` (queued at `*queued` now) at `at` if that is earlier. A later time is left
+/// for the tick: the key comes up at its old time, finds nothing to forget yet, and is
+/// queued again at its real time — one move per key and tick at most, instead of one per
+/// match.
+fn queue_by(expiries: &mut DueSet<i64, Fields>, queued: &mut i64, key: &Fields, at: Option<i64>) {
+    let Some(at) = at else { return };
+    if at >= *queued {
+        return;
+    }
+    if *queued != NOT_QUEUED {
+        expiries.remove(*queued, key);
+    }
+    expiries.insert(at, key.clone());
+    *queued = at;
 }
 
 impl<S: Progress> KeyTable<S> {
@@ -60,6 +113,7 @@ impl<S: Progress> KeyTable<S> {
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
             entries: foldhash::HashMap::default(),
+            expiries: DueSet::default(),
             max_keys: max_keys.max(1),
             clock: 0,
         }
@@ -67,7 +121,8 @@ impl<S: Progress> KeyTable<S> {
 
     /// The state of `key` (encoded [`Fields`]), marked as the most recently used and as
     /// changed; created with `make` when missing. A key already present costs one lookup
-    /// and no allocation.
+    /// and no allocation. The caller says when the changed state expires
+    /// ([`Touched::expires_at`]).
     pub fn touch(&mut self, key: &str, make: impl FnOnce() -> S) -> Touched<'_, S> {
         self.clock += 1;
         let mut evicted = Vec::new();
@@ -81,6 +136,7 @@ impl<S: Progress> KeyTable<S> {
                     state: make(),
                     dirty: false,
                     touched: 0,
+                    queued: NOT_QUEUED,
                 },
             );
         }
@@ -93,7 +149,18 @@ impl<S: Progress> KeyTable<S> {
             state: &mut entry.state,
             newly_dirty,
             evicted,
+            queued: &mut entry.queued,
+            expiries: &mut self.expiries,
         }
+    }
+
+    /// Removes a key and its place in the expiry queue.
+    fn remove(&mut self, key: &Fields) -> Option<Entry<S>> {
+        let entry = self.entries.remove(key)?;
+        if entry.queued != NOT_QUEUED {
+            self.expiries.remove(entry.queued, key);
+        }
+        Some(entry)
     }
 
     /// At the bound, removes a fraction of the table — the keys with the least progress,
@@ -112,7 +179,7 @@ impl<S: Progress> KeyTable<S> {
         ranks[..count].sort_unstable_by_key(|(rank, _)| *rank);
         let evicted: Vec<Fields> = ranks[..count].iter().map(|(_, k)| (*k).clone()).collect();
         for key in &evicted {
-            self.entries.remove(key);
+            self.remove(key);
         }
         evicted
     }
@@ -124,12 +191,15 @@ impl<S: Progress> KeyTable<S> {
         }
     }
 
-    /// Puts a key's state (as restored from the store), most recently used; returns the
-    /// keys evicted to make room.
-    pub fn insert(&mut self, key: Fields, state: S) -> Vec<Fields> {
+    /// Puts a key's state (as restored from the store), most recently used, queued for
+    /// expiry at `expires` (as [`Touched::expires_at`]); returns the keys evicted to make
+    /// room.
+    pub fn insert(&mut self, key: Fields, state: S, expires: Option<i64>) -> Vec<Fields> {
         self.clock += 1;
-        self.entries.remove(&key);
+        self.remove(&key);
         let evicted = self.make_room();
+        let mut queued = NOT_QUEUED;
+        queue_by(&mut self.expiries, &mut queued, &key, expires);
         self.entries.insert(
             key.clone(),
             Entry {
@@ -137,9 +207,46 @@ impl<S: Progress> KeyTable<S> {
                 state,
                 dirty: false,
                 touched: self.clock,
+                queued,
             },
         );
         evicted
+    }
+
+    /// Expires the keys queued at or before event time `now_ms`, and only those: `expire`
+    /// forgets what the state no longer needs and says what is left. Returns the keys
+    /// dropped. The cost is the number of keys due, however many are live.
+    pub fn expire(
+        &mut self,
+        now_ms: i64,
+        mut expire: impl FnMut(&mut S) -> Expired,
+    ) -> Vec<Fields> {
+        let mut due = Vec::new();
+        while let Some((_, key)) = self.expiries.pop_due(now_ms) {
+            due.push(key);
+        }
+        let mut removed = Vec::new();
+        for key in due {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            entry.queued = NOT_QUEUED;
+            match expire(&mut entry.state) {
+                Expired::Gone => {
+                    self.entries.remove(&key);
+                    removed.push(key);
+                }
+                // Taken out of the queue first, so a time that is (wrongly) not later than
+                // now is looked at on the next tick rather than again in this loop.
+                Expired::Kept(at) => queue_by(&mut self.expiries, &mut entry.queued, &key, at),
+            }
+        }
+        removed
+    }
+
+    /// When the earliest queued key is due for expiry.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.expiries.next()
     }
 
     /// A key's state without changing its recency.
@@ -147,7 +254,8 @@ impl<S: Progress> KeyTable<S> {
         self.entries.get(key).map(|e| &e.state)
     }
 
-    /// Every key and state, in no particular order.
+    /// Every key and state, in no particular order. A change that makes a state expire
+    /// earlier is not seen by the expiry queue: only for states that never expire (absence).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Fields, &mut S)> {
         self.entries.values_mut().map(|e| (&e.key, &mut e.state))
     }
@@ -162,12 +270,17 @@ impl<S: Progress> KeyTable<S> {
         self.entries.keys()
     }
 
-    /// Keeps the keys for which `keep` is true; returns the removed keys.
+    /// Keeps the keys for which `keep` is true, visiting every key; returns the removed
+    /// keys. `keep` may make a state expire later, never earlier.
     pub fn retain(&mut self, mut keep: impl FnMut(&Fields, &mut S) -> bool) -> Vec<Fields> {
         let mut removed = Vec::new();
+        let expiries = &mut self.expiries;
         self.entries.retain(|key, entry| {
             let kept = keep(key, &mut entry.state);
             if !kept {
+                if entry.queued != NOT_QUEUED {
+                    expiries.remove(entry.queued, key);
+                }
                 removed.push(key.clone());
             }
             kept
@@ -291,11 +404,84 @@ mod tests {
     #[test]
     fn retain_and_insert_keep_the_order_consistent() {
         let mut t = KeyTable::new(2);
-        t.insert(key(1), 1);
-        t.insert(key(2), 2);
+        t.insert(key(1), 1, None);
+        t.insert(key(2), 2, None);
         assert_eq!(t.retain(|_, s| *s != 1), vec![key(1)]);
-        assert!(t.insert(key(3), 3).is_empty());
-        assert_eq!(t.insert(key(4), 4), vec![key(2)]);
+        assert!(t.insert(key(3), 3, None).is_empty());
+        assert_eq!(t.insert(key(4), 4, None), vec![key(2)]);
         assert_eq!(t.len(), 2);
+    }
+
+    /// A state for the expiry tests: it forgets everything at `at`, and says so.
+    #[derive(Debug)]
+    struct Until(i64);
+
+    impl Progress for Until {
+        fn progress(&self) -> usize {
+            1
+        }
+    }
+
+    fn expire_until(now: i64, visits: &mut usize) -> impl FnMut(&mut Until) -> Expired + '_ {
+        move |state: &mut Until| {
+            *visits += 1;
+            if now >= state.0 {
+                Expired::Gone
+            } else {
+                Expired::Kept(Some(state.0))
+            }
+        }
+    }
+
+    #[test]
+    fn a_tick_with_many_live_keys_and_none_due_visits_no_key() {
+        let mut t = KeyTable::new(200_000);
+        for n in 0..100_000u32 {
+            let k = key(n);
+            let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+            touched.state.0 = 1_000 + i64::from(n % 7);
+            let at = touched.state.0;
+            touched.expires_at(Some(at));
+        }
+        let mut visits = 0;
+        for now in 0..1_000 {
+            assert!(t.expire(now, expire_until(now, &mut visits)).is_empty());
+        }
+        assert_eq!(visits, 0, "no key visited while none is due");
+        assert_eq!(t.next_expiry(), Some(1_000));
+        // At their times, exactly the due keys are visited, each once.
+        let gone = t.expire(1_000, expire_until(1_000, &mut visits));
+        assert_eq!(gone.len(), visits);
+        assert_eq!(visits, (0..100_000).filter(|n| n % 7 == 0).count());
+        let gone = t.expire(1_006, expire_until(1_006, &mut visits));
+        assert_eq!(t.len(), 0);
+        assert_eq!(visits, 100_000, "every key visited once: {}", gone.len());
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    #[test]
+    fn an_earlier_expiry_moves_a_key_up_and_a_later_one_waits_for_its_tick() {
+        let mut t = KeyTable::new(10);
+        let set = |t: &mut KeyTable<Until>, n: u32, at: i64| {
+            let k = key(n);
+            let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+            touched.state.0 = at;
+            touched.expires_at(Some(at));
+        };
+        set(&mut t, 1, 100);
+        set(&mut t, 1, 50);
+        assert_eq!(t.next_expiry(), Some(50));
+        set(&mut t, 1, 200);
+        // Still queued at 50: looked at then, found not due, queued at 200.
+        let mut visits = 0;
+        assert!(t.expire(60, expire_until(60, &mut visits)).is_empty());
+        assert_eq!((visits, t.next_expiry()), (1, Some(200)));
+        assert_eq!(t.expire(200, expire_until(200, &mut visits)), vec![key(1)]);
+        // Evicted and re-inserted keys leave nothing behind in the queue.
+        t.insert(key(2), Until(300), Some(300));
+        t.insert(key(2), Until(400), Some(400));
+        assert_eq!(t.next_expiry(), Some(400));
+        t.retain(|_, _| false);
+        assert_eq!(t.next_expiry(), None);
     }
 }

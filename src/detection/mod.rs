@@ -21,7 +21,7 @@ use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
-use keys::KeyTable;
+use keys::{Expired, KeyTable};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
 pub use matching::{Found, FoundLine, Matched, Matchers};
@@ -289,13 +289,13 @@ impl Detector {
             let evidence = line_evidence
                 .get_or_insert_with(|| Evidence::from_line(line, time))
                 .clone();
-            let touched =
+            let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let key = touched.key.clone();
-            let (state, evicted) = (touched.state, touched.evicted);
+            let evicted = std::mem::take(&mut touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
-            let observed = state.observe(
+            let observed = touched.state.observe(
                 &rule.kind,
                 Event {
                     time_ms,
@@ -304,6 +304,8 @@ impl Detector {
                     captures,
                 },
             );
+            let expires = touched.state.expiry_ms(&rule.kind);
+            touched.expires_at(expires);
             if !evicted.is_empty() {
                 *evictions.entry(rule.id().to_string()).or_default() += evicted.len() as u64;
                 for old in &evicted {
@@ -373,7 +375,12 @@ impl Detector {
     /// no further lines matched, so a replay can advance exactly there instead of in ticks.
     pub fn next_absence_due(&self) -> Option<DateTime<Utc>> {
         let mut due: Option<i64> = None;
-        for rule in &self.rules.rules {
+        let absences = self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, RuleKind::Absence { .. }));
+        for rule in absences {
             let Some(table) = self.tables.get(rule.id()) else {
                 continue;
             };
@@ -387,14 +394,23 @@ impl Detector {
     }
 
     /// Forgets state that can no longer contribute at event time `now`, so memory follows
-    /// live keys rather than every key ever seen.
+    /// live keys rather than every key ever seen. Visits only the keys whose state has
+    /// something to forget by `now` (queued by [`KeyState::expiry_ms`]): a tick costs the
+    /// keys that expire, not the keys that live.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
         for rule in &self.rules.rules {
             let Some(table) = self.tables.get_mut(rule.id()) else {
                 continue;
             };
-            for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
+            let gone = table.expire(now_ms, |state| {
+                if state.expire(&rule.kind, now_ms) {
+                    Expired::Gone
+                } else {
+                    Expired::Kept(state.expiry_ms(&rule.kind))
+                }
+            });
+            for key in gone {
                 mark(&mut self.dirty, rule.id(), &key);
             }
         }
@@ -453,7 +469,8 @@ impl Detector {
         for (rule, id, state) in fresh {
             let key = Fields::from_map(&id.key);
             // More saved keys than max_keys allows now: the oldest go.
-            for old in Self::table(&mut self.tables, &rule).insert(key, state) {
+            let expires = state.expiry_ms(&rule.kind);
+            for old in Self::table(&mut self.tables, &rule).insert(key, state, expires) {
                 stale.push(WindowId {
                     rule: id.rule.clone(),
                     rule_hash: id.rule_hash.clone(),
@@ -815,5 +832,144 @@ rules:
             opened(&feed(&mut same, T0, "from 1.1.1.1")),
             vec![("flood", 3)]
         );
+    }
+
+    /// Every expiring kind on one line format, with a small key bound so eviction (which
+    /// ranks keys by what expiry left them) takes part too.
+    const EXPIRING: &str = r#"
+rules:
+  - id: threshold
+    match: 'a (?P<ip>\S+) (?P<user>\S+)'
+    group_by: [ip]
+    threshold: {count: 4, within: 30s}
+    max_keys: 12
+    severity: low
+  - id: distinct
+    match: 'a (?P<ip>\S+) (?P<user>\S+)'
+    group_by: [ip]
+    distinct: {field: user, count: 4, within: 20s}
+    severity: low
+  - id: spike
+    match: 'a (?P<ip>\S+) (?P<user>\S+)'
+    group_by: [user]
+    spike: {window: 10s, baseline: 2, factor: 3, min_count: 3}
+    severity: low
+  - id: sequence
+    group_by: [ip]
+    sequence:
+      within: 40s
+      steps:
+        - {match: 'a (?P<ip>\S+) ', count: 2}
+        - {match: 'b (?P<ip>\S+)'}
+    severity: low
+"#;
+
+    /// The expiry this replaced, kept as the reference: every key of every rule, each tick.
+    fn expire_every_key(d: &mut Detector, now: DateTime<Utc>) {
+        let now_ms = now.timestamp_millis();
+        for rule in &d.rules.rules {
+            let Some(table) = d.tables.get_mut(rule.id()) else {
+                continue;
+            };
+            for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
+                mark(&mut d.dirty, rule.id(), &key);
+            }
+        }
+    }
+
+    /// Every rule's keys and states, in order.
+    fn snapshot(d: &Detector) -> BTreeMap<(String, Fields), KeyState> {
+        d.tables
+            .iter()
+            .flat_map(|(rule, table)| {
+                table
+                    .keys()
+                    .map(|k| ((rule.clone(), k.clone()), table.get(k).unwrap().clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// What a commit would store: each changed key with its state (`None`: deleted).
+    fn dirty(d: &mut Detector) -> Vec<(String, Key, Option<KeyState>)> {
+        let mut dirty: Vec<_> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id.rule, id.key, s.cloned()))
+            .collect();
+        dirty.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        dirty
+    }
+
+    /// Random lines (a fifth of them late, some past every window) and clock ticks (now and
+    /// then a step back) into a detector expiring through its queue and one expiring every
+    /// key: the same keys go at the same ticks, with the same states, hits, stored changes
+    /// and evictions.
+    #[test]
+    fn queued_expiry_forgets_exactly_what_a_pass_over_every_key_forgets() {
+        for seed in 0..12 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let set = rules(EXPIRING);
+            let mut queued = Detector::new(set.clone(), &["auth".into()]);
+            let mut every = Detector::new(set, &["auth".into()]);
+            let (ips, users) = (rng.u32(2..40), rng.u32(1..8));
+            let mut clock = T0;
+            let mut expired = 0;
+            for _ in 0..1_500 {
+                if rng.u8(0..10) == 0 {
+                    clock += rng.i64(-2_000..8_000);
+                    queued.expire(at(clock));
+                    expire_every_key(&mut every, at(clock));
+                    assert_eq!(snapshot(&queued), snapshot(&every), "seed {seed}");
+                    let changed = dirty(&mut queued);
+                    expired += changed.iter().filter(|c| c.2.is_none()).count();
+                    assert_eq!(changed, dirty(&mut every), "seed {seed}");
+                    continue;
+                }
+                let time = match rng.u8(0..10) {
+                    0 => clock - rng.i64(0..60_000),
+                    1 => clock - rng.i64(0..5_000),
+                    _ => clock + rng.i64(0..1_000),
+                };
+                let text = if rng.u8(0..6) == 0 {
+                    format!("b 10.0.0.{}", rng.u32(0..ips))
+                } else {
+                    format!("a 10.0.0.{} u{}", rng.u32(0..ips), rng.u32(0..users))
+                };
+                let key = |h: &Hit| (h.rule.id().to_string(), h.key.clone(), h.crossed.clone());
+                let (a, b) = (
+                    feed(&mut queued, time, &text),
+                    feed(&mut every, time, &text),
+                );
+                assert_eq!(
+                    a.iter().map(key).collect::<Vec<_>>(),
+                    b.iter().map(key).collect::<Vec<_>>(),
+                    "seed {seed}"
+                );
+            }
+            assert_eq!(queued.take_evictions(), every.take_evictions());
+            assert!(expired > 0, "seed {seed}: the run expired keys");
+        }
+    }
+
+    /// A detector restored from the store queues its keys too: they expire on time.
+    #[test]
+    fn restored_keys_expire_at_their_time() {
+        let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
+        feed(&mut d, T0, "a 10.0.0.1 u1");
+        let saved: Vec<SavedWindow> = d
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
+            .collect();
+        let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
+        assert!(d.restore(saved).is_empty());
+        let live = d.live_keys();
+        d.expire(at(T0 + 20_000));
+        assert_eq!(d.live_keys(), live, "nothing is older than its window yet");
+        d.expire(at(T0 + 30_001));
+        assert_eq!(d.live_keys(), 1, "only the sequence's 40 s are left");
+        d.expire(at(T0 + 40_001));
+        assert_eq!(d.live_keys(), 0);
     }
 }

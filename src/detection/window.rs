@@ -58,6 +58,11 @@ impl<T> SlidingWindow<T> {
         }
     }
 
+    /// Time of the oldest event.
+    pub fn oldest(&self) -> Option<i64> {
+        self.events.front().map(|(t, _)| *t)
+    }
+
     /// Time of the newest event.
     pub fn newest(&self) -> Option<i64> {
         self.events.back().map(|(t, _)| *t)

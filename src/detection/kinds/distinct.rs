@@ -110,6 +110,15 @@ impl Distinct {
         self.values.is_empty()
     }
 
+    /// See [`super::KeyState::expiry_ms`]: when the value seen longest ago leaves.
+    pub(super) fn expiry_ms(&self, within_ms: i64) -> i64 {
+        self.values
+            .iter()
+            .map(|(_, (t, _))| *t)
+            .min()
+            .map_or(i64::MIN, |t| super::forgotten_after(t, within_ms))
+    }
+
     pub(super) fn last_ms(&self) -> i64 {
         self.values
             .iter()

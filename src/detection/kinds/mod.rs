@@ -220,6 +220,36 @@ impl KeyState {
         }
     }
 
+    /// The earliest event time at which [`KeyState::expire`] would forget something:
+    /// `i64::MIN` when it would drop the key at once, `None` when it never forgets anything
+    /// (absence). Exact, not merely early: the detector queues each key by it, so a clock
+    /// tick visits only keys with something to forget (see [`super::keys`]). Every kind
+    /// forgets what is older than a bound that grows with the time, so once this time has
+    /// come, every later one would forget too.
+    pub fn expiry_ms(&self, kind: &RuleKind) -> Option<i64> {
+        match (self, kind) {
+            (KeyState::Threshold(s), RuleKind::Threshold { within_ms, .. }) => {
+                Some(s.expiry_ms(*within_ms))
+            }
+            (
+                KeyState::Spike(s),
+                RuleKind::Spike {
+                    window_ms,
+                    baseline,
+                    ..
+                },
+            ) => Some(s.expiry_ms(*window_ms, *baseline)),
+            (KeyState::Absence(_), _) => None,
+            (KeyState::Sequence(s), RuleKind::Sequence { within_ms, .. }) => {
+                Some(s.expiry_ms(*within_ms))
+            }
+            (KeyState::Distinct(s), RuleKind::Distinct { within_ms, .. }) => {
+                Some(s.expiry_ms(*within_ms))
+            }
+            _ => Some(i64::MIN),
+        }
+    }
+
     /// Time of the latest thing the state remembers (orders keys by recency on restore).
     pub fn last_ms(&self) -> i64 {
         match self {
@@ -237,6 +267,12 @@ impl KeyState {
             _ => std::mem::discriminant(self) == std::mem::discriminant(&KeyState::new(kind, 0)),
         }
     }
+}
+
+/// The first time at which something seen at `t_ms` is older than `within_ms`: what the
+/// kinds forget is what lies strictly before `now - within`.
+fn forgotten_after(t_ms: i64, within_ms: i64) -> i64 {
+    t_ms.saturating_add(within_ms).saturating_add(1)
 }
 
 /// Appends to a bounded evidence list: past the bound, the middle goes (the first lines show

@@ -173,6 +173,19 @@ impl Sequence {
             .all(|s| s.recent.is_empty() && s.done.is_none())
     }
 
+    /// See [`super::KeyState::expiry_ms`]: expiry looks at each step's first match (in
+    /// arrival order) and its completion, so the earliest of those leaves first.
+    pub(super) fn expiry_ms(&self, within_ms: i64) -> i64 {
+        self.steps
+            .iter()
+            .flat_map(|s| {
+                let first = s.recent.front().map(|(t, _, _)| *t);
+                first.into_iter().chain(s.done.as_ref().map(|p| p.start_ms))
+            })
+            .min()
+            .map_or(i64::MIN, |t| super::forgotten_after(t, within_ms))
+    }
+
     pub(super) fn last_ms(&self) -> i64 {
         self.steps
             .iter()

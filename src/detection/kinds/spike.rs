@@ -121,6 +121,16 @@ impl Spike {
         self.windows.is_empty()
     }
 
+    /// See [`super::KeyState::expiry_ms`]: the oldest window is forgotten once the
+    /// current window is `baseline + 1` windows later.
+    pub(super) fn expiry_ms(&self, window_ms: i64, baseline: u32) -> i64 {
+        self.windows.front().map_or(i64::MIN, |(index, _)| {
+            index
+                .saturating_add(i64::from(baseline) + 1)
+                .saturating_mul(window_ms)
+        })
+    }
+
     pub(super) fn held(&self) -> usize {
         self.windows.back().map_or(0, |(_, n)| *n as usize)
     }

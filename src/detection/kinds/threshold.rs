@@ -1,6 +1,6 @@
 //! `threshold`: `count` matches for one key within `within`.
 
-use super::{Event, Observed};
+use super::{Event, Observed, forgotten_after};
 use crate::detection::window::SlidingWindow;
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
@@ -33,6 +33,14 @@ impl Threshold {
     pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
         self.window.expire(now_ms - within_ms);
         self.window.is_empty()
+    }
+
+    /// See [`super::KeyState::expiry_ms`]: the oldest match leaves the window one
+    /// millisecond after `within` has passed.
+    pub(super) fn expiry_ms(&self, within_ms: i64) -> i64 {
+        self.window
+            .oldest()
+            .map_or(i64::MIN, |t| forgotten_after(t, within_ms))
     }
 
     pub(super) fn held(&self) -> usize {
