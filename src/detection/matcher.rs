@@ -27,6 +27,7 @@ use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 use std::cmp::Reverse;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Compiled-size budget of one source's combined pattern set.
@@ -155,6 +156,11 @@ struct Gate {
     always: Vec<usize>,
     /// Per distinct pattern: the line its sets were last seen on, and which were.
     seen: Vec<(u64, u8)>,
+    /// The same literals, searched for the first one only (leftmost, so the automaton
+    /// can skip ahead on its SIMD prefilter): one pass over a whole run of lines names the
+    /// lines that hold any literal ([`Gate::screen`]). `None` when a literal holds a newline
+    /// (it could span two lines) or no pattern has one.
+    screen: Option<AhoCorasick>,
 }
 
 impl Gate {
@@ -204,12 +210,56 @@ impl Gate {
                 }
             }
         };
+        let screen = if literals.is_none() || literal_list.iter().any(|l| l.contains(&b'\n')) {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(LiteralMatchKind::LeftmostFirst)
+                .build(&literal_list)
+                .ok()
+        };
         Gate {
             literals,
             admits,
             needed,
             always,
             seen: vec![(u64::MAX, 0); texts.len()],
+            screen,
+        }
+    }
+
+    /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
+    /// a candidate: every line when some pattern has no literal or there is no screen,
+    /// else the lines holding a literal, found in one pass over `text` from the first
+    /// line's start to the last line's end. `lines` must be in order and each followed in
+    /// `text` by a newline before the next starts: no literal holds one, so no match spans
+    /// two lines, and a leftmost search that skips past one match cannot skip a line.
+    /// A literal in the part of a line beyond its range (a cut line's tail, a `\r`) marks
+    /// it too: marking is a superset, [`Gate::admit`] decides.
+    fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
+        marked.clear();
+        let (Some(screen), true, Some(first), Some(last)) = (
+            &self.screen,
+            self.always.is_empty(),
+            lines.first(),
+            lines.last(),
+        ) else {
+            marked.resize(lines.len(), true);
+            return;
+        };
+        marked.resize(lines.len(), false);
+        let mut line = 0;
+        let input = aho_corasick::Input::new(&text[..last.end]).span(first.start..last.end);
+        for found in screen.find_iter(input) {
+            // The line the match starts in (or the first after it, when it starts in a
+            // gap: then it cannot lie in any line, and the mark is only a superset).
+            while line < lines.len() && lines[line].end < found.start() {
+                line += 1;
+            }
+            let Some(range) = lines.get(line) else { break };
+            if found.start() >= range.start {
+                marked[line] = true;
+            }
         }
     }
 
@@ -347,6 +397,18 @@ impl SourceMatcher {
             line: 0,
             cache,
             found,
+        }
+    }
+
+    /// Marks the lines of a run that may have candidates (see [`Gate::screen`]): with the
+    /// combined set, every line.
+    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
+        match &self.gate {
+            Some(gate) if !self.rules.is_empty() => gate.screen(text, lines, marked),
+            _ => {
+                marked.clear();
+                marked.resize(lines.len(), !self.rules.is_empty());
+            }
         }
     }
 
