@@ -7,7 +7,8 @@
 # previous design (`prev`: combined-set front end, `regex` crate captures) and the
 # detector's (`cur`: literal gate followed directly by captures on PCRE2's JIT). Then
 # `logwarden replay` with the shipped rules over the attack-heavy log: lines/s on 1 thread
-# and on every core, both designs, peak RSS.
+# and on every core, both designs, peak RSS, and the ratio to mtail running the same
+# brute-force rule (bench/ssh-bruteforce.mtail) when mtail is installed.
 # Usage: bench/run.sh [LINES]
 #
 #   attack-heavy  the generated sshd/PAM/sudo/cron log of a host under brute force
@@ -109,11 +110,33 @@ for log in attack-heavy benign-heavy; do
 done
 
 # logwarden replay, the shipped rules, the attack-heavy log: 1 thread and every core, in
-# both designs; "vs prev" is the row over the previous design on one thread.
-printf '\n%-13s %-7s %-8s %12s %9s %9s %10s %7s\n' \
-  log threads design lines/s seconds peak_MiB "vs grep -c" "vs prev"
+# both designs. "vs prev" is the row over the previous design with as many threads, "vs 1"
+# over the same design on one thread; "vs mtail" is over mtail running the ssh-bruteforce
+# rule's event-time window program (bench/ssh-bruteforce.mtail) on the same file, when
+# mtail is installed (`apt-get install mtail`; it uses every core).
 file="$work/attack-heavy.log"
-prev_rate=
+count=$(wc -l <"$file")
+mtail_rate=
+if command -v mtail >/dev/null; then
+  mkdir -p "$work/mtail"
+  cp bench/ssh-bruteforce.mtail "$work/mtail/"
+  start=$(date +%s.%N)
+  cmd=(mtail --one_shot --one_shot_format=prometheus --progs "$work/mtail" --logs "$file")
+  [ -x /usr/bin/time ] && cmd=(/usr/bin/time -f %M -o "$work/rss" "${cmd[@]}")
+  "${cmd[@]}" >"$work/mtail.out" 2>"$work/mtail.err"
+  end=$(date +%s.%N)
+  mtail_rate=$(calc "$count / ($end - $start)")
+  rss=-
+  [ -s "$work/rss" ] && rss=$(printf '%.0f' "$(calc "$(tail -1 "$work/rss") / 1024")")
+  rm -f "$work/rss"
+  read_lines=$(grep -E '^lines_read' "$work/mtail.out" | awk '{ print $2 }')
+  echo "mtail (ssh-bruteforce window program, $cores cores): $(printf '%.0f' "$mtail_rate") lines/s, ${read_lines:-?} lines read, peak ${rss} MiB"
+else
+  echo "mtail not installed: no ratio to it (apt-get install mtail)"
+fi
+printf '\n%-13s %-7s %-8s %12s %9s %9s %10s %7s %7s %8s\n' \
+  log threads design lines/s seconds peak_MiB "vs grep -c" "vs prev" "vs 1" "vs mtail"
+declare -A rates
 for design in previous current; do
   for threads in 1 "$cores"; do
     cmd=("$logwarden" replay --json --config "$work/no-config.yaml" --rules rules
@@ -125,8 +148,14 @@ for design in previous current; do
     rm -f "$work/rss"
     rate=$(echo "$out" | sed -E 's/.*"lines_per_second":([0-9.]+).*/\1/')
     secs=$(echo "$out" | sed -E 's/.*"seconds":([0-9.]+).*/\1/')
-    [ -z "$prev_rate" ] && prev_rate=$rate
-    printf '%-13s %-7s %-8s %12.0f %9.3f %9s %10.3f %7.2f\n' replay "$threads" "$design" \
-      "$rate" "$secs" "$rss" "$(calc "$rate / $grep_attack")" "$(calc "$rate / $prev_rate")"
+    rates[$design/$threads]=$rate
+    prev=${rates[previous/$threads]}
+    one=${rates[$design/1]}
+    vs_mtail=-
+    [ -n "$mtail_rate" ] && vs_mtail=$(printf '%.2f' "$(calc "$rate / $mtail_rate")")
+    printf '%-13s %-7s %-8s %12.0f %9.3f %9s %10.3f %7.2f %7.2f %8s\n' replay "$threads" "$design" \
+      "$rate" "$secs" "$rss" "$(calc "$rate / $grep_attack")" "$(calc "$rate / $prev")" \
+      "$(calc "$rate / $one")" "$vs_mtail"
   done
 done
+echo "machine load (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -158,6 +158,12 @@ fn the_benchmark_script_prints_both_stages_for_every_rule_count() {
     for row in &replay {
         let rate: f64 = row[3].parse().expect("lines/s");
         let to_prev: f64 = row[7].parse().expect("ratio to previous");
-        assert!(rate > 0.0 && to_prev > 0.0, "{stdout}");
+        let to_one: f64 = row[8].parse().expect("ratio to one thread");
+        assert!(rate > 0.0 && to_prev > 0.0 && to_one > 0.0, "{stdout}");
+        // The ratio to mtail when it is installed, else a dash.
+        assert!(
+            row[9] == "-" || row[9].parse::<f64>().is_ok_and(|r| r > 0.0),
+            "{stdout}"
+        );
     }
 }

@@ -10,7 +10,7 @@ mod support;
 use chrono::{DateTime, Utc};
 use logwarden::detection::capture::{CaptureRegex, Engine};
 use logwarden::detection::matcher::{Design, Front};
-use logwarden::detection::{Detector, Hit, literals};
+use logwarden::detection::{Detector, Found, Hit, Matchers, literals};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
 use std::path::Path;
@@ -213,6 +213,111 @@ fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_co
         assert!(generated_hits > 5_000, "{generated_hits}");
         assert!(corpus.is_empty() || corpus_hits > 500, "{corpus_hits}");
         assert!(fuzzed_hits > 2_000, "{fuzzed_hits}");
+    }
+}
+
+/// What a line's matches say: rule, step, captures and key, in order.
+fn found_line(found: &Found, i: usize) -> Vec<(String, usize, String, String)> {
+    let line = found.line(i);
+    line.matches
+        .iter()
+        .map(|m| {
+            (
+                m.rule.id().to_string(),
+                m.step,
+                line.text[m.captures.clone()].to_string(),
+                line.text[m.key.clone()].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// One literal pass over a whole piece of lines, then the gate and captures of the lines
+/// it names (`Matchers::find_run`, what `replay` runs), finds exactly what the gate finds
+/// line by line (`Matchers::find`, what the daemon runs): over generated, corpus and fuzzed
+/// lines, ended by LF or CRLF, some cut before their end (a literal beyond the cut must
+/// not count), pieces of many sizes (lines at every piece boundary), a piece's first line
+/// empty and its last line without a newline, at 10, 100 and 500 rules.
+#[test]
+fn one_pass_over_a_piece_finds_what_the_gate_finds_line_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_lines();
+    let mut rng = support::Rng::new(5);
+    let generated: Vec<Vec<u8>> = (0..6_000)
+        .map(|i| support::auth_line(i, &mut rng).into_bytes())
+        .collect();
+    let bases: Vec<Vec<u8>> = corpus.iter().chain(&generated).cloned().collect();
+    for total in [10, 100, 500] {
+        let rules = dir.path().join(format!("rules-{total}"));
+        support::write_rules(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            &rules,
+            total,
+        )
+        .unwrap();
+        let set = RuleSet::load(&[rules], &RuleContext::default()).expect("rules load");
+        let mut lines = vec![Vec::new()];
+        lines.extend(fuzzed_lines(&set, &bases, 6_000));
+        lines.extend(bases.iter().cloned());
+        let set = Arc::new(set);
+        // The piece: every line followed by a newline (every third by CRLF) but the last;
+        // every seventh line's range cut 30 bytes short.
+        let mut text = Vec::new();
+        let mut ranges = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let start = text.len();
+            text.extend_from_slice(line);
+            let end = if i % 7 == 3 {
+                start + line.len().saturating_sub(30)
+            } else {
+                text.len()
+            };
+            ranges.push(start..end);
+            if i + 1 < lines.len() {
+                text.extend_from_slice(if i % 3 == 0 { b"\r\n" } else { b"\n" });
+            }
+        }
+        let sources = ["auth".to_string()];
+        let mut by_line = Matchers::new(set.clone(), &sources, Design::CURRENT);
+        let mut expected = Found::default();
+        for range in &ranges {
+            let line = LogLine {
+                source: "auth".into(),
+                path: "auth.log".into(),
+                offset: 0,
+                bytes: text[range.clone()].to_vec(),
+                arrival: DateTime::from_timestamp_millis(T0).unwrap(),
+                time: None,
+            };
+            by_line.find(&line, &mut expected);
+        }
+        let mut by_run = Matchers::new(set, &sources, Design::CURRENT);
+        let mut found = Found::default();
+        let (mut start, mut matched) = (0, 0);
+        for size in [1usize, 2, 3, 5, 64, 1_000, 4_096].iter().cycle() {
+            if start == ranges.len() {
+                break;
+            }
+            let end = (start + size).min(ranges.len());
+            by_run.find_run("auth", &text, &ranges[start..end], &mut found);
+            for (i, line) in (start..end).enumerate() {
+                let got = found_line(&found, i);
+                assert_eq!(
+                    got,
+                    found_line(&expected, line),
+                    "{total} rules, line {line}: {:?}",
+                    String::from_utf8_lossy(&text[ranges[line].clone()])
+                );
+                matched += usize::from(!got.is_empty());
+            }
+            found.clear();
+            start = end;
+        }
+        eprintln!(
+            "{total} rules: {matched} of {} lines matched alike",
+            ranges.len()
+        );
+        assert!(matched > 3_000, "{matched}");
     }
 }
 

@@ -27,6 +27,7 @@ use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 use std::cmp::Reverse;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Compiled-size budget of one source's combined pattern set.
@@ -155,6 +156,11 @@ struct Gate {
     always: Vec<usize>,
     /// Per distinct pattern: the line its sets were last seen on, and which were.
     seen: Vec<(u64, u8)>,
+    /// One required set per pattern ([`Gate::screen_automaton`]), searched for the first
+    /// match only: one pass over a whole run of lines names the lines that may hold a
+    /// candidate ([`Gate::screen`]). `None` when some pattern has no literal or a literal
+    /// holds a newline (it could span two lines).
+    screen: Option<AhoCorasick>,
 }
 
 impl Gate {
@@ -204,12 +210,90 @@ impl Gate {
                 }
             }
         };
+        let screen = Self::screen_automaton(texts, &always);
         Gate {
             literals,
             admits,
             needed,
             always,
             seen: vec![(u64::MAX, 0); texts.len()],
+            screen,
+        }
+    }
+
+    /// The screen's automaton: per pattern, only its most selective required set (the one
+    /// whose shortest literal is longest: a line must hold one of each set, so one set is
+    /// enough to rule a line out), so that common literals of a pattern's other sets
+    /// (` from `, ` port `) do not name nearly every line. `None` when some pattern has no
+    /// literal (every line is a candidate) or a literal holds a newline.
+    fn screen_automaton(texts: &[&str], always: &[usize]) -> Option<AhoCorasick> {
+        if !always.is_empty() {
+            return None;
+        }
+        let mut chosen: Vec<Vec<u8>> = Vec::new();
+        for text in texts {
+            let sets = literals::required(text)?;
+            let best = sets
+                .into_iter()
+                .max_by_key(|set| set.iter().map(Vec::len).min().unwrap_or(0))?;
+            chosen.extend(best);
+        }
+        chosen.sort();
+        chosen.dedup();
+        if chosen.iter().any(|l| l.contains(&b'\n')) {
+            return None;
+        }
+        AhoCorasick::builder()
+            .match_kind(LiteralMatchKind::Standard)
+            // Every byte of a line without a literal is visited: the fastest automaton
+            // per byte.
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&chosen)
+            .ok()
+    }
+
+    /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
+    /// a candidate: every line when there is no screen, else the lines holding a literal
+    /// of the screen, found in one pass over `text` from the first line's start to the
+    /// last line's end (a marked line's rest is skipped: the gate reads it). `lines` must
+    /// be in order and each followed in `text` by a newline before the next starts: no
+    /// literal holds one, so no match spans two lines, and a search that goes on after one
+    /// match cannot skip a line.
+    /// A literal in the part of a line beyond its range (a cut line's tail, a `\r`) marks
+    /// it too: marking is a superset, [`Gate::admit`] decides.
+    fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
+        marked.clear();
+        let (Some(screen), Some(first), Some(last)) = (&self.screen, lines.first(), lines.last())
+        else {
+            marked.resize(lines.len(), true);
+            return;
+        };
+        marked.resize(lines.len(), false);
+        let text = &text[..last.end];
+        let mut line = 0;
+        let mut at = first.start;
+        while at < text.len() {
+            let Some(found) = screen.find(aho_corasick::Input::new(text).span(at..text.len()))
+            else {
+                break;
+            };
+            // The line the match starts in (or the first after it, when it starts in a
+            // gap: then it cannot lie in any line, and the mark is only a superset).
+            while line < lines.len() && lines[line].end < found.start() {
+                line += 1;
+            }
+            let Some(range) = lines.get(line) else { break };
+            if found.start() < range.start {
+                at = found.end();
+                continue;
+            }
+            marked[line] = true;
+            // The rest of a marked line is the gate's: go on from the next line.
+            line += 1;
+            match lines.get(line) {
+                Some(next) => at = next.start.max(found.end()),
+                None => break,
+            }
         }
     }
 
@@ -347,6 +431,18 @@ impl SourceMatcher {
             line: 0,
             cache,
             found,
+        }
+    }
+
+    /// Marks the lines of a run that may have candidates (see [`Gate::screen`]): with the
+    /// combined set, every line.
+    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
+        match &self.gate {
+            Some(gate) if !self.rules.is_empty() => gate.screen(text, lines, marked),
+            _ => {
+                marked.clear();
+                marked.resize(lines.len(), !self.rules.is_empty());
+            }
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Matchers {
     /// Encoded captures and key of the current match, reused for every match.
     capture_text: String,
     key_text: String,
+    /// Which lines of a run may have candidates, reused for every run.
+    marked: Vec<bool>,
 }
 
 impl Matchers {
@@ -93,6 +95,7 @@ impl Matchers {
             candidates: Vec::new(),
             capture_text: String::new(),
             key_text: String::new(),
+            marked: Vec::new(),
         }
     }
 
@@ -106,25 +109,82 @@ impl Matchers {
     /// that matches and whose rule's exceptions (`ignore`, `allow`, `only`) do not exclude
     /// it, in the order the detector counts them.
     pub fn find(&mut self, line: &LogLine, found: &mut Found) {
-        let source = line.source.as_ref();
-        if !self.by_source.contains_key(source) {
-            let matcher = SourceMatcher::with_design(&self.rules, source, self.design);
-            self.by_source.insert(source.to_string(), matcher);
+        let matcher =
+            Self::source_matcher(&mut self.by_source, &self.rules, self.design, &line.source);
+        Self::find_in(
+            matcher,
+            &mut self.candidates,
+            &mut self.capture_text,
+            &mut self.key_text,
+            &line.bytes,
+            found,
+        );
+    }
+
+    /// Records the matches of a run of lines of one source as the next lines of `found`,
+    /// as [`Matchers::find`] would one by one: one pass over the run's text first names the
+    /// lines that hold a literal of some pattern, and only those are read further (the
+    /// others cost that pass alone). `lines` are the lines' ranges in `text`, in order,
+    /// each followed by a newline before the next starts (as a log's lines are).
+    pub fn find_run(
+        &mut self,
+        source: &str,
+        text: &[u8],
+        lines: &[Range<usize>],
+        found: &mut Found,
+    ) {
+        let matcher = Self::source_matcher(&mut self.by_source, &self.rules, self.design, source);
+        let mut marked = std::mem::take(&mut self.marked);
+        matcher.screen(text, lines, &mut marked);
+        for (range, &marked) in lines.iter().zip(&marked) {
+            if marked {
+                Self::find_in(
+                    matcher,
+                    &mut self.candidates,
+                    &mut self.capture_text,
+                    &mut self.key_text,
+                    &text[range.clone()],
+                    found,
+                );
+            } else {
+                found.ends.push(found.matches.len());
+            }
         }
-        let matcher = self.by_source.get_mut(source).expect("present");
+        self.marked = marked;
+    }
+
+    /// The matcher of `source`, made on its first line.
+    fn source_matcher<'a>(
+        by_source: &'a mut FastMap<String, SourceMatcher>,
+        rules: &RuleSet,
+        design: Design,
+        source: &str,
+    ) -> &'a mut SourceMatcher {
+        if !by_source.contains_key(source) {
+            let matcher = SourceMatcher::with_design(rules, source, design);
+            by_source.insert(source.to_string(), matcher);
+        }
+        by_source.get_mut(source).expect("present")
+    }
+
+    /// [`Matchers::find`] of `bytes` with `matcher`, in reused buffers.
+    fn find_in(
+        matcher: &mut SourceMatcher,
+        candidates: &mut Vec<(usize, usize)>,
+        captures: &mut String,
+        key: &mut String,
+        bytes: &[u8],
+        found: &mut Found,
+    ) {
         if !matcher.rules.is_empty() {
-            matcher.candidates(&line.bytes, &mut self.candidates);
-            for &(index, step) in &self.candidates {
-                let (captures, key) = (&mut self.capture_text, &mut self.key_text);
-                if !matcher.read(index, step, &line.bytes, captures, key) {
+            matcher.candidates(bytes, candidates);
+            for &(index, step) in candidates.iter() {
+                if !matcher.read(index, step, bytes, captures, key) {
                     continue;
                 }
                 let rule = &matcher.rules[index];
                 let view = FieldsView::new(captures);
-                if rule
-                    .excluded_by(&line.bytes, |name| view.get(name))
-                    .is_some()
-                {
+                if rule.excluded_by(bytes, |name| view.get(name)).is_some() {
                     continue;
                 }
                 let start = found.text.len();

@@ -1,11 +1,14 @@
-//! Replay on every core: lines read in input order go out in chunks to worker threads,
-//! which find each line's matches (the gate, captures and exceptions: the per-line work,
-//! [`crate::detection::Matchers`]); one stage, on the calling thread, takes the chunks back
-//! in input order and counts their matches into windows and incidents. Windows see the
-//! lines in exactly the order one thread would, so the incidents are the same.
+//! Replay on every core: the logs are read in pieces of whole lines (a single log straight
+//! into the piece's buffer, several merged in time order and copied in), which go out to
+//! worker threads; a worker reads the lines' times and finds their matches (one literal
+//! pass over the piece, then the gate and captures of the lines it names: the per-line
+//! work, [`crate::detection::Matchers::find_run`]); one stage, on the calling thread,
+//! takes the pieces back in input order and counts their matches into windows and
+//! incidents. Windows see the lines in exactly the order one thread would, so the
+//! incidents are the same. With one thread the worker's part runs on the calling thread.
 
 use super::eval::Evaluation;
-use super::input::{LogReader, merge};
+use super::input::{Lines, LogFile, LogReader, PIECE_BYTES, merge};
 use crate::detection::{Found, Matchers};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
@@ -14,19 +17,12 @@ use std::io;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
-/// Lines per chunk: large enough that handing a chunk over costs nothing per line, small
-/// enough that chunks in flight stay a few MiB.
-const CHUNK_LINES: usize = 8192;
-
-/// A run of lines in input order and, once a worker has been at it, their matches for
-/// each evaluation.
+/// A piece of whole lines in input order and, once a worker has been at it, their times
+/// and matches for each evaluation.
 struct Chunk {
     /// Place in input order.
     seq: u64,
-    /// Lines and their times; only the first `len` are this chunk's (the rest are buffers
-    /// kept for reuse).
-    lines: Vec<(LogLine, DateTime<Utc>)>,
-    len: usize,
+    lines: Lines,
     /// Per evaluation, the matches of each line.
     found: Vec<Found>,
 }
@@ -35,28 +31,37 @@ impl Chunk {
     fn new(evaluations: usize) -> Self {
         Chunk {
             seq: 0,
-            lines: Vec::with_capacity(CHUNK_LINES),
-            len: 0,
+            lines: Lines::default(),
             found: (0..evaluations).map(|_| Found::default()).collect(),
         }
     }
 
-    /// Appends a copy of `line`, reusing the buffers of an earlier line in this place.
-    fn push(&mut self, line: &LogLine, time: DateTime<Utc>) {
-        if self.len < self.lines.len() {
-            let (kept, kept_time) = &mut self.lines[self.len];
-            kept.bytes.clear();
-            kept.bytes.extend_from_slice(&line.bytes);
-            kept.source = line.source.clone();
-            kept.path = line.path.clone();
-            kept.offset = line.offset;
-            kept.arrival = line.arrival;
-            kept.time = line.time;
-            *kept_time = time;
-        } else {
-            self.lines.push((line.clone(), time));
+    /// The worker's part: reads the times of lines that have none yet, then finds every
+    /// evaluation's matches, one run of lines of the same file at a time.
+    fn find(&mut self, files: &[LogFile], matchers: &mut [Matchers]) {
+        let Lines {
+            text,
+            ranges,
+            lines,
+        } = &mut self.lines;
+        for (at, range) in lines.iter_mut().zip(ranges.iter()) {
+            if at.time.is_none() {
+                at.time = files[at.reader].time_of(&text[range.clone()]);
+            }
         }
-        self.len += 1;
+        for (matcher, found) in matchers.iter_mut().zip(&mut self.found) {
+            found.clear();
+            let mut start = 0;
+            while start < lines.len() {
+                let reader = lines[start].reader;
+                let end = lines[start..]
+                    .iter()
+                    .position(|l| l.reader != reader)
+                    .map_or(lines.len(), |n| start + n);
+                matcher.find_run(&files[reader].source, text, &ranges[start..end], found);
+                start = end;
+            }
+        }
     }
 }
 
@@ -68,80 +73,171 @@ pub fn evaluate(
     readers: Vec<LogReader>,
     evaluations: &mut [&mut Evaluation],
     threads: usize,
-    mut counted: impl FnMut(u64),
+    counted: impl FnMut(u64),
 ) -> io::Result<Vec<LogReader>> {
-    let mut lines = 0u64;
-    if threads <= 1 {
-        return merge(readers, |line, time| {
-            for evaluation in evaluations.iter_mut() {
-                evaluation.observe(line, time);
-            }
-            lines += 1;
-            counted(lines);
-        });
-    }
+    let files: Vec<LogFile> = readers.iter().map(LogReader::file).collect();
     let matchers: Vec<Matchers> = evaluations.iter().map(|e| e.matchers()).collect();
-    std::thread::scope(|scope| {
-        // Bounded: the reader waits for the workers rather than queueing the whole log.
-        let (work, work_queue) = sync_channel::<Chunk>(threads);
-        let work_queue = Arc::new(Mutex::new(work_queue));
-        let (done, finished) = channel::<Chunk>();
-        for _ in 0..threads {
-            let queue = work_queue.clone();
-            let done = done.clone();
-            let mut matchers = matchers.clone();
-            scope.spawn(move || {
-                loop {
-                    // The lock is held only to take a chunk.
-                    let next = queue.lock().map(|q| q.recv());
-                    let Ok(Ok(mut chunk)) = next else { break };
-                    for (matcher, found) in matchers.iter_mut().zip(&mut chunk.found) {
-                        found.clear();
-                        for (line, _) in &chunk.lines[..chunk.len] {
-                            matcher.find(line, found);
+    let mut apply = Apply::new(evaluations, &files, counted);
+    let mut readers = if threads <= 1 {
+        let mut matchers = matchers;
+        let mut chunk = Chunk::new(apply.evaluations.len());
+        let mut each = |chunk: &mut Chunk| {
+            chunk.find(&files, &mut matchers);
+            apply.chunk(chunk);
+            chunk.lines.clear();
+        };
+        let readers = read(readers, &mut chunk, &mut each)?;
+        if !chunk.lines.is_empty() {
+            each(&mut chunk);
+        }
+        readers
+    } else {
+        std::thread::scope(|scope| {
+            // Bounded: the reader waits for the workers rather than queueing the whole log.
+            let (work, work_queue) = sync_channel::<Chunk>(threads);
+            let work_queue = Arc::new(Mutex::new(work_queue));
+            let (done, finished) = channel::<Chunk>();
+            for _ in 0..threads {
+                let queue = work_queue.clone();
+                let done = done.clone();
+                let mut matchers = matchers.clone();
+                let files = &files;
+                scope.spawn(move || {
+                    loop {
+                        // The lock is held only to take a chunk.
+                        let next = queue.lock().map(|q| q.recv());
+                        let Ok(Ok(mut chunk)) = next else { break };
+                        chunk.find(files, &mut matchers);
+                        if done.send(chunk).is_err() {
+                            break;
                         }
                     }
-                    if done.send(chunk).is_err() {
-                        break;
-                    }
-                }
+                });
+            }
+            drop(done);
+            let mut stage = Stage {
+                work,
+                finished,
+                in_flight: 0,
+                max_in_flight: 2 * threads + 1,
+                next_seq: 0,
+                next_apply: 0,
+                arrived: BTreeMap::new(),
+                spare: Vec::new(),
+                evaluations: apply.evaluations.len(),
+            };
+            let mut current = stage.fresh();
+            let read = read(readers, &mut current, |full| {
+                let next = stage.fresh();
+                stage.send(std::mem::replace(full, next), &mut |c| apply.chunk(c));
             });
-        }
-        drop(done);
-        let mut stage = Stage {
-            work,
-            finished,
-            in_flight: 0,
-            max_in_flight: 2 * threads + 1,
-            next_seq: 0,
-            next_apply: 0,
-            arrived: BTreeMap::new(),
-            spare: Vec::new(),
-            evaluations: evaluations.len(),
-        };
-        let mut current = stage.fresh();
-        let mut apply = |chunk: &Chunk| {
-            for (i, (line, time)) in chunk.lines[..chunk.len].iter().enumerate() {
-                for (evaluation, found) in evaluations.iter_mut().zip(&chunk.found) {
-                    evaluation.observe_found(line, *time, found.line(i));
-                }
-                lines += 1;
-                counted(lines);
+            if !current.lines.is_empty() {
+                stage.send(current, &mut |c| apply.chunk(c));
             }
-        };
-        let merged = merge(readers, |line, time| {
-            current.push(line, time);
-            if current.len == CHUNK_LINES {
-                let full = std::mem::replace(&mut current, stage.fresh());
-                stage.send(full, &mut apply);
-            }
-        });
-        if current.len > 0 {
-            stage.send(current, &mut apply);
+            stage.drain(&mut |c| apply.chunk(c));
+            read
+        })?
+    };
+    for (reader, untimed) in readers.iter_mut().zip(&apply.untimed) {
+        reader.untimed += untimed;
+    }
+    Ok(readers)
+}
+
+/// Reads every line of `readers` into `chunk`, calling `full` with each full chunk (which
+/// it empties or replaces): one file is read in pieces straight into the chunk's buffer;
+/// several are merged in time order (each line's time read to order it) and copied in.
+/// A last partial chunk is left in `chunk`.
+fn read(
+    mut readers: Vec<LogReader>,
+    chunk: &mut Chunk,
+    mut full: impl FnMut(&mut Chunk),
+) -> io::Result<Vec<LogReader>> {
+    if let [reader] = readers.as_mut_slice() {
+        while reader.read_lines(0, &mut chunk.lines)? {
+            full(chunk);
         }
-        stage.drain(&mut apply);
-        merged
+        return Ok(readers);
+    }
+    merge(readers, |line, reader, time| {
+        chunk.lines.push(&line.bytes, line.offset, reader, time);
+        if chunk.lines.text.len() >= PIECE_BYTES {
+            full(chunk);
+        }
     })
+}
+
+/// The window stage: counts each line's matches in input order.
+struct Apply<'a, 'e, C> {
+    evaluations: &'a mut [&'e mut Evaluation],
+    files: &'a [LogFile],
+    counted: C,
+    lines: u64,
+    /// Per file: the time of its last line (a line without one takes it) and how many
+    /// lines took it.
+    last_time: Vec<Option<DateTime<Utc>>>,
+    untimed: Vec<u64>,
+    /// A matching line as the detector takes it, its buffers reused.
+    line: Option<LogLine>,
+}
+
+impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
+    fn new(evaluations: &'a mut [&'e mut Evaluation], files: &'a [LogFile], counted: C) -> Self {
+        Apply {
+            evaluations,
+            files,
+            counted,
+            lines: 0,
+            last_time: vec![None; files.len()],
+            untimed: vec![0; files.len()],
+            line: None,
+        }
+    }
+
+    fn chunk(&mut self, chunk: &Chunk) {
+        let Lines {
+            text,
+            ranges,
+            lines,
+        } = &chunk.lines;
+        for (i, (at, range)) in lines.iter().zip(ranges).enumerate() {
+            let file = &self.files[at.reader];
+            let time = match at.time {
+                Some(time) => time,
+                None => {
+                    self.untimed[at.reader] += 1;
+                    self.last_time[at.reader].unwrap_or(file.reference)
+                }
+            };
+            self.last_time[at.reader] = Some(time);
+            for (evaluation, found) in self.evaluations.iter_mut().zip(&chunk.found) {
+                let found = found.line(i);
+                if found.matches.is_empty() {
+                    evaluation.observe_nothing(time);
+                    continue;
+                }
+                let line = self.line.get_or_insert_with(|| LogLine {
+                    source: file.source.clone(),
+                    path: file.path.clone(),
+                    offset: 0,
+                    bytes: Vec::new(),
+                    arrival: time,
+                    time: None,
+                });
+                if !Arc::ptr_eq(&line.path, &file.path) {
+                    line.source = file.source.clone();
+                    line.path = file.path.clone();
+                }
+                line.offset = at.offset;
+                line.arrival = time;
+                line.bytes.clear();
+                line.bytes.extend_from_slice(&text[range.clone()]);
+                evaluation.observe_found(line, time, found);
+            }
+            self.lines += 1;
+            (self.counted)(self.lines);
+        }
+    }
 }
 
 /// The ordering stage: hands chunks to the workers and applies their results in input
@@ -167,7 +263,7 @@ impl Stage {
             .spare
             .pop()
             .unwrap_or_else(|| Chunk::new(self.evaluations));
-        chunk.len = 0;
+        chunk.lines.clear();
         chunk
     }
 

@@ -88,6 +88,12 @@ impl Evaluation {
         self.events.clear();
     }
 
+    /// Like [`Evaluation::observe_found`] for a line with no matches: only its time counts
+    /// (the clock runs to it).
+    pub fn observe_nothing(&mut self, time: DateTime<Utc>) {
+        self.clock_before(time);
+    }
+
     /// A copy of the matching stage, for a worker thread.
     pub fn matchers(&self) -> Matchers {
         self.engine.matchers()

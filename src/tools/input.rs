@@ -12,12 +12,18 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::ops::Range;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
 /// Read buffer per file.
 const BUFFER: usize = 256 << 10;
+
+/// Bytes of whole lines read in one piece by [`LogReader::read_lines`]: large enough that
+/// handing a piece to a worker and its one literal pass cost nothing per line, small
+/// enough that the pieces in flight stay a few MiB.
+pub const PIECE_BYTES: usize = 1 << 20;
 
 /// Counts the bytes read from the file itself (compressed bytes for a `.gz`), for progress.
 struct Counting {
@@ -99,6 +105,77 @@ impl LogReader {
         })
     }
 
+    /// What every line of this file shares: its source, path and how its times read.
+    pub fn file(&self) -> LogFile {
+        LogFile {
+            source: self.line.source.clone(),
+            path: self.line.path.clone(),
+            format: self.format.clone(),
+            reference: self.reference,
+        }
+    }
+
+    /// Appends the next whole lines of the file (about [`PIECE_BYTES`], at least one line
+    /// however long) to `lines` as lines of reader `reader`, untimed: their times are read
+    /// by [`LogFile::time_of`] where the lines are matched. Returns false at the end of the
+    /// file. A last line without a newline is a line; lines are cut at the source's
+    /// `max_line_bytes` and lose a `\r` before their newline, as [`merge`] reads them.
+    pub fn read_lines(&mut self, reader: usize, lines: &mut Lines) -> io::Result<bool> {
+        let text = &mut lines.text;
+        let base = text.len();
+        // What the last piece left after its last newline comes first.
+        text.append(&mut self.buf);
+        // No newline in `text[base..searched]`: a line longer than a piece is searched
+        // once, however many reads it takes.
+        let mut searched = base;
+        loop {
+            if text.len() - base >= PIECE_BYTES {
+                // Whole lines only: the rest waits for the next piece.
+                if let Some(last) = memchr::memrchr(b'\n', &text[searched..]) {
+                    let cut = searched + last + 1;
+                    self.buf.extend_from_slice(&text[cut..]);
+                    text.truncate(cut);
+                    break;
+                }
+                searched = text.len();
+            }
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                break;
+            }
+            let room = (base + PIECE_BYTES).saturating_sub(text.len());
+            let n = match room {
+                // One line longer than a piece: read on until it ends.
+                0 => available.len(),
+                room => available.len().min(room),
+            };
+            text.extend_from_slice(&available[..n]);
+            self.reader.consume(n);
+        }
+        if text.len() == base {
+            return Ok(false);
+        }
+        let mut start = base;
+        while start < text.len() {
+            let newline = memchr::memchr(b'\n', &text[start..]).map(|i| start + i);
+            let next = newline.map_or(text.len(), |i| i + 1);
+            let mut end = newline.unwrap_or(text.len());
+            if end > start && text[end - 1] == b'\r' {
+                end -= 1;
+            }
+            end = end.min(start + self.max_line_bytes);
+            lines.ranges.push(start..end);
+            lines.lines.push(LineAt {
+                offset: self.offset,
+                reader,
+                time: None,
+            });
+            self.offset += (next - start) as u64;
+            start = next;
+        }
+        Ok(true)
+    }
+
     /// Reads the next line; returns its time, or `None` at the end of the file.
     fn advance(&mut self) -> io::Result<Option<DateTime<Utc>>> {
         self.buf.clear();
@@ -131,11 +208,86 @@ impl LogReader {
     }
 }
 
+/// What the lines of one log file share.
+#[derive(Debug, Clone)]
+pub struct LogFile {
+    /// Source the lines belong to.
+    pub source: Arc<str>,
+    /// The file's path.
+    pub path: Arc<str>,
+    format: TimestampFormat,
+    /// Year reference for formats without a year.
+    pub reference: DateTime<Utc>,
+}
+
+impl LogFile {
+    /// The time `line` carries, if its format reads one.
+    pub fn time_of(&self, line: &[u8]) -> Option<DateTime<Utc>> {
+        self.format.parse(line, self.reference)
+    }
+}
+
+/// Where one line of [`Lines`] came from, and its time once read.
+#[derive(Debug, Clone)]
+pub struct LineAt {
+    /// Byte offset of the line's start in its file.
+    pub offset: u64,
+    /// Which reader (file) it came from.
+    pub reader: usize,
+    /// Its time; `None` until read, or when it carries none.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// Whole lines in one buffer: the text, each line's range in it (each range followed by
+/// a newline before the next starts) and where each came from.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// The lines' bytes, newlines included.
+    pub text: Vec<u8>,
+    /// Each line's bytes in `text`, without newline, cut at its source's longest line.
+    pub ranges: Vec<Range<usize>>,
+    /// Each line's origin and time.
+    pub lines: Vec<LineAt>,
+}
+
+impl Lines {
+    /// Empties it, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ranges.clear();
+        self.lines.clear();
+    }
+
+    /// Lines held.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether it holds no line.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Appends a copy of `bytes` as a line of reader `reader` at `offset`, read at `time`.
+    pub fn push(&mut self, bytes: &[u8], offset: u64, reader: usize, time: DateTime<Utc>) {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        self.ranges.push(start..self.text.len());
+        self.text.push(b'\n');
+        self.lines.push(LineAt {
+            offset,
+            reader,
+            time: Some(time),
+        });
+    }
+}
+
 /// Calls `each` for every line of every reader, in time order across readers (ties and
-/// equal times keep file order). Returns the readers for their counts.
+/// equal times keep file order), with the index of its reader. Returns the readers for
+/// their counts.
 pub fn merge(
     mut readers: Vec<LogReader>,
-    mut each: impl FnMut(&LogLine, DateTime<Utc>),
+    mut each: impl FnMut(&LogLine, usize, DateTime<Utc>),
 ) -> io::Result<Vec<LogReader>> {
     let mut heap = BinaryHeap::new();
     for (i, r) in readers.iter_mut().enumerate() {
@@ -145,7 +297,7 @@ pub fn merge(
     }
     while let Some(Reverse((time, i))) = heap.pop() {
         let reader = &mut readers[i];
-        each(&reader.line, time);
+        each(&reader.line, i, time);
         if let Some(next) = reader.advance()? {
             heap.push(Reverse((next, i)));
         }
@@ -186,7 +338,7 @@ mod tests {
             LogReader::open(&b, &spec(), counter.clone()).unwrap(),
         ];
         let mut seen = Vec::new();
-        let readers = merge(readers, |line, _| {
+        let readers = merge(readers, |line, _, _| {
             seen.push(String::from_utf8_lossy(&line.bytes).to_string())
         })
         .unwrap();
@@ -202,5 +354,86 @@ mod tests {
         );
         assert_eq!(readers[0].untimed, 1);
         assert!(counter.get() > 0);
+    }
+
+    /// Every line `merge` reads, as (bytes, offset, time or none).
+    type Read = Vec<(Vec<u8>, u64, Option<DateTime<Utc>>)>;
+
+    fn by_lines(path: &Path, spec: &LogSpec) -> Read {
+        let reader = LogReader::open(path, spec, Rc::new(Cell::new(0))).unwrap();
+        let format = spec.format.clone();
+        let mut out = Vec::new();
+        merge(vec![reader], |line, _, _| {
+            let time = format.parse(&line.bytes, line.arrival);
+            out.push((line.bytes.clone(), line.offset, time))
+        })
+        .unwrap();
+        out
+    }
+
+    fn by_pieces(path: &Path, spec: &LogSpec) -> (Read, usize) {
+        let mut reader = LogReader::open(path, spec, Rc::new(Cell::new(0))).unwrap();
+        let file = reader.file();
+        let mut lines = Lines::default();
+        let (mut out, mut pieces) = (Vec::new(), 0);
+        while reader.read_lines(3, &mut lines).unwrap() {
+            pieces += 1;
+            for (at, range) in lines.lines.iter().zip(&lines.ranges) {
+                assert_eq!(at.reader, 3);
+                let bytes = &lines.text[range.clone()];
+                out.push((bytes.to_vec(), at.offset, file.time_of(bytes)));
+            }
+            lines.clear();
+        }
+        (out, pieces)
+    }
+
+    /// Reading in pieces of whole lines gives exactly the lines, offsets and times that
+    /// reading line by line gives: lines across piece boundaries, CRLF, lines cut at the
+    /// longest line kept, a line longer than a piece, and a last line without a newline.
+    #[test]
+    fn pieces_hold_the_same_lines_as_reading_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut text = Vec::new();
+        for i in 0..40_000u32 {
+            let end: &[u8] = if i % 3 == 0 { b"\r\n" } else { b"\n" };
+            text.extend_from_slice(
+                format!(
+                    "2026-11-22T10:{:02}:{:02}Z host line {i} {}",
+                    i / 60 % 60,
+                    i % 60,
+                    "x".repeat((i % 97) as usize)
+                )
+                .as_bytes(),
+            );
+            text.extend_from_slice(end);
+            if i == 20_000 {
+                // Longer than a piece, and than the longest line kept.
+                text.extend_from_slice(b"2026-11-22T11:00:00Z long ");
+                text.extend(std::iter::repeat_n(b'y', PIECE_BYTES * 2 + 17));
+                text.extend_from_slice(b"\r\n\n\r\n");
+            }
+        }
+        text.extend_from_slice(b"2026-11-22T12:00:00Z the last line, without newline");
+        std::fs::write(&path, &text).unwrap();
+        let spec = LogSpec {
+            max_line_bytes: 200,
+            ..spec()
+        };
+        let expected = by_lines(&path, &spec);
+        let (got, pieces) = by_pieces(&path, &spec);
+        assert!(pieces >= 4, "{pieces} pieces");
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got.len(), 40_004);
+        for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(a, b, "line {i}");
+        }
+        // An empty file has no line; a newline alone is one empty line.
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(by_pieces(&path, &spec).0, by_lines(&path, &spec));
+        std::fs::write(&path, b"\n").unwrap();
+        assert_eq!(by_pieces(&path, &spec).0.len(), 1);
+        assert_eq!(by_pieces(&path, &spec).0, by_lines(&path, &spec));
     }
 }
