@@ -63,9 +63,10 @@ fn setup_with_state(name: &str) -> (Setup, Value) {
     setup.write("rules/ssh.yaml", &rules);
     setup.config(CONFIG);
     std::fs::create_dir_all(setup.path("log")).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}-state.expected.json"))).unwrap())
-            .unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("{name}-state.expected.json"))).unwrap(),
+    )
+    .unwrap();
     (setup, expected)
 }
 
