@@ -616,6 +616,17 @@ pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// An evidence line dated 5 s after the epoch.
+    fn a_line() -> Evidence {
+        Evidence {
+            source: "auth".into(),
+            path: "auth.log".into(),
+            offset: 7,
+            time: chrono::DateTime::from_timestamp_millis(5_000).unwrap(),
+            line: "a line".into(),
+        }
+    }
+
     /// The store reads and writes the same through either engine.
     #[test]
     fn both_engines_serve_the_same_tables() {
@@ -626,13 +637,7 @@ mod tests {
                 batch.put(Space::Silences, &n.to_be_bytes(), &n).unwrap();
             }
             batch.put(Space::Incidents, b"x", &"other table").unwrap();
-            let line = Evidence {
-                source: "auth".into(),
-                path: "auth.log".into(),
-                offset: 7,
-                time: chrono::DateTime::from_timestamp_millis(5_000).unwrap(),
-                line: "a line".into(),
-            };
+            let line = a_line();
             let at = batch.add_evidence(&store, &line);
             batch.put_raw(Space::Windows, b"rule\0k", vec![9]);
             let first = batch.take_id(&store);
@@ -672,13 +677,7 @@ mod tests {
     #[test]
     fn committed_records_survive_reopening_and_an_uncommitted_journal_tail_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let line = Evidence {
-            source: "auth".into(),
-            path: "auth.log".into(),
-            offset: 7,
-            time: chrono::DateTime::from_timestamp_millis(5_000).unwrap(),
-            line: "a line".into(),
-        };
+        let line = a_line();
         let at;
         {
             let store = Store::open(dir.path()).unwrap();
