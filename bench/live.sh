@@ -109,6 +109,13 @@ run_one() {
   wait "$pid" 2>/dev/null || true
   pid=
   state=$(calc "$(du -s --block-size=1 "$work/state" | cut -f1) / $log_bytes")
+  # Where the state directory's bytes are (engine, journals), for builds that have them.
+  for part in db evidence windows; do
+    if [ -d "$work/state/$part" ]; then
+      printf '  %s/ %.2f×' "$part" "$(calc "$(du -s --block-size=1 "$work/state/$part" | cut -f1) / $log_bytes")"
+    fi
+  done
+  echo
   lines=$(wc -l <"$work/log/auth.log")
   printf '%-9s %7d lines %6.1f MB  written %6.2f×  committed %6s  state %6.2f×  rss_mb %5d  lag_s %6.2f\n' \
     "$2" "$lines" "$(calc "$log_bytes / 1e6")" "$written" "$committed" "$state" "$rss_mb" "$lag_s"

@@ -2,7 +2,11 @@
 //! also sets the new format marker: a crash during the rewrite leaves the old format whole,
 //! and the next start does it again.
 //!
-//! Format 1 → 2: incidents (whole JSON documents with their evidence lines) become head,
+//! Format 2 → 3: evidence blocks and windows move out of the engine into their segment
+//! journals (the engine keeps a pointer per block and no windows). Their bytes are kept as
+//! they were.
+//!
+//! Format 1 → 2 (→ 3): incidents (whole JSON documents with their evidence lines) become head,
 //! body and timeline records with each evidence line stored once; windows (JSON with
 //! evidence copies) become the binary window codec with references. Every other table
 //! (checkpoints, outbox, dead letters, audit chain, escalation progress, silences, firing
@@ -21,12 +25,38 @@ use std::path::Path;
 impl Store {
     /// Opens (creating if needed) the database in `dir`, rewriting an older format.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, from_v1)
+        Store::open_with(dir, run)
     }
 }
 
+/// Adds the rewrite of a store of format `found` to `batch`.
+pub fn run(store: &Store, found: u64, batch: &mut Batch) -> Result<(), StoreError> {
+    match found {
+        1 => from_v1(store, batch),
+        _ => from_v2(store, batch),
+    }
+}
+
+/// Moves a format-2 store's evidence blocks and windows into the journals.
+fn from_v2(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+    let mut blocks = 0;
+    for (key, bytes) in store.engine_records(Space::Evidence)? {
+        // The pointer the commit writes replaces the block under the same key.
+        batch.put_raw(Space::Evidence, &key, bytes);
+        blocks += 1;
+    }
+    let mut windows = 0;
+    for (key, bytes) in store.engine_records(Space::Windows)? {
+        batch.remove_from_engine(Space::Windows, &key);
+        batch.put_raw(Space::Windows, &key, bytes);
+        windows += 1;
+    }
+    tracing::info!(blocks, windows, "store format 2 rewritten");
+    Ok(())
+}
+
 /// Adds the rewrite of a format-1 store to `batch`.
-pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
     let mut log = EvidenceLog::default();
     let mut incidents = 0;
     for (key, bytes) in store.scan_raw(Space::Incidents)? {
@@ -42,7 +72,8 @@ pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
         }
     }
     let mut windows = 0;
-    for (key, bytes) in store.scan_raw(Space::Windows)? {
+    for (key, bytes) in store.engine_records(Space::Windows)? {
+        batch.remove_from_engine(Space::Windows, &key);
         match serde_json::from_slice::<SavedWindow>(&bytes) {
             Ok((id, state)) => {
                 let value = crate::detection::encode_window(&id, &state, &mut |e| {
@@ -54,7 +85,6 @@ pub fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
             Err(e) => {
                 // Window state is a cache of counts: one that cannot be read starts again.
                 tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "an unreadable window is dropped");
-                batch.remove(Space::Windows, &key);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! A state directory written by the previous release (store format 1, made by
-//! tests/fixtures/make-v1-state.sh) opens in this one with everything carried over:
+//! State directories written by earlier releases (store format 1 and format 2, made by
+//! tests/fixtures/make-v1-state.sh) open in this one with everything carried over:
 //! incidents as the API served them, silences, the outbox, dead letters, escalation
 //! progress, the file checkpoint, and an audit chain that still verifies.
 
@@ -46,12 +46,12 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// A setup holding the fixture's state directory and the rules it was written with.
-fn setup_with_v1_state() -> (Setup, Value) {
+/// A setup holding the fixture `name`'s state directory and the rules it was written with.
+fn setup_with_state(name: &str) -> (Setup, Value) {
     let setup = Setup::new();
     let status = std::process::Command::new("tar")
         .arg("-xzf")
-        .arg(fixture("v1-state.tar.gz"))
+        .arg(fixture(&format!("{name}-state.tar.gz")))
         .arg("-C")
         .arg(setup.dir.path())
         .status()
@@ -63,9 +63,10 @@ fn setup_with_v1_state() -> (Setup, Value) {
     setup.write("rules/ssh.yaml", &rules);
     setup.config(CONFIG);
     std::fs::create_dir_all(setup.path("log")).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("v1-state.expected.json")).unwrap())
-            .unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("{name}-state.expected.json"))).unwrap(),
+    )
+    .unwrap();
     (setup, expected)
 }
 
@@ -83,8 +84,17 @@ fn silences_as_stored(list: &Value) -> Vec<Value> {
 }
 
 #[test]
-fn a_state_directory_of_the_previous_format_opens_with_everything_carried_over() {
-    let (setup, expected) = setup_with_v1_state();
+fn a_state_directory_of_format_1_opens_with_everything_carried_over() {
+    opens_with_everything_carried_over("v1");
+}
+
+#[test]
+fn a_state_directory_of_format_2_opens_with_everything_carried_over() {
+    opens_with_everything_carried_over("v2");
+}
+
+fn opens_with_everything_carried_over(name: &str) {
+    let (setup, expected) = setup_with_state(name);
     let state = setup.path("state");
 
     // Offline, as the tools open it: the chain verifies with the same head, and what the

@@ -259,6 +259,58 @@ fn window_state_survives_a_restart() {
     );
 }
 
+/// The `count5` incidents once the marker `marker` (written after the lines) is evaluated.
+fn count5_after_marker(
+    d: &Daemon,
+    marker: u32,
+) -> std::collections::BTreeMap<String, (u64, usize)> {
+    wait_for("the last marker to be evaluated", WAIT, || {
+        d.incidents().into_iter().find(|i| {
+            i["rule"] == "marker" && i["key"]["n"] == serde_json::json!(marker.to_string())
+        })
+    });
+    count5_incidents(d)
+}
+
+#[test]
+fn sigkill_mid_window_opens_the_incidents_a_run_without_the_kill_opens() {
+    // 60 keys reach the threshold (5 lines), 60 never do (4); the kill comes after half of
+    // the lines, when many keys of both kinds are part-way through their window.
+    let mut rng = Rng::new(21);
+    let lines = accounting_lines(60, &mut rng);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let part_way = first
+        .iter()
+        .filter_map(|l| l.split("key=").nth(1)?.split(' ').next())
+        .filter(|k| second.iter().any(|l| l.contains(&format!("key={k} "))))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(part_way > 30, "only {part_way} keys span the kill");
+    let run = |kill: bool| {
+        let s = setup("[app.log]");
+        let mut d = s.start();
+        let mut w = Writer::open(&s.path("app.log"));
+        for line in first {
+            w.line(line);
+        }
+        w.line("MARKER 1");
+        count5_after_marker(&d, 1);
+        if kill {
+            d.kill();
+            d = s.start();
+        }
+        for line in second {
+            w.line(line);
+        }
+        w.line("MARKER 2");
+        count5_after_marker(&d, 2)
+    };
+    let straight = run(false);
+    assert_eq!(straight.len(), 60, "{straight:?}");
+    assert!(straight.values().all(|c| *c == (5, 5)), "{straight:?}");
+    assert_eq!(run(true), straight);
+}
+
 #[test]
 fn a_deleted_file_is_drained_and_closed() {
     let s = setup("[app.log]");

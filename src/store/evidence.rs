@@ -2,7 +2,7 @@
 //! so a window or incident that shows a line again writes only its place; blocks no record
 //! references any more are collected once their lines are older than every rule's horizon.
 
-use super::codec::{CodecError, Loc, block_newest_ms, line_hash};
+use super::codec::{CodecError, Loc, line_hash};
 use super::{Batch, Space, Store, StoreError};
 use crate::evidence::Evidence;
 use std::collections::{HashMap, HashSet};
@@ -65,14 +65,11 @@ impl EvidenceLog {
     ) -> Result<usize, StoreError> {
         let blocks: HashSet<u64> = referenced.iter().map(|loc| loc.block).collect();
         let mut gone = HashSet::new();
-        for (key, value) in store.scan_raw(Space::Evidence)? {
-            let Some(block) = block_id(&key) else {
-                continue;
-            };
-            if blocks.contains(&block) || block_newest_ms(&value)? >= before_ms {
+        for (block, newest_ms) in store.evidence_blocks() {
+            if blocks.contains(&block) || newest_ms >= before_ms {
                 continue;
             }
-            batch.remove(Space::Evidence, &key);
+            batch.remove(Space::Evidence, &block_key(block));
             gone.insert(block);
         }
         self.stored.retain(|_, loc| referenced.contains(loc));
@@ -84,10 +81,6 @@ impl EvidenceLog {
 /// The store key of evidence block `block`.
 pub fn block_key(block: u64) -> [u8; 8] {
     block.to_be_bytes()
-}
-
-fn block_id(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 /// Reads the evidence line at `loc` from `store`.
@@ -126,7 +119,7 @@ mod tests {
         assert_ne!(young.block, kept.block);
         store.commit(batch).unwrap();
         log.committed();
-        assert_eq!(store.keys(Space::Evidence).unwrap().len(), 2);
+        assert_eq!(store.evidence_blocks().len(), 2);
 
         // Only `kept` is referenced: its block stays (with `dropped` in it); the young block
         // is not referenced but not past the horizon either.

@@ -1,7 +1,8 @@
 //! The store: every table's layout ([`schema`]), its codecs ([`codec`]), its format version,
-//! over a storage engine ([`engine`]: [`sled`] on disk,
-//! [`memory`] for tools and tests). Domain code reads and writes through here, never
-//! through the engine.
+//! over a storage engine ([`engine`]: [`sled`] on disk, [`memory`] for tools and tests) for
+//! the small structured records and append-only segment journals ([`segments`],
+//! [`segmented`]) for the high-volume ones (evidence blocks, detection windows). Domain code
+//! reads and writes through here, never through the engine or the journals.
 //!
 //! One ordered key space with a prefix per table lets a whole pipeline step (incident
 //! changes, window state, file checkpoints and journal cursors) be written as one atomic
@@ -18,6 +19,8 @@ pub mod engine;
 pub mod evidence;
 pub mod memory;
 pub mod schema;
+pub mod segmented;
+pub mod segments;
 pub mod sled;
 
 use crate::evidence::Evidence;
@@ -32,7 +35,7 @@ use std::sync::{Arc, Mutex};
 /// The layout of records this release reads and writes. A state directory without a
 /// marker was written by a release before markers existed (format 1); one with a larger
 /// number was written by a newer release and is refused rather than misread.
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 /// Meta key of the format marker.
 const FORMAT_KEY: &[u8] = b"format";
 /// Meta key of the next id to hand out.
@@ -60,6 +63,9 @@ pub enum StoreError {
     /// A binary record could not be decoded.
     #[error("store record error: {0}")]
     Codec(#[from] codec::CodecError),
+    /// A segment journal could not be written or read (a full disk, a failing one).
+    #[error("store segment error: {0}")]
+    Segment(#[from] std::io::Error),
     /// The state directory was written by a newer release.
     #[error(
         "the state directory {dir} holds store format {found}, newer than the format {supported} this release reads: run the release that wrote it (or a newer one), or start from an empty state directory"
@@ -77,9 +83,9 @@ pub enum StoreError {
 /// A record's key (without its prefix) and undecoded value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
 
-/// Rewrites the records of a format-1 store into `batch` (which also sets the new format
-/// marker, so a crash during the rewrite leaves format 1 whole).
-pub type Upgrade = fn(&Store, &mut Batch) -> Result<(), StoreError>;
+/// Rewrites the records of a store of an older format (the `u64`) into `batch`, which also
+/// sets the new format marker, so a crash during the rewrite leaves the old format whole.
+pub type Upgrade = fn(&Store, u64, &mut Batch) -> Result<(), StoreError>;
 
 /// Handle to the store; cheap to clone and safe to share across threads. Every clone sees
 /// the same database, also after [`Store::reopen`].
@@ -91,6 +97,10 @@ pub struct Store {
     blocks: Arc<Mutex<HashMap<u64, Arc<Vec<Evidence>>>>>,
     /// The next id to hand out (see [`Batch::take_id`]), shared by every handle.
     ids: Arc<Mutex<u64>>,
+    /// The tables kept in segment journals; its lock also orders commits.
+    segmented: Arc<Mutex<segmented::Segmented>>,
+    /// The evidence journal's segments, read without the commit lock.
+    evidence_io: Arc<dyn segments::SegmentIo>,
 }
 
 /// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
@@ -104,6 +114,12 @@ pub struct Batch {
     took_ids: bool,
     /// The evidence lines this batch stores, as one block: its id and the lines.
     block: Option<(u64, Vec<Evidence>)>,
+    /// Sealed evidence blocks (key, encoded) for the evidence journal.
+    blocks: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Window changes for the window journal.
+    windows: Vec<segmented::Change>,
+    /// Evidence blocks this batch removes.
+    dropped: Vec<u64>,
 }
 
 impl Batch {
@@ -115,6 +131,9 @@ impl Batch {
             bytes: 0,
             took_ids: false,
             block: None,
+            blocks: Vec::new(),
+            windows: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -129,19 +148,38 @@ impl Batch {
         Ok(())
     }
 
-    /// Writes a record's bytes as they are (binary codecs).
+    /// Writes a record's bytes as they are (binary codecs). Evidence blocks and windows go
+    /// to their journals, everything else to the engine.
     pub fn put_raw(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
-        let key = space.key(key);
-        self.bytes += key.len() + value.len();
-        self.writes.push((key, Some(value)));
+        self.bytes += space.prefix().len() + key.len() + value.len();
         self.empty = false;
+        match space {
+            Space::Evidence => self.blocks.push((key.to_vec(), value)),
+            Space::Windows => self.windows.push((key.to_vec(), Some(value))),
+            _ => self.writes.push((space.key(key), Some(value))),
+        }
     }
 
     /// Removes a record.
     pub fn remove(&mut self, space: Space, key: &[u8]) {
-        let key = space.key(key);
-        self.bytes += key.len();
-        self.writes.push((key, None));
+        self.bytes += space.prefix().len() + key.len();
+        self.empty = false;
+        match space {
+            Space::Windows => self.windows.push((key.to_vec(), None)),
+            Space::Evidence => {
+                if let Ok(block) = key.try_into().map(u64::from_be_bytes) {
+                    self.dropped.push(block);
+                }
+                self.writes.push((space.key(key), None));
+            }
+            _ => self.writes.push((space.key(key), None)),
+        }
+    }
+
+    /// Removes a record the engine itself holds, whatever table it is in (a migration
+    /// moving a table out of the engine).
+    pub(crate) fn remove_from_engine(&mut self, space: Space, key: &[u8]) {
+        self.writes.push((space.key(key), None));
         self.empty = false;
     }
 
@@ -195,31 +233,52 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`; a format-1 store is rewritten by
-    /// `from_v1` first. Callers use `Store::open` (in `crate::upgrade`), which supplies it.
-    pub fn open_with(dir: &Path, from_v1: Upgrade) -> Result<Store, StoreError> {
+    /// Opens (creating if needed) the database in `dir`, rewriting an older format with
+    /// `upgrade` first: the engine in `dir/db`, the journals in `dir/evidence` and
+    /// `dir/windows`. Callers use `Store::open` (in `crate::upgrade`), which supplies it.
+    pub fn open_with(dir: &Path, upgrade: Upgrade) -> Result<Store, StoreError> {
         let engine = sled::SledEngine::open(dir)?;
-        Store::on(Arc::new(engine), &dir.display().to_string(), from_v1)
+        let evidence = segments::FileSegments::open(dir.join("evidence"))?;
+        let windows = segments::FileSegments::open(dir.join("windows"))?;
+        Store::on(
+            Arc::new(engine),
+            Arc::new(evidence),
+            Arc::new(windows),
+            &dir.display().to_string(),
+            upgrade,
+        )
     }
 
-    /// A store in memory, empty: the same layout and codecs, nothing on disk.
+    /// A store in memory, empty: the same layout, codecs and journals, nothing on disk.
     pub fn memory() -> Store {
         // Empty, so of the current format: there is nothing to rewrite.
-        let nothing_to_rewrite: Upgrade = |_, _| Ok(());
+        let nothing_to_rewrite: Upgrade = |_, _, _| Ok(());
         Store::on(
             Arc::new(memory::MemoryEngine::default()),
+            Arc::new(segments::MemorySegments::default()),
+            Arc::new(segments::MemorySegments::default()),
             "(memory)",
             nothing_to_rewrite,
         )
         .expect("an empty store in memory opens")
     }
 
-    /// The store over `engine`, checked for its format (`place` names it in errors).
-    fn on(engine: Arc<dyn Engine>, place: &str, from_v1: Upgrade) -> Result<Store, StoreError> {
+    /// The store over `engine` and the journals' segments, checked for its format
+    /// (`place` names it in errors; `upgrade` rewrites an older one).
+    fn on(
+        engine: Arc<dyn Engine>,
+        evidence: Arc<dyn segments::SegmentIo>,
+        windows: Arc<dyn segments::SegmentIo>,
+        place: &str,
+        upgrade: Upgrade,
+    ) -> Result<Store, StoreError> {
+        let segmented = segmented::Segmented::load(engine.as_ref(), evidence.clone(), windows)?;
         let mut store = Store {
             engine,
             blocks: Arc::new(Mutex::new(HashMap::new())),
             ids: Arc::new(Mutex::new(0)),
+            segmented: Arc::new(Mutex::new(segmented)),
+            evidence_io: evidence,
         };
         // A store without a marker is empty (new) or of format 1, which had none.
         let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
@@ -241,7 +300,7 @@ impl Store {
         // The rewrite and the new marker are one commit: a crash leaves format 1 whole.
         let mut batch = Batch::new();
         if found < FORMAT {
-            from_v1(&store, &mut batch)?;
+            upgrade(&store, found, &mut batch)?;
             tracing::info!(dir = %place, from = found, to = FORMAT, "state directory migrated");
         }
         if found < FORMAT || store.get::<u64>(Space::Meta, FORMAT_KEY)?.is_none() {
@@ -252,20 +311,45 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
+    /// Applies a batch atomically (not yet durable: see [`Store::flush`]). Its evidence
+    /// block and window changes are appended to their journals and synced first; the
+    /// engine batch then records where the journals end, so a crash before it leaves
+    /// records nothing points at (cut off at the next start).
     pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
         batch.seal();
         if batch.empty {
             return Ok(());
         }
-        if batch.took_ids {
+        let mut segmented = self.segmented.lock().expect("segments lock");
+        let mut prepared = segmented.prepare(
+            std::mem::take(&mut batch.blocks),
+            std::mem::take(&mut batch.windows),
+            std::mem::take(&mut batch.dropped),
+        )?;
+        let mut writes = batch.writes;
+        writes.append(&mut prepared.writes);
+        let applied = if batch.took_ids {
             // The high mark read and applied under the ids lock: a commit that took ids
             // earlier cannot store a lower mark after one that took them later.
             let next = self.ids.lock().expect("ids lock");
-            batch.put(Space::Meta, NEXT_ID_KEY, &*next)?;
-            return self.engine.apply(batch.writes);
+            writes.push((
+                Space::Meta.key(NEXT_ID_KEY),
+                Some(serde_json::to_vec(&*next)?),
+            ));
+            self.engine.apply(writes)
+        } else {
+            self.engine.apply(writes)
+        };
+        match applied {
+            Ok(()) => {
+                segmented.committed(prepared);
+                Ok(())
+            }
+            Err(e) => {
+                segmented.abandoned(prepared);
+                Err(e)
+            }
         }
-        self.engine.apply(batch.writes)
     }
 
     /// Closes the database and opens it again, for every clone of this handle. After an
@@ -274,21 +358,52 @@ impl Store {
     /// what it could not make durable.
     pub fn reopen(&self) -> Result<(), StoreError> {
         self.blocks.lock().expect("blocks lock").clear();
-        self.engine.reopen()
+        let mut segmented = self.segmented.lock().expect("segments lock");
+        self.engine.reopen()?;
+        // The journals follow the engine back to what it kept.
+        segmented.reload(self.engine.as_ref())
     }
 
     /// Makes everything committed so far durable on disk (on the blocking pool: the
     /// engine's flush waits for the disk).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.flush())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
             .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
     }
 
-    /// Blocking variant of [`Store::flush`] for threads outside the runtime.
+    /// Blocking variant of [`Store::flush`] for threads outside the runtime. Once the
+    /// engine's state is durable, journal segments it no longer points into are removed
+    /// (the bounds are taken before the flush, so they never run ahead of it).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.engine.flush()
+        let bounds = self.segmented.lock().expect("segments lock").bounds();
+        self.engine.flush()?;
+        self.segmented
+            .lock()
+            .expect("segments lock")
+            .collect(bounds);
+        Ok(())
+    }
+
+    /// Live evidence blocks and the time (ms) of each one's newest line.
+    pub fn evidence_blocks(&self) -> Vec<(u64, i64)> {
+        self.segmented
+            .lock()
+            .expect("segments lock")
+            .evidence_blocks()
+    }
+
+    /// The records the engine itself holds in a table (a migration reading what an older
+    /// format kept there).
+    pub(crate) fn engine_records(&self, space: Space) -> Result<Vec<RawRecord>, StoreError> {
+        let from = space.key(b"");
+        let to = prefix_end(&from);
+        let skip = from.len();
+        self.engine
+            .range(&from, to.as_deref())
+            .map(|item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+            .collect()
     }
 
     /// The pairs of a table whose keys (without the table's prefix) start with `within`,
@@ -297,13 +412,30 @@ impl Store {
         &'a self,
         space: Space,
         within: &[u8],
-    ) -> impl Iterator<Item = Result<RawRecord, StoreError>> + 'a {
+    ) -> Box<dyn Iterator<Item = Result<RawRecord, StoreError>> + 'a> {
+        if space == Space::Windows {
+            let segmented = self.segmented.lock().expect("segments lock");
+            let windows = segmented.windows();
+            let records: Vec<RawRecord> = match prefix_end(within) {
+                Some(end) => windows
+                    .range(within.to_vec()..end)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => windows
+                    .range(within.to_vec()..)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            return Box::new(records.into_iter().map(Ok));
+        }
         let from = space.key(within);
         let to = prefix_end(&from);
         let skip = space.prefix().len();
-        self.engine
-            .range(&from, to.as_deref())
-            .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+        Box::new(
+            self.engine
+                .range(&from, to.as_deref())
+                .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v))),
+        )
     }
 
     /// The evidence line at `loc`.
@@ -318,13 +450,14 @@ impl Store {
         let lines = match cached {
             Some(lines) => lines,
             None => {
-                let bytes = self
+                let pointer = self
                     .get_raw(Space::Evidence, &evidence::block_key(loc.block))
                     .map_err(|e| {
                         tracing::error!(error = %e, "cannot read an evidence block");
                         missing()
                     })?
                     .ok_or_else(missing)?;
+                let bytes = segmented::read_block(self.evidence_io.as_ref(), &pointer)?;
                 let lines = Arc::new(codec::decode_block(&bytes)?);
                 let mut blocks = self.blocks.lock().expect("blocks lock");
                 if blocks.len() >= BLOCKS_CACHED {
@@ -345,8 +478,12 @@ impl Store {
             .retain(|b, _| !gone.contains(b));
     }
 
-    /// Reads one record's bytes.
+    /// Reads one record's bytes (an evidence block's: where it is in its journal).
     pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if space == Space::Windows {
+            let segmented = self.segmented.lock().expect("segments lock");
+            return Ok(segmented.windows().get(key).cloned());
+        }
         self.engine.get(&space.key(key))
     }
 
@@ -492,6 +629,17 @@ pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// An evidence line dated 5 s after the epoch.
+    fn a_line() -> Evidence {
+        Evidence {
+            source: "auth".into(),
+            path: "auth.log".into(),
+            offset: 7,
+            time: chrono::DateTime::from_timestamp_millis(5_000).unwrap(),
+            line: "a line".into(),
+        }
+    }
+
     /// The store reads and writes the same through either engine.
     #[test]
     fn both_engines_serve_the_same_tables() {
@@ -502,7 +650,9 @@ mod tests {
                 batch.put(Space::Silences, &n.to_be_bytes(), &n).unwrap();
             }
             batch.put(Space::Incidents, b"x", &"other table").unwrap();
-            batch.put_raw(Space::Evidence, b"\xff\xff", vec![1, 2]);
+            let line = a_line();
+            let at = batch.add_evidence(&store, &line);
+            batch.put_raw(Space::Windows, b"rule\0k", vec![9]);
             let first = batch.take_id(&store);
             store.commit(batch).unwrap();
             let keys: Vec<u64> = store
@@ -524,9 +674,11 @@ mod tests {
             assert!(batch.take_id(&store) > first, "ids only grow");
             store.commit(batch).unwrap();
             assert_eq!(store.keys(Space::Silences).unwrap().len(), 2);
+            assert_eq!(store.evidence(at).unwrap().line, line.line);
+            assert_eq!(store.evidence_blocks(), [(at.block, 5_000)]);
             assert_eq!(
-                store.get_raw(Space::Evidence, b"\xff\xff").unwrap(),
-                Some(vec![1, 2])
+                store.scan_raw(Space::Windows).unwrap(),
+                [(b"rule\0k".to_vec(), vec![9])]
             );
             assert_eq!(
                 store.get::<u64>(Space::Meta, FORMAT_KEY).unwrap(),
@@ -536,19 +688,40 @@ mod tests {
     }
 
     #[test]
-    fn committed_records_survive_reopening() {
+    fn committed_records_survive_reopening_and_an_uncommitted_journal_tail_does_not() {
         let dir = tempfile::tempdir().unwrap();
+        let line = a_line();
+        let at;
         {
             let store = Store::open(dir.path()).unwrap();
             let mut batch = Batch::new();
+            at = batch.add_evidence(&store, &line);
+            batch.put_raw(Space::Windows, b"w1", vec![1]);
+            batch.put_raw(Space::Windows, b"w2", vec![2]);
             batch.put(Space::Incidents, b"1", &"one").unwrap();
             batch.put(Space::Checkpoints, b"1:2", &7u64).unwrap();
             batch.put(Space::Incidents, b"2", &"two").unwrap();
             store.commit(batch).unwrap();
             let mut batch = Batch::new();
             batch.remove(Space::Incidents, b"2");
+            batch.remove(Space::Windows, b"w2");
             store.commit(batch).unwrap();
             store.flush_blocking().unwrap();
+        }
+        // A commit whose records reached the journals (one torn) but not the engine.
+        let journals = [dir.path().join("evidence"), dir.path().join("windows")];
+        let sizes: Vec<u64> = journals
+            .iter()
+            .map(|j| std::fs::metadata(j.join("00000000.seg")).unwrap().len())
+            .collect();
+        for j in &journals {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(j.join("00000000.seg"))
+                .unwrap();
+            f.write_all(&[42; 25]).unwrap();
+            std::fs::write(j.join("00000001.seg"), [42; 10]).unwrap();
         }
         // sled's flusher thread lets go of the file lock a moment after the last handle
         // is dropped; on a loaded machine the reopen can come first.
@@ -569,5 +742,67 @@ mod tests {
             store.get::<u64>(Space::Checkpoints, b"1:2").unwrap(),
             Some(7)
         );
+        assert_eq!(store.evidence(at).unwrap().line, line.line);
+        assert_eq!(
+            store.scan_raw(Space::Windows).unwrap(),
+            [(b"w1".to_vec(), vec![1])]
+        );
+        for (j, size) in journals.iter().zip(sizes) {
+            assert_eq!(
+                std::fs::metadata(j.join("00000000.seg")).unwrap().len(),
+                size,
+                "the uncommitted tail of {j:?} is cut off"
+            );
+            assert!(!j.join("00000001.seg").exists());
+        }
+    }
+
+    #[test]
+    fn window_snapshots_let_old_segments_go_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = std::collections::BTreeMap::new();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Incompressible values, so the journal grows past a few segments.
+            let mut x: u64 = 1;
+            for commit in 0..400u32 {
+                let mut batch = Batch::new();
+                for k in 0..20u32 {
+                    let key = format!("w{}", (commit * 7 + k) % 300).into_bytes();
+                    let value: Vec<u8> = (0..200)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    batch.put_raw(Space::Windows, &key, value.clone());
+                    expected.insert(key, value);
+                }
+                store.commit(batch).unwrap();
+                store.flush_blocking().unwrap();
+            }
+            let segs = std::fs::read_dir(dir.path().join("windows"))
+                .unwrap()
+                .count();
+            assert!(segs <= 6, "{segs} window segments kept");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        };
+        let read: std::collections::BTreeMap<_, _> = store
+            .scan_raw(Space::Windows)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(read, expected);
     }
 }

@@ -1,15 +1,17 @@
-//! The store's layout: every table (a key prefix in the one sled tree), its key, its value
-//! codec and the version of that codec, in one place.
+//! The store's layout: every table (a key prefix in the one sled tree, or a segment
+//! journal for the two high-volume tables), its key, its value codec and the version of
+//! that codec, in one place.
 //!
-//! Store format 2 (see [`super::FORMAT`]):
+//! Store format 3 (see [`super::FORMAT`]):
 //!
 //! | table | key | value | codec, version |
 //! |---|---|---|---|
 //! | `inc/` | incident number, 20 digits | head: state, severity, count, times, summary, evidence references, timeline length | binary v1 ([`crate::incidents::stored`]) |
 //! | `incb/` | incident number | body: id, uid, rule, key, rule facts, review, approval | JSON |
 //! | `inct/` | incident number, entry index (u32 big-endian) | one timeline entry | JSON |
-//! | `ev/` | line time (ms, sign-flipped big-endian), hash | an evidence line: time, offset, source, path, text | binary v1 ([`super::codec`]) |
-//! | `win/` | rule id, NUL, key values as JSON | rule hash, then the key's detection state with evidence references | binary v1 ([`crate::detection::kinds::KeyState::encode`]) |
+//! | `ev/` | block id (u64 big-endian) | in the engine: a pointer (tag `0xB1`, journal position, newest line's time); in the `evidence/` journal: the block (a commit's new lines, deflated) | binary v1 ([`super::codec`], [`super::segmented`]) |
+//! | `win/` | rule id, NUL, key values as JSON | only in the `windows/` journal (changes per commit, snapshots): rule hash, then the key's detection state with evidence references | binary v1 ([`crate::detection::kinds::KeyState::encode`]) |
+//! | `meta/segments` | — | where the journals end and the last window snapshot starts, written by every commit | JSON |
 //! | `ckpt/` | `dev:ino` | file checkpoint | JSON |
 //! | `meta/` | name | counters, the audit head, the format marker | JSON |
 //! | `out/`, `dead/` | notification id, 20 digits | notification with its rendered body | JSON |
@@ -24,6 +26,8 @@
 //! than it knows. JSON stays where people and auditors read the bytes (the API's incidents
 //! are rebuilt from head, body and timeline; the audit chain hashes its JSON).
 //!
+//! Format 2 kept evidence blocks and windows in the engine, where sled's rewrites of its
+//! nodes multiplied their bytes on disk about tenfold.
 //! Format 1 (releases before the marker) stored incidents and windows as whole JSON
 //! documents with evidence lines copied into each; `crate::upgrade` rewrites them.
 

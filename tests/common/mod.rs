@@ -613,6 +613,23 @@ rules:
     severity: low
 "#;
 
+/// The `count5` incidents of [`ACCOUNTING_RULES`]: key → (count, evidence lines).
+pub fn count5_incidents(d: &Daemon) -> std::collections::BTreeMap<String, (u64, usize)> {
+    d.incidents()
+        .into_iter()
+        .filter(|i| i["rule"] == "count5")
+        .map(|i| {
+            (
+                i["key"]["k"].as_str().unwrap().to_string(),
+                (
+                    i["count"].as_u64().unwrap(),
+                    i["evidence"].as_array().map_or(0, Vec::len),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Waits until every `g` key has its incident, then checks the accounting exactly.
 ///
 /// A loaded machine (CI builds beside the test) makes a daemon slow, not wrong: the wait
@@ -620,15 +637,9 @@ rules:
 /// (or three minutes in all), saying how far evaluation got.
 pub fn verify_accounting(d: &Daemon, keys: usize, stall: Duration) {
     let counts = |d: &Daemon| -> std::collections::BTreeMap<String, u64> {
-        d.incidents()
+        count5_incidents(d)
             .into_iter()
-            .filter(|i| i["rule"] == "count5")
-            .map(|i| {
-                (
-                    i["key"]["k"].as_str().unwrap().to_string(),
-                    i["count"].as_u64().unwrap(),
-                )
-            })
+            .map(|(k, (count, _))| (k, count))
             .collect()
     };
     let start = Instant::now();

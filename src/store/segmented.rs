@@ -1,0 +1,395 @@
+//! The store's high-volume tables, kept in segment journals ([`super::segments`]) instead
+//! of the engine: evidence blocks (`ev/`: the engine holds a 17-byte pointer per block)
+//! and detection windows (`win/`: the engine holds nothing per window). Every commit
+//! appends its evidence block and its window changes, syncs them, and only then applies
+//! the engine batch, which records where both journals end ([`Ends`]). A restart reads the
+//! windows back from the last snapshot up to that end; whatever lies past it was never
+//! committed and is cut off.
+//!
+//! Windows are journaled as changes (key → new value or removal), deflated, one record
+//! per commit; once the changes since the last snapshot outweigh it, a commit writes a
+//! whole snapshot instead and the segments before it are dropped. The committed windows
+//! are kept in memory (what a restart would read back), so reading them costs no I/O.
+
+use super::StoreError;
+use super::codec;
+use super::engine::{Engine, Write, prefix_end};
+use super::schema::Space;
+use super::segments::{Journal, Pos, SegmentError, SegmentIo, read};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write as _};
+use std::sync::Arc;
+
+/// Record kinds.
+const EVIDENCE_BLOCK: u8 = 1;
+const WINDOW_CHANGES: u8 = 2;
+const WINDOW_SNAPSHOT: u8 = 3;
+/// First byte of an evidence pointer (an inline block of format 2 starts with 1).
+const POINTER_TAG: u8 = 0xB1;
+/// Changes journaled since the last snapshot before a new one is considered (small in
+/// unit tests, so a few commits take several snapshots).
+const SNAPSHOT_MIN_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 1 << 20 };
+/// Meta key of the committed journal ends.
+pub(super) const ENDS_KEY: &[u8] = b"segments";
+/// Most bytes a window record inflates to (bounds a corrupt one).
+const MAX_WINDOW_RECORD: u64 = 1 << 30;
+
+/// Where the journals ended at the last commit, stored by that commit (packed [`Pos`]).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct Ends {
+    evidence: u64,
+    windows: u64,
+    /// The last window snapshot: where a restart starts reading windows.
+    windows_from: u64,
+}
+
+/// A window change: key (without prefix) and its new value, `None` to remove it.
+pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// The journals, the committed windows and where each live evidence block is.
+pub(super) struct Segmented {
+    evidence: Journal,
+    windows: Journal,
+    ends: Ends,
+    table: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Bytes of window changes journaled since the last snapshot, and that snapshot's size.
+    since_snapshot: u64,
+    snapshot_bytes: u64,
+    /// Live evidence blocks: segment and newest line time (ms).
+    blocks: HashMap<u64, (u32, i64)>,
+}
+
+/// A commit's journal records, appended and synced, waiting for the engine batch.
+pub(super) struct Prepared {
+    /// Evidence pointers and the new ends, to apply with the batch.
+    pub writes: Vec<Write>,
+    changes: Vec<Change>,
+    added: Vec<(u64, (u32, i64))>,
+    dropped: Vec<u64>,
+    ends: Ends,
+    before: (Pos, Pos),
+    snapshot: Option<u64>,
+    change_bytes: u64,
+}
+
+/// Where to cut the journals once the engine state that no longer needs them is durable.
+#[derive(Clone, Copy)]
+pub(super) struct Bounds {
+    evidence: u32,
+    windows: u32,
+}
+
+impl Segmented {
+    /// The journals over `evidence` and `windows`, cut back to the ends `engine` holds,
+    /// and the windows they hold.
+    pub fn load(
+        engine: &dyn Engine,
+        evidence: Arc<dyn SegmentIo>,
+        windows: Arc<dyn SegmentIo>,
+    ) -> Result<Segmented, StoreError> {
+        let ends: Ends = match engine.get(&Space::Meta.key(ENDS_KEY))? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => Ends::default(),
+        };
+        let evidence = Journal::recover(evidence, Pos::unpack(ends.evidence))?;
+        let windows = Journal::recover(windows, Pos::unpack(ends.windows))?;
+        let mut table = BTreeMap::new();
+        let (mut since_snapshot, mut snapshot_bytes) = (0, 0);
+        for record in windows.records(Pos::unpack(ends.windows_from), windows.end()) {
+            let (at, kind, payload) = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    // Windows are caches of counts: what cannot be read starts again.
+                    tracing::error!(error = %e, "window journal unreadable; the windows after it start again");
+                    break;
+                }
+            };
+            let changes = match inflate_changes(&payload) {
+                Ok(changes) => changes,
+                Err(e) => {
+                    tracing::error!(at = %at, error = %e, "window record unreadable; the windows after it start again");
+                    break;
+                }
+            };
+            if kind == WINDOW_SNAPSHOT {
+                table.clear();
+                snapshot_bytes = payload.len() as u64;
+                since_snapshot = 0;
+            } else {
+                since_snapshot += payload.len() as u64;
+            }
+            apply(&mut table, changes);
+        }
+        let mut blocks = HashMap::new();
+        let prefix = Space::Evidence.prefix();
+        let end = prefix_end(prefix);
+        for item in engine.range(prefix, end.as_deref()) {
+            let (key, value) = item?;
+            // Inline blocks (format 2) are moved into the journal by the migration.
+            if let (Some(block), Some((at, newest))) =
+                (block_of(&key[prefix.len()..]), decode_pointer(&value))
+            {
+                blocks.insert(block, (at.seg, newest));
+            }
+        }
+        Ok(Segmented {
+            evidence,
+            windows,
+            ends,
+            table,
+            since_snapshot,
+            snapshot_bytes,
+            blocks,
+        })
+    }
+
+    /// The same journals and engine read again (after the engine was reopened: commits it
+    /// lost are cut from the journals too).
+    pub fn reload(&mut self, engine: &dyn Engine) -> Result<(), StoreError> {
+        let evidence = self.evidence.io().clone();
+        let windows = self.windows.io().clone();
+        *self = Segmented::load(engine, evidence, windows)?;
+        Ok(())
+    }
+
+    /// The committed windows.
+    pub fn windows(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+        &self.table
+    }
+
+    /// Live evidence blocks and their newest line time (ms).
+    pub fn evidence_blocks(&self) -> Vec<(u64, i64)> {
+        self.blocks.iter().map(|(b, (_, ms))| (*b, *ms)).collect()
+    }
+
+    /// Appends and syncs a commit's evidence blocks (key, encoded block) and window
+    /// changes; `dropped`: blocks the commit removes.
+    pub fn prepare(
+        &mut self,
+        blocks: Vec<(Vec<u8>, Vec<u8>)>,
+        changes: Vec<Change>,
+        dropped: Vec<u64>,
+    ) -> Result<Prepared, StoreError> {
+        let before = (self.evidence.end(), self.windows.end());
+        match self.append(blocks, changes, dropped, before) {
+            Ok(prepared) => Ok(prepared),
+            Err(e) => {
+                self.evidence.rewind(before.0);
+                self.windows.rewind(before.1);
+                Err(e)
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        blocks: Vec<(Vec<u8>, Vec<u8>)>,
+        changes: Vec<Change>,
+        dropped: Vec<u64>,
+        before: (Pos, Pos),
+    ) -> Result<Prepared, StoreError> {
+        let mut writes = Vec::new();
+        let mut added = Vec::new();
+        for (key, bytes) in blocks {
+            let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
+            let newest = codec::block_newest_ms(&bytes)?;
+            let at = self.evidence.append(EVIDENCE_BLOCK, &bytes)?;
+            writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
+            added.push((block, (at.seg, newest)));
+        }
+        let mut ends = self.ends;
+        let mut snapshot = None;
+        let mut change_bytes = 0;
+        if !changes.is_empty() {
+            let record = deflate_changes(changes.iter().map(|(k, v)| (k, v.as_ref())));
+            let due = self.since_snapshot + record.len() as u64
+                > SNAPSHOT_MIN_BYTES.max(2 * self.snapshot_bytes);
+            if due {
+                let mut table = self.table.clone();
+                apply(&mut table, changes.iter().cloned());
+                let whole = deflate_changes(table.iter().map(|(k, v)| (k, Some(v))));
+                let at = self.windows.append(WINDOW_SNAPSHOT, &whole)?;
+                ends.windows_from = at.pack();
+                snapshot = Some(whole.len() as u64);
+            } else {
+                self.windows.append(WINDOW_CHANGES, &record)?;
+                change_bytes = record.len() as u64;
+            }
+        }
+        // Durable before the engine commit that points at them.
+        self.evidence.sync()?;
+        self.windows.sync()?;
+        ends.evidence = self.evidence.end().pack();
+        ends.windows = self.windows.end().pack();
+        writes.push((Space::Meta.key(ENDS_KEY), Some(serde_json::to_vec(&ends)?)));
+        Ok(Prepared {
+            writes,
+            changes,
+            added,
+            dropped,
+            ends,
+            before,
+            snapshot,
+            change_bytes,
+        })
+    }
+
+    /// The engine applied the batch `prepared` was made for.
+    pub fn committed(&mut self, prepared: Prepared) {
+        apply(&mut self.table, prepared.changes);
+        for block in prepared.dropped {
+            self.blocks.remove(&block);
+        }
+        self.blocks.extend(prepared.added);
+        self.ends = prepared.ends;
+        match prepared.snapshot {
+            Some(bytes) => {
+                self.snapshot_bytes = bytes;
+                self.since_snapshot = 0;
+            }
+            None => self.since_snapshot += prepared.change_bytes,
+        }
+    }
+
+    /// The engine refused the batch: its records are forgotten.
+    pub fn abandoned(&mut self, prepared: Prepared) {
+        self.evidence.rewind(prepared.before.0);
+        self.windows.rewind(prepared.before.1);
+    }
+
+    /// Where the journals may be cut once what the engine holds now is durable.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            evidence: self
+                .blocks
+                .values()
+                .map(|(seg, _)| *seg)
+                .min()
+                .unwrap_or(u32::MAX),
+            windows: Pos::unpack(self.ends.windows_from).seg,
+        }
+    }
+
+    /// Removes the segments before `bounds` (nothing durable points into them).
+    pub fn collect(&mut self, bounds: Bounds) {
+        for (journal, before) in [
+            (&mut self.evidence, bounds.evidence),
+            (&mut self.windows, bounds.windows),
+        ] {
+            match journal.drop_before(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(segments = n, "journal segments collected"),
+                Err(e) => tracing::warn!(error = %e, "journal segments not collected"),
+            }
+        }
+    }
+}
+
+/// The evidence block `pointer` points at, read from `io`.
+pub(super) fn read_block(io: &dyn SegmentIo, pointer: &[u8]) -> Result<Vec<u8>, codec::CodecError> {
+    let (at, _) =
+        decode_pointer(pointer).ok_or(codec::CodecError::Malformed("evidence pointer"))?;
+    match read(io, at) {
+        Ok((EVIDENCE_BLOCK, bytes)) => Ok(bytes),
+        Ok(_) => Err(codec::CodecError::Malformed("not an evidence record")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read an evidence block");
+            Err(codec::CodecError::Malformed("evidence record unreadable"))
+        }
+    }
+}
+
+fn block_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+fn encode_pointer(at: Pos, newest_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(POINTER_TAG);
+    out.extend_from_slice(&at.pack().to_le_bytes());
+    out.extend_from_slice(&newest_ms.to_le_bytes());
+    out
+}
+
+fn decode_pointer(bytes: &[u8]) -> Option<(Pos, i64)> {
+    if bytes.len() != 17 || bytes[0] != POINTER_TAG {
+        return None;
+    }
+    let at = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
+    let newest = i64::from_le_bytes(bytes[9..17].try_into().ok()?);
+    Some((Pos::unpack(at), newest))
+}
+
+fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: impl IntoIterator<Item = Change>) {
+    for (key, value) in changes {
+        match value {
+            Some(value) => table.insert(key, value),
+            None => table.remove(&key),
+        };
+    }
+}
+
+/// Changes as count, then per change key length, key, presence, value length, value (u32
+/// LE lengths), deflated.
+fn deflate_changes<'a>(
+    changes: impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut n = 0u32;
+    body.extend_from_slice(&[0; 4]);
+    for (key, value) in changes {
+        n += 1;
+        body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        body.extend_from_slice(key);
+        match value {
+            Some(v) => {
+                body.push(1);
+                body.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                body.extend_from_slice(v);
+            }
+            None => body.push(0),
+        }
+    }
+    body[0..4].copy_from_slice(&n.to_le_bytes());
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&body).expect("writing to memory");
+    z.finish().expect("writing to memory")
+}
+
+fn take_bytes<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], SegmentError> {
+    let slice = body
+        .get(*at..at.saturating_add(n))
+        .ok_or(SegmentError::Corrupt(
+            Pos::default(),
+            "window record cut short",
+        ))?;
+    *at += n;
+    Ok(slice)
+}
+
+fn inflate_changes(bytes: &[u8]) -> Result<Vec<Change>, SegmentError> {
+    let bad = |what| SegmentError::Corrupt(Pos::default(), what);
+    let mut body = Vec::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .take(MAX_WINDOW_RECORD)
+        .read_to_end(&mut body)
+        .map_err(|_| bad("window record does not inflate"))?;
+    let mut at = 0usize;
+    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
+    let n = u32_at(take_bytes(&body, &mut at, 4)?);
+    let mut changes = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let klen = u32_at(take_bytes(&body, &mut at, 4)?);
+        let key = take_bytes(&body, &mut at, klen)?.to_vec();
+        let value = match take_bytes(&body, &mut at, 1)?[0] {
+            0 => None,
+            _ => {
+                let vlen = u32_at(take_bytes(&body, &mut at, 4)?);
+                Some(take_bytes(&body, &mut at, vlen)?.to_vec())
+            }
+        };
+        changes.push((key, value));
+    }
+    Ok(changes)
+}
