@@ -537,6 +537,14 @@ mod tests {
         }
     }
 
+    /// What a commit would store of `d`'s changed state, as a restart reads it back.
+    fn saved(d: &mut Detector) -> Vec<SavedWindow> {
+        d.take_dirty()
+            .into_iter()
+            .map(|(id, s)| (id, s.cloned().unwrap()))
+            .collect()
+    }
+
     /// Feeds `text` at `ms`; returns the hits.
     fn feed(d: &mut Detector, ms: i64, text: &str) -> Vec<Hit> {
         let mut hits = Vec::new();
@@ -780,11 +788,7 @@ rules:
         let mut hits = Vec::new();
         d.advance(at(T0), &mut hits);
         feed(&mut d, T0 + 10_000, "backup done on db1");
-        let saved: Vec<SavedWindow> = d
-            .take_dirty()
-            .into_iter()
-            .map(|(id, s)| (id, s.cloned().unwrap()))
-            .collect();
+        let saved = saved(&mut d);
         assert_eq!(saved.len(), 2);
         // Restart 59 s later: the stored clock start holds, so nothing yet...
         let mut d = Detector::new(set, &["auth".into()]);
@@ -815,11 +819,7 @@ rules:
     fn restore_drops_state_of_changed_rules() {
         let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
         feed(&mut d, T0, "from 1.1.1.1");
-        let saved: Vec<SavedWindow> = d
-            .take_dirty()
-            .into_iter()
-            .map(|(id, s)| (id, s.cloned().unwrap()))
-            .collect();
+        let saved = saved(&mut d);
         let mut changed = Detector::new(
             rules(&FLOOD.replace("count: 3", "count: 2")),
             &["auth".into()],
@@ -957,11 +957,7 @@ rules:
     fn restored_keys_expire_at_their_time() {
         let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
         feed(&mut d, T0, "a 10.0.0.1 u1");
-        let saved: Vec<SavedWindow> = d
-            .take_dirty()
-            .into_iter()
-            .map(|(id, s)| (id, s.cloned().unwrap()))
-            .collect();
+        let saved = saved(&mut d);
         let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
         assert!(d.restore(saved).is_empty());
         let live = d.live_keys();
