@@ -8,7 +8,6 @@ pub mod api;
 pub mod audit;
 pub mod check;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod containment;
 pub mod daemon;

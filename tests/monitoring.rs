@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use logwarden::lifecycle::cli::encode;
+use logwarden::cli::client::encode;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

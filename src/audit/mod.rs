@@ -17,7 +17,6 @@
 //! mapping.
 
 pub mod anchor;
-pub mod cli;
 pub mod coverage;
 pub mod event;
 pub mod head;

@@ -14,7 +14,6 @@
 //! the worker did, `exec` is the worker, `protect` the addresses never contained.
 
 mod book;
-pub mod cli;
 pub mod exec;
 mod outcome;
 mod protect;

@@ -16,7 +16,6 @@
 //! carries out API requests and containment outcomes through the desk; [`effects`] is what
 //! the desk decided, for the single writer to commit. HTTP request bodies belong to `api`.
 
-pub mod cli;
 pub mod commands;
 pub mod desk;
 pub mod effects;

@@ -7,7 +7,6 @@
 //! ([`deliver`]) sends outbox records, removes them on success, retries with backoff until
 //! `retry.max_age`, then keeps them as dead letters that the API and CLI list and re-send.
 
-pub mod cli;
 pub mod deliver;
 pub mod format;
 mod record;

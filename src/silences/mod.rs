@@ -11,7 +11,6 @@
 //! `ends_at` it is in effect only inside its windows, and each window that takes effect is
 //! an audit record when it opens and when it closes.
 
-pub mod cli;
 pub mod schedule;
 
 use crate::duration::HumanDuration;

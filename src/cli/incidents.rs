@@ -1,7 +1,7 @@
 //! `logwarden incidents list|show|ack|transition|note|review|approve|resolve|release`: the incident client
 //! of the HTTP API, with tables for people and `--json` for scripts.
 
-use crate::client::{self, ApiArgs, text, time};
+use super::client::{self, ApiArgs, encode, text, time};
 use crate::incidents::State;
 use crate::rules::Severity;
 use clap::builder::PossibleValuesParser;
@@ -189,51 +189,6 @@ pub fn run(args: IncidentsArgs) -> ExitCode {
         IncidentsCommand::Resolve { id, note } => post(id, "resolve", json!({ "note": note })),
         IncidentsCommand::Release { id, note } => post(id, "release", json!({ "note": note })),
     }
-}
-
-/// `logwarden drill --rule ID`.
-#[derive(Args, Debug)]
-pub struct DrillArgs {
-    /// Where the API is and who is asking.
-    #[command(flatten)]
-    pub api: ApiArgs,
-    /// The rule whose response path to exercise.
-    #[arg(long)]
-    pub rule: String,
-    /// Print the drill incident as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Opens a drill incident through the live daemon and says which one.
-pub fn drill(args: DrillArgs) -> ExitCode {
-    client::run(
-        &args.api,
-        "POST",
-        "/api/v1/drills",
-        Some(json!({ "rule": args.rule })),
-        client::show(args.json, |incident| {
-            crate::outln!(
-                "{}: drill for {} opened ({}); follow it with `logwarden incidents show {}`",
-                text(incident, "id"),
-                text(incident, "rule"),
-                text(incident, "summary"),
-                text(incident, "id")
-            );
-        }),
-    )
-}
-
-/// Percent-encodes a path segment or query value.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn key_text(key: &Value) -> String {

@@ -1,6 +1,6 @@
 //! `logwarden notifications dead|resend`: the dead-letter client of the HTTP API.
 
-use crate::client::{self, ApiArgs};
+use super::client::{self, ApiArgs};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 

@@ -1,5 +1,17 @@
 //! Command-line entry: parses arguments and maps results to the documented exit codes
 //! (0 success, 1 a finding, 2 usage or I/O error).
+//!
+//! Everything a person types lives under this folder, the top of the flow: argument parsing
+//! here, the HTTP API client in [`client`], one file per client subcommand group. Nothing
+//! below imports from here.
+
+pub mod audit;
+pub mod client;
+pub mod containments;
+pub mod drill;
+pub mod incidents;
+pub mod notifications;
+pub mod silences;
 
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::daemon::{self, RunError};
@@ -35,17 +47,17 @@ pub enum Command {
         format: crate::check::CheckFormat,
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
-    Notifications(crate::notification::cli::NotificationsArgs),
+    Notifications(notifications::NotificationsArgs),
     /// Incidents: list, show, and work them through their lifecycle (client of the HTTP API).
-    Incidents(crate::lifecycle::cli::IncidentsArgs),
+    Incidents(incidents::IncidentsArgs),
     /// Containments: addresses banned by containment actions (client of the HTTP API).
-    Containments(crate::containment::cli::ContainmentsArgs),
+    Containments(containments::ContainmentsArgs),
     /// Silences: approved exceptions to notification (client of the HTTP API).
-    Silences(crate::silences::cli::SilencesArgs),
+    Silences(silences::SilencesArgs),
     /// The audit log: verify its hash chain, export evidence (offline, on a stopped store).
-    Audit(crate::audit::cli::AuditArgs),
+    Audit(audit::AuditArgs),
     /// Send a drill incident for a rule through the live response path (client of the API).
-    Drill(crate::lifecycle::cli::DrillArgs),
+    Drill(drill::DrillArgs),
     /// Run rule test files: input lines and the incidents they must open.
     Test(crate::tools::test::TestArgs),
     /// Evaluate historical logs by their own timestamps, with no store and no notifications.
@@ -92,12 +104,12 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config, format } => crate::check::run(&config, format),
-        Command::Notifications(args) => crate::notification::cli::run(args),
-        Command::Incidents(args) => crate::lifecycle::cli::run(args),
-        Command::Silences(args) => crate::silences::cli::run(args),
-        Command::Containments(args) => crate::containment::cli::run(args),
-        Command::Audit(args) => crate::audit::cli::run(args),
-        Command::Drill(args) => crate::lifecycle::cli::drill(args),
+        Command::Notifications(args) => notifications::run(args),
+        Command::Incidents(args) => incidents::run(args),
+        Command::Silences(args) => silences::run(args),
+        Command::Containments(args) => containments::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Drill(args) => drill::drill(args),
         Command::Test(args) => crate::tools::test::run(args),
         Command::Replay(args) => crate::tools::replay::run(args),
         Command::Explain(args) => crate::tools::explain::run(args),

@@ -1,6 +1,6 @@
 //! `logwarden containments list`: the containments (bans) in the store, through the HTTP API.
 
-use crate::client::{self, ApiArgs, text, time};
+use super::client::{self, ApiArgs, text, time};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::process::ExitCode;
@@ -36,10 +36,7 @@ pub fn run(args: ContainmentsArgs) -> ExitCode {
     match &args.command {
         ContainmentsCommand::List { status } => {
             let path = match status {
-                Some(s) => format!(
-                    "/api/v1/containments?status={}",
-                    crate::lifecycle::cli::encode(s)
-                ),
+                Some(s) => format!("/api/v1/containments?status={}", client::encode(s)),
                 None => "/api/v1/containments".to_string(),
             };
             client::run(

@@ -1,7 +1,6 @@
 //! `logwarden silences add|list|expire`: the silence client of the HTTP API.
 
-use crate::client::{self, ApiArgs, text, time};
-use crate::lifecycle::cli::encode;
+use super::client::{self, ApiArgs, encode, text, time};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 use std::process::ExitCode;

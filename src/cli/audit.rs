@@ -3,7 +3,7 @@
 //! signing key's public half) and `audit accept-discrepancy` (a client of the running
 //! daemon's API).
 
-use super::{ExportFormat, Verdict};
+use crate::audit::{ExportFormat, Verdict};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::store::Store;
 use clap::{Args, Subcommand};
@@ -60,7 +60,7 @@ pub enum AuditCommand {
         reason: String,
         /// Where the API is and who is asking.
         #[command(flatten)]
-        api: crate::client::ApiArgs,
+        api: super::client::ApiArgs,
     },
     /// Print the records with the SOC 2 controls each is evidence for.
     Export {
@@ -126,7 +126,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        AuditCommand::AcceptDiscrepancy { reason, api } => crate::client::run(
+        AuditCommand::AcceptDiscrepancy { reason, api } => super::client::run(
             &api,
             "POST",
             "/api/v1/audit/accept-discrepancy",
@@ -146,7 +146,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             since,
             until,
         } => {
-            let parse = |t: Option<String>| t.as_deref().map(super::parse_time).transpose();
+            let parse = |t: Option<String>| t.as_deref().map(crate::audit::parse_time).transpose();
             let (since, until) = match (parse(since), parse(until)) {
                 (Ok(s), Ok(u)) => (s, u),
                 (Err(e), _) | (_, Err(e)) => return fail(&e.to_string()),
@@ -162,7 +162,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(&e),
             };
-            match super::export(&store, since, until, format, &slas, chrono::Utc::now()) {
+            match crate::audit::export(&store, since, until, format, &slas, chrono::Utc::now()) {
                 Ok(text) => {
                     crate::output::print(&text);
                     ExitCode::SUCCESS
@@ -191,13 +191,15 @@ fn verify(
     let signed = match against {
         None => None,
         Some(file) => {
-            let head = match super::head::read_file(file) {
+            let head = match crate::audit::head::read_file(file) {
                 Ok(Some(h)) => h,
                 Ok(None) => return fail(&format!("{} does not exist", file.display())),
                 Err(e) => return fail(&e.to_string()),
             };
             let public = match public_key {
-                Some(text) => super::signing::parse_public_key(text).map_err(|e| e.to_string()),
+                Some(text) => {
+                    crate::audit::signing::parse_public_key(text).map_err(|e| e.to_string())
+                }
                 None => signer(config)
                     .map(|s| s.public_key())
                     .map_err(|e| format!("{e} (or give the public key with --public-key)")),
@@ -213,7 +215,7 @@ fn verify(
         Err(e) => return fail(&e),
     };
     let mut findings = Vec::new();
-    let chain = match super::verify(&store) {
+    let chain = match crate::audit::verify(&store) {
         Ok(v) => v,
         Err(e) => return fail(&e.to_string()),
     };
@@ -229,7 +231,7 @@ fn verify(
     if let Some((head, public)) = &signed {
         match head.check_signature(public) {
             Err(e) => findings.push(format!("the saved head does not verify: {e}")),
-            Ok(()) => match super::head::shortfall(&store, &head.head()) {
+            Ok(()) => match crate::audit::head::shortfall(&store, &head.head()) {
                 Ok(Some(why)) => findings.push(format!(
                     "against the head signed at {}: {why}",
                     head.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -239,7 +241,7 @@ fn verify(
             },
         }
     }
-    match super::coverage::mismatches(&store) {
+    match crate::audit::coverage::mismatches(&store) {
         Ok(found) => findings.extend(
             found
                 .into_iter()
@@ -271,12 +273,12 @@ fn verify(
 }
 
 /// The signing key named by a config's `audit.signing_key_file`.
-fn signer(config: &Path) -> Result<super::signing::HeadSigner, String> {
+fn signer(config: &Path) -> Result<crate::audit::signing::HeadSigner, String> {
     let config = load_config(config)?;
     let audit = config
         .audit
         .ok_or_else(|| format!("{} has no audit.signing_key_file", config.path.display()))?;
-    super::signing::HeadSigner::load(&audit.signing_key_file).map_err(|e| e.to_string())
+    crate::audit::signing::HeadSigner::load(&audit.signing_key_file).map_err(|e| e.to_string())
 }
 
 /// `audit pack`: loads the key before touching the store, writes the ZIP next to `out`
@@ -294,9 +296,9 @@ fn pack(id: &str, out: &Path, state_dir: &Path, config: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let bytes = match super::pack::build(&store, id, &signer, chrono::Utc::now()) {
+    let bytes = match crate::audit::pack::build(&store, id, &signer, chrono::Utc::now()) {
         Ok(b) => b,
-        Err(e @ super::pack::PackError::BrokenChain { .. }) => {
+        Err(e @ crate::audit::pack::PackError::BrokenChain { .. }) => {
             eprintln!("logwarden: {e}");
             return ExitCode::from(1);
         }
