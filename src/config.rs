@@ -15,6 +15,7 @@ pub use actions::{
 };
 pub use audit::AuditConfig;
 pub use escalation::{EscalationStep, PolicyConfig, Until};
+pub use events::EventKind;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,9 @@ use std::path::{Path, PathBuf};
 mod actions;
 mod audit;
 mod escalation;
+mod events;
 mod receivers;
+pub mod slas;
 mod sources;
 pub mod template;
 pub use receivers::{
@@ -98,7 +101,7 @@ pub struct Config {
     /// Response SLAs per severity (acknowledge, contain, resolve), judged in the population
     /// export and counted in `logwarden_incident_sla_outcomes_total`.
     #[serde(default)]
-    pub slas: crate::sla::Slas,
+    pub slas: slas::Slas,
     /// The file this config was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -367,7 +370,7 @@ impl Config {
             }
         }
         let slas_at = loc.top_key("slas");
-        for (severity, problem) in crate::sla::problems(&self.slas) {
+        for (severity, problem) in slas::problems(&self.slas) {
             let at = loc.key_in_block(slas_at, severity.as_str());
             problems.push(Diagnostic::at(path, at, problem));
         }

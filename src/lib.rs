@@ -36,6 +36,7 @@ pub mod recidive;
 pub mod reload;
 pub mod rules;
 pub mod shutdown;
+pub mod signing;
 pub mod silences;
 pub mod sla;
 pub mod sources;

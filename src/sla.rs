@@ -6,77 +6,10 @@
 //! time) and the `logwarden_incident_sla_outcomes_total` counter (each stage as it is reached),
 //! so the two can never disagree about what "met" means.
 
+pub use crate::config::slas::{Slas, Stage, StageSlas, problems};
 use crate::duration::HumanDuration;
 use crate::incidents::{Incident, State};
-use crate::rules::Severity;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use std::collections::BTreeMap;
-
-/// The SLAs of one severity; a stage left out has none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageSlas {
-    /// Opened → acknowledged.
-    #[serde(default)]
-    pub acknowledge: Option<HumanDuration>,
-    /// Opened → contained.
-    #[serde(default)]
-    pub contain: Option<HumanDuration>,
-    /// Opened → closed.
-    #[serde(default)]
-    pub resolve: Option<HumanDuration>,
-}
-
-/// `slas:` of the config, by severity.
-pub type Slas = BTreeMap<Severity, StageSlas>;
-
-/// A stage an SLA can be set for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Opened → acknowledged.
-    Acknowledge,
-    /// Opened → contained.
-    Contain,
-    /// Opened → closed.
-    Resolve,
-}
-
-impl Stage {
-    /// Every stage, in lifecycle order.
-    pub const ALL: [Stage; 3] = [Stage::Acknowledge, Stage::Contain, Stage::Resolve];
-
-    /// The name in the config, the CSV header and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Acknowledge => "acknowledge",
-            Stage::Contain => "contain",
-            Stage::Resolve => "resolve",
-        }
-    }
-
-    /// This stage's SLA in `slas`.
-    pub fn limit(self, slas: &StageSlas) -> Option<HumanDuration> {
-        match self {
-            Stage::Acknowledge => slas.acknowledge,
-            Stage::Contain => slas.contain,
-            Stage::Resolve => slas.resolve,
-        }
-    }
-
-    /// When `incident` reached this stage, if it did. A false positive was acknowledged
-    /// when it was found one (that is a response), and never contained or resolved.
-    pub fn reached(self, incident: &Incident) -> Option<DateTime<Utc>> {
-        let false_positive = incident.state == State::FalsePositive;
-        match self {
-            Stage::Acknowledge => incident
-                .acknowledged_at
-                .or(incident.closed_at.filter(|_| false_positive)),
-            Stage::Contain => incident.contained_at,
-            Stage::Resolve => incident.closed_at.filter(|_| !false_positive),
-        }
-    }
-}
 
 /// Whether a stage met its SLA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +36,19 @@ impl Outcome {
     }
 }
 
+/// When `incident` reached `stage`, if it did. A false positive was acknowledged
+/// when it was found one (that is a response), and never contained or resolved.
+fn reached(stage: Stage, incident: &Incident) -> Option<DateTime<Utc>> {
+    let false_positive = incident.state == State::FalsePositive;
+    match stage {
+        Stage::Acknowledge => incident
+            .acknowledged_at
+            .or(incident.closed_at.filter(|_| false_positive)),
+        Stage::Contain => incident.contained_at,
+        Stage::Resolve => incident.closed_at.filter(|_| !false_positive),
+    }
+}
+
 /// Whether a stage taken `seconds` after opening met `limit`.
 pub fn judge(limit: HumanDuration, seconds: f64) -> Outcome {
     if seconds * 1000.0 <= limit.millis() as f64 {
@@ -124,7 +70,7 @@ pub fn outcome(
     let limit = stage.limit(slas.get(&incident.severity)?)?;
     let seconds =
         |t: DateTime<Utc>| (t - incident.opened_at).num_milliseconds().max(0) as f64 / 1e3;
-    Some(match stage.reached(incident) {
+    Some(match reached(stage, incident) {
         Some(at) => judge(limit, seconds(at)),
         None if !incident.state.is_active() => Outcome::NotApplicable,
         None => match judge(limit, seconds(now)) {
@@ -134,43 +80,11 @@ pub fn outcome(
     })
 }
 
-/// Problems of `slas:` in words an operator can act on, by the severity they are under: a
-/// later stage cannot have a shorter SLA than an earlier one (the clock of each starts at
-/// the opening).
-pub fn problems(slas: &Slas) -> Vec<(Severity, String)> {
-    let mut problems = Vec::new();
-    for (severity, stages) in slas {
-        let set: Vec<(Stage, HumanDuration)> = Stage::ALL
-            .iter()
-            .filter_map(|s| s.limit(stages).map(|l| (*s, l)))
-            .collect();
-        if set.is_empty() {
-            problems.push((
-                *severity,
-                format!("slas: {severity} sets no stage (acknowledge, contain or resolve)"),
-            ));
-        }
-        for pair in set.windows(2) {
-            let [(early, a), (late, b)] = [pair[0], pair[1]];
-            if b < a {
-                problems.push((
-                    *severity,
-                    format!(
-                        "slas: {severity}: {} ({b}) is shorter than {} ({a}); both count from the opening",
-                        late.as_str(),
-                        early.as_str()
-                    ),
-                ));
-            }
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::notification::format::sample_incident;
+    use crate::rules::Severity;
 
     fn minutes(m: u64) -> Option<HumanDuration> {
         Some(HumanDuration(std::time::Duration::from_secs(m * 60)))
@@ -216,30 +130,5 @@ mod tests {
         let mut other = incident.clone();
         other.severity = Severity::Low;
         assert_eq!(o(&other, Stage::Acknowledge, at(99)), None);
-    }
-
-    #[test]
-    fn a_later_stage_shorter_than_an_earlier_one_is_a_problem() {
-        let slas: Slas = [
-            (
-                Severity::Critical,
-                StageSlas {
-                    acknowledge: minutes(30),
-                    contain: minutes(15),
-                    resolve: None,
-                },
-            ),
-            (Severity::Low, StageSlas::default()),
-        ]
-        .into();
-        let problems = problems(&slas);
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert_eq!(problems[0].0, Severity::Low);
-        assert!(problems[0].1.contains("sets no stage"), "{problems:?}");
-        assert!(
-            problems[1]
-                .1
-                .contains("contain (15m) is shorter than acknowledge (30m)")
-        );
     }
 }

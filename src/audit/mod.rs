@@ -22,7 +22,9 @@ pub mod event;
 pub mod head;
 pub mod pack;
 pub mod population;
-pub mod signing;
+/// The head-signing key sits below the config (which checks it), so it is a root module;
+/// re-exported here where its users look for it.
+pub use crate::signing;
 
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -3,9 +3,9 @@
 //! Kept apart from the rest of the config because it is the largest block and the only one
 //! the delivery code reads; every struct still denies unknown fields.
 
+use super::EventKind;
 use crate::diag::{Diagnostic, Position, YamlLocator};
 use crate::duration::HumanDuration;
-use crate::incidents::EventKind;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
