@@ -275,7 +275,7 @@ pub fn tracker_key(incident: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::rules::Severity;
     use chrono::Duration;
     use std::path::Path;

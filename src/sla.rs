@@ -83,7 +83,7 @@ pub fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::rules::Severity;
 
     fn minutes(m: u64) -> Option<HumanDuration> {

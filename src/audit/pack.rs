@@ -167,7 +167,7 @@ fn audit_lines(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
 mod tests {
     use super::*;
     use crate::audit::{AuditEvent, AuditLog, Entry};
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use serde_json::json;
 
     #[test]

@@ -139,7 +139,7 @@ fn push_row(out: &mut String, incident: &Incident, slas: &Slas, now: DateTime<Ut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
 
     #[test]
     fn a_resolved_incident_fills_the_steps_it_passed_over() {

@@ -387,7 +387,7 @@ impl Book {
 mod tests {
     use super::*;
     use crate::containment::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::store;
     use chrono::TimeDelta;
     use std::path::Path;

@@ -609,10 +609,18 @@ fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, s
     ctx
 }
 
+/// A complete incident for unit tests across the crate: the one of the config's template
+/// check (`config::template::sample_context`), so tests exercise what `check` exercises.
+#[cfg(test)]
+pub fn sample_incident() -> Incident {
+    serde_json::from_value(crate::config::template::sample_context()["incident"].clone())
+        .expect("the template check's sample is a complete incident")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
 
     #[test]
     fn an_incident_is_named_by_its_id_or_uid_and_no_other_spelling() {

@@ -430,7 +430,7 @@ fn page_with(
 mod tests {
     use super::*;
     use crate::incidents::TimelineKind;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
 
     #[test]
     fn an_incident_reads_back_as_it_was_written_and_a_count_bump_writes_little() {

@@ -381,8 +381,8 @@ fn join(set: &BTreeSet<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::sample_incident;
     use crate::lifecycle::{Action, Request};
-    use crate::notification::format::sample_incident;
     use crate::store;
 
     const CONFIG: &str = r#"state_dir: s

@@ -124,7 +124,7 @@ impl Effects {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::silences::Matchers;
 
     /// Effects become records in the batch; one that cannot be written fails the whole

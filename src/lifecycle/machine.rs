@@ -276,7 +276,7 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
 
     fn t(to: State) -> Action {
         Action::Transition { to, note: None }

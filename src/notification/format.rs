@@ -22,8 +22,6 @@ pub use alertmanager::{
 };
 pub use pagerduty::{pagerduty_body, pagerduty_severity};
 pub use slack::slack_body;
-#[cfg(test)]
-pub use template::sample_incident;
 
 use crate::incidents::{EventKind, Incident};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -181,6 +179,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::sample_incident;
     use crate::notification::format::testing::{ctx, origin};
 
     #[test]

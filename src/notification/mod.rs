@@ -503,7 +503,7 @@ mod tests {
     }
 
     fn event(kind: EventKind) -> IncidentEvent {
-        let mut incident: Incident = format::sample_incident();
+        let mut incident: Incident = crate::incidents::sample_incident();
         incident.escalation = "default".into();
         IncidentEvent { kind, incident }
     }

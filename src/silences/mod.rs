@@ -507,7 +507,7 @@ pub fn list(store: &Store, now: DateTime<Utc>) -> Result<Vec<serde_json::Value>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
 
     #[test]
     fn matchers_cover_rule_key_and_labels_and_silences_end() {

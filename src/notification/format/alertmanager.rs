@@ -131,7 +131,7 @@ pub fn resend_body<'a>(alerts: impl IntoIterator<Item = &'a Value>, at: DateTime
 mod tests {
     use super::*;
 
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::notification::format::testing::{ctx, origin};
 
     #[test]

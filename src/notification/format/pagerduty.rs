@@ -72,7 +72,7 @@ pub fn pagerduty_body(ctx: &EventContext) -> Option<Value> {
 mod tests {
     use super::*;
 
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::notification::format::testing::{ctx, origin};
 
     /// PagerDuty Events API v2: `event_action` trigger|acknowledge|resolve, `dedup_key`;

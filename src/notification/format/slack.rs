@@ -81,7 +81,7 @@ pub fn slack_body(ctx: &EventContext) -> Value {
 mod tests {
     use super::*;
     use crate::incidents::EventKind;
-    use crate::notification::format::sample_incident;
+    use crate::incidents::sample_incident;
     use crate::notification::format::testing::{ctx, origin};
 
     /// Slack's incoming-webhook schema: `text` string; `blocks` of types header (plain_text

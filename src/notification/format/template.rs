@@ -33,22 +33,15 @@ pub(super) fn render_template(
     Ok(body)
 }
 
-/// A complete incident for unit tests across the crate: the one of the config's template
-/// check (`config::template::sample_context`), so tests exercise what `check` exercises.
-#[cfg(test)]
-pub fn sample_incident() -> crate::incidents::Incident {
-    serde_json::from_value(crate::config::template::sample_context()["incident"].clone())
-        .expect("the template check's sample is a complete incident")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::check_template;
     use crate::config::template::sample_context;
     use crate::incidents::EventKind;
+    use crate::incidents::sample_incident;
     use crate::notification::format::testing::{ctx, origin};
-    use crate::notification::format::{Formatter, Origin, WebhookFormat, sample_incident};
+    use crate::notification::format::{Formatter, Origin, WebhookFormat};
 
     #[test]
     fn the_checked_sample_is_what_an_opened_event_of_the_sample_incident_renders() {
