@@ -189,6 +189,11 @@ pub fn time(value: &Value, field: &str) -> String {
         .unwrap_or(raw)
 }
 
+/// The table rows of a JSON array answer, one per element; anything else has none.
+pub fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().into_iter().flatten().map(row).collect()
+}
+
 /// Prints rows as a table with columns as wide as their widest cell (the last column is
 /// not padded).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {

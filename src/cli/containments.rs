@@ -51,24 +51,18 @@ pub fn run(args: ContainmentsArgs) -> ExitCode {
 }
 
 fn print_list(body: &Value) {
-    let rows: Vec<Vec<String>> = body
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            vec![
-                text(c, "incident"),
-                text(c, "action"),
-                text(c, "target"),
-                text(c, "status"),
-                text(c, "allowed_by"),
-                time(c, "applied_at"),
-                time(c, "until"),
-                text(c, "reason"),
-            ]
-        })
-        .collect();
+    let rows = client::rows(body, |c| {
+        vec![
+            text(c, "incident"),
+            text(c, "action"),
+            text(c, "target"),
+            text(c, "status"),
+            text(c, "allowed_by"),
+            time(c, "applied_at"),
+            time(c, "until"),
+            text(c, "reason"),
+        ]
+    });
     client::print_table(
         &[
             "INCIDENT",

@@ -203,28 +203,22 @@ fn key_text(key: &Value) -> String {
 }
 
 fn print_list(body: &Value) {
-    let rows: Vec<Vec<String>> = body
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|i| {
-            let state = match i["silenced_by"].as_str() {
-                Some(silence) => format!("{} (silenced by {silence})", text(i, "state")),
-                None => text(i, "state"),
-            };
-            vec![
-                text(i, "id"),
-                state,
-                text(i, "severity"),
-                text(i, "rule"),
-                text(i, "count"),
-                key_text(&i["key"]),
-                time(i, "opened_at"),
-                text(i, "summary"),
-            ]
-        })
-        .collect();
+    let rows = client::rows(body, |i| {
+        let state = match i["silenced_by"].as_str() {
+            Some(silence) => format!("{} (silenced by {silence})", text(i, "state")),
+            None => text(i, "state"),
+        };
+        vec![
+            text(i, "id"),
+            state,
+            text(i, "severity"),
+            text(i, "rule"),
+            text(i, "count"),
+            key_text(&i["key"]),
+            time(i, "opened_at"),
+            text(i, "summary"),
+        ]
+    });
     client::print_table(
         &[
             "ID", "STATE", "SEVERITY", "RULE", "COUNT", "KEY", "OPENED", "SUMMARY",
@@ -298,19 +292,13 @@ fn print_incident(i: &Value) {
         }
     }
     crate::outln!("\nTimeline");
-    let rows: Vec<Vec<String>> = i["timeline"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            vec![
-                time(e, "at"),
-                text(e, "event"),
-                text(e, "actor"),
-                text(e, "note"),
-            ]
-        })
-        .collect();
+    let rows = client::rows(&i["timeline"], |e| {
+        vec![
+            time(e, "at"),
+            text(e, "event"),
+            text(e, "actor"),
+            text(e, "note"),
+        ]
+    });
     client::print_table(&["AT", "EVENT", "ACTOR", "NOTE"], &rows);
 }
