@@ -53,7 +53,9 @@ impl Evaluation {
                 Detector::with_design(rules, sources, design),
                 book,
                 Stamp::Match,
-            ),
+            )
+            // The incidents are read back from the store; no one is notified.
+            .without_events(),
             store,
             evidence: EvidenceLog::default(),
             events: Vec::new(),
@@ -121,7 +123,7 @@ impl Evaluation {
             let detector = self.engine.detector_mut();
             detector.expire(now);
             // Nothing is stored: what changed is only of interest to the daemon's store.
-            drop(detector.take_dirty());
+            detector.forget_dirty();
             for (rule, n) in detector.take_evictions() {
                 *self.evicted.entry(rule).or_default() += n;
             }
