@@ -39,6 +39,9 @@ pub struct Engine {
     due: Option<Option<DateTime<Utc>>>,
     /// The clock has run once (rules without `group_by` start their absence clock then).
     started: bool,
+    /// Incident changes are reported as [`IncidentEvent`]s (each with a copy of the
+    /// incident); off for evaluations that notify no one ([`Engine::without_events`]).
+    events: bool,
 }
 
 impl Engine {
@@ -54,7 +57,15 @@ impl Engine {
             hits: Vec::new(),
             due: None,
             started: false,
+            events: true,
         }
+    }
+
+    /// This engine, reporting no [`IncidentEvent`]s for counted matches: the book changes
+    /// as before, without a copy of the incident per match for a notifier there is not.
+    pub fn without_events(mut self) -> Self {
+        self.events = false;
+        self
     }
 
     /// The rules evaluated.
@@ -182,7 +193,9 @@ impl Engine {
                 detections.extend(recidive::detection_line(&hit));
             }
             let at = stamp(self.stamp, &hit);
-            if let Some(event) = self.book.apply(hit, &rules, at) {
+            if !self.events {
+                self.book.fold(&hit, &rules, at);
+            } else if let Some(event) = self.book.apply(hit, &rules, at) {
                 events.push(event);
             }
         }

@@ -322,10 +322,16 @@ impl Detector {
                 Observed::Crossed(c) => (Some(c), None),
                 Observed::Resumed => (None, Some(time)),
             };
+            // Captures that are the key's values (only `group_by` names captured) share it.
+            let captures = if capture_text == key_text {
+                key.clone()
+            } else {
+                Fields::from_encoded(capture_text)
+            };
             hits.push(Hit {
                 rule: rule.clone(),
                 key,
-                captures: Fields::from_encoded(capture_text),
+                captures,
                 step,
                 time,
                 evidence: Some(evidence),
@@ -418,16 +424,11 @@ impl Detector {
 
     /// State changed since the last call: `None` means the key's state is gone.
     pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
-        let dirty: Vec<(String, Fields)> = std::mem::take(&mut self.dirty)
+        let dirty: Vec<(String, Fields)> = self
+            .clean_dirty()
             .into_iter()
             .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
             .collect();
-        // Stored from here on: the next change marks them dirty again.
-        for (rule_id, key) in &dirty {
-            if let Some(table) = self.tables.get_mut(rule_id) {
-                table.mark_clean(key);
-            }
-        }
         dirty
             .into_iter()
             .map(|(rule_id, key)| {
@@ -447,6 +448,27 @@ impl Detector {
                 )
             })
             .collect()
+    }
+
+    /// Like [`Detector::take_dirty`] for an evaluation that stores no windows (a replay):
+    /// the changed keys are marked stored without a window id made for each (which cost a
+    /// replay of a busy log more per line than its captures).
+    pub fn forget_dirty(&mut self) {
+        self.clean_dirty();
+    }
+
+    /// Marks every changed key stored (the next change marks it dirty again) and returns
+    /// them by rule.
+    fn clean_dirty(&mut self) -> FastMap<String, FastSet<Fields>> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for (rule_id, keys) in &dirty {
+            if let Some(table) = self.tables.get_mut(rule_id) {
+                for key in keys {
+                    table.mark_clean(key);
+                }
+            }
+        }
+        dirty
     }
 
     /// Keys evicted per rule since the last call (for the eviction metric).

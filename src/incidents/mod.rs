@@ -360,13 +360,23 @@ impl IncidentBook {
     }
 
     /// Folds a counted match into incidents: updates the open incident for its rule and key,
-    /// or opens one when the match completed the rule's condition.
+    /// or opens one when the match completed the rule's condition. Returns what happened
+    /// and a copy of the incident after it, for those who notify.
     pub fn apply(
         &mut self,
         hit: Hit,
         rules: &RuleSet,
         now: DateTime<Utc>,
     ) -> Option<IncidentEvent> {
+        let kind = self.fold(&hit, rules, now)?;
+        let incident = self.open.get(hit.rule.id())?.get(&hit.key)?.clone();
+        Some(IncidentEvent { kind, incident })
+    }
+
+    /// Like [`IncidentBook::apply`] without the copy of the incident: what a replay, which
+    /// notifies no one, needs (a copy per counted match, evidence and timeline included,
+    /// was the largest allocation cost of a replay of a log under attack).
+    pub fn fold(&mut self, hit: &Hit, rules: &RuleSet, now: DateTime<Utc>) -> Option<EventKind> {
         let rule = &hit.rule;
         let open = self.open.get_mut(rule.id());
         if hit.crossed.is_none() && open.as_ref().is_none_or(|o| !o.contains_key(&hit.key)) {
@@ -473,17 +483,20 @@ impl IncidentBook {
         // it (the failed user is not the one who logged in): the summary keeps the captures
         // of the match that did, with the count and severity of now.
         if kind == EventKind::Opened || hit.step + 1 >= rule.patterns.len() {
-            self.described
-                .insert(incident.id.clone(), hit.captures.clone());
+            // Replaced in place when present: no id copied per match.
+            match self.described.get_mut(&incident.id) {
+                Some(described) => described.clone_from(&hit.captures),
+                None => {
+                    self.described
+                        .insert(incident.id.clone(), hit.captures.clone());
+                }
+            }
         }
         if let Some(captures) = self.described.get(&incident.id) {
             incident.summary = rules.summary(rule, &summary_context(captures, incident));
         }
         self.dirty.insert((rule.id().to_string(), hit.key.clone()));
-        Some(IncidentEvent {
-            kind,
-            incident: incident.clone(),
-        })
+        Some(kind)
     }
 
     /// The active incident with this id.

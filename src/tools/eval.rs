@@ -53,7 +53,9 @@ impl Evaluation {
                 Detector::with_design(rules, sources, design),
                 book,
                 Stamp::Match,
-            ),
+            )
+            // The incidents are read back from the store; no one is notified.
+            .without_events(),
             store,
             evidence: EvidenceLog::default(),
             events: Vec::new(),
@@ -121,7 +123,7 @@ impl Evaluation {
             let detector = self.engine.detector_mut();
             detector.expire(now);
             // Nothing is stored: what changed is only of interest to the daemon's store.
-            drop(detector.take_dirty());
+            detector.forget_dirty();
             for (rule, n) in detector.take_evictions() {
                 *self.evicted.entry(rule).or_default() += n;
             }
@@ -346,5 +348,50 @@ rules:
             daemon.iter().all(|d| d.6 > at(3600)),
             "the daemon stamps now"
         );
+    }
+
+    /// An engine that reports no events (the tools') keeps exactly the book of one that
+    /// reports them (the daemon's): counts, severities, summaries and evidence.
+    #[test]
+    fn an_engine_without_events_keeps_the_same_incidents() {
+        let rules = rules(
+            r#"
+rules:
+  - id: fail
+    match: 'fail (?P<user>\S+) (?P<ip>\S+)'
+    group_by: [ip]
+    threshold: {count: 2, within: 1m}
+    summary: "{{ ip }} as {{ user }} ({{ count }})"
+    severity: {low: 2, high: 3}
+"#,
+        );
+        let run = |engine: crate::engine::Engine| {
+            let mut engine = engine;
+            let mut events = Vec::new();
+            for s in 0..8 {
+                let text = format!("fail u{s} 10.0.0.{}", s % 3);
+                engine.observe(&line(&text), at(s), &mut events, &mut |_| {});
+            }
+            let mut book: Vec<Incident> = engine.book().all_active().cloned().collect();
+            book.sort_by_key(|i| Incident::number(&i.id));
+            (book, events.len())
+        };
+        let new = || {
+            crate::engine::Engine::new(
+                Detector::new(rules.clone(), &["t".into()]),
+                IncidentBook::empty(),
+                crate::engine::Stamp::Match,
+            )
+        };
+        let (with, reported) = run(new());
+        let (without, unreported) = run(new().without_events());
+        assert_eq!(with.len(), 3);
+        assert!(
+            with.iter()
+                .any(|i| i.count == 3 && i.severity > with[2].severity)
+        );
+        assert_eq!(with, without);
+        assert!(reported > 0);
+        assert_eq!(unreported, 0);
     }
 }
