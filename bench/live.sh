@@ -105,6 +105,9 @@ run_one() {
   rss_mb=$(awk '/^VmHWM:/ { printf "%.0f\n", $2 / 1024 }' "/proc/$pid/status")
   committed=$(curl -sf -m 10 "http://127.0.0.1:$port/metrics" |
     awk -v b="$log_bytes" '/^logwarden_store_written_bytes_total/ { printf "%.2f×\n", $2 / b; f = 1 } END { if (!f) print "-" }')
+  # Where those bytes went (engine, journals by record kind), for builds that count them.
+  curl -sf -m 10 "http://127.0.0.1:$port/metrics" |
+    awk -v b="$log_bytes" -F'[{}"= ]+' '/^logwarden_store_part_written_bytes_total/ { printf "  %s %.2f×", $3, $NF / b; f = 1 } END { if (f) print "   (handed to the disk ÷ log)" }'
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=

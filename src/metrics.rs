@@ -95,6 +95,9 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Bytes of keys and values the pipeline committed to the store.
     pub store_written: IntCounter,
+    /// Bytes the store handed to the disk, by part (`engine`, `evidence`,
+    /// `window_changes`, `window_snapshots`).
+    pub store_part_written: IntCounterVec,
     /// Refreshes of values read from the system (kernel counters), run before each scrape.
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     /// Containment action outcomes (`requested`, `applied`, `reapplied`, `released`,
@@ -331,6 +334,17 @@ impl Metrics {
         registry
             .register(Box::new(store_written.clone()))
             .expect("unique metric");
+        let store_part_written = IntCounterVec::new(
+            Opts::new(
+                "logwarden_store_part_written_bytes_total",
+                "Bytes the store handed to the disk, by part: keys and values applied by the storage engine, records appended to the evidence and window journals.",
+            ),
+            &["part"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_part_written.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new("logwarden_build_info", "Build information; always 1."),
             &["version"],
@@ -386,6 +400,7 @@ impl Metrics {
             api_refused,
             store_errors,
             store_written,
+            store_part_written,
             scrape_hooks: Default::default(),
             actions,
             contained_targets,

@@ -113,6 +113,25 @@ pub struct Parts {
     pub desk: Desk,
 }
 
+/// Exports where the store's bytes went (engine, journals) as
+/// `logwarden_store_part_written_bytes_total`, read at each scrape.
+fn count_store_writes(store: &Store, metrics: &Metrics) {
+    let store = store.clone();
+    let counter = metrics.store_part_written.clone();
+    metrics.before_scrape(Box::new(move || {
+        let written = store.written();
+        for (part, bytes) in [
+            ("engine", written.engine),
+            ("evidence", written.evidence),
+            ("window_changes", written.window_changes),
+            ("window_snapshots", written.window_snapshots),
+        ] {
+            let c = counter.with_label_values(&[part]);
+            c.inc_by(bytes.saturating_sub(c.get()));
+        }
+    }));
+}
+
 impl Pipeline {
     /// Loads the store's windows into the detector (dropping those of changed rules).
     pub fn new(parts: Parts) -> Result<Self, StoreError> {
@@ -157,6 +176,7 @@ impl Pipeline {
             }
             store.commit(batch)?;
         }
+        count_store_writes(&store, &metrics);
         let pipeline = Pipeline {
             store,
             engine: Engine::new(detector, book, Stamp::Wall),

@@ -101,6 +101,8 @@ pub struct Store {
     segmented: Arc<Mutex<segmented::Segmented>>,
     /// The evidence journal's segments, read without the commit lock.
     evidence_io: Arc<dyn segments::SegmentIo>,
+    /// Bytes committed so far, by where they went.
+    written: Arc<Mutex<segmented::Written>>,
 }
 
 /// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
@@ -279,6 +281,7 @@ impl Store {
             ids: Arc::new(Mutex::new(0)),
             segmented: Arc::new(Mutex::new(segmented)),
             evidence_io: evidence,
+            written: Arc::default(),
         };
         // A store without a marker is empty (new) or of format 1, which had none.
         let found = match store.get::<u64>(Space::Meta, FORMAT_KEY)? {
@@ -328,20 +331,30 @@ impl Store {
         )?;
         let mut writes = batch.writes;
         writes.append(&mut prepared.writes);
+        let mut engine_bytes: u64 = writes
+            .iter()
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
         let applied = if batch.took_ids {
             // The high mark read and applied under the ids lock: a commit that took ids
             // earlier cannot store a lower mark after one that took them later.
             let next = self.ids.lock().expect("ids lock");
-            writes.push((
-                Space::Meta.key(NEXT_ID_KEY),
-                Some(serde_json::to_vec(&*next)?),
-            ));
+            let key = Space::Meta.key(NEXT_ID_KEY);
+            let value = serde_json::to_vec(&*next)?;
+            engine_bytes += (key.len() + value.len()) as u64;
+            writes.push((key, Some(value)));
             self.engine.apply(writes)
         } else {
             self.engine.apply(writes)
         };
         match applied {
             Ok(()) => {
+                let mut written = self.written.lock().expect("written lock");
+                written.engine += engine_bytes;
+                written.evidence += prepared.appended.evidence;
+                written.window_changes += prepared.appended.window_changes;
+                written.window_snapshots += prepared.appended.window_snapshots;
+                drop(written);
                 segmented.committed(prepared);
                 Ok(())
             }
@@ -350,6 +363,11 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Bytes committed through this handle's store since it was opened, by where they went.
+    pub fn written(&self) -> segmented::Written {
+        *self.written.lock().expect("written lock")
     }
 
     /// Closes the database and opens it again, for every clone of this handle. After an

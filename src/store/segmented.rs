@@ -71,6 +71,22 @@ pub(super) struct Prepared {
     before: (Pos, Pos),
     snapshot: Option<u64>,
     change_bytes: u64,
+    /// Bytes appended to the journals (headers included), by record kind.
+    pub appended: Written,
+}
+
+/// Bytes the store handed to the disk, by where they went: the engine (keys and values of
+/// its batches) and the journals (records with their headers, by kind).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Keys and values applied by the engine.
+    pub engine: u64,
+    /// Evidence blocks.
+    pub evidence: u64,
+    /// Window change records.
+    pub window_changes: u64,
+    /// Whole window snapshots.
+    pub window_snapshots: u64,
 }
 
 /// Where to cut the journals once the engine state that no longer needs them is durable.
@@ -191,10 +207,12 @@ impl Segmented {
     ) -> Result<Prepared, StoreError> {
         let mut writes = Vec::new();
         let mut added = Vec::new();
+        let mut appended = Written::default();
         for (key, bytes) in blocks {
             let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
             let newest = codec::block_newest_ms(&bytes)?;
             let at = self.evidence.append(EVIDENCE_BLOCK, &bytes)?;
+            appended.evidence += record_size(&bytes);
             writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
             added.push((block, (at.seg, newest)));
         }
@@ -212,9 +230,11 @@ impl Segmented {
                 let at = self.windows.append(WINDOW_SNAPSHOT, &whole)?;
                 ends.windows_from = at.pack();
                 snapshot = Some(whole.len() as u64);
+                appended.window_snapshots += record_size(&whole);
             } else {
                 self.windows.append(WINDOW_CHANGES, &record)?;
                 change_bytes = record.len() as u64;
+                appended.window_changes += record_size(&record);
             }
         }
         // Durable before the engine commit that points at them.
@@ -222,7 +242,16 @@ impl Segmented {
         self.windows.sync()?;
         ends.evidence = self.evidence.end().pack();
         ends.windows = self.windows.end().pack();
-        writes.push((Space::Meta.key(ENDS_KEY), Some(serde_json::to_vec(&ends)?)));
+        // A commit that appended nothing leaves the ends as they were: no need to store them.
+        if (ends.evidence, ends.windows, ends.windows_from)
+            != (
+                self.ends.evidence,
+                self.ends.windows,
+                self.ends.windows_from,
+            )
+        {
+            writes.push((Space::Meta.key(ENDS_KEY), Some(serde_json::to_vec(&ends)?)));
+        }
         Ok(Prepared {
             writes,
             changes,
@@ -232,6 +261,7 @@ impl Segmented {
             before,
             snapshot,
             change_bytes,
+            appended,
         })
     }
 
@@ -298,6 +328,11 @@ pub(super) fn read_block(io: &dyn SegmentIo, pointer: &[u8]) -> Result<Vec<u8>, 
             Err(codec::CodecError::Malformed("evidence record unreadable"))
         }
     }
+}
+
+/// Bytes a record with `payload` takes in its journal.
+fn record_size(payload: &[u8]) -> u64 {
+    (super::segments::HEADER + payload.len()) as u64
 }
 
 fn block_of(key: &[u8]) -> Option<u64> {

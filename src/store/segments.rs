@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 /// fill several).
 pub const SEGMENT_BYTES: u64 = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 /// Bytes before a record's payload: length, CRC, version, kind.
-const HEADER: usize = 10;
+pub(super) const HEADER: usize = 10;
 /// Version of the record layout.
 const RECORD_VERSION: u8 = 1;
 /// Largest payload read back (a length beyond it is a torn or corrupt header).
