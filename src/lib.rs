@@ -25,6 +25,7 @@ pub mod http;
 pub mod ids;
 pub mod incidents;
 pub mod lifecycle;
+pub mod line;
 pub mod logging;
 pub mod metrics;
 mod names;

@@ -6,8 +6,8 @@
 
 use super::matcher::{Design, SourceMatcher};
 use super::{FastMap, FieldsView};
+use crate::line::LogLine;
 use crate::rules::{Rule, RuleSet};
-use crate::sources::LogLine;
 use std::ops::Range;
 use std::sync::Arc;
 

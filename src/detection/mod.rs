@@ -17,8 +17,8 @@ pub mod matching;
 pub mod stored;
 pub mod window;
 
+use crate::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
-use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
 use keys::{Expired, KeyTable};

@@ -17,25 +17,8 @@ pub mod watch;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
-/// One line as read, with where it came from.
-#[derive(Debug, Clone)]
-pub struct LogLine {
-    /// Source name from the config.
-    pub source: Arc<str>,
-    /// File path, or `-` for stdin.
-    pub path: Arc<str>,
-    /// Byte offset of the line's start in the file.
-    pub offset: u64,
-    /// The line without its newline; at most `max_line_bytes`.
-    pub bytes: Vec<u8>,
-    /// When it was read.
-    pub arrival: DateTime<Utc>,
-    /// The line's own time when the source knows it exactly (a journal entry's timestamp);
-    /// `None`: read from the line by the source's timestamp format.
-    pub time: Option<DateTime<Utc>>,
-}
+pub use crate::line::LogLine;
 
 /// A file's identity: the inode it lives in, guarded by a hash of its first bytes so a
 /// reused inode is not mistaken for the old file.
