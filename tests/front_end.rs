@@ -193,14 +193,7 @@ fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_co
         .cloned()
         .collect();
     for total in [10, 100, 500] {
-        let rules = dir.path().join(format!("rules-{total}"));
-        support::write_rules(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-            &rules,
-            total,
-        )
-        .unwrap();
-        let set = RuleSet::load(&[rules], &RuleContext::default()).expect("rules load");
+        let set = shipped_rules_as(dir.path(), total);
         let fuzzed = fuzzed_lines(&set, &bases, 20_000);
         let set = Arc::new(set);
         let generated_hits = compare(set.clone(), &generated);
@@ -214,6 +207,18 @@ fn every_front_end_and_capture_engine_counts_exactly_what_the_previous_design_co
         assert!(corpus.is_empty() || corpus_hits > 500, "{corpus_hits}");
         assert!(fuzzed_hits > 2_000, "{fuzzed_hits}");
     }
+}
+
+/// The shipped rules multiplied out to `total` rules (written under `dir`), loaded.
+fn shipped_rules_as(dir: &Path, total: usize) -> RuleSet {
+    let rules = dir.join(format!("rules-{total}"));
+    support::write_rules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        &rules,
+        total,
+    )
+    .unwrap();
+    RuleSet::load(&[rules], &RuleContext::default()).expect("rules load")
 }
 
 /// What a line's matches say: rule, step, captures and key, in order.
@@ -248,14 +253,7 @@ fn one_pass_over_a_piece_finds_what_the_gate_finds_line_by_line() {
         .collect();
     let bases: Vec<Vec<u8>> = corpus.iter().chain(&generated).cloned().collect();
     for total in [10, 100, 500] {
-        let rules = dir.path().join(format!("rules-{total}"));
-        support::write_rules(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-            &rules,
-            total,
-        )
-        .unwrap();
-        let set = RuleSet::load(&[rules], &RuleContext::default()).expect("rules load");
+        let set = shipped_rules_as(dir.path(), total);
         let mut lines = vec![Vec::new()];
         lines.extend(fuzzed_lines(&set, &bases, 6_000));
         lines.extend(bases.iter().cloned());
@@ -413,14 +411,7 @@ fn without_a_jit_patterns_fall_back_to_the_regex_crate() {
     let capture = CaptureRegex::new(&regex, Engine::Pcre2);
     assert!(!capture.on_pcre2(), "a JIT was built where W^X is refused");
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    support::write_rules(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-        &rules,
-        10,
-    )
-    .unwrap();
-    let set = Arc::new(RuleSet::load(&[rules], &RuleContext::default()).expect("rules load"));
+    let set = Arc::new(shipped_rules_as(dir.path(), 10));
     let mut rng = support::Rng::new(3);
     let lines: Vec<Vec<u8>> = (0..5_000)
         .map(|i| support::auth_line(i, &mut rng).into_bytes())

@@ -647,6 +647,23 @@ pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// Opens the store in `dir` again once the last one let go of it: sled's flusher
+    /// thread releases the file lock a moment after the last handle is dropped, and on a
+    /// loaded machine the reopen can come first (polled, up to 10 s).
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopen: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
+    }
+
     /// An evidence line dated 5 s after the epoch.
     fn a_line() -> Evidence {
         Evidence {
@@ -741,19 +758,7 @@ mod tests {
             f.write_all(&[42; 25]).unwrap();
             std::fs::write(j.join("00000001.seg"), [42; 10]).unwrap();
         }
-        // sled's flusher thread lets go of the file lock a moment after the last handle
-        // is dropped; on a loaded machine the reopen can come first.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    eprintln!("reopen: {e}; retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot reopen the store: {e}"),
-            }
-        };
+        let store = reopen(dir.path());
         let incidents: Vec<(Vec<u8>, String)> = store.scan(Space::Incidents).unwrap();
         assert_eq!(incidents, vec![(b"1".to_vec(), "one".to_string())]);
         assert_eq!(
@@ -806,16 +811,7 @@ mod tests {
                 .count();
             assert!(segs <= 6, "{segs} window segments kept");
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot reopen the store: {e}"),
-            }
-        };
+        let store = reopen(dir.path());
         let read: std::collections::BTreeMap<_, _> = store
             .scan_raw(Space::Windows)
             .unwrap()
