@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod audit;
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod containment;
@@ -43,7 +42,6 @@ pub mod sla;
 pub mod sources;
 pub mod store;
 pub mod supervise;
-pub mod token;
 pub mod tools;
 pub mod upgrade;
 pub mod yaml;

@@ -6,12 +6,14 @@
 //! below imports from here.
 
 pub mod audit;
+pub mod check;
 pub mod client;
 pub mod containments;
 pub mod drill;
 pub mod incidents;
 pub mod notifications;
 pub mod silences;
+pub mod token;
 
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::daemon::{self, RunError};
@@ -43,8 +45,8 @@ pub enum Command {
         #[arg(long, env = "LOGWARDEN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// `text` (one `path:line:col: message` per line) or `json` (one object, for tools).
-        #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
-        format: crate::check::CheckFormat,
+        #[arg(long, value_enum, default_value_t = check::CheckFormat::Text)]
+        format: check::CheckFormat,
     },
     /// Dead letters: list them, re-send one (client of the HTTP API).
     Notifications(notifications::NotificationsArgs),
@@ -65,7 +67,7 @@ pub enum Command {
     /// Show which rules match a line, their captures, exclusions and key.
     Explain(crate::tools::explain::ExplainArgs),
     /// API tokens: create one (a random secret in a file only its owner can read).
-    Token(crate::token::TokenArgs),
+    Token(token::TokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -103,7 +105,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Check { config, format } => crate::check::run(&config, format),
+        Command::Check { config, format } => check::run(&config, format),
         Command::Notifications(args) => notifications::run(args),
         Command::Incidents(args) => incidents::run(args),
         Command::Silences(args) => silences::run(args),
@@ -113,7 +115,7 @@ pub fn main() -> ExitCode {
         Command::Test(args) => crate::tools::test::run(args),
         Command::Replay(args) => crate::tools::replay::run(args),
         Command::Explain(args) => crate::tools::explain::run(args),
-        Command::Token(args) => crate::token::run(args),
+        Command::Token(args) => token::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "logwarden", &mut script);
