@@ -445,7 +445,7 @@ fn start_anchor(ctx: &Context) -> Result<Option<Arc<Anchor>>, RunError> {
         settings,
         &ctx.store,
         &ctx.audit,
-        &ctx.outbox,
+        Arc::new(ctx.outbox.clone()),
         ctx.metrics.audit_head_sequence.clone(),
         ctx.health.clone(),
     )

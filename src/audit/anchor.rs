@@ -19,7 +19,6 @@ use super::signing::HeadSigner;
 use super::{AuditEvent, AuditLog, Entry, Head};
 use crate::config::AuditConfig;
 use crate::health::Health;
-use crate::notification::Outbox;
 use crate::store::{self, Store, StoreError};
 use chrono::Utc;
 use serde_json::json;
@@ -71,12 +70,28 @@ pub enum PublishError {
     Store(#[from] StoreError),
 }
 
+/// The receivers a signed head is sent to (those subscribed to `audit_head`). A trait
+/// because they belong to the notification stage, which stands above the audit log (every
+/// delivery is an audit record): the wiring hands the outbox in, and the anchor never
+/// imports upward.
+pub trait HeadReceivers: Send + Sync {
+    /// Adds a notification of `head` to `batch` for every subscribed receiver, so the head
+    /// and its notifications become durable together; returns the receivers' names.
+    fn enqueue_head(
+        &self,
+        batch: &mut store::Batch,
+        head: &SignedHead,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Tells the delivery worker that the committed notifications are waiting.
+    fn wake(&self);
+}
+
 /// Signs and publishes chain heads; one per daemon.
 pub struct Anchor {
     signer: HeadSigner,
     store: Store,
     audit: AuditLog,
-    outbox: Outbox,
+    receivers: Arc<dyn HeadReceivers>,
     head_file: PathBuf,
     every: Duration,
     gauge: prometheus::IntGauge,
@@ -93,7 +108,7 @@ impl Anchor {
         config: &AuditConfig,
         store: &Store,
         audit: &AuditLog,
-        outbox: &Outbox,
+        receivers: Arc<dyn HeadReceivers>,
         gauge: prometheus::IntGauge,
         health: Arc<Health>,
     ) -> Result<Self, super::signing::SigningError> {
@@ -102,7 +117,7 @@ impl Anchor {
             signer,
             store: store.clone(),
             audit: audit.clone(),
-            outbox: outbox.clone(),
+            receivers,
             head_file: config.head_path(),
             every: config.anchor_every.0,
             gauge,
@@ -224,10 +239,10 @@ impl Anchor {
         let signed = SignedHead::sign(&self.signer, &chain, Utc::now());
         let mut batch = store::Batch::new();
         signed.put(&mut batch)?;
-        let receivers = self.outbox.enqueue_head(&mut batch, &signed)?;
+        let receivers = self.receivers.enqueue_head(&mut batch, &signed)?;
         self.store.commit(batch)?;
         self.store.flush().await?;
-        self.outbox.wake();
+        self.receivers.wake();
         if let Err(e) = head::write_file(&self.head_file, &signed) {
             tracing::error!(file = %self.head_file.display(), error = %e, "cannot write the signed audit head outside the state directory");
         }

@@ -76,12 +76,15 @@ struct Manifest<'a> {
 }
 
 /// The pack of incident `handle` (its id or uid) as ZIP bytes, signed by `signer`, dated
-/// `now`. Checks the whole chain first.
+/// `now`. Checks the whole chain first. `record` makes `incident.json` as the API serves it
+/// (the incident with its containments): the caller passes it in because containment
+/// stands above the audit log, which must not import it.
 pub fn build(
     store: &Store,
     handle: &str,
     signer: &HeadSigner,
     now: DateTime<Utc>,
+    record: impl FnOnce(&Incident) -> Result<serde_json::Value, StoreError>,
 ) -> Result<Vec<u8>, PackError> {
     let missing = || PackError::NoIncident(handle.to_string());
     let number = Incident::handle_number(handle).ok_or_else(missing)?;
@@ -95,7 +98,7 @@ pub fn build(
         } => return Err(PackError::BrokenChain { position, reason }),
     };
 
-    let record = crate::containment::incident_record(store, &incident)?;
+    let record = record(&incident)?;
     let files: [(&'static str, Vec<u8>); 4] = [
         ("incident.json", pretty(&record)?),
         ("timeline.jsonl", json_lines(&incident.timeline)?),
@@ -170,6 +173,11 @@ mod tests {
     use crate::incidents::sample_incident;
     use serde_json::json;
 
+    /// The incident record without containments: none are stored here.
+    fn plain(incident: &Incident) -> Result<serde_json::Value, StoreError> {
+        Ok(serde_json::to_value(incident)?)
+    }
+
     #[test]
     fn a_pack_holds_the_records_of_its_incident_and_refuses_a_broken_chain() {
         let store = Store::memory();
@@ -204,7 +212,7 @@ mod tests {
         )
         .unwrap();
         let signer = HeadSigner::from_secret([7; 32]);
-        let zip = build(&store, &incident.uid, &signer, Utc::now()).unwrap();
+        let zip = build(&store, &incident.uid, &signer, Utc::now(), plain).unwrap();
         let text = String::from_utf8_lossy(&zip);
         // Stored entries: the files' bytes are in the archive as they are.
         assert_eq!(text.matches("\"event\":\"incident.opened\"").count(), 1);
@@ -218,13 +226,13 @@ mod tests {
         let mut b = crate::store::Batch::new();
         b.put(Space::Audit, &Record::key(1), &altered).unwrap();
         store.commit(b).unwrap();
-        let refused = build(&store, id, &signer, Utc::now()).unwrap_err();
+        let refused = build(&store, id, &signer, Utc::now(), plain).unwrap_err();
         assert!(
             matches!(refused, PackError::BrokenChain { position: 1, .. }),
             "{refused}"
         );
         assert!(matches!(
-            build(&store, "INC-9", &signer, Utc::now()),
+            build(&store, "INC-9", &signer, Utc::now(), plain),
             Err(PackError::NoIncident(_))
         ));
     }

@@ -296,14 +296,17 @@ fn pack(id: &str, out: &Path, state_dir: &Path, config: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let bytes = match crate::audit::pack::build(&store, id, &signer, chrono::Utc::now()) {
-        Ok(b) => b,
-        Err(e @ crate::audit::pack::PackError::BrokenChain { .. }) => {
-            eprintln!("logwarden: {e}");
-            return ExitCode::from(1);
-        }
-        Err(e) => return fail(&e.to_string()),
-    };
+    let bytes =
+        match crate::audit::pack::build(&store, id, &signer, chrono::Utc::now(), |incident| {
+            crate::containment::incident_record(&store, incident)
+        }) {
+            Ok(b) => b,
+            Err(e @ crate::audit::pack::PackError::BrokenChain { .. }) => {
+                eprintln!("logwarden: {e}");
+                return ExitCode::from(1);
+            }
+            Err(e) => return fail(&e.to_string()),
+        };
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

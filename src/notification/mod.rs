@@ -132,6 +132,21 @@ pub enum Resent {
     UnknownReceiver(String),
 }
 
+/// The anchor sends each signed head through the outbox like any other notification.
+impl crate::audit::anchor::HeadReceivers for Outbox {
+    fn enqueue_head(
+        &self,
+        batch: &mut store::Batch,
+        head: &crate::audit::head::SignedHead,
+    ) -> Result<Vec<String>, StoreError> {
+        Outbox::enqueue_head(self, batch, head)
+    }
+
+    fn wake(&self) {
+        Outbox::wake(self)
+    }
+}
+
 impl Outbox {
     /// An outbox over `store` routing by `config`.
     pub fn new(store: Store, config: &Config) -> Result<Self, RouterError> {
