@@ -1,6 +1,8 @@
 //! `logwarden run`: wires sources (files, stdin, syslog, journal), pipeline, notifier and
 //! HTTP together and shuts them down in order on SIGTERM/SIGINT.
 
+mod inputs;
+
 use crate::api::{self, AppState};
 use crate::audit::anchor::Anchor;
 use crate::audit::{AuditEvent, AuditLog, Entry};
@@ -11,14 +13,11 @@ use crate::lifecycle::{Command, DAEMON, Desk};
 use crate::metrics::Metrics;
 use crate::notification::{Outbox, deliver};
 use crate::pipeline::{self, NotStored, Pipeline};
-use crate::ready::{Readiness, ready};
 use crate::reload::Reloader;
 use crate::rules::{RuleContext, RuleSet};
 use crate::shutdown::{Listener, Shutdown};
-use crate::sources::file::FileTailer;
-use crate::sources::syslog::SyslogSource;
-use crate::sources::{Batch, Checkpoint, JournalPosition, SourceError, journal, stdin};
-use crate::store::{Space, Store, StoreError};
+use crate::sources::{Batch, SourceError};
+use crate::store::{Store, StoreError};
 use crate::supervise::{Failure, Failures, Vitals};
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +34,6 @@ const COMMAND_QUEUE: usize = 64;
 const FAILURE_LINGER: Duration = Duration::from_secs(2);
 /// Time deliveries in flight get at shutdown (the rest stay in the outbox).
 const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
-/// Longest wait for the sources' first look before telling systemd READY anyway.
-const READY_BOUND: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not run; the CLI turns it into an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +324,7 @@ impl Running {
         let api_rules = Arc::new(RwLock::new(rules.clone()));
         let (commands, pipeline) =
             start_pipeline(&ctx, &rules, &runtimes, batches, hangup, &api_rules)?;
-        let readiness = start_sources(&ctx).await?;
+        let readiness = inputs::start_sources(&ctx).await?;
         let api = Arc::new(AppState {
             store: ctx.store.clone(),
             metrics: ctx.metrics.clone(),
@@ -347,7 +344,7 @@ impl Running {
             crate::http::serve(listener, router, limits, stop)
         });
         tracing::info!(listen = %ctx.config.listen, "logwarden running");
-        announce_ready(&ctx.health, readiness).await;
+        inputs::announce_ready(&ctx.health, readiness).await;
         let running = Running {
             ctx,
             pipeline,
@@ -553,102 +550,6 @@ fn heartbeat(health: &Arc<Health>) -> Box<dyn Fn() + Send> {
     })
 }
 
-/// Starts every source (file tailer, journals, stdin, syslog listeners); returns the
-/// first-look readiness of those that report one.
-async fn start_sources(ctx: &Context) -> Result<Vec<Readiness>, RunError> {
-    let mut readiness = Vec::new();
-    let checkpoints: Vec<Checkpoint> = crate::sources::stored_checkpoints(&ctx.store)?;
-    let tailer = FileTailer::new(
-        &ctx.config.sources,
-        checkpoints,
-        ctx.lines.clone(),
-        ctx.metrics.clone(),
-        ctx.stages.sources.listener(),
-    )?;
-    let (ready, looked) = ready();
-    readiness.push(looked);
-    ctx.thread("tailer", "tailer", &ctx.stages.sources, move |_stop| {
-        tailer.run(ready)
-    })?;
-    readiness.extend(start_journals(ctx)?);
-    for source in &ctx.config.sources {
-        if source.paths.iter().any(|p| p.as_os_str() == "-") {
-            let (name, max, tx, m) = (
-                source.name.clone(),
-                source.max_line_bytes,
-                ctx.lines.clone(),
-                ctx.metrics.clone(),
-            );
-            // Stdin may end on its own, and a read from it cannot be interrupted: it holds
-            // no listener (the pipeline is stopped without waiting for it).
-            let guard = ctx.vitals.panic_guard("stdin");
-            std::thread::Builder::new()
-                .name("stdin".into())
-                .spawn(move || {
-                    let _guard = guard;
-                    stdin::read_stdin(&name, max, tx, m)
-                })
-                .map_err(RunError::Thread)?;
-        }
-    }
-    for source in &ctx.config.sources {
-        if let Some(listen) = &source.syslog {
-            let syslog = SyslogSource::bind(&source.name, listen, source.max_line_bytes).await?;
-            let run = syslog.run(ctx.lines.clone(), ctx.metrics.clone());
-            let name = format!("syslog source {}", source.name);
-            ctx.spawn(&name, &ctx.stages.sources, |mut stop| async move {
-                // Dropping the listener's future ends its connections too.
-                tokio::select! {
-                    _ = run => {}
-                    _ = stop.recv() => {}
-                }
-            });
-        }
-    }
-    Ok(readiness)
-}
-
-/// Starts a thread for each journal source, resuming from its stored position; returns
-/// their first-look readiness.
-fn start_journals(ctx: &Context) -> Result<Vec<Readiness>, RunError> {
-    let mut positions: HashMap<String, JournalPosition> = ctx
-        .store
-        .scan(Space::JournalCursors)?
-        .into_iter()
-        .map(|(_, p): (_, JournalPosition)| (p.source.clone(), p))
-        .collect();
-    let mut readiness = Vec::new();
-    for source in &ctx.config.sources {
-        let Some(settings) = &source.journal else {
-            continue;
-        };
-        // The reader blocks on journalctl's output: the signal ends its child and cuts its
-        // waits short through `control`.
-        let control = Arc::new(journal::Control::default());
-        let reader = journal::JournalSource::new(
-            source,
-            settings,
-            positions.remove(&source.name),
-            ctx.lines.clone(),
-            ctx.metrics.clone(),
-            ctx.health.clone(),
-            control.clone(),
-        );
-        let mut signal = ctx.stages.sources.notice();
-        tokio::spawn(async move {
-            signal.recv().await;
-            control.stop();
-        });
-        let (ready, looked) = ready();
-        readiness.push(looked);
-        let name = format!("journal source {}", source.name);
-        ctx.thread("journal", &name, &ctx.stages.sources, move |_stop| {
-            reader.run(ready)
-        })?;
-    }
-    Ok(readiness)
-}
-
 /// The periodic tasks of the API state: the audit anchor's clock (when configured) and the
 /// recording of refused calls.
 fn start_clocks(ctx: &Context, state: &Arc<AppState>, anchor: &Option<Arc<Anchor>>) {
@@ -672,26 +573,6 @@ fn start_clocks(ctx: &Context, state: &Arc<AppState>, anchor: &Option<Arc<Anchor
             }
         },
     );
-}
-
-/// Tells systemd READY once the first look of every source is done, or after a bound so a
-/// slow file system cannot hold systemd's start job forever; `/readyz` counts the sources
-/// ready only once they all are.
-async fn announce_ready(health: &Arc<Health>, readiness: Vec<Readiness>) {
-    let watched = health.clone();
-    let mut all = Box::pin(async move {
-        for source in readiness {
-            if !source.wait().await {
-                // It ended before its first look; the supervisor reports why.
-                return;
-            }
-        }
-        watched.sources.store(true, Ordering::Relaxed);
-    });
-    if tokio::time::timeout(READY_BOUND, &mut all).await.is_err() {
-        tokio::spawn(all);
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// SIGTERM and SIGINT, listened for from the start.

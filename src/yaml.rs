@@ -332,6 +332,11 @@ enum Open {
 }
 
 impl Builder {
+    /// The tree of `text`, or the first syntax error at its place.
+    ///
+    /// Over 100 lines because it is one loop over the parser's events with one arm per
+    /// event, each pushing or closing a collection on the one stack: split, the stack's
+    /// invariants would be spread over several functions.
     fn build(mut self, text: &str) -> Result<Node, SyntaxError> {
         let mut parser = Parser::new_from_str(text);
         let mut stack: Vec<(Open, usize)> = Vec::new();

@@ -6,7 +6,8 @@
 //! uploaded CSV. Incidents are read a page at a time without their evidence lines, so a store
 //! of tens of thousands of incidents is never held in memory at once.
 
-use super::{DAEMON, csv_field};
+use super::DAEMON;
+use super::csv::csv_field;
 use crate::incidents::{Incident, State, TimelineKind, stored};
 use crate::sla::{self, Slas, Stage};
 use crate::store::{Store, StoreError};

@@ -94,21 +94,6 @@ fn duration(text: &str) -> Result<String, crate::duration::DurationError> {
 
 pub fn run(args: SilencesArgs) -> ExitCode {
     let json_out = args.json;
-    let one = |s: &Value| {
-        // An expired silence ended when it was expired, not at its planned end.
-        let (word, end) = match s["expired_at"].as_str() {
-            Some(_) => ("ended at", time(s, "expired_at")),
-            None => ("until", time(s, "ends_at")),
-        };
-        crate::outln!("{}: {} {word} {end}", text(s, "id"), text(s, "state"));
-        if s["schedule"].is_object() {
-            crate::outln!(
-                "  {}; next window: {}",
-                schedule_text(&s["schedule"]),
-                window_text(s)
-            );
-        }
-    };
     match &args.command {
         SilencesCommand::Add {
             rule,
@@ -161,7 +146,7 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                 "POST",
                 "/api/v1/silences",
                 Some(body),
-                client::show(json_out, one),
+                client::show(json_out, show_one),
             )
         }
         SilencesCommand::List => client::run(
@@ -175,29 +160,7 @@ pub fn run(args: SilencesArgs) -> ExitCode {
                     .cloned()
                     .unwrap_or_default()
                     .iter()
-                    .map(|s| {
-                        vec![
-                            text(s, "id"),
-                            text(s, "state"),
-                            time(s, "starts_at"),
-                            match s["expired_at"].as_str() {
-                                Some(_) => time(s, "expired_at"),
-                                None => time(s, "ends_at"),
-                            },
-                            text(s, "author"),
-                            matchers_text(&s["matchers"]),
-                            if s["schedule"].is_object() {
-                                format!(
-                                    "{}; next {}",
-                                    schedule_text(&s["schedule"]),
-                                    window_text(s)
-                                )
-                            } else {
-                                "-".to_string()
-                            },
-                            text(s, "reason"),
-                        ]
-                    })
+                    .map(list_row)
                     .collect();
                 client::print_table(
                     &[
@@ -212,9 +175,48 @@ pub fn run(args: SilencesArgs) -> ExitCode {
             "DELETE",
             &format!("/api/v1/silences/{}", encode(id)),
             None,
-            client::show(json_out, one),
+            client::show(json_out, show_one),
         ),
     }
+}
+
+/// One silence as `add` and `expire` print it: its state and end, and its next window when
+/// it recurs.
+fn show_one(s: &Value) {
+    // An expired silence ended when it was expired, not at its planned end.
+    let (word, end) = match s["expired_at"].as_str() {
+        Some(_) => ("ended at", time(s, "expired_at")),
+        None => ("until", time(s, "ends_at")),
+    };
+    crate::outln!("{}: {} {word} {end}", text(s, "id"), text(s, "state"));
+    if s["schedule"].is_object() {
+        crate::outln!(
+            "  {}; next window: {}",
+            schedule_text(&s["schedule"]),
+            window_text(s)
+        );
+    }
+}
+
+/// One row of `silences list`.
+fn list_row(s: &Value) -> Vec<String> {
+    vec![
+        text(s, "id"),
+        text(s, "state"),
+        time(s, "starts_at"),
+        match s["expired_at"].as_str() {
+            Some(_) => time(s, "expired_at"),
+            None => time(s, "ends_at"),
+        },
+        text(s, "author"),
+        matchers_text(&s["matchers"]),
+        if s["schedule"].is_object() {
+            format!("{}; next {}", schedule_text(&s["schedule"]), window_text(s))
+        } else {
+            "-".to_string()
+        },
+        text(s, "reason"),
+    ]
 }
 
 fn matchers_text(m: &Value) -> String {

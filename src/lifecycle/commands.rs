@@ -233,28 +233,7 @@ impl Desk {
             )));
         }
         let applied = apply(&mut incident, action, actor, now)?;
-        let mut changed = Vec::new();
-        let lifted = match action {
-            Action::Release { .. } => {
-                self.containments
-                    .release(&mut incident, actor, "released", now, &mut changed)
-            }
-            _ if incident.state == State::FalsePositive => {
-                self.containments
-                    .release(&mut incident, actor, "false_positive", now, &mut changed)
-            }
-            Action::Approve { .. } => {
-                Some(
-                    self.containments
-                        .approve(&mut incident, actor, now, &mut changed),
-                )
-            }
-            _ => None,
-        };
-        self.effects.containments(changed);
-        for entry in lifted.into_iter().flatten() {
-            self.note(entry);
-        }
+        self.contain_after(&mut incident, action, actor, now);
         let silence = self.silences.covering(&incident, now).map(|s| s.id.clone());
         let mut notified = Vec::new();
         if let Some(kind) = applied.event {
@@ -306,5 +285,39 @@ impl Desk {
             reply: serde_json::to_value(&incident).expect("incidents serialise"),
             kpis: applied.kpis,
         })
+    }
+
+    /// What an action does to the incident's containments: a release or a false positive
+    /// lifts them, an approval puts the waiting ones in force; the firewall changes go to
+    /// the effects, the audit entries to the queue.
+    fn contain_after(
+        &mut self,
+        incident: &mut Incident,
+        action: &Action,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) {
+        let mut changed = Vec::new();
+        let lifted = match action {
+            Action::Release { .. } => {
+                self.containments
+                    .release(incident, actor, "released", now, &mut changed)
+            }
+            _ if incident.state == State::FalsePositive => {
+                self.containments
+                    .release(incident, actor, "false_positive", now, &mut changed)
+            }
+            Action::Approve { .. } => {
+                Some(
+                    self.containments
+                        .approve(incident, actor, now, &mut changed),
+                )
+            }
+            _ => None,
+        };
+        self.effects.containments(changed);
+        for entry in lifted.into_iter().flatten() {
+            self.note(entry);
+        }
     }
 }

@@ -126,46 +126,8 @@ impl Desk {
             let incident = &event.incident;
             let silence = self.silences.covering(incident, now).map(|s| s.id.clone());
             let muted = silence.is_some();
-            let (notified, details) = match event.kind {
-                EventKind::Opened => {
-                    let mut tracker = self.policies.track(incident);
-                    let firings = self.policies.fire_due(&mut tracker, incident, now);
-                    let receivers: BTreeSet<String> = firings
-                        .iter()
-                        .flat_map(|f| f.receivers.iter().cloned())
-                        .collect();
-                    let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
-                    let notified = self.enqueue(outbox, event, &receivers, muted);
-                    self.contain(book, &incident.id, &tracker.policy, &firings, now);
-                    self.effects.store(Record::Tracker(tracker.clone()));
-                    self.trackers.insert(incident.id.clone(), tracker);
-                    self.schedule(&incident.id, Some(incident));
-                    if let Some(id) = &silence
-                        && let Some(i) = book.active_mut(&incident.id)
-                    {
-                        i.silenced_by = Some(id.clone());
-                        i.record(
-                            now,
-                            TimelineKind::Silenced,
-                            DAEMON,
-                            Some(format!("notifications muted by {id}")),
-                        );
-                    }
-                    let details = json!({
-                        "drill": incident.drill,
-                        "rule": incident.rule,
-                        "key": incident.key,
-                        "severity": incident.severity,
-                        "category": incident.category,
-                        "count": incident.count,
-                        "ruleset_version": incident.ruleset_version,
-                        "steps": firings.iter().map(|f| f.step).collect::<Vec<_>>(),
-                        "notified": notified,
-                        "held_for_approval": held,
-                        "silenced_by": silence,
-                    });
-                    (notified, details)
-                }
+            let details = match event.kind {
+                EventKind::Opened => self.open(book, event, outbox, silence, now),
                 kind => {
                     let reached = self
                         .trackers
@@ -176,10 +138,7 @@ impl Desk {
                     if kind == EventKind::SeverityChanged {
                         // A step with `if_severity` may be due now.
                         self.schedule(&incident.id, Some(incident));
-                        (
-                            notified,
-                            json!({"severity": incident.severity, "count": incident.count, "silenced_by": silence}),
-                        )
+                        json!({"severity": incident.severity, "count": incident.count, "silenced_by": silence})
                     } else {
                         let entry = updated.entry(incident.id.clone()).or_default();
                         entry.0 = incident.count;
@@ -188,7 +147,6 @@ impl Desk {
                     }
                 }
             };
-            let _ = notified;
             let name = match event.kind {
                 EventKind::Opened => AuditEvent::IncidentOpened,
                 _ => AuditEvent::IncidentSeverityChanged,
@@ -217,6 +175,56 @@ impl Desk {
                 json!({"counts": counts, "notified": notified}),
             ));
         }
+    }
+
+    /// An opening: starts escalation (steps due at once go out now), asks for the
+    /// containments those steps name, marks a silenced incident; returns the audit details.
+    fn open(
+        &mut self,
+        book: &mut IncidentBook,
+        event: &IncidentEvent,
+        outbox: &Outbox,
+        silence: Option<String>,
+        now: DateTime<Utc>,
+    ) -> serde_json::Value {
+        let incident = &event.incident;
+        let muted = silence.is_some();
+        let mut tracker = self.policies.track(incident);
+        let firings = self.policies.fire_due(&mut tracker, incident, now);
+        let receivers: BTreeSet<String> = firings
+            .iter()
+            .flat_map(|f| f.receivers.iter().cloned())
+            .collect();
+        let held: BTreeSet<&String> = firings.iter().flat_map(|f| &f.held).collect();
+        let notified = self.enqueue(outbox, event, &receivers, muted);
+        self.contain(book, &incident.id, &tracker.policy, &firings, now);
+        self.effects.store(Record::Tracker(tracker.clone()));
+        self.trackers.insert(incident.id.clone(), tracker);
+        self.schedule(&incident.id, Some(incident));
+        if let Some(id) = &silence
+            && let Some(i) = book.active_mut(&incident.id)
+        {
+            i.silenced_by = Some(id.clone());
+            i.record(
+                now,
+                TimelineKind::Silenced,
+                DAEMON,
+                Some(format!("notifications muted by {id}")),
+            );
+        }
+        json!({
+            "drill": incident.drill,
+            "rule": incident.rule,
+            "key": incident.key,
+            "severity": incident.severity,
+            "category": incident.category,
+            "count": incident.count,
+            "ruleset_version": incident.ruleset_version,
+            "steps": firings.iter().map(|f| f.step).collect::<Vec<_>>(),
+            "notified": notified,
+            "held_for_approval": held,
+            "silenced_by": silence,
+        })
     }
 
     /// Decides the notifications of an event; returns the receivers that hear it.

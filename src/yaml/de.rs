@@ -7,9 +7,12 @@
 //! Every error it reports is the first one seen at its node; errors caused by its own
 //! placeholders are never reported.
 
+mod access;
+
 use super::{Kind, Node, Style, is_null_text};
 use crate::diag::Position;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Unexpected, Visitor};
+use access::{EnumDe, MapDe, SeqDe};
+use serde::de::{self, DeserializeOwned, IntoDeserializer, Unexpected, Visitor};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -462,123 +465,6 @@ impl<'de> de::Deserializer<'de> for De<'de> {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 bytes byte_buf unit_struct
         tuple_struct
-    }
-}
-
-struct SeqDe<'a> {
-    items: std::slice::Iter<'a, Node>,
-    fixes: &'a Fixes,
-}
-
-impl<'de> de::SeqAccess<'de> for SeqDe<'de> {
-    type Error = Error;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Error> {
-        let fixes = self.fixes;
-        let Some(node) = self
-            .items
-            .by_ref()
-            .find(|n| fixes.get(&n.id) != Some(&Fix::Skip))
-        else {
-            return Ok(None);
-        };
-        let de = De { node, fixes };
-        let result = seed.deserialize(De { node, fixes });
-        de.here(result).map(Some)
-    }
-}
-
-struct MapDe<'a> {
-    entries: std::slice::Iter<'a, (Node, Node)>,
-    value: Option<&'a Node>,
-    fixes: &'a Fixes,
-}
-
-impl<'de> de::MapAccess<'de> for MapDe<'de> {
-    type Error = Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Error> {
-        let fixes = self.fixes;
-        let Some((key, value)) = self.entries.by_ref().find(|(k, v)| {
-            fixes.get(&k.id) != Some(&Fix::Skip) && fixes.get(&v.id) != Some(&Fix::Skip)
-        }) else {
-            return Ok(None);
-        };
-        self.value = Some(value);
-        let de = De { node: key, fixes };
-        let result = seed.deserialize(De { node: key, fixes });
-        de.here(result).map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        let node = self
-            .value
-            .take()
-            .ok_or_else(|| de::Error::custom("value without a key"))?;
-        let fixes = self.fixes;
-        let de = De { node, fixes };
-        let result = seed.deserialize(De { node, fixes });
-        de.here(result)
-    }
-}
-
-/// `{variant: content}`.
-struct EnumDe<'a> {
-    key: &'a Node,
-    value: &'a Node,
-    fixes: &'a Fixes,
-}
-
-impl<'de> de::EnumAccess<'de> for EnumDe<'de> {
-    type Error = Error;
-    type Variant = De<'de>;
-
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, De<'de>), Error> {
-        let key = De {
-            node: self.key,
-            fixes: self.fixes,
-        };
-        let variant = key.here(seed.deserialize(De {
-            node: self.key,
-            fixes: self.fixes,
-        }))?;
-        Ok((
-            variant,
-            De {
-                node: self.value,
-                fixes: self.fixes,
-            },
-        ))
-    }
-}
-
-impl<'de> de::VariantAccess<'de> for De<'de> {
-    type Error = Error;
-
-    fn unit_variant(self) -> Result<(), Error> {
-        de::Deserialize::deserialize(self)
-    }
-
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
-        seed.deserialize(self)
-    }
-
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, Error> {
-        de::Deserializer::deserialize_seq(self, v)
-    }
-
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        _fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, Error> {
-        de::Deserializer::deserialize_map(self, v)
     }
 }
 
