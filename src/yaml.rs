@@ -26,7 +26,7 @@ pub struct Node {
     pub id: usize,
     /// Where the node starts (a quoted scalar: its opening quote).
     pub at: Position,
-    /// What it holds.
+    /// What it holds: a scalar with its quoting style, a sequence or a mapping.
     pub kind: Kind,
 }
 

@@ -36,7 +36,7 @@ pub struct Discrepancy {
     pub expected: Option<SignedHead>,
     /// The chain's head as found on start.
     pub found: Head,
-    /// What is wrong.
+    /// What is wrong, in words an admin can act on (shown by `/readyz`, logged, recorded).
     pub reason: String,
 }
 

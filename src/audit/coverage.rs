@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// One incident whose stored state disagrees with its audit records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
-    /// The incident's id (`INC-7`).
+    /// The incident's id (`INC-7`): what its audit records name it by.
     pub incident: String,
     /// What is wrong, in words.
     pub reason: String,

@@ -222,7 +222,7 @@ impl RecordedEvent {
         }
     }
 
-    /// The name as stored.
+    /// The name as stored: records written by another release verify with their own names.
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Name::Known(event) => event.as_str(),

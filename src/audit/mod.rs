@@ -77,18 +77,18 @@ impl Entry {
 pub struct Record {
     /// Position in the chain, from 1.
     pub seq: u64,
-    /// When it was recorded.
+    /// When it was recorded: exports select periods by it.
     pub at: DateTime<Utc>,
     /// What happened (kept as stored, even when this release does not know the name).
     pub event: RecordedEvent,
-    /// Who did it.
+    /// Who did it: `logwarden` or the API token's name, never a secret.
     pub actor: String,
-    /// The incident concerned.
+    /// The incident concerned, so an evidence pack can gather its records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
     /// SOC 2 controls this record is evidence for.
     pub controls: Vec<String>,
-    /// Event-specific facts.
+    /// Event-specific facts, free-form so a new fact needs no new chain format.
     pub details: Value,
     /// SHA-256 (hex) of the previous record; [`GENESIS`] for the first.
     pub prev: String,
@@ -125,7 +125,7 @@ impl Record {
         .expect("records serialise")
     }
 
-    /// SHA-256 (hex) of [`Record::canonical_bytes`].
+    /// SHA-256 (hex) of [`Record::canonical_bytes`]: what the next record's `prev` names.
     pub fn compute_hash(&self) -> String {
         hex::encode(Sha256::digest(self.canonical_bytes()))
     }
@@ -248,7 +248,7 @@ impl AuditLog {
     }
 }
 
-/// What [`verify`] found.
+/// What [`verify`] found: the CLI's exit code and the API's answer both follow it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Every record is intact and linked; `count` records, the last with `head`.

@@ -26,7 +26,7 @@ const STEPS: [&str; 5] = [
     "closed",
 ];
 
-/// The CSV header.
+/// The CSV header: its columns are the contract auditors' sampling sheets are built on.
 pub const HEADER: &str = "uid,id,rule,severity,category,controls,state,drill,detected_at,\
 opened_at,opened_by,acknowledged_at,acknowledged_by,contained_at,contained_by,eradicated_at,\
 eradicated_by,recovered_at,recovered_by,closed_at,closed_by,review,reviewed_by,\

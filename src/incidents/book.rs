@@ -170,7 +170,7 @@ impl IncidentBook {
         Some(incident)
     }
 
-    /// Every active incident.
+    /// Every active incident: what the escalation clock and the metrics walk.
     pub fn all_active(&self) -> impl Iterator<Item = &Incident> {
         self.open.values().flat_map(HashMap::values)
     }

@@ -46,7 +46,8 @@ pub enum State {
 }
 
 impl State {
-    /// Every state.
+    /// Every state, for metrics that preset a series per state (a gauge that is absent
+    /// cannot be alerted on).
     pub const ALL: [State; 7] = [
         State::Open,
         State::Acknowledged,
@@ -95,15 +96,15 @@ impl std::fmt::Display for State {
 /// A post-incident review, required before a high or critical incident may close.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Review {
-    /// Why it happened.
+    /// Why it happened: the finding an auditor looks for first (CC7.4/CC7.5).
     pub root_cause: String,
-    /// What was learned.
+    /// What was learned, so the review changes something beyond this incident.
     pub lessons_learned: String,
-    /// Follow-up actions.
+    /// Follow-up actions: what the review commits the team to, each tracked on its own.
     pub actions: Vec<String>,
     /// Who wrote it (token name).
     pub by: String,
-    /// When.
+    /// When it was filed: an incident closes only after its review.
     pub at: DateTime<Utc>,
 }
 
@@ -112,9 +113,9 @@ pub struct Review {
 pub struct Approval {
     /// Who approved (token name).
     pub by: String,
-    /// When.
+    /// When it was given: notifications held for approval go out from then.
     pub at: DateTime<Utc>,
-    /// Why, or any condition.
+    /// Why, or any condition the approver set: the record an auditor reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -122,13 +123,13 @@ pub struct Approval {
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    /// When it happened.
+    /// When it happened (wall clock): the order of the response, for KPIs and auditors.
     pub at: DateTime<Utc>,
-    /// What happened.
+    /// What happened, as a kind rather than text, so KPIs and exports can count it.
     pub event: TimelineKind,
     /// Who did it (`logwarden` for detection, else the API token's name).
     pub actor: String,
-    /// Free text.
+    /// Free text from the actor or the daemon: the why behind the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -143,15 +144,15 @@ pub struct Incident {
     /// Records stored before it existed get theirs from [`assign_missing_uids`].
     #[serde(default)]
     pub uid: String,
-    /// Rule that opened it.
+    /// Rule that opened it: with `key`, what later matches are folded into it by.
     pub rule: String,
     /// Current severity (only ever rises).
     pub severity: Severity,
-    /// Rule category.
+    /// Rule category, copied so receivers can route without the rule set.
     pub category: String,
-    /// Lifecycle state.
+    /// Lifecycle state: what commands may do next and whether it still counts as open.
     pub state: State,
-    /// group_by values.
+    /// group_by values: which attacker, user or host this incident is about.
     pub key: Key,
     /// Matches counted into the incident.
     pub count: u64,
@@ -165,37 +166,38 @@ pub struct Incident {
     pub updated_at: DateTime<Utc>,
     /// SOC 2 controls of the rule.
     pub controls: Vec<String>,
-    /// Rule labels.
+    /// Rule labels, copied so silences and receivers can match without the rule set.
     pub labels: BTreeMap<String, String>,
-    /// Rendered summary.
+    /// Rendered summary: the one line a person reads first in every notification.
     pub summary: String,
-    /// Rule description.
+    /// Rule description, copied: it stays true to the rule that opened it after a reload.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// Rule runbook.
+    /// Rule runbook: where the responder is sent, copied as of the opening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook: Option<String>,
     /// Absence rules: when matching lines came back after the gap (the line's time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_at: Option<DateTime<Utc>>,
-    /// Escalation policy followed.
+    /// Escalation policy followed, fixed at opening so a reload does not re-route it.
     pub escalation: String,
     /// Version of the rule set that opened it.
     pub ruleset_version: String,
-    /// Bounded evidence lines.
+    /// Evidence lines, at most [`MAX_EVIDENCE`]: enough to show what matched, bounded so a
+    /// flood cannot grow the record.
     pub evidence: Vec<Evidence>,
     /// What happened to it, in order.
     pub timeline: Vec<TimelineEntry>,
     /// When it was acknowledged (response-time KPIs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<DateTime<Utc>>,
-    /// When it was contained.
+    /// When it was contained (time-to-contain KPI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contained_at: Option<DateTime<Utc>>,
     /// When it was closed or marked a false positive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<DateTime<Utc>>,
-    /// The post-incident review.
+    /// The post-incident review, which a high or critical incident needs before it closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Review>,
     /// Approval to notify external roles.
@@ -241,7 +243,7 @@ impl Incident {
         self.record(at, event, "logwarden", Some(note));
     }
 
-    /// Appends a timeline entry.
+    /// Appends a timeline entry: every change an actor makes leaves a trace in order.
     pub fn record(
         &mut self,
         at: DateTime<Utc>,
@@ -274,7 +276,7 @@ impl Incident {
 /// An incident change with the incident as it is after it.
 #[derive(Debug, Clone)]
 pub struct IncidentEvent {
-    /// What happened.
+    /// What happened: receivers and the audit log act on the kind, not on a diff.
     pub kind: EventKind,
     /// The incident after the change.
     pub incident: Incident,

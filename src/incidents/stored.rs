@@ -316,7 +316,7 @@ pub fn states(store: &Store) -> Result<Vec<StoredState>, StoreError> {
         .collect())
 }
 
-/// Incident `number`, if stored.
+/// Incident `number`, if stored: closed incidents live only in the store, not in the book.
 pub fn read(store: &Store, number: u64) -> Result<Option<Incident>, StoreError> {
     match store.get_raw(Space::Incidents, &key(number))? {
         Some(head) => Ok(Some(assemble(store, number, &head)?.0)),

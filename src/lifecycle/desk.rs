@@ -28,9 +28,9 @@ pub struct Desk {
     /// When each active incident's next escalation step is due: the clock looks at these
     /// only, not at every open incident.
     pub(super) due: DueQueue<String>,
-    /// Silences not yet expired.
+    /// Silences not yet expired: every event that could notify is checked against them.
     pub silences: Silences,
-    /// The audit log.
+    /// The audit log, so the desk's decisions are recorded with the change they cause.
     pub audit: AuditLog,
     /// Containments (bans) and the decisions about them.
     pub containments: containment::Book,

@@ -30,7 +30,7 @@ pub enum Record {
     Incident(Box<Incident>),
 }
 
-/// Decisions not yet committed.
+/// Decisions not yet committed: nothing leaves the desk before its records are durable.
 #[derive(Debug, Default)]
 pub struct Effects {
     notices: Vec<Notice>,
@@ -61,12 +61,12 @@ impl Effects {
         receivers
     }
 
-    /// A record to store.
+    /// A record to store in the next commit, with the change that caused it.
     pub fn store(&mut self, record: Record) {
         self.records.push(record);
     }
 
-    /// An audit entry.
+    /// An audit entry, committed in the same batch as the change it describes.
     pub fn audit(&mut self, entry: Entry) {
         self.audit.push(entry);
     }
@@ -82,7 +82,7 @@ impl Effects {
         &self.audit
     }
 
-    /// Whether nothing was decided.
+    /// Whether nothing was decided: an idle tick then writes nothing.
     pub fn is_empty(&self) -> bool {
         self.notices.is_empty() && self.records.is_empty() && self.audit.is_empty()
     }

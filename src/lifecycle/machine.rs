@@ -27,9 +27,9 @@ pub fn allowed_next(from: State) -> &'static [State] {
 pub struct Applied {
     /// The event receivers may hear about.
     pub event: Option<EventKind>,
-    /// Audit event name.
+    /// The audit event, typed so it maps to its SOC 2 controls.
     pub audit: AuditEvent,
-    /// Audit details.
+    /// Audit details: what the transition changed, for the record.
     pub details: Value,
     /// KPIs observed (a one-step resolve measures acknowledge, contain and resolve at once).
     pub kpis: Vec<Kpi>,

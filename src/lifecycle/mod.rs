@@ -142,9 +142,9 @@ pub enum Request {
 /// A request with its actor and where the answer goes.
 #[derive(Debug)]
 pub struct Command {
-    /// API token name.
+    /// API token name: who is recorded as having acted.
     pub actor: String,
-    /// What to do.
+    /// What to do, checked by the pipeline, which alone owns the incidents.
     pub request: Request,
     /// The changed incident or silence as JSON, once durable; or why nothing changed.
     pub reply: oneshot::Sender<Result<Value, Refusal>>,
@@ -164,9 +164,9 @@ pub enum Measure {
 /// A response-time observation for the KPI histograms.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Kpi {
-    /// What is measured.
+    /// What is measured (time to acknowledge, contain, close).
     pub measure: Measure,
-    /// The incident's severity.
+    /// The incident's severity: KPIs are kept per severity, as SLAs are.
     pub severity: Severity,
     /// Seconds since the incident opened.
     pub seconds: f64,
@@ -189,9 +189,9 @@ impl Kpi {
 /// What a command did, for the pipeline to finish once the batch is durable.
 #[derive(Debug)]
 pub struct Done {
-    /// The answer.
+    /// The answer the API sends back: the incident as it is after the command.
     pub reply: Value,
-    /// KPIs to observe.
+    /// KPIs to observe once the change is durable (never for a command that failed).
     pub kpis: Vec<Kpi>,
 }
 

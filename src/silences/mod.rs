@@ -83,19 +83,19 @@ pub enum SilenceError {
 /// A silence as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {
-    /// `SIL-<n>`.
+    /// `SIL-<n>`: what `silences expire` and the audit records name it by.
     pub id: String,
-    /// What it covers.
+    /// What it covers: every given matcher must match, so a silence is as narrow as written.
     pub matchers: Matchers,
-    /// From when.
+    /// From when: a silence may be set up ahead of a maintenance window.
     pub starts_at: DateTime<Utc>,
-    /// Until when.
+    /// Until when: every silence ends by itself, so none is forgotten in force.
     pub ends_at: DateTime<Utc>,
     /// Why the exception was granted.
     pub reason: String,
     /// Who granted it (token name).
     pub author: String,
-    /// When it was created.
+    /// When it was created, for the audit trail of who muted what.
     pub created_at: DateTime<Utc>,
     /// When it stopped applying (expired by hand, or its end noticed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,9 +114,9 @@ pub struct Silence {
 /// A scheduled silence's window opening or closing, for the audit log.
 #[derive(Debug, Clone)]
 pub struct WindowChange {
-    /// `true`: opened; `false`: closed.
+    /// `true`: the window opened; `false`: it closed (each is its own audit record).
     pub opened: bool,
-    /// The window.
+    /// The window that opened or closed, in UTC, as the audit record names it.
     pub window: Window,
     /// The silence after the change (to store).
     pub silence: Silence,
@@ -233,7 +233,7 @@ impl Silence {
     }
 }
 
-/// `POST /api/v1/silences` body.
+/// `POST /api/v1/silences` body: a request, checked before it becomes a [`Silence`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSilence {
@@ -242,17 +242,17 @@ pub struct NewSilence {
     /// End time; exactly one of `ends_at` and `duration`.
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
-    /// Length from `starts_at`.
+    /// Length from `starts_at`: the common case, so nobody computes an end time by hand.
     #[serde(default)]
     pub duration: Option<HumanDuration>,
-    /// Start time (default now).
+    /// Start time (default now); later to prepare a silence before the work starts.
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     /// Recurring windows; with one, `ends_at`/`duration` is optional (the end date of the
     /// recurrence, at most ten years ahead, which is also the default).
     #[serde(default)]
     pub schedule: Option<Schedule>,
-    /// Why.
+    /// Why: required, since an exception nobody can explain is a finding in an audit.
     pub reason: String,
 }
 

@@ -141,7 +141,7 @@ impl<'de> Deserialize<'de> for ClockTime {
 pub struct Schedule {
     /// Days a window starts on.
     pub days: Vec<Day>,
-    /// Local start time.
+    /// Local start time, in `time_zone`, as people plan maintenance.
     pub from: ClockTime,
     /// Local end time: at or before `from` means the next day.
     pub to: ClockTime,
@@ -149,17 +149,17 @@ pub struct Schedule {
     pub time_zone: String,
 }
 
-/// One window, in UTC.
+/// One window, in UTC: what is compared with event times, free of time-zone rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
-    /// When it starts.
+    /// When it starts (inclusive).
     pub starts_at: DateTime<Utc>,
-    /// When it ends (exclusive).
+    /// When it ends (exclusive), so back-to-back windows do not overlap.
     pub ends_at: DateTime<Utc>,
 }
 
 impl Window {
-    /// Whether `at` is inside.
+    /// Whether `at` is inside: the one test every mute decision of a recurring silence makes.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
         self.starts_at <= at && at < self.ends_at
     }

@@ -71,7 +71,7 @@ impl<'de> de::MapAccess<'de> for MapDe<'de> {
     }
 }
 
-/// `{variant: content}`.
+/// An enum written as `{variant: content}`: the key names the variant, the value feeds it.
 pub(super) struct EnumDe<'a> {
     pub(super) key: &'a Node,
     pub(super) value: &'a Node,
