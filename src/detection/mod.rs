@@ -112,8 +112,9 @@ pub struct Detector {
     /// The current line's matches, reused for every line.
     found: Found,
     tables: FastMap<String, KeyTable<KeyState>>,
-    /// Keys whose state changed since the last store commit, by rule id.
-    dirty: FastMap<String, FastSet<Fields>>,
+    /// Keys whose state changed since the last store commit, by rule id; `None` for an
+    /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
+    dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
 }
 
@@ -192,9 +193,18 @@ impl Detector {
             found: Found::default(),
             rules,
             tables: FastMap::default(),
-            dirty: FastMap::default(),
+            dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
         }
+    }
+
+    /// This detector, keeping no record of which keys changed: for an evaluation that
+    /// stores no windows (a replay), where marking every new and expired key changed, then
+    /// stored, cost more per line than a capture. [`Detector::take_dirty`] then returns
+    /// nothing.
+    pub fn without_change_tracking(mut self) -> Self {
+        self.dirty = None;
+        self
     }
 
     /// The rules being evaluated.
@@ -450,17 +460,10 @@ impl Detector {
             .collect()
     }
 
-    /// Like [`Detector::take_dirty`] for an evaluation that stores no windows (a replay):
-    /// the changed keys are marked stored without a window id made for each (which cost a
-    /// replay of a busy log more per line than its captures).
-    pub fn forget_dirty(&mut self) {
-        self.clean_dirty();
-    }
-
     /// Marks every changed key stored (the next change marks it dirty again) and returns
     /// them by rule.
-    fn clean_dirty(&mut self) -> FastMap<String, FastSet<Fields>> {
-        let dirty = std::mem::take(&mut self.dirty);
+    fn clean_dirty(&mut self) -> Changed {
+        let dirty = self.dirty.as_mut().map(std::mem::take).unwrap_or_default();
         for (rule_id, keys) in &dirty {
             if let Some(table) = self.tables.get_mut(rule_id) {
                 for key in keys {
@@ -521,7 +524,12 @@ pub fn read_match(rule: &Rule, step: usize, line: &[u8]) -> Option<(Fields, Fiel
 }
 
 /// Marks a key's state as changed, cloning the key only the first time per commit.
-fn mark(dirty: &mut FastMap<String, FastSet<Fields>>, rule: &str, key: &Fields) {
+/// Keys whose state changed, by rule id.
+type Changed = FastMap<String, FastSet<Fields>>;
+
+/// Records that `key` of `rule` changed, when changes are tracked.
+fn mark(dirty: &mut Option<Changed>, rule: &str, key: &Fields) {
+    let Some(dirty) = dirty else { return };
     match dirty.get_mut(rule) {
         Some(keys) => {
             if !keys.contains(key) {
