@@ -48,7 +48,36 @@ const NOT_QUEUED: i64 = i64::MAX;
 
 /// Keys by the time they are due for expiry, earliest first; places left behind by keys
 /// moved up or removed included (see the module doc).
-type Expiries = BinaryHeap<Reverse<(i64, Fields)>>;
+type Expiries = BinaryHeap<Reverse<Due>>;
+
+/// A key's place in the expiry queue, ordered by time alone: keys due at the same time
+/// (a busy second of syslog) are expired in any order, each on its own, so the heap does
+/// not compare their text.
+#[derive(Debug)]
+struct Due {
+    at: i64,
+    key: Fields,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
 
 /// Left-behind places in the queue tolerated beyond twice the live keys before the queue
 /// is rebuilt from the entries.
@@ -119,7 +148,10 @@ fn queue_by(expiries: &mut Expiries, queued: &mut i64, key: &Fields, at: Option<
         return;
     }
     // The old place, if any, stays behind: it no longer matches `queued`.
-    expiries.push(Reverse((at, key.clone())));
+    expiries.push(Reverse(Due {
+        at,
+        key: key.clone(),
+    }));
     *queued = at;
 }
 
@@ -186,7 +218,12 @@ impl<S: Progress> KeyTable<S> {
             .entries
             .values()
             .filter(|e| e.queued != NOT_QUEUED)
-            .map(|e| Reverse((e.queued, e.key.clone())))
+            .map(|e| {
+                Reverse(Due {
+                    at: e.queued,
+                    key: e.key.clone(),
+                })
+            })
             .collect();
     }
 
@@ -254,34 +291,36 @@ impl<S: Progress> KeyTable<S> {
         now_ms: i64,
         mut expire: impl FnMut(&mut S) -> Expired,
     ) -> Vec<Fields> {
-        let mut due = Vec::new();
-        while let Some(Reverse((at, _))) = self.expiries.peek()
-            && *at <= now_ms
+        let mut removed = Vec::new();
+        let mut again = Vec::new();
+        while let Some(Reverse(next)) = self.expiries.peek()
+            && next.at <= now_ms
         {
-            let Some(Reverse((at, key))) = self.expiries.pop() else {
+            let Some(Reverse(Due { at, key })) = self.expiries.pop() else {
                 break;
             };
-            // Taken out of the queue: a second place at the same time is left behind.
-            if let Some(entry) = self.entries.get_mut(&key)
-                && entry.queued == at
-            {
-                entry.queued = NOT_QUEUED;
-                due.push(key);
-            }
-        }
-        let mut removed = Vec::new();
-        for key in due {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
+            if entry.queued != at {
+                // Left behind by a move or a second place at the same time.
+                continue;
+            }
+            entry.queued = NOT_QUEUED;
             match expire(&mut entry.state) {
                 Expired::Gone => {
                     self.entries.remove(&key);
                     removed.push(key);
                 }
-                // Taken out of the queue first, so a time that is (wrongly) not later than
-                // now is looked at on the next tick rather than again in this loop.
-                Expired::Kept(at) => queue_by(&mut self.expiries, &mut entry.queued, &key, at),
+                // A time that is (wrongly) not later than now is queued after this loop,
+                // so it is looked at on the next tick rather than again in this one.
+                Expired::Kept(Some(next)) if next <= now_ms => again.push((key, next)),
+                Expired::Kept(next) => queue_by(&mut self.expiries, &mut entry.queued, &key, next),
+            }
+        }
+        for (key, next) in again {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                queue_by(&mut self.expiries, &mut entry.queued, &key, Some(next));
             }
         }
         removed
@@ -290,7 +329,7 @@ impl<S: Progress> KeyTable<S> {
     /// When the earliest queued key is due for expiry (places left behind before it are
     /// dropped).
     pub fn next_expiry(&mut self) -> Option<i64> {
-        while let Some(Reverse((at, key))) = self.expiries.peek() {
+        while let Some(Reverse(Due { at, key })) = self.expiries.peek() {
             if Self::is_current(&self.entries, *at, key) {
                 return Some(*at);
             }

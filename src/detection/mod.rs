@@ -49,14 +49,25 @@ pub use crate::evidence::Evidence;
 impl Evidence {
     /// Evidence for a line read at `time`.
     pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
-        let cut = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
+        Self::with_text(line, time, Self::line_text(&line.bytes))
+    }
+
+    /// Evidence for a line read at `time`, its text already made by
+    /// [`Evidence::line_text`] of the line's bytes.
+    pub fn with_text(line: &LogLine, time: DateTime<Utc>, text: Arc<str>) -> Self {
         Evidence {
             source: line.source.clone(),
             path: line.path.clone(),
             offset: line.offset,
             time,
-            line: matcher::lossy_text(cut),
+            line: text,
         }
+    }
+
+    /// The text evidence keeps of a line: its first [`EVIDENCE_LINE_BYTES`] bytes, invalid
+    /// UTF-8 replaced.
+    pub fn line_text(bytes: &[u8]) -> Arc<str> {
+        matcher::lossy_text(&bytes[..bytes.len().min(EVIDENCE_LINE_BYTES)])
     }
 }
 
@@ -275,7 +286,10 @@ impl Detector {
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
             let evidence = line_evidence
-                .get_or_insert_with(|| Evidence::from_line(line, time))
+                .get_or_insert_with(|| match found.evidence {
+                    Some(text) => Evidence::with_text(line, time, text.clone()),
+                    None => Evidence::from_line(line, time),
+                })
                 .clone();
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
