@@ -570,4 +570,40 @@ mod tests {
         t.retain(|_, _| false);
         assert_eq!(t.next_expiry(), None);
     }
+
+    /// Keys moved up again and again, and keys evicted, leave places behind in the heap:
+    /// the queue stays within twice the live keys (plus its slack), and the live keys still
+    /// expire exactly at their times.
+    #[test]
+    fn places_left_behind_stay_bounded_and_never_expire_a_key_early() {
+        let mut t = KeyTable::new(100);
+        for round in 0..200i64 {
+            for n in 0..300u32 {
+                let k = key(n);
+                let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+                // Each round moves every live key's time earlier: a new place per touch.
+                touched.state.0 = 1_000_000 - round * 1_000 - i64::from(n);
+                let at = touched.state.0;
+                touched.expires_at(Some(at));
+            }
+            assert!(
+                t.expiries.len() <= 2 * t.len() + QUEUE_SLACK + 1,
+                "round {round}: {} places for {} keys",
+                t.expiries.len(),
+                t.len()
+            );
+        }
+        let live = t.len();
+        let earliest = t.states().map(|s| s.0).min().unwrap();
+        let mut visits = 0;
+        assert!(
+            t.expire(earliest - 1, expire_until(earliest - 1, &mut visits))
+                .is_empty()
+        );
+        assert_eq!(visits, 0, "no key is looked at before its time");
+        assert_eq!(t.next_expiry(), Some(earliest));
+        let gone = t.expire(i64::MAX - 1, expire_until(i64::MAX - 1, &mut visits));
+        assert_eq!((gone.len(), visits, t.len()), (live, live, 0));
+        assert_eq!(t.next_expiry(), None);
+    }
 }

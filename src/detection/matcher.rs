@@ -575,6 +575,40 @@ pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
 mod tests {
     use super::*;
 
+    /// The DFA walk reports exactly the overlapping matches aho-corasick's own iterator
+    /// reports, in the same order, on random haystacks over the literals' bytes.
+    #[test]
+    fn the_dfa_walk_finds_what_the_overlapping_iterator_finds() {
+        let mut rng = fastrand::Rng::with_seed(22);
+        for _ in 0..200 {
+            let literals: Vec<Vec<u8>> = (0..rng.usize(1..12))
+                .map(|_| {
+                    (0..rng.usize(1..5))
+                        .map(|_| b"abc d"[rng.usize(0..5)])
+                        .collect()
+                })
+                .collect();
+            let walk = LiteralDfa::new(&literals).unwrap();
+            let reference = aho_corasick::AhoCorasick::builder()
+                .match_kind(LiteralMatchKind::Standard)
+                .build(&literals)
+                .unwrap();
+            for _ in 0..20 {
+                let hay: Vec<u8> = (0..rng.usize(0..60))
+                    .map(|_| b"abc d\n"[rng.usize(0..6)])
+                    .collect();
+                let mut walked = Vec::new();
+                walk.each_match(&hay, |id| walked.push(id));
+                let expected: Vec<usize> = reference
+                    .find_overlapping_iter(&hay)
+                    .map(|m| m.pattern().as_usize())
+                    .collect();
+                assert_eq!(walked, expected, "{literals:?} on {hay:?}");
+            }
+        }
+        assert!(LiteralDfa::new(&[b"a".to_vec(), Vec::new()]).is_err());
+    }
+
     /// A read before any `candidates` call, and a read of a new line, run the pattern:
     /// no answer is taken from another line.
     #[test]

@@ -301,6 +301,40 @@ fn utf8_prefix(line: &[u8], max: usize) -> &str {
 mod tests {
     use super::*;
 
+    /// Lines that share a fixed head share their time, whatever follows; a head that is
+    /// not the classic one (a digit first, non-ASCII, too short, another format) is none.
+    #[test]
+    fn a_fixed_head_decides_the_time_alone() {
+        let reference = utc("2026-11-20T00:00:00Z");
+        let f = TimestampFormat::Syslog;
+        let lines: [&[u8]; 4] = [
+            b"Nov  1 00:00:07 web1 sshd[1]: Failed password for root",
+            b"Nov  1 00:00:07 db2 CRON[9]: session opened",
+            b"Nov  1 00:00:07",
+            b"Nov  1 00:00:07 \xff\xfe invalid after the head",
+        ];
+        let head = f.fixed_head(lines[0]).unwrap();
+        assert_eq!(head, b"Nov  1 00:00:07");
+        for line in lines {
+            assert_eq!(f.fixed_head(line), Some(head));
+            assert_eq!(f.parse(line, reference), f.parse(lines[0], reference));
+        }
+        assert!(f.parse(lines[0], reference).is_some());
+        for none in [
+            &b"2026-11-01T00:00:07Z host x"[..],
+            b"Nov  1 00:00:0",
+            "Nov  1 00:00:0\u{e9} x".as_bytes(),
+        ] {
+            assert_eq!(
+                f.fixed_head(none),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
+        assert_eq!(TimestampFormat::Rfc3339.fixed_head(lines[0]), None);
+    }
+
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
