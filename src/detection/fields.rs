@@ -135,12 +135,20 @@ fn push_len(text: &mut String, mut n: usize) {
             break;
         }
     }
-    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    // Digit by digit: no UTF-8 check of text known to be ASCII.
+    for &digit in &digits[at..] {
+        text.push(char::from(digit));
+    }
 }
 
-/// Appends one pair whose value is raw bytes (invalid UTF-8 replaced).
+/// Appends one pair whose value is raw bytes (invalid UTF-8 replaced). Valid text, the
+/// usual case, is checked by the faster validator first (`from_utf8_lossy` walks its
+/// chunks even when there is nothing to replace).
 pub fn push_bytes(text: &mut String, name: &str, value: &[u8]) {
-    push(text, name, &String::from_utf8_lossy(value));
+    match std::str::from_utf8(value) {
+        Ok(valid) => push(text, name, valid),
+        Err(_) => push(text, name, &String::from_utf8_lossy(value)),
+    }
 }
 
 /// Reads one length-prefixed item off the front of `rest`; `None` (and `rest` emptied)

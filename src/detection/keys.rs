@@ -15,14 +15,23 @@
 //! States forget what falls out of their windows as event time passes, and a state left
 //! empty is dropped. The clock does this every second; with twenty thousand attackers'
 //! keys live, a pass over every key per tick was most of the daemon's CPU at rest. So each
-//! key is queued by the time its state next has something to forget ([`DueSet`]), and a
-//! tick visits only the keys whose time has come. The queue may hold a key earlier than
-//! its state needs (a key touched since is looked at, finds nothing to forget and is
-//! queued again later), never later: a match that makes the time earlier (a late line)
-//! moves the key up at once.
+//! key is queued by the time its state next has something to forget, and a tick visits
+//! only the keys whose time has come. The queue may hold a key earlier than its state
+//! needs (a key touched since is looked at, finds nothing to forget and is queued again
+//! later), never later: a match that makes the time earlier (a late line) queues the key
+//! again at once.
+//!
+//! The queue is a binary heap that is only pushed to and popped from: a key moved up or
+//! removed leaves its old place behind, and a popped place counts only if it is still the
+//! time in the key's entry. An ordered set with removal (the queue before) cost a B-tree
+//! insert and remove, with key comparisons, per new key: in a replay of a brute force,
+//! where nearly every attempt brings a new address, more than half of the window stage.
+//! Left-behind places are dropped when they come up, and all at once when they outnumber
+//! the keys.
 
 use super::fields::Fields;
-use crate::due::DueSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
 /// least one), so a flood pays one pass over the table per that many new keys.
@@ -36,6 +45,43 @@ pub trait Progress {
 
 /// The `queued` time of a key that is not in the expiry queue.
 const NOT_QUEUED: i64 = i64::MAX;
+
+/// Keys by the time they are due for expiry, earliest first; places left behind by keys
+/// moved up or removed included (see the module doc).
+type Expiries = BinaryHeap<Reverse<Due>>;
+
+/// A key's place in the expiry queue, ordered by time alone: keys due at the same time
+/// (a busy second of syslog) are expired in any order, each on its own, so the heap does
+/// not compare their text.
+#[derive(Debug)]
+struct Due {
+    at: i64,
+    key: Fields,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// Left-behind places in the queue tolerated beyond twice the live keys before the queue
+/// is rebuilt from the entries.
+const QUEUE_SLACK: usize = 1024;
 
 /// One key's state, whether it changed since it was last stored, when it was last touched,
 /// and the time it is queued at for expiry ([`NOT_QUEUED`] if it is not); the key is kept
@@ -54,7 +100,7 @@ struct Entry<S> {
 #[derive(Debug)]
 pub struct KeyTable<S> {
     entries: foldhash::HashMap<Fields, Entry<S>>,
-    expiries: DueSet<i64, Fields>,
+    expiries: Expiries,
     max_keys: usize,
     clock: u64,
 }
@@ -80,7 +126,7 @@ pub struct Touched<'a, S> {
     /// Keys evicted to make room (usually none).
     pub evicted: Vec<Fields>,
     queued: &'a mut i64,
-    expiries: &'a mut DueSet<i64, Fields>,
+    expiries: &'a mut Expiries,
 }
 
 impl<S> Touched<'_, S> {
@@ -96,15 +142,16 @@ impl<S> Touched<'_, S> {
 /// for the tick: the key comes up at its old time, finds nothing to forget yet, and is
 /// queued again at its real time — one move per key and tick at most, instead of one per
 /// match.
-fn queue_by(expiries: &mut DueSet<i64, Fields>, queued: &mut i64, key: &Fields, at: Option<i64>) {
+fn queue_by(expiries: &mut Expiries, queued: &mut i64, key: &Fields, at: Option<i64>) {
     let Some(at) = at else { return };
     if at >= *queued {
         return;
     }
-    if *queued != NOT_QUEUED {
-        expiries.remove(*queued, key);
-    }
-    expiries.insert(at, key.clone());
+    // The old place, if any, stays behind: it no longer matches `queued`.
+    expiries.push(Reverse(Due {
+        at,
+        key: key.clone(),
+    }));
     *queued = at;
 }
 
@@ -113,7 +160,7 @@ impl<S: Progress> KeyTable<S> {
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
             entries: foldhash::HashMap::default(),
-            expiries: DueSet::default(),
+            expiries: Expiries::new(),
             max_keys: max_keys.max(1),
             clock: 0,
         }
@@ -127,6 +174,7 @@ impl<S: Progress> KeyTable<S> {
         self.clock += 1;
         let mut evicted = Vec::new();
         if !self.entries.contains_key(key) {
+            self.compact_queue();
             evicted = self.make_room();
             let key = Fields::from_encoded(key);
             self.entries.insert(
@@ -154,13 +202,34 @@ impl<S: Progress> KeyTable<S> {
         }
     }
 
-    /// Removes a key and its place in the expiry queue.
+    /// Removes a key (its place in the expiry queue is left behind).
     fn remove(&mut self, key: &Fields) -> Option<Entry<S>> {
-        let entry = self.entries.remove(key)?;
-        if entry.queued != NOT_QUEUED {
-            self.expiries.remove(entry.queued, key);
+        self.entries.remove(key)
+    }
+
+    /// Rebuilds the expiry queue from the entries when left-behind places outnumber the
+    /// keys: memory stays proportional to the live keys, at a cost per key that is
+    /// constant over time.
+    fn compact_queue(&mut self) {
+        if self.expiries.len() <= 2 * self.entries.len() + QUEUE_SLACK {
+            return;
         }
-        Some(entry)
+        self.expiries = self
+            .entries
+            .values()
+            .filter(|e| e.queued != NOT_QUEUED)
+            .map(|e| {
+                Reverse(Due {
+                    at: e.queued,
+                    key: e.key.clone(),
+                })
+            })
+            .collect();
+    }
+
+    /// Whether a place popped from the expiry queue is still the key's.
+    fn is_current(entries: &foldhash::HashMap<Fields, Entry<S>>, at: i64, key: &Fields) -> bool {
+        entries.get(key).is_some_and(|e| e.queued == at)
     }
 
     /// At the bound, removes a fraction of the table — the keys with the least progress,
@@ -197,6 +266,7 @@ impl<S: Progress> KeyTable<S> {
     pub fn insert(&mut self, key: Fields, state: S, expires: Option<i64>) -> Vec<Fields> {
         self.clock += 1;
         self.remove(&key);
+        self.compact_queue();
         let evicted = self.make_room();
         let mut queued = NOT_QUEUED;
         queue_by(&mut self.expiries, &mut queued, &key, expires);
@@ -221,32 +291,51 @@ impl<S: Progress> KeyTable<S> {
         now_ms: i64,
         mut expire: impl FnMut(&mut S) -> Expired,
     ) -> Vec<Fields> {
-        let mut due = Vec::new();
-        while let Some((_, key)) = self.expiries.pop_due(now_ms) {
-            due.push(key);
-        }
         let mut removed = Vec::new();
-        for key in due {
+        let mut again = Vec::new();
+        while let Some(Reverse(next)) = self.expiries.peek()
+            && next.at <= now_ms
+        {
+            let Some(Reverse(Due { at, key })) = self.expiries.pop() else {
+                break;
+            };
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
+            if entry.queued != at {
+                // Left behind by a move or a second place at the same time.
+                continue;
+            }
             entry.queued = NOT_QUEUED;
             match expire(&mut entry.state) {
                 Expired::Gone => {
                     self.entries.remove(&key);
                     removed.push(key);
                 }
-                // Taken out of the queue first, so a time that is (wrongly) not later than
-                // now is looked at on the next tick rather than again in this loop.
-                Expired::Kept(at) => queue_by(&mut self.expiries, &mut entry.queued, &key, at),
+                // A time that is (wrongly) not later than now is queued after this loop,
+                // so it is looked at on the next tick rather than again in this one.
+                Expired::Kept(Some(next)) if next <= now_ms => again.push((key, next)),
+                Expired::Kept(next) => queue_by(&mut self.expiries, &mut entry.queued, &key, next),
+            }
+        }
+        for (key, next) in again {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                queue_by(&mut self.expiries, &mut entry.queued, &key, Some(next));
             }
         }
         removed
     }
 
-    /// When the earliest queued key is due for expiry.
-    pub fn next_expiry(&self) -> Option<i64> {
-        self.expiries.next()
+    /// When the earliest queued key is due for expiry (places left behind before it are
+    /// dropped).
+    pub fn next_expiry(&mut self) -> Option<i64> {
+        while let Some(Reverse(Due { at, key })) = self.expiries.peek() {
+            if Self::is_current(&self.entries, *at, key) {
+                return Some(*at);
+            }
+            self.expiries.pop();
+        }
+        None
     }
 
     /// A key's state without changing its recency.
@@ -274,17 +363,14 @@ impl<S: Progress> KeyTable<S> {
     /// keys. `keep` may make a state expire later, never earlier.
     pub fn retain(&mut self, mut keep: impl FnMut(&Fields, &mut S) -> bool) -> Vec<Fields> {
         let mut removed = Vec::new();
-        let expiries = &mut self.expiries;
         self.entries.retain(|key, entry| {
             let kept = keep(key, &mut entry.state);
             if !kept {
-                if entry.queued != NOT_QUEUED {
-                    expiries.remove(entry.queued, key);
-                }
                 removed.push(key.clone());
             }
             kept
         });
+        self.compact_queue();
         removed
     }
 
@@ -482,6 +568,42 @@ mod tests {
         t.insert(key(2), Until(400), Some(400));
         assert_eq!(t.next_expiry(), Some(400));
         t.retain(|_, _| false);
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    /// Keys moved up again and again, and keys evicted, leave places behind in the heap:
+    /// the queue stays within twice the live keys (plus its slack), and the live keys still
+    /// expire exactly at their times.
+    #[test]
+    fn places_left_behind_stay_bounded_and_never_expire_a_key_early() {
+        let mut t = KeyTable::new(100);
+        for round in 0..200i64 {
+            for n in 0..300u32 {
+                let k = key(n);
+                let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+                // Each round moves every live key's time earlier: a new place per touch.
+                touched.state.0 = 1_000_000 - round * 1_000 - i64::from(n);
+                let at = touched.state.0;
+                touched.expires_at(Some(at));
+            }
+            assert!(
+                t.expiries.len() <= 2 * t.len() + QUEUE_SLACK + 1,
+                "round {round}: {} places for {} keys",
+                t.expiries.len(),
+                t.len()
+            );
+        }
+        let live = t.len();
+        let earliest = t.states().map(|s| s.0).min().unwrap();
+        let mut visits = 0;
+        assert!(
+            t.expire(earliest - 1, expire_until(earliest - 1, &mut visits))
+                .is_empty()
+        );
+        assert_eq!(visits, 0, "no key is looked at before its time");
+        assert_eq!(t.next_expiry(), Some(earliest));
+        let gone = t.expire(i64::MAX - 1, expire_until(i64::MAX - 1, &mut visits));
+        assert_eq!((gone.len(), visits, t.len()), (live, live, 0));
         assert_eq!(t.next_expiry(), None);
     }
 }

@@ -21,7 +21,8 @@
 use super::capture::{CaptureRegex, Engine, Slots};
 use super::{fields, literals};
 use crate::rules::{Rule, RuleSet};
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as LiteralMatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::{Anchored, MatchKind as LiteralMatchKind};
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
@@ -141,12 +142,67 @@ pub enum Front {
     Set,
 }
 
+/// A literal automaton (Aho-Corasick, full DFA, every match reported) walked byte by byte
+/// through its transition table. The crate's own search loops ask per byte whether a
+/// prefilter, an overlapping state or a match index is pending; on lines that hold a
+/// literal every few dozen bytes that bookkeeping cost three times the table walk
+/// (docs/performance.md). The walk reports exactly what `find_overlapping_iter` would.
+#[derive(Clone)]
+struct LiteralDfa {
+    dfa: Arc<aho_corasick::dfa::DFA>,
+    start: StateID,
+}
+
+impl LiteralDfa {
+    /// The automaton over `literals`; an error for an empty literal (it would match
+    /// everywhere, which the callers express as "no automaton") or beyond the crate's
+    /// limits.
+    fn new(literals: &[Vec<u8>]) -> Result<Self, String> {
+        if literals.iter().any(Vec::is_empty) {
+            return Err("an empty literal".to_string());
+        }
+        let dfa = aho_corasick::dfa::Builder::new()
+            .match_kind(LiteralMatchKind::Standard)
+            // The walk below uses no prefilter; without one the start state is plain.
+            .prefilter(false)
+            .build(literals)
+            .map_err(|e| e.to_string())?;
+        let start = dfa.start_state(Anchored::No).map_err(|e| e.to_string())?;
+        Ok(LiteralDfa {
+            dfa: Arc::new(dfa),
+            start,
+        })
+    }
+
+    /// The state after `byte` in state `sid`, and whether literals end there.
+    #[inline(always)]
+    fn step(&self, sid: StateID, byte: u8) -> (StateID, bool) {
+        let next = self.dfa.next_state(Anchored::No, sid, byte);
+        (next, self.dfa.is_special(next) && self.dfa.is_match(next))
+    }
+
+    /// Calls `found` with the automaton pattern id of every literal occurrence in `hay`,
+    /// in the order their ends come (and within one end, the automaton's order).
+    fn each_match(&self, hay: &[u8], mut found: impl FnMut(usize)) {
+        let mut sid = self.start;
+        for &byte in hay {
+            let (next, matched) = self.step(sid, byte);
+            sid = next;
+            if matched {
+                for i in 0..self.dfa.match_len(sid) {
+                    found(self.dfa.match_pattern(sid, i).as_usize());
+                }
+            }
+        }
+    }
+}
+
 /// The literal gate of one source: a pattern is a candidate on a line that holds a string
 /// of each of its required sets.
 #[derive(Clone)]
 struct Gate {
     /// Over every distinct required literal; `None` when no pattern has one.
-    literals: Option<AhoCorasick>,
+    literals: Option<LiteralDfa>,
     /// Per literal (automaton pattern id): the distinct patterns it counts for, each with
     /// the bit of the pattern's required set it belongs to.
     admits: Vec<Vec<(usize, u8)>>,
@@ -156,11 +212,11 @@ struct Gate {
     always: Vec<usize>,
     /// Per distinct pattern: the line its sets were last seen on, and which were.
     seen: Vec<(u64, u8)>,
-    /// One required set per pattern ([`Gate::screen_automaton`]), searched for the first
-    /// match only: one pass over a whole run of lines names the lines that may hold a
-    /// candidate ([`Gate::screen`]). `None` when some pattern has no literal or a literal
-    /// holds a newline (it could span two lines).
-    screen: Option<AhoCorasick>,
+    /// One required set per pattern ([`Gate::screen_automaton`]): one pass over a whole
+    /// run of lines names the lines that may hold a candidate ([`Gate::screen`]). `None`
+    /// when some pattern has no literal or a literal holds a newline (it could span two
+    /// lines).
+    screen: Option<LiteralDfa>,
 }
 
 impl Gate {
@@ -192,13 +248,7 @@ impl Gate {
         let literals = if literal_list.is_empty() {
             None
         } else {
-            match AhoCorasick::builder()
-                .match_kind(LiteralMatchKind::Standard)
-                // A full DFA: the overlapping scan visits every byte of every line, and
-                // this is the fastest automaton per byte.
-                .kind(Some(AhoCorasickKind::DFA))
-                .build(&literal_list)
-            {
+            match LiteralDfa::new(&literal_list) {
                 Ok(automaton) => Some(automaton),
                 Err(e) => {
                     // Cannot happen within the automaton's limits; if it does, every
@@ -226,7 +276,7 @@ impl Gate {
     /// enough to rule a line out), so that common literals of a pattern's other sets
     /// (` from `, ` port `) do not name nearly every line. `None` when some pattern has no
     /// literal (every line is a candidate) or a literal holds a newline.
-    fn screen_automaton(texts: &[&str], always: &[usize]) -> Option<AhoCorasick> {
+    fn screen_automaton(texts: &[&str], always: &[usize]) -> Option<LiteralDfa> {
         if !always.is_empty() {
             return None;
         }
@@ -243,24 +293,15 @@ impl Gate {
         if chosen.iter().any(|l| l.contains(&b'\n')) {
             return None;
         }
-        AhoCorasick::builder()
-            .match_kind(LiteralMatchKind::Standard)
-            // Every byte of a line without a literal is visited: the fastest automaton
-            // per byte.
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&chosen)
-            .ok()
+        LiteralDfa::new(&chosen).ok()
     }
 
     /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
-    /// a candidate: every line when there is no screen, else the lines holding a literal
-    /// of the screen, found in one pass over `text` from the first line's start to the
-    /// last line's end (a marked line's rest is skipped: the gate reads it). `lines` must
-    /// be in order and each followed in `text` by a newline before the next starts: no
-    /// literal holds one, so no match spans two lines, and a search that goes on after one
-    /// match cannot skip a line.
-    /// A literal in the part of a line beyond its range (a cut line's tail, a `\r`) marks
-    /// it too: marking is a superset, [`Gate::admit`] decides.
+    /// a candidate: every line when there is no screen, else the lines whose range holds a
+    /// literal of the screen, found in one walk over `text` from the first line's start to
+    /// the last line's end (a marked line's rest is skipped: the gate reads it). `lines`
+    /// must be in order and each followed in `text` by a newline before the next starts:
+    /// no literal holds one, so a literal that ends inside a line's range starts inside it.
     fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
         marked.clear();
         let (Some(screen), Some(first), Some(last)) = (&self.screen, lines.first(), lines.last())
@@ -272,26 +313,31 @@ impl Gate {
         let text = &text[..last.end];
         let mut line = 0;
         let mut at = first.start;
+        let mut sid = screen.start;
         while at < text.len() {
-            let Some(found) = screen.find(aho_corasick::Input::new(text).span(at..text.len()))
-            else {
-                break;
-            };
-            // The line the match starts in (or the first after it, when it starts in a
-            // gap: then it cannot lie in any line, and the mark is only a superset).
-            while line < lines.len() && lines[line].end < found.start() {
+            let (next, matched) = screen.step(sid, text[at]);
+            sid = next;
+            at += 1;
+            if !matched {
+                continue;
+            }
+            // A literal ends at `at`: in the first line whose range ends at or after it,
+            // if it ends after that range's start (else it lies in the gap before it).
+            while line < lines.len() && lines[line].end < at {
                 line += 1;
             }
             let Some(range) = lines.get(line) else { break };
-            if found.start() < range.start {
-                at = found.end();
+            if at <= range.start {
                 continue;
             }
             marked[line] = true;
             // The rest of a marked line is the gate's: go on from the next line.
             line += 1;
             match lines.get(line) {
-                Some(next) => at = next.start.max(found.end()),
+                Some(next) => {
+                    at = next.start;
+                    sid = screen.start;
+                }
                 None => break,
             }
         }
@@ -305,20 +351,21 @@ impl Gate {
         let Some(literals) = &self.literals else {
             return;
         };
-        for found in literals.find_overlapping_iter(line) {
-            for &(id, bit) in &self.admits[found.pattern().as_usize()] {
-                let seen = &mut self.seen[id];
+        let (admits, seen, needed) = (&self.admits, &mut self.seen, &self.needed);
+        literals.each_match(line, |literal| {
+            for &(id, bit) in &admits[literal] {
+                let seen = &mut seen[id];
                 if seen.0 != at {
                     *seen = (at, 0);
                 }
                 let before = seen.1;
                 seen.1 |= bit;
                 // Admitted once: when the last of its sets shows up.
-                if seen.1 != before && seen.1 == self.needed[id] {
+                if seen.1 != before && seen.1 == needed[id] {
                     admit(id);
                 }
             }
-        }
+        });
     }
 }
 
@@ -527,6 +574,40 @@ pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The DFA walk reports exactly the overlapping matches aho-corasick's own iterator
+    /// reports, in the same order, on random haystacks over the literals' bytes.
+    #[test]
+    fn the_dfa_walk_finds_what_the_overlapping_iterator_finds() {
+        let mut rng = fastrand::Rng::with_seed(22);
+        for _ in 0..200 {
+            let literals: Vec<Vec<u8>> = (0..rng.usize(1..12))
+                .map(|_| {
+                    (0..rng.usize(1..5))
+                        .map(|_| b"abc d"[rng.usize(0..5)])
+                        .collect()
+                })
+                .collect();
+            let walk = LiteralDfa::new(&literals).unwrap();
+            let reference = aho_corasick::AhoCorasick::builder()
+                .match_kind(LiteralMatchKind::Standard)
+                .build(&literals)
+                .unwrap();
+            for _ in 0..20 {
+                let hay: Vec<u8> = (0..rng.usize(0..60))
+                    .map(|_| b"abc d\n"[rng.usize(0..6)])
+                    .collect();
+                let mut walked = Vec::new();
+                walk.each_match(&hay, |id| walked.push(id));
+                let expected: Vec<usize> = reference
+                    .find_overlapping_iter(&hay)
+                    .map(|m| m.pattern().as_usize())
+                    .collect();
+                assert_eq!(walked, expected, "{literals:?} on {hay:?}");
+            }
+        }
+        assert!(LiteralDfa::new(&[b"a".to_vec(), Vec::new()]).is_err());
+    }
 
     /// A read before any `candidates` call, and a read of a new line, run the pattern:
     /// no answer is taken from another line.

@@ -32,6 +32,9 @@ pub struct Found {
     matches: Vec<Matched>,
     /// Per line: the end of its matches in `matches`.
     ends: Vec<usize>,
+    /// Per line with matches: its evidence text, made where the matches are found (on a
+    /// worker thread) rather than in the window stage, which runs on one thread.
+    texts: Vec<Option<Arc<str>>>,
 }
 
 /// The matches of one line, as [`Found::line`] hands them out.
@@ -41,6 +44,8 @@ pub struct FoundLine<'a> {
     pub matches: &'a [Matched],
     /// The text their ranges point into.
     pub text: &'a str,
+    /// The line's evidence text ([`super::Evidence::line_text`]) when it has matches.
+    pub evidence: Option<&'a Arc<str>>,
 }
 
 impl Found {
@@ -49,6 +54,7 @@ impl Found {
         self.text.clear();
         self.matches.clear();
         self.ends.clear();
+        self.texts.clear();
     }
 
     /// Lines recorded.
@@ -62,6 +68,7 @@ impl Found {
         FoundLine {
             matches: &self.matches[start..self.ends[i]],
             text: &self.text,
+            evidence: self.texts[i].as_ref(),
         }
     }
 }
@@ -148,6 +155,7 @@ impl Matchers {
                 );
             } else {
                 found.ends.push(found.matches.len());
+                found.texts.push(None);
             }
         }
         self.marked = marked;
@@ -176,6 +184,7 @@ impl Matchers {
         bytes: &[u8],
         found: &mut Found,
     ) {
+        let first = found.matches.len();
         if !matcher.rules.is_empty() {
             matcher.candidates(bytes, candidates);
             for &(index, step) in candidates.iter() {
@@ -200,5 +209,9 @@ impl Matchers {
             }
         }
         found.ends.push(found.matches.len());
+        let matched = found.matches.len() > first;
+        found
+            .texts
+            .push(matched.then(|| super::Evidence::line_text(bytes)));
     }
 }

@@ -25,10 +25,11 @@ use keys::{Expired, KeyTable};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
 pub use matching::{Found, FoundLine, Matched, Matchers};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-pub use stored::{decode_window, encode_window, window_key};
+use stored::{Changed, mark};
+pub use stored::{SavedWindow, WindowId, decode_window, encode_window, window_key};
 
 /// Maps looked up per line or per hit: hashed with foldhash (seeded per process, as the key
 /// tables are) rather than SipHash, which showed in profiles.
@@ -48,14 +49,25 @@ pub use crate::evidence::Evidence;
 impl Evidence {
     /// Evidence for a line read at `time`.
     pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
-        let cut = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
+        Self::with_text(line, time, Self::line_text(&line.bytes))
+    }
+
+    /// Evidence for a line read at `time`, its text already made by
+    /// [`Evidence::line_text`] of the line's bytes.
+    pub fn with_text(line: &LogLine, time: DateTime<Utc>, text: Arc<str>) -> Self {
         Evidence {
             source: line.source.clone(),
             path: line.path.clone(),
             offset: line.offset,
             time,
-            line: matcher::lossy_text(cut),
+            line: text,
         }
+    }
+
+    /// The text evidence keeps of a line: its first [`EVIDENCE_LINE_BYTES`] bytes, invalid
+    /// UTF-8 replaced.
+    pub fn line_text(bytes: &[u8]) -> Arc<str> {
+        matcher::lossy_text(&bytes[..bytes.len().min(EVIDENCE_LINE_BYTES)])
     }
 }
 
@@ -90,20 +102,6 @@ pub struct Crossing {
     pub evidence: Vec<Evidence>,
 }
 
-/// A key's state's place in the store: rule id, rule definition hash, key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct WindowId {
-    /// Rule id.
-    pub rule: String,
-    /// Hash of the rule definition the state was counted under.
-    pub rule_hash: String,
-    /// Key values.
-    pub key: Key,
-}
-
-/// A key's state as stored: its identity and its state.
-pub type SavedWindow = (WindowId, KeyState);
-
 /// Evaluates lines against a rule set and keeps every rule's per-key state.
 pub struct Detector {
     rules: Arc<RuleSet>,
@@ -112,8 +110,9 @@ pub struct Detector {
     /// The current line's matches, reused for every line.
     found: Found,
     tables: FastMap<String, KeyTable<KeyState>>,
-    /// Keys whose state changed since the last store commit, by rule id.
-    dirty: FastMap<String, FastSet<Fields>>,
+    /// Keys whose state changed since the last store commit, by rule id; `None` for an
+    /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
+    dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
 }
 
@@ -192,7 +191,7 @@ impl Detector {
             found: Found::default(),
             rules,
             tables: FastMap::default(),
-            dirty: FastMap::default(),
+            dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
         }
     }
@@ -287,7 +286,10 @@ impl Detector {
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
             let evidence = line_evidence
-                .get_or_insert_with(|| Evidence::from_line(line, time))
+                .get_or_insert_with(|| match found.evidence {
+                    Some(text) => Evidence::with_text(line, time, text.clone()),
+                    None => Evidence::from_line(line, time),
+                })
                 .clone();
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
@@ -422,85 +424,9 @@ impl Detector {
         }
     }
 
-    /// State changed since the last call: `None` means the key's state is gone.
-    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
-        let dirty: Vec<(String, Fields)> = self
-            .clean_dirty()
-            .into_iter()
-            .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
-            .collect();
-        dirty
-            .into_iter()
-            .map(|(rule_id, key)| {
-                let rule_hash = self
-                    .rules
-                    .rule(&rule_id)
-                    .map(|r| r.hash.clone())
-                    .unwrap_or_default();
-                let state = self.tables.get(&rule_id).and_then(|t| t.get(&key));
-                (
-                    WindowId {
-                        rule: rule_id,
-                        rule_hash,
-                        key: key.to_map(),
-                    },
-                    state,
-                )
-            })
-            .collect()
-    }
-
-    /// Like [`Detector::take_dirty`] for an evaluation that stores no windows (a replay):
-    /// the changed keys are marked stored without a window id made for each (which cost a
-    /// replay of a busy log more per line than its captures).
-    pub fn forget_dirty(&mut self) {
-        self.clean_dirty();
-    }
-
-    /// Marks every changed key stored (the next change marks it dirty again) and returns
-    /// them by rule.
-    fn clean_dirty(&mut self) -> FastMap<String, FastSet<Fields>> {
-        let dirty = std::mem::take(&mut self.dirty);
-        for (rule_id, keys) in &dirty {
-            if let Some(table) = self.tables.get_mut(rule_id) {
-                for key in keys {
-                    table.mark_clean(key);
-                }
-            }
-        }
-        dirty
-    }
-
     /// Keys evicted per rule since the last call (for the eviction metric).
     pub fn take_evictions(&mut self) -> BTreeMap<String, u64> {
         std::mem::take(&mut self.evicted)
-    }
-
-    /// Restores state saved earlier, least recent first; state of rules whose definition
-    /// changed is dropped (returned, so the caller can delete it).
-    pub fn restore(&mut self, saved: impl IntoIterator<Item = SavedWindow>) -> Vec<WindowId> {
-        let mut stale = Vec::new();
-        let mut fresh = Vec::new();
-        for (id, state) in saved {
-            match self.rules.rule(&id.rule) {
-                Some(rule) if rule.hash == id.rule_hash => fresh.push((rule.clone(), id, state)),
-                _ => stale.push(id),
-            }
-        }
-        fresh.sort_by_key(|(_, _, state)| state.last_ms());
-        for (rule, id, state) in fresh {
-            let key = Fields::from_map(&id.key);
-            // More saved keys than max_keys allows now: the oldest go.
-            let expires = state.expiry_ms(&rule.kind);
-            for old in Self::table(&mut self.tables, &rule).insert(key, state, expires) {
-                stale.push(WindowId {
-                    rule: id.rule.clone(),
-                    rule_hash: id.rule_hash.clone(),
-                    key: old.to_map(),
-                });
-            }
-        }
-        stale
     }
 
     /// Number of live keys across all rules.
@@ -520,474 +446,5 @@ pub fn read_match(rule: &Rule, step: usize, line: &[u8]) -> Option<(Fields, Fiel
     Some((Fields::from_encoded(&captures), Fields::from_encoded(&key)))
 }
 
-/// Marks a key's state as changed, cloning the key only the first time per commit.
-fn mark(dirty: &mut FastMap<String, FastSet<Fields>>, rule: &str, key: &Fields) {
-    match dirty.get_mut(rule) {
-        Some(keys) => {
-            if !keys.contains(key) {
-                keys.insert(key.clone());
-            }
-        }
-        None => {
-            dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: i64 = 1_700_000_000_000;
-
-    fn rules(yaml: &str) -> Arc<RuleSet> {
-        RuleSet::from_yaml(yaml)
-    }
-
-    fn at(ms: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(ms).unwrap()
-    }
-
-    fn line(text: &str) -> LogLine {
-        LogLine {
-            source: "auth".into(),
-            path: "auth.log".into(),
-            offset: 0,
-            bytes: text.as_bytes().to_vec(),
-            arrival: at(T0),
-            time: None,
-        }
-    }
-
-    /// What a commit would store of `d`'s changed state, as a restart reads it back.
-    fn saved(d: &mut Detector) -> Vec<SavedWindow> {
-        d.take_dirty()
-            .into_iter()
-            .map(|(id, s)| (id, s.cloned().unwrap()))
-            .collect()
-    }
-
-    /// Feeds `text` at `ms`; returns the hits.
-    fn feed(d: &mut Detector, ms: i64, text: &str) -> Vec<Hit> {
-        let mut hits = Vec::new();
-        d.observe(&line(text), at(ms), &mut hits);
-        hits
-    }
-
-    fn opened(hits: &[Hit]) -> Vec<(&str, u64)> {
-        hits.iter()
-            .filter_map(|h| h.crossed.as_ref().map(|c| (h.rule.id(), c.count)))
-            .collect()
-    }
-
-    const EXCEPTIONS: &str = r#"
-lists:
-  trusted: [10.0.0.0/8, "::1"]
-  admins: [root, admin]
-rules:
-  - id: allowed
-    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
-    allow: {ip: ["@trusted", 192.168.1.1]}
-    threshold: {count: 1, within: 1m}
-    severity: low
-  - id: admins-only
-    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
-    group_by: [user]
-    only: {user: ["@admins"]}
-    threshold: {count: 1, within: 1m}
-    severity: low
-"#;
-
-    #[test]
-    fn allow_and_only_decide_what_is_counted() {
-        let mut d = Detector::new(rules(EXCEPTIONS), &["auth".into()]);
-        let ids = |hits: Vec<Hit>| -> Vec<String> {
-            hits.iter().map(|h| h.rule.id().to_string()).collect()
-        };
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=bob ip=10.2.3.4")),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=bob ip=0:0::1")),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=bob ip=192.168.1.1")),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=bob ip=11.0.0.1")),
-            vec!["allowed"]
-        );
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=root ip=10.0.0.1")),
-            vec!["admins-only"],
-            "allow of one rule does not apply to another"
-        );
-        assert_eq!(
-            ids(feed(&mut d, T0, "fail user=admin ip=203.0.113.9")),
-            vec!["allowed", "admins-only"]
-        );
-    }
-
-    const SEQUENCE: &str = r#"
-rules:
-  - id: breach
-    group_by: [ip]
-    sequence:
-      within: 10m
-      steps:
-        - {match: 'Failed password for \S+ from (?P<ip>\S+)', count: 2}
-        - {match: 'Accepted \w+ for \S+ from (?P<ip>\S+)'}
-    severity: critical
-"#;
-
-    /// Two rules and a sequence step with one pattern: it runs once per line, yet each rule
-    /// counts under its own key, and the next line is read afresh.
-    #[test]
-    fn rules_sharing_a_pattern_each_count_under_their_own_key() {
-        const PATTERN: &str = r"Failed for (?P<user>\S+) from (?P<ip>\S+)";
-        let d = &mut Detector::new(
-            rules(&format!(
-                r#"
-rules:
-  - id: by-ip
-    match: '{PATTERN}'
-    group_by: [ip]
-    threshold: {{count: 2, within: 1m}}
-    severity: low
-  - id: by-user
-    match: '{PATTERN}'
-    group_by: [user]
-    threshold: {{count: 2, within: 1m}}
-    severity: low
-  - id: then-accepted
-    group_by: [ip]
-    sequence:
-      within: 1m
-      steps:
-        - {{match: '{PATTERN}', count: 1}}
-        - {{match: 'Accepted for \S+ from (?P<ip>\S+)'}}
-    severity: high
-"#
-            )),
-            &["auth".into()],
-        );
-        let keys = |hits: &[Hit]| -> Vec<(String, Key)> {
-            hits.iter()
-                .map(|h| (h.rule.id().to_string(), h.key.to_map()))
-                .collect()
-        };
-        let key = |field: &str, value: &str| Key::from([(field.into(), value.into())]);
-        let hits = feed(d, T0, "Failed for root from 1.1.1.1");
-        assert_eq!(
-            keys(&hits),
-            vec![
-                ("by-ip".into(), key("ip", "1.1.1.1")),
-                ("by-user".into(), key("user", "root")),
-                ("then-accepted".into(), key("ip", "1.1.1.1")),
-            ]
-        );
-        assert_eq!(hits[1].captures.get("ip"), Some("1.1.1.1"));
-        let hits = feed(d, T0 + 1, "Failed for admin from 2.2.2.2");
-        assert_eq!(keys(&hits)[0], ("by-ip".into(), key("ip", "2.2.2.2")));
-        assert_eq!(keys(&hits)[1], ("by-user".into(), key("user", "admin")));
-        assert!(feed(d, T0 + 2, "Failed for nobody").is_empty());
-        let hits = feed(d, T0 + 3, "Failed for root from 3.3.3.3");
-        assert_eq!(opened(&hits), vec![("by-user", 2)]);
-        assert_eq!(
-            opened(&feed(d, T0 + 4, "Accepted for root from 3.3.3.3")),
-            vec![("then-accepted", 2)]
-        );
-    }
-
-    #[test]
-    fn sequence_steps_are_found_by_the_combined_pass_and_keyed() {
-        let mut d = Detector::new(rules(SEQUENCE), &["auth".into()]);
-        feed(&mut d, T0, "Failed password for a from 1.1.1.1");
-        feed(&mut d, T0 + 1, "Failed password for a from 2.2.2.2");
-        assert!(
-            opened(&feed(
-                &mut d,
-                T0 + 2,
-                "Accepted password for a from 1.1.1.1"
-            ))
-            .is_empty()
-        );
-        feed(&mut d, T0 + 3, "Failed password for a from 1.1.1.1");
-        let hits = feed(&mut d, T0 + 4, "Accepted publickey for a from 1.1.1.1");
-        assert_eq!(opened(&hits), vec![("breach", 3)]);
-        assert_eq!(
-            hits[0].key.to_map(),
-            Key::from([("ip".into(), "1.1.1.1".into())])
-        );
-    }
-
-    const FLOOD: &str = r#"
-rules:
-  - id: flood
-    match: 'from (?P<ip>\S+)'
-    group_by: [ip]
-    threshold: {count: 3, within: 1h}
-    max_keys: 50
-    severity: low
-"#;
-
-    #[test]
-    fn a_key_flood_evicts_one_time_keys_first_and_is_counted() {
-        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
-        feed(&mut d, T0, "from victim");
-        feed(&mut d, T0, "from victim");
-        for n in 0..1000 {
-            feed(
-                &mut d,
-                T0 + n,
-                &format!("from 198.51.{}.{}", n / 256, n % 256),
-            );
-        }
-        // 1001 keys (victim and 1000 flood addresses) into 50 places: every key is either
-        // held or counted as evicted.
-        let live = d.live_keys();
-        assert!((47..=50).contains(&live), "{live} keys");
-        let evicted = d.take_evictions()["flood"] as usize;
-        assert_eq!(live + evicted, 1001);
-        // Evicted keys are deleted from the store with the next commit.
-        let gone = d.take_dirty().iter().filter(|(_, s)| s.is_none()).count();
-        assert_eq!(gone, evicted);
-        // The victim, oldest of all but with two matches, outlived twenty times its table
-        // of one-time keys: its third match opens the incident.
-        assert_eq!(opened(&feed(&mut d, T0 + 2000, "from victim")).len(), 1);
-    }
-
-    #[test]
-    fn reload_keeps_state_of_unchanged_rules_only() {
-        let two = format!(
-            "{FLOOD}  - id: other\n    match: 'other (?P<ip>\\S+)'\n    threshold: {{count: 3, within: 1h}}\n    severity: low\n"
-        );
-        let mut d = Detector::new(rules(&two), &["auth".into()]);
-        for _ in 0..2 {
-            feed(&mut d, T0, "from 1.1.1.1");
-            feed(&mut d, T0, "other 1.1.1.1");
-        }
-        d.take_dirty();
-        let changed = two.replace("other (?P<ip>", "other  ?(?P<ip>");
-        let change = d.replace_rules(rules(&changed));
-        assert_eq!(
-            (change.changed, change.added, change.removed),
-            (vec!["other".to_string()], vec![], vec![])
-        );
-        assert_ne!(change.old_version, change.new_version);
-        let deleted: Vec<String> = d.take_dirty().into_iter().map(|(id, _)| id.rule).collect();
-        assert_eq!(deleted, vec!["other".to_string()]);
-        assert_eq!(
-            opened(&feed(&mut d, T0, "from 1.1.1.1")),
-            vec![("flood", 3)]
-        );
-        assert!(
-            opened(&feed(&mut d, T0, "other 1.1.1.1")).is_empty(),
-            "other starts again"
-        );
-    }
-
-    const ABSENCE: &str = r#"
-rules:
-  - id: heartbeat
-    match: 'heartbeat'
-    absence: {within: 1m}
-    severity: high
-  - id: per-host
-    match: 'backup done on (?P<host>\S+)'
-    group_by: [host]
-    absence: {within: 1m, count: 1}
-    severity: high
-"#;
-
-    #[test]
-    fn absence_clock_starts_at_first_load_and_survives_a_restart() {
-        let set = rules(ABSENCE);
-        let mut d = Detector::new(set.clone(), &["auth".into()]);
-        let mut hits = Vec::new();
-        d.advance(at(T0), &mut hits);
-        feed(&mut d, T0 + 10_000, "backup done on db1");
-        let saved = saved(&mut d);
-        assert_eq!(saved.len(), 2);
-        // Restart 59 s later: the stored clock start holds, so nothing yet...
-        let mut d = Detector::new(set, &["auth".into()]);
-        let json = serde_json::to_string(&saved).unwrap();
-        assert!(
-            d.restore(serde_json::from_str::<Vec<SavedWindow>>(&json).unwrap())
-                .is_empty()
-        );
-        d.advance(at(T0 + 59_999), &mut hits);
-        assert!(hits.is_empty());
-        // ... and at one minute the whole-rule heartbeat is absent, the host not yet.
-        d.advance(at(T0 + 60_000), &mut hits);
-        assert_eq!(opened(&hits), vec![("heartbeat", 0)]);
-        assert!(hits[0].evidence.is_none() && hits[0].key.is_empty());
-        hits.clear();
-        d.advance(at(T0 + 70_001), &mut hits);
-        assert_eq!(opened(&hits), vec![("per-host", 0)]);
-        assert_eq!(
-            &*hits[0].crossed.as_ref().unwrap().evidence[0].line,
-            "backup done on db1"
-        );
-        // Lines come back: the gap ends, recorded on the hit.
-        let back = feed(&mut d, T0 + 80_000, "backup done on db1");
-        assert_eq!(back[0].resumed, Some(at(T0 + 80_000)));
-    }
-
-    #[test]
-    fn restore_drops_state_of_changed_rules() {
-        let mut d = Detector::new(rules(FLOOD), &["auth".into()]);
-        feed(&mut d, T0, "from 1.1.1.1");
-        let saved = saved(&mut d);
-        let mut changed = Detector::new(
-            rules(&FLOOD.replace("count: 3", "count: 2")),
-            &["auth".into()],
-        );
-        assert_eq!(changed.restore(saved.clone()).len(), 1);
-        let mut same = Detector::new(rules(FLOOD), &["auth".into()]);
-        assert!(same.restore(saved).is_empty());
-        feed(&mut same, T0, "from 1.1.1.1");
-        assert_eq!(
-            opened(&feed(&mut same, T0, "from 1.1.1.1")),
-            vec![("flood", 3)]
-        );
-    }
-
-    /// Every expiring kind on one line format, with a small key bound so eviction (which
-    /// ranks keys by what expiry left them) takes part too.
-    const EXPIRING: &str = r#"
-rules:
-  - id: threshold
-    match: 'a (?P<ip>\S+) (?P<user>\S+)'
-    group_by: [ip]
-    threshold: {count: 4, within: 30s}
-    max_keys: 12
-    severity: low
-  - id: distinct
-    match: 'a (?P<ip>\S+) (?P<user>\S+)'
-    group_by: [ip]
-    distinct: {field: user, count: 4, within: 20s}
-    severity: low
-  - id: spike
-    match: 'a (?P<ip>\S+) (?P<user>\S+)'
-    group_by: [user]
-    spike: {window: 10s, baseline: 2, factor: 3, min_count: 3}
-    severity: low
-  - id: sequence
-    group_by: [ip]
-    sequence:
-      within: 40s
-      steps:
-        - {match: 'a (?P<ip>\S+) ', count: 2}
-        - {match: 'b (?P<ip>\S+)'}
-    severity: low
-"#;
-
-    /// The expiry this replaced, kept as the reference: every key of every rule, each tick.
-    fn expire_every_key(d: &mut Detector, now: DateTime<Utc>) {
-        let now_ms = now.timestamp_millis();
-        for rule in &d.rules.rules {
-            let Some(table) = d.tables.get_mut(rule.id()) else {
-                continue;
-            };
-            for key in table.retain(|_, state| !state.expire(&rule.kind, now_ms)) {
-                mark(&mut d.dirty, rule.id(), &key);
-            }
-        }
-    }
-
-    /// Every rule's keys and states, in order.
-    fn snapshot(d: &Detector) -> BTreeMap<(String, Fields), KeyState> {
-        d.tables
-            .iter()
-            .flat_map(|(rule, table)| {
-                table
-                    .keys()
-                    .map(|k| ((rule.clone(), k.clone()), table.get(k).unwrap().clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// What a commit would store: each changed key with its state (`None`: deleted).
-    fn dirty(d: &mut Detector) -> Vec<(String, Key, Option<KeyState>)> {
-        let mut dirty: Vec<_> = d
-            .take_dirty()
-            .into_iter()
-            .map(|(id, s)| (id.rule, id.key, s.cloned()))
-            .collect();
-        dirty.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        dirty
-    }
-
-    /// Random lines (a fifth of them late, some past every window) and clock ticks (now and
-    /// then a step back) into a detector expiring through its queue and one expiring every
-    /// key: the same keys go at the same ticks, with the same states, hits, stored changes
-    /// and evictions.
-    #[test]
-    fn queued_expiry_forgets_exactly_what_a_pass_over_every_key_forgets() {
-        for seed in 0..12 {
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let set = rules(EXPIRING);
-            let mut queued = Detector::new(set.clone(), &["auth".into()]);
-            let mut every = Detector::new(set, &["auth".into()]);
-            let (ips, users) = (rng.u32(2..40), rng.u32(1..8));
-            let mut clock = T0;
-            let mut expired = 0;
-            for _ in 0..1_500 {
-                if rng.u8(0..10) == 0 {
-                    clock += rng.i64(-2_000..8_000);
-                    queued.expire(at(clock));
-                    expire_every_key(&mut every, at(clock));
-                    assert_eq!(snapshot(&queued), snapshot(&every), "seed {seed}");
-                    let changed = dirty(&mut queued);
-                    expired += changed.iter().filter(|c| c.2.is_none()).count();
-                    assert_eq!(changed, dirty(&mut every), "seed {seed}");
-                    continue;
-                }
-                let time = match rng.u8(0..10) {
-                    0 => clock - rng.i64(0..60_000),
-                    1 => clock - rng.i64(0..5_000),
-                    _ => clock + rng.i64(0..1_000),
-                };
-                let text = if rng.u8(0..6) == 0 {
-                    format!("b 10.0.0.{}", rng.u32(0..ips))
-                } else {
-                    format!("a 10.0.0.{} u{}", rng.u32(0..ips), rng.u32(0..users))
-                };
-                let key = |h: &Hit| (h.rule.id().to_string(), h.key.clone(), h.crossed.clone());
-                let (a, b) = (
-                    feed(&mut queued, time, &text),
-                    feed(&mut every, time, &text),
-                );
-                assert_eq!(
-                    a.iter().map(key).collect::<Vec<_>>(),
-                    b.iter().map(key).collect::<Vec<_>>(),
-                    "seed {seed}"
-                );
-            }
-            assert_eq!(queued.take_evictions(), every.take_evictions());
-            assert!(expired > 0, "seed {seed}: the run expired keys");
-        }
-    }
-
-    /// A detector restored from the store queues its keys too: they expire on time.
-    #[test]
-    fn restored_keys_expire_at_their_time() {
-        let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
-        feed(&mut d, T0, "a 10.0.0.1 u1");
-        let saved = saved(&mut d);
-        let mut d = Detector::new(rules(EXPIRING), &["auth".into()]);
-        assert!(d.restore(saved).is_empty());
-        let live = d.live_keys();
-        d.expire(at(T0 + 20_000));
-        assert_eq!(d.live_keys(), live, "nothing is older than its window yet");
-        d.expire(at(T0 + 30_001));
-        assert_eq!(d.live_keys(), 1, "only the sequence's 40 s are left");
-        d.expire(at(T0 + 40_001));
-        assert_eq!(d.live_keys(), 0);
-    }
-}
+mod tests;

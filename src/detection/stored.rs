@@ -1,9 +1,17 @@
-//! How a key's detection state is stored: under its rule and key values, the rule's hash
-//! and the state in the compact window codec (evidence lines as references).
+//! Detection state and the store: which keys changed since the last commit, under what
+//! identity a key's state is stored (rule, rule hash, key values) and in which codec
+//! (evidence lines as references), and how saved state comes back after a restart.
+//!
+//! Kept apart from the window stage ([`super::Detector::apply`]) because only the daemon
+//! stores windows: its commits take what changed ([`Detector::take_dirty`]), while an
+//! evaluation that stores nothing (a replay) turns the tracking off and pays nothing for
+//! it per match.
 
+use super::fields::Fields;
 use super::kinds::KeyState;
-use super::{Evidence, Key, SavedWindow, WindowId};
+use super::{Detector, Evidence, FastMap, FastSet, Key};
 use crate::store::codec::{CodecError, Dec, Enc, Loc, placeholder};
+use serde::{Deserialize, Serialize};
 
 /// Store key of a window: rule, NUL, then the key values as JSON (the rule hash is in the
 /// value).
@@ -66,4 +74,117 @@ pub fn window_refs(key: &[u8], value: &[u8]) -> Result<Vec<Loc>, CodecError> {
         Ok(placeholder(r))
     })?;
     Ok(refs)
+}
+
+/// A key's state's place in the store: rule id, rule definition hash, key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WindowId {
+    /// Rule id.
+    pub rule: String,
+    /// Hash of the rule definition the state was counted under.
+    pub rule_hash: String,
+    /// Key values.
+    pub key: Key,
+}
+
+/// A key's state as stored: its identity and its state.
+pub type SavedWindow = (WindowId, KeyState);
+
+impl Detector {
+    /// This detector, keeping no record of which keys changed: for an evaluation that
+    /// stores no windows (a replay), where marking every new and expired key changed, then
+    /// stored, cost more per line than a capture. [`Detector::take_dirty`] then returns
+    /// nothing.
+    pub fn without_change_tracking(mut self) -> Self {
+        self.dirty = None;
+        self
+    }
+
+    /// State changed since the last call: `None` means the key's state is gone.
+    pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
+        let dirty: Vec<(String, Fields)> = self
+            .clean_dirty()
+            .into_iter()
+            .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
+            .collect();
+        dirty
+            .into_iter()
+            .map(|(rule_id, key)| {
+                let rule_hash = self
+                    .rules
+                    .rule(&rule_id)
+                    .map(|r| r.hash.clone())
+                    .unwrap_or_default();
+                let state = self.tables.get(&rule_id).and_then(|t| t.get(&key));
+                (
+                    WindowId {
+                        rule: rule_id,
+                        rule_hash,
+                        key: key.to_map(),
+                    },
+                    state,
+                )
+            })
+            .collect()
+    }
+
+    /// Marks every changed key stored (the next change marks it dirty again) and returns
+    /// them by rule.
+    fn clean_dirty(&mut self) -> Changed {
+        let dirty = self.dirty.as_mut().map(std::mem::take).unwrap_or_default();
+        for (rule_id, keys) in &dirty {
+            if let Some(table) = self.tables.get_mut(rule_id) {
+                for key in keys {
+                    table.mark_clean(key);
+                }
+            }
+        }
+        dirty
+    }
+
+    /// Restores state saved earlier, least recent first; state of rules whose definition
+    /// changed is dropped (returned, so the caller can delete it).
+    pub fn restore(&mut self, saved: impl IntoIterator<Item = SavedWindow>) -> Vec<WindowId> {
+        let mut stale = Vec::new();
+        let mut fresh = Vec::new();
+        for (id, state) in saved {
+            match self.rules.rule(&id.rule) {
+                Some(rule) if rule.hash == id.rule_hash => fresh.push((rule.clone(), id, state)),
+                _ => stale.push(id),
+            }
+        }
+        fresh.sort_by_key(|(_, _, state)| state.last_ms());
+        for (rule, id, state) in fresh {
+            let key = Fields::from_map(&id.key);
+            // More saved keys than max_keys allows now: the oldest go.
+            let expires = state.expiry_ms(&rule.kind);
+            for old in Self::table(&mut self.tables, &rule).insert(key, state, expires) {
+                stale.push(WindowId {
+                    rule: id.rule.clone(),
+                    rule_hash: id.rule_hash.clone(),
+                    key: old.to_map(),
+                });
+            }
+        }
+        stale
+    }
+}
+
+/// Keys whose state changed, by rule id.
+pub(super) type Changed = FastMap<String, FastSet<Fields>>;
+
+/// Records that `key` of `rule` changed, when changes are tracked (the key is cloned only
+/// the first time per commit).
+pub(super) fn mark(dirty: &mut Option<Changed>, rule: &str, key: &Fields) {
+    let Some(dirty) = dirty else { return };
+    match dirty.get_mut(rule) {
+        Some(keys) => {
+            if !keys.contains(key) {
+                keys.insert(key.clone());
+            }
+        }
+        None => {
+            dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
+        }
+    }
 }

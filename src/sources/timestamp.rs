@@ -49,6 +49,21 @@ impl TimestampFormat {
             TimestampFormat::Pattern(pattern) => parse_pattern(head, pattern, reference),
         }
     }
+
+    /// The bytes of `line` that alone decide its time (with the year reference), when the
+    /// format reads it from a head of fixed size: a line whose head equals the line
+    /// before's has the same time, so a reader of many lines can skip the parse (a busy
+    /// log's lines mostly share their second). `None`: parse every such line.
+    pub fn fixed_head<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
+        match self {
+            // What `parse` reads as a classic head: 15 bytes, not starting with a digit.
+            TimestampFormat::Syslog => {
+                let head = line.get(..15)?;
+                (head.is_ascii() && !head[0].is_ascii_digit()).then_some(head)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn parse_pattern(head: &str, pattern: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -285,6 +300,40 @@ fn utf8_prefix(line: &[u8], max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines that share a fixed head share their time, whatever follows; a head that is
+    /// not the classic one (a digit first, non-ASCII, too short, another format) is none.
+    #[test]
+    fn a_fixed_head_decides_the_time_alone() {
+        let reference = utc("2026-11-20T00:00:00Z");
+        let f = TimestampFormat::Syslog;
+        let lines: [&[u8]; 4] = [
+            b"Nov  1 00:00:07 web1 sshd[1]: Failed password for root",
+            b"Nov  1 00:00:07 db2 CRON[9]: session opened",
+            b"Nov  1 00:00:07",
+            b"Nov  1 00:00:07 \xff\xfe invalid after the head",
+        ];
+        let head = f.fixed_head(lines[0]).unwrap();
+        assert_eq!(head, b"Nov  1 00:00:07");
+        for line in lines {
+            assert_eq!(f.fixed_head(line), Some(head));
+            assert_eq!(f.parse(line, reference), f.parse(lines[0], reference));
+        }
+        assert!(f.parse(lines[0], reference).is_some());
+        for none in [
+            &b"2026-11-01T00:00:07Z host x"[..],
+            b"Nov  1 00:00:0",
+            "Nov  1 00:00:0\u{e9} x".as_bytes(),
+        ] {
+            assert_eq!(
+                f.fixed_head(none),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
+        assert_eq!(TimestampFormat::Rfc3339.fixed_head(lines[0]), None);
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

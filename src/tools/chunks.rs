@@ -14,6 +14,7 @@ use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -44,10 +45,25 @@ impl Chunk {
             ranges,
             lines,
         } = &mut self.lines;
+        // The last parsed line's file, time head (as a range of `text`) and time: a line
+        // of the same file with the same head has the same time.
+        let mut last: Option<(usize, Range<usize>, Option<DateTime<Utc>>)> = None;
         for (at, range) in lines.iter_mut().zip(ranges.iter()) {
-            if at.time.is_none() {
-                at.time = files[at.reader].time_of(&text[range.clone()]);
+            if at.time.is_some() {
+                continue;
             }
+            let file = &files[at.reader];
+            let line = &text[range.clone()];
+            let head = file.fixed_head(line);
+            if let (Some(head), Some((reader, last_head, time))) = (head, &last)
+                && *reader == at.reader
+                && &text[last_head.clone()] == head
+            {
+                at.time = *time;
+                continue;
+            }
+            at.time = file.time_of(line);
+            last = head.map(|h| (at.reader, range.start..range.start + h.len(), at.time));
         }
         for (matcher, found) in matchers.iter_mut().zip(&mut self.found) {
             found.clear();

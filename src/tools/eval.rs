@@ -50,7 +50,8 @@ impl Evaluation {
             .expect("an empty store in memory reads");
         Evaluation {
             engine: Engine::new(
-                Detector::with_design(rules, sources, design),
+                // No windows are stored: which keys changed is the daemon store's business.
+                Detector::with_design(rules, sources, design).without_change_tracking(),
                 book,
                 Stamp::Match,
             )
@@ -122,8 +123,6 @@ impl Evaluation {
             self.last_housekeeping_ms = now_ms;
             let detector = self.engine.detector_mut();
             detector.expire(now);
-            // Nothing is stored: what changed is only of interest to the daemon's store.
-            detector.forget_dirty();
             for (rule, n) in detector.take_evictions() {
                 *self.evicted.entry(rule).or_default() += n;
             }

@@ -225,6 +225,12 @@ impl LogFile {
     pub fn time_of(&self, line: &[u8]) -> Option<DateTime<Utc>> {
         self.format.parse(line, self.reference)
     }
+
+    /// The bytes of `line` that alone decide its time, if its format has such a head
+    /// ([`TimestampFormat::fixed_head`]).
+    pub fn fixed_head<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
+        self.format.fixed_head(line)
+    }
 }
 
 /// Where one line of [`Lines`] came from, and its time once read.
