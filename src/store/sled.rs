@@ -10,6 +10,12 @@ use std::time::Duration;
 /// Page cache for sled; its default (1 GiB) is far too much for a host agent.
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// sled's own periodic flush is off: the store flushes after every commit
+/// ([`Engine::flush`]), and the background flush on top (every 500 ms by default) cut
+/// sled's log into more, smaller writes and fed its segment cleaning. Measured with
+/// `bench/live.sh 3000 60`: the daemon's writes fell from 3.9× to 1.8× the log's bytes.
+const BACKGROUND_FLUSH: Option<u64> = None;
+
 /// How long [`SledEngine::reopen`] waits for the old database's file lock to be let go
 /// (sled's flusher thread and any operation still in flight hold it a moment after it is
 /// dropped).
@@ -35,6 +41,7 @@ impl Handles {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(BACKGROUND_FLUSH)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
