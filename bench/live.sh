@@ -117,7 +117,7 @@ run_one() {
   pid=
   state=$(calc "$(du -s --block-size=1 "$work/state" | cut -f1) / $log_bytes")
   # Where the state directory's bytes are (engine, journals), for builds that have them.
-  for part in db evidence windows; do
+  for part in db wal evidence windows; do
     if [ -d "$work/state/$part" ]; then
       printf '  %s/ %.2f×' "$part" "$(calc "$(du -s --block-size=1 "$work/state/$part" | cut -f1) / $log_bytes")"
     fi

@@ -260,6 +260,11 @@ impl Pipeline {
                         self.last_gc = std::time::Instant::now();
                         self.collect_evidence().await?;
                     }
+                    // The engine moves what it holds in memory to disk on its own schedule,
+                    // also when no commit comes; a failure there is a store failure like any.
+                    if self.store.checkpoint_due() {
+                        self.make_durable(store::Batch::new(), Vec::new()).await?;
+                    }
                 }
                 reload = next_reload(&mut reloads) => {
                     self.metrics.preset_rules(&reload.rules);

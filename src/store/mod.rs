@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 /// The layout of records this release reads and writes. A state directory without a
 /// marker was written by a release before markers existed (format 1); one with a larger
 /// number was written by a newer release and is refused rather than misread.
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 /// Meta key of the format marker.
 const FORMAT_KEY: &[u8] = b"format";
 /// Meta key of the next id to hand out.
@@ -262,6 +262,12 @@ impl Store {
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
             .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
+    }
+
+    /// Whether [`Store::flush`] has work to do without a commit (see
+    /// [`engine::Engine::checkpoint_due`]).
+    pub fn checkpoint_due(&self) -> bool {
+        self.engine.checkpoint_due()
     }
 
     /// Blocking variant of [`Store::flush`] for threads outside the runtime. Once the
