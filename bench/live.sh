@@ -11,7 +11,9 @@
 #   lag_s     seconds from the last line written until every match is counted
 #             (logwarden_rule_matches_total reaches what the detector alone finds)
 # With BASELINE=/path/to/an/other/logwarden, runs that binary first on the same log and
-# prints the ratios of this build to it.
+# prints the ratios of this build to it. LOGWARDEN_BIN=/path/to/logwarden measures that
+# binary instead of building this tree (the detector that counts the expected matches must
+# then be built already).
 # Usage: [BASELINE=BIN] bench/live.sh [RATE] [SECONDS]   (default 3000 20; needs curl and
 # python3; listens on 127.0.0.1:9799)
 set -euo pipefail
@@ -21,7 +23,9 @@ seconds=${2:-20}
 port=9799
 source bench/lib.sh
 
-cargo build --release --quiet --bin logwarden --example detect_bench
+if [ -z "${LOGWARDEN_BIN:-}" ]; then
+  cargo build --release --quiet --bin logwarden --example detect_bench
+fi
 detect=target/release/examples/detect_bench
 
 bench_config "$work/live.yaml" "$port" /dev/null
@@ -113,7 +117,7 @@ run_one() {
   pid=
   state=$(calc "$(du -s --block-size=1 "$work/state" | cut -f1) / $log_bytes")
   # Where the state directory's bytes are (engine, journals), for builds that have them.
-  for part in db evidence windows; do
+  for part in db wal evidence windows; do
     if [ -d "$work/state/$part" ]; then
       printf '  %s/ %.2f×' "$part" "$(calc "$(du -s --block-size=1 "$work/state/$part" | cut -f1) / $log_bytes")"
     fi
@@ -128,7 +132,7 @@ if [ -n "${BASELINE:-}" ]; then
   run_one "$BASELINE" baseline
   b_written=$written b_state=$state b_rss=$rss_mb b_lag=$lag_s
 fi
-run_one target/release/logwarden this
+run_one "${LOGWARDEN_BIN:-target/release/logwarden}" this
 if [ -n "${BASELINE:-}" ]; then
   printf 'this ÷ baseline: written %.3f  state %.3f  rss %.3f  lag %.3f\n' \
     "$(calc "$written / $b_written")" "$(calc "$state / $b_state")" \

@@ -2,7 +2,11 @@
 //! also sets the new format marker: a crash during the rewrite leaves the old format whole,
 //! and the next start does it again.
 //!
-//! Format 2 → 3: evidence blocks and windows move out of the engine into their segment
+//! Format 3 → 4: nothing is rewritten. Format 4 keeps the engine's latest writes in a
+//! write-ahead journal next to sled (`wal/`); the new marker keeps a release of format 3,
+//! which would not read that journal, from opening the directory and missing them.
+//!
+//! Format 2 → 3 (→ 4): evidence blocks and windows move out of the engine into their segment
 //! journals (the engine keeps a pointer per block and no windows). Their bytes are kept as
 //! they were.
 //!
@@ -33,7 +37,10 @@ impl Store {
 pub fn run(store: &Store, found: u64, batch: &mut Batch) -> Result<(), StoreError> {
     match found {
         1 => from_v1(store, batch),
-        _ => from_v2(store, batch),
+        2 => from_v2(store, batch),
+        // Format 3 → 4 added the engine's write-ahead journal (`wal/`), which a format-3
+        // directory simply does not have yet: nothing to rewrite.
+        _ => Ok(()),
     }
 }
 

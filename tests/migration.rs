@@ -93,6 +93,11 @@ fn a_state_directory_of_format_2_opens_with_everything_carried_over() {
     opens_with_everything_carried_over("v2");
 }
 
+#[test]
+fn a_state_directory_of_format_3_opens_with_everything_carried_over() {
+    opens_with_everything_carried_over("v3");
+}
+
 fn opens_with_everything_carried_over(name: &str) {
     let (setup, expected) = setup_with_state(name);
     let state = setup.path("state");

@@ -33,6 +33,13 @@ pub trait Engine: Send + Sync {
     /// Makes every applied write durable.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Whether the engine holds applied writes that [`Engine::flush`] would now move to
+    /// their final place (a writer calls flush then even without a commit, so the move, and
+    /// a failure of it, does not wait for the next commit).
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
+
     /// Whether the engine holds nothing.
     fn is_empty(&self) -> Result<bool, StoreError>;
 

@@ -12,8 +12,9 @@
 //! Rewriting an older format needs the codecs of the records themselves (incidents,
 //! windows), which store through here; so the rewrite lives above the store
 //! (`crate::upgrade`, which also defines `Store::open`) and is handed in as an [`Upgrade`]:
-//! the store depends on no domain module.
+//! the store depends on no domain module. A write set is a [`Batch`] ([`batch`]).
 
+mod batch;
 pub mod codec;
 pub mod engine;
 pub mod evidence;
@@ -24,10 +25,11 @@ pub mod segments;
 pub mod sled;
 
 use crate::evidence::Evidence;
+pub use batch::Batch;
 use codec::{CodecError, Loc};
-use engine::{Engine, Write, prefix_end};
+use engine::{Engine, prefix_end};
 pub use schema::Space;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use std::sync::{Arc, Mutex};
 /// The layout of records this release reads and writes. A state directory without a
 /// marker was written by a release before markers existed (format 1); one with a larger
 /// number was written by a newer release and is refused rather than misread.
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 /// Meta key of the format marker.
 const FORMAT_KEY: &[u8] = b"format";
 /// Meta key of the next id to hand out.
@@ -103,135 +105,6 @@ pub struct Store {
     evidence_io: Arc<dyn segments::SegmentIo>,
     /// Bytes committed so far, by where they went.
     written: Arc<Mutex<segmented::Written>>,
-}
-
-/// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
-/// retried with the same changes.
-#[derive(Default, Clone)]
-pub struct Batch {
-    writes: Vec<Write>,
-    empty: bool,
-    bytes: usize,
-    /// Ids were taken for this batch: the commit stores the new high mark with it.
-    took_ids: bool,
-    /// The evidence lines this batch stores, as one block: its id and the lines.
-    block: Option<(u64, Vec<Evidence>)>,
-    /// Sealed evidence blocks (key, encoded) for the evidence journal.
-    blocks: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Window changes for the window journal.
-    windows: Vec<segmented::Change>,
-    /// Evidence blocks this batch removes.
-    dropped: Vec<u64>,
-}
-
-impl Batch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Batch {
-            writes: Vec::new(),
-            empty: true,
-            bytes: 0,
-            took_ids: false,
-            block: None,
-            blocks: Vec::new(),
-            windows: Vec::new(),
-            dropped: Vec::new(),
-        }
-    }
-
-    /// Writes a record as JSON.
-    pub fn put<T: Serialize>(
-        &mut self,
-        space: Space,
-        key: &[u8],
-        value: &T,
-    ) -> Result<(), StoreError> {
-        self.put_raw(space, key, serde_json::to_vec(value)?);
-        Ok(())
-    }
-
-    /// Writes a record's bytes as they are (binary codecs). Evidence blocks and windows go
-    /// to their journals, everything else to the engine.
-    pub fn put_raw(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
-        self.bytes += space.prefix().len() + key.len() + value.len();
-        self.empty = false;
-        match space {
-            Space::Evidence => self.blocks.push((key.to_vec(), value)),
-            Space::Windows => self.windows.push((key.to_vec(), Some(value))),
-            _ => self.writes.push((space.key(key), Some(value))),
-        }
-    }
-
-    /// Removes a record.
-    pub fn remove(&mut self, space: Space, key: &[u8]) {
-        self.bytes += space.prefix().len() + key.len();
-        self.empty = false;
-        match space {
-            Space::Windows => self.windows.push((key.to_vec(), None)),
-            Space::Evidence => {
-                if let Ok(block) = key.try_into().map(u64::from_be_bytes) {
-                    self.dropped.push(block);
-                }
-                self.writes.push((space.key(key), None));
-            }
-            _ => self.writes.push((space.key(key), None)),
-        }
-    }
-
-    /// Removes a record the engine itself holds, whatever table it is in (a migration
-    /// moving a table out of the engine).
-    pub(crate) fn remove_from_engine(&mut self, space: Space, key: &[u8]) {
-        self.writes.push((space.key(key), None));
-        self.empty = false;
-    }
-
-    /// A number never handed out before, also across restarts and crashes: the high mark
-    /// is stored by the commit of this batch, so an id exists exactly when the records
-    /// that use it do (a batch never committed wastes its ids, which is harmless).
-    pub fn take_id(&mut self, store: &Store) -> u64 {
-        let mut next = store.ids.lock().expect("ids lock");
-        let id = *next;
-        *next += 1;
-        self.took_ids = true;
-        self.empty = false;
-        id
-    }
-
-    /// Adds an evidence line to this batch's block; returns where it will be.
-    pub fn add_evidence(&mut self, store: &Store, e: &Evidence) -> Loc {
-        if self.block.is_none() {
-            let id = self.take_id(store);
-            self.block = Some((id, Vec::new()));
-        }
-        let (block, lines) = self.block.as_mut().expect("made above");
-        lines.push(e.clone());
-        Loc {
-            block: *block,
-            index: (lines.len() - 1) as u32,
-        }
-    }
-
-    /// Writes the evidence block (compressed) into the batch; the lines added since are
-    /// another block. Done by [`Store::commit`] at the latest.
-    pub fn seal(&mut self) {
-        if let Some((block, lines)) = self.block.take() {
-            self.put_raw(
-                Space::Evidence,
-                &evidence::block_key(block),
-                codec::encode_block(&lines),
-            );
-        }
-    }
-
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.empty
-    }
-
-    /// Bytes of keys and values written (removals count their key).
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
 }
 
 impl Store {
@@ -389,6 +262,12 @@ impl Store {
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
             .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
+    }
+
+    /// Whether [`Store::flush`] has work to do without a commit (see
+    /// [`engine::Engine::checkpoint_due`]).
+    pub fn checkpoint_due(&self) -> bool {
+        self.engine.checkpoint_due()
     }
 
     /// Blocking variant of [`Store::flush`] for threads outside the runtime. Once the
@@ -644,179 +523,4 @@ pub fn mark_format_for_test(dir: &Path, format: u64) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Opens the store in `dir` again once the last one let go of it: sled's flusher
-    /// thread releases the file lock a moment after the last handle is dropped, and on a
-    /// loaded machine the reopen can come first (polled, up to 10 s).
-    fn reopen(dir: &std::path::Path) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Store::open(dir) {
-                Ok(store) => return store,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    eprintln!("reopen: {e}; retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot reopen the store: {e}"),
-            }
-        }
-    }
-
-    /// An evidence line dated 5 s after the epoch.
-    fn a_line() -> Evidence {
-        Evidence {
-            source: "auth".into(),
-            path: "auth.log".into(),
-            offset: 7,
-            time: chrono::DateTime::from_timestamp_millis(5_000).unwrap(),
-            line: "a line".into(),
-        }
-    }
-
-    /// The store reads and writes the same through either engine.
-    #[test]
-    fn both_engines_serve_the_same_tables() {
-        let dir = tempfile::tempdir().unwrap();
-        for store in [Store::open(dir.path()).unwrap(), Store::memory()] {
-            let mut batch = Batch::new();
-            for n in [3u64, 1, 2] {
-                batch.put(Space::Silences, &n.to_be_bytes(), &n).unwrap();
-            }
-            batch.put(Space::Incidents, b"x", &"other table").unwrap();
-            let line = a_line();
-            let at = batch.add_evidence(&store, &line);
-            batch.put_raw(Space::Windows, b"rule\0k", vec![9]);
-            let first = batch.take_id(&store);
-            store.commit(batch).unwrap();
-            let keys: Vec<u64> = store
-                .scan::<u64>(Space::Silences)
-                .unwrap()
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            assert_eq!(keys, [1, 2, 3]);
-            assert_eq!(store.last_raw(Space::Silences).unwrap().unwrap().1, b"3");
-            let (page, more) = store
-                .page(Space::Silences, Some(&1u64.to_be_bytes()), 1, |_, v| {
-                    Ok(Some(v.to_vec()))
-                })
-                .unwrap();
-            assert_eq!((page, more.is_some()), (vec![b"2".to_vec()], true));
-            let mut batch = Batch::new();
-            batch.remove(Space::Silences, &2u64.to_be_bytes());
-            assert!(batch.take_id(&store) > first, "ids only grow");
-            store.commit(batch).unwrap();
-            assert_eq!(store.keys(Space::Silences).unwrap().len(), 2);
-            assert_eq!(store.evidence(at).unwrap().line, line.line);
-            assert_eq!(store.evidence_blocks(), [(at.block, 5_000)]);
-            assert_eq!(
-                store.scan_raw(Space::Windows).unwrap(),
-                [(b"rule\0k".to_vec(), vec![9])]
-            );
-            assert_eq!(
-                store.get::<u64>(Space::Meta, FORMAT_KEY).unwrap(),
-                Some(FORMAT)
-            );
-        }
-    }
-
-    #[test]
-    fn committed_records_survive_reopening_and_an_uncommitted_journal_tail_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let line = a_line();
-        let at;
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let mut batch = Batch::new();
-            at = batch.add_evidence(&store, &line);
-            batch.put_raw(Space::Windows, b"w1", vec![1]);
-            batch.put_raw(Space::Windows, b"w2", vec![2]);
-            batch.put(Space::Incidents, b"1", &"one").unwrap();
-            batch.put(Space::Checkpoints, b"1:2", &7u64).unwrap();
-            batch.put(Space::Incidents, b"2", &"two").unwrap();
-            store.commit(batch).unwrap();
-            let mut batch = Batch::new();
-            batch.remove(Space::Incidents, b"2");
-            batch.remove(Space::Windows, b"w2");
-            store.commit(batch).unwrap();
-            store.flush_blocking().unwrap();
-        }
-        // A commit whose records reached the journals (one torn) but not the engine.
-        let journals = [dir.path().join("evidence"), dir.path().join("windows")];
-        let sizes: Vec<u64> = journals
-            .iter()
-            .map(|j| std::fs::metadata(j.join("00000000.seg")).unwrap().len())
-            .collect();
-        for j in &journals {
-            use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(j.join("00000000.seg"))
-                .unwrap();
-            f.write_all(&[42; 25]).unwrap();
-            std::fs::write(j.join("00000001.seg"), [42; 10]).unwrap();
-        }
-        let store = reopen(dir.path());
-        let incidents: Vec<(Vec<u8>, String)> = store.scan(Space::Incidents).unwrap();
-        assert_eq!(incidents, vec![(b"1".to_vec(), "one".to_string())]);
-        assert_eq!(
-            store.get::<u64>(Space::Checkpoints, b"1:2").unwrap(),
-            Some(7)
-        );
-        assert_eq!(store.evidence(at).unwrap().line, line.line);
-        assert_eq!(
-            store.scan_raw(Space::Windows).unwrap(),
-            [(b"w1".to_vec(), vec![1])]
-        );
-        for (j, size) in journals.iter().zip(sizes) {
-            assert_eq!(
-                std::fs::metadata(j.join("00000000.seg")).unwrap().len(),
-                size,
-                "the uncommitted tail of {j:?} is cut off"
-            );
-            assert!(!j.join("00000001.seg").exists());
-        }
-    }
-
-    #[test]
-    fn window_snapshots_let_old_segments_go_and_read_back_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut expected = std::collections::BTreeMap::new();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            // Incompressible values, so the journal grows past a few segments.
-            let mut x: u64 = 1;
-            for commit in 0..400u32 {
-                let mut batch = Batch::new();
-                for k in 0..20u32 {
-                    let key = format!("w{}", (commit * 7 + k) % 300).into_bytes();
-                    let value: Vec<u8> = (0..200)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect();
-                    batch.put_raw(Space::Windows, &key, value.clone());
-                    expected.insert(key, value);
-                }
-                store.commit(batch).unwrap();
-                store.flush_blocking().unwrap();
-            }
-            let segs = std::fs::read_dir(dir.path().join("windows"))
-                .unwrap()
-                .count();
-            assert!(segs <= 6, "{segs} window segments kept");
-        }
-        let store = reopen(dir.path());
-        let read: std::collections::BTreeMap<_, _> = store
-            .scan_raw(Space::Windows)
-            .unwrap()
-            .into_iter()
-            .collect();
-        assert_eq!(read, expected);
-    }
-}
+mod tests;

@@ -2,7 +2,7 @@
 //! journal for the two high-volume tables), its key, its value codec and the version of
 //! that codec, in one place.
 //!
-//! Store format 3 (see [`super::FORMAT`]):
+//! Store format 4 (see [`super::FORMAT`]):
 //!
 //! | table | key | value | codec, version |
 //! |---|---|---|---|
@@ -21,6 +21,11 @@
 //! | `firing/` | receiver, NUL, incident uid | the alert last sent for an open incident | JSON |
 //! | `jcur/` | source name | journal cursor | JSON |
 //! | `cont/` | incident number, action, target | containment (ban) state and history | JSON |
+//!
+//! Every engine write reaches sled through the write-ahead journal `wal/` (deflated batches,
+//! [`super::sled`]): sled holds what the journal covered at its last checkpoint, under the
+//! key `wal-covered` outside every table, and the journal the rest (format 4; format 3 had
+//! no journal and flushed sled at every commit).
 //!
 //! Binary records start with their codec's version byte; a reader refuses a version newer
 //! than it knows. JSON stays where people and auditors read the bytes (the API's incidents

@@ -367,7 +367,7 @@ fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: impl IntoIterator<Item
 
 /// Changes as count, then per change key length, key, presence, value length, value (u32
 /// LE lengths), deflated.
-fn deflate_changes<'a>(
+pub(super) fn deflate_changes<'a>(
     changes: impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
@@ -403,7 +403,7 @@ fn take_bytes<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], 
     Ok(slice)
 }
 
-fn inflate_changes(bytes: &[u8]) -> Result<Vec<Change>, SegmentError> {
+pub(super) fn inflate_changes(bytes: &[u8]) -> Result<Vec<Change>, SegmentError> {
     let bad = |what| SegmentError::Corrupt(Pos::default(), what);
     let mut body = Vec::new();
     flate2::read::DeflateDecoder::new(bytes)

@@ -298,6 +298,16 @@ impl Journal {
         })
     }
 
+    /// The journal over `io` as it is, only to read its records (nothing is cut).
+    pub fn reading(io: Arc<dyn SegmentIo>) -> Journal {
+        Journal {
+            io,
+            end: Pos::default(),
+            unsynced: BTreeSet::new(),
+            segment_bytes: SEGMENT_BYTES,
+        }
+    }
+
     /// Segments of `bytes` instead of [`SEGMENT_BYTES`] (tests).
     pub fn with_segment_bytes(mut self, bytes: u64) -> Journal {
         self.segment_bytes = bytes;

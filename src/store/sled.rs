@@ -1,25 +1,160 @@
 //! The sled engine: one tree in a database in the state directory, reopened after an I/O
 //! error (sled's errors are sticky: after one, it refuses every later write).
+//!
+//! sled is not handed every commit. Flushing it per commit rewrote its nodes (and cleaned
+//! its segments) for a few changed keys each time: about five times the bytes it was given,
+//! most of the daemon's writes under an attack. Instead each applied batch is appended,
+//! deflated, to a write-ahead journal (`wal/`, a [`Journal`]) and kept as the newest value
+//! per key in an overlay that reads consult first; [`Engine::flush`] syncs the journal (one
+//! fdatasync: that is what makes a commit durable). Every [`CHECKPOINT_EVERY`] (or once the
+//! overlay holds [`CHECKPOINT_BYTES`]) the overlay goes to sled in one batch with the
+//! journal position it covers, sled is flushed, and the journal segments before it go. An
+//! incident head or checkpoint updated by every commit thus reaches sled once per interval.
+//! On open (and reopen) the journal records past the covered position are applied to sled
+//! again: whole puts and removals, so applying one twice changes nothing.
 
 use super::StoreError;
 use super::engine::{Engine, Pair, Write};
+use super::segmented::{deflate_changes, inflate_changes};
+use super::segments::{FileSegments, Journal, Pos, SegmentIo};
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Page cache for sled; its default (1 GiB) is far too much for a host agent.
 const CACHE_BYTES: u64 = 64 << 20;
+
+/// sled's own periodic flush is off: sled is flushed when it takes a checkpoint
+/// ([`Deferred::checkpoint`]), and between checkpoints it has nothing new to write.
+const BACKGROUND_FLUSH: Option<u64> = None;
 
 /// How long [`SledEngine::reopen`] waits for the old database's file lock to be let go
 /// (sled's flusher thread and any operation still in flight hold it a moment after it is
 /// dropped).
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the overlay of applied writes is handed to sled (and sled flushed).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// Overlay size (keys and values) that hands it to sled before [`CHECKPOINT_EVERY`].
+const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// sled key (outside every table's prefix) of the journal position the tree covers.
+const COVERED_KEY: &[u8] = b"wal-covered";
+/// Journal record kind: one applied batch.
+const BATCH: u8 = 1;
+
 /// sled, with everything in one tree so any set of records commits as one batch.
 pub struct SledEngine {
     dir: PathBuf,
     /// `None` only while the database is being reopened.
     open: RwLock<Option<Handles>>,
+    /// Writes applied since sled last took them; its lock also orders applies.
+    deferred: Mutex<Deferred>,
+}
+
+/// The write-ahead journal and what it holds that sled does not have yet.
+struct Deferred {
+    wal: Journal,
+    /// Newest value per key written since the last checkpoint (`None`: removed).
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes of keys and values in the overlay.
+    bytes: u64,
+    /// When sled last took the overlay.
+    checkpointed: Instant,
+}
+
+impl Deferred {
+    /// Recovers the journal in `dir/wal` and applies what sled has not got yet to it.
+    fn recover(dir: &Path, handles: &Handles) -> Result<Deferred, StoreError> {
+        let io: Arc<dyn SegmentIo> = Arc::new(FileSegments::open(dir.join("wal"))?);
+        let covered = match handles.tree.get(COVERED_KEY)? {
+            Some(v) => {
+                Pos::unpack(u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
+                    super::codec::CodecError::Malformed("journal position")
+                })?))
+            }
+            None => Pos::default(),
+        };
+        // Every whole record past the covered position was applied (and possibly made
+        // durable); the first torn or missing one ends the journal.
+        let last = io.list()?.last().copied().unwrap_or(0).max(covered.seg);
+        let scan = Journal::reading(io.clone());
+        let mut end = covered;
+        let mut batch = sled::Batch::default();
+        let mut replayed = 0usize;
+        for record in scan.records(
+            covered,
+            Pos {
+                seg: last,
+                off: u32::MAX,
+            },
+        ) {
+            let Ok((at, kind, payload)) = record else {
+                break;
+            };
+            if kind != BATCH {
+                break;
+            }
+            let Ok(writes) = inflate_changes(&payload) else {
+                break;
+            };
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
+            }
+            end = Pos {
+                seg: at.seg,
+                off: at.off + (super::segments::HEADER + payload.len()) as u32,
+            };
+            replayed += 1;
+        }
+        let mut wal = Journal::recover(io, end)?;
+        if replayed > 0 {
+            batch.insert(COVERED_KEY, &end.pack().to_le_bytes());
+            handles.tree.apply_batch(batch)?;
+            handles.db.flush()?;
+            wal.drop_before(end.seg)?;
+            tracing::info!(batches = replayed, "store journal replayed");
+        }
+        Ok(Deferred {
+            wal,
+            overlay: BTreeMap::new(),
+            bytes: 0,
+            checkpointed: Instant::now(),
+        })
+    }
+
+    /// Whether sled should take the overlay now.
+    fn due(&self) -> bool {
+        !self.overlay.is_empty()
+            && (self.checkpointed.elapsed() >= CHECKPOINT_EVERY || self.bytes >= CHECKPOINT_BYTES)
+    }
+
+    /// Hands the overlay to sled with the journal position it covers, flushes sled and
+    /// drops the journal segments it no longer needs.
+    fn checkpoint(&mut self, handles: &Handles) -> Result<(), StoreError> {
+        let end = self.wal.end();
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.overlay {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        batch.insert(COVERED_KEY, &end.pack().to_le_bytes());
+        handles.tree.apply_batch(batch)?;
+        handles.db.flush()?;
+        self.overlay.clear();
+        self.bytes = 0;
+        self.checkpointed = Instant::now();
+        if let Err(e) = self.wal.drop_before(end.seg) {
+            tracing::warn!(error = %e, "store journal segments not collected");
+        }
+        Ok(())
+    }
 }
 
 /// The open database and its one tree.
@@ -35,6 +170,7 @@ impl Handles {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(BACKGROUND_FLUSH)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -53,10 +189,30 @@ impl Handles {
 impl SledEngine {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let handles = Handles::open(dir)?;
+        let deferred = Deferred::recover(dir, &handles)?;
         Ok(SledEngine {
             dir: dir.to_path_buf(),
-            open: RwLock::new(Some(Handles::open(dir)?)),
+            open: RwLock::new(Some(handles)),
+            deferred: Mutex::new(deferred),
         })
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The overlay's entries from `from` (inclusive) to `to` (exclusive, `None`: no end).
+    fn overlay_range(&self, from: &[u8], to: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let end = match to {
+            Some(to) => Bound::Excluded(to.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.deferred()
+            .overlay
+            .range((Bound::Included(from.to_vec()), end))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The open database (cheap clones of sled's handles, so no lock is held while sled
@@ -72,18 +228,29 @@ impl SledEngine {
 
 impl Engine for SledEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(value) = self.deferred().overlay.get(key) {
+            return Ok(value.clone());
+        }
+        // Not in the overlay: a checkpoint since the look-up put nothing newer in sled.
         Ok(self.handles()?.tree.get(key)?.map(|v| v.to_vec()))
     }
 
     fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
+        if self
+            .open
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(StoreError::Reopening);
         }
-        self.handles()?.tree.apply_batch(batch)?;
+        let record = deflate_changes(writes.iter().map(|(k, v)| (k, v.as_ref())));
+        let mut deferred = self.deferred();
+        deferred.wal.append(BATCH, &record)?;
+        for (key, value) in writes {
+            deferred.bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+            deferred.overlay.insert(key, value);
+        }
         Ok(())
     }
 
@@ -96,33 +263,66 @@ impl Engine for SledEngine {
             Ok(h) => h.tree,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
+        // The overlay first (a checkpoint after this puts the same values in sled).
+        let overlay = self.overlay_range(from, to);
         let iter = match to {
             Some(to) => tree.range(from.to_vec()..to.to_vec()),
             None => tree.range(from.to_vec()..),
         };
-        Box::new(iter.map(|item| {
+        let tree = iter.map(|item| {
             let (k, v) = item?;
             Ok((k.to_vec(), v.to_vec()))
-        }))
+        });
+        Box::new(Merged {
+            overlay: overlay.into_iter().peekable(),
+            tree: tree.peekable(),
+        })
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
-        match self.handles()?.tree.scan_prefix(prefix).next_back() {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok(Some((k.to_vec(), v.to_vec())))
+        let end = super::engine::prefix_end(prefix);
+        let overlay = self.overlay_range(prefix, end.as_deref());
+        let newest_overlay = overlay
+            .iter()
+            .rev()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+        // sled's last key not removed (or replaced) in the overlay.
+        let mut newest_tree = None;
+        for item in self.handles()?.tree.scan_prefix(prefix).rev() {
+            let (k, v) = item?;
+            match overlay.binary_search_by(|(o, _)| o.as_slice().cmp(&k)) {
+                Ok(_) => continue,
+                Err(_) => {
+                    newest_tree = Some((k.to_vec(), v.to_vec()));
+                    break;
+                }
             }
-            None => Ok(None),
         }
+        Ok(match (newest_overlay, newest_tree) {
+            (Some(o), Some(t)) => Some(if o.0 >= t.0 { o } else { t }),
+            (o, t) => o.or(t),
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.handles()?.db.flush()?;
+        let handles = self.handles()?;
+        let mut deferred = self.deferred();
+        deferred.wal.sync()?;
+        if deferred.due() {
+            deferred.checkpoint(&handles)?;
+        }
         Ok(())
     }
 
+    fn checkpoint_due(&self) -> bool {
+        self.deferred().due()
+    }
+
     fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.handles()?.tree.is_empty())
+        let overlay_empty = self.deferred().overlay.values().all(Option::is_none);
+        let tree = self.handles()?.tree;
+        let tree_empty = tree.is_empty() || (tree.len() == 1 && tree.contains_key(COVERED_KEY)?);
+        Ok(overlay_empty && tree_empty)
     }
 
     fn ids_above(&self) -> Result<u64, StoreError> {
@@ -143,7 +343,170 @@ impl Engine for SledEngine {
                 Err(e) => return Err(e),
             }
         };
+        // What was applied is in the journal (synced or not): it goes to sled again.
+        let mut deferred = self.deferred();
+        *deferred = Deferred::recover(&self.dir, &handles)?;
         *self.open.write().unwrap_or_else(|e| e.into_inner()) = Some(handles);
         Ok(())
+    }
+}
+
+/// The overlay's entries merged over sled's pairs, both in key order: the overlay's value
+/// wins, its removals hide sled's pair.
+struct Merged<O: Iterator, T: Iterator> {
+    overlay: std::iter::Peekable<O>,
+    tree: std::iter::Peekable<T>,
+}
+
+impl<O, T> Iterator for Merged<O, T>
+where
+    O: Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    T: Iterator<Item = Result<Pair, StoreError>>,
+{
+    type Item = Result<Pair, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.overlay.peek(), self.tree.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) | (Some(_), Some(Err(_))) => std::cmp::Ordering::Greater,
+                (Some((o, _)), Some(Ok((t, _)))) => o.cmp(t),
+            };
+            if order == std::cmp::Ordering::Equal {
+                // Replaced or removed in the overlay.
+                self.tree.next();
+            }
+            if order != std::cmp::Ordering::Greater {
+                let (key, value) = self.overlay.next().expect("peeked");
+                match value {
+                    Some(value) => return Some(Ok((key, value))),
+                    None => continue,
+                }
+            }
+            return self.tree.next();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Write {
+        (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    fn all(engine: &SledEngine, prefix: &str) -> Vec<(String, String)> {
+        let end = super::super::engine::prefix_end(prefix.as_bytes());
+        engine
+            .range(prefix.as_bytes(), end.as_deref())
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
+            })
+            .collect()
+    }
+
+    /// Reopens the engine in `dir` once the last handle let go of sled's file lock.
+    fn open_again(dir: &Path) -> SledEngine {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledEngine::open(dir) {
+                Ok(engine) => return engine,
+                Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_see_the_overlay_over_sled_and_removals_hide_sled_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        engine
+            .apply(vec![put("t/a", "1"), put("t/b", "1"), put("t/c", "1")])
+            .unwrap();
+        engine.flush().unwrap();
+        engine
+            .deferred()
+            .checkpoint(&engine.handles().unwrap())
+            .unwrap();
+        assert!(
+            engine.deferred().overlay.is_empty(),
+            "sled took the overlay"
+        );
+        engine
+            .apply(vec![
+                put("t/b", "2"),
+                (b"t/c".to_vec(), None),
+                put("t/d", "2"),
+                put("u/a", "2"),
+            ])
+            .unwrap();
+        assert_eq!(
+            all(&engine, "t/"),
+            vec![
+                ("t/a".into(), "1".into()),
+                ("t/b".into(), "2".into()),
+                ("t/d".into(), "2".into())
+            ]
+        );
+        assert_eq!(engine.get(b"t/c").unwrap(), None);
+        assert_eq!(engine.get(b"t/b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            engine.last_with_prefix(b"t/").unwrap(),
+            Some((b"t/d".to_vec(), b"2".to_vec()))
+        );
+        engine.apply(vec![(b"t/d".to_vec(), None)]).unwrap();
+        // sled's last pair (t/c) is removed in the overlay: the one before it is last.
+        assert_eq!(
+            engine.last_with_prefix(b"t/").unwrap(),
+            Some((b"t/b".to_vec(), b"2".to_vec()))
+        );
+    }
+
+    #[test]
+    fn synced_writes_sled_never_took_are_replayed_on_open_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            engine
+                .apply(vec![put("t/a", "1"), put("t/b", "1")])
+                .unwrap();
+            engine.flush().unwrap();
+            engine
+                .apply(vec![put("t/b", "2"), (b"t/a".to_vec(), None)])
+                .unwrap();
+            engine.flush().unwrap();
+            assert!(
+                !engine.deferred().overlay.is_empty(),
+                "no checkpoint yet: sled has not taken the writes"
+            );
+        }
+        // A torn record after the synced ones (a crash in the middle of an append).
+        let wal = dir.path().join("wal");
+        let last = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&last, bytes).unwrap();
+        let engine = open_again(dir.path());
+        assert_eq!(all(&engine, "t/"), vec![("t/b".into(), "2".into())]);
+        // The torn tail is gone: what is appended next reads back after another reopen.
+        engine.apply(vec![put("t/c", "3")]).unwrap();
+        engine.flush().unwrap();
+        drop(engine);
+        let engine = open_again(dir.path());
+        assert_eq!(
+            all(&engine, "t/"),
+            vec![("t/b".into(), "2".into()), ("t/c".into(), "3".into())]
+        );
+        assert!(!engine.is_empty().unwrap());
     }
 }
