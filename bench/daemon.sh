@@ -5,6 +5,7 @@
 # file and times until every match is counted (`logwarden_rule_matches_total` reaches
 # the count the detector alone finds). Prints lines/s and the size of the state directory.
 # Usage: bench/daemon.sh [LINES]   (needs curl; listens on 127.0.0.1:9798)
+# LOGWARDEN_BIN=PATH runs another build of the daemon (e.g. a copy of an earlier one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
@@ -12,6 +13,7 @@ source bench/lib.sh
 
 cargo build --release --quiet --bin logwarden --example detect_bench
 bin=target/release/examples/detect_bench
+daemon=${LOGWARDEN_BIN:-target/release/logwarden}
 "$bin" gen-log "$lines" "$work/attack-heavy.log"
 awk '/Failed|Invalid user|incorrect|Accepted/ { if (NR % 10 == 0) print; next } { print }' \
   "$work/attack-heavy.log" >"$work/benign-heavy.log"
@@ -25,6 +27,7 @@ matches_counted() {
     awk '/^logwarden_rule_matches_total/ { s += $2 } END { printf "%d\n", s }'
 }
 
+echo "daemon: $daemon; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-13s %9s %9s %12s %7s\n' log lines seconds lines/s state
 for log in attack-heavy benign-heavy; do
   file="$work/$log.log"
@@ -32,7 +35,7 @@ for log in attack-heavy benign-heavy; do
   want=$("$bin" run rules "$file" | sed -E 's/.*"matches": ([0-9]+).*/\1/')
   rm -rf "$work/state"
   : >"$work/log/auth.log"
-  LOGWARDEN_TOKEN=bench target/release/logwarden run --config "$work/bench.yaml" \
+  LOGWARDEN_TOKEN=bench "$daemon" run --config "$work/bench.yaml" \
     >/dev/null 2>"$work/daemon.err" &
   pid=$!
   until curl -sf http://127.0.0.1:9798/readyz >/dev/null; do alive; sleep 0.1; done

@@ -206,7 +206,7 @@ mod tests {
                 |seen, piece: &mut Vec<u64>| {
                     *seen += 1;
                     // Uneven work, so pieces finish out of order.
-                    if piece[0] % 3 == 0 {
+                    if piece[0].is_multiple_of(3) {
                         std::thread::yield_now();
                     }
                     for n in piece.iter_mut() {
