@@ -3,7 +3,9 @@
 # incidents, escalation, the audit chain and the sled commits, with a file receiver writing
 # to /dev/null. For each of bench/run.sh's two logs, appends the whole log to a watched
 # file and times until every match is counted (`logwarden_rule_matches_total` reaches
-# the count the detector alone finds). Prints lines/s and the size of the state directory.
+# the count the detector alone finds). Prints lines/s, the daemon's CPU seconds (user +
+# system, all threads: steadier than wall time on a shared machine) and the size of the
+# state directory.
 # Usage: bench/daemon.sh [LINES]   (needs curl; listens on 127.0.0.1:9798)
 # LOGWARDEN_BIN=PATH runs another build of the daemon (e.g. a copy of an earlier one).
 set -euo pipefail
@@ -28,7 +30,7 @@ matches_counted() {
 }
 
 echo "daemon: $daemon; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-13s %9s %9s %12s %7s\n' log lines seconds lines/s state
+printf '%-13s %9s %9s %12s %7s %7s\n' log lines seconds lines/s cpu_s state
 for log in attack-heavy benign-heavy; do
   file="$work/$log.log"
   count=$(wc -l <"$file")
@@ -43,10 +45,11 @@ for log in attack-heavy benign-heavy; do
   cat "$file" >>"$work/log/auth.log"
   until [ "$(matches_counted)" -ge "$want" ]; do alive; sleep 0.1; done
   end=$(date +%s.%N)
+  cpu=$(cpu_seconds "$pid")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
   secs=$(calc "$end - $start")
-  printf '%-13s %9d %9.2f %12.0f %7s\n' "$log" "$count" "$secs" \
-    "$(calc "$count / $secs")" "$(du -sh "$work/state" | cut -f1)"
+  printf '%-13s %9d %9.2f %12.0f %7.2f %7s\n' "$log" "$count" "$secs" \
+    "$(calc "$count / $secs")" "$cpu" "$(du -sh "$work/state" | cut -f1)"
 done
