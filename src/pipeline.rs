@@ -34,14 +34,13 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
-/// Most lines folded into one store commit: what is already queued (up to eight of the
-/// tailer's reads), never waited for. A commit holds the store's write lock while it
-/// applies, and readers (the API) wait for it, so it stays bounded; within that, fewer and
-/// larger commits are what a burst costs least with: each commit syncs the disk and writes
-/// each window it touched once, so a key hit many times in a step is written once. 2,048
-/// lines per commit did 0.046 M lines/s of an attack-heavy burst end to end, 16,384 did
-/// 0.085 M (`bench/daemon.sh`, docs/performance.md).
-const LINES_PER_COMMIT: usize = 16_384;
+/// Most lines folded into one store commit. A commit holds the store's write lock while it
+/// applies, and readers (the API) wait for it: under a burst that opens thousands of
+/// incidents, smaller commits keep every wait short, at the price of more flushes.
+/// 16,384 was measured (docs/performance.md): a fifth less CPU on a benign burst, none on
+/// an attack-heavy one, but a worst API answer of 1.3 s (0.1 s here) and 2.5x the memory
+/// while 20,000 attackers' incidents opened.
+const LINES_PER_COMMIT: usize = 2048;
 /// Lines a matching worker takes at a time.
 const PIECE_LINES: usize = 1024;
 /// Steps with fewer lines are matched on the pipeline thread alone (starting workers
