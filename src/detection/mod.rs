@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod fields;
+pub mod in_order;
 pub mod keys;
 pub mod kinds;
 pub mod literals;

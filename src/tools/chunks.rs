@@ -6,23 +6,22 @@
 //! takes the pieces back in input order and counts their matches into windows and
 //! incidents. Windows see the lines in exactly the order one thread would, so the
 //! incidents are the same. With one thread the worker's part runs on the calling thread.
+//! The workers and the ordering are [`crate::detection::in_order`], which the daemon's
+//! pipeline runs too.
 
 use super::eval::Evaluation;
 use super::input::{Lines, LogFile, LogReader, PIECE_BYTES, merge};
+use crate::detection::in_order::in_order;
 use crate::detection::{Found, Matchers};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A piece of whole lines in input order and, once a worker has been at it, their times
 /// and matches for each evaluation.
 struct Chunk {
-    /// Place in input order.
-    seq: u64,
     lines: Lines,
     /// Per evaluation, the matches of each line.
     found: Vec<Found>,
@@ -31,7 +30,6 @@ struct Chunk {
 impl Chunk {
     fn new(evaluations: usize) -> Self {
         Chunk {
-            seq: 0,
             lines: Lines::default(),
             found: (0..evaluations).map(|_| Found::default()).collect(),
         }
@@ -92,68 +90,31 @@ pub fn evaluate(
     counted: impl FnMut(u64),
 ) -> io::Result<Vec<LogReader>> {
     let files: Vec<LogFile> = readers.iter().map(LogReader::file).collect();
-    let matchers: Vec<Matchers> = evaluations.iter().map(|e| e.matchers()).collect();
+    let mut workers: Vec<Vec<Matchers>> = (0..threads.max(1))
+        .map(|_| evaluations.iter().map(|e| e.matchers()).collect())
+        .collect();
     let mut apply = Apply::new(evaluations, &files, counted);
-    let mut readers = if threads <= 1 {
-        let mut matchers = matchers;
-        let mut chunk = Chunk::new(apply.evaluations.len());
-        let mut each = |chunk: &mut Chunk| {
-            chunk.find(&files, &mut matchers);
+    let count = apply.evaluations.len();
+    let mut readers = in_order(
+        &mut workers,
+        || Chunk::new(count),
+        |matchers, chunk: &mut Chunk| chunk.find(&files, matchers),
+        |chunk| {
             apply.chunk(chunk);
             chunk.lines.clear();
-        };
-        let readers = read(readers, &mut chunk, &mut each)?;
-        if !chunk.lines.is_empty() {
-            each(&mut chunk);
-        }
-        readers
-    } else {
-        std::thread::scope(|scope| {
-            // Bounded: the reader waits for the workers rather than queueing the whole log.
-            let (work, work_queue) = sync_channel::<Chunk>(threads);
-            let work_queue = Arc::new(Mutex::new(work_queue));
-            let (done, finished) = channel::<Chunk>();
-            for _ in 0..threads {
-                let queue = work_queue.clone();
-                let done = done.clone();
-                let mut matchers = matchers.clone();
-                let files = &files;
-                scope.spawn(move || {
-                    loop {
-                        // The lock is held only to take a chunk.
-                        let next = queue.lock().map(|q| q.recv());
-                        let Ok(Ok(mut chunk)) = next else { break };
-                        chunk.find(files, &mut matchers);
-                        if done.send(chunk).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(done);
-            let mut stage = Stage {
-                work,
-                finished,
-                in_flight: 0,
-                max_in_flight: 2 * threads + 1,
-                next_seq: 0,
-                next_apply: 0,
-                arrived: BTreeMap::new(),
-                spare: Vec::new(),
-                evaluations: apply.evaluations.len(),
-            };
-            let mut current = stage.fresh();
+        },
+        |feed| {
+            let mut current = feed.fresh();
             let read = read(readers, &mut current, |full| {
-                let next = stage.fresh();
-                stage.send(std::mem::replace(full, next), &mut |c| apply.chunk(c));
+                let next = feed.fresh();
+                feed.send(std::mem::replace(full, next));
             });
             if !current.lines.is_empty() {
-                stage.send(current, &mut |c| apply.chunk(c));
+                feed.send(current);
             }
-            stage.drain(&mut |c| apply.chunk(c));
             read
-        })?
-    };
+        },
+    )?;
     for (reader, untimed) in readers.iter_mut().zip(&apply.untimed) {
         reader.untimed += untimed;
     }
@@ -253,71 +214,5 @@ impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
             self.lines += 1;
             (self.counted)(self.lines);
         }
-    }
-}
-
-/// The ordering stage: hands chunks to the workers and applies their results in input
-/// order.
-struct Stage {
-    work: SyncSender<Chunk>,
-    finished: Receiver<Chunk>,
-    in_flight: usize,
-    max_in_flight: usize,
-    next_seq: u64,
-    next_apply: u64,
-    /// Chunks back from the workers ahead of their turn.
-    arrived: BTreeMap<u64, Chunk>,
-    /// Applied chunks, kept for their buffers.
-    spare: Vec<Chunk>,
-    evaluations: usize,
-}
-
-impl Stage {
-    /// An empty chunk, with the buffers of an applied one when there is one.
-    fn fresh(&mut self) -> Chunk {
-        let mut chunk = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Chunk::new(self.evaluations));
-        chunk.lines.clear();
-        chunk
-    }
-
-    /// Hands `chunk` to the workers, first applying what is due if enough is in flight.
-    fn send(&mut self, mut chunk: Chunk, apply: &mut impl FnMut(&Chunk)) {
-        chunk.seq = self.next_seq;
-        self.next_seq += 1;
-        while self.in_flight >= self.max_in_flight {
-            self.apply_next(apply);
-        }
-        self.work
-            .send(chunk)
-            .expect("replay workers stopped (a worker panicked)");
-        self.in_flight += 1;
-    }
-
-    /// Applies every chunk still in flight.
-    fn drain(&mut self, apply: &mut impl FnMut(&Chunk)) {
-        while self.in_flight > 0 {
-            self.apply_next(apply);
-        }
-    }
-
-    /// Waits for the next chunk in input order and applies it.
-    fn apply_next(&mut self, apply: &mut impl FnMut(&Chunk)) {
-        let chunk = loop {
-            if let Some(chunk) = self.arrived.remove(&self.next_apply) {
-                break chunk;
-            }
-            let chunk = self
-                .finished
-                .recv()
-                .expect("replay workers stopped (a worker panicked)");
-            self.arrived.insert(chunk.seq, chunk);
-        };
-        apply(&chunk);
-        self.next_apply += 1;
-        self.in_flight -= 1;
-        self.spare.push(chunk);
     }
 }
