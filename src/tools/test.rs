@@ -345,7 +345,9 @@ impl CaseContext<'_> {
     }
 }
 
-/// Runs one test; `Ok` holds the diff lines (empty when it passed).
+/// Runs one test; `Ok` holds the diff lines (empty when it passed). Every problem of the
+/// case's times and expectations is collected before any line is evaluated, so one run
+/// names them all.
 fn run_case(
     case: &TestCase,
     ctx: &CaseContext<'_>,
@@ -362,6 +364,43 @@ fn run_case(
         &case.name,
         &mut problems,
     );
+    let timed = line_times(case, ctx, start, &mut problems);
+    let last = timed.last().map(|&(_, time)| time);
+    let until = until_time(case, ctx, last.or(start), &mut problems);
+    let expected = expectations(case, ctx, rules, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut evaluation = Evaluation::new(rules.clone(), std::slice::from_ref(&ctx.source));
+    if let Some(start) = start {
+        evaluation.clock_to(start);
+    }
+    let source: Arc<str> = ctx.source.as_str().into();
+    let path: Arc<str> = ctx.path.display().to_string().into();
+    for (n, time) in timed {
+        let line = LogLine {
+            source: source.clone(),
+            path: path.clone(),
+            offset: n as u64,
+            bytes: case.lines[n].text.as_bytes().to_vec(),
+            arrival: time,
+            time: None,
+        };
+        evaluation.observe(&line, time);
+    }
+    let got = evaluation.finish(until);
+    Ok(diff(&expected, &got))
+}
+
+/// The time of every line the case feeds (each repeat its own), with its index in
+/// `case.lines`: `at:` from `start`, `after:` from the line before, else the line's own
+/// time in the case's format (or the line before's). A line with no time is a problem.
+fn line_times(
+    case: &TestCase,
+    ctx: &CaseContext<'_>,
+    start: Option<DateTime<Utc>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<(usize, DateTime<Utc>)> {
     let mut timed = Vec::new();
     let mut previous: Option<DateTime<Utc>> = None;
     for (n, spec) in case.lines.iter().enumerate() {
@@ -393,10 +432,21 @@ fn run_case(
             previous = Some(time);
         }
     }
-    let until = match &case.until {
+    timed
+}
+
+/// The case's `until`: a duration after `last` (the last line's time, or `start`), or a
+/// time; a problem when it is neither.
+fn until_time(
+    case: &TestCase,
+    ctx: &CaseContext<'_>,
+    last: Option<DateTime<Utc>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<DateTime<Utc>> {
+    match &case.until {
         None => None,
         Some(text) => match HumanDuration::parse(text) {
-            Ok(d) => previous.or(start).map(|t| t + d.0),
+            Ok(d) => last.map(|t| t + d.0),
             Err(_) => ctx.time(text),
         }
         .or_else(|| {
@@ -407,7 +457,17 @@ fn run_case(
             ));
             None
         }),
-    };
+    }
+}
+
+/// The case's expectations with their times read; an expectation naming a missing rule,
+/// or keyed on other fields than the rule's `group_by`, is a problem.
+fn expectations<'a>(
+    case: &'a TestCase,
+    ctx: &CaseContext<'_>,
+    rules: &RuleSet,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<Want<'a>> {
     let mut expected = Vec::new();
     for e in &case.expect {
         let Some(rule) = rules.rule(&e.rule) else {
@@ -436,7 +496,7 @@ fn run_case(
             "expect",
             "opened_at",
             &case.name,
-            &mut problems,
+            problems,
         );
         expected.push(Want {
             rule: &e.rule,
@@ -447,28 +507,7 @@ fn run_case(
             summary: e.summary.as_deref(),
         });
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let mut evaluation = Evaluation::new(rules.clone(), std::slice::from_ref(&ctx.source));
-    if let Some(start) = start {
-        evaluation.clock_to(start);
-    }
-    let source: Arc<str> = ctx.source.as_str().into();
-    let path: Arc<str> = ctx.path.display().to_string().into();
-    for (n, time) in timed {
-        let line = LogLine {
-            source: source.clone(),
-            path: path.clone(),
-            offset: n as u64,
-            bytes: case.lines[n].text.as_bytes().to_vec(),
-            arrival: time,
-            time: None,
-        };
-        evaluation.observe(&line, time);
-    }
-    let got = evaluation.finish(until);
-    Ok(diff(&expected, &got))
+    expected
 }
 
 /// A format as written in YAML.
