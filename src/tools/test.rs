@@ -5,6 +5,8 @@
 //! `start` time plus offsets, and the clock runs to the last line (or `until`) so absence
 //! rules can fire. A failure prints an expected/got diff per test and exits 1.
 
+mod spec;
+
 use super::eval::Evaluation;
 use crate::detection::Key;
 use crate::diag::{Diagnostic, Position, YamlLocator};
@@ -14,8 +16,7 @@ use crate::rules::{RuleContext, RuleSet, Severity};
 use crate::sources::LogLine;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
-use serde::{Deserialize, Deserializer};
-use std::collections::BTreeMap;
+use spec::{TestCase, TestFile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,132 +30,6 @@ pub struct TestArgs {
     /// Rule test files (YAML).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestFile {
-    rule_files: Vec<PathBuf>,
-    #[serde(default)]
-    timestamp: Option<TimestampFormat>,
-    #[serde(default)]
-    year: Option<i32>,
-    #[serde(default)]
-    source: Option<String>,
-    tests: Vec<TestCase>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestCase {
-    name: String,
-    #[serde(default)]
-    timestamp: Option<TimestampFormat>,
-    #[serde(default)]
-    year: Option<i32>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    start: Option<String>,
-    #[serde(default)]
-    lines: Vec<LineSpec>,
-    #[serde(default)]
-    until: Option<String>,
-    expect: Vec<Expected>,
-}
-
-/// A line as written: its text, or `{line, at | after, repeat, every}`.
-#[derive(Debug)]
-struct LineSpec {
-    text: String,
-    at: Option<HumanDuration>,
-    after: Option<HumanDuration>,
-    repeat: u32,
-    every: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimedLine {
-    line: String,
-    #[serde(default)]
-    at: Option<HumanDuration>,
-    #[serde(default)]
-    after: Option<HumanDuration>,
-    #[serde(default)]
-    repeat: Option<u32>,
-    #[serde(default)]
-    every: Option<HumanDuration>,
-}
-
-impl<'de> Deserialize<'de> for LineSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let value = serde_yaml::Value::deserialize(d)?;
-        let timed: TimedLine = match value {
-            serde_yaml::Value::String(text) => {
-                return Ok(LineSpec {
-                    text,
-                    at: None,
-                    after: None,
-                    repeat: 1,
-                    every: None,
-                });
-            }
-            serde_yaml::Value::Mapping(_) => serde_yaml::from_value(value)
-                .map_err(|e| D::Error::custom(format!("in a line: {e}")))?,
-            _ => {
-                return Err(D::Error::custom(
-                    "a line is a string, or {line: TEXT, at: DURATION | after: DURATION, repeat: N, every: DURATION}",
-                ));
-            }
-        };
-        if timed.at.is_some() && timed.after.is_some() {
-            return Err(D::Error::custom("a line takes `at` or `after`, not both"));
-        }
-        if timed.repeat == Some(0) {
-            return Err(D::Error::custom("repeat must be at least 1"));
-        }
-        Ok(LineSpec {
-            text: timed.line,
-            at: timed.at,
-            after: timed.after,
-            repeat: timed.repeat.unwrap_or(1),
-            every: timed.every,
-        })
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expected {
-    rule: String,
-    #[serde(default, deserialize_with = "scalar_map")]
-    key: Key,
-    #[serde(default)]
-    severity: Option<Severity>,
-    #[serde(default)]
-    count: Option<u64>,
-    #[serde(default)]
-    opened_at: Option<String>,
-    #[serde(default)]
-    summary: Option<String>,
-}
-
-/// Key values as text whatever YAML made of them (`port: 22` is the capture "22").
-fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
-    use serde::de::Error;
-    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| match v {
-            serde_yaml::Value::String(s) => Ok((k, s)),
-            serde_yaml::Value::Number(n) => Ok((k, n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok((k, b.to_string())),
-            _ => Err(D::Error::custom(format!(
-                "key value of {k:?} must be a scalar"
-            ))),
-        })
-        .collect()
 }
 
 /// What the tests of all files came to.
