@@ -5,6 +5,8 @@
 //! `start` time plus offsets, and the clock runs to the last line (or `until`) so absence
 //! rules can fire. A failure prints an expected/got diff per test and exits 1.
 
+mod spec;
+
 use super::eval::Evaluation;
 use crate::detection::Key;
 use crate::diag::{Diagnostic, Position, YamlLocator};
@@ -14,8 +16,7 @@ use crate::rules::{RuleContext, RuleSet, Severity};
 use crate::sources::LogLine;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
-use serde::{Deserialize, Deserializer};
-use std::collections::BTreeMap;
+use spec::{TestCase, TestFile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,132 +30,6 @@ pub struct TestArgs {
     /// Rule test files (YAML).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestFile {
-    rule_files: Vec<PathBuf>,
-    #[serde(default)]
-    timestamp: Option<TimestampFormat>,
-    #[serde(default)]
-    year: Option<i32>,
-    #[serde(default)]
-    source: Option<String>,
-    tests: Vec<TestCase>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestCase {
-    name: String,
-    #[serde(default)]
-    timestamp: Option<TimestampFormat>,
-    #[serde(default)]
-    year: Option<i32>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    start: Option<String>,
-    #[serde(default)]
-    lines: Vec<LineSpec>,
-    #[serde(default)]
-    until: Option<String>,
-    expect: Vec<Expected>,
-}
-
-/// A line as written: its text, or `{line, at | after, repeat, every}`.
-#[derive(Debug)]
-struct LineSpec {
-    text: String,
-    at: Option<HumanDuration>,
-    after: Option<HumanDuration>,
-    repeat: u32,
-    every: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimedLine {
-    line: String,
-    #[serde(default)]
-    at: Option<HumanDuration>,
-    #[serde(default)]
-    after: Option<HumanDuration>,
-    #[serde(default)]
-    repeat: Option<u32>,
-    #[serde(default)]
-    every: Option<HumanDuration>,
-}
-
-impl<'de> Deserialize<'de> for LineSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let value = serde_yaml::Value::deserialize(d)?;
-        let timed: TimedLine = match value {
-            serde_yaml::Value::String(text) => {
-                return Ok(LineSpec {
-                    text,
-                    at: None,
-                    after: None,
-                    repeat: 1,
-                    every: None,
-                });
-            }
-            serde_yaml::Value::Mapping(_) => serde_yaml::from_value(value)
-                .map_err(|e| D::Error::custom(format!("in a line: {e}")))?,
-            _ => {
-                return Err(D::Error::custom(
-                    "a line is a string, or {line: TEXT, at: DURATION | after: DURATION, repeat: N, every: DURATION}",
-                ));
-            }
-        };
-        if timed.at.is_some() && timed.after.is_some() {
-            return Err(D::Error::custom("a line takes `at` or `after`, not both"));
-        }
-        if timed.repeat == Some(0) {
-            return Err(D::Error::custom("repeat must be at least 1"));
-        }
-        Ok(LineSpec {
-            text: timed.line,
-            at: timed.at,
-            after: timed.after,
-            repeat: timed.repeat.unwrap_or(1),
-            every: timed.every,
-        })
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expected {
-    rule: String,
-    #[serde(default, deserialize_with = "scalar_map")]
-    key: Key,
-    #[serde(default)]
-    severity: Option<Severity>,
-    #[serde(default)]
-    count: Option<u64>,
-    #[serde(default)]
-    opened_at: Option<String>,
-    #[serde(default)]
-    summary: Option<String>,
-}
-
-/// Key values as text whatever YAML made of them (`port: 22` is the capture "22").
-fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
-    use serde::de::Error;
-    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| match v {
-            serde_yaml::Value::String(s) => Ok((k, s)),
-            serde_yaml::Value::Number(n) => Ok((k, n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok((k, b.to_string())),
-            _ => Err(D::Error::custom(format!(
-                "key value of {k:?} must be a scalar"
-            ))),
-        })
-        .collect()
 }
 
 /// What the tests of all files came to.
@@ -345,7 +220,9 @@ impl CaseContext<'_> {
     }
 }
 
-/// Runs one test; `Ok` holds the diff lines (empty when it passed).
+/// Runs one test; `Ok` holds the diff lines (empty when it passed). Every problem of the
+/// case's times and expectations is collected before any line is evaluated, so one run
+/// names them all.
 fn run_case(
     case: &TestCase,
     ctx: &CaseContext<'_>,
@@ -362,6 +239,43 @@ fn run_case(
         &case.name,
         &mut problems,
     );
+    let timed = line_times(case, ctx, start, &mut problems);
+    let last = timed.last().map(|&(_, time)| time);
+    let until = until_time(case, ctx, last.or(start), &mut problems);
+    let expected = expectations(case, ctx, rules, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut evaluation = Evaluation::new(rules.clone(), std::slice::from_ref(&ctx.source));
+    if let Some(start) = start {
+        evaluation.clock_to(start);
+    }
+    let source: Arc<str> = ctx.source.as_str().into();
+    let path: Arc<str> = ctx.path.display().to_string().into();
+    for (n, time) in timed {
+        let line = LogLine {
+            source: source.clone(),
+            path: path.clone(),
+            offset: n as u64,
+            bytes: case.lines[n].text.as_bytes().to_vec(),
+            arrival: time,
+            time: None,
+        };
+        evaluation.observe(&line, time);
+    }
+    let got = evaluation.finish(until);
+    Ok(diff(&expected, &got))
+}
+
+/// The time of every line the case feeds (each repeat its own), with its index in
+/// `case.lines`: `at:` from `start`, `after:` from the line before, else the line's own
+/// time in the case's format (or the line before's). A line with no time is a problem.
+fn line_times(
+    case: &TestCase,
+    ctx: &CaseContext<'_>,
+    start: Option<DateTime<Utc>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<(usize, DateTime<Utc>)> {
     let mut timed = Vec::new();
     let mut previous: Option<DateTime<Utc>> = None;
     for (n, spec) in case.lines.iter().enumerate() {
@@ -393,10 +307,21 @@ fn run_case(
             previous = Some(time);
         }
     }
-    let until = match &case.until {
+    timed
+}
+
+/// The case's `until`: a duration after `last` (the last line's time, or `start`), or a
+/// time; a problem when it is neither.
+fn until_time(
+    case: &TestCase,
+    ctx: &CaseContext<'_>,
+    last: Option<DateTime<Utc>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<DateTime<Utc>> {
+    match &case.until {
         None => None,
         Some(text) => match HumanDuration::parse(text) {
-            Ok(d) => previous.or(start).map(|t| t + d.0),
+            Ok(d) => last.map(|t| t + d.0),
             Err(_) => ctx.time(text),
         }
         .or_else(|| {
@@ -407,7 +332,17 @@ fn run_case(
             ));
             None
         }),
-    };
+    }
+}
+
+/// The case's expectations with their times read; an expectation naming a missing rule,
+/// or keyed on other fields than the rule's `group_by`, is a problem.
+fn expectations<'a>(
+    case: &'a TestCase,
+    ctx: &CaseContext<'_>,
+    rules: &RuleSet,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<Want<'a>> {
     let mut expected = Vec::new();
     for e in &case.expect {
         let Some(rule) = rules.rule(&e.rule) else {
@@ -436,7 +371,7 @@ fn run_case(
             "expect",
             "opened_at",
             &case.name,
-            &mut problems,
+            problems,
         );
         expected.push(Want {
             rule: &e.rule,
@@ -447,28 +382,7 @@ fn run_case(
             summary: e.summary.as_deref(),
         });
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let mut evaluation = Evaluation::new(rules.clone(), std::slice::from_ref(&ctx.source));
-    if let Some(start) = start {
-        evaluation.clock_to(start);
-    }
-    let source: Arc<str> = ctx.source.as_str().into();
-    let path: Arc<str> = ctx.path.display().to_string().into();
-    for (n, time) in timed {
-        let line = LogLine {
-            source: source.clone(),
-            path: path.clone(),
-            offset: n as u64,
-            bytes: case.lines[n].text.as_bytes().to_vec(),
-            arrival: time,
-            time: None,
-        };
-        evaluation.observe(&line, time);
-    }
-    let got = evaluation.finish(until);
-    Ok(diff(&expected, &got))
+    expected
 }
 
 /// A format as written in YAML.

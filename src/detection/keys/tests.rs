@@ -1,0 +1,223 @@
+//! Unit tests of the key table: eviction order under a flood, the expiry queue's
+//! never-later rule and its compaction. Apart from `keys.rs` because they are as long as
+//! the table itself, and the table reads better without them in the way.
+
+use super::*;
+
+/// Test states: a number is its own progress; `()` has none (plain recency).
+impl Progress for u32 {
+    fn progress(&self) -> usize {
+        *self as usize
+    }
+}
+
+impl Progress for () {
+    fn progress(&self) -> usize {
+        0
+    }
+}
+
+/// A state without progress: eviction by recency alone.
+#[derive(Debug, PartialEq)]
+struct Plain(u32);
+
+impl Progress for Plain {
+    fn progress(&self) -> usize {
+        0
+    }
+}
+
+fn key(n: u32) -> Fields {
+    let mut text = String::new();
+    crate::detection::fields::push(&mut text, "ip", &format!("10.0.0.{n}"));
+    Fields::from_encoded(&text)
+}
+
+fn touch<S: Progress>(t: &mut KeyTable<S>, n: u32, make: impl FnOnce() -> S) -> Touched<'_, S> {
+    let k = key(n);
+    t.touch(std::borrow::Borrow::borrow(&k), make)
+}
+
+#[test]
+fn at_equal_progress_the_least_recently_used_key_is_evicted_at_the_bound() {
+    let mut t = KeyTable::new(3);
+    for n in 1..=3 {
+        assert!(touch(&mut t, n, || Plain(n)).evicted.is_empty());
+    }
+    // Touching 1 makes 2 the oldest.
+    touch(&mut t, 1, || Plain(0)).state.0 += 10;
+    assert_eq!(touch(&mut t, 4, || Plain(4)).evicted, vec![key(2)]);
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.get(&key(1)), Some(&Plain(11)));
+    assert_eq!(t.get(&key(2)), None);
+    let touched = touch(&mut t, 5, || Plain(5));
+    assert_eq!(touched.evicted, vec![key(3)]);
+    assert_eq!(touched.key, &key(5), "the table hands out its own key");
+}
+
+#[test]
+fn keys_with_one_match_go_before_keys_close_to_firing_however_old() {
+    let mut t = KeyTable::new(EVICT_FRACTION * 4);
+    // The attacker's key: four matches, then never touched again.
+    touch(&mut t, 0, || 4u32);
+    // A flood of one-time keys, ten times the bound.
+    for n in 1..(EVICT_FRACTION as u32 * 40) {
+        touch(&mut t, n, || 1u32);
+    }
+    assert_eq!(
+        t.get(&key(0)),
+        Some(&4),
+        "the oldest key survived the flood"
+    );
+    assert_eq!(t.len(), EVICT_FRACTION * 4);
+}
+
+#[test]
+fn a_key_is_newly_dirty_once_until_marked_clean() {
+    let mut t = KeyTable::new(3);
+    assert!(touch(&mut t, 1, || 0).newly_dirty);
+    assert!(!touch(&mut t, 1, || 0).newly_dirty);
+    t.mark_clean(&key(1));
+    assert!(touch(&mut t, 1, || 0).newly_dirty);
+}
+
+#[test]
+fn a_flood_never_grows_the_table_past_its_bound() {
+    let mut t = KeyTable::new(100);
+    let mut evicted = 0;
+    for n in 0..10_000u32 {
+        let batch = touch(&mut t, n, || ()).evicted;
+        // The oldest sixteenth goes at once: keys 0..6 first.
+        if n == 100 {
+            assert_eq!(batch, (0..6).map(key).collect::<Vec<_>>());
+        }
+        evicted += batch.len();
+        assert!(t.len() <= 100);
+    }
+    assert!(t.len() > 100 - 100 / EVICT_FRACTION);
+    assert_eq!(
+        t.len() + evicted,
+        10_000,
+        "every key is held or counted evicted"
+    );
+}
+
+#[test]
+fn retain_and_insert_keep_the_order_consistent() {
+    let mut t = KeyTable::new(2);
+    t.insert(key(1), 1, None);
+    t.insert(key(2), 2, None);
+    assert_eq!(t.retain(|_, s| *s != 1), vec![key(1)]);
+    assert!(t.insert(key(3), 3, None).is_empty());
+    assert_eq!(t.insert(key(4), 4, None), vec![key(2)]);
+    assert_eq!(t.len(), 2);
+}
+
+/// A state for the expiry tests: it forgets everything at `at`, and says so.
+#[derive(Debug)]
+struct Until(i64);
+
+impl Progress for Until {
+    fn progress(&self) -> usize {
+        1
+    }
+}
+
+fn expire_until(now: i64, visits: &mut usize) -> impl FnMut(&mut Until) -> Expired + '_ {
+    move |state: &mut Until| {
+        *visits += 1;
+        if now >= state.0 {
+            Expired::Gone
+        } else {
+            Expired::Kept(Some(state.0))
+        }
+    }
+}
+
+#[test]
+fn a_tick_with_many_live_keys_and_none_due_visits_no_key() {
+    let mut t = KeyTable::new(200_000);
+    for n in 0..100_000u32 {
+        let k = key(n);
+        let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+        touched.state.0 = 1_000 + i64::from(n % 7);
+        let at = touched.state.0;
+        touched.expires_at(Some(at));
+    }
+    let mut visits = 0;
+    for now in 0..1_000 {
+        assert!(t.expire(now, expire_until(now, &mut visits)).is_empty());
+    }
+    assert_eq!(visits, 0, "no key visited while none is due");
+    assert_eq!(t.next_expiry(), Some(1_000));
+    // At their times, exactly the due keys are visited, each once.
+    let gone = t.expire(1_000, expire_until(1_000, &mut visits));
+    assert_eq!(gone.len(), visits);
+    assert_eq!(visits, (0..100_000).filter(|n| n % 7 == 0).count());
+    let gone = t.expire(1_006, expire_until(1_006, &mut visits));
+    assert_eq!(t.len(), 0);
+    assert_eq!(visits, 100_000, "every key visited once: {}", gone.len());
+    assert_eq!(t.next_expiry(), None);
+}
+
+#[test]
+fn an_earlier_expiry_moves_a_key_up_and_a_later_one_waits_for_its_tick() {
+    let mut t = KeyTable::new(10);
+    let set = |t: &mut KeyTable<Until>, n: u32, at: i64| {
+        let k = key(n);
+        let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+        touched.state.0 = at;
+        touched.expires_at(Some(at));
+    };
+    set(&mut t, 1, 100);
+    set(&mut t, 1, 50);
+    assert_eq!(t.next_expiry(), Some(50));
+    set(&mut t, 1, 200);
+    // Still queued at 50: looked at then, found not due, queued at 200.
+    let mut visits = 0;
+    assert!(t.expire(60, expire_until(60, &mut visits)).is_empty());
+    assert_eq!((visits, t.next_expiry()), (1, Some(200)));
+    assert_eq!(t.expire(200, expire_until(200, &mut visits)), vec![key(1)]);
+    // Evicted and re-inserted keys leave nothing behind in the queue.
+    t.insert(key(2), Until(300), Some(300));
+    t.insert(key(2), Until(400), Some(400));
+    assert_eq!(t.next_expiry(), Some(400));
+    t.retain(|_, _| false);
+    assert_eq!(t.next_expiry(), None);
+}
+
+/// Keys moved up again and again, and keys evicted, leave places behind in the heap:
+/// the queue stays within twice the live keys (plus its slack), and the live keys still
+/// expire exactly at their times.
+#[test]
+fn places_left_behind_stay_bounded_and_never_expire_a_key_early() {
+    let mut t = KeyTable::new(100);
+    for round in 0..200i64 {
+        for n in 0..300u32 {
+            let k = key(n);
+            let mut touched = t.touch(std::borrow::Borrow::borrow(&k), || Until(0));
+            // Each round moves every live key's time earlier: a new place per touch.
+            touched.state.0 = 1_000_000 - round * 1_000 - i64::from(n);
+            let at = touched.state.0;
+            touched.expires_at(Some(at));
+        }
+        assert!(
+            t.expiries.len() <= 2 * t.len() + QUEUE_SLACK + 1,
+            "round {round}: {} places for {} keys",
+            t.expiries.len(),
+            t.len()
+        );
+    }
+    let live = t.len();
+    let earliest = t.states().map(|s| s.0).min().unwrap();
+    let mut visits = 0;
+    assert!(
+        t.expire(earliest - 1, expire_until(earliest - 1, &mut visits))
+            .is_empty()
+    );
+    assert_eq!(visits, 0, "no key is looked at before its time");
+    assert_eq!(t.next_expiry(), Some(earliest));
+    let gone = t.expire(i64::MAX - 1, expire_until(i64::MAX - 1, &mut visits));
+    assert_eq!((gone.len(), visits, t.len()), (live, live, 0));
+    assert_eq!(t.next_expiry(), None);
+}
