@@ -8,8 +8,8 @@
 //! and notification read (source settings, timestamp formats, line-time bounds, webhook
 //! formats) are defined here, in `sources` and `receivers`, and used from there.
 
-use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, YamlLocator};
+use crate::base::duration::HumanDuration;
 pub use actions::{
     ActionConfig, ActionKind, ApprovalPolicy, Hook, compile_template, never_contain_lists,
 };
@@ -107,7 +107,7 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-pub use crate::host::kernel_host_name;
+pub use crate::base::host::kernel_host_name;
 
 /// Longest host name accepted (DNS's limit for a full name).
 const MAX_HOST_CHARS: usize = 253;
@@ -263,7 +263,7 @@ impl Config {
                 None,
                 vec![Diagnostic::at(
                     path,
-                    crate::diag::Position { line: 1, col: 1 },
+                    crate::base::diag::Position { line: 1, col: 1 },
                     format!("cannot read config: {e}"),
                 )],
             ),
@@ -272,11 +272,11 @@ impl Config {
 
     /// Parses, resolves and validates; problems of values that had an error are not repeated.
     fn parse_all(path: &Path, bytes: &[u8]) -> (Option<Config>, Vec<Diagnostic>) {
-        let root = match crate::yaml::parse(bytes) {
+        let root = match crate::base::yaml::parse(bytes) {
             Ok(root) => root,
             Err(e) => return (None, vec![Diagnostic::at(path, e.at, e.message)]),
         };
-        let (config, found) = crate::yaml::de::collect::<Config>(&root);
+        let (config, found) = crate::base::yaml::de::collect::<Config>(&root);
         let mut problems: Vec<Diagnostic> = found
             .iter()
             .map(|f| Diagnostic::at(path, f.at, &f.message))

@@ -9,7 +9,7 @@
 
 use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
-use crate::recidive;
+use crate::response::recidive;
 use crate::rules::{RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};

@@ -72,7 +72,7 @@ pub struct Metrics {
     /// stage and drill; only stages the config sets an SLA for.
     pub sla_outcomes: IntCounterVec,
     /// The SLAs `sla_outcomes` judges by (set by [`Metrics::preset`]).
-    slas: std::sync::RwLock<crate::sla::Slas>,
+    slas: std::sync::RwLock<crate::incidents::sla::Slas>,
     /// Notification outcomes (`delivered`, `retried`, `dead`), by receiver.
     pub notifications: IntCounterVec,
     /// Notifications in the outbox not yet delivered, by receiver.
@@ -451,11 +451,14 @@ impl Metrics {
             }
         }
         for (severity, stages) in &config.slas {
-            for stage in crate::sla::Stage::ALL {
+            for stage in crate::incidents::sla::Stage::ALL {
                 if stage.limit(stages).is_none() {
                     continue;
                 }
-                for outcome in [crate::sla::Outcome::Met, crate::sla::Outcome::Missed] {
+                for outcome in [
+                    crate::incidents::sla::Outcome::Met,
+                    crate::incidents::sla::Outcome::Missed,
+                ] {
                     for drill in ["false", "true"] {
                         self.sla_outcomes.with_label_values(&[
                             severity.as_str(),
@@ -499,7 +502,7 @@ impl Metrics {
     pub fn sla_outcome(
         &self,
         severity: crate::rules::Severity,
-        stage: crate::sla::Stage,
+        stage: crate::incidents::sla::Stage,
         seconds: f64,
         drill: bool,
     ) {
@@ -507,7 +510,7 @@ impl Metrics {
         let Some(limit) = slas.get(&severity).and_then(|s| stage.limit(s)) else {
             return;
         };
-        let outcome = crate::sla::judge(limit, seconds);
+        let outcome = crate::incidents::sla::judge(limit, seconds);
         self.sla_outcomes
             .with_label_values(&[
                 severity.as_str(),

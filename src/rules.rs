@@ -26,7 +26,7 @@ pub use pattern::{MAX_PATTERN_BYTES, PatternError, compile_pattern};
 pub use severity::{Severity, SeveritySpec};
 pub use values::{Lists, ValueSet};
 
-use crate::diag::Diagnostic;
+use crate::base::diag::Diagnostic;
 use regex::bytes::Regex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -38,7 +38,7 @@ use std::sync::Arc;
 /// not exhaust memory.
 pub const DEFAULT_MAX_KEYS: usize = 40_000;
 /// The built-in source that carries logwarden's own detections (one line per threshold
-/// crossing, see `crate::recidive`): rules that name it in `sources:` count detections, for
+/// crossing, see `crate::response::recidive`): rules that name it in `sources:` count detections, for
 /// repeat offenders; no configured source may take its name.
 pub const DETECTION_SOURCE: &str = "logwarden";
 /// What a summary template may use besides the rule's named captures (the incident's

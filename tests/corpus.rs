@@ -14,11 +14,11 @@
 mod common;
 
 use chrono::{DateTime, TimeZone, Utc};
+use logwarden::cli::tools::eval::Evaluation;
+use logwarden::cli::tools::explain::explain;
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
 use logwarden::sources::timestamp::TimestampFormat;
-use logwarden::tools::eval::Evaluation;
-use logwarden::tools::explain::explain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -90,7 +90,7 @@ fn body_error(e: &serde_json::Error) -> String {
         Some(i) => &text[..i],
         None => &text,
     };
-    crate::yaml::de::explain(text)
+    crate::base::yaml::de::explain(text)
 }
 
 /// [`parse_body`] for bodies whose fields are all optional: an empty body is the default.

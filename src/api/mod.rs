@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod dead_letters;
+pub mod http;
 pub mod lifecycle;
 pub mod refusals;
 pub mod silences;
@@ -24,7 +25,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::{Arc, RwLock};
 
-use crate::health::Health;
+use crate::base::health::Health;
 
 /// A usable API token.
 pub struct ApiToken {
@@ -91,7 +92,7 @@ pub struct AppState {
     /// Signed chain heads, when `audit.signing_key_file` is configured.
     pub anchor: Option<Arc<crate::audit::anchor::Anchor>>,
     /// Response SLAs, judged in the population export.
-    pub slas: crate::sla::Slas,
+    pub slas: crate::incidents::sla::Slas,
 }
 
 impl AppState {
@@ -420,7 +421,7 @@ async fn get_incident(
     let record = tokio::task::spawn_blocking(move || {
         match crate::incidents::stored::read(&store, number)? {
             Some(i) if i.is_named_by(&handle) => {
-                crate::containment::incident_record(&store, &i).map(Some)
+                crate::response::containment::incident_record(&store, &i).map(Some)
             }
             _ => Ok::<_, crate::store::StoreError>(None),
         }
@@ -440,7 +441,7 @@ async fn list_containments(
     require(&caller, ApiRole::Viewer)?;
     let wanted = match &query.status {
         Some(s) => Some(
-            serde_json::from_value::<crate::containment::Status>(serde_json::json!(s))
+            serde_json::from_value::<crate::response::containment::Status>(serde_json::json!(s))
                 .map_err(|_| {
                     error(
                         StatusCode::BAD_REQUEST,
@@ -451,7 +452,7 @@ async fn list_containments(
         None => None,
     };
     let store = state.store.clone();
-    let all = tokio::task::spawn_blocking(move || crate::containment::all(&store))
+    let all = tokio::task::spawn_blocking(move || crate::response::containment::all(&store))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let list: Vec<_> = all

@@ -4,7 +4,7 @@ use super::lifecycle::{parse_body, submit};
 use super::{ApiResult, AppState, Caller, require};
 use crate::config::ApiRole;
 use crate::lifecycle::Request;
-use crate::silences::NewSilence;
+use crate::response::silences::NewSilence;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -19,7 +19,11 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     require(&caller, ApiRole::Approver)?;
-    Ok(Json(crate::silences::list(&state.store, chrono::Utc::now())?).into_response())
+    Ok(Json(crate::response::silences::list(
+        &state.store,
+        chrono::Utc::now(),
+    )?)
+    .into_response())
 }
 
 /// Creates a silence: 201 with it, 400 when it is malformed.

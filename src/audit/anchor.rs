@@ -17,8 +17,8 @@
 use super::head::{self, SignedHead};
 use super::signing::HeadSigner;
 use super::{AuditEvent, AuditLog, Entry, Head};
+use crate::base::health::Health;
 use crate::config::AuditConfig;
-use crate::health::Health;
 use crate::store::{self, Store, StoreError};
 use chrono::Utc;
 use serde_json::json;
@@ -261,7 +261,7 @@ impl Anchor {
 
     /// Publishes a head now and then every `anchor_every`, until `stop` is signalled (only
     /// between publications: the daemon signs the shutdown's heads itself).
-    pub async fn run(self: Arc<Self>, mut stop: crate::shutdown::Listener) {
+    pub async fn run(self: Arc<Self>, mut stop: crate::base::shutdown::Listener) {
         let mut every = tokio::time::interval(self.every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -59,7 +59,7 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
     let mut found = Vec::new();
     let mut stored: BTreeMap<String, State> = BTreeMap::new();
     for (number, state) in crate::incidents::stored::states(store)? {
-        let id = crate::ids::incident_id(number);
+        let id = crate::base::ids::incident_id(number);
         match state {
             Ok(state) => {
                 stored.insert(id, state);
@@ -105,7 +105,7 @@ pub fn mismatches(store: &Store) -> Result<Vec<Mismatch>, StoreError> {
         }
     }
     found.sort_by(|a, b| {
-        let n = |id: &str| crate::ids::incident_number(id).unwrap_or(u64::MAX);
+        let n = |id: &str| crate::base::ids::incident_number(id).unwrap_or(u64::MAX);
         n(&a.incident).cmp(&n(&b.incident))
     });
     Ok(found)

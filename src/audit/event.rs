@@ -243,7 +243,7 @@ impl PartialEq<AuditEvent> for RecordedEvent {
     }
 }
 
-crate::names::stored_name!(RecordedEvent);
+crate::base::names::stored_name!(RecordedEvent);
 
 #[cfg(test)]
 mod tests {

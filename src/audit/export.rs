@@ -42,7 +42,7 @@ pub fn export(
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     format: ExportFormat,
-    slas: &crate::sla::Slas,
+    slas: &crate::incidents::sla::Slas,
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
     if format == ExportFormat::Population {

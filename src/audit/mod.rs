@@ -24,9 +24,9 @@ mod export;
 pub mod head;
 pub mod pack;
 pub mod population;
-/// The head-signing key sits below the config (which checks it), so it is a root module;
+/// The head-signing key sits below the config (which checks it), so it is a base module;
 /// re-exported here where its users look for it.
-pub use crate::signing;
+pub use crate::base::signing;
 
 use crate::store::{self, Space, Store, StoreError};
 use chrono::{DateTime, Utc};

@@ -11,9 +11,9 @@
 
 use super::signing::HeadSigner;
 use super::{Record, Verdict};
+use crate::base::zip::{StoredZip, ZipError};
 use crate::incidents::{Incident, stored};
 use crate::store::{Space, Store, StoreError};
-use crate::zip::{StoredZip, ZipError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};

@@ -8,8 +8,8 @@
 
 use super::DAEMON;
 use super::csv::csv_field;
+use crate::incidents::sla::{self, Slas, Stage};
 use crate::incidents::{Incident, State, TimelineKind, stored};
-use crate::sla::{self, Slas, Stage};
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
 

@@ -121,7 +121,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 } else {
                     format!("{}\n", signer.public_key_base64())
                 };
-                crate::output::print(&text);
+                crate::base::output::print(&text);
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
@@ -164,7 +164,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             };
             match crate::audit::export(&store, since, until, format, &slas, chrono::Utc::now()) {
                 Ok(text) => {
-                    crate::output::print(&text);
+                    crate::base::output::print(&text);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),
@@ -298,7 +298,7 @@ fn pack(id: &str, out: &Path, state_dir: &Path, config: &Path) -> ExitCode {
     };
     let bytes =
         match crate::audit::pack::build(&store, id, &signer, chrono::Utc::now(), |incident| {
-            crate::containment::incident_record(&store, incident)
+            crate::response::containment::incident_record(&store, incident)
         }) {
             Ok(b) => b,
             Err(e @ crate::audit::pack::PackError::BrokenChain { .. }) => {

@@ -2,8 +2,8 @@
 //! its `path:line:col`, plus warnings about this host (log files that match nothing, token and
 //! secret files that are missing) that do not stop the daemon from starting.
 
+use crate::base::diag::{Diagnostic, Position};
 use crate::config::{Config, ReceiverConfig};
-use crate::diag::{Diagnostic, Position};
 use crate::rules::RuleSet;
 use crate::sources::discover::PathSet;
 use std::path::Path;
@@ -25,7 +25,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
     let mut rules = None;
     // A config with errors still names its rule files: check them in the same run.
     if let Some(config) = &config {
-        match RuleSet::load(&config.rules, &crate::daemon::rule_context(config)) {
+        match RuleSet::load(&config.rules, &crate::runtime::daemon::rule_context(config)) {
             Ok(set) => {
                 warnings.extend(set.warnings.iter().cloned());
                 errors.extend(crate::config::never_contain_lists(config, &set.lists));
@@ -45,7 +45,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
             "errors": errors,
             "warnings": warnings,
         });
-        crate::output::print(&format!("{report}\n"));
+        crate::base::output::print(&format!("{report}\n"));
     } else {
         let mut out = String::new();
         for p in &errors {
@@ -61,7 +61,7 @@ pub fn run(path: &Path, format: CheckFormat) -> ExitCode {
                 rules.files.len()
             ));
         }
-        crate::output::print(&out);
+        crate::base::output::print(&out);
     }
     if errors.is_empty() {
         ExitCode::SUCCESS
@@ -80,7 +80,7 @@ fn at_rules_entry(config: &Config, problem: Diagnostic) -> Diagnostic {
     }
     let at = std::fs::read(&config.path)
         .ok()
-        .and_then(|b| crate::yaml::parse(&b).ok())
+        .and_then(|b| crate::base::yaml::parse(&b).ok())
         .and_then(|root| root.get("rules").map(|r| r.items().get(i).unwrap_or(r).at))
         .unwrap_or(Position { line: 1, col: 1 });
     Diagnostic::at(
@@ -95,7 +95,7 @@ fn at_rules_entry(config: &Config, problem: Diagnostic) -> Diagnostic {
 pub fn host_warnings(config: &Config) -> Vec<Diagnostic> {
     let root = std::fs::read(&config.path)
         .ok()
-        .and_then(|bytes| crate::yaml::parse(&bytes).ok());
+        .and_then(|bytes| crate::base::yaml::parse(&bytes).ok());
     // The place of `section[i].key` (or of its `j`-th item), else of the item, else 1:1.
     let place = |section: &[&str], i: usize, key: &str, j: Option<usize>| -> Position {
         let mut node = root.as_ref();

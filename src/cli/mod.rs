@@ -14,9 +14,10 @@ pub mod incidents;
 pub mod notifications;
 pub mod silences;
 pub mod token;
+pub mod tools;
 
 use crate::config::DEFAULT_CONFIG_PATH;
-use crate::daemon::{self, RunError};
+use crate::runtime::daemon::{self, RunError};
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,11 +62,11 @@ pub enum Command {
     /// Send a drill incident for a rule through the live response path (client of the API).
     Drill(drill::DrillArgs),
     /// Run rule test files: input lines and the incidents they must open.
-    Test(crate::tools::test::TestArgs),
+    Test(crate::cli::tools::test::TestArgs),
     /// Evaluate historical logs by their own timestamps, with no store and no notifications.
-    Replay(crate::tools::replay::ReplayArgs),
+    Replay(crate::cli::tools::replay::ReplayArgs),
     /// Show which rules match a line, their captures, exclusions and key.
-    Explain(crate::tools::explain::ExplainArgs),
+    Explain(crate::cli::tools::explain::ExplainArgs),
     /// API tokens: create one (a random secret in a file only its owner can read).
     Token(token::TokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -112,21 +113,21 @@ pub fn main() -> ExitCode {
         Command::Containments(args) => containments::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Drill(args) => drill::drill(args),
-        Command::Test(args) => crate::tools::test::run(args),
-        Command::Replay(args) => crate::tools::replay::run(args),
-        Command::Explain(args) => crate::tools::explain::run(args),
+        Command::Test(args) => crate::cli::tools::test::run(args),
+        Command::Replay(args) => crate::cli::tools::replay::run(args),
+        Command::Explain(args) => crate::cli::tools::explain::run(args),
         Command::Token(args) => token::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "logwarden", &mut script);
-            crate::output::print(&String::from_utf8_lossy(&script));
+            crate::base::output::print(&String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
         Command::Man => {
             let mut page = Vec::new();
             match clap_mangen::Man::new(Cli::command()).render(&mut page) {
                 Ok(()) => {
-                    crate::output::print(&String::from_utf8_lossy(&page));
+                    crate::base::output::print(&String::from_utf8_lossy(&page));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -139,5 +140,5 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    crate::logging::init();
+    crate::base::logging::init();
 }

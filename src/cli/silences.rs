@@ -88,8 +88,8 @@ fn pairs(items: &[String], what: &str) -> Result<Map<String, Value>, String> {
 /// Runs a `silences` subcommand: 0 done, 1 refused (the server's reason is printed), 2 the
 /// API could not be asked or the arguments are wrong.
 /// Checks a `--duration` before anything is sent (`500ms`, `30s`, `5m`, `1h`, `7d`).
-fn duration(text: &str) -> Result<String, crate::duration::DurationError> {
-    crate::duration::HumanDuration::parse(text).map(|_| text.to_string())
+fn duration(text: &str) -> Result<String, crate::base::duration::DurationError> {
+    crate::base::duration::HumanDuration::parse(text).map(|_| text.to_string())
 }
 
 pub fn run(args: SilencesArgs) -> ExitCode {

@@ -1,10 +1,10 @@
 //! Containment actions as configured: `actions:`, `never_contain:`, `dry_run:`, and their
 //! checks (names, kinds, templates, lists, the steps that name them). The runtime that
-//! decides and carries them out is [`crate::containment`].
+//! decides and carries them out is [`crate::response::containment`].
 
 use super::Config;
-use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, YamlLocator};
+use crate::base::duration::HumanDuration;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -126,7 +126,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// Compiles an argv template (the same environment renders it: see
-/// [`crate::containment::exec`]).
+/// [`crate::response::containment::exec`]).
 pub fn compile_template(source: &str) -> Result<minijinja::Environment<'static>, TemplateError> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(10_000));
@@ -237,7 +237,7 @@ fn kind_problems(action: &ActionConfig, problem: &mut dyn FnMut(&str, String)) {
 
 /// Checks actions, `never_contain` and the steps that name actions. `@name` entries of
 /// `never_contain` refer to the rule files' lists and are checked with the rules (see
-/// [`crate::containment::Protected::new`]).
+/// [`crate::response::containment::Protected::new`]).
 pub fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     let mut names = HashSet::new();

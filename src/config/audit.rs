@@ -4,8 +4,8 @@
 
 use super::Config;
 use super::EventKind;
-use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, YamlLocator};
+use crate::base::duration::HumanDuration;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,7 +112,7 @@ pub(crate) fn validate(config: &Config, path: &Path, loc: &YamlLocator) -> Vec<D
             ),
         );
     }
-    if let Err(e) = crate::signing::HeadSigner::load(&audit.signing_key_file) {
+    if let Err(e) = crate::base::signing::HeadSigner::load(&audit.signing_key_file) {
         fail("signing_key_file", format!("audit: {e}"));
     }
     problems

@@ -1,9 +1,9 @@
 //! Escalation policies as configured: their YAML forms and their checks against the roles.
-//! The runtime that fires them is [`crate::escalation`].
+//! The runtime that fires them is [`crate::response::escalation`].
 
 use super::Config;
-use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, YamlLocator};
+use crate::base::duration::HumanDuration;
 use crate::rules::Severity;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};

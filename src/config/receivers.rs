@@ -4,8 +4,8 @@
 //! the delivery code reads; every struct still denies unknown fields.
 
 use super::EventKind;
-use crate::diag::{Diagnostic, Position, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, Position, YamlLocator};
+use crate::base::duration::HumanDuration;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

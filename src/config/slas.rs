@@ -1,8 +1,8 @@
 //! `slas:` of the config: the response-time limits per severity and the checks a config
 //! must pass. Plain values, so the config layer needs nothing above it; judging an incident
-//! against them is [`crate::sla`]'s job.
+//! against them is [`crate::incidents::sla`]'s job.
 
-use crate::duration::HumanDuration;
+use crate::base::duration::HumanDuration;
 use crate::rules::Severity;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -7,8 +7,8 @@
 //! `sources::line_time`).
 
 use super::DEFAULT_MAX_LINE_BYTES;
-use crate::diag::{Diagnostic, YamlLocator};
-use crate::duration::HumanDuration;
+use crate::base::diag::{Diagnostic, YamlLocator};
+use crate::base::duration::HumanDuration;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! worker threads (each with its own copy of the matching stage), and come back to the
 //! calling thread, which applies them strictly in the order they were handed over. Windows
 //! see the lines in exactly the order one thread would, so what they count is the same
-//! with any number of workers. `replay` ([`crate::tools`]) and the daemon's pipeline both
+//! with any number of workers. `replay` ([`crate::cli::tools`]) and the daemon's pipeline both
 //! run their matching through [`in_order`].
 //!
 //! With one worker no thread is started: each piece is found and applied on the calling

@@ -6,7 +6,7 @@
 
 use super::matcher::{Design, SourceMatcher};
 use super::{FastMap, FieldsView};
-use crate::line::LogLine;
+use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleSet};
 use std::ops::Range;
 use std::sync::Arc;

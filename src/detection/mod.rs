@@ -18,7 +18,7 @@ pub mod matching;
 pub mod stored;
 pub mod window;
 
-use crate::line::LogLine;
+use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
@@ -45,7 +45,7 @@ pub const EVIDENCE_LINE_BYTES: usize = 1024;
 /// people and the store see them (the detector works on the same pairs as [`Fields`]).
 pub type Key = BTreeMap<String, String>;
 
-pub use crate::evidence::Evidence;
+pub use crate::base::evidence::Evidence;
 
 impl Evidence {
     /// Evidence for a line read at `time`.

@@ -58,7 +58,7 @@ impl IncidentBook {
     /// (`test`, `replay`); uids name the kernel's host name.
     pub fn empty() -> Self {
         IncidentBook {
-            host: crate::host::kernel_host_name(),
+            host: crate::base::host::kernel_host_name(),
             open: HashMap::new(),
             by_id: HashMap::new(),
             next_number: 1,
@@ -290,7 +290,7 @@ fn opened(
     let (count, evidence) = (crossing.count, crossing.evidence);
     let first_seen = evidence.iter().map(|e| e.time).min().unwrap_or(hit.time);
     let last_seen = evidence.iter().map(|e| e.time).max().unwrap_or(hit.time);
-    let id = crate::ids::incident_id(number);
+    let id = crate::base::ids::incident_id(number);
     let mut incident = Incident {
         uid: Incident::fleet_uid(host, &id),
         id,

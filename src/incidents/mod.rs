@@ -6,6 +6,7 @@
 //! produced them.
 
 mod book;
+pub mod sla;
 pub mod stored;
 pub mod timeline;
 
@@ -217,9 +218,9 @@ impl Incident {
         stored::key(number)
     }
 
-    /// The number in an `INC-<n>` id; `None` for any other spelling (see [`crate::ids`]).
+    /// The number in an `INC-<n>` id; `None` for any other spelling (see [`crate::base::ids`]).
     pub fn number(id: &str) -> Option<u64> {
-        crate::ids::incident_number(id)
+        crate::base::ids::incident_number(id)
     }
 
     /// The fleet-unique id of local incident `id` on `host`.

@@ -335,7 +335,7 @@ pub fn uids<'a>(
         if uids.contains_key(id) {
             continue;
         }
-        let Some(number) = crate::ids::incident_number(id) else {
+        let Some(number) = crate::base::ids::incident_number(id) else {
             continue;
         };
         if let Some(incident) = read(store, number)? {

@@ -100,7 +100,7 @@ impl TimelineKind {
     }
 }
 
-crate::names::stored_name!(TimelineKind);
+crate::base::names::stored_name!(TimelineKind);
 
 #[cfg(test)]
 mod tests {

@@ -6,11 +6,11 @@ use super::desk::window_entry;
 use super::effects::Record;
 use super::{Action, DAEMON, Desk, Done, Kpi, Measure, Refusal, Request, apply};
 use crate::audit::{AuditEvent, Entry};
-use crate::containment;
-use crate::escalation::{Tracker, tracker_key};
 use crate::incidents::timeline::TimelineKind;
 use crate::incidents::{EventKind, Incident, IncidentBook, IncidentEvent, State};
 use crate::notification::Outbox;
+use crate::response::containment;
+use crate::response::escalation::{Tracker, tracker_key};
 use crate::store::{Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -211,7 +211,7 @@ impl Desk {
         let missing = || Refusal::NotFound(format!("no incident {id}"));
         let number = Incident::handle_number(id).ok_or_else(missing)?;
         // Book, trackers, audit and notifications all see the one canonical spelling.
-        let local = crate::ids::incident_id(number);
+        let local = crate::base::ids::incident_id(number);
         let was_active = book.active(&local).is_some();
         let mut incident = match book.active(&local) {
             Some(i) => i.clone(),

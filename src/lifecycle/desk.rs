@@ -6,15 +6,15 @@
 use super::DAEMON;
 use super::effects::{Effects, Record};
 use crate::audit::{AuditEvent, AuditLog, Entry};
+use crate::base::due::DueQueue;
 use crate::config::Config;
-use crate::containment;
 use crate::detection::RuleChange;
-use crate::due::DueQueue;
-use crate::escalation::{Policies, Tracker, tracker_key};
 use crate::incidents::timeline::TimelineKind;
 use crate::incidents::{EventKind, Incident, IncidentBook, IncidentEvent};
 use crate::notification::Outbox;
-use crate::silences::Silences;
+use crate::response::containment;
+use crate::response::escalation::{Policies, Tracker, tracker_key};
+use crate::response::silences::Silences;
 use crate::store::{Space, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -337,7 +337,7 @@ impl Desk {
         book: &mut IncidentBook,
         id: &str,
         policy: &str,
-        firings: &[crate::escalation::Firing],
+        firings: &[crate::response::escalation::Firing],
         now: DateTime<Utc>,
     ) {
         let actions: Vec<String> = firings.iter().flat_map(|f| f.contain.clone()).collect();
@@ -364,8 +364,8 @@ impl Desk {
 pub(super) fn window_entry(
     event: AuditEvent,
     actor: &str,
-    silence: &crate::silences::Silence,
-    window: crate::silences::Window,
+    silence: &crate::response::silences::Silence,
+    window: crate::response::silences::Window,
 ) -> Entry {
     Entry::new(
         event,

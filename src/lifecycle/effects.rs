@@ -9,11 +9,11 @@
 //! counted in `logwarden_store_errors_total`, `/readyz` 503 — never a silent drop.
 
 use crate::audit::Entry;
-use crate::containment::Containment;
-use crate::escalation::{Tracker, tracker_key};
 use crate::incidents::{Incident, IncidentEvent};
 use crate::notification::{Notice, Outbox};
-use crate::silences::Silence;
+use crate::response::containment::Containment;
+use crate::response::escalation::{Tracker, tracker_key};
+use crate::response::silences::Silence;
 use crate::store::{self, Space, Store, StoreError};
 
 /// A record a decision wants stored.
@@ -71,7 +71,7 @@ impl Effects {
         self.audit.push(entry);
     }
 
-    /// Containment records decided (see [`crate::containment::Book`]).
+    /// Containment records decided (see [`crate::response::containment::Book`]).
     pub fn containments(&mut self, changed: Vec<Containment>) {
         self.records
             .extend(changed.into_iter().map(Record::Containment));
@@ -100,7 +100,7 @@ impl Effects {
                 Record::Tracker(t) => {
                     batch.put(Space::Escalations, &tracker_key(&t.incident), t)?
                 }
-                Record::Silence(s) if crate::supervise::test_unwritable(&s.reason) => {
+                Record::Silence(s) if crate::base::supervise::test_unwritable(&s.reason) => {
                     return Err(StoreError::Record(serde::ser::Error::custom(
                         "LOGWARDEN_TEST_UNWRITABLE: injected write failure",
                     )));
@@ -125,7 +125,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::incidents::sample_incident;
-    use crate::silences::Matchers;
+    use crate::response::silences::Matchers;
 
     /// Effects become records in the batch; one that cannot be written fails the whole
     /// write, so the caller builds no partial commit (the pipeline then counts a store

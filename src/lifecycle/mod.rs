@@ -22,8 +22,8 @@ pub mod effects;
 pub mod machine;
 
 use crate::incidents::{Incident, State};
+use crate::response::silences::NewSilence;
 use crate::rules::Severity;
-use crate::silences::NewSilence;
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -195,11 +195,11 @@ pub struct Done {
     pub kpis: Vec<Kpi>,
 }
 
-impl From<Measure> for crate::sla::Stage {
+impl From<Measure> for crate::incidents::sla::Stage {
     // Here, beside the measures, so the SLA judge needs nothing from the lifecycle.
     /// The stage a response-time KPI measures.
-    fn from(measure: Measure) -> crate::sla::Stage {
-        use crate::sla::Stage;
+    fn from(measure: Measure) -> crate::incidents::sla::Stage {
+        use crate::incidents::sla::Stage;
         match measure {
             Measure::Acknowledge => Stage::Acknowledge,
             Measure::Contain => Stage::Contain,

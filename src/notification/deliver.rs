@@ -14,9 +14,9 @@ pub use pacing::{TokenBucket, backoff};
 pub use transport::{SIGNATURE_HEADER, TIMESTAMP_HEADER, signature};
 
 use super::{Fate, Outbox, Record, Settled};
+use crate::base::shutdown::{Listener, Shutdown};
 use crate::config::{Config, ReceiverConfig};
 use crate::metrics::Metrics;
-use crate::shutdown::{Listener, Shutdown};
 use crate::store::StoreError;
 use chrono::Utc;
 use lane::{Lane, PendingShare};
@@ -62,7 +62,7 @@ pub fn spawn(
     config: &Config,
     metrics: Arc<Metrics>,
     drain: Duration,
-    vitals: &crate::supervise::Vitals,
+    vitals: &crate::base::supervise::Vitals,
     stop: &Shutdown,
 ) -> Result<(), DeliveryError> {
     let known = Arc::new(Mutex::new(HashSet::new()));

@@ -10,7 +10,7 @@ use super::{
     DEFAULT_MAX_KEYS, DETECTION_SOURCE, Lists, Rule, RuleContext, RuleDef, SUMMARY_VARIABLES,
     ValueSet, kinds,
 };
-use crate::yaml;
+use crate::base::yaml;
 use regex::bytes::Regex;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -5,8 +5,8 @@
 //! mapping of `rules:` and `lists:`) is reported once per file, before any rule in it is
 //! looked at.
 
-use crate::diag::{Diagnostic, Position};
-use crate::yaml;
+use crate::base::diag::{Diagnostic, Position};
+use crate::base::yaml;
 use std::path::{Path, PathBuf};
 
 /// Lists the rule files a configured path stands for.

@@ -4,7 +4,7 @@
 //! ambiguous, so that is an error naming the second block.
 
 use super::RuleDef;
-use crate::duration::HumanDuration;
+use crate::base::duration::HumanDuration;
 use serde::{Deserialize, Serialize};
 
 /// Largest `spike.baseline`: the state per key holds that many windows.

@@ -4,7 +4,7 @@
 //! They never stop a load; `check` prints them (`warning: path:line:col: message`) and exits 0.
 
 use super::{Rule, RuleContext, RuleKind};
-use crate::diag::{Diagnostic, Position};
+use crate::base::diag::{Diagnostic, Position};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

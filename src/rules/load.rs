@@ -7,8 +7,8 @@
 use super::compile::{PatternRef, RuleInput, Spot, compile_rule, valid_id};
 use super::file::{ParsedFile, read_rule_file, rule_files_under};
 use super::{Lists, Rule, RuleContext, RuleDef, RuleSet, ValueSet, lint};
-use crate::diag::{Diagnostic, Position};
-use crate::yaml;
+use crate::base::diag::{Diagnostic, Position};
+use crate::base::yaml;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;

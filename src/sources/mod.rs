@@ -18,7 +18,7 @@ pub mod watch;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use crate::line::LogLine;
+pub use crate::base::line::LogLine;
 
 /// A file's identity: the inode it lives in, guarded by a hash of its first bytes so a
 /// reused inode is not mistaken for the old file.

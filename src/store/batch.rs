@@ -3,7 +3,7 @@
 
 use super::engine::Write;
 use super::{Space, Store, StoreError, codec, evidence, segmented};
-use crate::evidence::Evidence;
+use crate::base::evidence::Evidence;
 use codec::Loc;
 use serde::Serialize;
 

@@ -10,7 +10,7 @@
 //! [`Enc::evidence`] asks the writer's sink where a line is (the sink stores it if it is
 //! not stored yet).
 
-use crate::evidence::Evidence;
+use crate::base::evidence::Evidence;
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write as _};
 use std::sync::Arc;

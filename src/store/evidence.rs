@@ -4,7 +4,7 @@
 
 use super::codec::{CodecError, Loc, line_hash};
 use super::{Batch, Space, Store, StoreError};
-use crate::evidence::Evidence;
+use crate::base::evidence::Evidence;
 use std::collections::{HashMap, HashSet};
 
 /// Where the lines this writer stored (or read back) are. Forgetting one costs only

@@ -11,7 +11,7 @@
 //!
 //! Rewriting an older format needs the codecs of the records themselves (incidents,
 //! windows), which store through here; so the rewrite lives above the store
-//! (`crate::upgrade`, which also defines `Store::open`) and is handed in as an [`Upgrade`]:
+//! (`crate::writer::upgrade`, which also defines `Store::open`) and is handed in as an [`Upgrade`]:
 //! the store depends on no domain module. A write set is a [`Batch`] ([`batch`]).
 
 mod batch;
@@ -24,7 +24,7 @@ pub mod segmented;
 pub mod segments;
 pub mod sled;
 
-use crate::evidence::Evidence;
+use crate::base::evidence::Evidence;
 pub use batch::Batch;
 use codec::{CodecError, Loc};
 use engine::{Engine, prefix_end};
@@ -110,7 +110,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database in `dir`, rewriting an older format with
     /// `upgrade` first: the engine in `dir/db`, the journals in `dir/evidence` and
-    /// `dir/windows`. Callers use `Store::open` (in `crate::upgrade`), which supplies it.
+    /// `dir/windows`. Callers use `Store::open` (in `crate::writer::upgrade`), which supplies it.
     pub fn open_with(dir: &Path, upgrade: Upgrade) -> Result<Store, StoreError> {
         let engine = sled::SledEngine::open(dir)?;
         let evidence = segments::FileSegments::open(dir.join("evidence"))?;

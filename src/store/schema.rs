@@ -34,7 +34,7 @@
 //! Format 2 kept evidence blocks and windows in the engine, where sled's rewrites of its
 //! nodes multiplied their bytes on disk about tenfold.
 //! Format 1 (releases before the marker) stored incidents and windows as whole JSON
-//! documents with evidence lines copied into each; `crate::upgrade` rewrites them.
+//! documents with evidence lines copied into each; `crate::writer::upgrade` rewrites them.
 
 /// The kinds of records, each under its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,11 +7,11 @@
 use super::pacing::{TokenBucket, backoff};
 use super::transport::{Outcome, SecretSource, Transport, attempt, attempt_body, open_file};
 use super::{DeliveryError, Outcomes, RESCAN, bury};
+use crate::base::shutdown::Listener;
 use crate::config::{ReceiverConfig, RetryConfig};
 use crate::metrics::Metrics;
 use crate::notification::format::{self, WebhookFormat};
 use crate::notification::{Fate, Outbox, Record, Settled};
-use crate::shutdown::Listener;
 use chrono::Utc;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -193,7 +193,7 @@ impl Lane {
                         if let Some(resend) = &mut self.resend {
                             resend.note(&record);
                         }
-                        crate::supervise::test_panic_point("delivery", record.body.as_bytes());
+                        crate::base::supervise::test_panic_point("delivery", record.body.as_bytes());
                         self.waiting.insert(record.id, Waiting { record, due: Instant::now() });
                     }
                     None => open = false,

@@ -62,7 +62,7 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::HumanDuration;
+    use crate::base::duration::HumanDuration;
 
     fn retry(initial_ms: u64, max_ms: u64) -> RetryConfig {
         RetryConfig {

@@ -23,10 +23,10 @@ mod wake;
 use super::discover::PathSet;
 use super::lines::LineSplitter;
 use super::{Batch, Checkpoint, FileId, LogLine, Progress, SourceError};
+use crate::base::ready::Ready;
+use crate::base::shutdown::Listener;
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
-use crate::ready::Ready;
-use crate::shutdown::Listener;
 use chrono::Utc;
 use read::read_file;
 use rotation::{COPY_WAIT, recover_truncated};
@@ -357,7 +357,7 @@ mod tests {
         tailer: FileTailer,
         rx: mpsc::Receiver<Batch>,
         /// Kept, not signalled: a dropped owner would stop the tailer.
-        _shutdown: crate::shutdown::Shutdown,
+        _shutdown: crate::base::shutdown::Shutdown,
     }
 
     impl Harness {
@@ -369,7 +369,7 @@ mod tests {
             ))
             .unwrap();
             let (tx, rx) = mpsc::channel(1024);
-            let shutdown = crate::shutdown::Shutdown::new();
+            let shutdown = crate::base::shutdown::Shutdown::new();
             let tailer = FileTailer::new(
                 &[config],
                 Vec::new(),

@@ -30,8 +30,8 @@ pub use control::Control;
 pub use selection::{Selection, Unreadable, probe, unreadable};
 
 use super::{Batch, JournalGap, JournalPosition, LogLine, Progress};
+use crate::base::health::Health;
 use crate::config::{JournalConfig, SourceConfig, StartAt};
-use crate::health::Health;
 use crate::metrics::Metrics;
 use child::{die_with_parent, spawn_stderr_logger};
 use export::{ExportReader, OUTPUT_FIELDS};
@@ -140,7 +140,7 @@ impl JournalSource {
 
     /// Reads until stopped or until the pipeline goes away; `ready` is set once the
     /// journal has been looked at (readable or not: `/readyz` names a problem).
-    pub fn run(self, ready: crate::ready::Ready) {
+    pub fn run(self, ready: crate::base::ready::Ready) {
         let mut start = self.first_start();
         let mut backoff = MIN_BACKOFF;
         let mut reported: Option<Unreadable> = None;

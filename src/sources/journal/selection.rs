@@ -4,8 +4,8 @@
 //! Apart from the reader because `check` uses it too, without starting a source.
 
 use super::JOURNALCTL;
+use crate::base::diag::{Diagnostic, YamlLocator};
 use crate::config::JournalConfig;
-use crate::diag::{Diagnostic, YamlLocator};
 use std::process::{Command, Stdio};
 
 /// Which journal to read and which entries of it: the journalctl arguments every run of a
