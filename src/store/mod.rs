@@ -68,6 +68,19 @@ pub enum StoreError {
     /// A segment journal could not be written or read (a full disk, a failing one).
     #[error("store segment error: {0}")]
     Segment(#[from] std::io::Error),
+    /// A write-ahead journal record that is not a torn last record cannot be read: the
+    /// store refuses to open rather than drop the committed writes after it.
+    #[error(
+        "the store journal {file} is corrupt at byte {offset} ({reason}); refusing to open rather than drop the committed writes recorded after it: restore the state directory from a backup, or move {file} aside to lose what it and the later journal files hold"
+    )]
+    CorruptJournal {
+        /// The journal segment file.
+        file: String,
+        /// Where the record starts in it.
+        offset: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The state directory was written by a newer release.
     #[error(
         "the state directory {dir} holds store format {found}, newer than the format {supported} this release reads: run the release that wrote it (or a newer one), or start from an empty state directory"

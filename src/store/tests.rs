@@ -174,3 +174,46 @@ fn window_snapshots_let_old_segments_go_and_read_back_the_same() {
         .collect();
     assert_eq!(read, expected);
 }
+
+/// The journals' committed ends are a meta record that, between checkpoints, lives only in
+/// the engine's write-ahead journal: a crash before sled takes it must still cut the
+/// evidence journal to the committed end, not to sled's older end (which would drop
+/// committed evidence) and not past it (which would keep an uncommitted tail).
+#[test]
+fn a_crash_before_the_checkpoint_cuts_the_evidence_journal_to_the_committed_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("evidence").join("00000000.seg");
+    let (first, second, committed_len) = {
+        let store = Store::open(dir.path()).unwrap();
+        let mut at = Vec::new();
+        for text in ["first line", "second line"] {
+            let mut batch = Batch::new();
+            let line = Evidence {
+                line: text.into(),
+                ..a_line()
+            };
+            at.push(batch.add_evidence(&store, &line));
+            store.commit(batch).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        assert!(
+            !store.checkpoint_due(),
+            "the test relies on sled not having taken the ends yet"
+        );
+        let len = std::fs::metadata(&segment).unwrap().len();
+        // An evidence record appended for a commit that never happened.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&[7; 64]);
+        std::fs::write(&segment, bytes).unwrap();
+        // Dropped without a close: sled never took the overlay.
+        (at[0], at[1], len)
+    };
+    let store = reopen(dir.path());
+    assert_eq!(&*store.evidence(first).unwrap().line, "first line");
+    assert_eq!(&*store.evidence(second).unwrap().line, "second line");
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        committed_len,
+        "the uncommitted tail is cut, and nothing committed"
+    );
+}
