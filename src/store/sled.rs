@@ -816,4 +816,38 @@ mod tests {
             );
         }
     }
+
+    /// A reopen after an I/O error that meets a corrupt record keeps the engine closed
+    /// (every write refused, so the writer keeps reporting the store as failing) instead
+    /// of going on without the writes after it.
+    #[test]
+    fn a_reopen_that_meets_a_corrupt_record_leaves_the_engine_refusing_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        engine.apply(vec![put("t/a", "1")]).unwrap();
+        engine.apply(vec![put("t/b", "2")]).unwrap();
+        engine.flush().unwrap();
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[HEADER + 1] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        let error = engine.reopen().unwrap_err();
+        assert!(
+            matches!(error, StoreError::CorruptJournal { .. }),
+            "{error}"
+        );
+        assert!(matches!(
+            engine.apply(vec![put("t/c", "3")]),
+            Err(StoreError::Reopening)
+        ));
+        assert!(matches!(engine.flush(), Err(StoreError::Reopening)));
+        // Repaired, the next reopen brings every committed write back.
+        bytes[HEADER + 1] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        engine.reopen().unwrap();
+        assert_eq!(
+            all(&engine, "t/"),
+            vec![("t/a".into(), "1".into()), ("t/b".into(), "2".into())]
+        );
+    }
 }

@@ -217,3 +217,37 @@ fn a_crash_before_the_checkpoint_cuts_the_evidence_journal_to_the_committed_end(
         "the uncommitted tail is cut, and nothing committed"
     );
 }
+
+/// The same after [`Store::reopen`] (what the writer does after an I/O error): the engine
+/// replays its journal, the evidence journal is cut to the committed end read from it, and
+/// later commits land after that end and survive a crash.
+#[test]
+fn a_reopen_between_checkpoints_keeps_committed_evidence_and_cuts_only_the_uncommitted_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("evidence").join("00000000.seg");
+    let store = Store::open(dir.path()).unwrap();
+    let commit_line = |text: &str| {
+        let mut batch = Batch::new();
+        let line = Evidence {
+            line: text.into(),
+            ..a_line()
+        };
+        let at = batch.add_evidence(&store, &line);
+        store.commit(batch).unwrap();
+        store.flush_blocking().unwrap();
+        at
+    };
+    let first = commit_line("first line");
+    let committed_len = std::fs::metadata(&segment).unwrap().len();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[7; 64]);
+    std::fs::write(&segment, bytes).unwrap();
+    store.reopen().unwrap();
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), committed_len);
+    assert_eq!(&*store.evidence(first).unwrap().line, "first line");
+    let second = commit_line("second line");
+    drop(store);
+    let store = reopen(dir.path());
+    assert_eq!(&*store.evidence(first).unwrap().line, "first line");
+    assert_eq!(&*store.evidence(second).unwrap().line, "second line");
+}
