@@ -578,6 +578,17 @@ mod tests {
         segs
     }
 
+    /// An engine in `dir` holding `t/a` and `t/b` from two synced batches sled never
+    /// took, and the journal segment they are in.
+    fn two_synced_batches(dir: &Path) -> (SledEngine, PathBuf) {
+        let engine = SledEngine::open(dir).unwrap();
+        engine.apply(vec![put("t/a", "1")]).unwrap();
+        engine.apply(vec![put("t/b", "2")]).unwrap();
+        engine.flush().unwrap();
+        let seg = segments(dir).pop().unwrap();
+        (engine, seg)
+    }
+
     /// Bytes that deflate does not shrink (so a few batches fill several test segments).
     fn noise(seed: u64, len: usize) -> String {
         let mut x = seed
@@ -657,13 +668,8 @@ mod tests {
             t
         }] {
             let dir = tempfile::tempdir().unwrap();
-            {
-                let engine = SledEngine::open(dir.path()).unwrap();
-                engine.apply(vec![put("t/a", "1")]).unwrap();
-                engine.apply(vec![put("t/b", "2")]).unwrap();
-                engine.flush().unwrap();
-            }
-            let seg = segments(dir.path()).pop().unwrap();
+            let (engine, seg) = two_synced_batches(dir.path());
+            drop(engine);
             let whole = std::fs::metadata(&seg).unwrap().len();
             let mut bytes = std::fs::read(&seg).unwrap();
             bytes.extend_from_slice(&tail);
@@ -823,11 +829,7 @@ mod tests {
     #[test]
     fn a_reopen_that_meets_a_corrupt_record_leaves_the_engine_refusing_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = SledEngine::open(dir.path()).unwrap();
-        engine.apply(vec![put("t/a", "1")]).unwrap();
-        engine.apply(vec![put("t/b", "2")]).unwrap();
-        engine.flush().unwrap();
-        let seg = segments(dir.path()).pop().unwrap();
+        let (engine, seg) = two_synced_batches(dir.path());
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[HEADER + 1] ^= 0x01;
         std::fs::write(&seg, &bytes).unwrap();
