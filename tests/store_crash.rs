@@ -220,19 +220,21 @@ fn a_corrupt_record_in_the_middle_of_the_journal_stops_the_daemon_naming_the_fil
     );
 
     let log = s.path("corrupt-run.log");
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(s.path("logwarden.yaml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(s.path("logwarden.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let status = wait_for("the daemon to refuse the store", WAIT_COUNTED, || {
         if let Ok(r) = http("GET", s.port, "/readyz", None, None) {
             assert_ne!(r.status, 200, "ready on a corrupt journal");
         }
-        child.try_wait().unwrap()
+        child.0.try_wait().unwrap()
     });
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -244,4 +246,14 @@ fn a_corrupt_record_in_the_middle_of_the_journal_stops_the_daemon_naming_the_fil
         len as u64,
         "nothing was cut from the journal"
     );
+}
+
+/// A child process killed and reaped when the test ends, failed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
