@@ -418,6 +418,14 @@ mod tests {
             f.parse(lines[0], references[1]),
             "the reference decides the year"
         );
+        // The same head of the same source under another reference is parsed again.
+        let mut times = HeadTimes::default();
+        for reference in references {
+            assert_eq!(
+                times.time_of(&f, ("auth", reference), lines[0], reference),
+                f.parse(lines[0], reference)
+            );
+        }
     }
 
     fn utc(s: &str) -> DateTime<Utc> {
