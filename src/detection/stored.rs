@@ -16,24 +16,48 @@ use serde::{Deserialize, Serialize};
 /// Store key of a window: rule, NUL, then the key values as JSON (the rule hash is in the
 /// value).
 pub fn window_key(id: &WindowId) -> Vec<u8> {
-    let mut k = id.rule.as_bytes().to_vec();
+    store_key(
+        &id.rule,
+        id.key.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    )
+}
+
+/// The one writer of [`window_key`]'s format, from the key's pairs in any order: a JSON
+/// object in name order, as a `BTreeMap` serializes. The daemon's commits write keys from
+/// [`Fields`] through this without building a map per changed window.
+fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    /// Pairs serialized as a JSON object, in the order given.
+    struct Object<'p, 'a>(&'p [(&'a str, &'a str)]);
+    impl Serialize for Object<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(n, v)| (n, v)))
+        }
+    }
+    let mut sorted: Vec<(&str, &str)> = pairs.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    // A repeated name keeps its last value, as a map would.
+    sorted.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            earlier.1 = later.1;
+        }
+        same
+    });
+    let mut k = Vec::with_capacity(rule.len() + 1 + 16 * sorted.len());
+    k.extend_from_slice(rule.as_bytes());
     k.push(0);
-    k.extend_from_slice(
-        serde_json::to_string(&id.key)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    serde_json::to_writer(&mut k, &Object(&sorted)).unwrap_or_default();
     k
 }
 
 /// A window's stored value; every evidence line it references goes to `sink`.
 pub fn encode_window(
-    id: &WindowId,
+    rule_hash: &str,
     state: &KeyState,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
 ) -> Vec<u8> {
     let mut w = Enc::new(sink);
-    w.str(&id.rule_hash);
+    w.str(rule_hash);
     state.encode(&mut w);
     w.finish()
 }
@@ -102,30 +126,41 @@ impl Detector {
 
     /// State changed since the last call: `None` means the key's state is gone.
     pub fn take_dirty(&mut self) -> Vec<(WindowId, Option<&KeyState>)> {
-        let dirty: Vec<(String, Fields)> = self
-            .clean_dirty()
-            .into_iter()
-            .flat_map(|(rule_id, keys)| keys.into_iter().map(move |k| (rule_id.clone(), k)))
-            .collect();
-        dirty
-            .into_iter()
-            .map(|(rule_id, key)| {
-                let rule_hash = self
-                    .rules
-                    .rule(&rule_id)
-                    .map(|r| r.hash.clone())
-                    .unwrap_or_default();
-                let state = self.tables.get(&rule_id).and_then(|t| t.get(&key));
-                (
-                    WindowId {
-                        rule: rule_id,
-                        rule_hash,
-                        key: key.to_map(),
-                    },
-                    state,
-                )
-            })
-            .collect()
+        let dirty = self.clean_dirty();
+        let mut taken = Vec::new();
+        for (rule_id, keys) in &dirty {
+            for key in keys {
+                let (rule_hash, state) = self.stored_as(rule_id, key);
+                let id = WindowId {
+                    rule: rule_id.clone(),
+                    rule_hash: rule_hash.to_string(),
+                    key: key.to_map(),
+                };
+                taken.push((id, state));
+            }
+        }
+        taken
+    }
+
+    /// What changed since the last call, for a commit: each changed key's store key
+    /// ([`window_key`]'s format), its rule's hash and its state (`None`: gone). Unlike
+    /// [`Detector::take_dirty`] it makes no map or id per key: a busy step changes
+    /// thousands.
+    pub fn each_dirty(&mut self, mut store: impl FnMut(Vec<u8>, &str, Option<&KeyState>)) {
+        let dirty = self.clean_dirty();
+        for (rule_id, keys) in &dirty {
+            for key in keys {
+                let (rule_hash, state) = self.stored_as(rule_id, key);
+                store(store_key(rule_id, key.view().iter()), rule_hash, state);
+            }
+        }
+    }
+
+    /// The hash of `rule_id`'s definition and the state of its `key`, if any.
+    fn stored_as(&self, rule_id: &str, key: &Fields) -> (&str, Option<&KeyState>) {
+        let rule_hash = self.rules.rule(rule_id).map_or("", |r| r.hash.as_str());
+        let state = self.tables.get(rule_id).and_then(|t| t.get(key));
+        (rule_hash, state)
     }
 
     /// Marks every changed key stored (the next change marks it dirty again) and returns

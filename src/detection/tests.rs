@@ -454,3 +454,43 @@ fn restored_keys_expire_at_their_time() {
     d.expire(at(T0 + 40_001));
     assert_eq!(d.live_keys(), 0);
 }
+
+/// A commit's changed windows as `each_dirty` gives them (store key, rule hash, state) are
+/// what `take_dirty` gives, keyed by `window_key`: the same rows land in the store either
+/// way, keys of several values (including ones JSON escapes) and gone keys included.
+#[test]
+fn each_dirty_stores_the_keys_and_states_take_dirty_names() {
+    let set = rules(
+        r#"
+rules:
+  - id: pairs
+    match: 'fail user=(?P<user>\S+) ip=(?P<ip>\S+)'
+    group_by: [user, ip]
+    threshold: {count: 3, within: 1m}
+    severity: low
+"#,
+    );
+    let mut by_id = Detector::new(set.clone(), &["auth".into()]);
+    let mut by_key = Detector::new(set, &["auth".into()]);
+    let mut compared = 0;
+    for round in 0..3i64 {
+        for i in 0..40 {
+            let text = format!("fail user=u\"{}\\x ip=10.0.{}.{}", i % 7, round, i % 5);
+            feed(&mut by_id, T0 + round * 120_000 + i, &text);
+            feed(&mut by_key, T0 + round * 120_000 + i, &text);
+        }
+        let mut want: Vec<(Vec<u8>, String, Option<KeyState>)> = by_id
+            .take_dirty()
+            .into_iter()
+            .map(|(id, s)| (window_key(&id), id.rule_hash.clone(), s.cloned()))
+            .collect();
+        let mut got = Vec::new();
+        by_key.each_dirty(|key, hash, s| got.push((key, hash.to_string(), s.cloned())));
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(!want.is_empty(), "round {round} changes keys");
+        assert_eq!(got, want, "round {round}");
+        compared += want.len();
+    }
+    assert!(compared > 35, "many windows compared: {compared}");
+}

@@ -66,6 +66,55 @@ impl TimestampFormat {
     }
 }
 
+/// Reads the times of many lines, parsing a line only when it is not known already: a line
+/// of the same origin (what else its time depends on: its file or source and year
+/// reference, compared as `O`) whose [`TimestampFormat::fixed_head`] equals the last
+/// parsed line's has that line's time. A busy log's lines mostly share their second, so
+/// `replay`'s and the daemon's matching workers parse about once per second of log.
+#[derive(Debug)]
+pub struct HeadTimes<O> {
+    /// The last parsed line's origin, fixed head (buffer reused) and time; `None` after a
+    /// line without a fixed head.
+    last: Option<(O, Option<DateTime<Utc>>)>,
+    head: Vec<u8>,
+}
+
+impl<O> Default for HeadTimes<O> {
+    fn default() -> Self {
+        HeadTimes {
+            last: None,
+            head: Vec::new(),
+        }
+    }
+}
+
+impl<O: PartialEq> HeadTimes<O> {
+    /// `line`'s own time by `format` (as [`TimestampFormat::parse`] with `reference`),
+    /// reused from the last parsed line when `origin` and the fixed head are the same.
+    pub fn time_of(
+        &mut self,
+        format: &TimestampFormat,
+        origin: O,
+        line: &[u8],
+        reference: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let head = format.fixed_head(line);
+        if let (Some(head), Some((last, time))) = (head, &self.last)
+            && *last == origin
+            && self.head == head
+        {
+            return *time;
+        }
+        let time = format.parse(line, reference);
+        self.last = head.map(|head| {
+            self.head.clear();
+            self.head.extend_from_slice(head);
+            (origin, time)
+        });
+        time
+    }
+}
+
 fn parse_pattern(head: &str, pattern: &str, reference: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if pattern.contains("%z") || pattern.contains("%:z") {
         return DateTime::<FixedOffset>::parse_and_remainder(head, pattern)
@@ -333,6 +382,50 @@ mod tests {
             );
         }
         assert_eq!(TimestampFormat::Rfc3339.fixed_head(lines[0]), None);
+    }
+
+    /// Times read through `HeadTimes` are the parsed ones, line by line, across origins,
+    /// references (a New Year's Eve head read near and far from the year's turn), heads
+    /// shared or not and lines without a head.
+    #[test]
+    fn head_times_are_the_parsed_times() {
+        let f = TimestampFormat::Syslog;
+        let lines: [&[u8]; 7] = [
+            b"Dec 31 23:59:59 a x",
+            b"Dec 31 23:59:59 b y",
+            b"Jan  1 00:00:00 c z",
+            b"no time at all here",
+            b"Jan  1 00:00:00 d w",
+            b"Jan  1 00:00:00 e v",
+            b"Dec 31 23:59:59 f u",
+        ];
+        let references = [utc("2027-01-01T00:00:30Z"), utc("2026-06-01T00:00:00Z")];
+        let mut times = HeadTimes::default();
+        for round in 0..3 {
+            for (i, line) in lines.iter().enumerate() {
+                let origin = (round + i / 3) % 2;
+                let reference = references[(round + i / 4) % 2];
+                let want = f.parse(line, reference);
+                assert_eq!(
+                    times.time_of(&f, (origin, reference), line, reference),
+                    want,
+                    "round {round}, line {i}"
+                );
+            }
+        }
+        assert_ne!(
+            f.parse(lines[0], references[0]),
+            f.parse(lines[0], references[1]),
+            "the reference decides the year"
+        );
+        // The same head of the same source under another reference is parsed again.
+        let mut times = HeadTimes::default();
+        for reference in references {
+            assert_eq!(
+                times.time_of(&f, ("auth", reference), lines[0], reference),
+                f.parse(lines[0], reference)
+            );
+        }
     }
 
     fn utc(s: &str) -> DateTime<Utc> {

@@ -14,9 +14,9 @@ use super::input::{Lines, LogFile, LogReader, PIECE_BYTES, merge};
 use crate::detection::in_order::in_order;
 use crate::detection::{Found, Matchers};
 use crate::sources::LogLine;
+use crate::sources::timestamp::HeadTimes;
 use chrono::{DateTime, Utc};
 use std::io;
-use std::ops::Range;
 use std::sync::Arc;
 
 /// A piece of whole lines in input order and, once a worker has been at it, their times
@@ -43,25 +43,18 @@ impl Chunk {
             ranges,
             lines,
         } = &mut self.lines;
-        // The last parsed line's file, time head (as a range of `text`) and time: a line
-        // of the same file with the same head has the same time.
-        let mut last: Option<(usize, Range<usize>, Option<DateTime<Utc>>)> = None;
+        let mut times = HeadTimes::default();
         for (at, range) in lines.iter_mut().zip(ranges.iter()) {
             if at.time.is_some() {
                 continue;
             }
             let file = &files[at.reader];
-            let line = &text[range.clone()];
-            let head = file.fixed_head(line);
-            if let (Some(head), Some((reader, last_head, time))) = (head, &last)
-                && *reader == at.reader
-                && &text[last_head.clone()] == head
-            {
-                at.time = *time;
-                continue;
-            }
-            at.time = file.time_of(line);
-            last = head.map(|h| (at.reader, range.start..range.start + h.len(), at.time));
+            at.time = times.time_of(
+                file.format(),
+                at.reader,
+                &text[range.clone()],
+                file.reference,
+            );
         }
         for (matcher, found) in matchers.iter_mut().zip(&mut self.found) {
             found.clear();

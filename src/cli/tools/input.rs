@@ -226,10 +226,9 @@ impl LogFile {
         self.format.parse(line, self.reference)
     }
 
-    /// The bytes of `line` that alone decide its time, if its format has such a head
-    /// ([`TimestampFormat::fixed_head`]).
-    pub fn fixed_head<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
-        self.format.fixed_head(line)
+    /// How the file's lines carry their time.
+    pub fn format(&self) -> &TimestampFormat {
+        &self.format
     }
 }
 

@@ -4,7 +4,7 @@
 //! announced (metrics, delivery wake-up). Unreferenced evidence is collected here too.
 
 use super::{NotStored, Pipeline};
-use crate::detection::{encode_window, window_key};
+use crate::detection::encode_window;
 use crate::incidents::{EventKind, IncidentEvent};
 use crate::metrics::Metrics;
 use crate::rules::Severity;
@@ -65,15 +65,14 @@ impl Pipeline {
             .book_mut()
             .write_changes(&self.store, commit, &mut self.evidence)?;
         let (evidence, store) = (&mut self.evidence, &self.store);
-        for (id, window) in self.engine.detector_mut().take_dirty() {
-            match window {
-                Some(w) => {
-                    let value = encode_window(&id, w, &mut |e| evidence.store(store, commit, e));
-                    commit.put_raw(Space::Windows, &window_key(&id), value);
-                }
-                None => commit.remove(Space::Windows, &window_key(&id)),
+        let detector = self.engine.detector_mut();
+        detector.each_dirty(|key, rule_hash, window| match window {
+            Some(w) => {
+                let value = encode_window(rule_hash, w, &mut |e| evidence.store(store, commit, e));
+                commit.put_raw(Space::Windows, &key, value);
             }
-        }
+            None => commit.remove(Space::Windows, &key),
+        });
         Ok(notified)
     }
 

@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::incidents::IncidentEvent;
 use crate::metrics::Metrics;
 use crate::sources::line_time::{Judged, LineTimeBounds};
-use crate::sources::timestamp::TimestampFormat;
+use crate::sources::timestamp::{HeadTimes, TimestampFormat};
 use crate::sources::{Batch, LogLine};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -20,15 +20,22 @@ use std::ops::Range;
 pub(super) const PIECE_LINES: usize = 1024;
 
 /// A line's own time as its source knows it: a journal entry's, else read by its source's
-/// timestamp format (on a matching worker: it depends on nothing but the line).
-pub(super) fn own_time(
+/// timestamp format with its arrival as the year reference (on a matching worker: it
+/// depends on nothing but the line). `times` reuses the time of the line before when only
+/// the text after an equal fixed head differs.
+pub(super) fn own_time<'l>(
     formats: &HashMap<String, TimestampFormat>,
-    line: &LogLine,
+    times: &mut HeadTimes<(&'l str, DateTime<Utc>)>,
+    line: &'l LogLine,
 ) -> Option<DateTime<Utc>> {
     line.time.or_else(|| {
-        formats
-            .get(line.source.as_ref())
-            .and_then(|f| f.parse(&line.bytes, line.arrival))
+        let format = formats.get(line.source.as_ref())?;
+        times.time_of(
+            format,
+            (line.source.as_ref(), line.arrival),
+            &line.bytes,
+            line.arrival,
+        )
     })
 }
 
@@ -84,12 +91,13 @@ impl Piece<'_> {
         self.ranges.clear();
         self.own_times.clear();
         self.found.clear();
+        let mut times = HeadTimes::default();
         for line in self.lines {
             let start = self.text.len();
             self.text.extend_from_slice(&line.bytes);
             self.ranges.push(start..self.text.len());
             self.text.push(b'\n');
-            self.own_times.push(own_time(formats, line));
+            self.own_times.push(own_time(formats, &mut times, line));
         }
         let mut start = 0;
         while start < self.lines.len() {
@@ -325,7 +333,7 @@ mod tests {
         for batch in batches {
             let mut last: Option<DateTime<Utc>> = None;
             for line in &batch.lines {
-                let time = judge(line, own_time(&formats(), line));
+                let time = judge(line, own_time(&formats(), &mut HeadTimes::default(), line));
                 judged.push(time);
                 last = Some(last.map_or(time, |l| l.max(time)));
                 engine.observe(line, time, &mut events, &mut |hit: &Hit| {
