@@ -66,7 +66,7 @@ impl Evaluation {
         }
     }
 
-    /// The rules evaluated.
+    /// The rules evaluated, as loaded from the files given; a replay never reloads them.
     pub fn rules(&self) -> &Arc<RuleSet> {
         self.engine.rules()
     }
