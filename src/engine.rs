@@ -68,7 +68,7 @@ impl Engine {
         self
     }
 
-    /// The rules evaluated.
+    /// The rules evaluated: the detector's own, which [`Engine::replace_rules`] swaps.
     pub fn rules(&self) -> &Arc<RuleSet> {
         self.detector.rules()
     }
@@ -78,7 +78,7 @@ impl Engine {
         &mut self.detector
     }
 
-    /// The incident book.
+    /// The incident book the engine's hits fold into: what callers read incidents from.
     pub fn book(&self) -> &IncidentBook {
         &self.book
     }

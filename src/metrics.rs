@@ -18,12 +18,13 @@ const DELIVERY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
 ];
 
-/// The daemon's metrics.
+/// Every metric the daemon exports on `/metrics`, in one registry; the components that
+/// update them share one instance.
 pub struct Metrics {
     registry: Registry,
-    /// Lines read, by source.
+    /// `logwarden_lines_read_total{source}`: lines every kind of source handed to detection.
     pub lines_read: IntCounterVec,
-    /// Bytes read, by source.
+    /// `logwarden_bytes_read_total{source}`: bytes read from files (file sources only).
     pub bytes_read: IntCounterVec,
     /// Lines cut at `max_line_bytes`, by source.
     pub lines_truncated: IntCounterVec,
@@ -81,7 +82,8 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     /// Seconds from a notification's creation to its delivery, by receiver.
     pub notification_latency: HistogramVec,
-    /// Rules currently loaded.
+    /// `logwarden_rules_loaded`: rules in force, set at start and by every reload that
+    /// swapped the rules.
     pub rules_loaded: IntGauge,
     /// Sequence number of the last audit chain head signed and published.
     pub audit_head_sequence: IntGauge,

@@ -116,20 +116,23 @@ pub struct RuleDef {
 /// A validated rule, ready to run.
 #[derive(Debug)]
 pub struct Rule {
-    /// The definition as written.
+    /// The definition as written: its normalised form is what the hash covers and the API
+    /// lists; incidents take severity, category and controls from it.
     pub def: RuleDef,
-    /// File it came from.
+    /// The rule file it came from, named in messages and the API; a reload that moves a rule
+    /// to another file counts as a change.
     pub file: PathBuf,
     /// Patterns found by the multi-pattern pass: the `match`, or each sequence step's
     /// (pattern `i` is step `i`).
     pub patterns: Vec<Regex>,
-    /// Compiled `ignore`.
+    /// Compiled `ignore`: a line it matches is not counted, whatever the captures.
     pub ignore: Option<Regex>,
-    /// `allow` by capture name.
+    /// Compiled `allow`, by capture name: a match whose capture is in the set is not counted.
     pub allow: Vec<(String, ValueSet)>,
-    /// `only` by capture name.
+    /// Compiled `only`, by capture name: a match whose capture is outside the set is not
+    /// counted.
     pub only: Vec<(String, ValueSet)>,
-    /// Detection kind.
+    /// How matches make an incident, validated from the rule's one kind block.
     pub kind: RuleKind,
     /// Most keys tracked at once.
     pub max_keys: usize,
@@ -138,7 +141,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The rule id.
+    /// The rule id from its definition: unique in the set, and the name incidents, windows
+    /// and metrics carry.
     pub fn id(&self) -> &str {
         &self.def.id
     }
@@ -216,9 +220,9 @@ impl fmt::Display for Exclusion {
 /// (rule tests run without a config).
 #[derive(Debug, Default, Clone)]
 pub struct RuleContext {
-    /// Source names.
+    /// Names of the configured sources a rule may name in `sources`; `None` skips the check.
     pub sources: Option<HashSet<String>>,
-    /// Escalation policy names.
+    /// Names of the configured escalation policies a rule may name; `None` skips the check.
     pub escalation_policies: Option<HashSet<String>>,
 }
 

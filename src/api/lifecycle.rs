@@ -133,7 +133,8 @@ async fn act(state: &AppState, caller: &Caller, id: String, action: Action) -> A
     Ok(Json(incident).into_response())
 }
 
-/// `POST .../ack` `{"note"?}` (responder).
+/// `POST .../ack` `{"note"?}` (responder): moves the incident to `acknowledged`, which
+/// stops the time-to-acknowledge clock; the note goes on the timeline.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -161,7 +162,8 @@ pub async fn transition(
     act(&state, &caller, id, action).await
 }
 
-/// `POST .../note` `{"text"}` (responder).
+/// `POST .../note` `{"text"}` (responder): adds a timeline note without changing the
+/// state; blank text is refused.
 pub async fn note(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,

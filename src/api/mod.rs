@@ -27,11 +27,13 @@ use std::sync::{Arc, RwLock};
 
 use crate::base::health::Health;
 
-/// A usable API token.
+/// A configured token whose secret could be read; tokens whose secret is missing are left
+/// out at start, so they can never authenticate.
 pub struct ApiToken {
-    /// Actor name.
+    /// The token's configured name: the actor recorded in timelines and the audit log for
+    /// its calls.
     pub name: String,
-    /// What it may do.
+    /// The most the token may do; each role includes the ones below it.
     pub role: ApiRole,
     secret: Vec<u8>,
 }
@@ -73,13 +75,13 @@ pub fn load_tokens(configs: &[TokenConfig]) -> Vec<ApiToken> {
 pub struct AppState {
     /// The store incidents are read from.
     pub store: Store,
-    /// Metrics to render.
+    /// The daemon's metrics, rendered by `/metrics`; the API also counts refused calls in them.
     pub metrics: Arc<Metrics>,
-    /// Readiness.
+    /// The readiness flags `/readyz` answers from (503 with the reason while not ready).
     pub health: Arc<Health>,
-    /// Rules in force.
+    /// The rules in force for `/api/v1/rules`, swapped by a rule reload.
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
-    /// Accepted tokens.
+    /// Tokens accepted for `/api/v1` (compared in constant time); empty refuses every call.
     pub tokens: Vec<ApiToken>,
     /// Notifications: dead letters listed and re-sent through the API.
     pub outbox: crate::notification::Outbox,
@@ -116,9 +118,9 @@ impl AppState {
 /// The identity a request was made with.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// Token name.
+    /// Name of the token presented: the actor recorded for what the call does.
     pub name: String,
-    /// Its role.
+    /// The token's role, checked by [`require`] against what each call needs.
     pub role: ApiRole,
 }
 
@@ -127,7 +129,8 @@ type Shared = Arc<AppState>;
 /// Where the authenticated API is mounted.
 const API_PREFIX: &str = "/api/v1";
 
-/// Builds the router.
+/// Builds the router: the open `/metrics`, `/healthz` and `/readyz`, and `/api/v1` behind
+/// token authentication, with request bodies capped at 64 KiB.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/incidents", get(list_incidents))
@@ -165,9 +168,9 @@ pub fn router(state: Shared) -> Router {
 /// An API failure, answered as `{"error": "..."}` with its status.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
+    /// The status answered (4xx for the caller's mistakes, 5xx for the daemon's).
     pub status: StatusCode,
-    /// Why, for the caller.
+    /// Why, in words the caller can act on; sent as the body's `error`.
     pub message: String,
 }
 
@@ -181,7 +184,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Builds an [`ApiError`].
+/// An [`ApiError`] with this status and message, for handlers to return with `?`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
@@ -195,7 +198,7 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// What API handlers return.
+/// What API handlers return: a response, or an [`ApiError`] answered as JSON.
 pub type ApiResult = Result<Response, ApiError>;
 
 /// Compares a presented token with a secret in time that depends only on the presented

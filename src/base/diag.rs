@@ -65,9 +65,9 @@ impl fmt::Display for Diagnostic {
 /// A 1-based line and column in a text file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
-    /// 1-based line.
+    /// Line number, counted from 1 as editors show it.
     pub line: usize,
-    /// 1-based column.
+    /// Column, counted from 1; for a key, where its name starts after the indentation.
     pub col: usize,
 }
 
@@ -81,7 +81,8 @@ pub struct YamlLocator<'a> {
 }
 
 impl<'a> YamlLocator<'a> {
-    /// Indexes a YAML text.
+    /// Splits a YAML text into lines once, so each error located later is a scan of lines,
+    /// not of the text again.
     pub fn new(text: &'a str) -> Self {
         YamlLocator {
             lines: text.lines().collect(),

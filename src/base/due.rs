@@ -47,7 +47,7 @@ impl<T: Ord + Copy, K: Ord + Clone> DueSet<T, K> {
         self.by_time.pop_first()
     }
 
-    /// The earliest due time.
+    /// The earliest due time, `None` when empty: when the owner's next tick needs to look.
     pub fn next(&self) -> Option<T> {
         self.by_time.first().map(|(at, _)| *at)
     }
@@ -57,7 +57,7 @@ impl<T: Ord + Copy, K: Ord + Clone> DueSet<T, K> {
         self.by_time.len()
     }
 
-    /// Whether nothing is in.
+    /// Whether no item is waiting, so nothing will ever be due until one is added.
     pub fn is_empty(&self) -> bool {
         self.by_time.is_empty()
     }
@@ -106,7 +106,8 @@ impl<K: Ord + Hash + Clone> DueQueue<K> {
         self.at.get(key).copied()
     }
 
-    /// The earliest due time.
+    /// The earliest due time of any scheduled item, `None` when none is: the owner can sleep
+    /// until then.
     pub fn next(&self) -> Option<DateTime<Utc>> {
         self.by_time.next()
     }
@@ -116,7 +117,7 @@ impl<K: Ord + Hash + Clone> DueQueue<K> {
         self.at.len()
     }
 
-    /// Whether nothing is scheduled.
+    /// Whether no item is scheduled: nothing will be due until [`DueQueue::schedule`] adds one.
     pub fn is_empty(&self) -> bool {
         self.at.is_empty()
     }

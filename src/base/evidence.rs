@@ -12,9 +12,10 @@ use std::sync::Arc;
 /// window, a hit and an incident without being copied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
-    /// Source name.
+    /// Name of the configured source the line came from.
     pub source: Arc<str>,
-    /// File path, or `-`.
+    /// Where the source read it: a file path, `-` for stdin and drills, or the listener
+    /// (`syslog+udp://…`) or journal (`journal:…`) for the other sources.
     pub path: Arc<str>,
     /// Byte offset of the line in the file.
     pub offset: u64,

@@ -19,9 +19,9 @@ pub fn number(prefix: &str, text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Prefix of incident ids.
+/// Prefix of incident ids (`INC-7`), in this case only: [`number`] accepts no other spelling.
 pub const INCIDENT: &str = "INC-";
-/// Prefix of silence ids.
+/// Prefix of silence ids (`SIL-3`), in this case only: [`number`] accepts no other spelling.
 pub const SILENCE: &str = "SIL-";
 
 /// The number of an incident named by `text` (its canonical `INC-<n>` id).

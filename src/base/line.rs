@@ -15,7 +15,8 @@ pub struct LogLine {
     pub offset: u64,
     /// The line without its newline; at most `max_line_bytes`.
     pub bytes: Vec<u8>,
-    /// When it was read.
+    /// When the daemon read it: the line's time when it carries none, or carries one too far
+    /// from this to trust.
     pub arrival: DateTime<Utc>,
     /// The line's own time when the source knows it exactly (a journal entry's timestamp);
     /// `None`: read from the line by the source's timestamp format.

@@ -71,7 +71,7 @@ impl Shutdown {
         self.signal.send_replace(true);
     }
 
-    /// Whether [`Shutdown::signal`] was called.
+    /// Whether [`Shutdown::signal`] was called yet (it cannot be taken back).
     pub fn is_signalled(&self) -> bool {
         *self.signal.borrow()
     }

@@ -147,7 +147,7 @@ pub async fn call(
     Ok((status, body))
 }
 
-/// Prints JSON for scripts.
+/// Prints an answer as indented JSON on stdout (what `--json` gives scripts to parse).
 pub fn print_json(value: &Value) {
     crate::outln!(
         "{}",

@@ -78,7 +78,8 @@ pub enum Command {
     Man,
 }
 
-/// Runs the CLI.
+/// Runs the CLI: parses the arguments (usage errors exit 2, `--help` exits 0) and runs the
+/// subcommand, whose outcome is the exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -13,7 +13,8 @@ use std::time::Duration;
 /// Bounds of `anchor_every`: often enough that a cut is caught within a working day, seldom
 /// enough that each publication (a flush and, per subscribed receiver, a delivery) is cheap.
 pub const ANCHOR_MIN: Duration = Duration::from_secs(1);
-/// See [`ANCHOR_MIN`].
+/// Longest `anchor_every`, a day: a head published less often would let a cut chain go
+/// unnoticed for longer than a working day (see [`ANCHOR_MIN`]).
 pub const ANCHOR_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// `audit: {signing_key_file, anchor_every, head_file}`.

@@ -56,7 +56,7 @@ impl EscalationStep {
 pub struct PolicyConfig {
     /// State at which steps stop firing.
     pub until: Until,
-    /// The steps, in order.
+    /// The steps, in order, each due its `after` from when the incident opened; at least one.
     pub steps: Vec<EscalationStep>,
 }
 

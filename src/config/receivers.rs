@@ -47,7 +47,8 @@ pub enum ReceiverConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Name roles refer to.
+    /// Name `roles` list this receiver under; unique among receivers, and the `receiver`
+    /// label of its metrics.
     pub name: String,
     /// Where to POST (for `alertmanager`, the Alertmanager's base URL or its `/api/v2/alerts`).
     /// Exactly one of `url` and `urls` is given.
@@ -100,7 +101,8 @@ pub struct WebhookConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileReceiverConfig {
-    /// Name roles refer to.
+    /// Name `roles` list this receiver under; unique among receivers, and the `receiver`
+    /// label of its metrics.
     pub name: String,
     /// File to append to, or `-`.
     pub path: PathBuf,
@@ -142,7 +144,7 @@ impl Default for RetryConfig {
 pub struct RateLimit {
     /// Attempts allowed per period (also the burst).
     pub count: u32,
-    /// The period.
+    /// The period `count` applies to: one second, minute or hour.
     pub per: Duration,
 }
 
@@ -157,7 +159,8 @@ pub enum RateLimitError {
 }
 
 impl RateLimit {
-    /// Parses `120/m`.
+    /// Parses `N/s`, `N/m` or `N/h` (e.g. `120/m`); a count of 0 is refused, since it would
+    /// hold every notification forever.
     pub fn parse(text: &str) -> Result<Self, RateLimitError> {
         let bad = || RateLimitError::Form(text.to_string());
         let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;

@@ -131,9 +131,11 @@ fn is_journal_match(m: &str) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyslogListen {
-    /// UDP address, e.g. `127.0.0.1:5514`.
+    /// UDP address to listen on, e.g. `127.0.0.1:5514`; at least one of `udp` and `tcp` is
+    /// given.
     pub udp: Option<String>,
-    /// TCP address.
+    /// TCP address to listen on, e.g. `127.0.0.1:5514`; octet-counted and newline-framed
+    /// messages are both read.
     pub tcp: Option<String>,
     /// Most TCP connections served at once; more are refused and counted.
     #[serde(default = "default_max_connections")]

@@ -40,7 +40,8 @@ impl Fields {
         FieldsView(&self.0)
     }
 
-    /// The value of `name`.
+    /// The value stored under `name`, `None` when there is no such pair (a scan: a key or
+    /// a match holds a handful).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.view().get(name)
     }
@@ -79,7 +80,8 @@ impl<'a> FieldsView<'a> {
         FieldsView(encoded)
     }
 
-    /// The value of `name`.
+    /// The value stored under `name`, borrowed from the encoded text; `None` when absent. A
+    /// linear scan: keys and captures hold a handful of pairs.
     pub fn get(self, name: &str) -> Option<&'a str> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }

@@ -354,7 +354,7 @@ impl<S: Progress> KeyTable<S> {
         self.entries.values().map(|e| &e.state)
     }
 
-    /// Every key.
+    /// Every key held, in no particular order (counting itself goes by lookup).
     pub fn keys(&self) -> impl Iterator<Item = &Fields> {
         self.entries.keys()
     }
@@ -374,7 +374,8 @@ impl<S: Progress> KeyTable<S> {
         removed
     }
 
-    /// Number of keys.
+    /// Number of keys held: never more than `max_keys`, since a new key past it evicts the
+    /// keys least far towards firing.
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -112,9 +112,9 @@ struct SharedPattern {
 /// they differ in cost (docs/performance.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Design {
-    /// How candidates are found.
+    /// How candidate patterns are found for a line (gate or combined set).
     pub front: Front,
-    /// Which engine runs captures.
+    /// Which regex engine runs the candidates' captures.
     pub engine: Engine,
 }
 
@@ -153,7 +153,7 @@ pub struct SourceMatcher {
     set: Option<Regex>,
     /// Front::Gate: the literal gate.
     gate: Option<Gate>,
-    /// Rules reading this source.
+    /// The rules that [`Rule::applies_to`] this source, in the rule set's load order.
     pub rules: Vec<Arc<Rule>>,
     /// The distinct pattern texts of the rules.
     shared: Vec<SharedPattern>,

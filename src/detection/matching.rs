@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// key as ranges of [`Found`]'s text.
 #[derive(Debug, Clone)]
 pub struct Matched {
-    /// The rule.
+    /// The rule whose pattern matched; shared with the rule set, so a match costs no copy.
     pub rule: Arc<Rule>,
     /// Which of the rule's patterns matched (a sequence's step).
     pub step: usize,
@@ -57,7 +57,8 @@ impl Found {
         self.texts.clear();
     }
 
-    /// Lines recorded.
+    /// Lines recorded since [`Found::clear`], with or without matches: [`Found::line`]
+    /// takes an index below this.
     pub fn lines(&self) -> usize {
         self.ends.len()
     }

@@ -75,9 +75,10 @@ impl Evidence {
 /// A counted match of a rule, or a condition the clock noticed (an absence).
 #[derive(Debug, Clone)]
 pub struct Hit {
-    /// The rule.
+    /// The rule that counted it; its `kind` says what `crossed` means.
     pub rule: Arc<Rule>,
-    /// Its key values.
+    /// The rule's `group_by` values: which key's state counted it, and which incident it
+    /// belongs to (empty without `group_by`).
     pub key: Fields,
     /// Every named capture of the match (for summaries); the key values for an absence.
     pub captures: Fields,
@@ -120,9 +121,9 @@ pub struct Detector {
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleChange {
-    /// Version that ran before.
+    /// Version ([`RuleSet::version`](crate::rules::RuleSet::version)) of the set replaced.
     pub old_version: String,
-    /// Version that runs now.
+    /// Version of the set now evaluated.
     pub new_version: String,
     /// Rule ids only in the new set.
     pub added: Vec<String>,
@@ -172,7 +173,8 @@ impl RuleChange {
         }
     }
 
-    /// Whether nothing changed.
+    /// Whether the swap added, removed and redefined no rule (the same files reloaded):
+    /// nothing to log.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
@@ -197,7 +199,8 @@ impl Detector {
         }
     }
 
-    /// The rules being evaluated.
+    /// The rule set the detector counts with; replaced only by [`Detector::replace_rules`], which
+    /// drops the state of changed rules with it.
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }

@@ -103,11 +103,11 @@ pub fn window_refs(key: &[u8], value: &[u8]) -> Result<Vec<Loc>, CodecError> {
 /// A key's state's place in the store: rule id, rule definition hash, key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WindowId {
-    /// Rule id.
+    /// Id of the rule that owns the state.
     pub rule: String,
     /// Hash of the rule definition the state was counted under.
     pub rule_hash: String,
-    /// Key values.
+    /// The key's `group_by` values as a map (stable in the store, unlike the encoded form).
     pub key: Key,
 }
 

@@ -22,7 +22,7 @@ impl<T> Default for SlidingWindow<T> {
 }
 
 impl<T> SlidingWindow<T> {
-    /// An empty window.
+    /// An empty window; the same as [`Default`], for callers that name the type.
     pub fn new() -> Self {
         SlidingWindow {
             events: VecDeque::new(),
@@ -68,7 +68,7 @@ impl<T> SlidingWindow<T> {
         self.events.back().map(|(t, _)| *t)
     }
 
-    /// Number of events held.
+    /// Events held: those no more than `within` older than the newest, late ones included.
     pub fn len(&self) -> usize {
         self.events.len()
     }

@@ -112,7 +112,7 @@ pub struct Review {
 /// An approver's permission to notify external roles about this incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
-    /// Who approved (token name).
+    /// The approver's token name: who an auditor holds answerable for the external notices.
     pub by: String,
     /// When it was given: notifications held for approval go out from then.
     pub at: DateTime<Utc>,

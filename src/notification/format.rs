@@ -46,17 +46,18 @@ impl Origin {
     }
 }
 
-/// One event to render.
+/// Everything a body is rendered from, for the built-in formats and templates alike; a
+/// body is rendered once, when the notification is written, and stored.
 pub struct EventContext<'a> {
-    /// What happened.
+    /// Which lifecycle event the body announces (opened, escalated, closed, ...).
     pub event: EventKind,
-    /// The incident after it.
+    /// The incident as it is after the event, so the body shows its new state and counts.
     pub incident: &'a Incident,
     /// Stable key of this event, also sent as `Idempotency-Key`.
     pub idempotency_key: &'a str,
     /// When the event happened (resolve time for `closed`).
     pub at: DateTime<Utc>,
-    /// Host and link base.
+    /// The host name the body names, and the base URL its links to the API start with.
     pub origin: &'a Origin,
 }
 

@@ -90,9 +90,11 @@ impl Fate {
 pub(crate) struct Settled {
     /// The record as it is after the attempt.
     pub record: Record,
-    /// What happens to it.
+    /// Delivered (leaves the outbox), retrying (stays with its new attempt count) or dead
+    /// (moves to the dead letters).
     pub fate: Fate,
-    /// Audit details (attempt, error).
+    /// Audit details of the attempt (its number, the error); receiver, event and ids are
+    /// added when the outcome is committed.
     pub details: Value,
 }
 
@@ -361,7 +363,8 @@ impl Outbox {
         stored_outbox(&self.store)
     }
 
-    /// Dead letters, oldest first.
+    /// Dead letters, oldest first: notifications the worker gave up on, kept until an operator
+    /// re-sends them through the API.
     pub fn dead_letters(&self) -> Result<Vec<Record>, StoreError> {
         Ok(self
             .store
@@ -427,7 +430,8 @@ impl Outbox {
             .collect())
     }
 
-    /// One outbox record.
+    /// One outbox record, decoded only when the worker first sees its id; `None` when it was
+    /// delivered since the ids were listed.
     pub(crate) fn pending_record(&self, id: u64) -> Result<Option<Record>, StoreError> {
         self.store.get(Space::Outbox, &Record::key(id))
     }

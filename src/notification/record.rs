@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct Record {
     /// Unique id (also its store key); a re-sent dead letter gets a new one.
     pub id: u64,
-    /// Receiver name.
+    /// Name of the configured receiver it goes to; a re-send checks it is still configured.
     pub receiver: String,
-    /// Incident id.
+    /// Id of the incident it is about (`INC-<n>`).
     pub incident: String,
     /// The incident's fleet-unique uid (empty in records stored before uids existed).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -24,7 +24,8 @@ pub struct Record {
     /// receiver with one `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
-    /// What happened.
+    /// The lifecycle event it announces; with the receiver's choice of events, what was
+    /// routed to it.
     pub event: EventKind,
     /// `<incident uid>-<event sequence>`: the same for every receiver, member and attempt
     /// of one event, so receivers can drop duplicates of at-least-once delivery.

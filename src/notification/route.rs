@@ -13,7 +13,7 @@ use std::collections::HashMap;
 #[derive(Debug, thiserror::Error)]
 #[error("receiver {receiver:?}: template: {cause}")]
 pub struct RouterError {
-    /// The receiver's name.
+    /// The receiver's name as configured (its place in the config is reported by `check`).
     pub receiver: String,
     /// What is wrong with its template.
     pub cause: TemplateError,

@@ -52,20 +52,22 @@ struct Policy {
 /// One step's firing record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fired {
-    /// How often it fired.
+    /// How often the step has fired (repeats included; downtime counts once).
     pub times: u32,
-    /// When it last fired.
+    /// When it last fired: a step with `repeat` is next due that long after this.
     pub last_at: DateTime<Utc>,
 }
 
 /// Escalation progress of one incident, stored under its number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracker {
-    /// Incident id.
+    /// Id of the incident this progress belongs to.
     pub incident: String,
-    /// Policy followed.
+    /// Name of the escalation policy followed, fixed when tracking starts; a policy no longer
+    /// configured fires no more steps.
     pub policy: String,
-    /// Steps fired, by index.
+    /// Steps fired, by their index in the policy: a step not in here is due `after` the
+    /// incident opened, one in here only again by its `repeat`.
     pub fired: BTreeMap<usize, Fired>,
     /// Receivers told about the incident so far (they hear its later events).
     pub reached: BTreeSet<String>,
@@ -78,11 +80,12 @@ pub struct Tracker {
 /// What a step firing calls for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {
-    /// Step index.
+    /// The step's index in the policy.
     pub step: usize,
     /// Its roles, for the timeline.
     pub roles: String,
-    /// Receivers to notify now.
+    /// Receivers to notify now: the step's internal ones, and its external ones once an
+    /// approver has approved.
     pub receivers: BTreeSet<String>,
     /// External receivers held for approval by this firing.
     pub held: BTreeSet<String>,

@@ -42,7 +42,7 @@ pub(super) struct ParsedFile {
 }
 
 impl ParsedFile {
-    /// The items of `rules:`.
+    /// The items of `rules:`, each one rule's mapping; empty when the file has no `rules:`.
     pub(super) fn rules(&self) -> &[yaml::Node] {
         self.root.get("rules").map_or(&[], |n| n.items())
     }

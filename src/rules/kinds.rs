@@ -14,7 +14,7 @@ pub const MAX_BASELINE: u32 = 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdSpec {
-    /// Matches needed.
+    /// Matches needed for one key, at least 1.
     pub count: u64,
     /// How close together, by the lines' own timestamps.
     pub within: HumanDuration,
@@ -53,7 +53,7 @@ pub struct AbsenceSpec {
 pub struct SequenceSpec {
     /// From the first counted line of the first step to the last line of the last step.
     pub within: HumanDuration,
-    /// The steps, in order.
+    /// The steps, in the order they must happen in; at least one.
     pub steps: Vec<StepSpec>,
 }
 
@@ -76,9 +76,9 @@ pub struct StepSpec {
 pub struct DistinctSpec {
     /// Named capture whose values are counted.
     pub field: String,
-    /// Different values needed.
+    /// Different values of `field` needed for one key, at least 1.
     pub count: u64,
-    /// How close together.
+    /// How close together the values' lines must be, by their own timestamps.
     pub within: HumanDuration,
 }
 

@@ -14,7 +14,7 @@ type Counts<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
 
 /// Where a rule was defined: its file, its item and the keys written in it.
 pub struct Place {
-    /// Rule file.
+    /// The rule file, as the warning's `path` names it.
     pub file: PathBuf,
     /// Position of the rule's mapping.
     pub item: Position,

@@ -29,7 +29,8 @@ pub struct Reloader {
     pub paths: Vec<PathBuf>,
     /// Names rules may refer to.
     pub ctx: RuleContext,
-    /// The rules in force.
+    /// The rules in force: what a reload compares the files with, and what stays when the
+    /// files are broken.
     pub current: Arc<RuleSet>,
     /// The pipeline, which swaps rule sets between batches.
     pub pipeline: mpsc::Sender<Reload>,
@@ -37,7 +38,8 @@ pub struct Reloader {
     pub api_rules: Arc<RwLock<Arc<RuleSet>>>,
     /// Gauges and the failure counter.
     pub metrics: Arc<Metrics>,
-    /// `/readyz`.
+    /// The readiness flags: a failed reload makes `/readyz` name the broken rule file until a
+    /// good load clears it.
     pub health: Arc<Health>,
     /// Where failed reloads are recorded (change-management evidence, CC8.1).
     pub audit: crate::audit::AuditLog,

@@ -24,9 +24,9 @@ pub use crate::base::line::LogLine;
 /// reused inode is not mistaken for the old file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileId {
-    /// Device number.
+    /// Device number of the file system the inode is on (inode numbers repeat across devices).
     pub dev: u64,
-    /// Inode number.
+    /// Inode number; a reused one is told apart by the [`Fingerprint`] stored with it.
     pub ino: u64,
 }
 
@@ -35,7 +35,8 @@ pub struct FileId {
 pub struct Fingerprint {
     /// Bytes hashed (a short file is fingerprinted by what it has).
     pub len: u64,
-    /// FNV-1a of those bytes.
+    /// 64-bit FNV-1a of those bytes: also what finds the file a new one was copied from
+    /// (copytruncate rotation) by its head.
     pub hash: u64,
 }
 
@@ -144,7 +145,8 @@ pub struct JournalGap {
     pub saved_time: Option<DateTime<Utc>>,
     /// The first entry read after the gap (`None`: resumed by time, nothing read yet).
     pub resumed_cursor: Option<String>,
-    /// That entry's time.
+    /// That entry's time (`None` when nothing was read after the gap yet): the gap is at
+    /// most from `saved_time` to this.
     pub resumed_time: Option<DateTime<Utc>>,
     /// How the gap was found.
     pub reason: String,

@@ -77,7 +77,7 @@ impl Closed {
     /// Every reason, for the metric's zero series.
     pub const ALL: [Closed; 3] = [Closed::Idle, Closed::FrameTimeout, Closed::FrameTooLong];
 
-    /// The `reason` label.
+    /// The `reason` label of `logwarden_syslog_connections_closed_total`.
     pub fn label(self) -> &'static str {
         match self {
             Closed::Idle => "idle",

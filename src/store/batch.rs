@@ -27,7 +27,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch.
+    /// A batch that changes nothing yet; [`Store::commit`] of it writes nothing at all.
     pub fn new() -> Self {
         Batch {
             writes: Vec::new(),
@@ -64,7 +64,8 @@ impl Batch {
         }
     }
 
-    /// Removes a record.
+    /// Deletes a record at the commit; removing an evidence block also lets the journal
+    /// segments that only it kept alive be cut.
     pub fn remove(&mut self, space: Space, key: &[u8]) {
         self.bytes += space.prefix().len() + key.len();
         self.empty = false;
@@ -125,7 +126,8 @@ impl Batch {
         }
     }
 
-    /// Whether nothing was added.
+    /// Whether the batch neither changes a record nor took an id: [`Store::commit`] then
+    /// writes nothing, not even the id high mark.
     pub fn is_empty(&self) -> bool {
         self.empty
     }

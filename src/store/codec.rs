@@ -158,7 +158,8 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<Evidence>, CodecError> {
 /// Most bytes a block inflates to (a commit's lines are bounded; this bounds a corrupt one).
 const MAX_BLOCK_BYTES: u64 = 256 << 20;
 
-/// Writes a record.
+/// Encodes one record into bytes with the layout [`Dec`] reads back, field by field in
+/// the same order; evidence lines become [`Loc`] references through the sink.
 pub struct Enc<'a> {
     buf: Vec<u8>,
     sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
@@ -181,22 +182,22 @@ impl<'a> Enc<'a> {
         }
     }
 
-    /// The bytes written.
+    /// The encoded record, ready to store (evidence references already resolved by the sink).
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
 
-    /// One byte.
+    /// One raw byte (version tags, enum discriminants).
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
-    /// A boolean.
+    /// A boolean as one byte, 0 or 1 ([`Dec::bool`] rejects any other value).
     pub fn bool(&mut self, v: bool) {
         self.buf.push(u8::from(v));
     }
 
-    /// An unsigned varint.
+    /// An unsigned LEB128 varint: 7 bits a byte, so small counts and ids take one byte.
     pub fn u64(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
@@ -205,17 +206,17 @@ impl<'a> Enc<'a> {
         self.buf.push(v as u8);
     }
 
-    /// A signed varint (zigzag).
+    /// A signed varint, zigzag-mapped so small negative numbers stay short too.
     pub fn i64(&mut self, v: i64) {
         self.u64(((v << 1) ^ (v >> 63)) as u64);
     }
 
-    /// A float.
+    /// A float as its 8 IEEE-754 bytes, little-endian: exact, no rounding through text.
     pub fn f64(&mut self, v: f64) {
         self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
     }
 
-    /// Length-prefixed text.
+    /// UTF-8 text after its byte length as a varint.
     pub fn str(&mut self, v: &str) {
         self.u64(v.len() as u64);
         self.buf.extend_from_slice(v.as_bytes());
@@ -227,7 +228,7 @@ impl<'a> Enc<'a> {
         self.u64(u64::from(t.timestamp_subsec_nanos()));
     }
 
-    /// An optional time.
+    /// A presence flag, then the time if there is one (`None` takes one byte).
     pub fn opt_time(&mut self, t: Option<DateTime<Utc>>) {
         self.bool(t.is_some());
         if let Some(t) = t {
@@ -235,7 +236,7 @@ impl<'a> Enc<'a> {
         }
     }
 
-    /// Optional text.
+    /// A presence flag, then the text if there is one (`None` takes one byte).
     pub fn opt_str(&mut self, v: Option<&str>) {
         self.bool(v.is_some());
         if let Some(v) = v {
@@ -261,7 +262,8 @@ impl<'a> Enc<'a> {
         }
     }
 
-    /// An optional evidence reference.
+    /// A presence flag, then the evidence reference if there is one (panics without a sink,
+    /// like [`Enc::evidence`]).
     pub fn opt_evidence(&mut self, e: Option<&Evidence>) {
         self.bool(e.is_some());
         if let Some(e) = e {
@@ -302,7 +304,7 @@ impl<'a> Dec<'a> {
         Ok(v)
     }
 
-    /// One byte.
+    /// One raw byte; an error if the record ends here.
     pub fn u8(&mut self) -> Result<u8, CodecError> {
         let (&b, rest) = self
             .buf
@@ -312,7 +314,7 @@ impl<'a> Dec<'a> {
         Ok(b)
     }
 
-    /// A boolean.
+    /// A boolean; a byte other than 0 or 1 means the record is corrupt.
     pub fn bool(&mut self) -> Result<bool, CodecError> {
         match self.u8()? {
             0 => Ok(false),
@@ -321,7 +323,7 @@ impl<'a> Dec<'a> {
         }
     }
 
-    /// An unsigned varint.
+    /// An unsigned LEB128 varint; a varint longer than ten bytes is corrupt.
     pub fn u64(&mut self) -> Result<u64, CodecError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -344,13 +346,13 @@ impl<'a> Dec<'a> {
         Ok(n as usize)
     }
 
-    /// A signed varint.
+    /// A zigzag varint written by [`Enc::i64`].
     pub fn i64(&mut self) -> Result<i64, CodecError> {
         let v = self.u64()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    /// A float.
+    /// A float from its 8 little-endian bytes, exactly as [`Enc::f64`] wrote it.
     pub fn f64(&mut self) -> Result<f64, CodecError> {
         let bytes: [u8; 8] = self
             .take(8)?
@@ -368,20 +370,22 @@ impl<'a> Dec<'a> {
         Ok(head)
     }
 
-    /// Length-prefixed text.
+    /// Text after its varint length, borrowed from the record; the length is bounded by the
+    /// bytes left and the text must be UTF-8.
     pub fn str(&mut self) -> Result<&'a str, CodecError> {
         let n = self.count()?;
         std::str::from_utf8(self.take(n)?).map_err(|_| CodecError::Malformed("text"))
     }
 
-    /// A time.
+    /// A time as [`Enc::time`] wrote it; seconds or nanoseconds out of chrono's range are
+    /// an error.
     pub fn time(&mut self) -> Result<DateTime<Utc>, CodecError> {
         let secs = self.i64()?;
         let nanos = u32::try_from(self.u64()?).map_err(|_| CodecError::Malformed("time"))?;
         DateTime::from_timestamp(secs, nanos).ok_or(CodecError::Malformed("time"))
     }
 
-    /// An optional time.
+    /// A time behind a presence flag, as [`Enc::opt_time`] wrote it.
     pub fn opt_time(&mut self) -> Result<Option<DateTime<Utc>>, CodecError> {
         Ok(if self.bool()? {
             Some(self.time()?)
@@ -390,7 +394,7 @@ impl<'a> Dec<'a> {
         })
     }
 
-    /// Optional text.
+    /// Text behind a presence flag, as [`Enc::opt_str`] wrote it.
     pub fn opt_str(&mut self) -> Result<Option<&'a str>, CodecError> {
         Ok(if self.bool()? {
             Some(self.str()?)

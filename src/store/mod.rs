@@ -422,7 +422,8 @@ impl Store {
             .collect()
     }
 
-    /// Reads one record.
+    /// Reads one JSON record of a kind by key, `None` when there is none; binary records
+    /// (windows, evidence) are read with [`Store::get_raw`] and their codec.
     pub fn get<T: DeserializeOwned>(
         &self,
         space: Space,

@@ -74,7 +74,8 @@ pub enum Space {
 }
 
 impl Space {
-    /// The key prefix.
+    /// The bytes in front of every engine key of this kind: one keyspace holds every table,
+    /// so the prefixes must stay distinct and must never change (they are on disk).
     pub(super) fn prefix(self) -> &'static [u8] {
         match self {
             Space::Incidents => b"inc/",

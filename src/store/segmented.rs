@@ -81,11 +81,12 @@ pub(super) struct Prepared {
 pub struct Written {
     /// Keys and values applied by the engine.
     pub engine: u64,
-    /// Evidence blocks.
+    /// Bytes of sealed evidence blocks appended to the evidence journal.
     pub evidence: u64,
-    /// Window change records.
+    /// Bytes of incremental window change records appended to the window journal.
     pub window_changes: u64,
-    /// Whole window snapshots.
+    /// Bytes of whole window tables appended to the window journal (taken once the changes
+    /// since the last one outgrow it, so older segments can go).
     pub window_snapshots: u64,
 }
 
@@ -169,7 +170,8 @@ impl Segmented {
         Ok(())
     }
 
-    /// The committed windows.
+    /// The committed window table (key to encoded window), rebuilt from the last snapshot
+    /// and the changes after it; window reads are served from here, not the engine.
     pub fn windows(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
         &self.table
     }

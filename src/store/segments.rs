@@ -35,9 +35,9 @@ const MAX_PAYLOAD: u32 = 1 << 30;
 /// Where a record starts: segment number and byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Pos {
-    /// Segment number.
+    /// Segment number: the file `NNNNNNNN.seg`, counting up as segments fill.
     pub seg: u32,
-    /// Offset in the segment.
+    /// Byte offset of the record's header in the segment.
     pub off: u32,
 }
 
@@ -319,7 +319,7 @@ impl Journal {
         self.end
     }
 
-    /// The segments, for reading.
+    /// The segment files under the journal, shared so a reload can open the same journal again.
     pub fn io(&self) -> &Arc<dyn SegmentIo> {
         &self.io
     }

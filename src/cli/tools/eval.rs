@@ -66,7 +66,7 @@ impl Evaluation {
         }
     }
 
-    /// The rules evaluated.
+    /// The rules evaluated, loaded once from the files given (the tools never reload them).
     pub fn rules(&self) -> &Arc<RuleSet> {
         self.engine.rules()
     }

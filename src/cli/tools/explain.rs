@@ -36,12 +36,12 @@ pub struct ExplainArgs {
 /// One rule pattern that matched the line.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Match {
-    /// Rule id.
+    /// Id of the rule whose pattern matched.
     pub rule: String,
     /// Sequence step (1-based) that matched; absent for other kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<usize>,
-    /// Named captures.
+    /// Every named capture of the match, by name: what `allow`, `only` and the summary see.
     pub captures: BTreeMap<String, String>,
     /// Key the line counts under.
     pub key: Key,

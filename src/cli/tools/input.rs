@@ -213,7 +213,7 @@ impl LogReader {
 pub struct LogFile {
     /// Source the lines belong to.
     pub source: Arc<str>,
-    /// The file's path.
+    /// The file's path as given, shown in evidence and messages like a tailed file's path.
     pub path: Arc<str>,
     format: TimestampFormat,
     /// Year reference for formats without a year.
@@ -263,7 +263,7 @@ impl Lines {
         self.lines.clear();
     }
 
-    /// Lines held.
+    /// Lines held since the last [`Lines::clear`]; `ranges` and `lines` both have this many.
     pub fn len(&self) -> usize {
         self.ranges.len()
     }

@@ -13,7 +13,8 @@ const FIRST: Duration = Duration::from_millis(500);
 /// Time between updates.
 const EVERY: Duration = Duration::from_millis(250);
 
-/// Progress through input bytes.
+/// Progress through the input bytes, drawn on stderr as one line that updates itself;
+/// silent when stderr is not a terminal or the run ends quickly.
 pub struct Progress {
     enabled: bool,
     read: Rc<Cell<u64>>,

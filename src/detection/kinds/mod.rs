@@ -30,7 +30,7 @@ pub struct Event<'a> {
     pub time_ms: i64,
     /// Which of the rule's patterns matched (the sequence step).
     pub step: usize,
-    /// The line.
+    /// The matching line, kept as evidence if the match counts towards a crossing.
     pub evidence: &'a Evidence,
     /// Named captures of the match.
     pub captures: FieldsView<'a>,
@@ -136,7 +136,8 @@ impl KeyState {
         }
     }
 
-    /// Counts a match.
+    /// Counts a match into this key's state; a state made for another kind (the rule was
+    /// redefined) starts again empty first.
     pub fn observe(&mut self, kind: &RuleKind, event: Event<'_>) -> Observed {
         if !self.fits(kind) {
             *self = KeyState::new(kind, event.time_ms);

@@ -34,7 +34,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket.
+    /// A full bucket: a receiver may burst `count` attempts at once before the limit paces it.
     pub fn new(limit: RateLimit, now: Instant) -> Self {
         TokenBucket {
             capacity: f64::from(limit.count),

@@ -63,7 +63,8 @@ impl Status {
 /// One containment of one target by one action for one incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Containment {
-    /// The incident.
+    /// Id of the incident that asked for it; its number leads the store key, so one
+    /// incident's containments are one range.
     pub incident: String,
     /// Its rule.
     #[serde(default)]
@@ -71,13 +72,14 @@ pub struct Containment {
     /// Its key (group_by values): what command templates render from.
     #[serde(default)]
     pub key_fields: BTreeMap<String, String>,
-    /// The action's name.
+    /// The configured containment action that runs it (e.g. `ban-ip`).
     pub action: String,
     /// What is contained (an address for nftables).
     pub target: String,
-    /// Ban time in seconds.
+    /// Ban time in seconds from when it takes effect (at least 1: nftables counts whole
+    /// seconds); `until` is set from it when the ban is applied.
     pub duration_secs: u64,
-    /// Where it stands.
+    /// Where it stands in its lifecycle; only live states hold the target contained.
     pub status: Status,
     /// Who allowed it: `logwarden` (policy and step), or the approver.
     pub allowed_by: String,
@@ -178,9 +180,10 @@ pub enum Op {
 /// A decided firewall change, carried out outside the pipeline once its record is durable.
 #[derive(Debug, Clone)]
 pub struct Effect {
-    /// Apply or lift.
+    /// Whether the worker applies or lifts the containment.
     pub op: Op,
-    /// The record as committed.
+    /// The record as committed: the effect runs only once it is durable, so a restart finds
+    /// what was being done.
     pub containment: Containment,
     /// A lift whose target another incident still holds contained: nothing is run.
     pub still_held_by: Option<String>,
@@ -200,24 +203,27 @@ impl Effect {
 /// What the worker did with an effect.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The record's key.
+    /// [`Containment::key`] of the record it concerns: how the book finds the live record.
     pub key: String,
-    /// Apply or lift.
+    /// Whether it was an apply or a lift, which with the record's status decides what the
+    /// outcome means.
     pub op: Op,
     /// The exit status (0 for nft), or why it failed after every retry.
     pub result: Result<i32, exec::ActionError>,
-    /// When it finished.
+    /// When it finished: an applied ban runs its `duration_secs` from here.
     pub at: DateTime<Utc>,
 }
 
 /// What the [`Book`] asks of the incident once an outcome is recorded.
 #[derive(Debug, Default)]
 pub struct Recorded {
-    /// Audit entries.
+    /// What the outcome did to the record, as audit entries: applied, re-applied, failed,
+    /// released, or a lift that failed.
     pub audit: Vec<Entry>,
     /// Whether the incident is now contained and should move to `contained`.
     pub contained: bool,
 }
 
-/// Per-action counts for `logwarden_actions_total{action,outcome}`.
+/// (action, outcome) pairs recorded since the last [`Book::take_counts`], added to
+/// `logwarden_actions_total{action,outcome}` by the caller.
 pub type Counts = Vec<(String, &'static str)>;

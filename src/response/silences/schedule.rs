@@ -152,7 +152,7 @@ pub struct Schedule {
 /// One window, in UTC: what is compared with event times, free of time-zone rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
-    /// When it starts (inclusive).
+    /// When it starts, inclusive: an event at this very instant is muted.
     pub starts_at: DateTime<Utc>,
     /// When it ends (exclusive), so back-to-back windows do not overlap.
     pub ends_at: DateTime<Utc>,

@@ -93,7 +93,7 @@ pub(super) fn start_new(
 
 /// A file seen for the first time by a scan, opened: what [`start_new`] decides about.
 pub(super) struct NewFile<'a> {
-    /// Where it was found.
+    /// The path the scan found it at: the name it is tailed and logged under.
     pub(super) path: &'a Path,
     /// Its identity (device and inode).
     pub(super) id: FileId,

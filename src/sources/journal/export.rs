@@ -22,13 +22,14 @@ pub struct Entry {
     pub cursor: Option<String>,
     /// `__REALTIME_TIMESTAMP`: microseconds since the epoch.
     pub realtime_usec: Option<u64>,
-    /// `_HOSTNAME`.
+    /// `_HOSTNAME`, the line's host; `-` in the line when missing.
     pub hostname: Option<Vec<u8>>,
-    /// `SYSLOG_IDENTIFIER`.
+    /// `SYSLOG_IDENTIFIER`, the line's program name; `_COMM` stands in when it is missing.
     pub identifier: Option<Vec<u8>>,
     /// `_COMM`: the process name, when the entry has no identifier.
     pub comm: Option<Vec<u8>>,
-    /// `_PID` (trusted), else `SYSLOG_PID`.
+    /// `_PID`, which journald records itself, else the `SYSLOG_PID` the client claimed; the
+    /// line leaves `[PID]` out when there is neither.
     pub pid: Option<Vec<u8>>,
     /// `MESSAGE`, up to the reader's message bound.
     pub message: Vec<u8>,

@@ -79,7 +79,8 @@ struct RunEnd {
     last_error: String,
 }
 
-/// One configured journal source.
+/// One configured journal source: runs `journalctl --output=export` over its selection
+/// and hands the entries on as lines, resuming from its stored position.
 pub struct JournalSource {
     name: Arc<str>,
     selection: Selection,

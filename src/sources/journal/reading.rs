@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-/// The pipeline went away.
+/// The pipeline's receiver is gone (the daemon is stopping): the reading run ends rather
+/// than read entries nobody will take.
 pub(super) struct Closed;
 
 /// The state of one run's reading: where it stands and the batch being filled.

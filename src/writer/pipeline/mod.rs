@@ -52,7 +52,8 @@ const EVIDENCE_GC: Duration = Duration::from_secs(120);
 /// A validated rule set to swap in; the pipeline answers with what changed once the new
 /// rules evaluate lines.
 pub struct Reload {
-    /// The new rules.
+    /// The new rules, already loaded and checked: the pipeline only swaps them in, between
+    /// batches, so no batch is counted under two rule sets.
     pub rules: Arc<RuleSet>,
     /// Where the change goes once swapped.
     pub done: oneshot::Sender<RuleChange>,
@@ -60,7 +61,7 @@ pub struct Reload {
 
 /// Everything the pipeline thread owns.
 pub struct Pipeline {
-    /// Durable state.
+    /// The store, written only from this thread: every step's changes go in as one commit.
     pub store: Store,
     /// Detector, incident book and clock: the same engine `test` and `replay` run.
     pub engine: Engine,
@@ -68,9 +69,10 @@ pub struct Pipeline {
     pub formats: HashMap<String, TimestampFormat>,
     /// Where the notifications events call for are written.
     pub outbox: Outbox,
-    /// Metrics.
+    /// Metrics the pipeline updates (distrusted line times, bytes stored, store errors).
     pub metrics: Arc<Metrics>,
-    /// Readiness flags.
+    /// Readiness flags: the pipeline clears `store` while commits fail, so `/readyz` says
+    /// so.
     pub health: Arc<Health>,
     /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
     pub heartbeat: Box<dyn Fn() + Send>,
@@ -105,7 +107,8 @@ pub struct NotStored(pub String);
 /// What a pipeline is built from: the daemon's wiring assembles it, [`Pipeline::new`] loads
 /// the stored state into it.
 pub struct Parts {
-    /// Durable state.
+    /// The store, written only from the pipeline thread; its stored state (windows,
+    /// incidents, checkpoints) is loaded by [`Pipeline::new`].
     pub store: Store,
     /// The rules' detector, its windows not yet restored.
     pub detector: Detector,
@@ -113,9 +116,10 @@ pub struct Parts {
     pub formats: HashMap<String, TimestampFormat>,
     /// Where the notifications events call for are written.
     pub outbox: Outbox,
-    /// Metrics the pipeline updates.
+    /// Metrics the pipeline updates (distrusted line times, bytes stored, store errors).
     pub metrics: Arc<Metrics>,
-    /// Readiness flags.
+    /// Readiness flags: the pipeline clears `store` while commits fail, so `/readyz` says
+    /// so.
     pub health: Arc<Health>,
     /// Called on every tick so a hung pipeline stops feeding the systemd watchdog.
     pub heartbeat: Box<dyn Fn() + Send>,
