@@ -1,191 +1,253 @@
-//! Matching on every core with results taken in input order: pieces of input go out to
-//! worker threads (each with its own copy of the matching stage), and come back to the
-//! calling thread, which applies them strictly in the order they were handed over. Windows
-//! see the lines in exactly the order one thread would, so what they count is the same
-//! with any number of workers. `replay` ([`crate::cli::tools`]) and the daemon's pipeline both
-//! run their matching through [`in_order`].
+//! Matching on every core with results taken in input order. Whichever thread is free
+//! takes the next piece of input (the [`Source`] fills it under a lock, which numbers the
+//! pieces in input order), finds its matches with its own copy of the matching stage, and
+//! hands it back; the calling thread applies the pieces strictly in that order. Windows see
+//! the lines in exactly the order one thread would, so what they count is the same with any
+//! number of threads. `replay` ([`crate::cli::tools`]) and the daemon's pipeline both run
+//! their matching through [`in_order`].
 //!
-//! With one worker no thread is started: each piece is found and applied on the calling
-//! thread as it is handed over.
+//! `N` threads means `N` busy threads in total: the calling thread is one of them. Its
+//! first job is the in-order stage (in a log of attacks the longest one); reading is no one
+//! thread's job, so the calling thread reads only when it takes a piece itself, and it does
+//! that only when the piece due next is not back yet. With one thread no thread is started:
+//! each piece is taken, found and applied on the calling thread.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Condvar, Mutex, PoisonError};
 
-/// Where the producer hands its pieces, in input order.
-pub trait Feed<P> {
-    /// An empty piece to fill: one already applied (its buffers reused) or a new one.
-    fn fresh(&mut self) -> P;
-    /// Hands over the next piece.
-    fn send(&mut self, piece: P);
+/// Where pieces of input come from, in input order.
+pub trait Source<P> {
+    /// Fills `piece` (empty, with the buffers of a piece applied before) with the next
+    /// piece of input; false when there is none left.
+    fn fill(&mut self, piece: &mut P) -> bool;
 }
 
-/// Runs `produce`, which hands pieces to its [`Feed`] in input order; each piece is given
-/// to `find` with one of `workers` (one thread per worker; with one worker, on this
-/// thread), then to `apply` on this thread, in the order the pieces were handed over.
-/// `apply` leaves the piece ready to be refilled. A panic in `find` is raised again here.
-/// `workers` must not be empty.
-pub fn in_order<P, W, R>(
+impl<P, F: FnMut(&mut P) -> bool> Source<P> for F {
+    fn fill(&mut self, piece: &mut P) -> bool {
+        self(piece)
+    }
+}
+
+/// Takes every piece `source` gives and applies it with `apply` on this thread, in the
+/// order `source` gave them, after `find` has been at it with one of `workers`: one thread
+/// per worker, the first worker being this thread's. `apply` leaves the piece ready to be
+/// refilled; at most twice as many pieces as workers are ever made (`new_piece`), so the
+/// input in flight is bounded and no piece is allocated per piece of input. A panic in
+/// another thread's `fill` or `find` is raised again here. `workers` must not be empty.
+pub fn in_order<P, W, S>(
     workers: &mut [W],
     new_piece: impl Fn() -> P,
+    source: &mut S,
     find: impl Fn(&mut W, &mut P) + Sync,
-    apply: impl FnMut(&mut P),
-    produce: impl FnOnce(&mut dyn Feed<P>) -> R,
-) -> R
-where
+    mut apply: impl FnMut(&mut P),
+) where
     P: Send,
     W: Send,
+    S: Source<P> + Send + ?Sized,
 {
-    if workers.len() <= 1 {
-        let worker = workers.first_mut().expect("at least one worker");
-        let mut inline = Inline {
-            worker,
-            new_piece,
-            find,
-            apply,
-            spare: None,
-        };
-        return produce(&mut inline);
-    }
-    let threads = workers.len();
+    let (mine, others) = workers.split_first_mut().expect("at least one worker");
+    let pool = Pool::new((0..2 * (others.len() + 1)).map(|_| new_piece()).collect());
+    let taking = Taking::new(source);
     std::thread::scope(|scope| {
-        // Bounded: the producer waits for the workers rather than queueing all its input.
-        let (work, queue) = sync_channel::<(u64, P)>(threads);
-        let queue = Arc::new(Mutex::new(queue));
         let (done, finished) = channel::<Returned<P>>();
         let find = &find;
-        for worker in workers.iter_mut() {
-            let queue = queue.clone();
-            let done = done.clone();
-            scope.spawn(move || {
-                loop {
-                    // The lock is held only to take a piece.
-                    let next = queue.lock().map(|q| q.recv());
-                    let Ok(Ok((seq, mut piece))) = next else {
-                        break;
-                    };
-                    let result = catch_unwind(AssertUnwindSafe(|| find(worker, &mut piece)));
-                    let back = result.map(|()| piece);
-                    if done.send((seq, back)).is_err() {
-                        break;
-                    }
-                }
-            });
+        for worker in others.iter_mut() {
+            let (pool, taking, done) = (&pool, &taking, done.clone());
+            scope.spawn(move || work(worker, pool, taking, find, done));
         }
         drop(done);
-        let mut stage = Stage {
-            work,
-            finished,
-            new_piece,
-            apply,
-            in_flight: 0,
-            max_in_flight: 2 * threads + 1,
-            next_seq: 0,
-            next_apply: 0,
-            arrived: BTreeMap::new(),
-            spare: Vec::new(),
-        };
-        let result = produce(&mut stage);
-        stage.drain();
-        result
-    })
-}
-
-/// A piece back from a worker: found, or the panic that stopped its `find`.
-type Returned<P> = (u64, Result<P, Box<dyn Any + Send>>);
-
-/// One worker, on the calling thread.
-struct Inline<'w, W, N, F, A, P> {
-    worker: &'w mut W,
-    new_piece: N,
-    find: F,
-    apply: A,
-    spare: Option<P>,
-}
-
-impl<W, N, F, A, P> Feed<P> for Inline<'_, W, N, F, A, P>
-where
-    N: Fn() -> P,
-    F: Fn(&mut W, &mut P),
-    A: FnMut(&mut P),
-{
-    fn fresh(&mut self) -> P {
-        self.spare.take().unwrap_or_else(&self.new_piece)
-    }
-
-    fn send(&mut self, mut piece: P) {
-        (self.find)(self.worker, &mut piece);
-        (self.apply)(&mut piece);
-        self.spare = Some(piece);
-    }
-}
-
-/// The ordering stage: hands pieces to the workers and applies their results in input
-/// order.
-struct Stage<P, N, A> {
-    work: SyncSender<(u64, P)>,
-    finished: Receiver<Returned<P>>,
-    new_piece: N,
-    apply: A,
-    in_flight: usize,
-    max_in_flight: usize,
-    next_seq: u64,
-    next_apply: u64,
-    /// Pieces back from the workers ahead of their turn.
-    arrived: BTreeMap<u64, P>,
-    /// Applied pieces, kept for their buffers.
-    spare: Vec<P>,
-}
-
-impl<P, N: Fn() -> P, A: FnMut(&mut P)> Feed<P> for Stage<P, N, A> {
-    fn fresh(&mut self) -> P {
-        self.spare.pop().unwrap_or_else(&self.new_piece)
-    }
-
-    /// Hands `piece` to the workers, first applying what is due if enough is in flight.
-    fn send(&mut self, piece: P) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        while self.in_flight >= self.max_in_flight {
-            self.apply_next();
-        }
-        self.work
-            .send((seq, piece))
-            .expect("matching workers stopped");
-        self.in_flight += 1;
-    }
-}
-
-impl<P, N, A: FnMut(&mut P)> Stage<P, N, A> {
-    /// Applies every piece still in flight.
-    fn drain(&mut self) {
-        while self.in_flight > 0 {
-            self.apply_next();
-        }
-    }
-
-    /// Waits for the next piece in input order and applies it.
-    fn apply_next(&mut self) {
-        let mut piece = loop {
-            if let Some(piece) = self.arrived.remove(&self.next_apply) {
-                break piece;
+        // However this thread leaves the scope (its `fill`, `find` or `apply` may panic),
+        // workers waiting for a piece stop, so the scope can end.
+        let _close = CloseOnDrop(&pool);
+        let mut arrived: BTreeMap<u64, P> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut end: Option<u64> = None;
+        loop {
+            if let Some(mut piece) = arrived.remove(&next) {
+                apply(&mut piece);
+                next += 1;
+                pool.put(piece);
+                continue;
             }
-            let (seq, piece) = self.finished.recv().expect("matching workers stopped");
-            match piece {
-                Ok(piece) => {
-                    self.arrived.insert(seq, piece);
+            if end == Some(next) {
+                break;
+            }
+            // The piece due is not back: rather than wait, take one and find it here.
+            if end.is_none()
+                && let Some(piece) = pool.try_get()
+            {
+                match taking.take(piece) {
+                    Ok((seq, mut piece)) => {
+                        find(mine, &mut piece);
+                        arrived.insert(seq, piece);
+                    }
+                    Err((piece, taken)) => {
+                        pool.put(piece);
+                        end = Some(taken);
+                    }
                 }
-                // Dropping the stage on the way out closes the queue: the other workers
-                // stop and the scope ends with this panic.
-                Err(panic) => resume_unwind(panic),
+                continue;
             }
-        };
-        (self.apply)(&mut piece);
-        self.next_apply += 1;
-        self.in_flight -= 1;
-        self.spare.push(piece);
+            // Every piece is out: the one due is with a worker (it sends it, or its panic).
+            match finished.recv() {
+                Ok(Ok((seq, piece))) => {
+                    arrived.insert(seq, piece);
+                }
+                Ok(Err(panic)) => resume_unwind(panic),
+                Err(_) => panic!("matching workers stopped before piece {next}"),
+            }
+        }
+        // A worker whose `fill` panicked numbered no piece: its panic is still to come.
+        pool.close();
+        for returned in finished {
+            if let Err(panic) = returned {
+                resume_unwind(panic);
+            }
+        }
+    });
+}
+
+/// A piece found by another thread, with its number, or the panic that stopped it.
+type Returned<P> = Result<(u64, P), Box<dyn Any + Send>>;
+
+/// Another thread's loop: an empty piece, the next piece of input into it, its matches,
+/// back to the calling thread; until the input ends or the calling thread stops.
+fn work<P, W, S: Source<P> + ?Sized>(
+    worker: &mut W,
+    pool: &Pool<P>,
+    taking: &Taking<'_, S>,
+    find: &(impl Fn(&mut W, &mut P) + Sync),
+    done: Sender<Returned<P>>,
+) {
+    while let Some(piece) = pool.get() {
+        let found = catch_unwind(AssertUnwindSafe(|| {
+            let (seq, mut piece) = taking.take(piece).ok()?;
+            find(worker, &mut piece);
+            Some((seq, piece))
+        }));
+        match found {
+            Ok(Some(found)) => {
+                if done.send(Ok(found)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(panic) => {
+                let _ = done.send(Err(panic));
+                return;
+            }
+        }
+    }
+}
+
+/// The input, shared by every thread: whoever takes a piece fills it under the lock, so
+/// the pieces are numbered in input order and reading is spread over the threads.
+struct Taking<'s, S: ?Sized> {
+    next: Mutex<Next<'s, S>>,
+}
+
+struct Next<'s, S: ?Sized> {
+    source: &'s mut S,
+    /// Pieces taken so far: the number of the next one.
+    taken: u64,
+    /// The source said it has no more.
+    ended: bool,
+}
+
+impl<'s, S: ?Sized> Taking<'s, S> {
+    fn new(source: &'s mut S) -> Self {
+        Taking {
+            next: Mutex::new(Next {
+                source,
+                taken: 0,
+                ended: false,
+            }),
+        }
+    }
+
+    /// Fills `piece` with the next piece of input and numbers it; at the end of the input
+    /// (or after a `fill` panicked), gives it back with the number of pieces taken.
+    fn take<P>(&self, mut piece: P) -> Result<(u64, P), (P, u64)>
+    where
+        S: Source<P>,
+    {
+        let poisoned = self.next.is_poisoned();
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        if next.ended || poisoned || !next.source.fill(&mut piece) {
+            next.ended = true;
+            return Err((piece, next.taken));
+        }
+        let seq = next.taken;
+        next.taken += 1;
+        Ok((seq, piece))
+    }
+}
+
+/// Empty pieces: a worker waits here while every piece is in flight, which bounds how far
+/// the workers run ahead of the in-order stage.
+struct Pool<P> {
+    spare: Mutex<(Vec<P>, bool)>,
+    ready: Condvar,
+}
+
+impl<P> Pool<P> {
+    fn new(pieces: Vec<P>) -> Self {
+        Pool {
+            spare: Mutex::new((pieces, false)),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// An empty piece, waiting for one; `None` once closed.
+    fn get(&self) -> Option<P> {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if spare.1 {
+                return None;
+            }
+            if let Some(piece) = spare.0.pop() {
+                return Some(piece);
+            }
+            spare = self
+                .ready
+                .wait(spare)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// An empty piece if one is free now.
+    fn try_get(&self) -> Option<P> {
+        self.spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .pop()
+    }
+
+    fn put(&self, piece: P) {
+        self.spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .push(piece);
+        self.ready.notify_one();
+    }
+
+    /// Wakes every waiting worker to stop.
+    fn close(&self) {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.ready.notify_all();
+    }
+}
+
+struct CloseOnDrop<'p, P>(&'p Pool<P>);
+
+impl<P> Drop for CloseOnDrop<'_, P> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -193,21 +255,30 @@ impl<P, N, A: FnMut(&mut P)> Stage<P, N, A> {
 mod tests {
     use super::*;
 
-    /// Numbers doubled by the workers come back in the order they were handed over,
-    /// with one worker and with several.
+    /// Numbers doubled by the workers come back in the order the source gave them, with
+    /// one thread and with several, every piece found exactly once.
     #[test]
-    fn pieces_are_applied_in_input_order_with_any_number_of_workers() {
+    fn pieces_are_applied_in_input_order_with_any_number_of_threads() {
         for threads in [1, 2, 4] {
             let mut workers = vec![0u64; threads];
             let mut applied = Vec::new();
+            let mut i = 0u64;
             in_order(
                 &mut workers,
                 Vec::<u64>::new,
+                &mut |piece: &mut Vec<u64>| {
+                    if i == 200 {
+                        return false;
+                    }
+                    piece.extend([i, i + 1000]);
+                    i += 1;
+                    true
+                },
                 |seen, piece: &mut Vec<u64>| {
                     *seen += 1;
                     // Uneven work, so pieces finish out of order.
                     if piece[0].is_multiple_of(3) {
-                        std::thread::yield_now();
+                        std::thread::sleep(std::time::Duration::from_micros(50));
                     }
                     for n in piece.iter_mut() {
                         *n *= 2;
@@ -217,36 +288,79 @@ mod tests {
                     applied.extend(piece.iter().copied());
                     piece.clear();
                 },
-                |feed| {
-                    for i in 0..200u64 {
-                        let mut piece = feed.fresh();
-                        piece.extend([i, i + 1000]);
-                        feed.send(piece);
-                    }
-                },
             );
             let expected: Vec<u64> = (0..200u64).flat_map(|i| [2 * i, 2 * (i + 1000)]).collect();
-            assert_eq!(applied, expected, "{threads} workers");
+            assert_eq!(applied, expected, "{threads} threads");
             assert_eq!(workers.iter().sum::<u64>(), 200, "every piece found once");
         }
     }
 
+    /// At most twice as many pieces as threads are ever made, however long the input.
+    #[test]
+    fn pieces_are_reused() {
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let mut workers = vec![(); 3];
+        let mut left = 500;
+        in_order(
+            &mut workers,
+            || {
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Vec::<u8>::new()
+            },
+            &mut |piece: &mut Vec<u8>| {
+                assert!(piece.is_empty(), "a piece comes back applied");
+                left -= 1;
+                piece.push(1);
+                left > 0
+            },
+            |_, _| {},
+            |piece| piece.clear(),
+        );
+        assert!(made.into_inner() <= 6);
+    }
+
     #[test]
     fn a_panic_in_a_worker_reaches_the_caller() {
-        let mut workers = vec![(); 2];
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            in_order(
-                &mut workers,
-                || 0u32,
-                |_, piece: &mut u32| assert!(*piece != 7, "piece 7"),
-                |_| {},
-                |feed| {
-                    for i in 0..20 {
-                        feed.send(i);
-                    }
-                },
-            )
-        }));
-        assert!(result.is_err());
+        for threads in [1, 2, 3] {
+            let mut workers = vec![(); threads];
+            let mut i = 0u32;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                in_order(
+                    &mut workers,
+                    || 0u32,
+                    &mut |piece: &mut u32| {
+                        i += 1;
+                        *piece = i;
+                        i < 20
+                    },
+                    |_, piece: &mut u32| assert!(*piece != 7, "piece 7"),
+                    |_| {},
+                )
+            }));
+            assert!(result.is_err(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_reading_reaches_the_caller() {
+        for threads in [1, 2, 3] {
+            let mut workers = vec![(); threads];
+            let mut i = 0u32;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                in_order(
+                    &mut workers,
+                    || 0u32,
+                    &mut |piece: &mut u32| {
+                        i += 1;
+                        assert!(i != 9, "reading piece 9");
+                        *piece = i;
+                        i < 20
+                    },
+                    |_, _| {},
+                    |_| {},
+                )
+            }));
+            assert!(result.is_err(), "{threads} threads");
+        }
     }
 }

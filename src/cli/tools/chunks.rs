@@ -1,17 +1,17 @@
 //! Replay on every core: the logs are read in pieces of whole lines (a single log straight
-//! into the piece's buffer, several merged in time order and copied in), which go out to
-//! worker threads; a worker reads the lines' times and finds their matches (one literal
-//! pass over the piece, then the gate and captures of the lines it names: the per-line
-//! work, [`crate::detection::Matchers::find_run`]); one stage, on the calling thread,
-//! takes the pieces back in input order and counts their matches into windows and
+//! into the piece's buffer, several merged in time order and copied in) by whichever
+//! thread takes the next piece; that thread reads the lines' times and finds their matches
+//! (one literal pass over the piece, then the gate and captures of the lines it names: the
+//! per-line work, [`crate::detection::Matchers::find_run`]); one stage, on the calling
+//! thread, takes the pieces back in input order and counts their matches into windows and
 //! incidents. Windows see the lines in exactly the order one thread would, so the
-//! incidents are the same. With one thread the worker's part runs on the calling thread.
-//! The workers and the ordering are [`crate::detection::in_order`], which the daemon's
+//! incidents are the same. With one thread everything runs on the calling thread. The
+//! threads and the ordering are [`crate::detection::in_order`], which the daemon's
 //! pipeline runs too.
 
 use super::eval::Evaluation;
-use super::input::{Lines, LogFile, LogReader, PIECE_BYTES, merge};
-use crate::detection::in_order::in_order;
+use super::input::{Lines, LogFile, LogReader, Merge};
+use crate::detection::in_order::{Source, in_order};
 use crate::detection::{Found, Matchers};
 use crate::sources::LogLine;
 use crate::sources::timestamp::HeadTimes;
@@ -73,7 +73,8 @@ impl Chunk {
 }
 
 /// Feeds every line of `readers` (merged in time order) to every evaluation, in order,
-/// finding matches on `threads` worker threads (1: all on this thread, no workers).
+/// on `threads` threads in all (1: everything on this thread). This thread counts the
+/// matches into windows; the others read pieces and find their matches.
 /// `counted` is called with the number of lines evaluated so far, after each line.
 /// Returns the readers for their counts.
 pub fn evaluate(
@@ -88,53 +89,68 @@ pub fn evaluate(
         .collect();
     let mut apply = Apply::new(evaluations, &files, counted);
     let count = apply.evaluations.len();
-    let mut readers = in_order(
+    let mut reading = Reading::new(readers)?;
+    in_order(
         &mut workers,
         || Chunk::new(count),
+        &mut reading,
         |matchers, chunk: &mut Chunk| chunk.find(&files, matchers),
         |chunk| {
             apply.chunk(chunk);
             chunk.lines.clear();
         },
-        |feed| {
-            let mut current = feed.fresh();
-            let read = read(readers, &mut current, |full| {
-                let next = feed.fresh();
-                feed.send(std::mem::replace(full, next));
-            });
-            if !current.lines.is_empty() {
-                feed.send(current);
-            }
-            read
-        },
-    )?;
+    );
+    let mut readers = reading.finish()?;
     for (reader, untimed) in readers.iter_mut().zip(&apply.untimed) {
         reader.untimed += untimed;
     }
     Ok(readers)
 }
 
-/// Reads every line of `readers` into `chunk`, calling `full` with each full chunk (which
-/// it empties or replaces): one file is read in pieces straight into the chunk's buffer;
-/// several are merged in time order (each line's time read to order it) and copied in.
-/// A last partial chunk is left in `chunk`.
-fn read(
-    mut readers: Vec<LogReader>,
-    chunk: &mut Chunk,
-    mut full: impl FnMut(&mut Chunk),
-) -> io::Result<Vec<LogReader>> {
-    if let [reader] = readers.as_mut_slice() {
-        while reader.read_lines(0, &mut chunk.lines)? {
-            full(chunk);
-        }
-        return Ok(readers);
+/// Where the pieces come from: one file read in pieces straight into the piece's buffer
+/// (times read later, by the worker that finds the piece's matches); several merged in
+/// time order (each line's time read to order it) and copied in.
+struct Reading {
+    logs: Logs,
+    /// The first read error: the input ends there.
+    error: Option<io::Error>,
+}
+
+enum Logs {
+    One(LogReader),
+    Merged(Merge),
+}
+
+impl Reading {
+    fn new(mut readers: Vec<LogReader>) -> io::Result<Reading> {
+        let logs = match readers.len() {
+            1 => Logs::One(readers.remove(0)),
+            _ => Logs::Merged(Merge::new(readers)?),
+        };
+        Ok(Reading { logs, error: None })
     }
-    merge(readers, |line, reader, time| {
-        chunk.lines.push(&line.bytes, line.offset, reader, time);
-        if chunk.lines.text.len() >= PIECE_BYTES {
-            full(chunk);
+
+    /// The readers, for their counts, or the error that stopped the reading.
+    fn finish(self) -> io::Result<Vec<LogReader>> {
+        match (self.error, self.logs) {
+            (Some(e), _) => Err(e),
+            (None, Logs::One(reader)) => Ok(vec![reader]),
+            (None, Logs::Merged(merge)) => Ok(merge.into_readers()),
         }
-    })
+    }
+}
+
+impl Source<Chunk> for Reading {
+    fn fill(&mut self, chunk: &mut Chunk) -> bool {
+        let read = match &mut self.logs {
+            Logs::One(reader) => reader.read_lines(0, &mut chunk.lines),
+            Logs::Merged(merge) => merge.read_lines(&mut chunk.lines),
+        };
+        read.unwrap_or_else(|e| {
+            self.error = Some(e);
+            false
+        })
+    }
 }
 
 /// The window stage: counts each line's matches in input order.
@@ -206,6 +222,122 @@ impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
             }
             self.lines += 1;
             (self.counted)(self.lines);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::input::tests::{Read, awkward_log, by_lines, spec};
+    use super::*;
+    use std::path::Path;
+
+    /// Every line the in-order stage takes, in order: (reader, bytes, offset, time).
+    fn applied(
+        paths: &[&Path],
+        threads: usize,
+    ) -> Vec<(usize, Vec<u8>, u64, Option<DateTime<Utc>>)> {
+        let spec = super::super::input::LogSpec {
+            max_line_bytes: 200,
+            ..spec()
+        };
+        let readers: Vec<LogReader> = paths
+            .iter()
+            .map(|p| LogReader::open(p, &spec, Arc::default()).unwrap())
+            .collect();
+        let files: Vec<LogFile> = readers.iter().map(LogReader::file).collect();
+        let mut reading = Reading::new(readers).unwrap();
+        let mut workers = vec![(); threads];
+        let mut out = Vec::new();
+        in_order(
+            &mut workers,
+            || Chunk::new(0),
+            &mut reading,
+            |_, chunk: &mut Chunk| {
+                // Uneven work, so pieces come back out of order.
+                if chunk.lines.lines[0].offset % 3 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                chunk.find(&files, &mut []);
+            },
+            |chunk| {
+                let Lines {
+                    text,
+                    ranges,
+                    lines,
+                } = &chunk.lines;
+                for (at, range) in lines.iter().zip(ranges) {
+                    out.push((at.reader, text[range.clone()].to_vec(), at.offset, at.time));
+                }
+                chunk.lines.clear();
+            },
+        );
+        let readers = reading.finish().unwrap();
+        assert_eq!(readers.len(), paths.len());
+        out
+    }
+
+    /// With any number of threads, the in-order stage takes every line exactly once, in
+    /// input order, as reading line by line gives it: lines across piece boundaries, CRLF,
+    /// a line longer than two pieces, empty lines, a last line without a newline; one log
+    /// read in pieces, and two merged in time order.
+    #[test]
+    fn every_line_is_applied_once_in_input_order_with_any_number_of_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        awkward_log(&a, 40_000, 0);
+        awkward_log(&b, 30_000, 7);
+        let spec = super::super::input::LogSpec {
+            max_line_bytes: 200,
+            ..spec()
+        };
+        let one = by_lines(&a, &spec);
+        assert_eq!(one.len(), 40_004);
+        // Two logs merged: the earlier head line first, the first log's on a tie; a line
+        // without a time takes its log's time before.
+        let timed = |read: Read| {
+            let mut last = None;
+            read.into_iter()
+                .map(|(bytes, offset, time)| {
+                    last = time.or(last);
+                    (bytes, offset, last.unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let (mut left, mut right) = (
+            timed(one.clone()).into_iter().peekable(),
+            timed(by_lines(&b, &spec)).into_iter().peekable(),
+        );
+        let mut merged = Vec::new();
+        loop {
+            let take_left = match (left.peek(), right.peek()) {
+                (Some(l), Some(r)) => l.2 <= r.2,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (reader, (bytes, offset, time)) = if take_left {
+                (0, left.next().unwrap())
+            } else {
+                (1, right.next().unwrap())
+            };
+            merged.push((reader, bytes, offset, Some(time)));
+        }
+        let one: Vec<_> = one
+            .into_iter()
+            .map(|(bytes, offset, time)| (0, bytes, offset, time))
+            .collect();
+        for threads in [1, 2, 3] {
+            let got = applied(&[&a], threads);
+            assert_eq!(got.len(), one.len(), "one log, {threads} threads");
+            for (i, (got, want)) in got.iter().zip(&one).enumerate() {
+                assert_eq!(got, want, "one log, {threads} threads, line {i}");
+            }
+            let got = applied(&[&a, &b], threads);
+            assert_eq!(got.len(), merged.len(), "two logs, {threads} threads");
+            for (i, (got, want)) in got.iter().zip(&merged).enumerate() {
+                assert_eq!(got, want, "two logs, {threads} threads, line {i}");
+            }
         }
     }
 }

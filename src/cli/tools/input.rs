@@ -7,15 +7,14 @@
 use crate::sources::LogLine;
 use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, Utc};
-use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::ops::Range;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Read buffer per file.
 const BUFFER: usize = 256 << 10;
@@ -28,13 +27,13 @@ pub const PIECE_BYTES: usize = 1 << 20;
 /// Counts the bytes read from the file itself (compressed bytes for a `.gz`), for progress.
 struct Counting {
     file: File,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
 }
 
 impl Read for Counting {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -52,7 +51,7 @@ pub struct LogSpec {
 
 /// One log file being read line by line.
 pub struct LogReader {
-    reader: Box<dyn BufRead>,
+    reader: Box<dyn BufRead + Send>,
     format: TimestampFormat,
     /// Year reference for formats without a year: the file's modification time.
     reference: DateTime<Utc>,
@@ -67,7 +66,7 @@ pub struct LogReader {
 
 impl LogReader {
     /// Opens a log; gzip is recognised by its magic bytes, whatever the name.
-    pub fn open(path: &Path, spec: &LogSpec, read: Rc<Cell<u64>>) -> io::Result<LogReader> {
+    pub fn open(path: &Path, spec: &LogSpec, read: Arc<AtomicU64>) -> io::Result<LogReader> {
         let file = File::open(path)?;
         let reference = file
             .metadata()?
@@ -76,7 +75,7 @@ impl LogReader {
             .unwrap_or_else(|_| Utc::now());
         let mut raw = BufReader::with_capacity(BUFFER, Counting { file, read });
         let gzip = raw.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-        let reader: Box<dyn BufRead> = if gzip {
+        let reader: Box<dyn BufRead + Send> = if gzip {
             Box::new(BufReader::with_capacity(
                 BUFFER,
                 flate2::bufread::MultiGzDecoder::new(raw),
@@ -119,7 +118,7 @@ impl LogReader {
     /// however long) to `lines` as lines of reader `reader`, untimed: their times are read
     /// by [`LogFile::time_of`] where the lines are matched. Returns false at the end of the
     /// file. A last line without a newline is a line; lines are cut at the source's
-    /// `max_line_bytes` and lose a `\r` before their newline, as [`merge`] reads them.
+    /// `max_line_bytes` and lose a `\r` before their newline, as [`Merge`] reads them.
     pub fn read_lines(&mut self, reader: usize, lines: &mut Lines) -> io::Result<bool> {
         let text = &mut lines.text;
         let base = text.len();
@@ -287,35 +286,72 @@ impl Lines {
     }
 }
 
-/// Calls `each` for every line of every reader, in time order across readers (ties and
-/// equal times keep file order), with the index of its reader. Returns the readers for
-/// their counts.
-pub fn merge(
-    mut readers: Vec<LogReader>,
-    mut each: impl FnMut(&LogLine, usize, DateTime<Utc>),
-) -> io::Result<Vec<LogReader>> {
-    let mut heap = BinaryHeap::new();
-    for (i, r) in readers.iter_mut().enumerate() {
-        if let Some(t) = r.advance()? {
-            heap.push(Reverse((t, i)));
+/// Several logs read as one stream in time order (ties and equal times keep file order):
+/// each file's next line waits in a heap by its time.
+pub struct Merge {
+    readers: Vec<LogReader>,
+    /// Readers with a line read and not yet taken, by that line's time.
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+    /// The reader whose line was taken last: it reads its next one before the next take.
+    taken: Option<usize>,
+}
+
+impl Merge {
+    /// Reads the first line of every reader.
+    pub fn new(mut readers: Vec<LogReader>) -> io::Result<Merge> {
+        let mut heap = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(t) = r.advance()? {
+                heap.push(Reverse((t, i)));
+            }
         }
+        Ok(Merge {
+            readers,
+            heap,
+            taken: None,
+        })
     }
-    while let Some(Reverse((time, i))) = heap.pop() {
-        let reader = &mut readers[i];
-        each(&reader.line, i, time);
-        if let Some(next) = reader.advance()? {
-            heap.push(Reverse((next, i)));
+
+    /// The next line in time order, with the index of its reader and its time (a line
+    /// without one takes the time of its file's line before); `None` at the end.
+    pub fn next_line(&mut self) -> io::Result<Option<(&LogLine, usize, DateTime<Utc>)>> {
+        if let Some(i) = self.taken.take()
+            && let Some(next) = self.readers[i].advance()?
+        {
+            self.heap.push(Reverse((next, i)));
         }
+        let Some(Reverse((time, i))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        self.taken = Some(i);
+        Ok(Some((&self.readers[i].line, i, time)))
     }
-    Ok(readers)
+
+    /// Appends the next lines in time order (about [`PIECE_BYTES`]) to `lines`, with their
+    /// times; false at the end.
+    pub fn read_lines(&mut self, lines: &mut Lines) -> io::Result<bool> {
+        let before = lines.len();
+        while lines.text.len() < PIECE_BYTES {
+            let Some((line, reader, time)) = self.next_line()? else {
+                break;
+            };
+            lines.push(&line.bytes, line.offset, reader, time);
+        }
+        Ok(lines.len() > before)
+    }
+
+    /// The readers, for their counts.
+    pub fn into_readers(self) -> Vec<LogReader> {
+        self.readers
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn spec() -> LogSpec {
+    pub(in crate::cli::tools) fn spec() -> LogSpec {
         LogSpec {
             source: "s".into(),
             format: TimestampFormat::Rfc3339,
@@ -337,16 +373,17 @@ mod tests {
         gz.write_all(b"2026-11-22T10:00:01Z b1\n2026-11-22T10:00:03Z b3")
             .unwrap();
         std::fs::write(&b, gz.finish().unwrap()).unwrap();
-        let counter = Rc::new(Cell::new(0));
+        let counter = Arc::new(AtomicU64::new(0));
         let readers = vec![
             LogReader::open(&a, &spec(), counter.clone()).unwrap(),
             LogReader::open(&b, &spec(), counter.clone()).unwrap(),
         ];
         let mut seen = Vec::new();
-        let readers = merge(readers, |line, _, _| {
+        let mut merge = Merge::new(readers).unwrap();
+        while let Some((line, _, _)) = merge.next_line().unwrap() {
             seen.push(String::from_utf8_lossy(&line.bytes).to_string())
-        })
-        .unwrap();
+        }
+        let readers = merge.into_readers();
         assert_eq!(
             seen,
             [
@@ -358,26 +395,26 @@ mod tests {
             ]
         );
         assert_eq!(readers[0].untimed, 1);
-        assert!(counter.get() > 0);
+        assert!(counter.load(Ordering::Relaxed) > 0);
     }
 
-    /// Every line `merge` reads, as (bytes, offset, time or none).
-    type Read = Vec<(Vec<u8>, u64, Option<DateTime<Utc>>)>;
+    /// Every line [`Merge`] reads, as (bytes, offset, time or none).
+    pub(in crate::cli::tools) type Read = Vec<(Vec<u8>, u64, Option<DateTime<Utc>>)>;
 
-    fn by_lines(path: &Path, spec: &LogSpec) -> Read {
-        let reader = LogReader::open(path, spec, Rc::new(Cell::new(0))).unwrap();
+    pub(in crate::cli::tools) fn by_lines(path: &Path, spec: &LogSpec) -> Read {
+        let reader = LogReader::open(path, spec, Arc::default()).unwrap();
         let format = spec.format.clone();
         let mut out = Vec::new();
-        merge(vec![reader], |line, _, _| {
+        let mut merge = Merge::new(vec![reader]).unwrap();
+        while let Some((line, _, _)) = merge.next_line().unwrap() {
             let time = format.parse(&line.bytes, line.arrival);
             out.push((line.bytes.clone(), line.offset, time))
-        })
-        .unwrap();
+        }
         out
     }
 
     fn by_pieces(path: &Path, spec: &LogSpec) -> (Read, usize) {
-        let mut reader = LogReader::open(path, spec, Rc::new(Cell::new(0))).unwrap();
+        let mut reader = LogReader::open(path, spec, Arc::default()).unwrap();
         let file = reader.file();
         let mut lines = Lines::default();
         let (mut out, mut pieces) = (Vec::new(), 0);
@@ -393,27 +430,26 @@ mod tests {
         (out, pieces)
     }
 
-    /// Reading in pieces of whole lines gives exactly the lines, offsets and times that
-    /// reading line by line gives: lines across piece boundaries, CRLF, lines cut at the
-    /// longest line kept, a line longer than a piece, and a last line without a newline.
-    #[test]
-    fn pieces_hold_the_same_lines_as_reading_line_by_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
+    /// A log that is awkward to cut into pieces, with `lines` ordinary lines (the `i`th at
+    /// second `i + shift` of 10:00 on a day): lines across piece boundaries, CRLF, a line
+    /// longer than a piece and than 200 bytes, empty lines, and a last line without a
+    /// newline. Read with `max_line_bytes: 200`, it has `lines + 4` lines.
+    pub(in crate::cli::tools) fn awkward_log(path: &Path, lines: u32, shift: u32) {
         let mut text = Vec::new();
-        for i in 0..40_000u32 {
+        for i in 0..lines {
             let end: &[u8] = if i % 3 == 0 { b"\r\n" } else { b"\n" };
+            let second = i + shift;
             text.extend_from_slice(
                 format!(
                     "2026-11-22T10:{:02}:{:02}Z host line {i} {}",
-                    i / 60 % 60,
-                    i % 60,
+                    second / 60 % 60,
+                    second % 60,
                     "x".repeat((i % 97) as usize)
                 )
                 .as_bytes(),
             );
             text.extend_from_slice(end);
-            if i == 20_000 {
+            if i == lines / 2 {
                 // Longer than a piece, and than the longest line kept.
                 text.extend_from_slice(b"2026-11-22T11:00:00Z long ");
                 text.extend(std::iter::repeat_n(b'y', PIECE_BYTES * 2 + 17));
@@ -421,7 +457,16 @@ mod tests {
             }
         }
         text.extend_from_slice(b"2026-11-22T12:00:00Z the last line, without newline");
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(path, &text).unwrap();
+    }
+
+    /// Reading in pieces of whole lines gives exactly the lines, offsets and times that
+    /// reading line by line gives.
+    #[test]
+    fn pieces_hold_the_same_lines_as_reading_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        awkward_log(&path, 40_000, 0);
         let spec = LogSpec {
             max_line_bytes: 200,
             ..spec()

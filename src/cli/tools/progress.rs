@@ -3,9 +3,9 @@
 //! Shown only when stderr is a terminal (never in scripts, CI logs or pipes) and only once
 //! a run has taken long enough for a person to wonder, so small inputs print nothing.
 
-use std::cell::Cell;
 use std::io::{IsTerminal, Write};
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Quiet period before the first update: short runs never show it.
@@ -17,7 +17,7 @@ const EVERY: Duration = Duration::from_millis(250);
 /// silent when stderr is not a terminal or the run ends quickly.
 pub struct Progress {
     enabled: bool,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
     total: u64,
     started: Instant,
     next: Instant,
@@ -26,7 +26,7 @@ pub struct Progress {
 
 impl Progress {
     /// Progress over `total` bytes, counted by `read`.
-    pub fn new(read: Rc<Cell<u64>>, total: u64) -> Self {
+    pub fn new(read: Arc<AtomicU64>, total: u64) -> Self {
         let started = Instant::now();
         Progress {
             enabled: std::io::stderr().is_terminal(),
@@ -51,7 +51,7 @@ impl Progress {
         let percent = if self.total == 0 {
             100.0
         } else {
-            (self.read.get() as f64 * 100.0 / self.total as f64).min(100.0)
+            (self.read.load(Ordering::Relaxed) as f64 * 100.0 / self.total as f64).min(100.0)
         };
         let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
         eprint!(

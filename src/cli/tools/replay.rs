@@ -16,11 +16,11 @@ use crate::sources::timestamp::TimestampFormat;
 use chrono::{DateTime, SecondsFormat, Utc};
 use globset::GlobBuilder;
 use serde_json::json;
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 /// Lines between two progress checks.
@@ -48,9 +48,10 @@ pub struct ReplayArgs {
     /// rfc3339, clf, epoch or a strftime pattern).
     #[arg(long, value_name = "FORMAT", default_value = "syslog")]
     pub timestamp: String,
-    /// Worker threads that find matches (the gate and captures), while one stage counts
-    /// them in input order: the incidents are the same with any number. Default: the
-    /// available cores.
+    /// Threads in all, this one included: the others read the logs and find matches (the
+    /// gate and captures) while this one counts them in input order (and finds too when it
+    /// would wait); the incidents are the same with any number. Default: the available
+    /// cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// The detector's design before PCRE2 and the gate (`previous`), for benchmarks that
@@ -88,7 +89,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             Err(code) => return code,
         }
     };
-    let read = Rc::new(Cell::new(0u64));
+    let read = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     let mut total = 0;
     for log in &args.logs {

@@ -118,22 +118,34 @@ impl Piece<'_> {
 }
 
 /// Evaluates every line of `batches` on `engine`, in order: matches are found on `workers`
-/// (one thread each; one worker: on this thread) in pieces of [`PIECE_LINES`], and counted
+/// (one thread each, this one the first's) in pieces of [`PIECE_LINES`], and counted
 /// here in input order, so the outcome is the same with any number of workers. `judge`
 /// gives each line's evaluation time from its own time. Returns each batch's latest time.
-pub(super) fn evaluate_lines(
+pub(super) fn evaluate_lines<'b>(
     workers: &mut [Matchers],
     engine: &mut Engine,
     formats: &HashMap<String, TimestampFormat>,
-    batches: &[Batch],
+    batches: &'b [Batch],
     mut judge: impl FnMut(&LogLine, Option<DateTime<Utc>>) -> DateTime<Utc>,
     events: &mut Vec<IncidentEvent>,
     counted: &mut dyn FnMut(&Hit),
 ) -> Vec<Option<DateTime<Utc>>> {
     let mut latest = vec![None; batches.len()];
+    let mut pieces = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(batch, b)| b.lines.chunks(PIECE_LINES).map(move |lines| (batch, lines)));
     in_order(
         workers,
         Piece::default,
+        &mut |piece: &mut Piece<'b>| {
+            let Some((batch, lines)) = pieces.next() else {
+                return false;
+            };
+            piece.batch = batch;
+            piece.lines = lines;
+            true
+        },
         |matchers, piece: &mut Piece| piece.find(matchers, formats),
         |piece| {
             for (i, line) in piece.lines.iter().enumerate() {
@@ -142,16 +154,6 @@ pub(super) fn evaluate_lines(
                 let at: &mut Option<DateTime<Utc>> = &mut latest[piece.batch];
                 *at = Some(at.map_or(time, |l| l.max(time)));
                 engine.observe_found(line, time, piece.found.line(i), events, counted);
-            }
-        },
-        |feed| {
-            for (batch, b) in batches.iter().enumerate() {
-                for lines in b.lines.chunks(PIECE_LINES) {
-                    let mut piece = feed.fresh();
-                    piece.batch = batch;
-                    piece.lines = lines;
-                    feed.send(piece);
-                }
             }
         },
     );
