@@ -65,6 +65,7 @@ pub fn in_order<P, W, S>(
         let mut arrived: BTreeMap<u64, P> = BTreeMap::new();
         let mut next = 0u64;
         let mut end: Option<u64> = None;
+        let mut stopped = false;
         loop {
             if let Some(mut piece) = arrived.remove(&next) {
                 apply(&mut piece);
@@ -97,6 +98,8 @@ pub fn in_order<P, W, S>(
                     arrived.insert(seq, piece);
                 }
                 Ok(Err(panic)) => resume_unwind(panic),
+                // They stop at the end of the input, which this thread learns by taking.
+                Err(_) if end.is_none() && !stopped => stopped = true,
                 Err(_) => panic!("matching workers stopped before piece {next}"),
             }
         }
@@ -123,10 +126,16 @@ fn work<P, W, S: Source<P> + ?Sized>(
     done: Sender<Returned<P>>,
 ) {
     while let Some(piece) = pool.get() {
-        let found = catch_unwind(AssertUnwindSafe(|| {
-            let (seq, mut piece) = taking.take(piece).ok()?;
-            find(worker, &mut piece);
-            Some((seq, piece))
+        let found = catch_unwind(AssertUnwindSafe(|| match taking.take(piece) {
+            Ok((seq, mut piece)) => {
+                find(worker, &mut piece);
+                Some((seq, piece))
+            }
+            // The pool keeps every piece: the calling thread may still want one.
+            Err((piece, _)) => {
+                pool.put(piece);
+                None
+            }
         }));
         match found {
             Ok(Some(found)) => {
