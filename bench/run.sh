@@ -9,7 +9,7 @@
 # `logwarden replay` with the shipped rules over the attack-heavy log: lines/s on 1 thread
 # and on every core, both designs, peak RSS, and the ratio to mtail running the same
 # brute-force rule (bench/ssh-bruteforce.mtail) when mtail is installed.
-# Usage: bench/run.sh [LINES]
+# Usage: bench/run.sh [LINES]   (environment: REPLAY_RUNS, LOGWARDEN_BASELINE_BIN, below)
 #
 #   attack-heavy  the generated sshd/PAM/sudo/cron log of a host under brute force
 #                 (37 % of lines match a rule, ~0.77 counted matches per line)
@@ -134,28 +134,55 @@ if command -v mtail >/dev/null; then
 else
   echo "mtail not installed: no ratio to it (apt-get install mtail)"
 fi
-printf '\n%-13s %-7s %-8s %12s %9s %9s %10s %7s %7s %8s\n' \
-  log threads design lines/s seconds peak_MiB "vs grep -c" "vs prev" "vs 1" "vs mtail"
-declare -A rates
-for design in previous current; do
+printf '\n%-13s %-7s %-8s %12s %9s %9s %10s %7s %7s %8s %7s\n' \
+  log threads design lines/s seconds peak_MiB "vs grep -c" "vs prev" "vs 1" "vs mtail" cpu_s
+# Each row is the best (shortest wall time) of $REPLAY_RUNS runs (default 3), in rounds
+# that alternate the rows, so a busy machine slows every row alike; cpu_s is that run's
+# user + system CPU seconds (what the threads cost, whatever the wall time).
+# LOGWARDEN_BASELINE_BIN: an older logwarden measured the same way, in the same run
+# (rows `baseline`, its detector's design), to compare builds.
+runs=${REPLAY_RUNS:-3}
+designs=(previous current)
+[ -n "${LOGWARDEN_BASELINE_BIN:-}" ] && designs+=(baseline)
+declare -A rates best cpus peaks
+for ((round = 0; round < runs; round++)); do
+  for design in "${designs[@]}"; do
+    for threads in 1 "$cores"; do
+      bin=$logwarden
+      flag=$design
+      [ "$design" = baseline ] && bin=$LOGWARDEN_BASELINE_BIN && flag=current
+      cmd=("$bin" replay --json --config "$work/no-config.yaml" --rules rules
+        --design "$flag" --threads "$threads" "$file")
+      [ -x /usr/bin/time ] && cmd=(/usr/bin/time -f '%M %U %S' -o "$work/rss" "${cmd[@]}")
+      out=$("${cmd[@]}" | tr -d '\n')
+      rate=$(echo "$out" | sed -E 's/.*"lines_per_second":([0-9.]+).*/\1/')
+      key=$design/$threads
+      if [ -z "${rates[$key]:-}" ] || [ "$(calc "$rate > ${rates[$key]}")" = 1 ]; then
+        rates[$key]=$rate
+        best[$key]=$(echo "$out" | sed -E 's/.*"seconds":([0-9.]+).*/\1/')
+        peaks[$key]=-
+        cpus[$key]=-
+        if [ -s "$work/rss" ]; then
+          read -r kib user sys <"$work/rss"
+          peaks[$key]=$(printf '%.0f' "$(calc "$kib / 1024")")
+          cpus[$key]=$(printf '%.2f' "$(calc "$user + $sys")")
+        fi
+      fi
+      rm -f "$work/rss"
+    done
+  done
+done
+for design in "${designs[@]}"; do
   for threads in 1 "$cores"; do
-    cmd=("$logwarden" replay --json --config "$work/no-config.yaml" --rules rules
-      --design "$design" --threads "$threads" "$file")
-    [ -x /usr/bin/time ] && cmd=(/usr/bin/time -f %M -o "$work/rss" "${cmd[@]}")
-    out=$("${cmd[@]}" | tr -d '\n')
-    rss=-
-    [ -s "$work/rss" ] && rss=$(printf '%.0f' "$(calc "$(tail -1 "$work/rss") / 1024")")
-    rm -f "$work/rss"
-    rate=$(echo "$out" | sed -E 's/.*"lines_per_second":([0-9.]+).*/\1/')
-    secs=$(echo "$out" | sed -E 's/.*"seconds":([0-9.]+).*/\1/')
-    rates[$design/$threads]=$rate
+    key=$design/$threads
+    rate=${rates[$key]}
     prev=${rates[previous/$threads]}
     one=${rates[$design/1]}
     vs_mtail=-
     [ -n "$mtail_rate" ] && vs_mtail=$(printf '%.2f' "$(calc "$rate / $mtail_rate")")
-    printf '%-13s %-7s %-8s %12.0f %9.3f %9s %10.3f %7.2f %7.2f %8s\n' replay "$threads" "$design" \
-      "$rate" "$secs" "$rss" "$(calc "$rate / $grep_attack")" "$(calc "$rate / $prev")" \
-      "$(calc "$rate / $one")" "$vs_mtail"
+    printf '%-13s %-7s %-8s %12.0f %9.3f %9s %10.3f %7.2f %7.2f %8s %7s\n' replay "$threads" "$design" \
+      "$rate" "${best[$key]}" "${peaks[$key]}" "$(calc "$rate / $grep_attack")" "$(calc "$rate / $prev")" \
+      "$(calc "$rate / $one")" "$vs_mtail" "${cpus[$key]}"
   done
 done
 echo "machine load (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
