@@ -232,11 +232,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// Every line the in-order stage takes, in order: (reader, bytes, offset, time).
-    fn applied(
-        paths: &[&Path],
-        threads: usize,
-    ) -> Vec<(usize, Vec<u8>, u64, Option<DateTime<Utc>>)> {
+    /// Lines as the in-order stage takes them: (reader, bytes, offset, time).
+    type Applied = Vec<(usize, Vec<u8>, u64, Option<DateTime<Utc>>)>;
+
+    /// Every line the in-order stage takes from `paths` on `threads` threads, in order.
+    fn applied(paths: &[&Path], threads: usize) -> Applied {
         let spec = super::super::input::LogSpec {
             max_line_bytes: 200,
             ..spec()
@@ -255,7 +255,7 @@ mod tests {
             &mut reading,
             |_, chunk: &mut Chunk| {
                 // Uneven work, so pieces come back out of order.
-                if chunk.lines.lines[0].offset % 3 == 0 {
+                if chunk.lines.lines[0].offset.is_multiple_of(3) {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 chunk.find(&files, &mut []);
