@@ -328,48 +328,42 @@ mod tests {
         assert!(made.into_inner() <= 6);
     }
 
-    #[test]
-    fn a_panic_in_a_worker_reaches_the_caller() {
-        for threads in [1, 2, 3] {
-            let mut workers = vec![(); threads];
-            let mut i = 0u32;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                in_order(
-                    &mut workers,
-                    || 0u32,
-                    &mut |piece: &mut u32| {
-                        i += 1;
-                        *piece = i;
-                        i < 20
-                    },
-                    |_, piece: &mut u32| assert!(*piece != 7, "piece 7"),
-                    |_| {},
-                )
-            }));
-            assert!(result.is_err(), "{threads} threads");
-        }
+    /// The message of the panic that `in_order` raised on `threads` threads over 20
+    /// pieces, when reading piece `bad_read` or finding piece `bad_find` panics.
+    fn panic_of(threads: usize, bad_read: u32, bad_find: u32) -> String {
+        let mut workers = vec![(); threads];
+        let mut i = 0u32;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            in_order(
+                &mut workers,
+                || 0u32,
+                &mut |piece: &mut u32| {
+                    i += 1;
+                    assert!(i != bad_read, "reading piece {i}");
+                    *piece = i;
+                    i < 20
+                },
+                |_, piece: &mut u32| assert!(*piece != bad_find, "finding piece {piece}"),
+                |_| {},
+            )
+        }));
+        let panic = result.expect_err("a panic");
+        panic.downcast_ref::<String>().cloned().unwrap_or_default()
     }
 
+    /// A panic in any thread's `fill` or `find` reaches the caller as itself, and the
+    /// threads stop (the scope ends).
     #[test]
-    fn a_panic_while_reading_reaches_the_caller() {
+    fn a_panic_while_reading_or_finding_reaches_the_caller() {
         for threads in [1, 2, 3] {
-            let mut workers = vec![(); threads];
-            let mut i = 0u32;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                in_order(
-                    &mut workers,
-                    || 0u32,
-                    &mut |piece: &mut u32| {
-                        i += 1;
-                        assert!(i != 9, "reading piece 9");
-                        *piece = i;
-                        i < 20
-                    },
-                    |_, _| {},
-                    |_| {},
-                )
-            }));
-            assert!(result.is_err(), "{threads} threads");
+            assert!(
+                panic_of(threads, 0, 7).contains("finding piece 7"),
+                "{threads}"
+            );
+            assert!(
+                panic_of(threads, 9, 0).contains("reading piece 9"),
+                "{threads}"
+            );
         }
     }
 }
