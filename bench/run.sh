@@ -17,10 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# Floating-point arithmetic (awk is on every machine; bc is not).
-calc() { awk "BEGIN { printf \"%.10g\\n\", $1 }"; }
+# $work (removed on exit) and calc, shared with the other benches.
+source bench/lib.sh
 
 # DETECT_BENCH: an already built detect_bench (the test suite runs this script on its debug
 # build to check that it works; such figures mean nothing).
