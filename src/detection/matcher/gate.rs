@@ -56,159 +56,167 @@ impl LiteralFinder {
     }
 
     /// The leftmost literal occurrence inside `hay[span]` (the longest of those starting
-    /// there): its literal and where it starts.
+    /// there): its literal and where it lies.
     #[inline]
-    fn find(&self, hay: &[u8], span: Range<usize>) -> Option<(usize, usize)> {
+    fn find(&self, hay: &[u8], span: Range<usize>) -> Option<(usize, Range<usize>)> {
         let found = match self {
             LiteralFinder::Packed(searcher) => searcher.find_in(hay, span.into()),
             LiteralFinder::Automaton(automaton) => automaton.find(Input::new(hay).span(span)),
         };
-        found.map(|m| (m.pattern().as_usize(), m.start()))
+        found.map(|m| (m.pattern().as_usize(), m.range()))
     }
 
     /// Calls `found` with the longest literal starting at each position of `hay` where
-    /// one starts, in order: every literal `hay` holds is a prefix of one of them.
+    /// one starts, in order, until it returns false: every literal `hay` holds is a prefix
+    /// of one of them.
     #[inline]
-    fn each_start(&self, hay: &[u8], mut found: impl FnMut(usize)) {
+    fn each_start(&self, hay: &[u8], mut found: impl FnMut(usize) -> bool) {
         let mut at = 0;
-        while let Some((literal, start)) = self.find(hay, at..hay.len()) {
-            found(literal);
-            at = start + 1;
+        while let Some((literal, place)) = self.find(hay, at..hay.len()) {
+            if !found(literal) {
+                return;
+            }
+            at = place.start + 1;
         }
     }
 }
 
 /// The literal gate of one source: a pattern is a candidate on a line that holds a string
 /// of each of its required sets.
+///
+/// Two steps, so that the common case costs one SIMD search: the screen, over one
+/// required set per pattern (few literals, so the packed searcher takes them), names the
+/// patterns a line may hold; then each of those alone is checked for all its sets.
 #[derive(Clone)]
 pub(super) struct Gate {
-    /// Over every distinct required literal; `None` when no pattern has one.
-    literals: Option<LiteralFinder>,
-    /// Per literal (finder pattern id): the distinct patterns it and the literals that are
-    /// prefixes of it count for ([`LiteralFinder::each_start`] reports only the longest
-    /// literal at a start), each with the bit of the pattern's required set it belongs to.
-    admits: Vec<Vec<(usize, u8)>>,
-    /// Per distinct pattern: the bits of all its required sets (a line must show each).
-    needed: Vec<u8>,
-    /// Patterns without a required literal: candidates on every line.
+    /// Patterns without a required literal, or whose literals no finder took: candidates
+    /// on every line.
     always: Vec<usize>,
-    /// Per distinct pattern: the line its sets were last seen on, and which were.
-    seen: Vec<(u64, u8)>,
-    /// One required set per pattern ([`Gate::screen_finder`]): one search over a whole
-    /// run of lines names the lines that may hold a candidate ([`Gate::screen`]). `None`
-    /// when some pattern has no literal or a literal holds a newline (it could span two
-    /// lines).
+    /// Per distinct pattern: the check of all its required sets (`None`: in `always`).
+    checks: Vec<Option<Check>>,
+    /// Over one required set of each pattern with a [`Check`]; `None` when there is none.
     screen: Option<Screen>,
+    /// Whether [`Gate::screen`] may pass over lines: no pattern runs on every line and no
+    /// screen literal holds a newline (it could span two lines).
+    skips: bool,
+    /// Per distinct pattern: the line it was last checked on, so that it is checked once
+    /// per line whichever screen literals name it.
+    seen: Vec<u64>,
 }
 
-/// The screen's finder, and per literal of it the length of its shortest prefix among
-/// them (the shortest literal that occurs wherever it does, at the same start).
+/// The screen: one required set per pattern, reduced to the literals that hold no other
+/// ([`screen_literals`]), and per literal the patterns it stands for.
 #[derive(Clone)]
 struct Screen {
     finder: LiteralFinder,
-    shortest: Vec<usize>,
+    /// Per screen literal: the patterns one of whose chosen literals holds it.
+    patterns: Vec<Vec<usize>>,
+}
+
+/// Whether a line holds a string of each of one pattern's required sets, checked set by
+/// set in the order [`literals::required`] gives them (most selective first), so that a
+/// pattern the screen named on a line it does not match is mostly ruled out by the first.
+#[derive(Clone)]
+struct Check {
+    sets: Vec<SetCheck>,
+}
+
+/// Whether a line holds one of a set's strings: a few searched one by one (a single
+/// substring search is cheaper than a multi-literal one), more all at once.
+#[derive(Clone)]
+enum SetCheck {
+    Each(Vec<memchr::memmem::Finder<'static>>),
+    Any(LiteralFinder),
+}
+
+/// Most strings of a set searched one by one.
+const SEARCHED_ONE_BY_ONE: usize = 3;
+
+impl SetCheck {
+    fn new(set: &[Vec<u8>]) -> Option<SetCheck> {
+        if set.len() <= SEARCHED_ONE_BY_ONE {
+            if set.is_empty() || set.iter().any(Vec::is_empty) {
+                return None;
+            }
+            let finders = set
+                .iter()
+                .map(|s| memchr::memmem::Finder::new(s).into_owned());
+            return Some(SetCheck::Each(finders.collect()));
+        }
+        LiteralFinder::new(set).ok().map(SetCheck::Any)
+    }
+
+    #[inline]
+    fn found_in(&self, line: &[u8]) -> bool {
+        match self {
+            SetCheck::Each(finders) => finders.iter().any(|f| f.find(line).is_some()),
+            SetCheck::Any(finder) => finder.find(line, 0..line.len()).is_some(),
+        }
+    }
+}
+
+impl Check {
+    /// The check of `sets`; `None` when some set is empty or holds an empty string, or no
+    /// finder takes its literals.
+    fn new(sets: &[Vec<Vec<u8>>]) -> Option<Check> {
+        let sets = sets.iter().map(|set| SetCheck::new(set));
+        Some(Check {
+            sets: sets.collect::<Option<_>>()?,
+        })
+    }
+
+    /// Whether `line` holds a literal of each set.
+    #[inline]
+    fn passes(&self, line: &[u8]) -> bool {
+        self.sets.iter().all(|set| set.found_in(line))
+    }
 }
 
 impl Gate {
     pub(super) fn new(texts: &[&str]) -> Self {
-        let mut literal_ids: std::collections::HashMap<Vec<u8>, usize> = Default::default();
-        let mut literal_list: Vec<Vec<u8>> = Vec::new();
-        let mut own: Vec<Vec<(usize, u8)>> = Vec::new();
-        let mut needed = vec![0u8; texts.len()];
         let mut always = Vec::new();
+        let mut checks = Vec::new();
+        let mut chosen = Vec::new();
         for (id, text) in texts.iter().enumerate() {
-            match literals::required(text) {
-                Some(sets) => {
-                    for (bit, set) in sets.into_iter().enumerate() {
-                        let bit = 1u8 << bit;
-                        needed[id] |= bit;
-                        for literal in set {
-                            let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
-                                literal_list.push(literal);
-                                own.push(Vec::new());
-                                own.len() - 1
-                            });
-                            own[at].push((id, bit));
-                        }
-                    }
-                }
-                None => always.push(id),
+            let sets = literals::required(text);
+            let check = sets.as_deref().and_then(Check::new);
+            match (sets, &check) {
+                (Some(sets), Some(_)) => chosen.push((id, screen_set(sets))),
+                _ => always.push(id),
             }
+            checks.push(check);
         }
-        let mut admits = Vec::new();
-        let literals = if literal_list.is_empty() {
+        let screen = Screen::new(&chosen).or_else(|| {
+            // Cannot happen within the crate's limits; if it does, every pattern runs,
+            // which is slower but never wrong.
+            if !chosen.is_empty() {
+                tracing::warn!("literal gate not built; running every pattern");
+                always = (0..texts.len()).collect();
+                checks.iter_mut().for_each(|check| *check = None);
+            }
             None
-        } else {
-            match LiteralFinder::new(&literal_list) {
-                Ok(finder) => {
-                    admits = with_prefixes(&literal_list, &own);
-                    Some(finder)
-                }
-                Err(e) => {
-                    // Cannot happen within the crate's limits; if it does, every pattern
-                    // runs, which is slower but never wrong.
-                    tracing::warn!(error = %e, "literal gate not built; running every pattern");
-                    always = (0..texts.len()).collect();
-                    None
-                }
-            }
-        };
-        let screen = Self::screen_finder(texts, &always);
+        });
+        let skips = always.is_empty() && screen.as_ref().is_some_and(|s| !s.holds_newline);
         Gate {
-            literals,
-            admits,
-            needed,
             always,
-            seen: vec![(u64::MAX, 0); texts.len()],
-            screen,
+            checks,
+            screen: screen.map(|s| s.screen),
+            skips,
+            seen: vec![u64::MAX; texts.len()],
         }
-    }
-
-    /// The screen's finder: per pattern, only its most selective required set (the one
-    /// whose shortest literal is longest: a line must hold one of each set, so one set is
-    /// enough to rule a line out), so that common literals of a pattern's other sets
-    /// (` from `, ` port `) do not name nearly every line. `None` when some pattern has no
-    /// literal (every line is a candidate) or a literal holds a newline.
-    fn screen_finder(texts: &[&str], always: &[usize]) -> Option<Screen> {
-        if !always.is_empty() {
-            return None;
-        }
-        let mut chosen: Vec<Vec<u8>> = Vec::new();
-        for text in texts {
-            let sets = literals::required(text)?;
-            let best = sets
-                .into_iter()
-                .max_by_key(|set| set.iter().map(Vec::len).min().unwrap_or(0))?;
-            chosen.extend(best);
-        }
-        chosen.sort();
-        chosen.dedup();
-        if chosen.iter().any(|l| l.contains(&b'\n')) {
-            return None;
-        }
-        let shortest = chosen
-            .iter()
-            .map(|literal| {
-                let prefixes = chosen.iter().filter(|other| literal.starts_with(other));
-                prefixes.map(Vec::len).min().unwrap_or(literal.len())
-            })
-            .collect();
-        Some(Screen {
-            finder: LiteralFinder::new(&chosen).ok()?,
-            shortest,
-        })
     }
 
     /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
-    /// a candidate: every line when there is no screen, else the lines whose range holds a
-    /// literal of the screen, found by searches over `text` from the first line's start to
-    /// the last line's end, each going on from the line after the last one marked (the
-    /// rest of a marked line is the gate's). `lines` must be in order and each followed in
-    /// `text` by a newline before the next starts: no literal holds one, so a literal that
-    /// starts inside a line's range and ends by its end lies inside it.
+    /// a candidate: every line when the screen cannot pass over lines, else the lines
+    /// whose range holds a screen literal, found by searches over `text` from the first
+    /// line's start to the last line's end, each going on from the line after the last
+    /// one marked (the rest of a marked line is the gate's). `lines` must be in order and
+    /// each followed in `text` by a newline before the next starts: no screen literal
+    /// holds one, so one that starts inside a line's range and ends by its end is inside.
     pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
         marked.clear();
-        let (Some(screen), Some(first), Some(last)) = (&self.screen, lines.first(), lines.last())
+        let (Some(screen), Some(first), Some(last), true) =
+            (&self.screen, lines.first(), lines.last(), self.skips)
         else {
             marked.resize(lines.len(), true);
             return;
@@ -217,17 +225,18 @@ impl Gate {
         let text = &text[..last.end];
         let mut line = 0;
         let mut at = first.start;
-        while let Some((literal, start)) = screen.finder.find(text, at..text.len()) {
+        // No screen literal holds another, so the one found at a start is the only one
+        // there: if it does not lie inside a line, none starting there does.
+        while let Some((_, place)) = screen.finder.find(text, at..text.len()) {
             // The first line whose range ends after the literal's start holds it, if it
-            // starts there and the shortest literal starting there ends by the range's end
-            // (else it lies in a gap between lines, or runs past a line cut short of its
-            // newline: look on after that start).
-            while line < lines.len() && lines[line].end <= start {
+            // starts there and ends by the range's end (else it lies in a gap between
+            // lines, or runs past a line cut short of its newline: look on after it).
+            while line < lines.len() && lines[line].end <= place.start {
                 line += 1;
             }
             let Some(range) = lines.get(line) else { break };
-            if start < range.start || start + screen.shortest[literal] > range.end {
-                at = start + 1;
+            if place.start < range.start || place.end > range.end {
+                at = place.start + 1;
                 continue;
             }
             marked[line] = true;
@@ -244,44 +253,89 @@ impl Gate {
         for &id in &self.always {
             admit(id);
         }
-        let Some(literals) = &self.literals else {
+        let Some(screen) = &self.screen else {
             return;
         };
-        let (admits, seen, needed) = (&self.admits, &mut self.seen, &self.needed);
-        literals.each_start(line, |literal| {
-            for &(id, bit) in &admits[literal] {
-                let seen = &mut seen[id];
-                if seen.0 != at {
-                    *seen = (at, 0);
+        let (checks, seen) = (&self.checks, &mut self.seen);
+        screen.finder.each_start(line, |literal| {
+            for &id in &screen.patterns[literal] {
+                if seen[id] == at {
+                    continue;
                 }
-                let before = seen.1;
-                seen.1 |= bit;
-                // Admitted once: when the last of its sets shows up.
-                if seen.1 != before && seen.1 == needed[id] {
+                seen[id] = at;
+                if checks[id].as_ref().is_some_and(|check| check.passes(line)) {
                     admit(id);
                 }
             }
+            true
         });
     }
 }
 
-/// Per literal of `literals`: what `own` lists for it and for every other literal that is
-/// a prefix of it (they occur wherever it does, at the same start).
-fn with_prefixes(literals: &[Vec<u8>], own: &[Vec<(usize, u8)>]) -> Vec<Vec<(usize, u8)>> {
-    literals
-        .iter()
-        .map(|literal| {
-            let mut all: Vec<(usize, u8)> = literals
-                .iter()
-                .zip(own)
-                .filter(|(other, _)| literal.starts_with(other))
-                .flat_map(|(_, admits)| admits.iter().copied())
-                .collect();
-            all.sort_unstable();
-            all.dedup();
-            all
+/// A screen and whether one of its literals holds a newline.
+struct BuiltScreen {
+    screen: Screen,
+    holds_newline: bool,
+}
+
+impl Screen {
+    /// The screen over each pattern's chosen set (`(pattern id, set)`); `None` when there
+    /// is none or no finder takes them.
+    fn new(chosen: &[(usize, Vec<Vec<u8>>)]) -> Option<BuiltScreen> {
+        let literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
+        let patterns = literals
+            .iter()
+            .map(|literal| {
+                let named = chosen
+                    .iter()
+                    .filter(|(_, set)| set.iter().any(|held| contains(held, literal)));
+                named.map(|(id, _)| *id).collect()
+            })
+            .collect();
+        Some(BuiltScreen {
+            holds_newline: literals.iter().any(|l| l.contains(&b'\n')),
+            screen: Screen {
+                finder: LiteralFinder::new(&literals).ok()?,
+                patterns,
+            },
         })
-        .collect()
+    }
+}
+
+/// The required set a pattern is screened on: the one with the fewest literals once those
+/// holding another are dropped (the screen's searcher takes few literals, at most 64),
+/// then the one whose shortest literal is longest (rarer).
+fn screen_set(sets: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    let score = |set: &Vec<Vec<u8>>| {
+        let shortest = set.iter().map(Vec::len).min().unwrap_or(0);
+        (
+            screen_literals(set.iter().cloned()).len(),
+            std::cmp::Reverse(shortest),
+        )
+    };
+    sets.into_iter().min_by_key(score).unwrap_or_default()
+}
+
+/// `literals` without duplicates and without those that hold another: a line holding one
+/// of `literals` holds one of these, and none is a prefix of another.
+fn screen_literals(literals: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = literals.collect();
+    all.sort();
+    all.dedup();
+    let kept = all
+        .iter()
+        .filter(|literal| {
+            !all.iter()
+                .any(|other| other != *literal && contains(literal, other))
+        })
+        .cloned()
+        .collect();
+    kept
+}
+
+/// Whether `hay` holds `needle`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -324,8 +378,16 @@ mod tests {
                 .match_kind(LiteralMatchKind::Standard)
                 .build(&literals)
                 .unwrap();
-            let own: Vec<Vec<(usize, u8)>> = (0..literals.len()).map(|i| vec![(i, 1)]).collect();
-            let expand = with_prefixes(&literals, &own);
+            // The literals found at a start: the one reported and its prefixes.
+            let at_start: Vec<Vec<usize>> = literals
+                .iter()
+                .map(|longest| {
+                    let all = literals.iter().enumerate();
+                    all.filter(|(_, p)| longest.starts_with(p))
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+                .collect();
             let finders = [
                 LiteralFinder::new(&literals).unwrap(),
                 LiteralFinder::automaton(&literals).unwrap(),
@@ -339,7 +401,10 @@ mod tests {
                     .collect();
                 for finder in &finders {
                     let mut named = BTreeSet::new();
-                    finder.each_start(&hay, |l| named.extend(expand[l].iter().map(|x| x.0)));
+                    finder.each_start(&hay, |l| {
+                        named.extend(at_start[l].iter().copied());
+                        true
+                    });
                     assert_eq!(named, expected, "{literals:?} on {hay:?}");
                 }
             }
@@ -396,12 +461,16 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(2022);
         let mut kinds = BTreeSet::new();
         for round in 0..300 {
-            let count = if round % 10 == 0 { 40 } else { rng.usize(1..8) };
+            let count = if round % 10 == 0 {
+                150
+            } else {
+                rng.usize(1..8)
+            };
             let texts = random_patterns(&mut rng, count);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let mut gate = Gate::new(&refs);
-            if let Some(finder) = &gate.literals {
-                kinds.insert(matches!(finder, LiteralFinder::Packed(_)));
+            if let Some(screen) = &gate.screen {
+                kinds.insert(matches!(screen.finder, LiteralFinder::Packed(_)));
             }
             let lines: Vec<Vec<u8>> = (0..40)
                 .map(|_| random_bytes(&mut rng, b"abcdx ", 0..60))
@@ -426,10 +495,13 @@ mod tests {
                     assert!(marked[at], "{texts:?}: line {line:?} has candidates");
                 }
             }
-            if let Some(screen) = &gate.screen {
+            if let (Some(screen), true) = (&gate.screen, gate.skips) {
                 for (at, line) in lines.iter().enumerate() {
                     let mut any = false;
-                    screen.finder.each_start(line, |_| any = true);
+                    screen.finder.each_start(line, |_| {
+                        any = true;
+                        false
+                    });
                     assert_eq!(marked[at], any, "{texts:?}: screen of {line:?}");
                 }
             }
@@ -447,5 +519,31 @@ mod tests {
         let mut marked = Vec::new();
         gate.screen(text, &lines, &mut marked);
         assert_eq!(marked, [true, false, false]);
+    }
+
+    /// The shipped rules' screen fits the SIMD searcher (at most 64 literals): the
+    /// automaton it would otherwise fall back to costs several times more per line.
+    #[test]
+    fn the_shipped_rules_screen_on_the_simd_searcher() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let set = crate::rules::RuleSet::load(&[dir], &Default::default()).expect("rules");
+        let mut texts: Vec<&str> = Vec::new();
+        for rule in &set.rules {
+            for text in rule.pattern_texts() {
+                if !texts.contains(&text) {
+                    texts.push(text);
+                }
+            }
+        }
+        assert!(texts.len() > 20, "{} patterns", texts.len());
+        let gate = Gate::new(&texts);
+        assert!(gate.always.is_empty() && gate.skips);
+        let screen = gate.screen.expect("a screen");
+        assert!(!simd() || matches!(screen.finder, LiteralFinder::Packed(_)));
+        for set in gate.checks.iter().flatten().flat_map(|c| &c.sets) {
+            if let SetCheck::Any(finder) = set {
+                assert!(!simd() || matches!(finder, LiteralFinder::Packed(_)));
+            }
+        }
     }
 }
