@@ -18,7 +18,7 @@ mod support;
 use chrono::{DateTime, Utc};
 use logwarden::detection::Detector;
 use logwarden::detection::capture::Engine;
-use logwarden::detection::matcher::{Design, Front, SourceMatcher};
+use logwarden::detection::matcher::{Design, Front, Screened, Screening, SourceMatcher};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
 use logwarden::sources::timestamp::TimestampFormat;
@@ -175,7 +175,7 @@ fn pass(rules: &std::path::Path, log: &std::path::Path, front: Design) {
     let rule_count = set.rules.len();
     let mut matcher = SourceMatcher::with_design(&set, "auth", front);
     let mut candidates = Vec::new();
-    let (mut marked, mut ranges) = (Vec::new(), Vec::new());
+    let (mut screened, mut ranges) = (Screened::default(), Vec::new());
     let (mut lines, mut with_candidates) = (0u64, 0u64);
     let format = TimestampFormat::Syslog;
     let arrival = chrono::Utc::now();
@@ -204,12 +204,15 @@ fn pass(rules: &std::path::Path, log: &std::path::Path, front: Design) {
             std::hint::black_box(format.parse(&piece[at..stop], arrival));
             at = stop + 1;
         }
-        matcher.screen(&piece, &ranges, &mut marked);
-        for (range, &marked) in ranges.iter().zip(&marked) {
-            if marked {
-                matcher.candidates(&piece[range.clone()], &mut candidates);
-                with_candidates += u64::from(!candidates.is_empty());
-            }
+        matcher.screen(&piece, &ranges, &mut screened);
+        for (i, range) in ranges.iter().enumerate() {
+            let literals = match screened.line(i) {
+                Screening::Nothing => continue,
+                Screening::Literals(literals) => Some(literals),
+                Screening::Unscreened => None,
+            };
+            matcher.candidates(&piece[range.clone()], literals, &mut candidates);
+            with_candidates += u64::from(!candidates.is_empty());
         }
         lines += ranges.len() as u64;
         piece.drain(..end);

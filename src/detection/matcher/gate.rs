@@ -84,9 +84,10 @@ impl LiteralFinder {
 /// The literal gate of one source: a pattern is a candidate on a line that holds a string
 /// of each of its required sets.
 ///
-/// Two steps, so that the common case costs one SIMD search: the screen, over one
-/// required set per pattern (few literals, so the packed searcher takes them), names the
-/// patterns a line may hold; then each of those alone is checked for all its sets.
+/// Two steps, so that the common case costs one SIMD search per screen literal on a run
+/// of lines: the screen, over one required set per pattern (few literals, so the packed
+/// searcher takes them), names the patterns a line may hold; then each of those alone is
+/// checked for all its sets.
 #[derive(Clone)]
 pub(super) struct Gate {
     /// Patterns without a required literal, or whose literals no finder took: candidates
@@ -104,6 +105,49 @@ pub(super) struct Gate {
     seen: Vec<u64>,
 }
 
+/// What [`Gate::screen`] found in a run of lines, in buffers reused from run to run.
+#[derive(Debug, Default, Clone)]
+pub struct Screened {
+    /// Whether the run was screened; if not, every line is to be read in full.
+    screened: bool,
+    /// Per line: the end of its screen literals in `literals`.
+    ends: Vec<u32>,
+    /// The screen literals inside each line, line after line, in the order they start.
+    literals: Vec<u32>,
+}
+
+/// What the screen says of one line ([`Screened::line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screening<'a> {
+    /// It holds no screen literal: no pattern can match it.
+    Nothing,
+    /// The screen literals inside it ([`Gate::admit`] takes them).
+    Literals(&'a [u32]),
+    /// Not screened: read it in full.
+    Unscreened,
+}
+
+impl Screened {
+    /// Every line of a run is to be read in full.
+    pub fn unscreened(&mut self) {
+        self.screened = false;
+        self.ends.clear();
+        self.literals.clear();
+    }
+
+    /// What the screen says of line `i` of the run.
+    pub fn line(&self, i: usize) -> Screening<'_> {
+        if !self.screened {
+            return Screening::Unscreened;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        match &self.literals[start..self.ends[i] as usize] {
+            [] => Screening::Nothing,
+            found => Screening::Literals(found),
+        }
+    }
+}
+
 /// The screen: one required set per pattern, reduced to the literals that hold no other
 /// ([`screen_literals`]), and per literal the patterns it stands for.
 #[derive(Clone)]
@@ -111,6 +155,8 @@ struct Screen {
     finder: LiteralFinder,
     /// Per screen literal: the patterns one of whose chosen literals holds it.
     patterns: Vec<Vec<usize>>,
+    /// Whether a screen literal holds a newline.
+    holds_newline: bool,
 }
 
 /// Whether a line holds a string of each of one pattern's required sets, checked set by
@@ -200,56 +246,61 @@ impl Gate {
         Gate {
             always,
             checks,
-            screen: screen.map(|s| s.screen),
+            screen,
             skips,
             seen: vec![u64::MAX; texts.len()],
         }
     }
 
-    /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
-    /// a candidate: every line when the screen cannot pass over lines, else the lines
-    /// whose range holds a screen literal, found by searches over `text` from the first
-    /// line's start to the last line's end, each going on from the line after the last
-    /// one marked (the rest of a marked line is the gate's). `lines` must be in order and
-    /// each followed in `text` by a newline before the next starts: no screen literal
-    /// holds one, so one that starts inside a line's range and ends by its end is inside.
-    pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
-        marked.clear();
+    /// Records in `screened` the screen literals inside each line of `text` (`lines`, in
+    /// order, each followed in `text` by a newline before the next starts), found by
+    /// searches over `text` from the first line's start to the last line's end, each going
+    /// on one byte after the last start: a line that holds none has no candidate, and
+    /// [`Gate::admit`] takes the others' without searching the line again. Records
+    /// nothing (every line to be read in full) when the screen cannot pass over lines.
+    /// No screen literal holds a newline, so one that starts inside a line's range and
+    /// ends by its end is inside it; and none holds another, so the one found at a start
+    /// is the only one there.
+    pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+        screened.unscreened();
         let (Some(screen), Some(first), Some(last), true) =
             (&self.screen, lines.first(), lines.last(), self.skips)
         else {
-            marked.resize(lines.len(), true);
             return;
         };
-        marked.resize(lines.len(), false);
+        screened.screened = true;
         let text = &text[..last.end];
         let mut line = 0;
         let mut at = first.start;
-        // No screen literal holds another, so the one found at a start is the only one
-        // there: if it does not lie inside a line, none starting there does.
-        while let Some((_, place)) = screen.finder.find(text, at..text.len()) {
+        while let Some((literal, place)) = screen.finder.find(text, at..text.len()) {
+            at = place.start + 1;
             // The first line whose range ends after the literal's start holds it, if it
             // starts there and ends by the range's end (else it lies in a gap between
-            // lines, or runs past a line cut short of its newline: look on after it).
+            // lines, or runs past a line cut short of its newline).
             while line < lines.len() && lines[line].end <= place.start {
+                screened.ends.push(screened.literals.len() as u32);
                 line += 1;
             }
             let Some(range) = lines.get(line) else { break };
-            if place.start < range.start || place.end > range.end {
-                at = place.start + 1;
-                continue;
-            }
-            marked[line] = true;
-            line += 1;
-            match lines.get(line) {
-                Some(next) => at = next.start,
-                None => break,
+            if range.start <= place.start && place.end <= range.end {
+                screened.literals.push(literal as u32);
             }
         }
+        screened
+            .ends
+            .resize(lines.len(), screened.literals.len() as u32);
     }
 
-    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`).
-    pub(super) fn admit(&mut self, line: &[u8], at: u64, mut admit: impl FnMut(usize)) {
+    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`),
+    /// given the screen literals inside it when [`Gate::screen`] found them (else the line
+    /// is searched for them).
+    pub(super) fn admit(
+        &mut self,
+        line: &[u8],
+        at: u64,
+        screened: Option<&[u32]>,
+        mut admit: impl FnMut(usize),
+    ) {
         for &id in &self.always {
             admit(id);
         }
@@ -257,7 +308,7 @@ impl Gate {
             return;
         };
         let (checks, seen) = (&self.checks, &mut self.seen);
-        screen.finder.each_start(line, |literal| {
+        let mut named = |literal: usize| {
             for &id in &screen.patterns[literal] {
                 if seen[id] == at {
                     continue;
@@ -268,20 +319,20 @@ impl Gate {
                 }
             }
             true
-        });
+        };
+        match screened {
+            Some(literals) => literals.iter().for_each(|&l| {
+                named(l as usize);
+            }),
+            None => screen.finder.each_start(line, named),
+        }
     }
-}
-
-/// A screen and whether one of its literals holds a newline.
-struct BuiltScreen {
-    screen: Screen,
-    holds_newline: bool,
 }
 
 impl Screen {
     /// The screen over each pattern's chosen set (`(pattern id, set)`); `None` when there
     /// is none or no finder takes them.
-    fn new(chosen: &[(usize, Vec<Vec<u8>>)]) -> Option<BuiltScreen> {
+    fn new(chosen: &[(usize, Vec<Vec<u8>>)]) -> Option<Screen> {
         let literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
         let patterns = literals
             .iter()
@@ -292,12 +343,10 @@ impl Screen {
                 named.map(|(id, _)| *id).collect()
             })
             .collect();
-        Some(BuiltScreen {
+        Some(Screen {
+            finder: LiteralFinder::new(&literals).ok()?,
+            patterns,
             holds_newline: literals.iter().any(|l| l.contains(&b'\n')),
-            screen: Screen {
-                finder: LiteralFinder::new(&literals).ok()?,
-                patterns,
-            },
         })
     }
 }
@@ -316,21 +365,27 @@ fn screen_set(sets: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
     sets.into_iter().min_by_key(score).unwrap_or_default()
 }
 
-/// `literals` without duplicates and without those that hold another: a line holding one
-/// of `literals` holds one of these, and none is a prefix of another.
+/// `literals` trimmed of spaces at either end, without duplicates and without those that
+/// hold another: a line holding one of `literals` holds one of these, and none is a prefix
+/// of another. (The packed searcher's first filter reads a literal's first bytes; a space
+/// there matches between most words of a line, and each such spot is then compared.)
 fn screen_literals(literals: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
-    let mut all: Vec<Vec<u8>> = literals.collect();
+    let trim = |literal: Vec<u8>| {
+        let trimmed = literal.trim_ascii_start().trim_ascii_end();
+        if trimmed.len() >= literals::MIN_LITERAL {
+            trimmed.to_vec()
+        } else {
+            literal
+        }
+    };
+    let mut all: Vec<Vec<u8>> = literals.map(trim).collect();
     all.sort();
     all.dedup();
-    let kept = all
-        .iter()
-        .filter(|literal| {
-            !all.iter()
-                .any(|other| other != *literal && contains(literal, other))
-        })
-        .cloned()
-        .collect();
-    kept
+    let holds_another = |literal: &Vec<u8>| {
+        all.iter()
+            .any(|other| other != literal && contains(literal, other))
+    };
+    all.iter().filter(|l| !holds_another(l)).cloned().collect()
 }
 
 /// Whether `hay` holds `needle`.
@@ -483,26 +538,39 @@ mod tests {
                 ranges.push(start..text.len());
                 text.push(b'\n');
             }
-            let mut marked = Vec::new();
-            gate.screen(&text, &ranges, &mut marked);
+            let mut screened = Screened::default();
+            gate.screen(&text, &ranges, &mut screened);
             for (at, line) in lines.iter().enumerate() {
-                let mut admitted = Vec::new();
-                gate.admit(line, at as u64, |id| admitted.push(id));
-                let set: BTreeSet<usize> = admitted.iter().copied().collect();
-                assert_eq!(set.len(), admitted.len(), "each admitted once");
-                assert_eq!(set, by_definition(&texts, line), "{texts:?} on {line:?}");
-                if !set.is_empty() {
-                    assert!(marked[at], "{texts:?}: line {line:?} has candidates");
+                let expected = by_definition(&texts, line);
+                // Read in full, and with the literals the screen found in it: the same.
+                let mut given = vec![None];
+                match screened.line(at) {
+                    Screening::Nothing => assert!(expected.is_empty(), "{texts:?} {line:?}"),
+                    Screening::Literals(found) => given.push(Some(found)),
+                    Screening::Unscreened => assert!(!gate.skips),
+                }
+                for (n, literals) in given.into_iter().enumerate() {
+                    let mut admitted = Vec::new();
+                    let number = (2 * at + n) as u64;
+                    gate.admit(line, number, literals, |id| admitted.push(id));
+                    let set: BTreeSet<usize> = admitted.iter().copied().collect();
+                    assert_eq!(set.len(), admitted.len(), "each admitted once");
+                    assert_eq!(set, expected, "{texts:?} on {line:?} given {literals:?}");
                 }
             }
+            // The screen found exactly the literals a search of each line alone finds.
             if let (Some(screen), true) = (&gate.screen, gate.skips) {
                 for (at, line) in lines.iter().enumerate() {
-                    let mut any = false;
-                    screen.finder.each_start(line, |_| {
-                        any = true;
-                        false
+                    let mut alone = Vec::new();
+                    screen.finder.each_start(line, |l| {
+                        alone.push(l as u32);
+                        true
                     });
-                    assert_eq!(marked[at], any, "{texts:?}: screen of {line:?}");
+                    let found = match screened.line(at) {
+                        Screening::Literals(found) => found,
+                        _ => &[],
+                    };
+                    assert_eq!(found, alone, "{texts:?}: screen of {line:?}");
                 }
             }
         }
@@ -516,8 +584,11 @@ mod tests {
         let gate = Gate::new(&["needle"]);
         let text = b"xx needle\nab needle\r\nneedlen";
         let lines = [0..9, 10..12, 21..24];
-        let mut marked = Vec::new();
-        gate.screen(text, &lines, &mut marked);
+        let mut screened = Screened::default();
+        gate.screen(text, &lines, &mut screened);
+        let marked: Vec<bool> = (0..lines.len())
+            .map(|i| matches!(screened.line(i), Screening::Literals(_)))
+            .collect();
         assert_eq!(marked, [true, false, false]);
     }
 
