@@ -1,10 +1,10 @@
 //! Which rules' patterns run on a line: the front end of detection.
 //!
-//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
-//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one
-//! overlapping scan of the line names the patterns that hold a literal of each of their
-//! required sets, and only those, plus the patterns without one, run their capture run
-//! ([`super::capture`]), which is also the match test.
+//! The literal gate ([`Front::Gate`], what the detector uses): from every pattern's
+//! required literals ([`super::literals`]), one SIMD literal search per source over a run
+//! of lines (the screen) names the lines, and in them the patterns, that may match; the
+//! patterns whose every required set the line holds, plus the patterns without one, run
+//! their capture run ([`super::capture`]), which is also the match test.
 //!
 //! The combined set ([`Front::Set`], the previous front end): one `regex-automata` meta set
 //! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
