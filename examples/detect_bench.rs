@@ -18,7 +18,7 @@ mod support;
 use chrono::{DateTime, Utc};
 use logwarden::detection::Detector;
 use logwarden::detection::capture::Engine;
-use logwarden::detection::matcher::{Design, Front, SourceMatcher};
+use logwarden::detection::matcher::{Design, Front, Screened, Screening, SourceMatcher};
 use logwarden::rules::{RuleContext, RuleSet};
 use logwarden::sources::LogLine;
 use logwarden::sources::timestamp::TimestampFormat;
@@ -167,23 +167,65 @@ fn run(rules: &std::path::Path, log: &std::path::Path, front: Design) {
 }
 
 /// The floor of a front end: reading, timestamps and finding candidate patterns, with no
-/// captures, keys or windows. (With the gate, a candidate is not yet a match: its capture
-/// run decides, and that is counted in `run`.)
+/// captures, keys or windows, as replay's workers do it: the log in pieces of whole lines,
+/// one screen over each piece, then the candidates of the lines it names. (With the gate,
+/// a candidate is not yet a match: its capture run decides, and that is counted in `run`.)
 fn pass(rules: &std::path::Path, log: &std::path::Path, front: Design) {
     let set = load(rules);
     let rule_count = set.rules.len();
     let mut matcher = SourceMatcher::with_design(&set, "auth", front);
     let mut candidates = Vec::new();
-    let mut with_candidates = 0u64;
-    let (lines, seconds) = read_log(log, |line, _| {
-        matcher.candidates(&line.bytes, &mut candidates);
-        with_candidates += u64::from(!candidates.is_empty());
-    });
+    let (mut screened, mut ranges) = (Screened::default(), Vec::new());
+    let (mut lines, mut with_candidates) = (0u64, 0u64);
+    let format = TimestampFormat::Syslog;
+    let arrival = chrono::Utc::now();
+    let mut file = std::fs::File::open(log).expect("open log");
+    let mut piece: Vec<u8> = Vec::with_capacity(PIECE + (64 << 10));
+    let start = Instant::now();
+    loop {
+        // A piece of whole lines: what is left of the last read, then up to `PIECE` more
+        // bytes, cut after its last newline.
+        let kept = piece.len();
+        piece.resize(kept + PIECE, 0);
+        let read = std::io::Read::read(&mut file, &mut piece[kept..]).expect("read log");
+        piece.truncate(kept + read);
+        if piece.is_empty() {
+            break;
+        }
+        let end = match memchr::memrchr(b'\n', &piece) {
+            Some(newline) if read > 0 => newline + 1,
+            _ => piece.len(),
+        };
+        ranges.clear();
+        let mut at = 0;
+        while at < end {
+            let stop = memchr::memchr(b'\n', &piece[at..end]).map_or(end, |n| at + n);
+            ranges.push(at..stop);
+            std::hint::black_box(format.parse(&piece[at..stop], arrival));
+            at = stop + 1;
+        }
+        matcher.screen(&piece, &ranges, &mut screened);
+        for (i, range) in ranges.iter().enumerate() {
+            let literals = match screened.line(i) {
+                Screening::Nothing => continue,
+                Screening::Literals(literals) => Some(literals),
+                Screening::Unscreened => None,
+            };
+            matcher.candidates(&piece[range.clone()], literals, &mut candidates);
+            with_candidates += u64::from(!candidates.is_empty());
+        }
+        lines += ranges.len() as u64;
+        piece.drain(..end);
+    }
+    let seconds = start.elapsed().as_secs_f64();
     println!(
         "{{\"rules\": {rule_count}, \"lines\": {lines}, \"lines_with_candidates\": {with_candidates}, \"seconds\": {seconds:.3}, \"lines_per_second\": {:.0}}}",
         lines as f64 / seconds,
     );
 }
+
+/// Bytes read at a time in `pass` (replay's pieces are of the same order).
+const PIECE: usize = 1 << 20;
 
 /// Resident memory of this process in bytes (Linux).
 fn rss() -> u64 {

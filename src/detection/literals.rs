@@ -15,7 +15,7 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 /// unknown (`[Pp]assword` is 2, `(?i)failed` 64).
 const MAX_STRINGS: usize = 64;
 /// Shortest literal worth gating on: shorter ones are on almost every line.
-const MIN_LITERAL: usize = 3;
+pub const MIN_LITERAL: usize = 3;
 /// Most sets a pattern is gated on (each costs a little per line it is found on).
 const MAX_SETS: usize = 4;
 

@@ -1,10 +1,10 @@
 //! Which rules' patterns run on a line: the front end of detection.
 //!
-//! The literal gate ([`Front::Gate`], what the detector uses): every pattern's required
-//! literals ([`super::literals`]) go into one Aho-Corasick automaton per source; one
-//! overlapping scan of the line names the patterns that hold a literal of each of their
-//! required sets, and only those, plus the patterns without one, run their capture run
-//! ([`super::capture`]), which is also the match test.
+//! The literal gate ([`Front::Gate`], what the detector uses): from every pattern's
+//! required literals ([`super::literals`]), one SIMD literal search per source over a run
+//! of lines (the screen) names the lines, and in them the patterns, that may match; the
+//! patterns whose every required set the line holds, plus the patterns without one, run
+//! their capture run ([`super::capture`]), which is also the match test.
 //!
 //! The combined set ([`Front::Set`], the previous front end): one `regex-automata` meta set
 //! per source over every pattern (what `regex::bytes::RegexSet` wraps, configured the same
@@ -24,6 +24,7 @@ use super::capture::{CaptureRegex, Engine, Slots};
 use super::fields;
 use crate::rules::{Rule, RuleSet};
 use gate::Gate;
+pub use gate::{Screened, Screening};
 use regex_automata::meta::{Builder, Cache, Config, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::syntax;
@@ -255,26 +256,30 @@ impl SourceMatcher {
         }
     }
 
-    /// Marks the lines of a run that may have candidates (see [`gate::Gate::screen`]): with the
-    /// combined set, every line.
-    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
+    /// Finds which lines of a run may have candidates, and what [`Self::candidates`] needs
+    /// of them (see [`gate::Gate::screen`]): with the combined set, nothing (every line is
+    /// read in full).
+    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
         match &self.gate {
-            Some(gate) if !self.rules.is_empty() => gate.screen(text, lines, marked),
-            _ => {
-                marked.clear();
-                marked.resize(lines.len(), !self.rules.is_empty());
-            }
+            Some(gate) => gate.screen(text, lines, screened),
+            None => screened.unscreened(),
         }
     }
 
     /// Fills `out` with the (rule, pattern) pairs whose pattern matches `line`: rules in
-    /// order, and within a rule later patterns (sequence steps) first.
-    pub fn candidates(&mut self, line: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// order, and within a rule later patterns (sequence steps) first. `screened`: the
+    /// screen literals [`Self::screen`] found inside the line, if it screened it.
+    pub fn candidates(
+        &mut self,
+        line: &[u8],
+        screened: Option<&[u32]>,
+        out: &mut Vec<(usize, usize)>,
+    ) {
         out.clear();
         self.line += 1;
         if let Some(gate) = &mut self.gate {
             let shared = &self.shared;
-            gate.admit(line, self.line, |id| {
+            gate.admit(line, self.line, screened, |id| {
                 out.extend_from_slice(&shared[id].slots)
             });
             if out.len() > 1 {
@@ -365,7 +370,7 @@ mod tests {
         );
         let mut out = Vec::new();
         for (line, who) in [(&b"user amy"[..], Some("amy")), (b"nobody", None)] {
-            m.candidates(line, &mut out);
+            m.candidates(line, None, &mut out);
             let matched = m.read(0, 0, line, &mut captures, &mut key);
             assert_eq!(matched, who.is_some());
             if let Some(who) = who {

@@ -4,7 +4,7 @@
 //! ([`super::Detector::apply`]) counts their matches in input order: the result is the
 //! same as one thread's.
 
-use super::matcher::{Design, SourceMatcher};
+use super::matcher::{Design, Screened, Screening, SourceMatcher};
 use super::{FastMap, FieldsView};
 use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleSet};
@@ -85,8 +85,8 @@ pub struct Matchers {
     /// Encoded captures and key of the current match, reused for every match.
     capture_text: String,
     key_text: String,
-    /// Which lines of a run may have candidates, reused for every run.
-    marked: Vec<bool>,
+    /// What the screen found in a run's lines, reused for every run.
+    screened: Screened,
 }
 
 impl Matchers {
@@ -103,7 +103,7 @@ impl Matchers {
             candidates: Vec::new(),
             capture_text: String::new(),
             key_text: String::new(),
-            marked: Vec::new(),
+            screened: Screened::default(),
         }
     }
 
@@ -125,6 +125,7 @@ impl Matchers {
             &mut self.capture_text,
             &mut self.key_text,
             &line.bytes,
+            None,
             found,
         );
     }
@@ -142,24 +143,27 @@ impl Matchers {
         found: &mut Found,
     ) {
         let matcher = Self::source_matcher(&mut self.by_source, &self.rules, self.design, source);
-        let mut marked = std::mem::take(&mut self.marked);
-        matcher.screen(text, lines, &mut marked);
-        for (range, &marked) in lines.iter().zip(&marked) {
-            if marked {
-                Self::find_in(
-                    matcher,
-                    &mut self.candidates,
-                    &mut self.capture_text,
-                    &mut self.key_text,
-                    &text[range.clone()],
-                    found,
-                );
-            } else {
-                found.ends.push(found.matches.len());
-                found.texts.push(None);
-            }
+        matcher.screen(text, lines, &mut self.screened);
+        for (i, range) in lines.iter().enumerate() {
+            let screened = match self.screened.line(i) {
+                Screening::Nothing => {
+                    found.ends.push(found.matches.len());
+                    found.texts.push(None);
+                    continue;
+                }
+                Screening::Literals(literals) => Some(literals),
+                Screening::Unscreened => None,
+            };
+            Self::find_in(
+                matcher,
+                &mut self.candidates,
+                &mut self.capture_text,
+                &mut self.key_text,
+                &text[range.clone()],
+                screened,
+                found,
+            );
         }
-        self.marked = marked;
     }
 
     /// The matcher of `source`, made on its first line.
@@ -176,18 +180,21 @@ impl Matchers {
         by_source.get_mut(source).expect("present")
     }
 
-    /// [`Matchers::find`] of `bytes` with `matcher`, in reused buffers.
+    /// [`Matchers::find`] of `bytes` with `matcher`, in reused buffers; `screened`: the
+    /// screen literals found inside it ([`SourceMatcher::candidates`]).
+    #[allow(clippy::too_many_arguments)]
     fn find_in(
         matcher: &mut SourceMatcher,
         candidates: &mut Vec<(usize, usize)>,
         captures: &mut String,
         key: &mut String,
         bytes: &[u8],
+        screened: Option<&[u32]>,
         found: &mut Found,
     ) {
         let first = found.matches.len();
         if !matcher.rules.is_empty() {
-            matcher.candidates(bytes, candidates);
+            matcher.candidates(bytes, screened, candidates);
             for &(index, step) in candidates.iter() {
                 if !matcher.read(index, step, bytes, captures, key) {
                     continue;

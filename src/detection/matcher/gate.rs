@@ -1,279 +1,620 @@
 //! The literal gate of [`super::Front::Gate`]: which distinct patterns may match a line,
 //! from the required literals ([`crate::detection::literals`]) it holds.
 //!
-//! Apart from the matcher because it is a self-contained automaton with its own invariants
-//! (the hand-walked DFA must report what aho-corasick's iterator reports; the screen's
-//! newline rule) and knows nothing of rules, captures or the combined set: it maps pattern
-//! texts to pattern ids, and the matcher maps those ids to rules.
+//! Apart from the matcher because it is a self-contained searcher with its own invariants
+//! (the literals it names on a line are exactly those aho-corasick's overlapping iterator
+//! reports; the screen's newline rule) and knows nothing of rules, captures or the combined
+//! set: it maps pattern texts to pattern ids, and the matcher maps those ids to rules.
 
 use crate::detection::literals;
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::{Anchored, MatchKind as LiteralMatchKind};
+use aho_corasick::packed;
+use aho_corasick::{AhoCorasick, Input, MatchKind as LiteralMatchKind};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A literal automaton (Aho-Corasick, full DFA, every match reported) walked byte by byte
-/// through its transition table. The crate's own search loops ask per byte whether a
-/// prefilter, an overlapping state or a match index is pending; on lines that hold a
-/// literal every few dozen bytes that bookkeeping cost three times the table walk
-/// (docs/performance.md). The walk reports exactly what `find_overlapping_iter` would.
+/// Finds literals by where they start: from a position, the leftmost occurrence of any
+/// literal, the longest one starting there. Every literal occurring at that start is a
+/// prefix of that longest one, so restarting one byte after each start names every
+/// literal a line holds with one search per occurrence start, where an automaton walk
+/// pays a dependent table load per byte (docs/performance.md).
+///
+/// Up to 64 literals this is aho-corasick's packed SIMD searcher (Teddy), which skips
+/// whole blocks of bytes no literal can start in; beyond, or on a CPU without the vector
+/// instructions, the crate's automaton with its own prefilter. Both report the same.
 #[derive(Clone)]
-struct LiteralDfa {
-    dfa: Arc<aho_corasick::dfa::DFA>,
-    start: StateID,
+enum LiteralFinder {
+    Packed(Arc<packed::Searcher>),
+    Automaton(Arc<AhoCorasick>),
 }
 
-impl LiteralDfa {
-    /// The automaton over `literals`; an error for an empty literal (it would match
-    /// everywhere, which the callers express as "no automaton") or beyond the crate's
-    /// limits.
+impl LiteralFinder {
+    /// The finder over `literals` (pattern ids are their indexes); an error for an empty
+    /// literal (it would match everywhere, which the callers express as "no finder") or
+    /// beyond the crate's limits.
     fn new(literals: &[Vec<u8>]) -> Result<Self, String> {
-        if literals.iter().any(Vec::is_empty) {
-            return Err("an empty literal".to_string());
+        if literals.is_empty() || literals.iter().any(Vec::is_empty) {
+            return Err("no literal, or an empty one".to_string());
         }
-        let dfa = aho_corasick::dfa::Builder::new()
-            .match_kind(LiteralMatchKind::Standard)
-            // The walk below uses no prefilter; without one the start state is plain.
-            .prefilter(false)
+        let packed = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(literals)
+            .build();
+        if let Some(searcher) = packed {
+            return Ok(LiteralFinder::Packed(Arc::new(searcher)));
+        }
+        Self::automaton(literals)
+    }
+
+    /// The automaton kind alone (what [`LiteralFinder::new`] falls back to).
+    fn automaton(literals: &[Vec<u8>]) -> Result<Self, String> {
+        let automaton = AhoCorasick::builder()
+            .match_kind(LiteralMatchKind::LeftmostLongest)
             .build(literals)
             .map_err(|e| e.to_string())?;
-        let start = dfa.start_state(Anchored::No).map_err(|e| e.to_string())?;
-        Ok(LiteralDfa {
-            dfa: Arc::new(dfa),
-            start,
-        })
+        Ok(LiteralFinder::Automaton(Arc::new(automaton)))
     }
 
-    /// The state after `byte` in state `sid`, and whether literals end there.
-    #[inline(always)]
-    fn step(&self, sid: StateID, byte: u8) -> (StateID, bool) {
-        let next = self.dfa.next_state(Anchored::No, sid, byte);
-        (next, self.dfa.is_special(next) && self.dfa.is_match(next))
+    /// The leftmost literal occurrence inside `hay[span]` (the longest of those starting
+    /// there): its literal and where it lies.
+    #[inline]
+    fn find(&self, hay: &[u8], span: Range<usize>) -> Option<(usize, Range<usize>)> {
+        let found = match self {
+            LiteralFinder::Packed(searcher) => searcher.find_in(hay, span.into()),
+            LiteralFinder::Automaton(automaton) => automaton.find(Input::new(hay).span(span)),
+        };
+        found.map(|m| (m.pattern().as_usize(), m.range()))
     }
 
-    /// Calls `found` with the automaton pattern id of every literal occurrence in `hay`,
-    /// in the order their ends come (and within one end, the automaton's order).
-    fn each_match(&self, hay: &[u8], mut found: impl FnMut(usize)) {
-        let mut sid = self.start;
-        for &byte in hay {
-            let (next, matched) = self.step(sid, byte);
-            sid = next;
-            if matched {
-                for i in 0..self.dfa.match_len(sid) {
-                    found(self.dfa.match_pattern(sid, i).as_usize());
-                }
+    /// Calls `found` with the longest literal starting at each position of `hay` where
+    /// one starts, in order, until it returns false: every literal `hay` holds is a prefix
+    /// of one of them.
+    #[inline]
+    fn each_start(&self, hay: &[u8], mut found: impl FnMut(usize) -> bool) {
+        let mut at = 0;
+        while let Some((literal, place)) = self.find(hay, at..hay.len()) {
+            if !found(literal) {
+                return;
             }
+            at = place.start + 1;
         }
     }
 }
 
 /// The literal gate of one source: a pattern is a candidate on a line that holds a string
 /// of each of its required sets.
+///
+/// Two steps, so that the common case costs one SIMD search per screen literal on a run
+/// of lines: the screen, over one required set per pattern (few literals, so the packed
+/// searcher takes them), names the patterns a line may hold; then each of those alone is
+/// checked for all its sets.
 #[derive(Clone)]
 pub(super) struct Gate {
-    /// Over every distinct required literal; `None` when no pattern has one.
-    literals: Option<LiteralDfa>,
-    /// Per literal (automaton pattern id): the distinct patterns it counts for, each with
-    /// the bit of the pattern's required set it belongs to.
-    admits: Vec<Vec<(usize, u8)>>,
-    /// Per distinct pattern: the bits of all its required sets (a line must show each).
-    needed: Vec<u8>,
-    /// Patterns without a required literal: candidates on every line.
+    /// Patterns without a required literal, or whose literals no finder took: candidates
+    /// on every line.
     always: Vec<usize>,
-    /// Per distinct pattern: the line its sets were last seen on, and which were.
-    seen: Vec<(u64, u8)>,
-    /// One required set per pattern ([`Gate::screen_automaton`]): one pass over a whole
-    /// run of lines names the lines that may hold a candidate ([`Gate::screen`]). `None`
-    /// when some pattern has no literal or a literal holds a newline (it could span two
-    /// lines).
-    screen: Option<LiteralDfa>,
+    /// Per distinct pattern: the check of all its required sets (`None`: in `always`).
+    checks: Vec<Option<Check>>,
+    /// Over one required set of each pattern with a [`Check`]; `None` when there is none.
+    screen: Option<Screen>,
+    /// Whether [`Gate::screen`] may pass over lines: no pattern runs on every line and no
+    /// screen literal holds a newline (it could span two lines).
+    skips: bool,
+    /// Per distinct pattern: the line it was last checked on, so that it is checked once
+    /// per line whichever screen literals name it.
+    seen: Vec<u64>,
+}
+
+/// What [`Gate::screen`] found in a run of lines, in buffers reused from run to run.
+#[derive(Debug, Default, Clone)]
+pub struct Screened {
+    /// Whether the run was screened; if not, every line is to be read in full.
+    screened: bool,
+    /// Per line: the end of its screen literals in `literals`.
+    ends: Vec<u32>,
+    /// The screen literals inside each line, line after line, in the order they start.
+    literals: Vec<u32>,
+}
+
+/// What the screen says of one line ([`Screened::line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screening<'a> {
+    /// It holds no screen literal: no pattern can match it.
+    Nothing,
+    /// The screen literals inside it ([`Gate::admit`] takes them).
+    Literals(&'a [u32]),
+    /// Not screened: read it in full.
+    Unscreened,
+}
+
+impl Screened {
+    /// Every line of a run is to be read in full.
+    pub fn unscreened(&mut self) {
+        self.screened = false;
+        self.ends.clear();
+        self.literals.clear();
+    }
+
+    /// What the screen says of line `i` of the run.
+    pub fn line(&self, i: usize) -> Screening<'_> {
+        if !self.screened {
+            return Screening::Unscreened;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        match &self.literals[start..self.ends[i] as usize] {
+            [] => Screening::Nothing,
+            found => Screening::Literals(found),
+        }
+    }
+}
+
+/// The screen: one required set per pattern, reduced to the literals that hold no other
+/// ([`screen_literals`]), and per literal the patterns it stands for.
+#[derive(Clone)]
+struct Screen {
+    finder: LiteralFinder,
+    /// Per screen literal: the patterns one of whose chosen literals holds it.
+    patterns: Vec<Vec<usize>>,
+    /// Whether a screen literal holds a newline.
+    holds_newline: bool,
+}
+
+/// Whether a line holds a string of each of one pattern's required sets, checked set by
+/// set in the order [`literals::required`] gives them (most selective first), so that a
+/// pattern the screen named on a line it does not match is mostly ruled out by the first.
+#[derive(Clone)]
+struct Check {
+    sets: Vec<SetCheck>,
+}
+
+/// Whether a line holds one of a set's strings: a few searched one by one (a single
+/// substring search is cheaper than a multi-literal one), more all at once.
+#[derive(Clone)]
+enum SetCheck {
+    Each(Vec<memchr::memmem::Finder<'static>>),
+    Any(LiteralFinder),
+}
+
+/// Most strings of a set searched one by one.
+const SEARCHED_ONE_BY_ONE: usize = 3;
+
+impl SetCheck {
+    fn new(set: &[Vec<u8>]) -> Option<SetCheck> {
+        if set.len() <= SEARCHED_ONE_BY_ONE {
+            if set.is_empty() || set.iter().any(Vec::is_empty) {
+                return None;
+            }
+            let finders = set
+                .iter()
+                .map(|s| memchr::memmem::Finder::new(s).into_owned());
+            return Some(SetCheck::Each(finders.collect()));
+        }
+        LiteralFinder::new(set).ok().map(SetCheck::Any)
+    }
+
+    #[inline]
+    fn found_in(&self, line: &[u8]) -> bool {
+        match self {
+            SetCheck::Each(finders) => finders.iter().any(|f| f.find(line).is_some()),
+            SetCheck::Any(finder) => finder.find(line, 0..line.len()).is_some(),
+        }
+    }
+}
+
+impl Check {
+    /// The check of `sets`; `None` when some set is empty or holds an empty string, or no
+    /// finder takes its literals.
+    fn new(sets: &[Vec<Vec<u8>>]) -> Option<Check> {
+        let sets = sets.iter().map(|set| SetCheck::new(set));
+        Some(Check {
+            sets: sets.collect::<Option<_>>()?,
+        })
+    }
+
+    /// Whether `line` holds a literal of each set.
+    #[inline]
+    fn passes(&self, line: &[u8]) -> bool {
+        self.sets.iter().all(|set| set.found_in(line))
+    }
 }
 
 impl Gate {
     pub(super) fn new(texts: &[&str]) -> Self {
-        let mut literal_ids: std::collections::HashMap<Vec<u8>, usize> = Default::default();
-        let mut literal_list: Vec<Vec<u8>> = Vec::new();
-        let mut admits: Vec<Vec<(usize, u8)>> = Vec::new();
-        let mut needed = vec![0u8; texts.len()];
         let mut always = Vec::new();
+        let mut checks = Vec::new();
+        let mut chosen = Vec::new();
         for (id, text) in texts.iter().enumerate() {
-            match literals::required(text) {
-                Some(sets) => {
-                    for (bit, set) in sets.into_iter().enumerate() {
-                        let bit = 1u8 << bit;
-                        needed[id] |= bit;
-                        for literal in set {
-                            let at = *literal_ids.entry(literal.clone()).or_insert_with(|| {
-                                literal_list.push(literal);
-                                admits.push(Vec::new());
-                                admits.len() - 1
-                            });
-                            admits[at].push((id, bit));
-                        }
-                    }
-                }
-                None => always.push(id),
+            let sets = literals::required(text);
+            let check = sets.as_deref().and_then(Check::new);
+            match (sets, &check) {
+                (Some(sets), Some(_)) => chosen.push((id, screen_set(sets))),
+                _ => always.push(id),
             }
+            checks.push(check);
         }
-        let literals = if literal_list.is_empty() {
+        let screen = Screen::new(&chosen).or_else(|| {
+            // Cannot happen within the crate's limits; if it does, every pattern runs,
+            // which is slower but never wrong.
+            if !chosen.is_empty() {
+                tracing::warn!("literal gate not built; running every pattern");
+                always = (0..texts.len()).collect();
+                checks.iter_mut().for_each(|check| *check = None);
+            }
             None
-        } else {
-            match LiteralDfa::new(&literal_list) {
-                Ok(automaton) => Some(automaton),
-                Err(e) => {
-                    // Cannot happen within the automaton's limits; if it does, every
-                    // pattern runs, which is slower but never wrong.
-                    tracing::warn!(error = %e, "literal gate not built; running every pattern");
-                    always = (0..texts.len()).collect();
-                    admits.clear();
-                    None
-                }
-            }
-        };
-        let screen = Self::screen_automaton(texts, &always);
+        });
+        let skips = always.is_empty() && screen.as_ref().is_some_and(|s| !s.holds_newline);
         Gate {
-            literals,
-            admits,
-            needed,
             always,
-            seen: vec![(u64::MAX, 0); texts.len()],
+            checks,
             screen,
+            skips,
+            seen: vec![u64::MAX; texts.len()],
         }
     }
 
-    /// The screen's automaton: per pattern, only its most selective required set (the one
-    /// whose shortest literal is longest: a line must hold one of each set, so one set is
-    /// enough to rule a line out), so that common literals of a pattern's other sets
-    /// (` from `, ` port `) do not name nearly every line. `None` when some pattern has no
-    /// literal (every line is a candidate) or a literal holds a newline.
-    fn screen_automaton(texts: &[&str], always: &[usize]) -> Option<LiteralDfa> {
-        if !always.is_empty() {
-            return None;
-        }
-        let mut chosen: Vec<Vec<u8>> = Vec::new();
-        for text in texts {
-            let sets = literals::required(text)?;
-            let best = sets
-                .into_iter()
-                .max_by_key(|set| set.iter().map(Vec::len).min().unwrap_or(0))?;
-            chosen.extend(best);
-        }
-        chosen.sort();
-        chosen.dedup();
-        if chosen.iter().any(|l| l.contains(&b'\n')) {
-            return None;
-        }
-        LiteralDfa::new(&chosen).ok()
-    }
-
-    /// Marks in `marked` (one flag per range of `lines`) the lines of `text` that may hold
-    /// a candidate: every line when there is no screen, else the lines whose range holds a
-    /// literal of the screen, found in one walk over `text` from the first line's start to
-    /// the last line's end (a marked line's rest is skipped: the gate reads it). `lines`
-    /// must be in order and each followed in `text` by a newline before the next starts:
-    /// no literal holds one, so a literal that ends inside a line's range starts inside it.
-    pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], marked: &mut Vec<bool>) {
-        marked.clear();
-        let (Some(screen), Some(first), Some(last)) = (&self.screen, lines.first(), lines.last())
+    /// Records in `screened` the screen literals inside each line of `text` (`lines`, in
+    /// order, each followed in `text` by a newline before the next starts), found by
+    /// searches over `text` from the first line's start to the last line's end, each going
+    /// on one byte after the last start: a line that holds none has no candidate, and
+    /// [`Gate::admit`] takes the others' without searching the line again. Records
+    /// nothing (every line to be read in full) when the screen cannot pass over lines.
+    /// No screen literal holds a newline, so one that starts inside a line's range and
+    /// ends by its end is inside it; and none holds another, so the one found at a start
+    /// is the only one there.
+    pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+        screened.unscreened();
+        let (Some(screen), Some(first), Some(last), true) =
+            (&self.screen, lines.first(), lines.last(), self.skips)
         else {
-            marked.resize(lines.len(), true);
             return;
         };
-        marked.resize(lines.len(), false);
+        screened.screened = true;
         let text = &text[..last.end];
         let mut line = 0;
         let mut at = first.start;
-        let mut sid = screen.start;
-        while at < text.len() {
-            let (next, matched) = screen.step(sid, text[at]);
-            sid = next;
-            at += 1;
-            if !matched {
-                continue;
-            }
-            // A literal ends at `at`: in the first line whose range ends at or after it,
-            // if it ends after that range's start (else it lies in the gap before it).
-            while line < lines.len() && lines[line].end < at {
+        while let Some((literal, place)) = screen.finder.find(text, at..text.len()) {
+            at = place.start + 1;
+            // The first line whose range ends after the literal's start holds it, if it
+            // starts there and ends by the range's end (else it lies in a gap between
+            // lines, or runs past a line cut short of its newline).
+            while line < lines.len() && lines[line].end <= place.start {
+                screened.ends.push(screened.literals.len() as u32);
                 line += 1;
             }
             let Some(range) = lines.get(line) else { break };
-            if at <= range.start {
-                continue;
-            }
-            marked[line] = true;
-            // The rest of a marked line is the gate's: go on from the next line.
-            line += 1;
-            match lines.get(line) {
-                Some(next) => {
-                    at = next.start;
-                    sid = screen.start;
-                }
-                None => break,
+            if range.start <= place.start && place.end <= range.end {
+                screened.literals.push(literal as u32);
             }
         }
+        screened
+            .ends
+            .resize(lines.len(), screened.literals.len() as u32);
     }
 
-    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`).
-    pub(super) fn admit(&mut self, line: &[u8], at: u64, mut admit: impl FnMut(usize)) {
+    /// Calls `admit` once for each distinct pattern that may match `line` (number `at`),
+    /// given the screen literals inside it when [`Gate::screen`] found them (else the line
+    /// is searched for them).
+    pub(super) fn admit(
+        &mut self,
+        line: &[u8],
+        at: u64,
+        screened: Option<&[u32]>,
+        mut admit: impl FnMut(usize),
+    ) {
         for &id in &self.always {
             admit(id);
         }
-        let Some(literals) = &self.literals else {
+        let Some(screen) = &self.screen else {
             return;
         };
-        let (admits, seen, needed) = (&self.admits, &mut self.seen, &self.needed);
-        literals.each_match(line, |literal| {
-            for &(id, bit) in &admits[literal] {
-                let seen = &mut seen[id];
-                if seen.0 != at {
-                    *seen = (at, 0);
+        let (checks, seen) = (&self.checks, &mut self.seen);
+        let mut named = |literal: usize| {
+            for &id in &screen.patterns[literal] {
+                if seen[id] == at {
+                    continue;
                 }
-                let before = seen.1;
-                seen.1 |= bit;
-                // Admitted once: when the last of its sets shows up.
-                if seen.1 != before && seen.1 == needed[id] {
+                seen[id] = at;
+                if checks[id].as_ref().is_some_and(|check| check.passes(line)) {
                     admit(id);
                 }
             }
-        });
+            true
+        };
+        match screened {
+            Some(literals) => literals.iter().for_each(|&l| {
+                named(l as usize);
+            }),
+            None => screen.finder.each_start(line, named),
+        }
     }
+}
+
+impl Screen {
+    /// The screen over each pattern's chosen set (`(pattern id, set)`); `None` when there
+    /// is none or no finder takes them.
+    fn new(chosen: &[(usize, Vec<Vec<u8>>)]) -> Option<Screen> {
+        let literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
+        let patterns = literals
+            .iter()
+            .map(|literal| {
+                let named = chosen
+                    .iter()
+                    .filter(|(_, set)| set.iter().any(|held| contains(held, literal)));
+                named.map(|(id, _)| *id).collect()
+            })
+            .collect();
+        Some(Screen {
+            finder: LiteralFinder::new(&literals).ok()?,
+            patterns,
+            holds_newline: literals.iter().any(|l| l.contains(&b'\n')),
+        })
+    }
+}
+
+/// The required set a pattern is screened on: the one with the fewest literals once those
+/// holding another are dropped (the screen's searcher takes few literals, at most 64),
+/// then the one whose shortest literal is longest (rarer).
+fn screen_set(sets: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    let score = |set: &Vec<Vec<u8>>| {
+        let shortest = set.iter().map(Vec::len).min().unwrap_or(0);
+        (
+            screen_literals(set.iter().cloned()).len(),
+            std::cmp::Reverse(shortest),
+        )
+    };
+    sets.into_iter().min_by_key(score).unwrap_or_default()
+}
+
+/// `literals` trimmed of spaces at either end, without duplicates and without those that
+/// hold another: a line holding one of `literals` holds one of these, and none is a prefix
+/// of another. (The packed searcher's first filter reads a literal's first bytes; a space
+/// there matches between most words of a line, and each such spot is then compared.)
+fn screen_literals(literals: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
+    let trim = |literal: Vec<u8>| {
+        let trimmed = literal.trim_ascii_start().trim_ascii_end();
+        if trimmed.len() >= literals::MIN_LITERAL {
+            trimmed.to_vec()
+        } else {
+            literal
+        }
+    };
+    let mut all: Vec<Vec<u8>> = literals.map(trim).collect();
+    all.sort();
+    all.dedup();
+    let holds_another = |literal: &Vec<u8>| {
+        all.iter()
+            .any(|other| other != literal && contains(literal, other))
+    };
+    all.iter().filter(|l| !holds_another(l)).cloned().collect()
+}
+
+/// Whether `hay` holds `needle`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    /// The DFA walk reports exactly the overlapping matches aho-corasick's own iterator
-    /// reports, in the same order, on random haystacks over the literals' bytes.
+    /// Whether aho-corasick's packed searcher can run on this CPU (its SIMD code is for
+    /// x86-64 with SSSE3 and for aarch64): the tests then require that it did.
+    fn simd() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("ssse3");
+        #[cfg(not(target_arch = "x86_64"))]
+        return cfg!(target_arch = "aarch64");
+    }
+
+    /// Random short strings over a small alphabet, so that literals overlap, nest and are
+    /// prefixes of each other often.
+    fn random_bytes(rng: &mut fastrand::Rng, alphabet: &[u8], len: Range<usize>) -> Vec<u8> {
+        (0..rng.usize(len))
+            .map(|_| alphabet[rng.usize(0..alphabet.len())])
+            .collect()
+    }
+
+    /// Both kinds of finder, restarted after each start and with each literal's prefixes
+    /// added, name exactly the distinct literals aho-corasick's overlapping iterator
+    /// reports, on random haystacks (long enough for the SIMD path and short enough for
+    /// its fallback).
     #[test]
-    fn the_dfa_walk_finds_what_the_overlapping_iterator_finds() {
+    fn the_finder_names_every_literal_the_overlapping_iterator_finds() {
         let mut rng = fastrand::Rng::with_seed(22);
-        for _ in 0..200 {
-            let literals: Vec<Vec<u8>> = (0..rng.usize(1..12))
-                .map(|_| {
-                    (0..rng.usize(1..5))
-                        .map(|_| b"abc d"[rng.usize(0..5)])
-                        .collect()
-                })
+        let mut packed = 0;
+        for _ in 0..400 {
+            let mut literals: Vec<Vec<u8>> = (0..rng.usize(1..20))
+                .map(|_| random_bytes(&mut rng, b"abc d", 1..6))
                 .collect();
-            let walk = LiteralDfa::new(&literals).unwrap();
-            let reference = aho_corasick::AhoCorasick::builder()
+            literals.sort();
+            literals.dedup();
+            let reference = AhoCorasick::builder()
                 .match_kind(LiteralMatchKind::Standard)
                 .build(&literals)
                 .unwrap();
-            for _ in 0..20 {
-                let hay: Vec<u8> = (0..rng.usize(0..60))
-                    .map(|_| b"abc d\n"[rng.usize(0..6)])
-                    .collect();
-                let mut walked = Vec::new();
-                walk.each_match(&hay, |id| walked.push(id));
-                let expected: Vec<usize> = reference
+            // The literals found at a start: the one reported and its prefixes.
+            let at_start: Vec<Vec<usize>> = literals
+                .iter()
+                .map(|longest| {
+                    let all = literals.iter().enumerate();
+                    all.filter(|(_, p)| longest.starts_with(p))
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+                .collect();
+            let finders = [
+                LiteralFinder::new(&literals).unwrap(),
+                LiteralFinder::automaton(&literals).unwrap(),
+            ];
+            packed += usize::from(matches!(finders[0], LiteralFinder::Packed(_)));
+            for _ in 0..30 {
+                let hay = random_bytes(&mut rng, b"abc d\n", 0..120);
+                let expected: BTreeSet<usize> = reference
                     .find_overlapping_iter(&hay)
                     .map(|m| m.pattern().as_usize())
                     .collect();
-                assert_eq!(walked, expected, "{literals:?} on {hay:?}");
+                for finder in &finders {
+                    let mut named = BTreeSet::new();
+                    finder.each_start(&hay, |l| {
+                        named.extend(at_start[l].iter().copied());
+                        true
+                    });
+                    assert_eq!(named, expected, "{literals:?} on {hay:?}");
+                }
             }
         }
-        assert!(LiteralDfa::new(&[b"a".to_vec(), Vec::new()]).is_err());
+        assert!(
+            !simd() || packed > 100,
+            "the SIMD searcher ran {packed} times"
+        );
+        assert!(LiteralFinder::new(&[b"a".to_vec(), Vec::new()]).is_err());
+        assert!(LiteralFinder::new(&[]).is_err());
+    }
+
+    /// Random patterns built from literals (concatenated with gaps, alternated, optional
+    /// pieces) and their candidates by definition: a pattern without required literals
+    /// on every line, any other on the lines that contain a string of each of its sets.
+    fn random_patterns(rng: &mut fastrand::Rng, count: usize) -> Vec<String> {
+        let word =
+            |rng: &mut fastrand::Rng| String::from_utf8(random_bytes(rng, b"abcdx", 3..7)).unwrap();
+        (0..count)
+            .map(|_| {
+                let pieces: Vec<String> = (0..rng.usize(1..4))
+                    .map(|_| match rng.usize(0..4) {
+                        0 => format!("(?:{}|{})", word(rng), word(rng)),
+                        1 => format!("(?:{})?", word(rng)),
+                        2 => "[a-d]+".to_string(),
+                        _ => word(rng),
+                    })
+                    .collect();
+                pieces.join(".*")
+            })
+            .collect()
+    }
+
+    fn by_definition(texts: &[String], line: &[u8]) -> BTreeSet<usize> {
+        let holds = |s: &Vec<u8>| line.windows(s.len()).any(|w| w == s.as_slice());
+        texts
+            .iter()
+            .enumerate()
+            .filter(|(_, text)| match literals::required(text) {
+                None => true,
+                Some(sets) => sets.iter().all(|set| set.iter().any(holds)),
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The gate admits exactly the patterns whose every required set the line holds (no
+    /// candidate dropped, none added), each once, over many random pattern sets, few
+    /// literals (the SIMD searcher) and many (the automaton); and its screen marks every
+    /// line that has a candidate, and with newline-separated lines exactly the lines that
+    /// hold a screen literal.
+    #[test]
+    fn the_gate_admits_exactly_the_patterns_whose_sets_a_line_holds() {
+        let mut rng = fastrand::Rng::with_seed(2022);
+        let mut kinds = BTreeSet::new();
+        for round in 0..300 {
+            let count = if round % 10 == 0 {
+                150
+            } else {
+                rng.usize(1..8)
+            };
+            let texts = random_patterns(&mut rng, count);
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let mut gate = Gate::new(&refs);
+            if let Some(screen) = &gate.screen {
+                kinds.insert(matches!(screen.finder, LiteralFinder::Packed(_)));
+            }
+            let lines: Vec<Vec<u8>> = (0..40)
+                .map(|_| random_bytes(&mut rng, b"abcdx ", 0..60))
+                .collect();
+            let mut text = Vec::new();
+            let mut ranges = Vec::new();
+            for line in &lines {
+                let start = text.len();
+                text.extend_from_slice(line);
+                ranges.push(start..text.len());
+                text.push(b'\n');
+            }
+            let mut screened = Screened::default();
+            gate.screen(&text, &ranges, &mut screened);
+            for (at, line) in lines.iter().enumerate() {
+                let expected = by_definition(&texts, line);
+                // Read in full, and with the literals the screen found in it: the same.
+                let mut given = vec![None];
+                match screened.line(at) {
+                    Screening::Nothing => assert!(expected.is_empty(), "{texts:?} {line:?}"),
+                    Screening::Literals(found) => given.push(Some(found)),
+                    Screening::Unscreened => assert!(!gate.skips),
+                }
+                for (n, literals) in given.into_iter().enumerate() {
+                    let mut admitted = Vec::new();
+                    let number = (2 * at + n) as u64;
+                    gate.admit(line, number, literals, |id| admitted.push(id));
+                    let set: BTreeSet<usize> = admitted.iter().copied().collect();
+                    assert_eq!(set.len(), admitted.len(), "each admitted once");
+                    assert_eq!(set, expected, "{texts:?} on {line:?} given {literals:?}");
+                }
+            }
+            // The screen found exactly the literals a search of each line alone finds.
+            if let (Some(screen), true) = (&gate.screen, gate.skips) {
+                for (at, line) in lines.iter().enumerate() {
+                    let mut alone = Vec::new();
+                    screen.finder.each_start(line, |l| {
+                        alone.push(l as u32);
+                        true
+                    });
+                    let found = match screened.line(at) {
+                        Screening::Literals(found) => found,
+                        _ => &[],
+                    };
+                    assert_eq!(found, alone, "{texts:?}: screen of {line:?}");
+                }
+            }
+        }
+        assert_eq!(kinds.len(), 1 + usize::from(simd()), "both finder kinds");
+    }
+
+    /// A line cut short of its newline (a gap of other bytes before the next line) is
+    /// marked only by a literal inside it, and a literal in the gap marks nothing.
+    #[test]
+    fn the_screen_reads_only_the_lines_ranges() {
+        let gate = Gate::new(&["needle"]);
+        let text = b"xx needle\nab needle\r\nneedlen";
+        let lines = [0..9, 10..12, 21..24];
+        let mut screened = Screened::default();
+        gate.screen(text, &lines, &mut screened);
+        let marked: Vec<bool> = (0..lines.len())
+            .map(|i| matches!(screened.line(i), Screening::Literals(_)))
+            .collect();
+        assert_eq!(marked, [true, false, false]);
+    }
+
+    /// The shipped rules' screen fits the SIMD searcher (at most 64 literals): the
+    /// automaton it would otherwise fall back to costs several times more per line.
+    #[test]
+    fn the_shipped_rules_screen_on_the_simd_searcher() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let set = crate::rules::RuleSet::load(&[dir], &Default::default()).expect("rules");
+        let mut texts: Vec<&str> = Vec::new();
+        for rule in &set.rules {
+            for text in rule.pattern_texts() {
+                if !texts.contains(&text) {
+                    texts.push(text);
+                }
+            }
+        }
+        assert!(texts.len() > 20, "{} patterns", texts.len());
+        let gate = Gate::new(&texts);
+        assert!(gate.always.is_empty() && gate.skips);
+        let screen = gate.screen.expect("a screen");
+        assert!(!simd() || matches!(screen.finder, LiteralFinder::Packed(_)));
+        for set in gate.checks.iter().flatten().flat_map(|c| &c.sets) {
+            if let SetCheck::Any(finder) = set {
+                assert!(!simd() || matches!(finder, LiteralFinder::Packed(_)));
+            }
+        }
     }
 }
