@@ -37,6 +37,8 @@ pub use stored::{SavedWindow, WindowId, decode_window, encode_window, window_key
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// See [`FastMap`].
 type FastSet<K> = foldhash::HashSet<K>;
+/// The key tables of the rules, by rule id.
+type Tables = hashbrown::HashMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -111,7 +113,9 @@ pub struct Detector {
     matchers: Matchers,
     /// The current line's matches, reused for every line.
     found: Found,
-    tables: FastMap<String, KeyTable<KeyState>>,
+    /// Per rule id; a hashbrown map for [`Detector::table`]'s lookup by `&str` that makes
+    /// the table when missing, in one probe.
+    tables: Tables,
     /// Keys whose state changed since the last store commit, by rule id; `None` for an
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
@@ -193,7 +197,7 @@ impl Detector {
             matchers: Matchers::new(rules.clone(), sources, design),
             found: Found::default(),
             rules,
-            tables: FastMap::default(),
+            tables: Tables::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
         }
@@ -238,15 +242,12 @@ impl Detector {
         change
     }
 
-    fn table<'a>(
-        tables: &'a mut FastMap<String, KeyTable<KeyState>>,
-        rule: &Rule,
-    ) -> &'a mut KeyTable<KeyState> {
-        // Looked up by `&str` first: no rule id copied per hit.
-        if !tables.contains_key(rule.id()) {
-            tables.insert(rule.id().to_string(), KeyTable::new(rule.max_keys));
-        }
-        tables.get_mut(rule.id()).expect("present")
+    /// The key table of `rule`, made on its first match: one lookup by `&str`, no rule id
+    /// copied per hit.
+    fn table<'a>(tables: &'a mut Tables, rule: &Rule) -> &'a mut KeyTable<KeyState> {
+        tables
+            .entry_ref(rule.id())
+            .or_insert_with(|| KeyTable::new(rule.max_keys))
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
