@@ -7,10 +7,10 @@
 //! due, however far the clock jumps. What differs between callers is named, not coded
 //! twice: [`Stamp`] says which clock dates incident changes.
 
-use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
+use crate::detection::{Detector, Fields, FoundLine, Hit, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
 use crate::response::recidive;
-use crate::rules::{RuleKind, RuleSet};
+use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -40,7 +40,8 @@ pub struct Engine {
     /// The clock has run once (rules without `group_by` start their absence clock then).
     started: bool,
     /// Incident changes are reported as [`IncidentEvent`]s (each with a copy of the
-    /// incident); off for evaluations that notify no one ([`Engine::without_events`]).
+    /// incident), and every counted match is a hit the caller's `counted` sees; off for
+    /// evaluations that notify no one ([`Engine::without_events`]).
     events: bool,
 }
 
@@ -63,6 +64,9 @@ impl Engine {
 
     /// This engine, reporting no [`IncidentEvent`]s for counted matches: the book changes
     /// as before, without a copy of the incident per match for a notifier there is not.
+    /// Nor are hits made of matches that change nothing in the book (they count in their
+    /// windows all the same): `counted` sees those that complete a condition, fold into an
+    /// open incident or are an absence rule's.
     pub fn without_events(mut self) -> Self {
         self.events = false;
         self
@@ -110,7 +114,16 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        self.detector.observe(line, time, &mut self.hits);
+        let Engine {
+            detector,
+            book,
+            hits,
+            events: all,
+            ..
+        } = self;
+        detector.observe_where(line, time, hits, &|rule, key| {
+            *all || hit_changes_book(book, rule, key)
+        });
         self.line_done(events, counted);
     }
 
@@ -124,7 +137,16 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        self.detector.apply(line, time, found, &mut self.hits);
+        let Engine {
+            detector,
+            book,
+            hits,
+            events: all,
+            ..
+        } = self;
+        detector.apply(line, time, found, hits, &|rule, key| {
+            *all || hit_changes_book(book, rule, key)
+        });
         self.line_done(events, counted);
     }
 
@@ -209,6 +231,13 @@ impl Engine {
             |hit| stamp(kind, hit),
         );
     }
+}
+
+/// Whether a counted match of `rule` for `key` that completed nothing changes anything
+/// here: it folds into the key's open incident, or it is an absence rule's (which moves
+/// the time the clock next has to look at).
+fn hit_changes_book(book: &IncidentBook, rule: &Rule, key: &Fields) -> bool {
+    matches!(rule.kind, RuleKind::Absence { .. }) || book.is_open(rule.id(), key)
 }
 
 fn stamp(kind: Stamp, hit: &Hit) -> DateTime<Utc> {

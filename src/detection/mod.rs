@@ -252,10 +252,22 @@ impl Detector {
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>, hits: &mut Vec<Hit>) {
+        self.observe_where(line, time, hits, &|_, _| true);
+    }
+
+    /// Like [`Detector::observe`], making hits of plain counted matches only where
+    /// `wanted` (see [`Detector::apply`]).
+    pub fn observe_where(
+        &mut self,
+        line: &LogLine,
+        time: DateTime<Utc>,
+        hits: &mut Vec<Hit>,
+        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+    ) {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
         self.matchers.find(line, &mut found);
-        self.apply(line, time, found.line(0), hits);
+        self.apply(line, time, found.line(0), hits, wanted);
         self.found = found;
     }
 
@@ -268,12 +280,21 @@ impl Detector {
     /// The window stage: counts the matches `found` on `line` at time `time` (by this
     /// detector's [`Matchers`], or a copy of them), appending counted matches to `hits`.
     /// Lines must come in the order they would be observed.
+    ///
+    /// Every match counts in its key's state; `wanted(rule, key)` says whether one that
+    /// neither completed its rule's condition nor resumed after an absence is worth a hit.
+    /// Under attack nearly every match is such a one, for a key with no incident: a caller
+    /// that only folds hits into incidents need not have them made (the captures copied,
+    /// the evidence shared) and dropped again. After a match of the line that completed a
+    /// condition, every later match of the line is a hit: the caller has not seen the
+    /// incident it may open yet.
     pub fn apply(
         &mut self,
         line: &LogLine,
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
+        wanted: &dyn Fn(&Rule, &Fields) -> bool,
     ) {
         let Detector {
             tables,
@@ -284,6 +305,7 @@ impl Detector {
         let time_ms = time.timestamp_millis();
         // Made at the line's first counted match and shared by the others.
         let mut line_evidence: Option<Evidence> = None;
+        let mut line_crossed = false;
         for matched in found.matches {
             let rule = &matched.rule;
             let step = matched.step;
@@ -329,6 +351,10 @@ impl Detector {
                 Observed::Crossed(c) => (Some(c), None),
                 Observed::Resumed => (None, Some(time)),
             };
+            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, &key) {
+                continue;
+            }
+            line_crossed |= crossed.is_some();
             // Captures that are the key's values (only `group_by` names captured) share it.
             let captures = if capture_text == key_text {
                 key.clone()

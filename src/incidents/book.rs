@@ -161,6 +161,11 @@ impl IncidentBook {
         Some(kind)
     }
 
+    /// Whether `rule` has an incident open for `key` (a match for it folds in).
+    pub fn is_open(&self, rule: &str, key: &Fields) -> bool {
+        self.open.get(rule).is_some_and(|o| o.contains_key(key))
+    }
+
     /// The active incident with this id.
     pub fn active(&self, id: &str) -> Option<&Incident> {
         let (rule, key) = self.by_id.get(id)?;
