@@ -24,7 +24,7 @@
 //! later), never later: a match that makes the time earlier (a late line) queues the key
 //! again at once.
 //!
-//! The queue is a binary heap of (time, place) that is only pushed to and popped from: a
+//! The queue holds (time, place) and is only pushed to and popped from: a
 //! key moved up or removed leaves its old place behind, and a popped place counts only if
 //! the entry now in that place is queued at that time. (An entry queued at that time is
 //! due then, whichever key it holds: a place reused by a new key is never visited early.)
@@ -35,7 +35,7 @@
 use super::fields::Fields;
 use hashbrown::HashTable;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
@@ -53,7 +53,67 @@ const NOT_QUEUED: i64 = i64::MAX;
 
 /// Places by the time their entry is due for expiry, earliest first; places left behind
 /// by keys moved up or removed included (see the module doc).
-type Expiries = BinaryHeap<Reverse<Due>>;
+///
+/// Two parts: a run in time order, which takes every place due no earlier than the last
+/// one it took, and a heap for the others. A new key is due a window after its line, and
+/// lines come in time order, so nearly every place joins the run at its end and leaves it
+/// at its front, in order, without the heap's sifting through scattered memory; late
+/// lines, states that fired (due at once) and keys queued again by the tick go to the
+/// heap. Popping takes the earlier of the two fronts.
+#[derive(Debug, Default)]
+struct Expiries {
+    run: VecDeque<Due>,
+    rest: BinaryHeap<Reverse<Due>>,
+}
+
+impl Expiries {
+    fn push(&mut self, due: Due) {
+        if self.run.back().is_none_or(|last| due.at >= last.at) {
+            self.run.push_back(due);
+        } else {
+            self.rest.push(Reverse(due));
+        }
+    }
+
+    /// Whether the next place comes from the heap rather than the run.
+    fn next_from_rest(&self) -> bool {
+        match (self.run.front(), self.rest.peek()) {
+            (Some(run), Some(Reverse(rest))) => rest.at < run.at,
+            (None, rest) => rest.is_some(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn peek(&self) -> Option<Due> {
+        if self.next_from_rest() {
+            self.rest.peek().map(|Reverse(due)| *due)
+        } else {
+            self.run.front().copied()
+        }
+    }
+
+    fn pop(&mut self) -> Option<Due> {
+        if self.next_from_rest() {
+            self.rest.pop().map(|Reverse(due)| due)
+        } else {
+            self.run.pop_front()
+        }
+    }
+
+    /// Places held, left-behind ones included.
+    fn len(&self) -> usize {
+        self.run.len() + self.rest.len()
+    }
+
+    /// A queue of these places, all in the run.
+    fn of(mut places: Vec<Due>) -> Self {
+        places.sort_unstable();
+        Expiries {
+            run: places.into(),
+            rest: BinaryHeap::new(),
+        }
+    }
+}
 
 /// An entry's place in the expiry queue, ordered by time, then place: keys due at the same
 /// time (a busy second of syslog) are expired in any order, each on its own.
@@ -141,7 +201,7 @@ fn queue_by(expiries: &mut Expiries, queued: &mut i64, place: u32, at: Option<i6
         return;
     }
     // The old place in the queue, if any, stays behind: it no longer matches `queued`.
-    expiries.push(Reverse(Due { at, place }));
+    expiries.push(Due { at, place });
     *queued = at;
 }
 
@@ -160,7 +220,7 @@ impl<S: Progress> KeyTable<S> {
             places: Vec::new(),
             free: Vec::new(),
             hasher: foldhash::fast::RandomState::default(),
-            expiries: Expiries::new(),
+            expiries: Expiries::default(),
             max_keys: max_keys.max(1),
             clock: 0,
         }
@@ -275,16 +335,15 @@ impl<S: Progress> KeyTable<S> {
         if self.expiries.len() <= 2 * self.len() + QUEUE_SLACK {
             return;
         }
-        self.expiries = self
-            .entries()
-            .filter(|(_, e)| e.queued != NOT_QUEUED)
-            .map(|(place, e)| {
-                Reverse(Due {
+        self.expiries = Expiries::of(
+            self.entries()
+                .filter(|(_, e)| e.queued != NOT_QUEUED)
+                .map(|(place, e)| Due {
                     at: e.queued,
                     place,
                 })
-            })
-            .collect();
+                .collect(),
+        );
     }
 
     /// At the bound, removes a fraction of the table — the keys with the least progress,
@@ -351,10 +410,10 @@ impl<S: Progress> KeyTable<S> {
     ) -> Vec<Fields> {
         let mut removed = Vec::new();
         let mut again = Vec::new();
-        while let Some(Reverse(next)) = self.expiries.peek()
+        while let Some(next) = self.expiries.peek()
             && next.at <= now_ms
         {
-            let Some(Reverse(Due { at, place })) = self.expiries.pop() else {
+            let Some(Due { at, place }) = self.expiries.pop() else {
                 break;
             };
             let Some(entry) = self.places[place as usize].as_mut() else {
@@ -384,12 +443,12 @@ impl<S: Progress> KeyTable<S> {
     /// When the earliest queued key is due for expiry (places left behind before it are
     /// dropped).
     pub fn next_expiry(&mut self) -> Option<i64> {
-        while let Some(Reverse(Due { at, place })) = self.expiries.peek() {
-            if self.places[*place as usize]
+        while let Some(Due { at, place }) = self.expiries.peek() {
+            if self.places[place as usize]
                 .as_ref()
-                .is_some_and(|e| e.queued == *at)
+                .is_some_and(|e| e.queued == at)
             {
-                return Some(*at);
+                return Some(at);
             }
             self.expiries.pop();
         }

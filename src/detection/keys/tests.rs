@@ -373,3 +373,34 @@ fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
         assert!(dropped > 0, "seed {seed}: the clock dropped keys");
     }
 }
+
+/// The queue's run and heap together give places out in time order, whatever order they
+/// came in: as a single heap would.
+#[test]
+fn the_queue_gives_places_out_in_time_order_from_its_run_and_its_heap() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut queue = Expiries::default();
+    let mut heap = BinaryHeap::new();
+    let mut now = 0i64;
+    let mut used_both = false;
+    for step in 0..50_000u32 {
+        if rng.u8(..) < 100 {
+            now += rng.i64(0..5);
+            // Mostly in order, sometimes earlier (a late line), sometimes much later.
+            let at = match rng.u8(..10) {
+                0 => now - rng.i64(0..100),
+                1 => now + rng.i64(0..10_000),
+                _ => now,
+            };
+            queue.push(Due { at, place: step });
+            heap.push(Reverse(at));
+        } else {
+            let popped = queue.pop().map(|d| d.at);
+            assert_eq!(popped, heap.pop().map(|Reverse(at)| at), "step {step}");
+        }
+        assert_eq!(queue.len(), heap.len());
+        assert_eq!(queue.peek().map(|d| d.at), heap.peek().map(|r| r.0));
+        used_both |= !queue.run.is_empty() && !queue.rest.is_empty();
+    }
+    assert!(used_both, "both parts held places at once");
+}
