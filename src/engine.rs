@@ -114,16 +114,12 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        let Engine {
-            detector,
-            book,
-            hits,
-            events: all,
-            ..
-        } = self;
-        detector.observe_where(line, time, hits, &|rule, key| {
-            *all || hit_changes_book(book, rule, key)
-        });
+        self.detector.observe_where(
+            line,
+            time,
+            &mut self.hits,
+            &wanted_hits(self.events, &self.book),
+        );
         self.line_done(events, counted);
     }
 
@@ -137,16 +133,13 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        let Engine {
-            detector,
-            book,
-            hits,
-            events: all,
-            ..
-        } = self;
-        detector.apply(line, time, found, hits, &|rule, key| {
-            *all || hit_changes_book(book, rule, key)
-        });
+        self.detector.apply(
+            line,
+            time,
+            found,
+            &mut self.hits,
+            &wanted_hits(self.events, &self.book),
+        );
         self.line_done(events, counted);
     }
 
@@ -233,11 +226,15 @@ impl Engine {
     }
 }
 
-/// Whether a counted match of `rule` for `key` that completed nothing changes anything
-/// here: it folds into the key's open incident, or it is an absence rule's (which moves
-/// the time the clock next has to look at).
-fn hit_changes_book(book: &IncidentBook, rule: &Rule, key: &Fields) -> bool {
-    matches!(rule.kind, RuleKind::Absence { .. }) || book.is_open(rule.id(), key)
+/// Which counted matches that complete nothing are made hits ([`Detector::apply`]'s
+/// `wanted`): all of them for an engine that reports events (the caller's `counted` sees
+/// every match); otherwise those that change something here — they fold into the key's
+/// open incident, or they are an absence rule's (which moves the time the clock next has
+/// to look at).
+fn wanted_hits(all: bool, book: &IncidentBook) -> impl Fn(&Rule, &Fields) -> bool + '_ {
+    move |rule, key| {
+        all || matches!(rule.kind, RuleKind::Absence { .. }) || book.is_open(rule.id(), key)
+    }
 }
 
 fn stamp(kind: Stamp, hit: &Hit) -> DateTime<Utc> {

@@ -349,6 +349,15 @@ rules:
         );
     }
 
+    /// An engine of `rules` stamping match times, as the tools' (events still on).
+    fn tools_engine(rules: &Arc<RuleSet>) -> crate::engine::Engine {
+        crate::engine::Engine::new(
+            Detector::new(rules.clone(), &["t".into()]),
+            IncidentBook::empty(),
+            crate::engine::Stamp::Match,
+        )
+    }
+
     /// Without events, matches of keys with no incident are not made hits, but a line
     /// that completes a sequence and matches an earlier step too (the same key) folds both
     /// matches into the incident it opens, as the daemon's engine does; later matches of
@@ -385,15 +394,8 @@ rules:
             let book: Vec<Incident> = engine.book().all_active().cloned().collect();
             (book, counted)
         };
-        let new = || {
-            crate::engine::Engine::new(
-                Detector::new(rules.clone(), &["t".into()]),
-                IncidentBook::empty(),
-                crate::engine::Stamp::Match,
-            )
-        };
-        let (with, all) = run(new());
-        let (without, some) = run(new().without_events());
+        let (with, all) = run(tools_engine(&rules));
+        let (without, some) = run(tools_engine(&rules).without_events());
         assert_eq!(with.len(), 1);
         assert_eq!(with, without);
         // The two tries, the win, the same line's try, and the try after it.
@@ -431,15 +433,8 @@ rules:
             book.sort_by_key(|i| Incident::number(&i.id));
             (book, events.len())
         };
-        let new = || {
-            crate::engine::Engine::new(
-                Detector::new(rules.clone(), &["t".into()]),
-                IncidentBook::empty(),
-                crate::engine::Stamp::Match,
-            )
-        };
-        let (with, reported) = run(new());
-        let (without, unreported) = run(new().without_events());
+        let (with, reported) = run(tools_engine(&rules));
+        let (without, unreported) = run(tools_engine(&rules).without_events());
         assert_eq!(with.len(), 3);
         assert!(
             with.iter()
