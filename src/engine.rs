@@ -7,10 +7,10 @@
 //! due, however far the clock jumps. What differs between callers is named, not coded
 //! twice: [`Stamp`] says which clock dates incident changes.
 
-use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
+use crate::detection::{Detector, Fields, FoundLine, Hit, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
 use crate::response::recidive;
-use crate::rules::{RuleKind, RuleSet};
+use crate::rules::{Rule, RuleKind, RuleSet};
 use crate::sources::LogLine;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -40,7 +40,8 @@ pub struct Engine {
     /// The clock has run once (rules without `group_by` start their absence clock then).
     started: bool,
     /// Incident changes are reported as [`IncidentEvent`]s (each with a copy of the
-    /// incident); off for evaluations that notify no one ([`Engine::without_events`]).
+    /// incident), and every counted match is a hit the caller's `counted` sees; off for
+    /// evaluations that notify no one ([`Engine::without_events`]).
     events: bool,
 }
 
@@ -63,6 +64,9 @@ impl Engine {
 
     /// This engine, reporting no [`IncidentEvent`]s for counted matches: the book changes
     /// as before, without a copy of the incident per match for a notifier there is not.
+    /// Nor are hits made of matches that change nothing in the book (they count in their
+    /// windows all the same): `counted` sees those that complete a condition, fold into an
+    /// open incident or are an absence rule's.
     pub fn without_events(mut self) -> Self {
         self.events = false;
         self
@@ -110,7 +114,12 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        self.detector.observe(line, time, &mut self.hits);
+        self.detector.observe_where(
+            line,
+            time,
+            &mut self.hits,
+            &wanted_hits(self.events, &self.book),
+        );
         self.line_done(events, counted);
     }
 
@@ -124,7 +133,13 @@ impl Engine {
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
-        self.detector.apply(line, time, found, &mut self.hits);
+        self.detector.apply(
+            line,
+            time,
+            found,
+            &mut self.hits,
+            &wanted_hits(self.events, &self.book),
+        );
         self.line_done(events, counted);
     }
 
@@ -208,6 +223,17 @@ impl Engine {
             events,
             |hit| stamp(kind, hit),
         );
+    }
+}
+
+/// Which counted matches that complete nothing are made hits ([`Detector::apply`]'s
+/// `wanted`): all of them for an engine that reports events (the caller's `counted` sees
+/// every match); otherwise those that change something here — they fold into the key's
+/// open incident, or they are an absence rule's (which moves the time the clock next has
+/// to look at).
+fn wanted_hits(all: bool, book: &IncidentBook) -> impl Fn(&Rule, &Fields) -> bool + '_ {
+    move |rule, key| {
+        all || matches!(rule.kind, RuleKind::Absence { .. }) || book.is_open(rule.id(), key)
     }
 }
 

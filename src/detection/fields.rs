@@ -153,11 +153,25 @@ pub fn push_bytes(text: &mut String, name: &str, value: &[u8]) {
     }
 }
 
+/// A length as [`push_len`] writes it: decimal digits only (no sign, no spaces), without
+/// the general integer parser (this runs per value read, as `push_len` per value written).
+fn parse_len(digits: &str) -> Option<usize> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.bytes().try_fold(0usize, |n, d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
+}
+
 /// Reads one length-prefixed item off the front of `rest`; `None` (and `rest` emptied)
 /// when it is not one.
 fn take<'a>(rest: &mut &'a str) -> Option<&'a str> {
     let item = rest.split_once(':').and_then(|(len, tail)| {
-        let len: usize = len.parse().ok()?;
+        let len = parse_len(len)?;
         Some((tail.get(..len)?, tail.get(len..)?))
     });
     match item {
@@ -217,6 +231,8 @@ mod tests {
             "2:ip99:short",
             "9999999999999999999999:x",
             "2:i\u{e9}1:a",
+            // Only digits, as `push` writes them: no sign.
+            "+2:ip8:10.0.0.1",
         ] {
             let f = Fields::from_encoded(bad);
             assert_eq!(f.get("ip"), None, "{bad:?}");

@@ -7,10 +7,13 @@
 //! [`Progress`] first (keys with a single match before keys closer to their threshold),
 //! and among equals the keys touched longest ago.
 //!
-//! Recency is a touch counter in each entry, not a linked list: a hit then costs one hash
-//! probe into a flat table instead of unlinking and relinking list nodes scattered over the
-//! heap (which showed as cache misses on every match). Eviction takes a sixteenth of the
-//! table at once, found in one pass, so its cost per new key stays constant.
+//! Recency is a touch counter in each entry, not a linked list. The entries live in a
+//! vector of places; a hash table of place numbers finds a key's place. A hit hashes its
+//! key once and compares it with the one entry of that hash: an existing key costs one
+//! probe and no allocation, a new key one more insert with the hash already known. (A map
+//! from key to entry cost a lookup, then an insert or a second lookup, each hashing the key
+//! again.) Eviction takes a sixteenth of the table at once, found in one pass, so its cost
+//! per new key stays constant.
 //!
 //! States forget what falls out of their windows as event time passes, and a state left
 //! empty is dropped. The clock does this every second; with twenty thousand attackers'
@@ -21,17 +24,19 @@
 //! later), never later: a match that makes the time earlier (a late line) queues the key
 //! again at once.
 //!
-//! The queue is a binary heap that is only pushed to and popped from: a key moved up or
-//! removed leaves its old place behind, and a popped place counts only if it is still the
-//! time in the key's entry. An ordered set with removal (the queue before) cost a B-tree
-//! insert and remove, with key comparisons, per new key: in a replay of a brute force,
-//! where nearly every attempt brings a new address, more than half of the window stage.
-//! Left-behind places are dropped when they come up, and all at once when they outnumber
-//! the keys.
+//! The queue holds (time, place) and is only pushed to and popped from: a
+//! key moved up or removed leaves its old place behind, and a popped place counts only if
+//! the entry now in that place is queued at that time. (An entry queued at that time is
+//! due then, whichever key it holds: a place reused by a new key is never visited early.)
+//! Queue entries name places, not keys: no key is copied into the queue, and a popped
+//! one is found by its number, without hashing. Left-behind places are dropped when they
+//! come up, and all at once when they outnumber the keys.
 
 use super::fields::Fields;
+use hashbrown::HashTable;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::BuildHasher;
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
 /// least one), so a flood pays one pass over the table per that many new keys.
@@ -46,37 +51,76 @@ pub trait Progress {
 /// The `queued` time of a key that is not in the expiry queue.
 const NOT_QUEUED: i64 = i64::MAX;
 
-/// Keys by the time they are due for expiry, earliest first; places left behind by keys
-/// moved up or removed included (see the module doc).
-type Expiries = BinaryHeap<Reverse<Due>>;
+/// Places by the time their entry is due for expiry, earliest first; places left behind
+/// by keys moved up or removed included (see the module doc).
+///
+/// Two parts: a run in time order, which takes every place due no earlier than the last
+/// one it took, and a heap for the others. A new key is due a window after its line, and
+/// lines come in time order, so nearly every place joins the run at its end and leaves it
+/// at its front, in order, without the heap's sifting through scattered memory; late
+/// lines, states that fired (due at once) and keys queued again by the tick go to the
+/// heap. Popping takes the earlier of the two fronts.
+#[derive(Debug, Default)]
+struct Expiries {
+    run: VecDeque<Due>,
+    rest: BinaryHeap<Reverse<Due>>,
+}
 
-/// A key's place in the expiry queue, ordered by time alone: keys due at the same time
-/// (a busy second of syslog) are expired in any order, each on its own, so the heap does
-/// not compare their text.
-#[derive(Debug)]
+impl Expiries {
+    fn push(&mut self, due: Due) {
+        if self.run.back().is_none_or(|last| due.at >= last.at) {
+            self.run.push_back(due);
+        } else {
+            self.rest.push(Reverse(due));
+        }
+    }
+
+    /// Whether the next place comes from the heap rather than the run.
+    fn next_from_rest(&self) -> bool {
+        match (self.run.front(), self.rest.peek()) {
+            (Some(run), Some(Reverse(rest))) => rest.at < run.at,
+            (None, rest) => rest.is_some(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn peek(&self) -> Option<Due> {
+        if self.next_from_rest() {
+            self.rest.peek().map(|Reverse(due)| *due)
+        } else {
+            self.run.front().copied()
+        }
+    }
+
+    fn pop(&mut self) -> Option<Due> {
+        if self.next_from_rest() {
+            self.rest.pop().map(|Reverse(due)| due)
+        } else {
+            self.run.pop_front()
+        }
+    }
+
+    /// Places held, left-behind ones included.
+    fn len(&self) -> usize {
+        self.run.len() + self.rest.len()
+    }
+
+    /// A queue of these places, all in the run.
+    fn of(mut places: Vec<Due>) -> Self {
+        places.sort_unstable();
+        Expiries {
+            run: places.into(),
+            rest: BinaryHeap::new(),
+        }
+    }
+}
+
+/// An entry's place in the expiry queue, ordered by time, then place: keys due at the same
+/// time (a busy second of syslog) are expired in any order, each on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     at: i64,
-    key: Fields,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.at.cmp(&other.at)
-    }
+    place: u32,
 }
 
 /// Left-behind places in the queue tolerated beyond twice the live keys before the queue
@@ -84,22 +128,30 @@ impl Ord for Due {
 const QUEUE_SLACK: usize = 1024;
 
 /// One key's state, whether it changed since it was last stored, when it was last touched,
-/// and the time it is queued at for expiry ([`NOT_QUEUED`] if it is not); the key is kept
-/// in the entry too, so a lookup by `&str` can hand it out.
+/// and the time it is queued at for expiry ([`NOT_QUEUED`] if it is not); the key and its
+/// hash are kept too, so a lookup by `&str` can hand the key out and the index can grow
+/// without hashing keys again.
 #[derive(Debug)]
 struct Entry<S> {
     key: Fields,
+    hash: u64,
     state: S,
     dirty: bool,
     touched: u64,
     queued: i64,
 }
 
-/// State per key with recency, in a flat hash table (hashed like the detector's other
-/// maps), and the keys by when their state next has something to forget.
+/// State per key with recency: entries in places, an index of places by the keys' hashes
+/// (hashed like the detector's other maps), and the places by when their state next has
+/// something to forget.
 #[derive(Debug)]
 pub struct KeyTable<S> {
-    entries: foldhash::HashMap<Fields, Entry<S>>,
+    /// Place numbers in `places`, by their key's hash.
+    index: HashTable<u32>,
+    /// The entries; `None` where a key was removed (listed in `free` for the next key).
+    places: Vec<Option<Entry<S>>>,
+    free: Vec<u32>,
+    hasher: foldhash::fast::RandomState,
     expiries: Expiries,
     max_keys: usize,
     clock: u64,
@@ -125,6 +177,7 @@ pub struct Touched<'a, S> {
     pub newly_dirty: bool,
     /// Keys evicted to make room (usually none).
     pub evicted: Vec<Fields>,
+    place: u32,
     queued: &'a mut i64,
     expiries: &'a mut Expiries,
 }
@@ -134,61 +187,118 @@ impl<S> Touched<'_, S> {
     /// (`None`: never). Call it after every change to the state: a key queued later than
     /// this would keep state that a tick should have forgotten.
     pub fn expires_at(&mut self, at: Option<i64>) {
-        queue_by(self.expiries, self.queued, self.key, at);
+        queue_by(self.expiries, self.queued, self.place, at);
     }
 }
 
-/// Queues `key` (queued at `*queued` now) at `at` if that is earlier. A later time is left
-/// for the tick: the key comes up at its old time, finds nothing to forget yet, and is
-/// queued again at its real time — one move per key and tick at most, instead of one per
-/// match.
-fn queue_by(expiries: &mut Expiries, queued: &mut i64, key: &Fields, at: Option<i64>) {
+/// Queues the entry at `place` (queued at `*queued` now) at `at` if that is earlier. A
+/// later time is left for the tick: the key comes up at its old time, finds nothing to
+/// forget yet, and is queued again at its real time — one move per key and tick at most,
+/// instead of one per match.
+fn queue_by(expiries: &mut Expiries, queued: &mut i64, place: u32, at: Option<i64>) {
     let Some(at) = at else { return };
     if at >= *queued {
         return;
     }
-    // The old place, if any, stays behind: it no longer matches `queued`.
-    expiries.push(Reverse(Due {
-        at,
-        key: key.clone(),
-    }));
+    // The old place in the queue, if any, stays behind: it no longer matches `queued`.
+    expiries.push(Due { at, place });
     *queued = at;
+}
+
+/// The entry at a place that holds one.
+fn live<S>(places: &[Option<Entry<S>>], place: u32) -> &Entry<S> {
+    places[place as usize]
+        .as_ref()
+        .expect("the index names only live places")
 }
 
 impl<S: Progress> KeyTable<S> {
     /// An empty table holding at most `max_keys` keys (at least one).
     pub fn new(max_keys: usize) -> Self {
         KeyTable {
-            entries: foldhash::HashMap::default(),
-            expiries: Expiries::new(),
+            index: HashTable::new(),
+            places: Vec::new(),
+            free: Vec::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            expiries: Expiries::default(),
             max_keys: max_keys.max(1),
             clock: 0,
         }
     }
 
+    /// The place of `key` (encoded [`Fields`]) of hash `hash`, if it is held.
+    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        let places = &self.places;
+        self.index
+            .find(hash, |&p| {
+                let k: &str = std::borrow::Borrow::borrow(&live(places, p).key);
+                k == key
+            })
+            .copied()
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Puts a new entry (whose key is not held) in a free place and indexes it.
+    fn add(&mut self, entry: Entry<S>) -> u32 {
+        let hash = entry.hash;
+        let place = match self.free.pop() {
+            Some(place) => {
+                self.places[place as usize] = Some(entry);
+                place
+            }
+            None => {
+                let place = u32::try_from(self.places.len()).expect("fewer than 2^32 keys");
+                self.places.push(Some(entry));
+                place
+            }
+        };
+        let places = &self.places;
+        self.index
+            .insert_unique(hash, place, |&p| live(places, p).hash);
+        place
+    }
+
+    /// Removes the entry at a live place (its place in the expiry queue is left behind).
+    fn remove_at(&mut self, place: u32) -> Entry<S> {
+        let entry = self.places[place as usize]
+            .take()
+            .expect("removed from a live place");
+        if let Ok(found) = self.index.find_entry(entry.hash, |&p| p == place) {
+            found.remove();
+        }
+        self.free.push(place);
+        entry
+    }
+
     /// The state of `key` (encoded [`Fields`]), marked as the most recently used and as
-    /// changed; created with `make` when missing. A key already present costs one lookup
-    /// and no allocation. The caller says when the changed state expires
+    /// changed; created with `make` when missing. A key already present costs one hash,
+    /// one probe and no allocation. The caller says when the changed state expires
     /// ([`Touched::expires_at`]).
     pub fn touch(&mut self, key: &str, make: impl FnOnce() -> S) -> Touched<'_, S> {
         self.clock += 1;
+        let hash = self.hash(key);
         let mut evicted = Vec::new();
-        if !self.entries.contains_key(key) {
-            self.compact_queue();
-            evicted = self.make_room();
-            let key = Fields::from_encoded(key);
-            self.entries.insert(
-                key.clone(),
-                Entry {
-                    key,
+        let place = match self.find(hash, key) {
+            Some(place) => place,
+            None => {
+                self.compact_queue();
+                evicted = self.make_room();
+                self.add(Entry {
+                    key: Fields::from_encoded(key),
+                    hash,
                     state: make(),
                     dirty: false,
                     touched: 0,
                     queued: NOT_QUEUED,
-                },
-            );
-        }
-        let entry = self.entries.get_mut(key).expect("present or just added");
+                })
+            }
+        };
+        let entry = self.places[place as usize]
+            .as_mut()
+            .expect("found or just added");
         entry.touched = self.clock;
         let newly_dirty = !entry.dirty;
         entry.dirty = true;
@@ -197,6 +307,7 @@ impl<S: Progress> KeyTable<S> {
             state: &mut entry.state,
             newly_dirty,
             evicted,
+            place,
             queued: &mut entry.queued,
             expiries: &mut self.expiries,
         }
@@ -204,60 +315,67 @@ impl<S: Progress> KeyTable<S> {
 
     /// Removes a key (its place in the expiry queue is left behind).
     fn remove(&mut self, key: &Fields) -> Option<Entry<S>> {
-        self.entries.remove(key)
+        let key: &str = std::borrow::Borrow::borrow(key);
+        let place = self.find(self.hash(key), key)?;
+        Some(self.remove_at(place))
+    }
+
+    /// The live entries with their places, in no particular order.
+    fn entries(&self) -> impl Iterator<Item = (u32, &Entry<S>)> {
+        self.places
+            .iter()
+            .enumerate()
+            .filter_map(|(place, e)| Some((place as u32, e.as_ref()?)))
     }
 
     /// Rebuilds the expiry queue from the entries when left-behind places outnumber the
     /// keys: memory stays proportional to the live keys, at a cost per key that is
     /// constant over time.
     fn compact_queue(&mut self) {
-        if self.expiries.len() <= 2 * self.entries.len() + QUEUE_SLACK {
+        if self.expiries.len() <= 2 * self.len() + QUEUE_SLACK {
             return;
         }
-        self.expiries = self
-            .entries
-            .values()
-            .filter(|e| e.queued != NOT_QUEUED)
-            .map(|e| {
-                Reverse(Due {
+        self.expiries = Expiries::of(
+            self.entries()
+                .filter(|(_, e)| e.queued != NOT_QUEUED)
+                .map(|(place, e)| Due {
                     at: e.queued,
-                    key: e.key.clone(),
+                    place,
                 })
-            })
-            .collect();
-    }
-
-    /// Whether a place popped from the expiry queue is still the key's.
-    fn is_current(entries: &foldhash::HashMap<Fields, Entry<S>>, at: i64, key: &Fields) -> bool {
-        entries.get(key).is_some_and(|e| e.queued == at)
+                .collect(),
+        );
     }
 
     /// At the bound, removes a fraction of the table — the keys with the least progress,
     /// least recently touched among equals — and returns them.
     fn make_room(&mut self) -> Vec<Fields> {
-        if self.entries.len() < self.max_keys {
+        if self.len() < self.max_keys {
             return Vec::new();
         }
         let count = (self.max_keys / EVICT_FRACTION).max(1);
-        let mut ranks: Vec<((usize, u64), &Fields)> = self
-            .entries
-            .values()
-            .map(|e| ((e.state.progress(), e.touched), &e.key))
+        let mut ranks: Vec<((usize, u64), u32)> = self
+            .entries()
+            .map(|(place, e)| ((e.state.progress(), e.touched), place))
             .collect();
         ranks.select_nth_unstable_by_key(count - 1, |(rank, _)| *rank);
         ranks[..count].sort_unstable_by_key(|(rank, _)| *rank);
-        let evicted: Vec<Fields> = ranks[..count].iter().map(|(_, k)| (*k).clone()).collect();
-        for key in &evicted {
-            self.remove(key);
-        }
-        evicted
+        ranks[..count]
+            .iter()
+            .map(|&(_, place)| self.remove_at(place).key)
+            .collect()
     }
 
     /// Marks a key's state as stored (after [`Self::touch`] marked it changed).
     pub fn mark_clean(&mut self, key: &Fields) {
-        if let Some(entry) = self.entries.get_mut(key) {
+        if let Some(entry) = self.get_entry_mut(key) {
             entry.dirty = false;
         }
+    }
+
+    fn get_entry_mut(&mut self, key: &Fields) -> Option<&mut Entry<S>> {
+        let key: &str = std::borrow::Borrow::borrow(key);
+        let place = self.find(self.hash(key), key)?;
+        self.places[place as usize].as_mut()
     }
 
     /// Puts a key's state (as restored from the store), most recently used, queued for
@@ -268,18 +386,17 @@ impl<S: Progress> KeyTable<S> {
         self.remove(&key);
         self.compact_queue();
         let evicted = self.make_room();
-        let mut queued = NOT_QUEUED;
-        queue_by(&mut self.expiries, &mut queued, &key, expires);
-        self.entries.insert(
-            key.clone(),
-            Entry {
-                key,
-                state,
-                dirty: false,
-                touched: self.clock,
-                queued,
-            },
-        );
+        let hash = self.hash(std::borrow::Borrow::borrow(&key));
+        let place = self.add(Entry {
+            key,
+            hash,
+            state,
+            dirty: false,
+            touched: self.clock,
+            queued: NOT_QUEUED,
+        });
+        let entry = self.places[place as usize].as_mut().expect("just added");
+        queue_by(&mut self.expiries, &mut entry.queued, place, expires);
         evicted
     }
 
@@ -293,13 +410,13 @@ impl<S: Progress> KeyTable<S> {
     ) -> Vec<Fields> {
         let mut removed = Vec::new();
         let mut again = Vec::new();
-        while let Some(Reverse(next)) = self.expiries.peek()
+        while let Some(next) = self.expiries.peek()
             && next.at <= now_ms
         {
-            let Some(Reverse(Due { at, key })) = self.expiries.pop() else {
+            let Some(Due { at, place }) = self.expiries.pop() else {
                 break;
             };
-            let Some(entry) = self.entries.get_mut(&key) else {
+            let Some(entry) = self.places[place as usize].as_mut() else {
                 continue;
             };
             if entry.queued != at {
@@ -308,19 +425,16 @@ impl<S: Progress> KeyTable<S> {
             }
             entry.queued = NOT_QUEUED;
             match expire(&mut entry.state) {
-                Expired::Gone => {
-                    self.entries.remove(&key);
-                    removed.push(key);
-                }
+                Expired::Gone => removed.push(self.remove_at(place).key),
                 // A time that is (wrongly) not later than now is queued after this loop,
                 // so it is looked at on the next tick rather than again in this one.
-                Expired::Kept(Some(next)) if next <= now_ms => again.push((key, next)),
-                Expired::Kept(next) => queue_by(&mut self.expiries, &mut entry.queued, &key, next),
+                Expired::Kept(Some(next)) if next <= now_ms => again.push((place, next)),
+                Expired::Kept(next) => queue_by(&mut self.expiries, &mut entry.queued, place, next),
             }
         }
-        for (key, next) in again {
-            if let Some(entry) = self.entries.get_mut(&key) {
-                queue_by(&mut self.expiries, &mut entry.queued, &key, Some(next));
+        for (place, next) in again {
+            if let Some(entry) = self.places[place as usize].as_mut() {
+                queue_by(&mut self.expiries, &mut entry.queued, place, Some(next));
             }
         }
         removed
@@ -329,9 +443,12 @@ impl<S: Progress> KeyTable<S> {
     /// When the earliest queued key is due for expiry (places left behind before it are
     /// dropped).
     pub fn next_expiry(&mut self) -> Option<i64> {
-        while let Some(Reverse(Due { at, key })) = self.expiries.peek() {
-            if Self::is_current(&self.entries, *at, key) {
-                return Some(*at);
+        while let Some(Due { at, place }) = self.expiries.peek() {
+            if self.places[place as usize]
+                .as_ref()
+                .is_some_and(|e| e.queued == at)
+            {
+                return Some(at);
             }
             self.expiries.pop();
         }
@@ -340,36 +457,44 @@ impl<S: Progress> KeyTable<S> {
 
     /// A key's state without changing its recency.
     pub fn get(&self, key: &Fields) -> Option<&S> {
-        self.entries.get(key).map(|e| &e.state)
+        let key: &str = std::borrow::Borrow::borrow(key);
+        let place = self.find(self.hash(key), key)?;
+        Some(&live(&self.places, place).state)
     }
 
     /// Every key and state, in no particular order. A change that makes a state expire
     /// earlier is not seen by the expiry queue: only for states that never expire (absence).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Fields, &mut S)> {
-        self.entries.values_mut().map(|e| (&e.key, &mut e.state))
+        self.places
+            .iter_mut()
+            .filter_map(|e| e.as_mut().map(|e| (&e.key, &mut e.state)))
     }
 
     /// Every state, in no particular order.
     pub fn states(&self) -> impl Iterator<Item = &S> {
-        self.entries.values().map(|e| &e.state)
+        self.entries().map(|(_, e)| &e.state)
     }
 
     /// Every key held, in no particular order (counting itself goes by lookup).
     pub fn keys(&self) -> impl Iterator<Item = &Fields> {
-        self.entries.keys()
+        self.entries().map(|(_, e)| &e.key)
     }
 
     /// Keeps the keys for which `keep` is true, visiting every key; returns the removed
     /// keys. `keep` may make a state expire later, never earlier.
     pub fn retain(&mut self, mut keep: impl FnMut(&Fields, &mut S) -> bool) -> Vec<Fields> {
-        let mut removed = Vec::new();
-        self.entries.retain(|key, entry| {
-            let kept = keep(key, &mut entry.state);
-            if !kept {
-                removed.push(key.clone());
+        let mut gone = Vec::new();
+        for (place, slot) in self.places.iter_mut().enumerate() {
+            if let Some(entry) = slot
+                && !keep(&entry.key, &mut entry.state)
+            {
+                gone.push(place as u32);
             }
-            kept
-        });
+        }
+        let removed = gone
+            .into_iter()
+            .map(|place| self.remove_at(place).key)
+            .collect();
         self.compact_queue();
         removed
     }
@@ -377,12 +502,12 @@ impl<S: Progress> KeyTable<S> {
     /// Number of keys held: never more than `max_keys`, since a new key past it evicts the
     /// keys least far towards firing.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 }
 

@@ -37,6 +37,8 @@ pub use stored::{SavedWindow, WindowId, decode_window, encode_window, window_key
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// See [`FastMap`].
 type FastSet<K> = foldhash::HashSet<K>;
+/// The key tables of the rules, by rule id.
+type Tables = hashbrown::HashMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -111,7 +113,9 @@ pub struct Detector {
     matchers: Matchers,
     /// The current line's matches, reused for every line.
     found: Found,
-    tables: FastMap<String, KeyTable<KeyState>>,
+    /// Per rule id; a hashbrown map for [`Detector::table`]'s lookup by `&str` that makes
+    /// the table when missing, in one probe.
+    tables: Tables,
     /// Keys whose state changed since the last store commit, by rule id; `None` for an
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
@@ -193,7 +197,7 @@ impl Detector {
             matchers: Matchers::new(rules.clone(), sources, design),
             found: Found::default(),
             rules,
-            tables: FastMap::default(),
+            tables: Tables::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
         }
@@ -238,23 +242,32 @@ impl Detector {
         change
     }
 
-    fn table<'a>(
-        tables: &'a mut FastMap<String, KeyTable<KeyState>>,
-        rule: &Rule,
-    ) -> &'a mut KeyTable<KeyState> {
-        // Looked up by `&str` first: no rule id copied per hit.
-        if !tables.contains_key(rule.id()) {
-            tables.insert(rule.id().to_string(), KeyTable::new(rule.max_keys));
-        }
-        tables.get_mut(rule.id()).expect("present")
+    /// The key table of `rule`, made on its first match: one lookup by `&str`, no rule id
+    /// copied per hit.
+    fn table<'a>(tables: &'a mut Tables, rule: &Rule) -> &'a mut KeyTable<KeyState> {
+        tables
+            .entry_ref(rule.id())
+            .or_insert_with(|| KeyTable::new(rule.max_keys))
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
     pub fn observe(&mut self, line: &LogLine, time: DateTime<Utc>, hits: &mut Vec<Hit>) {
+        self.observe_where(line, time, hits, &|_, _| true);
+    }
+
+    /// Like [`Detector::observe`], making hits of plain counted matches only where
+    /// `wanted` (see [`Detector::apply`]).
+    pub fn observe_where(
+        &mut self,
+        line: &LogLine,
+        time: DateTime<Utc>,
+        hits: &mut Vec<Hit>,
+        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+    ) {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
         self.matchers.find(line, &mut found);
-        self.apply(line, time, found.line(0), hits);
+        self.apply(line, time, found.line(0), hits, wanted);
         self.found = found;
     }
 
@@ -267,12 +280,21 @@ impl Detector {
     /// The window stage: counts the matches `found` on `line` at time `time` (by this
     /// detector's [`Matchers`], or a copy of them), appending counted matches to `hits`.
     /// Lines must come in the order they would be observed.
+    ///
+    /// Every match counts in its key's state; `wanted(rule, key)` says whether one that
+    /// neither completed its rule's condition nor resumed after an absence is worth a hit.
+    /// Under attack nearly every match is such a one, for a key with no incident: a caller
+    /// that only folds hits into incidents need not have them made (the captures copied,
+    /// the evidence shared) and dropped again. After a match of the line that completed a
+    /// condition, every later match of the line is a hit: the caller has not seen the
+    /// incident it may open yet.
     pub fn apply(
         &mut self,
         line: &LogLine,
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
+        wanted: &dyn Fn(&Rule, &Fields) -> bool,
     ) {
         let Detector {
             tables,
@@ -283,6 +305,7 @@ impl Detector {
         let time_ms = time.timestamp_millis();
         // Made at the line's first counted match and shared by the others.
         let mut line_evidence: Option<Evidence> = None;
+        let mut line_crossed = false;
         for matched in found.matches {
             let rule = &matched.rule;
             let step = matched.step;
@@ -328,6 +351,10 @@ impl Detector {
                 Observed::Crossed(c) => (Some(c), None),
                 Observed::Resumed => (None, Some(time)),
             };
+            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, &key) {
+                continue;
+            }
+            line_crossed |= crossed.is_some();
             // Captures that are the key's values (only `group_by` names captured) share it.
             let captures = if capture_text == key_text {
                 key.clone()

@@ -11,7 +11,11 @@ use crate::rules::{RuleSet, Severity};
 use crate::store::evidence::EvidenceLog;
 use crate::store::{self, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+/// Maps looked up per counted match: hashed with foldhash (seeded per process) rather than
+/// SipHash, as the detector's are.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// The open incidents, by rule and key, and by id.
 ///
@@ -22,17 +26,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub struct IncidentBook {
     /// This host's name, the first part of every new incident's uid.
     host: String,
-    open: HashMap<String, HashMap<Fields, Incident>>,
+    open: FastMap<String, FastMap<Fields, Incident>>,
     /// Where each open incident is in `open`: its rule and key.
-    by_id: HashMap<String, (String, Fields)>,
+    by_id: FastMap<String, (String, Fields)>,
     next_number: u64,
-    dirty: HashSet<(String, Fields)>,
+    /// Incidents changed since the last write, by rule and key: by rule first, so marking
+    /// one per match looks the rule up by `&str` and copies no rule id.
+    dirty: FastMap<String, foldhash::HashSet<Fields>>,
     /// What is stored of each active incident, so a write adds only what changed.
     marks: HashMap<String, stored::Mark>,
     /// Per incident id: the captures its summary describes (of the match that opened it,
     /// or of a sequence's latest last step). Kept in memory only: after a restart an
     /// incident's summary is re-rendered from the next match that describes it.
-    described: HashMap<String, Fields>,
+    described: FastMap<String, Fields>,
     /// Open incidents by severity and state, kept up to date as changes are written
     /// (for the `incidents_open` gauge), with what each incident was counted as.
     counts: HashMap<(Severity, State), i64>,
@@ -59,12 +65,12 @@ impl IncidentBook {
     pub fn empty() -> Self {
         IncidentBook {
             host: crate::base::host::kernel_host_name(),
-            open: HashMap::new(),
-            by_id: HashMap::new(),
+            open: FastMap::default(),
+            by_id: FastMap::default(),
             next_number: 1,
-            dirty: HashSet::new(),
+            dirty: FastMap::default(),
             marks: HashMap::new(),
-            described: HashMap::new(),
+            described: FastMap::default(),
             counts: HashMap::new(),
             counted: HashMap::new(),
         }
@@ -151,8 +157,13 @@ impl IncidentBook {
         if let Some(captures) = self.described.get(&incident.id) {
             incident.summary = rules.summary(rule, &summary_context(captures, incident));
         }
-        self.dirty.insert((rule.id().to_string(), hit.key.clone()));
+        mark_dirty(&mut self.dirty, rule.id(), &hit.key);
         Some(kind)
+    }
+
+    /// Whether `rule` has an incident open for `key` (a match for it folds in).
+    pub fn is_open(&self, rule: &str, key: &Fields) -> bool {
+        self.open.get(rule).is_some_and(|o| o.contains_key(key))
     }
 
     /// The active incident with this id.
@@ -166,13 +177,13 @@ impl IncidentBook {
     pub fn active_mut(&mut self, id: &str) -> Option<&mut Incident> {
         let (rule, key) = self.by_id.get(id)?;
         let incident = self.open.get_mut(rule)?.get_mut(key)?;
-        self.dirty.insert((rule.clone(), key.clone()));
+        mark_dirty(&mut self.dirty, rule, key);
         Some(incident)
     }
 
     /// Every active incident: what the escalation clock and the metrics walk.
     pub fn all_active(&self) -> impl Iterator<Item = &Incident> {
-        self.open.values().flat_map(HashMap::values)
+        self.open.values().flat_map(|keys| keys.values())
     }
 
     /// Takes an incident that is over out of the book: the next match for its rule and key
@@ -184,7 +195,9 @@ impl IncidentBook {
         if open.is_empty() {
             self.open.remove(&rule);
         }
-        self.dirty.remove(&(rule, key));
+        if let Some(keys) = self.dirty.get_mut(&rule) {
+            keys.remove(&key);
+        }
         self.marks.remove(id);
         self.described.remove(id);
         self.uncount(id);
@@ -201,7 +214,11 @@ impl IncidentBook {
         log: &mut EvidenceLog,
     ) -> Result<(), StoreError> {
         let mut written = Vec::new();
-        for (rule, key) in &self.dirty {
+        let dirty = self
+            .dirty
+            .iter()
+            .flat_map(|(r, keys)| keys.iter().map(move |k| (r, k)));
+        for (rule, key) in dirty {
             let Some(incident) = self.open.get(rule).and_then(|o| o.get(key)) else {
                 continue;
             };
@@ -230,6 +247,21 @@ impl IncidentBook {
     /// the last [`IncidentBook::write_changes`].
     pub fn open_counts(&self) -> &HashMap<(Severity, State), i64> {
         &self.counts
+    }
+}
+
+/// Marks the incident of `rule` and `key` changed; copies the rule id only the first time
+/// since the last write.
+fn mark_dirty(dirty: &mut FastMap<String, foldhash::HashSet<Fields>>, rule: &str, key: &Fields) {
+    match dirty.get_mut(rule) {
+        Some(keys) => {
+            if !keys.contains(key) {
+                keys.insert(key.clone());
+            }
+        }
+        None => {
+            dirty.insert(rule.to_string(), std::iter::once(key.clone()).collect());
+        }
     }
 }
 

@@ -349,6 +349,64 @@ rules:
         );
     }
 
+    /// An engine of `rules` stamping match times, as the tools' (events still on).
+    fn tools_engine(rules: &Arc<RuleSet>) -> crate::engine::Engine {
+        crate::engine::Engine::new(
+            Detector::new(rules.clone(), &["t".into()]),
+            IncidentBook::empty(),
+            crate::engine::Stamp::Match,
+        )
+    }
+
+    /// Without events, matches of keys with no incident are not made hits, but a line
+    /// that completes a sequence and matches an earlier step too (the same key) folds both
+    /// matches into the incident it opens, as the daemon's engine does; later matches of
+    /// the key fold in as well.
+    #[test]
+    fn without_events_every_match_of_the_line_that_opens_an_incident_folds_in() {
+        let rules = rules(
+            r#"
+rules:
+  - id: seq
+    group_by: [ip]
+    sequence:
+      within: 1m
+      steps:
+        - {match: 'try (?P<ip>\S+)', count: 2}
+        - {match: 'try (?P<ip>\S+) win'}
+    severity: {low: 1, high: 4}
+"#,
+        );
+        let run = |engine: crate::engine::Engine| {
+            let mut engine = engine;
+            let mut events = Vec::new();
+            let mut counted = 0;
+            for (s, text) in [
+                (0, "try 1.2.3.4"),
+                (1, "try 5.6.7.8"),
+                (2, "try 1.2.3.4"),
+                (3, "try 1.2.3.4 win"),
+                (4, "try 1.2.3.4"),
+                (5, "try 5.6.7.8"),
+            ] {
+                engine.observe(&line(text), at(s), &mut events, &mut |_| counted += 1);
+            }
+            let book: Vec<Incident> = engine.book().all_active().cloned().collect();
+            (book, counted)
+        };
+        let (with, all) = run(tools_engine(&rules));
+        let (without, some) = run(tools_engine(&rules).without_events());
+        assert_eq!(with.len(), 1);
+        assert_eq!(with, without);
+        // The two tries, the win, the same line's try, and the try after it.
+        assert_eq!(with[0].count, 5);
+        assert_eq!(all, 7, "every match is a hit with events");
+        assert_eq!(
+            some, 3,
+            "only those that open or fold into the incident without"
+        );
+    }
+
     /// An engine that reports no events (the tools') keeps exactly the book of one that
     /// reports them (the daemon's): counts, severities, summaries and evidence.
     #[test]
@@ -375,15 +433,8 @@ rules:
             book.sort_by_key(|i| Incident::number(&i.id));
             (book, events.len())
         };
-        let new = || {
-            crate::engine::Engine::new(
-                Detector::new(rules.clone(), &["t".into()]),
-                IncidentBook::empty(),
-                crate::engine::Stamp::Match,
-            )
-        };
-        let (with, reported) = run(new());
-        let (without, unreported) = run(new().without_events());
+        let (with, reported) = run(tools_engine(&rules));
+        let (without, unreported) = run(tools_engine(&rules).without_events());
         assert_eq!(with.len(), 3);
         assert!(
             with.iter()

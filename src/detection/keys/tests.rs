@@ -3,6 +3,7 @@
 //! the table itself, and the table reads better without them in the way.
 
 use super::*;
+use std::collections::BTreeMap;
 
 /// Test states: a number is its own progress; `()` has none (plain recency).
 impl Progress for u32 {
@@ -220,4 +221,186 @@ fn places_left_behind_stay_bounded_and_never_expire_a_key_early() {
     let gone = t.expire(i64::MAX - 1, expire_until(i64::MAX - 1, &mut visits));
     assert_eq!((gone.len(), visits, t.len()), (live, live, 0));
     assert_eq!(t.next_expiry(), None);
+}
+
+/// A window of event times for the model test: it holds the times no more than `WINDOW`
+/// older than its newest, forgets the older ones as the clock passes, and its progress is
+/// how many it holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Times(Vec<i64>);
+
+const WINDOW: i64 = 50;
+
+impl Progress for Times {
+    fn progress(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Times {
+    fn add(&mut self, at: i64) {
+        let at_place = self.0.partition_point(|t| *t <= at);
+        self.0.insert(at_place, at);
+        let newest = *self.0.last().expect("just added");
+        self.0.retain(|t| *t >= newest - WINDOW);
+    }
+
+    /// Forgets what is older than the window at `now`; empty means gone.
+    fn expire(&mut self, now: i64) -> bool {
+        self.0.retain(|t| *t >= now - WINDOW);
+        self.0.is_empty()
+    }
+
+    /// Exactly when `expire` would next forget something.
+    fn expiry(&self) -> i64 {
+        self.0.first().map_or(i64::MIN, |t| t + WINDOW + 1)
+    }
+}
+
+/// The table's contract written the slow, obvious way: every key in a sorted map with its
+/// last touch, a full pass over every key per tick, eviction by sorting every key.
+#[derive(Default)]
+struct Model {
+    keys: BTreeMap<u32, (Times, u64)>,
+    clock: u64,
+}
+
+impl Model {
+    fn touch(&mut self, n: u32, at: i64, max_keys: usize) -> Vec<u32> {
+        self.clock += 1;
+        let mut evicted = Vec::new();
+        if !self.keys.contains_key(&n) && self.keys.len() >= max_keys {
+            let count = (max_keys / EVICT_FRACTION).max(1);
+            let mut ranks: Vec<((usize, u64), u32)> = self
+                .keys
+                .iter()
+                .map(|(k, (s, touched))| ((s.progress(), *touched), *k))
+                .collect();
+            ranks.sort();
+            evicted = ranks[..count].iter().map(|(_, k)| *k).collect();
+            for k in &evicted {
+                self.keys.remove(k);
+            }
+        }
+        let entry = self.keys.entry(n).or_default();
+        entry.0.add(at);
+        entry.1 = self.clock;
+        evicted
+    }
+
+    fn expire(&mut self, now: i64) -> Vec<u32> {
+        let mut gone: Vec<u32> = Vec::new();
+        self.keys.retain(|k, (s, _)| {
+            let empty = s.expire(now);
+            if empty {
+                gone.push(*k);
+            }
+            !empty
+        });
+        gone
+    }
+}
+
+/// Random touches (some late, some of keys past the bound) and clock ticks, applied to the
+/// table and to the model: after every step both hold the same keys with the same states,
+/// evict the same keys in the same order, and drop the same keys at the same tick. A key
+/// expired a tick early or late, or evicted out of rank order, fails it.
+#[test]
+fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
+    let number = |k: &Fields| -> u32 {
+        k.get("ip")
+            .and_then(|ip| ip.strip_prefix("10.0.0."))
+            .and_then(|n| n.parse().ok())
+            .expect("a test key")
+    };
+    for (seed, max_keys, key_space) in [(1u64, 32usize, 40u32), (2, 64, 200), (3, 1000, 300)] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut table: KeyTable<Times> = KeyTable::new(max_keys);
+        let mut model = Model::default();
+        let mut now = 0i64;
+        let mut dropped = 0;
+        for step in 0..20_000 {
+            if rng.u8(..) < 12 {
+                now += rng.i64(0..40);
+                let mut gone: Vec<u32> = table
+                    .expire(now, |s| {
+                        if s.expire(now) {
+                            Expired::Gone
+                        } else {
+                            Expired::Kept(Some(s.expiry()))
+                        }
+                    })
+                    .iter()
+                    .map(number)
+                    .collect();
+                gone.sort();
+                dropped += gone.len();
+                assert_eq!(gone, model.expire(now), "seed {seed} step {step}: expired");
+            } else {
+                now += rng.i64(0..3);
+                // One touch in eight is late, up to a little more than the window.
+                let at = if rng.u8(..8) == 0 {
+                    now - rng.i64(0..WINDOW + 10)
+                } else {
+                    now
+                };
+                let n = rng.u32(0..key_space);
+                let k = key(n);
+                let mut touched = table.touch(std::borrow::Borrow::borrow(&k), Times::default);
+                touched.state.add(at);
+                let expiry = touched.state.expiry();
+                touched.expires_at(Some(expiry));
+                let evicted: Vec<u32> = touched.evicted.iter().map(number).collect();
+                assert_eq!(
+                    evicted,
+                    model.touch(n, at, max_keys),
+                    "seed {seed} step {step}: evicted"
+                );
+            }
+            assert_eq!(table.len(), model.keys.len(), "seed {seed} step {step}");
+        }
+        let mut held: Vec<(u32, Times)> = table
+            .keys()
+            .map(|k| (number(k), table.get(k).expect("held").clone()))
+            .collect();
+        held.sort_by_key(|(n, _)| *n);
+        let expected: Vec<(u32, Times)> = model
+            .keys
+            .iter()
+            .map(|(n, (s, _))| (*n, s.clone()))
+            .collect();
+        assert_eq!(held, expected, "seed {seed}: the same states at the end");
+        assert!(dropped > 0, "seed {seed}: the clock dropped keys");
+    }
+}
+
+/// The queue's run and heap together give places out in time order, whatever order they
+/// came in: as a single heap would.
+#[test]
+fn the_queue_gives_places_out_in_time_order_from_its_run_and_its_heap() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut queue = Expiries::default();
+    let mut heap = BinaryHeap::new();
+    let mut now = 0i64;
+    let mut used_both = false;
+    for step in 0..50_000u32 {
+        if rng.u8(..) < 100 {
+            now += rng.i64(0..5);
+            // Mostly in order, sometimes earlier (a late line), sometimes much later.
+            let at = match rng.u8(..10) {
+                0 => now - rng.i64(0..100),
+                1 => now + rng.i64(0..10_000),
+                _ => now,
+            };
+            queue.push(Due { at, place: step });
+            heap.push(Reverse(at));
+        } else {
+            let popped = queue.pop().map(|d| d.at);
+            assert_eq!(popped, heap.pop().map(|Reverse(at)| at), "step {step}");
+        }
+        assert_eq!(queue.len(), heap.len());
+        assert_eq!(queue.peek().map(|d| d.at), heap.peek().map(|r| r.0));
+        used_both |= !queue.run.is_empty() && !queue.rest.is_empty();
+    }
+    assert!(used_both, "both parts held places at once");
 }

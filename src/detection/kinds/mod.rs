@@ -262,10 +262,16 @@ impl KeyState {
         }
     }
 
+    /// Whether the state was made for a rule of this kind (checked per match: by matching
+    /// the pair, without making a state to compare with).
     fn fits(&self, kind: &RuleKind) -> bool {
         match (self, kind) {
             (KeyState::Sequence(s), RuleKind::Sequence { counts, .. }) => s.steps() == counts.len(),
-            _ => std::mem::discriminant(self) == std::mem::discriminant(&KeyState::new(kind, 0)),
+            (KeyState::Threshold(_), RuleKind::Threshold { .. })
+            | (KeyState::Spike(_), RuleKind::Spike { .. })
+            | (KeyState::Absence(_), RuleKind::Absence { .. })
+            | (KeyState::Distinct(_), RuleKind::Distinct { .. }) => true,
+            _ => false,
         }
     }
 }
