@@ -50,16 +50,19 @@ fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
     k
 }
 
-/// A window's stored value; every evidence line it references goes to `sink`.
+/// A window's stored value; every evidence line it references goes to `sink`. Encoded in
+/// `scratch` (kept grown for the next window) and copied out at its exact size.
 pub fn encode_window(
     rule_hash: &str,
     state: &KeyState,
+    scratch: &mut Vec<u8>,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
 ) -> Vec<u8> {
-    let mut w = Enc::new(sink);
+    let mut w = Enc::reusing(std::mem::take(scratch), sink);
     w.str(rule_hash);
     state.encode(&mut w);
-    w.finish()
+    *scratch = w.finish();
+    scratch.as_slice().to_vec()
 }
 
 /// A window read back from its key and value, its lines looked up with `resolve`.

@@ -64,6 +64,16 @@ impl Batch {
         }
     }
 
+    /// Writes (`Some`) or removes (`None`) a window under a key the caller already owns:
+    /// what [`Batch::put_raw`] and [`Batch::remove`] do for [`Space::Windows`] without
+    /// copying the key (a busy commit changes thousands of windows).
+    pub fn set_window(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.bytes +=
+            Space::Windows.prefix().len() + key.len() + value.as_ref().map_or(0, Vec::len);
+        self.empty = false;
+        self.windows.push((key, value));
+    }
+
     /// Deletes a record at the commit; removing an evidence block also lets the journal
     /// segments that only it kept alive be cut.
     pub fn remove(&mut self, space: Space, key: &[u8]) {

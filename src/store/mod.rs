@@ -325,17 +325,14 @@ impl Store {
     ) -> Box<dyn Iterator<Item = Result<RawRecord, StoreError>> + 'a> {
         if space == Space::Windows {
             let segmented = self.segmented.lock().expect("segments lock");
-            let windows = segmented.windows();
-            let records: Vec<RawRecord> = match prefix_end(within) {
-                Some(end) => windows
-                    .range(within.to_vec()..end)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                None => windows
-                    .range(within.to_vec()..)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
+            let mut records: Vec<RawRecord> = segmented
+                .windows()
+                .iter()
+                .filter(|(k, _)| k.starts_with(within))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            drop(segmented);
+            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             return Box::new(records.into_iter().map(Ok));
         }
         let from = space.key(within);

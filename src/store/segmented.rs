@@ -17,7 +17,7 @@ use super::engine::{Engine, Write, prefix_end};
 use super::schema::Space;
 use super::segments::{Journal, Pos, SegmentError, SegmentIo, read};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write as _};
 use std::sync::Arc;
 
@@ -47,12 +47,17 @@ pub(super) struct Ends {
 /// A window change: key (without prefix) and its new value, `None` to remove it.
 pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
 
+/// The committed windows, key to encoded window. A hash table, not a tree: every commit
+/// replaces thousands of entries, while the ordered reads (a restart, evidence collection)
+/// are rare and sort what they take.
+pub(super) type WindowTable = foldhash::HashMap<Vec<u8>, Vec<u8>>;
+
 /// The journals, the committed windows and where each live evidence block is.
 pub(super) struct Segmented {
     evidence: Journal,
     windows: Journal,
     ends: Ends,
-    table: BTreeMap<Vec<u8>, Vec<u8>>,
+    table: WindowTable,
     /// Bytes of window changes journaled since the last snapshot, and that snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -111,7 +116,7 @@ impl Segmented {
         };
         let evidence = Journal::recover(evidence, Pos::unpack(ends.evidence))?;
         let windows = Journal::recover(windows, Pos::unpack(ends.windows))?;
-        let mut table = BTreeMap::new();
+        let mut table = WindowTable::default();
         let (mut since_snapshot, mut snapshot_bytes) = (0, 0);
         for record in windows.records(Pos::unpack(ends.windows_from), windows.end()) {
             let (at, kind, payload) = match record {
@@ -172,7 +177,7 @@ impl Segmented {
 
     /// The committed window table (key to encoded window), rebuilt from the last snapshot
     /// and the changes after it; window reads are served from here, not the engine.
-    pub fn windows(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+    pub fn windows(&self) -> &WindowTable {
         &self.table
     }
 
@@ -358,7 +363,7 @@ fn decode_pointer(bytes: &[u8]) -> Option<(Pos, i64)> {
     Some((Pos::unpack(at), newest))
 }
 
-fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: impl IntoIterator<Item = Change>) {
+fn apply(table: &mut WindowTable, changes: impl IntoIterator<Item = Change>) {
     for (key, value) in changes {
         match value {
             Some(value) => table.insert(key, value),
