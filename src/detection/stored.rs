@@ -26,13 +26,6 @@ pub fn window_key(id: &WindowId) -> Vec<u8> {
 /// object in name order, as a `BTreeMap` serializes. The daemon's commits write keys from
 /// [`Fields`] through this without building a map per changed window.
 fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
-    /// Pairs serialized as a JSON object, in the order given.
-    struct Object<'p, 'a>(&'p [(&'a str, &'a str)]);
-    impl Serialize for Object<'_, '_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(self.0.iter().map(|(n, v)| (n, v)))
-        }
-    }
     let mut sorted: Vec<(&str, &str)> = pairs.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     // A repeated name keeps its last value, as a map would.
@@ -43,11 +36,38 @@ fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
         }
         same
     });
-    let mut k = Vec::with_capacity(rule.len() + 1 + 16 * sorted.len());
+    // Quotes, colon and comma or braces: 4 bytes a pair, 2 for the object.
+    let size = sorted
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 6)
+        .sum::<usize>();
+    let mut k = Vec::with_capacity(rule.len() + 3 + size);
     k.extend_from_slice(rule.as_bytes());
     k.push(0);
-    serde_json::to_writer(&mut k, &Object(&sorted)).unwrap_or_default();
+    k.push(b'{');
+    for (i, (name, value)) in sorted.iter().enumerate() {
+        if i > 0 {
+            k.push(b',');
+        }
+        json_string(&mut k, name);
+        k.push(b':');
+        json_string(&mut k, value);
+    }
+    k.push(b'}');
     k
+}
+
+/// `s` as a JSON string, byte for byte what `serde_json` writes: text without a quote,
+/// backslash or control character (nearly every key value) is copied as it is, any other
+/// goes through `serde_json`'s escaping.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        serde_json::to_writer(&mut *out, s).unwrap_or_default();
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// A window's stored value; every evidence line it references goes to `sink`. Encoded in
@@ -224,5 +244,42 @@ pub(super) fn mark(dirty: &mut Option<Changed>, rule: &str, key: &Fields) {
         None => {
             dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The hand-written key writer gives the bytes a `BTreeMap` serialized by `serde_json`
+    /// gives (the format stored windows are keyed by), escapes included.
+    #[test]
+    fn store_keys_are_what_serde_json_writes_for_the_map() {
+        let values = [
+            "",
+            "198.51.100.7",
+            "a \"quoted\" user",
+            "back\\slash",
+            "tab\there\nnewline\u{1}\u{1f}",
+            "del\u{7f} ünïcode ✓ \u{2028}",
+        ];
+        for (i, a) in values.iter().enumerate() {
+            for b in &values[i..] {
+                let map = BTreeMap::from([("user", *a), ("ip", *b), ("z\"", *a)]);
+                let mut want = b"ssh-bruteforce\0".to_vec();
+                want.extend(serde_json::to_vec(&map).unwrap());
+                let pairs = [("z\"", *a), ("user", "replaced"), ("ip", *b), ("user", *a)];
+                assert_eq!(
+                    store_key("ssh-bruteforce", pairs.into_iter()),
+                    want,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        let empty: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut want = b"r\0".to_vec();
+        want.extend(serde_json::to_vec(&empty).unwrap());
+        assert_eq!(store_key("r", std::iter::empty()), want);
     }
 }

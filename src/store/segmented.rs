@@ -215,37 +215,47 @@ impl Segmented {
         let mut writes = Vec::new();
         let mut added = Vec::new();
         let mut appended = Written::default();
-        for (key, bytes) in blocks {
-            let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
-            let newest = codec::block_newest_ms(&bytes)?;
-            let at = self.evidence.append(EVIDENCE_BLOCK, &bytes)?;
-            appended.evidence += record_size(&bytes);
-            writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
-            added.push((block, (at.seg, newest)));
-        }
+        let (table, evidence) = (&self.table, &mut self.evidence);
+        let (since_snapshot, snapshot_bytes) = (self.since_snapshot, self.snapshot_bytes);
+        // The window record is deflated on a thread of its own while the evidence blocks
+        // are appended and synced: the pipeline waits for the longer of the two, not both.
+        let record = std::thread::scope(|scope| -> Result<_, StoreError> {
+            let record = (!changes.is_empty()).then(|| {
+                scope.spawn(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
+            });
+            for (key, bytes) in blocks {
+                let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
+                let newest = codec::block_newest_ms(&bytes)?;
+                let at = evidence.append(EVIDENCE_BLOCK, &bytes)?;
+                appended.evidence += record_size(&bytes);
+                writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
+                added.push((block, (at.seg, newest)));
+            }
+            evidence.sync()?;
+            Ok(record.map(|deflating| {
+                deflating
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }))
+        })?;
         let mut ends = self.ends;
         let mut snapshot = None;
         let mut change_bytes = 0;
-        if !changes.is_empty() {
-            let record = deflate_changes(changes.iter().map(|(k, v)| (k, v.as_ref())));
-            let due = self.since_snapshot + record.len() as u64
-                > SNAPSHOT_MIN_BYTES.max(2 * self.snapshot_bytes);
-            if due {
-                let mut table = self.table.clone();
-                apply(&mut table, changes.iter().cloned());
-                let whole = deflate_changes(table.iter().map(|(k, v)| (k, Some(v))));
+        match record {
+            Some(WindowRecord::Snapshot(whole)) => {
                 let at = self.windows.append(WINDOW_SNAPSHOT, &whole)?;
                 ends.windows_from = at.pack();
                 snapshot = Some(whole.len() as u64);
                 appended.window_snapshots += record_size(&whole);
-            } else {
+            }
+            Some(WindowRecord::Changes(record)) => {
                 self.windows.append(WINDOW_CHANGES, &record)?;
                 change_bytes = record.len() as u64;
                 appended.window_changes += record_size(&record);
             }
+            None => {}
         }
-        // Durable before the engine commit that points at them.
-        self.evidence.sync()?;
+        // Durable before the engine commit that points at them (the evidence already is).
         self.windows.sync()?;
         ends.evidence = self.evidence.end().pack();
         ends.windows = self.windows.end().pack();
@@ -361,6 +371,33 @@ fn decode_pointer(bytes: &[u8]) -> Option<(Pos, i64)> {
     let at = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
     let newest = i64::from_le_bytes(bytes[9..17].try_into().ok()?);
     Some((Pos::unpack(at), newest))
+}
+
+/// A commit's window changes as the window journal takes them.
+enum WindowRecord {
+    /// The changes alone.
+    Changes(Vec<u8>),
+    /// The whole table with the changes applied: the changes since the last snapshot
+    /// would outgrow it otherwise, and a snapshot lets older segments go.
+    Snapshot(Vec<u8>),
+}
+
+/// `changes` deflated, or the snapshot of `table` with them applied once the changes since
+/// the last snapshot (`since_snapshot` bytes; the last one took `snapshot_bytes`) would
+/// outgrow [`SNAPSHOT_MIN_BYTES`] and twice the last snapshot.
+fn window_record(
+    table: &WindowTable,
+    changes: &[Change],
+    since_snapshot: u64,
+    snapshot_bytes: u64,
+) -> WindowRecord {
+    let record = deflate_changes(changes.iter().map(|(k, v)| (k, v.as_ref())));
+    if since_snapshot + record.len() as u64 <= SNAPSHOT_MIN_BYTES.max(2 * snapshot_bytes) {
+        return WindowRecord::Changes(record);
+    }
+    let mut table = table.clone();
+    apply(&mut table, changes.iter().cloned());
+    WindowRecord::Snapshot(deflate_changes(table.iter().map(|(k, v)| (k, Some(v)))))
 }
 
 fn apply(table: &mut WindowTable, changes: impl IntoIterator<Item = Change>) {
