@@ -172,8 +172,11 @@ impl Detector {
     pub fn each_dirty(&mut self, mut store: impl FnMut(Vec<u8>, &str, Option<&KeyState>)) {
         let dirty = self.clean_dirty();
         for (rule_id, keys) in &dirty {
+            // Looked up once a rule, not once a key.
+            let rule_hash = self.rule_hash(rule_id);
+            let table = self.tables.get(rule_id.as_str());
             for key in keys {
-                let (rule_hash, state) = self.stored_as(rule_id, key);
+                let state = table.and_then(|t| t.get(key));
                 store(store_key(rule_id, key.view().iter()), rule_hash, state);
             }
         }
@@ -181,9 +184,13 @@ impl Detector {
 
     /// The hash of `rule_id`'s definition and the state of its `key`, if any.
     fn stored_as(&self, rule_id: &str, key: &Fields) -> (&str, Option<&KeyState>) {
-        let rule_hash = self.rules.rule(rule_id).map_or("", |r| r.hash.as_str());
         let state = self.tables.get(rule_id).and_then(|t| t.get(key));
-        (rule_hash, state)
+        (self.rule_hash(rule_id), state)
+    }
+
+    /// The hash of `rule_id`'s definition (empty for a rule no longer loaded).
+    fn rule_hash(&self, rule_id: &str) -> &str {
+        self.rules.rule(rule_id).map_or("", |r| r.hash.as_str())
     }
 
     /// Marks every changed key stored (the next change marks it dirty again) and returns

@@ -324,7 +324,7 @@ impl Store {
         within: &[u8],
     ) -> Box<dyn Iterator<Item = Result<RawRecord, StoreError>> + 'a> {
         if space == Space::Windows {
-            let segmented = self.segmented.lock().expect("segments lock");
+            let mut segmented = self.segmented.lock().expect("segments lock");
             let mut records: Vec<RawRecord> = segmented
                 .windows()
                 .iter()
@@ -388,7 +388,7 @@ impl Store {
     /// Reads one record's bytes (an evidence block's: where it is in its journal).
     pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if space == Space::Windows {
-            let segmented = self.segmented.lock().expect("segments lock");
+            let mut segmented = self.segmented.lock().expect("segments lock");
             return Ok(segmented.windows().get(key).cloned());
         }
         self.engine.get(&space.key(key))

@@ -58,6 +58,9 @@ pub(super) struct Segmented {
     windows: Journal,
     ends: Ends,
     table: WindowTable,
+    /// Committed window changes not yet in `table`: the next commit applies them on its
+    /// deflating thread, a read before that on its own (so the pipeline thread does not).
+    unapplied: Vec<Change>,
     /// Bytes of window changes journaled since the last snapshot, and that snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -160,6 +163,7 @@ impl Segmented {
             windows,
             ends,
             table,
+            unapplied: Vec::new(),
             since_snapshot,
             snapshot_bytes,
             blocks,
@@ -177,7 +181,8 @@ impl Segmented {
 
     /// The committed window table (key to encoded window), rebuilt from the last snapshot
     /// and the changes after it; window reads are served from here, not the engine.
-    pub fn windows(&self) -> &WindowTable {
+    pub fn windows(&mut self) -> &WindowTable {
+        apply(&mut self.table, self.unapplied.drain(..));
         &self.table
     }
 
@@ -215,13 +220,19 @@ impl Segmented {
         let mut writes = Vec::new();
         let mut added = Vec::new();
         let mut appended = Written::default();
-        let (table, evidence) = (&self.table, &mut self.evidence);
+        let (table, evidence) = (&mut self.table, &mut self.evidence);
+        let unapplied = std::mem::take(&mut self.unapplied);
         let (since_snapshot, snapshot_bytes) = (self.since_snapshot, self.snapshot_bytes);
-        // The window record is deflated on a thread of its own while the evidence blocks
-        // are appended and synced: the pipeline waits for the longer of the two, not both.
+        // The window table catches up with the earlier commits and this one's window
+        // record is deflated on a thread of their own while the evidence blocks are
+        // appended and synced: the pipeline waits for the longer of the two, not both.
         let record = std::thread::scope(|scope| -> Result<_, StoreError> {
-            let record = (!changes.is_empty()).then(|| {
-                scope.spawn(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
+            let record = (!changes.is_empty() || !unapplied.is_empty()).then(|| {
+                scope.spawn(|| {
+                    apply(table, unapplied);
+                    (!changes.is_empty())
+                        .then(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
+                })
             });
             for (key, bytes) in blocks {
                 let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
@@ -232,7 +243,7 @@ impl Segmented {
                 added.push((block, (at.seg, newest)));
             }
             evidence.sync()?;
-            Ok(record.map(|deflating| {
+            Ok(record.and_then(|deflating| {
                 deflating
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -284,7 +295,7 @@ impl Segmented {
 
     /// The engine applied the batch `prepared` was made for.
     pub fn committed(&mut self, prepared: Prepared) {
-        apply(&mut self.table, prepared.changes);
+        self.unapplied.extend(prepared.changes);
         for block in prepared.dropped {
             self.blocks.remove(&block);
         }
