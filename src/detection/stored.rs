@@ -12,6 +12,7 @@ use super::kinds::KeyState;
 use super::{Detector, Evidence, FastMap, FastSet, Key};
 use crate::store::codec::{CodecError, Dec, Enc, Loc, placeholder};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Store key of a window: rule, NUL, then the key values as JSON (the rule hash is in the
 /// value).
@@ -26,6 +27,17 @@ pub fn window_key(id: &WindowId) -> Vec<u8> {
 /// object in name order, as a `BTreeMap` serializes. The daemon's commits write keys from
 /// [`Fields`] through this without building a map per changed window.
 fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut k = Vec::new();
+    write_store_key(&mut k, rule, pairs);
+    k
+}
+
+/// [`store_key`] appended to `k` (a buffer reused from key to key).
+fn write_store_key<'a>(
+    k: &mut Vec<u8>,
+    rule: &str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) {
     let mut sorted: Vec<(&str, &str)> = pairs.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     // A repeated name keeps its last value, as a map would.
@@ -41,7 +53,7 @@ fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
         .iter()
         .map(|(n, v)| n.len() + v.len() + 6)
         .sum::<usize>();
-    let mut k = Vec::with_capacity(rule.len() + 3 + size);
+    k.reserve(rule.len() + 3 + size);
     k.extend_from_slice(rule.as_bytes());
     k.push(0);
     k.push(b'{');
@@ -49,12 +61,11 @@ fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
         if i > 0 {
             k.push(b',');
         }
-        json_string(&mut k, name);
+        json_string(k, name);
         k.push(b':');
-        json_string(&mut k, value);
+        json_string(k, value);
     }
     k.push(b'}');
-    k
 }
 
 /// `s` as a JSON string, byte for byte what `serde_json` writes: text without a quote,
@@ -71,18 +82,19 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A window's stored value; every evidence line it references goes to `sink`. Encoded in
-/// `scratch` (kept grown for the next window) and copied out at its exact size.
+/// `scratch` (kept grown for the next window) and copied out at its exact size, shared
+/// (a commit's batch is cloned for retries without copying it again).
 pub fn encode_window(
     rule_hash: &str,
     state: &KeyState,
     scratch: &mut Vec<u8>,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
-) -> Vec<u8> {
+) -> Arc<[u8]> {
     let mut w = Enc::reusing(std::mem::take(scratch), sink);
     w.str(rule_hash);
     state.encode(&mut w);
     *scratch = w.finish();
-    scratch.as_slice().to_vec()
+    Arc::from(scratch.as_slice())
 }
 
 /// A window read back from its key and value, its lines looked up with `resolve`.
@@ -168,16 +180,19 @@ impl Detector {
     /// What changed since the last call, for a commit: each changed key's store key
     /// ([`window_key`]'s format), its rule's hash and its state (`None`: gone). Unlike
     /// [`Detector::take_dirty`] it makes no map or id per key: a busy step changes
-    /// thousands.
-    pub fn each_dirty(&mut self, mut store: impl FnMut(Vec<u8>, &str, Option<&KeyState>)) {
+    /// thousands (the key is written in one reused buffer).
+    pub fn each_dirty(&mut self, mut store: impl FnMut(&[u8], &str, Option<&KeyState>)) {
         let dirty = self.clean_dirty();
+        let mut store_key = Vec::new();
         for (rule_id, keys) in &dirty {
             // Looked up once a rule, not once a key.
             let rule_hash = self.rule_hash(rule_id);
             let table = self.tables.get(rule_id.as_str());
             for key in keys {
                 let state = table.and_then(|t| t.get(key));
-                store(store_key(rule_id, key.view().iter()), rule_hash, state);
+                store_key.clear();
+                write_store_key(&mut store_key, rule_id, key.view().iter());
+                store(&store_key, rule_hash, state);
             }
         }
     }

@@ -329,7 +329,7 @@ impl Store {
                 .windows()
                 .iter()
                 .filter(|(k, _)| k.starts_with(within))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect();
             drop(segmented);
             records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -389,7 +389,7 @@ impl Store {
     pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if space == Space::Windows {
             let mut segmented = self.segmented.lock().expect("segments lock");
-            return Ok(segmented.windows().get(key).cloned());
+            return Ok(segmented.windows().get(key).map(|v| v.to_vec()));
         }
         self.engine.get(&space.key(key))
     }

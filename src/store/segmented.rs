@@ -44,13 +44,15 @@ pub(super) struct Ends {
     windows_from: u64,
 }
 
-/// A window change: key (without prefix) and its new value, `None` to remove it.
-pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
+/// A window change: key (without prefix) and its new value, `None` to remove it. Shared,
+/// not owned: a commit's batch is cloned (so a failed commit can be retried) and its
+/// changes end up in the table, and neither copies the bytes.
+pub(super) type Change = (Arc<[u8]>, Option<Arc<[u8]>>);
 
 /// The committed windows, key to encoded window. A hash table, not a tree: every commit
 /// replaces thousands of entries, while the ordered reads (a restart, evidence collection)
 /// are rare and sort what they take.
-pub(super) type WindowTable = foldhash::HashMap<Vec<u8>, Vec<u8>>;
+pub(super) type WindowTable = foldhash::HashMap<Arc<[u8]>, Arc<[u8]>>;
 
 /// The journals, the committed windows and where each live evidence block is.
 pub(super) struct Segmented {
@@ -144,7 +146,7 @@ impl Segmented {
             } else {
                 since_snapshot += payload.len() as u64;
             }
-            apply(&mut table, changes);
+            apply(&mut table, changes.into_iter().map(shared));
         }
         let mut blocks = HashMap::new();
         let prefix = Space::Evidence.prefix();
@@ -228,11 +230,15 @@ impl Segmented {
         // appended and synced: the pipeline waits for the longer of the two, not both.
         let record = std::thread::scope(|scope| -> Result<_, StoreError> {
             let record = (!changes.is_empty() || !unapplied.is_empty()).then(|| {
-                scope.spawn(|| {
-                    apply(table, unapplied);
-                    (!changes.is_empty())
-                        .then(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
-                })
+                std::thread::Builder::new()
+                    .name("store-windows".into())
+                    .spawn_scoped(scope, || {
+                        apply(table, unapplied);
+                        (!changes.is_empty())
+                            .then(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
+                    })
+                    // As `scope.spawn` would: a thread that cannot start is a panic.
+                    .expect("starting the store's window thread")
             });
             for (key, bytes) in blocks {
                 let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
@@ -243,11 +249,12 @@ impl Segmented {
                 added.push((block, (at.seg, newest)));
             }
             evidence.sync()?;
-            Ok(record.and_then(|deflating| {
-                deflating
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            }))
+            let Some(deflating) = record else {
+                return Ok(None);
+            };
+            Ok(deflating
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })?;
         let mut ends = self.ends;
         let mut snapshot = None;
@@ -402,28 +409,35 @@ fn window_record(
     since_snapshot: u64,
     snapshot_bytes: u64,
 ) -> WindowRecord {
-    let record = deflate_changes(changes.iter().map(|(k, v)| (k, v.as_ref())));
+    let record = deflate_changes(changes.iter().map(|(k, v)| (&**k, v.as_deref())));
     if since_snapshot + record.len() as u64 <= SNAPSHOT_MIN_BYTES.max(2 * snapshot_bytes) {
         return WindowRecord::Changes(record);
     }
     let mut table = table.clone();
     apply(&mut table, changes.iter().cloned());
-    WindowRecord::Snapshot(deflate_changes(table.iter().map(|(k, v)| (k, Some(v)))))
+    WindowRecord::Snapshot(deflate_changes(
+        table.iter().map(|(k, v)| (&**k, Some(&**v))),
+    ))
 }
 
 fn apply(table: &mut WindowTable, changes: impl IntoIterator<Item = Change>) {
     for (key, value) in changes {
         match value {
             Some(value) => table.insert(key, value),
-            None => table.remove(&key),
+            None => table.remove(&*key),
         };
     }
+}
+
+/// A change read back from the journal, as the table holds it.
+fn shared((key, value): (Vec<u8>, Option<Vec<u8>>)) -> Change {
+    (key.into(), value.map(Into::into))
 }
 
 /// Changes as count, then per change key length, key, presence, value length, value (u32
 /// LE lengths), deflated.
 pub(super) fn deflate_changes<'a>(
-    changes: impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
+    changes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
     let mut n = 0u32;
@@ -458,7 +472,7 @@ fn take_bytes<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], 
     Ok(slice)
 }
 
-pub(super) fn inflate_changes(bytes: &[u8]) -> Result<Vec<Change>, SegmentError> {
+pub(super) fn inflate_changes(bytes: &[u8]) -> Result<Vec<Write>, SegmentError> {
     let bad = |what| SegmentError::Corrupt(Pos::default(), what);
     let mut body = Vec::new();
     flate2::read::DeflateDecoder::new(bytes)

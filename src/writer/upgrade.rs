@@ -89,7 +89,7 @@ fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
                     &mut Vec::new(),
                     &mut |e| log.store(store, batch, e),
                 );
-                batch.put_raw(Space::Windows, &key, value);
+                batch.set_window(key.into(), Some(value));
                 windows += 1;
             }
             Err(e) => {

@@ -73,7 +73,7 @@ impl Pipeline {
                     evidence.store(store, commit, e)
                 })
             });
-            commit.set_window(key, value);
+            commit.set_window(key.into(), value);
         });
         Ok(notified)
     }
