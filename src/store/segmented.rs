@@ -222,20 +222,34 @@ impl Segmented {
         let mut writes = Vec::new();
         let mut added = Vec::new();
         let mut appended = Written::default();
-        let (table, evidence) = (&mut self.table, &mut self.evidence);
+        let (table, evidence, windows) = (&mut self.table, &mut self.evidence, &mut self.windows);
         let unapplied = std::mem::take(&mut self.unapplied);
         let (since_snapshot, snapshot_bytes) = (self.since_snapshot, self.snapshot_bytes);
-        // The window table catches up with the earlier commits and this one's window
-        // record is deflated on a thread of their own while the evidence blocks are
-        // appended and synced: the pipeline waits for the longer of the two, not both.
+        // The window table catches up with the earlier commits, and this one's window
+        // record is deflated, appended and synced, on a thread of their own while the
+        // evidence blocks are appended and synced: the pipeline waits for the longer of
+        // the two, not both. Both journals are durable before the engine commit that
+        // points at them.
         let record = std::thread::scope(|scope| -> Result<_, StoreError> {
             let record = (!changes.is_empty() || !unapplied.is_empty()).then(|| {
                 std::thread::Builder::new()
                     .name("store-windows".into())
-                    .spawn_scoped(scope, || {
+                    .spawn_scoped(scope, || -> Result<_, StoreError> {
                         apply(table, unapplied);
-                        (!changes.is_empty())
-                            .then(|| window_record(table, &changes, since_snapshot, snapshot_bytes))
+                        if changes.is_empty() {
+                            return Ok(None);
+                        }
+                        let record = window_record(table, &changes, since_snapshot, snapshot_bytes);
+                        let at = match &record {
+                            WindowRecord::Snapshot(whole) => {
+                                windows.append(WINDOW_SNAPSHOT, whole)?
+                            }
+                            WindowRecord::Changes(bytes) => {
+                                windows.append(WINDOW_CHANGES, bytes)?
+                            }
+                        };
+                        windows.sync()?;
+                        Ok(Some((record, at)))
                     })
                     // As `scope.spawn` would: a thread that cannot start is a panic.
                     .expect("starting the store's window thread")
@@ -249,32 +263,28 @@ impl Segmented {
                 added.push((block, (at.seg, newest)));
             }
             evidence.sync()?;
-            let Some(deflating) = record else {
+            let Some(windows) = record else {
                 return Ok(None);
             };
-            Ok(deflating
+            windows
                 .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
         let mut ends = self.ends;
         let mut snapshot = None;
         let mut change_bytes = 0;
         match record {
-            Some(WindowRecord::Snapshot(whole)) => {
-                let at = self.windows.append(WINDOW_SNAPSHOT, &whole)?;
+            Some((WindowRecord::Snapshot(whole), at)) => {
                 ends.windows_from = at.pack();
                 snapshot = Some(whole.len() as u64);
                 appended.window_snapshots += record_size(&whole);
             }
-            Some(WindowRecord::Changes(record)) => {
-                self.windows.append(WINDOW_CHANGES, &record)?;
+            Some((WindowRecord::Changes(record), _)) => {
                 change_bytes = record.len() as u64;
                 appended.window_changes += record_size(&record);
             }
             None => {}
         }
-        // Durable before the engine commit that points at them (the evidence already is).
-        self.windows.sync()?;
         ends.evidence = self.evidence.end().pack();
         ends.windows = self.windows.end().pack();
         // A commit that appended nothing leaves the ends as they were: no need to store them.
