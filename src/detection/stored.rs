@@ -12,6 +12,7 @@ use super::kinds::KeyState;
 use super::{Detector, Evidence, FastMap, FastSet, Key};
 use crate::store::codec::{CodecError, Dec, Enc, Loc, placeholder};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Store key of a window: rule, NUL, then the key values as JSON (the rule hash is in the
 /// value).
@@ -26,13 +27,17 @@ pub fn window_key(id: &WindowId) -> Vec<u8> {
 /// object in name order, as a `BTreeMap` serializes. The daemon's commits write keys from
 /// [`Fields`] through this without building a map per changed window.
 fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
-    /// Pairs serialized as a JSON object, in the order given.
-    struct Object<'p, 'a>(&'p [(&'a str, &'a str)]);
-    impl Serialize for Object<'_, '_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(self.0.iter().map(|(n, v)| (n, v)))
-        }
-    }
+    let mut k = Vec::new();
+    write_store_key(&mut k, rule, pairs);
+    k
+}
+
+/// [`store_key`] appended to `k` (a buffer reused from key to key).
+fn write_store_key<'a>(
+    k: &mut Vec<u8>,
+    rule: &str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) {
     let mut sorted: Vec<(&str, &str)> = pairs.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     // A repeated name keeps its last value, as a map would.
@@ -43,23 +48,53 @@ fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
         }
         same
     });
-    let mut k = Vec::with_capacity(rule.len() + 1 + 16 * sorted.len());
+    // Quotes, colon and comma or braces: 4 bytes a pair, 2 for the object.
+    let size = sorted
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 6)
+        .sum::<usize>();
+    k.reserve(rule.len() + 3 + size);
     k.extend_from_slice(rule.as_bytes());
     k.push(0);
-    serde_json::to_writer(&mut k, &Object(&sorted)).unwrap_or_default();
-    k
+    k.push(b'{');
+    for (i, (name, value)) in sorted.iter().enumerate() {
+        if i > 0 {
+            k.push(b',');
+        }
+        json_string(k, name);
+        k.push(b':');
+        json_string(k, value);
+    }
+    k.push(b'}');
 }
 
-/// A window's stored value; every evidence line it references goes to `sink`.
+/// `s` as a JSON string, byte for byte what `serde_json` writes: text without a quote,
+/// backslash or control character (nearly every key value) is copied as it is, any other
+/// goes through `serde_json`'s escaping.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        serde_json::to_writer(&mut *out, s).unwrap_or_default();
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// A window's stored value; every evidence line it references goes to `sink`. Encoded in
+/// `scratch` (kept grown for the next window) and copied out at its exact size, shared
+/// (a commit's batch is cloned for retries without copying it again).
 pub fn encode_window(
     rule_hash: &str,
     state: &KeyState,
+    scratch: &mut Vec<u8>,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
-) -> Vec<u8> {
-    let mut w = Enc::new(sink);
+) -> Arc<[u8]> {
+    let mut w = Enc::reusing(std::mem::take(scratch), sink);
     w.str(rule_hash);
     state.encode(&mut w);
-    w.finish()
+    *scratch = w.finish();
+    Arc::from(scratch.as_slice())
 }
 
 /// A window read back from its key and value, its lines looked up with `resolve`.
@@ -145,22 +180,32 @@ impl Detector {
     /// What changed since the last call, for a commit: each changed key's store key
     /// ([`window_key`]'s format), its rule's hash and its state (`None`: gone). Unlike
     /// [`Detector::take_dirty`] it makes no map or id per key: a busy step changes
-    /// thousands.
-    pub fn each_dirty(&mut self, mut store: impl FnMut(Vec<u8>, &str, Option<&KeyState>)) {
+    /// thousands (the key is written in one reused buffer).
+    pub fn each_dirty(&mut self, mut store: impl FnMut(&[u8], &str, Option<&KeyState>)) {
         let dirty = self.clean_dirty();
+        let mut store_key = Vec::new();
         for (rule_id, keys) in &dirty {
+            // Looked up once a rule, not once a key.
+            let rule_hash = self.rule_hash(rule_id);
+            let table = self.tables.get(rule_id.as_str());
             for key in keys {
-                let (rule_hash, state) = self.stored_as(rule_id, key);
-                store(store_key(rule_id, key.view().iter()), rule_hash, state);
+                let state = table.and_then(|t| t.get(key));
+                store_key.clear();
+                write_store_key(&mut store_key, rule_id, key.view().iter());
+                store(&store_key, rule_hash, state);
             }
         }
     }
 
     /// The hash of `rule_id`'s definition and the state of its `key`, if any.
     fn stored_as(&self, rule_id: &str, key: &Fields) -> (&str, Option<&KeyState>) {
-        let rule_hash = self.rules.rule(rule_id).map_or("", |r| r.hash.as_str());
         let state = self.tables.get(rule_id).and_then(|t| t.get(key));
-        (rule_hash, state)
+        (self.rule_hash(rule_id), state)
+    }
+
+    /// The hash of `rule_id`'s definition (empty for a rule no longer loaded).
+    fn rule_hash(&self, rule_id: &str) -> &str {
+        self.rules.rule(rule_id).map_or("", |r| r.hash.as_str())
     }
 
     /// Marks every changed key stored (the next change marks it dirty again) and returns
@@ -221,5 +266,42 @@ pub(super) fn mark(dirty: &mut Option<Changed>, rule: &str, key: &Fields) {
         None => {
             dirty.insert(rule.to_string(), FastSet::from_iter([key.clone()]));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The hand-written key writer gives the bytes a `BTreeMap` serialized by `serde_json`
+    /// gives (the format stored windows are keyed by), escapes included.
+    #[test]
+    fn store_keys_are_what_serde_json_writes_for_the_map() {
+        let values = [
+            "",
+            "198.51.100.7",
+            "a \"quoted\" user",
+            "back\\slash",
+            "tab\there\nnewline\u{1}\u{1f}",
+            "del\u{7f} ünïcode ✓ \u{2028}",
+        ];
+        for (i, a) in values.iter().enumerate() {
+            for b in &values[i..] {
+                let map = BTreeMap::from([("user", *a), ("ip", *b), ("z\"", *a)]);
+                let mut want = b"ssh-bruteforce\0".to_vec();
+                want.extend(serde_json::to_vec(&map).unwrap());
+                let pairs = [("z\"", *a), ("user", "replaced"), ("ip", *b), ("user", *a)];
+                assert_eq!(
+                    store_key("ssh-bruteforce", pairs.into_iter()),
+                    want,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        let empty: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut want = b"r\0".to_vec();
+        want.extend(serde_json::to_vec(&empty).unwrap());
+        assert_eq!(store_key("r", std::iter::empty()), want);
     }
 }

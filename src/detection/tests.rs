@@ -485,7 +485,7 @@ rules:
             .map(|(id, s)| (window_key(&id), id.rule_hash.clone(), s.cloned()))
             .collect();
         let mut got = Vec::new();
-        by_key.each_dirty(|key, hash, s| got.push((key, hash.to_string(), s.cloned())));
+        by_key.each_dirty(|key, hash, s| got.push((key.to_vec(), hash.to_string(), s.cloned())));
         want.sort_by(|a, b| a.0.cmp(&b.0));
         got.sort_by(|a, b| a.0.cmp(&b.0));
         assert!(!want.is_empty(), "round {round} changes keys");

@@ -6,6 +6,7 @@ use super::{Space, Store, StoreError, codec, evidence, segmented};
 use crate::base::evidence::Evidence;
 use codec::Loc;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Changes written together by [`Store::commit`]; cloneable so a failed commit can be
 /// retried with the same changes.
@@ -59,9 +60,19 @@ impl Batch {
         self.empty = false;
         match space {
             Space::Evidence => self.blocks.push((key.to_vec(), value)),
-            Space::Windows => self.windows.push((key.to_vec(), Some(value))),
+            Space::Windows => self.windows.push((key.into(), Some(value.into()))),
             _ => self.writes.push((space.key(key), Some(value))),
         }
+    }
+
+    /// Writes (`Some`) or removes (`None`) a window: what [`Batch::put_raw`] and
+    /// [`Batch::remove`] do for [`Space::Windows`], with key and value already shared (a
+    /// busy commit changes thousands of windows, and the batch is cloned for retries).
+    pub fn set_window(&mut self, key: Arc<[u8]>, value: Option<Arc<[u8]>>) {
+        self.bytes +=
+            Space::Windows.prefix().len() + key.len() + value.as_ref().map_or(0, |v| v.len());
+        self.empty = false;
+        self.windows.push((key, value));
     }
 
     /// Deletes a record at the commit; removing an evidence block also lets the journal
@@ -70,7 +81,7 @@ impl Batch {
         self.bytes += space.prefix().len() + key.len();
         self.empty = false;
         match space {
-            Space::Windows => self.windows.push((key.to_vec(), None)),
+            Space::Windows => self.windows.push((key.into(), None)),
             Space::Evidence => {
                 if let Ok(block) = key.try_into().map(u64::from_be_bytes) {
                     self.dropped.push(block);

@@ -45,18 +45,20 @@ impl std::fmt::Display for Loc {
 }
 
 /// A hash of everything a line holds: the same line (source, path, offset, time, text)
-/// is stored once however many records show it.
-pub fn line_hash(e: &Evidence) -> u64 {
-    let mut h = Fnv::default();
+/// is stored once however many records show it. Seeded per process by `seed`, so a
+/// crafted line cannot be made to collide with another one and stand in for it.
+pub fn line_hash(seed: &foldhash::quality::RandomState, e: &Evidence) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = seed.build_hasher();
     h.write(e.source.as_bytes());
-    h.write(&[0]);
+    h.write_u8(0);
     h.write(e.path.as_bytes());
-    h.write(&[0]);
-    h.write(&e.offset.to_le_bytes());
-    h.write(&e.time.timestamp().to_le_bytes());
-    h.write(&e.time.timestamp_subsec_nanos().to_le_bytes());
+    h.write_u8(0);
+    h.write_u64(e.offset);
+    h.write_i64(e.time.timestamp());
+    h.write_u32(e.time.timestamp_subsec_nanos());
     h.write(e.line.as_bytes());
-    h.0
+    h.finish()
 }
 
 /// A stand-in for the line at a place, for readers that only collect places.
@@ -67,24 +69,6 @@ pub fn placeholder(_: Loc) -> Evidence {
         offset: 0,
         time: DateTime::default(),
         line: "".into(),
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
     }
 }
 
@@ -170,6 +154,16 @@ impl<'a> Enc<'a> {
     pub fn new(sink: &'a mut dyn FnMut(&Evidence) -> Loc) -> Self {
         Enc {
             buf: Vec::with_capacity(64),
+            sink: Some(sink),
+        }
+    }
+
+    /// [`Enc::new`] writing into `buf` (cleared): a caller encoding many records keeps one
+    /// grown buffer instead of growing a new one for each.
+    pub fn reusing(mut buf: Vec<u8>, sink: &'a mut dyn FnMut(&Evidence) -> Loc) -> Self {
+        buf.clear();
+        Enc {
+            buf,
             sink: Some(sink),
         }
     }
@@ -484,7 +478,9 @@ mod tests {
         assert_eq!(r.evidence_list().unwrap(), vec![a.clone(), b.clone()]);
         assert_eq!(r.f64().unwrap(), 1.5);
         assert!(r.is_done());
-        assert_ne!(line_hash(&a), line_hash(&b));
+        let seed = foldhash::quality::RandomState::default();
+        assert_ne!(line_hash(&seed, &a), line_hash(&seed, &b));
+        assert_eq!(line_hash(&seed, &a), line_hash(&seed, &a.clone()));
     }
 
     #[test]

@@ -5,13 +5,15 @@
 use super::codec::{CodecError, Loc, line_hash};
 use super::{Batch, Space, Store, StoreError};
 use crate::base::evidence::Evidence;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Where the lines this writer stored (or read back) are. Forgetting one costs only
 /// storing it again, so the map is trimmed with the blocks.
 #[derive(Default)]
 pub struct EvidenceLog {
-    stored: HashMap<u64, Loc>,
+    /// Line hash to place ([`line_hash`] under `seed`).
+    stored: foldhash::HashMap<u64, Loc>,
+    seed: foldhash::quality::RandomState,
     /// Added to the batch being built, not yet committed.
     pending: Vec<u64>,
 }
@@ -19,7 +21,7 @@ pub struct EvidenceLog {
 impl EvidenceLog {
     /// Where the line is stored: where it already was, else in `batch`'s block.
     pub fn store(&mut self, store: &Store, batch: &mut Batch, e: &Evidence) -> Loc {
-        let hash = line_hash(e);
+        let hash = line_hash(&self.seed, e);
         if let Some(loc) = self.stored.get(&hash) {
             return *loc;
         }
@@ -31,7 +33,7 @@ impl EvidenceLog {
 
     /// Notes where a line read back from the store is, so it is not stored again.
     pub fn remember(&mut self, e: &Evidence, loc: Loc) {
-        self.stored.insert(line_hash(e), loc);
+        self.stored.insert(line_hash(&self.seed, e), loc);
     }
 
     /// The batch holding the lines added since the last call was committed.

@@ -324,18 +324,15 @@ impl Store {
         within: &[u8],
     ) -> Box<dyn Iterator<Item = Result<RawRecord, StoreError>> + 'a> {
         if space == Space::Windows {
-            let segmented = self.segmented.lock().expect("segments lock");
-            let windows = segmented.windows();
-            let records: Vec<RawRecord> = match prefix_end(within) {
-                Some(end) => windows
-                    .range(within.to_vec()..end)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                None => windows
-                    .range(within.to_vec()..)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
+            let mut segmented = self.segmented.lock().expect("segments lock");
+            let mut records: Vec<RawRecord> = segmented
+                .windows()
+                .iter()
+                .filter(|(k, _)| k.starts_with(within))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            drop(segmented);
+            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             return Box::new(records.into_iter().map(Ok));
         }
         let from = space.key(within);
@@ -391,8 +388,8 @@ impl Store {
     /// Reads one record's bytes (an evidence block's: where it is in its journal).
     pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if space == Space::Windows {
-            let segmented = self.segmented.lock().expect("segments lock");
-            return Ok(segmented.windows().get(key).cloned());
+            let mut segmented = self.segmented.lock().expect("segments lock");
+            return Ok(segmented.windows().get(key).map(|v| v.to_vec()));
         }
         self.engine.get(&space.key(key))
     }

@@ -17,7 +17,7 @@ use super::engine::{Engine, Write, prefix_end};
 use super::schema::Space;
 use super::segments::{Journal, Pos, SegmentError, SegmentIo, read};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write as _};
 use std::sync::Arc;
 
@@ -44,15 +44,25 @@ pub(super) struct Ends {
     windows_from: u64,
 }
 
-/// A window change: key (without prefix) and its new value, `None` to remove it.
-pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
+/// A window change: key (without prefix) and its new value, `None` to remove it. Shared,
+/// not owned: a commit's batch is cloned (so a failed commit can be retried) and its
+/// changes end up in the table, and neither copies the bytes.
+pub(super) type Change = (Arc<[u8]>, Option<Arc<[u8]>>);
+
+/// The committed windows, key to encoded window. A hash table, not a tree: every commit
+/// replaces thousands of entries, while the ordered reads (a restart, evidence collection)
+/// are rare and sort what they take.
+pub(super) type WindowTable = foldhash::HashMap<Arc<[u8]>, Arc<[u8]>>;
 
 /// The journals, the committed windows and where each live evidence block is.
 pub(super) struct Segmented {
     evidence: Journal,
     windows: Journal,
     ends: Ends,
-    table: BTreeMap<Vec<u8>, Vec<u8>>,
+    table: WindowTable,
+    /// Committed window changes not yet in `table`: the next commit applies them on its
+    /// deflating thread, a read before that on its own (so the pipeline thread does not).
+    unapplied: Vec<Change>,
     /// Bytes of window changes journaled since the last snapshot, and that snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -111,7 +121,7 @@ impl Segmented {
         };
         let evidence = Journal::recover(evidence, Pos::unpack(ends.evidence))?;
         let windows = Journal::recover(windows, Pos::unpack(ends.windows))?;
-        let mut table = BTreeMap::new();
+        let mut table = WindowTable::default();
         let (mut since_snapshot, mut snapshot_bytes) = (0, 0);
         for record in windows.records(Pos::unpack(ends.windows_from), windows.end()) {
             let (at, kind, payload) = match record {
@@ -136,7 +146,7 @@ impl Segmented {
             } else {
                 since_snapshot += payload.len() as u64;
             }
-            apply(&mut table, changes);
+            apply(&mut table, changes.into_iter().map(shared));
         }
         let mut blocks = HashMap::new();
         let prefix = Space::Evidence.prefix();
@@ -155,6 +165,7 @@ impl Segmented {
             windows,
             ends,
             table,
+            unapplied: Vec::new(),
             since_snapshot,
             snapshot_bytes,
             blocks,
@@ -172,7 +183,8 @@ impl Segmented {
 
     /// The committed window table (key to encoded window), rebuilt from the last snapshot
     /// and the changes after it; window reads are served from here, not the engine.
-    pub fn windows(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+    pub fn windows(&mut self) -> &WindowTable {
+        apply(&mut self.table, self.unapplied.drain(..));
         &self.table
     }
 
@@ -210,38 +222,69 @@ impl Segmented {
         let mut writes = Vec::new();
         let mut added = Vec::new();
         let mut appended = Written::default();
-        for (key, bytes) in blocks {
-            let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
-            let newest = codec::block_newest_ms(&bytes)?;
-            let at = self.evidence.append(EVIDENCE_BLOCK, &bytes)?;
-            appended.evidence += record_size(&bytes);
-            writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
-            added.push((block, (at.seg, newest)));
-        }
+        let (table, evidence, windows) = (&mut self.table, &mut self.evidence, &mut self.windows);
+        let unapplied = std::mem::take(&mut self.unapplied);
+        let (since_snapshot, snapshot_bytes) = (self.since_snapshot, self.snapshot_bytes);
+        // The window table catches up with the earlier commits, and this one's window
+        // record is deflated, appended and synced, on a thread of their own while the
+        // evidence blocks are appended and synced: the pipeline waits for the longer of
+        // the two, not both. Both journals are durable before the engine commit that
+        // points at them.
+        let record = std::thread::scope(|scope| -> Result<_, StoreError> {
+            let record = (!changes.is_empty() || !unapplied.is_empty()).then(|| {
+                std::thread::Builder::new()
+                    .name("store-windows".into())
+                    .spawn_scoped(scope, || -> Result<_, StoreError> {
+                        apply(table, unapplied);
+                        if changes.is_empty() {
+                            return Ok(None);
+                        }
+                        let record = window_record(table, &changes, since_snapshot, snapshot_bytes);
+                        let at = match &record {
+                            WindowRecord::Snapshot(whole) => {
+                                windows.append(WINDOW_SNAPSHOT, whole)?
+                            }
+                            WindowRecord::Changes(bytes) => {
+                                windows.append(WINDOW_CHANGES, bytes)?
+                            }
+                        };
+                        windows.sync()?;
+                        Ok(Some((record, at)))
+                    })
+                    // As `scope.spawn` would: a thread that cannot start is a panic.
+                    .expect("starting the store's window thread")
+            });
+            for (key, bytes) in blocks {
+                let block = block_of(&key).ok_or(codec::CodecError::Malformed("evidence key"))?;
+                let newest = codec::block_newest_ms(&bytes)?;
+                let at = evidence.append(EVIDENCE_BLOCK, &bytes)?;
+                appended.evidence += record_size(&bytes);
+                writes.push((Space::Evidence.key(&key), Some(encode_pointer(at, newest))));
+                added.push((block, (at.seg, newest)));
+            }
+            evidence.sync()?;
+            let Some(windows) = record else {
+                return Ok(None);
+            };
+            windows
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
         let mut ends = self.ends;
         let mut snapshot = None;
         let mut change_bytes = 0;
-        if !changes.is_empty() {
-            let record = deflate_changes(changes.iter().map(|(k, v)| (k, v.as_ref())));
-            let due = self.since_snapshot + record.len() as u64
-                > SNAPSHOT_MIN_BYTES.max(2 * self.snapshot_bytes);
-            if due {
-                let mut table = self.table.clone();
-                apply(&mut table, changes.iter().cloned());
-                let whole = deflate_changes(table.iter().map(|(k, v)| (k, Some(v))));
-                let at = self.windows.append(WINDOW_SNAPSHOT, &whole)?;
+        match record {
+            Some((WindowRecord::Snapshot(whole), at)) => {
                 ends.windows_from = at.pack();
                 snapshot = Some(whole.len() as u64);
                 appended.window_snapshots += record_size(&whole);
-            } else {
-                self.windows.append(WINDOW_CHANGES, &record)?;
+            }
+            Some((WindowRecord::Changes(record), _)) => {
                 change_bytes = record.len() as u64;
                 appended.window_changes += record_size(&record);
             }
+            None => {}
         }
-        // Durable before the engine commit that points at them.
-        self.evidence.sync()?;
-        self.windows.sync()?;
         ends.evidence = self.evidence.end().pack();
         ends.windows = self.windows.end().pack();
         // A commit that appended nothing leaves the ends as they were: no need to store them.
@@ -269,7 +312,7 @@ impl Segmented {
 
     /// The engine applied the batch `prepared` was made for.
     pub fn committed(&mut self, prepared: Prepared) {
-        apply(&mut self.table, prepared.changes);
+        self.unapplied.extend(prepared.changes);
         for block in prepared.dropped {
             self.blocks.remove(&block);
         }
@@ -358,19 +401,53 @@ fn decode_pointer(bytes: &[u8]) -> Option<(Pos, i64)> {
     Some((Pos::unpack(at), newest))
 }
 
-fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: impl IntoIterator<Item = Change>) {
+/// A commit's window changes as the window journal takes them.
+enum WindowRecord {
+    /// The changes alone.
+    Changes(Vec<u8>),
+    /// The whole table with the changes applied: the changes since the last snapshot
+    /// would outgrow it otherwise, and a snapshot lets older segments go.
+    Snapshot(Vec<u8>),
+}
+
+/// `changes` deflated, or the snapshot of `table` with them applied once the changes since
+/// the last snapshot (`since_snapshot` bytes; the last one took `snapshot_bytes`) would
+/// outgrow [`SNAPSHOT_MIN_BYTES`] and twice the last snapshot.
+fn window_record(
+    table: &WindowTable,
+    changes: &[Change],
+    since_snapshot: u64,
+    snapshot_bytes: u64,
+) -> WindowRecord {
+    let record = deflate_changes(changes.iter().map(|(k, v)| (&**k, v.as_deref())));
+    if since_snapshot + record.len() as u64 <= SNAPSHOT_MIN_BYTES.max(2 * snapshot_bytes) {
+        return WindowRecord::Changes(record);
+    }
+    let mut table = table.clone();
+    apply(&mut table, changes.iter().cloned());
+    WindowRecord::Snapshot(deflate_changes(
+        table.iter().map(|(k, v)| (&**k, Some(&**v))),
+    ))
+}
+
+fn apply(table: &mut WindowTable, changes: impl IntoIterator<Item = Change>) {
     for (key, value) in changes {
         match value {
             Some(value) => table.insert(key, value),
-            None => table.remove(&key),
+            None => table.remove(&*key),
         };
     }
+}
+
+/// A change read back from the journal, as the table holds it.
+fn shared((key, value): (Vec<u8>, Option<Vec<u8>>)) -> Change {
+    (key.into(), value.map(Into::into))
 }
 
 /// Changes as count, then per change key length, key, presence, value length, value (u32
 /// LE lengths), deflated.
 pub(super) fn deflate_changes<'a>(
-    changes: impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
+    changes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
     let mut n = 0u32;
@@ -405,7 +482,7 @@ fn take_bytes<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], 
     Ok(slice)
 }
 
-pub(super) fn inflate_changes(bytes: &[u8]) -> Result<Vec<Change>, SegmentError> {
+pub(super) fn inflate_changes(bytes: &[u8]) -> Result<Vec<Write>, SegmentError> {
     let bad = |what| SegmentError::Corrupt(Pos::default(), what);
     let mut body = Vec::new();
     flate2::read::DeflateDecoder::new(bytes)

@@ -296,7 +296,7 @@ impl Engine for SledEngine {
         {
             return Err(StoreError::Reopening);
         }
-        let record = deflate_changes(writes.iter().map(|(k, v)| (k, v.as_ref())));
+        let record = deflate_changes(writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
         let mut deferred = self.deferred();
         deferred.wal.append(BATCH, &record)?;
         for (key, value) in writes {

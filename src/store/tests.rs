@@ -165,6 +165,14 @@ fn window_snapshots_let_old_segments_go_and_read_back_the_same() {
             .unwrap()
             .count();
         assert!(segs <= 6, "{segs} window segments kept");
+        // Read in the same process (the last commit's changes are not in the table yet),
+        // in key order.
+        let read = store.scan_raw(Space::Windows).unwrap();
+        assert_eq!(read, expected.clone().into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            store.get_raw(Space::Windows, b"w7").unwrap(),
+            expected.get(&b"w7"[..]).cloned()
+        );
     }
     let store = reopen(dir.path());
     let read: std::collections::BTreeMap<_, _> = store

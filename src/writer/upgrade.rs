@@ -83,10 +83,13 @@ fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
         batch.remove_from_engine(Space::Windows, &key);
         match serde_json::from_slice::<SavedWindow>(&bytes) {
             Ok((id, state)) => {
-                let value = crate::detection::encode_window(&id.rule_hash, &state, &mut |e| {
-                    log.store(store, batch, e)
-                });
-                batch.put_raw(Space::Windows, &key, value);
+                let value = crate::detection::encode_window(
+                    &id.rule_hash,
+                    &state,
+                    &mut Vec::new(),
+                    &mut |e| log.store(store, batch, e),
+                );
+                batch.set_window(key.into(), Some(value));
                 windows += 1;
             }
             Err(e) => {

@@ -66,12 +66,14 @@ impl Pipeline {
             .write_changes(&self.store, commit, &mut self.evidence)?;
         let (evidence, store) = (&mut self.evidence, &self.store);
         let detector = self.engine.detector_mut();
-        detector.each_dirty(|key, rule_hash, window| match window {
-            Some(w) => {
-                let value = encode_window(rule_hash, w, &mut |e| evidence.store(store, commit, e));
-                commit.put_raw(Space::Windows, &key, value);
-            }
-            None => commit.remove(Space::Windows, &key),
+        let mut scratch = Vec::new();
+        detector.each_dirty(|key, rule_hash, window| {
+            let value = window.map(|w| {
+                encode_window(rule_hash, w, &mut scratch, &mut |e| {
+                    evidence.store(store, commit, e)
+                })
+            });
+            commit.set_window(key.into(), value);
         });
         Ok(notified)
     }
