@@ -9,7 +9,8 @@
 //! `N` threads means `N` busy threads in total: the calling thread is one of them. Its
 //! first job is the in-order stage (in a log of attacks the longest one); reading is no one
 //! thread's job, so the calling thread reads only when it takes a piece itself, and it does
-//! that only when the piece due next is not back yet. With one thread no thread is started:
+//! that only when the piece due next has not been taken by any thread yet (when a worker
+//! has it, it waits for that piece rather than find a later one). With one thread no thread is started:
 //! each piece is taken, found and applied on the calling thread.
 
 use std::any::Any;
@@ -76,8 +77,13 @@ pub fn in_order<P, W, S>(
             if end == Some(next) {
                 break;
             }
-            // The piece due is not back: rather than wait, take one and find it here.
+            // The piece due is not back. If no thread has taken it yet, take it and find it
+            // here; if a worker has it, wait for it rather than take a later one: this
+            // thread is the in-order stage's only one, so every piece it finds itself
+            // while a worker could have is time that stage stands still (with two threads
+            // it found every other piece, 1.1x one thread instead of ~1.5x).
             if end.is_none()
+                && taking.taken() <= next
                 && let Some(piece) = pool.try_get()
             {
                 match taking.take(piece) {
@@ -175,6 +181,14 @@ impl<'s, S: ?Sized> Taking<'s, S> {
                 ended: false,
             }),
         }
+    }
+
+    /// The number of pieces taken so far (the number the next one will get).
+    fn taken(&self) -> u64 {
+        self.next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .taken
     }
 
     /// Fills `piece` with the next piece of input and numbers it; at the end of the input
@@ -302,6 +316,36 @@ mod tests {
             assert_eq!(applied, expected, "{threads} threads");
             assert_eq!(workers.iter().sum::<u64>(), 200, "every piece found once");
         }
+    }
+
+    /// When applying is the slower stage, the calling thread applies and leaves finding to
+    /// the worker: it finds a piece itself only while no thread has taken the one due (at
+    /// the start). Taking a later piece whenever the due one was still with the worker made
+    /// it find every other piece, and the in-order stage stood still meanwhile.
+    #[test]
+    fn the_calling_thread_leaves_finding_to_a_worker_that_keeps_ahead() {
+        let mut workers = vec![0u32; 2];
+        let mut left = 60;
+        in_order(
+            &mut workers,
+            || 0u8,
+            &mut |_: &mut u8| {
+                left -= 1;
+                left >= 0
+            },
+            // The work each stage stands for: finding 1 ms, applying 3 ms.
+            |found, _| {
+                *found += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            },
+            |_| std::thread::sleep(std::time::Duration::from_millis(3)),
+        );
+        assert_eq!(workers.iter().sum::<u32>(), 60, "every piece found once");
+        assert!(
+            workers[0] <= 6,
+            "the calling thread found {} of 60 pieces",
+            workers[0]
+        );
     }
 
     /// At most twice as many pieces as threads are ever made, however long the input.
