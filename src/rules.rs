@@ -17,6 +17,7 @@ mod lint;
 mod load;
 mod pattern;
 mod severity;
+mod summary;
 pub mod values;
 
 pub use kinds::{
@@ -24,6 +25,7 @@ pub use kinds::{
 };
 pub use pattern::{MAX_PATTERN_BYTES, PatternError, compile_pattern};
 pub use severity::{Severity, SeveritySpec};
+pub use summary::{PlainSummary, SummaryValues};
 pub use values::{Lists, ValueSet};
 
 use crate::base::diag::Diagnostic;
@@ -138,6 +140,9 @@ pub struct Rule {
     pub max_keys: usize,
     /// Hash of this rule's normalised definition: window state is only reused while it holds.
     pub hash: String,
+    /// The summary template when it is text and `{{ name }}` only, rendered without
+    /// minijinja ([`PlainSummary`]); `None` renders through [`RuleSet::summary`].
+    pub plain_summary: Option<PlainSummary>,
 }
 
 impl Rule {

@@ -7,7 +7,7 @@
 
 use super::{EventKind, Incident, IncidentEvent, State, TimelineEntry, TimelineKind, stored};
 use crate::detection::{Fields, Hit};
-use crate::rules::{RuleSet, Severity};
+use crate::rules::{RuleSet, Severity, SummaryValues};
 use crate::store::evidence::EvidenceLog;
 use crate::store::{self, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -155,7 +155,17 @@ impl IncidentBook {
             }
         }
         if let Some(captures) = self.described.get(&incident.id) {
-            incident.summary = rules.summary(rule, &summary_context(captures, incident));
+            match &rule.plain_summary {
+                Some(plain) => {
+                    // Rendered into the old summary's buffer.
+                    let mut text = std::mem::take(&mut incident.summary);
+                    plain.render_into(&mut text, &Described { captures, incident });
+                    incident.summary = text;
+                }
+                None => {
+                    incident.summary = rules.summary(rule, &summary_context(captures, incident))
+                }
+            }
         }
         mark_dirty(&mut self.dirty, rule.id(), &hit.key);
         Some(kind)
@@ -363,6 +373,28 @@ fn opened(
         incident.add_evidence(e);
     }
     Some(incident)
+}
+
+/// What a plain summary names ([`crate::rules::PlainSummary`]): the same values as
+/// [`summary_context`], read in place.
+struct Described<'a> {
+    captures: &'a Fields,
+    incident: &'a Incident,
+}
+
+impl SummaryValues for Described<'_> {
+    fn count(&self) -> u64 {
+        self.incident.count
+    }
+    fn rule(&self) -> &str {
+        &self.incident.rule
+    }
+    fn severity(&self) -> &str {
+        self.incident.severity.as_str()
+    }
+    fn capture(&self, name: &str) -> Option<&str> {
+        self.captures.get(name)
+    }
 }
 
 /// The names a rule's summary template may use: the hit's captures and the incident's

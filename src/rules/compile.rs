@@ -7,8 +7,8 @@
 
 use super::pattern::compile_pattern;
 use super::{
-    DEFAULT_MAX_KEYS, DETECTION_SOURCE, Lists, Rule, RuleContext, RuleDef, SUMMARY_VARIABLES,
-    ValueSet, kinds,
+    DEFAULT_MAX_KEYS, DETECTION_SOURCE, Lists, PlainSummary, Rule, RuleContext, RuleDef,
+    SUMMARY_VARIABLES, ValueSet, kinds,
 };
 use crate::base::yaml;
 use regex::bytes::Regex;
@@ -130,6 +130,10 @@ pub(super) fn compile_rule(
     let hash = rule_hash(&def, lists);
     Some(Rule {
         max_keys: def.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+        plain_summary: def
+            .summary
+            .as_deref()
+            .and_then(|summary| PlainSummary::parse(&def.id, summary)),
         def,
         file: file.to_path_buf(),
         patterns,
