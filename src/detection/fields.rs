@@ -126,7 +126,19 @@ pub fn push(text: &mut String, name: &str, value: &str) {
 }
 
 /// Appends a length in decimal without the formatting machinery (this runs per match).
-fn push_len(text: &mut String, mut n: usize) {
+fn push_len(text: &mut String, n: usize) {
+    // Names and values are mostly shorter than 100 bytes: one or two digits, pushed
+    // without the general loop.
+    if n < 10 {
+        text.push(char::from(b'0' + n as u8));
+        return;
+    }
+    if n < 100 {
+        text.push(char::from(b'0' + (n / 10) as u8));
+        text.push(char::from(b'0' + (n % 10) as u8));
+        return;
+    }
+    let mut n = n;
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -150,6 +162,46 @@ pub fn push_bytes(text: &mut String, name: &str, value: &[u8]) {
     match std::str::from_utf8(value) {
         Ok(valid) => push(text, name, valid),
         Err(_) => push(text, name, &String::from_utf8_lossy(value)),
+    }
+}
+
+/// A line whose values are taken as text: checked as UTF-8 at most once, however many
+/// values are taken from it (a check per value costs more than one per line: short
+/// strings miss the validator's word-at-a-time path).
+#[derive(Debug, Clone, Copy)]
+pub struct LineText<'a> {
+    bytes: &'a [u8],
+    /// `None` until checked; then the line as text, if it is valid UTF-8.
+    checked: Option<Option<&'a str>>,
+}
+
+impl<'a> LineText<'a> {
+    /// The line `bytes`, not yet checked.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        LineText {
+            bytes,
+            checked: None,
+        }
+    }
+
+    /// The line's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Appends one pair whose value is `self.bytes()[start..end]`, exactly as
+    /// [`push_bytes`] would: borrowed from the line's text when the line is valid UTF-8
+    /// and the value's ends are character boundaries (then the value is valid UTF-8
+    /// itself), else through [`push_bytes`].
+    pub fn push_value(&mut self, text: &mut String, name: &str, start: usize, end: usize) {
+        let bytes = self.bytes;
+        let line = *self
+            .checked
+            .get_or_insert_with(|| std::str::from_utf8(bytes).ok());
+        match line.and_then(|line| line.get(start..end)) {
+            Some(value) => push(text, name, value),
+            None => push_bytes(text, name, &bytes[start..end]),
+        }
     }
 }
 
@@ -213,6 +265,47 @@ mod tests {
         assert_eq!(f.get("empty"), Some(""));
         assert_eq!(f.get("missing"), None);
         assert!(Fields::from_map(&BTreeMap::new()).is_empty());
+    }
+
+    /// Lengths are written as plain decimal on every path (one digit, two, the loop).
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        let mut lengths: Vec<usize> = (0..1200).collect();
+        lengths.extend([9_999, 10_000, 65_535, 1 << 20, usize::MAX]);
+        for n in lengths {
+            let mut text = String::new();
+            push_len(&mut text, n);
+            assert_eq!(text, n.to_string());
+        }
+    }
+
+    /// A value taken from a line writes exactly what `push_bytes` of its bytes writes:
+    /// valid and invalid UTF-8, multi-byte characters cut anywhere, empty values.
+    #[test]
+    fn a_value_from_a_line_is_written_as_its_bytes_would_be() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pieces: [&[u8]; 6] = [
+            b"ab",
+            b" ",
+            "\u{e9}".as_bytes(),
+            "\u{1f600}".as_bytes(),
+            b"\xff",
+            b":1",
+        ];
+        for _ in 0..2000 {
+            let line: Vec<u8> = (0..rng.usize(0..12))
+                .flat_map(|_| pieces[rng.usize(0..pieces.len())].iter().copied())
+                .collect();
+            let mut text = LineText::new(&line);
+            for _ in 0..4 {
+                let start = rng.usize(0..=line.len());
+                let end = rng.usize(start..=line.len());
+                let (mut taken, mut expected) = (String::new(), String::new());
+                text.push_value(&mut taken, "v", start, end);
+                push_bytes(&mut expected, "v", &line[start..end]);
+                assert_eq!(taken, expected, "{line:?} {start}..{end}");
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@
 mod gate;
 
 use super::capture::{CaptureRegex, Engine, Slots};
-use super::fields;
+use super::fields::LineText;
 use crate::rules::{Rule, RuleSet};
 use gate::Gate;
 pub use gate::{Screened, Screening};
@@ -81,16 +81,27 @@ impl PatternFields {
         captures: &mut String,
         key: &mut String,
     ) {
+        self.write_from(locations, &mut LineText::new(line), captures, key);
+    }
+
+    /// [`Self::write`] of a line whose UTF-8 check is shared by every match on it.
+    pub fn write_from(
+        &self,
+        locations: impl Fn(usize) -> Option<(usize, usize)>,
+        line: &mut LineText<'_>,
+        captures: &mut String,
+        key: &mut String,
+    ) {
         captures.clear();
         key.clear();
-        let value = |group: usize| locations(group).map(|(start, end)| &line[start..end]);
         for (name, group) in &self.captures {
-            if let Some(bytes) = value(*group) {
-                fields::push_bytes(captures, name, bytes);
+            if let Some((start, end)) = locations(*group) {
+                line.push_value(captures, name, start, end);
             }
         }
         for (name, group) in &self.key {
-            fields::push_bytes(key, name, group.and_then(value).unwrap_or_default());
+            let (start, end) = group.and_then(&locations).unwrap_or((0, 0));
+            line.push_value(key, name, start, end);
         }
     }
 }
@@ -318,12 +329,12 @@ impl SourceMatcher {
     /// Runs pattern `step` of rule `index` on `line` (the line [`Self::candidates`] was last
     /// given; a pattern shared with a rule already read on it is not run again). When it
     /// matches, writes the captures that took part and the rule's key as encoded
-    /// [`fields`] into the two buffers.
+    /// [`super::fields`] into the two buffers.
     pub fn read(
         &mut self,
         index: usize,
         step: usize,
-        line: &[u8],
+        line: &mut LineText<'_>,
         captures: &mut String,
         key: &mut String,
     ) -> bool {
@@ -331,11 +342,11 @@ impl SourceMatcher {
         let shared = &mut self.shared[*id];
         if shared.read_at != self.line {
             shared.read_at = self.line;
-            shared.matched = shared.regex.captures(&mut shared.groups, line);
+            shared.matched = shared.regex.captures(&mut shared.groups, line.bytes());
         }
         if shared.matched {
             let groups = &shared.groups;
-            fields.write(|group| groups.get(group), line, captures, key);
+            fields.write_from(|group| groups.get(group), line, captures, key);
         }
         shared.matched
     }
@@ -363,7 +374,13 @@ mod tests {
         );
         let mut m = SourceMatcher::new(&set, "auth");
         let (mut captures, mut key) = (String::new(), String::new());
-        assert!(m.read(0, 0, b"user bob", &mut captures, &mut key));
+        assert!(m.read(
+            0,
+            0,
+            &mut LineText::new(b"user bob"),
+            &mut captures,
+            &mut key
+        ));
         assert_eq!(
             crate::detection::FieldsView::new(&key).get("u"),
             Some("bob")
@@ -371,7 +388,7 @@ mod tests {
         let mut out = Vec::new();
         for (line, who) in [(&b"user amy"[..], Some("amy")), (b"nobody", None)] {
             m.candidates(line, None, &mut out);
-            let matched = m.read(0, 0, line, &mut captures, &mut key);
+            let matched = m.read(0, 0, &mut LineText::new(line), &mut captures, &mut key);
             assert_eq!(matched, who.is_some());
             if let Some(who) = who {
                 assert_eq!(crate::detection::FieldsView::new(&key).get("u"), Some(who));

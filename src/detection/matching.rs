@@ -4,6 +4,7 @@
 //! ([`super::Detector::apply`]) counts their matches in input order: the result is the
 //! same as one thread's.
 
+use super::fields::LineText;
 use super::matcher::{Design, Screened, Screening, SourceMatcher};
 use super::{FastMap, FieldsView};
 use crate::base::line::LogLine;
@@ -195,8 +196,9 @@ impl Matchers {
         let first = found.matches.len();
         if !matcher.rules.is_empty() {
             matcher.candidates(bytes, screened, candidates);
+            let mut text = LineText::new(bytes);
             for &(index, step) in candidates.iter() {
-                if !matcher.read(index, step, bytes, captures, key) {
+                if !matcher.read(index, step, &mut text, captures, key) {
                     continue;
                 }
                 let rule = &matcher.rules[index];
