@@ -87,14 +87,15 @@ impl LiteralFinder {
 /// Two steps, so that the common case costs one SIMD search per screen literal on a run
 /// of lines: the screen, over one required set per pattern (few literals, so the packed
 /// searcher takes them), names the patterns a line may hold; then each of those alone is
-/// checked for all its sets.
+/// checked for its other sets (those the screen literal found does not already prove).
 #[derive(Clone)]
 pub(super) struct Gate {
     /// Patterns without a required literal, or whose literals no finder took: candidates
     /// on every line.
     always: Vec<usize>,
-    /// Per distinct pattern: the check of all its required sets (`None`: in `always`).
-    checks: Vec<Option<Check>>,
+    /// Every distinct required set of the patterns with a check (patterns often share
+    /// one: `sshd`, ` from `).
+    sets: Vec<SetCheck>,
     /// Over one required set of each pattern with a [`Check`]; `None` when there is none.
     screen: Option<Screen>,
     /// Whether [`Gate::screen`] may pass over lines: no pattern runs on every line and no
@@ -154,7 +155,7 @@ impl Screened {
 struct Screen {
     finder: LiteralFinder,
     /// Per screen literal: the patterns one of whose chosen literals holds it.
-    patterns: Vec<Vec<usize>>,
+    patterns: Vec<Vec<Named>>,
     /// Whether a screen literal holds a newline.
     holds_newline: bool,
 }
@@ -164,7 +165,8 @@ struct Screen {
 /// pattern the screen named on a line it does not match is mostly ruled out by the first.
 #[derive(Clone)]
 struct Check {
-    sets: Vec<SetCheck>,
+    /// Indexes into [`Gate::sets`].
+    sets: Vec<usize>,
 }
 
 /// Whether a line holds one of a set's strings: a few searched one by one (a single
@@ -201,20 +203,56 @@ impl SetCheck {
     }
 }
 
-impl Check {
-    /// The check of `sets`; `None` when some set is empty or holds an empty string, or no
-    /// finder takes its literals.
-    fn new(sets: &[Vec<Vec<u8>>]) -> Option<Check> {
-        let sets = sets.iter().map(|set| SetCheck::new(set));
-        Some(Check {
-            sets: sets.collect::<Option<_>>()?,
-        })
+/// A pattern a screen literal names, and the sets of [`Gate::sets`] still to search for on
+/// a line the literal was found in: those of its [`Check`] that the literal does not prove
+/// (a line holding the literal holds a string of every set one of whose strings the
+/// literal holds: `sshd` proves `sshd`, not ` from `).
+#[derive(Clone)]
+struct Named {
+    pattern: usize,
+    search: Vec<usize>,
+}
+
+/// Distinct required sets, each with its index: what [`Check`]s and screen proofs name.
+#[derive(Default)]
+struct SetTable {
+    index: std::collections::HashMap<Vec<Vec<u8>>, usize>,
+    sets: Vec<SetCheck>,
+}
+
+impl SetTable {
+    /// The checks of `sets` (their indexes, in order); `None` when some set is empty or
+    /// holds an empty string, or no finder takes its literals.
+    fn check(&mut self, sets: &[Vec<Vec<u8>>]) -> Option<Check> {
+        let mut ids = Vec::with_capacity(sets.len());
+        for set in sets {
+            let mut sorted = set.clone();
+            sorted.sort();
+            sorted.dedup();
+            let id = match self.index.get(&sorted) {
+                Some(&id) => id,
+                None => {
+                    let check = SetCheck::new(&sorted)?;
+                    self.sets.push(check);
+                    self.index.insert(sorted, self.sets.len() - 1);
+                    self.sets.len() - 1
+                }
+            };
+            ids.push(id);
+        }
+        Some(Check { sets: ids })
     }
 
-    /// Whether `line` holds a literal of each set.
-    #[inline]
-    fn passes(&self, line: &[u8]) -> bool {
-        self.sets.iter().all(|set| set.found_in(line))
+    /// The sets one of whose strings `literal` holds.
+    fn proved_by(&self, literal: &[u8]) -> Vec<usize> {
+        let mut proved: Vec<usize> = self
+            .index
+            .iter()
+            .filter(|(set, _)| set.iter().any(|s| contains(literal, s)))
+            .map(|(_, &id)| id)
+            .collect();
+        proved.sort_unstable();
+        proved
     }
 }
 
@@ -223,29 +261,29 @@ impl Gate {
         let mut always = Vec::new();
         let mut checks = Vec::new();
         let mut chosen = Vec::new();
+        let mut table = SetTable::default();
         for (id, text) in texts.iter().enumerate() {
             let sets = literals::required(text);
-            let check = sets.as_deref().and_then(Check::new);
+            let check = sets.as_deref().and_then(|sets| table.check(sets));
             match (sets, &check) {
                 (Some(sets), Some(_)) => chosen.push((id, screen_set(sets))),
                 _ => always.push(id),
             }
             checks.push(check);
         }
-        let screen = Screen::new(&chosen).or_else(|| {
+        let screen = Screen::new(&chosen, &checks, &table).or_else(|| {
             // Cannot happen within the crate's limits; if it does, every pattern runs,
             // which is slower but never wrong.
             if !chosen.is_empty() {
                 tracing::warn!("literal gate not built; running every pattern");
                 always = (0..texts.len()).collect();
-                checks.iter_mut().for_each(|check| *check = None);
             }
             None
         });
         let skips = always.is_empty() && screen.as_ref().is_some_and(|s| !s.holds_newline);
         Gate {
             always,
-            checks,
+            sets: table.sets,
             screen,
             skips,
             seen: vec![u64::MAX; texts.len()],
@@ -293,7 +331,8 @@ impl Gate {
 
     /// Calls `admit` once for each distinct pattern that may match `line` (number `at`),
     /// given the screen literals inside it when [`Gate::screen`] found them (else the line
-    /// is searched for them).
+    /// is searched for them). A set one of whose strings the screen literal holds is not
+    /// searched.
     pub(super) fn admit(
         &mut self,
         line: &[u8],
@@ -307,15 +346,15 @@ impl Gate {
         let Some(screen) = &self.screen else {
             return;
         };
-        let (checks, seen) = (&self.checks, &mut self.seen);
+        let (sets, seen) = (&self.sets, &mut self.seen);
         let mut named = |literal: usize| {
-            for &id in &screen.patterns[literal] {
-                if seen[id] == at {
+            for named in &screen.patterns[literal] {
+                if seen[named.pattern] == at {
                     continue;
                 }
-                seen[id] = at;
-                if checks[id].as_ref().is_some_and(|check| check.passes(line)) {
-                    admit(id);
+                seen[named.pattern] = at;
+                if named.search.iter().all(|&set| sets[set].found_in(line)) {
+                    admit(named.pattern);
                 }
             }
             true
@@ -332,15 +371,29 @@ impl Gate {
 impl Screen {
     /// The screen over each pattern's chosen set (`(pattern id, set)`); `None` when there
     /// is none or no finder takes them.
-    fn new(chosen: &[(usize, Vec<Vec<u8>>)]) -> Option<Screen> {
+    fn new(
+        chosen: &[(usize, Vec<Vec<u8>>)],
+        checks: &[Option<Check>],
+        table: &SetTable,
+    ) -> Option<Screen> {
         let literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
         let patterns = literals
             .iter()
             .map(|literal| {
+                let proved = table.proved_by(literal);
                 let named = chosen
                     .iter()
                     .filter(|(_, set)| set.iter().any(|held| contains(held, literal)));
-                named.map(|(id, _)| *id).collect()
+                named
+                    .filter_map(|(id, _)| {
+                        let check = checks[*id].as_ref()?;
+                        let search = check.sets.iter().filter(|set| !proved.contains(set));
+                        Some(Named {
+                            pattern: *id,
+                            search: search.copied().collect(),
+                        })
+                    })
+                    .collect()
             })
             .collect();
         Some(Screen {
@@ -577,6 +630,47 @@ mod tests {
         assert_eq!(kinds.len(), 1 + usize::from(simd()), "both finder kinds");
     }
 
+    /// A screen literal that holds a string of a set proves it: the set is not searched
+    /// again on a line the literal was found in; a set it does not prove is. Patterns
+    /// sharing a set share one search for it.
+    #[test]
+    fn a_screen_literal_spares_the_search_of_the_sets_it_proves() {
+        let texts = ["sshd.* from (x|y)", "sshd.*Failed", "Accepted.* from "];
+        let mut gate = Gate::new(&texts);
+        let screen = gate.screen.as_ref().expect("a screen");
+        let required = |text: &str| literals::required(text).unwrap().len();
+        let mut spared = 0;
+        for named in screen.patterns.iter().flatten() {
+            let all = required(texts[named.pattern]);
+            assert!(named.search.len() <= all);
+            spared += all - named.search.len();
+        }
+        assert!(spared > 0, "some set is proved by its screen literal");
+        // ` from ` (a set of the first and third) is one search.
+        assert!(gate.sets.len() < texts.iter().map(|t| required(t)).sum::<usize>());
+        for (at, (line, expected)) in [
+            (&b"sshd[1]: x from y"[..], &[0][..]),
+            (b"sshd[1]: Failed from x", &[0, 1]),
+            (b"sshd[1]: Failed fromx", &[1]),
+            (b"Accepted key from x", &[2]),
+            (b"Accepted key fromx sshd", &[]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut screened = Screened::default();
+            gate.screen(line, &[0..line.len()], &mut screened);
+            let found = match screened.line(0) {
+                Screening::Literals(found) => Some(found.to_vec()),
+                _ => None,
+            };
+            let mut admitted = Vec::new();
+            gate.admit(line, at as u64, found.as_deref(), |id| admitted.push(id));
+            admitted.sort();
+            assert_eq!(admitted, expected, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
     /// A line cut short of its newline (a gap of other bytes before the next line) is
     /// marked only by a literal inside it, and a literal in the gap marks nothing.
     #[test]
@@ -611,7 +705,7 @@ mod tests {
         assert!(gate.always.is_empty() && gate.skips);
         let screen = gate.screen.expect("a screen");
         assert!(!simd() || matches!(screen.finder, LiteralFinder::Packed(_)));
-        for set in gate.checks.iter().flatten().flat_map(|c| &c.sets) {
+        for set in &gate.sets {
             if let SetCheck::Any(finder) = set {
                 assert!(!simd() || matches!(finder, LiteralFinder::Packed(_)));
             }
