@@ -659,7 +659,8 @@ mod tests {
         .enumerate()
         {
             let mut screened = Screened::default();
-            gate.screen(line, &[0..line.len()], &mut screened);
+            let whole = std::iter::once(0..line.len()).collect::<Vec<_>>();
+            gate.screen(line, &whole, &mut screened);
             let found = match screened.line(0) {
                 Screening::Literals(found) => Some(found.to_vec()),
                 _ => None,
