@@ -303,8 +303,9 @@ impl Detector {
             ..
         } = self;
         let time_ms = time.timestamp_millis();
-        // Made at the line's first counted match and shared by the others.
-        let mut line_evidence: Option<Evidence> = None;
+        // Made at the line's first counted match and shared by the others (and by the
+        // windows that keep it: one reference count each).
+        let mut line_evidence: Option<Arc<Evidence>> = None;
         let mut line_crossed = false;
         for matched in found.matches {
             let rule = &matched.rule;
@@ -313,9 +314,11 @@ impl Detector {
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
             let evidence = line_evidence
-                .get_or_insert_with(|| match found.evidence {
-                    Some(text) => Evidence::with_text(line, time, text.clone()),
-                    None => Evidence::from_line(line, time),
+                .get_or_insert_with(|| {
+                    Arc::new(match found.evidence {
+                        Some(text) => Evidence::with_text(line, time, text.clone()),
+                        None => Evidence::from_line(line, time),
+                    })
                 })
                 .clone();
             let mut touched =
@@ -367,7 +370,7 @@ impl Detector {
                 captures,
                 step,
                 time,
-                evidence: Some(evidence),
+                evidence: Some(Evidence::clone(&evidence)),
                 crossed,
                 resumed,
             });
@@ -438,20 +441,27 @@ impl Detector {
     /// keys that expire, not the keys that live.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
-        for rule in &self.rules.rules {
-            let Some(table) = self.tables.get_mut(rule.id()) else {
+        let Detector {
+            rules,
+            tables,
+            dirty,
+            ..
+        } = self;
+        for rule in &rules.rules {
+            let Some(table) = tables.get_mut(rule.id()) else {
                 continue;
             };
-            let gone = table.expire(now_ms, |state| {
-                if state.expire(&rule.kind, now_ms) {
-                    Expired::Gone
-                } else {
-                    Expired::Kept(state.expiry_ms(&rule.kind))
-                }
-            });
-            for key in gone {
-                mark(&mut self.dirty, rule.id(), &key);
-            }
+            table.expire_each(
+                now_ms,
+                |state| {
+                    if state.expire(&rule.kind, now_ms) {
+                        Expired::Gone
+                    } else {
+                        Expired::Kept(state.expiry_ms(&rule.kind))
+                    }
+                },
+                |key| mark(dirty, rule.id(), &key),
+            );
         }
     }
 

@@ -4,6 +4,7 @@ use super::{Event, Observed};
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 /// The latest time and line of each value seen in the window; emptied when it fires.
 ///
 /// A small vector, not a map: a rule counts a handful of values, and most keys of a flood
@@ -15,11 +16,11 @@ pub struct Distinct {
 }
 
 /// A value, with the time and line it was last seen at.
-type Seen = (String, (i64, Evidence));
+type Seen = (String, (i64, Arc<Evidence>));
 
 /// `values` stored as `{value: [time, evidence]}`.
 mod as_map {
-    use super::{Evidence, Seen};
+    use super::{Arc, Evidence, Seen};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::collections::BTreeMap;
 
@@ -28,7 +29,7 @@ mod as_map {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seen>, D::Error> {
-        Ok(BTreeMap::<String, (i64, Evidence)>::deserialize(d)?
+        Ok(BTreeMap::<String, (i64, Arc<Evidence>)>::deserialize(d)?
             .into_iter()
             .collect())
     }
@@ -50,7 +51,7 @@ impl Distinct {
         for _ in 0..n {
             let value = r.str()?.to_string();
             let t = r.i64()?;
-            values.push((value, (t, r.evidence()?)));
+            values.push((value, (t, Arc::new(r.evidence()?))));
         }
         Ok(Distinct { values })
     }
@@ -90,14 +91,14 @@ impl Distinct {
             return Observed::Counted;
         }
         let distinct = self.values.len() as u64;
-        let mut seen: Vec<(i64, Evidence)> = std::mem::take(&mut self.values)
+        let mut seen: Vec<(i64, Arc<Evidence>)> = std::mem::take(&mut self.values)
             .into_iter()
             .map(|(_, seen)| seen)
             .collect();
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
-            super::push_bounded(&mut evidence, e);
+            super::push_bounded(&mut evidence, Arc::unwrap_or_clone(e));
         }
         Observed::Crossed(Crossing {
             count: distinct,

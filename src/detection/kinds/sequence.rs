@@ -9,41 +9,44 @@
 //! both a step and the step before it.
 
 use super::{EVIDENCE_KEPT, Event, Observed, push_bounded};
+use crate::detection::window::SmallDeque;
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Steps completed in order, from `start_ms`, with the lines that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Prefix {
     start_ms: i64,
-    evidence: Vec<Evidence>,
+    evidence: Vec<Arc<Evidence>>,
 }
 
-/// One step: its latest matches with their prefixes, and its best completion.
+/// One step: its latest matches with their prefixes (the first held inline: most keys of a
+/// flood match one step once), and its best completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Step {
-    recent: VecDeque<(i64, Evidence, Option<Prefix>)>,
+    recent: SmallDeque<(i64, Arc<Evidence>, Option<Prefix>)>,
     done: Option<Prefix>,
 }
 
-/// The state of every step of one key.
+/// The state of every step of one key (in one allocation: a key's steps never change in
+/// number).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sequence {
-    steps: Vec<Step>,
+    steps: Box<[Step]>,
 }
 
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.evidence_list(self.evidence.iter());
+        w.evidence_list(self.evidence.iter().map(|e| &**e));
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         Ok(Prefix {
             start_ms: r.i64()?,
-            evidence: r.evidence_list()?,
+            evidence: r.evidence_list()?.into_iter().map(Arc::new).collect(),
         })
     }
 
@@ -66,7 +69,7 @@ impl Prefix {
 impl Sequence {
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
         w.u64(self.steps.len() as u64);
-        for step in &self.steps {
+        for step in self.steps.iter() {
             w.u64(step.recent.len() as u64);
             for (t, e, prefix) in &step.recent {
                 w.i64(*t);
@@ -82,19 +85,22 @@ impl Sequence {
         let mut steps = Vec::with_capacity(n);
         for _ in 0..n {
             let m = r.count()?;
-            let mut recent = VecDeque::with_capacity(m);
+            let mut recent = Vec::with_capacity(m);
             for _ in 0..m {
-                recent.push_back((r.i64()?, r.evidence()?, Prefix::decode_opt(r)?));
+                recent.push((r.i64()?, Arc::new(r.evidence()?), Prefix::decode_opt(r)?));
             }
+            let recent = recent.into();
             let done = Prefix::decode_opt(r)?;
             steps.push(Step { recent, done });
         }
-        Ok(Sequence { steps })
+        Ok(Sequence {
+            steps: steps.into_boxed_slice(),
+        })
     }
 
     pub(super) fn new(steps: usize) -> Self {
         Sequence {
-            steps: vec![Step::default(); steps],
+            steps: vec![Step::default(); steps].into_boxed_slice(),
         }
     }
 
@@ -123,9 +129,6 @@ impl Sequence {
         };
         let last = j + 1 == self.steps.len();
         let step = &mut self.steps[j];
-        if step.recent.capacity() == 0 {
-            step.recent.reserve_exact(1);
-        }
         step.recent.push_back((now, event.evidence.clone(), tag));
         while step.recent.len() as u64 > counts[j] {
             step.recent.pop_front();
@@ -148,19 +151,23 @@ impl Sequence {
         }
         // The last step completed: the sequence is there. Start again empty.
         let total = counts.iter().sum();
-        for s in &mut self.steps {
+        for s in self.steps.iter_mut() {
             *s = Step::default();
         }
         debug_assert!(prefix.evidence.len() <= EVIDENCE_KEPT);
         Observed::Crossed(Crossing {
             count: total,
-            evidence: prefix.evidence,
+            evidence: prefix
+                .evidence
+                .into_iter()
+                .map(Arc::unwrap_or_clone)
+                .collect(),
         })
     }
 
     pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
         let oldest = now_ms - within_ms;
-        for step in &mut self.steps {
+        for step in self.steps.iter_mut() {
             while step.recent.front().is_some_and(|(t, _, _)| *t < oldest) {
                 step.recent.pop_front();
             }
