@@ -22,7 +22,7 @@ use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
-use keys::{Expired, KeyTable};
+use keys::{Expired, KeyTable, KeyText};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
 pub use matching::{Found, FoundLine, Matched, Matchers};
@@ -233,7 +233,7 @@ impl Detector {
         for id in dropped {
             if let Some(table) = self.tables.remove(&id) {
                 for key in table.keys() {
-                    mark(&mut self.dirty, &id, key);
+                    mark(&mut self.dirty, &id, &key);
                 }
             }
         }
@@ -262,7 +262,7 @@ impl Detector {
         line: &LogLine,
         time: DateTime<Utc>,
         hits: &mut Vec<Hit>,
-        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+        wanted: &dyn Fn(&Rule, &str) -> bool,
     ) {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
@@ -294,7 +294,7 @@ impl Detector {
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
-        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+        wanted: &dyn Fn(&Rule, &str) -> bool,
     ) {
         let Detector {
             tables,
@@ -323,7 +323,6 @@ impl Detector {
                 .clone();
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
-            let key = touched.key.clone();
             let evicted = std::mem::take(&mut touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -340,12 +339,12 @@ impl Detector {
             touched.expires_at(expires);
             if !evicted.is_empty() {
                 *evictions.entry(rule.id().to_string()).or_default() += evicted.len() as u64;
-                for old in &evicted {
-                    mark(dirty, rule.id(), old);
+                for old in evicted {
+                    mark_held(dirty, rule.id(), old);
                 }
             }
-            if newly_dirty {
-                mark(dirty, rule.id(), &key);
+            if newly_dirty && dirty.is_some() {
+                mark(dirty, rule.id(), &touched.key());
             }
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
@@ -354,10 +353,11 @@ impl Detector {
                 Observed::Crossed(c) => (Some(c), None),
                 Observed::Resumed => (None, Some(time)),
             };
-            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, &key) {
+            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, key_text) {
                 continue;
             }
             line_crossed |= crossed.is_some();
+            let key = touched.key();
             // Captures that are the key's values (only `group_by` names captured) share it.
             let captures = if capture_text == key_text {
                 key.clone()
@@ -396,7 +396,8 @@ impl Detector {
             let first = hits.len();
             for (key, state) in table.iter_mut() {
                 if let Some(crossed) = state.advance(&rule.kind, now_ms) {
-                    mark(&mut self.dirty, rule.id(), key);
+                    let key = key.share();
+                    mark(&mut self.dirty, rule.id(), &key);
                     hits.push(Hit {
                         rule: rule.clone(),
                         key: key.clone(),
@@ -460,7 +461,7 @@ impl Detector {
                         Expired::Kept(state.expiry_ms(&rule.kind))
                     }
                 },
-                |key| mark(dirty, rule.id(), &key),
+                |key| mark_held(dirty, rule.id(), key),
             );
         }
     }
@@ -473,6 +474,14 @@ impl Detector {
     /// Number of live keys across all rules.
     pub fn live_keys(&self) -> usize {
         self.tables.values().map(KeyTable::len).sum()
+    }
+}
+
+/// Marks a key a table let go of (evicted, expired) as changed; an evaluation that tracks
+/// no changes does not copy out a key held inline.
+fn mark_held(dirty: &mut Option<Changed>, rule_id: &str, key: KeyText) {
+    if dirty.is_some() {
+        mark(dirty, rule_id, &key.into_fields());
     }
 }
 
