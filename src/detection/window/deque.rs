@@ -79,6 +79,29 @@ impl<T> SmallDeque<T> {
         }
     }
 
+    /// The elements, front first, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        let (a, b): (&mut [T], &mut [T]) = match self {
+            SmallDeque::Empty => (&mut [], &mut []),
+            SmallDeque::One(x) => (slice::from_mut(x), &mut []),
+            SmallDeque::Spilled(q) => q.as_mut_slices(),
+        };
+        a.iter_mut().chain(b.iter_mut())
+    }
+
+    /// Keeps the elements for which `keep` is true, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        match self {
+            SmallDeque::Empty => {}
+            SmallDeque::One(x) => {
+                if !keep(x) {
+                    *self = SmallDeque::Empty;
+                }
+            }
+            SmallDeque::Spilled(q) => q.retain(keep),
+        }
+    }
+
     /// Inserts `item` at `index` (`index <= len`), moving later elements back.
     pub fn insert(&mut self, index: usize, item: T) {
         assert!(index <= self.len(), "insert past the end of a SmallDeque");
@@ -245,7 +268,18 @@ mod tests {
                     small.insert(at, v);
                     big.insert(at, v);
                 }
-                6..=8 => assert_eq!(small.pop_front(), big.pop_front()),
+                6..=7 => assert_eq!(small.pop_front(), big.pop_front()),
+                8 => {
+                    let cut = i.saturating_sub((seed >> 8) as u32 % 16);
+                    small.retain(|x| *x >= cut);
+                    big.retain(|x| *x >= cut);
+                    for x in small.iter_mut() {
+                        *x += 1;
+                    }
+                    for x in big.iter_mut() {
+                        *x += 1;
+                    }
+                }
                 _ => {
                     if seed.is_multiple_of(7) {
                         assert_eq!(small.drain(), big.drain(..).collect::<Vec<_>>());
