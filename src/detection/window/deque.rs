@@ -159,16 +159,19 @@ impl<T> SmallDeque<T> {
     }
 }
 
+/// The elements, front first (an inline one without allocating).
 impl<T> IntoIterator for SmallDeque<T> {
     type Item = T;
-    type IntoIter = std::collections::vec_deque::IntoIter<T>;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<T>, std::collections::vec_deque::IntoIter<T>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        match self {
-            SmallDeque::Empty => VecDeque::new().into_iter(),
-            SmallDeque::One(x) => VecDeque::from([x]).into_iter(),
-            SmallDeque::Spilled(q) => q.into_iter(),
-        }
+        let (one, rest) = match self {
+            SmallDeque::Empty => (None, VecDeque::new()),
+            SmallDeque::One(x) => (Some(x), VecDeque::new()),
+            SmallDeque::Spilled(q) => (None, q),
+        };
+        one.into_iter().chain(rest)
     }
 }
 
