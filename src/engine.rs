@@ -7,7 +7,7 @@
 //! due, however far the clock jumps. What differs between callers is named, not coded
 //! twice: [`Stamp`] says which clock dates incident changes.
 
-use crate::detection::{Detector, Fields, FoundLine, Hit, Matchers, RuleChange};
+use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
 use crate::response::recidive;
 use crate::rules::{Rule, RuleKind, RuleSet};
@@ -231,7 +231,7 @@ impl Engine {
 /// every match); otherwise those that change something here — they fold into the key's
 /// open incident, or they are an absence rule's (which moves the time the clock next has
 /// to look at).
-fn wanted_hits(all: bool, book: &IncidentBook) -> impl Fn(&Rule, &Fields) -> bool + '_ {
+fn wanted_hits(all: bool, book: &IncidentBook) -> impl Fn(&Rule, &str) -> bool + '_ {
     move |rule, key| {
         all || matches!(rule.kind, RuleKind::Absence { .. }) || book.is_open(rule.id(), key)
     }

@@ -31,12 +31,107 @@
 //! Queue entries name places, not keys: no key is copied into the queue, and a popped
 //! one is found by its number, without hashing. Left-behind places are dropped when they
 //! come up, and all at once when they outnumber the keys.
+//!
+//! Under a flood most keys are seen once and dropped a window later. An entry holds a
+//! short key's text inline ([`KeyText`]), so such a key costs no allocation of its own;
+//! the key becomes shared [`Fields`] only when someone keeps it (a hit, the store's set of
+//! changed keys).
 
 use super::fields::Fields;
 use hashbrown::HashTable;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
+
+/// Longest encoded key an entry holds inline: an IPv4 address under any short name
+/// (`2:ip15:255.255.255.255` is 22 bytes), and the entry's key stays 32 bytes.
+const KEY_INLINE: usize = 30;
+
+/// A key's encoded text as a table holds it and hands it out: inline when it is short and
+/// nobody else holds it, else shared.
+#[derive(Clone)]
+pub enum KeyText {
+    /// Short text, in place (no allocation).
+    Inline {
+        /// Bytes used of `bytes`.
+        len: u8,
+        /// The text, valid UTF-8 up to `len`.
+        bytes: [u8; KEY_INLINE],
+    },
+    /// Text shared with hits, incidents or the store's changed keys.
+    Shared(Fields),
+}
+
+impl KeyText {
+    /// The key `key` (encoded [`Fields`]), inline if it fits.
+    fn new(key: &str) -> Self {
+        if key.len() <= KEY_INLINE {
+            let mut bytes = [0; KEY_INLINE];
+            bytes[..key.len()].copy_from_slice(key.as_bytes());
+            KeyText::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyText::Shared(Fields::from_encoded(key))
+        }
+    }
+
+    /// The encoded text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("made from a str")
+            }
+            KeyText::Shared(f) => std::borrow::Borrow::borrow(f),
+        }
+    }
+
+    /// The encoded text's bytes, without checking them again (for comparisons).
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyText::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyText::Shared(f) => {
+                let text: &str = std::borrow::Borrow::borrow(f);
+                text.as_bytes()
+            }
+        }
+    }
+
+    /// The key as [`Fields`], held shared from now on: a key handed out once is likely
+    /// handed out again (every later match of a key with an open incident is a hit).
+    pub fn share(&mut self) -> Fields {
+        if let KeyText::Inline { .. } = self {
+            *self = KeyText::Shared(Fields::from_encoded(self.as_str()));
+        }
+        match self {
+            KeyText::Shared(f) => f.clone(),
+            KeyText::Inline { .. } => unreachable!("shared above"),
+        }
+    }
+
+    /// The key as [`Fields`] (copied out if held inline).
+    pub fn into_fields(self) -> Fields {
+        match self {
+            KeyText::Shared(f) => f,
+            inline @ KeyText::Inline { .. } => Fields::from_encoded(inline.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        super::fields::FieldsView::new(self.as_str()).fmt(f)
+    }
+}
+
+/// A key handed out by the table equals the [`Fields`] of the same text.
+impl PartialEq<Fields> for KeyText {
+    fn eq(&self, other: &Fields) -> bool {
+        let text: &str = std::borrow::Borrow::borrow(other);
+        self.as_bytes() == text.as_bytes()
+    }
+}
 
 /// Keys evicted together when a full table needs room: this fraction of `max_keys` (at
 /// least one), so a flood pays one pass over the table per that many new keys.
@@ -133,7 +228,7 @@ const QUEUE_SLACK: usize = 1024;
 /// without hashing keys again.
 #[derive(Debug)]
 struct Entry<S> {
-    key: Fields,
+    key: KeyText,
     hash: u64,
     state: S,
     dirty: bool,
@@ -169,20 +264,24 @@ pub enum Expired {
 
 /// What [`KeyTable::touch`] found or made.
 pub struct Touched<'a, S> {
-    /// The key, shared with the table.
-    pub key: &'a Fields,
     /// The key's state, now the most recently used.
     pub state: &'a mut S,
     /// True the first time the key is touched since it was last stored (marked clean).
     pub newly_dirty: bool,
     /// Keys evicted to make room (usually none).
-    pub evicted: Vec<Fields>,
+    pub evicted: Vec<KeyText>,
+    key: &'a mut KeyText,
     place: u32,
     queued: &'a mut i64,
     expiries: &'a mut Expiries,
 }
 
 impl<S> Touched<'_, S> {
+    /// The key, shared with the table (which holds it shared from now on).
+    pub fn key(&mut self) -> Fields {
+        self.key.share()
+    }
+
     /// Says when the state, as changed by the caller, next has something to forget
     /// (`None`: never). Call it after every change to the state: a key queued later than
     /// this would keep state that a tick should have forgotten.
@@ -230,10 +329,7 @@ impl<S: Progress> KeyTable<S> {
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let places = &self.places;
         self.index
-            .find(hash, |&p| {
-                let k: &str = std::borrow::Borrow::borrow(&live(places, p).key);
-                k == key
-            })
+            .find(hash, |&p| live(places, p).key.as_bytes() == key.as_bytes())
             .copied()
     }
 
@@ -287,7 +383,7 @@ impl<S: Progress> KeyTable<S> {
                 self.compact_queue();
                 evicted = self.make_room();
                 self.add(Entry {
-                    key: Fields::from_encoded(key),
+                    key: KeyText::new(key),
                     hash,
                     state: make(),
                     dirty: false,
@@ -303,7 +399,7 @@ impl<S: Progress> KeyTable<S> {
         let newly_dirty = !entry.dirty;
         entry.dirty = true;
         Touched {
-            key: &entry.key,
+            key: &mut entry.key,
             state: &mut entry.state,
             newly_dirty,
             evicted,
@@ -348,7 +444,7 @@ impl<S: Progress> KeyTable<S> {
 
     /// At the bound, removes a fraction of the table — the keys with the least progress,
     /// least recently touched among equals — and returns them.
-    fn make_room(&mut self) -> Vec<Fields> {
+    fn make_room(&mut self) -> Vec<KeyText> {
         if self.len() < self.max_keys {
             return Vec::new();
         }
@@ -388,7 +484,7 @@ impl<S: Progress> KeyTable<S> {
         let evicted = self.make_room();
         let hash = self.hash(std::borrow::Borrow::borrow(&key));
         let place = self.add(Entry {
-            key,
+            key: KeyText::Shared(key),
             hash,
             state,
             dirty: false,
@@ -397,18 +493,19 @@ impl<S: Progress> KeyTable<S> {
         });
         let entry = self.places[place as usize].as_mut().expect("just added");
         queue_by(&mut self.expiries, &mut entry.queued, place, expires);
-        evicted
+        evicted.into_iter().map(KeyText::into_fields).collect()
     }
 
     /// Expires the keys queued at or before event time `now_ms`, and only those: `expire`
-    /// forgets what the state no longer needs and says what is left. Returns the keys
-    /// dropped. The cost is the number of keys due, however many are live.
-    pub fn expire(
+    /// forgets what the state no longer needs and says what is left; `gone` is handed each
+    /// key dropped. The cost is the number of keys due, however many are live, and a tick
+    /// allocates nothing (unless a state wrongly asks to be looked at again at once).
+    pub fn expire_each(
         &mut self,
         now_ms: i64,
         mut expire: impl FnMut(&mut S) -> Expired,
-    ) -> Vec<Fields> {
-        let mut removed = Vec::new();
+        mut gone: impl FnMut(KeyText),
+    ) {
         let mut again = Vec::new();
         while let Some(next) = self.expiries.peek()
             && next.at <= now_ms
@@ -425,7 +522,7 @@ impl<S: Progress> KeyTable<S> {
             }
             entry.queued = NOT_QUEUED;
             match expire(&mut entry.state) {
-                Expired::Gone => removed.push(self.remove_at(place).key),
+                Expired::Gone => gone(self.remove_at(place).key),
                 // A time that is (wrongly) not later than now is queued after this loop,
                 // so it is looked at on the next tick rather than again in this one.
                 Expired::Kept(Some(next)) if next <= now_ms => again.push((place, next)),
@@ -437,6 +534,13 @@ impl<S: Progress> KeyTable<S> {
                 queue_by(&mut self.expiries, &mut entry.queued, place, Some(next));
             }
         }
+    }
+
+    /// [`KeyTable::expire_each`], returning the keys dropped.
+    #[cfg(test)]
+    pub fn expire(&mut self, now_ms: i64, expire: impl FnMut(&mut S) -> Expired) -> Vec<Fields> {
+        let mut removed = Vec::new();
+        self.expire_each(now_ms, expire, |key| removed.push(key.into_fields()));
         removed
     }
 
@@ -464,10 +568,12 @@ impl<S: Progress> KeyTable<S> {
 
     /// Every key and state, in no particular order. A change that makes a state expire
     /// earlier is not seen by the expiry queue: only for states that never expire (absence).
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Fields, &mut S)> {
+    /// A key is handed out with [`KeyText::share`]'s effect when it is asked for as
+    /// [`Fields`].
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&mut KeyText, &mut S)> {
         self.places
             .iter_mut()
-            .filter_map(|e| e.as_mut().map(|e| (&e.key, &mut e.state)))
+            .filter_map(|e| e.as_mut().map(|e| (&mut e.key, &mut e.state)))
     }
 
     /// Every state, in no particular order.
@@ -475,9 +581,10 @@ impl<S: Progress> KeyTable<S> {
         self.entries().map(|(_, e)| &e.state)
     }
 
-    /// Every key held, in no particular order (counting itself goes by lookup).
-    pub fn keys(&self) -> impl Iterator<Item = &Fields> {
-        self.entries().map(|(_, e)| &e.key)
+    /// Every key held, in no particular order (counting itself goes by lookup); keys held
+    /// inline are copied out.
+    pub fn keys(&self) -> impl Iterator<Item = Fields> {
+        self.entries().map(|(_, e)| e.key.clone().into_fields())
     }
 
     /// Keeps the keys for which `keep` is true, visiting every key; returns the removed
@@ -486,14 +593,14 @@ impl<S: Progress> KeyTable<S> {
         let mut gone = Vec::new();
         for (place, slot) in self.places.iter_mut().enumerate() {
             if let Some(entry) = slot
-                && !keep(&entry.key, &mut entry.state)
+                && !keep(&entry.key.share(), &mut entry.state)
             {
                 gone.push(place as u32);
             }
         }
         let removed = gone
             .into_iter()
-            .map(|place| self.remove_at(place).key)
+            .map(|place| self.remove_at(place).key.into_fields())
             .collect();
         self.compact_queue();
         removed

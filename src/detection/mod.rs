@@ -22,7 +22,7 @@ use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
-use keys::{Expired, KeyTable};
+use keys::{Expired, KeyTable, KeyText};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
 pub use matching::{Found, FoundLine, Matched, Matchers};
@@ -233,7 +233,7 @@ impl Detector {
         for id in dropped {
             if let Some(table) = self.tables.remove(&id) {
                 for key in table.keys() {
-                    mark(&mut self.dirty, &id, key);
+                    mark(&mut self.dirty, &id, &key);
                 }
             }
         }
@@ -262,7 +262,7 @@ impl Detector {
         line: &LogLine,
         time: DateTime<Utc>,
         hits: &mut Vec<Hit>,
-        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+        wanted: &dyn Fn(&Rule, &str) -> bool,
     ) {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
@@ -294,7 +294,7 @@ impl Detector {
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
-        wanted: &dyn Fn(&Rule, &Fields) -> bool,
+        wanted: &dyn Fn(&Rule, &str) -> bool,
     ) {
         let Detector {
             tables,
@@ -303,8 +303,9 @@ impl Detector {
             ..
         } = self;
         let time_ms = time.timestamp_millis();
-        // Made at the line's first counted match and shared by the others.
-        let mut line_evidence: Option<Evidence> = None;
+        // Made at the line's first counted match and shared by the others (and by the
+        // windows that keep it: one reference count each).
+        let mut line_evidence: Option<Arc<Evidence>> = None;
         let mut line_crossed = false;
         for matched in found.matches {
             let rule = &matched.rule;
@@ -313,14 +314,15 @@ impl Detector {
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
             let evidence = line_evidence
-                .get_or_insert_with(|| match found.evidence {
-                    Some(text) => Evidence::with_text(line, time, text.clone()),
-                    None => Evidence::from_line(line, time),
+                .get_or_insert_with(|| {
+                    Arc::new(match found.evidence {
+                        Some(text) => Evidence::with_text(line, time, text.clone()),
+                        None => Evidence::from_line(line, time),
+                    })
                 })
                 .clone();
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
-            let key = touched.key.clone();
             let evicted = std::mem::take(&mut touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -337,12 +339,12 @@ impl Detector {
             touched.expires_at(expires);
             if !evicted.is_empty() {
                 *evictions.entry(rule.id().to_string()).or_default() += evicted.len() as u64;
-                for old in &evicted {
-                    mark(dirty, rule.id(), old);
+                for old in evicted {
+                    mark_held(dirty, rule.id(), old);
                 }
             }
-            if newly_dirty {
-                mark(dirty, rule.id(), &key);
+            if newly_dirty && dirty.is_some() {
+                mark(dirty, rule.id(), &touched.key());
             }
             let (crossed, resumed) = match observed {
                 // Older than the state can count.
@@ -351,10 +353,11 @@ impl Detector {
                 Observed::Crossed(c) => (Some(c), None),
                 Observed::Resumed => (None, Some(time)),
             };
-            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, &key) {
+            if crossed.is_none() && resumed.is_none() && !line_crossed && !wanted(rule, key_text) {
                 continue;
             }
             line_crossed |= crossed.is_some();
+            let key = touched.key();
             // Captures that are the key's values (only `group_by` names captured) share it.
             let captures = if capture_text == key_text {
                 key.clone()
@@ -367,7 +370,7 @@ impl Detector {
                 captures,
                 step,
                 time,
-                evidence: Some(evidence),
+                evidence: Some(Evidence::clone(&evidence)),
                 crossed,
                 resumed,
             });
@@ -393,7 +396,8 @@ impl Detector {
             let first = hits.len();
             for (key, state) in table.iter_mut() {
                 if let Some(crossed) = state.advance(&rule.kind, now_ms) {
-                    mark(&mut self.dirty, rule.id(), key);
+                    let key = key.share();
+                    mark(&mut self.dirty, rule.id(), &key);
                     hits.push(Hit {
                         rule: rule.clone(),
                         key: key.clone(),
@@ -438,20 +442,27 @@ impl Detector {
     /// keys that expire, not the keys that live.
     pub fn expire(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
-        for rule in &self.rules.rules {
-            let Some(table) = self.tables.get_mut(rule.id()) else {
+        let Detector {
+            rules,
+            tables,
+            dirty,
+            ..
+        } = self;
+        for rule in &rules.rules {
+            let Some(table) = tables.get_mut(rule.id()) else {
                 continue;
             };
-            let gone = table.expire(now_ms, |state| {
-                if state.expire(&rule.kind, now_ms) {
-                    Expired::Gone
-                } else {
-                    Expired::Kept(state.expiry_ms(&rule.kind))
-                }
-            });
-            for key in gone {
-                mark(&mut self.dirty, rule.id(), &key);
-            }
+            table.expire_each(
+                now_ms,
+                |state| {
+                    if state.expire(&rule.kind, now_ms) {
+                        Expired::Gone
+                    } else {
+                        Expired::Kept(state.expiry_ms(&rule.kind))
+                    }
+                },
+                |key| mark_held(dirty, rule.id(), key),
+            );
         }
     }
 
@@ -463,6 +474,14 @@ impl Detector {
     /// Number of live keys across all rules.
     pub fn live_keys(&self) -> usize {
         self.tables.values().map(KeyTable::len).sum()
+    }
+}
+
+/// Marks a key a table let go of (evicted, expired) as changed; an evaluation that tracks
+/// no changes does not copy out a key held inline.
+fn mark_held(dirty: &mut Option<Changed>, rule_id: &str, key: KeyText) {
+    if dirty.is_some() {
+        mark(dirty, rule_id, &key.into_fields());
     }
 }
 

@@ -370,7 +370,10 @@ fn snapshot(d: &Detector) -> BTreeMap<(String, Fields), KeyState> {
         .flat_map(|(rule, table)| {
             table
                 .keys()
-                .map(|k| ((rule.clone(), k.clone()), table.get(k).unwrap().clone()))
+                .map(|k| {
+                    let state = table.get(&k).unwrap().clone();
+                    ((rule.clone(), k), state)
+                })
                 .collect::<Vec<_>>()
         })
         .collect()

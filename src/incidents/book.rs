@@ -171,8 +171,9 @@ impl IncidentBook {
         Some(kind)
     }
 
-    /// Whether `rule` has an incident open for `key` (a match for it folds in).
-    pub fn is_open(&self, rule: &str, key: &Fields) -> bool {
+    /// Whether `rule` has an incident open for `key` (encoded [`Fields`], looked up without
+    /// copying it; a match for it folds in).
+    pub fn is_open(&self, rule: &str, key: &str) -> bool {
         self.open.get(rule).is_some_and(|o| o.contains_key(key))
     }
 

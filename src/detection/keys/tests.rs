@@ -28,9 +28,19 @@ impl Progress for Plain {
     }
 }
 
+/// Key `n`: an address, held inline by the table; every third key also has a value too
+/// long to be, so each test runs over keys held both ways.
 fn key(n: u32) -> Fields {
     let mut text = String::new();
     crate::detection::fields::push(&mut text, "ip", &format!("10.0.0.{n}"));
+    if n.is_multiple_of(3) {
+        crate::detection::fields::push(&mut text, "zone", "a-zone-name-past-the-inline-room");
+    }
+    assert_eq!(
+        text.len() > super::KEY_INLINE,
+        n.is_multiple_of(3),
+        "key {n} held as intended"
+    );
     Fields::from_encoded(&text)
 }
 
@@ -53,7 +63,8 @@ fn at_equal_progress_the_least_recently_used_key_is_evicted_at_the_bound() {
     assert_eq!(t.get(&key(2)), None);
     let touched = touch(&mut t, 5, || Plain(5));
     assert_eq!(touched.evicted, vec![key(3)]);
-    assert_eq!(touched.key, &key(5), "the table hands out its own key");
+    let mut touched = touched;
+    assert_eq!(touched.key(), key(5), "the table hands out its own key");
 }
 
 #[test]
@@ -307,8 +318,9 @@ impl Model {
 /// expired a tick early or late, or evicted out of rank order, fails it.
 #[test]
 fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
-    let number = |k: &Fields| -> u32 {
-        k.get("ip")
+    let number = |k: &str| -> u32 {
+        crate::detection::FieldsView::new(k)
+            .get("ip")
             .and_then(|ip| ip.strip_prefix("10.0.0."))
             .and_then(|n| n.parse().ok())
             .expect("a test key")
@@ -331,7 +343,7 @@ fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
                         }
                     })
                     .iter()
-                    .map(number)
+                    .map(|k| number(std::borrow::Borrow::borrow(k)))
                     .collect();
                 gone.sort();
                 dropped += gone.len();
@@ -350,7 +362,8 @@ fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
                 touched.state.add(at);
                 let expiry = touched.state.expiry();
                 touched.expires_at(Some(expiry));
-                let evicted: Vec<u32> = touched.evicted.iter().map(number).collect();
+                let evicted: Vec<u32> =
+                    touched.evicted.iter().map(|k| number(k.as_str())).collect();
                 assert_eq!(
                     evicted,
                     model.touch(n, at, max_keys),
@@ -361,7 +374,12 @@ fn the_table_evicts_and_expires_exactly_as_a_full_scan_would() {
         }
         let mut held: Vec<(u32, Times)> = table
             .keys()
-            .map(|k| (number(k), table.get(k).expect("held").clone()))
+            .map(|k| {
+                (
+                    number(std::borrow::Borrow::borrow(&k)),
+                    table.get(&k).expect("held").clone(),
+                )
+            })
             .collect();
         held.sort_by_key(|(n, _)| *n);
         let expected: Vec<(u32, Times)> = model
@@ -403,4 +421,40 @@ fn the_queue_gives_places_out_in_time_order_from_its_run_and_its_heap() {
         used_both |= !queue.run.is_empty() && !queue.rest.is_empty();
     }
     assert!(used_both, "both parts held places at once");
+}
+
+/// A key held inline is handed out as shared `Fields` on demand; whether it is held inline,
+/// shared after being handed out, or too long to be inline, it is the same key: found
+/// again, not added twice, and equal to its text.
+#[test]
+fn a_key_is_the_same_key_inline_shared_or_long() {
+    let mut t = KeyTable::new(10);
+    for n in [1, 2, 3] {
+        // `3` is long (see `key`); `2` also has a multi-byte value inline.
+        let k = if n == 2 {
+            let mut text = String::new();
+            crate::detection::fields::push(&mut text, "user", "jürgen");
+            Fields::from_encoded(&text)
+        } else {
+            key(n)
+        };
+        let text: &str = std::borrow::Borrow::borrow(&k);
+        let mut first = t.touch(text, || Plain(1));
+        assert!(first.newly_dirty);
+        assert_eq!(first.key(), k, "handed out equal to its text");
+        let mut again = t.touch(text, || Plain(100));
+        again.state.0 += 1;
+        assert!(!again.newly_dirty, "found again after being handed out");
+        assert_eq!(again.key(), k);
+        assert_eq!(t.get(&k), Some(&Plain(2)));
+    }
+    assert_eq!(t.len(), 3);
+    let mut held: Vec<Fields> = t.keys().collect();
+    held.sort();
+    let mut want = vec![key(1), key(3)];
+    let mut text = String::new();
+    crate::detection::fields::push(&mut text, "user", "jürgen");
+    want.push(Fields::from_encoded(&text));
+    want.sort();
+    assert_eq!(held, want);
 }

@@ -1,36 +1,40 @@
 //! `distinct`: `count` different values of a capture for one key within `within`.
 
 use super::{Event, Observed};
+use crate::detection::window::SmallDeque;
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 /// The latest time and line of each value seen in the window; emptied when it fires.
 ///
 /// A small vector, not a map: a rule counts a handful of values, and most keys of a flood
-/// hold one, for which a tree node would cost a kilobyte. Stored as a map by value.
+/// hold one, for which a tree node would cost a kilobyte — held inline ([`SmallDeque`]),
+/// no allocation beyond the value's text. Stored as a map by value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distinct {
     #[serde(with = "as_map")]
-    values: Vec<Seen>,
+    values: SmallDeque<Seen>,
 }
 
 /// A value, with the time and line it was last seen at.
-type Seen = (String, (i64, Evidence));
+type Seen = (String, (i64, Arc<Evidence>));
 
 /// `values` stored as `{value: [time, evidence]}`.
 mod as_map {
-    use super::{Evidence, Seen};
+    use super::{Arc, Evidence, Seen, SmallDeque};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::collections::BTreeMap;
 
-    pub fn serialize<S: Serializer>(values: &[Seen], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(values: &SmallDeque<Seen>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(values.iter().map(|(k, v)| (k, v)))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seen>, D::Error> {
-        Ok(BTreeMap::<String, (i64, Evidence)>::deserialize(d)?
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SmallDeque<Seen>, D::Error> {
+        Ok(BTreeMap::<String, (i64, Arc<Evidence>)>::deserialize(d)?
             .into_iter()
-            .collect())
+            .collect::<Vec<_>>()
+            .into())
     }
 }
 
@@ -50,9 +54,11 @@ impl Distinct {
         for _ in 0..n {
             let value = r.str()?.to_string();
             let t = r.i64()?;
-            values.push((value, (t, r.evidence()?)));
+            values.push((value, (t, Arc::new(r.evidence()?))));
         }
-        Ok(Distinct { values })
+        Ok(Distinct {
+            values: values.into(),
+        })
     }
 
     pub(super) fn held(&self) -> usize {
@@ -74,30 +80,32 @@ impl Distinct {
         if event.time_ms < newest - within_ms {
             return Observed::Late;
         }
-        match self.values.iter_mut().find(|(v, _)| v == value) {
-            Some((_, seen)) if seen.0 >= event.time_ms => {}
-            Some((_, seen)) => *seen = (event.time_ms, event.evidence.clone()),
-            None => {
-                if self.values.capacity() == 0 {
-                    self.values.reserve_exact(1);
-                }
-                self.values
-                    .push((value.to_string(), (event.time_ms, event.evidence.clone())));
+        let known = self.values.iter_mut().find(|(v, _)| v == value);
+        let known = match known {
+            Some((_, seen)) if seen.0 >= event.time_ms => true,
+            Some((_, seen)) => {
+                *seen = (event.time_ms, event.evidence.clone());
+                true
             }
+            None => false,
+        };
+        if !known {
+            self.values
+                .push_back((value.to_string(), (event.time_ms, event.evidence.clone())));
         }
         self.values.retain(|(_, (t, _))| *t >= newest - within_ms);
         if (self.values.len() as u64) < count {
             return Observed::Counted;
         }
         let distinct = self.values.len() as u64;
-        let mut seen: Vec<(i64, Evidence)> = std::mem::take(&mut self.values)
+        let mut seen: Vec<(i64, Arc<Evidence>)> = std::mem::take(&mut self.values)
             .into_iter()
             .map(|(_, seen)| seen)
             .collect();
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
-            super::push_bounded(&mut evidence, e);
+            super::push_bounded(&mut evidence, Arc::unwrap_or_clone(e));
         }
         Observed::Crossed(Crossing {
             count: distinct,

@@ -20,6 +20,7 @@ use super::{Crossing, Evidence, FieldsView};
 use crate::rules::RuleKind;
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Most evidence lines a kind keeps for one crossing (the incident keeps its own bound).
 pub const EVIDENCE_KEPT: usize = 20;
@@ -30,8 +31,9 @@ pub struct Event<'a> {
     pub time_ms: i64,
     /// Which of the rule's patterns matched (the sequence step).
     pub step: usize,
-    /// The matching line, kept as evidence if the match counts towards a crossing.
-    pub evidence: &'a Evidence,
+    /// The matching line, kept as evidence if the match counts towards a crossing: shared
+    /// by every match of the line, so a window keeps it for one reference count.
+    pub evidence: &'a Arc<Evidence>,
     /// Named captures of the match.
     pub captures: FieldsView<'a>,
 }
@@ -284,7 +286,7 @@ fn forgotten_after(t_ms: i64, within_ms: i64) -> i64 {
 
 /// Appends to a bounded evidence list: past the bound, the middle goes (the first lines show
 /// how it started, the latest how it goes on).
-pub fn push_bounded(list: &mut Vec<Evidence>, evidence: Evidence) {
+pub fn push_bounded<E>(list: &mut Vec<E>, evidence: E) {
     if list.len() >= EVIDENCE_KEPT {
         list.remove(EVIDENCE_KEPT / 2);
     }
@@ -315,7 +317,7 @@ pub(crate) mod test_support {
         step: usize,
         captures: &[(&str, &str)],
     ) -> Observed {
-        let ev = evidence(ms, &format!("line at {ms}"));
+        let ev = Arc::new(evidence(ms, &format!("line at {ms}")));
         let caps = crate::detection::Fields::from_map(
             &captures
                 .iter()
@@ -339,5 +341,150 @@ pub(crate) mod test_support {
             Observed::Crossed(c) => Some(c.count),
             _ => None,
         }
+    }
+}
+
+/// The stored window format (v1) is read by the daemon after an upgrade: however a state
+/// holds its matches in memory (inline or spilled, lines shared or not), its bytes are the
+/// layout spelled out here field by field.
+#[cfg(test)]
+mod stored_layout {
+    use super::test_support::*;
+    use super::*;
+    use crate::store::codec::Loc;
+
+    /// Where the test "stores" a line: block 7, index = its time in seconds.
+    fn loc(e: &Evidence) -> Loc {
+        Loc {
+            block: 7,
+            index: (e.time.timestamp_millis() / 1_000) as u32,
+        }
+    }
+
+    fn encoded(state: &KeyState) -> Vec<u8> {
+        let mut sink = |e: &Evidence| loc(e);
+        let mut w = Enc::new(&mut sink);
+        state.encode(&mut w);
+        w.finish()
+    }
+
+    /// The bytes `spell` writes with the codec's primitives.
+    fn spelled(spell: impl FnOnce(&mut Enc<'_>)) -> Vec<u8> {
+        let mut sink = |e: &Evidence| loc(e);
+        let mut w = Enc::new(&mut sink);
+        spell(&mut w);
+        w.finish()
+    }
+
+    /// A reference to the line of `ms` as [`loc`] places it.
+    fn line_ref(w: &mut Enc<'_>, ms: i64) {
+        w.u64(7);
+        w.u64((ms / 1_000) as u64);
+    }
+
+    /// Decodes, checks the state reads back equal and encodes to the same bytes.
+    fn round_trip(state: &KeyState, bytes: &[u8]) {
+        let mut resolve = |l: Loc| -> Result<Evidence, CodecError> {
+            let ms = i64::from(l.index) * 1_000;
+            Ok(evidence(ms, &format!("line at {ms}")))
+        };
+        let back = KeyState::decode(&mut Dec::new(bytes, &mut resolve)).unwrap();
+        assert_eq!(&back, state);
+        assert_eq!(encoded(&back), bytes);
+    }
+
+    #[test]
+    fn a_threshold_window_inline_and_spilled_keeps_the_v1_bytes() {
+        let kind = RuleKind::Threshold {
+            count: 10,
+            within_ms: 600_000,
+        };
+        for times in [vec![5_000], vec![5_000, 9_000, 7_000]] {
+            let mut s = KeyState::new(&kind, 0);
+            for t in &times {
+                feed(&mut s, &kind, *t, 0, &[]);
+            }
+            let mut sorted = times.clone();
+            sorted.sort();
+            let want = spelled(|w| {
+                w.u8(1);
+                w.u8(0);
+                w.u64(sorted.len() as u64);
+                for t in &sorted {
+                    line_ref(w, *t);
+                }
+            });
+            assert_eq!(encoded(&s), want, "{times:?}");
+            round_trip(&s, &want);
+        }
+    }
+
+    #[test]
+    fn a_sequence_with_inline_and_spilled_steps_keeps_the_v1_bytes() {
+        let kind = RuleKind::Sequence {
+            within_ms: 600_000,
+            counts: vec![2, 2],
+        };
+        let mut s = KeyState::new(&kind, 0);
+        // Step 0 spills (two matches, completing it); step 1 holds one inline.
+        feed(&mut s, &kind, 1_000, 0, &[]);
+        feed(&mut s, &kind, 2_000, 0, &[]);
+        feed(&mut s, &kind, 3_000, 1, &[]);
+        let want = spelled(|w| {
+            w.u8(1);
+            w.u8(3);
+            w.u64(2);
+            // Step 0: two recent matches, each tagged with an empty prefix from itself.
+            w.u64(2);
+            for t in [1_000, 2_000] {
+                w.i64(t);
+                line_ref(w, t);
+                w.bool(true);
+                w.i64(t);
+                w.u64(0);
+            }
+            // ...and its completion: from 1 s, both lines.
+            w.bool(true);
+            w.i64(1_000);
+            w.u64(2);
+            line_ref(w, 1_000);
+            line_ref(w, 2_000);
+            // Step 1: one match, tagged with step 0's completion; not done.
+            w.u64(1);
+            w.i64(3_000);
+            line_ref(w, 3_000);
+            w.bool(true);
+            w.i64(1_000);
+            w.u64(2);
+            line_ref(w, 1_000);
+            line_ref(w, 2_000);
+            w.bool(false);
+        });
+        assert_eq!(encoded(&s), want);
+        round_trip(&s, &want);
+    }
+
+    #[test]
+    fn a_distinct_state_keeps_the_v1_bytes() {
+        let kind = RuleKind::Distinct {
+            field: "user".into(),
+            count: 10,
+            within_ms: 600_000,
+        };
+        let mut s = KeyState::new(&kind, 0);
+        feed(&mut s, &kind, 4_000, 0, &[("user", "root")]);
+        feed(&mut s, &kind, 6_000, 0, &[("user", "admin")]);
+        let want = spelled(|w| {
+            w.u8(1);
+            w.u8(4);
+            w.u64(2);
+            for (user, t) in [("root", 4_000), ("admin", 6_000)] {
+                w.str(user);
+                w.i64(t);
+                line_ref(w, t);
+            }
+        });
+        assert_eq!(encoded(&s), want);
+        round_trip(&s, &want);
     }
 }

@@ -9,41 +9,145 @@
 //! both a step and the step before it.
 
 use super::{EVIDENCE_KEPT, Event, Observed, push_bounded};
+use crate::detection::window::SmallDeque;
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Steps completed in order, from `start_ms`, with the lines that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Prefix {
     start_ms: i64,
-    evidence: Vec<Evidence>,
+    evidence: Vec<Arc<Evidence>>,
 }
 
-/// One step: its latest matches with their prefixes, and its best completion.
+/// One step: its latest matches with their prefixes (the first held inline: most keys of a
+/// flood match one step once), and its best completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Step {
-    recent: VecDeque<(i64, Evidence, Option<Prefix>)>,
+    recent: SmallDeque<(i64, Arc<Evidence>, Option<Prefix>)>,
     done: Option<Prefix>,
 }
 
 /// The state of every step of one key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialised, compared and stored as every step's state ([`AllSteps`]), however it is held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "AllSteps", into = "AllSteps")]
 pub struct Sequence {
-    steps: Vec<Step>,
+    steps: Steps,
+}
+
+/// How a [`Sequence`] holds its steps. Most keys of a flood only ever match the first step
+/// once and are dropped a window later: those hold that one match in place, and the steps
+/// are allocated (in one slice: their number never changes) only when a key gets further.
+#[derive(Debug, Clone)]
+enum Steps {
+    /// No match yet, of this many steps.
+    Empty(usize),
+    /// Exactly one match, of the first step (which needs more than one, of a sequence of
+    /// more than one step): its time and line. As steps, that match is the first step's
+    /// only recent one, tagged with the empty prefix it starts.
+    First {
+        steps: usize,
+        time_ms: i64,
+        evidence: Arc<Evidence>,
+    },
+    /// Every step's state.
+    All(Box<[Step]>),
+}
+
+/// Every step's state: what a [`Sequence`] is, serialised with its one field, `steps`.
+#[derive(Serialize, Deserialize)]
+struct AllSteps {
+    steps: Box<[Step]>,
+}
+
+impl From<AllSteps> for Sequence {
+    fn from(all: AllSteps) -> Self {
+        Sequence {
+            steps: Steps::All(all.steps),
+        }
+    }
+}
+
+impl From<Sequence> for AllSteps {
+    fn from(s: Sequence) -> Self {
+        AllSteps {
+            steps: s.steps.into_all(),
+        }
+    }
+}
+
+/// Equal when every step's state is, however each side holds them.
+impl PartialEq for Sequence {
+    fn eq(&self, other: &Self) -> bool {
+        self.steps.clone().into_all() == other.steps.clone().into_all()
+    }
+}
+
+impl Steps {
+    /// Every step's state, allocated.
+    fn into_all(self) -> Box<[Step]> {
+        match self {
+            Steps::All(all) => all,
+            Steps::Empty(n) => vec![Step::default(); n].into_boxed_slice(),
+            Steps::First {
+                steps,
+                time_ms,
+                evidence,
+            } => {
+                let mut all = vec![Step::default(); steps].into_boxed_slice();
+                all[0]
+                    .recent
+                    .push_back((time_ms, evidence, Some(Prefix::from(time_ms))));
+                all
+            }
+        }
+    }
+
+    /// Every step's state, allocated now if it was not.
+    fn all(&mut self) -> &mut [Step] {
+        if !matches!(self, Steps::All(_)) {
+            let held = std::mem::replace(self, Steps::Empty(0));
+            *self = Steps::All(held.into_all());
+        }
+        match self {
+            Steps::All(all) => all,
+            _ => unreachable!("allocated above"),
+        }
+    }
+
+    /// Steps of the sequence.
+    fn len(&self) -> usize {
+        match self {
+            Steps::Empty(n) | Steps::First { steps: n, .. } => *n,
+            Steps::All(all) => all.len(),
+        }
+    }
+}
+
+impl Prefix {
+    /// The empty prefix a first step's match starts at `start_ms`.
+    fn from(start_ms: i64) -> Self {
+        Prefix {
+            start_ms,
+            evidence: Vec::new(),
+        }
+    }
 }
 
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.evidence_list(self.evidence.iter());
+        w.evidence_list(self.evidence.iter().map(|e| &**e));
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         Ok(Prefix {
             start_ms: r.i64()?,
-            evidence: r.evidence_list()?,
+            evidence: r.evidence_list()?.into_iter().map(Arc::new).collect(),
         })
     }
 
@@ -65,8 +169,12 @@ impl Prefix {
 
 impl Sequence {
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        w.u64(self.steps.len() as u64);
-        for step in &self.steps {
+        let all = match &self.steps {
+            Steps::All(all) => std::borrow::Cow::Borrowed(all),
+            held => std::borrow::Cow::Owned(held.clone().into_all()),
+        };
+        w.u64(all.len() as u64);
+        for step in all.iter() {
             w.u64(step.recent.len() as u64);
             for (t, e, prefix) in &step.recent {
                 w.i64(*t);
@@ -82,27 +190,34 @@ impl Sequence {
         let mut steps = Vec::with_capacity(n);
         for _ in 0..n {
             let m = r.count()?;
-            let mut recent = VecDeque::with_capacity(m);
+            let mut recent = Vec::with_capacity(m);
             for _ in 0..m {
-                recent.push_back((r.i64()?, r.evidence()?, Prefix::decode_opt(r)?));
+                recent.push((r.i64()?, Arc::new(r.evidence()?), Prefix::decode_opt(r)?));
             }
+            let recent = recent.into();
             let done = Prefix::decode_opt(r)?;
             steps.push(Step { recent, done });
         }
-        Ok(Sequence { steps })
+        Ok(Sequence {
+            steps: Steps::All(steps.into_boxed_slice()),
+        })
     }
 
     pub(super) fn new(steps: usize) -> Self {
         Sequence {
-            steps: vec![Step::default(); steps],
+            steps: Steps::Empty(steps),
         }
     }
 
     pub(super) fn held(&self) -> usize {
-        self.steps
-            .iter()
-            .map(|s| s.recent.len() + usize::from(s.done.is_some()))
-            .sum()
+        match &self.steps {
+            Steps::Empty(_) => 0,
+            Steps::First { .. } => 1,
+            Steps::All(all) => all
+                .iter()
+                .map(|s| s.recent.len() + usize::from(s.done.is_some()))
+                .sum(),
+        }
     }
 
     pub(super) fn steps(&self) -> usize {
@@ -112,20 +227,28 @@ impl Sequence {
     pub(super) fn observe(&mut self, event: Event<'_>, within_ms: i64, counts: &[u64]) -> Observed {
         let j = event.step;
         let now = event.time_ms;
+        if let Steps::Empty(steps) = self.steps
+            && j == 0
+            && steps > 1
+            && counts[0] > 1
+        {
+            // What the steps would hold after this match, held without them.
+            self.steps = Steps::First {
+                steps,
+                time_ms: now,
+                evidence: event.evidence.clone(),
+            };
+            return Observed::Counted;
+        }
+        let steps = self.steps.all();
         let fits = |p: &Prefix| now - p.start_ms <= within_ms;
         let tag = if j == 0 {
-            Some(Prefix {
-                start_ms: now,
-                evidence: Vec::new(),
-            })
+            Some(Prefix::from(now))
         } else {
-            self.steps[j - 1].done.clone().filter(fits)
+            steps[j - 1].done.clone().filter(fits)
         };
-        let last = j + 1 == self.steps.len();
-        let step = &mut self.steps[j];
-        if step.recent.capacity() == 0 {
-            step.recent.reserve_exact(1);
-        }
+        let last = j + 1 == steps.len();
+        let step = &mut steps[j];
         step.recent.push_back((now, event.evidence.clone(), tag));
         while step.recent.len() as u64 > counts[j] {
             step.recent.pop_front();
@@ -148,19 +271,28 @@ impl Sequence {
         }
         // The last step completed: the sequence is there. Start again empty.
         let total = counts.iter().sum();
-        for s in &mut self.steps {
+        for s in steps.iter_mut() {
             *s = Step::default();
         }
         debug_assert!(prefix.evidence.len() <= EVIDENCE_KEPT);
         Observed::Crossed(Crossing {
             count: total,
-            evidence: prefix.evidence,
+            evidence: prefix
+                .evidence
+                .into_iter()
+                .map(Arc::unwrap_or_clone)
+                .collect(),
         })
     }
 
     pub(super) fn expire(&mut self, now_ms: i64, within_ms: i64) -> bool {
         let oldest = now_ms - within_ms;
-        for step in &mut self.steps {
+        let steps = match &mut self.steps {
+            Steps::Empty(_) => return true,
+            Steps::First { time_ms, .. } => return *time_ms < oldest,
+            Steps::All(all) => all,
+        };
+        for step in steps.iter_mut() {
             while step.recent.front().is_some_and(|(t, _, _)| *t < oldest) {
                 step.recent.pop_front();
             }
@@ -168,7 +300,7 @@ impl Sequence {
                 step.done = None;
             }
         }
-        self.steps
+        steps
             .iter()
             .all(|s| s.recent.is_empty() && s.done.is_none())
     }
@@ -176,7 +308,14 @@ impl Sequence {
     /// See [`super::KeyState::expiry_ms`]: expiry looks at each step's first match (in
     /// arrival order) and its completion, so the earliest of those leaves first.
     pub(super) fn expiry_ms(&self, within_ms: i64) -> i64 {
-        self.steps
+        let steps = match &self.steps {
+            Steps::Empty(_) => return i64::MIN,
+            Steps::First { time_ms, .. } => {
+                return super::forgotten_after(*time_ms, within_ms);
+            }
+            Steps::All(all) => all,
+        };
+        steps
             .iter()
             .flat_map(|s| {
                 let first = s.recent.front().map(|(t, _, _)| *t);
@@ -187,7 +326,12 @@ impl Sequence {
     }
 
     pub(super) fn last_ms(&self) -> i64 {
-        self.steps
+        let steps = match &self.steps {
+            Steps::Empty(_) => return i64::MIN,
+            Steps::First { time_ms, .. } => return *time_ms,
+            Steps::All(all) => all,
+        };
+        steps
             .iter()
             .filter_map(|s| s.recent.back().map(|(t, _, _)| *t))
             .max()
@@ -274,6 +418,66 @@ mod tests {
             feed(&mut s, &k, t, 0, &[]);
         }
         assert_eq!(crossed(&feed(&mut s, &k, 1_000_000, 1, &[])), Some(4));
+    }
+
+    /// A key holding its one first-step match without the steps (`Steps::First`, or none:
+    /// `Steps::Empty`) must count, cross and expire exactly as one holding every step's
+    /// state: two states take the same pseudo-random walk of matches and ticks, one of
+    /// them made to hold every step after each change.
+    #[test]
+    fn held_without_its_steps_a_key_counts_and_expires_as_with_them() {
+        let k = RuleKind::Sequence {
+            within_ms: 60_000,
+            counts: vec![3, 1, 2],
+        };
+        let (mut compact, mut full) = (KeyState::new(&k, 0), KeyState::new(&k, 0));
+        let expand = |s: &mut KeyState| {
+            if let KeyState::Sequence(s) = s {
+                s.steps.all();
+            }
+        };
+        let mut seed: u64 = 0x1234_5678_9abc_def1;
+        let (mut clock, mut compact_held) = (0, 0);
+        for i in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Now and then a pause longer than the window, so keys go and come anew.
+            clock += (seed % 30_000) as i64 + if seed.is_multiple_of(5) { 61_000 } else { 0 };
+            if seed.is_multiple_of(3) {
+                let (a, b) = (compact.expire(&k, clock), full.expire(&k, clock));
+                assert_eq!(a, b, "expire at step {i}");
+                if a {
+                    // The table drops the key; the next match makes a new state.
+                    compact = KeyState::new(&k, clock);
+                    full = KeyState::new(&k, clock);
+                }
+            } else {
+                // Mostly first steps, as under a flood.
+                let step = [0, 0, 0, 0, 1, 2][(seed >> 16) as usize % 6];
+                let a = feed(&mut compact, &k, clock, step, &[]);
+                let b = feed(&mut full, &k, clock, step, &[]);
+                assert_eq!(a, b, "observe at step {i}");
+            }
+            expand(&mut full);
+            if let KeyState::Sequence(s) = &compact
+                && !matches!(s.steps, super::Steps::All(_))
+            {
+                compact_held += 1;
+            }
+            assert_eq!(compact, full, "state at step {i}");
+            assert_eq!(compact.expiry_ms(&k), full.expiry_ms(&k), "step {i}");
+            assert_eq!(compact.last_ms(), full.last_ms(), "step {i}");
+            assert_eq!(
+                crate::detection::keys::Progress::progress(&compact),
+                crate::detection::keys::Progress::progress(&full),
+                "step {i}"
+            );
+        }
+        assert!(
+            compact_held > 2_000,
+            "the walk held keys without steps: {compact_held}"
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@ use crate::detection::window::SlidingWindow;
 use crate::detection::{Crossing, Evidence};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-/// The matches of the current window; emptied when the threshold is reached.
+/// The matches of the current window, each line shared with the other rules that counted
+/// it; emptied when the threshold is reached.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
-    window: SlidingWindow<Evidence>,
+    window: SlidingWindow<Arc<Evidence>>,
 }
 
 impl Threshold {
@@ -20,7 +22,12 @@ impl Threshold {
         {
             None => Observed::Late,
             Some(n) if n as u64 >= count => {
-                let evidence = self.window.drain();
+                let evidence: Vec<Evidence> = self
+                    .window
+                    .drain()
+                    .into_iter()
+                    .map(Arc::unwrap_or_clone)
+                    .collect();
                 Observed::Crossed(Crossing {
                     count: evidence.len() as u64,
                     evidence,
@@ -53,7 +60,7 @@ impl Threshold {
 
     /// The counted lines as references (each one's time is its line's).
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        w.evidence_list(self.window.events().map(|(_, e)| e));
+        w.evidence_list(self.window.events().map(|(_, e)| &**e));
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
@@ -62,7 +69,7 @@ impl Threshold {
             window: SlidingWindow::from_events(
                 lines
                     .into_iter()
-                    .map(|e| (e.time.timestamp_millis(), e))
+                    .map(|e| (e.time.timestamp_millis(), Arc::new(e)))
                     .collect(),
             ),
         })
