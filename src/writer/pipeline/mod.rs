@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 mod commands;
 mod commit;
 mod matching;
-use commit::count_store_writes;
+use commit::{InFlight, count_store_writes};
 use matching::{PIECE_LINES, evaluate_lines, judge_line_time};
 
 /// Most source batches folded into one store commit.
@@ -95,6 +95,8 @@ pub struct Pipeline {
     worker: Option<crate::response::containment::exec::Worker>,
     /// What the containment worker did, to record.
     outcomes: Option<mpsc::UnboundedReceiver<crate::response::containment::Outcome>>,
+    /// The last step's commit while it is made durable and the next step is counted.
+    in_flight: Option<InFlight>,
 }
 
 /// A step's changes could not be stored and the daemon is stopping: what it holds is lost
@@ -192,6 +194,7 @@ impl Pipeline {
             terminating: None,
             worker: None,
             outcomes: None,
+            in_flight: None,
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
@@ -273,9 +276,12 @@ impl Pipeline {
                             Err(_) => break,
                         }
                     }
-                    self.step(batches).await?;
+                    // Its commit is made durable while the next batches are counted.
+                    self.count_and_launch(batches, None).await?;
                 }
+                attempt = first_attempt(&mut self.in_flight) => self.settle_with(attempt).await?,
                 _ = tick.tick() => {
+                    self.settle().await?;
                     (self.heartbeat)();
                     // Never past the wall clock: a line dated ahead (within the trusted
                     // skew) must not expire the windows of lines dated now.
@@ -295,6 +301,7 @@ impl Pipeline {
                     }
                 }
                 reload = next_reload(&mut reloads) => {
+                    self.settle().await?;
                     self.metrics.preset_rules(&reload.rules);
                     if let Err(e) = self.desk.containments.use_lists(&reload.rules.lists) {
                         tracing::error!(error = %e, "never_contain keeps its previous lists");
@@ -308,8 +315,14 @@ impl Pipeline {
                     let _ = reload.done.send(change);
                     stored?;
                 }
-                command = next_command(&mut commands) => self.command(command).await?,
-                outcome = next_outcome(&mut outcomes) => self.record_outcome(outcome).await?,
+                command = next_command(&mut commands) => {
+                    self.settle().await?;
+                    self.command(command).await?
+                }
+                outcome = next_outcome(&mut outcomes) => {
+                    self.settle().await?;
+                    self.record_outcome(outcome).await?
+                }
             }
         }
         let mut rest = Vec::new();
@@ -320,7 +333,7 @@ impl Pipeline {
     }
 
     /// Evaluates batches and commits their effects with the notifications they call for;
-    /// delivery starts only after the commit is durable.
+    /// delivery starts only after the commit is durable, which it is when this returns.
     pub async fn step(&mut self, batches: Vec<Batch>) -> Result<(), NotStored> {
         self.step_at(batches, None).await
     }
@@ -372,6 +385,19 @@ impl Pipeline {
 
     /// [`Pipeline::step`], then lets the detector's clock run to `clock` (absence).
     pub async fn step_at(
+        &mut self,
+        batches: Vec<Batch>,
+        clock: Option<DateTime<Utc>>,
+    ) -> Result<(), NotStored> {
+        self.count_and_launch(batches, clock).await?;
+        self.settle().await
+    }
+
+    /// Counts the batches' lines (while the previous step's commit, if still in flight,
+    /// is made durable), settles that commit, then builds this step's and launches it
+    /// ([`Pipeline::launch`]): the pipeline thread never waits on the disk while it has
+    /// lines to count.
+    async fn count_and_launch(
         &mut self,
         batches: Vec<Batch>,
         clock: Option<DateTime<Utc>>,
@@ -433,6 +459,8 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
+        // What follows reads the store and builds on what the previous commit stored.
+        self.settle().await?;
         if let Some(now) = clock {
             self.engine.advance(now, &mut events);
         }
@@ -459,14 +487,18 @@ impl Pipeline {
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        self.make_durable(commit, audit).await?;
-        self.evidence.committed();
-        self.hand_over_effects();
-        if notified {
-            self.outbox.wake();
-        }
-        self.after_commit(events).await;
+        self.launch(commit, audit, events, notified);
         Ok(())
+    }
+}
+
+/// The first attempt of the commit in flight, once made; never when there is none.
+async fn first_attempt(in_flight: &mut Option<InFlight>) -> commit::Attempt {
+    match in_flight {
+        Some(in_flight) => (&mut in_flight.task)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        None => std::future::pending().await,
     }
 }
 
