@@ -247,7 +247,12 @@ impl Pipeline {
         if self.in_flight.is_none() {
             return Ok(());
         }
+        let waited = std::time::Instant::now();
         let attempt = super::first_attempt(&mut self.in_flight).await;
+        tracing::debug!(
+            waited_us = waited.elapsed().as_micros() as u64,
+            "commit settled"
+        );
         self.settle_with(attempt).await
     }
 
