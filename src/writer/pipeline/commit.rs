@@ -51,6 +51,8 @@ impl Attempt {
             sealed = Some(log.current_head());
             store.flush_blocking()
         });
+        // While the pipeline thread is still counting the next step.
+        store.catch_up_windows();
         Attempt {
             commit,
             audit,
