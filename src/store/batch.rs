@@ -147,4 +147,10 @@ impl Batch {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Records the batch writes or removes (window changes included; the evidence lines
+    /// not yet sealed count as one block).
+    pub fn records(&self) -> usize {
+        self.writes.len() + self.windows.len() + usize::from(self.block.is_some())
+    }
 }

@@ -277,6 +277,13 @@ impl Store {
             .map_err(|e| StoreError::Sled(::sled::Error::ReportableBug(e.to_string())))?
     }
 
+    /// Brings the committed window table up to date with the commits so far (it is
+    /// otherwise brought up to date by the next commit or window read): a writer that has
+    /// time between commits does it then, so the next commit does not wait for it.
+    pub fn catch_up_windows(&self) {
+        self.segmented.lock().expect("segments lock").windows();
+    }
+
     /// Whether [`Store::flush`] has work to do without a commit (see
     /// [`engine::Engine::checkpoint_due`]).
     pub fn checkpoint_due(&self) -> bool {

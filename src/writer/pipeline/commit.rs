@@ -16,6 +16,52 @@ use std::time::Duration;
 /// Wait before retrying a failed store commit.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// A step's commit on its way to disk while the next step is counted (see
+/// [`Pipeline::launch`]): what to announce once it is durable.
+pub(super) struct InFlight {
+    /// Its first attempt, on the blocking pool.
+    pub(super) task: tokio::task::JoinHandle<Attempt>,
+    /// The step's incident events, announced once durable.
+    events: Vec<IncidentEvent>,
+    /// Whether the step wrote notifications (delivery is woken once durable).
+    notified: bool,
+}
+
+/// A commit after its first attempt: the sealed batch and audit entries (kept for
+/// retries), the chain head the attempt left if it was applied, and how it went.
+pub(super) struct Attempt {
+    commit: store::Batch,
+    audit: Vec<crate::audit::Entry>,
+    sealed: Option<crate::audit::Head>,
+    result: Result<(), StoreError>,
+}
+
+impl Attempt {
+    /// Seals the batch (its evidence block is deflated once, so every retry commits the
+    /// same bytes), commits it with the audit entries chained, and flushes the store.
+    fn first(
+        store: &Store,
+        log: &crate::audit::AuditLog,
+        mut commit: store::Batch,
+        audit: Vec<crate::audit::Entry>,
+    ) -> Attempt {
+        commit.seal();
+        let mut sealed = None;
+        let result = log.commit(&commit, &audit).and_then(|()| {
+            sealed = Some(log.current_head());
+            store.flush_blocking()
+        });
+        // While the pipeline thread is still counting the next step.
+        store.catch_up_windows();
+        Attempt {
+            commit,
+            audit,
+            sealed,
+            result,
+        }
+    }
+}
+
 /// Extra log time an unreferenced evidence line is kept past every rule's horizon (lines
 /// arrive late, clocks disagree).
 const EVIDENCE_GRACE_MS: i64 = 3_600_000;
@@ -159,34 +205,94 @@ impl Pipeline {
 
     /// Commits and flushes a step's changes with its audit entries, retrying until the
     /// store takes them (detection pauses meanwhile, nothing is lost, `/readyz` says why),
-    /// or until the daemon must stop.
+    /// or until the daemon must stop. A step's commit still in flight is settled first, so
+    /// commits are made durable in the order they were built.
+    pub(super) async fn make_durable(
+        &mut self,
+        commit: store::Batch,
+        audit: Vec<crate::audit::Entry>,
+    ) -> Result<(), NotStored> {
+        self.settle().await?;
+        let (store, log) = (self.store.clone(), self.desk.audit.clone());
+        let attempt =
+            tokio::task::spawn_blocking(move || Attempt::first(&store, &log, commit, audit))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.until_durable(attempt).await
+    }
+
+    /// Starts making a step's commit durable on the blocking pool and returns at once: the
+    /// next step's lines are counted meanwhile. Nothing of the step is announced (metrics,
+    /// delivery, containment, evidence taken as stored) before [`Pipeline::settle`] saw it
+    /// durable, and the next commit is built only after that, so what a crash keeps, and
+    /// the order commits reach the store in, are as when each step waited for its own.
+    pub(super) fn launch(
+        &mut self,
+        commit: store::Batch,
+        audit: Vec<crate::audit::Entry>,
+        events: Vec<IncidentEvent>,
+        notified: bool,
+    ) {
+        debug_assert!(self.in_flight.is_none(), "one commit in flight at a time");
+        let (store, log) = (self.store.clone(), self.desk.audit.clone());
+        let task = tokio::task::spawn_blocking(move || Attempt::first(&store, &log, commit, audit));
+        self.in_flight = Some(InFlight {
+            task,
+            events,
+            notified,
+        });
+    }
+
+    /// Waits until the commit in flight (if any) is durable, retrying it as
+    /// [`Pipeline::make_durable`] does, then announces what it stored.
+    pub(super) async fn settle(&mut self) -> Result<(), NotStored> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let waited = std::time::Instant::now();
+        let attempt = super::first_attempt(&mut self.in_flight).await;
+        tracing::debug!(
+            waited_us = waited.elapsed().as_micros() as u64,
+            "commit settled"
+        );
+        self.settle_with(attempt).await
+    }
+
+    /// [`Pipeline::settle`] once the commit in flight has made its first attempt.
+    pub(super) async fn settle_with(&mut self, attempt: Attempt) -> Result<(), NotStored> {
+        let Some(InFlight {
+            events, notified, ..
+        }) = self.in_flight.take()
+        else {
+            return Ok(());
+        };
+        self.until_durable(attempt).await?;
+        self.evidence.committed();
+        self.hand_over_effects();
+        if notified {
+            self.outbox.wake();
+        }
+        self.after_commit(events).await;
+        Ok(())
+    }
+
+    /// Retries a commit whose first attempt failed until the store takes it (or the
+    /// daemon must stop).
     ///
     /// After an I/O error (a full disk) sled refuses every later write, so each retry
     /// reopens it; a commit that was applied but not flushed may be gone after the reopen
     /// and is committed again. The batch is the same every time (its notifications carry
-    /// the ids they were given when it was built), so a retry never adds a second copy.
-    pub(super) async fn make_durable(
-        &self,
-        mut commit: store::Batch,
-        audit: Vec<crate::audit::Entry>,
-    ) -> Result<(), NotStored> {
-        // The evidence block is written into the batch once, so every retry commits the
-        // same bytes.
-        commit.seal();
+    /// the ids they were given when it was built, its evidence block was sealed once), so a
+    /// retry never adds a second copy.
+    async fn until_durable(&self, attempt: Attempt) -> Result<(), NotStored> {
+        let Attempt {
+            commit,
+            audit,
+            mut sealed,
+            mut result,
+        } = attempt;
         self.metrics.store_written.inc_by(commit.bytes() as u64);
-        // The chain head the commit sealed, once it was applied (and not yet flushed).
-        let mut sealed: Option<crate::audit::Head> = None;
         loop {
-            let result = match sealed {
-                Some(_) => Ok(()),
-                None => self.desk.audit.commit(&commit, &audit).map(|()| {
-                    sealed = Some(self.desk.audit.current_head());
-                }),
-            };
-            let result = match result {
-                Ok(()) => self.store.flush().await,
-                Err(e) => Err(e),
-            };
             let error = match result {
                 Ok(()) => {
                     self.health.store.store(true, Ordering::Relaxed);
@@ -218,6 +324,15 @@ impl Pipeline {
                         sealed = None;
                     }
                 }
+            }
+            result = match sealed {
+                Some(_) => Ok(()),
+                None => self.desk.audit.commit(&commit, &audit).map(|()| {
+                    sealed = Some(self.desk.audit.current_head());
+                }),
+            };
+            if result.is_ok() {
+                result = self.store.flush().await;
             }
         }
     }

@@ -30,18 +30,22 @@ use tokio::sync::{mpsc, oneshot};
 mod commands;
 mod commit;
 mod matching;
-use commit::count_store_writes;
+use commit::{InFlight, count_store_writes};
 use matching::{PIECE_LINES, evaluate_lines, judge_line_time};
 
 /// Most source batches folded into one store commit.
 const BATCHES_PER_COMMIT: usize = 64;
-/// Most lines folded into one store commit. A commit holds the store's write lock while it
-/// applies, and readers (the API) wait for it: under a burst that opens thousands of
-/// incidents, smaller commits keep every wait short, at the price of more flushes.
-/// 16,384 was measured (docs/performance.md): a fifth less CPU on a benign burst, none on
-/// an attack-heavy one, but a worst API answer of 1.3 s (0.1 s here) and 2.5x the memory
-/// while 20,000 attackers' incidents opened.
-const LINES_PER_COMMIT: usize = 2048;
+/// Fewest and most lines a step folds into one store commit while batches are queued. A
+/// commit holds the store's write lock while it applies, and readers (the API) wait for
+/// it; a step's incident events stay in memory until it is durable. A fixed 16,384 was
+/// measured (docs/performance.md): less CPU, but a worst API answer of 1.3 s (0.1 s with
+/// 2,048) and 2.5x the memory while 20,000 attackers' incidents opened. So a step starts
+/// at the least and grows only while its commits stay small ([`next_step_lines`]).
+const STEP_LINES: std::ops::RangeInclusive<usize> = 2048..=8192;
+/// Records a step's commit should hold at most: about what a 2,048-line step writes when
+/// every line opens an incident (window, incident, notification, timeline). The records
+/// per line of one step set the next step's lines; an attack-heavy burst writes ~0.9.
+const RECORDS_PER_COMMIT: usize = 8192;
 /// Steps with fewer lines are matched on the pipeline thread alone (starting workers
 /// would cost more than it saves).
 const PARALLEL_LINES: usize = 2 * PIECE_LINES;
@@ -95,6 +99,10 @@ pub struct Pipeline {
     worker: Option<crate::response::containment::exec::Worker>,
     /// What the containment worker did, to record.
     outcomes: Option<mpsc::UnboundedReceiver<crate::response::containment::Outcome>>,
+    /// The last step's commit while it is made durable and the next step is counted.
+    in_flight: Option<InFlight>,
+    /// Lines the next step gathers at most (within [`STEP_LINES`]).
+    step_lines: usize,
 }
 
 /// A step's changes could not be stored and the daemon is stopping: what it holds is lost
@@ -192,6 +200,8 @@ impl Pipeline {
             terminating: None,
             worker: None,
             outcomes: None,
+            in_flight: None,
+            step_lines: *STEP_LINES.start(),
         };
         pipeline.update_open_gauge();
         Ok(pipeline)
@@ -264,7 +274,7 @@ impl Pipeline {
                     let Some(first) = batch else { break };
                     let mut lines = first.lines.len();
                     let mut batches = vec![first];
-                    while batches.len() < BATCHES_PER_COMMIT && lines < LINES_PER_COMMIT {
+                    while batches.len() < BATCHES_PER_COMMIT && lines < self.step_lines {
                         match rx.try_recv() {
                             Ok(b) => {
                                 lines += b.lines.len();
@@ -273,9 +283,12 @@ impl Pipeline {
                             Err(_) => break,
                         }
                     }
-                    self.step(batches).await?;
+                    // Its commit is made durable while the next batches are counted.
+                    self.count_and_launch(batches, None).await?;
                 }
+                attempt = first_attempt(&mut self.in_flight) => self.settle_with(attempt).await?,
                 _ = tick.tick() => {
+                    self.settle().await?;
                     (self.heartbeat)();
                     // Never past the wall clock: a line dated ahead (within the trusted
                     // skew) must not expire the windows of lines dated now.
@@ -295,6 +308,7 @@ impl Pipeline {
                     }
                 }
                 reload = next_reload(&mut reloads) => {
+                    self.settle().await?;
                     self.metrics.preset_rules(&reload.rules);
                     if let Err(e) = self.desk.containments.use_lists(&reload.rules.lists) {
                         tracing::error!(error = %e, "never_contain keeps its previous lists");
@@ -308,8 +322,14 @@ impl Pipeline {
                     let _ = reload.done.send(change);
                     stored?;
                 }
-                command = next_command(&mut commands) => self.command(command).await?,
-                outcome = next_outcome(&mut outcomes) => self.record_outcome(outcome).await?,
+                command = next_command(&mut commands) => {
+                    self.settle().await?;
+                    self.command(command).await?
+                }
+                outcome = next_outcome(&mut outcomes) => {
+                    self.settle().await?;
+                    self.record_outcome(outcome).await?
+                }
             }
         }
         let mut rest = Vec::new();
@@ -320,7 +340,7 @@ impl Pipeline {
     }
 
     /// Evaluates batches and commits their effects with the notifications they call for;
-    /// delivery starts only after the commit is durable.
+    /// delivery starts only after the commit is durable, which it is when this returns.
     pub async fn step(&mut self, batches: Vec<Batch>) -> Result<(), NotStored> {
         self.step_at(batches, None).await
     }
@@ -376,6 +396,19 @@ impl Pipeline {
         batches: Vec<Batch>,
         clock: Option<DateTime<Utc>>,
     ) -> Result<(), NotStored> {
+        self.count_and_launch(batches, clock).await?;
+        self.settle().await
+    }
+
+    /// Counts the batches' lines (while the previous step's commit, if still in flight,
+    /// is made durable), settles that commit, then builds this step's and launches it
+    /// ([`Pipeline::launch`]): the pipeline thread never waits on the disk while it has
+    /// lines to count.
+    async fn count_and_launch(
+        &mut self,
+        batches: Vec<Batch>,
+        clock: Option<DateTime<Utc>>,
+    ) -> Result<(), NotStored> {
         let mut events = Vec::new();
         let mut commit = store::Batch::new();
         // A checkpoint or cursor that could not be put in the commit fails it.
@@ -389,6 +422,7 @@ impl Pipeline {
                 matched.insert(hit.rule.id().to_string(), 1);
             }
         };
+        let lines_in_step: usize = batches.iter().map(|b| b.lines.len()).sum();
         let threads = self.threads_for(&batches);
         let latest = {
             let Pipeline {
@@ -433,6 +467,8 @@ impl Pipeline {
                 .with_label_values(&[&rule])
                 .inc_by(n);
         }
+        // What follows reads the store and builds on what the previous commit stored.
+        self.settle().await?;
         if let Some(now) = clock {
             self.engine.advance(now, &mut events);
         }
@@ -459,15 +495,42 @@ impl Pipeline {
         if commit.is_empty() && events.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        self.make_durable(commit, audit).await?;
-        self.evidence.committed();
-        self.hand_over_effects();
-        if notified {
-            self.outbox.wake();
-        }
-        self.after_commit(events).await;
+        tracing::debug!(
+            lines = lines_in_step,
+            records = commit.records(),
+            bytes = commit.bytes(),
+            events = events.len(),
+            "step"
+        );
+        self.step_lines = next_step_lines(self.step_lines, lines_in_step, commit.records());
+        self.launch(commit, audit, events, notified);
         Ok(())
     }
+}
+
+/// The first attempt of the commit in flight, once made; never when there is none.
+async fn first_attempt(in_flight: &mut Option<InFlight>) -> commit::Attempt {
+    match in_flight {
+        Some(in_flight) => (&mut in_flight.task)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        None => std::future::pending().await,
+    }
+}
+
+/// How many lines the step after one of `lines` lines that wrote `records` records may
+/// gather, from `limit` now: as many as keep its commit near [`RECORDS_PER_COMMIT`] at
+/// the same records per line, at most twice the limit now (a burst that turns from benign
+/// to attack-heavy grows a commit at most that much before the limit follows), within
+/// [`STEP_LINES`]. A step too small to tell (under the least limit: no queue to drain)
+/// leaves it as it is.
+fn next_step_lines(limit: usize, lines: usize, records: usize) -> usize {
+    if lines < *STEP_LINES.start() {
+        return limit;
+    }
+    let fits = RECORDS_PER_COMMIT.saturating_mul(lines) / records.max(1);
+    fits.min(limit.saturating_mul(2))
+        .clamp(*STEP_LINES.start(), *STEP_LINES.end())
 }
 
 /// The next reload, or never when there is no reload channel (or it closed).
@@ -503,4 +566,38 @@ async fn next_outcome(
     }
     *outcomes = None;
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_grow_while_their_commits_stay_small_and_shrink_at_once_when_they_do_not() {
+        let (least, most) = (*STEP_LINES.start(), *STEP_LINES.end());
+        // A benign burst (few records a line): the limit doubles a step, up to the most.
+        let mut limit = least;
+        let mut seen = vec![limit];
+        while limit < most {
+            limit = next_step_lines(limit, limit, limit / 20);
+            seen.push(limit);
+        }
+        assert_eq!(seen, [2048, 4096, 8192]);
+        assert_eq!(next_step_lines(most, most, 0), most, "never above the most");
+        // The burst turns into attackers opening incidents (4 records a line): the next
+        // step's commit is back near the budget, never below the least lines.
+        let shrunk = next_step_lines(most, most, 4 * most);
+        assert_eq!(shrunk, RECORDS_PER_COMMIT / 4);
+        assert!(shrunk * 4 <= RECORDS_PER_COMMIT);
+        assert_eq!(next_step_lines(most, most, 100 * most), least);
+        // An attack-heavy burst (~0.9 records a line) fits the budget at the most lines.
+        let mut limit = least;
+        for _ in 0..5 {
+            limit = next_step_lines(limit, limit, limit * 9 / 10);
+        }
+        assert_eq!(limit, most);
+        // Small steps (no queue) and clock steps tell nothing: the limit stays.
+        assert_eq!(next_step_lines(4096, 10, 40), 4096);
+        assert_eq!(next_step_lines(4096, 0, 3), 4096);
+    }
 }
