@@ -376,12 +376,9 @@ mod tests {
         }
     }
 
-    /// When applying is the slower stage, the calling thread applies and leaves finding to
-    /// the worker: it finds a piece itself only while no thread has taken the one due (at
-    /// the start). Taking a later piece whenever the due one was still with the worker made
-    /// it find every other piece, and the in-order stage stood still meanwhile.
-    #[test]
-    fn the_calling_thread_leaves_finding_to_a_worker_that_keeps_ahead() {
+    /// How many of 60 pieces the calling thread of two finds itself when finding a piece
+    /// takes `find_ms` and applying one `apply_ms` (sleeps standing for the work).
+    fn found_by_calling_thread(find_ms: u64, apply_ms: u64) -> u32 {
         let mut workers = vec![0u32; 2];
         let mut left = 60;
         in_order(
@@ -391,19 +388,25 @@ mod tests {
                 left -= 1;
                 left >= 0
             },
-            // The work each stage stands for: finding 1 ms, applying 3 ms.
             |found, _| {
                 *found += 1;
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::sleep(std::time::Duration::from_millis(find_ms));
             },
-            |_| std::thread::sleep(std::time::Duration::from_millis(3)),
+            |_| std::thread::sleep(std::time::Duration::from_millis(apply_ms)),
         );
         assert_eq!(workers.iter().sum::<u32>(), 60, "every piece found once");
-        assert!(
-            workers[0] <= 6,
-            "the calling thread found {} of 60 pieces",
-            workers[0]
-        );
+        workers[0]
+    }
+
+    /// When applying is the slower stage, the calling thread applies and leaves finding to
+    /// the worker: it hardly waits, so it finds a piece itself only while no thread has
+    /// taken the one due (at the start). Taking a later piece whenever the due one was
+    /// still with the worker made it find every other piece, and the in-order stage stood
+    /// still meanwhile.
+    #[test]
+    fn the_calling_thread_leaves_finding_to_a_worker_that_keeps_ahead() {
+        let found = found_by_calling_thread(1, 3);
+        assert!(found <= 6, "the calling thread found {found} of 60 pieces");
     }
 
     /// When finding is the slower stage, the calling thread finds pieces too while the
@@ -412,27 +415,8 @@ mod tests {
     /// made it find only the first one and left it idle two thirds of the time.
     #[test]
     fn the_calling_thread_finds_too_when_the_worker_falls_behind() {
-        let mut workers = vec![0u32; 2];
-        let mut left = 60;
-        in_order(
-            &mut workers,
-            || 0u8,
-            &mut |_: &mut u8| {
-                left -= 1;
-                left >= 0
-            },
-            |found, _| {
-                *found += 1;
-                std::thread::sleep(std::time::Duration::from_millis(3));
-            },
-            |_| std::thread::sleep(std::time::Duration::from_millis(1)),
-        );
-        assert_eq!(workers.iter().sum::<u32>(), 60, "every piece found once");
-        assert!(
-            workers[0] >= 10,
-            "the calling thread found {} of 60 pieces",
-            workers[0]
-        );
+        let found = found_by_calling_thread(3, 1);
+        assert!(found >= 10, "the calling thread found {found} of 60 pieces");
     }
 
     /// At most twice as many pieces as threads are ever made, however long the input.
