@@ -25,7 +25,7 @@ pub use kinds::{
 };
 pub use pattern::{MAX_PATTERN_BYTES, PatternError, compile_pattern};
 pub use severity::{Severity, SeveritySpec};
-pub use summary::{PlainSummary, SummaryValues};
+pub use summary::{PlainSummary, SummaryValues, minijinja_context};
 pub use values::{Lists, ValueSet};
 
 use crate::base::diag::Diagnostic;

@@ -401,14 +401,12 @@ impl SummaryValues for Described<'_> {
 /// The names a rule's summary template may use: the hit's captures and the incident's
 /// count, rule, severity and key.
 fn summary_context(captures: &Fields, incident: &Incident) -> BTreeMap<String, serde_json::Value> {
-    let mut ctx: BTreeMap<String, serde_json::Value> = captures
-        .view()
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-        .collect();
-    ctx.insert("count".into(), incident.count.into());
-    ctx.insert("rule".into(), incident.rule.clone().into());
-    ctx.insert("severity".into(), incident.severity.as_str().into());
+    let mut ctx = crate::rules::minijinja_context(
+        captures.view().iter(),
+        incident.count,
+        &incident.rule,
+        incident.severity.as_str(),
+    );
     ctx.insert(
         "key".into(),
         serde_json::to_value(&incident.key).unwrap_or_default(),

@@ -11,7 +11,27 @@
 //! minijinja would auto-escape) stays on minijinja, and the test below checks that both
 //! renderers write the same text for the templates this one accepts.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// The context a summary that is not plain is rendered with by minijinja: the captures,
+/// then the incident's count, rule id and severity (which win over captures of the same
+/// name). The incident book adds `key`, the one name a plain summary never takes.
+pub fn minijinja_context<'a>(
+    captures: impl IntoIterator<Item = (&'a str, &'a str)>,
+    count: u64,
+    rule: &str,
+    severity: &str,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut ctx: BTreeMap<String, serde_json::Value> = captures
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    ctx.insert("count".into(), count.into());
+    ctx.insert("rule".into(), rule.into());
+    ctx.insert("severity".into(), severity.into());
+    ctx
+}
 
 /// A summary template of text and placeholders, as minijinja renders it with the default
 /// environment (lenient undefined: a name with no value renders as nothing).
@@ -109,7 +129,6 @@ fn is_plain_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     struct Values {
         count: u64,
@@ -140,7 +159,7 @@ mod tests {
             .unwrap();
         env.get_template(name)
             .unwrap()
-            .render(minijinja_context(values))
+            .render(context_of(values))
             .unwrap()
     }
 
@@ -250,11 +269,7 @@ mod tests {
                 severity: "low".into(),
                 captures,
             };
-            let Ok(expected) = env
-                .get_template(name)
-                .unwrap()
-                .render(minijinja_context(&values))
-            else {
+            let Ok(expected) = env.get_template(name).unwrap().render(context_of(&values)) else {
                 assert!(
                     PlainSummary::parse(name, &template).is_none(),
                     "{template:?}"
@@ -269,17 +284,17 @@ mod tests {
         assert!(accepted > 300, "only {accepted} templates were plain");
     }
 
-    /// The context the incident book builds (`incidents::book::summary_context`).
-    fn minijinja_context(values: &Values) -> BTreeMap<String, serde_json::Value> {
-        let mut ctx: BTreeMap<String, serde_json::Value> = values
-            .captures
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        ctx.insert("count".into(), values.count.into());
-        ctx.insert("rule".into(), values.rule.clone().into());
-        ctx.insert("severity".into(), values.severity.clone().into());
-        ctx
+    /// The context the incident book builds, without `key`.
+    fn context_of(values: &Values) -> BTreeMap<String, serde_json::Value> {
+        minijinja_context(
+            values
+                .captures
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            values.count,
+            &values.rule,
+            &values.severity,
+        )
     }
 
     #[test]
