@@ -52,18 +52,12 @@ pub use crate::base::evidence::Evidence;
 impl Evidence {
     /// Evidence for a line read at `time`.
     pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
-        Self::with_text(line, time, Self::line_text(&line.bytes))
-    }
-
-    /// Evidence for a line read at `time`, its text already made by
-    /// [`Evidence::line_text`] of the line's bytes.
-    pub fn with_text(line: &LogLine, time: DateTime<Utc>, text: Arc<str>) -> Self {
         Evidence {
             source: line.source.clone(),
             path: line.path.clone(),
             offset: line.offset,
             time,
-            line: text,
+            line: Self::line_text(&line.bytes),
         }
     }
 
@@ -314,12 +308,7 @@ impl Detector {
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
             let evidence = line_evidence
-                .get_or_insert_with(|| {
-                    Arc::new(match found.evidence {
-                        Some(text) => Evidence::with_text(line, time, text.clone()),
-                        None => Evidence::from_line(line, time),
-                    })
-                })
+                .get_or_insert_with(|| Arc::new(Evidence::from_line(line, time)))
                 .clone();
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
