@@ -68,27 +68,38 @@ pub enum ReloadError {
 impl Reloader {
     /// Reloads on every SIGHUP and (debounced) rule-file change until `stop` is signalled
     /// (only between reloads, so a reload is never left half done).
-    pub async fn run(mut self, mut hangup: Signal, mut stop: Listener) {
+    ///
+    /// The rule directories are watched from this call on, not from the returned task's
+    /// first poll: the daemon reports ready after this call, and a file changed once it is
+    /// ready must be seen even if the task has not run yet (on a loaded host it may not
+    /// for a while).
+    pub fn run(
+        mut self,
+        mut hangup: Signal,
+        mut stop: Listener,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
         let watcher = watch_rule_paths(&self.paths, wake_tx);
-        loop {
-            let why = tokio::select! {
-                _ = stop.recv() => return,
-                signal = hangup.recv() => match signal {
-                    Some(()) => "SIGHUP",
-                    None => return,
-                },
-                Some(()) = wake_rx.recv(), if watcher.is_some() => {
-                    // Wait until the files have been quiet for a moment.
-                    while tokio::time::timeout(DEBOUNCE, wake_rx.recv())
-                        .await
-                        .is_ok_and(|w| w.is_some())
-                    {}
-                    "rule file change"
+        async move {
+            loop {
+                let why = tokio::select! {
+                    _ = stop.recv() => return,
+                    signal = hangup.recv() => match signal {
+                        Some(()) => "SIGHUP",
+                        None => return,
+                    },
+                    Some(()) = wake_rx.recv(), if watcher.is_some() => {
+                        // Wait until the files have been quiet for a moment.
+                        while tokio::time::timeout(DEBOUNCE, wake_rx.recv())
+                            .await
+                            .is_ok_and(|w| w.is_some())
+                        {}
+                        "rule file change"
+                    }
+                };
+                if let Err(ReloadError::Stopped) = self.reload(why).await {
+                    return;
                 }
-            };
-            if let Err(ReloadError::Stopped) = self.reload(why).await {
-                return;
             }
         }
     }
@@ -230,4 +241,55 @@ fn watch_rule_paths(
         }
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::shutdown::Shutdown;
+    use crate::store::Store;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    const RULE: &str = "rules:\n  - id: keep\n    match: 'KEEP (?P<n>\\d+)'\n    threshold: {count: 3, within: 1m}\n    severity: low\n";
+
+    /// The daemon reports ready once `run` has returned, before the reload task may have
+    /// been polled at all (a loaded host); a file broken in that gap must still be noticed.
+    #[tokio::test]
+    async fn a_file_changed_before_the_reload_task_first_runs_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("test.yaml");
+        std::fs::write(&file, RULE).unwrap();
+        let ctx = RuleContext::default();
+        let paths = vec![dir.path().to_path_buf()];
+        let rules = Arc::new(RuleSet::load(&paths, &ctx).unwrap());
+        let health = Arc::new(Health::default());
+        health.rules.store(true, Ordering::Relaxed);
+        let (pipeline, _reloads) = mpsc::channel(1);
+        let reloader = Reloader {
+            paths,
+            ctx,
+            current: rules.clone(),
+            pipeline,
+            api_rules: Arc::new(RwLock::new(rules)),
+            metrics: Arc::new(Metrics::new()),
+            health: health.clone(),
+            audit: crate::audit::AuditLog::open(&Store::memory()).unwrap(),
+        };
+        let stop = Shutdown::new();
+        let task = reloader.run(signal(SignalKind::hangup()).unwrap(), stop.listener());
+
+        std::fs::write(&file, RULE.replace("(?P<n>", "((?P<n>")).unwrap();
+        let running = tokio::spawn(task);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while health.rules.load(Ordering::Relaxed) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broken file was never reloaded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let problem = health.rules_problem.lock().unwrap().clone().unwrap();
+        assert!(problem.contains("test.yaml:"), "{problem}");
+        running.abort();
+    }
 }
