@@ -522,6 +522,47 @@ fn start_at_end_skips_the_backlog_once_and_keeps_its_place_across_restarts() {
     d.stop();
 }
 
+/// `start_at: end` skips what was there when the journal was first looked at, and the
+/// daemon reports ready only after that look: an entry written once it is ready is read,
+/// even when finding the journal's end is slow (a loaded host; here a journalctl that takes
+/// two seconds to answer that one question).
+#[test]
+fn start_at_end_reads_what_is_written_once_ready_even_when_finding_the_end_is_slow() {
+    let Some((_receiver, s, mut j)) = setup("{directory: journal}") else {
+        return;
+    };
+    let real = peer("journalctl", "systemd").expect("journal_tools found it");
+    let config = std::fs::read_to_string(s.path("logwarden.yaml")).unwrap();
+    s.write(
+        "logwarden.yaml",
+        &config.replace("start_at: beginning", "start_at: end"),
+    );
+    s.write(
+        "bin/journalctl",
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --lines=1 \"*) sleep 2;; esac\nexec '{}' \"$@\"\n",
+            real.display()
+        ),
+    );
+    let wrapper = s.path("bin/journalctl");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        s.path("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    j.write("system.journal", &failures("192.0.2.50", 6));
+    let d = s.start_with_env(&[("PATH", &path)]);
+    j.write("system.journal", &failures("192.0.2.51", 5));
+    wait_count(&d, "192.0.2.51", 5);
+    assert_eq!(counted(&d, "192.0.2.50"), 0, "the backlog is skipped");
+    d.stop();
+}
+
 #[test]
 fn an_unreadable_journal_is_a_check_warning_and_named_by_readyz() {
     if peer("journalctl", "systemd").is_none() {

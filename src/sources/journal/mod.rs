@@ -161,7 +161,6 @@ impl JournalSource {
                 self.health.source_problem(&self.name, reason);
                 reported = problem.clone();
             }
-            ready.set();
             if start == Start::Tail {
                 // A journal that refuses us would look empty: its end is found only once
                 // it can be read (an empty one has no end to skip to).
@@ -173,6 +172,7 @@ impl JournalSource {
                 match resolved {
                     Ok(Some(resolved)) => start = resolved,
                     Ok(None) => {
+                        ready.set();
                         if !self.control.sleep(backoff) {
                             return;
                         }
@@ -182,6 +182,9 @@ impl JournalSource {
                     Err(Closed) => return,
                 }
             }
+            // Ready only once the end is found: with `start_at: end`, an entry written
+            // after the daemon reported ready is new, not part of the skipped backlog.
+            ready.set();
             let started = Instant::now();
             let end = self.follow(start.clone());
             if end.closed || self.control.stopped() {
