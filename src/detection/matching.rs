@@ -81,9 +81,6 @@ pub struct Matchers {
     design: Design,
     by_source: FastMap<String, SourceMatcher>,
     candidates: Vec<(usize, usize)>,
-    /// Encoded captures and key of the current match, reused for every match.
-    capture_text: String,
-    key_text: String,
     /// What the screen found in a run's lines, reused for every run.
     screened: Screened,
 }
@@ -100,8 +97,6 @@ impl Matchers {
             design,
             by_source,
             candidates: Vec::new(),
-            capture_text: String::new(),
-            key_text: String::new(),
             screened: Screened::default(),
         }
     }
@@ -118,15 +113,7 @@ impl Matchers {
     pub fn find(&mut self, line: &LogLine, found: &mut Found) {
         let matcher =
             Self::source_matcher(&mut self.by_source, &self.rules, self.design, &line.source);
-        Self::find_in(
-            matcher,
-            &mut self.candidates,
-            &mut self.capture_text,
-            &mut self.key_text,
-            &line.bytes,
-            None,
-            found,
-        );
+        Self::find_in(matcher, &mut self.candidates, &line.bytes, None, found);
     }
 
     /// Records the matches of a run of lines of one source as the next lines of `found`,
@@ -155,8 +142,6 @@ impl Matchers {
             Self::find_in(
                 matcher,
                 &mut self.candidates,
-                &mut self.capture_text,
-                &mut self.key_text,
                 &text[range.clone()],
                 screened,
                 found,
@@ -179,41 +164,118 @@ impl Matchers {
     }
 
     /// [`Matchers::find`] of `bytes` with `matcher`, in reused buffers; `screened`: the
-    /// screen literals found inside it ([`SourceMatcher::candidates`]).
-    #[allow(clippy::too_many_arguments)]
+    /// screen literals found inside it ([`SourceMatcher::candidates`]). The captures and
+    /// key are encoded straight into `found`'s text, shared by the rules of one pattern
+    /// ([`SourceMatcher::read`]); an excluded match leaves its few bytes there unused.
     fn find_in(
         matcher: &mut SourceMatcher,
         candidates: &mut Vec<(usize, usize)>,
-        captures: &mut String,
-        key: &mut String,
         bytes: &[u8],
         screened: Option<&[u32]>,
         found: &mut Found,
     ) {
         if !matcher.rules.is_empty() {
             matcher.candidates(bytes, screened, candidates);
-            let mut text = LineText::new(bytes);
+            let mut line = LineText::new(bytes);
             for &(index, step) in candidates.iter() {
-                if !matcher.read(index, step, &mut text, captures, key) {
+                let Some((captures, key)) = matcher.read(index, step, &mut line, &mut found.text)
+                else {
                     continue;
-                }
+                };
                 let rule = &matcher.rules[index];
-                let view = FieldsView::new(captures);
+                let view = FieldsView::new(&found.text[captures.clone()]);
                 if rule.excluded_by(bytes, |name| view.get(name)).is_some() {
                     continue;
                 }
-                let start = found.text.len();
-                found.text.push_str(captures);
-                let middle = found.text.len();
-                found.text.push_str(key);
                 found.matches.push(Matched {
                     rule: rule.clone(),
                     step,
-                    captures: start..middle,
-                    key: middle..found.text.len(),
+                    captures,
+                    key,
                 });
             }
         }
         found.ends.push(found.matches.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::{Fields, read_match};
+
+    /// Rules sharing a pattern share its encoded captures, and a key only with rules of
+    /// the same key fields: every match still reads exactly the captures and key its own
+    /// rule reads alone (`read_match`, what `explain` shows), whatever the order the rules
+    /// come in, with an excluded match between them, on line after line of one run.
+    #[test]
+    fn rules_sharing_a_pattern_read_their_own_captures_and_keys() {
+        let pattern = r"user (?P<u>\S+) from (?P<ip>\S+)";
+        let rule = |id: &str, group_by: &str, extra: &str| {
+            format!(
+                "  - id: {id}\n    match: '{pattern}'\n    group_by: [{group_by}]\n{extra}    threshold: {{count: 9, within: 1m}}\n    severity: low\n"
+            )
+        };
+        let yaml = [
+            rule("by-ip", "ip", ""),
+            rule("by-user", "u", "    ignore: 'root'\n"),
+            rule("by-ip-again", "ip", ""),
+            rule("by-both", "u, ip", ""),
+            rule("by-user-again", "u", ""),
+            "  - id: other\n    match: 'from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 9, within: 1m}\n    severity: low\n".to_string(),
+        ]
+        .concat();
+        let rules = RuleSet::from_yaml(&format!("rules:\n{yaml}"));
+        let mut matchers = Matchers::new(rules.clone(), &["auth".to_string()], Design::CURRENT);
+        let lines: [&[u8]; 4] = [
+            b"sshd: user bob from 10.0.0.1",
+            b"sshd: user root from 10.0.0.2",
+            b"nothing here",
+            b"sshd: user \xffamy from 10.0.0.3 from 10.0.0.4",
+        ];
+        let mut text = Vec::new();
+        let mut ranges = Vec::new();
+        for line in lines {
+            let start = text.len();
+            text.extend_from_slice(line);
+            ranges.push(start..text.len());
+            text.push(b'\n');
+        }
+        let mut found = Found::default();
+        matchers.find_run("auth", &text, &ranges, &mut found);
+        assert_eq!(found.lines(), lines.len());
+        let mut matched = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let got = found.line(i);
+            let expected: Vec<(&str, Fields, Fields)> = rules
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    let (captures, key) = read_match(rule, 0, line)?;
+                    let excluded = rule.excluded_by(line, |name| captures.get(name));
+                    excluded
+                        .is_none()
+                        .then_some((rule.def.id.as_str(), captures, key))
+                })
+                .collect();
+            let actual: Vec<(&str, Fields, Fields)> = got
+                .matches
+                .iter()
+                .map(|m| {
+                    (
+                        m.rule.def.id.as_str(),
+                        Fields::from_encoded(&got.text[m.captures.clone()]),
+                        Fields::from_encoded(&got.text[m.key.clone()]),
+                    )
+                })
+                .collect();
+            assert_eq!(actual, expected, "line {i}");
+            matched += actual.len();
+        }
+        assert_eq!(
+            matched,
+            6 + 5 + 6,
+            "bob: all six; root: not by-user; amy: all six"
+        );
     }
 }
