@@ -44,8 +44,11 @@ pub struct PatternFields {
     captures: Vec<(String, usize)>,
     /// The rule's `group_by` fields by name, with their group index in this pattern (`None`:
     /// the pattern has no such group, the value is empty).
-    key: Vec<(String, Option<usize>)>,
+    key: KeyFields,
 }
+
+/// A rule's key fields by name, each with its group index in a pattern, if it has one.
+type KeyFields = Vec<(String, Option<usize>)>;
 
 impl PatternFields {
     /// The fields of pattern `step` of `rule`.
@@ -57,7 +60,7 @@ impl PatternFields {
             .filter_map(|(i, name)| name.map(|n| (n.to_string(), i)))
             .collect();
         captures.sort();
-        let mut key: Vec<(String, Option<usize>)> = rule
+        let mut key: KeyFields = rule
             .def
             .group_by
             .iter()
@@ -235,7 +238,7 @@ impl SourceMatcher {
         let mut texts: Vec<&str> = Vec::new();
         let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut patterns = Vec::new();
-        let mut key_layouts: std::collections::HashMap<usize, Vec<Vec<(String, Option<usize>)>>> =
+        let mut key_layouts: std::collections::HashMap<usize, Vec<KeyFields>> =
             std::collections::HashMap::new();
         for (r, rule) in rules.iter().enumerate() {
             let mut of_rule = Vec::new();
@@ -328,8 +331,8 @@ impl SourceMatcher {
     /// Finds which lines of a run may have candidates, and what [`Self::candidates`] needs
     /// of them (see [`gate::Gate::screen`]): with the combined set, nothing (every line is
     /// read in full).
-    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
-        match &self.gate {
+    pub fn screen(&mut self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+        match &mut self.gate {
             Some(gate) => gate.screen(text, lines, screened),
             None => screened.unscreened(),
         }

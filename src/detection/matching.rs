@@ -279,3 +279,105 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod shortcut_tests {
+    use super::*;
+    use crate::detection::Fields;
+
+    /// Every (rule, step, captures, key) of each line of a run, read by `design`.
+    fn hits(
+        rules: &Arc<RuleSet>,
+        design: Design,
+        text: &[u8],
+        ranges: &[Range<usize>],
+    ) -> Vec<Vec<(String, usize, Fields, Fields)>> {
+        let mut matchers = Matchers::new(rules.clone(), &["auth".to_string()], design);
+        let mut found = Found::default();
+        matchers.find_run("auth", text, ranges, &mut found);
+        (0..found.lines())
+            .map(|i| {
+                let line = found.line(i);
+                line.matches
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.rule.def.id.clone(),
+                            m.step,
+                            Fields::from_encoded(&line.text[m.captures.clone()]),
+                            Fields::from_encoded(&line.text[m.key.clone()]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The front end's shortcuts (the screen, tuned on the run's first bytes; sets proved
+    /// by a screen literal; captures shared by the rules of a pattern) find exactly what
+    /// the combined set and the `regex` crate find, on lines where a required literal
+    /// appears before and after the real match, where a capture starts before the
+    /// literal the screen finds, where the literal is only part of a longer word, and
+    /// where a pattern's literals are all there but out of order.
+    #[test]
+    fn the_shortcuts_find_what_the_previous_front_end_finds() {
+        let rules = Arc::new(RuleSet::from_yaml(concat!(
+            "rules:\n",
+            "  - id: failed\n",
+            "    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>[0-9.]+) port \\d+'\n",
+            "    group_by: [ip]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: failed-user\n",
+            "    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>[0-9.]+) port \\d+'\n",
+            "    group_by: [user]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: host-before\n",
+            "    match: '(?P<host>[a-z0-9]+) sshd\\[\\d+\\]: Accepted (?P<method>\\S+) for'\n",
+            "    group_by: [host]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: rejected\n",
+            "    match: 'postfix/smtpd\\[\\d+\\]: NOQUEUE: rejected RCPT from \\S+\\[(?P<ip>[0-9.]+)\\]'\n",
+            "    group_by: [ip]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+        )));
+        let variants: [&[u8]; 9] = [
+            b"Nov  1 00:00:00 web1 sshd[1]: Failed password for bob from 10.0.0.1 port 22 ssh2",
+            b"Nov  1 00:00:00 web1 sshd from Failed password for x sshd[2]: Failed password for amy from 10.0.0.2 port 1 then Failed password for eve from 10.0.0.3 port 2",
+            b"Nov  1 00:00:00 web1 sshd[3]: Failed password for from 10.0.0.4 port x; sshd[4]: Failed password for joe from 10.0.0.5 port 4",
+            b"Nov  1 00:00:00 host7 sshd[5]: Accepted publickey for deploy from 10.0.0.6 port 5 ssh2",
+            b"Nov  1 00:00:00 a sshd[6]: Accepted password for root; b sshd[7]: Accepted key for x",
+            b"Nov  1 00:00:00 web1 sshdx[8]: Accepted publickey for deploy; port from Failed password for",
+            b"Nov  1 00:00:00 mx postfix/smtpd[9]: NOQUEUE: rejected RCPT from unknown[10.0.0.7]: 554",
+            b"Nov  1 00:00:00 mx postfix/smtpd[9]: rejected RCPT from x[10.0.0.8] NOQUEUE: postfix/smtpd[1]:",
+            b"Nov  1 00:00:00 web1 CRON[10]: pam_unix(cron:session): session opened for user root",
+        ];
+        // Over 64 KiB, so that the screen is tuned on this run before it reads it.
+        let mut text = Vec::new();
+        let mut ranges = Vec::new();
+        for i in 0..1500 {
+            let start = text.len();
+            text.extend_from_slice(variants[i % variants.len()]);
+            ranges.push(start..text.len());
+            text.push(b'\n');
+        }
+        assert!(text.len() > 64 << 10);
+        let now = hits(&rules, Design::CURRENT, &text, &ranges);
+        let before = hits(&rules, Design::PREVIOUS, &text, &ranges);
+        assert_eq!(now, before);
+        let per_variant: Vec<usize> = now[..variants.len()].iter().map(Vec::len).collect();
+        assert_eq!(
+            per_variant,
+            [2, 2, 2, 1, 1, 0, 1, 0, 0],
+            "{:?}",
+            &now[..variants.len()]
+        );
+        // The capture before the literal, and the first of two matches, are read whole.
+        assert_eq!(now[3][0].2.get("host"), Some("host7"));
+        assert_eq!(now[1][0].3.get("ip"), Some("10.0.0.2"));
+        assert_eq!(now[2][1].2.get("user"), Some("joe"));
+    }
+}
