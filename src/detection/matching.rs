@@ -204,6 +204,21 @@ mod tests {
     use super::*;
     use crate::detection::{Fields, read_match};
 
+    /// A run of `lines`, each followed by a newline, and their ranges in it.
+    pub(super) fn piece<'a>(
+        lines: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut text = Vec::new();
+        let mut ranges = Vec::new();
+        for line in lines {
+            let start = text.len();
+            text.extend_from_slice(line);
+            ranges.push(start..text.len());
+            text.push(b'\n');
+        }
+        (text, ranges)
+    }
+
     /// Rules sharing a pattern share its encoded captures, and a key only with rules of
     /// the same key fields: every match still reads exactly the captures and key its own
     /// rule reads alone (`read_match`, what `explain` shows), whatever the order the rules
@@ -233,14 +248,7 @@ mod tests {
             b"nothing here",
             b"sshd: user \xffamy from 10.0.0.3 from 10.0.0.4",
         ];
-        let mut text = Vec::new();
-        let mut ranges = Vec::new();
-        for line in lines {
-            let start = text.len();
-            text.extend_from_slice(line);
-            ranges.push(start..text.len());
-            text.push(b'\n');
-        }
+        let (text, ranges) = piece(lines);
         let mut found = Found::default();
         matchers.find_run("auth", &text, &ranges, &mut found);
         assert_eq!(found.lines(), lines.len());
@@ -356,14 +364,7 @@ mod shortcut_tests {
             b"Nov  1 00:00:00 web1 CRON[10]: pam_unix(cron:session): session opened for user root",
         ];
         // Over 64 KiB, so that the screen is tuned on this run before it reads it.
-        let mut text = Vec::new();
-        let mut ranges = Vec::new();
-        for i in 0..1500 {
-            let start = text.len();
-            text.extend_from_slice(variants[i % variants.len()]);
-            ranges.push(start..text.len());
-            text.push(b'\n');
-        }
+        let (text, ranges) = super::tests::piece((0..1500).map(|i| variants[i % variants.len()]));
         assert!(text.len() > 64 << 10);
         let now = hits(&rules, Design::CURRENT, &text, &ranges);
         let before = hits(&rules, Design::PREVIOUS, &text, &ranges);
