@@ -44,8 +44,11 @@ pub struct PatternFields {
     captures: Vec<(String, usize)>,
     /// The rule's `group_by` fields by name, with their group index in this pattern (`None`:
     /// the pattern has no such group, the value is empty).
-    key: Vec<(String, Option<usize>)>,
+    key: KeyFields,
 }
+
+/// A rule's key fields by name, each with its group index in a pattern, if it has one.
+type KeyFields = Vec<(String, Option<usize>)>;
 
 impl PatternFields {
     /// The fields of pattern `step` of `rule`.
@@ -57,7 +60,7 @@ impl PatternFields {
             .filter_map(|(i, name)| name.map(|n| (n.to_string(), i)))
             .collect();
         captures.sort();
-        let mut key: Vec<(String, Option<usize>)> = rule
+        let mut key: KeyFields = rule
             .def
             .group_by
             .iter()
@@ -81,27 +84,38 @@ impl PatternFields {
         captures: &mut String,
         key: &mut String,
     ) {
-        self.write_from(locations, &mut LineText::new(line), captures, key);
-    }
-
-    /// [`Self::write`] of a line whose UTF-8 check is shared by every match on it.
-    pub fn write_from(
-        &self,
-        locations: impl Fn(usize) -> Option<(usize, usize)>,
-        line: &mut LineText<'_>,
-        captures: &mut String,
-        key: &mut String,
-    ) {
         captures.clear();
         key.clear();
+        let mut line = LineText::new(line);
+        self.push_captures(&locations, &mut line, captures);
+        self.push_key(&locations, &mut line, key);
+    }
+
+    /// Appends the encoded captures that took part to `out`: the same for every rule of
+    /// one pattern text, whose named groups are the same.
+    fn push_captures(
+        &self,
+        locations: &impl Fn(usize) -> Option<(usize, usize)>,
+        line: &mut LineText<'_>,
+        out: &mut String,
+    ) {
         for (name, group) in &self.captures {
             if let Some((start, end)) = locations(*group) {
-                line.push_value(captures, name, start, end);
+                line.push_value(out, name, start, end);
             }
         }
+    }
+
+    /// Appends the encoded key to `out`.
+    fn push_key(
+        &self,
+        locations: &impl Fn(usize) -> Option<(usize, usize)>,
+        line: &mut LineText<'_>,
+        out: &mut String,
+    ) {
         for (name, group) in &self.key {
-            let (start, end) = group.and_then(&locations).unwrap_or((0, 0));
-            line.push_value(key, name, start, end);
+            let (start, end) = group.and_then(locations).unwrap_or((0, 0));
+            line.push_value(out, name, start, end);
         }
     }
 }
@@ -117,6 +131,32 @@ struct SharedPattern {
     matched: bool,
     /// Every (rule, pattern index) with this text.
     slots: Vec<(usize, usize)>,
+    /// Where its captures, and the last key, were written for line [`Written::at`].
+    written: Written,
+}
+
+/// Where a shared pattern's encoded captures and last key lie in the text
+/// [`SourceMatcher::read`] appends to, so the other rules of the pattern take the same
+/// ranges instead of encoding and copying them again (the ssh failure pattern serves
+/// three rules, two of them with the same key).
+#[derive(Clone)]
+struct Written {
+    /// Line number ([`SourceMatcher::line`]) the ranges belong to.
+    at: u64,
+    captures: std::ops::Range<usize>,
+    /// Which key fields ([`Reads::key_fields`]) `key` holds.
+    key_fields: usize,
+    key: std::ops::Range<usize>,
+}
+
+/// How one rule's pattern is read: its distinct pattern, the fields it reports, and which
+/// of the distinct pattern's key layouts its key has (rules with the same `group_by`
+/// fields in this pattern share one).
+#[derive(Clone)]
+struct Reads {
+    shared: usize,
+    fields: PatternFields,
+    key_fields: usize,
 }
 
 /// How a detector's matchers work: how candidate patterns are found, and which engine
@@ -169,8 +209,8 @@ pub struct SourceMatcher {
     pub rules: Vec<Arc<Rule>>,
     /// The distinct pattern texts of the rules.
     shared: Vec<SharedPattern>,
-    /// Per rule and pattern index: its distinct pattern, and the fields it reports.
-    patterns: Vec<Vec<(usize, PatternFields)>>,
+    /// Per rule and pattern index: how its matches are read.
+    patterns: Vec<Vec<Reads>>,
     /// Counts lines, so a shared pattern knows whether it already ran on this one.
     line: u64,
     /// The set's search cache, reused for every line.
@@ -198,6 +238,8 @@ impl SourceMatcher {
         let mut texts: Vec<&str> = Vec::new();
         let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut patterns = Vec::new();
+        let mut key_layouts: std::collections::HashMap<usize, Vec<KeyFields>> =
+            std::collections::HashMap::new();
         for (r, rule) in rules.iter().enumerate() {
             let mut of_rule = Vec::new();
             for (p, text) in rule.pattern_texts().into_iter().enumerate() {
@@ -214,12 +256,31 @@ impl SourceMatcher {
                             read_at: u64::MAX,
                             matched: false,
                             slots: Vec::new(),
+                            written: Written {
+                                at: u64::MAX,
+                                captures: 0..0,
+                                key_fields: usize::MAX,
+                                key: 0..0,
+                            },
                         });
                         texts.len() - 1
                     }
                 };
                 shared[id].slots.push((r, p));
-                of_rule.push((id, PatternFields::new(rule, p)));
+                let fields = PatternFields::new(rule, p);
+                let layouts = key_layouts.entry(id).or_default();
+                let key_fields = match layouts.iter().position(|k| *k == fields.key) {
+                    Some(i) => i,
+                    None => {
+                        layouts.push(fields.key.clone());
+                        layouts.len() - 1
+                    }
+                };
+                of_rule.push(Reads {
+                    shared: id,
+                    fields,
+                    key_fields,
+                });
             }
             patterns.push(of_rule);
         }
@@ -270,8 +331,8 @@ impl SourceMatcher {
     /// Finds which lines of a run may have candidates, and what [`Self::candidates`] needs
     /// of them (see [`gate::Gate::screen`]): with the combined set, nothing (every line is
     /// read in full).
-    pub fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
-        match &self.gate {
+    pub fn screen(&mut self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+        match &mut self.gate {
             Some(gate) => gate.screen(text, lines, screened),
             None => screened.unscreened(),
         }
@@ -328,27 +389,47 @@ impl SourceMatcher {
 
     /// Runs pattern `step` of rule `index` on `line` (the line [`Self::candidates`] was last
     /// given; a pattern shared with a rule already read on it is not run again). When it
-    /// matches, writes the captures that took part and the rule's key as encoded
-    /// [`super::fields`] into the two buffers.
+    /// matches, returns where its captures that took part and the rule's key, encoded as
+    /// [`super::fields`], lie in `text`: appended to it, or written there by an earlier
+    /// read of the same line (the same pattern's captures are the same for every rule, and
+    /// so is the key of rules with the same key fields). So every read of one line must
+    /// append to the same `text`, which keeps what they wrote until the line is done.
     pub fn read(
         &mut self,
         index: usize,
         step: usize,
         line: &mut LineText<'_>,
-        captures: &mut String,
-        key: &mut String,
-    ) -> bool {
-        let (id, fields) = &self.patterns[index][step];
-        let shared = &mut self.shared[*id];
+        text: &mut String,
+    ) -> Option<(Range<usize>, Range<usize>)> {
+        let reads = &self.patterns[index][step];
+        let shared = &mut self.shared[reads.shared];
         if shared.read_at != self.line {
             shared.read_at = self.line;
             shared.matched = shared.regex.captures(&mut shared.groups, line.bytes());
         }
-        if shared.matched {
-            let groups = &shared.groups;
-            fields.write_from(|group| groups.get(group), line, captures, key);
+        if !shared.matched {
+            return None;
         }
-        shared.matched
+        let groups = &shared.groups;
+        let locations = |group| groups.get(group);
+        let written = &mut shared.written;
+        if written.at != self.line || written.captures.end.max(written.key.end) > text.len() {
+            let start = text.len();
+            reads.fields.push_captures(&locations, line, text);
+            *written = Written {
+                at: self.line,
+                captures: start..text.len(),
+                key_fields: usize::MAX,
+                key: 0..0,
+            };
+        }
+        if written.key_fields != reads.key_fields {
+            let start = text.len();
+            reads.fields.push_key(&locations, line, text);
+            written.key_fields = reads.key_fields;
+            written.key = start..text.len();
+        }
+        Some((written.captures.clone(), written.key.clone()))
     }
 }
 
@@ -373,25 +454,24 @@ mod tests {
             "rules:\n  - id: a\n    match: 'user (?P<u>\\S+)'\n    group_by: [u]\n    threshold: {count: 9, within: 1m}\n    severity: low\n",
         );
         let mut m = SourceMatcher::new(&set, "auth");
-        let (mut captures, mut key) = (String::new(), String::new());
-        assert!(m.read(
-            0,
-            0,
-            &mut LineText::new(b"user bob"),
-            &mut captures,
-            &mut key
-        ));
+        let mut text = String::new();
+        let (_, key) = m
+            .read(0, 0, &mut LineText::new(b"user bob"), &mut text)
+            .expect("a match");
         assert_eq!(
-            crate::detection::FieldsView::new(&key).get("u"),
+            crate::detection::FieldsView::new(&text[key]).get("u"),
             Some("bob")
         );
         let mut out = Vec::new();
         for (line, who) in [(&b"user amy"[..], Some("amy")), (b"nobody", None)] {
             m.candidates(line, None, &mut out);
-            let matched = m.read(0, 0, &mut LineText::new(line), &mut captures, &mut key);
-            assert_eq!(matched, who.is_some());
-            if let Some(who) = who {
-                assert_eq!(crate::detection::FieldsView::new(&key).get("u"), Some(who));
+            let matched = m.read(0, 0, &mut LineText::new(line), &mut text);
+            assert_eq!(matched.is_some(), who.is_some());
+            if let (Some(who), Some((_, key))) = (who, matched) {
+                assert_eq!(
+                    crate::detection::FieldsView::new(&text[key]).get("u"),
+                    Some(who)
+                );
             }
         }
     }

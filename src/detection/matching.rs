@@ -81,9 +81,6 @@ pub struct Matchers {
     design: Design,
     by_source: FastMap<String, SourceMatcher>,
     candidates: Vec<(usize, usize)>,
-    /// Encoded captures and key of the current match, reused for every match.
-    capture_text: String,
-    key_text: String,
     /// What the screen found in a run's lines, reused for every run.
     screened: Screened,
 }
@@ -100,8 +97,6 @@ impl Matchers {
             design,
             by_source,
             candidates: Vec::new(),
-            capture_text: String::new(),
-            key_text: String::new(),
             screened: Screened::default(),
         }
     }
@@ -118,15 +113,7 @@ impl Matchers {
     pub fn find(&mut self, line: &LogLine, found: &mut Found) {
         let matcher =
             Self::source_matcher(&mut self.by_source, &self.rules, self.design, &line.source);
-        Self::find_in(
-            matcher,
-            &mut self.candidates,
-            &mut self.capture_text,
-            &mut self.key_text,
-            &line.bytes,
-            None,
-            found,
-        );
+        Self::find_in(matcher, &mut self.candidates, &line.bytes, None, found);
     }
 
     /// Records the matches of a run of lines of one source as the next lines of `found`,
@@ -155,8 +142,6 @@ impl Matchers {
             Self::find_in(
                 matcher,
                 &mut self.candidates,
-                &mut self.capture_text,
-                &mut self.key_text,
                 &text[range.clone()],
                 screened,
                 found,
@@ -179,41 +164,221 @@ impl Matchers {
     }
 
     /// [`Matchers::find`] of `bytes` with `matcher`, in reused buffers; `screened`: the
-    /// screen literals found inside it ([`SourceMatcher::candidates`]).
-    #[allow(clippy::too_many_arguments)]
+    /// screen literals found inside it ([`SourceMatcher::candidates`]). The captures and
+    /// key are encoded straight into `found`'s text, shared by the rules of one pattern
+    /// ([`SourceMatcher::read`]); an excluded match leaves its few bytes there unused.
     fn find_in(
         matcher: &mut SourceMatcher,
         candidates: &mut Vec<(usize, usize)>,
-        captures: &mut String,
-        key: &mut String,
         bytes: &[u8],
         screened: Option<&[u32]>,
         found: &mut Found,
     ) {
         if !matcher.rules.is_empty() {
             matcher.candidates(bytes, screened, candidates);
-            let mut text = LineText::new(bytes);
+            let mut line = LineText::new(bytes);
             for &(index, step) in candidates.iter() {
-                if !matcher.read(index, step, &mut text, captures, key) {
+                let Some((captures, key)) = matcher.read(index, step, &mut line, &mut found.text)
+                else {
                     continue;
-                }
+                };
                 let rule = &matcher.rules[index];
-                let view = FieldsView::new(captures);
+                let view = FieldsView::new(&found.text[captures.clone()]);
                 if rule.excluded_by(bytes, |name| view.get(name)).is_some() {
                     continue;
                 }
-                let start = found.text.len();
-                found.text.push_str(captures);
-                let middle = found.text.len();
-                found.text.push_str(key);
                 found.matches.push(Matched {
                     rule: rule.clone(),
                     step,
-                    captures: start..middle,
-                    key: middle..found.text.len(),
+                    captures,
+                    key,
                 });
             }
         }
         found.ends.push(found.matches.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::{Fields, read_match};
+
+    /// A run of `lines`, each followed by a newline, and their ranges in it.
+    pub(super) fn piece<'a>(
+        lines: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut text = Vec::new();
+        let mut ranges = Vec::new();
+        for line in lines {
+            let start = text.len();
+            text.extend_from_slice(line);
+            ranges.push(start..text.len());
+            text.push(b'\n');
+        }
+        (text, ranges)
+    }
+
+    /// Rules sharing a pattern share its encoded captures, and a key only with rules of
+    /// the same key fields: every match still reads exactly the captures and key its own
+    /// rule reads alone (`read_match`, what `explain` shows), whatever the order the rules
+    /// come in, with an excluded match between them, on line after line of one run.
+    #[test]
+    fn rules_sharing_a_pattern_read_their_own_captures_and_keys() {
+        let pattern = r"user (?P<u>\S+) from (?P<ip>\S+)";
+        let rule = |id: &str, group_by: &str, extra: &str| {
+            format!(
+                "  - id: {id}\n    match: '{pattern}'\n    group_by: [{group_by}]\n{extra}    threshold: {{count: 9, within: 1m}}\n    severity: low\n"
+            )
+        };
+        let yaml = [
+            rule("by-ip", "ip", ""),
+            rule("by-user", "u", "    ignore: 'root'\n"),
+            rule("by-ip-again", "ip", ""),
+            rule("by-both", "u, ip", ""),
+            rule("by-user-again", "u", ""),
+            "  - id: other\n    match: 'from (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {count: 9, within: 1m}\n    severity: low\n".to_string(),
+        ]
+        .concat();
+        let rules = RuleSet::from_yaml(&format!("rules:\n{yaml}"));
+        let mut matchers = Matchers::new(rules.clone(), &["auth".to_string()], Design::CURRENT);
+        let lines: [&[u8]; 4] = [
+            b"sshd: user bob from 10.0.0.1",
+            b"sshd: user root from 10.0.0.2",
+            b"nothing here",
+            b"sshd: user \xffamy from 10.0.0.3 from 10.0.0.4",
+        ];
+        let (text, ranges) = piece(lines);
+        let mut found = Found::default();
+        matchers.find_run("auth", &text, &ranges, &mut found);
+        assert_eq!(found.lines(), lines.len());
+        let mut matched = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let got = found.line(i);
+            let expected: Vec<(&str, Fields, Fields)> = rules
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    let (captures, key) = read_match(rule, 0, line)?;
+                    let excluded = rule.excluded_by(line, |name| captures.get(name));
+                    excluded
+                        .is_none()
+                        .then_some((rule.def.id.as_str(), captures, key))
+                })
+                .collect();
+            let actual: Vec<(&str, Fields, Fields)> = got
+                .matches
+                .iter()
+                .map(|m| {
+                    (
+                        m.rule.def.id.as_str(),
+                        Fields::from_encoded(&got.text[m.captures.clone()]),
+                        Fields::from_encoded(&got.text[m.key.clone()]),
+                    )
+                })
+                .collect();
+            assert_eq!(actual, expected, "line {i}");
+            matched += actual.len();
+        }
+        assert_eq!(
+            matched,
+            6 + 5 + 6,
+            "bob: all six; root: not by-user; amy: all six"
+        );
+    }
+}
+
+#[cfg(test)]
+mod shortcut_tests {
+    use super::*;
+    use crate::detection::Fields;
+
+    /// Every (rule, step, captures, key) of each line of a run, read by `design`.
+    fn hits(
+        rules: &Arc<RuleSet>,
+        design: Design,
+        text: &[u8],
+        ranges: &[Range<usize>],
+    ) -> Vec<Vec<(String, usize, Fields, Fields)>> {
+        let mut matchers = Matchers::new(rules.clone(), &["auth".to_string()], design);
+        let mut found = Found::default();
+        matchers.find_run("auth", text, ranges, &mut found);
+        (0..found.lines())
+            .map(|i| {
+                let line = found.line(i);
+                line.matches
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.rule.def.id.clone(),
+                            m.step,
+                            Fields::from_encoded(&line.text[m.captures.clone()]),
+                            Fields::from_encoded(&line.text[m.key.clone()]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The front end's shortcuts (the screen, tuned on the run's first bytes; sets proved
+    /// by a screen literal; captures shared by the rules of a pattern) find exactly what
+    /// the combined set and the `regex` crate find, on lines where a required literal
+    /// appears before and after the real match, where a capture starts before the
+    /// literal the screen finds, where the literal is only part of a longer word, and
+    /// where a pattern's literals are all there but out of order.
+    #[test]
+    fn the_shortcuts_find_what_the_previous_front_end_finds() {
+        let rules = Arc::new(RuleSet::from_yaml(concat!(
+            "rules:\n",
+            "  - id: failed\n",
+            "    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>[0-9.]+) port \\d+'\n",
+            "    group_by: [ip]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: failed-user\n",
+            "    match: 'sshd\\[\\d+\\]: Failed password for (?P<user>\\S+) from (?P<ip>[0-9.]+) port \\d+'\n",
+            "    group_by: [user]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: host-before\n",
+            "    match: '(?P<host>[a-z0-9]+) sshd\\[\\d+\\]: Accepted (?P<method>\\S+) for'\n",
+            "    group_by: [host]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+            "  - id: rejected\n",
+            "    match: 'postfix/smtpd\\[\\d+\\]: NOQUEUE: rejected RCPT from \\S+\\[(?P<ip>[0-9.]+)\\]'\n",
+            "    group_by: [ip]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+        )));
+        let variants: [&[u8]; 9] = [
+            b"Nov  1 00:00:00 web1 sshd[1]: Failed password for bob from 10.0.0.1 port 22 ssh2",
+            b"Nov  1 00:00:00 web1 sshd from Failed password for x sshd[2]: Failed password for amy from 10.0.0.2 port 1 then Failed password for eve from 10.0.0.3 port 2",
+            b"Nov  1 00:00:00 web1 sshd[3]: Failed password for from 10.0.0.4 port x; sshd[4]: Failed password for joe from 10.0.0.5 port 4",
+            b"Nov  1 00:00:00 host7 sshd[5]: Accepted publickey for deploy from 10.0.0.6 port 5 ssh2",
+            b"Nov  1 00:00:00 a sshd[6]: Accepted password for root; b sshd[7]: Accepted key for x",
+            b"Nov  1 00:00:00 web1 sshdx[8]: Accepted publickey for deploy; port from Failed password for",
+            b"Nov  1 00:00:00 mx postfix/smtpd[9]: NOQUEUE: rejected RCPT from unknown[10.0.0.7]: 554",
+            b"Nov  1 00:00:00 mx postfix/smtpd[9]: rejected RCPT from x[10.0.0.8] NOQUEUE: postfix/smtpd[1]:",
+            b"Nov  1 00:00:00 web1 CRON[10]: pam_unix(cron:session): session opened for user root",
+        ];
+        // Over 64 KiB, so that the screen is tuned on this run before it reads it.
+        let (text, ranges) = super::tests::piece((0..1500).map(|i| variants[i % variants.len()]));
+        assert!(text.len() > 64 << 10);
+        let now = hits(&rules, Design::CURRENT, &text, &ranges);
+        let before = hits(&rules, Design::PREVIOUS, &text, &ranges);
+        assert_eq!(now, before);
+        let per_variant: Vec<usize> = now[..variants.len()].iter().map(Vec::len).collect();
+        assert_eq!(
+            per_variant,
+            [2, 2, 2, 1, 1, 0, 1, 0, 0],
+            "{:?}",
+            &now[..variants.len()]
+        );
+        // The capture before the literal, and the first of two matches, are read whole.
+        assert_eq!(now[3][0].2.get("host"), Some("host7"));
+        assert_eq!(now[1][0].3.get("ip"), Some("10.0.0.2"));
+        assert_eq!(now[2][1].2.get("user"), Some("joe"));
     }
 }

@@ -104,7 +104,26 @@ pub(super) struct Gate {
     /// Per distinct pattern: the line it was last checked on, so that it is checked once
     /// per line whichever screen literals name it.
     seen: Vec<u64>,
+    /// What the screen is made from, to make it again by measure ([`Gate::tune`]); `None`
+    /// when there is no screen to tune.
+    plan: Option<Arc<ScreenPlan>>,
 }
+
+/// What a screen is made from: each screened pattern's chosen set, every pattern's check,
+/// and the distinct sets (which a screen literal may prove).
+struct ScreenPlan {
+    chosen: Vec<(usize, Vec<Vec<u8>>)>,
+    checks: Vec<Option<Check>>,
+    table: SetTable,
+}
+
+/// Bytes of the first run screened that [`Gate::screen`] measures byte frequencies on.
+const TUNING_SAMPLE: usize = 1 << 20;
+/// The least text a run must hold for [`Gate::screen`] to measure on it: on less, the
+/// frequencies say little about the log.
+const TUNING_MIN: usize = 64 << 10;
+/// Shortest screen literal [`rarer_part`] cuts a literal down to.
+const TUNED_MIN_LITERAL: usize = 5;
 
 /// What [`Gate::screen`] found in a run of lines, in buffers reused from run to run.
 #[derive(Debug, Default, Clone)]
@@ -271,7 +290,7 @@ impl Gate {
             }
             checks.push(check);
         }
-        let screen = Screen::new(&chosen, &checks, &table).or_else(|| {
+        let screen = Screen::new(&chosen, &checks, &table, None).or_else(|| {
             // Cannot happen within the crate's limits; if it does, every pattern runs,
             // which is slower but never wrong.
             if !chosen.is_empty() {
@@ -281,12 +300,43 @@ impl Gate {
             None
         });
         let skips = always.is_empty() && screen.as_ref().is_some_and(|s| !s.holds_newline);
+        let sets = std::mem::take(&mut table.sets);
+        let plan = screen.is_some().then(|| {
+            Arc::new(ScreenPlan {
+                chosen,
+                checks,
+                table,
+            })
+        });
         Gate {
             always,
-            sets: table.sets,
+            sets,
             screen,
             skips,
             seen: vec![u64::MAX; texts.len()],
+            plan,
+        }
+    }
+
+    /// Makes the screen again from the same sets, each literal cut down to the part whose
+    /// first bytes are rarest in `sample` (the log's first run): the packed searcher's
+    /// filter reads a literal's first three bytes, and every spot where some literal's
+    /// could begin is then compared, so a screen of `rejected`, `client`, `authenticat…`
+    /// stops at most words of a line where `jected`, `ient`, `cator f…` do not. A part of
+    /// a required literal is in every line the literal is in, and which patterns a line
+    /// holds is still decided by [`Gate::admit`] from the sets, so only the cost changes:
+    /// a shorter literal is found on a few more lines and proves fewer sets. Done once.
+    pub(super) fn tune(&mut self, sample: &[u8]) {
+        let Some(plan) = self.plan.take() else {
+            return;
+        };
+        let mut counts = [1u64; 256];
+        for &b in sample {
+            counts[usize::from(b)] += 1;
+        }
+        if let Some(screen) = Screen::new(&plan.chosen, &plan.checks, &plan.table, Some(&counts)) {
+            self.skips = self.always.is_empty() && !screen.holds_newline;
+            self.screen = Some(screen);
         }
     }
 
@@ -299,7 +349,12 @@ impl Gate {
     /// No screen literal holds a newline, so one that starts inside a line's range and
     /// ends by its end is inside it; and none holds another, so the one found at a start
     /// is the only one there.
-    pub(super) fn screen(&self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+    /// The first run of at least [`TUNING_MIN`] bytes first tunes the screen on its first
+    /// [`TUNING_SAMPLE`] bytes ([`Gate::tune`]).
+    pub(super) fn screen(&mut self, text: &[u8], lines: &[Range<usize>], screened: &mut Screened) {
+        if self.plan.is_some() && text.len() >= TUNING_MIN {
+            self.tune(&text[..text.len().min(TUNING_SAMPLE)]);
+        }
         screened.unscreened();
         let (Some(screen), Some(first), Some(last), true) =
             (&self.screen, lines.first(), lines.last(), self.skips)
@@ -369,14 +424,19 @@ impl Gate {
 }
 
 impl Screen {
-    /// The screen over each pattern's chosen set (`(pattern id, set)`); `None` when there
-    /// is none or no finder takes them.
+    /// The screen over each pattern's chosen set (`(pattern id, set)`), its literals cut
+    /// down to their rarest part by byte counts `counts` if given ([`Gate::tune`]); `None`
+    /// when there is none or no finder takes them.
     fn new(
         chosen: &[(usize, Vec<Vec<u8>>)],
         checks: &[Option<Check>],
         table: &SetTable,
+        counts: Option<&[u64; 256]>,
     ) -> Option<Screen> {
-        let literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
+        let mut literals = screen_literals(chosen.iter().flat_map(|(_, set)| set.iter().cloned()));
+        if let Some(counts) = counts {
+            literals = screen_literals(literals.iter().map(|l| rarer_part(l, counts)));
+        }
         let patterns = literals
             .iter()
             .map(|literal| {
@@ -439,6 +499,26 @@ fn screen_literals(literals: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
             .any(|other| other != literal && contains(literal, other))
     };
     all.iter().filter(|l| !holds_another(l)).cloned().collect()
+}
+
+/// The part of `literal` from the position where its first three bytes are rarest by byte
+/// counts `counts` (their product; the earliest such position, so the longest part), at
+/// least [`TUNED_MIN_LITERAL`] bytes long and not starting with a space; shorter literals
+/// whole.
+fn rarer_part(literal: &[u8], counts: &[u64; 256]) -> Vec<u8> {
+    let rarity = |at: usize| {
+        literal[at..at + 3]
+            .iter()
+            .map(|&b| counts[usize::from(b)])
+            .fold(1u64, u64::saturating_mul)
+    };
+    let start = (0..literal.len().saturating_sub(TUNED_MIN_LITERAL - 1))
+        .filter(|&at| literal[at] != b' ')
+        .min_by_key(|&at| (rarity(at), at));
+    match start {
+        Some(at) if literal.len() >= TUNED_MIN_LITERAL => literal[at..].to_vec(),
+        _ => literal.to_vec(),
+    }
 }
 
 /// Whether `hay` holds `needle`.
@@ -561,9 +641,10 @@ mod tests {
 
     /// The gate admits exactly the patterns whose every required set the line holds (no
     /// candidate dropped, none added), each once, over many random pattern sets, few
-    /// literals (the SIMD searcher) and many (the automaton); and its screen marks every
-    /// line that has a candidate, and with newline-separated lines exactly the lines that
-    /// hold a screen literal.
+    /// literals (the SIMD searcher) and many (the automaton), with the screen as built and
+    /// as tuned on a sample ([`Gate::tune`]); and its screen marks every line that has a
+    /// candidate, and with newline-separated lines exactly the lines that hold a screen
+    /// literal.
     #[test]
     fn the_gate_admits_exactly_the_patterns_whose_sets_a_line_holds() {
         let mut rng = fastrand::Rng::with_seed(2022);
@@ -577,6 +658,12 @@ mod tests {
             let texts = random_patterns(&mut rng, count);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let mut gate = Gate::new(&refs);
+            if round % 2 == 1 {
+                // Skewed counts, so that literals are cut at different places.
+                let sample = random_bytes(&mut rng, b"aaaabbcdx  ", 0..3000);
+                gate.tune(&sample);
+                assert!(gate.plan.is_none(), "tuned once");
+            }
             if let Some(screen) = &gate.screen {
                 kinds.insert(matches!(screen.finder, LiteralFinder::Packed(_)));
             }
@@ -672,11 +759,30 @@ mod tests {
         }
     }
 
+    /// A literal is cut to the part starting at its rarest three bytes, at least five
+    /// bytes long, never at a space; short literals stay whole.
+    #[test]
+    fn tuning_cuts_a_literal_at_its_rarest_bytes() {
+        let mut counts = [1u64; 256];
+        for &b in b"the quick brown fox jumps over the lazy dog, twice: the quick brown fox" {
+            counts[usize::from(b)] += 100;
+        }
+        assert_eq!(rarer_part(b"authentication FAILED", &counts), b"FAILED");
+        assert_eq!(
+            rarer_part(b"quick brown FOX", &counts),
+            b"n FOX",
+            "FOX is too short"
+        );
+        assert_eq!(rarer_part(b"sshd", &counts), b"sshd");
+        assert_eq!(rarer_part(b"Z the quick", &counts), b"Z the quick");
+        assert_eq!(rarer_part(b"quick Zebra", &counts), b"Zebra");
+    }
+
     /// A line cut short of its newline (a gap of other bytes before the next line) is
     /// marked only by a literal inside it, and a literal in the gap marks nothing.
     #[test]
     fn the_screen_reads_only_the_lines_ranges() {
-        let gate = Gate::new(&["needle"]);
+        let mut gate = Gate::new(&["needle"]);
         let text = b"xx needle\nab needle\r\nneedlen";
         let lines = [0..9, 10..12, 21..24];
         let mut screened = Screened::default();
@@ -702,10 +808,17 @@ mod tests {
             }
         }
         assert!(texts.len() > 20, "{} patterns", texts.len());
-        let gate = Gate::new(&texts);
+        let mut gate = Gate::new(&texts);
         assert!(gate.always.is_empty() && gate.skips);
+        let screen = gate.screen.as_ref().expect("a screen");
+        assert!(!simd() || matches!(screen.finder, LiteralFinder::Packed(_)));
+        let built = screen.patterns.len();
+        let sample = b"Nov  1 00:00:00 web1 sshd[24557]: Failed password for invalid user admin from 203.0.113.9 port 49407 ssh2\n".repeat(700);
+        gate.tune(&sample);
+        assert!(gate.skips);
         let screen = gate.screen.expect("a screen");
         assert!(!simd() || matches!(screen.finder, LiteralFinder::Packed(_)));
+        assert!(screen.patterns.len() <= built, "tuning never adds literals");
         for set in &gate.sets {
             if let SetCheck::Any(finder) = set {
                 assert!(!simd() || matches!(finder, LiteralFinder::Packed(_)));
