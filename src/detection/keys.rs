@@ -468,6 +468,14 @@ impl<S: Progress> KeyTable<S> {
         }
     }
 
+    /// [`Self::mark_clean`] and the key's state, in one probe (a commit stores what it
+    /// marks).
+    pub fn clean(&mut self, key: &Fields) -> Option<&mut S> {
+        let entry = self.get_entry_mut(key)?;
+        entry.dirty = false;
+        Some(&mut entry.state)
+    }
+
     fn get_entry_mut(&mut self, key: &Fields) -> Option<&mut Entry<S>> {
         let key: &str = std::borrow::Borrow::borrow(key);
         let place = self.find(self.hash(key), key)?;

@@ -48,16 +48,23 @@ fn write_store_key<'a>(
         }
         same
     });
+    write_sorted_key(k, rule, || sorted.iter().copied());
+}
+
+/// [`write_store_key`] for pairs already in strict name order (names unique), as a
+/// detection key holds them: written as they come, without collecting them first.
+fn write_sorted_key<'a, I: Iterator<Item = (&'a str, &'a str)>>(
+    k: &mut Vec<u8>,
+    rule: &str,
+    pairs: impl Fn() -> I,
+) {
     // Quotes, colon and comma or braces: 4 bytes a pair, 2 for the object.
-    let size = sorted
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 6)
-        .sum::<usize>();
+    let size = pairs().map(|(n, v)| n.len() + v.len() + 6).sum::<usize>();
     k.reserve(rule.len() + 3 + size);
     k.extend_from_slice(rule.as_bytes());
     k.push(0);
     k.push(b'{');
-    for (i, (name, value)) in sorted.iter().enumerate() {
+    for (i, (name, value)) in pairs().enumerate() {
         if i > 0 {
             k.push(b',');
         }
@@ -66,6 +73,14 @@ fn write_store_key<'a>(
         json_string(k, value);
     }
     k.push(b'}');
+}
+
+/// Whether `pairs`' names are in strict order (sorted, none repeated).
+fn strictly_sorted<'a>(mut pairs: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    let Some((mut last, _)) = pairs.next() else {
+        return true;
+    };
+    pairs.all(|(name, _)| std::mem::replace(&mut last, name) < name)
 }
 
 /// `s` as a JSON string, byte for byte what `serde_json` writes: text without a quote,
@@ -182,17 +197,26 @@ impl Detector {
     /// [`Detector::take_dirty`] it makes no map or id per key: a busy step changes
     /// thousands (the key is written in one reused buffer).
     pub fn each_dirty(&mut self, mut store: impl FnMut(&[u8], &str, Option<&KeyState>)) {
-        let dirty = self.clean_dirty();
+        let dirty = self.dirty.as_mut().map(std::mem::take).unwrap_or_default();
         let mut store_key = Vec::new();
         for (rule_id, keys) in &dirty {
             // Looked up once a rule, not once a key.
-            let rule_hash = self.rule_hash(rule_id);
-            let table = self.tables.get(rule_id.as_str());
+            let rule_hash = self
+                .rules
+                .rule(rule_id)
+                .map_or("", |r| stored_hash(&r.hash));
+            let mut table = self.tables.get_mut(rule_id.as_str());
             for key in keys {
-                let state = table.and_then(|t| t.get(key));
+                // One probe a key: marked stored and read together.
+                let state = table.as_mut().and_then(|t| t.clean(key));
                 store_key.clear();
-                write_store_key(&mut store_key, rule_id, key.view().iter());
-                store(&store_key, rule_hash, state);
+                let view = key.view();
+                if strictly_sorted(view.iter()) {
+                    write_sorted_key(&mut store_key, rule_id, || view.iter());
+                } else {
+                    write_store_key(&mut store_key, rule_id, view.iter());
+                }
+                store(&store_key, rule_hash, state.map(|s| &*s));
             }
         }
     }
@@ -203,9 +227,12 @@ impl Detector {
         (self.rule_hash(rule_id), state)
     }
 
-    /// The hash of `rule_id`'s definition (empty for a rule no longer loaded).
+    /// The hash of `rule_id`'s definition as its windows are stored ([`stored_hash`];
+    /// empty for a rule no longer loaded).
     fn rule_hash(&self, rule_id: &str) -> &str {
-        self.rules.rule(rule_id).map_or("", |r| r.hash.as_str())
+        self.rules
+            .rule(rule_id)
+            .map_or("", |r| stored_hash(&r.hash))
     }
 
     /// Marks every changed key stored (the next change marks it dirty again) and returns
@@ -229,7 +256,9 @@ impl Detector {
         let mut fresh = Vec::new();
         for (id, state) in saved {
             match self.rules.rule(&id.rule) {
-                Some(rule) if rule.hash == id.rule_hash => fresh.push((rule.clone(), id, state)),
+                Some(rule) if same_definition(&rule.hash, &id.rule_hash) => {
+                    fresh.push((rule.clone(), id, state))
+                }
                 _ => stale.push(id),
             }
         }
@@ -248,6 +277,25 @@ impl Detector {
         }
         stale
     }
+}
+
+/// Characters of a rule's definition hash (hex SHA-256) a stored window keeps: 64 bits tell
+/// one definition of a rule from another as surely as the whole hash does (nobody picks
+/// definitions to collide), and the whole hash was half of what a commit wrote for each
+/// changed window (the window record's deflate read it every time).
+const STORED_HASH_CHARS: usize = 16;
+
+/// What a window stores of its rule's definition hash `hash`.
+fn stored_hash(hash: &str) -> &str {
+    hash.get(..STORED_HASH_CHARS).unwrap_or(hash)
+}
+
+/// Whether a window stored under `stored` was counted under the definition hashed `hash`:
+/// the whole hash (as releases before [`STORED_HASH_CHARS`] stored it) or its stored
+/// prefix; anything shorter (a rule that was not loaded) matches nothing.
+fn same_definition(hash: &str, stored: &str) -> bool {
+    !stored.is_empty()
+        && (stored == hash || (stored.len() >= STORED_HASH_CHARS && hash.starts_with(stored)))
 }
 
 /// Keys whose state changed, by rule id.
@@ -274,6 +322,22 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// A window stored with its rule's whole hash (as earlier releases stored every one) or
+    /// with the prefix stored now is restored under that definition; one stored under
+    /// another definition, or without a hash, is not.
+    #[test]
+    fn windows_stored_with_the_whole_hash_or_its_prefix_belong_to_the_definition() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let other = "9f86d081884c7d65ffffffffffffffffa3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(stored_hash(hash), "9f86d081884c7d65");
+        assert!(same_definition(hash, hash), "an earlier release's window");
+        assert!(same_definition(hash, stored_hash(hash)));
+        assert!(!same_definition(hash, stored_hash(&hash.replace('9', "0"))));
+        assert!(!same_definition(hash, other), "the whole hash must match");
+        assert!(!same_definition(hash, ""), "a rule that was not loaded");
+        assert!(!same_definition(hash, "9f86d0"), "too short to tell");
+    }
+
     /// The hand-written key writer gives the bytes a `BTreeMap` serialized by `serde_json`
     /// gives (the format stored windows are keyed by), escapes included.
     #[test]
@@ -297,6 +361,13 @@ mod tests {
                     want,
                     "{a:?} {b:?}"
                 );
+                // A detection key's pairs come in strict name order: written as they come.
+                let in_order = [("ip", *b), ("user", *a), ("z\"", *a)];
+                assert!(strictly_sorted(in_order.into_iter()));
+                assert!(!strictly_sorted(pairs.into_iter()));
+                let mut direct = Vec::new();
+                write_sorted_key(&mut direct, "ssh-bruteforce", || in_order.into_iter());
+                assert_eq!(direct, want, "{a:?} {b:?}");
             }
         }
         let empty: BTreeMap<&str, &str> = BTreeMap::new();

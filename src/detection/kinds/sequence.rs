@@ -138,6 +138,15 @@ impl Prefix {
     }
 }
 
+impl Step {
+    /// One recent match: its time, its line and the prefix it continues.
+    fn encode_recent(w: &mut Enc<'_>, time_ms: i64, e: &Evidence, prefix: Option<&Prefix>) {
+        w.i64(time_ms);
+        w.evidence(e);
+        Prefix::encode_opt(prefix, w);
+    }
+}
+
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
@@ -168,20 +177,38 @@ impl Prefix {
 }
 
 impl Sequence {
+    /// Every step's state, however it is held (written as is: a commit encodes thousands
+    /// of single-match keys, and allocating their steps to write them cost more than the
+    /// writing).
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        let all = match &self.steps {
-            Steps::All(all) => std::borrow::Cow::Borrowed(all),
-            held => std::borrow::Cow::Owned(held.clone().into_all()),
-        };
-        w.u64(all.len() as u64);
-        for step in all.iter() {
-            w.u64(step.recent.len() as u64);
-            for (t, e, prefix) in &step.recent {
-                w.i64(*t);
-                w.evidence(e);
-                Prefix::encode_opt(prefix.as_ref(), w);
+        w.u64(self.steps.len() as u64);
+        let unmatched = match &self.steps {
+            Steps::All(all) => {
+                for step in all.iter() {
+                    w.u64(step.recent.len() as u64);
+                    for (t, e, prefix) in &step.recent {
+                        Step::encode_recent(w, *t, e, prefix.as_ref());
+                    }
+                    Prefix::encode_opt(step.done.as_ref(), w);
+                }
+                0
             }
-            Prefix::encode_opt(step.done.as_ref(), w);
+            Steps::Empty(n) => *n,
+            Steps::First {
+                steps,
+                time_ms,
+                evidence,
+            } => {
+                // As `into_all` holds it: the first step's one match, with its empty prefix.
+                w.u64(1);
+                Step::encode_recent(w, *time_ms, evidence, Some(&Prefix::from(*time_ms)));
+                Prefix::encode_opt(None, w);
+                steps.saturating_sub(1)
+            }
+        };
+        for _ in 0..unmatched {
+            w.u64(0);
+            Prefix::encode_opt(None, w);
         }
     }
 
@@ -426,6 +453,17 @@ mod tests {
     /// them made to hold every step after each change.
     #[test]
     fn held_without_its_steps_a_key_counts_and_expires_as_with_them() {
+        // The bytes a commit stores, each line referenced by its time.
+        fn stored(s: &KeyState) -> Vec<u8> {
+            let mut sink = |e: &crate::detection::Evidence| crate::store::codec::Loc {
+                block: 7,
+                index: e.time.timestamp() as u32,
+            };
+            let mut w = crate::store::codec::Enc::new(&mut sink);
+            s.encode(&mut w);
+            w.finish()
+        }
+
         let k = RuleKind::Sequence {
             within_ms: 60_000,
             counts: vec![3, 1, 2],
@@ -466,6 +504,8 @@ mod tests {
                 compact_held += 1;
             }
             assert_eq!(compact, full, "state at step {i}");
+            // Stored with the same bytes, however its steps are held.
+            assert_eq!(stored(&compact), stored(&full), "bytes at step {i}");
             assert_eq!(compact.expiry_ms(&k), full.expiry_ms(&k), "step {i}");
             assert_eq!(compact.last_ms(), full.last_ms(), "step {i}");
             assert_eq!(
