@@ -10,23 +10,22 @@
 
 use super::{EVIDENCE_KEPT, Event, Observed, push_bounded};
 use crate::detection::window::SmallDeque;
-use crate::detection::{Crossing, Evidence};
+use crate::detection::{Crossing, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Steps completed in order, from `start_ms`, with the lines that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Prefix {
     start_ms: i64,
-    evidence: Vec<Arc<Evidence>>,
+    evidence: Vec<HeldLine>,
 }
 
 /// One step: its latest matches with their prefixes (the first held inline: most keys of a
 /// flood match one step once), and its best completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Step {
-    recent: SmallDeque<(i64, Arc<Evidence>, Option<Prefix>)>,
+    recent: SmallDeque<(i64, HeldLine, Option<Prefix>)>,
     done: Option<Prefix>,
 }
 
@@ -52,7 +51,7 @@ enum Steps {
     First {
         steps: usize,
         time_ms: i64,
-        evidence: Arc<Evidence>,
+        evidence: HeldLine,
     },
     /// Every step's state.
     All(Box<[Step]>),
@@ -141,13 +140,20 @@ impl Prefix {
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.evidence_list(self.evidence.iter().map(|e| &**e));
+        w.u64(self.evidence.len() as u64);
+        for line in &self.evidence {
+            w.evidence(&line.evidence());
+        }
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         Ok(Prefix {
             start_ms: r.i64()?,
-            evidence: r.evidence_list()?.into_iter().map(Arc::new).collect(),
+            evidence: r
+                .evidence_list()?
+                .into_iter()
+                .map(HeldLine::from_evidence)
+                .collect(),
         })
     }
 
@@ -178,7 +184,7 @@ impl Sequence {
             w.u64(step.recent.len() as u64);
             for (t, e, prefix) in &step.recent {
                 w.i64(*t);
-                w.evidence(e);
+                w.evidence(&e.evidence());
                 Prefix::encode_opt(prefix.as_ref(), w);
             }
             Prefix::encode_opt(step.done.as_ref(), w);
@@ -192,7 +198,8 @@ impl Sequence {
             let m = r.count()?;
             let mut recent = Vec::with_capacity(m);
             for _ in 0..m {
-                recent.push((r.i64()?, Arc::new(r.evidence()?), Prefix::decode_opt(r)?));
+                let (t, line) = (r.i64()?, HeldLine::from_evidence(r.evidence()?));
+                recent.push((t, line, Prefix::decode_opt(r)?));
             }
             let recent = recent.into();
             let done = Prefix::decode_opt(r)?;
@@ -277,11 +284,7 @@ impl Sequence {
         debug_assert!(prefix.evidence.len() <= EVIDENCE_KEPT);
         Observed::Crossed(Crossing {
             count: total,
-            evidence: prefix
-                .evidence
-                .into_iter()
-                .map(Arc::unwrap_or_clone)
-                .collect(),
+            evidence: prefix.evidence.iter().map(HeldLine::evidence).collect(),
         })
     }
 
