@@ -31,8 +31,7 @@ struct Header {
     count: AtomicUsize,
     /// Bytes of text after the header.
     len: usize,
-    source: Arc<str>,
-    path: Arc<str>,
+    origin: Arc<Origin>,
     offset: u64,
     time: DateTime<Utc>,
     /// The text as an `Arc<str>`, made the first time an [`Evidence`] is made of the line
@@ -45,6 +44,39 @@ struct Header {
 unsafe impl Send for HeldLine {}
 // SAFETY: see `Send`: shared access only reads.
 unsafe impl Sync for HeldLine {}
+
+/// Where lines come from: a source's name and the path it read. Shared by the lines held
+/// from there, so holding a line counts one reference to it, not one each to the name and
+/// the path.
+#[derive(Debug)]
+pub struct Origin {
+    source: Arc<str>,
+    path: Arc<str>,
+}
+
+/// The origin of the lines last held, kept while lines come from the same place (nearly
+/// always: a piece of input is one file's lines).
+#[derive(Debug, Default)]
+pub struct Origins {
+    last: Option<Arc<Origin>>,
+}
+
+impl Origins {
+    /// The origin of `source` and `path`: the last one when it is the same place.
+    pub fn of(&mut self, source: &Arc<str>, path: &Arc<str>) -> &Arc<Origin> {
+        let same = |o: &Arc<Origin>| {
+            (Arc::ptr_eq(&o.source, source) || o.source == *source)
+                && (Arc::ptr_eq(&o.path, path) || o.path == *path)
+        };
+        if !self.last.as_ref().is_some_and(same) {
+            self.last = Some(Arc::new(Origin {
+                source: source.clone(),
+                path: path.clone(),
+            }));
+        }
+        self.last.as_ref().expect("set above")
+    }
+}
 
 /// Longest reference count before aborting, as `Arc` does (a count that wrapped would free
 /// a line still held).
@@ -61,7 +93,7 @@ impl HeldLine {
 
     /// The evidence of `line` read at `time`: its first [`EVIDENCE_LINE_BYTES`] bytes,
     /// invalid UTF-8 replaced (copied once, straight into the allocation when valid).
-    pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
+    pub fn from_line(line: &LogLine, time: DateTime<Utc>, origins: &mut Origins) -> Self {
         let bytes = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         let lossy;
         let text = match std::str::from_utf8(bytes) {
@@ -71,7 +103,8 @@ impl HeldLine {
                 &*lossy
             }
         };
-        Self::new(&line.source, &line.path, line.offset, time, text, None)
+        let origin = origins.of(&line.source, &line.path).clone();
+        Self::new(origin, line.offset, time, text, None)
     }
 
     /// A held copy of `evidence` (read back from the store), sharing its text for the
@@ -85,12 +118,17 @@ impl HeldLine {
             line,
         } = evidence;
         let text = Arc::clone(&line);
-        Self::new(&source, &path, offset, time, &text, Some(line))
+        Self::new(
+            Arc::new(Origin { source, path }),
+            offset,
+            time,
+            &text,
+            Some(line),
+        )
     }
 
     fn new(
-        source: &Arc<str>,
-        path: &Arc<str>,
+        origin: Arc<Origin>,
         offset: u64,
         time: DateTime<Utc>,
         text: &str,
@@ -108,8 +146,7 @@ impl HeldLine {
             ptr.as_ptr().write(Header {
                 count: AtomicUsize::new(1),
                 len: text.len(),
-                source: source.clone(),
-                path: path.clone(),
+                origin,
                 offset,
                 time,
                 shared: shared.map(OnceLock::from).unwrap_or_default(),
@@ -145,8 +182,8 @@ impl HeldLine {
     pub fn evidence(&self) -> Evidence {
         let h = self.header();
         Evidence {
-            source: h.source.clone(),
-            path: h.path.clone(),
+            source: h.origin.source.clone(),
+            path: h.origin.path.clone(),
             offset: h.offset,
             time: h.time,
             line: h.shared.get_or_init(|| Arc::from(self.text())).clone(),
@@ -186,8 +223,8 @@ impl PartialEq for HeldLine {
     /// Equal when the evidence made of them would be (the same place, time and text).
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.header(), other.header());
-        a.source == b.source
-            && a.path == b.path
+        a.origin.source == b.origin.source
+            && a.origin.path == b.origin.path
             && a.offset == b.offset
             && a.time == b.time
             && self.text() == other.text()
@@ -198,8 +235,8 @@ impl std::fmt::Debug for HeldLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let h = self.header();
         f.debug_struct("HeldLine")
-            .field("source", &h.source)
-            .field("path", &h.path)
+            .field("source", &h.origin.source)
+            .field("path", &h.origin.path)
             .field("offset", &h.offset)
             .field("time", &h.time)
             .field("line", &self.text())
@@ -260,10 +297,11 @@ mod tests {
             texts.push(format!("line {i} {}", "y".repeat((i * 7 % 130) as usize)).into_bytes());
         }
         let mut held: Vec<(usize, HeldLine)> = Vec::new();
+        let mut origins = Origins::default();
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for (i, bytes) in texts.iter().enumerate() {
             let l = line(&source, &path, i as u64 * 100, bytes);
-            let h = HeldLine::from_line(&l, at(i as i64 * 1_000));
+            let h = HeldLine::from_line(&l, at(i as i64 * 1_000), &mut origins);
             for _ in 0..(i % 4) {
                 held.push((i, h.clone()));
             }
@@ -291,7 +329,7 @@ mod tests {
             assert_eq!(HeldLine::from_evidence(e), *h);
         }
         assert!(Arc::strong_count(&source) > 1);
-        drop(held);
+        drop((held, origins));
         assert_eq!(Arc::strong_count(&source), 1, "a line outlived its handles");
         assert_eq!(Arc::strong_count(&path), 1, "a line outlived its handles");
     }
@@ -299,7 +337,9 @@ mod tests {
     #[test]
     fn handles_shared_across_threads_free_the_line_once() {
         let source: Arc<str> = "s".into();
-        let h = HeldLine::from_line(&line(&source, &source, 7, b"shared"), at(5));
+        let mut origins = Origins::default();
+        let h = HeldLine::from_line(&line(&source, &source, 7, b"shared"), at(5), &mut origins);
+        drop(origins);
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let h = h.clone();
@@ -321,7 +361,11 @@ mod tests {
     #[test]
     fn it_serialises_as_the_evidence_it_stands_for() {
         let source: Arc<str> = "s".into();
-        let h = HeldLine::from_line(&line(&source, &source, 3, b"text"), at(9));
+        let h = HeldLine::from_line(
+            &line(&source, &source, 3, b"text"),
+            at(9),
+            &mut Origins::default(),
+        );
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(json, serde_json::to_string(&h.evidence()).unwrap());
         let back: HeldLine = serde_json::from_str(&json).unwrap();

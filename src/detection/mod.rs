@@ -97,6 +97,8 @@ pub struct Detector {
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
+    /// Where the lines held by the windows come from, shared by them.
+    origins: held::Origins,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -177,6 +179,7 @@ impl Detector {
             tables: Tables::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
+            origins: held::Origins::default(),
         }
     }
 
@@ -277,6 +280,7 @@ impl Detector {
             tables,
             dirty,
             evicted: evictions,
+            origins,
             ..
         } = self;
         let time_ms = time.timestamp_millis();
@@ -290,7 +294,8 @@ impl Detector {
             let capture_text = &found.text[matched.captures.clone()];
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
-            let evidence = &*line_evidence.get_or_insert_with(|| HeldLine::from_line(line, time));
+            let evidence =
+                &*line_evidence.get_or_insert_with(|| HeldLine::from_line(line, time, origins));
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);

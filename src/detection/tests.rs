@@ -571,7 +571,11 @@ fn evidence_shows_each_counted_line_once_with_its_own_text() {
             assert_eq!(unique, offsets, "{}: a line twice", hit.rule.id());
             for e in &crossed.evidence {
                 let (t, want) = &fed[&e.offset];
-                assert_eq!((&*e.line, e.time), (want.as_str(), at(*t)), "another line's text");
+                assert_eq!(
+                    (&*e.line, e.time),
+                    (want.as_str(), at(*t)),
+                    "another line's text"
+                );
                 assert!(
                     e.line.contains(&format!(" {ip} ")),
                     "{}: a line of another key",
