@@ -34,9 +34,10 @@ struct Header {
     origin: Arc<Origin>,
     offset: u64,
     time: DateTime<Utc>,
-    /// The text as an `Arc<str>`, made the first time an [`Evidence`] is made of the line
-    /// (the daemon makes one per line for its hits; a replay only for crossings).
-    shared: OnceLock<Arc<str>>,
+    /// The line as [`Evidence`] (its text an `Arc<str>` of its own), made the first time
+    /// it is asked for: the daemon asks per line, for its hits and its stored windows; a
+    /// replay only for crossings.
+    shared: OnceLock<Evidence>,
 }
 
 // SAFETY: the header's fields are `Send + Sync` and the text is never written after
@@ -107,23 +108,20 @@ impl HeldLine {
         Self::new(origin, line.offset, time, text, None)
     }
 
-    /// A held copy of `evidence` (read back from the store), sharing its text for the
-    /// evidence made of it again.
+    /// A held copy of `evidence` (read back from the store), which it keeps as its
+    /// evidence.
     pub fn from_evidence(evidence: Evidence) -> Self {
-        let Evidence {
-            source,
-            path,
-            offset,
-            time,
-            line,
-        } = evidence;
-        let text = Arc::clone(&line);
+        let origin = Arc::new(Origin {
+            source: evidence.source.clone(),
+            path: evidence.path.clone(),
+        });
+        let text = Arc::clone(&evidence.line);
         Self::new(
-            Arc::new(Origin { source, path }),
-            offset,
-            time,
+            origin,
+            evidence.offset,
+            evidence.time,
             &text,
-            Some(line),
+            Some(evidence),
         )
     }
 
@@ -132,7 +130,7 @@ impl HeldLine {
         offset: u64,
         time: DateTime<Utc>,
         text: &str,
-        shared: Option<Arc<str>>,
+        shared: Option<Evidence>,
     ) -> Self {
         let (layout, at) = Self::layout(text.len());
         // SAFETY: the layout is not zero-sized (it holds the header); the header is
@@ -177,17 +175,17 @@ impl HeldLine {
         self.header().time
     }
 
-    /// The line as evidence for an incident, a hit or the store. Its text is one
-    /// `Arc<str>` per line, made the first time it is asked for.
-    pub fn evidence(&self) -> Evidence {
+    /// The line as evidence for an incident, a hit or the store: made once per line, the
+    /// first time it is asked for.
+    pub fn evidence(&self) -> &Evidence {
         let h = self.header();
-        Evidence {
+        h.shared.get_or_init(|| Evidence {
             source: h.origin.source.clone(),
             path: h.origin.path.clone(),
             offset: h.offset,
             time: h.time,
-            line: h.shared.get_or_init(|| Arc::from(self.text())).clone(),
-        }
+            line: Arc::from(self.text()),
+        })
     }
 }
 
@@ -326,7 +324,7 @@ mod tests {
             // Made once per line: a second evidence shares the first one's text.
             assert!(Arc::ptr_eq(&e.line, &h.evidence().line));
             // Round trip through the store's form keeps it equal.
-            assert_eq!(HeldLine::from_evidence(e), *h);
+            assert_eq!(HeldLine::from_evidence(e.clone()), *h);
         }
         assert!(Arc::strong_count(&source) > 1);
         drop((held, origins));

@@ -345,7 +345,7 @@ impl Detector {
                 captures,
                 step,
                 time,
-                evidence: Some(evidence.evidence()),
+                evidence: Some(evidence.evidence().clone()),
                 crossed,
                 resumed,
             });

@@ -77,7 +77,7 @@ impl Absence {
             .as_ref()
             .is_none_or(|l| l.time <= event.evidence.time())
         {
-            self.last = Some(event.evidence.evidence());
+            self.last = Some(event.evidence.evidence().clone());
         }
         if self.gap_ms.is_some() && self.held(event.time_ms, within_ms) >= count {
             self.gap_ms = None;

@@ -43,7 +43,7 @@ impl Distinct {
         for (value, (t, e)) in &self.values {
             w.str(value);
             w.i64(*t);
-            w.evidence(&e.evidence());
+            w.evidence(e.evidence());
         }
     }
 
@@ -104,7 +104,7 @@ impl Distinct {
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
-            super::push_bounded(&mut evidence, e.evidence());
+            super::push_bounded(&mut evidence, e.evidence().clone());
         }
         Observed::Crossed(Crossing {
             count: distinct,

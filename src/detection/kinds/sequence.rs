@@ -140,10 +140,7 @@ impl Prefix {
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.u64(self.evidence.len() as u64);
-        for line in &self.evidence {
-            w.evidence(&line.evidence());
-        }
+        w.evidence_list(self.evidence.iter().map(HeldLine::evidence));
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
@@ -184,7 +181,7 @@ impl Sequence {
             w.u64(step.recent.len() as u64);
             for (t, e, prefix) in &step.recent {
                 w.i64(*t);
-                w.evidence(&e.evidence());
+                w.evidence(e.evidence());
                 Prefix::encode_opt(prefix.as_ref(), w);
             }
             Prefix::encode_opt(step.done.as_ref(), w);
@@ -284,7 +281,11 @@ impl Sequence {
         debug_assert!(prefix.evidence.len() <= EVIDENCE_KEPT);
         Observed::Crossed(Crossing {
             count: total,
-            evidence: prefix.evidence.iter().map(HeldLine::evidence).collect(),
+            evidence: prefix
+                .evidence
+                .iter()
+                .map(|line| line.evidence().clone())
+                .collect(),
         })
     }
 

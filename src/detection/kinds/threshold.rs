@@ -21,8 +21,12 @@ impl Threshold {
         {
             None => Observed::Late,
             Some(n) if n as u64 >= count => {
-                let evidence: Vec<Evidence> =
-                    self.window.drain().iter().map(HeldLine::evidence).collect();
+                let evidence: Vec<Evidence> = self
+                    .window
+                    .drain()
+                    .iter()
+                    .map(|line| line.evidence().clone())
+                    .collect();
                 Observed::Crossed(Crossing {
                     count: evidence.len() as u64,
                     evidence,
@@ -55,10 +59,7 @@ impl Threshold {
 
     /// The counted lines as references (each one's time is its line's).
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        w.u64(self.window.len() as u64);
-        for (_, line) in self.window.events() {
-            w.evidence(&line.evidence());
-        }
+        w.evidence_list(self.window.events().map(|(_, line)| line.evidence()));
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
