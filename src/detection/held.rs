@@ -94,7 +94,16 @@ impl HeldLine {
 
     /// The evidence of `line` read at `time`: its first [`EVIDENCE_LINE_BYTES`] bytes,
     /// invalid UTF-8 replaced (copied once, straight into the allocation when valid).
-    pub fn from_line(line: &LogLine, time: DateTime<Utc>, origins: &mut Origins) -> Self {
+    ///
+    /// `as_evidence`: the caller will ask for the line's [`Evidence`] anyway (the daemon
+    /// makes a hit of every match and stores every window): it is made now, and the text is
+    /// copied once, into it, not also inline.
+    pub fn from_line(
+        line: &LogLine,
+        time: DateTime<Utc>,
+        origins: &mut Origins,
+        as_evidence: bool,
+    ) -> Self {
         let bytes = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         let lossy;
         let text = match std::str::from_utf8(bytes) {
@@ -105,24 +114,27 @@ impl HeldLine {
             }
         };
         let origin = origins.of(&line.source, &line.path).clone();
-        Self::new(origin, line.offset, time, text, None)
+        if !as_evidence {
+            return Self::new(origin, line.offset, time, text, None);
+        }
+        let evidence = Evidence {
+            source: origin.source.clone(),
+            path: origin.path.clone(),
+            offset: line.offset,
+            time,
+            line: Arc::from(text),
+        };
+        Self::new(origin, line.offset, time, "", Some(evidence))
     }
 
     /// A held copy of `evidence` (read back from the store), which it keeps as its
-    /// evidence.
+    /// evidence (the text is not copied).
     pub fn from_evidence(evidence: Evidence) -> Self {
         let origin = Arc::new(Origin {
             source: evidence.source.clone(),
             path: evidence.path.clone(),
         });
-        let text = Arc::clone(&evidence.line);
-        Self::new(
-            origin,
-            evidence.offset,
-            evidence.time,
-            &text,
-            Some(evidence),
-        )
+        Self::new(origin, evidence.offset, evidence.time, "", Some(evidence))
     }
 
     fn new(
@@ -161,6 +173,10 @@ impl HeldLine {
 
     /// The line's text.
     pub fn text(&self) -> &str {
+        // Made with its evidence, a line holds its text there only.
+        if let Some(evidence) = self.header().shared.get() {
+            return &evidence.line;
+        }
         let len = self.header().len;
         let at = Self::layout(len).1;
         // SAFETY: `new` copied `len` bytes of a `str` there and nothing writes them again.
@@ -275,7 +291,7 @@ mod tests {
     }
 
     /// Every handle shows its own line (text, place, time) and the evidence made of it is
-    /// the one `Evidence::from_line` would make, whatever the text's length (empty, cut,
+    /// its first `EVIDENCE_LINE_BYTES` bytes, lossy, whatever the text's length (empty, cut,
     /// not UTF-8), however the handles are cloned and dropped in between; and when the
     /// last handle goes, nothing of the line is held (the source and path are referenced
     /// by the test alone again): no line leaks.
@@ -299,7 +315,7 @@ mod tests {
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for (i, bytes) in texts.iter().enumerate() {
             let l = line(&source, &path, i as u64 * 100, bytes);
-            let h = HeldLine::from_line(&l, at(i as i64 * 1_000), &mut origins);
+            let h = HeldLine::from_line(&l, at(i as i64 * 1_000), &mut origins, i % 3 == 0);
             for _ in 0..(i % 4) {
                 held.push((i, h.clone()));
             }
@@ -336,7 +352,12 @@ mod tests {
     fn handles_shared_across_threads_free_the_line_once() {
         let source: Arc<str> = "s".into();
         let mut origins = Origins::default();
-        let h = HeldLine::from_line(&line(&source, &source, 7, b"shared"), at(5), &mut origins);
+        let h = HeldLine::from_line(
+            &line(&source, &source, 7, b"shared"),
+            at(5),
+            &mut origins,
+            false,
+        );
         drop(origins);
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -363,6 +384,7 @@ mod tests {
             &line(&source, &source, 3, b"text"),
             at(9),
             &mut Origins::default(),
+            false,
         );
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(json, serde_json::to_string(&h.evidence()).unwrap());

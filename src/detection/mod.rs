@@ -294,8 +294,10 @@ impl Detector {
             let capture_text = &found.text[matched.captures.clone()];
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
-            let evidence =
-                &*line_evidence.get_or_insert_with(|| HeldLine::from_line(line, time, origins));
+            let evidence = &*line_evidence.get_or_insert_with(|| {
+                // A detector that stores its windows makes evidence of every line it holds.
+                HeldLine::from_line(line, time, origins, dirty.is_some())
+            });
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);
