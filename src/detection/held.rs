@@ -7,8 +7,9 @@
 //! expiry, which also left glibc's fast bins full of small chunks for
 //! `malloc_consolidate` to walk. A [`HeldLine`] is one allocation: a reference count, the
 //! line's place and time, and its text inline after them. An [`Evidence`] (whose text is
-//! an `Arc<str>` of its own) is made only when a hit, a crossing or the store needs one,
-//! and its text made once per line however many need it.
+//! an `Arc<str>` of its own) is made once per line: with the line where every line's is
+//! needed (the daemon, which makes a hit of every match and stores every window; the
+//! text then lives only in it), else the first time a crossing asks (a replay).
 
 use super::{EVIDENCE_LINE_BYTES, Evidence};
 use crate::base::line::LogLine;
