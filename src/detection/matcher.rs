@@ -433,15 +433,6 @@ impl SourceMatcher {
     }
 }
 
-/// A line's text as shared text (invalid UTF-8 replaced), with the common all-valid case
-/// checked by the faster validator.
-pub fn lossy_text(bytes: &[u8]) -> Arc<str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Arc::from(text),
-        Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

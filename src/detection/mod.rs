@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod fields;
+pub mod held;
 pub mod in_order;
 pub mod keys;
 pub mod kinds;
@@ -22,6 +23,7 @@ use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
+pub use held::HeldLine;
 use keys::{Expired, KeyTable, KeyText};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
@@ -48,25 +50,6 @@ pub const EVIDENCE_LINE_BYTES: usize = 1024;
 pub type Key = BTreeMap<String, String>;
 
 pub use crate::base::evidence::Evidence;
-
-impl Evidence {
-    /// Evidence for a line read at `time`.
-    pub fn from_line(line: &LogLine, time: DateTime<Utc>) -> Self {
-        Evidence {
-            source: line.source.clone(),
-            path: line.path.clone(),
-            offset: line.offset,
-            time,
-            line: Self::line_text(&line.bytes),
-        }
-    }
-
-    /// The text evidence keeps of a line: its first [`EVIDENCE_LINE_BYTES`] bytes, invalid
-    /// UTF-8 replaced.
-    pub fn line_text(bytes: &[u8]) -> Arc<str> {
-        matcher::lossy_text(&bytes[..bytes.len().min(EVIDENCE_LINE_BYTES)])
-    }
-}
 
 /// A counted match of a rule, or a condition the clock noticed (an absence).
 #[derive(Debug, Clone)]
@@ -114,6 +97,8 @@ pub struct Detector {
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
+    /// Where the lines held by the windows come from, shared by them.
+    origins: held::Origins,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -194,6 +179,7 @@ impl Detector {
             tables: Tables::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
+            origins: held::Origins::default(),
         }
     }
 
@@ -294,12 +280,13 @@ impl Detector {
             tables,
             dirty,
             evicted: evictions,
+            origins,
             ..
         } = self;
         let time_ms = time.timestamp_millis();
         // Made at the line's first counted match and shared by the others (and by the
         // windows that keep it: one reference count each).
-        let mut line_evidence: Option<Arc<Evidence>> = None;
+        let mut line_evidence: Option<HeldLine> = None;
         let mut line_crossed = false;
         for matched in found.matches {
             let rule = &matched.rule;
@@ -307,9 +294,10 @@ impl Detector {
             let capture_text = &found.text[matched.captures.clone()];
             let key_text = &found.text[matched.key.clone()];
             let captures = FieldsView::new(capture_text);
-            let evidence = line_evidence
-                .get_or_insert_with(|| Arc::new(Evidence::from_line(line, time)))
-                .clone();
+            let evidence = &*line_evidence.get_or_insert_with(|| {
+                // A detector that stores its windows makes evidence of every line it holds.
+                HeldLine::from_line(line, time, origins, dirty.is_some())
+            });
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);
@@ -320,7 +308,7 @@ impl Detector {
                 Event {
                     time_ms,
                     step,
-                    evidence: &evidence,
+                    evidence,
                     captures,
                 },
             );
@@ -359,7 +347,7 @@ impl Detector {
                 captures,
                 step,
                 time,
-                evidence: Some(Evidence::clone(&evidence)),
+                evidence: Some(evidence.evidence().clone()),
                 crossed,
                 resumed,
             });

@@ -75,9 +75,9 @@ impl Absence {
         if self
             .last
             .as_ref()
-            .is_none_or(|l| l.time <= event.evidence.time)
+            .is_none_or(|l| l.time <= event.evidence.time())
         {
-            self.last = Some(Evidence::clone(event.evidence));
+            self.last = Some(event.evidence.evidence().clone());
         }
         if self.gap_ms.is_some() && self.held(event.time_ms, within_ms) >= count {
             self.gap_ms = None;

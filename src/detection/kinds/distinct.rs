@@ -2,10 +2,9 @@
 
 use super::{Event, Observed};
 use crate::detection::window::SmallDeque;
-use crate::detection::{Crossing, Evidence};
+use crate::detection::{Crossing, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 /// The latest time and line of each value seen in the window; emptied when it fires.
 ///
 /// A small vector, not a map: a rule counts a handful of values, and most keys of a flood
@@ -18,11 +17,11 @@ pub struct Distinct {
 }
 
 /// A value, with the time and line it was last seen at.
-type Seen = (String, (i64, Arc<Evidence>));
+type Seen = (String, (i64, HeldLine));
 
 /// `values` stored as `{value: [time, evidence]}`.
 mod as_map {
-    use super::{Arc, Evidence, Seen, SmallDeque};
+    use super::{HeldLine, Seen, SmallDeque};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::collections::BTreeMap;
 
@@ -31,7 +30,7 @@ mod as_map {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SmallDeque<Seen>, D::Error> {
-        Ok(BTreeMap::<String, (i64, Arc<Evidence>)>::deserialize(d)?
+        Ok(BTreeMap::<String, (i64, HeldLine)>::deserialize(d)?
             .into_iter()
             .collect::<Vec<_>>()
             .into())
@@ -44,7 +43,7 @@ impl Distinct {
         for (value, (t, e)) in &self.values {
             w.str(value);
             w.i64(*t);
-            w.evidence(e);
+            w.evidence(e.evidence());
         }
     }
 
@@ -54,7 +53,7 @@ impl Distinct {
         for _ in 0..n {
             let value = r.str()?.to_string();
             let t = r.i64()?;
-            values.push((value, (t, Arc::new(r.evidence()?))));
+            values.push((value, (t, HeldLine::from_evidence(r.evidence()?))));
         }
         Ok(Distinct {
             values: values.into(),
@@ -98,14 +97,14 @@ impl Distinct {
             return Observed::Counted;
         }
         let distinct = self.values.len() as u64;
-        let mut seen: Vec<(i64, Arc<Evidence>)> = std::mem::take(&mut self.values)
+        let mut seen: Vec<(i64, HeldLine)> = std::mem::take(&mut self.values)
             .into_iter()
             .map(|(_, seen)| seen)
             .collect();
         seen.sort_by_key(|(t, _)| *t);
         let mut evidence = Vec::new();
         for (_, e) in seen {
-            super::push_bounded(&mut evidence, Arc::unwrap_or_clone(e));
+            super::push_bounded(&mut evidence, e.evidence().clone());
         }
         Observed::Crossed(Crossing {
             count: distinct,

@@ -16,11 +16,10 @@ pub use sequence::Sequence;
 pub use spike::Spike;
 pub use threshold::Threshold;
 
-use super::{Crossing, Evidence, FieldsView};
+use super::{Crossing, FieldsView, HeldLine};
 use crate::rules::RuleKind;
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Most evidence lines a kind keeps for one crossing (the incident keeps its own bound).
 pub const EVIDENCE_KEPT: usize = 20;
@@ -33,7 +32,7 @@ pub struct Event<'a> {
     pub step: usize,
     /// The matching line, kept as evidence if the match counts towards a crossing: shared
     /// by every match of the line, so a window keeps it for one reference count.
-    pub evidence: &'a Arc<Evidence>,
+    pub evidence: &'a HeldLine,
     /// Named captures of the match.
     pub captures: FieldsView<'a>,
 }
@@ -296,6 +295,7 @@ pub fn push_bounded<E>(list: &mut Vec<E>, evidence: E) {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use crate::detection::Evidence;
     use chrono::{DateTime, Utc};
 
     /// Evidence for a line at `ms` with text `text`.
@@ -317,7 +317,7 @@ pub(crate) mod test_support {
         step: usize,
         captures: &[(&str, &str)],
     ) -> Observed {
-        let ev = Arc::new(evidence(ms, &format!("line at {ms}")));
+        let ev = HeldLine::from_evidence(evidence(ms, &format!("line at {ms}")));
         let caps = crate::detection::Fields::from_map(
             &captures
                 .iter()
@@ -351,6 +351,7 @@ pub(crate) mod test_support {
 mod stored_layout {
     use super::test_support::*;
     use super::*;
+    use crate::detection::Evidence;
     use crate::store::codec::Loc;
 
     /// Where the test "stores" a line: block 7, index = its time in seconds.

@@ -10,23 +10,22 @@
 
 use super::{EVIDENCE_KEPT, Event, Observed, push_bounded};
 use crate::detection::window::SmallDeque;
-use crate::detection::{Crossing, Evidence};
+use crate::detection::{Crossing, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Steps completed in order, from `start_ms`, with the lines that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Prefix {
     start_ms: i64,
-    evidence: Vec<Arc<Evidence>>,
+    evidence: Vec<HeldLine>,
 }
 
 /// One step: its latest matches with their prefixes (the first held inline: most keys of a
 /// flood match one step once), and its best completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Step {
-    recent: SmallDeque<(i64, Arc<Evidence>, Option<Prefix>)>,
+    recent: SmallDeque<(i64, HeldLine, Option<Prefix>)>,
     done: Option<Prefix>,
 }
 
@@ -52,7 +51,7 @@ enum Steps {
     First {
         steps: usize,
         time_ms: i64,
-        evidence: Arc<Evidence>,
+        evidence: HeldLine,
     },
     /// Every step's state.
     All(Box<[Step]>),
@@ -140,9 +139,9 @@ impl Prefix {
 
 impl Step {
     /// One recent match: its time, its line and the prefix it continues.
-    fn encode_recent(w: &mut Enc<'_>, time_ms: i64, e: &Evidence, prefix: Option<&Prefix>) {
+    fn encode_recent(w: &mut Enc<'_>, time_ms: i64, e: &HeldLine, prefix: Option<&Prefix>) {
         w.i64(time_ms);
-        w.evidence(e);
+        w.evidence(e.evidence());
         Prefix::encode_opt(prefix, w);
     }
 }
@@ -150,13 +149,17 @@ impl Step {
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.evidence_list(self.evidence.iter().map(|e| &**e));
+        w.evidence_list(self.evidence.iter().map(HeldLine::evidence));
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
         Ok(Prefix {
             start_ms: r.i64()?,
-            evidence: r.evidence_list()?.into_iter().map(Arc::new).collect(),
+            evidence: r
+                .evidence_list()?
+                .into_iter()
+                .map(HeldLine::from_evidence)
+                .collect(),
         })
     }
 
@@ -219,7 +222,8 @@ impl Sequence {
             let m = r.count()?;
             let mut recent = Vec::with_capacity(m);
             for _ in 0..m {
-                recent.push((r.i64()?, Arc::new(r.evidence()?), Prefix::decode_opt(r)?));
+                let (t, line) = (r.i64()?, HeldLine::from_evidence(r.evidence()?));
+                recent.push((t, line, Prefix::decode_opt(r)?));
             }
             let recent = recent.into();
             let done = Prefix::decode_opt(r)?;
@@ -306,8 +310,8 @@ impl Sequence {
             count: total,
             evidence: prefix
                 .evidence
-                .into_iter()
-                .map(Arc::unwrap_or_clone)
+                .iter()
+                .map(|line| line.evidence().clone())
                 .collect(),
         })
     }

@@ -84,7 +84,7 @@ impl Spike {
             // Late matches fill the baseline; only the current window can spike.
             return Observed::Counted;
         }
-        push_bounded(&mut self.evidence, Evidence::clone(event.evidence));
+        push_bounded(&mut self.evidence, event.evidence.evidence().clone());
         if self.fired == Some(index) {
             return Observed::Counted;
         }

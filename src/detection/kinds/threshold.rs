@@ -2,16 +2,15 @@
 
 use super::{Event, Observed, forgotten_after};
 use crate::detection::window::SlidingWindow;
-use crate::detection::{Crossing, Evidence};
+use crate::detection::{Crossing, Evidence, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// The matches of the current window, each line shared with the other rules that counted
 /// it; emptied when the threshold is reached.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
-    window: SlidingWindow<Arc<Evidence>>,
+    window: SlidingWindow<HeldLine>,
 }
 
 impl Threshold {
@@ -25,8 +24,8 @@ impl Threshold {
                 let evidence: Vec<Evidence> = self
                     .window
                     .drain()
-                    .into_iter()
-                    .map(Arc::unwrap_or_clone)
+                    .iter()
+                    .map(|line| line.evidence().clone())
                     .collect();
                 Observed::Crossed(Crossing {
                     count: evidence.len() as u64,
@@ -60,7 +59,7 @@ impl Threshold {
 
     /// The counted lines as references (each one's time is its line's).
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        w.evidence_list(self.window.events().map(|(_, e)| &**e));
+        w.evidence_list(self.window.events().map(|(_, line)| line.evidence()));
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
@@ -69,7 +68,7 @@ impl Threshold {
             window: SlidingWindow::from_events(
                 lines
                     .into_iter()
-                    .map(|e| (e.time.timestamp_millis(), Arc::new(e)))
+                    .map(|e| (e.time.timestamp_millis(), HeldLine::from_evidence(e)))
                     .collect(),
             ),
         })
