@@ -87,7 +87,7 @@ impl<'a> FieldsView<'a> {
     }
 
     /// The pairs in name order.
-    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
         let mut rest = self.0;
         std::iter::from_fn(move || {
             if rest.is_empty() {

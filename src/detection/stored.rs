@@ -26,18 +26,23 @@ pub fn window_key(id: &WindowId) -> Vec<u8> {
 /// The one writer of [`window_key`]'s format, from the key's pairs in any order: a JSON
 /// object in name order, as a `BTreeMap` serializes. The daemon's commits write keys from
 /// [`Fields`] through this without building a map per changed window.
-fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+fn store_key<'a>(rule: &str, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Vec<u8> {
     let mut k = Vec::new();
     write_store_key(&mut k, rule, pairs);
     k
 }
 
-/// [`store_key`] appended to `k` (a buffer reused from key to key).
+/// [`store_key`] appended to `k` (a buffer reused from key to key). Pairs already in
+/// strict name order (names unique), as a detection key holds them, are written as they
+/// come, without collecting and sorting them first.
 fn write_store_key<'a>(
     k: &mut Vec<u8>,
     rule: &str,
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
 ) {
+    if strictly_sorted(pairs.clone()) {
+        return write_sorted_key(k, rule, || pairs.clone());
+    }
     let mut sorted: Vec<(&str, &str)> = pairs.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     // A repeated name keeps its last value, as a map would.
@@ -51,8 +56,7 @@ fn write_store_key<'a>(
     write_sorted_key(k, rule, || sorted.iter().copied());
 }
 
-/// [`write_store_key`] for pairs already in strict name order (names unique), as a
-/// detection key holds them: written as they come, without collecting them first.
+/// [`write_store_key`] for pairs in strict name order.
 fn write_sorted_key<'a, I: Iterator<Item = (&'a str, &'a str)>>(
     k: &mut Vec<u8>,
     rule: &str,
@@ -210,12 +214,7 @@ impl Detector {
                 // One probe a key: marked stored and read together.
                 let state = table.as_mut().and_then(|t| t.clean(key));
                 store_key.clear();
-                let view = key.view();
-                if strictly_sorted(view.iter()) {
-                    write_sorted_key(&mut store_key, rule_id, || view.iter());
-                } else {
-                    write_store_key(&mut store_key, rule_id, view.iter());
-                }
+                write_store_key(&mut store_key, rule_id, key.view().iter());
                 store(&store_key, rule_hash, state.map(|s| &*s));
             }
         }
@@ -365,9 +364,11 @@ mod tests {
                 let in_order = [("ip", *b), ("user", *a), ("z\"", *a)];
                 assert!(strictly_sorted(in_order.into_iter()));
                 assert!(!strictly_sorted(pairs.into_iter()));
-                let mut direct = Vec::new();
-                write_sorted_key(&mut direct, "ssh-bruteforce", || in_order.into_iter());
-                assert_eq!(direct, want, "{a:?} {b:?}");
+                assert_eq!(
+                    store_key("ssh-bruteforce", in_order.into_iter()),
+                    want,
+                    "{a:?} {b:?}"
+                );
             }
         }
         let empty: BTreeMap<&str, &str> = BTreeMap::new();
