@@ -225,7 +225,21 @@ fn union<'a>(sets: impl Iterator<Item = Option<&'a Vec<Vec<u8>>>>) -> Option<Vec
 
 /// The strings a small class matches (each byte, or each character's UTF-8 encoding).
 fn class_strings(class: &Class) -> Option<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
+    // Counted first: most classes (`\S`, `\w`, `[^"]`) are far too large to list.
+    let count: usize = match class {
+        Class::Bytes(bytes) => bytes
+            .iter()
+            .map(|r| usize::from(r.end() - r.start()) + 1)
+            .sum(),
+        Class::Unicode(chars) => chars
+            .iter()
+            .map(|r| (u32::from(r.end()) - u32::from(r.start())) as usize + 1)
+            .sum(),
+    };
+    if count > MAX_STRINGS {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
     match class {
         Class::Bytes(bytes) => {
             for range in bytes.iter() {
