@@ -108,16 +108,56 @@ fn facts(hir: &Hir) -> Facts {
         }
         HirKind::Alternation(branches) => {
             // A match contains a string of one set of the branch it took: the union of
-            // each branch's best set.
+            // one set of each branch.
             let all: Vec<Facts> = branches.iter().map(facts).collect();
+            let chosen = branch_sets(&all);
             Facts {
                 exact: union(all.iter().map(|f| f.exact.as_ref())),
-                required: union(all.iter().map(|f| f.required.first()))
-                    .map_or_else(Vec::new, |set| best(vec![set])),
+                required: union(chosen.into_iter()).map_or_else(Vec::new, |set| best(vec![set])),
             }
         }
         HirKind::Concat(children) => concat(children),
     }
+}
+
+/// The set each branch of an alternation brings to their union (`None` for a branch that
+/// requires nothing, which leaves the union without a requirement): the branch's best,
+/// unless one of its strings is held by another branch's string and a later set of the
+/// branch has none such. A string held by another branch's literal is at least as common
+/// as that literal, and in the union it stands for both: `User .* from ` choosing
+/// ` from ` would let every line holding ` from ` pass for `Received disconnect from `
+/// too, where `User ` passes only lines that hold the branch's own literal. Either set is
+/// required by every match of the branch, so the choice only changes how many lines the
+/// gate lets through, never a match.
+fn branch_sets(all: &[Facts]) -> Vec<Option<&Set>> {
+    let firsts: Vec<Option<&Set>> = all.iter().map(|f| f.required.first()).collect();
+    let held_by_another = |branch: usize, set: &Set| {
+        set.iter().any(|s| {
+            firsts.iter().enumerate().any(|(other, theirs)| {
+                other != branch
+                    && theirs.is_some_and(|theirs| theirs.iter().any(|t| t != s && contains(t, s)))
+            })
+        })
+    };
+    firsts
+        .iter()
+        .enumerate()
+        .map(|(branch, first)| {
+            let first = (*first)?;
+            if !held_by_another(branch, first) {
+                return Some(first);
+            }
+            let own = all[branch].required[1..].iter().find(|set| {
+                set.iter().all(|s| s.len() >= MIN_LITERAL) && !held_by_another(branch, set)
+            });
+            Some(own.unwrap_or(first))
+        })
+        .collect()
+}
+
+/// Whether `hay` holds `needle`.
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A concatenation: adjacent finite pieces multiply into longer literals (`Failed ` then
@@ -185,7 +225,21 @@ fn union<'a>(sets: impl Iterator<Item = Option<&'a Vec<Vec<u8>>>>) -> Option<Vec
 
 /// The strings a small class matches (each byte, or each character's UTF-8 encoding).
 fn class_strings(class: &Class) -> Option<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
+    // Counted first: most classes (`\S`, `\w`, `[^"]`) are far too large to list.
+    let count: usize = match class {
+        Class::Bytes(bytes) => bytes
+            .iter()
+            .map(|r| usize::from(r.end() - r.start()) + 1)
+            .sum(),
+        Class::Unicode(chars) => chars
+            .iter()
+            .map(|r| (u32::from(r.end()) - u32::from(r.start())) as usize + 1)
+            .sum(),
+    };
+    if count > MAX_STRINGS {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
     match class {
         Class::Bytes(bytes) => {
             for range in bytes.iter() {
@@ -285,6 +339,40 @@ mod tests {
                 vec!["sshd["],
                 vec!["Failed ", "User"]
             ]
+        );
+    }
+
+    /// A branch whose best literal another branch's literal holds (` from ` in `Received
+    /// disconnect from `) brings its own literal to the union instead (`User `), when it
+    /// has one that no other branch's literal holds; a branch without one keeps its best.
+    #[test]
+    fn a_branch_brings_its_own_literal_rather_than_one_another_branch_holds() {
+        assert_eq!(
+            strings(r"x(?:Received disconnect from |User .* from )(?P<ip>\S+)"),
+            Some(vec!["Received disconnect from ".into(), "User ".into()])
+        );
+        // `port` is held by `Failed port`, but its branch has no other literal.
+        assert_eq!(
+            strings(r"(?:Failed port|x*port)"),
+            Some(vec!["Failed port".into(), "port".into()])
+        );
+        // An alternative no longer than two bytes is not taken (it would be dropped).
+        assert_eq!(
+            strings(r"(?:Received disconnect from |ab.* from )"),
+            Some(vec![" from ".into(), "Received disconnect from ".into()])
+        );
+        // The shipped ssh failure pattern: an `Accepted … from` line holds none of its
+        // union's strings.
+        let sets = required(concat!(
+            r"sshd(?:\[\d+\])?: (?:Failed \S+ for .* from |(?:Invalid|Illegal) user .* from |",
+            r"User .* from |Received disconnect from )(?P<ip>\S+)"
+        ))
+        .unwrap();
+        let line = b"sshd[1]: Accepted publickey for deploy from 10.0.0.1 port 22 ssh2";
+        assert!(
+            sets.iter()
+                .any(|set| set.iter().all(|s| !contains(line, s))),
+            "{sets:?}"
         );
     }
 

@@ -321,6 +321,21 @@ mod shortcut_tests {
             .collect()
     }
 
+    /// The hits of `variants` repeated over a run of more than 64 KiB (so that the screen
+    /// is tuned on the run before it reads it), required to be the same with the current
+    /// front end as with the combined set and `regex` captures.
+    fn hits_as_before(
+        rules: &Arc<RuleSet>,
+        variants: &[&[u8]],
+    ) -> Vec<Vec<(String, usize, Fields, Fields)>> {
+        let (text, ranges) = super::tests::piece((0..1500).map(|i| variants[i % variants.len()]));
+        assert!(text.len() > 64 << 10);
+        let now = hits(rules, Design::CURRENT, &text, &ranges);
+        let before = hits(rules, Design::PREVIOUS, &text, &ranges);
+        assert_eq!(now, before);
+        now
+    }
+
     /// The front end's shortcuts (the screen, tuned on the run's first bytes; sets proved
     /// by a screen literal; captures shared by the rules of a pattern) find exactly what
     /// the combined set and the `regex` crate find, on lines where a required literal
@@ -363,12 +378,7 @@ mod shortcut_tests {
             b"Nov  1 00:00:00 mx postfix/smtpd[9]: rejected RCPT from x[10.0.0.8] NOQUEUE: postfix/smtpd[1]:",
             b"Nov  1 00:00:00 web1 CRON[10]: pam_unix(cron:session): session opened for user root",
         ];
-        // Over 64 KiB, so that the screen is tuned on this run before it reads it.
-        let (text, ranges) = super::tests::piece((0..1500).map(|i| variants[i % variants.len()]));
-        assert!(text.len() > 64 << 10);
-        let now = hits(&rules, Design::CURRENT, &text, &ranges);
-        let before = hits(&rules, Design::PREVIOUS, &text, &ranges);
-        assert_eq!(now, before);
+        let now = hits_as_before(&rules, &variants);
         let per_variant: Vec<usize> = now[..variants.len()].iter().map(Vec::len).collect();
         assert_eq!(
             per_variant,
@@ -380,5 +390,37 @@ mod shortcut_tests {
         assert_eq!(now[3][0].2.get("host"), Some("host7"));
         assert_eq!(now[1][0].3.get("ip"), Some("10.0.0.2"));
         assert_eq!(now[2][1].2.get("user"), Some("joe"));
+    }
+
+    /// An alternation whose branches require different literals (the gate takes `User `
+    /// for the second branch, not the ` from ` that `Received disconnect from ` also
+    /// holds) finds what the combined set and the `regex` crate find: on lines holding one
+    /// branch's literal in the other's shape, both literals out of place, and the literal
+    /// a branch no longer brings (` from `) without the branch's own.
+    #[test]
+    fn branches_gated_on_their_own_literals_find_what_the_previous_front_end_finds() {
+        let rules = Arc::new(RuleSet::from_yaml(concat!(
+            "rules:\n",
+            "  - id: branches\n",
+            "    match: 'sshd\\[\\d+\\]: (?:Received disconnect from |User (?P<user>\\S+) from )(?P<ip>[0-9.]+)(?: port \\d+)?$'\n",
+            "    group_by: [ip]\n",
+            "    threshold: {count: 9, within: 1m}\n",
+            "    severity: low\n",
+        )));
+        let variants: [&[u8]; 8] = [
+            b"Nov  1 00:00:00 web1 sshd[1]: User root from 10.0.0.1",
+            b"Nov  1 00:00:00 web1 sshd[2]: Received disconnect from 10.0.0.2 port 22",
+            b"Nov  1 00:00:00 web1 sshd[3]: Accepted publickey for x from 10.0.0.3 port 22",
+            b"Nov  1 00:00:00 web1 sshd[4]: Received disconnect for User x from 10.0.0.4",
+            b"Nov  1 00:00:00 web1 sshd[5]: User x from Received disconnect from 10.0.0.5",
+            b"Nov  1 00:00:00 web1 sshd[6]: User from from 10.0.0.6 port 6",
+            b"Nov  1 00:00:00 web1 sshd[7]: Disconnected from User 10.0.0.7",
+            b"Nov  1 00:00:00 web1 CRON[8]: User root from 10.0.0.8",
+        ];
+        let now = hits_as_before(&rules, &variants);
+        let per_variant: Vec<usize> = now[..variants.len()].iter().map(Vec::len).collect();
+        assert_eq!(per_variant, [1, 1, 0, 0, 0, 1, 0, 0], "{:?}", &now[..8]);
+        assert_eq!(now[5][0].2.get("user"), Some("from"));
+        assert_eq!(now[1][0].3.get("ip"), Some("10.0.0.2"));
     }
 }

@@ -6,7 +6,7 @@
 //! reports; the screen's newline rule) and knows nothing of rules, captures or the combined
 //! set: it maps pattern texts to pattern ids, and the matcher maps those ids to rules.
 
-use crate::detection::literals;
+use crate::detection::literals::{self, contains};
 use aho_corasick::packed;
 use aho_corasick::{AhoCorasick, Input, MatchKind as LiteralMatchKind};
 use std::ops::Range;
@@ -188,8 +188,10 @@ struct Check {
     sets: Vec<usize>,
 }
 
-/// Whether a line holds one of a set's strings: a few searched one by one (a single
-/// substring search is cheaper than a multi-literal one), more all at once.
+/// Whether a line holds one of a set's strings: one or two searched one by one (a single
+/// substring search is cheaper than a multi-literal one), more all at once (three
+/// substring searches over a line that holds none of them cost more than one SIMD
+/// search for all three: docs/performance.md).
 #[derive(Clone)]
 enum SetCheck {
     Each(Vec<memchr::memmem::Finder<'static>>),
@@ -197,7 +199,7 @@ enum SetCheck {
 }
 
 /// Most strings of a set searched one by one.
-const SEARCHED_ONE_BY_ONE: usize = 3;
+const SEARCHED_ONE_BY_ONE: usize = 2;
 
 impl SetCheck {
     fn new(set: &[Vec<u8>]) -> Option<SetCheck> {
@@ -521,11 +523,6 @@ fn rarer_part(literal: &[u8], counts: &[u64; 256]) -> Vec<u8> {
     }
 }
 
-/// Whether `hay` holds `needle`.
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,8 +611,13 @@ mod tests {
         (0..count)
             .map(|_| {
                 let pieces: Vec<String> = (0..rng.usize(1..4))
-                    .map(|_| match rng.usize(0..4) {
+                    .map(|_| match rng.usize(0..5) {
                         0 => format!("(?:{}|{})", word(rng), word(rng)),
+                        // Branches with two literals each, one part of another's.
+                        4 => {
+                            let (a, b) = (word(rng), word(rng));
+                            format!("(?:{a}.*{b}|x{b}|{}.*{a})", word(rng))
+                        }
                         1 => format!("(?:{})?", word(rng)),
                         2 => "[a-d]+".to_string(),
                         _ => word(rng),
