@@ -97,8 +97,8 @@ pub struct Detector {
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
-    /// Where the lines held by the windows come from, shared by them.
-    origins: held::Origins,
+    /// Where the lines held by the windows are written.
+    arena: held::Arena,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -179,7 +179,7 @@ impl Detector {
             tables: Tables::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
-            origins: held::Origins::default(),
+            arena: held::Arena::default(),
         }
     }
 
@@ -280,7 +280,7 @@ impl Detector {
             tables,
             dirty,
             evicted: evictions,
-            origins,
+            arena,
             ..
         } = self;
         let time_ms = time.timestamp_millis();
@@ -296,8 +296,9 @@ impl Detector {
             let captures = FieldsView::new(capture_text);
             let evidence = &*line_evidence.get_or_insert_with(|| {
                 // A detector that stores its windows makes evidence of every line it holds.
-                HeldLine::from_line(line, time, origins, dirty.is_some())
+                arena.hold(line, time, dirty.is_some())
             });
+            let counted = arena.counted(evidence);
             let mut touched =
                 Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);
@@ -308,7 +309,7 @@ impl Detector {
                 Event {
                     time_ms,
                     step,
-                    evidence,
+                    evidence: counted,
                     captures,
                 },
             );
@@ -351,6 +352,10 @@ impl Detector {
                 crossed,
                 resumed,
             });
+        }
+        if let Some(line) = line_evidence {
+            // The stage's own handle, as a credit (no atomic operation).
+            arena.give_back(line);
         }
     }
 

@@ -83,14 +83,14 @@ impl Distinct {
         let known = match known {
             Some((_, seen)) if seen.0 >= event.time_ms => true,
             Some((_, seen)) => {
-                *seen = (event.time_ms, event.evidence.clone());
+                *seen = (event.time_ms, event.evidence.keep());
                 true
             }
             None => false,
         };
         if !known {
             self.values
-                .push_back((value.to_string(), (event.time_ms, event.evidence.clone())));
+                .push_back((value.to_string(), (event.time_ms, event.evidence.keep())));
         }
         self.values.retain(|(_, (t, _))| *t >= newest - within_ms);
         if (self.values.len() as u64) < count {
