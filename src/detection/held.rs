@@ -177,6 +177,32 @@ impl Origins {
     }
 }
 
+/// A line as the counting stage takes it: where it was read and its bytes, borrowed from
+/// wherever the caller keeps them (a replay's piece of input, the daemon's [`LogLine`]),
+/// so a line is copied once, into the arena, and only if it is counted.
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    /// Name of the configured source.
+    pub source: &'a Arc<str>,
+    /// Where the source read it.
+    pub path: &'a Arc<str>,
+    /// Byte offset of the line in the file.
+    pub offset: u64,
+    /// The line without its newline.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> From<&'a LogLine> for LineRef<'a> {
+    fn from(line: &'a LogLine) -> Self {
+        LineRef {
+            source: &line.source,
+            path: &line.path,
+            offset: line.offset,
+            bytes: &line.bytes,
+        }
+    }
+}
+
 /// Where the window stage writes the lines it holds: the chunk it writes into, the origins
 /// of the lines, and the chunks' shared pool. Owned by one detector; its lines may be
 /// dropped on any thread.
@@ -249,7 +275,7 @@ impl Arena {
     /// `as_evidence`: the caller will ask for the line's [`Evidence`] anyway (the daemon
     /// makes a hit of every match and stores every window): it is made now, and the text is
     /// copied once, into it, not also into the chunk.
-    pub fn hold(&mut self, line: &LogLine, time: DateTime<Utc>, as_evidence: bool) -> HeldLine {
+    pub fn hold(&mut self, line: LineRef<'_>, time: DateTime<Utc>, as_evidence: bool) -> HeldLine {
         let bytes = &line.bytes[..line.bytes.len().min(EVIDENCE_LINE_BYTES)];
         let lossy;
         let text = match std::str::from_utf8(bytes) {
@@ -259,7 +285,7 @@ impl Arena {
                 &*lossy
             }
         };
-        let origin = self.origins.of(&line.source, &line.path);
+        let origin = self.origins.of(line.source, line.path);
         let (evidence, text) = if as_evidence {
             let evidence = Evidence {
                 source: origin.source.clone(),
@@ -760,7 +786,7 @@ mod tests {
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for (i, bytes) in texts.iter().enumerate() {
             let l = line(&source, &path, i as u64 * 100, bytes);
-            let h = arena.hold(&l, at(i as i64 * 1_000), i % 3 == 0);
+            let h = arena.hold((&l).into(), at(i as i64 * 1_000), i % 3 == 0);
             for _ in 0..(i % 4) {
                 held.push((i, h.clone()));
             }
@@ -797,7 +823,7 @@ mod tests {
     fn handles_shared_across_threads_free_the_line_once() {
         let source: Arc<str> = "s".into();
         let mut arena = Arena::default();
-        let h = arena.hold(&line(&source, &source, 7, b"shared"), at(5), false);
+        let h = arena.hold((&line(&source, &source, 7, b"shared")).into(), at(5), false);
         drop(arena);
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -820,7 +846,7 @@ mod tests {
     #[test]
     fn it_serialises_as_the_evidence_it_stands_for() {
         let source: Arc<str> = "s".into();
-        let h = Arena::default().hold(&line(&source, &source, 3, b"text"), at(9), false);
+        let h = Arena::default().hold((&line(&source, &source, 3, b"text")).into(), at(9), false);
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(json, serde_json::to_string(&h.evidence()).unwrap());
         let back: HeldLine = serde_json::from_str(&json).unwrap();
@@ -837,7 +863,11 @@ mod tests {
         let mut arena = Arena::with_max_chunks(3);
         let mut lines: Vec<HeldLine> = Vec::new();
         for i in 0..1_000u64 {
-            let held = arena.hold(&line(&source, &source, i, &text), at(i as i64), false);
+            let held = arena.hold(
+                (&line(&source, &source, i, &text)).into(),
+                at(i as i64),
+                false,
+            );
             // Windows keep handles made from the arena's credits, the stage gives its own
             // back; some lines' evidence is made (dropped with the chunk).
             let kept: Vec<HeldLine> = {
@@ -882,7 +912,13 @@ mod tests {
         assert_eq!(arena.chunks(), 0, "every chunk is freed");
         // Freed chunks are reused: a new run of lines makes no more than the bound.
         let again: Vec<HeldLine> = (0..400u64)
-            .map(|i| arena.hold(&line(&source, &source, i, &text), at(i as i64), true))
+            .map(|i| {
+                arena.hold(
+                    (&line(&source, &source, i, &text)).into(),
+                    at(i as i64),
+                    true,
+                )
+            })
             .collect();
         assert!(arena.chunks() <= 3);
         assert!(again.iter().all(|h| h.text().len() == 500));

@@ -23,7 +23,7 @@ use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
-pub use held::HeldLine;
+pub use held::{HeldLine, LineRef};
 use keys::{Expired, KeyTable, KeyText};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
@@ -247,7 +247,7 @@ impl Detector {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
         self.matchers.find(line, &mut found);
-        self.apply(line, time, found.line(0), hits, wanted);
+        self.apply(line.into(), time, found.line(0), hits, wanted);
         self.found = found;
     }
 
@@ -270,7 +270,7 @@ impl Detector {
     /// incident it may open yet.
     pub fn apply(
         &mut self,
-        line: &LogLine,
+        line: LineRef<'_>,
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
