@@ -39,8 +39,14 @@ pub use stored::{SavedWindow, WindowId, decode_window, encode_window, window_key
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// See [`FastMap`].
 type FastSet<K> = foldhash::HashSet<K>;
-/// The key tables of the rules, by rule id.
-type Tables = hashbrown::HashMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
+/// The key tables of the rules, by rule id, each at an index that stays while the rule set
+/// does (tables are added at the end and removed only by a swap).
+type Tables = indexmap::IndexMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
+
+/// The index in [`Tables`] of each rule counted since the last swap, by the rule's address:
+/// a match hashes one integer to find its table, not its rule's id. The rule is kept, so
+/// no other rule can take its address while it is listed.
+type TableOf = FastMap<usize, (Arc<Rule>, usize)>;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -90,9 +96,10 @@ pub struct Detector {
     matchers: Matchers,
     /// The current line's matches, reused for every line.
     found: Found,
-    /// Per rule id; a hashbrown map for [`Detector::table`]'s lookup by `&str` that makes
-    /// the table when missing, in one probe.
+    /// Per rule id.
     tables: Tables,
+    /// Where a match finds its rule's table ([`Detector::table_of`]).
+    table_of: TableOf,
     /// Keys whose state changed since the last store commit, by rule id; `None` for an
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
@@ -177,6 +184,7 @@ impl Detector {
             found: Found::default(),
             rules,
             tables: Tables::default(),
+            table_of: TableOf::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
             arena: held::Arena::default(),
@@ -210,8 +218,10 @@ impl Detector {
             .filter(|id| !keep.contains(id.as_str()))
             .cloned()
             .collect();
+        // Indices move with the removals below, and the old rules go.
+        self.table_of.clear();
         for id in dropped {
-            if let Some(table) = self.tables.remove(&id) {
+            if let Some(table) = self.tables.shift_remove(&id) {
                 for key in table.keys() {
                     mark(&mut self.dirty, &id, &key);
                 }
@@ -225,9 +235,38 @@ impl Detector {
     /// The key table of `rule`, made on its first match: one lookup by `&str`, no rule id
     /// copied per hit.
     fn table<'a>(tables: &'a mut Tables, rule: &Rule) -> &'a mut KeyTable<KeyState> {
-        tables
-            .entry_ref(rule.id())
-            .or_insert_with(|| KeyTable::new(rule.max_keys))
+        let index = Self::table_index(tables, rule);
+        &mut tables[index]
+    }
+
+    /// The index of `rule`'s key table, made on its first match.
+    fn table_index(tables: &mut Tables, rule: &Rule) -> usize {
+        match tables.get_index_of(rule.id()) {
+            Some(index) => index,
+            None => {
+                tables
+                    .insert_full(rule.id().to_string(), KeyTable::new(rule.max_keys))
+                    .0
+            }
+        }
+    }
+
+    /// [`Detector::table`] for a match's rule, found by its address after the first time.
+    fn table_of<'a>(
+        tables: &'a mut Tables,
+        table_of: &mut TableOf,
+        rule: &Arc<Rule>,
+    ) -> &'a mut KeyTable<KeyState> {
+        let address = Arc::as_ptr(rule) as usize;
+        let index = match table_of.get(&address) {
+            Some((_, index)) => *index,
+            None => {
+                let index = Self::table_index(tables, rule);
+                table_of.insert(address, (rule.clone(), index));
+                index
+            }
+        };
+        &mut tables[index]
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -278,6 +317,7 @@ impl Detector {
     ) {
         let Detector {
             tables,
+            table_of,
             dirty,
             evicted: evictions,
             arena,
@@ -299,8 +339,8 @@ impl Detector {
                 arena.hold(line, time, dirty.is_some())
             });
             let counted = arena.counted(evidence);
-            let mut touched =
-                Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
+            let mut touched = Self::table_of(tables, table_of, rule)
+                .touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
