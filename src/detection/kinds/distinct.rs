@@ -1,6 +1,7 @@
 //! `distinct`: `count` different values of a capture for one key within `within`.
 
 use super::{Event, Observed};
+use crate::detection::keys::InlineText;
 use crate::detection::window::SmallDeque;
 use crate::detection::{Crossing, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
@@ -25,34 +26,36 @@ const VALUE_INLINE: usize = 22;
 /// A counted value: inline when short (user names, ports, most paths), so a key of a flood
 /// that holds one value costs no allocation (and no free at expiry) for it; the size of a
 /// `String` either way.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 enum Value {
-    Inline { len: u8, bytes: [u8; VALUE_INLINE] },
+    Inline(InlineText<VALUE_INLINE>),
     Boxed(Box<str>),
 }
 
 impl Value {
     fn new(value: &str) -> Self {
-        if value.len() <= VALUE_INLINE {
-            let mut bytes = [0; VALUE_INLINE];
-            bytes[..value.len()].copy_from_slice(value.as_bytes());
-            Value::Inline {
-                len: value.len() as u8,
-                bytes,
-            }
-        } else {
-            Value::Boxed(value.into())
-        }
+        InlineText::new(value).map_or_else(|| Value::Boxed(value.into()), Value::Inline)
     }
 
     fn as_str(&self) -> &str {
         match self {
-            // SAFETY: `new` copied the bytes of a `str`, cut at its end.
-            Value::Inline { len, bytes } => unsafe {
-                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
-            },
+            Value::Inline(text) => text.as_str(),
             Value::Boxed(b) => b,
         }
+    }
+
+    /// The bytes, without checking them again (for comparisons).
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Inline(text) => text.as_bytes(),
+            Value::Boxed(b) => b.as_bytes(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 
@@ -123,7 +126,10 @@ impl Distinct {
         if event.time_ms < newest - within_ms {
             return Observed::Late;
         }
-        let known = self.values.iter_mut().find(|(v, _)| v.as_str() == value);
+        let known = self
+            .values
+            .iter_mut()
+            .find(|(v, _)| v.as_bytes() == value.as_bytes());
         let known = match known {
             Some((_, seen)) if seen.0 >= event.time_ms => true,
             Some((_, seen)) => {
