@@ -7,7 +7,7 @@
 //! due, however far the clock jumps. What differs between callers is named, not coded
 //! twice: [`Stamp`] says which clock dates incident changes.
 
-use crate::detection::{Detector, FoundLine, Hit, Matchers, RuleChange};
+use crate::detection::{Detector, FoundLine, Hit, LineRef, Matchers, RuleChange};
 use crate::incidents::{IncidentBook, IncidentEvent};
 use crate::response::recidive;
 use crate::rules::{Rule, RuleKind, RuleSet};
@@ -125,16 +125,16 @@ impl Engine {
 
     /// Like [`Engine::observe`], with the line's matches already found by a copy of the
     /// detector's [`Matchers`] (on a worker thread).
-    pub fn observe_found(
+    pub fn observe_found<'l>(
         &mut self,
-        line: &LogLine,
+        line: impl Into<LineRef<'l>>,
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         events: &mut Vec<IncidentEvent>,
         counted: &mut dyn FnMut(&Hit),
     ) {
         self.detector.apply(
-            line,
+            line.into(),
             time,
             found,
             &mut self.hits,

@@ -47,17 +47,47 @@ use std::hash::BuildHasher;
 /// (`2:ip15:255.255.255.255` is 22 bytes), and the entry's key stays 32 bytes.
 const KEY_INLINE: usize = 30;
 
+/// Text of at most `N` bytes held in place: what a key or a counted value of a flood
+/// holds without an allocation (and without a free when it goes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct InlineText<const N: usize> {
+    /// Bytes used of `bytes`.
+    len: u8,
+    /// The text, valid UTF-8 up to `len`.
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineText<N> {
+    /// `text` in place, if it fits.
+    pub fn new(text: &str) -> Option<Self> {
+        if text.len() > N {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Some(InlineText {
+            len: u8::try_from(text.len()).ok()?,
+            bytes,
+        })
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("made from a str")
+    }
+
+    /// The text's bytes, without checking them again (for comparisons).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// A key's encoded text as a table holds it and hands it out: inline when it is short and
 /// nobody else holds it, else shared.
 #[derive(Clone)]
 pub enum KeyText {
     /// Short text, in place (no allocation).
-    Inline {
-        /// Bytes used of `bytes`.
-        len: u8,
-        /// The text, valid UTF-8 up to `len`.
-        bytes: [u8; KEY_INLINE],
-    },
+    Inline(InlineText<KEY_INLINE>),
     /// Text shared with hits, incidents or the store's changed keys.
     Shared(Fields),
 }
@@ -65,24 +95,16 @@ pub enum KeyText {
 impl KeyText {
     /// The key `key` (encoded [`Fields`]), inline if it fits.
     fn new(key: &str) -> Self {
-        if key.len() <= KEY_INLINE {
-            let mut bytes = [0; KEY_INLINE];
-            bytes[..key.len()].copy_from_slice(key.as_bytes());
-            KeyText::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            KeyText::Shared(Fields::from_encoded(key))
-        }
+        InlineText::new(key).map_or_else(
+            || KeyText::Shared(Fields::from_encoded(key)),
+            KeyText::Inline,
+        )
     }
 
     /// The encoded text.
     pub fn as_str(&self) -> &str {
         match self {
-            KeyText::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("made from a str")
-            }
+            KeyText::Inline(text) => text.as_str(),
             KeyText::Shared(f) => std::borrow::Borrow::borrow(f),
         }
     }
@@ -90,7 +112,7 @@ impl KeyText {
     /// The encoded text's bytes, without checking them again (for comparisons).
     fn as_bytes(&self) -> &[u8] {
         match self {
-            KeyText::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyText::Inline(text) => text.as_bytes(),
             KeyText::Shared(f) => {
                 let text: &str = std::borrow::Borrow::borrow(f);
                 text.as_bytes()
@@ -101,12 +123,12 @@ impl KeyText {
     /// The key as [`Fields`], held shared from now on: a key handed out once is likely
     /// handed out again (every later match of a key with an open incident is a hit).
     pub fn share(&mut self) -> Fields {
-        if let KeyText::Inline { .. } = self {
+        if let KeyText::Inline(_) = self {
             *self = KeyText::Shared(Fields::from_encoded(self.as_str()));
         }
         match self {
             KeyText::Shared(f) => f.clone(),
-            KeyText::Inline { .. } => unreachable!("shared above"),
+            KeyText::Inline(_) => unreachable!("shared above"),
         }
     }
 
@@ -114,7 +136,7 @@ impl KeyText {
     pub fn into_fields(self) -> Fields {
         match self {
             KeyText::Shared(f) => f,
-            inline @ KeyText::Inline { .. } => Fields::from_encoded(inline.as_str()),
+            KeyText::Inline(text) => Fields::from_encoded(text.as_str()),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::base::line::LogLine;
 use crate::rules::{Rule, RuleKind, RuleSet};
 use chrono::{DateTime, Utc};
 pub use fields::{Fields, FieldsView};
-pub use held::HeldLine;
+pub use held::{HeldLine, LineRef};
 use keys::{Expired, KeyTable, KeyText};
 use kinds::{Event, KeyState, Observed};
 use matcher::{Design, PatternFields};
@@ -39,8 +39,14 @@ pub use stored::{SavedWindow, WindowId, decode_window, encode_window, window_key
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// See [`FastMap`].
 type FastSet<K> = foldhash::HashSet<K>;
-/// The key tables of the rules, by rule id.
-type Tables = hashbrown::HashMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
+/// The key tables of the rules, by rule id, each at an index that stays while the rule set
+/// does (tables are added at the end and removed only by a swap).
+type Tables = indexmap::IndexMap<String, KeyTable<KeyState>, foldhash::fast::RandomState>;
+
+/// The index in [`Tables`] of each rule counted since the last swap, by the rule's address:
+/// a match hashes one integer to find its table, not its rule's id. The rule is kept, so
+/// no other rule can take its address while it is listed.
+type TableOf = FastMap<usize, (Arc<Rule>, usize)>;
 
 /// Longest line text kept as evidence.
 pub const EVIDENCE_LINE_BYTES: usize = 1024;
@@ -90,15 +96,16 @@ pub struct Detector {
     matchers: Matchers,
     /// The current line's matches, reused for every line.
     found: Found,
-    /// Per rule id; a hashbrown map for [`Detector::table`]'s lookup by `&str` that makes
-    /// the table when missing, in one probe.
+    /// Per rule id.
     tables: Tables,
+    /// Where a match finds its rule's table ([`Detector::table_of`]).
+    table_of: TableOf,
     /// Keys whose state changed since the last store commit, by rule id; `None` for an
     /// evaluation that stores no windows ([`Detector::without_change_tracking`]).
     dirty: Option<Changed>,
     evicted: BTreeMap<String, u64>,
-    /// Where the lines held by the windows come from, shared by them.
-    origins: held::Origins,
+    /// Where the lines held by the windows are written.
+    arena: held::Arena,
 }
 
 /// What a rule-set swap changed, for the log and (later) the audit trail of rule changes.
@@ -177,9 +184,10 @@ impl Detector {
             found: Found::default(),
             rules,
             tables: Tables::default(),
+            table_of: TableOf::default(),
             dirty: Some(Changed::default()),
             evicted: BTreeMap::new(),
-            origins: held::Origins::default(),
+            arena: held::Arena::default(),
         }
     }
 
@@ -210,8 +218,10 @@ impl Detector {
             .filter(|id| !keep.contains(id.as_str()))
             .cloned()
             .collect();
+        // Indices move with the removals below, and the old rules go.
+        self.table_of.clear();
         for id in dropped {
-            if let Some(table) = self.tables.remove(&id) {
+            if let Some(table) = self.tables.shift_remove(&id) {
                 for key in table.keys() {
                     mark(&mut self.dirty, &id, &key);
                 }
@@ -225,9 +235,38 @@ impl Detector {
     /// The key table of `rule`, made on its first match: one lookup by `&str`, no rule id
     /// copied per hit.
     fn table<'a>(tables: &'a mut Tables, rule: &Rule) -> &'a mut KeyTable<KeyState> {
-        tables
-            .entry_ref(rule.id())
-            .or_insert_with(|| KeyTable::new(rule.max_keys))
+        let index = Self::table_index(tables, rule);
+        &mut tables[index]
+    }
+
+    /// The index of `rule`'s key table, made on its first match.
+    fn table_index(tables: &mut Tables, rule: &Rule) -> usize {
+        match tables.get_index_of(rule.id()) {
+            Some(index) => index,
+            None => {
+                tables
+                    .insert_full(rule.id().to_string(), KeyTable::new(rule.max_keys))
+                    .0
+            }
+        }
+    }
+
+    /// [`Detector::table`] for a match's rule, found by its address after the first time.
+    fn table_of<'a>(
+        tables: &'a mut Tables,
+        table_of: &mut TableOf,
+        rule: &Arc<Rule>,
+    ) -> &'a mut KeyTable<KeyState> {
+        let address = Arc::as_ptr(rule) as usize;
+        let index = match table_of.get(&address) {
+            Some((_, index)) => *index,
+            None => {
+                let index = Self::table_index(tables, rule);
+                table_of.insert(address, (rule.clone(), index));
+                index
+            }
+        };
+        &mut tables[index]
     }
 
     /// Evaluates one line at time `time`, appending counted matches to `hits`.
@@ -247,7 +286,7 @@ impl Detector {
         let mut found = std::mem::take(&mut self.found);
         found.clear();
         self.matchers.find(line, &mut found);
-        self.apply(line, time, found.line(0), hits, wanted);
+        self.apply(line.into(), time, found.line(0), hits, wanted);
         self.found = found;
     }
 
@@ -270,7 +309,7 @@ impl Detector {
     /// incident it may open yet.
     pub fn apply(
         &mut self,
-        line: &LogLine,
+        line: LineRef<'_>,
         time: DateTime<Utc>,
         found: FoundLine<'_>,
         hits: &mut Vec<Hit>,
@@ -278,9 +317,10 @@ impl Detector {
     ) {
         let Detector {
             tables,
+            table_of,
             dirty,
             evicted: evictions,
-            origins,
+            arena,
             ..
         } = self;
         let time_ms = time.timestamp_millis();
@@ -296,10 +336,11 @@ impl Detector {
             let captures = FieldsView::new(capture_text);
             let evidence = &*line_evidence.get_or_insert_with(|| {
                 // A detector that stores its windows makes evidence of every line it holds.
-                HeldLine::from_line(line, time, origins, dirty.is_some())
+                arena.hold(line, time, dirty.is_some())
             });
-            let mut touched =
-                Self::table(tables, rule).touch(key_text, || KeyState::new(&rule.kind, time_ms));
+            let counted = arena.counted(evidence);
+            let mut touched = Self::table_of(tables, table_of, rule)
+                .touch(key_text, || KeyState::new(&rule.kind, time_ms));
             let evicted = std::mem::take(&mut touched.evicted);
             // Already in the dirty set since the last store: no set operation per hit.
             let newly_dirty = touched.newly_dirty;
@@ -308,7 +349,7 @@ impl Detector {
                 Event {
                     time_ms,
                     step,
-                    evidence,
+                    evidence: counted,
                     captures,
                 },
             );
@@ -351,6 +392,10 @@ impl Detector {
                 crossed,
                 resumed,
             });
+        }
+        if let Some(line) = line_evidence {
+            // The stage's own handle, as a credit (no atomic operation).
+            arena.give_back(line);
         }
     }
 

@@ -254,6 +254,47 @@ fn reload_keeps_state_of_unchanged_rules_only() {
     );
 }
 
+/// A swap that removes the first rule's table moves the others' tables: each unchanged
+/// rule still counts into its own state (its third match crosses), and the rule that comes
+/// back starts again, whatever the tables' order and the rules' addresses before.
+#[test]
+fn after_a_swap_each_rule_counts_into_its_own_table() {
+    let rule = |id: &str| {
+        format!(
+            "  - id: {id}\n    match: '{id} (?P<ip>\\S+)'\n    group_by: [ip]\n    threshold: {{count: 3, within: 1h}}\n    severity: low\n"
+        )
+    };
+    let all = format!("rules:\n{}{}{}", rule("a"), rule("b"), rule("c"));
+    let without_a = format!("rules:\n{}{}", rule("b"), rule("c"));
+    let mut d = Detector::new(rules(&all), &["auth".into()]);
+    for text in [
+        "a 1.1.1.1",
+        "b 1.1.1.1",
+        "c 1.1.1.1",
+        "c 1.1.1.1",
+        "b 1.1.1.1",
+    ] {
+        assert!(opened(&feed(&mut d, T0, text)).is_empty());
+    }
+    assert_eq!(
+        d.replace_rules(rules(&without_a)).removed,
+        vec!["a".to_string()]
+    );
+    assert_eq!(opened(&feed(&mut d, T0, "c 1.1.1.1")), vec![("c", 3)]);
+    assert!(
+        opened(&feed(&mut d, T0, "a 1.1.1.1")).is_empty(),
+        "a is gone"
+    );
+    d.replace_rules(rules(&all));
+    assert!(opened(&feed(&mut d, T0, "a 1.1.1.1")).is_empty());
+    assert!(
+        opened(&feed(&mut d, T0, "a 1.1.1.1")).is_empty(),
+        "a starts again"
+    );
+    assert_eq!(opened(&feed(&mut d, T0, "b 1.1.1.1")), vec![("b", 3)]);
+    assert_eq!(opened(&feed(&mut d, T0, "a 1.1.1.1")), vec![("a", 3)]);
+}
+
 const ABSENCE: &str = r#"
 rules:
   - id: heartbeat

@@ -12,12 +12,10 @@
 use super::eval::Evaluation;
 use super::input::{Lines, LogFile, LogReader, Merge};
 use crate::detection::in_order::{Source, in_order};
-use crate::detection::{Found, Matchers};
-use crate::sources::LogLine;
+use crate::detection::{Found, LineRef, Matchers};
 use crate::sources::timestamp::HeadTimes;
 use chrono::{DateTime, Utc};
 use std::io;
-use std::sync::Arc;
 
 /// A piece of whole lines in input order and, once a worker has been at it, their times
 /// and matches for each evaluation.
@@ -163,8 +161,6 @@ struct Apply<'a, 'e, C> {
     /// lines took it.
     last_time: Vec<Option<DateTime<Utc>>>,
     untimed: Vec<u64>,
-    /// A matching line as the detector takes it, its buffers reused.
-    line: Option<LogLine>,
 }
 
 impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
@@ -176,7 +172,6 @@ impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
             lines: 0,
             last_time: vec![None; files.len()],
             untimed: vec![0; files.len()],
-            line: None,
         }
     }
 
@@ -202,22 +197,12 @@ impl<'a, 'e, C: FnMut(u64)> Apply<'a, 'e, C> {
                     evaluation.observe_nothing(time);
                     continue;
                 }
-                let line = self.line.get_or_insert_with(|| LogLine {
-                    source: file.source.clone(),
-                    path: file.path.clone(),
-                    offset: 0,
-                    bytes: Vec::new(),
-                    arrival: time,
-                    time: None,
-                });
-                if !Arc::ptr_eq(&line.path, &file.path) {
-                    line.source = file.source.clone();
-                    line.path = file.path.clone();
-                }
-                line.offset = at.offset;
-                line.arrival = time;
-                line.bytes.clear();
-                line.bytes.extend_from_slice(&text[range.clone()]);
+                let line = LineRef {
+                    source: &file.source,
+                    path: &file.path,
+                    offset: at.offset,
+                    bytes: &text[range.clone()],
+                };
                 evaluation.observe_found(line, time, found);
             }
             self.lines += 1;
@@ -231,6 +216,7 @@ mod tests {
     use super::super::input::tests::{Read, awkward_log, by_lines, spec};
     use super::*;
     use std::path::Path;
+    use std::sync::Arc;
 
     /// Lines as the in-order stage takes them: (reader, bytes, offset, time).
     type Applied = Vec<(usize, Vec<u8>, u64, Option<DateTime<Utc>>)>;

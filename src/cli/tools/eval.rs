@@ -8,7 +8,7 @@
 //! log time passes, and an incident's `opened_at` is the log time it would have opened at.
 
 use crate::detection::matcher::Design;
-use crate::detection::{Detector, FoundLine, Matchers};
+use crate::detection::{Detector, FoundLine, LineRef, Matchers};
 use crate::engine::{Engine, Stamp};
 use crate::incidents::{Incident, IncidentBook, IncidentEvent};
 use crate::rules::RuleSet;
@@ -83,7 +83,7 @@ impl Evaluation {
 
     /// Like [`Evaluation::observe`], with the line's matches already found by a copy of
     /// [`Evaluation::matchers`] (on a worker thread).
-    pub fn observe_found(&mut self, line: &LogLine, time: DateTime<Utc>, found: FoundLine<'_>) {
+    pub fn observe_found(&mut self, line: LineRef<'_>, time: DateTime<Utc>, found: FoundLine<'_>) {
         self.clock_before(time);
         self.engine
             .observe_found(line, time, found, &mut self.events, &mut |_| {});

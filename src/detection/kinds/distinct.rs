@@ -1,6 +1,7 @@
 //! `distinct`: `count` different values of a capture for one key within `within`.
 
 use super::{Event, Observed};
+use crate::detection::keys::InlineText;
 use crate::detection::window::SmallDeque;
 use crate::detection::{Crossing, HeldLine};
 use crate::store::codec::{CodecError, Dec, Enc};
@@ -17,11 +18,56 @@ pub struct Distinct {
 }
 
 /// A value, with the time and line it was last seen at.
-type Seen = (String, (i64, HeldLine));
+type Seen = (Value, (i64, HeldLine));
+
+/// Longest value held inline.
+const VALUE_INLINE: usize = 22;
+
+/// A counted value: inline when short (user names, ports, most paths), so a key of a flood
+/// that holds one value costs no allocation (and no free at expiry) for it; the size of a
+/// `String` either way.
+#[derive(Clone, PartialEq)]
+enum Value {
+    Inline(InlineText<VALUE_INLINE>),
+    Boxed(Box<str>),
+}
+
+impl Value {
+    fn new(value: &str) -> Self {
+        InlineText::new(value).map_or_else(|| Value::Boxed(value.into()), Value::Inline)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Value::Inline(text) => text.as_str(),
+            Value::Boxed(b) => b,
+        }
+    }
+
+    /// The bytes, without checking them again (for comparisons).
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Inline(text) => text.as_bytes(),
+            Value::Boxed(b) => b.as_bytes(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// `values` stored as `{value: [time, evidence]}`.
 mod as_map {
-    use super::{HeldLine, Seen, SmallDeque};
+    use super::{HeldLine, Seen, SmallDeque, Value};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::collections::BTreeMap;
 
@@ -32,6 +78,7 @@ mod as_map {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SmallDeque<Seen>, D::Error> {
         Ok(BTreeMap::<String, (i64, HeldLine)>::deserialize(d)?
             .into_iter()
+            .map(|(value, seen)| (Value::new(&value), seen))
             .collect::<Vec<_>>()
             .into())
     }
@@ -41,7 +88,7 @@ impl Distinct {
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
         w.u64(self.values.len() as u64);
         for (value, (t, e)) in &self.values {
-            w.str(value);
+            w.str(value.as_str());
             w.i64(*t);
             w.evidence(e.evidence());
         }
@@ -51,7 +98,7 @@ impl Distinct {
         let n = r.count()?;
         let mut values = Vec::with_capacity(n);
         for _ in 0..n {
-            let value = r.str()?.to_string();
+            let value = Value::new(r.str()?);
             let t = r.i64()?;
             values.push((value, (t, HeldLine::from_evidence(r.evidence()?))));
         }
@@ -79,18 +126,21 @@ impl Distinct {
         if event.time_ms < newest - within_ms {
             return Observed::Late;
         }
-        let known = self.values.iter_mut().find(|(v, _)| v == value);
+        let known = self
+            .values
+            .iter_mut()
+            .find(|(v, _)| v.as_bytes() == value.as_bytes());
         let known = match known {
             Some((_, seen)) if seen.0 >= event.time_ms => true,
             Some((_, seen)) => {
-                *seen = (event.time_ms, event.evidence.clone());
+                *seen = (event.time_ms, event.evidence.keep());
                 true
             }
             None => false,
         };
         if !known {
             self.values
-                .push_back((value.to_string(), (event.time_ms, event.evidence.clone())));
+                .push_back((Value::new(value), (event.time_ms, event.evidence.keep())));
         }
         self.values.retain(|(_, (t, _))| *t >= newest - within_ms);
         if (self.values.len() as u64) < count {
@@ -183,6 +233,51 @@ mod tests {
         assert_eq!(
             crossed(&feed(&mut s, &k, 60_002, 0, &[("user", "a")])),
             Some(3)
+        );
+    }
+
+    /// Values held inline and boxed alike: the same value (of any length, up to and past
+    /// the inline bound, not ASCII) is one value, values differing only past the inline
+    /// bound are two, and the stored and serialised forms hold each value's exact text.
+    #[test]
+    fn short_and_long_values_count_by_their_whole_text() {
+        let k = RuleKind::Distinct {
+            field: "user".into(),
+            count: 6,
+            within_ms: 60_000,
+        };
+        let long = "x".repeat(super::VALUE_INLINE);
+        let values = [
+            String::new(),
+            long.clone(),
+            format!("{long}a"),
+            format!("{long}b"),
+            "\u{e9}l\u{e8}ve".to_string(),
+        ];
+        let mut s = KeyState::new(&k, 0);
+        for (t, v) in values.iter().chain(&values).enumerate() {
+            assert_eq!(
+                crossed(&feed(&mut s, &k, t as i64, 0, &[("user", v)])),
+                None
+            );
+        }
+        let KeyState::Distinct(d) = &s else {
+            unreachable!()
+        };
+        let mut held: Vec<&str> = d.values.iter().map(|(v, _)| v.as_str()).collect();
+        held.sort();
+        let mut want: Vec<&str> = values.iter().map(String::as_str).collect();
+        want.sort();
+        assert_eq!(held, want);
+        let json = serde_json::to_value(&s).unwrap();
+        for v in &values {
+            assert!(json["state"]["values"].get(v.as_str()).is_some(), "{v:?}");
+        }
+        let back: KeyState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            crossed(&feed(&mut s, &k, 20, 0, &[("user", "new")])),
+            Some(6)
         );
     }
 

@@ -16,7 +16,8 @@ pub use sequence::Sequence;
 pub use spike::Spike;
 pub use threshold::Threshold;
 
-use super::{Crossing, FieldsView, HeldLine};
+use super::held::Counted;
+use super::{Crossing, FieldsView};
 use crate::rules::RuleKind;
 use crate::store::codec::{CodecError, Dec, Enc};
 use serde::{Deserialize, Serialize};
@@ -31,8 +32,9 @@ pub struct Event<'a> {
     /// Which of the rule's patterns matched (the sequence step).
     pub step: usize,
     /// The matching line, kept as evidence if the match counts towards a crossing: shared
-    /// by every match of the line, so a window keeps it for one reference count.
-    pub evidence: &'a HeldLine,
+    /// by every match of the line, so a window keeps it ([`Counted::keep`]) for one
+    /// reference count.
+    pub evidence: Counted<'a>,
     /// Named captures of the match.
     pub captures: FieldsView<'a>,
 }
@@ -296,6 +298,7 @@ pub fn push_bounded<E>(list: &mut Vec<E>, evidence: E) {
 pub(crate) mod test_support {
     use super::*;
     use crate::detection::Evidence;
+    use crate::detection::HeldLine;
     use chrono::{DateTime, Utc};
 
     /// Evidence for a line at `ms` with text `text`.
@@ -329,7 +332,7 @@ pub(crate) mod test_support {
             Event {
                 time_ms: ms,
                 step,
-                evidence: &ev,
+                evidence: Counted::of(&ev),
                 captures: caps.view(),
             },
         )

@@ -267,7 +267,7 @@ impl Sequence {
             self.steps = Steps::First {
                 steps,
                 time_ms: now,
-                evidence: event.evidence.clone(),
+                evidence: event.evidence.keep(),
             };
             return Observed::Counted;
         }
@@ -280,7 +280,7 @@ impl Sequence {
         };
         let last = j + 1 == steps.len();
         let step = &mut steps[j];
-        step.recent.push_back((now, event.evidence.clone(), tag));
+        step.recent.push_back((now, event.evidence.keep(), tag));
         while step.recent.len() as u64 > counts[j] {
             step.recent.pop_front();
         }

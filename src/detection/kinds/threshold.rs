@@ -17,7 +17,7 @@ impl Threshold {
     pub(super) fn observe(&mut self, event: Event<'_>, count: u64, within_ms: i64) -> Observed {
         match self
             .window
-            .push(event.time_ms, event.evidence.clone(), within_ms)
+            .push(event.time_ms, event.evidence.keep(), within_ms)
         {
             None => Observed::Late,
             Some(n) if n as u64 >= count => {
