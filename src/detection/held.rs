@@ -13,6 +13,7 @@
 
 use super::{EVIDENCE_LINE_BYTES, Evidence};
 use crate::base::line::LogLine;
+use crate::store::codec::PlaceMemo;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
@@ -39,6 +40,8 @@ struct Header {
     /// it is asked for: the daemon asks per line, for its hits and its stored windows; a
     /// replay only for crossings.
     shared: OnceLock<Evidence>,
+    /// Where the daemon's evidence writer stored the line (the store's, not read here).
+    place: PlaceMemo,
 }
 
 // SAFETY: the header's fields are `Send + Sync` and the text is never written after
@@ -161,6 +164,7 @@ impl HeldLine {
                 offset,
                 time,
                 shared: shared.map(OnceLock::from).unwrap_or_default(),
+                place: PlaceMemo::default(),
             });
             std::ptr::copy_nonoverlapping(text.as_ptr(), raw.add(at), text.len());
             HeldLine { ptr }
@@ -203,6 +207,13 @@ impl HeldLine {
             time: h.time,
             line: Arc::from(self.text()),
         })
+    }
+}
+
+impl HeldLine {
+    /// Where the line is stored, once a commit stored it (see [`PlaceMemo`]).
+    pub fn place_memo(&self) -> &PlaceMemo {
+        &self.header().place
     }
 }
 

@@ -13,7 +13,7 @@
 use crate::base::evidence::Evidence;
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write as _};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,6 +36,23 @@ pub struct Loc {
     pub block: u64,
     /// The line's index in the block.
     pub index: u32,
+}
+
+/// Where a held line was stored, kept with the line: a window that shows the line again at
+/// a later commit writes this place instead of hashing the line and looking it up (under
+/// attack three in four of the places a commit writes are of lines already stored). Set
+/// once, by the first commit that stores the line; it holds only for the evidence writer
+/// generation that set it ([`Enc::reusing_remembering`]), which changes whenever a place it
+/// gave may no longer hold (a batch abandoned, blocks collected).
+#[derive(Debug, Default)]
+pub struct PlaceMemo(OnceLock<(u64, Loc)>);
+
+/// A counted line that remembers where it is stored ([`Enc::held`]).
+pub trait HeldEvidence {
+    /// The line as evidence, for the writer's sink.
+    fn evidence(&self) -> &Evidence;
+    /// Where the line was stored, once it is.
+    fn place_memo(&self) -> &PlaceMemo;
 }
 
 impl std::fmt::Display for Loc {
@@ -147,6 +164,9 @@ const MAX_BLOCK_BYTES: u64 = 256 << 20;
 pub struct Enc<'a> {
     buf: Vec<u8>,
     sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
+    /// The sink's generation when it is an evidence writer whose places held lines may
+    /// remember ([`PlaceMemo`]); `None`: every line is asked of the sink.
+    generation: Option<u64>,
 }
 
 impl<'a> Enc<'a> {
@@ -155,6 +175,7 @@ impl<'a> Enc<'a> {
         Enc {
             buf: Vec::with_capacity(64),
             sink: Some(sink),
+            generation: None,
         }
     }
 
@@ -165,6 +186,21 @@ impl<'a> Enc<'a> {
         Enc {
             buf,
             sink: Some(sink),
+            generation: None,
+        }
+    }
+
+    /// [`Enc::reusing`] with a sink that is the evidence writer of `generation`: held lines
+    /// ([`Enc::held`]) remember the places it gives, and a line that remembers one from
+    /// this generation is not asked of it again.
+    pub fn reusing_remembering(
+        buf: Vec<u8>,
+        sink: &'a mut dyn FnMut(&Evidence) -> Loc,
+        generation: u64,
+    ) -> Self {
+        Enc {
+            generation: Some(generation),
+            ..Enc::reusing(buf, sink)
         }
     }
 
@@ -173,6 +209,7 @@ impl<'a> Enc<'a> {
         Enc {
             buf: Vec::with_capacity(64),
             sink: None,
+            generation: None,
         }
     }
 
@@ -240,12 +277,51 @@ impl<'a> Enc<'a> {
 
     /// A reference to an evidence line: where the sink says it is stored.
     pub fn evidence(&mut self, e: &Evidence) {
-        let loc = match self.sink.as_mut() {
+        let loc = self.place(e);
+        self.loc(loc);
+    }
+
+    /// Where the sink says `e` is stored.
+    fn place(&mut self, e: &Evidence) -> Loc {
+        match self.sink.as_mut() {
             Some(sink) => sink(e),
             None => panic!("a writer without a sink cannot reference evidence"),
-        };
+        }
+    }
+
+    fn loc(&mut self, loc: Loc) {
         self.u64(loc.block);
         self.u64(u64::from(loc.index));
+    }
+
+    /// A reference to a held line, the same bytes as [`Enc::evidence`] writes for its
+    /// evidence: the place the line remembers from this writer's generation, else the
+    /// sink's (then remembered, if the line remembers none yet).
+    pub fn held(&mut self, line: &impl HeldEvidence) {
+        let memo = &line.place_memo().0;
+        let loc = match (self.generation, memo.get()) {
+            (Some(now), Some((set_by, loc))) if *set_by == now => *loc,
+            (generation, _) => {
+                let loc = self.place(line.evidence());
+                if let Some(generation) = generation {
+                    let _ = memo.set((generation, loc));
+                }
+                loc
+            }
+        };
+        self.loc(loc);
+    }
+
+    /// A list of held line references ([`Enc::held`]), the bytes [`Enc::evidence_list`]
+    /// writes for their evidence.
+    pub fn held_list<'e, L: HeldEvidence + 'e>(
+        &mut self,
+        list: impl ExactSizeIterator<Item = &'e L>,
+    ) {
+        self.u64(list.len() as u64);
+        for line in list {
+            self.held(line);
+        }
     }
 
     /// A list of evidence references.

@@ -43,7 +43,7 @@ impl Distinct {
         for (value, (t, e)) in &self.values {
             w.str(value);
             w.i64(*t);
-            w.evidence(e.evidence());
+            w.held(e);
         }
     }
 
