@@ -439,6 +439,8 @@ mod tests {
             stored,
             "the writer still knows where they are"
         );
+        let (_, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!(asked, 0, "remembered again under the new generation");
         store.commit(batch).unwrap();
         log.committed();
 
