@@ -31,11 +31,12 @@ pub struct HeldLine {
 #[repr(C)]
 struct Header {
     count: AtomicUsize,
-    /// Bytes of text after the header.
-    len: usize,
     origin: Arc<Origin>,
     offset: u64,
     time: DateTime<Utc>,
+    /// Bytes of text after the header (at most `EVIDENCE_LINE_BYTES`; beside the time, in
+    /// what was its padding).
+    len: u32,
     /// The line as [`Evidence`] (its text an `Arc<str>` of its own), made the first time
     /// it is asked for: the daemon asks per line, for its hits and its stored windows; a
     /// replay only for crossings.
@@ -159,7 +160,7 @@ impl HeldLine {
             };
             ptr.as_ptr().write(Header {
                 count: AtomicUsize::new(1),
-                len: text.len(),
+                len: text.len() as u32,
                 origin,
                 offset,
                 time,
@@ -182,7 +183,7 @@ impl HeldLine {
         if let Some(evidence) = self.header().shared.get() {
             return &evidence.line;
         }
-        let len = self.header().len;
+        let len = self.header().len as usize;
         let at = Self::layout(len).1;
         // SAFETY: `new` copied `len` bytes of a `str` there and nothing writes them again.
         unsafe {
@@ -235,7 +236,7 @@ impl Drop for HeldLine {
             return;
         }
         fence(Ordering::Acquire);
-        let (layout, _) = Self::layout(self.header().len);
+        let (layout, _) = Self::layout(self.header().len as usize);
         // SAFETY: this was the last handle; the header was written by `new` and is dropped
         // once, then the allocation is freed with the layout it was made with.
         unsafe {

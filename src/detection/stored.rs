@@ -112,7 +112,7 @@ pub fn encode_window(
     state: &KeyState,
     scratch: &mut Vec<u8>,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
-    generation: Option<u64>,
+    generation: Option<u32>,
 ) -> Arc<[u8]> {
     let buf = std::mem::take(scratch);
     let mut w = match generation {

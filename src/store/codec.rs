@@ -14,7 +14,7 @@ use crate::base::evidence::Evidence;
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,47 +52,51 @@ pub struct Loc {
 /// it saw the same generation before and after reading it.
 #[derive(Debug, Default)]
 pub struct PlaceMemo {
-    /// 0: none yet; [`PlaceMemo::WRITING`]: being written; else the generation of the place.
-    generation: AtomicU64,
+    /// The generation of the place (high half; 0: none yet, [`PlaceMemo::WRITING`]: being
+    /// written) and its index in its block (low half): one word, so the memo adds 16 bytes
+    /// to a held line.
+    stamp: AtomicU64,
     block: AtomicU64,
-    index: AtomicU32,
 }
 
 impl PlaceMemo {
-    /// Marks a memo being written (no generation is ever this).
+    /// Marks a memo being written (no generation is ever `u32::MAX`).
     const WRITING: u64 = u64::MAX;
 
     /// The place remembered for `generation`, if any: read between two reads of the
-    /// generation, as a sequence lock is (a writer may rewrite it meanwhile).
-    fn get(&self, generation: u64) -> Option<Loc> {
-        if self.generation.load(Ordering::Acquire) != generation {
+    /// stamp, as a sequence lock is (a writer may rewrite it meanwhile).
+    fn get(&self, generation: u32) -> Option<Loc> {
+        let stamp = self.stamp.load(Ordering::Acquire);
+        if (stamp >> 32) as u32 != generation {
             return None;
         }
-        let loc = Loc {
-            block: self.block.load(Ordering::Relaxed),
-            index: self.index.load(Ordering::Relaxed),
-        };
+        let block = self.block.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
-        (self.generation.load(Ordering::Relaxed) == generation).then_some(loc)
+        (self.stamp.load(Ordering::Relaxed) == stamp).then_some(Loc {
+            block,
+            index: stamp as u32,
+        })
     }
 
-    /// Remembers `loc` for `generation` (`0 < generation < WRITING`), unless another writer
-    /// is writing the memo right now (it is then left to it).
-    fn set(&self, generation: u64, loc: Loc) {
-        let before = self.generation.load(Ordering::Relaxed);
+    /// Remembers `loc` for `generation` (`0 < generation < u32::MAX`), unless another
+    /// writer is writing the memo right now (it is then left to it).
+    fn set(&self, generation: u32, loc: Loc) {
+        let before = self.stamp.load(Ordering::Relaxed);
         if before == Self::WRITING
             || self
-                .generation
+                .stamp
                 .compare_exchange(before, Self::WRITING, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
             return;
         }
-        // A reader that sees any of the place written below then sees the claim too.
+        // A reader that sees the block written below then sees the claim too.
         fence(Ordering::Release);
         self.block.store(loc.block, Ordering::Relaxed);
-        self.index.store(loc.index, Ordering::Relaxed);
-        self.generation.store(generation, Ordering::Release);
+        self.stamp.store(
+            (u64::from(generation) << 32) | u64::from(loc.index),
+            Ordering::Release,
+        );
     }
 }
 
@@ -215,7 +219,7 @@ pub struct Enc<'a> {
     sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
     /// The sink's generation when it is an evidence writer whose places held lines may
     /// remember ([`PlaceMemo`]); `None`: every line is asked of the sink.
-    generation: Option<u64>,
+    generation: Option<u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -245,7 +249,7 @@ impl<'a> Enc<'a> {
     pub fn reusing_remembering(
         buf: Vec<u8>,
         sink: &'a mut dyn FnMut(&Evidence) -> Loc,
-        generation: u64,
+        generation: u32,
     ) -> Self {
         Enc {
             generation: Some(generation),
@@ -576,15 +580,15 @@ mod tests {
     #[test]
     fn a_place_memo_is_never_read_torn() {
         let memo = PlaceMemo::default();
-        let place = |g: u64| Loc {
-            block: g * 1_000_003,
-            index: g as u32 ^ 0x5555_5555,
+        let place = |g: u32| Loc {
+            block: u64::from(g) * 1_000_003,
+            index: g ^ 0x5555_5555,
         };
         std::thread::scope(|s| {
-            for t in 0..3u64 {
+            for t in 0..3u32 {
                 let memo = &memo;
                 s.spawn(move || {
-                    for i in 0..20_000u64 {
+                    for i in 0..20_000u32 {
                         let g = 1 + (i * 3 + t) % 7;
                         memo.set(g, place(g));
                         for g in 1..=7 {

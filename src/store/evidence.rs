@@ -6,7 +6,7 @@ use super::codec::{CodecError, Loc, line_hash};
 use super::{Batch, Space, Store, StoreError};
 use crate::base::evidence::Evidence;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where the lines this writer stored (or read back) are. Forgetting one costs only
 /// storing it again, so the map is trimmed with the blocks.
@@ -19,14 +19,21 @@ pub struct EvidenceLog {
     /// Which places held lines may remember from this writer ([`super::codec::PlaceMemo`]): unique
     /// in the process, and new whenever a place it gave may no longer hold (a batch
     /// abandoned, blocks collected), so no line shows a place from before.
-    generation: u64,
+    generation: u32,
 }
 
 /// The last [`EvidenceLog`] generation handed out.
-static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+static GENERATIONS: AtomicU32 = AtomicU32::new(0);
 
-fn next_generation() -> u64 {
-    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
+/// A generation no other writer of this process has (after four billion it wraps, never
+/// to 0 or `u32::MAX`: a place remembered that many generations ago is long forgotten).
+fn next_generation() -> u32 {
+    loop {
+        let g = GENERATIONS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if g != 0 && g != u32::MAX {
+            return g;
+        }
+    }
 }
 
 impl Default for EvidenceLog {
@@ -43,7 +50,7 @@ impl Default for EvidenceLog {
 impl EvidenceLog {
     /// The generation whose places held lines may remember: any place [`EvidenceLog::store`]
     /// gave since it began still holds (stored, or in the batch being built).
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u32 {
         self.generation
     }
 
