@@ -160,7 +160,7 @@ impl HeldLine {
             };
             ptr.as_ptr().write(Header {
                 count: AtomicUsize::new(1),
-                len: text.len() as u32,
+                len: u32::try_from(text.len()).expect("evidence text is bounded"),
                 origin,
                 offset,
                 time,
