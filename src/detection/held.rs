@@ -24,6 +24,7 @@
 
 use super::{EVIDENCE_LINE_BYTES, Evidence};
 use crate::base::line::LogLine;
+use crate::store::codec::PlaceMemo;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
@@ -66,16 +67,19 @@ pub struct HeldLine {
 /// A line as held, followed by `len` bytes of text.
 #[repr(C)]
 struct Line {
-    /// Bytes of text after the line.
-    len: usize,
     /// Kept alive by the chunk's `origins` or the [`Alone`]'s `origin`.
     origin: NonNull<Origin>,
     offset: u64,
     time: DateTime<Utc>,
+    /// Bytes of text after the line (at most `EVIDENCE_LINE_BYTES`; beside the time, in
+    /// what would be its padding).
+    len: u32,
     /// The line as [`Evidence`] (its text an `Arc<str>` of its own), made the first time
     /// it is asked for: the daemon asks per line, for its hits and its stored windows; a
     /// replay only for crossings.
     evidence: OnceLock<Box<Evidence>>,
+    /// Where the daemon's evidence writer stored the line (the store's, not read here).
+    place: PlaceMemo,
 }
 
 /// A line held in an allocation of its own, its reference count with it.
@@ -244,6 +248,11 @@ impl std::fmt::Debug for Arena {
 /// a line still held).
 const MAX_COUNT: usize = isize::MAX as usize;
 
+/// A held line's text length as stored: the text is cut to `EVIDENCE_LINE_BYTES` first.
+fn text_len(text: &str) -> u32 {
+    u32::try_from(text.len()).expect("evidence text is bounded")
+}
+
 /// Bytes a line with `len` bytes of text takes in a chunk.
 fn line_size(len: usize) -> usize {
     (size_of::<Line>() + len).next_multiple_of(align_of::<Line>())
@@ -320,13 +329,14 @@ impl Arena {
             }
             let slot = chunk.as_ptr().cast::<u8>().add(chunks.at);
             slot.cast::<Line>().write(Line {
-                len: text.len(),
+                len: text_len(text),
                 origin,
                 offset: line.offset,
                 time,
                 evidence: evidence
                     .map(|e| OnceLock::from(Box::new(e)))
                     .unwrap_or_default(),
+                place: PlaceMemo::default(),
             });
             std::ptr::copy_nonoverlapping(text.as_ptr(), slot.add(size_of::<Line>()), text.len());
             chunks.at += size;
@@ -465,7 +475,7 @@ unsafe fn release(chunk: NonNull<Chunk>, n: usize) {
             let mut at = LINES_START;
             while at < used {
                 let line = head.cast::<u8>().add(at).cast::<Line>();
-                at += line_size((*line).len);
+                at += line_size((*line).len as usize);
                 std::ptr::drop_in_place(line);
             }
         } else if (*head).evidence_made.load(Ordering::Relaxed) {
@@ -527,13 +537,15 @@ impl HeldLine {
             ptr.as_ptr().write(Alone {
                 count: AtomicUsize::new(1),
                 line: Line {
-                    len: text.len(),
+                    len: text_len(text),
                     origin: NonNull::from(&*origin),
                     offset,
                     time,
                     evidence: evidence
                         .map(|e| OnceLock::from(Box::new(e)))
                         .unwrap_or_default(),
+
+                    place: PlaceMemo::default(),
                 },
                 origin,
             });
@@ -574,6 +586,11 @@ impl HeldLine {
         }
     }
 
+    /// Where the line is stored, once a commit stored it (see [`PlaceMemo`]).
+    pub fn place_memo(&self) -> &PlaceMemo {
+        &self.line().place
+    }
+
     fn line(&self) -> &Line {
         // SAFETY: the line lives while any handle does and is not written after it is made.
         unsafe { &*self.line_ptr() }
@@ -596,7 +613,7 @@ impl HeldLine {
         unsafe {
             let bytes = std::slice::from_raw_parts(
                 self.line_ptr().cast::<u8>().add(size_of::<Line>()),
-                line.len,
+                line.len as usize,
             );
             std::str::from_utf8_unchecked(bytes)
         }
@@ -691,7 +708,7 @@ impl Drop for HeldLine {
             return;
         }
         fence(Ordering::Acquire);
-        let layout = Self::alone_layout(self.line().len);
+        let layout = Self::alone_layout(self.line().len as usize);
         // SAFETY: this was the last handle; the allocation was written by `alone` and is
         // dropped once, then freed with the layout it was made with.
         unsafe {

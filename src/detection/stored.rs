@@ -8,9 +8,10 @@
 //! it per match.
 
 use super::fields::Fields;
+use super::held::HeldLine;
 use super::kinds::KeyState;
 use super::{Detector, Evidence, FastMap, FastSet, Key};
-use crate::store::codec::{CodecError, Dec, Enc, Loc, placeholder};
+use crate::store::codec::{CodecError, Dec, Enc, HeldEvidence, Loc, PlaceMemo, placeholder};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -102,14 +103,22 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 
 /// A window's stored value; every evidence line it references goes to `sink`. Encoded in
 /// `scratch` (kept grown for the next window) and copied out at its exact size, shared
-/// (a commit's batch is cloned for retries without copying it again).
+/// (a commit's batch is cloned for retries without copying it again). `generation`: the
+/// sink is the evidence writer of that generation, and the window's held lines remember
+/// the places it gives ([`PlaceMemo`]), so a window stored again does not ask it for its
+/// older lines.
 pub fn encode_window(
     rule_hash: &str,
     state: &KeyState,
     scratch: &mut Vec<u8>,
     sink: &mut dyn FnMut(&Evidence) -> Loc,
+    generation: Option<u32>,
 ) -> Arc<[u8]> {
-    let mut w = Enc::reusing(std::mem::take(scratch), sink);
+    let buf = std::mem::take(scratch);
+    let mut w = match generation {
+        Some(generation) => Enc::reusing_remembering(buf, sink, generation),
+        None => Enc::reusing(buf, sink),
+    };
     w.str(rule_hash);
     state.encode(&mut w);
     *scratch = w.finish();
@@ -142,6 +151,16 @@ pub fn decode_window(
         },
         state,
     ))
+}
+
+impl HeldEvidence for HeldLine {
+    fn evidence(&self) -> &Evidence {
+        HeldLine::evidence(self)
+    }
+
+    fn place_memo(&self) -> &PlaceMemo {
+        HeldLine::place_memo(self)
+    }
 }
 
 /// The evidence lines a stored window references (read without looking them up).
@@ -319,7 +338,135 @@ pub(super) fn mark(dirty: &mut Option<Changed>, rule: &str, key: &Fields) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::evidence::EvidenceLog;
+    use crate::store::{Batch, Store};
     use std::collections::BTreeMap;
+
+    fn held(ms: i64, text: &str) -> HeldLine {
+        HeldLine::from_evidence(Evidence {
+            source: "auth".into(),
+            path: "/var/log/auth.log".into(),
+            offset: ms as u64,
+            time: chrono::DateTime::from_timestamp_millis(ms).unwrap(),
+            line: text.into(),
+        })
+    }
+
+    /// `lines` as [`Enc::held_list`] writes them with `log` as the sink (remembering places
+    /// for its generation), and how many lines the sink was asked for.
+    fn encode_held(
+        lines: &[HeldLine],
+        log: &mut EvidenceLog,
+        store: &Store,
+        batch: &mut Batch,
+    ) -> (Vec<u8>, usize) {
+        let generation = log.generation();
+        let mut asked = 0;
+        let mut sink = |e: &Evidence| {
+            asked += 1;
+            log.store(store, batch, e)
+        };
+        let mut w = Enc::reusing_remembering(Vec::new(), &mut sink, generation);
+        w.held_list(lines.iter());
+        (w.finish(), asked)
+    }
+
+    /// The places the bytes of [`encode_held`] reference.
+    fn places(bytes: &[u8]) -> Vec<Loc> {
+        let mut refs = Vec::new();
+        Dec::new(bytes, &mut |loc| {
+            refs.push(loc);
+            Ok(placeholder(loc))
+        })
+        .evidence_list()
+        .unwrap();
+        refs
+    }
+
+    /// A held line remembers where the writer stored it: stored again by a later commit, its
+    /// place is written without asking the writer, byte for byte what asking writes; a place
+    /// from before a batch was abandoned or blocks were collected is never used again (the
+    /// line is stored anew), so a window can never reference a line that is not stored.
+    #[test]
+    fn a_held_line_remembers_its_place_only_for_the_writer_generation_that_stored_it() {
+        let store = Store::memory();
+        let mut log = EvidenceLog::default();
+        let lines = [held(1_000, "a"), held(2_000, "b"), held(3_000, "c")];
+
+        let mut batch = Batch::new();
+        let (first, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!(asked, 3, "new lines are stored");
+        let stored = places(&first);
+        store.commit(batch).unwrap();
+        log.committed();
+
+        // A later commit: remembered, not asked, and the same bytes as asking writes.
+        let mut batch = Batch::new();
+        let (again, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!((again.as_slice(), asked), (first.as_slice(), 0));
+        let mut sink = |e: &Evidence| log.store(&store, &mut batch, e);
+        let mut w = Enc::new(&mut sink);
+        w.evidence_list(lines.iter().map(HeldLine::evidence));
+        assert_eq!(
+            w.finish(),
+            first,
+            "asking the writer gives the remembered places"
+        );
+        for (loc, line) in stored.iter().zip(&lines) {
+            assert_eq!(store.evidence(*loc).unwrap(), *line.evidence());
+        }
+
+        // A batch abandoned: places it gave are gone, and none remembered before is used.
+        let mut abandoned = Batch::new();
+        let fresh = [held(4_000, "d")];
+        let (gone, _) = encode_held(&fresh, &mut log, &store, &mut abandoned);
+        drop(abandoned);
+        log.abandoned();
+        let mut batch = Batch::new();
+        let (now, asked) = encode_held(&fresh, &mut log, &store, &mut batch);
+        assert_eq!(
+            asked, 1,
+            "a place from an abandoned batch is not remembered"
+        );
+        assert_ne!(places(&now), places(&gone));
+        let (old, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!(
+            asked, 3,
+            "the generation changed: every line is asked again"
+        );
+        assert_eq!(
+            places(&old),
+            stored,
+            "the writer still knows where they are"
+        );
+        let (_, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!(asked, 0, "remembered again under the new generation");
+        store.commit(batch).unwrap();
+        log.committed();
+
+        // Blocks collected: the lines they held are stored anew when shown again.
+        let mut batch = Batch::new();
+        let referenced = std::collections::HashSet::from_iter(places(&now));
+        assert_eq!(
+            log.collect(&store, &referenced, i64::MAX, &mut batch)
+                .unwrap(),
+            1
+        );
+        store.commit(batch).unwrap();
+        assert!(
+            store.evidence(stored[0]).is_err(),
+            "the first block is gone"
+        );
+        let mut batch = Batch::new();
+        let (after, asked) = encode_held(&lines, &mut log, &store, &mut batch);
+        assert_eq!(asked, 3);
+        let moved = places(&after);
+        assert!(moved.iter().all(|loc| !stored.contains(loc)));
+        store.commit(batch).unwrap();
+        for (loc, line) in moved.iter().zip(&lines) {
+            assert_eq!(store.evidence(*loc).unwrap(), *line.evidence());
+        }
+    }
 
     /// A window stored with its rule's whole hash (as earlier releases stored every one) or
     /// with the prefix stored now is restored under that definition; one stored under

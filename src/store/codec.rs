@@ -14,6 +14,7 @@ use crate::base::evidence::Evidence;
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,6 +37,75 @@ pub struct Loc {
     pub block: u64,
     /// The line's index in the block.
     pub index: u32,
+}
+
+/// Where a held line was stored, kept with the line: a window that shows the line again at
+/// a later commit writes this place instead of hashing the line and looking it up (under
+/// attack three in four of the places a commit writes are of lines already stored). It
+/// holds only for the evidence writer generation that set it ([`Enc::reusing_remembering`]),
+/// which changes whenever a place it gave may no longer hold (a batch abandoned, blocks
+/// collected); a line shown again under a later generation remembers its new place.
+///
+/// Atomics rather than a lock or a `OnceLock` (whose first set went through `Once`'s slow
+/// path, 2 % of the daemon's commit thread), used as a sequence lock: a writer claims the
+/// memo, writes the place, then publishes its generation; a reader takes the place only if
+/// it saw the same generation before and after reading it.
+#[derive(Debug, Default)]
+pub struct PlaceMemo {
+    /// The generation of the place (high half; 0: none yet, [`PlaceMemo::WRITING`]: being
+    /// written) and its index in its block (low half): one word, so the memo adds 16 bytes
+    /// to a held line.
+    stamp: AtomicU64,
+    block: AtomicU64,
+}
+
+impl PlaceMemo {
+    /// Marks a memo being written (no generation is ever `u32::MAX`).
+    const WRITING: u64 = u64::MAX;
+
+    /// The place remembered for `generation`, if any: read between two reads of the
+    /// stamp, as a sequence lock is (a writer may rewrite it meanwhile).
+    fn get(&self, generation: u32) -> Option<Loc> {
+        let stamp = self.stamp.load(Ordering::Acquire);
+        if (stamp >> 32) as u32 != generation {
+            return None;
+        }
+        let block = self.block.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.stamp.load(Ordering::Relaxed) == stamp).then_some(Loc {
+            block,
+            index: stamp as u32,
+        })
+    }
+
+    /// Remembers `loc` for `generation` (`0 < generation < u32::MAX`), unless another
+    /// writer is writing the memo right now (it is then left to it).
+    fn set(&self, generation: u32, loc: Loc) {
+        let before = self.stamp.load(Ordering::Relaxed);
+        if before == Self::WRITING
+            || self
+                .stamp
+                .compare_exchange(before, Self::WRITING, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // A reader that sees the block written below then sees the claim too.
+        fence(Ordering::Release);
+        self.block.store(loc.block, Ordering::Relaxed);
+        self.stamp.store(
+            (u64::from(generation) << 32) | u64::from(loc.index),
+            Ordering::Release,
+        );
+    }
+}
+
+/// A counted line that remembers where it is stored ([`Enc::held`]).
+pub trait HeldEvidence {
+    /// The line as evidence, for the writer's sink.
+    fn evidence(&self) -> &Evidence;
+    /// Where the line was stored, once it is.
+    fn place_memo(&self) -> &PlaceMemo;
 }
 
 impl std::fmt::Display for Loc {
@@ -147,6 +217,9 @@ const MAX_BLOCK_BYTES: u64 = 256 << 20;
 pub struct Enc<'a> {
     buf: Vec<u8>,
     sink: Option<&'a mut dyn FnMut(&Evidence) -> Loc>,
+    /// The sink's generation when it is an evidence writer whose places held lines may
+    /// remember ([`PlaceMemo`]); `None`: every line is asked of the sink.
+    generation: Option<u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -155,6 +228,7 @@ impl<'a> Enc<'a> {
         Enc {
             buf: Vec::with_capacity(64),
             sink: Some(sink),
+            generation: None,
         }
     }
 
@@ -165,6 +239,21 @@ impl<'a> Enc<'a> {
         Enc {
             buf,
             sink: Some(sink),
+            generation: None,
+        }
+    }
+
+    /// [`Enc::reusing`] with a sink that is the evidence writer of `generation`: held lines
+    /// ([`Enc::held`]) remember the places it gives, and a line that remembers one from
+    /// this generation is not asked of it again.
+    pub fn reusing_remembering(
+        buf: Vec<u8>,
+        sink: &'a mut dyn FnMut(&Evidence) -> Loc,
+        generation: u32,
+    ) -> Self {
+        Enc {
+            generation: Some(generation),
+            ..Enc::reusing(buf, sink)
         }
     }
 
@@ -173,6 +262,7 @@ impl<'a> Enc<'a> {
         Enc {
             buf: Vec::with_capacity(64),
             sink: None,
+            generation: None,
         }
     }
 
@@ -240,12 +330,54 @@ impl<'a> Enc<'a> {
 
     /// A reference to an evidence line: where the sink says it is stored.
     pub fn evidence(&mut self, e: &Evidence) {
-        let loc = match self.sink.as_mut() {
+        let loc = self.place(e);
+        self.loc(loc);
+    }
+
+    /// Where the sink says `e` is stored.
+    fn place(&mut self, e: &Evidence) -> Loc {
+        match self.sink.as_mut() {
             Some(sink) => sink(e),
             None => panic!("a writer without a sink cannot reference evidence"),
-        };
+        }
+    }
+
+    fn loc(&mut self, loc: Loc) {
         self.u64(loc.block);
         self.u64(u64::from(loc.index));
+    }
+
+    /// A reference to a held line, the same bytes as [`Enc::evidence`] writes for its
+    /// evidence: the place the line remembers from this writer's generation, else the
+    /// sink's (then remembered).
+    pub fn held(&mut self, line: &impl HeldEvidence) {
+        let loc = match self.generation {
+            Some(now) => {
+                let memo = line.place_memo();
+                match memo.get(now) {
+                    Some(loc) => loc,
+                    None => {
+                        let loc = self.place(line.evidence());
+                        memo.set(now, loc);
+                        loc
+                    }
+                }
+            }
+            None => self.place(line.evidence()),
+        };
+        self.loc(loc);
+    }
+
+    /// A list of held line references ([`Enc::held`]), the bytes [`Enc::evidence_list`]
+    /// writes for their evidence.
+    pub fn held_list<'e, L: HeldEvidence + 'e>(
+        &mut self,
+        list: impl ExactSizeIterator<Item = &'e L>,
+    ) {
+        self.u64(list.len() as u64);
+        for line in list {
+            self.held(line);
+        }
     }
 
     /// A list of evidence references.
@@ -441,6 +573,35 @@ mod tests {
             time: DateTime::from_timestamp_millis(ms).unwrap() + chrono::Duration::nanoseconds(123),
             line: text.into(),
         }
+    }
+
+    /// Writers on several threads remembering places of different generations in one memo:
+    /// a reader never sees a generation with another generation's place.
+    #[test]
+    fn a_place_memo_is_never_read_torn() {
+        let memo = PlaceMemo::default();
+        let place = |g: u32| Loc {
+            block: u64::from(g) * 1_000_003,
+            index: g ^ 0x5555_5555,
+        };
+        std::thread::scope(|s| {
+            for t in 0..3u32 {
+                let memo = &memo;
+                s.spawn(move || {
+                    for i in 0..20_000u32 {
+                        let g = 1 + (i * 3 + t) % 7;
+                        memo.set(g, place(g));
+                        for g in 1..=7 {
+                            if let Some(loc) = memo.get(g) {
+                                assert_eq!(loc, place(g), "generation {g}");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let last = (1..=7).filter(|g| memo.get(*g).is_some()).count();
+        assert_eq!(last, 1, "one generation is remembered at the end");
     }
 
     #[test]

@@ -6,19 +6,54 @@ use super::codec::{CodecError, Loc, line_hash};
 use super::{Batch, Space, Store, StoreError};
 use crate::base::evidence::Evidence;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where the lines this writer stored (or read back) are. Forgetting one costs only
 /// storing it again, so the map is trimmed with the blocks.
-#[derive(Default)]
 pub struct EvidenceLog {
     /// Line hash to place ([`line_hash`] under `seed`).
     stored: foldhash::HashMap<u64, Loc>,
     seed: foldhash::quality::RandomState,
     /// Added to the batch being built, not yet committed.
     pending: Vec<u64>,
+    /// Which places held lines may remember from this writer ([`super::codec::PlaceMemo`]): unique
+    /// in the process, and new whenever a place it gave may no longer hold (a batch
+    /// abandoned, blocks collected), so no line shows a place from before.
+    generation: u32,
+}
+
+/// The last [`EvidenceLog`] generation handed out.
+static GENERATIONS: AtomicU32 = AtomicU32::new(0);
+
+/// A generation no other writer of this process has (after four billion it wraps, never
+/// to 0 or `u32::MAX`: a place remembered that many generations ago is long forgotten).
+fn next_generation() -> u32 {
+    loop {
+        let g = GENERATIONS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if g != 0 && g != u32::MAX {
+            return g;
+        }
+    }
+}
+
+impl Default for EvidenceLog {
+    fn default() -> Self {
+        EvidenceLog {
+            stored: Default::default(),
+            seed: Default::default(),
+            pending: Vec::new(),
+            generation: next_generation(),
+        }
+    }
 }
 
 impl EvidenceLog {
+    /// The generation whose places held lines may remember: any place [`EvidenceLog::store`]
+    /// gave since it began still holds (stored, or in the batch being built).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     /// Where the line is stored: where it already was, else in `batch`'s block.
     pub fn store(&mut self, store: &Store, batch: &mut Batch, e: &Evidence) -> Loc {
         let hash = line_hash(&self.seed, e);
@@ -47,6 +82,7 @@ impl EvidenceLog {
         for hash in self.pending.drain(..) {
             self.stored.remove(&hash);
         }
+        self.generation = next_generation();
     }
 
     /// How many lines the writer knows the place of.
@@ -75,6 +111,9 @@ impl EvidenceLog {
             gone.insert(block);
         }
         self.stored.retain(|_, loc| referenced.contains(loc));
+        if !gone.is_empty() {
+            self.generation = next_generation();
+        }
         store.forget_blocks(&gone);
         Ok(gone.len())
     }

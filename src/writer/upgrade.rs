@@ -88,6 +88,7 @@ fn from_v1(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
                     &state,
                     &mut Vec::new(),
                     &mut |e| log.store(store, batch, e),
+                    None,
                 );
                 batch.set_window(key.into(), Some(value));
                 windows += 1;

@@ -90,7 +90,7 @@ impl Distinct {
         for (value, (t, e)) in &self.values {
             w.str(value.as_str());
             w.i64(*t);
-            w.evidence(e.evidence());
+            w.held(e);
         }
     }
 

@@ -141,7 +141,7 @@ impl Step {
     /// One recent match: its time, its line and the prefix it continues.
     fn encode_recent(w: &mut Enc<'_>, time_ms: i64, e: &HeldLine, prefix: Option<&Prefix>) {
         w.i64(time_ms);
-        w.evidence(e.evidence());
+        w.held(e);
         Prefix::encode_opt(prefix, w);
     }
 }
@@ -149,7 +149,7 @@ impl Step {
 impl Prefix {
     fn encode(&self, w: &mut Enc<'_>) {
         w.i64(self.start_ms);
-        w.evidence_list(self.evidence.iter().map(HeldLine::evidence));
+        w.held_list(self.evidence.iter());
     }
 
     fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {

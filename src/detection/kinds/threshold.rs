@@ -59,7 +59,7 @@ impl Threshold {
 
     /// The counted lines as references (each one's time is its line's).
     pub(super) fn encode(&self, w: &mut Enc<'_>) {
-        w.evidence_list(self.window.events().map(|(_, line)| line.evidence()));
+        w.held_list(self.window.events().map(|(_, line)| line));
     }
 
     pub(super) fn decode(r: &mut Dec<'_>) -> Result<Self, CodecError> {
